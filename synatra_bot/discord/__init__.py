@@ -1,0 +1,1 @@
+"""Discord adapter: the bot, cogs, webhooks, streaming edits, localisation."""

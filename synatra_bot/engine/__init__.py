@@ -1,0 +1,1 @@
+"""Generation engines: embedded transformers (continuous batching) and OpenAI-compatible."""

@@ -1,0 +1,90 @@
+"""Exceptions of synatra-bot.
+
+SynatraError                   base of everything raised on purpose
+├── ConfigError                a setting is missing or invalid (exit status 2)
+├── StorageError               the database cannot be opened, is corrupt or too new
+├── UserFacingError            message is safe to show a Discord user (localisable key + params)
+│   ├── PermissionDenied       the user may not do this
+│   ├── NotFound               a character, session or message does not exist
+│   ├── CardError              a character card file is malformed or too large
+│   ├── PromptTooLarge         the character sheet alone does not fit the context budget
+│   └── RateLimited            the user or channel is over its limit
+└── EngineError                generation failed
+    ├── EngineUnavailable      the engine cannot be reached or is not loaded
+    └── GenerationInterrupted  a reply was cut off mid-stream (never stored as complete)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SynatraError(Exception):
+    """Base of every error synatra-bot raises on purpose."""
+
+
+class ConfigError(SynatraError):
+    """A setting is missing or invalid; the message names the setting."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"{setting}: {problem}")
+
+
+class StorageError(SynatraError):
+    """The database cannot be opened, is corrupt, or was written by a newer version."""
+
+
+class UserFacingError(SynatraError):
+    """An error whose message is safe to show to a Discord user.
+
+    `key` names a localised message (see synatra_bot.discord.i18n); `params` fill it in.
+    The plain `str()` is English, for logs and the terminal.
+    """
+
+    key = "error.generic"
+
+    def __init__(self, message: str, *, key: str | None = None, **params: Any) -> None:
+        super().__init__(message)
+        if key is not None:
+            self.key = key
+        self.params = params
+
+
+class PermissionDenied(UserFacingError):
+    key = "error.permission"
+
+
+class NotFound(UserFacingError):
+    key = "error.not_found"
+
+
+class CardError(UserFacingError):
+    """A character card is malformed, too large, or missing a required field."""
+
+    key = "error.card"
+
+
+class PromptTooLarge(UserFacingError):
+    key = "error.prompt_too_large"
+
+
+class RateLimited(UserFacingError):
+    key = "error.rate_limited"
+
+
+class EngineError(SynatraError):
+    """Generation failed."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot be reached, or its model is not loaded."""
+
+
+class GenerationInterrupted(EngineError):
+    """A reply stopped before the model finished it; its text must not be stored as complete."""
+
+    def __init__(self, message: str, *, partial_text: str = "") -> None:
+        super().__init__(message)
+        self.partial_text = partial_text

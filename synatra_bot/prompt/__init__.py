@@ -1,0 +1,1 @@
+"""Prompt assembly: character cards, macros, lorebook, ChatML within the token budget."""

@@ -1,0 +1,210 @@
+"""Typed settings read from the environment and `.env`, validated once at start."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal, cast
+
+from synatra_bot.errors import ConfigError
+
+EngineKind = Literal["transformers", "openai"]
+Quantization = Literal["none", "8bit", "4bit"]
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/synatra.db"
+DEFAULT_MODEL_ID = "maywell/Synatra-7B-v0.3-RP"
+TOKEN_HELP = (
+    "DISCORD_TOKEN: not set. Create a bot at https://discord.com/developers/applications, "
+    "copy its token, and put DISCORD_TOKEN=... in .env (see .env.example) or the environment."
+)
+
+QUANTIZATIONS = ("none", "8bit", "4bit")
+ATTN_IMPLEMENTATIONS = (
+    "sdpa",
+    "eager",
+    "flash_attention_2",
+    "paged|sdpa",
+    "paged|flash_attention_2",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the bot. Field names are the environment variables in lower case."""
+
+    discord_token: str = ""
+    database_url: str = DEFAULT_DATABASE_URL
+    model_id: str = DEFAULT_MODEL_ID
+    engine: EngineKind = "transformers"
+    engine_url: str = ""
+    engine_api_key: str = ""
+    engine_timeout_s: float = 120.0
+    quantization: Quantization = "none"
+    attn_implementation: str = "sdpa"
+    max_concurrent_replies: int = 32
+    turn_timeout_s: float = 300.0
+    context_size: int = 4096
+    max_new_tokens: int = 300
+    max_attachment_bytes: int = 8 * 1024 * 1024
+    dev_guild_id: int | None = None
+    log_level: str = "INFO"
+
+    def __repr__(self) -> str:
+        # Secrets never reach logs through repr().
+        shown = {
+            f.name: (
+                "***"
+                if f.name in {"discord_token", "engine_api_key"} and getattr(self, f.name)
+                else getattr(self, f.name)
+            )
+            for f in fields(self)
+        }
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in logs or error messages."""
+        return tuple(s for s in (self.discord_token, self.engine_api_key) if s)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    value = raw.lower()
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> Settings:
+    """Validate `env` into Settings; the first problem raises ConfigError naming the setting."""
+    token = env.get("DISCORD_TOKEN", "").strip()
+    if require_token and not token:
+        raise ConfigError("DISCORD_TOKEN", TOKEN_HELP.removeprefix("DISCORD_TOKEN: "))
+
+    database_url = env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+    if "://" not in database_url:
+        raise ConfigError("DATABASE_URL", f"must be a SQLAlchemy URL, got {database_url!r}")
+    if database_url.startswith("sqlite") and "+aiosqlite" not in database_url:
+        raise ConfigError("DATABASE_URL", "SQLite needs the async driver: sqlite+aiosqlite:///...")
+
+    engine = _choice(env, "ENGINE", "transformers", ("transformers", "openai"))
+    engine_url = env.get("ENGINE_URL", "").strip().rstrip("/")
+    if engine == "openai" and not engine_url:
+        raise ConfigError("ENGINE_URL", "required when ENGINE=openai, e.g. http://127.0.0.1:8000")
+    if engine_url and not engine_url.startswith(("http://", "https://")):
+        raise ConfigError("ENGINE_URL", f"must start with http:// or https://, got {engine_url!r}")
+
+    levels = ("debug", "info", "warning", "error", "critical")
+    context_size = _int(env, "CONTEXT_SIZE", 4096, 512, 32768)
+    max_new_tokens = _int(env, "MAX_NEW_TOKENS", 300, 1, 4096)
+    if max_new_tokens >= context_size // 2:
+        raise ConfigError("MAX_NEW_TOKENS", f"must be below half of CONTEXT_SIZE ({context_size})")
+    dev_guild = _int(env, "DEV_GUILD_ID", 0, 0, 2**63 - 1)
+
+    return Settings(
+        discord_token=token,
+        database_url=database_url,
+        model_id=env.get("MODEL_ID", "").strip() or DEFAULT_MODEL_ID,
+        engine=cast(EngineKind, engine),
+        engine_url=engine_url,
+        engine_api_key=env.get("ENGINE_API_KEY", "").strip(),
+        engine_timeout_s=_float(env, "ENGINE_TIMEOUT_S", 120.0, 1, 3600),
+        quantization=cast(Quantization, _choice(env, "QUANTIZATION", "none", QUANTIZATIONS)),
+        attn_implementation=_choice(env, "ATTN_IMPLEMENTATION", "sdpa", ATTN_IMPLEMENTATIONS),
+        max_concurrent_replies=_int(env, "MAX_CONCURRENT_REPLIES", 32, 1, 1024),
+        turn_timeout_s=_float(env, "TURN_TIMEOUT_S", 300.0, 5, 3600),
+        context_size=context_size,
+        max_new_tokens=max_new_tokens,
+        max_attachment_bytes=_int(env, "MAX_ATTACHMENT_BYTES", 8 << 20, 1024, 64 << 20),
+        dev_guild_id=dev_guild or None,
+        log_level=_choice(env, "LOG_LEVEL", "info", levels).upper(),
+    )
+
+
+def load_settings(*, env_file: str | Path = ".env", require_token: bool = True) -> Settings:
+    """Read `.env` (without overriding the real environment) and validate everything."""
+    from dotenv import dotenv_values
+
+    merged: dict[str, str] = {}
+    path = Path(env_file)
+    if path.is_file():
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update(os.environ)
+    return settings_from_env(merged, require_token=require_token)
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for other databases and in-memory SQLite."""
+    if not database_url.startswith("sqlite"):
+        return None
+    _, _, rest = database_url.partition(":///")
+    rest = rest.split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr at LOG_LEVEL, masking secrets in every record."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(SecretFilter(settings.secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    logging.getLogger("discord.http").setLevel(max(logging.INFO, root.level))
+
+
+class SecretFilter(logging.Filter):
+    """Replace secrets in formatted log messages with ***."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self._secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        message = record.getMessage()
+        masked = message
+        for secret in self._secrets:
+            masked = masked.replace(secret, "***")
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            for secret in self._secrets:
+                text = text.replace(secret, "***")
+            record.exc_text, record.exc_info = text, None
+        return True
