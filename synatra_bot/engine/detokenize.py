@@ -1,0 +1,106 @@
+"""Streaming text out of token ids without splitting characters, and cutting at stop strings.
+
+Mistral's SentencePiece falls back to raw bytes for many Hangul syllables ('안녕하세요' ->
+'▁','안','<0xEB>','<0x85>','<0x95>','하','세','요'), so a token on its own may be a third of a
+character. The detokenizer decodes a small window of recent ids twice (with and without the
+newest) and only emits the difference once it no longer ends in U+FFFD, the way vLLM and TGI do;
+decoding the window rather than a single id also keeps SentencePiece's leading spaces right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from synatra_bot.tokenizer import STOP_IDS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+REPLACEMENT_CHAR = "\ufffd"
+#: A UTF-8 character is at most 4 bytes; past this many held ids the bytes are really invalid.
+MAX_HELD_IDS = 6
+
+
+class IncrementalDetokenizer:
+    """Turns ids, one or a few at a time, into text deltas made of whole characters."""
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, *, skip_ids: Iterable[int] = STOP_IDS
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._skip_ids = frozenset(skip_ids)
+        self._ids: list[int] = []
+        self._prefix_offset = 0
+        self._read_offset = 0
+        self.text = ""
+
+    @property
+    def token_count(self) -> int:
+        return len(self._ids)
+
+    def add(self, token_ids: Iterable[int]) -> str:
+        """Add generated ids; return the text that is now certain (possibly empty)."""
+        for token_id in token_ids:
+            if token_id not in self._skip_ids:
+                self._ids.append(token_id)
+        return self._emit(final=False)
+
+    def flush(self) -> str:
+        """Return whatever is still held back (at the end of generation)."""
+        return self._emit(final=True)
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+
+    def _emit(self, *, final: bool) -> str:
+        if self._read_offset == len(self._ids):
+            return ""
+        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        new_text = self._decode(self._ids[self._prefix_offset :])
+        held = len(self._ids) - self._read_offset
+        incomplete = new_text.endswith(REPLACEMENT_CHAR) and held < MAX_HELD_IDS
+        if len(new_text) <= len(prefix_text) or (incomplete and not final):
+            if final:
+                self._read_offset = len(self._ids)
+            return ""
+        delta = new_text[len(prefix_text) :]
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self._ids)
+        self.text += delta
+        return delta
+
+
+class StopStringFilter:
+    """Holds back text that might be the start of a stop string; cuts the text at one."""
+
+    def __init__(self, stop_strings: Iterable[str]) -> None:
+        self._stops = tuple(s for s in stop_strings if s)
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, delta: str) -> str:
+        """Return the part of the text so far that is safe to show."""
+        if self.stopped:
+            return ""
+        if not self._stops:
+            return delta
+        self._held += delta
+        cut = min((i for i in (self._held.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self._held = self._held[:cut], ""
+            return out
+        keep = 0
+        for stop in self._stops:
+            for length in range(min(len(stop) - 1, len(self._held)), keep, -1):
+                if self._held.endswith(stop[:length]):
+                    keep = length
+                    break
+        out = self._held[: len(self._held) - keep]
+        self._held = self._held[len(self._held) - keep :]
+        return out
+
+    def flush(self) -> str:
+        out, self._held = ("" if self.stopped else self._held), ""
+        return out

@@ -1,0 +1,95 @@
+"""Database engine and session factory, with SQLite tuned for a busy bot."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+
+from synatra_bot.errors import StorageError
+from synatra_bot.settings import sqlite_path
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def prepare_sqlite_file(database_url: str) -> None:
+    """Create the database folder and check the file is usable, without writing to it.
+
+    An unwritable folder or file, or a file that is not a SQLite database, raises
+    StorageError with one clear line; nothing is overwritten.
+    """
+    path = sqlite_path(database_url)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create database folder {path.parent}: {exc.strerror}") from None
+    if path.exists():
+        if not path.is_file():
+            raise StorageError(f"database path {path} is not a file")
+        _check_sqlite_header(path)
+        if not _writable(path):
+            raise StorageError(f"database file {path} is not writable")
+    elif not _writable(path.parent):
+        raise StorageError(f"database folder {path.parent} is not writable")
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK)
+
+
+def _check_sqlite_header(path: Path) -> None:
+    try:
+        with path.open("rb") as f:
+            header = f.read(16)
+    except OSError as exc:
+        raise StorageError(f"cannot read database file {path}: {exc.strerror}") from None
+    if header and header != b"SQLite format 3\x00":
+        raise StorageError(f"database file {path} is not a SQLite database (refusing to touch it)")
+    if header:
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+                result = conn.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"database file {path} is corrupt: {exc}") from None
+        if not result or result[0] != "ok":
+            raise StorageError(f"database file {path} is corrupt: {result and result[0]}")
+
+
+def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
+    """An AsyncEngine; for SQLite every connection gets WAL, busy timeout and foreign keys,
+    and every transaction starts with BEGIN IMMEDIATE so concurrent writers queue on the
+    busy timeout instead of failing with "database is locked" on a read-to-write upgrade."""
+    engine = create_async_engine(database_url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        sync_engine = engine.sync_engine
+
+        @event.listens_for(sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            for pragma in (
+                "journal_mode=WAL",
+                f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+                "foreign_keys=ON",
+                "synchronous=NORMAL",
+            ):
+                cursor.execute(f"PRAGMA {pragma}")
+            cursor.close()
+
+        @event.listens_for(sync_engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)

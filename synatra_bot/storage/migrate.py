@@ -1,0 +1,78 @@
+"""Apply and inspect Alembic migrations (the schema lives in the top-level `migrations/`)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+
+from synatra_bot.errors import StorageError
+from synatra_bot.storage.database import create_engine, prepare_sqlite_file
+
+
+def migrations_dir() -> Path:
+    folder = Path(__file__).resolve().parents[2] / "migrations"
+    if not (folder / "env.py").is_file():
+        raise StorageError(
+            f"migrations folder not found at {folder} (install with pip install -e .)"
+        )
+    return folder
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def head_revision(database_url: str) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+
+
+async def current_revision(database_url: str) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    prepare_sqlite_file(database_url)
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda sync_conn: MigrationContext.configure(sync_conn).get_current_revision()
+            )
+    finally:
+        await engine.dispose()
+
+
+async def check_schema_known(database_url: str) -> str | None:
+    """Refuse a database written by a newer synatra-bot: its revision is not in our scripts."""
+    revision = await current_revision(database_url)
+    if revision is None:
+        return None
+    scripts = ScriptDirectory.from_config(alembic_config(database_url))
+    try:
+        known = scripts.get_revision(revision)
+    except CommandError:
+        known = None
+    if known is None:
+        raise StorageError(
+            f"database schema {revision} is newer than this synatra-bot knows "
+            f"(latest {scripts.get_current_head()}): upgrade synatra-bot before starting it"
+        )
+    return revision
+
+
+async def upgrade_database(database_url: str) -> tuple[str | None, str | None]:
+    """Apply pending migrations; returns (revision before, revision after).
+
+    Alembic's async env.py calls asyncio.run, so the upgrade runs in a worker thread.
+    """
+    before = await check_schema_known(database_url)
+    await asyncio.to_thread(command.upgrade, alembic_config(database_url), "head")
+    after = await current_revision(database_url)
+    return before, after

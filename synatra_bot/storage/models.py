@@ -1,0 +1,191 @@
+"""SQLAlchemy ORM models: guild and channel settings, characters, personas, sessions, messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SamplingColumns:
+    """Sampling and limits; on a channel NULL means "use the server default"."""
+
+    temperature: Mapped[float | None] = mapped_column(Float)
+    top_p: Mapped[float | None] = mapped_column(Float)
+    top_k: Mapped[int | None] = mapped_column(Integer)
+    repetition_penalty: Mapped[float | None] = mapped_column(Float)
+    max_new_tokens: Mapped[int | None] = mapped_column(Integer)
+    context_size: Mapped[int | None] = mapped_column(Integer)
+    #: Turns one user may start per minute in a channel.
+    user_rate_limit: Mapped[int | None] = mapped_column(Integer)
+    #: "off" (never), "age_restricted" (only in age-restricted channels), "allowed".
+    nsfw_policy: Mapped[str | None] = mapped_column(String(16))
+    #: What a new message does while a reply is generating: "queue" or "restart".
+    busy_policy: Mapped[str | None] = mapped_column(String(16))
+
+
+class GuildSettings(SamplingColumns, Base):
+    __tablename__ = "guild_settings"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    #: Shared characters need a moderator's approval before others can use them.
+    approval_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class ChannelSettings(SamplingColumns, Base):
+    __tablename__ = "channel_settings"
+
+    channel_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: "all": every message gets a reply; "mention": only messages that mention the bot.
+    reply_mode: Mapped[str] = mapped_column(String(16), default="all")
+    #: What an edit of the last player message does: "offer" a regenerate button or "regenerate".
+    edit_policy: Mapped[str] = mapped_column(String(16), default="offer")
+    active_session_id: Mapped[int | None] = mapped_column(
+        ForeignKey("roleplay_sessions.id", ondelete="SET NULL")
+    )
+    author_note: Mapped[str] = mapped_column(Text, default="")
+    author_note_depth: Mapped[int] = mapped_column(Integer, default=4)
+    #: A channel-level lorebook in character_book JSON form.
+    lorebook: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class Character(Base):
+    __tablename__ = "characters"
+    __table_args__ = (Index("ix_characters_guild_name", "guild_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: "private" (owner only) or "guild" (shared with the server).
+    visibility: Mapped[str] = mapped_column(String(16), default="private")
+    #: "none" (not shared), "pending", "approved", "rejected".
+    approval: Mapped[str] = mapped_column(String(16), default="none")
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    personality: Mapped[str] = mapped_column(Text, default="")
+    scenario: Mapped[str] = mapped_column(Text, default="")
+    first_message: Mapped[str] = mapped_column(Text, default="")
+    alternate_greetings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    example_messages: Mapped[str] = mapped_column(Text, default="")
+    system_prompt: Mapped[str] = mapped_column(Text, default="")
+    post_history_instructions: Mapped[str] = mapped_column(Text, default="")
+    creator_notes: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    creator: Mapped[str] = mapped_column(String(200), default="")
+    character_version: Mapped[str] = mapped_column(String(100), default="")
+    extensions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    character_book: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    avatar: Mapped[bytes | None] = mapped_column(LargeBinary)
+    nsfw: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: "formal" (존댓말), "informal" (반말) or NULL (unspecified).
+    speech_level: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class Persona(Base):
+    __tablename__ = "personas"
+    __table_args__ = (UniqueConstraint("user_id", "guild_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    #: 0 means "every server".
+    guild_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class RoleplaySession(Base):
+    __tablename__ = "roleplay_sessions"
+    __table_args__ = (Index("ix_roleplay_sessions_channel", "channel_id", "ended_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: The channel or thread the roleplay happens in.
+    channel_id: Mapped[int] = mapped_column(BigInteger)
+    #: For threads, the parent channel (webhooks live there); NULL for plain channels.
+    parent_channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    character_id: Mapped[int | None] = mapped_column(
+        ForeignKey("characters.id", ondelete="SET NULL"), index=True
+    )
+    started_by: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    summary: Mapped[str] = mapped_column(Text, default="")
+
+
+class Message(Base):
+    """One turn of history, or one alternative (swipe) of an assistant turn.
+
+    The alternatives of a turn share `swipe_group` (the id of the first one); exactly one of
+    them is `chosen`, and only chosen, undeleted rows form the history the model sees.
+    """
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_session_history", "session_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("roleplay_sessions.id", ondelete="CASCADE"))
+    #: "user", "assistant" or "system".
+    role: Mapped[str] = mapped_column(String(16))
+    author_id: Mapped[int | None] = mapped_column(BigInteger)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    content: Mapped[str] = mapped_column(Text, default="")
+    token_count: Mapped[int | None] = mapped_column(Integer)
+    #: The first Discord message holding this turn (indexed for edit/delete events).
+    discord_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    #: Every Discord message holding this turn (long replies are split).
+    discord_message_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    swipe_group: Mapped[int | None] = mapped_column(Integer, index=True)
+    swipe_index: Mapped[int] = mapped_column(Integer, default=0)
+    chosen: Mapped[bool] = mapped_column(Boolean, default=True)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

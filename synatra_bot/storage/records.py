@@ -1,0 +1,115 @@
+"""Plain, immutable snapshots of stored rows: what the repository hands to the layers above."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+
+
+def snapshot(cls: type[R], row: object) -> R:
+    """Copy the attributes named by dataclass `cls` from an ORM row."""
+    return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingRecord:
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    max_new_tokens: int | None = None
+    context_size: int | None = None
+    user_rate_limit: int | None = None
+    nsfw_policy: str | None = None
+    busy_policy: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GuildSettingsRecord(SamplingRecord):
+    guild_id: int = 0
+    approval_required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettingsRecord(SamplingRecord):
+    channel_id: int = 0
+    guild_id: int = 0
+    enabled: bool = False
+    reply_mode: str = "all"
+    edit_policy: str = "offer"
+    active_session_id: int | None = None
+    author_note: str = ""
+    author_note_depth: int = 4
+    lorebook: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CharacterRecord:
+    id: int
+    owner_id: int
+    guild_id: int | None
+    visibility: str
+    approval: str
+    name: str
+    description: str
+    personality: str
+    scenario: str
+    first_message: str
+    alternate_greetings: list[str]
+    example_messages: str
+    system_prompt: str
+    post_history_instructions: str
+    creator_notes: str
+    tags: list[str]
+    creator: str
+    character_version: str
+    extensions: dict[str, Any]
+    character_book: dict[str, Any] | None
+    avatar: bytes | None
+    nsfw: bool
+    speech_level: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PersonaRecord:
+    user_id: int
+    guild_id: int
+    name: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    id: int
+    guild_id: int | None
+    channel_id: int
+    parent_channel_id: int | None
+    character_id: int | None
+    started_by: int
+    started_at: datetime
+    ended_at: datetime | None
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    id: int
+    session_id: int
+    role: str
+    author_id: int | None
+    display_name: str
+    content: str
+    token_count: int | None
+    discord_message_id: int | None
+    swipe_group: int | None
+    swipe_index: int
+    chosen: bool
+    deleted: bool
+    created_at: datetime
+    edited_at: datetime | None
+    discord_message_ids: list[int] = field(default_factory=list)

@@ -1,0 +1,561 @@
+"""Repository: small async functions, one unit of work each, returning immutable records.
+
+Every function takes the session factory first and keyword-only arguments after it; no ORM
+object leaves the function that loaded it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from synatra_bot.storage.models import (
+    ChannelSettings,
+    Character,
+    GuildSettings,
+    Message,
+    Persona,
+    RoleplaySession,
+    utcnow,
+)
+from synatra_bot.storage.records import (
+    ChannelSettingsRecord,
+    CharacterRecord,
+    GuildSettingsRecord,
+    MessageRecord,
+    PersonaRecord,
+    SessionRecord,
+    snapshot,
+)
+
+Sessions = async_sessionmaker[AsyncSession]
+
+GUILD_SETTING_FIELDS = frozenset(
+    f for f in GuildSettingsRecord.__dataclass_fields__ if f != "guild_id"
+)
+CHANNEL_SETTING_FIELDS = frozenset(
+    f
+    for f in ChannelSettingsRecord.__dataclass_fields__
+    if f not in {"channel_id", "guild_id", "active_session_id"}
+)
+CHARACTER_FIELDS = frozenset(
+    f for f in CharacterRecord.__dataclass_fields__ if f not in {"id", "created_at", "updated_at"}
+)
+
+
+def _check_fields(changes: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
+
+
+# --- guild and channel settings -------------------------------------------------------------
+
+
+async def get_guild_settings(sessions: Sessions, *, guild_id: int) -> GuildSettingsRecord:
+    async with sessions() as session:
+        row = await session.get(GuildSettings, guild_id)
+        return snapshot(GuildSettingsRecord, row) if row else GuildSettingsRecord(guild_id=guild_id)
+
+
+async def update_guild_settings(
+    sessions: Sessions, *, guild_id: int, **changes: Any
+) -> GuildSettingsRecord:
+    _check_fields(changes, GUILD_SETTING_FIELDS)
+    async with sessions.begin() as session:
+        row = await session.get(GuildSettings, guild_id)
+        if row is None:
+            row = GuildSettings(guild_id=guild_id, approval_required=False)
+            session.add(row)
+        for name, value in changes.items():
+            setattr(row, name, value)
+        await session.flush()
+        return snapshot(GuildSettingsRecord, row)
+
+
+async def get_channel_settings(
+    sessions: Sessions, *, channel_id: int
+) -> ChannelSettingsRecord | None:
+    async with sessions() as session:
+        row = await session.get(ChannelSettings, channel_id)
+        return snapshot(ChannelSettingsRecord, row) if row else None
+
+
+async def update_channel_settings(
+    sessions: Sessions, *, channel_id: int, guild_id: int, **changes: Any
+) -> ChannelSettingsRecord:
+    _check_fields(changes, CHANNEL_SETTING_FIELDS)
+    async with sessions.begin() as session:
+        row = await _channel_row(session, channel_id=channel_id, guild_id=guild_id)
+        for name, value in changes.items():
+            setattr(row, name, value)
+        await session.flush()
+        return snapshot(ChannelSettingsRecord, row)
+
+
+async def _channel_row(session: AsyncSession, *, channel_id: int, guild_id: int) -> ChannelSettings:
+    row = await session.get(ChannelSettings, channel_id)
+    if row is None:
+        row = ChannelSettings(
+            channel_id=channel_id,
+            guild_id=guild_id,
+            enabled=False,
+            reply_mode="all",
+            edit_policy="offer",
+            author_note="",
+            author_note_depth=4,
+        )
+        session.add(row)
+    return row
+
+
+# --- characters -----------------------------------------------------------------------------
+
+
+async def create_character(
+    sessions: Sessions, *, owner_id: int, guild_id: int | None, name: str, **fields: Any
+) -> CharacterRecord:
+    _check_fields(fields, CHARACTER_FIELDS)
+    async with sessions.begin() as session:
+        row = Character(owner_id=owner_id, guild_id=guild_id, name=name, **fields)
+        session.add(row)
+        await session.flush()
+        await session.refresh(row)
+        return snapshot(CharacterRecord, row)
+
+
+async def get_character(sessions: Sessions, *, character_id: int) -> CharacterRecord | None:
+    async with sessions() as session:
+        row = await session.get(Character, character_id)
+        return snapshot(CharacterRecord, row) if row else None
+
+
+async def update_character(
+    sessions: Sessions, *, character_id: int, **changes: Any
+) -> CharacterRecord | None:
+    _check_fields(changes, CHARACTER_FIELDS)
+    async with sessions.begin() as session:
+        row = await session.get(Character, character_id)
+        if row is None:
+            return None
+        for name, value in changes.items():
+            setattr(row, name, value)
+        await session.flush()
+        await session.refresh(row)
+        return snapshot(CharacterRecord, row)
+
+
+async def delete_character(sessions: Sessions, *, character_id: int) -> bool:
+    async with sessions.begin() as session:
+        row = await session.get(Character, character_id)
+        if row is None:
+            return False
+        await session.delete(row)
+        return True
+
+
+async def visible_characters(
+    sessions: Sessions,
+    *,
+    guild_id: int | None,
+    user_id: int,
+    name_prefix: str = "",
+    limit: int = 25,
+) -> list[CharacterRecord]:
+    """Characters `user_id` may use in `guild_id`: their own, and approved/shared ones there."""
+    shared = (Character.guild_id == guild_id) & (Character.visibility == "guild")
+    shared &= Character.approval.in_(("none", "approved"))
+    query = select(Character).where(
+        or_(
+            (Character.owner_id == user_id)
+            & or_(Character.guild_id == guild_id, Character.guild_id.is_(None)),
+            shared,
+        )
+    )
+    if name_prefix:
+        escaped = name_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Character.name.ilike(f"%{escaped}%", escape="\\"))
+    query = query.order_by(Character.name, Character.id).limit(limit)
+    async with sessions() as session:
+        rows = (await session.scalars(query)).all()
+        return [snapshot(CharacterRecord, row) for row in rows]
+
+
+async def characters_awaiting_approval(
+    sessions: Sessions, *, guild_id: int
+) -> list[CharacterRecord]:
+    query = select(Character).where(Character.guild_id == guild_id, Character.approval == "pending")
+    async with sessions() as session:
+        return [snapshot(CharacterRecord, r) for r in (await session.scalars(query)).all()]
+
+
+# --- personas -------------------------------------------------------------------------------
+
+
+async def set_persona(
+    sessions: Sessions, *, user_id: int, guild_id: int, name: str, description: str
+) -> PersonaRecord:
+    async with sessions.begin() as session:
+        row = await session.scalar(
+            select(Persona).where(Persona.user_id == user_id, Persona.guild_id == guild_id)
+        )
+        if row is None:
+            row = Persona(user_id=user_id, guild_id=guild_id)
+            session.add(row)
+        row.name, row.description = name, description
+        await session.flush()
+        return snapshot(PersonaRecord, row)
+
+
+async def get_persona(sessions: Sessions, *, user_id: int, guild_id: int) -> PersonaRecord | None:
+    """The user's persona for this server, else their persona for every server."""
+    query = (
+        select(Persona)
+        .where(Persona.user_id == user_id, Persona.guild_id.in_((guild_id, 0)))
+        .order_by(Persona.guild_id.desc())
+        .limit(1)
+    )
+    async with sessions() as session:
+        row = await session.scalar(query)
+        return snapshot(PersonaRecord, row) if row else None
+
+
+async def clear_persona(sessions: Sessions, *, user_id: int, guild_id: int) -> bool:
+    async with sessions.begin() as session:
+        row = await session.scalar(
+            select(Persona).where(Persona.user_id == user_id, Persona.guild_id == guild_id)
+        )
+        if row is None:
+            return False
+        await session.delete(row)
+        return True
+
+
+# --- roleplay sessions ----------------------------------------------------------------------
+
+
+async def start_session(
+    sessions: Sessions,
+    *,
+    guild_id: int,
+    channel_id: int,
+    parent_channel_id: int | None,
+    character_id: int,
+    started_by: int,
+) -> SessionRecord:
+    """End the channel's active session (its history stays archived) and start a new one."""
+    async with sessions.begin() as session:
+        channel = await _channel_row(session, channel_id=channel_id, guild_id=guild_id)
+        await _end_active(session, channel)
+        row = RoleplaySession(
+            guild_id=guild_id,
+            channel_id=channel_id,
+            parent_channel_id=parent_channel_id,
+            character_id=character_id,
+            started_by=started_by,
+            summary="",
+        )
+        session.add(row)
+        await session.flush()
+        channel.active_session_id = row.id
+        return snapshot(SessionRecord, row)
+
+
+async def _end_active(session: AsyncSession, channel: ChannelSettings) -> int | None:
+    if channel.active_session_id is None:
+        return None
+    ended = channel.active_session_id
+    await session.execute(
+        update(RoleplaySession)
+        .where(RoleplaySession.id == ended, RoleplaySession.ended_at.is_(None))
+        .values(ended_at=utcnow())
+    )
+    channel.active_session_id = None
+    return ended
+
+
+async def end_session(sessions: Sessions, *, channel_id: int) -> int | None:
+    """End the channel's active session; returns its id, or None when there was none."""
+    async with sessions.begin() as session:
+        channel = await session.get(ChannelSettings, channel_id)
+        if channel is None:
+            return None
+        return await _end_active(session, channel)
+
+
+async def get_session(sessions: Sessions, *, session_id: int) -> SessionRecord | None:
+    async with sessions() as session:
+        row = await session.get(RoleplaySession, session_id)
+        return snapshot(SessionRecord, row) if row else None
+
+
+async def get_active_session(sessions: Sessions, *, channel_id: int) -> SessionRecord | None:
+    query = (
+        select(RoleplaySession)
+        .join(ChannelSettings, ChannelSettings.active_session_id == RoleplaySession.id)
+        .where(ChannelSettings.channel_id == channel_id)
+    )
+    async with sessions() as session:
+        row = await session.scalar(query)
+        return snapshot(SessionRecord, row) if row else None
+
+
+async def set_summary(sessions: Sessions, *, session_id: int, summary: str) -> None:
+    async with sessions.begin() as session:
+        await session.execute(
+            update(RoleplaySession).where(RoleplaySession.id == session_id).values(summary=summary)
+        )
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+async def add_message(
+    sessions: Sessions,
+    *,
+    session_id: int,
+    role: str,
+    content: str,
+    author_id: int | None = None,
+    display_name: str = "",
+    discord_message_ids: Iterable[int] = (),
+    token_count: int | None = None,
+    swipe: bool = False,
+) -> MessageRecord:
+    """Append a turn. `swipe=True` starts a swipe group (an assistant turn with alternatives)."""
+    ids = list(discord_message_ids)
+    async with sessions.begin() as session:
+        row = Message(
+            session_id=session_id,
+            role=role,
+            content=content,
+            author_id=author_id,
+            display_name=display_name,
+            discord_message_id=ids[0] if ids else None,
+            discord_message_ids=ids,
+            token_count=token_count,
+            swipe_index=0,
+            chosen=True,
+            deleted=False,
+        )
+        session.add(row)
+        await session.flush()
+        if swipe:
+            row.swipe_group = row.id
+        await session.flush()
+        return snapshot(MessageRecord, row)
+
+
+async def add_alternative(
+    sessions: Sessions,
+    *,
+    message_id: int,
+    content: str,
+    token_count: int | None = None,
+    discord_message_ids: Iterable[int] = (),
+) -> MessageRecord:
+    """Add a new alternative to the turn of `message_id` and make it the chosen one."""
+    ids = list(discord_message_ids)
+    async with sessions.begin() as session:
+        base = await session.get(Message, message_id)
+        if base is None:
+            raise LookupError(f"message {message_id} does not exist")
+        group = base.swipe_group if base.swipe_group is not None else base.id
+        base.swipe_group = group
+        count = await session.scalar(
+            select(func.max(Message.swipe_index)).where(Message.swipe_group == group)
+        )
+        await session.execute(
+            update(Message).where(Message.swipe_group == group).values(chosen=False)
+        )
+        row = Message(
+            session_id=base.session_id,
+            role=base.role,
+            author_id=base.author_id,
+            display_name=base.display_name,
+            content=content,
+            token_count=token_count,
+            discord_message_id=ids[0] if ids else base.discord_message_id,
+            discord_message_ids=ids or list(base.discord_message_ids),
+            swipe_group=group,
+            swipe_index=(count or 0) + 1,
+            chosen=True,
+            deleted=False,
+        )
+        session.add(row)
+        await session.flush()
+        return snapshot(MessageRecord, row)
+
+
+async def alternatives(sessions: Sessions, *, message_id: int) -> list[MessageRecord]:
+    """All alternatives of the turn holding `message_id`, in swipe order."""
+    async with sessions() as session:
+        base = await session.get(Message, message_id)
+        if base is None:
+            return []
+        if base.swipe_group is None:
+            return [snapshot(MessageRecord, base)]
+        rows = await session.scalars(
+            select(Message)
+            .where(Message.swipe_group == base.swipe_group)
+            .order_by(Message.swipe_index)
+        )
+        return [snapshot(MessageRecord, r) for r in rows]
+
+
+async def choose_alternative(sessions: Sessions, *, message_id: int) -> MessageRecord:
+    """Make `message_id` the chosen alternative of its turn (the one history shows)."""
+    async with sessions.begin() as session:
+        row = await session.get(Message, message_id)
+        if row is None:
+            raise LookupError(f"message {message_id} does not exist")
+        if row.swipe_group is not None:
+            await session.execute(
+                update(Message).where(Message.swipe_group == row.swipe_group).values(chosen=False)
+            )
+        row.chosen = True
+        await session.flush()
+        return snapshot(MessageRecord, row)
+
+
+async def recent_history(sessions: Sessions, *, session_id: int, limit: int) -> list[MessageRecord]:
+    """The newest `limit` turns of the history the model sees, oldest first."""
+    query = (
+        select(Message)
+        .where(Message.session_id == session_id, Message.chosen, ~Message.deleted)
+        .order_by(Message.id.desc())
+        .limit(limit)
+    )
+    async with sessions() as session:
+        rows = (await session.scalars(query)).all()
+        return [snapshot(MessageRecord, r) for r in reversed(rows)]
+
+
+async def count_history(sessions: Sessions, *, session_id: int) -> int:
+    query = select(func.count(Message.id)).where(
+        Message.session_id == session_id, Message.chosen, ~Message.deleted
+    )
+    async with sessions() as session:
+        return int(await session.scalar(query) or 0)
+
+
+async def get_message(sessions: Sessions, *, message_id: int) -> MessageRecord | None:
+    async with sessions() as session:
+        row = await session.get(Message, message_id)
+        return snapshot(MessageRecord, row) if row else None
+
+
+async def find_by_discord_id(
+    sessions: Sessions, *, discord_message_id: int
+) -> MessageRecord | None:
+    """The chosen, undeleted turn shown in Discord message `discord_message_id`."""
+    query = (
+        select(Message)
+        .where(Message.discord_message_id == discord_message_id, ~Message.deleted)
+        .order_by(Message.chosen.desc(), Message.id.desc())
+        .limit(1)
+    )
+    async with sessions() as session:
+        row = await session.scalar(query)
+        return snapshot(MessageRecord, row) if row else None
+
+
+async def update_message(
+    sessions: Sessions,
+    *,
+    message_id: int,
+    content: str | None = None,
+    token_count: int | None = None,
+    discord_message_ids: Iterable[int] | None = None,
+    edited: bool = False,
+) -> MessageRecord | None:
+    """Change a turn's text (its cached token count is reset unless given) or Discord ids."""
+    async with sessions.begin() as session:
+        row = await session.get(Message, message_id)
+        if row is None:
+            return None
+        if content is not None:
+            row.content = content
+            row.token_count = token_count
+        if discord_message_ids is not None:
+            ids = list(discord_message_ids)
+            row.discord_message_ids = ids
+            row.discord_message_id = ids[0] if ids else None
+        if edited:
+            row.edited_at = utcnow()
+        await session.flush()
+        return snapshot(MessageRecord, row)
+
+
+async def save_token_counts(sessions: Sessions, *, counts: Mapping[int, int]) -> None:
+    """Cache token counts so the next turn does not re-tokenise the history."""
+    if not counts:
+        return
+    async with sessions.begin() as session:
+        for message_id, count in counts.items():
+            await session.execute(
+                update(Message).where(Message.id == message_id).values(token_count=count)
+            )
+
+
+async def delete_messages(sessions: Sessions, *, message_ids: Iterable[int]) -> int:
+    """Mark turns deleted (kept for the archive, hidden from the model); returns how many."""
+    ids = list(message_ids)
+    if not ids:
+        return 0
+    async with sessions.begin() as session:
+        result = await session.execute(
+            update(Message).where(Message.id.in_(ids), ~Message.deleted).values(deleted=True)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def delete_turn_group(sessions: Sessions, *, message_id: int) -> int:
+    """Delete a turn with all its alternatives."""
+    async with sessions.begin() as session:
+        row = await session.get(Message, message_id)
+        if row is None:
+            return 0
+        condition = (
+            Message.swipe_group == row.swipe_group
+            if row.swipe_group is not None
+            else Message.id == row.id
+        )
+        result = await session.execute(
+            update(Message).where(condition, ~Message.deleted).values(deleted=True)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def undo_last_exchange(sessions: Sessions, *, session_id: int) -> list[MessageRecord]:
+    """Remove the newest assistant turn and the player turns right before it.
+
+    Returns the removed turns (oldest first) so their Discord messages can be cleaned up.
+    """
+    async with sessions.begin() as session:
+        rows = (
+            await session.scalars(
+                select(Message)
+                .where(Message.session_id == session_id, Message.chosen, ~Message.deleted)
+                .order_by(Message.id.desc())
+                .limit(50)
+            )
+        ).all()
+        removed: list[Message] = list(rows[:1]) if rows and rows[0].role == "assistant" else []
+        for row in rows[len(removed) :]:
+            if row.role != "user":
+                break
+            removed.append(row)
+        if not any(row.role == "user" for row in removed):
+            return []
+        for row in removed:
+            condition = (
+                Message.swipe_group == row.swipe_group
+                if row.swipe_group is not None
+                else Message.id == row.id
+            )
+            await session.execute(update(Message).where(condition).values(deleted=True))
+        return [snapshot(MessageRecord, r) for r in reversed(removed)]

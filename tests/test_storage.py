@@ -1,0 +1,307 @@
+"""Storage: migrations agree with the models, repository behaviour, concurrent writers, bad files."""
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from synatra_bot.errors import StorageError
+from synatra_bot.storage import repository as repo
+from synatra_bot.storage.database import create_engine, create_sessionmaker
+from synatra_bot.storage.migrate import current_revision, head_revision, upgrade_database
+from synatra_bot.storage.models import Base
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    return f"sqlite+aiosqlite:///{tmp_path / 'data' / 'synatra.db'}"
+
+
+@pytest.fixture
+async def sessions(db_url):
+    await upgrade_database(db_url)
+    engine = create_engine(db_url)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def test_upgrade_creates_schema_and_second_run_changes_nothing(db_url, tmp_path):
+    before, after = await upgrade_database(db_url)
+    assert (before, after) == (None, head_revision(db_url))
+    assert (tmp_path / "data" / "synatra.db").is_file()
+    again = await upgrade_database(db_url)
+    assert again == (after, after)
+
+
+async def test_models_and_migrations_agree(db_url):
+    await upgrade_database(db_url)
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda c: compare_metadata(
+                    MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata
+                )
+            )
+    finally:
+        await engine.dispose()
+    assert diff == []
+
+
+async def test_every_connection_gets_the_pragmas(sessions):
+    async with sessions() as session:
+        conn = await session.connection()
+        values = {
+            name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+            for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+        }
+    assert values == {
+        "journal_mode": "wal",
+        "foreign_keys": 1,
+        "busy_timeout": 10000,
+        "synchronous": 1,
+    }
+
+
+async def test_database_from_a_newer_version_is_refused(db_url):
+    await upgrade_database(db_url)
+    path = db_url.removeprefix("sqlite+aiosqlite:///")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999_future'")
+    with pytest.raises(StorageError, match="newer than this synatra-bot knows"):
+        await upgrade_database(db_url)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
+            "9999_future",
+        )
+
+
+async def test_corrupt_database_file_is_refused_and_kept(tmp_path):
+    path = tmp_path / "synatra.db"
+    path.write_bytes(b"\x00\x01 not a database \xff" * 100)
+    original = path.read_bytes()
+    with pytest.raises(StorageError, match="not a SQLite database"):
+        await upgrade_database(f"sqlite+aiosqlite:///{path}")
+    assert path.read_bytes() == original
+
+
+async def test_truncated_sqlite_file_is_reported_corrupt(tmp_path, db_url):
+    await upgrade_database(db_url)
+    source = Path(db_url.removeprefix("sqlite+aiosqlite:///"))
+    with sqlite3.connect(source) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(source.read_bytes()[:1500])
+    original = broken.read_bytes()
+    with pytest.raises(StorageError, match="corrupt"):
+        await upgrade_database(f"sqlite+aiosqlite:///{broken}")
+    assert broken.read_bytes() == original
+
+
+async def test_folder_that_cannot_be_created_gives_a_clear_error(tmp_path):
+    blocker = tmp_path / "occupied"
+    blocker.write_text("a file where the folder should be", encoding="utf-8")
+    with pytest.raises(StorageError, match="cannot create database folder"):
+        await upgrade_database(f"sqlite+aiosqlite:///{blocker / 'synatra.db'}")
+
+
+def test_db_upgrade_command_is_idempotent(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'new' / 'bot.db'}",
+    }
+    run = [sys.executable, "-m", "synatra_bot.cli", "db"]
+    first = subprocess.run([*run, "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "upgraded from empty" in first.stdout
+    second = subprocess.run(
+        [*run, "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert second.returncode == 0
+    assert "up to date" in second.stdout
+    current = subprocess.run(
+        [*run, "current"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert current.stdout.strip() == "0001 (up to date)"
+
+
+async def test_current_revision_of_empty_database_is_none(db_url):
+    assert await current_revision(db_url) is None
+
+
+async def _new_session(sessions, channel_id=10):
+    character = await repo.create_character(
+        sessions, owner_id=1, guild_id=100, name="민지", description="활발한 대학생"
+    )
+    return await repo.start_session(
+        sessions,
+        guild_id=100,
+        channel_id=channel_id,
+        parent_channel_id=None,
+        character_id=character.id,
+        started_by=1,
+    )
+
+
+async def test_concurrent_writers_to_one_session_lose_no_rows(sessions):
+    rp = await _new_session(sessions)
+
+    async def writer(player: int) -> None:
+        for n in range(25):
+            await repo.add_message(
+                sessions,
+                session_id=rp.id,
+                role="user",
+                author_id=player,
+                display_name=f"플레이어{player}",
+                content=f"{player}번의 {n}번째 말",
+                discord_message_ids=[player * 1000 + n],
+            )
+
+    await asyncio.gather(*(writer(p) for p in range(1, 9)))
+    assert await repo.count_history(sessions, session_id=rp.id) == 200
+    history = await repo.recent_history(sessions, session_id=rp.id, limit=500)
+    assert len({m.content for m in history}) == 200
+    for player in range(1, 9):
+        mine = [m.content for m in history if m.author_id == player]
+        assert mine == [f"{player}번의 {n}번째 말" for n in range(25)]
+
+
+async def test_concurrent_writers_across_engines_lose_no_rows(db_url):
+    await upgrade_database(db_url)
+    engines = [create_engine(db_url) for _ in range(3)]
+    makers = [create_sessionmaker(e) for e in engines]
+    try:
+        rp = await _new_session(makers[0])
+
+        async def writer(maker, tag):
+            for n in range(20):
+                await repo.add_message(maker, session_id=rp.id, role="user", content=f"{tag}-{n}")
+                await repo.recent_history(maker, session_id=rp.id, limit=5)
+
+        await asyncio.gather(*(writer(m, i) for i, m in enumerate(makers)))
+        assert await repo.count_history(makers[0], session_id=rp.id) == 60
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_starting_a_new_session_archives_the_old_one(sessions):
+    first = await _new_session(sessions)
+    await repo.add_message(sessions, session_id=first.id, role="user", content="첫 대화")
+    second = await _new_session(sessions)
+    active = await repo.get_active_session(sessions, channel_id=10)
+    assert active is not None and active.id == second.id
+    archived = await repo.get_session(sessions, session_id=first.id)
+    assert archived is not None and archived.ended_at is not None
+    assert [
+        m.content for m in await repo.recent_history(sessions, session_id=first.id, limit=5)
+    ] == ["첫 대화"]
+    assert await repo.end_session(sessions, channel_id=10) == second.id
+    assert await repo.get_active_session(sessions, channel_id=10) is None
+
+
+async def test_swipes_keep_alternatives_and_history_shows_the_chosen_one(sessions):
+    rp = await _new_session(sessions)
+    await repo.add_message(sessions, session_id=rp.id, role="user", content="안녕?")
+    first = await repo.add_message(
+        sessions, session_id=rp.id, role="assistant", content="안녕하세요!", swipe=True
+    )
+    second = await repo.add_alternative(sessions, message_id=first.id, content="어, 왔어?")
+    assert second.swipe_index == 1 and second.swipe_group == first.id
+    history = await repo.recent_history(sessions, session_id=rp.id, limit=10)
+    assert [m.content for m in history] == ["안녕?", "어, 왔어?"]
+    await repo.choose_alternative(sessions, message_id=first.id)
+    history = await repo.recent_history(sessions, session_id=rp.id, limit=10)
+    assert [m.content for m in history] == ["안녕?", "안녕하세요!"]
+    assert [a.content for a in await repo.alternatives(sessions, message_id=second.id)] == [
+        "안녕하세요!",
+        "어, 왔어?",
+    ]
+
+
+async def test_undo_removes_the_last_exchange_only(sessions):
+    rp = await _new_session(sessions)
+    await repo.add_message(sessions, session_id=rp.id, role="assistant", content="어서 와.")
+    await repo.add_message(sessions, session_id=rp.id, role="user", content="하나")
+    await repo.add_message(sessions, session_id=rp.id, role="assistant", content="둘", swipe=True)
+    await repo.add_message(sessions, session_id=rp.id, role="user", content="셋")
+    await repo.add_message(sessions, session_id=rp.id, role="user", content="넷")
+    reply = await repo.add_message(
+        sessions, session_id=rp.id, role="assistant", content="다섯", swipe=True
+    )
+    await repo.add_alternative(sessions, message_id=reply.id, content="다섯(다른 버전)")
+    removed = await repo.undo_last_exchange(sessions, session_id=rp.id)
+    assert [m.content for m in removed] == ["셋", "넷", "다섯(다른 버전)"]
+    history = await repo.recent_history(sessions, session_id=rp.id, limit=10)
+    assert [m.content for m in history] == ["어서 와.", "하나", "둘"]
+    assert await repo.undo_last_exchange(sessions, session_id=rp.id) != []
+    assert await repo.undo_last_exchange(sessions, session_id=rp.id) == []
+
+
+async def test_discord_edits_and_deletes_reach_history(sessions):
+    rp = await _new_session(sessions)
+    msg = await repo.add_message(
+        sessions, session_id=rp.id, role="user", content="오타 있는 말", discord_message_ids=[555]
+    )
+    await repo.save_token_counts(sessions, counts={msg.id: 7})
+    found = await repo.find_by_discord_id(sessions, discord_message_id=555)
+    assert found is not None and found.token_count == 7
+    edited = await repo.update_message(sessions, message_id=msg.id, content="고친 말", edited=True)
+    assert edited is not None and edited.token_count is None and edited.edited_at is not None
+    assert await repo.delete_messages(sessions, message_ids=[msg.id]) == 1
+    assert await repo.find_by_discord_id(sessions, discord_message_id=555) is None
+    assert await repo.recent_history(sessions, session_id=rp.id, limit=5) == []
+
+
+async def test_characters_are_visible_by_owner_and_server_rules(sessions):
+    mine = await repo.create_character(sessions, owner_id=1, guild_id=100, name="민지")
+    shared = await repo.create_character(
+        sessions, owner_id=2, guild_id=100, name="민수", visibility="guild", approval="approved"
+    )
+    await repo.create_character(
+        sessions, owner_id=2, guild_id=100, name="민호", visibility="guild", approval="pending"
+    )
+    await repo.create_character(sessions, owner_id=2, guild_id=100, name="민아")
+    await repo.create_character(
+        sessions, owner_id=3, guild_id=200, name="민재", visibility="guild", approval="approved"
+    )
+    visible = await repo.visible_characters(sessions, guild_id=100, user_id=1, name_prefix="민")
+    assert {c.id for c in visible} == {mine.id, shared.id}
+    assert [c.name for c in await repo.characters_awaiting_approval(sessions, guild_id=100)] == [
+        "민호"
+    ]
+
+
+async def test_persona_for_server_overrides_global(sessions):
+    await repo.set_persona(sessions, user_id=5, guild_id=0, name="여행자", description="떠돌이")
+    assert (await repo.get_persona(sessions, user_id=5, guild_id=100)).name == "여행자"
+    await repo.set_persona(
+        sessions, user_id=5, guild_id=100, name="기사", description="왕국의 기사"
+    )
+    assert (await repo.get_persona(sessions, user_id=5, guild_id=100)).name == "기사"
+    assert await repo.clear_persona(sessions, user_id=5, guild_id=100)
+    assert (await repo.get_persona(sessions, user_id=5, guild_id=100)).name == "여행자"
+
+
+async def test_settings_round_trip_and_reject_unknown_fields(sessions):
+    await repo.update_guild_settings(
+        sessions, guild_id=100, temperature=0.7, approval_required=True
+    )
+    guild = await repo.get_guild_settings(sessions, guild_id=100)
+    assert guild.temperature == 0.7 and guild.approval_required
+    channel = await repo.update_channel_settings(
+        sessions, channel_id=10, guild_id=100, enabled=True, reply_mode="mention"
+    )
+    assert channel.enabled and channel.reply_mode == "mention"
+    with pytest.raises(ValueError, match="unknown fields"):
+        await repo.update_channel_settings(sessions, channel_id=10, guild_id=100, bogus=1)
