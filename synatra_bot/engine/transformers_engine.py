@@ -1,0 +1,533 @@
+"""The embedded engine: transformers continuous batching on the model's own worker thread.
+
+All channels share one forward pass through `model.init_continuous_batching()`: the manager runs
+its generation loop on a dedicated thread, `add_request(streaming=True)` submits a reply and
+`register_result_handler` delivers every new token back onto the asyncio loop with
+`loop.call_soon_threadsafe`, so the loop never waits on the GPU. Leaving a stream (break,
+cancellation, `cancel()`) calls `cancel_request`, which frees the request's cache blocks.
+
+Choices, with their reasons:
+- Sampling: temperature, top-p and top-k are per request (CB's per-request logits processors).
+  Temperature 0 is approximated by 1e-4 (CB samples for every request or none).
+- Repetition penalty and seeds: CB ignores the penalty and has one seed for everything, so a
+  request with `repetition_penalty != 1.0` or a `seed` goes to a single-stream lane: plain
+  `model.generate()` on one extra worker thread, concurrently with the CB loop (or inside
+  `manager.pause()` when the attention implementation is paged-only). It is slower per token and
+  serves one such request at a time; the default (1.0, no seed) keeps every channel batched.
+- Prefix reuse: CB shares cache blocks between requests whose prompts start alike, but only for
+  full-attention layers. Mistral declares a 4096-token sliding window, which turns sharing off;
+  when `context_size` fits inside the window the window can never take effect, so the engine
+  loads the model with full attention (same outputs) and prefix sharing works. Requests longer
+  than `context_size` are refused in that mode.
+- Precision: bf16 on GPUs that support it, else fp16; fp32 on the CPU, with a warning that
+  there is no GPU. 8/4-bit through bitsandbytes, imported only when asked.
+- On the CPU, CB sizes its cache from free RAM (through psutil); the engine gives it a small
+  explicit cache there instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from synatra_bot.engine.base import EngineHealth, SamplingParams, ThroughputMeter
+from synatra_bot.engine.detokenize import IncrementalDetokenizer, StopStringFilter
+from synatra_bot.errors import EngineError, EngineUnavailable, GenerationInterrupted
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+CPU_DEFAULT_NUM_BLOCKS = 32
+CPU_DEFAULT_MAX_BATCH_TOKENS = 512
+MIN_TEMPERATURE = 1e-4
+
+
+@dataclass
+class _Request:
+    queue: asyncio.Queue[Any]
+    started: bool = False
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+
+
+class _Closed:
+    """Queue marker: the request was cancelled or the engine closed."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def _resolve_dtype(dtype: Any, device: str) -> torch.dtype:
+    import torch
+
+    if dtype is None:
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise EngineError(f"unknown dtype {dtype!r}")
+        return resolved
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    raise EngineError(f"unknown dtype {dtype!r}")
+
+
+def _cb_attn_implementation(requested: str) -> str:
+    """Map the ATTN_IMPLEMENTATION setting to what this transformers' CB accepts."""
+    return requested.removeprefix("paged|") if requested != "paged|eager" else requested
+
+
+class TransformersEngine:
+    """Generates with a local transformers model shared by all channels."""
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        device: str | None = None,
+        dtype: Any = None,
+        quantization: str = "none",
+        attn_implementation: str = "sdpa",
+        max_batch_tokens: int | None = None,
+        num_blocks: int | None = None,
+        page_size: int | None = None,
+        context_size: int | None = None,
+        max_memory_percent: float | None = None,
+        use_cuda_graph: bool | None = None,
+        compile_level: int = 0,
+        allow_block_sharing: bool = True,
+        seed: int | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        if quantization not in ("none", "8bit", "4bit"):
+            raise EngineError(f"quantization must be none, 8bit or 4bit, got {quantization!r}")
+        self.model_id = model_id
+        self._device_request = device
+        self._dtype_request = dtype
+        self._quantization = quantization
+        self._attn_implementation = attn_implementation
+        self._max_batch_tokens = max_batch_tokens
+        self._num_blocks = num_blocks
+        self._page_size = page_size
+        self._context_size = context_size
+        self._max_memory_percent = max_memory_percent
+        self._use_cuda_graph = use_cuda_graph
+        self._compile_level = compile_level
+        self._allow_block_sharing = allow_block_sharing
+        self._seed = seed
+        self._tokenizer: PreTrainedTokenizerBase | None = tokenizer
+        self._model: PreTrainedModel | None = None
+        self._manager: Any = None
+        self._single_lane: ThreadPoolExecutor | None = None
+        self._requests: dict[str, _Request] = {}
+        self._meter = ThroughputMeter()
+        self._context_limit: int | None = None
+        self._closing = False
+        self.device = ""
+        self.dtype_name = ""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            raise EngineUnavailable("the engine is not started")
+        return self._tokenizer
+
+    @property
+    def model(self) -> PreTrainedModel:
+        if self._model is None:
+            raise EngineUnavailable("the engine is not started")
+        return self._model
+
+    @property
+    def prefix_sharing(self) -> bool:
+        """Whether CB shares cache blocks between prompts with a common prefix."""
+        processor = getattr(self._manager, "batch_processor", None)
+        return bool(processor is not None and processor.cache.use_prefix_sharing)
+
+    async def start(self) -> None:
+        if self._manager is not None:
+            return
+        self._closing = False
+        await asyncio.to_thread(self._load)
+        manager = await asyncio.to_thread(self._init_continuous_batching)
+        manager.start()
+        self._manager = manager
+        self._single_lane = ThreadPoolExecutor(1, thread_name_prefix="synatra-single-stream")
+        log.info("engine ready: %s", self.health().detail)
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        from synatra_bot.tokenizer import load_tokenizer
+
+        device = self._device_request or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cpu":
+            log.warning(
+                "No CUDA GPU found: running %s on the CPU in float32. Replies will be very slow; "
+                "use a GPU or ENGINE=openai for real use.",
+                self.model_id,
+            )
+        dtype = _resolve_dtype(self._dtype_request, device)
+        self.device, self.dtype_name = device, str(dtype).removeprefix("torch.")
+        hf_logging.enable_progress_bar()  # download and load progress on stderr
+
+        config = AutoConfig.from_pretrained(self.model_id)
+        window = getattr(config, "sliding_window", None)
+        if self._context_size is not None:
+            self._context_limit = self._context_size
+            if window is not None and self._context_size <= window:
+                config.sliding_window = None
+                log.info(
+                    "context %d fits the %d-token sliding window: full attention, prefix sharing on",
+                    self._context_size,
+                    window,
+                )
+
+        kwargs: dict[str, Any] = {
+            "config": config,
+            "dtype": dtype,
+            "attn_implementation": _cb_attn_implementation(self._attn_implementation),
+        }
+        if self._quantization != "none":
+            kwargs["quantization_config"] = self._quantization_config(dtype, device)
+        if device != "cpu":
+            kwargs["device_map"] = {"": device}
+        log.info("loading %s on %s (%s)...", self.model_id, device, self.dtype_name)
+        began = time.perf_counter()
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.model_id)
+        model = AutoModelForCausalLM.from_pretrained(self.model_id, **kwargs)
+        model.eval()
+        self._model = model
+        log.info("loaded %s in %.1f s", self.model_id, time.perf_counter() - began)
+
+    def _quantization_config(self, dtype: torch.dtype, device: str) -> Any:
+        if device == "cpu":
+            raise EngineError(f"QUANTIZATION={self._quantization} needs a CUDA GPU")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise EngineUnavailable(
+                f"QUANTIZATION={self._quantization} needs bitsandbytes: "
+                "pip install 'synatra-bot[quant]' (or pip install bitsandbytes)"
+            ) from None
+        from transformers import BitsAndBytesConfig
+
+        if self._quantization == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4"
+        )
+
+    def _base_generation_config(self) -> Any:
+        from transformers import GenerationConfig
+
+        from synatra_bot.tokenizer import EOS_ID, STOP_IDS
+
+        # Every request passes its own temperature/top-p/top-k; these values only make CB
+        # create the per-request processors (it skips a processor whose default is neutral).
+        return GenerationConfig(
+            do_sample=True,
+            temperature=0.8,
+            top_p=0.95,
+            top_k=40,
+            max_new_tokens=300,
+            eos_token_id=list(STOP_IDS),
+            pad_token_id=EOS_ID,
+        )
+
+    def _init_continuous_batching(self) -> Any:
+        from transformers import ContinuousBatchingConfig
+
+        on_cpu = self.device == "cpu"
+        options: dict[str, Any] = {
+            "per_request_processors": True,
+            "allow_block_sharing": self._allow_block_sharing,
+            # Keep the attention generate() can also use, for the single-stream lane.
+            "auto_switch_to_flash": False,
+            "default_compile_level": self._compile_level,
+            "seed": self._seed,
+            "num_blocks": self._num_blocks or (CPU_DEFAULT_NUM_BLOCKS if on_cpu else None),
+            "max_batch_tokens": self._max_batch_tokens
+            or (CPU_DEFAULT_MAX_BATCH_TOKENS if on_cpu else None),
+        }
+        if self._page_size is not None:
+            options["page_size"] = self._page_size
+        if self._max_memory_percent is not None:
+            options["max_memory_percent"] = self._max_memory_percent
+        if self._use_cuda_graph is not None:
+            options["use_cuda_graph"] = self._use_cuda_graph
+        manager = self.model.init_continuous_batching(
+            generation_config=self._base_generation_config(),
+            continuous_batching_config=ContinuousBatchingConfig(**options),
+        )
+        if not on_cpu:
+            log.info("warming up continuous batching...")
+            manager.warmup()
+        return manager
+
+    async def close(self) -> None:
+        self._closing = True
+        for request in list(self._requests.values()):
+            request.cancel_event.set()
+            request.queue.put_nowait(_Closed("the engine is shutting down"))
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            await asyncio.to_thread(manager.stop, block=True, timeout=30, hard_stop=True)
+            await asyncio.to_thread(manager.destroy)
+        lane, self._single_lane = self._single_lane, None
+        if lane is not None:
+            await asyncio.to_thread(lane.shutdown, wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------------ requests
+
+    def _prompt_ids(self, prompt: Sequence[int] | str) -> list[int]:
+        if isinstance(prompt, str):
+            # Text prompts: BOS is prepended and ChatML markers are parsed as special tokens.
+            return list(self.tokenizer.encode(prompt))
+        return list(prompt)
+
+    def _budget(self, prompt_len: int, max_new_tokens: int) -> int:
+        if self._context_limit is None:
+            return max_new_tokens
+        room = self._context_limit - prompt_len
+        if room <= 0:
+            raise EngineError(
+                f"prompt of {prompt_len} tokens does not fit the context of {self._context_limit}"
+            )
+        return min(max_new_tokens, room)
+
+    def stream(
+        self, prompt: Sequence[int] | str, params: SamplingParams, *, request_id: str
+    ) -> AsyncIterator[str]:
+        single = params.repetition_penalty != 1.0 or params.seed is not None
+        return self._stream(prompt, params, request_id=request_id, single=single)
+
+    async def _stream(
+        self, prompt: Sequence[int] | str, params: SamplingParams, *, request_id: str, single: bool
+    ) -> AsyncIterator[str]:
+        if self._manager is None or self._closing:
+            raise EngineUnavailable("the engine is not running")
+        if not self._manager.is_running():
+            raise EngineUnavailable("the generation thread has stopped; see the log for the error")
+        if request_id in self._requests:
+            raise EngineError(f"request id {request_id!r} is already running")
+        ids = self._prompt_ids(prompt)
+        max_new = self._budget(len(ids), params.max_new_tokens)
+        request = _Request(queue=asyncio.Queue())
+        self._requests[request_id] = request
+        detokenizer = IncrementalDetokenizer(self.tokenizer, skip_ids=params.stop_ids)
+        stops = StopStringFilter(params.stop_strings)
+        shown = ""
+        completed = False
+        try:
+            if single:
+                self._submit_single(request, ids, params, max_new)
+            else:
+                self._submit_batched(request_id, request, ids, params, max_new)
+            while True:
+                item = await request.queue.get()
+                if isinstance(item, _Closed):
+                    raise GenerationInterrupted(item.reason, partial_text=shown)
+                if isinstance(item, _Failed):
+                    raise GenerationInterrupted(
+                        f"generation failed: {item.error}", partial_text=shown
+                    ) from item.error
+                finished = item is _END
+                if not finished:
+                    new_ids, finished, error = item
+                    if error:
+                        raise GenerationInterrupted(
+                            f"generation failed: {error}", partial_text=shown
+                        )
+                    request.started = True
+                    self._meter.add(len(new_ids))
+                    text = stops.feed(detokenizer.add(new_ids))
+                else:
+                    text = ""
+                if finished:
+                    text += stops.feed(detokenizer.flush()) + stops.flush()
+                if text:
+                    shown += text
+                    yield text
+                if finished or stops.stopped:
+                    completed = True
+                    return
+        finally:
+            request.cancel_event.set()
+            self._requests.pop(request_id, None)
+            if not single:
+                self._forget_batched(request_id, cancel=not completed or stops.stopped)
+
+    def _submit_batched(
+        self, request_id: str, request: _Request, ids: list[int], params: SamplingParams, max_new: int
+    ) -> None:
+        seen = 0
+
+        def on_output(output: Any) -> None:
+            nonlocal seen
+            tokens = output.generated_tokens
+            new_ids, seen = tokens[seen:], len(tokens)
+            request.queue.put_nowait((new_ids, output.is_finished(), output.error))
+
+        self._manager.register_result_handler(request_id, on_output)
+        top_k = params.top_k if params.top_k > 0 else self.model.config.vocab_size
+        self._manager.add_request(
+            ids,
+            request_id=request_id,
+            max_new_tokens=max_new,
+            streaming=True,
+            eos_token_id=list(params.stop_ids),
+            temperature=float(max(params.temperature, MIN_TEMPERATURE)),
+            top_p=float(min(max(params.top_p, 0.0), 1.0)),
+            top_k=int(top_k),
+        )
+
+    def _forget_batched(self, request_id: str, *, cancel: bool) -> None:
+        manager = self._manager
+        if manager is None:
+            return
+        if cancel:
+            manager.cancel_request(request_id)
+        # A cancelled request gets no final output, so its handler would stay registered.
+        router = manager.output_router
+        with router._lock:
+            router.result_handlers.pop(request_id, None)
+
+    def _submit_single(
+        self, request: _Request, ids: list[int], params: SamplingParams, max_new: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        lane = self._single_lane
+        if lane is None:
+            raise EngineUnavailable("the engine is not running")
+        lane.submit(self._generate_single, loop, request, ids, params, max_new)
+
+    def _generate_single(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        request: _Request,
+        ids: list[int],
+        params: SamplingParams,
+        max_new: int,
+    ) -> None:
+        """Runs on the single-stream lane thread: plain generate() with a streamer."""
+        import torch
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        from synatra_bot.tokenizer import EOS_ID
+
+        if request.cancel_event.is_set():
+            return
+
+        def deliver(item: Any) -> None:
+            loop.call_soon_threadsafe(request.queue.put_nowait, item)
+
+        class Streamer(BaseStreamer):
+            prompt_seen = False
+
+            def put(self, value: torch.Tensor) -> None:
+                if not self.prompt_seen:  # generate() first pushes the prompt
+                    self.prompt_seen = True
+                    return
+                deliver((value.reshape(-1).tolist(), False, None))
+
+            def end(self) -> None:
+                deliver(_END)
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
+                return torch.full(
+                    (input_ids.shape[0],), request.cancel_event.is_set(), device=input_ids.device
+                )
+
+        sample = params.temperature > 0
+        config = GenerationConfig(
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=params.top_k if sample else None,
+            repetition_penalty=params.repetition_penalty,
+            max_new_tokens=max_new,
+            eos_token_id=list(params.stop_ids),
+            pad_token_id=EOS_ID,
+        )
+        manager = self._manager
+        paged_only = str(self.model.config._attn_implementation).startswith("paged")
+        pause: AbstractContextManager[Any] = (
+            manager.pause() if paged_only and manager is not None else nullcontext()
+        )
+        try:
+            input_ids = torch.tensor([ids], device=self.model.device)
+            with torch.inference_mode(), pause:
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    generation_config=config,
+                    streamer=Streamer(),
+                    stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                )
+        except Exception as error:
+            log.exception("single-stream generation failed")
+            deliver(_Failed(error))
+
+    async def cancel(self, request_id: str) -> None:
+        request = self._requests.get(request_id)
+        if request is None:
+            return
+        request.cancel_event.set()
+        request.queue.put_nowait(_Closed("request cancelled"))
+        if self._manager is not None:
+            self._manager.cancel_request(request_id)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def health(self) -> EngineHealth:
+        running = sum(1 for r in self._requests.values() if r.started)
+        queued = len(self._requests) - running
+        manager = self._manager
+        if manager is None:
+            ok, detail = False, "not started"
+        elif not manager.is_running():
+            ok, detail = False, "generation thread stopped"
+        else:
+            sharing = "on" if self.prefix_sharing else "off"
+            ok = True
+            detail = (
+                f"{self.model_id} on {self.device} ({self.dtype_name}, "
+                f"{self._quantization}, prefix sharing {sharing})"
+            )
+        return EngineHealth(
+            ok=ok,
+            detail=detail,
+            queued=queued,
+            running=running,
+            tokens_per_second=self._meter.rate(),
+        )
