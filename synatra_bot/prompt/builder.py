@@ -1,0 +1,477 @@
+"""ChatML prompt assembly within the token budget, with token-level injection safety.
+
+Ids are assembled here rather than by tokenising the rendered text: role markers come from
+their fixed ids and every piece of content is encoded with special tokens split, so no text
+can ever produce <s>, </s>, <|im_start|> or <|im_end|>. Each content piece is encoded exactly
+as the tokenizer would encode it inside the rendered ChatML text (after a "\\n"), so for text
+without forged markers `tokenizer(built.text).input_ids == built.input_ids`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from synatra_bot.errors import PromptTooLarge
+from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
+from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book, select_entries
+from synatra_bot.prompt.macros import substitute_macros
+from synatra_bot.prompt.report import BlockReport, PromptReport
+from synatra_bot.tokenizer import (
+    BOS_ID,
+    FORBIDDEN_CONTENT_IDS,
+    IM_END,
+    IM_END_ID,
+    IM_START,
+    IM_START_ID,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+Role = Literal["user", "assistant"]
+
+DEFAULT_INSTRUCTION_PRESET = (
+    "당신은 {{char}}입니다. {{user}}와 함께 끝나지 않는 롤플레이를 이어 가세요. "
+    "{{char}}의 대사, 행동, 생각만 쓰고 {{user}}의 말이나 행동을 대신 정하지 마세요. "
+    "캐릭터의 성격, 말투, 설정을 일관되게 지키고, 장면을 생생하고 구체적으로 묘사하세요. "
+    "같은 표현을 반복하지 말고 이야기를 능동적으로 앞으로 진행하세요. 자연스러운 한국어로 답하세요."
+)
+SPEECH_LEVEL_INSTRUCTIONS = {
+    SpeechLevel.FORMAL: "{{char}}는 {{user}}에게 항상 존댓말을 쓴다.",
+    SpeechLevel.INFORMAL: "{{char}}는 {{user}}에게 항상 반말을 쓴다.",
+}
+MAX_CONTEXT_SIZE = 32768
+MAX_NAME_CHARS = 64
+_EXAMPLE_SPLIT = re.compile(r"^\s*<START>\s*$", re.IGNORECASE | re.MULTILINE)
+_EXAMPLE_SPEAKER = re.compile(
+    r"^\s*(?P<who>\{\{\s*(?:char|user)\s*\}\}|<(?:bot|user)>)\s*:\s?(?P<text>.*)$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class HistoryMessage:
+    role: Role
+    name: str
+    content: str
+    token_count: int | None = None
+    message_id: int | None = None
+
+
+@dataclass
+class PromptOptions:
+    context_size: int = 4096
+    max_new_tokens: int = 300
+    margin: int = 16
+    author_note: str = ""
+    author_note_depth: int = 4
+    instruction_preset: str = DEFAULT_INSTRUCTION_PRESET
+    summary: str = ""
+    #: After an overflow the history is cut back to this share of its room, so that the
+    #: following turns keep an identical prompt start (an engine's cached prefix stays valid).
+    trim_watermark: float = 0.7
+    #: Oldest message id kept by the previous prompt of this session (BuiltPrompt.history_start_id).
+    history_start_id: int | None = None
+    lorebook_budget: int = 512
+    add_bos: bool = True
+
+    def __post_init__(self) -> None:
+        if not 256 <= self.context_size <= MAX_CONTEXT_SIZE:
+            raise ValueError(f"context_size must be 256..{MAX_CONTEXT_SIZE}")
+        if self.max_new_tokens < 1 or self.margin < 0 or self.budget < 64:
+            raise ValueError("max_new_tokens and margin leave no room for a prompt")
+        if not 0.1 <= self.trim_watermark <= 1.0:
+            raise ValueError("trim_watermark must be between 0.1 and 1.0")
+
+    @property
+    def budget(self) -> int:
+        return self.context_size - self.max_new_tokens - self.margin
+
+
+@dataclass
+class BuiltPrompt:
+    input_ids: list[int]
+    text: str
+    token_count: int
+    budget: int
+    report: PromptReport
+    #: message_id -> token count for history messages that came without one (to persist).
+    new_token_counts: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def history_start_id(self) -> int | None:
+        """Pass back as PromptOptions.history_start_id on the session's next turn."""
+        return self.report.history_start_id
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A rendered ChatML message: its ids and text."""
+
+    ids: tuple[int, ...]
+    text: str
+
+
+def clean_name(name: str, fallback: str = "User") -> str:
+    """A speaker name on one line, bounded in length."""
+    cleaned = " ".join(name.split())[:MAX_NAME_CHARS]
+    return cleaned or fallback
+
+
+class PromptBuilder:
+    """Renders Synatra's ChatML prompt. One per tokenizer; holds a bounded per-instance cache."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, cache_size: int = 8192) -> None:
+        self._tokenizer = tokenizer
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._newline = tuple(self._encode_raw("\n"))
+        self._headers = {
+            role: tuple(self._encode_raw(role + "\n")) for role in ("system", "user", "assistant")
+        }
+
+    # -- encoding -------------------------------------------------------------------------
+
+    def _encode_raw(self, text: str) -> list[int]:
+        ids: list[int] = self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)[
+            "input_ids"
+        ]
+        if FORBIDDEN_CONTENT_IDS.intersection(ids):
+            ids = [i for i in ids if i not in FORBIDDEN_CONTENT_IDS]
+        return ids
+
+    def encode_content(self, text: str) -> tuple[int, ...]:
+        """Ids of `text` as it is tokenised after a newline inside ChatML (cached, bounded)."""
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            return cached
+        ids = self._encode_raw("\n" + text)
+        prefix = len(self._newline)
+        body = tuple(ids[prefix:]) if tuple(ids[:prefix]) == self._newline else tuple(ids)
+        self._cache[text] = body
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return body
+
+    def _piece(self, role: str, body: str) -> _Piece:
+        ids = (IM_START_ID, *self._headers[role], *self.encode_content(body), IM_END_ID)
+        return _Piece(ids + self._newline, f"{IM_START}{role}\n{body}{IM_END}\n")
+
+    def _message_body(self, message: HistoryMessage) -> str:
+        content = message.content.strip()
+        if message.role == "user":
+            return f"{clean_name(message.name)}: {content}"
+        return content
+
+    def count_message(self, message: HistoryMessage) -> int:
+        """Tokens the message takes in the prompt (the count to store with the message)."""
+        header = self._headers[message.role]
+        return (
+            len(header)
+            + len(self.encode_content(self._message_body(message)))
+            + 2
+            + len(self._newline)
+        )
+
+    def count_text(self, text: str) -> int:
+        return len(self.encode_content(text))
+
+    # -- blocks ---------------------------------------------------------------------------
+
+    def _system_text(
+        self,
+        card: CharacterCard,
+        *,
+        user_name: str,
+        persona: str,
+        lore: Sequence[str],
+        options: PromptOptions,
+    ) -> str:
+        def sub(text: str) -> str:
+            return substitute_macros(text, char=card.name, user=user_name).strip()
+
+        preset = options.instruction_preset
+        if card.system_prompt.strip():
+            preset = card.system_prompt.replace("{{original}}", preset)
+        sections = [sub(preset)]
+        if card.description.strip():
+            sections.append(f"### {card.name}\n{sub(card.description)}")
+        if card.personality.strip():
+            sections.append(f"### 성격\n{sub(card.personality)}")
+        if card.scenario.strip():
+            sections.append(f"### 상황\n{sub(card.scenario)}")
+        if card.speech_level is not None:
+            sections.append(sub(SPEECH_LEVEL_INSTRUCTIONS[card.speech_level]))
+        if persona.strip():
+            sections.append(f"### {user_name}\n{sub(persona)}")
+        if lore:
+            sections.append("### 세계 정보\n" + "\n".join(lore))
+        if options.summary.strip():
+            sections.append(f"### 지난 이야기\n{options.summary.strip()}")
+        return "\n\n".join(s for s in sections if s)
+
+    def _example_dialogues(self, card: CharacterCard, user_name: str) -> list[list[_Piece]]:
+        dialogues: list[list[_Piece]] = []
+        for block in _EXAMPLE_SPLIT.split(card.example_messages):
+            turns: list[tuple[str, list[str]]] = []
+            for line in block.splitlines():
+                speaker = _EXAMPLE_SPEAKER.match(line)
+                if speaker is not None:
+                    who = speaker.group("who").lower()
+                    role = "user" if "user" in who else "assistant"
+                    turns.append((role, [speaker.group("text")]))
+                elif turns:
+                    turns[-1][1].append(line)
+                elif line.strip():
+                    turns.append(("assistant", [line]))
+            pieces = []
+            for role, lines in turns:
+                text = substitute_macros("\n".join(lines), char=card.name, user=user_name).strip()
+                if not text:
+                    continue
+                body = f"{clean_name(user_name)}: {text}" if role == "user" else text
+                pieces.append(self._piece(role, body))
+            if pieces:
+                dialogues.append(pieces)
+        return dialogues
+
+    # -- assembly -------------------------------------------------------------------------
+
+    def build(
+        self,
+        *,
+        card: CharacterCard,
+        history: Sequence[HistoryMessage],
+        user_name: str,
+        persona: str = "",
+        channel_lorebook: Lorebook | None = None,
+        options: PromptOptions,
+    ) -> BuiltPrompt:
+        """Assemble the prompt for the assistant's next message after `history` (oldest first)."""
+        built = self._build(card, history, user_name, persona, channel_lorebook, options, True)
+        if built.token_count > built.budget:
+            # A stored count was stale (e.g. another tokenizer): count everything afresh.
+            built = self._build(card, history, user_name, persona, channel_lorebook, options, False)
+        return built
+
+    def _build(
+        self,
+        card: CharacterCard,
+        history: Sequence[HistoryMessage],
+        user_name: str,
+        persona: str,
+        channel_lorebook: Lorebook | None,
+        options: PromptOptions,
+        trust_stored_counts: bool,
+    ) -> BuiltPrompt:
+        budget = options.budget
+        user_name = clean_name(user_name)
+        report = PromptReport(
+            budget=budget, context_size=options.context_size, max_new_tokens=options.max_new_tokens
+        )
+        new_counts: dict[int, int] = {}
+
+        def count(message: HistoryMessage) -> int:
+            if trust_stored_counts and message.token_count is not None:
+                return message.token_count
+            tokens = self.count_message(message)
+            if message.token_count is None and message.message_id is not None:
+                new_counts[message.message_id] = tokens
+            return tokens
+
+        def sub(text: str) -> str:
+            return substitute_macros(text, char=card.name, user=user_name).strip()
+
+        tail: list[tuple[str, _Piece]] = []
+        post = sub(card.post_history_instructions)
+        if post:
+            tail.append(("post_history", self._piece("system", post)))
+        assistant_prefix = _Piece(
+            (IM_START_ID, *self._headers["assistant"]), f"{IM_START}assistant\n"
+        )
+        tail.append(("assistant_prefix", assistant_prefix))
+        note = sub(options.author_note)
+        note_piece = self._piece("system", note) if note else None
+
+        fixed = sum(len(p.ids) for _, p in tail) + (1 if options.add_bos else 0)
+        fixed += len(note_piece.ids) if note_piece else 0
+        newest = count(history[-1]) if history else 0
+        bare_system = self._piece(
+            "system",
+            self._system_text(card, user_name=user_name, persona=persona, lore=(), options=options),
+        )
+        if fixed + len(bare_system.ids) + newest > budget:
+            sheet = fixed + len(bare_system.ids) + newest
+            raise PromptTooLarge(
+                f"the character sheet and the newest message take {sheet} tokens, "
+                f"but only {budget} fit",
+                sheet_tokens=sheet,
+                budget=budget,
+            )
+
+        system = (
+            self._with_lore(
+                card,
+                history,
+                user_name,
+                persona,
+                channel_lorebook,
+                options,
+                report,
+                room=budget - fixed - newest,
+            )
+            or bare_system
+        )
+        fixed += len(system.ids)
+        room = budget - fixed
+
+        # History, newest first, until the previous start, the room, or the oldest message.
+        counts: list[int] = []
+        used = 0
+        overflow = False
+        anchor = options.history_start_id
+        start = len(history)
+        for index in range(len(history) - 1, -1, -1):
+            message = history[index]
+            if (
+                anchor is not None
+                and index < len(history) - 1
+                and message.message_id is not None
+                and message.message_id < anchor
+            ):
+                break
+            tokens = count(message)
+            if used + tokens > room and index < len(history) - 1:
+                overflow = True
+                break
+            used += tokens
+            counts.append(tokens)
+            start = index
+        if overflow:
+            target = int(room * options.trim_watermark)
+            used = counts[0]
+            keep = 1
+            while keep < len(counts) and used + counts[keep] <= target:
+                used += counts[keep]
+                keep += 1
+            start = len(history) - keep
+            report.trimmed_this_turn = True
+
+        dialogues = self._example_dialogues(card, user_name) if card.example_messages else []
+        kept_dialogues: list[list[_Piece]] = []
+        if start == 0:
+            free = room - used
+            for dialogue in dialogues:
+                size = sum(len(p.ids) for p in dialogue)
+                if size > free:
+                    break
+                free -= size
+                kept_dialogues.append(dialogue)
+        report.kept_examples = len(kept_dialogues)
+        report.dropped_examples = len(dialogues) - len(kept_dialogues)
+
+        kept = history[start:]
+        report.kept_messages = len(kept)
+        report.dropped_messages = start
+        report.history_start_id = kept[0].message_id if kept else None
+
+        # Assemble.
+        ids: list[int] = [BOS_ID] if options.add_bos else []
+        texts: list[str] = []
+        blocks: list[BlockReport] = []
+        if options.add_bos:
+            blocks.append(BlockReport("bos", 1))
+
+        def add(name: str, pieces: Sequence[_Piece]) -> None:
+            before = len(ids)
+            for piece in pieces:
+                ids.extend(piece.ids)
+                texts.append(piece.text)
+            blocks.append(BlockReport(name, len(ids) - before))
+
+        add("system", [system])
+        if kept_dialogues:
+            add("examples", [p for dialogue in kept_dialogues for p in dialogue])
+        depth = max(0, options.author_note_depth)
+        split = max(0, len(kept) - depth)
+        history_pieces = [self._piece(m.role, self._message_body(m)) for m in kept]
+        add("history", history_pieces[:split])
+        if note_piece is not None:
+            add("author_note", [note_piece])
+        if split < len(history_pieces):
+            add("recent_history", history_pieces[split:])
+        for name, piece in tail:
+            add(name, [piece])
+        report.blocks = blocks
+        report.total_tokens = len(ids)
+        return BuiltPrompt(
+            input_ids=ids,
+            text="".join(texts),
+            token_count=len(ids),
+            budget=budget,
+            report=report,
+            new_token_counts=new_counts,
+        )
+
+    def _with_lore(
+        self,
+        card: CharacterCard,
+        history: Sequence[HistoryMessage],
+        user_name: str,
+        persona: str,
+        channel_lorebook: Lorebook | None,
+        options: PromptOptions,
+        report: PromptReport,
+        *,
+        room: int,
+    ) -> _Piece | None:
+        """The system block with the lorebook entries that fire and fit, or None if none do."""
+        books = []
+        if card.character_book:
+            books.append(lorebook_from_character_book(card.character_book))
+        if channel_lorebook is not None:
+            books.append(channel_lorebook)
+        if not any(book.entries for book in books):
+            return None
+        depth = max((book.scan_depth for book in books), default=0)
+        recent = [m.content for m in history[-depth:]] if depth else []
+        base = self._piece(
+            "system",
+            self._system_text(card, user_name=user_name, persona=persona, lore=(), options=options),
+        )
+        limits = [options.lorebook_budget, room - len(base.ids)]
+        limits += [book.token_budget for book in books if book.token_budget]
+        fired, skipped = select_entries(
+            books,
+            recent,
+            token_budget=max(0, min(limits)),
+            count_tokens=lambda text: self.count_text(text) + 1,
+            render=lambda text: substitute_macros(text, char=card.name, user=user_name),
+        )
+        while True:
+            lore = [f.content for f in fired]
+            system = self._piece(
+                "system",
+                self._system_text(
+                    card, user_name=user_name, persona=persona, lore=lore, options=options
+                ),
+            )
+            if not fired or len(system.ids) <= room:
+                break
+            skipped.append(fired.pop().entry)
+        report.lorebook_fired = [_entry_label(f.entry) for f in fired]
+        report.lorebook_skipped = [_entry_label(e) for e in skipped]
+        return system if fired else None
+
+
+def _entry_label(entry: object) -> str:
+    name = getattr(entry, "name", "")
+    if name:
+        return str(name)
+    keys = getattr(entry, "keys", [])
+    return str(keys[0]) if keys else "(constant)"
