@@ -7,6 +7,7 @@ honours `max_new_tokens` and stop strings, can fail mid-stream, and records what
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -101,10 +102,8 @@ class ScriptedEngine:
                 if self._fail_after is not None and index >= self._fail_after:
                     raise GenerationInterrupted("scripted failure", partial_text=sent)
                 if self._delay_s > 0:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(cancel.wait(), self._delay_s)
-                    except TimeoutError:
-                        pass
                 else:
                     await asyncio.sleep(0)
                 if cancel.is_set():

@@ -192,7 +192,7 @@ class TransformersEngine:
             )
         dtype = _resolve_dtype(self._dtype_request, device)
         self.device, self.dtype_name = device, str(dtype).removeprefix("torch.")
-        hf_logging.enable_progress_bar()  # download and load progress on stderr
+        hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
         config = AutoConfig.from_pretrained(self.model_id)
         window = getattr(config, "sliding_window", None)
@@ -201,7 +201,7 @@ class TransformersEngine:
             if window is not None and self._context_size <= window:
                 config.sliding_window = None
                 log.info(
-                    "context %d fits the %d-token sliding window: full attention, prefix sharing on",
+                    "context %d fits the %d-token sliding window: full attention, prefix sharing",
                     self._context_size,
                     window,
                 )
@@ -220,7 +220,7 @@ class TransformersEngine:
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.model_id)
         model = AutoModelForCausalLM.from_pretrained(self.model_id, **kwargs)
-        model.eval()
+        model.eval()  # type: ignore[no-untyped-call]
         self._model = model
         log.info("loaded %s in %.1f s", self.model_id, time.perf_counter() - began)
 
@@ -237,8 +237,8 @@ class TransformersEngine:
         from transformers import BitsAndBytesConfig
 
         if self._quantization == "8bit":
-            return BitsAndBytesConfig(load_in_8bit=True)
-        return BitsAndBytesConfig(
+            return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+        return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4"
         )
 
@@ -249,7 +249,7 @@ class TransformersEngine:
 
         # Every request passes its own temperature/top-p/top-k; these values only make CB
         # create the per-request processors (it skips a processor whose default is neutral).
-        return GenerationConfig(
+        return GenerationConfig(  # type: ignore[no-untyped-call]
             do_sample=True,
             temperature=0.8,
             top_p=0.95,
@@ -280,7 +280,8 @@ class TransformersEngine:
             options["max_memory_percent"] = self._max_memory_percent
         if self._use_cuda_graph is not None:
             options["use_cuda_graph"] = self._use_cuda_graph
-        manager = self.model.init_continuous_batching(
+        model: Any = self.model
+        manager = model.init_continuous_batching(
             generation_config=self._base_generation_config(),
             continuous_batching_config=ContinuousBatchingConfig(**options),
         )
@@ -383,7 +384,12 @@ class TransformersEngine:
                 self._forget_batched(request_id, cancel=not completed or stops.stopped)
 
     def _submit_batched(
-        self, request_id: str, request: _Request, ids: list[int], params: SamplingParams, max_new: int
+        self,
+        request_id: str,
+        request: _Request,
+        ids: list[int],
+        params: SamplingParams,
+        max_new: int,
     ) -> None:
         seen = 0
 
@@ -466,7 +472,7 @@ class TransformersEngine:
                 )
 
         sample = params.temperature > 0
-        config = GenerationConfig(
+        config = GenerationConfig(  # type: ignore[no-untyped-call]
             do_sample=sample,
             temperature=params.temperature if sample else None,
             top_p=params.top_p if sample else None,
@@ -481,12 +487,13 @@ class TransformersEngine:
         pause: AbstractContextManager[Any] = (
             manager.pause() if paged_only and manager is not None else nullcontext()
         )
+        model: Any = self.model
         try:
-            input_ids = torch.tensor([ids], device=self.model.device)
+            input_ids = torch.tensor([ids], device=model.device)
             with torch.inference_mode(), pause:
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
-                self.model.generate(
+                model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
                     generation_config=config,

@@ -1,0 +1,29 @@
+"""Build the engine the settings ask for."""
+
+from __future__ import annotations
+
+from synatra_bot.engine.base import Engine
+from synatra_bot.settings import Settings
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The embedded transformers engine, or the OpenAI-compatible one for ENGINE=openai."""
+    if settings.engine == "openai":
+        from synatra_bot.engine.openai_compat import OpenAICompatEngine
+
+        return OpenAICompatEngine(
+            settings.engine_url,
+            api_key=settings.engine_api_key,
+            model=settings.model_id,
+            tokenizer_dir_or_id=settings.model_id,
+            timeout_s=settings.engine_timeout_s,
+        )
+    from synatra_bot.engine.transformers_engine import TransformersEngine
+
+    return TransformersEngine(
+        settings.model_id,
+        quantization=settings.quantization,
+        attn_implementation=settings.attn_implementation,
+        context_size=settings.context_size,
+        max_batch_tokens=None,
+    )

@@ -1,0 +1,342 @@
+"""Engine for OpenAI-compatible servers: vLLM, TGI, llama.cpp server, `transformers serve`.
+
+It posts our own ChatML prompt to `/v1/completions` (the legacy text API, so the budgeted prompt is
+exactly what the model sees) with `stream: true`, and reads the server-sent events.
+
+- Prompts given as token ids are sent as ids when `send_token_ids=True` (vLLM accepts them);
+  otherwise they are decoded to text with the model's tokenizer (a leading BOS is dropped: servers
+  add their own) and the server re-tokenizes it, parsing the ChatML markers as special tokens.
+- `top_k`, `repetition_penalty` and `stop_token_ids` are not in the OpenAI schema. They are sent
+  (vLLM honours them) until a server rejects them by name (`transformers serve` answers 422);
+  after that the engine sends only standard fields. Stop strings `<|im_end|>`, `<|im_start|>`,
+  `</s>` always go in `stop`, and the text is also cut at them here.
+- Connect errors, timeouts, 429 and 5xx before the first token are retried with exponential
+  backoff (429 honours Retry-After). Other 4xx fail at once with the server's reason. A stream
+  that ends without a finish reason raises GenerationInterrupted with the text so far.
+- The API key is sent only in the Authorization header and never appears in errors or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from synatra_bot.engine.base import STOP_STRINGS, EngineHealth, SamplingParams, ThroughputMeter
+from synatra_bot.engine.detokenize import StopStringFilter
+from synatra_bot.errors import EngineError, EngineUnavailable, GenerationInterrupted
+from synatra_bot.tokenizer import BOS_ID
+
+if TYPE_CHECKING:
+    import aiohttp
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+EXTENSION_FIELDS = ("top_k", "repetition_penalty", "stop_token_ids")
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 10.0
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, delay_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+@dataclass
+class _Active:
+    response: aiohttp.ClientResponse | None = None
+    started: bool = False
+    cancelled: bool = False
+
+
+def completions_url(base_url: str) -> str:
+    """`http://host:8000`, `http://host:8000/` or `http://host:8000/v1` -> `.../v1/completions`."""
+    base = base_url.rstrip("/")
+    return base + ("/completions" if base.endswith("/v1") else "/v1/completions")
+
+
+class OpenAICompatEngine:
+    """Streams completions from a remote OpenAI-compatible server."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str = "",
+        model: str,
+        tokenizer_dir_or_id: str | None = None,
+        timeout_s: float = 120,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        send_token_ids: bool = False,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self._url = completions_url(base_url)
+        self._api_key = api_key
+        self.model = model
+        self._tokenizer_source = tokenizer_dir_or_id
+        self._tokenizer = tokenizer
+        self._timeout_s = timeout_s
+        self._max_retries = max_retries
+        self._backoff_s = backoff_s
+        self._send_token_ids = send_token_ids
+        self._extensions_ok = True
+        self._session: aiohttp.ClientSession | None = None
+        self._active: dict[str, _Active] = {}
+        self._meter = ThroughputMeter()
+        self._last_error = ""
+
+    async def start(self) -> None:
+        import aiohttp
+
+        if self._tokenizer is None and self._tokenizer_source is not None:
+            from synatra_bot.tokenizer import load_tokenizer
+
+            self._tokenizer = await asyncio.to_thread(load_tokenizer, self._tokenizer_source)
+        if self._session is None:
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            self._session = aiohttp.ClientSession(headers=headers)
+
+    async def close(self) -> None:
+        for request_id in list(self._active):
+            await self.cancel(request_id)
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _secret_free(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _prompt_payload(self, prompt: Sequence[int] | str) -> str | list[int]:
+        if isinstance(prompt, str):
+            return prompt
+        ids = list(prompt)
+        if ids and ids[0] == BOS_ID:
+            ids = ids[1:]
+        if self._send_token_ids:
+            return ids
+        if self._tokenizer is None:
+            raise EngineError("prompts given as token ids need a tokenizer (tokenizer_dir_or_id)")
+        return str(self._tokenizer.decode(ids, skip_special_tokens=False))
+
+    def _body(self, prompt: str | list[int], params: SamplingParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stop": list(dict.fromkeys((*STOP_STRINGS, *params.stop_strings))),
+            "stream": True,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if self._extensions_ok:
+            body["top_k"] = params.top_k if params.top_k > 0 else -1
+            body["repetition_penalty"] = params.repetition_penalty
+            body["stop_token_ids"] = list(params.stop_ids)
+        return body
+
+    def stream(
+        self, prompt: Sequence[int] | str, params: SamplingParams, *, request_id: str
+    ) -> AsyncIterator[str]:
+        return self._stream(prompt, params, request_id=request_id)
+
+    async def _stream(
+        self, prompt: Sequence[int] | str, params: SamplingParams, *, request_id: str
+    ) -> AsyncIterator[str]:
+        import aiohttp
+
+        if self._session is None:
+            raise EngineUnavailable("the OpenAI-compatible engine is not started")
+        if request_id in self._active:
+            raise EngineError(f"request id {request_id!r} is already running")
+        payload = self._prompt_payload(prompt)
+        active = _Active()
+        self._active[request_id] = active
+        stops = StopStringFilter((*STOP_STRINGS, *params.stop_strings))
+        shown = ""
+        try:
+            response = await self._connect(payload, params, active)
+            finished = False
+            async with response:
+                try:
+                    async for line in response.content:
+                        event = self._parse_line(line)
+                        if event is None:
+                            continue
+                        if event == "[DONE]":
+                            finished = True
+                            break
+                        text, finish_reason = self._event_text(event, shown)
+                        if text:
+                            active.started = True
+                            self._meter.add(1)
+                            out = stops.feed(text)
+                            if out:
+                                shown += out
+                                yield out
+                        if finish_reason is not None or stops.stopped:
+                            finished = True
+                            break
+                except (TimeoutError, OSError, aiohttp.ClientError) as error:
+                    if not active.cancelled:
+                        self._last_error = type(error).__name__
+                        raise GenerationInterrupted(
+                            f"the engine connection broke mid-reply ({type(error).__name__})",
+                            partial_text=shown,
+                        ) from None
+            if active.cancelled:
+                raise GenerationInterrupted("request cancelled", partial_text=shown)
+            if not finished:
+                raise GenerationInterrupted(
+                    "the engine closed the stream before the reply ended", partial_text=shown
+                )
+            tail = stops.flush()
+            if tail:
+                yield tail
+            self._last_error = ""
+        finally:
+            self._active.pop(request_id, None)
+            if active.response is not None:
+                active.response.close()
+
+    async def _connect(
+        self, payload: str | list[int], params: SamplingParams, active: _Active
+    ) -> aiohttp.ClientResponse:
+        """POST the request, retrying until the server starts streaming."""
+        import aiohttp
+
+        assert self._session is not None
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout_s, sock_read=self._timeout_s
+        )
+        attempt = 0
+        while True:
+            if active.cancelled:
+                raise GenerationInterrupted("request cancelled", partial_text="")
+            try:
+                response = await self._session.post(
+                    self._url, json=self._body(payload, params), timeout=timeout
+                )
+                active.response = response
+                if response.status == 200:
+                    return response
+                await self._raise_for_status(response)
+            except _Retry as retry:
+                reason, delay = str(retry), retry.delay_s
+            except (TimeoutError, aiohttp.ClientConnectionError, OSError) as error:
+                reason, delay = f"cannot reach the engine ({type(error).__name__})", None
+            if active.response is not None:
+                active.response.close()
+                active.response = None
+            self._last_error = reason
+            if attempt >= self._max_retries:
+                raise EngineUnavailable(
+                    f"{reason}; gave up after {attempt + 1} attempts at {self._safe_url()}"
+                )
+            wait = delay if delay is not None else self._backoff_delay(attempt)
+            log.warning("engine request failed (%s); retrying in %.1f s", reason, wait)
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    def _backoff_delay(self, attempt: int) -> float:
+        base: float = min(self._backoff_s * 2**attempt, MAX_BACKOFF_S)
+        return base * (0.75 + random.random() / 2)
+
+    def _safe_url(self) -> str:
+        return self._secret_free(self._url)
+
+    async def _raise_for_status(self, response: aiohttp.ClientResponse) -> None:
+        status = response.status
+        detail = self._secret_free((await response.text())[:300].strip())
+        response.close()
+        if status in RETRY_STATUSES:
+            retry_after = response.headers.get("Retry-After", "")
+            delay = None
+            with contextlib.suppress(ValueError):
+                delay = min(float(retry_after), MAX_BACKOFF_S * 6) if retry_after else None
+            raise _Retry(f"engine answered {status}", delay)
+        if (
+            self._extensions_ok
+            and status in (400, 422)
+            and any(name in detail for name in EXTENSION_FIELDS)
+        ):
+            log.warning(
+                "the engine does not accept top_k/repetition_penalty/stop_token_ids; "
+                "sending only standard OpenAI fields from now on"
+            )
+            self._extensions_ok = False
+            raise _Retry("engine rejected extension fields", 0.0)
+        if status in (401, 403):
+            raise EngineUnavailable(
+                f"the engine refused the API key ({status}); check ENGINE_API_KEY"
+            )
+        raise EngineError(f"the engine rejected the request ({status}): {detail}")
+
+    @staticmethod
+    def _parse_line(line: bytes) -> dict[str, Any] | str | None:
+        text = line.decode("utf-8").strip()
+        if not text.startswith("data:"):
+            return None
+        data = text[5:].strip()
+        if data == "[DONE]":
+            return data
+        try:
+            parsed = json.loads(data)
+        except json.JSONDecodeError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+
+    def _event_text(self, event: dict[str, Any] | str, shown: str) -> tuple[str, str | None]:
+        if isinstance(event, str):
+            return "", None
+        if "error" in event:
+            message = event["error"]
+            if isinstance(message, dict):
+                message = message.get("message", "")
+            raise GenerationInterrupted(
+                f"the engine failed mid-reply: {self._secret_free(str(message))[:300]}",
+                partial_text=shown,
+            )
+        choices = event.get("choices") or [{}]
+        choice = choices[0] if isinstance(choices[0], dict) else {}
+        return str(choice.get("text") or ""), choice.get("finish_reason")
+
+    async def cancel(self, request_id: str) -> None:
+        active = self._active.get(request_id)
+        if active is None:
+            return
+        active.cancelled = True
+        if active.response is not None:
+            # Closing the connection is how an OpenAI-compatible server learns to stop.
+            active.response.close()
+
+    def count_tokens(self, text: str) -> int:
+        if self._tokenizer is None:
+            raise EngineUnavailable("counting tokens needs the model's tokenizer (MODEL_ID)")
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def health(self) -> EngineHealth:
+        running = sum(1 for a in self._active.values() if a.started)
+        ok = self._session is not None and not self._last_error
+        detail = f"{self.model} at {self._safe_url()}"
+        if self._session is None:
+            detail += " (not started)"
+        elif self._last_error:
+            detail += f" (last error: {self._last_error})"
+        return EngineHealth(
+            ok=ok,
+            detail=detail,
+            queued=len(self._active) - running,
+            running=running,
+            tokens_per_second=self._meter.rate(),
+        )

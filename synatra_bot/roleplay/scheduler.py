@@ -1,0 +1,345 @@
+"""Fair admission of reply turns in front of an engine.
+
+One reply is in flight per channel; a global cap bounds the replies generating at once; each
+user may start `user_turns` turns per `rate_window_s`. Waiting turns are admitted first come,
+first served, skipping turns whose channel is busy, and hear their queue position as it changes.
+
+Usage from the roleplay core::
+
+    async with scheduler.turn(channel_id=c, user_id=u, policy="queue", on_position=show) as slot:
+        prompt = await build_prompt()          # built after admission: uses the latest history
+        async for delta in slot.stream(prompt, params):
+            ...                                # post / edit
+    if slot.outcome is TurnOutcome.FINISHED:   # store slot.text as complete
+        ...
+
+- `turn()` raises `RateLimited` (params: retry_after seconds) at once when the user is over the
+  limit, `TurnCancelled` when the turn is dropped while waiting (cancel_channel, superseded by a
+  "restart" turn, shutdown) and `EngineUnavailable` after shutdown began.
+- Policy "restart" cancels the channel's running turn and drops its waiting ones, then waits.
+- `slot.stream()` never raises for cancellation or timeout: it ends, and `slot.outcome` says
+  CANCELLED or TIMED_OUT (the engine request is cancelled too, so GPU work stops). Engine
+  failures end with outcome FAILED and the engine's error re-raised. Only FINISHED text is
+  complete; `slot.text` always holds what was streamed.
+- The per-turn timeout counts from admission, prompt building included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal
+
+from synatra_bot.engine.base import Engine, SamplingParams
+from synatra_bot.errors import (
+    EngineError,
+    EngineUnavailable,
+    GenerationInterrupted,
+    RateLimited,
+    SynatraError,
+)
+
+BusyPolicy = Literal["queue", "restart"]
+PositionCallback = Callable[[int], object]
+
+
+class TurnOutcome(enum.Enum):
+    PENDING = "pending"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    FAILED = "failed"
+
+
+class TurnCancelled(SynatraError):
+    """The turn was dropped before it was admitted (stop, superseded, or shutdown)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class _Waiter:
+    channel_id: Hashable
+    user_id: Hashable
+    future: asyncio.Future[TurnSlot]
+    on_position: PositionCallback | None
+    position: int = -1
+
+
+@dataclass(eq=False)
+class TurnSlot:
+    """An admitted turn: stream one or more engine requests, then read `outcome` and `text`."""
+
+    scheduler: Scheduler
+    channel_id: Hashable
+    user_id: Hashable
+    turn_id: int
+    deadline: float
+    outcome: TurnOutcome = TurnOutcome.PENDING
+    text: str = ""
+    cancel_reason: str = ""
+    _request_id: str | None = field(default=None, repr=False)
+    _requests: itertools.count[int] = field(default_factory=itertools.count, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.outcome in (TurnOutcome.CANCELLED, TurnOutcome.TIMED_OUT)
+
+    async def stream(
+        self, prompt: Sequence[int] | str, params: SamplingParams
+    ) -> AsyncIterator[str]:
+        """Yield the reply's deltas; see the module docstring for how it ends."""
+        if self.cancel_reason:
+            self.outcome = TurnOutcome.CANCELLED
+            return
+        engine = self.scheduler.engine
+        request_id = f"turn-{self.turn_id}-{next(self._requests)}"
+        self._request_id = request_id
+        self.outcome = TurnOutcome.PENDING
+        clock = self.scheduler.clock
+        deltas = engine.stream(prompt, params, request_id=request_id)
+        try:
+            while True:
+                remaining = self.deadline - clock()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(remaining):
+                        delta = await anext(deltas)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    self.outcome = TurnOutcome.TIMED_OUT
+                    await engine.cancel(request_id)
+                    return
+                self.text += delta
+                yield delta
+        except GenerationInterrupted:
+            if self.cancel_reason:
+                self.outcome = TurnOutcome.CANCELLED
+                return
+            self.outcome = TurnOutcome.FAILED
+            raise
+        except EngineError:
+            self.outcome = TurnOutcome.FAILED
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            # The caller stopped listening: the reply is not complete.
+            self.outcome = TurnOutcome.CANCELLED
+            raise
+        finally:
+            self._request_id = None
+            close = getattr(deltas, "aclose", None)
+            if close is not None:
+                await close()
+        self.outcome = TurnOutcome.CANCELLED if self.cancel_reason else TurnOutcome.FINISHED
+
+    async def _cancel(self, reason: str) -> None:
+        if not self.cancel_reason:
+            self.cancel_reason = reason
+        if self._request_id is not None:
+            await self.scheduler.engine.cancel(self._request_id)
+
+
+class _TurnContext:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        channel_id: Hashable,
+        user_id: Hashable,
+        policy: BusyPolicy,
+        on_position: PositionCallback | None,
+    ) -> None:
+        self._scheduler = scheduler
+        self._channel_id = channel_id
+        self._user_id = user_id
+        self._policy = policy
+        self._on_position = on_position
+        self._slot: TurnSlot | None = None
+
+    async def __aenter__(self) -> TurnSlot:
+        self._slot = await self._scheduler._admit(
+            self._channel_id, self._user_id, self._policy, self._on_position
+        )
+        return self._slot
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._slot is not None:
+            slot = self._slot
+            if slot.outcome is TurnOutcome.PENDING:
+                slot.outcome = TurnOutcome.CANCELLED if exc is not None else TurnOutcome.FINISHED
+            self._scheduler._release(slot)
+
+
+class Scheduler:
+    """Admits turns: one per channel, `max_concurrent` in all, per-user rate limits."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_concurrent: int,
+        turn_timeout_s: float,
+        user_turns: int = 6,
+        rate_window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        self.engine = engine
+        self.max_concurrent = max_concurrent
+        self.turn_timeout_s = turn_timeout_s
+        self.user_turns = user_turns
+        self.rate_window_s = rate_window_s
+        self.clock = clock
+        self._waiting: list[_Waiter] = []
+        self._running: dict[Hashable, TurnSlot] = {}
+        self._user_history: dict[Hashable, deque[float]] = {}
+        self._turn_ids = itertools.count(1)
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ public
+
+    def turn(
+        self,
+        *,
+        channel_id: Hashable,
+        user_id: Hashable,
+        policy: BusyPolicy = "queue",
+        on_position: PositionCallback | None = None,
+    ) -> _TurnContext:
+        """An async context manager that waits for admission and yields a TurnSlot."""
+        return _TurnContext(self, channel_id, user_id, policy, on_position)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def is_busy(self, channel_id: Hashable) -> bool:
+        return channel_id in self._running or any(w.channel_id == channel_id for w in self._waiting)
+
+    async def cancel_channel(self, channel_id: Hashable, *, reason: str = "stopped") -> int:
+        """Cancel the channel's running turn and drop its waiting ones; return how many."""
+        count = self._drop_waiting(lambda w: w.channel_id == channel_id, reason)
+        slot = self._running.get(channel_id)
+        if slot is not None and not slot.cancel_reason:
+            await slot._cancel(reason)
+            count += 1
+        return count
+
+    async def shutdown(self, *, finish: bool) -> None:
+        """Refuse new turns, drop waiting ones; finish or cancel running ones, then return."""
+        self._closing = True
+        self._drop_waiting(lambda w: True, "shutting down")
+        if not finish:
+            for slot in list(self._running.values()):
+                await slot._cancel("shutting down")
+        await self._idle.wait()
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_rate(self, user_id: Hashable) -> None:
+        now = self.clock()
+        history = self._user_history.setdefault(user_id, deque())
+        while history and history[0] <= now - self.rate_window_s:
+            history.popleft()
+        if len(history) >= self.user_turns:
+            retry_after = max(0.0, history[0] + self.rate_window_s - now)
+            raise RateLimited(
+                f"too many turns: try again in {retry_after:.0f} s",
+                retry_after=round(retry_after, 1),
+            )
+        history.append(now)
+
+    async def _admit(
+        self,
+        channel_id: Hashable,
+        user_id: Hashable,
+        policy: BusyPolicy,
+        on_position: PositionCallback | None,
+    ) -> TurnSlot:
+        if self._closing:
+            raise EngineUnavailable("the bot is shutting down")
+        self._check_rate(user_id)
+        if policy == "restart":
+            await self.cancel_channel(channel_id, reason="superseded by a newer message")
+        waiter = _Waiter(
+            channel_id, user_id, asyncio.get_running_loop().create_future(), on_position
+        )
+        self._waiting.append(waiter)
+        self._idle.clear()
+        self._pump()
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+                self._pump()
+            elif waiter.future.done() and not waiter.future.cancelled():
+                # Admitted in the same instant the caller gave up: hand the place back.
+                self._release(waiter.future.result())
+            raise
+
+    def _release(self, slot: TurnSlot) -> None:
+        if self._running.get(slot.channel_id) is slot:
+            del self._running[slot.channel_id]
+        self._pump()
+
+    def _drop_waiting(self, predicate: Callable[[_Waiter], bool], reason: str) -> int:
+        dropped = [w for w in self._waiting if predicate(w)]
+        for waiter in dropped:
+            self._waiting.remove(waiter)
+            if not waiter.future.done():
+                waiter.future.set_exception(TurnCancelled(reason))
+        if dropped:
+            self._pump()
+        return len(dropped)
+
+    def _pump(self) -> None:
+        """Admit what can run now, then tell the rest their positions."""
+        for waiter in list(self._waiting):
+            if len(self._running) >= self.max_concurrent:
+                break
+            if waiter.channel_id in self._running:
+                continue
+            self._waiting.remove(waiter)
+            slot = TurnSlot(
+                scheduler=self,
+                channel_id=waiter.channel_id,
+                user_id=waiter.user_id,
+                turn_id=next(self._turn_ids),
+                deadline=self.clock() + self.turn_timeout_s,
+            )
+            self._running[waiter.channel_id] = slot
+            waiter.future.set_result(slot)
+            self._notify(waiter, 0)
+        for index, waiter in enumerate(self._waiting, start=1):
+            self._notify(waiter, index)
+        if not self._running and not self._waiting:
+            self._idle.set()
+
+    @staticmethod
+    def _notify(waiter: _Waiter, position: int) -> None:
+        if waiter.position != position:
+            waiter.position = position
+            if waiter.on_position is not None:
+                waiter.on_position(position)
