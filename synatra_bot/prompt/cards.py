@@ -184,7 +184,14 @@ def card_from_dict(obj: Any, *, avatar: bytes | None = None) -> CharacterCard:
     if unknown:
         extensions[UNKNOWN_FIELDS_KEY] = {**extensions.get(UNKNOWN_FIELDS_KEY, {}), **unknown}
     own = extensions.get(EXTENSION_KEY)
-    own = own if isinstance(own, dict) else {}
+    own = dict(own) if isinstance(own, dict) else {}
+    if EXTENSION_KEY in extensions:
+        # Our own fields become attributes; anything else of ours stays in extensions.
+        rest = {k: v for k, v in own.items() if k not in ("speech_level", "nsfw")}
+        if rest:
+            extensions[EXTENSION_KEY] = rest
+        else:
+            del extensions[EXTENSION_KEY]
     speech = own.get("speech_level")
     speech_level = SpeechLevel(speech) if speech in ("formal", "informal") else None
     nsfw = bool(own.get("nsfw")) or _looks_nsfw(tags, extensions)

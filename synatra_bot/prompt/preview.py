@@ -1,0 +1,110 @@
+"""`synatra-bot prompt`: print the prompt a card and a history would give the model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from synatra_bot.errors import SynatraError
+from synatra_bot.prompt.builder import (
+    MAX_CONTEXT_SIZE,
+    HistoryMessage,
+    PromptBuilder,
+    PromptOptions,
+)
+from synatra_bot.prompt.cards import MAX_JSON_BYTES, MAX_PNG_BYTES, parse_card
+
+MAX_HISTORY_BYTES = 64 * 1024 * 1024
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--card", required=True, type=Path, help="character card (PNG or JSON)")
+    parser.add_argument(
+        "--history",
+        type=Path,
+        help='JSON lines: {"role": "user"|"assistant", "name": ..., "content": ...}',
+    )
+    parser.add_argument("--user-name", default="User", help="the player's name")
+    parser.add_argument("--persona", default="", help="the player's persona text")
+    parser.add_argument("--context", type=int, default=None, help="context window in tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens kept for the reply")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+
+
+def _read_history(path: Path) -> list[HistoryMessage]:
+    if path.stat().st_size > MAX_HISTORY_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_HISTORY_BYTES} bytes")
+    messages = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{number}: not a JSON object")
+            role, name, content = obj.get("role"), obj.get("name", ""), obj.get("content")
+            if role not in ("user", "assistant"):
+                raise ValueError(f"{path}:{number}: role must be 'user' or 'assistant'")
+            if not isinstance(content, str) or not isinstance(name, str):
+                raise ValueError(f"{path}:{number}: 'name' and 'content' must be text")
+            messages.append(HistoryMessage(role, name, content, message_id=number))
+    return messages
+
+
+def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
+    """Print the assembled prompt (or JSON); on error print one line to stderr and return 2."""
+    try:
+        card_path: Path = args.card
+        if card_path.stat().st_size > max(MAX_PNG_BYTES, MAX_JSON_BYTES):
+            raise ValueError(f"{card_path} is larger than {MAX_PNG_BYTES} bytes")
+        card = parse_card(card_path.read_bytes(), filename=card_path.name)
+        history = _read_history(args.history) if args.history else []
+        defaults = PromptOptions()
+        context = args.context if args.context is not None else defaults.context_size
+        max_new = args.max_new_tokens if args.max_new_tokens is not None else defaults.max_new_tokens
+        if not 256 <= context <= MAX_CONTEXT_SIZE:
+            raise ValueError(f"--context must be between 256 and {MAX_CONTEXT_SIZE}")
+        options = PromptOptions(context_size=context, max_new_tokens=max_new)
+
+        from synatra_bot.tokenizer import load_tokenizer
+
+        source = args.tokenizer or default_model_id
+        try:
+            tokenizer = load_tokenizer(source)
+        except SynatraError:
+            raise
+        except Exception as exc:  # transformers raises many kinds for a bad folder or id
+            raise ValueError(f"cannot load the tokenizer {source}: {exc}") from None
+        built = PromptBuilder(tokenizer).build(
+            card=card,
+            history=history,
+            user_name=args.user_name,
+            persona=args.persona,
+            options=options,
+        )
+    except (SynatraError, OSError, ValueError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    if args.json:
+        report = built.report.to_json()
+        payload = {
+            "prompt": built.text,
+            "input_ids": built.input_ids,
+            "token_count": built.token_count,
+            "budget": built.budget,
+            "blocks": report["blocks"],
+            "dropped_messages": built.report.dropped_messages,
+            "report": report,
+        }
+        print(json.dumps(payload, ensure_ascii=False))
+    else:
+        print(built.text)
+        print(built.report.to_text(), file=sys.stderr)
+    return 0
