@@ -165,6 +165,14 @@ class TransformersEngine:
         processor = getattr(self._manager, "batch_processor", None)
         return bool(processor is not None and processor.cache.use_prefix_sharing)
 
+    def busy_request_ids(self) -> set[str]:
+        """Requests the CB loop still holds (waiting or generating): what costs GPU time."""
+        processor = getattr(self._manager, "batch_processor", None)
+        if processor is None:
+            return set()
+        scheduler = processor.scheduler
+        return set(scheduler.active_requests) | set(scheduler.waiting_requests)
+
     async def start(self) -> None:
         if self._manager is not None:
             return

@@ -31,7 +31,7 @@ import enum
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
@@ -88,15 +88,26 @@ class TurnSlot:
     cancel_reason: str = ""
     _request_id: str | None = field(default=None, repr=False)
     _requests: itertools.count[int] = field(default_factory=itertools.count, repr=False)
+    _streams: list[AsyncGenerator[str, None]] = field(default_factory=list, repr=False)
 
     @property
     def cancelled(self) -> bool:
         return self.outcome in (TurnOutcome.CANCELLED, TurnOutcome.TIMED_OUT)
 
-    async def stream(
-        self, prompt: Sequence[int] | str, params: SamplingParams
-    ) -> AsyncIterator[str]:
+    def stream(self, prompt: Sequence[int] | str, params: SamplingParams) -> AsyncIterator[str]:
         """Yield the reply's deltas; see the module docstring for how it ends."""
+        generator = self._stream(prompt, params)
+        self._streams.append(generator)
+        return generator
+
+    async def _close_streams(self) -> None:
+        for generator in self._streams:
+            await generator.aclose()
+        self._streams.clear()
+
+    async def _stream(
+        self, prompt: Sequence[int] | str, params: SamplingParams
+    ) -> AsyncGenerator[str, None]:
         if self.cancel_reason:
             self.outcome = TurnOutcome.CANCELLED
             return
@@ -179,9 +190,14 @@ class _TurnContext:
     ) -> None:
         if self._slot is not None:
             slot = self._slot
-            if slot.outcome is TurnOutcome.PENDING:
-                slot.outcome = TurnOutcome.CANCELLED if exc is not None else TurnOutcome.FINISHED
-            self._scheduler._release(slot)
+            try:
+                # A stream left early is closed now, not whenever it is garbage collected,
+                # so its engine request stops at once.
+                await slot._close_streams()
+            finally:
+                if slot.outcome is TurnOutcome.PENDING:
+                    slot.outcome = TurnOutcome.CANCELLED
+                self._scheduler._release(slot)
 
 
 class Scheduler:

@@ -1,0 +1,197 @@
+"""The scheduler: one reply per channel, a global cap, rate limits, restart, timeouts, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from synatra_bot.engine.base import SamplingParams
+from synatra_bot.engine.scripted import ScriptedEngine
+from synatra_bot.errors import EngineUnavailable, GenerationInterrupted, RateLimited
+from synatra_bot.roleplay.scheduler import Scheduler, TurnCancelled, TurnOutcome
+from tests.engine_helpers import wait_until
+
+REPLY = "안녕하세요, 모험가님. 오늘은 어디로 떠나 볼까요?"
+PARAMS = SamplingParams()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def started(engine: ScriptedEngine) -> ScriptedEngine:
+    await engine.start()
+    return engine
+
+
+async def run_turn(scheduler: Scheduler, channel: str, user: str = "u1", **kwargs):
+    positions: list[int] = []
+    async with scheduler.turn(
+        channel_id=channel, user_id=user, on_position=positions.append, **kwargs
+    ) as slot:
+        async for _ in slot.stream(f"{channel} 프롬프트", PARAMS):
+            pass
+    return slot, positions
+
+
+async def test_a_turn_streams_and_finishes() -> None:
+    engine = await started(ScriptedEngine(REPLY))
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60)
+    slot, positions = await run_turn(scheduler, "채널")
+    assert slot.outcome is TurnOutcome.FINISHED
+    assert slot.text == REPLY
+    assert positions == [0]
+
+
+async def test_second_turn_in_a_channel_waits_for_the_first() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.01))
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60)
+    first = asyncio.create_task(run_turn(scheduler, "채널"))
+    await wait_until(lambda: scheduler.running == 1)
+    second = asyncio.create_task(run_turn(scheduler, "채널", user="u2"))
+    await wait_until(lambda: scheduler.waiting == 1)
+    assert len(engine.running) == 1
+    (slot1, _), (slot2, positions2) = await asyncio.gather(first, second)
+    assert positions2 == [1, 0]
+    assert slot1.outcome is slot2.outcome is TurnOutcome.FINISHED
+    assert engine.finished == ["turn-1-0", "turn-2-0"]
+
+
+async def test_global_cap_queues_other_channels_with_positions() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.01))
+    scheduler = Scheduler(engine, max_concurrent=1, turn_timeout_s=60)
+    tasks = [asyncio.create_task(run_turn(scheduler, f"채널{i}", user=f"u{i}")) for i in range(3)]
+    results = await asyncio.gather(*tasks)
+    assert [positions for _, positions in results] == [[0], [1, 0], [2, 1, 0]]
+    assert all(slot.outcome is TurnOutcome.FINISHED for slot, _ in results)
+
+
+async def test_restart_policy_cancels_the_running_reply_and_its_engine_request() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.05))
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60)
+    first = asyncio.create_task(run_turn(scheduler, "채널"))
+    await wait_until(lambda: "turn-1-0" in engine.running)
+    slot2, _ = await run_turn(scheduler, "채널", user="u2", policy="restart")
+    slot1, _ = await first
+    assert slot1.outcome is TurnOutcome.CANCELLED
+    assert slot1.cancel_reason == "superseded by a newer message"
+    assert engine.cancelled == ["turn-1-0"]
+    assert slot2.outcome is TurnOutcome.FINISHED and slot2.text == REPLY
+
+
+async def test_cancel_channel_stops_the_engine_request_and_drops_waiting_turns() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.05))
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60)
+    first = asyncio.create_task(run_turn(scheduler, "채널"))
+    await wait_until(lambda: "turn-1-0" in engine.running)
+    waiting = asyncio.create_task(run_turn(scheduler, "채널", user="u2"))
+    await wait_until(lambda: scheduler.waiting == 1)
+    assert await scheduler.cancel_channel("채널") == 2
+    slot1, _ = await first
+    assert slot1.outcome is TurnOutcome.CANCELLED
+    assert REPLY.startswith(slot1.text) and slot1.text != REPLY
+    assert engine.cancelled == ["turn-1-0"]
+    with pytest.raises(TurnCancelled):
+        await waiting
+    assert not scheduler.is_busy("채널")
+
+
+async def test_per_user_rate_limit_reports_retry_after() -> None:
+    clock = FakeClock()
+    engine = await started(ScriptedEngine(REPLY))
+    scheduler = Scheduler(
+        engine, max_concurrent=4, turn_timeout_s=60, user_turns=2, rate_window_s=60, clock=clock
+    )
+    await run_turn(scheduler, "채널1")
+    clock.now += 10
+    await run_turn(scheduler, "채널2")
+    with pytest.raises(RateLimited) as caught:
+        await run_turn(scheduler, "채널3")
+    assert caught.value.params["retry_after"] == 50
+    await run_turn(scheduler, "채널3", user="다른사람")
+    clock.now += 51
+    slot, _ = await run_turn(scheduler, "채널3")
+    assert slot.outcome is TurnOutcome.FINISHED
+
+
+async def test_turn_timeout_ends_the_reply_and_cancels_the_engine_request() -> None:
+    clock = FakeClock()
+    engine = await started(ScriptedEngine(REPLY))
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=30, clock=clock)
+    async with scheduler.turn(channel_id="채널", user_id="u1") as slot:
+        async for _ in slot.stream("프롬프트", PARAMS):
+            clock.now += 11
+    assert slot.outcome is TurnOutcome.TIMED_OUT
+    assert slot.text == REPLY[:6]  # three chunks (1, 2 and 3 characters) fit in 30 s
+    assert not engine.running and engine.finished == []
+
+
+async def test_engine_failure_is_reported_with_partial_text() -> None:
+    engine = await started(ScriptedEngine(REPLY, fail_after=3))
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60)
+    with pytest.raises(GenerationInterrupted):
+        await run_turn(scheduler, "채널")
+    async with scheduler.turn(channel_id="채널", user_id="u1") as slot:
+        with pytest.raises(GenerationInterrupted):
+            async for _ in slot.stream("프롬프트", PARAMS):
+                pass
+    assert slot.outcome is TurnOutcome.FAILED
+    assert slot.text == REPLY[:6]
+    assert scheduler.running == 0
+
+
+async def test_leaving_the_stream_early_is_not_finished() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.01))
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60)
+    async with scheduler.turn(channel_id="채널", user_id="u1") as slot:
+        async for _ in slot.stream("프롬프트", PARAMS):
+            break
+    assert slot.outcome is TurnOutcome.CANCELLED
+    assert not engine.running
+
+
+async def test_shutdown_finishing_lets_running_turns_complete_and_refuses_new_ones() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.01))
+    scheduler = Scheduler(engine, max_concurrent=1, turn_timeout_s=60)
+    running = asyncio.create_task(run_turn(scheduler, "채널1"))
+    await wait_until(lambda: scheduler.running == 1)
+    waiting = asyncio.create_task(run_turn(scheduler, "채널2"))
+    await wait_until(lambda: scheduler.waiting == 1)
+    await scheduler.shutdown(finish=True)
+    slot, _ = await running
+    assert slot.outcome is TurnOutcome.FINISHED and slot.text == REPLY
+    with pytest.raises(TurnCancelled):
+        await waiting
+    with pytest.raises(EngineUnavailable):
+        await run_turn(scheduler, "채널3")
+
+
+async def test_shutdown_without_finishing_cancels_running_turns() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.05))
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60)
+    running = asyncio.create_task(run_turn(scheduler, "채널1"))
+    await wait_until(lambda: "turn-1-0" in engine.running)
+    await scheduler.shutdown(finish=False)
+    slot, _ = await running
+    assert slot.outcome is TurnOutcome.CANCELLED
+    assert engine.cancelled == ["turn-1-0"]
+
+
+async def test_a_waiting_task_cancelled_by_its_owner_leaves_the_queue() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.01))
+    scheduler = Scheduler(engine, max_concurrent=1, turn_timeout_s=60)
+    running = asyncio.create_task(run_turn(scheduler, "채널1"))
+    await wait_until(lambda: scheduler.running == 1)
+    waiting = asyncio.create_task(run_turn(scheduler, "채널2"))
+    await wait_until(lambda: scheduler.waiting == 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert scheduler.waiting == 0
+    await running
+    assert scheduler.running == 0
