@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from synatra_bot.prompt.lorebook import (
-    LoreEntry,
     Lorebook,
+    LoreEntry,
     SecondaryLogic,
     lorebook_from_character_book,
     select_entries,
