@@ -1,0 +1,133 @@
+"""The embedded continuous-batching engine on the CPU with the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from synatra_bot.engine.base import Engine, SamplingParams
+from synatra_bot.engine.transformers_engine import TransformersEngine
+from synatra_bot.errors import EngineError, GenerationInterrupted
+from synatra_bot.tokenizer import IM_END, IM_START
+from tests.engine_helpers import wait_until
+
+PROMPT = f"{IM_START}system\n너는 친절한 안내자야.{IM_END}\n{IM_START}user\n안녕하세요!{IM_END}\n{IM_START}assistant\n"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    engine = TransformersEngine(str(tiny_model_dir), context_size=1024)
+    asyncio.run(engine.start())
+    yield engine
+    asyncio.run(engine.close())
+
+
+async def collect(engine: TransformersEngine, prompt, params: SamplingParams, request_id: str):
+    return [d async for d in engine.stream(prompt, params, request_id=request_id)]
+
+
+async def test_streams_text_from_token_ids(engine) -> None:
+    ids = engine.tokenizer.encode(PROMPT)
+    deltas = await collect(engine, ids, SamplingParams(max_new_tokens=12), "ids")
+    assert deltas and all(isinstance(d, str) and d for d in deltas)
+    text = "".join(deltas)
+    assert IM_END not in text and IM_START not in text and "</s>" not in text
+    assert isinstance(engine, Engine)
+    assert engine.health().ok
+
+
+async def test_text_prompts_are_tokenized_with_chatml_markers(engine) -> None:
+    deltas = await collect(engine, PROMPT, SamplingParams(max_new_tokens=4), "text")
+    assert deltas
+    assert engine.count_tokens("안녕하세요") == 8
+
+
+async def test_stop_ids_end_the_reply_and_never_appear(engine) -> None:
+    every_id = tuple(range(32002))  # whatever the random model picks first is a stop id
+    deltas = await collect(engine, PROMPT, SamplingParams(stop_ids=every_id), "stop")
+    assert deltas == []
+
+
+async def test_cancel_interrupts_the_stream_and_frees_the_request(engine) -> None:
+    stream = engine.stream(PROMPT, SamplingParams(max_new_tokens=400), request_id="cancel")
+    first = await anext(stream)
+    await engine.cancel("cancel")
+    with pytest.raises(GenerationInterrupted) as caught:
+        async for _ in stream:
+            pass
+    assert caught.value.partial_text.startswith(first)
+    await wait_until(lambda: "cancel" not in engine.busy_request_ids())
+    assert engine.health().running == 0
+
+
+async def test_leaving_the_stream_early_stops_generation(engine) -> None:
+    stream = engine.stream(PROMPT, SamplingParams(max_new_tokens=400), request_id="early")
+    await anext(stream)
+    await stream.aclose()
+    await wait_until(lambda: not engine.busy_request_ids())
+
+
+async def test_cancelling_the_task_stops_generation(engine) -> None:
+    async def consume() -> None:
+        await collect(engine, PROMPT, SamplingParams(max_new_tokens=400), "task")
+
+    task = asyncio.create_task(consume())
+    await wait_until(lambda: engine.health().running == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_until(lambda: not engine.busy_request_ids())
+
+
+async def test_event_loop_stays_responsive_while_generating(engine) -> None:
+    lags: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - before - 0.01)
+
+    ticking = asyncio.create_task(ticker())
+    params = SamplingParams(max_new_tokens=40)
+    results = await asyncio.gather(*(collect(engine, PROMPT, params, f"lag{i}") for i in range(4)))
+    done.set()
+    await ticking
+    assert all(results)
+    assert len(lags) > 5
+    assert max(lags) < 0.5, f"event loop blocked for {max(lags):.2f} s"
+
+
+async def test_repetition_penalty_takes_the_single_stream_lane_and_seed_repeats(engine) -> None:
+    params = SamplingParams(max_new_tokens=10, repetition_penalty=1.3, seed=7)
+    first = "".join(await collect(engine, PROMPT, params, "pen1"))
+    second = "".join(await collect(engine, PROMPT, params, "pen2"))
+    assert first and first == second
+
+
+async def test_single_stream_lane_can_be_cancelled(engine) -> None:
+    params = SamplingParams(max_new_tokens=400, repetition_penalty=1.2)
+    stream = engine.stream(PROMPT, params, request_id="pen-cancel")
+    await anext(stream)
+    await engine.cancel("pen-cancel")
+    with pytest.raises(GenerationInterrupted):
+        async for _ in stream:
+            pass
+    # The lane is free again: the next penalised request completes.
+    assert await collect(
+        engine, PROMPT, SamplingParams(max_new_tokens=3, repetition_penalty=1.2), "after"
+    )
+
+
+async def test_prompt_longer_than_the_context_is_refused(engine) -> None:
+    with pytest.raises(EngineError):
+        await collect(engine, [1] + [100] * 1100, SamplingParams(max_new_tokens=5), "long")
+
+
+async def test_prefix_sharing_is_on_when_the_context_fits_the_window(engine) -> None:
+    await collect(engine, PROMPT, SamplingParams(max_new_tokens=2), "warm")
+    assert engine.prefix_sharing
+    assert "prefix sharing on" in engine.health().detail
