@@ -1,0 +1,139 @@
+"""`synatra-bot prompt`: the preview prints the prompt or JSON; errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from synatra_bot.prompt.cards import card_to_png, parse_card
+from synatra_bot.prompt.preview import configure_parser, run_preview
+from tests.prompt_helpers import v2_card
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return parser.parse_args(list(argv))
+
+
+def _write_card(tmp_path):
+    path = tmp_path / "minji.json"
+    path.write_text(json.dumps(v2_card(), ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _write_history(tmp_path, lines):
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines), encoding="utf-8")
+    return path
+
+
+def test_preview_prints_the_prompt(tmp_path, tokenizer_dir, capsys):
+    history = _write_history(
+        tmp_path,
+        [
+            {"role": "user", "name": "준", "content": "안녕?"},
+            {"role": "assistant", "name": "민지", "content": "어서 와요!"},
+            {"role": "user", "name": "준", "content": "커피 한 잔 주세요."},
+        ],
+    )
+    args = _args(
+        "--card",
+        str(_write_card(tmp_path)),
+        "--history",
+        str(history),
+        "--user-name",
+        "준",
+        "--persona",
+        "{{user}}는 단골손님이다.",
+        "--tokenizer",
+        str(tokenizer_dir),
+    )
+    assert run_preview(args, default_model_id="unused/model") == 0
+    out = capsys.readouterr().out
+    assert "준은 단골손님이다." in out
+    assert "<|im_start|>user\n준: 커피 한 잔 주세요.<|im_end|>" in out
+    assert out.rstrip("\n").endswith("<|im_start|>assistant")
+
+
+def test_preview_json_has_the_documented_keys(tmp_path, tokenizer_dir, capsys):
+    card_path = tmp_path / "minji.png"
+    card_path.write_bytes(card_to_png(parse_card(json.dumps(v2_card()).encode())))
+    history = _write_history(
+        tmp_path,
+        [{"role": "user", "name": "준", "content": f"{i}번째 메시지 " * 20} for i in range(80)],
+    )
+    args = _args(
+        "--card",
+        str(card_path),
+        "--history",
+        str(history),
+        "--context",
+        "1024",
+        "--max-new-tokens",
+        "200",
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--json",
+    )
+    assert run_preview(args, default_model_id="unused/model") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"prompt", "input_ids", "token_count", "budget", "blocks", "dropped_messages"} <= set(
+        data
+    )
+    assert data["budget"] == 1024 - 200 - 16
+    assert data["token_count"] == len(data["input_ids"]) <= data["budget"]
+    assert data["dropped_messages"] > 0
+    assert data["blocks"][1] == {"name": "system", "tokens": data["blocks"][1]["tokens"]}
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_bad_card_exits_2_with_one_line(tmp_path, tokenizer_dir, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": ""}', encoding="utf-8")
+    args = _args("--card", str(bad), "--tokenizer", str(tokenizer_dir))
+    assert run_preview(args, default_model_id="unused/model") == 2
+    assert "no name" in _error_line(capsys)
+
+
+def test_missing_card_and_bad_history_exit_2(tmp_path, tokenizer_dir, capsys):
+    args = _args("--card", str(tmp_path / "nope.png"), "--tokenizer", str(tokenizer_dir))
+    assert run_preview(args, default_model_id="unused/model") == 2
+    assert "nope.png" in _error_line(capsys)
+    history = tmp_path / "h.jsonl"
+    history.write_text('{"role": "narrator", "content": "x"}\n', encoding="utf-8")
+    args = _args(
+        "--card",
+        str(_write_card(tmp_path)),
+        "--history",
+        str(history),
+        "--tokenizer",
+        str(tokenizer_dir),
+    )
+    assert run_preview(args, default_model_id="unused/model") == 2
+    assert "role" in _error_line(capsys)
+
+
+def test_bad_context_and_bad_tokenizer_exit_2(tmp_path, tokenizer_dir, capsys):
+    card = str(_write_card(tmp_path))
+    args = _args("--card", card, "--context", "100", "--tokenizer", str(tokenizer_dir))
+    assert run_preview(args, default_model_id="unused/model") == 2
+    assert "--context" in _error_line(capsys)
+    args = _args("--card", card, "--tokenizer", str(tmp_path / "missing-tokenizer"))
+    assert run_preview(args, default_model_id="unused/model") == 2
+    assert "tokenizer" in _error_line(capsys)
+
+
+def test_sheet_too_large_exits_2(tmp_path, tokenizer_dir, capsys):
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(v2_card(description="긴 설정 " * 3000)), encoding="utf-8")
+    args = _args("--card", str(path), "--tokenizer", str(tokenizer_dir))
+    assert run_preview(args, default_model_id="unused/model") == 2
+    assert "tokens" in _error_line(capsys)
