@@ -1,0 +1,1664 @@
+"""Loopback fake Discord: REST v10 and the gateway on one aiohttp server for discord.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import secrets
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .state import (
+    ALL_PERMISSIONS,
+    BOT_PERMISSIONS,
+    EPHEMERAL_FLAG,
+    EVERYONE_PERMISSIONS,
+    LOADING_FLAG,
+    MANAGE_GUILD,
+    PUBLIC_THREAD,
+    TEXT_CHANNEL,
+    FakeAttachment,
+    FakeChannel,
+    FakeGuild,
+    FakeMember,
+    FakeMessage,
+    FakeRole,
+    FakeUser,
+    FakeWebhook,
+    InteractionRecord,
+    RestCall,
+    SnowflakeFactory,
+    attachment_url,
+    now,
+)
+
+API_PREFIX = "/api/v10"
+HEARTBEAT_INTERVAL_MS = 41250
+MENTION_RE = re.compile(r"<@!?(\d+)>")
+
+Handler = Callable[["_Request"], Awaitable[web.Response]]
+
+
+class ApiError(Exception):
+    """Raised by route handlers; becomes a Discord-style JSON error response."""
+
+    def __init__(self, status: int, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+@dataclass
+class RateLimitConfig:
+    """Message edit limit per channel (thread messages count on the thread)."""
+
+    enabled: bool = True
+    edit_limit: int = 5
+    edit_window: float = 5.0
+
+
+@dataclass
+class _ForcedLimit:
+    method: str | None
+    route: str | None
+    remaining: int
+    retry_after: float
+
+
+@dataclass
+class _Request:
+    raw: web.Request
+    params: dict[str, str]
+    route: str
+    json: Any
+    files: list[tuple[str, bytes, str | None]]
+    call: RestCall
+
+    @property
+    def query(self) -> Any:
+        return self.raw.query
+
+
+@dataclass
+class Scenario:
+    """The default scenario: one guild with Korean members, channels and a thread."""
+
+    guild: FakeGuild
+    general: FakeChannel
+    nsfw_channel: FakeChannel
+    thread: FakeChannel
+    moderator: FakeMember
+    members: list[FakeMember]
+    moderator_role: FakeRole
+    owner: FakeMember
+
+
+@dataclass
+class _Session:
+    session_id: str
+    shard_id: int
+    shard_count: int
+    intents: int
+    seq: int = 0
+    history: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=20000))
+    ws: web.WebSocketResponse | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class FakeDiscord:
+    """A Discord API v10 + gateway fake that the real discord.py client logs in to."""
+
+    def __init__(self, *, shard_count: int = 1, bot_name: str = "시나트라") -> None:
+        self.snowflake = SnowflakeFactory()
+        self.shard_count = shard_count
+        self.bot_user = FakeUser(self.snowflake(), bot_name, bot_name, bot=True)
+        self.application_id = self.bot_user.id
+        self.owner_user = FakeUser(self.snowflake(), "봇주인", "봇 주인")
+        self.token = "fake-token"
+        self.guilds: dict[int, FakeGuild] = {}
+        self.channels: dict[int, FakeChannel] = {}
+        self.users: dict[int, FakeUser] = {self.bot_user.id: self.bot_user}
+        self.messages: dict[int, FakeMessage] = {}
+        self.attachments: dict[int, FakeAttachment] = {}
+        self.webhooks: dict[int, FakeWebhook] = {}
+        self.interactions: dict[str, InteractionRecord] = {}
+        self.global_commands: dict[str, dict[str, Any]] = {}
+        self.guild_commands: dict[int, dict[str, dict[str, Any]]] = {}
+        self.calls: list[RestCall] = []
+        self.unknown_routes: list[RestCall] = []
+        self.rate_limits = RateLimitConfig()
+        self.rate_limited: list[RestCall] = []
+        self.echo_bot_messages = True
+        self.identify_count = 0
+        self.resume_count = 0
+        self.intents: int | None = None
+        self.scenario: Scenario | None = None
+        self._forced: list[_ForcedLimit] = []
+        self._sessions: dict[int, _Session] = {}
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._last_dispatch: dict[int, int] = {}
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runner: web.AppRunner | None = None
+        self._routes: list[tuple[str, re.Pattern[str], str, Handler]] = []
+        self.port = 0
+        self._register_routes()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        return self.base_url + API_PREFIX
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/gateway/", self._gateway)
+        app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
+        app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._dispatch_rest)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for ws in list(self._sockets):
+            await ws.close(code=1001, message=b"fake discord stopping")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeDiscord:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def install(self, monkeypatch: Any) -> None:
+        """Point discord.py's REST base and default gateway at this fake (undone by monkeypatch)."""
+        import discord.gateway
+        import discord.http
+        import yarl
+
+        monkeypatch.setattr(discord.http.Route, "BASE", self.api_base)
+        monkeypatch.setattr(
+            discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(self.gateway_url + "/")
+        )
+
+    # ------------------------------------------------------------------ model helpers
+
+    def add_guild(
+        self,
+        name: str = "시나트라 테스트 서버",
+        *,
+        owner: FakeUser | None = None,
+        locale: str = "ko",
+        everyone_permissions: int = EVERYONE_PERMISSIONS,
+    ) -> FakeGuild:
+        owner = owner or self.owner_user
+        guild = FakeGuild(self.snowflake(), name, owner.id, preferred_locale=locale)
+        guild.roles[guild.id] = FakeRole(guild.id, guild.id, "@everyone", everyone_permissions)
+        bot_role = FakeRole(self.snowflake(), guild.id, self.bot_user.username, BOT_PERMISSIONS, 1)
+        bot_role.managed = True
+        guild.roles[bot_role.id] = bot_role
+        self.guilds[guild.id] = guild
+        self.users[owner.id] = owner
+        guild.members[owner.id] = FakeMember(owner, guild.id, role_ids=[])
+        guild.members[self.bot_user.id] = FakeMember(
+            self.bot_user, guild.id, role_ids=[bot_role.id]
+        )
+        return guild
+
+    def add_role(
+        self, guild: FakeGuild, name: str, permissions: int = 0, *, position: int = 1
+    ) -> FakeRole:
+        role = FakeRole(self.snowflake(), guild.id, name, permissions, position)
+        guild.roles[role.id] = role
+        self._fire("GUILD_ROLE_CREATE", {"guild_id": str(guild.id), "role": role.payload()}, guild)
+        return role
+
+    def add_channel(
+        self, guild: FakeGuild, name: str, *, nsfw: bool = False, topic: str | None = None
+    ) -> FakeChannel:
+        channel = FakeChannel(
+            self.snowflake(), guild.id, name, TEXT_CHANNEL, nsfw, topic, len(guild.channels)
+        )
+        guild.channels[channel.id] = channel
+        self.channels[channel.id] = channel
+        self._fire("CHANNEL_CREATE", channel.payload(), guild)
+        return channel
+
+    def add_thread(
+        self, parent: FakeChannel, name: str, *, owner: FakeMember | FakeUser | None = None
+    ) -> FakeChannel:
+        guild = self.guilds[parent.guild_id]
+        owner_id = owner.id if owner is not None else self.bot_user.id
+        thread = FakeChannel(
+            self.snowflake(), guild.id, name, PUBLIC_THREAD, parent_id=parent.id, owner_id=owner_id
+        )
+        guild.threads[thread.id] = thread
+        self.channels[thread.id] = thread
+        payload = thread.payload(parent_nsfw=parent.nsfw)
+        payload["newly_created"] = True
+        self._fire("THREAD_CREATE", payload, guild)
+        return thread
+
+    def add_member(
+        self,
+        guild: FakeGuild,
+        username: str,
+        *,
+        nick: str | None = None,
+        global_name: str | None = None,
+        roles: list[FakeRole] | None = None,
+        locale: str = "ko",
+        bot: bool = False,
+    ) -> FakeMember:
+        user = FakeUser(self.snowflake(), username, global_name, bot=bot)
+        self.users[user.id] = user
+        member = FakeMember(user, guild.id, nick, [r.id for r in roles or []], locale)
+        guild.members[user.id] = member
+        self._fire("GUILD_MEMBER_ADD", {**member.payload(), "guild_id": str(guild.id)}, guild)
+        return member
+
+    def add_default_scenario(self) -> Scenario:
+        guild = self.add_guild()
+        general = self.add_channel(guild, "일반", topic="자유롭게 대화하는 곳")
+        nsfw_channel = self.add_channel(guild, "성인-롤플레이", nsfw=True)
+        moderator_role = self.add_role(guild, "운영진", MANAGE_GUILD, position=2)
+        moderator = self.add_member(guild, "minsu", nick="관리자 민수", roles=[moderator_role])
+        members = [
+            self.add_member(guild, "jisu", global_name="김지수"),
+            self.add_member(guild, "haneul", nick="하늘이"),
+            self.add_member(guild, "seoyeon", global_name="박서연", locale="en-US"),
+        ]
+        thread = self.add_thread(general, "민지와의 대화", owner=members[0])
+        owner = guild.members[guild.owner_id]
+        self.scenario = Scenario(
+            guild, general, nsfw_channel, thread, moderator, members, moderator_role, owner
+        )
+        return self.scenario
+
+    def guild_of(self, obj: FakeChannel | FakeMember) -> FakeGuild:
+        return self.guilds[obj.guild_id]
+
+    def member(self, guild: FakeGuild, user_id: int) -> FakeMember:
+        return guild.members[user_id]
+
+    def messages_in(self, channel: FakeChannel) -> list[FakeMessage]:
+        return channel.visible_messages
+
+    # ------------------------------------------------------------------ change notification
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def wait_until(
+        self,
+        predicate: Callable[[], Any],
+        timeout: float = 10.0,  # noqa: ASYNC109 - tests read better with a plain timeout
+    ) -> Any:
+        """Wait until ``predicate()`` is truthy (checked after each state change); return it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            event = self._changed
+            result = predicate()
+            if result:
+                return result
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"fake discord: condition not met within {timeout}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(remaining, 0.25))
+
+    async def wait_for_message(
+        self,
+        channel: FakeChannel,
+        predicate: Callable[[FakeMessage], bool] | None = None,
+        timeout: float = 10.0,  # noqa: ASYNC109
+        *,
+        after: FakeMessage | int | None = None,
+    ) -> FakeMessage:
+        """The first message in ``channel`` not sent by a test helper, newer than ``after``.
+
+        ``after`` defaults to the last message a test helper sent in that channel.
+        """
+        if after is None:
+            after_id = self._last_dispatch.get(channel.id, 0)
+        else:
+            after_id = after if isinstance(after, int) else after.id
+
+        def find() -> FakeMessage | None:
+            for message in reversed(channel.messages):
+                if message.id <= after_id:
+                    break
+            else:
+                message = None
+            start = 0
+            if message is not None:
+                start = channel.messages.index(message) + 1
+            for candidate in channel.messages[start:]:
+                if candidate.from_test or candidate.id <= after_id:
+                    continue
+                if predicate is None or predicate(candidate):
+                    return candidate
+            return None
+
+        result: FakeMessage = await self.wait_until(find, timeout)
+        return result
+
+    async def wait_for_edit(
+        self,
+        message: FakeMessage,
+        predicate: Callable[[FakeMessage], bool] | None = None,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> FakeMessage:
+        """Wait for ``predicate(message)``, or without one for the message's next edit."""
+        count = message.edit_count
+
+        def check() -> FakeMessage | None:
+            if predicate is not None:
+                return message if predicate(message) else None
+            return message if message.edit_count > count else None
+
+        result: FakeMessage = await self.wait_until(check, timeout)
+        return result
+
+    async def wait_for_response(
+        self,
+        interaction: InteractionRecord,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> InteractionRecord:
+        await self.wait_until(lambda: interaction.responded, timeout)
+        return interaction
+
+    async def wait_for_followup(
+        self,
+        interaction: InteractionRecord,
+        count: int = 1,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> FakeMessage:
+        await self.wait_until(lambda: len(interaction.followups) >= count, timeout)
+        return interaction.followups[count - 1]
+
+    # ------------------------------------------------------------------ rate limit controls
+
+    def force_rate_limit(
+        self,
+        method: str | None = None,
+        route: str | None = None,
+        *,
+        times: int = 1,
+        retry_after: float = 0.05,
+    ) -> None:
+        """Answer the next ``times`` matching requests with 429.
+
+        ``route`` is a template such as ``"/channels/{channel_id}/messages/{message_id}"``
+        (see ``ROUTES`` in this module); ``None`` matches every route.
+        """
+        self._forced.append(_ForcedLimit(method, route, times, retry_after))
+
+    # ------------------------------------------------------------------ gateway
+
+    def _shard_for(self, guild_id: int | None) -> int:
+        if guild_id is None:
+            return 0
+        return (guild_id >> 22) % self.shard_count
+
+    def _fire(self, event: str, data: dict[str, Any], guild: FakeGuild | None) -> None:
+        """Dispatch without awaiting (used by sync model helpers)."""
+        if not self._sessions:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.dispatch(event, data, guild.id if guild else None)
+        )
+        self._background(task)
+
+    def _background(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def dispatch(self, event: str, data: dict[str, Any], guild_id: int | None) -> None:
+        """Send a DISPATCH event to the shard that owns ``guild_id`` (buffered if disconnected)."""
+        session = self._sessions.get(self._shard_for(guild_id))
+        if session is not None:
+            await self._send(session, event, data)
+
+    async def _send(self, session: _Session, event: str, data: dict[str, Any]) -> None:
+        async with session.lock:
+            session.seq += 1
+            frame = json.dumps({"op": 0, "t": event, "s": session.seq, "d": data})
+            session.history.append((session.seq, frame))
+            if session.ws is not None and not session.ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await session.ws.send_str(frame)
+
+    async def drop_connection(self, shard_id: int | None = None) -> None:
+        """Close the gateway socket(s) with 4000 so discord.py reconnects and RESUMEs."""
+        for session in list(self._sessions.values()):
+            if shard_id is not None and session.shard_id != shard_id:
+                continue
+            async with session.lock:
+                ws, session.ws = session.ws, None
+            if ws is not None:
+                await ws.close(code=4000, message=b"dropped by test")
+        self._notify()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._sessions) and all(
+            s.ws is not None and not s.ws.closed for s in self._sessions.values()
+        )
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        try:
+            await ws.send_str(
+                json.dumps({"op": 10, "d": {"heartbeat_interval": HEARTBEAT_INTERVAL_MS}})
+            )
+            async for msg in ws:
+                if msg.type is not WSMsgType.TEXT:
+                    continue
+                payload = json.loads(msg.data)
+                await self._gateway_op(ws, payload.get("op"), payload.get("d"))
+        finally:
+            self._sockets.discard(ws)
+            for session in self._sessions.values():
+                if session.ws is ws:
+                    session.ws = None
+            self._notify()
+        return ws
+
+    async def _gateway_op(self, ws: web.WebSocketResponse, op: int, data: Any) -> None:
+        if op == 1:
+            await ws.send_str(json.dumps({"op": 11}))
+        elif op == 2:
+            await self._identify(ws, data)
+        elif op == 6:
+            await self._resume(ws, data)
+        elif op == 8:
+            await self._request_members(data)
+
+    async def _identify(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
+        shard_id, shard_count = data.get("shard", [0, 1])
+        self.intents = data.get("intents")
+        self.identify_count += 1
+        session = _Session(uuid.uuid4().hex, shard_id, shard_count, self.intents or 0)
+        guilds = [g for g in self.guilds.values() if self._shard_for(g.id) == shard_id]
+        ready = {
+            "v": 10,
+            "user": {**self.bot_user.payload(), "verified": True, "mfa_enabled": False},
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
+            "session_id": session.session_id,
+            "resume_gateway_url": self.gateway_url,
+            "shard": [shard_id, shard_count],
+            "application": {"id": str(self.application_id), "flags": 0},
+            "private_channels": [],
+            "relationships": [],
+            "presences": [],
+            "guild_join_requests": [],
+            "geo_ordered_rtc_regions": [],
+            "user_settings": {},
+            "auth_session_id_hash": "",
+        }
+        old = self._sessions.get(shard_id)
+        if old is not None and old.ws is not None and old.ws is not ws:
+            await old.ws.close(code=4000)
+        session.ws = ws
+        self._sessions[shard_id] = session
+        await self._send(session, "READY", ready)
+        for guild in guilds:
+            await self._send(session, "GUILD_CREATE", guild.payload())
+        self._notify()
+
+    async def _resume(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
+        session = next(
+            (s for s in self._sessions.values() if s.session_id == data.get("session_id")), None
+        )
+        if session is None:
+            await ws.send_str(json.dumps({"op": 9, "d": False}))
+            return
+        client_seq = data.get("seq") or 0
+        async with session.lock:
+            for seq, frame in session.history:
+                if seq > client_seq:
+                    await ws.send_str(frame)
+            session.ws = ws
+            session.seq += 1
+            resumed = {"op": 0, "t": "RESUMED", "s": session.seq, "d": {}}
+            frame = json.dumps(resumed)
+            session.history.append((session.seq, frame))
+            await ws.send_str(frame)
+        self.resume_count += 1
+        self._notify()
+
+    async def _request_members(self, data: dict[str, Any]) -> None:
+        guild = self.guilds.get(int(data["guild_id"]))
+        if guild is None:
+            return
+        chunk = {
+            "guild_id": str(guild.id),
+            "members": [m.payload() for m in guild.members.values()],
+            "chunk_index": 0,
+            "chunk_count": 1,
+            "not_found": [],
+            "presences": [],
+        }
+        if data.get("nonce"):
+            chunk["nonce"] = data["nonce"]
+        await self.dispatch("GUILD_MEMBERS_CHUNK", chunk, guild.id)
+
+    # ------------------------------------------------------------------ test dispatch helpers
+
+    def _resolve_mentions(self, content: str) -> list[FakeUser]:
+        found = []
+        for match in MENTION_RE.finditer(content):
+            user = self.users.get(int(match.group(1)))
+            if user is not None and user not in found:
+                found.append(user)
+        return found
+
+    def _make_attachment(
+        self, channel_id: int, filename: str, data: bytes, content_type: str | None
+    ) -> FakeAttachment:
+        attachment_id = self.snowflake()
+        url = attachment_url(self.base_url, channel_id, attachment_id, filename)
+        attachment = FakeAttachment(attachment_id, filename, data, content_type, url)
+        self.attachments[attachment_id] = attachment
+        return attachment
+
+    def _store(self, message: FakeMessage) -> None:
+        channel = self.channels[message.channel_id]
+        channel.messages.append(message)
+        self.messages[message.id] = message
+        self._notify()
+
+    async def say(
+        self,
+        channel: FakeChannel,
+        member: FakeMember,
+        content: str,
+        *,
+        attachments: list[tuple[str, bytes, str | None]] | None = None,
+        mentions_bot: bool = False,
+        reply_to: FakeMessage | None = None,
+    ) -> FakeMessage:
+        """A member posts a message: stored and sent as MESSAGE_CREATE."""
+        if mentions_bot:
+            content = f"<@{self.bot_user.id}> {content}"
+        message = FakeMessage(
+            self.snowflake(),
+            channel.id,
+            channel.guild_id,
+            content,
+            author=member.user,
+            member=member,
+            attachments=[self._make_attachment(channel.id, *a) for a in attachments or []],
+            mentions=self._resolve_mentions(content),
+            from_test=True,
+        )
+        if reply_to is not None:
+            message.type = 19
+            message.reference = {
+                "type": 0,
+                "message_id": str(reply_to.id),
+                "channel_id": str(reply_to.channel_id),
+                "guild_id": str(reply_to.guild_id),
+            }
+        self._store(message)
+        self._last_dispatch[channel.id] = message.id
+        payload = message.payload(with_member=True)
+        if reply_to is not None:
+            payload["referenced_message"] = reply_to.payload()
+        await self.dispatch("MESSAGE_CREATE", payload, channel.guild_id)
+        return message
+
+    async def edit(self, message: FakeMessage, content: str) -> FakeMessage:
+        """The author edits their message: MESSAGE_UPDATE."""
+        self._apply_edit(message, {"content": content})
+        await self.dispatch("MESSAGE_UPDATE", message.payload(with_member=True), message.guild_id)
+        return message
+
+    async def delete(self, message: FakeMessage) -> None:
+        """The message is deleted by its author or a moderator: MESSAGE_DELETE."""
+        message.deleted = True
+        self._notify()
+        data = {
+            "id": str(message.id),
+            "channel_id": str(message.channel_id),
+            "guild_id": str(message.guild_id),
+        }
+        await self.dispatch("MESSAGE_DELETE", data, message.guild_id)
+
+    def _find_command(
+        self, guild: FakeGuild, path: str
+    ) -> tuple[dict[str, Any], list[str], list[dict[str, Any]], bool]:
+        """(command, [sub names], leaf option definitions, is guild command)."""
+        parts = path.split()
+        is_guild = parts[0] in self.guild_commands.get(guild.id, {})
+        scope = self.guild_commands.get(guild.id, {}) if is_guild else self.global_commands
+        if parts[0] not in scope:
+            raise LookupError(f"command /{parts[0]} was not synced (synced: {sorted(scope)})")
+        command = scope[parts[0]]
+        definitions = command.get("options") or []
+        for part in parts[1:]:
+            sub = next((o for o in definitions if o["name"] == part and o["type"] in (1, 2)), None)
+            if sub is None:
+                raise LookupError(f"/{path}: no subcommand {part!r}")
+            definitions = sub.get("options") or []
+        return command, parts[1:], definitions, is_guild
+
+    def _build_options(
+        self,
+        channel: FakeChannel,
+        definitions: list[dict[str, Any]],
+        values: dict[str, Any],
+        focused: str | None,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        resolved: dict[str, dict[str, Any]] = {}
+        options: list[dict[str, Any]] = []
+        by_name = {d["name"]: d for d in definitions}
+        for name in values:
+            if name not in by_name:
+                raise LookupError(f"unknown option {name!r}; the command has {sorted(by_name)}")
+        for definition in definitions:
+            name = definition["name"]
+            if name not in values:
+                if definition.get("required") and focused is None:
+                    raise ValueError(f"required option {name!r} missing")
+                continue
+            value = values[name]
+            option: dict[str, Any] = {"name": name, "type": definition["type"]}
+            if name == focused:
+                option["focused"] = True
+                option["value"] = str(value)
+            else:
+                option["value"] = self._option_value(channel, definition["type"], value, resolved)
+            options.append(option)
+        return options, resolved
+
+    def _option_value(
+        self, channel: FakeChannel, kind: int, value: Any, resolved: dict[str, dict[str, Any]]
+    ) -> Any:
+        guild = self.guilds[channel.guild_id]
+        if kind == 3:
+            return str(value)
+        if kind == 4:
+            return int(value)
+        if kind == 5:
+            return bool(value)
+        if kind == 10:
+            return float(value)
+        if kind in (6, 9) and isinstance(value, FakeMember | FakeUser):
+            user = value.user if isinstance(value, FakeMember) else value
+            resolved.setdefault("users", {})[str(user.id)] = user.payload()
+            member = guild.members.get(user.id)
+            if member is not None:
+                perms = guild.permissions_of(member)
+                resolved.setdefault("members", {})[str(user.id)] = member.payload(
+                    with_user=False, permissions=perms
+                )
+            return str(user.id)
+        if kind in (8, 9) and isinstance(value, FakeRole):
+            resolved.setdefault("roles", {})[str(value.id)] = value.payload()
+            return str(value.id)
+        if kind == 7 and isinstance(value, FakeChannel):
+            parent = self.channels.get(value.parent_id or 0)
+            payload = value.payload(parent_nsfw=bool(parent and parent.nsfw))
+            payload["permissions"] = str(ALL_PERMISSIONS)
+            resolved.setdefault("channels", {})[str(value.id)] = payload
+            return str(value.id)
+        if kind == 11:
+            if not isinstance(value, FakeAttachment):
+                filename, data, content_type = value
+                value = self._make_attachment(channel.id, filename, data, content_type)
+            resolved.setdefault("attachments", {})[str(value.id)] = value.payload()
+            return str(value.id)
+        raise TypeError(f"cannot convert {value!r} for option type {kind}")
+
+    def _interaction_payload(
+        self,
+        record: InteractionRecord,
+        channel: FakeChannel,
+        member: FakeMember,
+        locale: str | None,
+    ) -> dict[str, Any]:
+        guild = self.guilds[channel.guild_id]
+        parent = self.channels.get(channel.parent_id or 0)
+        bot_member = guild.members[self.bot_user.id]
+        payload: dict[str, Any] = {
+            "id": str(record.id),
+            "application_id": str(self.application_id),
+            "type": record.type,
+            "data": record.data,
+            "guild_id": str(guild.id),
+            "guild": {"id": str(guild.id), "locale": guild.preferred_locale, "features": []},
+            "channel_id": str(channel.id),
+            "channel": channel.payload(parent_nsfw=bool(parent and parent.nsfw)),
+            "member": member.payload(permissions=guild.permissions_of(member)),
+            "token": record.token,
+            "version": 1,
+            "locale": locale or member.locale,
+            "guild_locale": guild.preferred_locale,
+            "app_permissions": str(guild.permissions_of(bot_member)),
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(guild.id)},
+            "context": 0,
+            "attachment_size_limit": 10 * 1024 * 1024,
+        }
+        if record.message is not None:
+            payload["message"] = record.message.payload()
+        return payload
+
+    async def _send_interaction(
+        self,
+        kind: int,
+        member: FakeMember,
+        channel: FakeChannel,
+        data: dict[str, Any],
+        locale: str | None,
+        message: FakeMessage | None = None,
+    ) -> InteractionRecord:
+        record = InteractionRecord(
+            self.snowflake(),
+            "itk_" + secrets.token_urlsafe(48),
+            kind,
+            data,
+            channel.guild_id,
+            channel.id,
+            member,
+            message,
+        )
+        self.interactions[record.token] = record
+        self._last_dispatch[channel.id] = record.id
+        payload = self._interaction_payload(record, channel, member, locale)
+        await self.dispatch("INTERACTION_CREATE", payload, channel.guild_id)
+        return record
+
+    def _default_channel(self, channel: FakeChannel | None) -> FakeChannel:
+        if channel is not None:
+            return channel
+        if self.scenario is None:
+            raise ValueError("pass channel=... (no default scenario)")
+        return self.scenario.general
+
+    def _command_data(
+        self,
+        member: FakeMember,
+        command: str,
+        channel: FakeChannel,
+        options: dict[str, Any],
+        focused: str | None,
+    ) -> dict[str, Any]:
+        guild = self.guilds[channel.guild_id]
+        cmd, subs, definitions, is_guild = self._find_command(guild, command)
+        leaf, resolved = self._build_options(channel, definitions, options, focused)
+        nested = leaf
+        for depth, name in reversed(list(enumerate(subs))):
+            kind = 1 if depth == len(subs) - 1 else 2
+            nested = [{"name": name, "type": kind, "options": nested}]
+        data: dict[str, Any] = {
+            "id": cmd["id"],
+            "name": cmd["name"],
+            "type": 1,
+            "options": nested,
+        }
+        if resolved:
+            data["resolved"] = resolved
+        if is_guild:
+            data["guild_id"] = str(guild.id)
+        return data
+
+    async def slash(
+        self,
+        member: FakeMember,
+        command: str,
+        *,
+        channel: FakeChannel | None = None,
+        locale: str | None = None,
+        **options: Any,
+    ) -> InteractionRecord:
+        """Run a synced slash command (``"rp start"`` = group/subcommand path) as ``member``.
+
+        Option values: str/int/float/bool, FakeMember/FakeUser, FakeChannel, FakeRole,
+        and for attachment options a ``(filename, bytes, content_type)`` tuple.
+        """
+        channel = self._default_channel(channel)
+        data = self._command_data(member, command, channel, options, None)
+        return await self._send_interaction(2, member, channel, data, locale)
+
+    async def autocomplete(
+        self,
+        member: FakeMember,
+        command: str,
+        *,
+        focused: str,
+        value: str = "",
+        channel: FakeChannel | None = None,
+        locale: str | None = None,
+        **options: Any,
+    ) -> InteractionRecord:
+        """Ask for autocomplete choices; ``await fake.wait_for_response(r)`` then ``r.choices``."""
+        channel = self._default_channel(channel)
+        data = self._command_data(
+            member, command, channel, {**options, focused: value}, focused=focused
+        )
+        return await self._send_interaction(4, member, channel, data, locale)
+
+    async def press(
+        self,
+        member: FakeMember,
+        message: FakeMessage,
+        custom_id: str,
+        *,
+        values: list[str] | None = None,
+        locale: str | None = None,
+    ) -> InteractionRecord:
+        """Press a button (or pick ``values`` in a select) on ``message``."""
+        component = _find_component(message.components, custom_id)
+        if component is None:
+            raise LookupError(f"no component {custom_id!r} on message {message.id}")
+        data: dict[str, Any] = {"custom_id": custom_id, "component_type": component["type"]}
+        if values is not None:
+            data["values"] = values
+        channel = self.channels[message.channel_id]
+        return await self._send_interaction(3, member, channel, data, locale, message)
+
+    async def submit_modal(
+        self,
+        member: FakeMember,
+        modal: InteractionRecord | str,
+        values: dict[str, str | list[str]],
+        *,
+        channel: FakeChannel | None = None,
+        locale: str | None = None,
+    ) -> InteractionRecord:
+        """Submit a modal the bot opened (by its interaction record, or by custom_id)."""
+        if isinstance(modal, InteractionRecord):
+            if modal.modal is None:
+                raise LookupError("that interaction was not answered with a modal")
+            spec = modal.modal
+            channel = channel or self.channels[modal.channel_id]
+        else:
+            spec = {"custom_id": modal, "components": []}
+            channel = self._default_channel(channel)
+        components = _modal_submission(spec.get("components", []), values)
+        if not spec.get("components"):
+            components = [
+                {"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]}
+                for k, v in values.items()
+            ]
+        data = {"custom_id": spec["custom_id"], "components": components}
+        source = modal.message if isinstance(modal, InteractionRecord) else None
+        return await self._send_interaction(5, member, channel, data, locale, source)
+
+    # ------------------------------------------------------------------ REST plumbing
+
+    def _register_routes(self) -> None:
+        for method, template, handler_name in ROUTES:
+            pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
+            handler = getattr(self, handler_name)
+            self._routes.append((method, re.compile(f"^{pattern}$"), template, handler))
+
+    async def _dispatch_rest(self, request: web.Request) -> web.Response:
+        path = "/" + request.match_info["tail"]
+        body_json, files = await _read_body(request)
+        call = RestCall(request.method, path, dict(request.query), body_json, files)
+        self.calls.append(call)
+        for method, pattern, template, handler in self._routes:
+            if method != request.method:
+                continue
+            match = pattern.match(path)
+            if match is None:
+                continue
+            call.route = template
+            limited = self._forced_limit(request.method, template)
+            if limited is not None:
+                call.status = 429
+                self.rate_limited.append(call)
+                self._notify()
+                return _rate_limited(limited, "forced")
+            try:
+                response = await handler(
+                    _Request(request, match.groupdict(), template, body_json, files, call)
+                )
+            except ApiError as exc:
+                response = _json({"message": exc.message, "code": exc.code}, exc.status)
+            call.status = response.status
+            if response.status == 429:
+                self.rate_limited.append(call)
+            self._notify()
+            return response
+        call.status = 404
+        self.unknown_routes.append(call)
+        self._notify()
+        return _json({"message": "404: Not Found (fake discord)", "code": 0}, 404)
+
+    def _forced_limit(self, method: str, template: str) -> float | None:
+        for forced in self._forced:
+            if forced.remaining <= 0:
+                continue
+            if forced.method not in (None, method) or forced.route not in (None, template):
+                continue
+            forced.remaining -= 1
+            return forced.retry_after
+        return None
+
+    def _check_edit_rate(self, channel: FakeChannel) -> web.Response | None:
+        config = self.rate_limits
+        if not config.enabled:
+            return None
+        clock = time.monotonic()
+        times = channel.edit_times
+        while times and times[0] <= clock - config.edit_window:
+            times.popleft()
+        if len(times) >= config.edit_limit:
+            return _rate_limited(times[0] + config.edit_window - clock, f"edit-{channel.id}")
+        times.append(clock)
+        return None
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        attachment = self.attachments.get(int(request.match_info["attachment_id"]))
+        if attachment is None:
+            return web.Response(status=404, text="not found")
+        return web.Response(
+            body=attachment.data,
+            headers={"Content-Type": attachment.content_type or "application/octet-stream"},
+        )
+
+    # ------------------------------------------------------------------ REST lookups
+
+    def _channel(self, channel_id: str) -> FakeChannel:
+        channel = self.channels.get(int(channel_id))
+        if channel is None:
+            raise ApiError(404, "Unknown Channel", 10003)
+        return channel
+
+    def _guild(self, guild_id: str) -> FakeGuild:
+        guild = self.guilds.get(int(guild_id))
+        if guild is None:
+            raise ApiError(404, "Unknown Guild", 10004)
+        return guild
+
+    def _message(self, channel: FakeChannel, message_id: str) -> FakeMessage:
+        message = self.messages.get(int(message_id))
+        if message is None or message.deleted or message.channel_id != channel.id:
+            raise ApiError(404, "Unknown Message", 10008)
+        return message
+
+    def _webhook(self, webhook_id: str, token: str) -> FakeWebhook:
+        webhook = self.webhooks.get(int(webhook_id))
+        if webhook is None or webhook.token != token:
+            raise ApiError(404, "Unknown Webhook", 10015)
+        return webhook
+
+    def _interaction(self, token: str) -> InteractionRecord:
+        record = self.interactions.get(token)
+        if record is None:
+            raise ApiError(404, "Unknown interaction", 10062)
+        return record
+
+    def _new_attachments(
+        self,
+        channel_id: int,
+        payload: dict[str, Any],
+        files: list[tuple[str, bytes, str | None]],
+        existing: list[FakeAttachment],
+    ) -> list[FakeAttachment]:
+        """Attachments after a create/edit: kept ones (by id) plus uploaded files."""
+        if "attachments" not in payload and not files:
+            return existing
+        by_id = {a.id: a for a in existing}
+        result: list[FakeAttachment] = []
+        used: set[int] = set()
+        for item in payload.get("attachments") or []:
+            raw_id = int(item["id"])
+            if raw_id in by_id:
+                result.append(by_id[raw_id])
+            elif raw_id < len(files):
+                name, data, content_type = files[raw_id]
+                attachment = self._make_attachment(
+                    channel_id, item.get("filename") or name, data, content_type
+                )
+                attachment.description = item.get("description")
+                result.append(attachment)
+                used.add(raw_id)
+        for index, (name, data, content_type) in enumerate(files):
+            if index not in used:
+                result.append(self._make_attachment(channel_id, name, data, content_type))
+        return result
+
+    def _apply_edit(self, message: FakeMessage, payload: dict[str, Any], files: Any = ()) -> None:
+        if "content" in payload:
+            message.content = payload["content"] or ""
+            message.mentions = self._resolve_mentions(message.content)
+        if "embeds" in payload:
+            message.embeds = payload["embeds"] or []
+        if "components" in payload:
+            message.components = payload["components"] or []
+        if "allowed_mentions" in payload:
+            message.allowed_mentions = payload["allowed_mentions"]
+        if "flags" in payload and payload["flags"] is not None:
+            message.flags = (message.flags & EPHEMERAL_FLAG) | int(payload["flags"])
+        message.flags &= ~LOADING_FLAG
+        message.attachments = self._new_attachments(
+            message.channel_id, payload, list(files), message.attachments
+        )
+        message.edited_at = now()
+        message.versions.append(message.snapshot())
+        self._notify()
+
+    def _create_message(
+        self,
+        channel: FakeChannel,
+        payload: dict[str, Any],
+        files: list[tuple[str, bytes, str | None]],
+        **fields: Any,
+    ) -> FakeMessage:
+        content = payload.get("content") or ""
+        message = FakeMessage(
+            self.snowflake(),
+            channel.id,
+            channel.guild_id,
+            content,
+            embeds=payload.get("embeds") or [],
+            components=payload.get("components") or [],
+            allowed_mentions=payload.get("allowed_mentions"),
+            mentions=self._resolve_mentions(content),
+            flags=int(payload.get("flags") or 0),
+            tts=bool(payload.get("tts")),
+            **fields,
+        )
+        message.attachments = self._new_attachments(channel.id, payload, files, [])
+        ref = payload.get("message_reference")
+        if ref and ref.get("message_id"):
+            message.type = 19
+            message.reference = {
+                "type": 0,
+                "message_id": str(ref["message_id"]),
+                "channel_id": str(ref.get("channel_id") or channel.id),
+                "guild_id": str(channel.guild_id),
+            }
+        message.versions = [message.snapshot()]
+        self._store(message)
+        return message
+
+    async def _echo(self, event: str, message: FakeMessage) -> None:
+        if self.echo_bot_messages and not message.ephemeral:
+            await self.dispatch(event, message.payload(with_member=True), message.guild_id)
+
+    # ------------------------------------------------------------------ REST handlers
+
+    async def _get_me(self, req: _Request) -> web.Response:
+        return _json({**self.bot_user.payload(), "verified": True, "mfa_enabled": False})
+
+    async def _get_application(self, req: _Request) -> web.Response:
+        return _json(
+            {
+                "id": str(self.application_id),
+                "name": self.bot_user.username,
+                "icon": None,
+                "description": "테스트용 가짜 애플리케이션",
+                "rpc_origins": [],
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "bot": self.bot_user.payload(),
+                "owner": self.owner_user.payload(),
+                "summary": "",
+                "verify_key": "0" * 64,
+                "team": None,
+                "flags": 0,
+                "tags": [],
+                "redirect_uris": [],
+                "interactions_endpoint_url": None,
+                "integration_types_config": {},
+            }
+        )
+
+    async def _get_gateway(self, req: _Request) -> web.Response:
+        return _json({"url": self.gateway_url})
+
+    async def _get_gateway_bot(self, req: _Request) -> web.Response:
+        limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
+        return _json(
+            {"url": self.gateway_url, "shards": self.shard_count, "session_start_limit": limit}
+        )
+
+    def _store_commands(
+        self, scope: dict[str, dict[str, Any]], commands: list[dict[str, Any]], guild_id: int | None
+    ) -> list[dict[str, Any]]:
+        old = dict(scope)
+        scope.clear()
+        for command in commands:
+            stored = dict(command)
+            previous = old.get(command["name"])
+            stored["id"] = previous["id"] if previous else str(self.snowflake())
+            stored["application_id"] = str(self.application_id)
+            stored["version"] = str(self.snowflake())
+            stored.setdefault("type", 1)
+            stored.setdefault("description", "")
+            stored.setdefault("default_member_permissions", None)
+            stored.setdefault("nsfw", False)
+            if guild_id is not None:
+                stored["guild_id"] = str(guild_id)
+            scope[command["name"]] = stored
+        return list(scope.values())
+
+    async def _put_global_commands(self, req: _Request) -> web.Response:
+        return _json(self._store_commands(self.global_commands, req.json or [], None))
+
+    async def _get_global_commands(self, req: _Request) -> web.Response:
+        return _json(list(self.global_commands.values()))
+
+    async def _put_guild_commands(self, req: _Request) -> web.Response:
+        guild = self._guild(req.params["guild_id"])
+        scope = self.guild_commands.setdefault(guild.id, {})
+        return _json(self._store_commands(scope, req.json or [], guild.id))
+
+    async def _get_guild_commands(self, req: _Request) -> web.Response:
+        guild = self._guild(req.params["guild_id"])
+        return _json(list(self.guild_commands.get(guild.id, {}).values()))
+
+    async def _post_message(self, req: _Request) -> web.Response:
+        channel = self._channel(req.params["channel_id"])
+        payload = req.json or {}
+        body_keys = ("content", "embeds", "components", "sticker_ids")
+        if not (req.files or any(payload.get(k) for k in body_keys)):
+            raise ApiError(400, "Cannot send an empty message", 50006)
+        if len(payload.get("content") or "") > 2000:
+            raise ApiError(400, "Invalid Form Body: content longer than 2000", 50035)
+        guild = self.guilds[channel.guild_id]
+        message = self._create_message(
+            channel,
+            payload,
+            req.files,
+            author=self.bot_user,
+            member=guild.members.get(self.bot_user.id),
+        )
+        await self._echo("MESSAGE_CREATE", message)
+        return _json(message.payload())
+
+    async def _get_messages(self, req: _Request) -> web.Response:
+        channel = self._channel(req.params["channel_id"])
+        limit = int(req.query.get("limit", 50))
+        before = int(req.query.get("before", 0)) or None
+        after = int(req.query.get("after", 0)) or None
+        items = channel.visible_messages
+        if before is not None:
+            items = [m for m in items if m.id < before]
+        if after is not None:
+            items = [m for m in items if m.id > after][:limit]
+            return _json([m.payload() for m in reversed(items)])
+        return _json([m.payload() for m in reversed(items[-limit:])])
+
+    async def _get_message(self, req: _Request) -> web.Response:
+        channel = self._channel(req.params["channel_id"])
+        return _json(self._message(channel, req.params["message_id"]).payload())
+
+    async def _patch_message(self, req: _Request) -> web.Response:
+        channel = self._channel(req.params["channel_id"])
+        message = self._message(channel, req.params["message_id"])
+        if message.author is not self.bot_user or message.webhook_id is not None:
+            raise ApiError(403, "Cannot edit a message authored by another user", 50005)
+        limited = self._check_edit_rate(channel)
+        if limited is not None:
+            return limited
+        self._apply_edit(message, req.json or {}, req.files)
+        await self._echo("MESSAGE_UPDATE", message)
+        return _json(message.payload())
+
+    async def _delete_message(self, req: _Request) -> web.Response:
+        channel = self._channel(req.params["channel_id"])
+        message = self._message(channel, req.params["message_id"])
+        message.deleted = True
+        self._notify()
+        data = {"id": str(message.id), "channel_id": str(channel.id)}
+        data["guild_id"] = str(channel.guild_id)
+        await self.dispatch("MESSAGE_DELETE", data, channel.guild_id)
+        return web.Response(status=204)
+
+    async def _put_reaction(self, req: _Request) -> web.Response:
+        channel = self._channel(req.params["channel_id"])
+        message = self._message(channel, req.params["message_id"])
+        message.reactions.append(req.params["emoji"])
+        return web.Response(status=204)
+
+    async def _typing(self, req: _Request) -> web.Response:
+        self._channel(req.params["channel_id"])
+        return web.Response(status=204)
+
+    async def _get_channel(self, req: _Request) -> web.Response:
+        channel = self._channel(req.params["channel_id"])
+        parent = self.channels.get(channel.parent_id or 0)
+        return _json(channel.payload(parent_nsfw=bool(parent and parent.nsfw)))
+
+    async def _create_thread(self, req: _Request) -> web.Response:
+        parent = self._channel(req.params["channel_id"])
+        if parent.is_thread:
+            raise ApiError(400, "Cannot execute action on this channel type", 50024)
+        payload = req.json or {}
+        thread = self.add_thread(parent, payload.get("name") or "스레드", owner=self.bot_user)
+        return _json(thread.payload(parent_nsfw=parent.nsfw), 201)
+
+    async def _create_webhook(self, req: _Request) -> web.Response:
+        channel = self._channel(req.params["channel_id"])
+        if channel.is_thread:
+            raise ApiError(400, "Cannot execute action on this channel type", 50024)
+        payload = req.json or {}
+        webhook = FakeWebhook(
+            self.snowflake(),
+            secrets.token_urlsafe(51),
+            channel.guild_id,
+            channel.id,
+            payload.get("name") or "웹훅",
+            self.application_id,
+            self.bot_user,
+        )
+        self.webhooks[webhook.id] = webhook
+        return _json(webhook.payload())
+
+    async def _channel_webhooks(self, req: _Request) -> web.Response:
+        channel = self._channel(req.params["channel_id"])
+        return _json([w.payload() for w in self.webhooks.values() if w.channel_id == channel.id])
+
+    async def _guild_webhooks(self, req: _Request) -> web.Response:
+        guild = self._guild(req.params["guild_id"])
+        return _json([w.payload() for w in self.webhooks.values() if w.guild_id == guild.id])
+
+    async def _get_webhook(self, req: _Request) -> web.Response:
+        webhook = self.webhooks.get(int(req.params["webhook_id"]))
+        if webhook is None:
+            raise ApiError(404, "Unknown Webhook", 10015)
+        return _json(webhook.payload())
+
+    async def _get_webhook_token(self, req: _Request) -> web.Response:
+        return _json(self._webhook(req.params["webhook_id"], req.params["token"]).payload())
+
+    async def _delete_webhook(self, req: _Request) -> web.Response:
+        if self.webhooks.pop(int(req.params["webhook_id"]), None) is None:
+            raise ApiError(404, "Unknown Webhook", 10015)
+        return web.Response(status=204)
+
+    def _webhook_target(self, webhook: FakeWebhook, thread_id: str | None) -> FakeChannel:
+        channel = self.channels[webhook.channel_id]
+        if thread_id is None:
+            return channel
+        thread = self.channels.get(int(thread_id))
+        if thread is None or thread.parent_id != webhook.channel_id:
+            raise ApiError(400, "Unknown Channel (thread_id not in the webhook's channel)", 10003)
+        return thread
+
+    async def _execute_webhook(self, req: _Request) -> web.Response:
+        if int(req.params["webhook_id"]) == self.application_id:
+            return await self._create_followup(req)
+        webhook = self._webhook(req.params["webhook_id"], req.params["token"])
+        channel = self._webhook_target(webhook, req.query.get("thread_id"))
+        payload = req.json or {}
+        if not (payload.get("content") or payload.get("embeds") or req.files):
+            raise ApiError(400, "Cannot send an empty message", 50006)
+        if len(payload.get("content") or "") > 2000:
+            raise ApiError(400, "Invalid Form Body: content longer than 2000", 50035)
+        message = self._create_message(
+            channel,
+            payload,
+            req.files,
+            webhook_id=webhook.id,
+            username=payload.get("username") or webhook.name,
+            avatar_url=payload.get("avatar_url"),
+            application_id=self.application_id,
+        )
+        await self._echo("MESSAGE_CREATE", message)
+        if req.query.get("wait") in ("true", "1", "True"):
+            return _json(message.payload())
+        return web.Response(status=204)
+
+    def _webhook_message(self, req: _Request) -> tuple[FakeMessage, FakeChannel]:
+        if int(req.params["webhook_id"]) == self.application_id:
+            record = self._interaction(req.params["token"])
+            if req.params["message_id"] == "@original":
+                if record.original is None:
+                    raise ApiError(404, "Unknown Message", 10008)
+                return record.original, self.channels[record.channel_id]
+            message = next(
+                (m for m in record.messages if str(m.id) == req.params["message_id"]), None
+            )
+            if message is None or message.deleted:
+                raise ApiError(404, "Unknown Message", 10008)
+            return message, self.channels[message.channel_id]
+        webhook = self._webhook(req.params["webhook_id"], req.params["token"])
+        channel = self._webhook_target(webhook, req.query.get("thread_id"))
+        message = self._message(channel, req.params["message_id"])
+        if message.webhook_id != webhook.id:
+            raise ApiError(403, "Cannot edit a message authored by another user", 50005)
+        return message, channel
+
+    async def _get_webhook_message(self, req: _Request) -> web.Response:
+        message, _ = self._webhook_message(req)
+        return _json(message.payload())
+
+    async def _patch_webhook_message(self, req: _Request) -> web.Response:
+        message, channel = self._webhook_message(req)
+        limited = self._check_edit_rate(channel)
+        if limited is not None:
+            return limited
+        self._apply_edit(message, req.json or {}, req.files)
+        await self._echo("MESSAGE_UPDATE", message)
+        return _json(message.payload())
+
+    async def _delete_webhook_message(self, req: _Request) -> web.Response:
+        message, channel = self._webhook_message(req)
+        message.deleted = True
+        self._notify()
+        if not message.ephemeral:
+            data = {"id": str(message.id), "channel_id": str(channel.id)}
+            await self.dispatch(
+                "MESSAGE_DELETE", {**data, "guild_id": str(channel.guild_id)}, channel.guild_id
+            )
+        return web.Response(status=204)
+
+    def _interaction_message(
+        self, record: InteractionRecord, payload: dict[str, Any], files: Any, flags: int = 0
+    ) -> FakeMessage:
+        channel = self.channels[record.channel_id]
+        guild = self.guilds[record.guild_id]
+        message = self._create_message(
+            channel,
+            {**payload, "flags": int(payload.get("flags") or 0) | flags},
+            list(files),
+            author=self.bot_user,
+            member=guild.members.get(self.bot_user.id),
+            application_id=self.application_id,
+            interaction_id=record.id,
+            interaction_user=record.member.user,
+            type=20 if record.type == 2 else 0,
+        )
+        if message.ephemeral:
+            # Only the invoking member sees it: keep it off the channel's list.
+            channel.messages.remove(message)
+        return message
+
+    async def _interaction_callback(self, req: _Request) -> web.Response:
+        record = self._interaction(req.params["token"])
+        if str(record.id) != req.params["interaction_id"]:
+            raise ApiError(404, "Unknown interaction", 10062)
+        if record.responded:
+            raise ApiError(400, "Interaction has already been acknowledged.", 40060)
+        body = req.json or {}
+        kind = int(body["type"])
+        data = body.get("data") or {}
+        record.callbacks.append(body)
+        record.callback_data = data
+        resource: dict[str, Any] | None = None
+        loading = False
+        if kind == 4:
+            record.original = self._interaction_message(record, data, req.files)
+            await self._echo("MESSAGE_CREATE", record.original)
+        elif kind == 5:
+            record.original = self._interaction_message(
+                record, {"flags": data.get("flags", 0)}, (), LOADING_FLAG
+            )
+            loading = True
+        elif kind == 7:
+            if record.message is None:
+                raise ApiError(400, "Interaction has no message to update", 50035)
+            self._apply_edit(record.message, data, req.files)
+            record.original = record.message
+            await self._echo("MESSAGE_UPDATE", record.message)
+        elif kind == 8:
+            record.choices = data.get("choices", [])
+        elif kind == 9:
+            record.modal = data
+        elif kind not in (1, 6):
+            raise ApiError(400, f"Invalid interaction response type {kind}", 50035)
+        record.callback_type = kind
+        interaction: dict[str, Any] = {"id": str(record.id), "type": record.type}
+        if record.original is not None:
+            interaction["response_message_id"] = str(record.original.id)
+            interaction["response_message_loading"] = loading
+            interaction["response_message_ephemeral"] = record.original.ephemeral
+            resource = {"type": kind, "message": record.original.payload()}
+        elif kind in (8, 9):
+            resource = {"type": kind}
+        self._notify()
+        result: dict[str, Any] = {"interaction": interaction}
+        if resource is not None:
+            result["resource"] = resource
+        return _json(result)
+
+    async def _create_followup(self, req: _Request) -> web.Response:
+        record = self._interaction(req.params["token"])
+        if not record.responded:
+            raise ApiError(400, "Unknown Webhook (interaction not acknowledged yet)", 10015)
+        payload = req.json or {}
+        original = record.original
+        if original is not None and original.flags & LOADING_FLAG:
+            # The first followup after a deferred response fills in the loading message.
+            self._apply_edit(
+                original, {k: v for k, v in payload.items() if k != "flags"}, req.files
+            )
+            record.followups.append(original)
+            await self._echo("MESSAGE_CREATE", original)
+            return _json(original.payload())
+        message = self._interaction_message(record, payload, req.files)
+        record.followups.append(message)
+        await self._echo("MESSAGE_CREATE", message)
+        return _json(message.payload())
+
+    async def _get_guild(self, req: _Request) -> web.Response:
+        guild = self._guild(req.params["guild_id"])
+        data = guild.rest_payload()
+        if req.query.get("with_counts") in ("true", "1"):
+            data["approximate_member_count"] = len(guild.members)
+            data["approximate_presence_count"] = 0
+        return _json(data)
+
+    async def _get_guild_channels(self, req: _Request) -> web.Response:
+        guild = self._guild(req.params["guild_id"])
+        return _json([c.payload() for c in guild.channels.values()])
+
+    async def _get_guild_roles(self, req: _Request) -> web.Response:
+        guild = self._guild(req.params["guild_id"])
+        return _json([r.payload() for r in guild.roles.values()])
+
+    async def _get_member(self, req: _Request) -> web.Response:
+        guild = self._guild(req.params["guild_id"])
+        member = guild.members.get(int(req.params["user_id"]))
+        if member is None:
+            raise ApiError(404, "Unknown Member", 10007)
+        return _json(member.payload())
+
+    async def _get_members(self, req: _Request) -> web.Response:
+        guild = self._guild(req.params["guild_id"])
+        limit = int(req.query.get("limit", 1))
+        after = int(req.query.get("after", 0))
+        members = sorted((m for m in guild.members.values() if m.id > after), key=lambda m: m.id)
+        return _json([m.payload() for m in members[:limit]])
+
+    async def _get_user(self, req: _Request) -> web.Response:
+        user = self.users.get(int(req.params["user_id"]))
+        if user is None:
+            raise ApiError(404, "Unknown User", 10013)
+        return _json(user.payload())
+
+
+ROUTES: list[tuple[str, str, str]] = [
+    ("GET", "/users/@me", "_get_me"),
+    ("GET", "/oauth2/applications/@me", "_get_application"),
+    ("GET", "/gateway", "_get_gateway"),
+    ("GET", "/gateway/bot", "_get_gateway_bot"),
+    ("PUT", "/applications/{application_id}/commands", "_put_global_commands"),
+    ("GET", "/applications/{application_id}/commands", "_get_global_commands"),
+    (
+        "PUT",
+        "/applications/{application_id}/guilds/{guild_id}/commands",
+        "_put_guild_commands",
+    ),
+    (
+        "GET",
+        "/applications/{application_id}/guilds/{guild_id}/commands",
+        "_get_guild_commands",
+    ),
+    ("POST", "/channels/{channel_id}/messages", "_post_message"),
+    ("GET", "/channels/{channel_id}/messages", "_get_messages"),
+    ("GET", "/channels/{channel_id}/messages/{message_id}", "_get_message"),
+    ("PATCH", "/channels/{channel_id}/messages/{message_id}", "_patch_message"),
+    ("DELETE", "/channels/{channel_id}/messages/{message_id}", "_delete_message"),
+    (
+        "PUT",
+        "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me",
+        "_put_reaction",
+    ),
+    ("POST", "/channels/{channel_id}/typing", "_typing"),
+    ("GET", "/channels/{channel_id}", "_get_channel"),
+    ("POST", "/channels/{channel_id}/threads", "_create_thread"),
+    ("POST", "/channels/{channel_id}/messages/{message_id}/threads", "_create_thread"),
+    ("POST", "/channels/{channel_id}/webhooks", "_create_webhook"),
+    ("GET", "/channels/{channel_id}/webhooks", "_channel_webhooks"),
+    ("GET", "/guilds/{guild_id}/webhooks", "_guild_webhooks"),
+    ("GET", "/webhooks/{webhook_id}", "_get_webhook"),
+    ("DELETE", "/webhooks/{webhook_id}", "_delete_webhook"),
+    ("GET", "/webhooks/{webhook_id}/{token}", "_get_webhook_token"),
+    ("POST", "/webhooks/{webhook_id}/{token}", "_execute_webhook"),
+    ("GET", "/webhooks/{webhook_id}/{token}/messages/{message_id}", "_get_webhook_message"),
+    ("PATCH", "/webhooks/{webhook_id}/{token}/messages/{message_id}", "_patch_webhook_message"),
+    (
+        "DELETE",
+        "/webhooks/{webhook_id}/{token}/messages/{message_id}",
+        "_delete_webhook_message",
+    ),
+    ("POST", "/interactions/{interaction_id}/{token}/callback", "_interaction_callback"),
+    ("GET", "/guilds/{guild_id}", "_get_guild"),
+    ("GET", "/guilds/{guild_id}/channels", "_get_guild_channels"),
+    ("GET", "/guilds/{guild_id}/roles", "_get_guild_roles"),
+    ("GET", "/guilds/{guild_id}/members/{user_id}", "_get_member"),
+    ("GET", "/guilds/{guild_id}/members", "_get_members"),
+    ("GET", "/users/{user_id}", "_get_user"),
+]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    # discord.py only parses JSON when the content type is exactly "application/json".
+    return web.Response(
+        body=json.dumps(data, ensure_ascii=False).encode(),
+        status=status,
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def _rate_limited(retry_after: float, bucket: str) -> web.Response:
+    retry_after = max(retry_after, 0.001)
+    response = _json(
+        {"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
+        429,
+    )
+    response.headers.update(
+        {
+            "X-RateLimit-Limit": "5",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
+            "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+            "X-RateLimit-Bucket": bucket,
+            "X-RateLimit-Scope": "user",
+            "Retry-After": str(max(1, int(retry_after + 0.999))),
+            # discord.py treats a 429 without "Via" as a Cloudflare ban.
+            "Via": "1.1 google",
+        }
+    )
+    return response
+
+
+async def _read_body(request: web.Request) -> tuple[Any, list[tuple[str, bytes, str | None]]]:
+    files: list[tuple[str, bytes, str | None]] = []
+    if request.content_type == "multipart/form-data":
+        payload: Any = None
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            data = await part.read()  # type: ignore[union-attr]
+            if part.name == "payload_json":
+                payload = json.loads(data)
+            else:
+                ctype = part.headers.get("Content-Type")
+                files.append((part.filename or part.name or "file", bytes(data), ctype))
+        return payload, files
+    if request.can_read_body:
+        raw = await request.read()
+        if raw:
+            return json.loads(raw), files
+    return None, files
+
+
+def _find_component(components: list[dict[str, Any]], custom_id: str) -> dict[str, Any] | None:
+    for component in components:
+        if component.get("custom_id") == custom_id:
+            return component
+        for key in ("components", "accessory", "component"):
+            child = component.get(key)
+            children = child if isinstance(child, list) else [child] if child else []
+            found = _find_component(children, custom_id)
+            if found is not None:
+                return found
+    return None
+
+
+def _modal_submission(
+    components: list[dict[str, Any]], values: dict[str, str | list[str]]
+) -> list[dict[str, Any]]:
+    """Mirror the modal's layout (action rows or labels) with the submitted values."""
+
+    def answer(item: dict[str, Any]) -> dict[str, Any]:
+        custom_id = item.get("custom_id")
+        value = values.get(custom_id or "", "" if item["type"] == 4 else [])
+        out: dict[str, Any] = {"type": item["type"], "custom_id": custom_id}
+        if item["type"] == 4:
+            out["value"] = value
+        else:
+            out["values"] = value if isinstance(value, list) else [value]
+        return out
+
+    result = []
+    for component in components:
+        if component["type"] == 1:
+            children = [answer(c) for c in component.get("components", [])]
+            result.append({"type": 1, "components": children})
+        elif component["type"] == 18 and "component" in component:
+            result.append({"type": 18, "component": answer(component["component"])})
+    return result
+
+
+__all__ = [
+    "ROUTES",
+    "ApiError",
+    "FakeDiscord",
+    "RateLimitConfig",
+    "Scenario",
+]
