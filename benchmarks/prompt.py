@@ -21,7 +21,7 @@ from pathlib import Path
 
 from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
-from synatra_bot.prompt.lorebook import LoreEntry, Lorebook
+from synatra_bot.prompt.lorebook import Lorebook, LoreEntry
 from synatra_bot.tokenizer import load_tokenizer
 
 SENTENCES = [

@@ -314,3 +314,31 @@ def test_empty_history_still_gives_a_prompt(builder):
     assert built.input_ids[-3] == IM_START_ID
     assert IM_END_ID in built.input_ids
     assert built.report.kept_messages == 0
+
+
+def test_continue_last_leaves_the_assistant_message_open_at_the_end(builder, tokenizer):
+    history = [
+        *_history(3),
+        HistoryMessage("assistant", "민지", "그러니까 제 말은", message_id=10),
+    ]
+    built = builder.build(
+        card=_card(), history=history, user_name="준", options=PromptOptions(), continue_last=True
+    )
+    assert built.text.endswith(
+        f"{IM_START}system\n민지로서 짧게 답하라.{IM_END}\n{IM_START}assistant\n그러니까 제 말은"
+    )
+    assert built.input_ids[-1] != IM_END_ID
+    assert tokenizer(built.text)["input_ids"] == built.input_ids
+    assert built.report.blocks[-1].name == "continued_message"
+    assert 10 in built.new_token_counts
+
+
+def test_continue_last_needs_an_assistant_message(builder):
+    with pytest.raises(ValueError, match="continue_last"):
+        builder.build(
+            card=_card(),
+            history=_history(1),
+            user_name="준",
+            options=PromptOptions(),
+            continue_last=True,
+        )

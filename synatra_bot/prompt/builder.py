@@ -251,12 +251,23 @@ class PromptBuilder:
         persona: str = "",
         channel_lorebook: Lorebook | None = None,
         options: PromptOptions,
+        continue_last: bool = False,
     ) -> BuiltPrompt:
-        """Assemble the prompt for the assistant's next message after `history` (oldest first)."""
-        built = self._build(card, history, user_name, persona, channel_lorebook, options, True)
+        """Assemble the prompt for the assistant's next message after `history` (oldest first).
+
+        With `continue_last` the newest message must be the assistant's: it is left open (no
+        <|im_end|>) at the very end, so the model continues its text.
+        """
+        open_message: HistoryMessage | None = None
+        if continue_last:
+            if not history or history[-1].role != "assistant":
+                raise ValueError("continue_last needs the assistant's message as the newest")
+            open_message, history = history[-1], history[:-1]
+        args = (card, history, user_name, persona, channel_lorebook, options, open_message)
+        built = self._build(*args, trust_stored_counts=True)
         if built.token_count > built.budget:
             # A stored count was stale (e.g. another tokenizer): count everything afresh.
-            built = self._build(card, history, user_name, persona, channel_lorebook, options, False)
+            built = self._build(*args, trust_stored_counts=False)
         return built
 
     def _build(
@@ -267,6 +278,8 @@ class PromptBuilder:
         persona: str,
         channel_lorebook: Lorebook | None,
         options: PromptOptions,
+        open_message: HistoryMessage | None,
+        *,
         trust_stored_counts: bool,
     ) -> BuiltPrompt:
         budget = options.budget
@@ -291,10 +304,15 @@ class PromptBuilder:
         post = sub(card.post_history_instructions)
         if post:
             tail.append(("post_history", self._piece("system", post)))
-        assistant_prefix = _Piece(
-            (IM_START_ID, *self._headers["assistant"]), f"{IM_START}assistant\n"
-        )
-        tail.append(("assistant_prefix", assistant_prefix))
+        if open_message is None:
+            prefix_ids = (IM_START_ID, *self._headers["assistant"])
+            tail.append(("assistant_prefix", _Piece(prefix_ids, f"{IM_START}assistant\n")))
+        else:
+            body = self._message_body(open_message)
+            prefix_ids = (IM_START_ID, *self._headers["assistant"], *self.encode_content(body))
+            tail.append(("continued_message", _Piece(prefix_ids, f"{IM_START}assistant\n{body}")))
+            if open_message.token_count is None and open_message.message_id is not None:
+                new_counts[open_message.message_id] = self.count_message(open_message)
         note = sub(options.author_note)
         note_piece = self._piece("system", note) if note else None
 

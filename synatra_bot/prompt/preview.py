@@ -29,7 +29,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user-name", default="User", help="the player's name")
     parser.add_argument("--persona", default="", help="the player's persona text")
     parser.add_argument("--context", type=int, default=None, help="context window in tokens")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens kept for the reply")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="tokens kept for the reply"
+    )
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead")
 
@@ -67,7 +69,9 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
         history = _read_history(args.history) if args.history else []
         defaults = PromptOptions()
         context = args.context if args.context is not None else defaults.context_size
-        max_new = args.max_new_tokens if args.max_new_tokens is not None else defaults.max_new_tokens
+        max_new = (
+            args.max_new_tokens if args.max_new_tokens is not None else defaults.max_new_tokens
+        )
         if not 256 <= context <= MAX_CONTEXT_SIZE:
             raise ValueError(f"--context must be between 256 and {MAX_CONTEXT_SIZE}")
         options = PromptOptions(context_size=context, max_new_tokens=max_new)
