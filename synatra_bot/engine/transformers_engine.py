@@ -117,6 +117,7 @@ class TransformersEngine:
         allow_block_sharing: bool = True,
         seed: int | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        model: PreTrainedModel | None = None,
     ) -> None:
         if quantization not in ("none", "8bit", "4bit"):
             raise EngineError(f"quantization must be none, 8bit or 4bit, got {quantization!r}")
@@ -135,7 +136,8 @@ class TransformersEngine:
         self._allow_block_sharing = allow_block_sharing
         self._seed = seed
         self._tokenizer: PreTrainedTokenizerBase | None = tokenizer
-        self._model: PreTrainedModel | None = None
+        #: A model built in memory (benchmarks with random weights); skips loading.
+        self._model: PreTrainedModel | None = model
         self._manager: Any = None
         self._single_lane: ThreadPoolExecutor | None = None
         self._requests: dict[str, _Request] = {}
@@ -191,6 +193,16 @@ class TransformersEngine:
 
         from synatra_bot.tokenizer import load_tokenizer
 
+        if self._model is not None:
+            given: Any = self._model
+            self.device, self.dtype_name = (
+                str(given.device),
+                str(given.dtype).removeprefix("torch."),
+            )
+            self._context_limit = self._context_size
+            if self._tokenizer is None:
+                self._tokenizer = load_tokenizer(self.model_id)
+            return
         device = self._device_request or ("cuda" if torch.cuda.is_available() else "cpu")
         if device == "cpu":
             log.warning(
