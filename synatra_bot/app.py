@@ -1,10 +1,21 @@
-"""Start-up of the Discord bot: settings, logging, database, engine, then the client."""
+"""Start-up and shutdown of the Discord bot: settings, logging, database, engine, client."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from synatra_bot.settings import Settings, configure_logging, load_settings
+
+if TYPE_CHECKING:
+    from synatra_bot.discord.bot import SynatraBot
+    from synatra_bot.engine.base import Engine
+
+log = logging.getLogger(__name__)
 
 
 def run_bot(*, env_file: str = ".env") -> int:
@@ -13,8 +24,76 @@ def run_bot(*, env_file: str = ".env") -> int:
     return asyncio.run(serve(settings))
 
 
-async def serve(settings: Settings) -> int:
+@contextlib.asynccontextmanager
+async def running_bot(
+    settings: Settings, *, engine: Engine | None = None, tokenizer: object | None = None
+) -> AsyncIterator[SynatraBot]:
+    """Build everything the bot depends on and tear it down in order afterwards.
+
+    Tests pass their own engine (scripted or tiny) and tokenizer; `serve` builds the real ones.
+    """
+    from synatra_bot.discord.bot import BotDependencies, SynatraBot
+    from synatra_bot.engine.factory import build_engine
+    from synatra_bot.prompt.builder import PromptBuilder
+    from synatra_bot.roleplay.characters import CharacterService
+    from synatra_bot.roleplay.config import Defaults
+    from synatra_bot.roleplay.core import RoleplayCore
+    from synatra_bot.roleplay.scheduler import Scheduler
+    from synatra_bot.storage.database import create_engine, create_sessionmaker
     from synatra_bot.storage.migrate import upgrade_database
+    from synatra_bot.tokenizer import load_tokenizer
 
     await upgrade_database(settings.database_url)
-    raise NotImplementedError("the Discord adapter lands with issue 6")
+    database = create_engine(settings.database_url)
+    if tokenizer is None:
+        tokenizer = await asyncio.to_thread(load_tokenizer, settings.model_id)
+    engine = engine or build_engine(settings)
+    try:
+        await engine.start()
+        sessions = create_sessionmaker(database)
+        core = RoleplayCore(
+            sessions=sessions,
+            characters=CharacterService(sessions, max_card_bytes=settings.max_attachment_bytes),
+            builder=PromptBuilder(tokenizer),  # type: ignore[arg-type]
+            defaults=Defaults.from_settings(settings),
+        )
+        scheduler = Scheduler(
+            engine,
+            max_concurrent=settings.max_concurrent_replies,
+            turn_timeout_s=settings.turn_timeout_s,
+        )
+        bot = SynatraBot(BotDependencies(settings, core, scheduler, engine))
+        try:
+            yield bot
+        finally:
+            # Stop taking turns, let running replies end without storing half-written text.
+            await scheduler.shutdown(finish=False)
+            await bot.close()
+    finally:
+        await engine.close()
+        await database.dispose()
+
+
+async def serve(settings: Settings) -> int:
+    """Run until Discord closes the connection or SIGINT/SIGTERM arrives."""
+    import discord
+
+    async with running_bot(settings) as bot:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        runner = asyncio.create_task(bot.start(settings.discord_token))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if runner in done:
+            try:
+                runner.result()
+            except discord.LoginFailure:
+                log.error("DISCORD_TOKEN was refused by Discord: reset it in the developer portal")
+                return 2
+        else:
+            log.info("shutting down")
+    return 0

@@ -168,8 +168,10 @@ class _TurnContext:
         user_id: Hashable,
         policy: BusyPolicy,
         on_position: PositionCallback | None,
+        user_turns: int | None = None,
     ) -> None:
         self._scheduler = scheduler
+        self._user_turns = user_turns
         self._channel_id = channel_id
         self._user_id = user_id
         self._policy = policy
@@ -178,7 +180,7 @@ class _TurnContext:
 
     async def __aenter__(self) -> TurnSlot:
         self._slot = await self._scheduler._admit(
-            self._channel_id, self._user_id, self._policy, self._on_position
+            self._channel_id, self._user_id, self._policy, self._on_position, self._user_turns
         )
         return self._slot
 
@@ -238,9 +240,13 @@ class Scheduler:
         user_id: Hashable,
         policy: BusyPolicy = "queue",
         on_position: PositionCallback | None = None,
+        user_turns: int | None = None,
     ) -> _TurnContext:
-        """An async context manager that waits for admission and yields a TurnSlot."""
-        return _TurnContext(self, channel_id, user_id, policy, on_position)
+        """An async context manager that waits for admission and yields a TurnSlot.
+
+        `user_turns` overrides the per-user limit for this turn (a channel's own setting).
+        """
+        return _TurnContext(self, channel_id, user_id, policy, on_position, user_turns)
 
     @property
     def running(self) -> int:
@@ -273,12 +279,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ internals
 
-    def _check_rate(self, user_id: Hashable) -> None:
+    def _check_rate(self, user_id: Hashable, limit: int | None = None) -> None:
         now = self.clock()
         history = self._user_history.setdefault(user_id, deque())
         while history and history[0] <= now - self.rate_window_s:
             history.popleft()
-        if len(history) >= self.user_turns:
+        if len(history) >= (limit if limit is not None else self.user_turns):
             retry_after = max(0.0, history[0] + self.rate_window_s - now)
             raise RateLimited(
                 f"too many turns: try again in {retry_after:.0f} s",
@@ -292,10 +298,11 @@ class Scheduler:
         user_id: Hashable,
         policy: BusyPolicy,
         on_position: PositionCallback | None,
+        user_turns: int | None = None,
     ) -> TurnSlot:
         if self._closing:
             raise EngineUnavailable("the bot is shutting down")
-        self._check_rate(user_id)
+        self._check_rate(user_id, user_turns)
         if policy == "restart":
             await self.cancel_channel(channel_id, reason="superseded by a newer message")
         waiter = _Waiter(

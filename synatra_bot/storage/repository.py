@@ -442,6 +442,12 @@ async def count_history(sessions: Sessions, *, session_id: int) -> int:
         return int(await session.scalar(query) or 0)
 
 
+async def first_message_id(sessions: Sessions, *, session_id: int) -> int | None:
+    query = select(func.min(Message.id)).where(Message.session_id == session_id)
+    async with sessions() as session:
+        return await session.scalar(query)
+
+
 async def get_message(sessions: Sessions, *, message_id: int) -> MessageRecord | None:
     async with sessions() as session:
         row = await session.get(Message, message_id)

@@ -1,0 +1,116 @@
+"""The Discord bot: an AutoShardedBot holding its dependencies, and one error policy."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from synatra_bot.discord.i18n import KoreanTranslator, t
+from synatra_bot.discord.interactions import answer
+from synatra_bot.discord.replies import ReplyController
+from synatra_bot.discord.webhooks import WebhookPool
+from synatra_bot.engine.base import Engine
+from synatra_bot.errors import EngineError, UserFacingError
+from synatra_bot.roleplay.core import RoleplayCore
+from synatra_bot.roleplay.scheduler import Scheduler
+from synatra_bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COGS = (
+    "synatra_bot.discord.cogs.roleplay",
+    "synatra_bot.discord.cogs.characters",
+    "synatra_bot.discord.cogs.personas",
+    "synatra_bot.discord.cogs.moderation",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BotDependencies:
+    settings: Settings
+    core: RoleplayCore
+    scheduler: Scheduler
+    engine: Engine
+
+
+class SynatraTree(app_commands.CommandTree["SynatraBot"]):
+    """Holds the error policy: domain errors go back ephemeral in the user's language;
+    anything else is logged with its traceback and the user gets a short apology."""
+
+    async def on_error(
+        self, interaction: discord.Interaction[SynatraBot], error: app_commands.AppCommandError
+    ) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(original, UserFacingError):
+            text = t(interaction.locale, original.key, message=str(original), **original.params)
+        elif isinstance(original, EngineError):
+            text = t(interaction.locale, "error.engine", message=str(original))
+        elif isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
+            text = t(interaction.locale, "error.moderator_only")
+        else:
+            command = interaction.command.qualified_name if interaction.command else "?"
+            log.error("command %s failed", command, exc_info=original)
+            text = t(interaction.locale, "error.unexpected")
+        try:
+            await answer(interaction, text, ephemeral=True)
+        except discord.HTTPException:
+            log.warning("could not tell the user about an error", exc_info=True)
+
+
+class SynatraBot(commands.AutoShardedBot):
+    """The bot. Its dependencies are built in `main()` and passed in, never created here."""
+
+    def __init__(self, deps: BotDependencies, **options: Any) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True
+        intents.members = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=SynatraTree,
+            allowed_mentions=discord.AllowedMentions.none(),
+            help_command=None,
+            **options,
+        )
+        self.deps = deps
+        self.settings = deps.settings
+        self.core = deps.core
+        self.scheduler = deps.scheduler
+        self.engine = deps.engine
+        self.webhooks = WebhookPool()
+        self.replies = ReplyController(self)
+
+    def locale_for(self, channel: object) -> str:
+        """The language for messages that answer no interaction: the server's own."""
+        guild = getattr(channel, "guild", None)
+        return str(guild.preferred_locale) if guild is not None else "en-US"
+
+    async def close(self) -> None:
+        await self.replies.close()
+        await super().close()
+
+    async def setup_hook(self) -> None:
+        from synatra_bot.discord.commands_ko import KOREAN
+
+        await self.tree.set_translator(KoreanTranslator(KOREAN))
+        for cog in COGS:
+            await self.load_extension(cog)
+        if self.settings.dev_guild_id:
+            guild = discord.Object(id=self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def on_ready(self) -> None:
+        log.info(
+            "logged in as %s (%s) in %d servers",
+            self.user,
+            self.user and self.user.id,
+            len(self.guilds),
+        )

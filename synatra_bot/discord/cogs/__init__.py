@@ -1,0 +1,1 @@
+"""One cog per concern: roleplay, characters, personas, moderation."""

@@ -1,0 +1,43 @@
+"""Pieces several cogs share: the character option with autocomplete."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+
+from synatra_bot.discord.interactions import actor_of
+from synatra_bot.errors import NotFound
+from synatra_bot.storage.records import CharacterRecord
+
+if TYPE_CHECKING:
+    from synatra_bot.discord.bot import SynatraBot
+
+
+def _label(record: CharacterRecord) -> str:
+    badge = {"pending": " ⏳", "rejected": " ✖"}.get(record.approval, "")
+    shared = " 👥" if record.visibility == "guild" else ""
+    return f"{record.name}{shared}{badge} #{record.id}"[:100]
+
+
+class CharacterArg(app_commands.Transformer):
+    """A character the user may see, chosen by autocomplete (its id) or typed by name."""
+
+    async def autocomplete(  # type: ignore[override]
+        self, interaction: discord.Interaction[SynatraBot], value: str
+    ) -> list[app_commands.Choice[str]]:
+        found = await interaction.client.core.characters.search(actor_of(interaction), value)
+        return [app_commands.Choice(name=_label(r), value=str(r.id)) for r in found[:25]]
+
+    async def transform(  # type: ignore[override]
+        self, interaction: discord.Interaction[SynatraBot], value: Any
+    ) -> int:
+        text = str(value).strip()
+        if text.isdigit():
+            return int(text)
+        found = await interaction.client.core.characters.search(actor_of(interaction), text)
+        exact = [r for r in found if r.name == text] or found
+        if not exact:
+            raise NotFound(f"no character called {text}", key="error.no_character")
+        return exact[0].id

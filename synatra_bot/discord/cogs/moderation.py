@@ -1,0 +1,172 @@
+"""`/config`: where and how the bot talks. Manage Server only, checked by Discord and at runtime."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from synatra_bot.discord.interactions import actor_of, answer, place_of, tr
+from synatra_bot.storage import repository as repo
+
+if TYPE_CHECKING:
+    from synatra_bot.discord.bot import SynatraBot
+
+Scope = Literal["channel", "server"]
+
+
+@app_commands.default_permissions(manage_guild=True)
+@app_commands.guild_only()
+class Moderation(commands.GroupCog, group_name="config", group_description="Configure the bot"):
+    def __init__(self, bot: SynatraBot) -> None:
+        self.bot = bot
+
+    async def interaction_check(self, interaction: discord.Interaction[SynatraBot]) -> bool:  # type: ignore[override]
+        # Discord hides the group from members without Manage Server, but a server can override
+        # that in its integration settings: check again on every use.
+        # Returning False makes discord.py raise CheckFailure, which the tree's error policy
+        # answers with the localised "moderators only" message.
+        return actor_of(interaction).is_moderator
+
+    async def _save(
+        self, interaction: discord.Interaction[SynatraBot], scope: Scope, **changes: Any
+    ) -> None:
+        assert interaction.guild_id is not None and interaction.channel is not None
+        sessions = self.bot.core.sessions
+        if scope == "server":
+            await repo.update_guild_settings(sessions, guild_id=interaction.guild_id, **changes)
+        else:
+            place = place_of(interaction.channel, interaction.guild_id)
+            await repo.update_channel_settings(
+                sessions, channel_id=place.channel_id, guild_id=interaction.guild_id, **changes
+            )
+        shown = ", ".join(f"{k}={v}" for k, v in changes.items())
+        await answer(interaction, tr(interaction, f"config.saved.{scope}", changes=shown))
+
+    @app_commands.command(
+        name="channel", description="Turn the bot on or off here and choose how it replies"
+    )
+    @app_commands.describe(
+        enabled="Whether the bot talks in this channel",
+        reply_mode="all: reply to every message; mention: only when the bot is mentioned",
+        busy="What a new message does while a reply is being written",
+        edits="What editing your last message does",
+    )
+    async def channel(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        enabled: bool | None = None,
+        reply_mode: Literal["all", "mention"] | None = None,
+        busy: Literal["queue", "restart"] | None = None,
+        edits: Literal["offer", "regenerate"] | None = None,
+    ) -> None:
+        changes: dict[str, Any] = {}
+        if enabled is not None:
+            changes["enabled"] = enabled
+        if reply_mode is not None:
+            changes["reply_mode"] = reply_mode
+        if busy is not None:
+            changes["busy_policy"] = busy
+        if edits is not None:
+            changes["edit_policy"] = edits
+        if not changes:
+            await self._show(interaction)
+            return
+        await self._save(interaction, "channel", **changes)
+
+    @app_commands.command(name="sampling", description="Sampling settings for replies")
+    @app_commands.describe(
+        scope="This channel, or the server default",
+        temperature="Randomness (0-2)",
+        top_p="Nucleus sampling (0-1)",
+        top_k="Only the k most likely tokens (0 = off)",
+        repetition_penalty="Penalty for repeating (1 = off)",
+        max_new_tokens="Longest reply in tokens",
+    )
+    async def sampling(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        scope: Scope = "channel",
+        temperature: app_commands.Range[float, 0.0, 2.0] | None = None,
+        top_p: app_commands.Range[float, 0.05, 1.0] | None = None,
+        top_k: app_commands.Range[int, 0, 200] | None = None,
+        repetition_penalty: app_commands.Range[float, 1.0, 2.0] | None = None,
+        max_new_tokens: app_commands.Range[int, 16, 2048] | None = None,
+    ) -> None:
+        changes = {
+            k: v
+            for k, v in {
+                "temperature": temperature,
+                "top_p": top_p,
+                "top_k": top_k,
+                "repetition_penalty": repetition_penalty,
+                "max_new_tokens": max_new_tokens,
+            }.items()
+            if v is not None
+        }
+        if not changes:
+            await self._show(interaction)
+            return
+        await self._save(interaction, scope, **changes)
+
+    @app_commands.command(name="context", description="Context window size in tokens")
+    async def context(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        size: app_commands.Range[int, 1024, 32768],
+        scope: Scope = "channel",
+    ) -> None:
+        await self._save(interaction, scope, context_size=size)
+
+    @app_commands.command(name="ratelimit", description="Replies one member may ask for per minute")
+    async def ratelimit(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        per_minute: app_commands.Range[int, 1, 60],
+        scope: Scope = "channel",
+    ) -> None:
+        await self._save(interaction, scope, user_rate_limit=per_minute)
+
+    @app_commands.command(name="nsfw", description="Where NSFW characters may be used")
+    @app_commands.describe(policy="off: nowhere; age_restricted: age-restricted channels; allowed")
+    async def nsfw(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        policy: Literal["off", "age_restricted", "allowed"],
+        scope: Scope = "server",
+    ) -> None:
+        await self._save(interaction, scope, nsfw_policy=policy)
+
+    @app_commands.command(
+        name="approval", description="Require moderator approval for shared characters"
+    )
+    async def approval(self, interaction: discord.Interaction[SynatraBot], required: bool) -> None:
+        await self._save(interaction, "server", approval_required=required)
+
+    @app_commands.command(
+        name="authornote", description="A note the model sees near the end of the prompt"
+    )
+    @app_commands.describe(text="The note (empty to remove)", depth="How many turns from the end")
+    async def authornote(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        text: app_commands.Range[str, 0, 1000] = "",
+        depth: app_commands.Range[int, 0, 50] = 4,
+    ) -> None:
+        await self._save(interaction, "channel", author_note=text, author_note_depth=depth)
+
+    @app_commands.command(name="show", description="Show the settings that apply in this channel")
+    async def show(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        await self._show(interaction)
+
+    async def _show(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        assert interaction.guild_id is not None and interaction.channel is not None
+        config = await self.bot.core.config_for(place_of(interaction.channel, interaction.guild_id))
+        rows = "\n".join(f"`{name}` {value}" for name, value in config.as_rows())
+        await answer(interaction, tr(interaction, "config.show") + "\n" + rows)
+
+
+async def setup(bot: SynatraBot) -> None:
+    await bot.add_cog(Moderation(bot))

@@ -1,0 +1,260 @@
+"""`/rp` and the conversation itself: players talk, the character answers through a webhook."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from synatra_bot.discord.cogs.common import CharacterArg
+from synatra_bot.discord.interactions import actor_from_member, actor_of, answer, place_of, tr
+from synatra_bot.discord.replies import ReplyButton
+from synatra_bot.errors import PermissionDenied, UserFacingError
+from synatra_bot.storage import repository as repo
+
+if TYPE_CHECKING:
+    from synatra_bot.discord.bot import SynatraBot
+
+log = logging.getLogger(__name__)
+
+#: Messages starting with these are out of character: neither stored nor answered.
+OOC_PREFIXES = ("//", "((", "(OOC")
+
+
+def _channel_types_ok(channel: Any) -> bool:
+    return isinstance(channel, discord.TextChannel | discord.Thread)
+
+
+@app_commands.guild_only()
+class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay in this channel"):
+    def __init__(self, bot: SynatraBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ReplyButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(ReplyButton)
+
+    # --- commands -----------------------------------------------------------------------------
+
+    @app_commands.command(name="start", description="Start a roleplay with a character here")
+    @app_commands.describe(
+        character="Who to talk to", greeting="Which greeting to open with (1 = the first)"
+    )
+    async def start(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        character: app_commands.Transform[int, CharacterArg],
+        greeting: app_commands.Range[int, 1, 50] = 1,
+    ) -> None:
+        channel, place, actor = self._where(interaction)
+        core = self.bot.core
+        config = await core.config_for(place)
+        if not config.enabled:
+            if not actor.is_moderator:
+                raise UserFacingError("channel disabled", key="error.channel_disabled")
+            await repo.update_channel_settings(
+                core.sessions, channel_id=place.channel_id, guild_id=place.guild_id, enabled=True
+            )
+        await interaction.response.defer(thinking=True)
+        await self.bot.scheduler.cancel_channel(place.channel_id, reason="a new roleplay started")
+        started = await core.start(
+            actor, place, character_id=character, greeting_index=greeting - 1
+        )
+        await answer(
+            interaction,
+            tr(interaction, "rp.started", name=started.character.name, user=actor.display_name),
+            ephemeral=False,
+        )
+        active = await core.require_active(place)
+        if started.greeting is not None:
+            await self.bot.replies.show_greeting(
+                channel, active, started.greeting, started.greeting_count
+            )
+
+    @app_commands.command(name="stop", description="End the roleplay here (history is kept)")
+    async def stop(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        _, place, actor = self._where(interaction)
+        active = await self.bot.core.require_active(place)
+        self._check_starter_or_mod(actor, active.session.started_by)
+        await self.bot.scheduler.cancel_channel(place.channel_id, reason="roleplay stopped")
+        await self.bot.core.stop(place)
+        await answer(
+            interaction, tr(interaction, "rp.stopped", name=active.character.name), ephemeral=False
+        )
+
+    @app_commands.command(
+        name="reset", description="Start over with the same character (history archived)"
+    )
+    async def reset(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        channel, place, actor = self._where(interaction)
+        active = await self.bot.core.require_active(place)
+        self._check_starter_or_mod(actor, active.session.started_by)
+        await interaction.response.defer(thinking=True)
+        await self.bot.scheduler.cancel_channel(place.channel_id, reason="roleplay reset")
+        started = await self.bot.core.reset(actor, place)
+        await answer(
+            interaction, tr(interaction, "rp.reset", name=started.character.name), ephemeral=False
+        )
+        if started.greeting is not None:
+            active = await self.bot.core.require_active(place)
+            await self.bot.replies.show_greeting(
+                channel, active, started.greeting, started.greeting_count
+            )
+
+    @app_commands.command(name="undo", description="Remove the last exchange from the story")
+    async def undo(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        channel, place, _ = self._where(interaction)
+        await self.bot.scheduler.cancel_channel(place.channel_id, reason="undo")
+        removed = await self.bot.core.undo(place)
+        if not removed:
+            raise UserFacingError("nothing to undo", key="error.nothing_to_undo")
+        await interaction.response.defer(ephemeral=True)
+        active = await self.bot.core.require_active(place)
+        writer = await self.bot.replies.writer_for(channel, active)
+        for message in removed:
+            if message.role == "assistant" and message.discord_message_ids:
+                await writer.adopted(list(message.discord_message_ids)).discard()
+        await answer(interaction, tr(interaction, "rp.undone", count=len(removed)))
+
+    @app_commands.command(name="continue", description="Let the character keep talking")
+    async def continue_(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        channel, place, actor = self._where(interaction)
+        active = await self.bot.core.require_active(place)
+        latest = await self.bot.core.latest_reply(place)
+        await interaction.response.defer(ephemeral=True)
+        await answer(interaction, tr(interaction, "rp.continuing"))
+        if latest is None:
+            await self.bot.replies.run(
+                channel=channel, place=place, active=active, speaker=actor, kind="reply"
+            )
+        else:
+            await self.bot.replies.run(
+                channel=channel,
+                place=place,
+                active=active,
+                speaker=actor,
+                kind="continue",
+                target=latest,
+            )
+
+    @app_commands.command(name="context", description="Show what the model sees (inspector)")
+    async def context(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        _, place, actor = self._where(interaction)
+        active = await self.bot.core.require_active(place)
+        self._check_starter_or_mod(actor, active.session.started_by)
+        built = await self.bot.core.build_prompt(active, speaker=actor)
+        text = built.report.to_text()
+        await answer(interaction, f"```\n{text[:1900]}\n```")
+
+    # --- the conversation ---------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if message.author.bot or message.webhook_id is not None or message.guild is None:
+            return
+        if not _channel_types_ok(message.channel) or message.type not in (
+            discord.MessageType.default,
+            discord.MessageType.reply,
+        ):
+            return
+        content = message.clean_content.strip()
+        if not content or content.startswith(OOC_PREFIXES):
+            return
+        place = place_of(message.channel, message.guild.id)
+        core = self.bot.core
+        active = await core.active(place)
+        if active is None or not active.config.enabled:
+            return
+        me = self.bot.user
+        mentioned = me is not None and me in message.mentions
+        if mentioned and me is not None:
+            content = content.replace(f"@{me.display_name}", "").strip() or content
+        actor = actor_from_member(message.author, message.guild.id)
+        await core.add_user_message(active, actor, content, discord_message_id=message.id)
+        if active.config.reply_mode == "mention" and not mentioned:
+            return
+        await self.bot.replies.run(
+            channel=message.channel, place=place, active=active, speaker=actor, notify=message
+        )
+
+    @commands.Cog.listener()
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        content = payload.data.get("content")
+        author = payload.data.get("author") or {}
+        if content is None or author.get("bot") or payload.data.get("webhook_id"):
+            return
+        edited = await self.bot.core.message_edited(payload.message_id, content)
+        if edited is None or not edited.is_last_user_turn or payload.guild_id is None:
+            return
+        channel = self.bot.get_channel(payload.channel_id)
+        if not isinstance(channel, discord.TextChannel | discord.Thread):
+            return
+        place = place_of(channel, payload.guild_id)
+        active = await self.bot.core.active(place)
+        if active is None:
+            return
+        latest = await self.bot.core.latest_reply(place)
+        if latest is None or latest.id < edited.message.id:
+            return
+        if active.config.edit_policy == "regenerate":
+            await self.bot.replies.run(
+                channel=channel,
+                place=place,
+                active=active,
+                speaker=None,
+                kind="regenerate",
+                target=latest,
+            )
+            return
+        view = discord.ui.View(timeout=None)
+        view.add_item(ReplyButton("regen", latest.id))
+        locale = self.bot.locale_for(channel)
+        from synatra_bot.discord.i18n import t
+
+        try:
+            await channel.send(
+                t(locale, "rp.edit_offer"),
+                view=view,
+                delete_after=120,
+                reference=discord.MessageReference(
+                    message_id=payload.message_id,
+                    channel_id=payload.channel_id,
+                    fail_if_not_exists=False,
+                ),
+                mention_author=False,
+            )
+        except discord.HTTPException:
+            log.info("could not offer a regeneration in %s", payload.channel_id)
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        await self.bot.core.message_deleted(payload.message_id)
+
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        for message_id in payload.message_ids:
+            await self.bot.core.message_deleted(message_id)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _where(self, interaction: discord.Interaction[SynatraBot]) -> tuple[Any, Any, Any]:
+        channel = interaction.channel
+        if interaction.guild_id is None or channel is None or not _channel_types_ok(channel):
+            raise UserFacingError(
+                "use this in a server text channel or thread", key="error.channel_type"
+            )
+        return channel, place_of(channel, interaction.guild_id), actor_of(interaction)
+
+    @staticmethod
+    def _check_starter_or_mod(actor: Any, started_by: int) -> None:
+        if actor.user_id != started_by and not actor.is_moderator:
+            raise PermissionDenied("only who started it or a moderator", key="error.starter_only")
+
+
+async def setup(bot: SynatraBot) -> None:
+    await bot.add_cog(Roleplay(bot))

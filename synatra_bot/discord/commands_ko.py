@@ -1,0 +1,65 @@
+"""Korean descriptions of every slash command and option, keyed by their English text."""
+# ruff: noqa: E501
+
+from __future__ import annotations
+
+KOREAN: dict[str, str] = {
+    # groups
+    "Roleplay in this channel": "이 채널에서 롤플레이하기",
+    "Create and manage characters": "캐릭터 만들기와 관리",
+    "Your roleplay persona": "내 롤플레이 페르소나",
+    "Configure the bot": "봇 설정 (관리자)",
+    # /rp
+    "Start a roleplay with a character here": "여기서 캐릭터와 롤플레이를 시작해요",
+    "End the roleplay here (history is kept)": "여기서 롤플레이를 끝내요 (기록은 남아요)",
+    "Start over with the same character (history archived)": "같은 캐릭터와 처음부터 (이전 기록은 보관)",
+    "Remove the last exchange from the story": "마지막 대화를 이야기에서 지워요",
+    "Let the character keep talking": "캐릭터가 이어서 말하게 해요",
+    "Show what the model sees (inspector)": "모델이 보는 프롬프트를 보여줘요 (검사기)",
+    "Who to talk to": "대화할 캐릭터",
+    "Which greeting to open with (1 = the first)": "시작할 인사말 번호 (1 = 첫 번째)",
+    # /character
+    "Create a character with a form": "양식으로 캐릭터를 만들어요",
+    "Import a SillyTavern/Chub card (PNG or JSON)": "SillyTavern/Chub 카드 가져오기 (PNG, JSON)",
+    "Edit a character you own": "내 캐릭터를 수정해요",
+    "Delete a character you own": "내 캐릭터를 지워요",
+    "Show a character's sheet": "캐릭터 설정을 보여줘요",
+    "List the characters you can use here": "여기서 쓸 수 있는 캐릭터 목록",
+    "Export a character card (PNG or JSON)": "캐릭터 카드 내보내기 (PNG, JSON)",
+    "Set a character's avatar image": "캐릭터 아바타 이미지를 정해요",
+    "Approve a shared character (moderators)": "공유 캐릭터 승인 (관리자)",
+    "Reject a shared character (moderators)": "공유 캐릭터 거절 (관리자)",
+    "A character card: .png with embedded data, or .json": "캐릭터 카드: 데이터가 든 .png 또는 .json",
+    "private: only you; guild: shared with this server": "private: 나만, guild: 이 서버에 공유",
+    "The character": "캐릭터",
+    "Change who can use it (leave empty to keep)": "쓸 수 있는 사람 바꾸기 (비우면 그대로)",
+    # /persona
+    "Set the name and description you play as": "내가 연기할 이름과 설명을 정해요",
+    "Forget your persona and use your display name": "페르소나를 지우고 표시 이름을 써요",
+    "Show the persona you play as here": "여기서 쓰는 내 페르소나를 보여줘요",
+    "The name characters call you ({{user}})": "캐릭터가 부를 내 이름 ({{user}})",
+    "Who you are in the story": "이야기 속의 나",
+    "Use this persona in every server (default: only this one)": "모든 서버에서 쓰기 (기본: 이 서버만)",
+    # /config
+    "Turn the bot on or off here and choose how it replies": "이 채널에서 봇을 켜고 끄고 답하는 방식을 정해요",
+    "Sampling settings for replies": "답장 샘플링 설정",
+    "Context window size in tokens": "컨텍스트 크기 (토큰)",
+    "Replies one member may ask for per minute": "한 사람이 1분에 받을 수 있는 답장 수",
+    "Where NSFW characters may be used": "성인 캐릭터를 쓸 수 있는 곳",
+    "Require moderator approval for shared characters": "공유 캐릭터에 관리자 승인 필요",
+    "A note the model sees near the end of the prompt": "프롬프트 끝부분에 넣을 작가 노트",
+    "Show the settings that apply in this channel": "이 채널에 적용되는 설정 보기",
+    "Whether the bot talks in this channel": "이 채널에서 봇이 말할지",
+    "all: reply to every message; mention: only when the bot is mentioned": "all: 모든 메시지에 답함, mention: 봇을 멘션할 때만",
+    "What a new message does while a reply is being written": "답장을 쓰는 중에 새 메시지가 오면",
+    "What editing your last message does": "마지막 메시지를 수정하면",
+    "This channel, or the server default": "이 채널, 또는 서버 기본값",
+    "Randomness (0-2)": "무작위성 (0-2)",
+    "Nucleus sampling (0-1)": "누클리어스 샘플링 (0-1)",
+    "Only the k most likely tokens (0 = off)": "가장 가능성 높은 k개 토큰만 (0 = 끔)",
+    "Penalty for repeating (1 = off)": "반복 페널티 (1 = 끔)",
+    "Longest reply in tokens": "최대 답장 길이 (토큰)",
+    "off: nowhere; age_restricted: age-restricted channels; allowed": "off: 금지, age_restricted: 연령 제한 채널만, allowed: 허용",
+    "The note (empty to remove)": "노트 내용 (비우면 삭제)",
+    "How many turns from the end": "끝에서 몇 번째 턴에 넣을지",
+}

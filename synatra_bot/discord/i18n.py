@@ -1,0 +1,217 @@
+"""Korean and English text for replies, and the translator for slash-command descriptions."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from synatra_bot.prompt.macros import attach_particle
+
+_PARTICLE_SLOT = re.compile(r"\{(?P<name>\w+)\|(?P<particle>[^}]+)\}")
+
+#: Reply catalogue: key -> (English, Korean).
+MESSAGES: dict[str, tuple[str, str]] = {
+    "error.generic": ("Something went wrong: {message}", "문제가 생겼어요: {message}"),
+    "error.unexpected": (
+        "Sorry, something went wrong on my side. The moderators can find details in the logs.",
+        "죄송해요, 봇 쪽에서 문제가 생겼어요. 자세한 내용은 관리자 로그에 남았어요.",
+    ),
+    "error.permission": ("You can't do that.", "그 작업을 할 권한이 없어요."),
+    "error.moderator_only": (
+        "Only moderators (Manage Server) can do that.",
+        "서버 관리 권한이 있는 관리자만 할 수 있어요.",
+    ),
+    "error.not_owner": (
+        "Only the character's owner or a moderator can change it.",
+        "캐릭터 주인이나 관리자만 바꿀 수 있어요.",
+    ),
+    "error.not_found": ("Not found.", "찾을 수 없어요."),
+    "error.no_character": (
+        "That character doesn't exist or isn't available here.",
+        "그 캐릭터가 없거나 여기서 쓸 수 없어요.",
+    ),
+    "error.card": (
+        "That character card can't be read: {reason}",
+        "캐릭터 카드를 읽을 수 없어요: {reason}",
+    ),
+    "error.card_too_large": (
+        "That file is too large ({size} bytes; the limit is {limit}).",
+        "파일이 너무 커요 ({size}바이트, 최대 {limit}바이트).",
+    ),
+    "error.prompt_too_large": (
+        "The character sheet alone takes {sheet_tokens} tokens but only {budget} fit. "
+        "Shorten the character or raise the context size.",
+        "캐릭터 설정만으로 {sheet_tokens}토큰이라 {budget}토큰 한도를 넘어요. "
+        "캐릭터를 줄이거나 컨텍스트 크기를 늘려 주세요.",
+    ),
+    "error.rate_limited": (
+        "Slow down a little: try again in {retry_after} s.",
+        "조금 천천히요! {retry_after}초 뒤에 다시 해 주세요.",
+    ),
+    "error.nsfw_channel": (
+        "NSFW characters can only be used in age-restricted channels.",
+        "성인 캐릭터는 연령 제한 채널에서만 쓸 수 있어요.",
+    ),
+    "error.share_needs_server": (
+        "Sharing a character needs a server.",
+        "캐릭터 공유는 서버 안에서만 할 수 있어요.",
+    ),
+    "error.no_session": (
+        "No roleplay is running here. Start one with /rp start.",
+        "여기서 진행 중인 롤플레이가 없어요. /rp start 로 시작해 주세요.",
+    ),
+    "error.channel_disabled": (
+        "The bot isn't enabled in this channel. A moderator can turn it on with /config channel.",
+        "이 채널에서는 봇이 꺼져 있어요. 관리자가 /config channel 로 켤 수 있어요.",
+    ),
+    "error.engine": (
+        "The model couldn't answer: {message}",
+        "모델이 대답하지 못했어요: {message}",
+    ),
+    "error.attachment_type": (
+        "Attach a character card as .png or .json.",
+        "캐릭터 카드는 .png 나 .json 파일로 첨부해 주세요.",
+    ),
+    "error.nothing_to_undo": ("There is nothing to undo.", "되돌릴 대화가 없어요."),
+    "error.busy": (
+        "A reply is already being written here.",
+        "지금 이 채널에서 답장을 쓰는 중이에요.",
+    ),
+    "error.channel_type": (
+        "Use this in a server text channel or thread.",
+        "서버의 텍스트 채널이나 스레드에서 써 주세요.",
+    ),
+    "error.image_type": (
+        "Attach a PNG, JPEG, WebP or GIF image.",
+        "PNG, JPEG, WebP, GIF 이미지를 첨부해 주세요.",
+    ),
+    "error.starter_only": (
+        "Only the person who started this roleplay or a moderator can do that.",
+        "롤플레이를 시작한 사람이나 관리자만 할 수 있어요.",
+    ),
+    "reply.gone": (
+        "That reply is no longer part of the story.",
+        "그 답장은 이제 이야기에 없어요.",
+    ),
+    "reply.not_latest": (
+        "Only the newest reply can be regenerated or continued.",
+        "가장 최근 답장만 다시 생성하거나 이어 쓸 수 있어요.",
+    ),
+    "reply.queued": ("⏳ Waiting in line: #{position}", "⏳ 대기 중: {position}번째"),
+    "reply.failed": (
+        "⚠️ The reply broke off ({message}). Send a message or press regenerate to try again.",
+        "⚠️ 답장이 중간에 끊겼어요 ({message}). 메시지를 보내거나 다시 생성해 주세요.",
+    ),
+    "reply.stopped": ("stopped", "중지됨"),
+    "reply.timed_out": (
+        "⚠️ The reply took too long and was stopped.",
+        "⚠️ 답장이 너무 오래 걸려서 멈췄어요.",
+    ),
+    "reply.cancelled": ("⚠️ The reply was cancelled.", "⚠️ 답장이 취소됐어요."),
+    "rp.started": (
+        "**{name}** joins the channel. Just talk: every message here is part of the story.",
+        "{name|가} 채널에 들어왔어요. 그냥 말을 걸면 이야기가 시작돼요.",
+    ),
+    "rp.stopped": (
+        "The roleplay with **{name}** has ended. The history is kept.",
+        "{name|와}의 롤플레이를 끝냈어요. 기록은 남아 있어요.",
+    ),
+    "rp.reset": (
+        "Starting over with **{name}**. The old story is archived.",
+        "{name|와} 처음부터 다시 시작해요. 이전 이야기는 보관됐어요.",
+    ),
+    "rp.undone": (
+        "Removed the last exchange ({count} messages).",
+        "마지막 대화 {count}개를 지웠어요.",
+    ),
+    "rp.continuing": ("Continuing…", "이어서 쓰는 중…"),
+    "rp.edit_offer": (
+        "Your message changed. Regenerate the reply with 🔄?",
+        "메시지가 수정됐어요. 🔄 를 누르면 답장을 다시 생성해요.",
+    ),
+    "persona.set": ("You now play as **{name}**.", "이제 {name|로} 롤플레이해요."),
+    "persona.cleared": ("Persona cleared.", "페르소나를 지웠어요."),
+    "persona.none": (
+        "No persona: your display name is used.",
+        "페르소나가 없어요. 표시 이름을 써요.",
+    ),
+    "character.created": ("Created **{name}** (#{id}).", "**{name}**(#{id}) 캐릭터를 만들었어요."),
+    "character.updated": ("Updated **{name}** (#{id}).", "**{name}**(#{id}) 캐릭터를 수정했어요."),
+    "character.imported": (
+        "Imported **{name}** (#{id}).",
+        "**{name}**(#{id}) 캐릭터를 가져왔어요.",
+    ),
+    "character.deleted": ("Deleted **{name}**.", "**{name}** 캐릭터를 지웠어요."),
+    "character.pending": (
+        "A moderator must approve it before others can use it.",
+        "관리자가 승인해야 다른 사람도 쓸 수 있어요.",
+    ),
+    "character.approved": ("Approved **{name}**.", "**{name}** 캐릭터를 승인했어요."),
+    "character.rejected": ("Rejected **{name}**.", "**{name}** 캐릭터를 거절했어요."),
+    "character.avatar_set": ("New avatar for **{name}**.", "**{name}**의 아바타를 바꿨어요."),
+    "character.awaiting_review": ("**Awaiting review:**", "**승인 대기 중:**"),
+    "character.none": (
+        "No characters yet. Create one with /character create or /character import.",
+        "아직 캐릭터가 없어요. /character create 나 /character import 로 만들어 보세요.",
+    ),
+    "character.speech.formal": (
+        "**{name}** now speaks formally (존댓말).",
+        "{name|는} 이제 존댓말을 써요.",
+    ),
+    "character.speech.informal": (
+        "**{name}** now speaks casually (반말).",
+        "{name|는} 이제 반말을 써요.",
+    ),
+    "config.saved.channel": (
+        "Saved for this channel: {changes}",
+        "이 채널에 저장했어요: {changes}",
+    ),
+    "config.saved.server": (
+        "Saved as server default: {changes}",
+        "서버 기본값으로 저장했어요: {changes}",
+    ),
+    "config.show": ("**Settings in this channel**", "**이 채널의 설정**"),
+}
+
+
+def is_korean(locale: discord.Locale | str | None) -> bool:
+    return str(locale or "").startswith("ko")
+
+
+def t(locale: discord.Locale | str | None, key: str, **params: Any) -> str:
+    """The reply `key` in the user's language (Korean for ko, English otherwise)."""
+    english, korean = MESSAGES.get(key, MESSAGES["error.generic"])
+    template = korean if is_korean(locale) else english
+    # {name|가}: the name with the particle form that fits its last syllable (민지가, 준이).
+    template = _PARTICLE_SLOT.sub(
+        lambda m: (
+            attach_particle(str(params.get(m["name"], "")), m["particle"])
+            .replace("{", "{{")
+            .replace("}", "}}")
+        ),
+        template,
+    )
+    try:
+        return template.format(**params)
+    except (KeyError, IndexError):
+        return template
+
+
+class KoreanTranslator(app_commands.Translator):
+    """Korean names and descriptions for slash commands, keyed by their English text."""
+
+    def __init__(self, korean: dict[str, str]) -> None:
+        self._korean = korean
+
+    async def translate(
+        self,
+        string: app_commands.locale_str,
+        locale: discord.Locale,
+        context: app_commands.TranslationContextTypes,
+    ) -> str | None:
+        if locale is not discord.Locale.korean:
+            return None
+        return self._korean.get(string.message)

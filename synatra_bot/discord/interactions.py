@@ -1,0 +1,82 @@
+"""Small helpers for interactions: who is acting, where, and answering exactly once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+
+from synatra_bot.discord.i18n import t
+from synatra_bot.errors import PermissionDenied
+from synatra_bot.roleplay.types import Actor, Place
+
+
+def is_moderator(member: discord.abc.User, permissions: discord.Permissions | None = None) -> bool:
+    """Manage Server (or Administrator) in the guild: checked at runtime on every use."""
+    if permissions is not None and (permissions.manage_guild or permissions.administrator):
+        return True
+    if isinstance(member, discord.Member):
+        perms = member.guild_permissions
+        return perms.manage_guild or perms.administrator
+    return False
+
+
+def actor_of(interaction: discord.Interaction[Any]) -> Actor:
+    user = interaction.user
+    return Actor(
+        user_id=user.id,
+        display_name=user.display_name,
+        guild_id=interaction.guild_id,
+        is_moderator=is_moderator(user, interaction.permissions),
+    )
+
+
+def actor_from_member(member: discord.abc.User, guild_id: int | None) -> Actor:
+    return Actor(
+        user_id=member.id,
+        display_name=member.display_name,
+        guild_id=guild_id,
+        is_moderator=is_moderator(member),
+    )
+
+
+def place_of(channel: Any, guild_id: int) -> Place:
+    """The Place of a text channel or thread; threads carry their parent for webhooks."""
+    if isinstance(channel, discord.Thread):
+        parent = channel.parent
+        return Place(
+            channel_id=channel.id,
+            guild_id=guild_id,
+            parent_channel_id=channel.parent_id,
+            age_restricted=bool(parent is not None and parent.is_nsfw()),
+        )
+    nsfw = channel.is_nsfw() if hasattr(channel, "is_nsfw") else False
+    return Place(channel_id=channel.id, guild_id=guild_id, age_restricted=bool(nsfw))
+
+
+def require_moderator(interaction: discord.Interaction[Any]) -> Actor:
+    actor = actor_of(interaction)
+    if not actor.is_moderator:
+        raise PermissionDenied("moderators only", key="error.moderator_only")
+    return actor
+
+
+async def answer(
+    interaction: discord.Interaction[Any],
+    content: str | None = None,
+    *,
+    ephemeral: bool = True,
+    **kwargs: Any,
+) -> None:
+    """Reply through `response` the first time and `followup` after: never respond twice."""
+    kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
+    if interaction.response.is_done():
+        await interaction.followup.send(
+            content or discord.utils.MISSING, ephemeral=ephemeral, **kwargs
+        )
+    else:
+        await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
+
+
+def tr(interaction: discord.Interaction[Any], key: str, **params: Any) -> str:
+    return t(interaction.locale, key, **params)

@@ -1,0 +1,336 @@
+"""Run one character reply in a channel: queue, stream through the webhook, store, add buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import discord
+
+from synatra_bot.discord.i18n import t
+from synatra_bot.discord.streaming import ReplyMessages
+from synatra_bot.errors import EngineError, RateLimited, UserFacingError
+from synatra_bot.roleplay.core import ActiveRoleplay
+from synatra_bot.roleplay.scheduler import TurnCancelled, TurnOutcome
+from synatra_bot.roleplay.types import Actor, Place
+from synatra_bot.storage.records import MessageRecord
+
+if TYPE_CHECKING:
+    from synatra_bot.discord.bot import SynatraBot
+
+log = logging.getLogger(__name__)
+
+ReplyKind = Literal["reply", "regenerate", "continue"]
+STOPPED_BY_USER = "stopped"
+BUTTON_TEMPLATE = r"rp:(?P<action>regen|prev|next|stop|cont):(?P<target>[0-9]+)"
+
+
+class ReplyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=BUTTON_TEMPLATE):
+    """The buttons under a reply. Their custom ids carry everything, so they keep working
+    after a restart: `rp:<action>:<message id>`."""
+
+    STYLES: ClassVar[dict[str, tuple[str, discord.ButtonStyle]]] = {
+        "prev": ("◀", discord.ButtonStyle.secondary),
+        "next": ("▶", discord.ButtonStyle.secondary),
+        "regen": ("🔄", discord.ButtonStyle.secondary),
+        "cont": ("➡️", discord.ButtonStyle.secondary),
+        "stop": ("⏹", discord.ButtonStyle.danger),
+    }
+
+    def __init__(self, action: str, target: int, *, disabled: bool = False) -> None:
+        emoji, style = self.STYLES[action]
+        super().__init__(
+            discord.ui.Button(
+                style=style, emoji=emoji, custom_id=f"rp:{action}:{target}", disabled=disabled
+            )
+        )
+        self.action = action
+        self.target = target
+
+    @classmethod
+    async def from_custom_id(  # type: ignore[override]
+        cls,
+        interaction: discord.Interaction[SynatraBot],
+        item: discord.ui.Button[Any],
+        match: Any,
+    ) -> ReplyButton:
+        return cls(match["action"], int(match["target"]))
+
+    async def callback(self, interaction: discord.Interaction[SynatraBot]) -> None:  # type: ignore[override]
+        bot = interaction.client
+        try:
+            await bot.replies.on_button(interaction, self.action, self.target)
+        except Exception as error:  # the tree's policy decides what the user sees
+            from discord import app_commands
+
+            await bot.tree.on_error(interaction, app_commands.CommandInvokeError(None, error))  # type: ignore[arg-type]
+
+
+def reply_view(
+    message_id: int, *, index: int = 0, count: int = 1, greeting: bool = False
+) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    if count > 1:
+        view.add_item(ReplyButton("prev", message_id, disabled=index <= 0))
+        view.add_item(
+            discord.ui.Button(
+                label=f"{index + 1}/{count}",
+                disabled=True,
+                custom_id=f"rp:pos:{message_id}",
+                style=discord.ButtonStyle.secondary,
+            )
+        )
+        view.add_item(ReplyButton("next", message_id, disabled=index >= count - 1))
+    if not greeting:
+        view.add_item(ReplyButton("regen", message_id))
+        view.add_item(ReplyButton("cont", message_id))
+    return view
+
+
+def streaming_view() -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(ReplyButton("stop", 0))
+    return view
+
+
+@dataclass
+class _Job:
+    place: Place
+    active: ActiveRoleplay
+    channel: Any
+    speaker: Actor | None
+    kind: ReplyKind
+    target: MessageRecord | None
+
+
+class ReplyController:
+    """Everything about showing replies in Discord; the roleplay cog and buttons call it."""
+
+    def __init__(self, bot: SynatraBot) -> None:
+        self.bot = bot
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Prompt prefix stability: the oldest history message the last prompt kept, per session.
+        self._history_start: dict[int, int | None] = {}
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- webhooks ---------------------------------------------------------------------------
+
+    async def writer_for(self, channel: Any, active: ActiveRoleplay) -> ReplyMessages:
+        parent = channel.parent if isinstance(channel, discord.Thread) else channel
+        if not isinstance(parent, discord.TextChannel | discord.ForumChannel):
+            raise UserFacingError("this channel cannot have webhooks", key="error.channel_type")
+        webhook = await self.bot.webhooks.get(parent, active.character)
+        thread = channel if isinstance(channel, discord.Thread) else None
+        return ReplyMessages(
+            webhook, username=active.character.name, avatar_url=None, thread=thread
+        )
+
+    async def show_greeting(
+        self, channel: Any, active: ActiveRoleplay, greeting: MessageRecord, count: int
+    ) -> None:
+        writer = await self.writer_for(channel, active)
+        index = greeting.swipe_index
+        ids = await writer.finish(
+            greeting.content,
+            view=reply_view(greeting.id, index=index, count=count, greeting=True),
+        )
+        for alternative in await self.bot.core.alternatives(greeting.id):
+            await self.bot.core.attach_discord_ids(alternative.id, ids)
+
+    # --- a turn -----------------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        channel: Any,
+        place: Place,
+        active: ActiveRoleplay,
+        speaker: Actor | None,
+        kind: ReplyKind = "reply",
+        target: MessageRecord | None = None,
+        notify: discord.Message | None = None,
+    ) -> MessageRecord | None:
+        """Generate and show one reply; returns the stored turn, or None when nothing was stored."""
+        job = _Job(place, active, channel, speaker, kind, target)
+        writer = await self.writer_for(channel, active)
+        locale = self.bot.locale_for(channel)
+        prefix = target.content if kind == "continue" and target else ""
+        if target is not None and kind != "reply":
+            writer = writer.adopted(target.discord_message_ids)
+        opened = False
+
+        async def open_or_show(text: str) -> None:
+            nonlocal opened
+            if not opened:
+                opened = True
+                await writer.open(text)
+            else:
+                await writer.update_status(text)
+
+        def on_position(position: int) -> None:
+            if position > 0:
+                self.spawn(open_or_show(t(locale, "reply.queued", position=position)))
+
+        user_id = speaker.user_id if speaker else 0
+        try:
+            async with self.bot.scheduler.turn(
+                channel_id=place.channel_id,
+                user_id=user_id,
+                policy="restart" if active.config.busy_policy == "restart" else "queue",
+                on_position=on_position,
+                user_turns=active.config.user_rate_limit,
+            ) as slot:
+                if not opened:
+                    opened = True
+                    await writer.open((prefix + " ▌").strip())
+                built = await self._prompt(job)
+                async for _delta in slot.stream(built.input_ids, active.config.sampling):
+                    await writer.update(prefix + slot.text)
+        except RateLimited as error:
+            await self._tell(notify, channel, t(locale, "error.rate_limited", **error.params))
+            return None
+        except TurnCancelled:
+            if opened and kind == "reply":
+                await writer.discard()
+            return None
+        except UserFacingError as error:
+            await writer.finish(
+                prefix, view=None, note=t(locale, error.key, message=str(error), **error.params)
+            )
+            return None
+        except EngineError as error:
+            log.warning("reply in channel %s failed: %s", place.channel_id, error)
+            text = prefix + slot.text if "slot" in locals() else prefix
+            await writer.finish(text, view=None, note=t(locale, "reply.failed", message=str(error)))
+            if target is not None and kind != "reply":
+                await self._restore(writer, target)
+            return None
+        return await self._settle(
+            job, writer, slot.outcome, slot.cancel_reason, prefix, slot.text, locale
+        )
+
+    async def _prompt(self, job: _Job) -> Any:
+        core = self.bot.core
+        session_id = job.active.session.id
+        built = await core.build_prompt(
+            job.active,
+            speaker=job.speaker,
+            exclude_message_id=job.target.id if job.kind == "regenerate" and job.target else None,
+            continue_message=job.target if job.kind == "continue" else None,
+            history_start_id=self._history_start.get(session_id),
+        )
+        if len(self._history_start) > 10_000:
+            self._history_start.clear()
+        self._history_start[session_id] = built.history_start_id
+        return built
+
+    async def _settle(
+        self,
+        job: _Job,
+        writer: ReplyMessages,
+        outcome: TurnOutcome,
+        reason: str,
+        prefix: str,
+        text: str,
+        locale: str,
+    ) -> MessageRecord | None:
+        core = self.bot.core
+        stopped = outcome is TurnOutcome.CANCELLED and reason == STOPPED_BY_USER
+        if outcome is TurnOutcome.FINISHED or (stopped and text.strip()):
+            stored = await core.store_reply(
+                job.active,
+                text,
+                regenerate_of=job.target.id if job.kind == "regenerate" and job.target else None,
+                continue_of=job.target if job.kind == "continue" else None,
+                discord_message_ids=writer.message_ids,
+            )
+            options = await core.alternatives(stored.id)
+            index = next((i for i, m in enumerate(options) if m.id == stored.id), 0)
+            ids = await writer.finish(
+                prefix + text,
+                view=reply_view(stored.id, index=index, count=len(options)),
+                note=t(locale, "reply.stopped") if stopped else "",
+            )
+            await core.attach_discord_ids(stored.id, ids)
+            return stored
+        if outcome is TurnOutcome.CANCELLED and job.kind == "reply" and not stopped:
+            await writer.discard()  # superseded by a newer message, or shut down
+            return None
+        note_key = "reply.timed_out" if outcome is TurnOutcome.TIMED_OUT else "reply.cancelled"
+        await writer.finish(prefix + text, view=None, note=t(locale, note_key))
+        if job.target is not None and job.kind != "reply":
+            await self._restore(writer, job.target)
+        return None
+
+    async def _restore(self, writer: ReplyMessages, target: MessageRecord) -> None:
+        """Put the turn that was being regenerated or continued back on screen."""
+        options = await self.bot.core.alternatives(target.id)
+        chosen = next((m for m in options if m.chosen), target)
+        index = next((i for i, m in enumerate(options) if m.id == chosen.id), 0)
+        await writer.finish(
+            chosen.content, view=reply_view(chosen.id, index=index, count=len(options))
+        )
+
+    async def _tell(self, notify: discord.Message | None, channel: Any, text: str) -> None:
+        try:
+            if notify is not None:
+                await notify.reply(text, mention_author=False, delete_after=15)
+            else:
+                await channel.send(text, delete_after=15)
+        except discord.HTTPException:
+            log.info("could not post a notice in %s", getattr(channel, "id", "?"))
+
+    # --- buttons ----------------------------------------------------------------------------
+
+    async def on_button(
+        self, interaction: discord.Interaction[SynatraBot], action: str, target_id: int
+    ) -> None:
+        from synatra_bot.discord.interactions import actor_of, place_of
+
+        assert interaction.guild_id is not None and interaction.channel is not None
+        place = place_of(interaction.channel, interaction.guild_id)
+        core = self.bot.core
+        if action == "stop":
+            await interaction.response.defer()
+            await self.bot.scheduler.cancel_channel(place.channel_id, reason=STOPPED_BY_USER)
+            return
+        active = await core.require_active(place)
+        target = await core.get_message(target_id)
+        if target is None or target.session_id != active.session.id:
+            raise UserFacingError("that reply is no longer part of the story", key="reply.gone")
+        if action in ("prev", "next"):
+            await interaction.response.defer()
+            chosen, index, count = await core.browse(target_id, -1 if action == "prev" else 1)
+            writer = await self.writer_for(interaction.channel, active)
+            writer = writer.adopted(chosen.discord_message_ids or target.discord_message_ids)
+            greeting = await core.is_greeting(chosen)
+            await writer.finish(
+                chosen.content,
+                view=reply_view(chosen.id, index=index, count=count, greeting=greeting),
+            )
+            return
+        latest = await core.latest_reply(place)
+        if latest is None or latest.swipe_group != target.swipe_group:
+            raise UserFacingError("only the newest reply can be changed", key="reply.not_latest")
+        await interaction.response.defer()
+        kind: ReplyKind = "regenerate" if action == "regen" else "continue"
+        await self.run(
+            channel=interaction.channel,
+            place=place,
+            active=active,
+            speaker=actor_of(interaction),
+            kind=kind,
+            target=latest,
+        )

@@ -1,0 +1,162 @@
+"""Show a streaming reply in Discord: webhook messages edited about once a second, split at 2,000
+characters on a line or sentence boundary, never pinging anyone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+
+import discord
+
+log = logging.getLogger(__name__)
+
+MESSAGE_LIMIT = 2000
+EDIT_INTERVAL_S = 1.0
+CURSOR = " ▌"
+NO_MENTIONS = discord.AllowedMentions.none()
+_SENTENCE_END = re.compile(r"[.!?。！？…~](?:[\"'”’)\]]*)\s")
+
+
+def split_reply(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Cut `text` into pieces of at most `limit` characters, preferring line breaks, then
+    sentence ends, then spaces; a piece is cut mid-word only when nothing else fits."""
+    pieces: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        window = rest[: limit + 1]
+        cut = window.rfind("\n", limit // 2)
+        if cut <= 0:
+            ends = [m.end() for m in _SENTENCE_END.finditer(window) if m.end() > limit // 3]
+            cut = ends[-1] if ends else window.rfind(" ", limit // 2)
+        if cut <= 0:
+            cut = limit
+        piece, rest = rest[:cut].rstrip(), rest[cut:].lstrip("\n ")
+        if piece:
+            pieces.append(piece)
+    if rest or not pieces:
+        pieces.append(rest)
+    return pieces
+
+
+class ReplyMessages:
+    """One reply shown as webhook messages. `update` is cheap to call for every delta: it
+    edits at most once per `interval`; `finish` writes the final text with the buttons."""
+
+    def __init__(
+        self,
+        webhook: discord.Webhook,
+        *,
+        username: str,
+        avatar_url: str | None,
+        thread: discord.abc.Snowflake | None,
+        interval: float = EDIT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._webhook = webhook
+        self._username = username[:80] or "Synatra"
+        self._avatar_url = avatar_url
+        self._thread = thread
+        self._interval = interval
+        self._clock = clock
+        self._ids: list[int] = []
+        self._shown: list[str] = []
+        self._last_flush = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def message_ids(self) -> list[int]:
+        return list(self._ids)
+
+    async def open(self, placeholder: str) -> None:
+        """Post the first message right away (a typing cursor or the queue position)."""
+        async with self._lock:
+            await self._sync([placeholder], view=None)
+        self._last_flush = self._clock()
+
+    async def update(self, text: str) -> None:
+        if self._clock() - self._last_flush < self._interval or self._lock.locked():
+            return
+        async with self._lock:
+            await self._sync(split_reply(text + CURSOR), view=None)
+            self._last_flush = self._clock()
+
+    async def finish(self, text: str, *, view: discord.ui.View | None, note: str = "") -> list[int]:
+        """Show the final text (plus an optional italic note) with `view` on the last message."""
+        body = text.strip() or "…"
+        if note:
+            body = f"{body}\n-# {note}"
+        async with self._lock:
+            await self._sync(split_reply(body), view=view, final=True)
+        return self.message_ids
+
+    async def _sync(
+        self, pieces: list[str], *, view: discord.ui.View | None, final: bool = False
+    ) -> None:
+        missing = discord.utils.MISSING
+        thread = self._thread if self._thread is not None else missing
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
+            piece_view = view if last else None
+            if index < len(self._ids):
+                if self._shown[index] == piece and not final:
+                    continue
+                await self._webhook.edit_message(
+                    self._ids[index],
+                    content=piece,
+                    thread=thread,
+                    allowed_mentions=NO_MENTIONS,
+                    view=piece_view if final else missing,
+                )
+                self._shown[index] = piece
+            else:
+                message = await self._webhook.send(
+                    piece,
+                    username=self._username,
+                    avatar_url=self._avatar_url or missing,
+                    thread=thread,
+                    wait=True,
+                    allowed_mentions=NO_MENTIONS,
+                    view=piece_view or missing,
+                )
+                self._ids.append(message.id)
+                self._shown.append(piece)
+        # A reply that shrank (a regenerated alternative) leaves no stale tail behind.
+        while final and len(self._ids) > len(pieces):
+            extra = self._ids.pop()
+            self._shown.pop()
+            with contextlib.suppress(discord.NotFound):
+                await self._webhook.delete_message(extra, thread=thread)
+
+    def adopted(self, message_ids: list[int]) -> ReplyMessages:
+        """A writer on the same webhook that takes over already posted messages (to show
+        another alternative, or a continuation, in their place)."""
+        writer = ReplyMessages(
+            self._webhook,
+            username=self._username,
+            avatar_url=self._avatar_url,
+            thread=self._thread,
+            interval=self._interval,
+            clock=self._clock,
+        )
+        writer._ids = list(message_ids)
+        writer._shown = [""] * len(message_ids)
+        return writer
+
+    async def update_status(self, text: str) -> None:
+        """Replace what the first message shows (a queue position) while nothing streams yet."""
+        async with self._lock:
+            await self._sync([text], view=None)
+
+    async def discard(self) -> None:
+        """Delete the posted messages (a turn that was superseded before it said anything)."""
+        thread = self._thread if self._thread is not None else discord.utils.MISSING
+        async with self._lock:
+            while self._ids:
+                message_id = self._ids.pop()
+                self._shown.pop()
+                with contextlib.suppress(discord.NotFound):
+                    await self._webhook.delete_message(message_id, thread=thread)

@@ -1,0 +1,193 @@
+"""Characters: create, import, edit, share and approve them, with ownership rules enforced."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from synatra_bot.errors import CardError, NotFound, PermissionDenied
+from synatra_bot.prompt.cards import (
+    CharacterCard,
+    SpeechLevel,
+    card_to_png,
+    card_to_v2_json,
+    parse_card,
+)
+from synatra_bot.roleplay.types import Actor, Place
+from synatra_bot.storage import repository as repo
+from synatra_bot.storage.records import CharacterRecord
+
+VISIBILITIES = ("private", "guild")
+CARD_FIELDS = tuple(f.name for f in fields(CharacterCard))
+
+
+def card_from_record(record: CharacterRecord) -> CharacterCard:
+    values: dict[str, Any] = {name: getattr(record, name) for name in CARD_FIELDS}
+    values["speech_level"] = SpeechLevel(record.speech_level) if record.speech_level else None
+    values["alternate_greetings"] = list(record.alternate_greetings)
+    values["tags"] = list(record.tags)
+    values["extensions"] = dict(record.extensions)
+    return CharacterCard(**values)
+
+
+def columns_from_card(card: CharacterCard) -> dict[str, Any]:
+    values: dict[str, Any] = {name: getattr(card, name) for name in CARD_FIELDS}
+    values["speech_level"] = card.speech_level.value if card.speech_level else None
+    return values
+
+
+def can_manage(actor: Actor, character: CharacterRecord) -> bool:
+    """Owners manage their characters; moderators manage those of their own server."""
+    if character.owner_id == actor.user_id:
+        return True
+    return (
+        actor.is_moderator
+        and character.guild_id is not None
+        and character.guild_id == actor.guild_id
+    )
+
+
+def can_use(actor: Actor, character: CharacterRecord) -> bool:
+    if character.owner_id == actor.user_id:
+        return character.guild_id in (None, actor.guild_id)
+    return (
+        character.visibility == "guild"
+        and character.guild_id == actor.guild_id
+        and character.approval in ("none", "approved")
+    )
+
+
+def nsfw_allowed(policy: str, place: Place) -> bool:
+    """Whether an NSFW character may play in `place` under the server's policy."""
+    if policy == "allowed":
+        return True
+    return policy == "age_restricted" and place.age_restricted
+
+
+class CharacterService:
+    """Character operations for one database, enforcing who may do what."""
+
+    def __init__(self, sessions: repo.Sessions, *, max_card_bytes: int) -> None:
+        self._sessions = sessions
+        self._max_card_bytes = max_card_bytes
+
+    async def create(
+        self, actor: Actor, card: CharacterCard, *, visibility: str = "private"
+    ) -> CharacterRecord:
+        if not card.name.strip():
+            raise CardError("a character needs a name", reason="missing name")
+        approval = await self._approval_for(actor, visibility)
+        return await repo.create_character(
+            self._sessions,
+            owner_id=actor.user_id,
+            guild_id=actor.guild_id,
+            visibility=visibility,
+            approval=approval,
+            **columns_from_card(card),
+        )
+
+    async def import_file(
+        self, actor: Actor, data: bytes, *, filename: str, visibility: str = "private"
+    ) -> CharacterRecord:
+        if len(data) > self._max_card_bytes:
+            raise CardError(
+                f"{filename} is {len(data)} bytes; the limit is {self._max_card_bytes}",
+                key="error.card_too_large",
+                size=len(data),
+                limit=self._max_card_bytes,
+            )
+        card = parse_card(data, filename=filename)
+        return await self.create(actor, card, visibility=visibility)
+
+    async def _approval_for(self, actor: Actor, visibility: str) -> str:
+        if visibility not in VISIBILITIES:
+            raise ValueError(f"visibility must be one of {VISIBILITIES}")
+        if visibility == "private":
+            return "none"
+        if actor.guild_id is None:
+            raise PermissionDenied("sharing needs a server", key="error.share_needs_server")
+        guild = await repo.get_guild_settings(self._sessions, guild_id=actor.guild_id)
+        return "pending" if guild.approval_required and not actor.is_moderator else "approved"
+
+    async def get(self, character_id: int) -> CharacterRecord:
+        record = await repo.get_character(self._sessions, character_id=character_id)
+        if record is None:
+            raise NotFound(f"character {character_id} does not exist", key="error.no_character")
+        return record
+
+    async def for_use(
+        self, actor: Actor, character_id: int, *, place: Place | None, nsfw_policy: str
+    ) -> CharacterRecord:
+        """A character `actor` may start here, or a clear refusal."""
+        record = await self.get(character_id)
+        if not can_use(actor, record):
+            raise NotFound(f"character {character_id} is not available", key="error.no_character")
+        if record.nsfw and place is not None and not nsfw_allowed(nsfw_policy, place):
+            raise PermissionDenied(
+                "NSFW characters start only in age-restricted channels", key="error.nsfw_channel"
+            )
+        return record
+
+    async def search(self, actor: Actor, text: str, *, limit: int = 25) -> list[CharacterRecord]:
+        return await repo.visible_characters(
+            self._sessions,
+            guild_id=actor.guild_id,
+            user_id=actor.user_id,
+            name_prefix=text,
+            limit=limit,
+        )
+
+    async def managed(self, actor: Actor, character_id: int) -> CharacterRecord:
+        record = await self.get(character_id)
+        if not can_use(actor, record) and not can_manage(actor, record):
+            raise NotFound(f"character {character_id} is not available", key="error.no_character")
+        if not can_manage(actor, record):
+            raise PermissionDenied(
+                "only the owner or a moderator may change this character", key="error.not_owner"
+            )
+        return record
+
+    async def edit(self, actor: Actor, character_id: int, **changes: Any) -> CharacterRecord:
+        record = await self.managed(actor, character_id)
+        if "visibility" in changes and changes["visibility"] != record.visibility:
+            changes["approval"] = await self._approval_for(actor, changes["visibility"])
+        elif record.visibility == "guild" and not actor.is_moderator:
+            # A changed shared character goes back for approval where the server asks for it.
+            changes["approval"] = await self._approval_for(actor, "guild")
+        if "speech_level" in changes and isinstance(changes["speech_level"], SpeechLevel):
+            changes["speech_level"] = changes["speech_level"].value
+        updated = await repo.update_character(self._sessions, character_id=character_id, **changes)
+        if updated is None:
+            raise NotFound(f"character {character_id} does not exist", key="error.no_character")
+        return updated
+
+    async def delete(self, actor: Actor, character_id: int) -> CharacterRecord:
+        record = await self.managed(actor, character_id)
+        await repo.delete_character(self._sessions, character_id=character_id)
+        return record
+
+    async def export(self, actor: Actor, character_id: int, *, as_png: bool) -> tuple[str, bytes]:
+        record = await self.managed(actor, character_id)
+        card = card_from_record(record)
+        if as_png:
+            return f"{record.name}.png", card_to_png(card)
+        return f"{record.name}.json", card_to_v2_json(card)
+
+    async def review(self, actor: Actor, character_id: int, *, approve: bool) -> CharacterRecord:
+        if not actor.is_moderator:
+            raise PermissionDenied("only moderators review characters", key="error.moderator_only")
+        record = await self.get(character_id)
+        if record.guild_id != actor.guild_id:
+            raise NotFound(f"character {character_id} is not available", key="error.no_character")
+        updated = await repo.update_character(
+            self._sessions,
+            character_id=character_id,
+            approval="approved" if approve else "rejected",
+        )
+        assert updated is not None
+        return updated
+
+    async def pending(self, actor: Actor) -> list[CharacterRecord]:
+        if not actor.is_moderator or actor.guild_id is None:
+            raise PermissionDenied("only moderators review characters", key="error.moderator_only")
+        return await repo.characters_awaiting_approval(self._sessions, guild_id=actor.guild_id)

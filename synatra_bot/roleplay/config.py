@@ -1,0 +1,109 @@
+"""Effective per-channel configuration: channel settings over server defaults over app defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from synatra_bot.engine.base import SamplingParams
+from synatra_bot.settings import Settings
+from synatra_bot.storage.records import ChannelSettingsRecord, GuildSettingsRecord
+
+NSFW_POLICIES = ("off", "age_restricted", "allowed")
+BUSY_POLICIES = ("queue", "restart")
+REPLY_MODES = ("all", "mention")
+EDIT_POLICIES = ("offer", "regenerate")
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """App-wide defaults a server can override."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 300
+    context_size: int = 4096
+    user_rate_limit: int = 6
+    nsfw_policy: str = "age_restricted"
+    busy_policy: str = "queue"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Defaults:
+        return cls(max_new_tokens=settings.max_new_tokens, context_size=settings.context_size)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """Everything one turn in a channel needs to know about how to behave."""
+
+    enabled: bool
+    reply_mode: str
+    edit_policy: str
+    busy_policy: str
+    nsfw_policy: str
+    user_rate_limit: int
+    context_size: int
+    sampling: SamplingParams
+    author_note: str
+    author_note_depth: int
+    lorebook: dict[str, Any] | None
+    approval_required: bool
+
+    def as_rows(self) -> list[tuple[str, str]]:
+        """(name, value) pairs for `/config show`."""
+        s = self.sampling
+        return [
+            ("enabled", str(self.enabled)),
+            ("reply_mode", self.reply_mode),
+            ("busy_policy", self.busy_policy),
+            ("edit_policy", self.edit_policy),
+            ("nsfw_policy", self.nsfw_policy),
+            ("approval_required", str(self.approval_required)),
+            ("user_rate_limit", f"{self.user_rate_limit}/min"),
+            ("context_size", str(self.context_size)),
+            ("max_new_tokens", str(s.max_new_tokens)),
+            ("temperature", f"{s.temperature:g}"),
+            ("top_p", f"{s.top_p:g}"),
+            ("top_k", str(s.top_k)),
+            ("repetition_penalty", f"{s.repetition_penalty:g}"),
+        ]
+
+
+def _pick(name: str, *sources: object) -> Any:
+    for source in sources:
+        value = getattr(source, name, None)
+        if value is not None:
+            return value
+    raise LookupError(name)
+
+
+def effective_config(
+    *,
+    defaults: Defaults,
+    guild: GuildSettingsRecord,
+    channel: ChannelSettingsRecord | None,
+) -> ChannelConfig:
+    order = (channel, guild, defaults) if channel is not None else (guild, defaults)
+    sampling = SamplingParams(
+        temperature=_pick("temperature", *order),
+        top_p=_pick("top_p", *order),
+        top_k=_pick("top_k", *order),
+        repetition_penalty=_pick("repetition_penalty", *order),
+        max_new_tokens=_pick("max_new_tokens", *order),
+    )
+    return ChannelConfig(
+        enabled=channel.enabled if channel else False,
+        reply_mode=channel.reply_mode if channel else "all",
+        edit_policy=channel.edit_policy if channel else "offer",
+        busy_policy=_pick("busy_policy", *order),
+        nsfw_policy=_pick("nsfw_policy", *order),
+        user_rate_limit=_pick("user_rate_limit", *order),
+        context_size=_pick("context_size", *order),
+        sampling=sampling,
+        author_note=channel.author_note if channel else "",
+        author_note_depth=channel.author_note_depth if channel else 4,
+        lorebook=channel.lorebook if channel else None,
+        approval_required=guild.approval_required,
+    )

@@ -1,0 +1,338 @@
+"""The roleplay core: sessions, turns, swipes and history sync, for any front end.
+
+Discord and the terminal both drive this class; it knows nothing of either. A reply is made in
+three steps so a front end can show it while it streams: `open_reply` admits the turn through the
+scheduler, the front end iterates `ReplyStream.deltas()`, then `store_reply` saves the finished
+text as a turn (or as a new alternative of one). Nothing half-written is ever stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from synatra_bot.errors import NotFound, UserFacingError
+from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, PromptBuilder, PromptOptions
+from synatra_bot.prompt.lorebook import lorebook_from_character_book
+from synatra_bot.prompt.macros import substitute_macros
+from synatra_bot.roleplay.characters import CharacterService, card_from_record
+from synatra_bot.roleplay.config import ChannelConfig, Defaults, effective_config
+from synatra_bot.roleplay.types import Actor, Place
+from synatra_bot.storage import repository as repo
+from synatra_bot.storage.records import CharacterRecord, MessageRecord, SessionRecord
+
+#: How many stored turns to load for a prompt: far more than any context holds.
+HISTORY_WINDOW = 2000
+
+
+class NoSession(UserFacingError):
+    key = "error.no_session"
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    session: SessionRecord
+    character: CharacterRecord
+    greeting: MessageRecord | None
+    greeting_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRoleplay:
+    session: SessionRecord
+    character: CharacterRecord
+    config: ChannelConfig
+
+
+@dataclass(frozen=True, slots=True)
+class EditResult:
+    message: MessageRecord
+    #: The edited turn is the newest player turn and a reply follows it: regeneration makes sense.
+    is_last_user_turn: bool
+
+
+class RoleplayCore:
+    def __init__(
+        self,
+        *,
+        sessions: repo.Sessions,
+        characters: CharacterService,
+        builder: PromptBuilder,
+        defaults: Defaults,
+    ) -> None:
+        self.sessions = sessions
+        self.characters = characters
+        self.builder = builder
+        self.defaults = defaults
+
+    # --- configuration ------------------------------------------------------------------------
+
+    async def config_for(self, place: Place) -> ChannelConfig:
+        guild = await repo.get_guild_settings(self.sessions, guild_id=place.guild_id)
+        channel = await repo.get_channel_settings(self.sessions, channel_id=place.channel_id)
+        if channel is None and place.parent_channel_id is not None:
+            # A thread follows its parent channel's settings until it has its own.
+            channel = await repo.get_channel_settings(
+                self.sessions, channel_id=place.parent_channel_id
+            )
+        return effective_config(defaults=self.defaults, guild=guild, channel=channel)
+
+    async def active(self, place: Place) -> ActiveRoleplay | None:
+        session = await repo.get_active_session(self.sessions, channel_id=place.channel_id)
+        if session is None or session.character_id is None:
+            return None
+        character = await repo.get_character(self.sessions, character_id=session.character_id)
+        if character is None:
+            return None
+        return ActiveRoleplay(session, character, await self.config_for(place))
+
+    async def require_active(self, place: Place) -> ActiveRoleplay:
+        active = await self.active(place)
+        if active is None:
+            raise NoSession("no roleplay is running in this channel")
+        return active
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    async def start(
+        self, actor: Actor, place: Place, *, character_id: int, greeting_index: int = 0
+    ) -> Started:
+        """Start a roleplay: the old session is archived, the greeting(s) become the first turn."""
+        config = await self.config_for(place)
+        character = await self.characters.for_use(
+            actor, character_id, place=place, nsfw_policy=config.nsfw_policy
+        )
+        session = await repo.start_session(
+            self.sessions,
+            guild_id=place.guild_id,
+            channel_id=place.channel_id,
+            parent_channel_id=place.parent_channel_id,
+            character_id=character.id,
+            started_by=actor.user_id,
+        )
+        greeting = await self._store_greetings(session, character, actor, greeting_index)
+        count = len(greetings_of(character))
+        return Started(session, character, greeting, count)
+
+    async def _store_greetings(
+        self, session: SessionRecord, character: CharacterRecord, actor: Actor, index: int
+    ) -> MessageRecord | None:
+        user_name = await self.user_name(actor, place_guild=session.guild_id)
+        texts = [
+            substitute_macros(text, char=character.name, user=user_name)
+            for text in greetings_of(character)
+        ]
+        if not texts:
+            return None
+        index = index if 0 <= index < len(texts) else 0
+        first = await repo.add_message(
+            self.sessions,
+            session_id=session.id,
+            role="assistant",
+            content=texts[0],
+            display_name=character.name,
+            swipe=True,
+        )
+        chosen = first
+        for n, text in enumerate(texts[1:], start=1):
+            alt = await repo.add_alternative(self.sessions, message_id=first.id, content=text)
+            if n == index:
+                chosen = alt
+        return await repo.choose_alternative(self.sessions, message_id=chosen.id)
+
+    async def stop(self, place: Place) -> int | None:
+        return await repo.end_session(self.sessions, channel_id=place.channel_id)
+
+    async def reset(self, actor: Actor, place: Place) -> Started:
+        """Archive the history and start again with the same character."""
+        active = await self.require_active(place)
+        return await self.start(actor, place, character_id=active.character.id)
+
+    async def undo(self, place: Place) -> list[MessageRecord]:
+        active = await self.require_active(place)
+        return await repo.undo_last_exchange(self.sessions, session_id=active.session.id)
+
+    # --- players' messages --------------------------------------------------------------------
+
+    async def user_name(self, actor: Actor, *, place_guild: int | None) -> str:
+        persona = await repo.get_persona(
+            self.sessions, user_id=actor.user_id, guild_id=place_guild or 0
+        )
+        return persona.name if persona else actor.display_name
+
+    async def add_user_message(
+        self, active: ActiveRoleplay, actor: Actor, content: str, *, discord_message_id: int | None
+    ) -> MessageRecord:
+        name = await self.user_name(actor, place_guild=active.session.guild_id)
+        return await repo.add_message(
+            self.sessions,
+            session_id=active.session.id,
+            role="user",
+            author_id=actor.user_id,
+            display_name=name,
+            content=content,
+            discord_message_ids=[discord_message_id] if discord_message_id else [],
+        )
+
+    async def message_edited(self, discord_message_id: int, content: str) -> EditResult | None:
+        """A stored Discord message changed: update history. None when it is not stored."""
+        found = await repo.find_by_discord_id(self.sessions, discord_message_id=discord_message_id)
+        if found is None or found.content == content:
+            return None
+        updated = await repo.update_message(
+            self.sessions, message_id=found.id, content=content, edited=True
+        )
+        assert updated is not None
+        history = await repo.recent_history(self.sessions, session_id=found.session_id, limit=3)
+        users = [m for m in history if m.role == "user"]
+        is_last = bool(users) and users[-1].id == found.id and found.role == "user"
+        return EditResult(updated, is_last)
+
+    async def message_deleted(self, discord_message_id: int) -> MessageRecord | None:
+        found = await repo.find_by_discord_id(self.sessions, discord_message_id=discord_message_id)
+        if found is None:
+            return None
+        await repo.delete_turn_group(self.sessions, message_id=found.id)
+        return found
+
+    # --- swipes -------------------------------------------------------------------------------
+
+    async def latest_reply(self, place: Place) -> MessageRecord | None:
+        active = await self.require_active(place)
+        history = await repo.recent_history(self.sessions, session_id=active.session.id, limit=1)
+        return history[-1] if history and history[-1].role == "assistant" else None
+
+    async def browse(self, message_id: int, step: int) -> tuple[MessageRecord, int, int]:
+        """Show the previous (-1) or next (+1) alternative; returns it, its position and count."""
+        options = await repo.alternatives(self.sessions, message_id=message_id)
+        if not options:
+            raise NotFound("that reply is gone", key="error.not_found")
+        current = next((i for i, m in enumerate(options) if m.chosen), 0)
+        target = max(0, min(len(options) - 1, current + step))
+        chosen = await repo.choose_alternative(self.sessions, message_id=options[target].id)
+        return chosen, target, len(options)
+
+    async def alternatives(self, message_id: int) -> list[MessageRecord]:
+        return await repo.alternatives(self.sessions, message_id=message_id)
+
+    async def get_message(self, message_id: int) -> MessageRecord | None:
+        return await repo.get_message(self.sessions, message_id=message_id)
+
+    async def is_greeting(self, message: MessageRecord) -> bool:
+        """Whether `message` is (an alternative of) the session's opening greeting."""
+        first = await repo.first_message_id(self.sessions, session_id=message.session_id)
+        return message.role == "assistant" and first in (message.id, message.swipe_group)
+
+    # --- prompts ------------------------------------------------------------------------------
+
+    async def build_prompt(
+        self,
+        active: ActiveRoleplay,
+        *,
+        speaker: Actor | None,
+        exclude_message_id: int | None = None,
+        continue_message: MessageRecord | None = None,
+        history_start_id: int | None = None,
+    ) -> BuiltPrompt:
+        """The prompt for the next reply from stored history; caches new token counts.
+
+        `exclude_message_id` leaves a turn out (the reply being regenerated).
+        """
+        records = await repo.recent_history(
+            self.sessions, session_id=active.session.id, limit=HISTORY_WINDOW
+        )
+        history = [
+            HistoryMessage(
+                role="assistant" if m.role == "assistant" else "user",
+                name=m.display_name or ("" if m.role == "assistant" else "user"),
+                content=m.content,
+                token_count=m.token_count,
+                message_id=m.id,
+            )
+            for m in records
+            if m.id != exclude_message_id and m.role in ("user", "assistant")
+        ]
+        guild = active.session.guild_id
+        if speaker is None:
+            speaker_name = next((m.name for m in reversed(history) if m.role == "user"), "user")
+            persona_text = ""
+        else:
+            persona = await repo.get_persona(
+                self.sessions, user_id=speaker.user_id, guild_id=guild or 0
+            )
+            speaker_name = persona.name if persona else speaker.display_name
+            persona_text = persona.description if persona else ""
+        config = active.config
+        options = PromptOptions(
+            context_size=config.context_size,
+            max_new_tokens=config.sampling.max_new_tokens,
+            author_note=config.author_note,
+            author_note_depth=config.author_note_depth,
+            summary=active.session.summary,
+            history_start_id=history_start_id,
+        )
+        built = self.builder.build(
+            card=card_from_record(active.character),
+            history=history,
+            user_name=speaker_name,
+            persona=persona_text,
+            channel_lorebook=lorebook_from_character_book(config.lorebook)
+            if config.lorebook
+            else None,
+            options=options,
+            continue_last=continue_message is not None,
+        )
+        if built.new_token_counts:
+            await repo.save_token_counts(self.sessions, counts=built.new_token_counts)
+        return built
+
+    # --- storing replies ----------------------------------------------------------------------
+
+    async def store_reply(
+        self,
+        active: ActiveRoleplay,
+        text: str,
+        *,
+        regenerate_of: int | None = None,
+        continue_of: MessageRecord | None = None,
+        discord_message_ids: list[int] | None = None,
+    ) -> MessageRecord:
+        """Store a finished reply: a new turn, a new alternative, or the continued text."""
+        ids = discord_message_ids or []
+        if continue_of is not None:
+            updated = await repo.update_message(
+                self.sessions,
+                message_id=continue_of.id,
+                content=continue_of.content + text,
+                discord_message_ids=ids or None,
+            )
+            if updated is None:
+                raise NotFound("that reply is gone", key="error.not_found")
+            return updated
+        if regenerate_of is not None:
+            return await repo.add_alternative(
+                self.sessions, message_id=regenerate_of, content=text, discord_message_ids=ids
+            )
+        return await repo.add_message(
+            self.sessions,
+            session_id=active.session.id,
+            role="assistant",
+            content=text,
+            display_name=active.character.name,
+            discord_message_ids=ids,
+            swipe=True,
+        )
+
+    async def attach_discord_ids(self, message_id: int, ids: list[int]) -> None:
+        await repo.update_message(self.sessions, message_id=message_id, discord_message_ids=ids)
+
+
+def greetings_of(character: CharacterRecord) -> list[str]:
+    return [g for g in [character.first_message, *character.alternate_greetings] if g.strip()]
+
+
+def with_sampling(config: ChannelConfig, **changes: object) -> ChannelConfig:
+    return replace(config, sampling=replace(config.sampling, **changes))  # type: ignore[arg-type]
+
+
+ProgressCallback = Callable[[int], object]
