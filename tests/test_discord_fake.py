@@ -81,7 +81,9 @@ class CharacterModal(discord.ui.Modal, title="캐릭터 만들기"):
 
 class ConfirmView(discord.ui.View):
     @discord.ui.button(label="확인", custom_id="rp:confirm")
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+    async def confirm(
+        self, interaction: discord.Interaction, button: discord.ui.Button[ConfirmView]
+    ) -> None:
         await interaction.response.edit_message(content="확인했습니다", view=None)
 
 
@@ -383,3 +385,79 @@ async def test_sharded_bot_logs_in_via_gateway_bot(discord_fake: FakeDiscord) ->
         assert scenario is not None
         assert client.get_guild(scenario.guild.id) is not None
     await asyncio.sleep(0)
+
+
+async def test_webhook_edit_in_thread_is_rate_limited_then_retried(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    discord_fake.rate_limits.edit_window = 0.3
+    parent = bot.get_channel(scenario.general.id)
+    assert isinstance(parent, discord.TextChannel)
+    thread = parent.get_thread(scenario.thread.id)
+    assert thread is not None
+    webhook = await parent.create_webhook(name="민지")
+    message = await webhook.send("민지: ...", thread=thread, wait=True)
+    for step in range(7):
+        await message.edit(content=f"민지: {'.' * step}")
+    stored = discord_fake.messages[message.id]
+    assert stored.edit_count == 7
+    assert [c.route for c in discord_fake.rate_limited] == [
+        "/webhooks/{webhook_id}/{token}/messages/{message_id}"
+    ] * len(discord_fake.rate_limited)
+    assert discord_fake.rate_limited
+
+
+async def test_webhook_edit_without_thread_id_is_unknown_message(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    parent = bot.get_channel(scenario.general.id)
+    assert isinstance(parent, discord.TextChannel)
+    thread = parent.get_thread(scenario.thread.id)
+    assert thread is not None
+    webhook = await parent.create_webhook(name="민지")
+    message = await webhook.send("스레드 안의 말", thread=thread, wait=True)
+    with pytest.raises(discord.NotFound):
+        await webhook.edit_message(message.id, content="스레드 없이 수정")
+    await webhook.edit_message(message.id, content="스레드와 함께 수정", thread=thread)
+    assert discord_fake.messages[message.id].content == "스레드와 함께 수정"
+
+
+async def test_channel_added_after_login_then_used(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    channel = discord_fake.add_channel(scenario.guild, "새-채널")
+    await discord_fake.say(channel, scenario.members[0], "안녕 새 채널")
+    reply = await discord_fake.wait_for_message(channel)
+    assert reply.content == "안녕하세요, 김지수님!"
+    text_channel = bot.get_channel(channel.id)
+    assert isinstance(text_channel, discord.TextChannel)
+    created = await text_channel.create_thread(
+        name="새 이야기", type=discord.ChannelType.public_thread
+    )
+    await created.send("스레드 첫 메시지")
+    thread = discord_fake.channels[created.id]
+    assert thread.parent_id == channel.id
+    assert [m.content for m in thread.messages] == ["스레드 첫 메시지"]
+
+
+async def test_many_channels_and_members(discord_fake: FakeDiscord) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    guild = scenario.guild
+    channels = [discord_fake.add_channel(guild, f"방-{i}") for i in range(50)]
+    members = [discord_fake.add_member(guild, f"user{i}", nick=f"손님{i}") for i in range(200)]
+    client = FakeTestBot()
+    async with running_client(client, discord_fake):
+        assert len(client.get_guild(guild.id).members) == len(guild.members)  # type: ignore[union-attr]
+        for index, channel in enumerate(channels):
+            await discord_fake.say(channel, members[index * 4], "안녕하세요")
+        replies = await asyncio.gather(
+            *(discord_fake.wait_for_message(channel) for channel in channels)
+        )
+    assert [r.content for r in replies] == [f"안녕하세요, 손님{i * 4}님!" for i in range(50)]

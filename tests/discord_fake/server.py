@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
 from .state import (
     ALL_PERMISSIONS,
@@ -111,6 +111,7 @@ class _Session:
     seq: int = 0
     history: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=20000))
     ws: web.WebSocketResponse | None = None
+    pending: deque[str] = field(default_factory=deque)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -354,16 +355,14 @@ class FakeDiscord:
             after_id = after if isinstance(after, int) else after.id
 
         def find() -> FakeMessage | None:
-            for message in reversed(channel.messages):
-                if message.id <= after_id:
+            # Messages are appended in id order: walk back only over the new ones.
+            newer = []
+            for candidate in reversed(channel.messages):
+                if candidate.id <= after_id:
                     break
-            else:
-                message = None
-            start = 0
-            if message is not None:
-                start = channel.messages.index(message) + 1
-            for candidate in channel.messages[start:]:
-                if candidate.from_test or candidate.id <= after_id:
+                newer.append(candidate)
+            for candidate in reversed(newer):
+                if candidate.from_test:
                     continue
                 if predicate is None or predicate(candidate):
                     return candidate
@@ -431,13 +430,12 @@ class FakeDiscord:
         return (guild_id >> 22) % self.shard_count
 
     def _fire(self, event: str, data: dict[str, Any], guild: FakeGuild | None) -> None:
-        """Dispatch without awaiting (used by sync model helpers)."""
-        if not self._sessions:
+        """Dispatch from sync code: the event is sequenced now, sent by a background flush."""
+        session = self._sessions.get(self._shard_for(guild.id if guild else None))
+        if session is None:
             return
-        task = asyncio.get_running_loop().create_task(
-            self.dispatch(event, data, guild.id if guild else None)
-        )
-        self._background(task)
+        self._enqueue(session, event, data)
+        self._background(asyncio.get_running_loop().create_task(self._flush(session)))
 
     def _background(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
@@ -449,14 +447,28 @@ class FakeDiscord:
         if session is not None:
             await self._send(session, event, data)
 
-    async def _send(self, session: _Session, event: str, data: dict[str, Any]) -> None:
+    def _enqueue(self, session: _Session, event: str, data: dict[str, Any]) -> None:
+        # Sequencing is synchronous so events keep the order in which the fake produced them,
+        # whichever task ends up writing them to the socket.
+        session.seq += 1
+        frame = json.dumps({"op": 0, "t": event, "s": session.seq, "d": data})
+        session.history.append((session.seq, frame))
+        if session.ws is not None:
+            session.pending.append(frame)
+
+    async def _flush(self, session: _Session) -> None:
         async with session.lock:
-            session.seq += 1
-            frame = json.dumps({"op": 0, "t": event, "s": session.seq, "d": data})
-            session.history.append((session.seq, frame))
-            if session.ws is not None and not session.ws.closed:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await session.ws.send_str(frame)
+            await self._flush_locked(session)
+
+    async def _flush_locked(self, session: _Session) -> None:
+        while session.pending and session.ws is not None:
+            frame = session.pending.popleft()
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await session.ws.send_str(frame)
+
+    async def _send(self, session: _Session, event: str, data: dict[str, Any]) -> None:
+        self._enqueue(session, event, data)
+        await self._flush(session)
 
     async def drop_connection(self, shard_id: int | None = None) -> None:
         """Close the gateway socket(s) with 4000 so discord.py reconnects and RESUMEs."""
@@ -465,6 +477,7 @@ class FakeDiscord:
                 continue
             async with session.lock:
                 ws, session.ws = session.ws, None
+                session.pending.clear()  # still in history: replayed on RESUME
             if ws is not None:
                 await ws.close(code=4000, message=b"dropped by test")
         self._notify()
@@ -493,6 +506,7 @@ class FakeDiscord:
             for session in self._sessions.values():
                 if session.ws is ws:
                     session.ws = None
+                    session.pending.clear()
             self._notify()
         return ws
 
@@ -533,9 +547,10 @@ class FakeDiscord:
             await old.ws.close(code=4000)
         session.ws = ws
         self._sessions[shard_id] = session
-        await self._send(session, "READY", ready)
+        self._enqueue(session, "READY", ready)
         for guild in guilds:
-            await self._send(session, "GUILD_CREATE", guild.payload())
+            self._enqueue(session, "GUILD_CREATE", guild.payload())
+        await self._flush(session)
         self._notify()
 
     async def _resume(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
@@ -547,15 +562,13 @@ class FakeDiscord:
             return
         client_seq = data.get("seq") or 0
         async with session.lock:
-            for seq, frame in session.history:
-                if seq > client_seq:
-                    await ws.send_str(frame)
-            session.ws = ws
-            session.seq += 1
-            resumed = {"op": 0, "t": "RESUMED", "s": session.seq, "d": {}}
-            frame = json.dumps(resumed)
-            session.history.append((session.seq, frame))
-            await ws.send_str(frame)
+            missed = [frame for seq, frame in session.history if seq > client_seq]
+            session.pending.clear()
+            session.ws = ws  # events produced while replaying queue up behind the replay
+            for frame in missed:
+                await ws.send_str(frame)
+            self._enqueue(session, "RESUMED", {})
+            await self._flush_locked(session)
         self.resume_count += 1
         self._notify()
 
@@ -595,8 +608,9 @@ class FakeDiscord:
         return attachment
 
     def _store(self, message: FakeMessage) -> None:
-        channel = self.channels[message.channel_id]
-        channel.messages.append(message)
+        if not message.ephemeral:
+            # Ephemeral messages are seen only by one member: keep them off the channel.
+            self.channels[message.channel_id].messages.append(message)
         self.messages[message.id] = message
         self._notify()
 
@@ -1210,13 +1224,17 @@ class FakeDiscord:
         limit = int(req.query.get("limit", 50))
         before = int(req.query.get("before", 0)) or None
         after = int(req.query.get("after", 0)) or None
-        items = channel.visible_messages
-        if before is not None:
-            items = [m for m in items if m.id < before]
         if after is not None:
-            items = [m for m in items if m.id > after][:limit]
+            items = [m for m in channel.messages if m.id > after and not m.deleted][:limit]
             return _json([m.payload() for m in reversed(items)])
-        return _json([m.payload() for m in reversed(items[-limit:])])
+        newest_first: list[dict[str, Any]] = []
+        for message in reversed(channel.messages):
+            if len(newest_first) >= limit:
+                break
+            if message.deleted or (before is not None and message.id >= before):
+                continue
+            newest_first.append(message.payload())
+        return _json(newest_first)
 
     async def _get_message(self, req: _Request) -> web.Response:
         channel = self._channel(req.params["channel_id"])
@@ -1399,9 +1417,6 @@ class FakeDiscord:
             interaction_user=record.member.user,
             type=20 if record.type == 2 else 0,
         )
-        if message.ephemeral:
-            # Only the invoking member sees it: keep it off the channel's list.
-            channel.messages.remove(message)
         return message
 
     async def _interaction_callback(self, req: _Request) -> web.Response:
@@ -1603,7 +1618,9 @@ async def _read_body(request: web.Request) -> tuple[Any, list[tuple[str, bytes, 
             part = await reader.next()
             if part is None:
                 break
-            data = await part.read()  # type: ignore[union-attr]
+            if not isinstance(part, BodyPartReader):
+                continue
+            data = await part.read()
             if part.name == "payload_json":
                 payload = json.loads(data)
             else:
