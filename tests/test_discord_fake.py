@@ -63,6 +63,13 @@ class RoleplayGroup(app_commands.Group):
     async def button(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_message("눌러 주세요", view=ConfirmView())
 
+    @app_commands.command(name="edit", description="응답 수정")
+    async def edit(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("처음 응답")
+        await interaction.edit_original_response(content="수정된 응답")
+        original = await interaction.original_response()
+        await interaction.followup.send(f"원본: {original.content}", ephemeral=True)
+
     @reset.command(name="all", description="전부 초기화")
     async def reset_all(self, interaction: discord.Interaction, confirm: bool) -> None:
         allowed = interaction.permissions.manage_guild
@@ -461,3 +468,31 @@ async def test_many_channels_and_members(discord_fake: FakeDiscord) -> None:
             *(discord_fake.wait_for_message(channel) for channel in channels)
         )
     assert [r.content for r in replies] == [f"안녕하세요, 손님{i * 4}님!" for i in range(50)]
+
+
+async def test_original_response_edit_fetch_and_ephemeral_followup(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    record = await discord_fake.slash(scenario.members[0], "rp edit")
+    followup = await discord_fake.wait_for_followup(record)
+    assert record.content == "수정된 응답"
+    assert record.original is not None and record.original.versions[0]["content"] == "처음 응답"
+    assert followup.content == "원본: 수정된 응답"
+    assert followup.ephemeral and followup not in scenario.general.messages
+
+
+async def test_webhook_from_url_send_without_wait(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    parent = bot.get_channel(scenario.general.id)
+    assert isinstance(parent, discord.TextChannel)
+    created = await parent.create_webhook(name="시나트라")
+    webhook = discord.Webhook.from_url(created.url, client=bot)
+    await webhook.send("웹훅 URL로 보낸 말", username="서연")
+    stored = await discord_fake.wait_for_message(scenario.general)
+    assert (stored.username, stored.content) == ("서연", "웹훅 URL로 보낸 말")
+    assert [w.name for w in await parent.webhooks()] == ["시나트라"]
