@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from synatra_bot.settings import Settings, configure_logging, load_settings
 
@@ -26,7 +26,11 @@ def run_bot(*, env_file: str = ".env") -> int:
 
 @contextlib.asynccontextmanager
 async def running_bot(
-    settings: Settings, *, engine: Engine | None = None, tokenizer: object | None = None
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    tokenizer: object | None = None,
+    **bot_options: Any,
 ) -> AsyncIterator[SynatraBot]:
     """Build everything the bot depends on and tear it down in order afterwards.
 
@@ -62,7 +66,7 @@ async def running_bot(
             max_concurrent=settings.max_concurrent_replies,
             turn_timeout_s=settings.turn_timeout_s,
         )
-        bot = SynatraBot(BotDependencies(settings, core, scheduler, engine))
+        bot = SynatraBot(BotDependencies(settings, core, scheduler, engine), **bot_options)
         try:
             yield bot
         finally:

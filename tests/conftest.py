@@ -12,6 +12,8 @@ from tests.model_fixtures import write_tiny_model, write_tokenizer
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+pytest_plugins = ["tests.discord_fake.fixtures", "tests.bot_harness"]
+
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -62,4 +62,9 @@ KOREAN: dict[str, str] = {
     "off: nowhere; age_restricted: age-restricted channels; allowed": "off: 금지, age_restricted: 연령 제한 채널만, allowed: 허용",
     "The note (empty to remove)": "노트 내용 (비우면 삭제)",
     "How many turns from the end": "끝에서 몇 번째 턴에 넣을지",
+    "png: card inside an image; json: plain card": "png: 이미지 안에 카드, json: 카드 파일만",
+    "PNG, JPEG, WebP or GIF": "PNG, JPEG, WebP, GIF 이미지",
+    "Tokens the model sees (prompt + reply)": "모델이 보는 토큰 수 (프롬프트 + 답장)",
+    "Replies per member per minute": "한 사람당 1분에 받을 수 있는 답장 수",
+    "Whether shared characters need approval": "공유 캐릭터에 승인이 필요한지",
 }

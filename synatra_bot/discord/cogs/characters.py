@@ -271,6 +271,7 @@ class Characters(
         )
 
     @app_commands.command(name="delete", description="Delete a character you own")
+    @app_commands.describe(character="The character")
     async def delete(
         self,
         interaction: discord.Interaction[SynatraBot],
@@ -280,6 +281,7 @@ class Characters(
         await answer(interaction, tr(interaction, "character.deleted", name=record.name))
 
     @app_commands.command(name="show", description="Show a character's sheet")
+    @app_commands.describe(character="The character")
     async def show(
         self,
         interaction: discord.Interaction[SynatraBot],
@@ -313,6 +315,9 @@ class Characters(
         await answer(interaction, text[:2000])
 
     @app_commands.command(name="export", description="Export a character card (PNG or JSON)")
+    @app_commands.describe(
+        character="The character", format="png: card inside an image; json: plain card"
+    )
     async def export(
         self,
         interaction: discord.Interaction[SynatraBot],
@@ -325,6 +330,7 @@ class Characters(
         await answer(interaction, file=discord.File(io.BytesIO(data), filename=filename))
 
     @app_commands.command(name="avatar", description="Set a character's avatar image")
+    @app_commands.describe(character="The character", image="PNG, JPEG, WebP or GIF")
     async def avatar(
         self,
         interaction: discord.Interaction[SynatraBot],
@@ -345,6 +351,7 @@ class Characters(
         await answer(interaction, tr(interaction, "character.avatar_set", name=record.name))
 
     @app_commands.command(name="approve", description="Approve a shared character (moderators)")
+    @app_commands.describe(character="The character")
     async def approve(
         self,
         interaction: discord.Interaction[SynatraBot],
@@ -356,6 +363,7 @@ class Characters(
         await answer(interaction, tr(interaction, "character.approved", name=record.name))
 
     @app_commands.command(name="reject", description="Reject a shared character (moderators)")
+    @app_commands.describe(character="The character")
     async def reject(
         self,
         interaction: discord.Interaction[SynatraBot],
