@@ -274,7 +274,7 @@ async def _run(args: argparse.Namespace) -> Report:
     new_tokens = args.new_tokens or (16 if tiny else 200)
     concurrency = args.concurrency or (4 if tiny else 32)
     device = args.device or ("cpu" if tiny else ("cuda" if torch.cuda.is_available() else "cpu"))
-    context = prompt_tokens * 2 + new_tokens * 2 + 64  # room for the prefix-reuse second turn
+    context = prompt_tokens + new_tokens * 2 + 64  # room for the prefix-reuse second turn
 
     workdir = Path(tempfile.mkdtemp(prefix="synatra-bench-"))
     model_id = args.model
@@ -289,6 +289,8 @@ async def _run(args: argparse.Namespace) -> Report:
             )
         model = _random_model(TINY if tiny else MISTRAL_7B, device, dtype, context)
     cuda_graph = {"auto": None, "on": True, "off": False}[args.cuda_graph]
+    if tiny and args.num_blocks is None:
+        args.num_blocks = concurrency * context // 32 + 8  # every stream fits: measure batching
     engine = TransformersEngine(
         model_id,
         device=device,

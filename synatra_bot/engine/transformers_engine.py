@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CPU_DEFAULT_NUM_BLOCKS = 32
+#: On the CPU the cache holds this many tokens unless num_blocks says otherwise.
+CPU_DEFAULT_CACHE_TOKENS = 8192
+DEFAULT_PAGE_SIZE = 256
 CPU_DEFAULT_MAX_BATCH_TOKENS = 512
 MIN_TEMPERATURE = 1e-4
 
@@ -283,6 +285,7 @@ class TransformersEngine:
         from transformers import ContinuousBatchingConfig
 
         on_cpu = self.device == "cpu"
+        cpu_blocks = CPU_DEFAULT_CACHE_TOKENS // (self._page_size or DEFAULT_PAGE_SIZE)
         options: dict[str, Any] = {
             "per_request_processors": True,
             "allow_block_sharing": self._allow_block_sharing,
@@ -290,7 +293,7 @@ class TransformersEngine:
             "auto_switch_to_flash": False,
             "default_compile_level": self._compile_level,
             "seed": self._seed,
-            "num_blocks": self._num_blocks or (CPU_DEFAULT_NUM_BLOCKS if on_cpu else None),
+            "num_blocks": self._num_blocks or (cpu_blocks if on_cpu else None),
             "max_batch_tokens": self._max_batch_tokens
             or (CPU_DEFAULT_MAX_BATCH_TOKENS if on_cpu else None),
         }
