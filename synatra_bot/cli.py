@@ -22,6 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     db_commands.add_parser("upgrade", help="apply pending migrations")
     db_commands.add_parser("current", help="show the schema revision")
+
+    from synatra_bot.engine import bench
+    from synatra_bot.prompt import preview
+
+    preview.configure_parser(
+        commands.add_parser("prompt", help="print the prompt assembled for a card and history")
+    )
+    bench.configure_parser(
+        commands.add_parser("bench", help="benchmark the embedded engine against generate()")
+    )
     return parser
 
 
@@ -36,6 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_bot(env_file=args.env_file)
         if command == "db":
             return asyncio.run(_db(args))
+        if command == "prompt":
+            from synatra_bot.prompt.preview import run_preview
+            from synatra_bot.settings import load_settings
+
+            model_id = load_settings(env_file=args.env_file, require_token=False).model_id
+            return run_preview(args, default_model_id=model_id)
+        if command == "bench":
+            from synatra_bot.engine.bench import run_bench
+
+            return run_bench(args)
     except (ConfigError, StorageError) as exc:
         print(f"synatra-bot: {exc}", file=sys.stderr)
         return 2
