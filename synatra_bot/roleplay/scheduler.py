@@ -2,7 +2,8 @@
 
 One reply is in flight per channel; a global cap bounds the replies generating at once; each
 user may start `user_turns` turns per `rate_window_s`. Waiting turns are admitted first come,
-first served, skipping turns whose channel is busy, and hear their queue position as it changes.
+first served, skipping turns whose channel is busy, and hear their queue position as it changes
+through `on_position(n)`: n >= 1 is the place among all waiting turns, 0 means admitted.
 
 Usage from the roleplay core::
 
