@@ -1,0 +1,523 @@
+"""`synatra-bot chat`: roleplay with a character in the terminal, through the bot's own core.
+
+The terminal drives the same RoleplayCore, Scheduler and database as the Discord bot. It plays in
+a synthetic place: guild 0 and channel `-<character id>` (negative, so it never meets a Discord
+snowflake), which gives every character one session that continues across runs. The player is
+user 0 (`TERMINAL_USER_ID`); cards imported here belong to that user, outside any server.
+The place counts as age-restricted: whoever runs the terminal owns the database anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+from synatra_bot.errors import CardError, EngineError, NotFound, UserFacingError
+from synatra_bot.prompt.cards import parse_card
+from synatra_bot.roleplay.characters import CharacterService, columns_from_card
+from synatra_bot.roleplay.core import RoleplayCore
+from synatra_bot.roleplay.scheduler import Scheduler, TurnCancelled, TurnOutcome
+from synatra_bot.roleplay.types import Actor, Place
+from synatra_bot.storage import repository as repo
+from synatra_bot.storage.records import CharacterRecord, MessageRecord
+
+if TYPE_CHECKING:
+    from synatra_bot.engine.base import Engine
+    from synatra_bot.settings import Settings
+
+TERMINAL_USER_ID = 0
+TERMINAL_GUILD_ID = 0
+DEFAULT_USER_NAME = "나"
+#: Turns shown again when an earlier session continues.
+RECAP_TURNS = 6
+#: One person at a keyboard needs no rate limit.
+TERMINAL_USER_TURNS = 1_000_000
+STOPPED_BY_USER = "stopped"
+
+ReplyKind = Literal["reply", "regenerate", "continue"]
+
+HELP = """\
+명령 · commands
+  /regen        마지막 답장 다시 만들기 · new alternative of the newest reply
+  /prev, /next  답장(인사말) 대안 넘겨 보기 · browse the alternatives
+  /continue     이어서 말하게 하기 · let the character keep talking
+  /undo         마지막 주고받기 지우기 · remove the last exchange
+  /reset        처음부터 다시 (기록은 보관) · start over (history archived)
+  /context      모델이 보는 프롬프트 요약 · what the model sees
+  /help         도움말 · this help
+  /quit         끝내기 (Ctrl-D) · quit
+Ctrl-C: 답장 중이면 멈추기, 아니면 끝내기 · stop the reply, or quit at the prompt"""
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--character",
+        required=True,
+        metavar="PATH_OR_NAME",
+        help="a card file (PNG or JSON) to import, or the name or #id of a stored character",
+    )
+    parser.add_argument(
+        "--user-name", default=None, help="your name in the story (default: your OS user name)"
+    )
+
+
+def terminal_place(character_id: int) -> Place:
+    """The terminal's place for a character: one continuing session per character."""
+    return Place(channel_id=-character_id, guild_id=TERMINAL_GUILD_ID, age_restricted=True)
+
+
+def default_user_name() -> str:
+    try:
+        return getpass.getuser() or DEFAULT_USER_NAME
+    except (OSError, KeyError, ImportError):
+        return DEFAULT_USER_NAME
+
+
+async def resolve_character(
+    characters: CharacterService, actor: Actor, spec: str, *, max_card_bytes: int
+) -> tuple[CharacterRecord, str]:
+    """The character `spec` names, and a note on what happened to it ("" when nothing did).
+
+    A card file is imported as `actor`, or reuses (and refreshes) the card of the same name
+    `actor` imported before. Otherwise `spec` is `#id` or a name among `actor`'s characters.
+    """
+    card_file = await asyncio.to_thread(_read_card_file, spec)
+    if card_file is not None:
+        name, data = card_file
+        return await _import_card(characters, actor, name, data, max_card_bytes=max_card_bytes)
+    wanted = spec.strip()
+    number = re.fullmatch(r"#?([0-9]+)", wanted)
+    if number:
+        return await characters.get(int(number[1])), ""
+    if Path(spec).suffix.lower() in (".png", ".json") or os.sep in spec:
+        raise CardError(f"no card file at {spec}", key="error.card", filename=spec)
+    found = await characters.search(actor, wanted, limit=25)
+    exact = [c for c in found if c.name.casefold() == wanted.casefold()]
+    candidates = exact or found
+    if len(candidates) == 1:
+        return candidates[0], ""
+    if not candidates:
+        raise NotFound(f"no character named {wanted!r}: give a card file or a #id")
+    listed = ", ".join(f"#{c.id} {c.name}" for c in candidates[:8])
+    raise NotFound(f"{wanted!r} matches several characters ({listed}): use a #id")
+
+
+def _read_card_file(spec: str) -> tuple[str, bytes] | None:
+    """The file name and bytes when `spec` is an existing file, else None."""
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        return path.name, path.read_bytes()
+    except OSError as error:
+        raise CardError(f"cannot read {path}: {error.strerror}", filename=str(path)) from None
+
+
+async def _import_card(
+    characters: CharacterService,
+    actor: Actor,
+    filename: str,
+    data: bytes,
+    *,
+    max_card_bytes: int,
+) -> tuple[CharacterRecord, str]:
+    if len(data) > max_card_bytes:
+        # import_file explains the limit.
+        return await characters.import_file(actor, data, filename=filename), "imported"
+    card = parse_card(data, filename=filename)
+    same_name = [
+        c
+        for c in await characters.search(actor, card.name, limit=100)
+        if c.owner_id == actor.user_id and c.name == card.name
+    ]
+    if not same_name:
+        return await characters.import_file(actor, data, filename=filename), "imported"
+    stored = same_name[0]
+    changes = {k: v for k, v in columns_from_card(card).items() if getattr(stored, k) != v}
+    if not changes:
+        return stored, ""
+    return await characters.edit(actor, stored.id, **changes), "updated"
+
+
+class _LineReader:
+    """Reads lines on a daemon thread, so the event loop (and Ctrl-C) stays responsive and a
+    prompt left waiting never holds up exit."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=self._read, args=(stream, loop), name="terminal-input", daemon=True
+        ).start()
+
+    def _read(self, stream: TextIO, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            try:
+                line: str | None = stream.readline() or None
+            except UnicodeDecodeError:
+                continue
+            except (OSError, ValueError):  # closed or broken input: same as end of file
+                line = None
+            try:
+                loop.call_soon_threadsafe(self._queue.put_nowait, line)
+            except RuntimeError:  # the loop is gone: nobody is listening
+                return
+            if line is None:
+                return
+
+    async def next_line(self, quit_requested: asyncio.Event) -> str | None:
+        """The next line, or None at end of input or when quitting was requested."""
+        get = asyncio.ensure_future(self._queue.get())
+        stop = asyncio.ensure_future(quit_requested.wait())
+        done, pending = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return get.result() if get in done else None
+
+
+class TerminalChat:
+    """One terminal conversation with one character."""
+
+    def __init__(
+        self,
+        *,
+        core: RoleplayCore,
+        scheduler: Scheduler,
+        actor: Actor,
+        place: Place,
+        stdin: TextIO,
+        stdout: TextIO,
+    ) -> None:
+        self.core = core
+        self.scheduler = scheduler
+        self.actor = actor
+        self.place = place
+        self._stdin = stdin
+        self._out = stdout
+        self._quit = asyncio.Event()
+        self._busy = False
+        self._stop_requested = False
+        self._history_start: int | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- output -------------------------------------------------------------------------------
+
+    def _write(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
+
+    def _line(self, text: str = "") -> None:
+        self._write(text + "\n")
+
+    def _show(self, message: MessageRecord, fallback_name: str) -> None:
+        self._line(f"{message.display_name or fallback_name}: {message.content}")
+
+    def _error(self, error: Exception) -> None:
+        self._line(f"⚠ {error}")
+
+    # --- Ctrl-C -------------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop the reply being generated, or quit when waiting at the prompt."""
+        if not self._busy:
+            self._quit.set()
+            return
+        self._stop_requested = True
+        self._spawn(self.scheduler.cancel_channel(self.place.channel_id, reason=STOPPED_BY_USER))
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- the session --------------------------------------------------------------------------
+
+    async def open(self, character: CharacterRecord) -> None:
+        """Continue the character's terminal session (showing its last turns), or start one."""
+        active = await self.core.active(self.place)
+        if active is not None and active.character.id == character.id:
+            history = await repo.recent_history(
+                self.core.sessions, session_id=active.session.id, limit=RECAP_TURNS
+            )
+            self._line(f"— 이어서 · continuing with {character.name} —")
+            for message in history:
+                self._show(message, character.name)
+            return
+        started = await self.core.start(self.actor, self.place, character_id=character.id)
+        self._line(f"— 새 대화 · new chat with {character.name} —")
+        self._show_greeting(started.greeting, started.greeting_count, character.name)
+
+    def _show_greeting(self, greeting: MessageRecord | None, count: int, name: str) -> None:
+        if greeting is None:
+            self._line(
+                f"({name}: 인사말 없음 — 먼저 말을 걸어 보세요 · no greeting: say something)"
+            )
+            return
+        self._show(greeting, name)
+        if count > 1:
+            self._line(f"(인사말 1/{count} · /next 로 다른 인사말 · /next shows another greeting)")
+
+    async def run(self) -> int:
+        self._line("/help 도움말 · help, /quit 끝내기 · quit")
+        reader = _LineReader(self._stdin)
+        while True:
+            self._write(f"{self.actor.display_name}> ")
+            line = await reader.next_line(self._quit)
+            if line is None:
+                self._line()
+                return 0
+            text = line.strip()
+            if not text:
+                continue
+            self._busy, self._stop_requested = True, False
+            try:
+                if text.startswith("/"):
+                    if not await self._command(text):
+                        return 0
+                else:
+                    await self._say(text)
+            except (UserFacingError, EngineError) as error:
+                self._error(error)
+            finally:
+                self._busy = False
+
+    async def _say(self, text: str) -> None:
+        active = await self.core.require_active(self.place)
+        await self.core.add_user_message(active, self.actor, text, discord_message_id=None)
+        await self._reply("reply")
+
+    async def _command(self, text: str) -> bool:
+        """Run a slash command; False means quit."""
+        name = text.split()[0].lower()
+        if name in ("/quit", "/exit", "/q"):
+            return False
+        if name in ("/help", "/h", "/?"):
+            self._line(HELP)
+        elif name == "/regen":
+            latest = await self.core.latest_reply(self.place)
+            if latest is not None and await self.core.is_greeting(latest):
+                self._line(
+                    "인사말은 다시 만들 수 없어요 · the greeting cannot be regenerated (/next)"
+                )
+            elif latest is None:
+                await self._reply("reply")  # the last reply failed: try again
+            else:
+                await self._reply("regenerate", latest)
+        elif name == "/continue":
+            latest = await self.core.latest_reply(self.place)
+            await self._reply("continue" if latest else "reply", latest)
+        elif name in ("/prev", "/next"):
+            await self._browse(-1 if name == "/prev" else 1)
+        elif name == "/undo":
+            removed = await self.core.undo(self.place)
+            if removed:
+                self._line(f"되돌렸어요 · undone: {len(removed)} message(s)")
+            else:
+                self._line("되돌릴 것이 없어요 · nothing to undo")
+        elif name == "/reset":
+            started = await self.core.reset(self.actor, self.place)
+            self._history_start = None
+            self._line(f"— 새 대화 · new chat with {started.character.name} —")
+            self._show_greeting(started.greeting, started.greeting_count, started.character.name)
+        elif name == "/context":
+            active = await self.core.require_active(self.place)
+            built = await self.core.build_prompt(active, speaker=self.actor)
+            self._line(built.report.to_text())
+        else:
+            self._line(f"모르는 명령이에요 · unknown command: {name} (/help)")
+        return True
+
+    async def _browse(self, step: int) -> None:
+        active = await self.core.require_active(self.place)
+        latest = await self.core.latest_reply(self.place)
+        if latest is None:
+            self._line("넘겨 볼 답장이 없어요 · no reply to browse")
+            return
+        chosen, index, count = await self.core.browse(latest.id, step)
+        self._show(chosen, active.character.name)
+        self._line(f"({index + 1}/{count})")
+
+    # --- a reply ------------------------------------------------------------------------------
+
+    async def _reply(self, kind: ReplyKind, target: MessageRecord | None = None) -> None:
+        """Stream one reply and store it the way the Discord adapter does (see discord/replies).
+
+        Only a finished reply, or one the player stopped with Ctrl-C, is stored.
+        """
+        active = await self.core.require_active(self.place)
+        name = active.character.name
+        started = False
+        try:
+            async with self.scheduler.turn(
+                channel_id=self.place.channel_id, user_id=self.actor.user_id
+            ) as slot:
+                if self._stop_requested:
+                    await self.scheduler.cancel_channel(
+                        self.place.channel_id, reason=STOPPED_BY_USER
+                    )
+                built = await self.core.build_prompt(
+                    active,
+                    speaker=self.actor,
+                    exclude_message_id=target.id if kind == "regenerate" and target else None,
+                    continue_message=target if kind == "continue" else None,
+                    history_start_id=self._history_start,
+                )
+                self._history_start = built.history_start_id
+                self._write(f"{name}: " + ("… " if kind == "continue" else ""))
+                started = True
+                async for delta in slot.stream(built.input_ids, active.config.sampling):
+                    self._write(delta)
+        except TurnCancelled:
+            if started:
+                self._line()
+            return
+        except EngineError as error:
+            if started:
+                self._line()
+            self._line(f"⚠ 답장 실패, 저장하지 않았어요 · reply failed, nothing stored: {error}")
+            self._line("(/regen 으로 다시 시도 · /regen to try again)")
+            return
+        except BaseException:
+            if started:
+                self._line()
+            raise
+        self._line()
+        stopped = slot.outcome is TurnOutcome.CANCELLED and slot.cancel_reason == STOPPED_BY_USER
+        if slot.outcome is TurnOutcome.FINISHED or (stopped and slot.text.strip()):
+            stored = await self.core.store_reply(
+                active,
+                slot.text,
+                regenerate_of=target.id if kind == "regenerate" and target else None,
+                continue_of=target if kind == "continue" else None,
+            )
+            if stopped:
+                self._line("(멈춤 · stopped)")
+            options = await self.core.alternatives(stored.id)
+            if len(options) > 1:
+                index = next((i for i, m in enumerate(options) if m.id == stored.id), 0)
+                self._line(f"({index + 1}/{len(options)} · /prev /next)")
+            return
+        if slot.outcome is TurnOutcome.TIMED_OUT:
+            self._line("(시간 초과, 저장하지 않았어요 · timed out, nothing stored)")
+        else:
+            self._line("(멈춤, 저장하지 않았어요 · stopped, nothing stored)")
+
+
+@contextlib.contextmanager
+def _ctrl_c_calls(callback: Callable[[], object]) -> Iterator[None]:
+    """While inside, SIGINT calls `callback` on the event loop instead of raising."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = signal.signal(
+        signal.SIGINT, lambda _signum, _frame: loop.call_soon_threadsafe(callback)
+    )
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+async def run_chat(
+    args: argparse.Namespace,
+    *,
+    settings: Settings,
+    engine: Engine | None = None,
+    tokenizer: Any = None,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    """Chat in the terminal until /quit, end of input or Ctrl-C at the prompt.
+
+    Returns 0, or 2 when `--character` names nothing usable (one line on stderr), or 1 when
+    the engine cannot start.
+    """
+    from synatra_bot.prompt.builder import PromptBuilder
+    from synatra_bot.roleplay.config import Defaults
+    from synatra_bot.storage.database import create_engine, create_sessionmaker
+    from synatra_bot.storage.migrate import upgrade_database
+
+    out = stdout if stdout is not None else sys.stdout
+    await upgrade_database(settings.database_url)
+    database = create_engine(settings.database_url)
+    try:
+        sessions = create_sessionmaker(database)
+        characters = CharacterService(sessions, max_card_bytes=settings.max_attachment_bytes)
+        actor = Actor(TERMINAL_USER_ID, args.user_name or default_user_name())
+        try:
+            character, note = await resolve_character(
+                characters, actor, args.character, max_card_bytes=settings.max_attachment_bytes
+            )
+            if character.owner_id != actor.user_id and character.visibility == "guild":
+                # A character shared on a server: play it as a member of that server would.
+                actor = replace(actor, guild_id=character.guild_id)
+            await characters.for_use(actor, character.id, place=None, nsfw_policy="allowed")
+        except UserFacingError as error:
+            print(f"synatra-bot chat: {error}", file=sys.stderr)
+            return 2
+        if note:
+            label = {"imported": "가져옴 · imported", "updated": "카드 갱신 · card updated"}
+            print(f"{label[note]}: #{character.id} {character.name}", file=out, flush=True)
+
+        if engine is None:
+            from synatra_bot.engine.factory import build_engine
+
+            print(f"모델 준비 중 · loading {settings.model_id}…", file=out, flush=True)
+            engine = build_engine(settings)
+        if tokenizer is None:
+            from synatra_bot.tokenizer import load_tokenizer
+
+            tokenizer = await asyncio.to_thread(load_tokenizer, settings.model_id)
+        try:
+            await engine.start()
+        except EngineError as error:
+            print(f"synatra-bot chat: {error}", file=sys.stderr)
+            await engine.close()
+            return 1
+        try:
+            core = RoleplayCore(
+                sessions=sessions,
+                characters=characters,
+                builder=PromptBuilder(tokenizer),
+                defaults=Defaults.from_settings(settings),
+            )
+            scheduler = Scheduler(
+                engine,
+                max_concurrent=1,
+                turn_timeout_s=settings.turn_timeout_s,
+                user_turns=TERMINAL_USER_TURNS,
+            )
+            chat = TerminalChat(
+                core=core,
+                scheduler=scheduler,
+                actor=actor,
+                place=terminal_place(character.id),
+                stdin=stdin if stdin is not None else sys.stdin,
+                stdout=out,
+            )
+            try:
+                with _ctrl_c_calls(chat.interrupt):
+                    try:
+                        await chat.open(character)
+                    except UserFacingError as error:
+                        print(f"synatra-bot chat: {error}", file=sys.stderr)
+                        return 2
+                    return await chat.run()
+            finally:
+                await scheduler.shutdown(finish=False)
+        finally:
+            await engine.close()
+    finally:
+        await database.dispose()
