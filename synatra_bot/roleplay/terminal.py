@@ -180,10 +180,12 @@ class _LineReader:
         """The next line, or None at end of input or when quitting was requested."""
         get = asyncio.ensure_future(self._queue.get())
         stop = asyncio.ensure_future(quit_requested.wait())
-        done, pending = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
-        return get.result() if get in done else None
+        if quit_requested.is_set():
+            return None
+        return get.result()
 
 
 class TerminalChat:

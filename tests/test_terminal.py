@@ -1,0 +1,433 @@
+"""`synatra-bot chat`: the terminal roleplay, through the real core, scheduler and database."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from synatra_bot.engine.scripted import ScriptedEngine
+from synatra_bot.prompt.cards import CharacterCard, card_to_png, card_to_v2_json
+from synatra_bot.roleplay.terminal import (
+    TERMINAL_USER_ID,
+    configure_parser,
+    run_chat,
+    terminal_place,
+)
+from synatra_bot.settings import Settings, settings_from_env
+from synatra_bot.storage import repository as repo
+from synatra_bot.storage.database import create_engine, create_sessionmaker
+
+GREETING = "안녕, {{user}}! 오늘 뭐 할래?"
+
+
+class RecordingOutput(io.StringIO):
+    """Stdout that remembers each write, to see that a reply arrives in pieces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def card_file(tmp_path: Path, *, name: str = "세라", png: bool = False, **fields) -> Path:
+    fields.setdefault("description", "{{char}}는 바닷가 마을의 등대지기다.")
+    fields.setdefault("first_message", GREETING)
+    card = CharacterCard(name=name, **fields)
+    path = tmp_path / (f"{name}.png" if png else f"{name}.json")
+    path.write_bytes(card_to_png(card) if png else card_to_v2_json(card))
+    return path
+
+
+def replies(*texts: str):
+    """A ScriptedEngine script that answers with `texts` in turn (the last one repeats)."""
+    turn = itertools.count()
+    return lambda _prompt: texts[min(next(turn), len(texts) - 1)]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return settings_from_env(
+        {"DISCORD_TOKEN": "", "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}"},
+        require_token=False,
+    )
+
+
+@pytest.fixture
+async def sessions(settings: Settings):
+    database = create_engine(settings.database_url)
+    yield create_sessionmaker(database)
+    await database.dispose()
+
+
+def args_for(character: str | Path, user_name: str | None = "민수") -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    argv = ["--character", str(character)]
+    if user_name is not None:
+        argv += ["--user-name", user_name]
+    return parser.parse_args(argv)
+
+
+async def chat(
+    settings: Settings,
+    tokenizer,
+    character: str | Path,
+    lines: str,
+    *,
+    engine=None,
+    stdout: io.StringIO | None = None,
+) -> tuple[int, str]:
+    out = stdout if stdout is not None else RecordingOutput()
+    code = await run_chat(
+        args_for(character),
+        settings=settings,
+        engine=engine or ScriptedEngine("음, 그럼 바다를 보러 가자!", tokenizer=tokenizer),
+        tokenizer=tokenizer,
+        stdin=io.StringIO(lines),
+        stdout=out,
+    )
+    return code, out.getvalue()
+
+
+async def terminal_history(sessions, name: str = "세라"):
+    [character] = [
+        c
+        for c in await repo.visible_characters(sessions, guild_id=None, user_id=TERMINAL_USER_ID)
+        if c.name == name
+    ]
+    place = terminal_place(character.id)
+    session = await repo.get_active_session(sessions, channel_id=place.channel_id)
+    assert session is not None
+    return session, await repo.recent_history(sessions, session_id=session.id, limit=100)
+
+
+async def test_greeting_is_shown_and_a_reply_streams_and_is_stored(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    out = RecordingOutput()
+    engine = ScriptedEngine("음, 그럼 바다를 보러 가자!", tokenizer=tokenizer)
+    code, text = await chat(
+        settings,
+        tokenizer,
+        card_file(tmp_path),
+        "안녕하세요, 세라 씨!\n/quit\n",
+        engine=engine,
+        stdout=out,
+    )
+
+    assert code == 0
+    assert "세라: 안녕, 민수! 오늘 뭐 할래?" in text
+    assert "세라: 음, 그럼 바다를 보러 가자!\n" in text
+    # Streamed: the reply reached the terminal in several writes, not one.
+    reply_writes = out.writes[out.writes.index("세라: ") + 1 :]
+    assert len([w for w in reply_writes if w.strip()]) > 3
+    assert "안녕하세요, 세라 씨!" in engine.prompts[0]
+    _, history = await terminal_history(sessions)
+    assert [(m.role, m.display_name, m.content) for m in history] == [
+        ("assistant", "세라", "안녕, 민수! 오늘 뭐 할래?"),
+        ("user", "민수", "안녕하세요, 세라 씨!"),
+        ("assistant", "세라", "음, 그럼 바다를 보러 가자!"),
+    ]
+
+
+async def test_regen_stores_a_new_alternative_of_the_newest_reply(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    engine = ScriptedEngine(replies("첫 번째 대답이야.", "두 번째 대답이야."), tokenizer=tokenizer)
+    code, text = await chat(
+        settings, tokenizer, card_file(tmp_path), "오늘 날씨 어때?\n/regen\n", engine=engine
+    )
+
+    assert code == 0
+    assert "세라: 두 번째 대답이야." in text and "(2/2" in text
+    _, history = await terminal_history(sessions)
+    newest = history[-1]
+    assert newest.content == "두 번째 대답이야."
+    options = await repo.alternatives(sessions, message_id=newest.id)
+    assert [m.content for m in options] == ["첫 번째 대답이야.", "두 번째 대답이야."]
+    # The regenerated prompt left the old reply out.
+    assert "첫 번째 대답이야." not in engine.prompts[1]
+
+
+async def test_prev_browses_back_to_the_first_alternative(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    engine = ScriptedEngine(replies("하나.", "둘."), tokenizer=tokenizer)
+    code, text = await chat(
+        settings, tokenizer, card_file(tmp_path), "골라 봐.\n/regen\n/prev\n", engine=engine
+    )
+
+    assert code == 0 and "(1/2)" in text
+    _, history = await terminal_history(sessions)
+    assert history[-1].content == "하나."
+
+
+async def test_undo_removes_the_last_exchange(settings, sessions, tokenizer, tmp_path) -> None:
+    code, text = await chat(
+        settings, tokenizer, card_file(tmp_path), "이건 지울 말이야.\n/undo\n/undo\n"
+    )
+
+    assert code == 0
+    assert "되돌렸어요 · undone: 2 message(s)" in text
+    assert "되돌릴 것이 없어요" in text
+    _, history = await terminal_history(sessions)
+    assert [m.content for m in history] == ["안녕, 민수! 오늘 뭐 할래?"]
+
+
+async def test_a_second_run_continues_the_same_session(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    card = card_file(tmp_path)
+    await chat(settings, tokenizer, card, "첫 만남이야.\n")
+    first, _ = await terminal_history(sessions)
+
+    code, text = await chat(settings, tokenizer, card, "또 왔어.\n/quit\n")
+
+    assert code == 0
+    assert "이어서" in text and "민수: 첫 만남이야." in text
+    assert "새 대화" not in text and "가져옴" not in text
+    second, history = await terminal_history(sessions)
+    assert second.id == first.id
+    assert [m.content for m in history if m.role == "user"] == ["첫 만남이야.", "또 왔어."]
+    characters = await repo.visible_characters(sessions, guild_id=None, user_id=TERMINAL_USER_ID)
+    assert [c.name for c in characters] == ["세라"]
+
+
+async def test_a_stored_character_is_found_by_name_and_by_id(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    await chat(settings, tokenizer, card_file(tmp_path), "처음이야.\n")
+    session, _ = await terminal_history(sessions)
+
+    by_name = await chat(settings, tokenizer, "세라", "")
+    by_id = await chat(settings, tokenizer, f"#{session.character_id}", "")
+
+    for code, text in (by_name, by_id):
+        assert code == 0 and "민수: 처음이야." in text
+    assert (await terminal_history(sessions))[0].id == session.id
+
+
+async def test_a_changed_card_file_updates_the_stored_character(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    await chat(settings, tokenizer, card_file(tmp_path), "")
+    changed = card_file(tmp_path, description="{{char}}는 이제 항구의 선장이다.")
+
+    code, text = await chat(settings, tokenizer, changed, "")
+
+    assert code == 0 and "카드 갱신" in text
+    [character] = await repo.visible_characters(sessions, guild_id=None, user_id=TERMINAL_USER_ID)
+    assert character.description == "{{char}}는 이제 항구의 선장이다."
+
+
+async def test_a_png_card_is_imported(settings, sessions, tokenizer, tmp_path) -> None:
+    code, text = await chat(settings, tokenizer, card_file(tmp_path, png=True), "")
+
+    assert code == 0 and "가져옴 · imported" in text and "세라: 안녕, 민수!" in text
+
+
+@pytest.mark.parametrize(
+    "character",
+    ["없는/카드.png", "없는카드.json", "아무도아님", "#999"],
+    ids=["missing-path", "missing-json", "unknown-name", "unknown-id"],
+)
+async def test_a_bad_character_exits_2_with_one_line(
+    settings, tokenizer, tmp_path, capsys, character
+) -> None:
+    engine = ScriptedEngine(tokenizer=tokenizer)
+    code, text = await chat(settings, tokenizer, tmp_path / character, "", engine=engine)
+
+    assert code == 2 and text == ""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("synatra-bot chat: ")
+    assert not engine.prompts
+
+
+async def test_a_broken_card_file_exits_2_with_one_line(
+    settings, tokenizer, tmp_path, capsys
+) -> None:
+    broken = tmp_path / "깨진카드.json"
+    broken.write_text('{"name": ', encoding="utf-8")
+
+    code, _ = await chat(settings, tokenizer, broken, "")
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid character card" in err
+
+
+async def test_an_engine_failing_mid_stream_prints_an_error_and_stores_no_reply(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    engine = ScriptedEngine("이 대답은 중간에 끊긴다.", fail_after=3, tokenizer=tokenizer)
+    code, text = await chat(
+        settings, tokenizer, card_file(tmp_path), "말해 줘.\n/context\n", engine=engine
+    )
+
+    assert code == 0
+    assert "⚠ 답장 실패" in text and "scripted failure" in text
+    assert "tokens " in text  # the loop went on to the next command
+    _, history = await terminal_history(sessions)
+    assert [(m.role, m.content) for m in history] == [
+        ("assistant", "안녕, 민수! 오늘 뭐 할래?"),
+        ("user", "말해 줘."),
+    ]
+
+
+async def test_continue_extends_the_newest_reply(settings, sessions, tokenizer, tmp_path) -> None:
+    engine = ScriptedEngine(replies("바다가 좋아.", " 특히 밤바다가."), tokenizer=tokenizer)
+    code, text = await chat(
+        settings, tokenizer, card_file(tmp_path), "뭐가 좋아?\n/continue\n", engine=engine
+    )
+
+    assert code == 0 and "세라: …  특히 밤바다가." in text
+    _, history = await terminal_history(sessions)
+    assert history[-1].content == "바다가 좋아. 특히 밤바다가."
+
+
+async def test_reset_starts_over_and_archives_the_old_session(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    card = card_file(tmp_path)
+    await chat(settings, tokenizer, card, "기억해 줘.\n")
+    old, _ = await terminal_history(sessions)
+
+    code, text = await chat(settings, tokenizer, card, "/reset\n")
+
+    assert code == 0
+    assert "세라: 안녕, 민수! 오늘 뭐 할래?" in text.partition("— 새 대화")[2]
+    new, history = await terminal_history(sessions)
+    assert new.id != old.id and [m.role for m in history] == ["assistant"]
+    archived = await repo.recent_history(sessions, session_id=old.id, limit=10)
+    assert "기억해 줘." in [m.content for m in archived]
+
+
+async def test_help_and_unknown_commands_are_answered(settings, tokenizer, tmp_path) -> None:
+    code, text = await chat(settings, tokenizer, card_file(tmp_path), "/help\n/춤춰\n")
+
+    assert code == 0 and "/regen" in text and "모르는 명령이에요" in text
+
+
+async def test_regen_of_the_greeting_is_refused_and_next_shows_another_greeting(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    card = card_file(tmp_path, alternate_greetings=["또 만났네, {{user}}."])
+
+    code, text = await chat(settings, tokenizer, card, "/regen\n/next\n")
+
+    assert code == 0 and "(인사말 1/2" in text and "인사말은 다시 만들 수 없어요" in text
+    assert "세라: 또 만났네, 민수." in text
+    _, history = await terminal_history(sessions)
+    assert [m.content for m in history] == ["또 만났네, 민수."]
+
+
+class InterruptAfter(RecordingOutput):
+    """Stdout that presses Ctrl-C (a real SIGINT) once the n-th write of exactly `marker` lands."""
+
+    def __init__(self, marker: str, count: int = 1) -> None:
+        super().__init__()
+        self.marker = marker
+        self.left = count
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if text == self.marker and self.left > 0:
+            self.left -= 1
+            if self.left == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+        return written
+
+
+async def test_ctrl_c_during_a_reply_keeps_the_partial_text(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    full = "가나다라마바사아자차카타파하" * 3
+    engine = ScriptedEngine(full, delay_s=0.01, tokenizer=tokenizer)
+    out = InterruptAfter("라마바")  # Ctrl-C once the third delta is on screen
+
+    code, text = await chat(
+        settings,
+        tokenizer,
+        card_file(tmp_path),
+        "길게 말해 줘.\n/quit\n",
+        engine=engine,
+        stdout=out,
+    )
+
+    assert code == 0 and "(멈춤 · stopped)" in text
+    _, history = await terminal_history(sessions)
+    stored = history[-1]
+    assert stored.role == "assistant" and stored.content
+    assert stored.content.startswith("가나다라마바") and full.startswith(stored.content)
+    assert stored.content != full
+    assert engine.cancelled
+
+
+async def test_ctrl_c_at_the_prompt_exits_cleanly(settings, tokenizer, tmp_path) -> None:
+    handler_before = signal.getsignal(signal.SIGINT)
+    read_end, write_end = os.pipe()
+    with open(read_end, encoding="utf-8") as stdin, open(write_end, "w") as feeder:
+        out = InterruptAfter("민수> ")
+        code = await run_chat(
+            args_for(card_file(tmp_path)),
+            settings=settings,
+            engine=ScriptedEngine(tokenizer=tokenizer),
+            tokenizer=tokenizer,
+            stdin=stdin,
+            stdout=out,
+        )
+        feeder.close()  # lets the reader thread see the end of input
+
+    assert code == 0 and out.getvalue().endswith("민수> \n")
+    assert signal.getsignal(signal.SIGINT) is handler_before
+
+
+async def test_end_of_input_exits_like_quit(settings, tokenizer, tmp_path) -> None:
+    code, text = await chat(settings, tokenizer, card_file(tmp_path), "안녕!")
+
+    assert code == 0 and "세라: 음, 그럼 바다를 보러 가자!" in text
+
+
+def test_the_user_name_defaults_to_someone() -> None:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(["--character", "세라"])
+    assert args.character == "세라" and args.user_name is None
+
+
+@pytest.mark.slow
+async def test_chat_with_the_tiny_real_model(tmp_path, tokenizer, tiny_model_dir) -> None:
+    from synatra_bot.engine.transformers_engine import TransformersEngine
+
+    settings = settings_from_env(
+        {
+            "DISCORD_TOKEN": "",
+            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tiny.db'}",
+            "CONTEXT_SIZE": "1024",
+            "MAX_NEW_TOKENS": "6",
+        },
+        require_token=False,
+    )
+    engine = TransformersEngine(str(tiny_model_dir), context_size=1024)
+
+    code, text = await chat(
+        settings, tokenizer, card_file(tmp_path), "안녕하세요!\n/quit\n", engine=engine
+    )
+
+    assert code == 0 and "⚠" not in text
+    database = create_engine(settings.database_url)
+    try:
+        _, history = await terminal_history(create_sessionmaker(database))
+    finally:
+        await database.dispose()
+    assert [m.role for m in history] == ["assistant", "user", "assistant"]
+    assert f"세라: {history[-1].content}\n" in text
