@@ -431,3 +431,30 @@ async def test_chat_with_the_tiny_real_model(tmp_path, tokenizer, tiny_model_dir
         await database.dispose()
     assert [m.role for m in history] == ["assistant", "user", "assistant"]
     assert f"세라: {history[-1].content}\n" in text
+
+
+async def test_a_server_shared_character_plays_by_id_but_a_private_one_does_not(
+    settings, sessions, tokenizer, capsys
+) -> None:
+    from synatra_bot.storage.migrate import upgrade_database
+
+    await upgrade_database(settings.database_url)
+    shared = await repo.create_character(
+        sessions,
+        owner_id=42,
+        guild_id=7,
+        name="하린",
+        visibility="guild",
+        approval="approved",
+        first_message="어서 와, {{user}}.",
+    )
+    private = await repo.create_character(
+        sessions, owner_id=42, guild_id=7, name="비밀", first_message="누구세요?"
+    )
+
+    code, text = await chat(settings, tokenizer, f"#{shared.id}", "")
+    assert code == 0 and "하린: 어서 와, 민수." in text
+
+    code, text = await chat(settings, tokenizer, f"#{private.id}", "")
+    assert code == 2 and text == ""
+    assert "not available" in capsys.readouterr().err
