@@ -70,8 +70,10 @@ async def running_bot(
         try:
             yield bot
         finally:
-            # Stop taking turns, let running replies end without storing half-written text.
+            # Stop generating (nothing half-written is stored), let the handlers store or
+            # discard what they have, then disconnect.
             await scheduler.shutdown(finish=False)
+            await bot.replies.close()
             await bot.close()
     finally:
         await engine.close()

@@ -25,7 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from synatra_bot.engine import bench
     from synatra_bot.prompt import preview
+    from synatra_bot.roleplay import terminal
 
+    terminal.configure_parser(
+        commands.add_parser("chat", help="roleplay with a character in the terminal")
+    )
     preview.configure_parser(
         commands.add_parser("prompt", help="print the prompt assembled for a card and history")
     )
@@ -52,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             model_id = load_settings(env_file=args.env_file, require_token=False).model_id
             return run_preview(args, default_model_id=model_id)
+        if command == "chat":
+            from synatra_bot.roleplay.terminal import run_chat
+            from synatra_bot.settings import load_settings
+
+            settings = load_settings(env_file=args.env_file, require_token=False)
+            return asyncio.run(run_chat(args, settings=settings))
         if command == "bench":
             from synatra_bot.engine.bench import run_bench
 

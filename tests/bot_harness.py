@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -77,6 +78,16 @@ class BotHarness:
         )
         await self.fake.wait_until(lambda: has_buttons(reply) or "⚠️" in reply.content, timeout=20)
         return reply
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:  # noqa: ASYNC109
+    """Poll an async check (database state trails what Discord shows by a write or two)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result or asyncio.get_running_loop().time() > deadline:
+            return result
+        await asyncio.sleep(0.02)
 
 
 def has_buttons(message: FakeMessage) -> bool:

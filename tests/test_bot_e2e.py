@@ -1,7 +1,8 @@
 """The bot end to end: the real discord.py client against the fake Discord server."""
 
+from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.storage import repository as repo
-from tests.bot_harness import button_ids, has_buttons
+from tests.bot_harness import button_ids, eventually, has_buttons
 
 
 async def test_start_roleplay_posts_greeting_from_character_webhook(harness):
@@ -42,3 +43,260 @@ async def test_member_cannot_start_in_a_channel_moderators_did_not_enable(harnes
     assert record.ephemeral
     assert "꺼져 있어요" in await harness.final_text(record)
     assert await repo.get_active_session(harness.sessions, channel_id=s.general.id) is None
+
+
+async def _active_history(harness, channel):
+    active = await repo.get_active_session(harness.sessions, channel_id=channel.id)
+    return await repo.recent_history(harness.sessions, session_id=active.id, limit=50)
+
+
+def _custom_id(message, prefix):
+    return next(b for b in button_ids(message) if b.startswith(prefix))
+
+
+async def test_regenerate_adds_an_alternative_and_browsing_chooses_what_enters_history(start_bot):
+    replies = iter(["첫 번째 답장이야.", "두 번째 답장이야.", "세 번째."])
+    engine = ScriptedEngine(lambda prompt: next(replies))
+    async with start_bot(engine=engine) as harness:
+        s = harness.scenario
+        character_id = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character_id)
+        reply = await harness.reply_to(s.general, s.members[0], "뭐 하고 있었어?")
+        assert reply.content == "첫 번째 답장이야."
+
+        press = await harness.fake.press(s.members[0], reply, _custom_id(reply, "rp:regen"))
+        await harness.fake.wait_for_response(press)
+        await harness.fake.wait_until(
+            lambda: reply.content == "두 번째 답장이야." and has_buttons(reply)
+        )
+        assert "2/2" in str(reply.components)
+        history = await _active_history(harness, s.general)
+        assert history[-1].content == "두 번째 답장이야."
+        # The regenerated prompt did not include the alternative it replaces.
+        assert "첫 번째 답장이야." not in harness.engine.prompts[-1]
+
+        prev = await harness.fake.press(s.members[1], reply, _custom_id(reply, "rp:prev"))
+        await harness.fake.wait_for_response(prev)
+        await harness.fake.wait_until(lambda: reply.content == "첫 번째 답장이야.")
+        history = await _active_history(harness, s.general)
+        assert history[-1].content == "첫 번째 답장이야."
+        assert len([m for m in s.general.messages if m.webhook_id]) == 2  # greeting + one reply
+
+
+async def test_stop_mid_reply_keeps_what_was_shown(start_bot):
+    engine = ScriptedEngine("천천히 " * 200, delay_s=0.02)
+    async with start_bot(engine=engine) as harness:
+        s = harness.scenario
+        character_id = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character_id)
+        said = await harness.fake.say(s.general, s.members[0], "이야기해 줘")
+        reply = await harness.fake.wait_for_message(
+            s.general,
+            lambda m: m.webhook_id is not None and "rp:stop:0" in button_ids(m),
+            after=said,
+        )
+        await harness.fake.wait_until(lambda: "천천히" in reply.content)
+        press = await harness.fake.press(s.members[0], reply, "rp:stop:0")
+        await harness.fake.wait_for_response(press)
+        await harness.fake.wait_until(lambda: has_buttons(reply))
+        assert "중지됨" in reply.content or "stopped" in reply.content
+        history = await _active_history(harness, s.general)
+        assert history[-1].role == "assistant"
+        assert 0 < len(history[-1].content) < len("천천히 " * 200)
+        assert history[-1].content.startswith("천천히")
+        assert harness.engine.cancelled
+
+
+async def test_reply_longer_than_2000_characters_is_split_at_a_boundary(start_bot):
+    paragraph = "민지는 창밖을 바라보며 천천히 이야기를 이어 갔다. " * 20
+    long_reply = "\n".join([paragraph.strip()] * 5)
+    env = {"MAX_NEW_TOKENS": "2000", "CONTEXT_SIZE": "8192"}
+    async with start_bot(engine=ScriptedEngine(long_reply), env=env) as harness:
+        s = harness.scenario
+        character_id = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character_id)
+        said = await harness.fake.say(s.general, s.members[0], "길게 말해 줘")
+        await harness.fake.wait_until(
+            lambda: any(has_buttons(m) for m in s.general.messages if m.id > said.id), timeout=20
+        )
+        parts = [m for m in s.general.messages if m.id > said.id and m.webhook_id]
+        assert len(parts) >= 2
+        assert all(len(m.content) <= 2000 for m in parts)
+        assert all(m.username == "민지" for m in parts)
+        assert "".join(m.content for m in parts).replace("\n", "") == long_reply.replace("\n", "")
+        ids = [m.id for m in parts]
+
+        async def stored_with_all_ids():
+            history = await _active_history(harness, s.general)
+            return history[-1] if history[-1].discord_message_ids == ids else None
+
+        stored = await eventually(stored_with_all_ids)
+        assert stored is not None and stored.content == long_reply
+
+
+async def test_import_v2_png_card_from_attachment(harness):
+    from synatra_bot.prompt.cards import CharacterCard, card_to_png
+
+    s = harness.scenario
+    png = card_to_png(
+        CharacterCard(
+            name="서윤",
+            description="{{char}}은 도서관 사서다.",
+            first_message="조용히 해 주세요, {{user}}님.",
+        )
+    )
+    record = await harness.slash(
+        s.members[0], "character import", file=("서윤.png", png, "image/png")
+    )
+    text = await harness.final_text(record)
+    assert "서윤" in text and record.ephemeral
+    found = await repo.visible_characters(
+        harness.sessions, guild_id=s.guild.id, user_id=s.members[0].user.id, name_prefix="서윤"
+    )
+    assert [c.description for c in found] == ["{{char}}은 도서관 사서다."]
+
+
+async def test_broken_card_attachment_gives_a_clear_error_and_stores_nothing(harness):
+    s = harness.scenario
+    record = await harness.slash(
+        s.members[0], "character import", file=("broken.png", b"\x89PNG\r\n\x1a\nnope", "image/png")
+    )
+    text = await harness.final_text(record)
+    assert "캐릭터 카드를 읽을 수 없어요" in text
+    assert (
+        await repo.visible_characters(
+            harness.sessions, guild_id=s.guild.id, user_id=s.members[0].user.id
+        )
+        == []
+    )
+
+
+async def test_non_moderator_is_refused_config_at_runtime(harness):
+    s = harness.scenario
+    record = await harness.slash(s.members[0], "config channel", channel=s.general, enabled=True)
+    assert record.ephemeral
+    assert "관리자" in await harness.final_text(record)
+    assert await repo.get_channel_settings(harness.sessions, channel_id=s.general.id) is None
+    ok = await harness.slash(s.moderator, "config channel", channel=s.general, enabled=True)
+    assert "저장했어요" in await harness.final_text(ok)
+    settings = await repo.get_channel_settings(harness.sessions, channel_id=s.general.id)
+    assert settings is not None and settings.enabled
+
+
+async def test_someone_else_cannot_edit_or_delete_your_character(harness):
+    s = harness.scenario
+    character_id = await harness.character(
+        s.members[0], "민지", visibility="guild", approval="approved"
+    )
+    edit = await harness.slash(
+        s.members[1], "character edit", character=str(character_id), visibility="private"
+    )
+    assert "주인이나 관리자만" in await harness.final_text(edit)
+    delete = await harness.slash(s.members[1], "character delete", character=str(character_id))
+    assert "주인이나 관리자만" in await harness.final_text(delete)
+    assert await repo.get_character(harness.sessions, character_id=character_id) is not None
+
+
+async def test_nsfw_character_is_refused_in_an_ordinary_channel(harness):
+    s = harness.scenario
+    character_id = await harness.character(s.moderator, "밤의 여왕", nsfw=True)
+    refused = await harness.slash(
+        s.moderator, "rp start", channel=s.general, character=str(character_id)
+    )
+    assert "연령 제한 채널" in await harness.final_text(refused)
+    assert await repo.get_active_session(harness.sessions, channel_id=s.general.id) is None
+    greeting = await harness.start_roleplay(s.moderator, s.nsfw_channel, character_id)
+    assert greeting.username == "밤의 여왕"
+
+
+async def test_edits_and_deletes_flow_into_history(harness):
+    s = harness.scenario
+    character_id = await harness.character(s.moderator)
+    await harness.start_roleplay(s.moderator, s.general, character_id)
+    said = await harness.fake.say(s.general, s.members[0], "오타가 잇는 말")
+    reply = await harness.fake.wait_for_message(
+        s.general, lambda m: m.webhook_id is not None, after=said
+    )
+    await harness.fake.wait_until(lambda: has_buttons(reply))
+    await harness.fake.edit(said, "오타가 있는 말")
+    offer = await harness.fake.wait_for_message(
+        s.general, lambda m: "다시 생성" in m.content, after=reply
+    )
+    assert any(b.startswith("rp:regen") for b in button_ids(offer))
+    history = await _active_history(harness, s.general)
+    assert history[1].content == "오타가 있는 말" and history[1].edited_at is not None
+    await harness.fake.delete(said)
+
+    async def user_turn_gone():
+        history = await _active_history(harness, s.general)
+        return [m.role for m in history] == ["assistant", "assistant"]
+
+    assert await eventually(user_turn_gone)
+
+
+async def test_two_players_are_told_apart_by_name_and_persona(harness):
+    s = harness.scenario
+    character_id = await harness.character(s.moderator)
+    await harness.start_roleplay(s.moderator, s.general, character_id)
+    persona = await harness.slash(
+        s.members[1], "persona set", name="용사 하늘", description="검을 든 떠돌이 용사"
+    )
+    assert "용사 하늘" in await harness.final_text(persona)
+    await harness.reply_to(s.general, s.members[0], "나는 지수야")
+    await harness.reply_to(s.general, s.members[1], "나는 용사다!")
+    history = await _active_history(harness, s.general)
+    assert [m.display_name for m in history if m.role == "user"] == ["김지수", "용사 하늘"]
+    prompt = harness.engine.prompts[-1]
+    assert "김지수: 나는 지수야" in prompt and "용사 하늘: 나는 용사다!" in prompt
+    assert "검을 든 떠돌이 용사" in prompt
+
+
+async def test_restart_continues_the_session_from_stored_history(start_bot, tmp_path):
+    database = f"sqlite+aiosqlite:///{tmp_path / 'persist.db'}"
+    async with start_bot(database=database) as harness:
+        s = harness.scenario
+        character_id = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character_id)
+        await harness.reply_to(s.general, s.members[0], "기억해 줘: 내 고양이 이름은 나비야")
+    async with start_bot(database=database) as harness:
+        s = harness.scenario
+        await harness.reply_to(s.general, s.members[0], "내 고양이 이름 기억나?")
+        prompt = harness.engine.prompts[-1]
+        assert "내 고양이 이름은 나비야" in prompt
+        history = await _active_history(harness, s.general)
+        assert [m.role for m in history] == ["assistant", "user", "assistant", "user", "assistant"]
+
+
+async def test_roleplay_in_a_thread_uses_the_parent_channel_webhook(harness):
+    s = harness.scenario
+    character_id = await harness.character(s.members[0])
+    await harness.slash(s.moderator, "config channel", channel=s.general, enabled=True)
+    greeting = await harness.start_roleplay(s.members[0], s.thread, character_id)
+    assert greeting.channel_id == s.thread.id and greeting.username == "민지"
+    reply = await harness.reply_to(s.thread, s.members[0], "스레드에서도 돼?")
+    assert reply.channel_id == s.thread.id
+    webhooks = [w for w in harness.fake.webhooks.values()]
+    assert webhooks and all(w.channel_id == s.general.id for w in webhooks)
+
+
+async def test_engine_failure_mid_reply_shows_an_error_and_stores_nothing(start_bot):
+    engine = ScriptedEngine("이 답장은 중간에 끊어질 거야", fail_after=4)
+    async with start_bot(engine=engine) as harness:
+        s = harness.scenario
+        character_id = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character_id)
+        reply = await harness.reply_to(s.general, s.members[0], "말해 봐")
+        assert "⚠️" in reply.content and "끊겼어요" in reply.content
+        history = await _active_history(harness, s.general)
+        assert [m.role for m in history] == ["assistant", "user"]
+
+
+async def test_mentions_in_model_output_never_ping(start_bot):
+    engine = ScriptedEngine("@everyone @here <@&123> 모두 모여!")
+    async with start_bot(engine=engine) as harness:
+        s = harness.scenario
+        character_id = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character_id)
+        reply = await harness.reply_to(s.general, s.members[0], "사람들 불러 줘")
+        assert "@everyone" in reply.content
+        assert reply.allowed_mentions == {"parse": []}

@@ -11,7 +11,7 @@ import discord
 
 from synatra_bot.discord.i18n import t
 from synatra_bot.discord.streaming import ReplyMessages
-from synatra_bot.errors import EngineError, RateLimited, UserFacingError
+from synatra_bot.errors import EngineError, EngineUnavailable, RateLimited, UserFacingError
 from synatra_bot.roleplay.core import ActiveRoleplay
 from synatra_bot.roleplay.scheduler import TurnCancelled, TurnOutcome
 from synatra_bot.roleplay.types import Actor, Place
@@ -60,12 +60,7 @@ class ReplyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=BUTTO
 
     async def callback(self, interaction: discord.Interaction[SynatraBot]) -> None:  # type: ignore[override]
         bot = interaction.client
-        try:
-            await bot.replies.on_button(interaction, self.action, self.target)
-        except Exception as error:  # the tree's policy decides what the user sees
-            from discord import app_commands
-
-            await bot.tree.on_error(interaction, app_commands.CommandInvokeError(None, error))  # type: ignore[arg-type]
+        await bot.replies.spawn(bot.replies.press(interaction, self.action, self.target))
 
 
 def reply_view(
@@ -117,10 +112,19 @@ class ReplyController:
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
         return task
 
-    async def close(self) -> None:
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a message handler failed", exc_info=task.exception())
+
+    async def close(self, *, grace_s: float = 10.0) -> None:
+        """Let running handlers finish (the scheduler has already stopped generation, so
+        they only store or discard what they have), then cancel whatever is left."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -175,7 +179,7 @@ class ReplyController:
             nonlocal opened
             if not opened:
                 opened = True
-                await writer.open(text)
+                await writer.open(text, view=streaming_view())
             else:
                 await writer.update_status(text)
 
@@ -194,13 +198,17 @@ class ReplyController:
             ) as slot:
                 if not opened:
                     opened = True
-                    await writer.open((prefix + " ▌").strip())
+                    await writer.open((prefix + " ▌").strip(), view=streaming_view())
                 built = await self._prompt(job)
                 async for _delta in slot.stream(built.input_ids, active.config.sampling):
                     await writer.update(prefix + slot.text)
         except RateLimited as error:
             await self._tell(notify, channel, t(locale, "error.rate_limited", **error.params))
             return None
+        except EngineUnavailable:
+            if not opened:  # the bot is shutting down: the turn never began
+                return None
+            raise
         except TurnCancelled:
             if opened and kind == "reply":
                 await writer.discard()
@@ -293,6 +301,17 @@ class ReplyController:
             log.info("could not post a notice in %s", getattr(channel, "id", "?"))
 
     # --- buttons ----------------------------------------------------------------------------
+
+    async def press(
+        self, interaction: discord.Interaction[SynatraBot], action: str, target_id: int
+    ) -> None:
+        try:
+            await self.on_button(interaction, action, target_id)
+        except Exception as error:  # the tree's policy decides what the user sees
+            from discord import app_commands
+
+            error_wrapper = app_commands.CommandInvokeError(None, error)  # type: ignore[arg-type]
+            await self.bot.tree.on_error(interaction, error_wrapper)
 
     async def on_button(
         self, interaction: discord.Interaction[SynatraBot], action: str, target_id: int

@@ -71,10 +71,11 @@ class ReplyMessages:
     def message_ids(self) -> list[int]:
         return list(self._ids)
 
-    async def open(self, placeholder: str) -> None:
-        """Post the first message right away (a typing cursor or the queue position)."""
+    async def open(self, placeholder: str, *, view: discord.ui.View | None = None) -> None:
+        """Post the first message right away (a typing cursor or the queue position), with
+        `view` (the stop button) on it while the reply streams."""
         async with self._lock:
-            await self._sync([placeholder], view=None)
+            await self._sync([placeholder], view=view, final=bool(self._ids))
         self._last_flush = self._clock()
 
     async def update(self, text: str) -> None:

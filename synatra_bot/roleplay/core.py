@@ -69,12 +69,9 @@ class RoleplayCore:
 
     async def config_for(self, place: Place) -> ChannelConfig:
         guild = await repo.get_guild_settings(self.sessions, guild_id=place.guild_id)
-        channel = await repo.get_channel_settings(self.sessions, channel_id=place.channel_id)
-        if channel is None and place.parent_channel_id is not None:
-            # A thread follows its parent channel's settings until it has its own.
-            channel = await repo.get_channel_settings(
-                self.sessions, channel_id=place.parent_channel_id
-            )
+        channel = await repo.get_channel_settings(
+            self.sessions, channel_id=place.settings_channel_id
+        )
         return effective_config(defaults=self.defaults, guild=guild, channel=channel)
 
     async def active(self, place: Place) -> ActiveRoleplay | None:

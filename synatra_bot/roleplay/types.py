@@ -23,3 +23,8 @@ class Place:
     guild_id: int
     parent_channel_id: int | None = None
     age_restricted: bool = False
+
+    @property
+    def settings_channel_id(self) -> int:
+        """Threads follow their parent channel's configuration; only sessions are per thread."""
+        return self.parent_channel_id or self.channel_id

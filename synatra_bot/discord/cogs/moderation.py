@@ -40,7 +40,10 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         else:
             place = place_of(interaction.channel, interaction.guild_id)
             await repo.update_channel_settings(
-                sessions, channel_id=place.channel_id, guild_id=interaction.guild_id, **changes
+                sessions,
+                channel_id=place.settings_channel_id,
+                guild_id=interaction.guild_id,
+                **changes,
             )
         shown = ", ".join(f"{k}={v}" for k, v in changes.items())
         await answer(interaction, tr(interaction, f"config.saved.{scope}", changes=shown))

@@ -58,7 +58,10 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             if not actor.is_moderator:
                 raise UserFacingError("channel disabled", key="error.channel_disabled")
             await repo.update_channel_settings(
-                core.sessions, channel_id=place.channel_id, guild_id=place.guild_id, enabled=True
+                core.sessions,
+                channel_id=place.settings_channel_id,
+                guild_id=place.guild_id,
+                enabled=True,
             )
         await interaction.response.defer(thinking=True)
         await self.bot.scheduler.cancel_channel(place.channel_id, reason="a new roleplay started")
@@ -155,6 +158,10 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
+        # The work runs as a tracked task so that shutdown can wait for it to store its turn.
+        self.bot.replies.spawn(self._on_message(message))
+
+    async def _on_message(self, message: discord.Message) -> None:
         if message.author.bot or message.webhook_id is not None or message.guild is None:
             return
         if not _channel_types_ok(message.channel) or message.type not in (
@@ -184,6 +191,9 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        self.bot.replies.spawn(self._on_edit(payload))
+
+    async def _on_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         content = payload.data.get("content")
         author = payload.data.get("author") or {}
         if content is None or author.get("bot") or payload.data.get("webhook_id"):
@@ -233,12 +243,12 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        await self.bot.core.message_deleted(payload.message_id)
+        self.bot.replies.spawn(self.bot.core.message_deleted(payload.message_id))
 
     @commands.Cog.listener()
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
         for message_id in payload.message_ids:
-            await self.bot.core.message_deleted(message_id)
+            self.bot.replies.spawn(self.bot.core.message_deleted(message_id))
 
     # --- helpers ------------------------------------------------------------------------------
 
