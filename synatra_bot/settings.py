@@ -22,6 +22,8 @@ TOKEN_HELP = (
 )
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
+BOOLEANS = ("true", "false", "1", "0", "yes", "no")
+TRUE = ("true", "1", "yes")
 ATTN_IMPLEMENTATIONS = (
     "sdpa",
     "eager",
@@ -42,6 +44,7 @@ class Settings:
     engine_url: str = ""
     engine_api_key: str = ""
     engine_timeout_s: float = 120.0
+    engine_send_token_ids: bool = False
     quantization: Quantization = "none"
     attn_implementation: str = "sdpa"
     max_concurrent_replies: int = 32
@@ -140,6 +143,7 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         engine_url=engine_url,
         engine_api_key=env.get("ENGINE_API_KEY", "").strip(),
         engine_timeout_s=_float(env, "ENGINE_TIMEOUT_S", 120.0, 1, 3600),
+        engine_send_token_ids=_choice(env, "ENGINE_SEND_TOKEN_IDS", "false", BOOLEANS) in TRUE,
         quantization=cast(Quantization, _choice(env, "QUANTIZATION", "none", QUANTIZATIONS)),
         attn_implementation=_choice(env, "ATTN_IMPLEMENTATION", "sdpa", ATTN_IMPLEMENTATIONS),
         max_concurrent_replies=_int(env, "MAX_CONCURRENT_REPLIES", 32, 1, 1024),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,9 @@ IM_END = "<|im_end|>"
 FORBIDDEN_CONTENT_IDS = frozenset({BOS_ID, EOS_ID, IM_END_ID, IM_START_ID})
 #: Generation stops at any of these.
 STOP_IDS = (IM_END_ID, IM_START_ID, EOS_ID)
+#: A "<" that starts a special token's text inside content: the spot to break it.
+_FORGED_MARKER = re.compile(r"<(?=\|im_start\|>|\|im_end\|>|/?s>)")
+_ZERO_WIDTH_SPACE = "\u200b"
 
 
 def load_tokenizer(model_id: str | Path) -> PreTrainedTokenizerBase:
@@ -35,3 +40,32 @@ def load_tokenizer(model_id: str | Path) -> PreTrainedTokenizerBase:
             f"expected [{IM_END_ID}, {IM_START_ID}] (is this a Synatra/ChatML model?)",
         )
     return tokenizer
+
+
+def ids_to_server_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+    """Render prompt ids as text for a server that only takes text and tokenizes it itself.
+
+    Real special ids become their token strings; content between them is decoded on its own
+    and any special-token text inside it (a user typing `<|im_start|>`) is broken with a
+    zero-width space, so the server's tokenizer cannot turn it into a role token. For content
+    without such text the server's tokens are exactly `ids`.
+    """
+    parts: list[str] = []
+    segment: list[int] = []
+
+    def flush() -> None:
+        if segment:
+            text = tokenizer.decode(
+                segment, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+            parts.append(_FORGED_MARKER.sub("<" + _ZERO_WIDTH_SPACE, str(text)))
+            segment.clear()
+
+    for token_id in ids:
+        if token_id in FORBIDDEN_CONTENT_IDS:
+            flush()
+            parts.append(str(tokenizer.convert_ids_to_tokens(token_id)))
+        else:
+            segment.append(token_id)
+    flush()
+    return "".join(parts)

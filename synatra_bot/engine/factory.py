@@ -17,6 +17,7 @@ def build_engine(settings: Settings) -> Engine:
             model=settings.model_id,
             tokenizer_dir_or_id=settings.model_id,
             timeout_s=settings.engine_timeout_s,
+            send_token_ids=settings.engine_send_token_ids,
         )
     from synatra_bot.engine.transformers_engine import TransformersEngine
 

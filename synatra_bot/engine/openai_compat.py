@@ -3,9 +3,10 @@
 It posts our own ChatML prompt to `/v1/completions` (the legacy text API, so the budgeted prompt is
 exactly what the model sees) with `stream: true`, and reads the server-sent events.
 
-- Prompts given as token ids are sent as ids when `send_token_ids=True` (vLLM accepts them);
-  otherwise they are decoded to text with the model's tokenizer (a leading BOS is dropped: servers
-  add their own) and the server re-tokenizes it, parsing the ChatML markers as special tokens.
+- Prompts given as token ids are sent as ids when `send_token_ids=True` (vLLM and llama.cpp
+  accept them); otherwise they are rendered as text with `ids_to_server_text` (a leading BOS is
+  dropped: servers add their own): the server re-tokenizes it into the same ids, and role-token
+  text typed by users is broken so it stays ordinary text.
 - `top_k`, `repetition_penalty` and `stop_token_ids` are not in the OpenAI schema. They are sent
   (vLLM honours them) until a server rejects them by name (`transformers serve` answers 422);
   after that the engine sends only standard fields. Stop strings `<|im_end|>`, `<|im_start|>`,
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from synatra_bot.engine.base import STOP_STRINGS, EngineHealth, SamplingParams, ThroughputMeter
 from synatra_bot.engine.detokenize import StopStringFilter
 from synatra_bot.errors import EngineError, EngineUnavailable, GenerationInterrupted
-from synatra_bot.tokenizer import BOS_ID
+from synatra_bot.tokenizer import BOS_ID, ids_to_server_text
 
 if TYPE_CHECKING:
     import aiohttp
@@ -125,7 +126,7 @@ class OpenAICompatEngine:
             return ids
         if self._tokenizer is None:
             raise EngineError("prompts given as token ids need a tokenizer (tokenizer_dir_or_id)")
-        return str(self._tokenizer.decode(ids, skip_special_tokens=False))
+        return ids_to_server_text(self._tokenizer, ids)
 
     def _body(self, prompt: str | list[int], params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {
