@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from synatra_bot.storage.models import (
@@ -519,19 +519,21 @@ async def delete_messages(sessions: Sessions, *, message_ids: Iterable[int]) -> 
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+def _same_turn(row: Message) -> ColumnElement[bool]:
+    """Every alternative of the turn `row` belongs to."""
+    if row.swipe_group is not None:
+        return Message.swipe_group == row.swipe_group
+    return Message.id == row.id
+
+
 async def delete_turn_group(sessions: Sessions, *, message_id: int) -> int:
     """Delete a turn with all its alternatives."""
     async with sessions.begin() as session:
         row = await session.get(Message, message_id)
         if row is None:
             return 0
-        condition = (
-            Message.swipe_group == row.swipe_group
-            if row.swipe_group is not None
-            else Message.id == row.id
-        )
         result = await session.execute(
-            update(Message).where(condition, ~Message.deleted).values(deleted=True)
+            update(Message).where(_same_turn(row), ~Message.deleted).values(deleted=True)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
@@ -558,10 +560,5 @@ async def undo_last_exchange(sessions: Sessions, *, session_id: int) -> list[Mes
         if not any(row.role == "user" for row in removed):
             return []
         for row in removed:
-            condition = (
-                Message.swipe_group == row.swipe_group
-                if row.swipe_group is not None
-                else Message.id == row.id
-            )
-            await session.execute(update(Message).where(condition).values(deleted=True))
+            await session.execute(update(Message).where(_same_turn(row)).values(deleted=True))
         return [snapshot(MessageRecord, r) for r in reversed(removed)]
