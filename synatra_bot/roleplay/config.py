@@ -28,10 +28,16 @@ class Defaults:
     user_rate_limit: int = 6
     nsfw_policy: str = "age_restricted"
     busy_policy: str = "queue"
+    #: The engine is started for CONTEXT_SIZE tokens: no channel may ask for more.
+    max_context_size: int = 4096
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Defaults:
-        return cls(max_new_tokens=settings.max_new_tokens, context_size=settings.context_size)
+        return cls(
+            max_new_tokens=settings.max_new_tokens,
+            context_size=settings.context_size,
+            max_context_size=settings.context_size,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +97,7 @@ def effective_config(
         top_p=_pick("top_p", *order),
         top_k=_pick("top_k", *order),
         repetition_penalty=_pick("repetition_penalty", *order),
-        max_new_tokens=_pick("max_new_tokens", *order),
+        max_new_tokens=min(_pick("max_new_tokens", *order), defaults.max_context_size // 2),
     )
     return ChannelConfig(
         enabled=channel.enabled if channel else False,
@@ -100,7 +106,7 @@ def effective_config(
         busy_policy=_pick("busy_policy", *order),
         nsfw_policy=_pick("nsfw_policy", *order),
         user_rate_limit=_pick("user_rate_limit", *order),
-        context_size=_pick("context_size", *order),
+        context_size=min(_pick("context_size", *order), defaults.max_context_size),
         sampling=sampling,
         author_note=channel.author_note if channel else "",
         author_note_depth=channel.author_note_depth if channel else 4,

@@ -1,0 +1,24 @@
+"""Effective channel configuration: channel over server over defaults, within the engine's limits."""
+
+from synatra_bot.roleplay.config import Defaults, effective_config
+from synatra_bot.storage.records import ChannelSettingsRecord, GuildSettingsRecord
+
+
+def test_channel_settings_override_server_defaults_which_override_app_defaults():
+    defaults = Defaults(temperature=0.8, top_k=40, max_context_size=8192)
+    guild = GuildSettingsRecord(guild_id=1, temperature=0.6, top_k=20, nsfw_policy="off")
+    channel = ChannelSettingsRecord(channel_id=2, guild_id=1, enabled=True, temperature=1.1)
+    config = effective_config(defaults=defaults, guild=guild, channel=channel)
+    assert config.sampling.temperature == 1.1
+    assert config.sampling.top_k == 20
+    assert config.nsfw_policy == "off"
+    assert config.enabled
+
+
+def test_no_channel_asks_for_more_context_than_the_engine_was_started_with():
+    defaults = Defaults(max_context_size=4096)
+    guild = GuildSettingsRecord(guild_id=1, context_size=32768, max_new_tokens=4000)
+    config = effective_config(defaults=defaults, guild=guild, channel=None)
+    assert config.context_size == 4096
+    assert config.sampling.max_new_tokens == 2048
+    assert not config.enabled
