@@ -205,10 +205,6 @@ class ReplyController:
         except RateLimited as error:
             await self._tell(notify, channel, t(locale, "error.rate_limited", **error.params))
             return None
-        except EngineUnavailable:
-            if not opened:  # the bot is shutting down: the turn never began
-                return None
-            raise
         except TurnCancelled:
             if opened and kind == "reply":
                 await writer.discard()
@@ -219,6 +215,9 @@ class ReplyController:
             )
             return None
         except EngineError as error:
+            if isinstance(error, EngineUnavailable) and not opened:
+                return None  # the bot is shutting down: the turn never began
+            # Also an engine that became unavailable mid-reply: never leave the cursor hanging.
             log.warning("reply in channel %s failed: %s", place.channel_id, error)
             text = prefix + slot.text if "slot" in locals() else prefix
             await writer.finish(text, view=None, note=t(locale, "reply.failed", message=str(error)))
