@@ -80,11 +80,16 @@ async def running_bot(
         await database.dispose()
 
 
-async def serve(settings: Settings) -> int:
-    """Run until Discord closes the connection or SIGINT/SIGTERM arrives."""
+async def serve(
+    settings: Settings, *, engine: Engine | None = None, tokenizer: object | None = None
+) -> int:
+    """Run until Discord closes the connection or SIGINT/SIGTERM arrives.
+
+    `engine` and `tokenizer` default to the ones the settings name (tests pass their own).
+    """
     import discord
 
-    async with running_bot(settings) as bot:
+    async with running_bot(settings, engine=engine, tokenizer=tokenizer) as bot:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
