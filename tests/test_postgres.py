@@ -1,0 +1,136 @@
+"""PostgreSQL: the same migrations and repository work on a real temporary server.
+
+The server is PostgreSQL from the machine (Debian's `postgresql` package, in the base image of
+these machines and CI); the test starts its own throw-away cluster on a Unix socket.
+"""
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from synatra_bot.storage import repository as repo
+from synatra_bot.storage.database import create_engine, create_sessionmaker
+from synatra_bot.storage.migrate import head_revision, upgrade_database
+from synatra_bot.storage.models import Base
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _postgres_tools() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    return PG_BIN if (PG_BIN / "initdb").exists() else None
+
+
+def _as_postgres(*command: str) -> list[str]:
+    # initdb and postgres refuse to run as root.
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    tools = _postgres_tools()
+    if tools is None:
+        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="synatra-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+    data = folder / "data"
+    run = {"check": True, "capture_output": True, "timeout": 60}
+    subprocess.run(
+        _as_postgres(str(tools / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"), **run
+    )
+    options = f"-k {folder} -c listen_addresses='' -c fsync=off"
+    subprocess.run(
+        _as_postgres(
+            str(tools / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "start",
+        ),
+        **run,
+    )
+    subprocess.run(_as_postgres("createdb", "-h", str(folder), "-U", "postgres", "synatra"), **run)
+    try:
+        yield f"postgresql+asyncpg://postgres@/synatra?host={folder}"
+    finally:
+        subprocess.run(
+            _as_postgres(str(tools / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"), **run
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_migrations_create_the_schema_and_agree_with_the_models(postgres_url):
+    _, after = await upgrade_database(postgres_url)
+    assert after == head_revision(postgres_url)
+    assert await upgrade_database(postgres_url) == (after, after)
+    engine = create_engine(postgres_url)
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda c: compare_metadata(
+                    MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata
+                )
+            )
+    finally:
+        await engine.dispose()
+    assert diff == []
+
+
+async def test_roleplay_rows_round_trip_with_discord_snowflakes(postgres_url):
+    await upgrade_database(postgres_url)
+    engine = create_engine(postgres_url)
+    sessions = create_sessionmaker(engine)
+    guild, channel, owner = 1575980247692607488, 1575980247692607490, 1575980247692607499
+    try:
+        character = await repo.create_character(
+            sessions, owner_id=owner, guild_id=guild, name="민지", tags=["학교", "일상"]
+        )
+        rp = await repo.start_session(
+            sessions,
+            guild_id=guild,
+            channel_id=channel,
+            parent_channel_id=None,
+            character_id=character.id,
+            started_by=owner,
+        )
+
+        async def writer(player: int) -> None:
+            for n in range(10):
+                await repo.add_message(
+                    sessions,
+                    session_id=rp.id,
+                    role="user",
+                    author_id=owner + player,
+                    content=f"{player}-{n} 안녕",
+                    discord_message_ids=[channel + player * 100 + n],
+                )
+
+        await asyncio.gather(*(writer(p) for p in range(4)))
+        reply = await repo.add_message(
+            sessions, session_id=rp.id, role="assistant", content="반가워!", swipe=True
+        )
+        await repo.add_alternative(sessions, message_id=reply.id, content="어서 와!")
+        history = await repo.recent_history(sessions, session_id=rp.id, limit=100)
+        assert len(history) == 41 and history[-1].content == "어서 와!"
+        found = await repo.find_by_discord_id(sessions, discord_message_id=channel + 302)
+        assert found is not None and found.content == "3-2 안녕"
+        visible = await repo.visible_characters(
+            sessions, guild_id=guild, user_id=owner, name_prefix="민"
+        )
+        assert [c.tags for c in visible] == [["학교", "일상"]]
+    finally:
+        await engine.dispose()
