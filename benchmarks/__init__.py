@@ -1,0 +1,1 @@
+"""Benchmarks: engine, prompt assembly and bot overhead under load (results in docs/)."""
