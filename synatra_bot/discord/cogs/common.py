@@ -15,6 +15,18 @@ if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
 
 
+class CharacterNotResolved(app_commands.AppCommandError):
+    """A typed character name that matches nothing visible.
+
+    discord.py wraps anything but an AppCommandError raised in a transformer into a
+    TransformerError without `original`, which the tree would answer with the generic apology;
+    carrying the domain error as `original` lets the tree's policy show it localised."""
+
+    def __init__(self, original: NotFound) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
 def _label(record: CharacterRecord) -> str:
     badge = {"pending": " ⏳", "rejected": " ✖"}.get(record.approval, "")
     shared = " 👥" if record.visibility == "guild" else ""
@@ -39,5 +51,7 @@ class CharacterArg(app_commands.Transformer):
         found = await interaction.client.core.characters.search(actor_of(interaction), text)
         exact = [r for r in found if r.name == text] or found
         if not exact:
-            raise NotFound(f"no character called {text}", key="error.no_character")
+            raise CharacterNotResolved(
+                NotFound(f"no character called {text}", key="error.no_character")
+            )
         return exact[0].id
