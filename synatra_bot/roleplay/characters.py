@@ -37,11 +37,15 @@ def columns_from_card(card: CharacterCard) -> dict[str, Any]:
 
 
 def can_manage(actor: Actor, character: CharacterRecord) -> bool:
-    """Owners manage their characters; moderators manage those of their own server."""
+    """Owners manage their characters; moderators manage the shared ones of their own server.
+
+    A private character stays its owner's alone: not even a moderator edits, exports or
+    deletes it (moderators stop its roleplays with `/rp stop` instead)."""
     if character.owner_id == actor.user_id:
         return True
     return (
         actor.is_moderator
+        and character.visibility == "guild"
         and character.guild_id is not None
         and character.guild_id == actor.guild_id
     )
