@@ -234,7 +234,9 @@ async def test_characters_of_one_server_are_invisible_in_another(start_bot, disc
                 who, "rp start", channel=other_channel, character=str(shared)
             )
             assert NOT_AVAILABLE in await harness.final_text(start)
-            show = await harness.slash(who, "character show", channel=other_channel, character="민지")
+            show = await harness.slash(
+                who, "character show", channel=other_channel, character="민지"
+            )
             assert NOT_AVAILABLE in await harness.final_text(show)
         approve = await harness.slash(
             other_moderator, "character approve", channel=other_channel, character=str(pending)
@@ -275,7 +277,11 @@ async def test_no_bot_or_character_message_can_ping_anyone(start_bot):
         await harness.slash(s.moderator, "config ratelimit", per_minute=1)
         said = await harness.fake.say(s.general, s.members[0], "또 말해 줘 @everyone")
         await harness.fake.wait_for_message(s.general, lambda m: "천천히" in m.content, after=said)
-        sent = [m for m in s.general.messages if m.webhook_id or m.author_id == harness.bot.user.id]
+        sent = [
+            m
+            for m in s.general.messages
+            if m.webhook_id or (m.author and m.author.id == harness.bot.user.id)
+        ]
         assert len(sent) >= 4
         assert all(_never_pings(m.allowed_mentions) for m in sent), [
             m.allowed_mentions for m in sent
