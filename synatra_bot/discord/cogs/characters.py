@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from synatra_bot.discord.cogs.common import CharacterArg
+from synatra_bot.discord.cogs.common import CharacterArg, ComponentError
 from synatra_bot.discord.interactions import actor_of, answer, tr
 from synatra_bot.errors import CardError, UserFacingError
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
@@ -97,7 +97,7 @@ class CharacterForm(discord.ui.Modal):
     async def on_error(  # type: ignore[override]
         self, interaction: discord.Interaction[SynatraBot], error: Exception
     ) -> None:
-        await self.bot.tree.on_error(interaction, app_commands.CommandInvokeError(None, error))  # type: ignore[arg-type]
+        await self.bot.tree.on_error(interaction, ComponentError(error))
 
 
 class ExamplesForm(discord.ui.Modal):
@@ -175,7 +175,7 @@ class MoreDetails(discord.ui.View):
         error: Exception,
         item: discord.ui.Item[MoreDetails],
     ) -> None:
-        await self.bot.tree.on_error(interaction, app_commands.CommandInvokeError(None, error))  # type: ignore[arg-type]
+        await self.bot.tree.on_error(interaction, ComponentError(error))
 
 
 def approval_note(interaction: discord.Interaction[SynatraBot], record: CharacterRecord) -> str:
