@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import discord
 
@@ -18,6 +20,10 @@ MESSAGE_LIMIT = 2000
 EDIT_INTERVAL_S = 1.0
 CURSOR = " ▌"
 NO_MENTIONS = discord.AllowedMentions.none()
+#: Extra rounds, with backoff, for a 429 that outlasts discord.py's own five tries.
+RATE_LIMIT_ROUNDS = 3
+RATE_LIMIT_BACKOFF_S = 0.5
+T = TypeVar("T")
 _SENTENCE_END = re.compile(r"[.!?。！？…~](?:[\"'”’)\]]*)\s")
 
 
@@ -82,7 +88,13 @@ class ReplyMessages:
         if self._clock() - self._last_flush < self._interval or self._lock.locked():
             return
         async with self._lock:
-            await self._sync(split_reply(text + CURSOR), view=None)
+            try:
+                await self._sync(split_reply(text + CURSOR), view=None, patient=False)
+            except discord.HTTPException as error:
+                if error.status != 429:
+                    raise
+                # A streaming frame is not worth waiting for: the next one or `finish` shows it.
+                log.info("skipped a streaming edit: Discord is still rate limiting")
             self._last_flush = self._clock()
 
     async def finish(self, text: str, *, view: discord.ui.View | None, note: str = "") -> list[int]:
@@ -94,8 +106,26 @@ class ReplyMessages:
             await self._sync(split_reply(body), view=view, final=True)
         return self.message_ids
 
+    async def _patiently(self, call: Callable[[], Awaitable[T]], *, patient: bool) -> T:
+        """Run one webhook call; a 429 that discord.py gave up on gets a few bounded rounds more
+        (the reply's first and final states must arrive, or the player sees a dead cursor)."""
+        for attempt in range(RATE_LIMIT_ROUNDS if patient else 0):
+            try:
+                return await call()
+            except discord.HTTPException as error:
+                if error.status != 429:
+                    raise
+                log.warning("webhook still rate limited; trying again (round %d)", attempt + 2)
+                await asyncio.sleep(RATE_LIMIT_BACKOFF_S * 2**attempt)
+        return await call()
+
     async def _sync(
-        self, pieces: list[str], *, view: discord.ui.View | None, final: bool = False
+        self,
+        pieces: list[str],
+        *,
+        view: discord.ui.View | None,
+        final: bool = False,
+        patient: bool = True,
     ) -> None:
         missing = discord.utils.MISSING
         thread = self._thread if self._thread is not None else missing
@@ -105,23 +135,31 @@ class ReplyMessages:
             if index < len(self._ids):
                 if self._shown[index] == piece and not final:
                     continue
-                await self._webhook.edit_message(
-                    self._ids[index],
-                    content=piece,
-                    thread=thread,
-                    allowed_mentions=NO_MENTIONS,
-                    view=piece_view if final else missing,
+                await self._patiently(
+                    functools.partial(
+                        self._webhook.edit_message,
+                        self._ids[index],
+                        content=piece,
+                        thread=thread,
+                        allowed_mentions=NO_MENTIONS,
+                        view=piece_view if final else missing,
+                    ),
+                    patient=patient,
                 )
                 self._shown[index] = piece
             else:
-                message = await self._webhook.send(
-                    piece,
-                    username=self._username,
-                    avatar_url=self._avatar_url or missing,
-                    thread=thread,
-                    wait=True,
-                    allowed_mentions=NO_MENTIONS,
-                    view=piece_view or missing,
+                message = await self._patiently(
+                    functools.partial(
+                        self._webhook.send,
+                        piece,
+                        username=self._username,
+                        avatar_url=self._avatar_url or missing,
+                        thread=thread,
+                        wait=True,
+                        allowed_mentions=NO_MENTIONS,
+                        view=piece_view or missing,
+                    ),
+                    patient=patient,
                 )
                 self._ids.append(message.id)
                 self._shown.append(piece)
