@@ -52,7 +52,7 @@ def run_engine_server(port: int) -> None:
         if mode == "flaky" and count <= 2:
             return web.Response(status=503, text="busy")
         if mode == "hang":
-            await asyncio.sleep(3600)
+            await asyncio.sleep(60)
         if mode == "garbage":
             return web.Response(text="<html><body>502 Bad Gateway</body></html>\n" * 5)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -74,7 +74,10 @@ def run_engine_server(port: int) -> None:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/mode/{mode}", set_mode)
     app.router.add_get("/stats", stats)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, handle_signals=True)
+    # A hanging handler must not hold up SIGTERM for aiohttp's default 60 s.
+    web.run_app(
+        app, host="127.0.0.1", port=port, print=None, handle_signals=True, shutdown_timeout=0.5
+    )
 
 
 def run_bot(api_base: str, gateway_url: str) -> int:

@@ -3,14 +3,28 @@ server, the gateway, Discord's rate limits, the process and SQLite misbehave."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+import os
+import signal
+import sqlite3
+import sys
+import urllib.request
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
+from synatra_bot.app import running_bot
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.errors import EngineUnavailable, GenerationInterrupted
+from synatra_bot.settings import settings_from_env
 from synatra_bot.storage import repository as repo
+from synatra_bot.storage.database import create_engine, create_sessionmaker
 from tests.bot_harness import BotHarness, eventually, has_buttons
+from tests.discord_fake.fixtures import running_client
+from tests.engine_helpers import free_port, running_process
 from tests.fault_helpers import LONG_REPLY, SHORT_REPLY, long_when_asked
 
 WEBHOOK_SEND = "/webhooks/{webhook_id}/{token}"
@@ -191,5 +205,260 @@ async def test_429_storms_on_sends_and_edits_still_finish_replies_with_bounded_r
         assert len(character_posts(webhook_calls)) == 3
 
 
-def _quiet(caplog) -> None:
-    caplog.set_level(logging.WARNING)
+# --- 2. the remote engine is down, hangs or talks garbage ------------------------------------
+
+
+def _engine_server(url: str, action: str) -> dict:
+    method = "POST" if action.startswith("mode/") else "GET"
+    request = urllib.request.Request(f"{url}/{action}", method=method)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+async def test_remote_engine_down_hanging_or_garbage_gives_a_clear_message_and_stores_nothing(
+    discord_fake, tokenizer, tokenizer_dir, tmp_path
+):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = settings_from_env(
+        {
+            "DISCORD_TOKEN": discord_fake.token,
+            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'remote.db'}",
+            "ENGINE": "openai",
+            "ENGINE_URL": url,
+            "MODEL_ID": str(tokenizer_dir),
+            "ENGINE_TIMEOUT_S": "1",
+            "TURN_TIMEOUT_S": "6",
+        }
+    )
+    with contextlib.ExitStack() as server:
+        async with (
+            running_bot(settings, tokenizer=tokenizer, guild_ready_timeout=0.05) as bot,
+            running_client(bot, discord_fake),
+        ):
+            harness = BotHarness(discord_fake, bot, None)
+            s = harness.scenario
+            character_id = await harness.character(s.moderator)
+            await harness.start_roleplay(s.moderator, s.general, character_id)
+
+            # Down: nothing listens. Four connection attempts with backoff, then a clear note.
+            down = await harness.reply_to(s.general, s.members[0], "엔진 꺼져 있니?")
+            assert "⚠️" in down.content and "gave up after 4 attempts" in down.content
+            assert not has_buttons(down)
+
+            log = tmp_path / "engine.log"
+            args = [sys.executable, "-m", "tests.fault_helpers", "engine", str(port)]
+            await asyncio.to_thread(
+                server.enter_context, running_process(args, f"{url}/stats", log)
+            )
+            # Hangs: each attempt times out after ENGINE_TIMEOUT_S; the turn ends at its limit.
+            await asyncio.to_thread(_engine_server, url, "mode/hang")
+            slow = await harness.reply_to(s.general, s.members[1], "왜 이렇게 느려?")
+            assert "너무 오래 걸려서" in slow.content and not has_buttons(slow)
+            hang_requests = (await asyncio.to_thread(_engine_server, url, "stats"))["counts"]
+            assert 2 <= hang_requests["hang"] <= 4  # retried, but bounded
+
+            # Garbage: a 200 answer that is not an event stream.
+            await asyncio.to_thread(_engine_server, url, "mode/garbage")
+            garbage = await harness.reply_to(s.general, s.members[2], "이상한 답이 와?")
+            assert "⚠️" in garbage.content and "끊겼어요" in garbage.content
+            assert not has_buttons(garbage)
+
+            history = await history_of(harness, s.general)
+            assert [m.role for m in history] == ["assistant", "user", "user", "user"]
+
+            # Flaky: two 503s are retried and the reply arrives and is stored.
+            await asyncio.to_thread(_engine_server, url, "mode/flaky")
+            fine = await harness.reply_to(s.general, s.members[0], "이제 괜찮아?")
+            assert fine.content == "다시 연결됐어요!" and has_buttons(fine)
+            counts = (await asyncio.to_thread(_engine_server, url, "stats"))["counts"]
+            assert counts["flaky"] == 3 and counts["garbage"] == 1
+            stored = await eventually(
+                lambda: _last_assistant_with_ids(harness, s.general, [fine.id])
+            )
+            assert stored is not None and stored.content == "다시 연결됐어요!"
+
+
+async def _last_assistant_with_ids(harness: BotHarness, channel, ids: list[int]):
+    history = await history_of(harness, channel)
+    last = history[-1]
+    return last if last.role == "assistant" and last.discord_message_ids == ids else None
+
+
+# --- 5. SIGTERM during generation ------------------------------------------------------------
+
+
+def _bot_env(fake, database: Path, tokenizer_dir: Path, prompts: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DISCORD_TOKEN": fake.token,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+        "MODEL_ID": str(tokenizer_dir),
+        "FAULT_PROMPT_LOG": str(prompts),
+        "FAULT_DELAY_S": "0.05",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+@contextlib.asynccontextmanager
+async def bot_process(
+    fake, env: dict[str, str], log: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """The real bot (`serve`, with its signal handlers) in a child process, logged in to `fake`."""
+    identified = fake.identify_count
+    with log.open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.fault_helpers",
+            "bot",
+            fake.api_base,
+            fake.gateway_url,
+            env=env,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            await fake.wait_until(
+                lambda: (
+                    (fake.identify_count > identified and fake.connected)
+                    or process.returncode is not None
+                ),
+                timeout=60,
+            )
+            assert process.returncode is None, log.read_text(errors="replace")
+            yield process
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def _stop(process: asyncio.subprocess.Process, sig: int) -> int:
+    process.send_signal(sig)
+    return await asyncio.wait_for(process.wait(), timeout=20)
+
+
+def _stored_turns(database: Path) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        return connection.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
+
+
+async def test_sigterm_during_generation_exits_cleanly_and_the_session_continues_on_restart(
+    discord_fake, tokenizer_dir, tmp_path
+):
+    fake, s = discord_fake, discord_fake.scenario
+    database, prompts = tmp_path / "signal.db", tmp_path / "prompts.log"
+    env = _bot_env(fake, database, tokenizer_dir, prompts)
+    async with bot_process(fake, env, tmp_path / "bot1.log") as process:
+        storage = create_engine(f"sqlite+aiosqlite:///{database}")
+        try:
+            character = await repo.create_character(
+                create_sessionmaker(storage),
+                owner_id=s.moderator.user.id,
+                guild_id=s.guild.id,
+                name="민지",
+                description="{{char}}는 활발한 대학생이다.",
+                first_message="안녕, {{user}}!",
+            )
+        finally:
+            await storage.dispose()
+        record = await fake.slash(
+            s.moderator, "rp start", channel=s.general, character=str(character.id)
+        )
+        await fake.wait_for_response(record)
+        await fake.wait_for_message(s.general, lambda m: m.webhook_id is not None, after=0)
+
+        said = await fake.say(s.general, s.members[0], "기억해 줘: 내 고양이 이름은 나비야")
+        first = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None, after=said
+        )
+        await fake.wait_until(lambda: has_buttons(first), timeout=20)
+
+        asked = await fake.say(s.general, s.members[0], "길게 이야기해 줘")
+        partial = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None, after=asked
+        )
+        await fake.wait_until(lambda: "옛날" in partial.content, timeout=20)
+        assert await _stop(process, signal.SIGTERM) == 0
+
+    turns = _stored_turns(database)
+    assert ("user", "길게 이야기해 줘") in turns
+    assert [role for role, _ in turns] == ["assistant", "user", "assistant", "user"]
+    assert not any("옛날" in content for _, content in turns)
+    # What the player sees: the half reply was taken down, nothing with buttons claims it.
+    assert not any("옛날" in m.content and has_buttons(m) for m in s.general.visible_messages)
+
+    async with bot_process(fake, env, tmp_path / "bot2.log") as process:
+        again = await fake.say(s.general, s.members[0], "내 고양이 이름 기억나?")
+        reply = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None, after=again
+        )
+        await fake.wait_until(lambda: has_buttons(reply), timeout=20)
+        assert reply.content == SHORT_REPLY
+        last_prompt = prompts.read_text(encoding="utf-8").split("\0")[-2]
+        assert "내 고양이 이름은 나비야" in last_prompt and "길게 이야기해 줘" in last_prompt
+        assert await _stop(process, signal.SIGINT) == 0
+    assert [role for role, _ in _stored_turns(database)][-2:] == ["user", "assistant"]
+
+
+# --- 6. SQLite busy under concurrent writers -------------------------------------------------
+
+
+async def test_sqlite_busy_with_another_writer_process_loses_no_rows(start_bot, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    database = tmp_path / "busy.db"
+    fake = None
+    async with start_bot(database=f"sqlite+aiosqlite:///{database}") as harness:
+        fake, s = harness.fake, harness.scenario
+        channels = [s.general] + [fake.add_channel(s.guild, f"방-{i}") for i in range(3)]
+        character_id = await harness.character(s.moderator)
+        for channel in channels:
+            await fake.wait_until(lambda channel=channel: harness.bot.get_channel(channel.id))
+            await harness.start_roleplay(s.moderator, channel, character_id)
+
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.fault_helpers",
+            "writer",
+            str(database),
+            "8",
+            "0.25",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        said = await asyncio.gather(
+            *(
+                fake.say(channel, member, f"{channel.name}에서 {member.user.username}의 말")
+                for member in s.members
+                for channel in channels
+            )
+        )
+        written, _ = await asyncio.wait_for(writer.communicate(), timeout=30)
+        assert writer.returncode == 0 and int(written) == 8 * 20
+
+        async def all_stored():
+            counts = []
+            for channel in channels:
+                history = await history_of(harness, channel)
+                done = [m for m in history if m.role == "assistant" and m.discord_message_ids]
+                counts.append((len([m for m in history if m.role == "user"]), len(done)))
+            return counts if all(c == (3, 4) for c in counts) else None
+
+        assert await eventually(all_stored, timeout=30) is not None
+        for channel in channels:
+            history = await history_of(harness, channel)
+            users = sorted(m.discord_message_id for m in history if m.role == "user")
+            assert users == sorted(m.id for m in said if m.channel_id == channel.id)
+            replies = [m for m in channel.messages if m.webhook_id][1:]  # after the greeting
+            assert len(replies) == 3 and all(has_buttons(m) for m in replies)
+
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert connection.execute("SELECT count(*) FROM fault_writer").fetchone() == (160,)
+    problems = [
+        r for r in caplog.records if r.levelno >= logging.ERROR or "locked" in r.getMessage()
+    ]
+    assert problems == []
