@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import multiprocessing
 import random
 import sys
@@ -86,6 +87,7 @@ class RunResult:
     webhook_executes: int = 0
     webhook_edits: int = 0
     problems: list[str] = field(default_factory=list)
+    logged_errors: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
@@ -289,7 +291,15 @@ def _pointed_at(info: dict[str, Any]) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def _started(client: Any, token: str, timeout: float = 30.0) -> AsyncIterator[Any]:  # noqa: ASYNC109
+async def _started(
+    client: Any,
+    token: str,
+    *,
+    close: bool = True,
+    timeout: float = 30.0,  # noqa: ASYNC109
+) -> AsyncIterator[Any]:
+    """Run `client` until exit. With close=False whoever owns the client closes it (our bot:
+    `running_bot` stops generation and drains the handlers before it disconnects)."""
     task = asyncio.create_task(client.start(token))
     try:
         ready = asyncio.create_task(client.wait_until_ready())
@@ -299,11 +309,27 @@ async def _started(client: Any, token: str, timeout: float = 30.0) -> AsyncItera
             if task in done:
                 task.result()
             raise TimeoutError("the bot did not become ready against the fake")
-        yield client
+        yield task
     finally:
-        await client.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if close or not client.is_ready():
+            await client.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class ErrorCounter(logging.Handler):
+    """Counts what the bot logs at ERROR, by exception type (printing 1000s of tracebacks
+    under overload helps nobody)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.counts: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        self.counts[
+            f"{record.getMessage()}: {type(error).__name__}" if error else record.getMessage()
+        ] += 1
 
 
 def _bare_echo_bot() -> Any:
@@ -348,11 +374,20 @@ class LoadRun:
         process.start()
         try:
             info = await asyncio.wait_for(asyncio.to_thread(conn.recv), 60)
-            with _pointed_at(info):
-                if self.bot == "bare":
-                    await self._run_bare(conn, info)
-                else:
-                    await self._run_synatra(conn, info)
+            errors = ErrorCounter()
+            logging.getLogger().addHandler(errors)
+            try:
+                with _pointed_at(info):
+                    if self.bot == "bare":
+                        await self._run_bare(conn, info)
+                    else:
+                        await self._run_synatra(conn, info)
+            finally:
+                logging.getLogger().removeHandler(errors)
+            self.result.logged_errors = dict(errors.counts)
+            self.result.problems.extend(
+                f"logged {n}x: {what}" for what, n in errors.counts.most_common(5)
+            )
             conn.send("closed")
         finally:
             await asyncio.to_thread(process.join, 30)
@@ -436,12 +471,14 @@ class LoadRun:
             running_bot(
                 settings, engine=engine, tokenizer=self.tokenizer, guild_ready_timeout=0.05
             ) as bot,
-            _started(bot, info["token"]),
+            _started(bot, info["token"], close=False) as client_task,
         ):
             await self._set_up(bot, info)
             data = await self._load(conn)
             self.result.engine_ttft_ms = list(engine.ttft_ms)
             await self._check_storage(bot, info, data)
+        with contextlib.suppress(asyncio.CancelledError):
+            await client_task
 
     async def _set_up(self, bot: Any, info: dict[str, Any]) -> None:
         from synatra_bot.roleplay.types import Actor, Place
@@ -585,6 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--engine", choices=("scripted", "tiny"), default="scripted")
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--drain-timeout", type=float, default=60.0, help="max wait for replies")
     parser.add_argument("--short", action="store_true", help="5 channels, 20 members, 30/s, 2 s")
     parser.add_argument("--bots", default="synatra,bare", help="comma-separated: synatra,bare")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -596,12 +634,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds=2.0 if args.short else args.seconds,
         engine=args.engine,
         max_new_tokens=args.max_new_tokens,
+        drain_timeout_s=args.drain_timeout,
     )
-    import logging
     import warnings
 
     warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Errors are counted per run and listed under the table; only CRITICAL goes to stderr.
+    logging.basicConfig(level=logging.CRITICAL, format="%(levelname)s %(name)s: %(message)s")
     print(f"config: {config}", flush=True)
     results = asyncio.run(run_load(config, bots=args.bots.split(",")))
     print(format_table(results))
