@@ -300,3 +300,47 @@ async def test_mentions_in_model_output_never_ping(start_bot):
         reply = await harness.reply_to(s.general, s.members[0], "사람들 불러 줘")
         assert "@everyone" in reply.content
         assert reply.allowed_mentions == {"parse": []}
+
+
+async def test_regenerating_an_older_reply_is_refused_with_a_clear_message(harness):
+    s = harness.scenario
+    character_id = await harness.character(s.moderator)
+    await harness.start_roleplay(s.moderator, s.general, character_id)
+    first = await harness.reply_to(s.general, s.members[0], "첫 번째 말")
+    await harness.reply_to(s.general, s.members[0], "두 번째 말")
+    press = await harness.fake.press(s.members[0], first, _custom_id(first, "rp:regen"))
+    text = await harness.final_text(press)
+    assert press.ephemeral and "가장 최근 답장만" in text
+
+
+async def test_a_deleted_webhook_is_reported_and_replaced_on_the_next_message(harness):
+    s = harness.scenario
+    character_id = await harness.character(s.moderator)
+    await harness.start_roleplay(s.moderator, s.general, character_id)
+    harness.fake.webhooks.clear()  # a moderator removed the character's webhook
+    said = await harness.fake.say(s.general, s.members[0], "아직 거기 있어?")
+    notice = await harness.fake.wait_for_message(
+        s.general, lambda m: "웹후크" in m.content, after=said
+    )
+    assert notice.webhook_id is None
+    reply = await harness.reply_to(s.general, s.members[0], "다시 말해 볼게")
+    assert reply.username == "민지" and has_buttons(reply)
+
+
+async def test_a_new_avatar_updates_the_characters_webhook(harness):
+    from synatra_bot.prompt.cards import default_avatar
+
+    s = harness.scenario
+    character_id = await harness.character(s.moderator)
+    await harness.start_roleplay(s.moderator, s.general, character_id)
+    [webhook] = harness.fake.webhooks.values()
+    assert webhook.avatar_data is None
+    record = await harness.slash(
+        s.moderator,
+        "character avatar",
+        character=str(character_id),
+        image=("민지.png", default_avatar(), "image/png"),
+    )
+    await harness.final_text(record)
+    await harness.reply_to(s.general, s.members[0], "새 사진 예쁘다")
+    assert webhook.avatar_data and webhook.avatar_data.startswith("data:image/png;base64,")

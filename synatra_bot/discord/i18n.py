@@ -84,6 +84,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Use this in a server text channel or thread.",
         "서버의 텍스트 채널이나 스레드에서 써 주세요.",
     ),
+    "error.webhook_permission": (
+        "I need the Manage Webhooks permission in this channel to speak as characters.",
+        "캐릭터로 말하려면 이 채널에서 '웹후크 관리' 권한이 필요해요.",
+    ),
+    "error.webhook_gone": (
+        "The character's webhook was removed. Send your message again and I'll make a new one.",
+        "캐릭터 웹후크가 삭제됐어요. 메시지를 다시 보내면 새로 만들게요.",
+    ),
     "error.image_type": (
         "Attach a PNG, JPEG, WebP or GIF image.",
         "PNG, JPEG, WebP, GIF 이미지를 첨부해 주세요.",

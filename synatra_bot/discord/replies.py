@@ -13,7 +13,7 @@ from synatra_bot.discord.i18n import t
 from synatra_bot.discord.streaming import ReplyMessages
 from synatra_bot.errors import EngineError, EngineUnavailable, RateLimited, UserFacingError
 from synatra_bot.roleplay.core import ActiveRoleplay
-from synatra_bot.roleplay.scheduler import TurnCancelled, TurnOutcome
+from synatra_bot.roleplay.scheduler import TurnCancelled, TurnOutcome, TurnSlot
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import MessageRecord
 
@@ -166,8 +166,30 @@ class ReplyController:
         target: MessageRecord | None = None,
         notify: discord.Message | None = None,
     ) -> MessageRecord | None:
-        """Generate and show one reply; returns the stored turn, or None when nothing was stored."""
+        """Generate and show one reply; returns the stored turn, or None when nothing was stored.
+
+        Whatever fails, the player is told in the channel and nothing half-written is stored.
+        """
         job = _Job(place, active, channel, speaker, kind, target)
+        locale = self.bot.locale_for(channel)
+        try:
+            return await self._run(job, notify)
+        except discord.Forbidden:
+            log.warning("missing permissions for webhooks in channel %s", place.channel_id)
+            await self._tell(notify, channel, t(locale, "error.webhook_permission"))
+        except discord.NotFound:
+            # Someone deleted our webhook or message: forget it, the next turn makes a new one.
+            parent = place.parent_channel_id or place.channel_id
+            self.bot.webhooks.forget_channel(parent)
+            await self._tell(notify, channel, t(locale, "error.webhook_gone"))
+        except Exception:
+            log.exception("reply in channel %s failed", place.channel_id)
+            await self._tell(notify, channel, t(locale, "error.unexpected"))
+        return None
+
+    async def _run(self, job: _Job, notify: discord.Message | None) -> MessageRecord | None:
+        channel, place, active = job.channel, job.place, job.active
+        speaker, kind, target = job.speaker, job.kind, job.target
         writer = await self.writer_for(channel, active)
         locale = self.bot.locale_for(channel)
         prefix = target.content if kind == "continue" and target else ""
@@ -188,6 +210,7 @@ class ReplyController:
                 self.spawn(open_or_show(t(locale, "reply.queued", position=position)))
 
         user_id = speaker.user_id if speaker else 0
+        slot: TurnSlot | None = None
         try:
             async with self.bot.scheduler.turn(
                 channel_id=place.channel_id,
@@ -219,7 +242,7 @@ class ReplyController:
                 return None  # the bot is shutting down: the turn never began
             # Also an engine that became unavailable mid-reply: never leave the cursor hanging.
             log.warning("reply in channel %s failed: %s", place.channel_id, error)
-            text = prefix + slot.text if "slot" in locals() else prefix
+            text = prefix + (slot.text if slot is not None else "")
             await writer.finish(text, view=None, note=t(locale, "reply.failed", message=str(error)))
             if target is not None and kind != "reply":
                 await self._restore(writer, target)
@@ -307,10 +330,9 @@ class ReplyController:
         try:
             await self.on_button(interaction, action, target_id)
         except Exception as error:  # the tree's policy decides what the user sees
-            from discord import app_commands
+            from synatra_bot.discord.cogs.common import ComponentError
 
-            error_wrapper = app_commands.CommandInvokeError(None, error)  # type: ignore[arg-type]
-            await self.bot.tree.on_error(interaction, error_wrapper)
+            await self.bot.tree.on_error(interaction, ComponentError(error))
 
     async def on_button(
         self, interaction: discord.Interaction[SynatraBot], action: str, target_id: int

@@ -1298,8 +1298,21 @@ class FakeDiscord:
             payload.get("name") or "웹훅",
             self.application_id,
             self.bot_user,
+            payload.get("avatar"),
         )
         self.webhooks[webhook.id] = webhook
+        return _json(webhook.payload())
+
+    async def _patch_webhook(self, req: _Request) -> web.Response:
+        webhook = self.webhooks.get(int(req.params["webhook_id"]))
+        if webhook is None:
+            raise ApiError(404, "Unknown Webhook", 10015)
+        payload = req.json or {}
+        if "name" in payload:
+            webhook.name = payload["name"]
+        if "avatar" in payload:
+            webhook.avatar_data = payload["avatar"]
+        self._notify()
         return _json(webhook.payload())
 
     async def _channel_webhooks(self, req: _Request) -> web.Response:
@@ -1559,6 +1572,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/guilds/{guild_id}/webhooks", "_guild_webhooks"),
     ("GET", "/webhooks/{webhook_id}", "_get_webhook"),
     ("DELETE", "/webhooks/{webhook_id}", "_delete_webhook"),
+    ("PATCH", "/webhooks/{webhook_id}", "_patch_webhook"),
     ("GET", "/webhooks/{webhook_id}/{token}", "_get_webhook_token"),
     ("POST", "/webhooks/{webhook_id}/{token}", "_execute_webhook"),
     ("GET", "/webhooks/{webhook_id}/{token}/messages/{message_id}", "_get_webhook_message"),

@@ -356,15 +356,18 @@ class FakeWebhook:
     name: str
     application_id: int
     creator: FakeUser
+    #: The avatar image as sent (a data URI), or None.
+    avatar_data: str | None = None
 
     def payload(self) -> dict[str, Any]:
+        avatar_hash = f"{abs(hash(self.avatar_data)):032x}"[:32] if self.avatar_data else None
         return {
             "id": str(self.id),
             "type": 1,
             "guild_id": str(self.guild_id),
             "channel_id": str(self.channel_id),
             "name": self.name,
-            "avatar": None,
+            "avatar": avatar_hash,
             "token": self.token,
             "application_id": str(self.application_id),
             "user": self.creator.payload(),
