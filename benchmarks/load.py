@@ -509,8 +509,12 @@ class LoadRun:
     async def _check_storage(self, bot: Any, info: dict[str, Any], data: dict[str, Any]) -> None:
         """Poll briefly (the last writes trail the final edit), then record what is wrong."""
         problems: list[str] = []
-        for _ in range(100):
-            problems = await self._storage_problems(bot, info, data)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                problems = await self._storage_problems(bot, info, data)
+            except Exception as error:  # under overload even reads can fail: that is a finding
+                problems = [f"integrity check could not read the database: {error!r:.200}"]
             if not problems:
                 break
             await asyncio.sleep(0.1)
