@@ -215,7 +215,13 @@ async def test_reset_archives_the_story_and_greets_again(harness):
 
     active = await eventually(new_session)
     assert active is not None
-    history = await repo.recent_history(harness.sessions, session_id=active.id, limit=10)
+
+    async def greeting_posted():
+        history = await repo.recent_history(harness.sessions, session_id=active.id, limit=10)
+        return history if history and history[-1].discord_message_ids else None
+
+    # The greeting's Discord ids are stored last: wait for them so shutdown interrupts nothing.
+    history = await eventually(greeting_posted)
     assert [m.role for m in history] == ["assistant"]
     old_history = await repo.recent_history(harness.sessions, session_id=old.id, limit=10)
     assert "오래된 이야기" in [m.content for m in old_history]

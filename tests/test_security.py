@@ -334,6 +334,6 @@ async def test_secrets_never_reach_user_visible_messages(start_bot, discord_fake
         character = await harness.character(s.moderator)
         await harness.start_roleplay(s.moderator, s.general, character)
         reply = await harness.reply_to(s.general, s.members[0], "말해 봐")
-        assert "⚠️" in reply.content
         everything = [v.get("content") or "" for m in s.general.messages for v in m.versions]
-        assert not any(API_KEY in text or discord_fake.token in text for text in everything)
+    assert "⚠️" in reply.content
+    assert not any(API_KEY in text or discord_fake.token in text for text in everything)
