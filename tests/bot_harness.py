@@ -15,7 +15,6 @@ from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.settings import settings_from_env
 from synatra_bot.storage import repository as repo
 from tests.discord_fake import FakeDiscord, FakeMessage, InteractionRecord
-from tests.discord_fake.fixtures import running_client
 
 
 @dataclass
@@ -90,6 +89,16 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:  #
         await asyncio.sleep(0.02)
 
 
+async def _ready(bot: Any, client: asyncio.Task[None], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    ready = asyncio.create_task(bot.wait_until_ready())
+    done, _ = await asyncio.wait({ready, client}, timeout=timeout, return_when="FIRST_COMPLETED")
+    if ready not in done:
+        ready.cancel()
+        if client in done:
+            client.result()  # the login or connect error
+        raise TimeoutError("the bot did not become ready against the fake")
+
+
 def has_buttons(message: FakeMessage) -> bool:
     return any(
         c.get("custom_id", "").startswith("rp:regen")
@@ -118,13 +127,20 @@ def start_bot(discord_fake, tmp_path, tokenizer) -> Callable[..., Any]:
             }
         )
         engine = engine or ScriptedEngine(tokenizer=tokenizer)
-        async with (
-            running_bot(
+        # The bot's own shutdown (running_bot) stops generation, drains its handlers and then
+        # disconnects, as in production; the client task ends after that.
+        client: asyncio.Task[None] | None = None
+        try:
+            async with running_bot(
                 settings, engine=engine, tokenizer=tokenizer, guild_ready_timeout=0.05
-            ) as bot,
-            running_client(bot, discord_fake),
-        ):
-            yield BotHarness(discord_fake, bot, engine)
+            ) as bot:
+                client = asyncio.create_task(bot.start(discord_fake.token))
+                await _ready(bot, client)
+                yield BotHarness(discord_fake, bot, engine)
+        finally:
+            if client is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await client
 
     return start
 

@@ -448,6 +448,13 @@ async def test_sqlite_busy_with_another_writer_process_loses_no_rows(start_bot, 
             return counts if all(c == (3, 4) for c in counts) else None
 
         assert await eventually(all_stored, timeout=30) is not None
+        await fake.wait_until(
+            lambda: all(
+                len([m for m in channel.messages if m.webhook_id and has_buttons(m)]) == 3
+                for channel in channels
+            ),
+            timeout=30,
+        )
         for channel in channels:
             history = await history_of(harness, channel)
             users = sorted(m.discord_message_id for m in history if m.role == "user")

@@ -323,10 +323,6 @@ async def test_secrets_never_reach_logs(start_bot, discord_fake, caplog):
     assert API_KEY not in str(harness.bot.settings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replies.py/bot.py put str(EngineError) into user-visible notes unmasked",
-)
 async def test_secrets_never_reach_user_visible_messages(start_bot, discord_fake):
     engine = LeakyEngine(discord_fake.token)
     async with start_bot(engine=engine, env={"ENGINE_API_KEY": API_KEY}) as harness:

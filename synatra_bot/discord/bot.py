@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -42,14 +43,29 @@ class SynatraTree(app_commands.CommandTree["SynatraBot"]):
     """Holds the error policy: domain errors go back ephemeral in the user's language;
     anything else is logged with its traceback and the user gets a short apology."""
 
+    async def interaction_check(self, interaction: discord.Interaction[SynatraBot]) -> bool:
+        # Every command runs in a task of discord.py's: track it, so that shutdown waits for
+        # commands that are still writing to the database before it closes the database.
+        task = asyncio.current_task()
+        if task is not None:
+            interaction.client.replies.track(task)
+        return True
+
     async def on_error(
         self, interaction: discord.Interaction[SynatraBot], error: app_commands.AppCommandError
     ) -> None:
         original = getattr(error, "original", error)
         if isinstance(original, UserFacingError):
-            text = t(interaction.locale, original.key, message=str(original), **original.params)
+            text = t(
+                interaction.locale,
+                original.key,
+                message=interaction.client.public(original),
+                **original.params,
+            )
         elif isinstance(original, EngineError):
-            text = t(interaction.locale, "error.engine", message=str(original))
+            text = t(
+                interaction.locale, "error.engine", message=interaction.client.public(original)
+            )
         elif isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
             text = t(interaction.locale, "error.moderator_only")
         else:
@@ -84,6 +100,13 @@ class SynatraBot(commands.AutoShardedBot):
         self.engine = deps.engine
         self.webhooks = WebhookPool()
         self.replies = ReplyController(self)
+
+    def public(self, error: BaseException) -> str:
+        """An error's message as users may see it: secrets (token, API key) masked."""
+        text = str(error)
+        for secret in self.settings.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def locale_for(self, channel: object) -> str:
         """The language for messages that answer no interaction: the server's own."""

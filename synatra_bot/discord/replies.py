@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import discord
 
 from synatra_bot.discord.i18n import t
-from synatra_bot.discord.streaming import ReplyMessages
+from synatra_bot.discord.streaming import EDIT_INTERVAL_S, ReplyMessages
 from synatra_bot.errors import EngineError, EngineUnavailable, RateLimited, UserFacingError
 from synatra_bot.roleplay.core import ActiveRoleplay
 from synatra_bot.roleplay.scheduler import TurnCancelled, TurnOutcome, TurnSlot
@@ -110,7 +111,10 @@ class ReplyController:
         self._history_start: dict[int, int | None] = {}
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
+        return self.track(asyncio.create_task(coro))
+
+    def track(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        """Count `task` among the work shutdown waits for."""
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         return task
@@ -123,11 +127,13 @@ class ReplyController:
     async def close(self, *, grace_s: float = 10.0) -> None:
         """Let running handlers finish (the scheduler has already stopped generation, so
         they only store or discard what they have), then cancel whatever is left."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace_s)
-        for task in list(self._tasks):
+        others = self._tasks - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=grace_s)
+        others = self._tasks - {asyncio.current_task()}
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
 
     # --- webhooks ---------------------------------------------------------------------------
 
@@ -205,8 +211,15 @@ class ReplyController:
             else:
                 await writer.update_status(text)
 
+        last_shown = 0.0
+
         def on_position(position: int) -> None:
-            if position > 0:
+            # Positions change with every admission anywhere: show them at most once a second,
+            # so a long queue costs each waiting reply one edit per second, not one per turn.
+            nonlocal last_shown
+            now = time.monotonic()
+            if position > 0 and (not opened or now - last_shown >= EDIT_INTERVAL_S):
+                last_shown = now
                 self.spawn(open_or_show(t(locale, "reply.queued", position=position)))
 
         user_id = speaker.user_id if speaker else 0
@@ -234,7 +247,9 @@ class ReplyController:
             return None
         except UserFacingError as error:
             await writer.finish(
-                prefix, view=None, note=t(locale, error.key, message=str(error), **error.params)
+                prefix,
+                view=None,
+                note=t(locale, error.key, message=self.bot.public(error), **error.params),
             )
             return None
         except EngineError as error:
@@ -243,7 +258,9 @@ class ReplyController:
             # Also an engine that became unavailable mid-reply: never leave the cursor hanging.
             log.warning("reply in channel %s failed: %s", place.channel_id, error)
             text = prefix + (slot.text if slot is not None else "")
-            await writer.finish(text, view=None, note=t(locale, "reply.failed", message=str(error)))
+            await writer.finish(
+                text, view=None, note=t(locale, "reply.failed", message=self.bot.public(error))
+            )
             if target is not None and kind != "reply":
                 await self._restore(writer, target)
             return None

@@ -64,9 +64,16 @@ def _check_sqlite_header(path: Path) -> None:
 
 
 def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
-    """An AsyncEngine; for SQLite every connection gets WAL, busy timeout and foreign keys,
-    and every transaction starts with BEGIN IMMEDIATE so concurrent writers queue on the
-    busy timeout instead of failing with "database is locked" on a read-to-write upgrade."""
+    """An AsyncEngine, tuned for SQLite when the URL is SQLite.
+
+    SQLite allows one writer at a time, so the process uses one connection: callers queue in
+    asyncio, in order, instead of contending for the file lock (which under load ends in
+    "database is locked"). Every connection gets WAL, a busy timeout and foreign keys, and
+    every transaction starts with BEGIN IMMEDIATE, so another process writing at the same time
+    makes this one wait on the busy timeout rather than fail on a read-to-write upgrade.
+    """
+    if database_url.startswith("sqlite"):
+        kwargs = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 300, **kwargs}
     engine = create_async_engine(database_url, **kwargs)
     if engine.dialect.name == "sqlite":
         sync_engine = engine.sync_engine
