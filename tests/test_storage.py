@@ -305,3 +305,16 @@ async def test_settings_round_trip_and_reject_unknown_fields(sessions):
     assert channel.enabled and channel.reply_mode == "mention"
     with pytest.raises(ValueError, match="unknown fields"):
         await repo.update_channel_settings(sessions, channel_id=10, guild_id=100, bogus=1)
+
+
+async def test_history_since_a_start_id_includes_one_older_turn(sessions):
+    rp = await _new_session(sessions)
+    ids = [
+        (await repo.add_message(sessions, session_id=rp.id, role="user", content=f"말 {n}")).id
+        for n in range(10)
+    ]
+    await repo.delete_messages(sessions, message_ids=[ids[5]])
+    history = await repo.recent_history(sessions, session_id=rp.id, limit=100, since_id=ids[6])
+    assert [m.content for m in history] == ["말 4", "말 6", "말 7", "말 8", "말 9"]
+    first = await repo.recent_history(sessions, session_id=rp.id, limit=100, since_id=ids[0])
+    assert len(first) == 9

@@ -108,7 +108,7 @@ class ReplyController:
         self.bot = bot
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Prompt prefix stability: the oldest history message the last prompt kept, per session.
-        self._history_start: dict[int, int | None] = {}
+        self._history_start: dict[tuple[int, int, int], int | None] = {}
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         return self.track(asyncio.create_task(coro))
@@ -270,17 +270,19 @@ class ReplyController:
 
     async def _prompt(self, job: _Job) -> Any:
         core = self.bot.core
-        session_id = job.active.session.id
+        config = job.active.config
+        # A new context size or reply length starts the trimming afresh.
+        key = (job.active.session.id, config.context_size, config.sampling.max_new_tokens)
         built = await core.build_prompt(
             job.active,
             speaker=job.speaker,
             exclude_message_id=job.target.id if job.kind == "regenerate" and job.target else None,
             continue_message=job.target if job.kind == "continue" else None,
-            history_start_id=self._history_start.get(session_id),
+            history_start_id=self._history_start.get(key),
         )
         if len(self._history_start) > 10_000:
             self._history_start.clear()
-        self._history_start[session_id] = built.history_start_id
+        self._history_start[key] = built.history_start_id
         return built
 
     async def _settle(
@@ -303,14 +305,18 @@ class ReplyController:
                 continue_of=job.target if job.kind == "continue" else None,
                 discord_message_ids=writer.message_ids,
             )
-            options = await core.alternatives(stored.id)
-            index = next((i for i, m in enumerate(options) if m.id == stored.id), 0)
+            index, count = stored.swipe_index, stored.swipe_index + 1
+            if job.kind != "reply":
+                options = await core.alternatives(stored.id)
+                index = next((i for i, m in enumerate(options) if m.id == stored.id), 0)
+                count = len(options)
             ids = await writer.finish(
                 prefix + text,
-                view=reply_view(stored.id, index=index, count=len(options)),
+                view=reply_view(stored.id, index=index, count=count),
                 note=t(locale, "reply.stopped") if stopped else "",
             )
-            await core.attach_discord_ids(stored.id, ids)
+            if ids != list(stored.discord_message_ids):
+                await core.attach_discord_ids(stored.id, ids)
             return stored
         if outcome is TurnOutcome.CANCELLED and job.kind == "reply" and not stopped:
             await writer.discard()  # superseded by a newer message, or shut down

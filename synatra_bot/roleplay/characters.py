@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -74,6 +75,15 @@ class CharacterService:
     def __init__(self, sessions: repo.Sessions, *, max_card_bytes: int) -> None:
         self._sessions = sessions
         self._max_card_bytes = max_card_bytes
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after any character is edited or deleted (to drop cached copies)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     async def create(
         self, actor: Actor, card: CharacterCard, *, visibility: str = "private"
@@ -161,6 +171,7 @@ class CharacterService:
         if "speech_level" in changes and isinstance(changes["speech_level"], SpeechLevel):
             changes["speech_level"] = changes["speech_level"].value
         updated = await repo.update_character(self._sessions, character_id=character_id, **changes)
+        self._changed()
         if updated is None:
             raise NotFound(f"character {character_id} does not exist", key="error.no_character")
         return updated
@@ -168,6 +179,7 @@ class CharacterService:
     async def delete(self, actor: Actor, character_id: int) -> CharacterRecord:
         record = await self.managed(actor, character_id)
         await repo.delete_character(self._sessions, character_id=character_id)
+        self._changed()
         return record
 
     async def export(self, actor: Actor, character_id: int, *, as_png: bool) -> tuple[str, bytes]:
@@ -188,6 +200,7 @@ class CharacterService:
             character_id=character_id,
             approval="approved" if approve else "rejected",
         )
+        self._changed()
         assert updated is not None
         return updated
 

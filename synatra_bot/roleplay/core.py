@@ -8,8 +8,10 @@ text as a turn (or as a new alternative of one). Nothing half-written is ever st
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from synatra_bot.errors import NotFound, UserFacingError
 from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, PromptBuilder, PromptOptions
@@ -19,10 +21,20 @@ from synatra_bot.roleplay.characters import CharacterService, card_from_record
 from synatra_bot.roleplay.config import ChannelConfig, Defaults, effective_config
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
-from synatra_bot.storage.records import CharacterRecord, MessageRecord, SessionRecord
+from synatra_bot.storage.records import (
+    CharacterRecord,
+    MessageRecord,
+    PersonaRecord,
+    SessionRecord,
+)
 
-#: How many stored turns to load for a prompt: far more than any context holds.
-HISTORY_WINDOW = 2000
+#: A ChatML turn takes at least this many tokens, so a context of N tokens holds at most
+#: N // MIN_TURN_TOKENS turns: loading more history than that is wasted work.
+MIN_TURN_TOKENS = 4
+#: How long a channel's roleplay and a player's persona may be served from memory. Changes made
+#: through this process clear them at once; this bounds changes made by another process.
+CACHE_TTL_S = 10.0
+CACHE_LIMIT = 10_000
 
 
 class NoSession(UserFacingError):
@@ -59,13 +71,38 @@ class RoleplayCore:
         characters: CharacterService,
         builder: PromptBuilder,
         defaults: Defaults,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sessions = sessions
         self.characters = characters
         self.builder = builder
         self.defaults = defaults
+        self.clock = clock
+        # Every message needs its channel's roleplay and its author's persona: keep them in
+        # memory instead of reading five rows per message.
+        self._active: dict[int, tuple[float, ActiveRoleplay | None]] = {}
+        self._personas: dict[tuple[int, int], tuple[float, PersonaRecord | None]] = {}
+        characters.on_change(self.forget)
+
+    def forget(self) -> None:
+        """Drop what is cached: settings, sessions or characters changed."""
+        self._active.clear()
+        self._personas.clear()
+
+    def _fresh(self, stamp: float) -> bool:
+        return self.clock() - stamp < CACHE_TTL_S
 
     # --- configuration ------------------------------------------------------------------------
+
+    async def update_channel_settings(self, place: Place, **changes: Any) -> None:
+        await repo.update_channel_settings(
+            self.sessions, channel_id=place.settings_channel_id, guild_id=place.guild_id, **changes
+        )
+        self.forget()
+
+    async def update_guild_settings(self, guild_id: int, **changes: Any) -> None:
+        await repo.update_guild_settings(self.sessions, guild_id=guild_id, **changes)
+        self.forget()
 
     async def config_for(self, place: Place) -> ChannelConfig:
         guild = await repo.get_guild_settings(self.sessions, guild_id=place.guild_id)
@@ -75,6 +112,17 @@ class RoleplayCore:
         return effective_config(defaults=self.defaults, guild=guild, channel=channel)
 
     async def active(self, place: Place) -> ActiveRoleplay | None:
+        cached = self._active.get(place.channel_id)
+        if cached is not None and self._fresh(cached[0]):
+            return cached[1]
+        stamp = self.clock()
+        active = await self._load_active(place)
+        if len(self._active) >= CACHE_LIMIT:
+            self._active.clear()
+        self._active[place.channel_id] = (stamp, active)
+        return active
+
+    async def _load_active(self, place: Place) -> ActiveRoleplay | None:
         session = await repo.get_active_session(self.sessions, channel_id=place.channel_id)
         if session is None or session.character_id is None:
             return None
@@ -107,6 +155,7 @@ class RoleplayCore:
             character_id=character.id,
             started_by=actor.user_id,
         )
+        self.forget()
         greeting = await self._store_greetings(session, character, actor, greeting_index)
         count = len(greetings_of(character))
         return Started(session, character, greeting, count)
@@ -138,7 +187,9 @@ class RoleplayCore:
         return await repo.choose_alternative(self.sessions, message_id=chosen.id)
 
     async def stop(self, place: Place) -> int | None:
-        return await repo.end_session(self.sessions, channel_id=place.channel_id)
+        ended = await repo.end_session(self.sessions, channel_id=place.channel_id)
+        self.forget()
+        return ended
 
     async def reset(self, actor: Actor, place: Place) -> Started:
         """Archive the history and start again with the same character."""
@@ -151,10 +202,34 @@ class RoleplayCore:
 
     # --- players' messages --------------------------------------------------------------------
 
-    async def user_name(self, actor: Actor, *, place_guild: int | None) -> str:
-        persona = await repo.get_persona(
-            self.sessions, user_id=actor.user_id, guild_id=place_guild or 0
+    async def persona(self, user_id: int, guild_id: int | None) -> PersonaRecord | None:
+        key = (user_id, guild_id or 0)
+        cached = self._personas.get(key)
+        if cached is not None and self._fresh(cached[0]):
+            return cached[1]
+        stamp = self.clock()
+        persona = await repo.get_persona(self.sessions, user_id=user_id, guild_id=guild_id or 0)
+        if len(self._personas) >= CACHE_LIMIT:
+            self._personas.clear()
+        self._personas[key] = (stamp, persona)
+        return persona
+
+    async def set_persona(
+        self, user_id: int, guild_id: int, *, name: str, description: str
+    ) -> PersonaRecord:
+        persona = await repo.set_persona(
+            self.sessions, user_id=user_id, guild_id=guild_id, name=name, description=description
         )
+        self._personas.clear()
+        return persona
+
+    async def clear_persona(self, user_id: int, guild_id: int) -> bool:
+        cleared = await repo.clear_persona(self.sessions, user_id=user_id, guild_id=guild_id)
+        self._personas.clear()
+        return cleared
+
+    async def user_name(self, actor: Actor, *, place_guild: int | None) -> str:
+        persona = await self.persona(actor.user_id, place_guild)
         return persona.name if persona else actor.display_name
 
     async def add_user_message(
@@ -236,7 +311,10 @@ class RoleplayCore:
         `exclude_message_id` leaves a turn out (the reply being regenerated).
         """
         records = await repo.recent_history(
-            self.sessions, session_id=active.session.id, limit=HISTORY_WINDOW
+            self.sessions,
+            session_id=active.session.id,
+            limit=active.config.context_size // MIN_TURN_TOKENS + 2,
+            since_id=history_start_id,
         )
         history = [
             HistoryMessage(
@@ -254,9 +332,7 @@ class RoleplayCore:
             speaker_name = next((m.name for m in reversed(history) if m.role == "user"), "user")
             persona_text = ""
         else:
-            persona = await repo.get_persona(
-                self.sessions, user_id=speaker.user_id, guild_id=guild or 0
-            )
+            persona = await self.persona(speaker.user_id, guild)
             speaker_name = persona.name if persona else speaker.display_name
             persona_text = persona.description if persona else ""
         config = active.config

@@ -421,14 +421,25 @@ async def choose_alternative(sessions: Sessions, *, message_id: int) -> MessageR
         return snapshot(MessageRecord, row)
 
 
-async def recent_history(sessions: Sessions, *, session_id: int, limit: int) -> list[MessageRecord]:
-    """The newest `limit` turns of the history the model sees, oldest first."""
-    query = (
-        select(Message)
-        .where(Message.session_id == session_id, Message.chosen, ~Message.deleted)
-        .order_by(Message.id.desc())
-        .limit(limit)
-    )
+async def recent_history(
+    sessions: Sessions, *, session_id: int, limit: int, since_id: int | None = None
+) -> list[MessageRecord]:
+    """The newest `limit` turns of the history the model sees, oldest first.
+
+    With `since_id`, only turns from that id on, plus the one turn just before it (so a caller
+    can tell that older history exists without loading it).
+    """
+    visible = (Message.session_id == session_id, Message.chosen, ~Message.deleted)
+    query = select(Message).where(*visible).order_by(Message.id.desc()).limit(limit)
+    if since_id is not None:
+        before = (
+            select(Message.id)
+            .where(*visible, Message.id < since_id)
+            .order_by(Message.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = query.where(Message.id >= func.coalesce(before, since_id))
     async with sessions() as session:
         rows = (await session.scalars(query)).all()
         return [snapshot(MessageRecord, r) for r in reversed(rows)]

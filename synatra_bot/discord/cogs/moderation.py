@@ -9,7 +9,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord.interactions import actor_of, answer, place_of, tr
-from synatra_bot.storage import repository as repo
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
@@ -34,16 +33,12 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         self, interaction: discord.Interaction[SynatraBot], scope: Scope, **changes: Any
     ) -> None:
         assert interaction.guild_id is not None and interaction.channel is not None
-        sessions = self.bot.core.sessions
+        core = self.bot.core
         if scope == "server":
-            await repo.update_guild_settings(sessions, guild_id=interaction.guild_id, **changes)
+            await core.update_guild_settings(interaction.guild_id, **changes)
         else:
-            place = place_of(interaction.channel, interaction.guild_id)
-            await repo.update_channel_settings(
-                sessions,
-                channel_id=place.settings_channel_id,
-                guild_id=interaction.guild_id,
-                **changes,
+            await core.update_channel_settings(
+                place_of(interaction.channel, interaction.guild_id), **changes
             )
         shown = ", ".join(f"{k}={v}" for k, v in changes.items())
         await answer(interaction, tr(interaction, f"config.saved.{scope}", changes=shown))

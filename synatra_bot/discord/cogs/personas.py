@@ -9,7 +9,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord.interactions import answer, tr
-from synatra_bot.storage import repository as repo
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
@@ -36,27 +35,19 @@ class Personas(commands.GroupCog, group_name="persona", group_description="Your 
         everywhere: bool = False,
     ) -> None:
         guild_id = 0 if everywhere or interaction.guild_id is None else interaction.guild_id
-        await repo.set_persona(
-            self.bot.core.sessions,
-            user_id=interaction.user.id,
-            guild_id=guild_id,
-            name=name.strip(),
-            description=description.strip(),
+        await self.bot.core.set_persona(
+            interaction.user.id, guild_id, name=name.strip(), description=description.strip()
         )
         await answer(interaction, tr(interaction, "persona.set", name=name.strip()))
 
     @app_commands.command(name="clear", description="Forget your persona and use your display name")
     async def clear_persona(self, interaction: discord.Interaction[SynatraBot]) -> None:
-        cleared = await repo.clear_persona(
-            self.bot.core.sessions, user_id=interaction.user.id, guild_id=interaction.guild_id or 0
-        )
+        cleared = await self.bot.core.clear_persona(interaction.user.id, interaction.guild_id or 0)
         await answer(interaction, tr(interaction, "persona.cleared" if cleared else "persona.none"))
 
     @app_commands.command(name="show", description="Show the persona you play as here")
     async def show_persona(self, interaction: discord.Interaction[SynatraBot]) -> None:
-        persona = await repo.get_persona(
-            self.bot.core.sessions, user_id=interaction.user.id, guild_id=interaction.guild_id or 0
-        )
+        persona = await self.bot.core.persona(interaction.user.id, interaction.guild_id)
         if persona is None:
             text = tr(interaction, "persona.none")
         else:

@@ -13,7 +13,6 @@ from synatra_bot.discord.cogs.common import CharacterArg
 from synatra_bot.discord.interactions import actor_from_member, actor_of, answer, place_of, tr
 from synatra_bot.discord.replies import ReplyButton
 from synatra_bot.errors import PermissionDenied, UserFacingError
-from synatra_bot.storage import repository as repo
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
@@ -57,12 +56,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         if not config.enabled:
             if not actor.is_moderator:
                 raise UserFacingError("channel disabled", key="error.channel_disabled")
-            await repo.update_channel_settings(
-                core.sessions,
-                channel_id=place.settings_channel_id,
-                guild_id=place.guild_id,
-                enabled=True,
-            )
+            await core.update_channel_settings(place, enabled=True)
         await interaction.response.defer(thinking=True)
         await self.bot.scheduler.cancel_channel(place.channel_id, reason="a new roleplay started")
         started = await core.start(
