@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import discord
 
 from synatra_bot.discord.i18n import t
-from synatra_bot.discord.streaming import EDIT_INTERVAL_S, ReplyMessages
+from synatra_bot.discord.streaming import ReplyMessages
 from synatra_bot.errors import EngineError, EngineUnavailable, RateLimited, UserFacingError
 from synatra_bot.roleplay.core import ActiveRoleplay
 from synatra_bot.roleplay.scheduler import TurnCancelled, TurnOutcome, TurnSlot
@@ -24,6 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ReplyKind = Literal["reply", "regenerate", "continue"]
+#: A turn that waits longer than this shows its queue position, refreshed at most this often.
+QUEUE_NOTICE_AFTER_S = 1.0
+QUEUE_REFRESH_S = 3.0
 STOPPED_BY_USER = "stopped"
 BUTTON_TEMPLATE = r"rp:(?P<action>regen|prev|next|stop|cont):(?P<target>[0-9]+)"
 
@@ -211,16 +213,25 @@ class ReplyController:
             else:
                 await writer.update_status(text)
 
-        last_shown = 0.0
+        waiting_at = 0  # the turn's place in the queue; 0 once admitted
+        notice: asyncio.Task[Any] | None = None
+
+        async def show_queue() -> None:
+            # Most waits are short: say nothing unless the turn has waited a moment, then
+            # refresh the position slowly (positions change with every admission anywhere).
+            await asyncio.sleep(QUEUE_NOTICE_AFTER_S)
+            shown = 0
+            while waiting_at > 0:
+                if waiting_at != shown:
+                    shown = waiting_at
+                    await open_or_show(t(locale, "reply.queued", position=shown))
+                await asyncio.sleep(QUEUE_REFRESH_S)
 
         def on_position(position: int) -> None:
-            # Positions change with every admission anywhere: show them at most once a second,
-            # so a long queue costs each waiting reply one edit per second, not one per turn.
-            nonlocal last_shown
-            now = time.monotonic()
-            if position > 0 and (not opened or now - last_shown >= EDIT_INTERVAL_S):
-                last_shown = now
-                self.spawn(open_or_show(t(locale, "reply.queued", position=position)))
+            nonlocal waiting_at, notice
+            waiting_at = position
+            if position > 0 and notice is None:
+                notice = self.spawn(show_queue())
 
         user_id = speaker.user_id if speaker else 0
         slot: TurnSlot | None = None
@@ -232,6 +243,8 @@ class ReplyController:
                 on_position=on_position,
                 user_turns=active.config.user_rate_limit,
             ) as slot:
+                if notice is not None:
+                    notice.cancel()
                 if not opened:
                     opened = True
                     await writer.open((prefix + " ▌").strip(), view=streaming_view())

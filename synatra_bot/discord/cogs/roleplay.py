@@ -152,12 +152,13 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
+        if message.author.bot or message.webhook_id is not None or message.guild is None:
+            return  # our own replies come back as events too: drop them before any work
         # The work runs as a tracked task so that shutdown can wait for it to store its turn.
         self.bot.replies.spawn(self._on_message(message))
 
     async def _on_message(self, message: discord.Message) -> None:
-        if message.author.bot or message.webhook_id is not None or message.guild is None:
-            return
+        assert message.guild is not None
         if not _channel_types_ok(message.channel) or message.type not in (
             discord.MessageType.default,
             discord.MessageType.reply,
@@ -185,6 +186,9 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        author = payload.data.get("author") or {}
+        if payload.data.get("webhook_id") or author.get("bot") or "content" not in payload.data:
+            return  # edits of our own streaming replies: nothing to sync
         self.bot.replies.spawn(self._on_edit(payload))
 
     async def _on_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
