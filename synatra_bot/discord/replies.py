@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -101,6 +102,8 @@ class _Job:
     speaker: Actor | None
     kind: ReplyKind
     target: MessageRecord | None
+    #: Work the prompt must wait for (storing the player's message).
+    after: Awaitable[Any] | None = None
 
 
 class ReplyController:
@@ -173,12 +176,13 @@ class ReplyController:
         kind: ReplyKind = "reply",
         target: MessageRecord | None = None,
         notify: discord.Message | None = None,
+        after: Awaitable[Any] | None = None,
     ) -> MessageRecord | None:
         """Generate and show one reply; returns the stored turn, or None when nothing was stored.
 
         Whatever fails, the player is told in the channel and nothing half-written is stored.
         """
-        job = _Job(place, active, channel, speaker, kind, target)
+        job = _Job(place, active, channel, speaker, kind, target, after)
         locale = self.bot.locale_for(channel)
         try:
             return await self._run(job, notify)
@@ -283,6 +287,8 @@ class ReplyController:
 
     async def _prompt(self, job: _Job) -> Any:
         core = self.bot.core
+        if job.after is not None:
+            await job.after
         config = job.active.config
         # A new context size or reply length starts the trimming afresh.
         key = (job.active.session.id, config.context_size, config.sampling.max_new_tokens)

@@ -177,11 +177,20 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         if mentioned and me is not None:
             content = content.replace(f"@{me.display_name}", "").strip() or content
         actor = actor_from_member(message.author, message.guild.id)
-        await core.add_user_message(active, actor, content, discord_message_id=message.id)
+        # Store the player's turn while the reply's first message goes out: the prompt, built
+        # once the turn is admitted, waits for it.
+        stored = self.bot.replies.spawn(
+            core.add_user_message(active, actor, content, discord_message_id=message.id)
+        )
         if active.config.reply_mode == "mention" and not mentioned:
             return
         await self.bot.replies.run(
-            channel=message.channel, place=place, active=active, speaker=actor, notify=message
+            channel=message.channel,
+            place=place,
+            active=active,
+            speaker=actor,
+            notify=message,
+            after=stored,
         )
 
     @commands.Cog.listener()
