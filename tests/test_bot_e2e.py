@@ -344,3 +344,23 @@ async def test_a_new_avatar_updates_the_characters_webhook(harness):
     await harness.final_text(record)
     await harness.reply_to(s.general, s.members[0], "새 사진 예쁘다")
     assert webhook.avatar_data and webhook.avatar_data.startswith("data:image/png;base64,")
+
+
+async def test_memory_is_shown_to_the_model_until_cleared(harness):
+    s = harness.scenario
+    character_id = await harness.character(s.moderator)
+    await harness.start_roleplay(s.moderator, s.general, character_id)
+    empty = await harness.slash(s.moderator, "rp memory", channel=s.general)
+    assert "장기 기억이 없어요" in await harness.final_text(empty)
+    refused = await harness.slash(s.members[0], "rp memory", channel=s.general, text="나는 왕이다")
+    assert "시작한 사람이나 관리자만" in await harness.final_text(refused)
+    saved = await harness.slash(
+        s.moderator, "rp memory", channel=s.general, text="지수와 민지는 어제 바닷가에서 싸웠다."
+    )
+    assert "저장했어요" in await harness.final_text(saved)
+    await harness.reply_to(s.general, s.members[0], "어제 일은 미안해")
+    assert "### 지난 이야기\n지수와 민지는 어제 바닷가에서 싸웠다." in harness.engine.prompts[-1]
+    cleared = await harness.slash(s.moderator, "rp memory", channel=s.general, text="-")
+    assert "지웠어요" in await harness.final_text(cleared)
+    await harness.reply_to(s.general, s.members[0], "이제 괜찮아?")
+    assert "지난 이야기" not in harness.engine.prompts[-1]

@@ -67,4 +67,6 @@ KOREAN: dict[str, str] = {
     "Tokens the model sees (prompt + reply)": "모델이 보는 토큰 수 (프롬프트 + 답장)",
     "Replies per member per minute": "한 사람당 1분에 받을 수 있는 답장 수",
     "Whether shared characters need approval": "공유 캐릭터에 승인이 필요한지",
+    "Show or set what the character remembers": "캐릭터의 장기 기억을 보거나 정해요",
+    "Long-term memory the model always sees (leave empty to show; '-' to clear)": "모델이 항상 보는 장기 기억 (비우면 보기, '-' 면 지우기)",
 }

@@ -135,6 +135,15 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Removed the last exchange ({count} messages).",
         "마지막 대화 {count}개를 지웠어요.",
     ),
+    "rp.memory_empty": (
+        "No long-term memory yet. Set one with /rp memory text:…",
+        "아직 장기 기억이 없어요. /rp memory text:… 로 정할 수 있어요.",
+    ),
+    "rp.memory_set": (
+        "Saved. The character keeps this in mind from the next reply on.",
+        "저장했어요. 다음 답장부터 캐릭터가 이 내용을 기억해요.",
+    ),
+    "rp.memory_cleared": ("Long-term memory cleared.", "장기 기억을 지웠어요."),
     "rp.continuing": ("Continuing…", "이어서 쓰는 중…"),
     "rp.edit_offer": (
         "Your message changed. Regenerate the reply with 🔄?",

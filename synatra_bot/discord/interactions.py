@@ -7,7 +7,6 @@ from typing import Any
 import discord
 
 from synatra_bot.discord.i18n import t
-from synatra_bot.errors import PermissionDenied
 from synatra_bot.roleplay.types import Actor, Place
 
 
@@ -52,13 +51,6 @@ def place_of(channel: Any, guild_id: int) -> Place:
         )
     nsfw = channel.is_nsfw() if hasattr(channel, "is_nsfw") else False
     return Place(channel_id=channel.id, guild_id=guild_id, age_restricted=bool(nsfw))
-
-
-def require_moderator(interaction: discord.Interaction[Any]) -> Actor:
-    actor = actor_of(interaction)
-    if not actor.is_moderator:
-        raise PermissionDenied("moderators only", key="error.moderator_only")
-    return actor
 
 
 async def answer(

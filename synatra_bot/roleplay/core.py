@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from synatra_bot.errors import NotFound, UserFacingError
@@ -195,6 +195,13 @@ class RoleplayCore:
         """Archive the history and start again with the same character."""
         active = await self.require_active(place)
         return await self.start(actor, place, character_id=active.character.id)
+
+    async def set_memory(self, place: Place, text: str) -> ActiveRoleplay:
+        """Set the session's long-term memory: a summary the model sees in the system block."""
+        active = await self.require_active(place)
+        await repo.set_summary(self.sessions, session_id=active.session.id, summary=text)
+        self.forget()
+        return await self.require_active(place)
 
     async def undo(self, place: Place) -> list[MessageRecord]:
         active = await self.require_active(place)
@@ -402,10 +409,3 @@ class RoleplayCore:
 
 def greetings_of(character: CharacterRecord) -> list[str]:
     return [g for g in [character.first_message, *character.alternate_greetings] if g.strip()]
-
-
-def with_sampling(config: ChannelConfig, **changes: object) -> ChannelConfig:
-    return replace(config, sampling=replace(config.sampling, **changes))  # type: ignore[arg-type]
-
-
-ProgressCallback = Callable[[int], object]

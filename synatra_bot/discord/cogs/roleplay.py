@@ -139,6 +139,28 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
                 target=latest,
             )
 
+    @app_commands.command(name="memory", description="Show or set what the character remembers")
+    @app_commands.describe(
+        text="Long-term memory the model always sees (leave empty to show; '-' to clear)"
+    )
+    async def memory(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        text: app_commands.Range[str, 1, 2000] | None = None,
+    ) -> None:
+        _, place, actor = self._where(interaction)
+        active = await self.bot.core.require_active(place)
+        if text is None:
+            shown = active.session.summary or tr(interaction, "rp.memory_empty")
+            await answer(interaction, shown[:2000])
+            return
+        self._check_starter_or_mod(actor, active.session.started_by)
+        memory = "" if text.strip() == "-" else text.strip()
+        await self.bot.core.set_memory(place, memory)
+        await answer(
+            interaction, tr(interaction, "rp.memory_set" if memory else "rp.memory_cleared")
+        )
+
     @app_commands.command(name="context", description="Show what the model sees (inspector)")
     async def context(self, interaction: discord.Interaction[SynatraBot]) -> None:
         _, place, actor = self._where(interaction)
