@@ -47,7 +47,9 @@ async def running_bot(
     from synatra_bot.storage.migrate import upgrade_database
     from synatra_bot.tokenizer import load_tokenizer
 
-    await upgrade_database(settings.database_url)
+    before, after = await upgrade_database(settings.database_url)
+    if before != after:
+        log.info("database upgraded from %s to %s", before or "empty", after)
     database = create_engine(settings.database_url)
     if tokenizer is None:
         tokenizer = await asyncio.to_thread(load_tokenizer, settings.model_id)

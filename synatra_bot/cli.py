@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from synatra_bot.errors import ConfigError, StorageError
+from synatra_bot.errors import ConfigError, EngineError, StorageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StorageError) as exc:
         print(f"synatra-bot: {exc}", file=sys.stderr)
         return 2
+    except EngineError as exc:
+        print(f"synatra-bot: the engine could not start: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     parser.error(f"unknown command {command}")

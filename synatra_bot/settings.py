@@ -188,6 +188,8 @@ def configure_logging(settings: Settings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
     logging.getLogger("discord.http").setLevel(max(logging.INFO, root.level))
+    # Alembic narrates every plugin and step at INFO; the bot logs the outcome itself.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
 
 
 class SecretFilter(logging.Filter):

@@ -29,11 +29,19 @@ def load_tokenizer(model_id: str | Path) -> PreTrainedTokenizerBase:
     """Load the tokenizer of `model_id` (hub id or local folder) and check the ChatML ids."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_id))
+    from synatra_bot.errors import ConfigError
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_id))
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            "MODEL_ID",
+            f"cannot load the tokenizer of {model_id} ({reason}); give a hub id this machine "
+            "can download, or a local folder with the model",
+        ) from None
     ids = tokenizer.convert_tokens_to_ids([IM_END, IM_START])
     if ids != [IM_END_ID, IM_START_ID]:
-        from synatra_bot.errors import ConfigError
-
         raise ConfigError(
             "MODEL_ID",
             f"tokenizer of {model_id} maps {IM_END}/{IM_START} to {ids}, "

@@ -105,3 +105,27 @@ def test_invalid_setting_exits_2_without_traceback(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "synatra-bot: ENGINE: must be one of transformers, openai, got 'nope'"
     ]
+
+
+def test_a_model_that_cannot_be_loaded_exits_2_with_one_line(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "DISCORD_TOKEN": "x",
+        "MODEL_ID": str(tmp_path / "없는-모델"),
+        "HF_HUB_OFFLINE": "1",
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+    }
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bot.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("synatra-bot:")]
+    assert len(lines) == 1 and "MODEL_ID" in lines[0] and "없는-모델" in lines[0]
+    assert "Traceback" not in result.stderr
