@@ -239,6 +239,10 @@ class ReplyController:
 
         user_id = speaker.user_id if speaker else 0
         slot: TurnSlot | None = None
+        if kind == "reply":
+            # The reply's message appears at once, a cursor while the turn waits and thinks.
+            opened = True
+            await writer.open("▌", view=streaming_view())
         try:
             async with self.bot.scheduler.turn(
                 channel_id=place.channel_id,
@@ -256,6 +260,8 @@ class ReplyController:
                 async for _delta in slot.stream(built.input_ids, active.config.sampling):
                     await writer.update(prefix + slot.text)
         except RateLimited as error:
+            if kind == "reply":
+                await writer.discard()
             await self._tell(notify, channel, t(locale, "error.rate_limited", **error.params))
             return None
         except TurnCancelled:
@@ -270,8 +276,11 @@ class ReplyController:
             )
             return None
         except EngineError as error:
-            if isinstance(error, EngineUnavailable) and not opened:
-                return None  # the bot is shutting down: the turn never began
+            if isinstance(error, EngineUnavailable) and slot is None:
+                # The bot is shutting down: the turn never began.
+                if kind == "reply":
+                    await writer.discard()
+                return None
             # Also an engine that became unavailable mid-reply: never leave the cursor hanging.
             log.warning("reply in channel %s failed: %s", place.channel_id, error)
             text = prefix + (slot.text if slot is not None else "")
