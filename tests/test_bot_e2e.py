@@ -364,3 +364,24 @@ async def test_memory_is_shown_to_the_model_until_cleared(harness):
     assert "지웠어요" in await harness.final_text(cleared)
     await harness.reply_to(s.general, s.members[0], "이제 괜찮아?")
     assert "지난 이야기" not in harness.engine.prompts[-1]
+
+
+async def test_a_running_scene_is_not_replaced_by_someone_else(harness):
+    s = harness.scenario
+    mine = await harness.character(s.members[0], "민지")
+    theirs = await harness.character(s.members[1], "서윤")
+    await harness.slash(s.moderator, "config channel", channel=s.general, enabled=True)
+    await harness.start_roleplay(s.members[0], s.general, mine)
+    await harness.reply_to(s.general, s.members[0], "안녕!")
+    refused = await harness.slash(
+        s.members[1], "rp start", channel=s.general, character=str(theirs)
+    )
+    text = await harness.final_text(refused)
+    assert "민지와의 롤플레이가 진행 중" in text and refused.ephemeral
+    active = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+    assert active.character_id == mine
+    shared = await harness.character(s.moderator, "하늘")
+    moderator = await harness.slash(
+        s.moderator, "rp start", channel=s.general, character=str(shared)
+    )
+    assert "하늘이 채널에 들어왔어요" in await harness.final_text(moderator)

@@ -96,6 +96,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Attach a PNG, JPEG, WebP or GIF image.",
         "PNG, JPEG, WebP, GIF 이미지를 첨부해 주세요.",
     ),
+    "error.session_running": (
+        "A roleplay with {name} is running here. Its starter or a moderator can /rp stop it first.",
+        "여기서 {name|와}의 롤플레이가 진행 중이에요. "
+        "시작한 사람이나 관리자가 먼저 /rp stop 해야 해요.",
+    ),
     "error.starter_only": (
         "Only the person who started this roleplay or a moderator can do that.",
         "롤플레이를 시작한 사람이나 관리자만 할 수 있어요.",

@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from synatra_bot.errors import NotFound, UserFacingError
+from synatra_bot.errors import NotFound, PermissionDenied, UserFacingError
 from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.lorebook import lorebook_from_character_book
 from synatra_bot.prompt.macros import substitute_macros
@@ -34,6 +35,8 @@ MIN_TURN_TOKENS = 4
 #: How long a channel's roleplay and a player's persona may be served from memory. Changes made
 #: through this process clear them at once; this bounds changes made by another process.
 CACHE_TTL_S = 10.0
+#: After this long without a turn, anyone may start a new roleplay over an abandoned one.
+IDLE_TAKEOVER_S = 30 * 60
 CACHE_LIMIT = 10_000
 
 
@@ -84,8 +87,12 @@ class RoleplayCore:
         self._personas: dict[tuple[int, int], tuple[float, PersonaRecord | None]] = {}
         characters.on_change(self.forget)
 
-    def forget(self) -> None:
-        """Drop what is cached: settings, sessions or characters changed."""
+    def forget(self, channel_id: int | None = None) -> None:
+        """Drop what is cached: one channel's roleplay (its session changed), or everything
+        (settings, characters or personas changed)."""
+        if channel_id is not None:
+            self._active.pop(channel_id, None)
+            return
         self._active.clear()
         self._personas.clear()
 
@@ -142,7 +149,12 @@ class RoleplayCore:
     async def start(
         self, actor: Actor, place: Place, *, character_id: int, greeting_index: int = 0
     ) -> Started:
-        """Start a roleplay: the old session is archived, the greeting(s) become the first turn."""
+        """Start a roleplay: the old session is archived, the greeting(s) become the first turn.
+
+        A scene someone else started and that is still going (a turn in the last
+        `IDLE_TAKEOVER_S`) is theirs: only they or a moderator may replace it.
+        """
+        await self.ensure_can_start(actor, place)
         config = await self.config_for(place)
         character = await self.characters.for_use(
             actor, character_id, place=place, nsfw_policy=config.nsfw_policy
@@ -155,7 +167,7 @@ class RoleplayCore:
             character_id=character.id,
             started_by=actor.user_id,
         )
-        self.forget()
+        self.forget(place.channel_id)
         greeting = await self._store_greetings(session, character, actor, greeting_index)
         count = len(greetings_of(character))
         return Started(session, character, greeting, count)
@@ -186,9 +198,31 @@ class RoleplayCore:
                 chosen = alt
         return await repo.choose_alternative(self.sessions, message_id=chosen.id)
 
+    async def ensure_can_start(self, actor: Actor, place: Place) -> None:
+        """Refuse to replace a scene someone else started and is still playing."""
+        current = await self.active(place)
+        if (
+            current is not None
+            and current.session.started_by != actor.user_id
+            and not actor.is_moderator
+            and not await self._idle(current.session)
+        ):
+            raise PermissionDenied(
+                "a roleplay someone else started is running here",
+                key="error.session_running",
+                name=current.character.name,
+            )
+
+    async def _idle(self, session: SessionRecord) -> bool:
+        latest = await repo.recent_history(self.sessions, session_id=session.id, limit=1)
+        last = latest[-1].created_at if latest else session.started_at
+        if last.tzinfo is None:  # SQLite hands back naive UTC
+            last = last.replace(tzinfo=UTC)
+        return (datetime.now(UTC) - last).total_seconds() > IDLE_TAKEOVER_S
+
     async def stop(self, place: Place) -> int | None:
         ended = await repo.end_session(self.sessions, channel_id=place.channel_id)
-        self.forget()
+        self.forget(place.channel_id)
         return ended
 
     async def reset(self, actor: Actor, place: Place) -> Started:
@@ -200,7 +234,7 @@ class RoleplayCore:
         """Set the session's long-term memory: a summary the model sees in the system block."""
         active = await self.require_active(place)
         await repo.set_summary(self.sessions, session_id=active.session.id, summary=text)
-        self.forget()
+        self.forget(place.channel_id)
         return await self.require_active(place)
 
     async def undo(self, place: Place) -> list[MessageRecord]:

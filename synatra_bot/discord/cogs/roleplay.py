@@ -57,6 +57,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             if not actor.is_moderator:
                 raise UserFacingError("channel disabled", key="error.channel_disabled")
             await core.update_channel_settings(place, enabled=True)
+        await core.ensure_can_start(actor, place)
         await interaction.response.defer(thinking=True)
         await self.bot.scheduler.cancel_channel(place.channel_id, reason="a new roleplay started")
         started = await core.start(
