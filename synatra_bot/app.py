@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -68,7 +69,16 @@ async def running_bot(
             max_concurrent=settings.max_concurrent_replies,
             turn_timeout_s=settings.turn_timeout_s,
         )
+        if settings.shard_count is not None:
+            bot_options.setdefault("shard_count", settings.shard_count)
+        if settings.shard_ids is not None:
+            bot_options.setdefault("shard_ids", list(settings.shard_ids))
         bot = SynatraBot(BotDependencies(settings, core, scheduler, engine), **bot_options)
+        # Everything loaded so far (torch, transformers, the tokenizer) lives as long as the
+        # process: keep it out of the garbage collector's full passes, which otherwise stall
+        # the event loop for a few hundred milliseconds now and then.
+        gc.collect()
+        gc.freeze()
         try:
             yield bot
         finally:

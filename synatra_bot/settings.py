@@ -54,6 +54,9 @@ class Settings:
     max_attachment_bytes: int = 8 * 1024 * 1024
     dev_guild_id: int | None = None
     log_level: str = "INFO"
+    #: Several processes share the gateway: all of them get SHARD_COUNT, each its SHARD_IDS.
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
         # Secrets never reach logs through repr().
@@ -134,6 +137,8 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
     if max_new_tokens >= context_size // 2:
         raise ConfigError("MAX_NEW_TOKENS", f"must be below half of CONTEXT_SIZE ({context_size})")
     dev_guild = _int(env, "DEV_GUILD_ID", 0, 0, 2**63 - 1)
+    shard_count = _int(env, "SHARD_COUNT", 0, 1, 10_000) or None
+    shard_ids = _shard_ids(env.get("SHARD_IDS", "").strip(), shard_count)
 
     return Settings(
         discord_token=token,
@@ -153,7 +158,23 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         max_attachment_bytes=_int(env, "MAX_ATTACHMENT_BYTES", 8 << 20, 1024, 64 << 20),
         dev_guild_id=dev_guild or None,
         log_level=_choice(env, "LOG_LEVEL", "info", levels).upper(),
+        shard_count=shard_count,
+        shard_ids=shard_ids,
     )
+
+
+def _shard_ids(raw: str, shard_count: int | None) -> tuple[int, ...] | None:
+    if not raw:
+        return None
+    if shard_count is None:
+        raise ConfigError("SHARD_IDS", "needs SHARD_COUNT (the total over every process)")
+    try:
+        ids = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
+    except ValueError:
+        raise ConfigError("SHARD_IDS", f"must be comma-separated numbers, got {raw!r}") from None
+    if not ids or ids[0] < 0 or ids[-1] >= shard_count:
+        raise ConfigError("SHARD_IDS", f"must be between 0 and {shard_count - 1}, got {raw!r}")
+    return ids
 
 
 def load_settings(*, env_file: str | Path = ".env", require_token: bool = True) -> Settings:

@@ -129,3 +129,18 @@ def test_a_model_that_cannot_be_loaded_exits_2_with_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("synatra-bot:")]
     assert len(lines) == 1 and "MODEL_ID" in lines[0] and "없는-모델" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_shards_for_several_processes():
+    settings = settings_from_env({"DISCORD_TOKEN": "t", "SHARD_COUNT": "4", "SHARD_IDS": "3, 2"})
+    assert settings.shard_count == 4 and settings.shard_ids == (2, 3)
+    with pytest.raises(ConfigError, match="SHARD_IDS: must be between 0 and 3"):
+        settings_from_env({"DISCORD_TOKEN": "t", "SHARD_COUNT": "4", "SHARD_IDS": "4"})
+    with pytest.raises(ConfigError, match="SHARD_IDS: needs SHARD_COUNT"):
+        settings_from_env({"DISCORD_TOKEN": "t", "SHARD_IDS": "0"})
+
+
+async def test_bot_logs_in_with_its_shard_ids(start_bot, discord_fake):
+    async with start_bot(env={"SHARD_COUNT": "2", "SHARD_IDS": "0,1"}) as harness:
+        assert harness.bot.shard_count == 2
+        assert sorted(harness.bot.shards) == [0, 1]

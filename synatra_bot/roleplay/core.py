@@ -34,7 +34,7 @@ from synatra_bot.storage.records import (
 MIN_TURN_TOKENS = 4
 #: How long a channel's roleplay and a player's persona may be served from memory. Changes made
 #: through this process clear them at once; this bounds changes made by another process.
-CACHE_TTL_S = 10.0
+CACHE_TTL_S = 60.0
 #: After this long without a turn, anyone may start a new roleplay over an abandoned one.
 IDLE_TAKEOVER_S = 30 * 60
 CACHE_LIMIT = 10_000
@@ -169,6 +169,8 @@ class RoleplayCore:
         )
         self.forget(place.channel_id)
         greeting = await self._store_greetings(session, character, actor, greeting_index)
+        # The channel's first message needs exactly this: keep it rather than read it back.
+        self._active[place.channel_id] = (self.clock(), ActiveRoleplay(session, character, config))
         count = len(greetings_of(character))
         return Started(session, character, greeting, count)
 
