@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 ReplyKind = Literal["reply", "regenerate", "continue"]
 #: A turn that waits longer than this shows its queue position, refreshed at most this often.
 QUEUE_NOTICE_AFTER_S = 1.0
-QUEUE_REFRESH_S = 3.0
+QUEUE_REFRESH_S = 10.0
 STOPPED_BY_USER = "stopped"
 BUTTON_TEMPLATE = r"rp:(?P<action>regen|prev|next|stop|cont):(?P<target>[0-9]+)"
 
