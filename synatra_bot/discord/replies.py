@@ -112,8 +112,6 @@ class ReplyController:
     def __init__(self, bot: SynatraBot) -> None:
         self.bot = bot
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: Prompt prefix stability: the oldest history message the last prompt kept, per session.
-        self._history_start: dict[tuple[int, int, int], int | None] = {}
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         return self.track(asyncio.create_task(coro))
@@ -295,23 +293,14 @@ class ReplyController:
         )
 
     async def _prompt(self, job: _Job) -> Any:
-        core = self.bot.core
         if job.after is not None:
             await job.after
-        config = job.active.config
-        # A new context size or reply length starts the trimming afresh.
-        key = (job.active.session.id, config.context_size, config.sampling.max_new_tokens)
-        built = await core.build_prompt(
+        return await self.bot.core.build_prompt(
             job.active,
             speaker=job.speaker,
             exclude_message_id=job.target.id if job.kind == "regenerate" and job.target else None,
             continue_message=job.target if job.kind == "continue" else None,
-            history_start_id=self._history_start.get(key),
         )
-        if len(self._history_start) > 10_000:
-            self._history_start.clear()
-        self._history_start[key] = built.history_start_id
-        return built
 
     async def _settle(
         self,

@@ -85,6 +85,8 @@ class RoleplayCore:
         # memory instead of reading five rows per message.
         self._active: dict[int, tuple[float, ActiveRoleplay | None]] = {}
         self._personas: dict[tuple[int, int], tuple[float, PersonaRecord | None]] = {}
+        #: (session, context size, max new tokens) -> oldest message its last prompt kept.
+        self._history_start: dict[tuple[int, int, int], int | None] = {}
         characters.on_change(self.forget)
 
     def forget(self, channel_id: int | None = None) -> None:
@@ -347,12 +349,19 @@ class RoleplayCore:
         speaker: Actor | None,
         exclude_message_id: int | None = None,
         continue_message: MessageRecord | None = None,
-        history_start_id: int | None = None,
     ) -> BuiltPrompt:
         """The prompt for the next reply from stored history; caches new token counts.
 
         `exclude_message_id` leaves a turn out (the reply being regenerated).
         """
+        # Chunked trimming: start where this session's last prompt started, so its beginning
+        # (and an engine's cached prefix) stays the same; a new context size starts afresh.
+        anchor_key = (
+            active.session.id,
+            active.config.context_size,
+            active.config.sampling.max_new_tokens,
+        )
+        history_start_id = self._history_start.get(anchor_key)
         records = await repo.recent_history(
             self.sessions,
             session_id=active.session.id,
@@ -398,6 +407,9 @@ class RoleplayCore:
             options=options,
             continue_last=continue_message is not None,
         )
+        if len(self._history_start) >= CACHE_LIMIT:
+            self._history_start.clear()
+        self._history_start[anchor_key] = built.history_start_id
         if built.new_token_counts:
             await repo.save_token_counts(self.sessions, counts=built.new_token_counts)
         return built

@@ -210,7 +210,6 @@ class TerminalChat:
         self._quit = asyncio.Event()
         self._busy = False
         self._stop_requested = False
-        self._history_start: int | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- output -------------------------------------------------------------------------------
@@ -329,7 +328,6 @@ class TerminalChat:
                 self._line("되돌릴 것이 없어요 · nothing to undo")
         elif name == "/reset":
             started = await self.core.reset(self.actor, self.place)
-            self._history_start = None
             self._line(f"— 새 대화 · new chat with {started.character.name} —")
             self._show_greeting(started.greeting, started.greeting_count, started.character.name)
         elif name == "/context":
@@ -373,9 +371,7 @@ class TerminalChat:
                     speaker=self.actor,
                     exclude_message_id=target.id if kind == "regenerate" and target else None,
                     continue_message=target if kind == "continue" else None,
-                    history_start_id=self._history_start,
                 )
-                self._history_start = built.history_start_id
                 self._write(f"{name}: " + ("… " if kind == "continue" else ""))
                 started = True
                 async for delta in slot.stream(built.input_ids, active.config.sampling):
