@@ -12,13 +12,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import head_revision, upgrade_database
-from synatra_bot.storage.models import Base
+from tests.db_helpers import schema_diff
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -77,17 +75,7 @@ async def test_migrations_create_the_schema_and_agree_with_the_models(postgres_u
     _, after = await upgrade_database(postgres_url)
     assert after == head_revision(postgres_url)
     assert await upgrade_database(postgres_url) == (after, after)
-    engine = create_engine(postgres_url)
-    try:
-        async with engine.connect() as conn:
-            diff = await conn.run_sync(
-                lambda c: compare_metadata(
-                    MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata
-                )
-            )
-    finally:
-        await engine.dispose()
-    assert diff == []
+    assert await schema_diff(postgres_url) == []
 
 
 async def test_roleplay_rows_round_trip_with_discord_snowflakes(postgres_url):

@@ -7,14 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 
 from synatra_bot.errors import StorageError
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import current_revision, head_revision, upgrade_database
-from synatra_bot.storage.models import Base
+from tests.db_helpers import schema_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,17 +40,7 @@ async def test_upgrade_creates_schema_and_second_run_changes_nothing(db_url, tmp
 
 async def test_models_and_migrations_agree(db_url):
     await upgrade_database(db_url)
-    engine = create_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            diff = await conn.run_sync(
-                lambda c: compare_metadata(
-                    MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata
-                )
-            )
-    finally:
-        await engine.dispose()
-    assert diff == []
+    assert await schema_diff(db_url) == []
 
 
 async def test_every_connection_gets_the_pragmas(sessions):
