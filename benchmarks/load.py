@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import logging
 import multiprocessing
 import random
+import re
 import sys
 import tempfile
 import time
@@ -62,6 +64,7 @@ class LoadConfig:
     max_new_tokens: int = 24
     drain_timeout_s: float = 120.0
     seed: int = 0
+    profile: Path | None = None
 
 
 @dataclass
@@ -86,6 +89,7 @@ class RunResult:
     rest_calls: int = 0
     webhook_executes: int = 0
     webhook_edits: int = 0
+    rest_routes: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     logged_errors: dict[str, int] = field(default_factory=dict)
 
@@ -237,8 +241,16 @@ async def _load(
         "executes": fake.executes,
         "rest_calls": len(calls),
         "edits": sum(1 for c in calls if c.method == "PATCH" and "/webhooks/" in c.path),
+        "routes": dict(Counter(_route(c.method, c.path) for c in calls).most_common()),
         "fake_cpu_s": sum(me.cpu_times()[:2]) - cpu_before,
     }
+
+
+def _route(method: str, path: str) -> str:
+    """`PATCH /webhooks/{id}/{token}/messages/{id}` for a call's path (ids and tokens folded)."""
+    path = re.sub(r"/webhooks/(\d+)/[^/?]+", "/webhooks/{id}/{token}", path.split("?")[0])
+    path = re.sub(r"/\d+", "/{id}", path)
+    return f"{method} {path}"
 
 
 def _fake_process_main(conn: Connection, config: LoadConfig) -> None:
@@ -402,10 +414,17 @@ class LoadRun:
         self.result.rss_before_mb = me.memory_info().rss / 2**20
         cpu_before = sum(me.cpu_times()[:2])
         sampler = asyncio.create_task(self._sample_lag())
+        profiler = cProfile.Profile() if self.config.profile else None
         conn.send(self.bot)
         try:
+            if profiler is not None:
+                profiler.enable()
             data: dict[str, Any] = await asyncio.to_thread(conn.recv)
         finally:
+            if profiler is not None:
+                profiler.disable()
+                assert self.config.profile is not None
+                profiler.dump_stats(self.config.profile.with_suffix(f".{self.bot}.pstats"))
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
@@ -419,6 +438,7 @@ class LoadRun:
         r.overhead_ms, r.unmatched_executes = data["overhead_ms"], data["unmatched"]
         r.rest_calls, r.webhook_executes = data["rest_calls"], data["executes"]
         r.webhook_edits, r.fake_cpu_s = data["edits"], data["fake_cpu_s"]
+        r.rest_routes = data["routes"]
         if r.replies_posted != r.sent:
             r.problems.append(f"{r.sent} messages sent but {r.replies_posted} final replies")
         return data
@@ -611,6 +631,11 @@ def format_table(results: Sequence[RunResult]) -> str:
         lines.append("")
         lines.append(f"ratio synatra/bare: p50 {p50:.2f}x, p99 {p99:.2f}x (target <= 2x)")
     for r in results:
+        per_message = ", ".join(
+            f"{route} {count / max(r.sent, 1):.2f}" for route, count in r.rest_routes.items()
+        )
+        lines.append(f"REST calls per message ({r.bot}): {per_message}")
+    for r in results:
         for problem in r.problems:
             lines.append(f"PROBLEM ({r.bot}): {problem}")
     return "\n".join(lines)
@@ -629,6 +654,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="max wait for replies")
     parser.add_argument("--short", action="store_true", help="5 channels, 20 members, 30/s, 2 s")
     parser.add_argument("--bots", default="synatra,bare", help="comma-separated: synatra,bare")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="cProfile the bot's process while the load runs; writes PROFILE.<bot>.pstats",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     config = LoadConfig(
@@ -639,6 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine=args.engine,
         max_new_tokens=args.max_new_tokens,
         drain_timeout_s=args.drain_timeout,
+        profile=args.profile,
     )
     import warnings
 

@@ -9,7 +9,13 @@ import pytest
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.errors import EngineUnavailable, GenerationInterrupted, RateLimited
-from synatra_bot.roleplay.scheduler import Scheduler, TurnCancelled, TurnOutcome
+from synatra_bot.roleplay.scheduler import (
+    QueueTicket,
+    Scheduler,
+    TurnCancelled,
+    TurnOutcome,
+    TurnSlot,
+)
 from tests.engine_helpers import wait_until
 
 REPLY = "안녕하세요, 모험가님. 오늘은 어디로 떠나 볼까요?"
@@ -30,22 +36,23 @@ async def started(engine: ScriptedEngine) -> ScriptedEngine:
 
 
 async def run_turn(scheduler: Scheduler, channel: str, user: str = "u1", **kwargs):
-    positions: list[int] = []
+    tickets: list[QueueTicket] = []
     async with scheduler.turn(
-        channel_id=channel, user_id=user, on_position=positions.append, **kwargs
+        channel_id=channel, user_id=user, on_queued=tickets.append, **kwargs
     ) as slot:
+        assert all(ticket.position == 0 for ticket in tickets)  # admitted: out of the queue
         async for _ in slot.stream(f"{channel} 프롬프트", PARAMS):
             pass
-    return slot, positions
+    return slot, tickets
 
 
 async def test_a_turn_streams_and_finishes() -> None:
     engine = await started(ScriptedEngine(REPLY))
     scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60)
-    slot, positions = await run_turn(scheduler, "채널")
+    slot, tickets = await run_turn(scheduler, "채널")
     assert slot.outcome is TurnOutcome.FINISHED
     assert slot.text == REPLY
-    assert positions == [0]
+    assert tickets == []  # admitted at once: never queued
 
 
 async def test_second_turn_in_a_channel_waits_for_the_first() -> None:
@@ -53,11 +60,20 @@ async def test_second_turn_in_a_channel_waits_for_the_first() -> None:
     scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60)
     first = asyncio.create_task(run_turn(scheduler, "채널"))
     await wait_until(lambda: scheduler.running == 1)
-    second = asyncio.create_task(run_turn(scheduler, "채널", user="u2"))
+    queued: list[QueueTicket] = []
+
+    async def second_turn():
+        async with scheduler.turn(channel_id="채널", user_id="u2", on_queued=queued.append) as slot:
+            async for _ in slot.stream("채널 프롬프트", PARAMS):
+                pass
+        return slot, queued
+
+    second = asyncio.create_task(second_turn())
     await wait_until(lambda: scheduler.waiting == 1)
     assert len(engine.running) == 1
-    (slot1, _), (slot2, positions2) = await asyncio.gather(first, second)
-    assert positions2 == [1, 0]
+    assert [ticket.position for ticket in queued] == [1]
+    (slot1, _), (slot2, _) = await asyncio.gather(first, second)
+    assert [ticket.position for ticket in queued] == [0]
     assert slot1.outcome is slot2.outcome is TurnOutcome.FINISHED
     assert engine.finished == ["turn-1-0", "turn-2-0"]
 
@@ -65,10 +81,50 @@ async def test_second_turn_in_a_channel_waits_for_the_first() -> None:
 async def test_global_cap_queues_other_channels_with_positions() -> None:
     engine = await started(ScriptedEngine(REPLY, delay_s=0.01))
     scheduler = Scheduler(engine, max_concurrent=1, turn_timeout_s=60)
-    tasks = [asyncio.create_task(run_turn(scheduler, f"채널{i}", user=f"u{i}")) for i in range(3)]
-    results = await asyncio.gather(*tasks)
-    assert [positions for _, positions in results] == [[0], [1, 0], [2, 1, 0]]
-    assert all(slot.outcome is TurnOutcome.FINISHED for slot, _ in results)
+    queued: list[QueueTicket] = []
+    first = asyncio.create_task(run_turn(scheduler, "채널0", user="u0"))
+    await wait_until(lambda: scheduler.running == 1)
+    rest = [
+        asyncio.create_task(run_turn_queued(scheduler, f"채널{i}", f"u{i}", queued)) for i in (1, 2)
+    ]
+    await wait_until(lambda: scheduler.waiting == 2)
+    assert [ticket.position for ticket in queued] == [1, 2]
+    assert [ticket.channel_id for ticket in queued] == ["채널1", "채널2"]
+    await first
+    await wait_until(lambda: scheduler.waiting == 1)
+    assert [ticket.position for ticket in queued] == [0, 1]  # admitted, then next in line
+    results = await asyncio.gather(*rest)
+    assert [ticket.position for ticket in queued] == [0, 0]
+    assert all(slot.outcome is TurnOutcome.FINISHED for slot in results)
+
+
+async def run_turn_queued(
+    scheduler: Scheduler, channel: str, user: str, queued: list[QueueTicket]
+) -> TurnSlot:
+    async with scheduler.turn(channel_id=channel, user_id=user, on_queued=queued.append) as slot:
+        async for _ in slot.stream(f"{channel} 프롬프트", PARAMS):
+            pass
+    return slot
+
+
+async def test_the_longest_waiting_turn_of_a_free_channel_goes_first() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.01))
+    scheduler = Scheduler(engine, max_concurrent=1, turn_timeout_s=60)
+    order: list[str] = []
+
+    async def turn(channel: str, user: str) -> None:
+        async with scheduler.turn(channel_id=channel, user_id=user) as slot:
+            order.append(f"{channel}:{user}")
+            async for _ in slot.stream("프롬프트", PARAMS):
+                pass
+
+    tasks = [asyncio.create_task(turn("가", "u0"))]
+    await wait_until(lambda: scheduler.running == 1)
+    for channel, user in (("가", "u1"), ("나", "u2"), ("가", "u3"), ("다", "u4")):
+        tasks.append(asyncio.create_task(turn(channel, user)))
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == ["가:u0", "가:u1", "나:u2", "가:u3", "다:u4"]
 
 
 async def test_restart_policy_cancels_the_running_reply_and_its_engine_request() -> None:

@@ -91,6 +91,9 @@ class SynatraBot(commands.AutoShardedBot):
             tree_cls=SynatraTree,
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
+            # Edits and deletes are read from the raw events; a message cache would only cost
+            # a linear search and a copy for every streaming edit's echo.
+            max_messages=None,
             **options,
         )
         self.deps = deps

@@ -14,7 +14,7 @@ from synatra_bot.discord.i18n import t
 from synatra_bot.discord.streaming import ReplyMessages
 from synatra_bot.errors import EngineError, EngineUnavailable, RateLimited, UserFacingError
 from synatra_bot.roleplay.core import ActiveRoleplay
-from synatra_bot.roleplay.scheduler import TurnCancelled, TurnOutcome, TurnSlot
+from synatra_bot.roleplay.scheduler import QueueTicket, TurnCancelled, TurnOutcome, TurnSlot
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import MessageRecord
 
@@ -215,25 +215,22 @@ class ReplyController:
             else:
                 await writer.update_status(text)
 
-        waiting_at = 0  # the turn's place in the queue; 0 once admitted
         notice: asyncio.Task[Any] | None = None
 
-        async def show_queue() -> None:
+        async def show_queue(ticket: QueueTicket) -> None:
             # Most waits are short: say nothing unless the turn has waited a moment, then
             # refresh the position slowly (positions change with every admission anywhere).
             await asyncio.sleep(QUEUE_NOTICE_AFTER_S)
             shown = 0
-            while waiting_at > 0:
-                if waiting_at != shown:
-                    shown = waiting_at
+            while (position := ticket.position) > 0:
+                if position != shown:
+                    shown = position
                     await open_or_show(t(locale, "reply.queued", position=shown))
                 await asyncio.sleep(QUEUE_REFRESH_S)
 
-        def on_position(position: int) -> None:
-            nonlocal waiting_at, notice
-            waiting_at = position
-            if position > 0 and notice is None:
-                notice = self.spawn(show_queue())
+        def on_queued(ticket: QueueTicket) -> None:
+            nonlocal notice
+            notice = self.spawn(show_queue(ticket))
 
         user_id = speaker.user_id if speaker else 0
         slot: TurnSlot | None = None
@@ -246,11 +243,12 @@ class ReplyController:
                 channel_id=place.channel_id,
                 user_id=user_id,
                 policy="restart" if active.config.busy_policy == "restart" else "queue",
-                on_position=on_position,
+                on_queued=on_queued,
                 user_turns=active.config.user_rate_limit,
             ) as slot:
                 if notice is not None:
                     notice.cancel()
+                writer.pace_from_now()  # a turn that waited shows its first words after a beat
                 if not opened:
                     opened = True
                     await writer.open((prefix + " ▌").strip(), view=streaming_view())

@@ -84,6 +84,11 @@ class ReplyMessages:
             await self._sync([placeholder], view=view, final=bool(self._ids))
         self._last_flush = self._clock()
 
+    def pace_from_now(self) -> None:
+        """Count the next edit's interval from now: a reply that finishes within it is shown
+        once, by `finish`, instead of by an edit and then `finish`."""
+        self._last_flush = self._clock()
+
     async def update(self, text: str) -> None:
         if self._clock() - self._last_flush < self._interval or self._lock.locked():
             return

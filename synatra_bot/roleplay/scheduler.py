@@ -2,12 +2,14 @@
 
 One reply is in flight per channel; a global cap bounds the replies generating at once; each
 user may start `user_turns` turns per `rate_window_s`. Waiting turns are admitted first come,
-first served, skipping turns whose channel is busy, and hear their queue position as it changes
-through `on_position(n)`: n >= 1 is the place among all waiting turns, 0 means admitted.
+first served, skipping turns whose channel is busy. A turn that has to wait is handed its
+`QueueTicket` once through `on_queued(ticket)`; `ticket.position` (1 = next among all waiting
+turns, 0 once admitted or dropped) is computed when read, so a long queue costs nothing until
+someone looks at it.
 
 Usage from the roleplay core::
 
-    async with scheduler.turn(channel_id=c, user_id=u, policy="queue", on_position=show) as slot:
+    async with scheduler.turn(channel_id=c, user_id=u, policy="queue", on_queued=show) as slot:
         prompt = await build_prompt()          # built after admission: uses the latest history
         async for delta in slot.stream(prompt, params):
             ...                                # post / edit
@@ -47,7 +49,7 @@ from synatra_bot.errors import (
 )
 
 BusyPolicy = Literal["queue", "restart"]
-PositionCallback = Callable[[int], object]
+QueuedCallback = Callable[["QueueTicket"], object]
 
 
 class TurnOutcome(enum.Enum):
@@ -67,12 +69,19 @@ class TurnCancelled(SynatraError):
 
 
 @dataclass(eq=False)
-class _Waiter:
+class QueueTicket:
+    """A turn waiting for admission; read `position` to learn its place in the queue."""
+
+    scheduler: Scheduler
     channel_id: Hashable
     user_id: Hashable
     future: asyncio.Future[TurnSlot]
-    on_position: PositionCallback | None
-    position: int = -1
+    arrival: int
+
+    @property
+    def position(self) -> int:
+        """1 for the next turn to be admitted (among all channels), 0 once it has left the queue."""
+        return self.scheduler._position_of(self)
 
 
 @dataclass(eq=False)
@@ -168,7 +177,7 @@ class _TurnContext:
         channel_id: Hashable,
         user_id: Hashable,
         policy: BusyPolicy,
-        on_position: PositionCallback | None,
+        on_queued: QueuedCallback | None,
         user_turns: int | None = None,
     ) -> None:
         self._scheduler = scheduler
@@ -176,12 +185,12 @@ class _TurnContext:
         self._channel_id = channel_id
         self._user_id = user_id
         self._policy = policy
-        self._on_position = on_position
+        self._on_queued = on_queued
         self._slot: TurnSlot | None = None
 
     async def __aenter__(self) -> TurnSlot:
         self._slot = await self._scheduler._admit(
-            self._channel_id, self._user_id, self._policy, self._on_position, self._user_turns
+            self._channel_id, self._user_id, self._policy, self._on_queued, self._user_turns
         )
         return self._slot
 
@@ -224,10 +233,14 @@ class Scheduler:
         self.user_turns = user_turns
         self.rate_window_s = rate_window_s
         self.clock = clock
-        self._waiting: list[_Waiter] = []
+        # Waiting turns in arrival order, and the same turns per channel (admission looks only
+        # at each free channel's first turn: O(channels), not O(waiting turns)).
+        self._waiting: dict[QueueTicket, None] = {}
+        self._queues: dict[Hashable, deque[QueueTicket]] = {}
         self._running: dict[Hashable, TurnSlot] = {}
         self._user_history: dict[Hashable, deque[float]] = {}
         self._turn_ids = itertools.count(1)
+        self._arrivals = itertools.count()
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -240,14 +253,14 @@ class Scheduler:
         channel_id: Hashable,
         user_id: Hashable,
         policy: BusyPolicy = "queue",
-        on_position: PositionCallback | None = None,
+        on_queued: QueuedCallback | None = None,
         user_turns: int | None = None,
     ) -> _TurnContext:
         """An async context manager that waits for admission and yields a TurnSlot.
 
         `user_turns` overrides the per-user limit for this turn (a channel's own setting).
         """
-        return _TurnContext(self, channel_id, user_id, policy, on_position, user_turns)
+        return _TurnContext(self, channel_id, user_id, policy, on_queued, user_turns)
 
     @property
     def running(self) -> int:
@@ -258,7 +271,7 @@ class Scheduler:
         return len(self._waiting)
 
     def is_busy(self, channel_id: Hashable) -> bool:
-        return channel_id in self._running or any(w.channel_id == channel_id for w in self._waiting)
+        return channel_id in self._running or channel_id in self._queues
 
     async def cancel_channel(self, channel_id: Hashable, *, reason: str = "stopped") -> int:
         """Cancel the channel's running turn and drop its waiting ones; return how many."""
@@ -298,7 +311,7 @@ class Scheduler:
         channel_id: Hashable,
         user_id: Hashable,
         policy: BusyPolicy,
-        on_position: PositionCallback | None,
+        on_queued: QueuedCallback | None,
         user_turns: int | None = None,
     ) -> TurnSlot:
         if self._closing:
@@ -306,21 +319,23 @@ class Scheduler:
         self._check_rate(user_id, user_turns)
         if policy == "restart":
             await self.cancel_channel(channel_id, reason="superseded by a newer message")
-        waiter = _Waiter(
-            channel_id, user_id, asyncio.get_running_loop().create_future(), on_position
-        )
-        self._waiting.append(waiter)
+        future = asyncio.get_running_loop().create_future()
+        ticket = QueueTicket(self, channel_id, user_id, future, next(self._arrivals))
+        self._waiting[ticket] = None
+        self._queues.setdefault(channel_id, deque()).append(ticket)
         self._idle.clear()
         self._pump()
+        if on_queued is not None and not ticket.future.done():
+            on_queued(ticket)
         try:
-            return await waiter.future
+            return await ticket.future
         except asyncio.CancelledError:
-            if waiter in self._waiting:
-                self._waiting.remove(waiter)
+            if ticket in self._waiting:
+                self._forget(ticket)
                 self._pump()
-            elif waiter.future.done() and not waiter.future.cancelled():
+            elif ticket.future.done() and not ticket.future.cancelled():
                 # Admitted in the same instant the caller gave up: hand the place back.
-                self._release(waiter.future.result())
+                self._release(ticket.future.result())
             raise
 
     def _release(self, slot: TurnSlot) -> None:
@@ -328,42 +343,47 @@ class Scheduler:
             del self._running[slot.channel_id]
         self._pump()
 
-    def _drop_waiting(self, predicate: Callable[[_Waiter], bool], reason: str) -> int:
-        dropped = [w for w in self._waiting if predicate(w)]
-        for waiter in dropped:
-            self._waiting.remove(waiter)
-            if not waiter.future.done():
-                waiter.future.set_exception(TurnCancelled(reason))
+    def _drop_waiting(self, predicate: Callable[[QueueTicket], bool], reason: str) -> int:
+        dropped = [t for t in self._waiting if predicate(t)]
+        for ticket in dropped:
+            self._forget(ticket)
+            if not ticket.future.done():
+                ticket.future.set_exception(TurnCancelled(reason))
         if dropped:
             self._pump()
         return len(dropped)
 
+    def _forget(self, ticket: QueueTicket) -> None:
+        del self._waiting[ticket]
+        queue = self._queues[ticket.channel_id]
+        queue.remove(ticket)
+        if not queue:
+            del self._queues[ticket.channel_id]
+
+    def _position_of(self, ticket: QueueTicket) -> int:
+        if ticket not in self._waiting:
+            return 0
+        for position, waiting in enumerate(self._waiting, start=1):
+            if waiting is ticket:
+                return position
+        return 0  # pragma: no cover - the membership test above makes this unreachable
+
     def _pump(self) -> None:
-        """Admit what can run now, then tell the rest their positions."""
-        for waiter in list(self._waiting):
-            if len(self._running) >= self.max_concurrent:
+        """Admit what can run now: the longest-waiting turn among channels with nothing running."""
+        while len(self._running) < self.max_concurrent:
+            heads = [q[0] for channel, q in self._queues.items() if channel not in self._running]
+            if not heads:
                 break
-            if waiter.channel_id in self._running:
-                continue
-            self._waiting.remove(waiter)
+            ticket = min(heads, key=lambda t: t.arrival)
+            self._forget(ticket)
             slot = TurnSlot(
                 scheduler=self,
-                channel_id=waiter.channel_id,
-                user_id=waiter.user_id,
+                channel_id=ticket.channel_id,
+                user_id=ticket.user_id,
                 turn_id=next(self._turn_ids),
                 deadline=self.clock() + self.turn_timeout_s,
             )
-            self._running[waiter.channel_id] = slot
-            waiter.future.set_result(slot)
-            self._notify(waiter, 0)
-        for index, waiter in enumerate(self._waiting, start=1):
-            self._notify(waiter, index)
+            self._running[ticket.channel_id] = slot
+            ticket.future.set_result(slot)
         if not self._running and not self._waiting:
             self._idle.set()
-
-    @staticmethod
-    def _notify(waiter: _Waiter, position: int) -> None:
-        if waiter.position != position:
-            waiter.position = position
-            if waiter.on_position is not None:
-                waiter.on_position(position)
