@@ -20,6 +20,7 @@ from synatra_bot.prompt.lorebook import lorebook_from_character_book
 from synatra_bot.prompt.macros import substitute_macros
 from synatra_bot.roleplay.characters import CharacterService, card_from_record
 from synatra_bot.roleplay.config import ChannelConfig, Defaults, effective_config
+from synatra_bot.roleplay.history import HistoryCache
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.records import (
@@ -87,6 +88,8 @@ class RoleplayCore:
         self._personas: dict[tuple[int, int], tuple[float, PersonaRecord | None]] = {}
         #: (session, context size, max new tokens) -> oldest message its last prompt kept.
         self._history_start: dict[tuple[int, int, int], int | None] = {}
+        #: Each session's newest turns, so a reply's prompt needs no read.
+        self._history = HistoryCache(ttl_s=CACHE_TTL_S, max_sessions=CACHE_LIMIT, clock=clock)
         characters.on_change(self.forget)
 
     def forget(self, channel_id: int | None = None) -> None:
@@ -193,13 +196,20 @@ class RoleplayCore:
             role="assistant",
             content=texts[0],
             display_name=character.name,
+            token_count=self._count("assistant", character.name, texts[0]),
             swipe=True,
         )
         chosen = first
         for n, text in enumerate(texts[1:], start=1):
-            alt = await repo.add_alternative(self.sessions, message_id=first.id, content=text)
+            alt = await repo.add_alternative(
+                self.sessions,
+                message_id=first.id,
+                content=text,
+                token_count=self._count("assistant", character.name, text),
+            )
             if n == index:
                 chosen = alt
+        self._history.changed(session.id)
         return await repo.choose_alternative(self.sessions, message_id=chosen.id)
 
     async def ensure_can_start(self, actor: Actor, place: Place) -> None:
@@ -243,7 +253,9 @@ class RoleplayCore:
 
     async def undo(self, place: Place) -> list[MessageRecord]:
         active = await self.require_active(place)
-        return await repo.undo_last_exchange(self.sessions, session_id=active.session.id)
+        removed = await repo.undo_last_exchange(self.sessions, session_id=active.session.id)
+        self._history.changed(active.session.id)
+        return removed
 
     # --- players' messages --------------------------------------------------------------------
 
@@ -281,15 +293,18 @@ class RoleplayCore:
         self, active: ActiveRoleplay, actor: Actor, content: str, *, discord_message_id: int | None
     ) -> MessageRecord:
         name = await self.user_name(actor, place_guild=active.session.guild_id)
-        return await repo.add_message(
+        stored = await repo.add_message(
             self.sessions,
             session_id=active.session.id,
             role="user",
             author_id=actor.user_id,
             display_name=name,
             content=content,
+            token_count=self._count("user", name, content),
             discord_message_ids=[discord_message_id] if discord_message_id else [],
         )
+        self._history.appended(stored)
+        return stored
 
     async def message_edited(self, discord_message_id: int, content: str) -> EditResult | None:
         """A stored Discord message changed: update history. None when it is not stored."""
@@ -300,6 +315,7 @@ class RoleplayCore:
             self.sessions, message_id=found.id, content=content, edited=True
         )
         assert updated is not None
+        self._history.changed(found.session_id)
         history = await repo.recent_history(self.sessions, session_id=found.session_id, limit=3)
         users = [m for m in history if m.role == "user"]
         is_last = bool(users) and users[-1].id == found.id and found.role == "user"
@@ -310,6 +326,7 @@ class RoleplayCore:
         if found is None:
             return None
         await repo.delete_turn_group(self.sessions, message_id=found.id)
+        self._history.changed(found.session_id)
         return found
 
     # --- swipes -------------------------------------------------------------------------------
@@ -327,6 +344,7 @@ class RoleplayCore:
         current = next((i for i, m in enumerate(options) if m.chosen), 0)
         target = max(0, min(len(options) - 1, current + step))
         chosen = await repo.choose_alternative(self.sessions, message_id=options[target].id)
+        self._history.changed(chosen.session_id)
         return chosen, target, len(options)
 
     async def alternatives(self, message_id: int) -> list[MessageRecord]:
@@ -362,20 +380,23 @@ class RoleplayCore:
             active.config.sampling.max_new_tokens,
         )
         history_start_id = self._history_start.get(anchor_key)
-        records = await repo.recent_history(
-            self.sessions,
-            session_id=active.session.id,
-            limit=active.config.context_size // MIN_TURN_TOKENS + 2,
-            since_id=history_start_id,
-        )
-        history = [
-            HistoryMessage(
-                role="assistant" if m.role == "assistant" else "user",
-                name=m.display_name or ("" if m.role == "assistant" else "user"),
-                content=m.content,
-                token_count=m.token_count,
-                message_id=m.id,
+        session_id = active.session.id
+        limit = active.config.context_size // MIN_TURN_TOKENS + 2
+        records = self._history.get(session_id, limit=limit, since_id=history_start_id)
+        if records is None:
+            version = self._history.version(session_id)
+            records = await repo.recent_history(
+                self.sessions, session_id=session_id, limit=limit, since_id=history_start_id
             )
+            self._history.put(
+                session_id,
+                limit=limit,
+                since_id=history_start_id,
+                records=records,
+                version=version,
+            )
+        history = [
+            _history_message(m.role, m.display_name, m.content, m.token_count, m.id)
             for m in records
             if m.id != exclude_message_id and m.role in ("user", "assistant")
         ]
@@ -412,7 +433,12 @@ class RoleplayCore:
         self._history_start[anchor_key] = built.history_start_id
         if built.new_token_counts:
             await repo.save_token_counts(self.sessions, counts=built.new_token_counts)
+            self._history.counted(session_id, built.new_token_counts)
         return built
+
+    def _count(self, role: str, display_name: str, content: str) -> int:
+        """The tokens a turn takes in the prompt: stored with it, so no prompt counts it again."""
+        return self.builder.count_message(_history_message(role, display_name, content))
 
     # --- storing replies ----------------------------------------------------------------------
 
@@ -427,32 +453,67 @@ class RoleplayCore:
     ) -> MessageRecord:
         """Store a finished reply: a new turn, a new alternative, or the continued text."""
         ids = discord_message_ids or []
+        name = active.character.name
+        session_id = active.session.id
         if continue_of is not None:
+            content = continue_of.content + text
             updated = await repo.update_message(
                 self.sessions,
                 message_id=continue_of.id,
-                content=continue_of.content + text,
+                content=content,
+                token_count=self._count("assistant", continue_of.display_name, content),
                 discord_message_ids=ids or None,
             )
+            self._history.changed(session_id)
             if updated is None:
                 raise NotFound("that reply is gone", key="error.not_found")
             return updated
         if regenerate_of is not None:
-            return await repo.add_alternative(
-                self.sessions, message_id=regenerate_of, content=text, discord_message_ids=ids
+            alternative = await repo.add_alternative(
+                self.sessions,
+                message_id=regenerate_of,
+                content=text,
+                token_count=self._count("assistant", name, text),
+                discord_message_ids=ids,
             )
-        return await repo.add_message(
+            self._history.changed(session_id)
+            return alternative
+        stored = await repo.add_message(
             self.sessions,
-            session_id=active.session.id,
+            session_id=session_id,
             role="assistant",
             content=text,
-            display_name=active.character.name,
+            display_name=name,
+            token_count=self._count("assistant", name, text),
             discord_message_ids=ids,
             swipe=True,
         )
+        self._history.appended(stored)
+        return stored
 
     async def attach_discord_ids(self, message_id: int, ids: list[int]) -> None:
-        await repo.update_message(self.sessions, message_id=message_id, discord_message_ids=ids)
+        updated = await repo.update_message(
+            self.sessions, message_id=message_id, discord_message_ids=ids
+        )
+        if updated is not None:
+            self._history.changed(updated.session_id)
+
+
+def _history_message(
+    role: str,
+    display_name: str,
+    content: str,
+    token_count: int | None = None,
+    message_id: int | None = None,
+) -> HistoryMessage:
+    """A stored turn as the prompt builder sees it."""
+    return HistoryMessage(
+        role="assistant" if role == "assistant" else "user",
+        name=display_name or ("" if role == "assistant" else "user"),
+        content=content,
+        token_count=token_count,
+        message_id=message_id,
+    )
 
 
 def greetings_of(character: CharacterRecord) -> list[str]:
