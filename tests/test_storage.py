@@ -306,3 +306,77 @@ async def test_history_since_a_start_id_includes_one_older_turn(sessions):
     assert [m.content for m in history] == ["말 4", "말 6", "말 7", "말 8", "말 9"]
     first = await repo.recent_history(sessions, session_id=rp.id, limit=100, since_id=ids[0])
     assert len(first) == 9
+
+
+# --- group commit -----------------------------------------------------------------------------
+
+
+def _statements(sessions) -> list[str]:
+    """Every SQL statement the engine behind `sessions` runs from now on."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    engine = sessions.kw["bind"].sync_engine
+    event.listen(
+        engine, "before_cursor_execute", lambda _c, _cur, statement, *_a: seen.append(statement)
+    )
+    return seen
+
+
+async def test_turns_stored_together_share_one_transaction_in_order(sessions):
+    from synatra_bot.storage.writer import TurnWriter
+
+    first, second = (
+        await _new_session(sessions, channel_id=10),
+        await _new_session(sessions, channel_id=11),
+    )
+    writer = TurnWriter(sessions)
+    statements = _statements(sessions)
+    turns = [
+        repo.NewMessage(session_id=s.id, role="user", content=f"{n}번째 말", token_count=n)
+        for n in range(20)
+        for s in (first, second)
+    ]
+    turns.append(repo.NewMessage(session_id=first.id, role="assistant", content="대답", swipe=True))
+    records = await asyncio.gather(*(writer.add(turn) for turn in turns))
+    assert [r.content for r in records] == [t.content for t in turns]
+    assert [r.id for r in records] == sorted(r.id for r in records)
+    assert records[-1].swipe_group == records[-1].id
+    assert all(r.swipe_group is None for r in records[:-1])
+    assert sum(s.startswith("BEGIN") for s in statements) == 1
+    history = await repo.recent_history(sessions, session_id=first.id, limit=100)
+    assert [m.content for m in history][-2:] == ["19번째 말", "대답"]
+    assert history[-1].swipe_group == history[-1].id
+    assert [m.token_count for m in history][:3] == [0, 1, 2]
+
+
+async def test_one_bad_turn_in_a_batch_fails_alone(sessions):
+    from synatra_bot.storage.writer import TurnWriter
+
+    rp = await _new_session(sessions)
+    writer = TurnWriter(sessions)
+    good = [repo.NewMessage(session_id=rp.id, role="user", content=f"말 {n}") for n in range(3)]
+    bad = repo.NewMessage(session_id=999_999, role="user", content="없는 세션")
+    results = await asyncio.gather(
+        *(writer.add(turn) for turn in (good[0], bad, good[1], good[2])), return_exceptions=True
+    )
+    assert isinstance(results[1], Exception)  # the foreign key refuses it
+    assert [r.content for r in results if not isinstance(r, Exception)] == ["말 0", "말 1", "말 2"]
+    history = await repo.recent_history(sessions, session_id=rp.id, limit=10)
+    assert [m.content for m in history] == ["말 0", "말 1", "말 2"]
+
+
+async def test_a_caller_that_gives_up_does_not_lose_the_turn_for_the_others(sessions):
+    from synatra_bot.storage.writer import TurnWriter
+
+    rp = await _new_session(sessions)
+    writer = TurnWriter(sessions)
+    turns = [repo.NewMessage(session_id=rp.id, role="user", content=f"말 {n}") for n in range(3)]
+    tasks = [asyncio.create_task(writer.add(turn)) for turn in turns]
+    await asyncio.sleep(0)
+    tasks[0].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[0], asyncio.CancelledError)
+    assert [r.content for r in done[1:]] == ["말 1", "말 2"]
+    history = await repo.recent_history(sessions, session_id=rp.id, limit=10)
+    assert len(history) == 3  # the cancelled caller's turn was already in the batch

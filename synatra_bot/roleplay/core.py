@@ -29,6 +29,7 @@ from synatra_bot.storage.records import (
     PersonaRecord,
     SessionRecord,
 )
+from synatra_bot.storage.writer import TurnWriter
 
 #: A ChatML turn takes at least this many tokens, so a context of N tokens holds at most
 #: N // MIN_TURN_TOKENS turns: loading more history than that is wasted work.
@@ -90,6 +91,8 @@ class RoleplayCore:
         self._history_start: dict[tuple[int, int, int], int | None] = {}
         #: Each session's newest turns, so a reply's prompt needs no read.
         self._history = HistoryCache(ttl_s=CACHE_TTL_S, max_sessions=CACHE_LIMIT, clock=clock)
+        #: New turns from every channel, written together when they arrive together.
+        self._turns = TurnWriter(sessions)
         characters.on_change(self.forget)
 
     def forget(self, channel_id: int | None = None) -> None:
@@ -293,16 +296,16 @@ class RoleplayCore:
         self, active: ActiveRoleplay, actor: Actor, content: str, *, discord_message_id: int | None
     ) -> MessageRecord:
         name = await self.user_name(actor, place_guild=active.session.guild_id)
-        stored = await repo.add_message(
-            self.sessions,
+        turn = repo.NewMessage(
             session_id=active.session.id,
             role="user",
             author_id=actor.user_id,
             display_name=name,
             content=content,
             token_count=self._count("user", name, content),
-            discord_message_ids=[discord_message_id] if discord_message_id else [],
+            discord_message_ids=(discord_message_id,) if discord_message_id else (),
         )
+        stored = await self._turns.add(turn)
         self._history.appended(stored)
         return stored
 
@@ -478,16 +481,16 @@ class RoleplayCore:
             )
             self._history.changed(session_id)
             return alternative
-        stored = await repo.add_message(
-            self.sessions,
+        turn = repo.NewMessage(
             session_id=session_id,
             role="assistant",
             content=text,
             display_name=name,
             token_count=self._count("assistant", name, text),
-            discord_message_ids=ids,
+            discord_message_ids=tuple(ids),
             swipe=True,
         )
+        stored = await self._turns.add(turn)
         self._history.appended(stored)
         return stored
 

@@ -6,8 +6,8 @@ object leaves the function that loaded it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, func, insert, or_, select, update
@@ -316,6 +316,58 @@ async def set_summary(sessions: Sessions, *, session_id: int, summary: str) -> N
 # --- messages -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A turn to append; `swipe=True` starts a swipe group (an assistant turn with alternatives)."""
+
+    session_id: int
+    role: str
+    content: str
+    author_id: int | None = None
+    display_name: str = ""
+    discord_message_ids: tuple[int, ...] = ()
+    token_count: int | None = None
+    swipe: bool = False
+
+
+async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[MessageRecord]:
+    """Append turns in one transaction, in order; returns their records in the same order.
+
+    Core statements, not the unit of work: this runs for every message, so it is one multi-row
+    INSERT ... RETURNING plus, for new swipe groups, one UPDATE, however many turns there are.
+    """
+    if not turns:
+        return []
+    values = [
+        {
+            "session_id": turn.session_id,
+            "role": turn.role,
+            "content": turn.content,
+            "author_id": turn.author_id,
+            "display_name": turn.display_name,
+            "discord_message_id": turn.discord_message_ids[0] if turn.discord_message_ids else None,
+            "discord_message_ids": list(turn.discord_message_ids),
+            "token_count": turn.token_count,
+            "swipe_index": 0,
+            "chosen": True,
+            "deleted": False,
+        }
+        for turn in turns
+    ]
+    statement = insert(MESSAGES).returning(*MESSAGES.c, sort_by_parameter_order=True)
+    async with sessions.begin() as session:
+        rows = (await session.execute(statement, values)).all()
+        records = [MessageRecord(**row._mapping) for row in rows]
+        groups = [r.id for r, turn in zip(records, turns, strict=True) if turn.swipe]
+        if groups:
+            await session.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id.in_(groups))
+                .values(swipe_group=MESSAGES.c.id)
+            )
+    return [replace(r, swipe_group=r.id) if r.id in groups else r for r in records]
+
+
 async def add_message(
     sessions: Sessions,
     *,
@@ -328,39 +380,18 @@ async def add_message(
     token_count: int | None = None,
     swipe: bool = False,
 ) -> MessageRecord:
-    """Append a turn. `swipe=True` starts a swipe group (an assistant turn with alternatives).
-
-    Core statements, not the unit of work: this runs for every message, and an INSERT ...
-    RETURNING is a third of the ORM's cost.
-    """
-    ids = list(discord_message_ids)
-    async with sessions.begin() as session:
-        row = (
-            await session.execute(
-                insert(MESSAGES)
-                .values(
-                    session_id=session_id,
-                    role=role,
-                    content=content,
-                    author_id=author_id,
-                    display_name=display_name,
-                    discord_message_id=ids[0] if ids else None,
-                    discord_message_ids=ids,
-                    token_count=token_count,
-                    swipe_index=0,
-                    chosen=True,
-                    deleted=False,
-                )
-                .returning(*MESSAGES.c)
-            )
-        ).one()
-        record = MessageRecord(**row._mapping)
-        if swipe:
-            await session.execute(
-                update(MESSAGES).where(MESSAGES.c.id == record.id).values(swipe_group=record.id)
-            )
-            record = replace(record, swipe_group=record.id)
-        return record
+    """Append one turn (see `NewMessage`)."""
+    turn = NewMessage(
+        session_id=session_id,
+        role=role,
+        content=content,
+        author_id=author_id,
+        display_name=display_name,
+        discord_message_ids=tuple(discord_message_ids),
+        token_count=token_count,
+        swipe=swipe,
+    )
+    return (await add_messages(sessions, [turn]))[0]
 
 
 async def add_alternative(
