@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import json
 import logging
 import multiprocessing
@@ -82,6 +83,7 @@ class RunResult:
     unmatched_executes: int = 0
     engine_ttft_ms: list[float] = field(default_factory=list, repr=False)
     loop_lag_ms: list[float] = field(default_factory=list, repr=False)
+    gc_pause_ms: list[float] = field(default_factory=list, repr=False)
     rss_before_mb: float = 0.0
     rss_after_mb: float = 0.0
     bot_cpu_s: float = 0.0
@@ -95,7 +97,7 @@ class RunResult:
 
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
-        for name in ("overhead_ms", "engine_ttft_ms", "loop_lag_ms"):
+        for name in ("overhead_ms", "engine_ttft_ms", "loop_lag_ms", "gc_pause_ms"):
             values = data.pop(name)
             data[name] = {"n": len(values), "p50": percentile(values, 50)}
             data[name].update(p99=percentile(values, 99), max=max(values, default=0.0))
@@ -415,12 +417,23 @@ class LoadRun:
         cpu_before = sum(me.cpu_times()[:2])
         sampler = asyncio.create_task(self._sample_lag())
         profiler = cProfile.Profile() if self.config.profile else None
+        gc_started = 0.0
+
+        def on_gc(phase: str, _info: dict[str, Any]) -> None:
+            nonlocal gc_started
+            if phase == "start":
+                gc_started = time.perf_counter()
+            else:
+                self.result.gc_pause_ms.append((time.perf_counter() - gc_started) * 1000)
+
+        gc.callbacks.append(on_gc)
         conn.send(self.bot)
         try:
             if profiler is not None:
                 profiler.enable()
             data: dict[str, Any] = await asyncio.to_thread(conn.recv)
         finally:
+            gc.callbacks.remove(on_gc)
             if profiler is not None:
                 profiler.disable()
                 assert self.config.profile is not None
@@ -609,7 +622,7 @@ def format_table(results: Sequence[RunResult]) -> str:
     head = (
         "| bot | engine | sent | send s | handled | replies | failed | rows | overhead p50 ms |"
         " overhead p99 ms | engine TTFT p50/p99 ms | loop lag p50/p99/max ms | RSS MB before→after |"
-        " bot CPU s | fake CPU s | REST calls |"
+        " GC pauses n / max ms | bot CPU s | fake CPU s | REST calls |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in results:
@@ -620,7 +633,9 @@ def format_table(results: Sequence[RunResult]) -> str:
             f" {r.replies_posted} | {r.replies_failed} | {r.stored_rows or '-'} |"
             f" {percentile(o, 50):.1f} | {percentile(o, 99):.1f} | {ttft} |"
             f" {percentile(lag, 50):.1f} / {percentile(lag, 99):.1f} / {max(lag, default=0):.0f} |"
-            f" {r.rss_before_mb:.0f}→{r.rss_after_mb:.0f} | {r.bot_cpu_s:.1f} | {r.fake_cpu_s:.1f} |"
+            f" {r.rss_before_mb:.0f}→{r.rss_after_mb:.0f} |"
+            f" {len(r.gc_pause_ms)} / {max(r.gc_pause_ms, default=0):.1f} |"
+            f" {r.bot_cpu_s:.1f} | {r.fake_cpu_s:.1f} |"
             f" {r.rest_calls} |"
         )
     ours = next((r for r in results if r.bot == "synatra"), None)

@@ -12,7 +12,7 @@ from synatra_bot.prompt.builder import PromptBuilder
 from synatra_bot.roleplay.characters import CharacterService
 from synatra_bot.roleplay.config import Defaults
 from synatra_bot.roleplay.core import RoleplayCore
-from synatra_bot.roleplay.history import HistoryCache
+from synatra_bot.roleplay.history import APPEND_LOG, HistoryCache
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.settings import settings_from_env
 from synatra_bot.storage import repository as repo
@@ -64,15 +64,38 @@ def test_a_kept_read_is_served_and_new_turns_join_it_up_to_the_limit() -> None:
     assert cache.get(SESSION, limit=3, since_id=2) is None
 
 
+def test_a_read_that_raced_an_append_gets_it_merged_in() -> None:
+    cache = HistoryCache(ttl_s=60, max_sessions=10)
+    version = cache.version(SESSION)
+    cache.appended(turn(3))  # committed after the read's SELECT: the read lacks it
+    cache.appended(turn(4))
+    cache.put(SESSION, limit=3, since_id=None, records=[turn(1), turn(2)], version=version)
+    assert [m.id for m in cache.get(SESSION, limit=3, since_id=None) or []] == [2, 3, 4]
+    # ... or already has it (committed before the SELECT): kept once.
+    version = cache.version(SESSION)
+    cache.appended(turn(5))
+    cache.put(SESSION, limit=9, since_id=None, records=[turn(4), turn(5)], version=version)
+    assert [m.id for m in cache.get(SESSION, limit=9, since_id=None) or []] == [4, 5]
+
+
 def test_a_read_that_raced_a_change_is_not_kept() -> None:
     cache = HistoryCache(ttl_s=60, max_sessions=10)
     version = cache.version(SESSION)
-    cache.appended(turn(3))  # stored while the read was in flight: the read may lack it
+    cache.changed(SESSION)  # an edit or a delete while the read was in flight
     cache.put(SESSION, limit=5, since_id=None, records=[turn(1), turn(2)], version=version)
     assert cache.get(SESSION, limit=5, since_id=None) is None
     other = cache.version(SESSION + 1)
     cache.put(SESSION + 1, limit=5, since_id=None, records=[turn(9, session_id=8)], version=other)
     assert cache.get(SESSION + 1, limit=5, since_id=None) is not None
+
+
+def test_a_read_that_raced_more_appends_than_the_log_holds_is_not_kept() -> None:
+    cache = HistoryCache(ttl_s=60, max_sessions=10)
+    version = cache.version(SESSION)
+    for message_id in range(10, 10 + APPEND_LOG + 1):
+        cache.appended(turn(message_id))
+    cache.put(SESSION, limit=500, since_id=None, records=[turn(1)], version=version)
+    assert cache.get(SESSION, limit=500, since_id=None) is None
 
 
 def test_a_change_or_the_ttl_drops_the_entry() -> None:

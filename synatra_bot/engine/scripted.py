@@ -54,11 +54,16 @@ class ScriptedEngine:
         self._cancel_events: dict[str, asyncio.Event] = {}
         self._meter = ThroughputMeter()
         #: Prompt texts in the order they were received.
-        self.prompts: list[str] = []
+        self._prompts: list[Sequence[int] | str] = []
         #: Request ids that were cancelled while running.
         self.cancelled: list[str] = []
         #: Request ids that completed normally.
         self.finished: list[str] = []
+
+    @property
+    def prompts(self) -> list[str]:
+        """Every prompt received, as text (decoded when read: the load test sends thousands)."""
+        return [self._prompt_text(prompt) for prompt in self._prompts]
 
     @property
     def running(self) -> frozenset[str]:
@@ -80,9 +85,6 @@ class ScriptedEngine:
             return str(self._tokenizer.decode(list(prompt)))
         return " ".join(str(i) for i in prompt)
 
-    def _reply_for(self, prompt_text: str) -> str:
-        return self._replies if isinstance(self._replies, str) else self._replies(prompt_text)
-
     async def stream(
         self, prompt: Sequence[int] | str, params: SamplingParams, *, request_id: str
     ) -> AsyncIterator[str]:
@@ -90,9 +92,10 @@ class ScriptedEngine:
             raise EngineUnavailable("scripted engine is not started")
         if request_id in self._cancel_events:
             raise ValueError(f"request id {request_id!r} is already running")
-        prompt_text = self._prompt_text(prompt)
-        self.prompts.append(prompt_text)
-        chunks = split_chunks(self._reply_for(prompt_text))[: params.max_new_tokens]
+        self._prompts.append(prompt)
+        replies = self._replies
+        reply = replies if isinstance(replies, str) else replies(self._prompt_text(prompt))
+        chunks = split_chunks(reply)[: params.max_new_tokens]
         stops = StopStringFilter(params.stop_strings)
         cancel = asyncio.Event()
         self._cancel_events[request_id] = cancel

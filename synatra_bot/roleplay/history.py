@@ -3,19 +3,23 @@
 Every reply needs the same newest turns of its session. This keeps what the last read returned
 and appends the turns this process stores, so a reply needs no read at all. Anything else that
 changes a session's turns (an edit, a delete, undo, a swipe, a continuation) drops the session's
-entry, and a read that raced a change is not kept (each session has a version). Entries also
-expire after `ttl_s`, which bounds what a change made by another process can leave stale.
+entry. A read that raced an append gets the appended turn merged in (a busy channel always has
+one in flight); a read that raced any other change is not kept. Entries also expire after
+`ttl_s`, which bounds what a change made by another process can leave stale.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from synatra_bot.storage.records import MessageRecord
+
+#: Turns remembered per session to merge into a read that was in flight when they were stored.
+APPEND_LOG = 64
 
 
 @dataclass(slots=True)
@@ -58,14 +62,16 @@ class HistoryCache:
         self.max_sessions = max_sessions
         self.clock = clock
         self._entries: dict[int, _Entry] = {}
-        # session -> the tick of its last change; sessions not listed changed at `_epoch`.
-        self._versions: dict[int, int] = {}
-        self._ticks = itertools.count(1)
-        self._epoch = 0
+        # Every append and change takes the next tick. A read remembers the tick it started at:
+        # turns appended after it are merged into it, any other change discards it.
+        self._tick = 0
+        self._epoch = 0  # the tick at which everything was last forgotten
+        self._changed_at: dict[int, int] = {}
+        self._appends: dict[int, deque[tuple[int, MessageRecord]]] = {}
 
     def version(self, session_id: int) -> int:
-        """Take this before a read; `put` keeps the read only if nothing changed since."""
-        return self._versions.get(session_id, self._epoch)
+        """Take this before a read and hand it to `put`."""
+        return self._tick
 
     def get(
         self, session_id: int, *, limit: int, since_id: int | None
@@ -93,21 +99,35 @@ class HistoryCache:
         records: list[MessageRecord],
         version: int,
     ) -> None:
-        if self.version(session_id) != version:
-            return  # the session changed while this was read: the read may be stale
+        """Keep a read that started at `version`, with the turns appended since merged in."""
+        if version < self._epoch or self._changed_at.get(session_id, 0) > version:
+            return  # changed while it was read: the read may be stale
+        log = self._appends.get(session_id, ())
+        if log and len(log) == APPEND_LOG and log[0][0] > version:
+            return  # more was appended meanwhile than the log remembers
+        by_id = {m.id: m for m in records}
+        for tick, record in log:
+            if tick > version:
+                by_id.setdefault(record.id, record)
+        merged = [by_id[i] for i in sorted(by_id)][-limit:] if limit > 0 else []
         if session_id not in self._entries and len(self._entries) >= self.max_sessions:
             self._forget_all()
             return
-        self._entries[session_id] = _Entry(limit, since_id, list(records), self.clock())
+        self._entries[session_id] = _Entry(limit, since_id, merged, self.clock())
 
     def appended(self, record: MessageRecord) -> None:
         """A new visible turn was stored: it joins the newest turns."""
-        self._bump(record.session_id)
-        entry = self._entries.get(record.session_id)
+        session_id = record.session_id
+        log = self._appends.get(session_id)
+        if log is None:
+            self._make_room()
+            log = self._appends[session_id] = deque(maxlen=APPEND_LOG)
+        log.append((self._next_tick(), record))
+        entry = self._entries.get(session_id)
         if entry is None:
             return
         if any(m.id == record.id for m in entry.records):
-            self.changed(record.session_id)  # not new after all: read again rather than guess
+            self.changed(session_id)  # not new after all: read again rather than guess
             return
         bisect.insort(entry.records, record, key=lambda m: m.id)
         if len(entry.records) > entry.limit:
@@ -115,8 +135,11 @@ class HistoryCache:
 
     def changed(self, session_id: int) -> None:
         """The session's turns changed in some other way: read them again next time."""
-        self._bump(session_id)
+        if session_id not in self._changed_at:
+            self._make_room()
+        self._changed_at[session_id] = self._next_tick()
         self._entries.pop(session_id, None)
+        self._appends.pop(session_id, None)
 
     def counted(self, session_id: int, counts: Mapping[int, int]) -> None:
         """Token counts were stored for these turns: keep them with the cached turns."""
@@ -126,14 +149,17 @@ class HistoryCache:
                 replace(m, token_count=counts[m.id]) if m.id in counts else m for m in entry.records
             ]
 
-    def _bump(self, session_id: int) -> None:
-        if len(self._versions) >= 4 * self.max_sessions:
+    def _next_tick(self) -> int:
+        self._tick += 1
+        return self._tick
+
+    def _make_room(self) -> None:
+        if len(self._changed_at) + len(self._appends) >= 4 * self.max_sessions:
             self._forget_all()
-        self._versions[session_id] = next(self._ticks)
 
     def _forget_all(self) -> None:
-        # Every version handed out so far is older than the new epoch: no read in flight
-        # can be kept by mistake.
+        # Every read in flight started before the new epoch, so none of them is kept.
         self._entries.clear()
-        self._versions.clear()
-        self._epoch = next(self._ticks)
+        self._changed_at.clear()
+        self._appends.clear()
+        self._epoch = self._next_tick()
