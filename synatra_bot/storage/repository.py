@@ -361,9 +361,7 @@ async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[
         groups = [r.id for r, turn in zip(records, turns, strict=True) if turn.swipe]
         if groups:
             await session.execute(
-                update(MESSAGES)
-                .where(MESSAGES.c.id.in_(groups))
-                .values(swipe_group=MESSAGES.c.id)
+                update(MESSAGES).where(MESSAGES.c.id.in_(groups)).values(swipe_group=MESSAGES.c.id)
             )
     return [replace(r, swipe_group=r.id) if r.id in groups else r for r in records]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -177,8 +178,13 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot or message.webhook_id is not None or message.guild is None:
             return  # our own replies come back as events too: drop them before any work
-        # The work runs as a tracked task so that shutdown can wait for it to store its turn.
-        self.bot.replies.spawn(self._on_message(message))
+        # discord.py runs each listener in a task of its own: count it among the work shutdown
+        # waits for (so the turn gets stored) and go on in it; a task of our own would cost
+        # the reply another turn of the event loop before its first message goes out.
+        task = asyncio.current_task()
+        if task is not None:
+            self.bot.replies.track(task)
+        await self._on_message(message)
 
     async def _on_message(self, message: discord.Message) -> None:
         assert message.guild is not None
