@@ -251,3 +251,38 @@ async def test_a_waiting_task_cancelled_by_its_owner_leaves_the_queue() -> None:
     assert scheduler.waiting == 0
     await running
     assert scheduler.running == 0
+
+
+async def test_an_engine_that_hangs_is_timed_out_and_its_request_cancelled() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=30))  # each chunk takes 30 s
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=0.2)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async with scheduler.turn(channel_id="채널", user_id="u1") as slot:
+        async for _ in slot.stream("프롬프트", PARAMS):
+            pass
+    assert slot.outcome is TurnOutcome.TIMED_OUT
+    assert loop.time() - start < 5
+    await wait_until(lambda: not engine.running)
+    assert engine.finished == []
+
+
+async def test_cancelling_the_caller_mid_stream_is_not_taken_for_a_timeout() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=30))
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60)
+    slots: list[TurnSlot] = []
+
+    async def listen() -> None:
+        async with scheduler.turn(channel_id="채널", user_id="u1") as slot:
+            slots.append(slot)
+            async for _ in slot.stream("프롬프트", PARAMS):
+                pass
+
+    task = asyncio.create_task(listen())
+    await wait_until(lambda: bool(engine.running))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slots[0].outcome is TurnOutcome.CANCELLED
+    await wait_until(lambda: not engine.running)
+    assert scheduler.running == 0

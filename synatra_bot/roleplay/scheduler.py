@@ -127,20 +127,39 @@ class TurnSlot:
         self.outcome = TurnOutcome.PENDING
         clock = self.scheduler.clock
         deltas = engine.stream(prompt, params, request_id=request_id)
+        # One timer for the whole stream, not an asyncio.timeout() per delta (a reply has
+        # hundreds): when the deadline passes while we wait for the engine, that wait is
+        # cancelled; when it passes while the caller handles a delta, the next wait sees it.
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
+        waiting = expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            if waiting and task is not None:
+                task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(max(0.0, self.deadline - clock()), expire)
         try:
             while True:
-                remaining = self.deadline - clock()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    async with asyncio.timeout(remaining):
-                        delta = await anext(deltas)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
+                if expired or self.deadline - clock() <= 0:
                     self.outcome = TurnOutcome.TIMED_OUT
                     await engine.cancel(request_id)
                     return
+                waiting = True
+                try:
+                    delta = await anext(deltas)
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    if not expired or task is None or task.uncancel() > cancelling:
+                        raise  # cancelled by someone else, not by the deadline
+                    self.outcome = TurnOutcome.TIMED_OUT
+                    await engine.cancel(request_id)
+                    return
+                finally:
+                    waiting = False
                 self.text += delta
                 yield delta
         except GenerationInterrupted:
@@ -157,6 +176,7 @@ class TurnSlot:
             self.outcome = TurnOutcome.CANCELLED
             raise
         finally:
+            timer.cancel()
             self._request_id = None
             close = getattr(deltas, "aclose", None)
             if close is not None:
