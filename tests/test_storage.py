@@ -1,6 +1,7 @@
 """Storage: migrations agree with the models, repository behaviour, concurrent writers, bad files."""
 
 import asyncio
+import functools
 import sqlite3
 import subprocess
 import sys
@@ -324,13 +325,13 @@ def _statements(sessions) -> list[str]:
 
 
 async def test_turns_stored_together_share_one_transaction_in_order(sessions):
-    from synatra_bot.storage.writer import TurnWriter
+    from synatra_bot.storage.batching import Batcher
 
     first, second = (
         await _new_session(sessions, channel_id=10),
         await _new_session(sessions, channel_id=11),
     )
-    writer = TurnWriter(sessions)
+    writer = Batcher(functools.partial(repo.add_messages, sessions))
     statements = _statements(sessions)
     turns = [
         repo.NewMessage(session_id=s.id, role="user", content=f"{n}번째 말", token_count=n)
@@ -338,7 +339,7 @@ async def test_turns_stored_together_share_one_transaction_in_order(sessions):
         for s in (first, second)
     ]
     turns.append(repo.NewMessage(session_id=first.id, role="assistant", content="대답", swipe=True))
-    records = await asyncio.gather(*(writer.add(turn) for turn in turns))
+    records = await asyncio.gather(*(writer.submit(turn) for turn in turns))
     assert [r.content for r in records] == [t.content for t in turns]
     assert [r.id for r in records] == sorted(r.id for r in records)
     assert records[-1].swipe_group == records[-1].id
@@ -351,14 +352,14 @@ async def test_turns_stored_together_share_one_transaction_in_order(sessions):
 
 
 async def test_one_bad_turn_in_a_batch_fails_alone(sessions):
-    from synatra_bot.storage.writer import TurnWriter
+    from synatra_bot.storage.batching import Batcher
 
     rp = await _new_session(sessions)
-    writer = TurnWriter(sessions)
+    writer = Batcher(functools.partial(repo.add_messages, sessions))
     good = [repo.NewMessage(session_id=rp.id, role="user", content=f"말 {n}") for n in range(3)]
     bad = repo.NewMessage(session_id=999_999, role="user", content="없는 세션")
     results = await asyncio.gather(
-        *(writer.add(turn) for turn in (good[0], bad, good[1], good[2])), return_exceptions=True
+        *(writer.submit(turn) for turn in (good[0], bad, good[1], good[2])), return_exceptions=True
     )
     assert isinstance(results[1], Exception)  # the foreign key refuses it
     assert [r.content for r in results if not isinstance(r, Exception)] == ["말 0", "말 1", "말 2"]
@@ -367,12 +368,12 @@ async def test_one_bad_turn_in_a_batch_fails_alone(sessions):
 
 
 async def test_a_caller_that_gives_up_does_not_lose_the_turn_for_the_others(sessions):
-    from synatra_bot.storage.writer import TurnWriter
+    from synatra_bot.storage.batching import Batcher
 
     rp = await _new_session(sessions)
-    writer = TurnWriter(sessions)
+    writer = Batcher(functools.partial(repo.add_messages, sessions))
     turns = [repo.NewMessage(session_id=rp.id, role="user", content=f"말 {n}") for n in range(3)]
-    tasks = [asyncio.create_task(writer.add(turn)) for turn in turns]
+    tasks = [asyncio.create_task(writer.submit(turn)) for turn in turns]
     await asyncio.sleep(0)
     tasks[0].cancel()
     done = await asyncio.gather(*tasks, return_exceptions=True)
@@ -380,3 +381,19 @@ async def test_a_caller_that_gives_up_does_not_lose_the_turn_for_the_others(sess
     assert [r.content for r in done[1:]] == ["말 1", "말 2"]
     history = await repo.recent_history(sessions, session_id=rp.id, limit=10)
     assert len(history) == 3  # the cancelled caller's turn was already in the batch
+
+
+async def test_persona_reads_at_the_same_moment_are_one_read(sessions):
+    from synatra_bot.storage.batching import Batcher
+
+    await repo.set_persona(sessions, user_id=1, guild_id=0, name="여행자", description="어디서나")
+    await repo.set_persona(sessions, user_id=1, guild_id=100, name="기사", description="이 서버")
+    await repo.set_persona(sessions, user_id=2, guild_id=0, name="상인", description="")
+    reads = Batcher(functools.partial(repo.get_personas, sessions))
+    statements = _statements(sessions)
+    keys = [(1, 100), (1, 200), (2, 100), (3, 100)]
+    found = await asyncio.gather(*(reads.submit(key) for key in keys))
+    assert [p.name if p else None for p in found] == ["기사", "여행자", "상인", None]
+    assert sum("FROM personas" in s for s in statements) == 1
+    for (user_id, guild_id), persona in zip(keys, found, strict=True):
+        assert persona == await repo.get_persona(sessions, user_id=user_id, guild_id=guild_id)

@@ -8,6 +8,7 @@ text as a turn (or as a new alternative of one). Nothing half-written is ever st
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +24,13 @@ from synatra_bot.roleplay.config import ChannelConfig, Defaults, effective_confi
 from synatra_bot.roleplay.history import HistoryCache
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
+from synatra_bot.storage.batching import Batcher
 from synatra_bot.storage.records import (
     CharacterRecord,
     MessageRecord,
     PersonaRecord,
     SessionRecord,
 )
-from synatra_bot.storage.writer import TurnWriter
 
 #: A ChatML turn takes at least this many tokens, so a context of N tokens holds at most
 #: N // MIN_TURN_TOKENS turns: loading more history than that is wasted work.
@@ -91,8 +92,10 @@ class RoleplayCore:
         self._history_start: dict[tuple[int, int, int], int | None] = {}
         #: Each session's newest turns, so a reply's prompt needs no read.
         self._history = HistoryCache(ttl_s=CACHE_TTL_S, max_sessions=CACHE_LIMIT, clock=clock)
-        #: New turns from every channel, written together when they arrive together.
-        self._turns = TurnWriter(sessions)
+        #: New turns from every channel are written together when they arrive together, and
+        #: so are the persona reads of members speaking for the first time in a while.
+        self._turns = Batcher(functools.partial(repo.add_messages, sessions))
+        self._persona_reads = Batcher(functools.partial(repo.get_personas, sessions))
         characters.on_change(self.forget)
 
     def forget(self, channel_id: int | None = None) -> None:
@@ -268,7 +271,7 @@ class RoleplayCore:
         if cached is not None and self._fresh(cached[0]):
             return cached[1]
         stamp = self.clock()
-        persona = await repo.get_persona(self.sessions, user_id=user_id, guild_id=guild_id or 0)
+        persona = await self._persona_reads.submit(key)
         if len(self._personas) >= CACHE_LIMIT:
             self._personas.clear()
         self._personas[key] = (stamp, persona)
@@ -305,7 +308,7 @@ class RoleplayCore:
             token_count=self._count("user", name, content),
             discord_message_ids=(discord_message_id,) if discord_message_id else (),
         )
-        stored = await self._turns.add(turn)
+        stored = await self._turns.submit(turn)
         self._history.appended(stored)
         return stored
 
@@ -490,7 +493,7 @@ class RoleplayCore:
             discord_message_ids=tuple(ids),
             swipe=True,
         )
-        stored = await self._turns.add(turn)
+        stored = await self._turns.submit(turn)
         self._history.appended(stored)
         return stored
 

@@ -213,6 +213,21 @@ async def set_persona(
         return snapshot(PersonaRecord, row)
 
 
+async def get_personas(
+    sessions: Sessions, keys: Sequence[tuple[int, int]]
+) -> list[PersonaRecord | None]:
+    """`get_persona` for many (user, server) pairs at once, in one read; results in order."""
+    users = {user_id for user_id, _ in keys}
+    guilds = {guild_id for _, guild_id in keys} | {0}
+    query = select(Persona).where(Persona.user_id.in_(users), Persona.guild_id.in_(guilds))
+    async with sessions() as session:
+        rows = {
+            (r.user_id, r.guild_id): snapshot(PersonaRecord, r)
+            for r in await session.scalars(query)
+        }
+    return [rows.get((user_id, guild_id)) or rows.get((user_id, 0)) for user_id, guild_id in keys]
+
+
 async def get_persona(sessions: Sessions, *, user_id: int, guild_id: int) -> PersonaRecord | None:
     """The user's persona for this server, else their persona for every server."""
     query = (
