@@ -81,6 +81,8 @@ async def test_regenerate_adds_an_alternative_and_browsing_chooses_what_enters_h
         history = await _active_history(harness, s.general)
         assert history[-1].content == "첫 번째 답장이야."
         assert len([m for m in s.general.messages if m.webhook_id]) == 2  # greeting + one reply
+        # Every item under a reply is dynamic: discord.py keeps no view per message.
+        assert harness.bot.persistent_views == []
 
 
 async def test_stop_mid_reply_keeps_what_was_shown(start_bot):

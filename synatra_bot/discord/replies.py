@@ -67,20 +67,40 @@ class ReplyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=BUTTO
         await bot.replies.spawn(bot.replies.press(interaction, self.action, self.target))
 
 
+class SwipePosition(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"rp:pos:[0-9]+"):
+    """The disabled "2/3" label between ◀ and ▶. A dynamic item like the buttons, so discord.py
+    keeps no view per message for it (a plain button would be stored for ever, one per reply)."""
+
+    def __init__(self, message_id: int, label: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=label,
+                disabled=True,
+                custom_id=f"rp:pos:{message_id}",
+                style=discord.ButtonStyle.secondary,
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(  # type: ignore[override]
+        cls,
+        interaction: discord.Interaction[SynatraBot],
+        item: discord.ui.Button[Any],
+        match: Any,
+    ) -> SwipePosition:
+        return cls(0, item.label or "")
+
+    async def callback(self, interaction: discord.Interaction[SynatraBot]) -> None:  # type: ignore[override]
+        await interaction.response.defer()  # disabled: Discord never sends a press
+
+
 def reply_view(
     message_id: int, *, index: int = 0, count: int = 1, greeting: bool = False
 ) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     if count > 1:
         view.add_item(ReplyButton("prev", message_id, disabled=index <= 0))
-        view.add_item(
-            discord.ui.Button(
-                label=f"{index + 1}/{count}",
-                disabled=True,
-                custom_id=f"rp:pos:{message_id}",
-                style=discord.ButtonStyle.secondary,
-            )
-        )
+        view.add_item(SwipePosition(message_id, f"{index + 1}/{count}"))
         view.add_item(ReplyButton("next", message_id, disabled=index >= count - 1))
     if not greeting:
         view.add_item(ReplyButton("regen", message_id))

@@ -12,7 +12,7 @@ from discord.ext import commands
 
 from synatra_bot.discord.cogs.common import CharacterArg
 from synatra_bot.discord.interactions import actor_from_member, actor_of, answer, place_of, tr
-from synatra_bot.discord.replies import ReplyButton
+from synatra_bot.discord.replies import ReplyButton, SwipePosition
 from synatra_bot.errors import PermissionDenied, UserFacingError
 
 if TYPE_CHECKING:
@@ -34,10 +34,10 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         self.bot = bot
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(ReplyButton)
+        self.bot.add_dynamic_items(ReplyButton, SwipePosition)
 
     async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(ReplyButton)
+        self.bot.remove_dynamic_items(ReplyButton, SwipePosition)
 
     # --- commands -----------------------------------------------------------------------------
 
