@@ -41,6 +41,9 @@ CACHE_TTL_S = 60.0
 #: After this long without a turn, anyone may start a new roleplay over an abandoned one.
 IDLE_TAKEOVER_S = 30 * 60
 CACHE_LIMIT = 10_000
+#: Turns of recent history kept in memory over all sessions (the prompts' windows of the
+#: channels used most recently; about 1 KB each).
+HISTORY_TURNS = 20_000
 
 
 class NoSession(UserFacingError):
@@ -91,7 +94,9 @@ class RoleplayCore:
         #: (session, context size, max new tokens) -> oldest message its last prompt kept.
         self._history_start: dict[tuple[int, int, int], int | None] = {}
         #: Each session's newest turns, so a reply's prompt needs no read.
-        self._history = HistoryCache(ttl_s=CACHE_TTL_S, max_sessions=CACHE_LIMIT, clock=clock)
+        self._history = HistoryCache(
+            ttl_s=CACHE_TTL_S, max_turns=HISTORY_TURNS, max_sessions=CACHE_LIMIT, clock=clock
+        )
         #: New turns from every channel are written together when they arrive together, and
         #: so are the persona reads of members speaking for the first time in a while.
         self._turns = Batcher(functools.partial(repo.add_messages, sessions))

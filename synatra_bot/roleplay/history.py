@@ -5,14 +5,15 @@ and appends the turns this process stores, so a reply needs no read at all. Anyt
 changes a session's turns (an edit, a delete, undo, a swipe, a continuation) drops the session's
 entry. A read that raced an append gets the appended turn merged in (a busy channel always has
 one in flight); a read that raced any other change is not kept. Entries also expire after
-`ttl_s`, which bounds what a change made by another process can leave stale.
+`ttl_s`, which bounds what a change made by another process can leave stale, and at most
+`max_turns` turns are kept over all sessions (the sessions used least recently go first).
 """
 
 from __future__ import annotations
 
 import bisect
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -55,13 +56,18 @@ class HistoryCache:
         self,
         *,
         ttl_s: float,
+        max_turns: int,
         max_sessions: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl_s = ttl_s
+        #: Turns kept in all, over every session; the sessions used least recently go first.
+        self.max_turns = max_turns
+        #: Sessions whose recent changes are remembered (to judge reads in flight).
         self.max_sessions = max_sessions
         self.clock = clock
-        self._entries: dict[int, _Entry] = {}
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._turns = 0
         # Every append and change takes the next tick. A read remembers the tick it started at:
         # turns appended after it are merged into it, any other change discards it.
         self._tick = 0
@@ -81,13 +87,15 @@ class HistoryCache:
         if entry is None or entry.limit != limit:
             return None
         if self.clock() - entry.stamp >= self.ttl_s:
-            del self._entries[session_id]
+            self._drop(session_id)
             return None
         if entry.since_id != since_id:
             narrowed = _narrowed(entry, since_id)
             if narrowed is None:
                 return None
+            self._turns += len(narrowed) - len(entry.records)
             entry.since_id, entry.records = since_id, narrowed
+        self._entries.move_to_end(session_id)
         return list(entry.records)
 
     def put(
@@ -110,10 +118,11 @@ class HistoryCache:
             if tick > version:
                 by_id.setdefault(record.id, record)
         merged = [by_id[i] for i in sorted(by_id)][-limit:] if limit > 0 else []
-        if session_id not in self._entries and len(self._entries) >= self.max_sessions:
-            self._forget_all()
-            return
+        self._drop(session_id)
         self._entries[session_id] = _Entry(limit, since_id, merged, self.clock())
+        self._turns += len(merged)
+        while self._turns > self.max_turns and self._entries:
+            self._drop(next(iter(self._entries)))
 
     def appended(self, record: MessageRecord) -> None:
         """A new visible turn was stored: it joins the newest turns."""
@@ -130,15 +139,17 @@ class HistoryCache:
             self.changed(session_id)  # not new after all: read again rather than guess
             return
         bisect.insort(entry.records, record, key=lambda m: m.id)
+        self._turns += 1
         if len(entry.records) > entry.limit:
             del entry.records[0]
+            self._turns -= 1
 
     def changed(self, session_id: int) -> None:
         """The session's turns changed in some other way: read them again next time."""
         if session_id not in self._changed_at:
             self._make_room()
         self._changed_at[session_id] = self._next_tick()
-        self._entries.pop(session_id, None)
+        self._drop(session_id)
         self._appends.pop(session_id, None)
 
     def counted(self, session_id: int, counts: Mapping[int, int]) -> None:
@@ -148,6 +159,16 @@ class HistoryCache:
             entry.records = [
                 replace(m, token_count=counts[m.id]) if m.id in counts else m for m in entry.records
             ]
+
+    @property
+    def turns(self) -> int:
+        """How many turns are kept, over all sessions."""
+        return self._turns
+
+    def _drop(self, session_id: int) -> None:
+        entry = self._entries.pop(session_id, None)
+        if entry is not None:
+            self._turns -= len(entry.records)
 
     def _next_tick(self) -> int:
         self._tick += 1
@@ -160,6 +181,7 @@ class HistoryCache:
     def _forget_all(self) -> None:
         # Every read in flight started before the new epoch, so none of them is kept.
         self._entries.clear()
+        self._turns = 0
         self._changed_at.clear()
         self._appends.clear()
         self._epoch = self._next_tick()
