@@ -397,3 +397,18 @@ async def test_persona_reads_at_the_same_moment_are_one_read(sessions):
     assert sum("FROM personas" in s for s in statements) == 1
     for (user_id, guild_id), persona in zip(keys, found, strict=True):
         assert persona == await repo.get_persona(sessions, user_id=user_id, guild_id=guild_id)
+
+
+async def test_a_batch_that_fails_for_another_reason_fails_at_once_for_everyone(sessions):
+    from synatra_bot.storage.batching import Batcher
+
+    calls: list[int] = []
+
+    async def locked(items):
+        calls.append(len(items))
+        raise sqlite3.OperationalError("database is locked")
+
+    batcher = Batcher(locked)
+    results = await asyncio.gather(*(batcher.submit(n) for n in range(5)), return_exceptions=True)
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results)
+    assert calls == [5]  # not retried one by one (each retry would wait out the busy timeout)

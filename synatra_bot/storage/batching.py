@@ -8,8 +8,10 @@ queued so far to a function that does it in one transaction. An idle bot runs ea
 (a batch of one); a busy bot's batches grow with the load, so its cost per call falls as the
 load rises.
 
-If a batch fails, its items are run one by one, so one bad item (a turn whose session is gone,
-say) fails alone and every caller hears about its own item only.
+If a batch breaks a constraint, its items are run one by one, so one bad item (a turn whose
+session is gone, say) fails alone. Any other failure (the database locked past its busy
+timeout, a disk error) fails the whole batch at once: retrying item by item would only wait
+that long again for each.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+from sqlalchemy.exc import IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +66,17 @@ class Batcher(Generic[Item, Result]):
     async def _run_batch(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
             results = await self._run([item for item, _ in batch])
-        except Exception as error:
+        except IntegrityError as error:
             if len(batch) == 1:
                 _settle(batch[0][1], error=error)
                 return
             log.warning("%d calls failed together (%s); trying them one by one", len(batch), error)
             for single in batch:
                 await self._run_batch([single])
+            return
+        except Exception as error:
+            for _, future in batch:
+                _settle(future, error=error)
             return
         for (_, future), result in zip(batch, results, strict=True):
             _settle(future, result=result)
