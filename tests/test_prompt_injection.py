@@ -122,6 +122,32 @@ def test_no_text_ever_produces_a_forbidden_id(builder, text):
     assert FORBIDDEN_CONTENT_IDS.isdisjoint(builder.encode_content(text))
 
 
+def _through_the_tokenizer(tokenizer, text: str) -> tuple[int, ...]:
+    """`encode_content` spelled out with the tokenizer's own (slower) call."""
+
+    def encode(value: str) -> list[int]:
+        ids = tokenizer(value, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return [i for i in ids if i not in FORBIDDEN_CONTENT_IDS]
+
+    newline, ids = tuple(encode("\n")), encode("\n" + text)
+    return tuple(ids[len(newline) :]) if tuple(ids[: len(newline)]) == newline else tuple(ids)
+
+
+@pytest.mark.parametrize(
+    "text", [*ATTACKS, "안녕하세요, 모험가님!", "  앞뒤 공백  ", "\n\n줄바꿈\n"]
+)
+def test_the_fast_content_encoder_gives_the_tokenizers_ids(builder, tokenizer, text):
+    assert builder.encode_content(text) == _through_the_tokenizer(tokenizer, text)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text_with_markers | st.text(max_size=80))
+def test_the_fast_content_encoder_matches_on_any_text(builder, tokenizer, text):
+    assert builder.encode_content(text) == _through_the_tokenizer(tokenizer, text)
+
+
 history_strategy = st.lists(
     st.tuples(st.sampled_from(["user", "assistant"]), st.text(max_size=60)),
     min_size=1,

@@ -13,7 +13,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from synatra_bot.errors import PromptTooLarge
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
@@ -122,11 +122,30 @@ def clean_name(name: str, fallback: str = "User") -> str:
     return cleaned or fallback
 
 
+def _content_encoder(tokenizer: PreTrainedTokenizerBase) -> Any | None:
+    """A copy of a fast tokenizer's Rust backend that spells special tokens out as text.
+
+    It gives the same ids as `tokenizer(text, add_special_tokens=False,
+    split_special_tokens=True)` at half the cost (no Python wrapping per call); the tests check
+    both on the hostile corpus. None for a tokenizer without such a backend: the builder then
+    calls the tokenizer itself.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_special_tokens"):
+        return None
+    encoder = type(backend).from_str(backend.to_str())
+    encoder.encode_special_tokens = True
+    encoder.no_truncation()
+    encoder.no_padding()
+    return encoder
+
+
 class PromptBuilder:
     """Renders Synatra's ChatML prompt. One per tokenizer; holds a bounded per-instance cache."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, cache_size: int = 8192) -> None:
         self._tokenizer = tokenizer
+        self._content_encoder = _content_encoder(tokenizer)
         self._cache_size = cache_size
         self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         # History turns rendered as ChatML, by (role, name, content): the same turns go into
@@ -140,9 +159,13 @@ class PromptBuilder:
     # -- encoding -------------------------------------------------------------------------
 
     def _encode_raw(self, text: str) -> list[int]:
-        ids: list[int] = self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)[
-            "input_ids"
-        ]
+        ids: list[int]
+        if self._content_encoder is not None:
+            ids = self._content_encoder.encode(text, add_special_tokens=False).ids
+        else:
+            ids = self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)[
+                "input_ids"
+            ]
         if FORBIDDEN_CONTENT_IDS.intersection(ids):
             ids = [i for i in ids if i not in FORBIDDEN_CONTENT_IDS]
         return ids
