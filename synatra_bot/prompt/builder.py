@@ -148,9 +148,6 @@ class PromptBuilder:
         self._content_encoder = _content_encoder(tokenizer)
         self._cache_size = cache_size
         self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-        # History turns rendered as ChatML, by (role, name, content): the same turns go into
-        # every prompt of their session, so each is rendered once.
-        self._turn_pieces: OrderedDict[tuple[str, str, str], _Piece] = OrderedDict()
         self._newline = tuple(self._encode_raw("\n"))
         self._headers = {
             role: tuple(self._encode_raw(role + "\n")) for role in ("system", "user", "assistant")
@@ -187,17 +184,6 @@ class PromptBuilder:
     def _piece(self, role: str, body: str) -> _Piece:
         ids = (IM_START_ID, *self._headers[role], *self.encode_content(body), IM_END_ID)
         return _Piece(ids + self._newline, f"{IM_START}{role}\n{body}{IM_END}\n")
-
-    def _turn_piece(self, message: HistoryMessage) -> _Piece:
-        key = (message.role, message.name, message.content)
-        piece = self._turn_pieces.get(key)
-        if piece is not None:
-            self._turn_pieces.move_to_end(key)
-            return piece
-        piece = self._turn_pieces[key] = self._piece(message.role, self._message_body(message))
-        if len(self._turn_pieces) > self._cache_size:
-            self._turn_pieces.popitem(last=False)
-        return piece
 
     def _message_body(self, message: HistoryMessage) -> str:
         content = message.content.strip()
@@ -454,7 +440,7 @@ class PromptBuilder:
             add("examples", [p for dialogue in kept_dialogues for p in dialogue])
         depth = max(0, options.author_note_depth)
         split = max(0, len(kept) - depth)
-        history_pieces = [self._turn_piece(m) for m in kept]
+        history_pieces = [self._piece(m.role, self._message_body(m)) for m in kept]
         add("history", history_pieces[:split])
         if note_piece is not None:
             add("author_note", [note_piece])
