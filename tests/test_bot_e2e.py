@@ -29,7 +29,7 @@ async def test_talk_streams_reply_and_stores_one_turn(harness):
     assert [m.role for m in history] == ["assistant", "user", "assistant"]
     assert history[1].content == "안녕? 오늘 날씨 좋다" and history[1].display_name == "김지수"
     assert history[2].content in reply.content
-    assert history[2].discord_message_ids == [reply.id]
+    assert history[2].discord_message_ids == (reply.id,)
     assert "김지수" in harness.engine.prompts[-1]
     assert any(b.startswith("rp:regen") for b in button_ids(reply))
 
@@ -130,7 +130,7 @@ async def test_reply_longer_than_2000_characters_is_split_at_a_boundary(start_bo
 
         async def stored_with_all_ids():
             history = await _active_history(harness, s.general)
-            return history[-1] if history[-1].discord_message_ids == ids else None
+            return history[-1] if history[-1].discord_message_ids == tuple(ids) else None
 
         stored = await eventually(stored_with_all_ids)
         assert stored is not None and stored.content == long_reply

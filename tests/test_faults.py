@@ -104,7 +104,7 @@ async def test_engine_breaking_mid_stream_shows_an_error_stores_nothing_and_the_
         history = await history_of(harness, s.general)
         assert [m.role for m in history] == ["assistant", "user", "user", "user", "assistant"]
         assert history[-1].content == fine.content
-        assert history[-1].discord_message_ids == [fine.id]
+        assert history[-1].discord_message_ids == (fine.id,)
 
 
 # --- 3. the gateway drops during a reply -----------------------------------------------------
@@ -154,7 +154,7 @@ async def test_gateway_drop_during_a_reply_resumes_without_double_posts_or_lost_
         )
         assert sorted(m.discord_message_id for m in users) == sorted([said.id, during.id])
         replies = [m for m in history if m.role == "assistant"][1:]
-        assert [m.discord_message_ids for m in replies] == [[first.id], [second.id]]
+        assert [m.discord_message_ids for m in replies] == [(first.id,), (second.id,)]
         # Greeting, the first reply, the second one (posted as its queue place, then edited).
         assert len(character_posts(fake.calls)) == 3
 
@@ -282,7 +282,7 @@ async def test_remote_engine_down_hanging_or_garbage_gives_a_clear_message_and_s
 async def _last_assistant_with_ids(harness: BotHarness, channel, ids: list[int]):
     history = await history_of(harness, channel)
     last = history[-1]
-    return last if last.role == "assistant" and last.discord_message_ids == ids else None
+    return last if last.role == "assistant" and last.discord_message_ids == tuple(ids) else None
 
 
 # --- 5. SIGTERM during generation ------------------------------------------------------------

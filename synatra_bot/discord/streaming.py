@@ -9,7 +9,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import discord
@@ -175,7 +175,7 @@ class ReplyMessages:
             with contextlib.suppress(discord.NotFound):
                 await self._webhook.delete_message(extra, thread=thread)
 
-    def adopted(self, message_ids: list[int]) -> ReplyMessages:
+    def adopted(self, message_ids: Sequence[int]) -> ReplyMessages:
         """A writer on the same webhook that takes over already posted messages (to show
         another alternative, or a continuation, in their place)."""
         writer = ReplyMessages(

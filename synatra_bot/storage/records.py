@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -112,4 +112,10 @@ class MessageRecord:
     deleted: bool
     created_at: datetime
     edited_at: datetime | None
-    discord_message_ids: list[int] = field(default_factory=list)
+    discord_message_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A tuple, not the list the database hands back: immutable like the record, and the
+        # garbage collector stops tracking it (recent history keeps thousands of records).
+        if not isinstance(self.discord_message_ids, tuple):
+            object.__setattr__(self, "discord_message_ids", tuple(self.discord_message_ids))
