@@ -321,6 +321,7 @@ def _statements(sessions) -> list[str]:
     event.listen(
         engine, "before_cursor_execute", lambda _c, _cur, statement, *_a: seen.append(statement)
     )
+    event.listen(engine, "begin", lambda _connection: seen.append("BEGIN"))  # not via a cursor
     return seen
 
 
@@ -345,6 +346,7 @@ async def test_turns_stored_together_share_one_transaction_in_order(sessions):
     assert records[-1].swipe_group == records[-1].id
     assert all(r.swipe_group is None for r in records[:-1])
     assert sum(s.startswith("BEGIN") for s in statements) == 1
+    assert sum(s.startswith("INSERT") for s in statements) == 1
     history = await repo.recent_history(sessions, session_id=first.id, limit=100)
     assert [m.content for m in history][-2:] == ["19번째 말", "대답"]
     assert history[-1].swipe_group == history[-1].id
@@ -412,3 +414,38 @@ async def test_a_batch_that_fails_for_another_reason_fails_at_once_for_everyone(
     results = await asyncio.gather(*(batcher.submit(n) for n in range(5)), return_exceptions=True)
     assert all(isinstance(r, sqlite3.OperationalError) for r in results)
     assert calls == [5]  # not retried one by one (each retry would wait out the busy timeout)
+
+
+def test_returned_rows_in_any_order_are_matched_back_to_their_turns():
+    import random
+    from datetime import UTC, datetime
+
+    from synatra_bot.storage.records import MessageRecord
+
+    turns = [
+        repo.NewMessage(session_id=1, role="user", content=text, discord_message_ids=ids)
+        for text, ids in [("같은 말", ()), ("다른 말", (7,)), ("같은 말", ()), ("같은 말", (9,))]
+    ]
+    records = [
+        MessageRecord(
+            id=100 + n,
+            session_id=t.session_id,
+            role=t.role,
+            author_id=t.author_id,
+            display_name=t.display_name,
+            content=t.content,
+            token_count=t.token_count,
+            discord_message_id=t.discord_message_ids[0] if t.discord_message_ids else None,
+            swipe_group=None,
+            swipe_index=0,
+            chosen=True,
+            deleted=False,
+            created_at=datetime.now(UTC),
+            edited_at=None,
+            discord_message_ids=t.discord_message_ids,
+        )
+        for n, t in enumerate(turns)
+    ]
+    shuffled = records[:]
+    random.Random(3).shuffle(shuffled)
+    assert [r.id for r in repo._in_turn_order(shuffled, turns)] == [100, 101, 102, 103]

@@ -369,16 +369,45 @@ async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[
         }
         for turn in turns
     ]
-    statement = insert(MESSAGES).returning(*MESSAGES.c, sort_by_parameter_order=True)
+    # One INSERT ... VALUES (...), (...) RETURNING for the whole batch. With
+    # sort_by_parameter_order SQLAlchemy would fall back to a statement per row on SQLite
+    # (no sentinel it trusts), so the rows are matched back to the turns here instead.
+    statement = insert(MESSAGES).values(values).returning(*MESSAGES.c)
     async with sessions.begin() as session:
-        rows = (await session.execute(statement, values)).all()
-        records = [MessageRecord(**row._mapping) for row in rows]
+        rows = (await session.execute(statement)).all()
+        records = _in_turn_order([MessageRecord(**row._mapping) for row in rows], turns)
         groups = [r.id for r, turn in zip(records, turns, strict=True) if turn.swipe]
         if groups:
             await session.execute(
                 update(MESSAGES).where(MESSAGES.c.id.in_(groups)).values(swipe_group=MESSAGES.c.id)
             )
     return [replace(r, swipe_group=r.id) if r.id in groups else r for r in records]
+
+
+def _in_turn_order(
+    records: list[MessageRecord], turns: Sequence[NewMessage]
+) -> list[MessageRecord]:
+    """The inserted rows in the order of the turns they came from.
+
+    RETURNING promises no order. Each turn is matched to the lowest-id row with the same
+    fields; rows with identical fields cannot be told apart, and ids follow the VALUES order.
+    """
+
+    def key(item: MessageRecord | NewMessage) -> tuple[Any, ...]:
+        return (
+            item.session_id,
+            item.role,
+            item.content,
+            item.author_id,
+            item.display_name,
+            tuple(item.discord_message_ids),
+            item.token_count,
+        )
+
+    by_key: dict[tuple[Any, ...], list[MessageRecord]] = {}
+    for record in sorted(records, key=lambda r: r.id, reverse=True):
+        by_key.setdefault(key(record), []).append(record)
+    return [by_key[key(turn)].pop() for turn in turns]
 
 
 async def add_message(
