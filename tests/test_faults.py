@@ -469,3 +469,84 @@ async def test_sqlite_busy_with_another_writer_process_loses_no_rows(start_bot, 
         r for r in caplog.records if r.levelno >= logging.ERROR or "locked" in r.getMessage()
     ]
     assert problems == []
+
+
+async def test_two_shard_processes_share_one_database_and_answer_each_message_once(
+    monkeypatch, tokenizer_dir, tmp_path
+):
+    """The scale-out path: one process per shard (SHARD_COUNT/SHARD_IDS), one SQLite file.
+
+    Each process serves only its own server's channels, both write the same database at once
+    (BEGIN IMMEDIATE and the busy timeout arbitrate), and every message in both servers gets
+    exactly one reply, stored exactly once.
+    """
+    from tests.discord_fake import MANAGE_GUILD, FakeDiscord
+
+    fake = FakeDiscord(shard_count=2)
+    guilds = []
+    while {fake.shard_for(g.id) for g in guilds} != {0, 1}:  # one server on each shard
+        guild = fake.add_guild(f"서버 {len(guilds) + 1}")
+        if fake.shard_for(guild.id) not in {fake.shard_for(g.id) for g in guilds}:
+            guilds.append(guild)
+    places = []
+    for guild in guilds:
+        role = fake.add_role(guild, "운영진", MANAGE_GUILD, position=2)
+        moderator = fake.add_member(guild, f"mod{guild.id}", roles=[role])
+        players = [fake.add_member(guild, f"p{guild.id}-{n}") for n in range(3)]
+        places.append((guild, fake.add_channel(guild, "롤플레이"), moderator, players))
+    await fake.start()
+    fake.install(monkeypatch)
+    database, prompts = tmp_path / "shards.db", tmp_path / "prompts.log"
+    env = {**_bot_env(fake, database, tokenizer_dir, prompts), "FAULT_DELAY_S": "0.005"}
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for shard in (0, 1):
+                shard_env = {**env, "SHARD_COUNT": "2", "SHARD_IDS": str(shard)}
+                log = tmp_path / f"shard{shard}.log"
+                await stack.enter_async_context(bot_process(fake, shard_env, log))
+            storage = create_engine(f"sqlite+aiosqlite:///{database}")
+            try:
+                for guild, channel, moderator, _ in places:
+                    character = await repo.create_character(
+                        create_sessionmaker(storage),
+                        owner_id=moderator.user.id,
+                        guild_id=guild.id,
+                        name=f"민지{guild.id % 100}",
+                        first_message="안녕!",
+                    )
+                    record = await fake.slash(
+                        moderator, "rp start", channel=channel, character=str(character.id)
+                    )
+                    await fake.wait_for_response(record)
+                    await fake.wait_for_message(
+                        channel, lambda m: m.webhook_id is not None, after=0
+                    )
+            finally:
+                await storage.dispose()
+
+            said = []
+            for n in range(6):  # both servers at once, several players each
+                for _, channel, _, players in places:
+                    text = f"{n}번째 말이야, 들려?"
+                    said.append((channel, await fake.say(channel, players[n % 3], text)))
+
+            def replies(channel):  # the greeting (no buttons without alternates) and replies
+                return [m for m in channel.messages if m.webhook_id is not None]
+
+            def settled() -> bool:
+                return all(
+                    len(replies(channel)) == 1 + 6
+                    and all(has_buttons(m) for m in replies(channel)[1:])
+                    for _, channel, _, _ in places
+                )
+
+            await fake.wait_until(settled, timeout=60)
+            await asyncio.sleep(0.5)  # nothing more may arrive
+            assert settled()
+    finally:
+        await fake.stop()
+
+    turns = _stored_turns(database)
+    said_texts = [m.content for _, m in said]
+    assert sorted(c for r, c in turns if r == "user") == sorted(said_texts)
+    assert sum(r == "assistant" for r, _ in turns) == 2 * (1 + 6)

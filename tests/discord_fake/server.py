@@ -424,14 +424,14 @@ class FakeDiscord:
 
     # ------------------------------------------------------------------ gateway
 
-    def _shard_for(self, guild_id: int | None) -> int:
+    def shard_for(self, guild_id: int | None) -> int:
         if guild_id is None:
             return 0
         return (guild_id >> 22) % self.shard_count
 
     def _fire(self, event: str, data: dict[str, Any], guild: FakeGuild | None) -> None:
         """Dispatch from sync code: the event is sequenced now, sent by a background flush."""
-        session = self._sessions.get(self._shard_for(guild.id if guild else None))
+        session = self._sessions.get(self.shard_for(guild.id if guild else None))
         if session is None:
             return
         self._enqueue(session, event, data)
@@ -443,7 +443,7 @@ class FakeDiscord:
 
     async def dispatch(self, event: str, data: dict[str, Any], guild_id: int | None) -> None:
         """Send a DISPATCH event to the shard that owns ``guild_id`` (buffered if disconnected)."""
-        session = self._sessions.get(self._shard_for(guild_id))
+        session = self._sessions.get(self.shard_for(guild_id))
         if session is not None:
             await self._send(session, event, data)
 
@@ -525,7 +525,7 @@ class FakeDiscord:
         self.intents = data.get("intents")
         self.identify_count += 1
         session = _Session(uuid.uuid4().hex, shard_id, shard_count, self.intents or 0)
-        guilds = [g for g in self.guilds.values() if self._shard_for(g.id) == shard_id]
+        guilds = [g for g in self.guilds.values() if self.shard_for(g.id) == shard_id]
         ready = {
             "v": 10,
             "user": {**self.bot_user.payload(), "verified": True, "mfa_enabled": False},
