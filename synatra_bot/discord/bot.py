@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -46,9 +45,7 @@ class SynatraTree(app_commands.CommandTree["SynatraBot"]):
     async def interaction_check(self, interaction: discord.Interaction[SynatraBot]) -> bool:
         # Every command runs in a task of discord.py's: track it, so that shutdown waits for
         # commands that are still writing to the database before it closes the database.
-        task = asyncio.current_task()
-        if task is not None:
-            interaction.client.replies.track(task)
+        interaction.client.replies.track_current()
         return True
 
     async def on_error(

@@ -64,7 +64,8 @@ class ReplyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=BUTTO
 
     async def callback(self, interaction: discord.Interaction[SynatraBot]) -> None:  # type: ignore[override]
         bot = interaction.client
-        await bot.replies.spawn(bot.replies.press(interaction, self.action, self.target))
+        bot.replies.track_current()
+        await bot.replies.press(interaction, self.action, self.target)
 
 
 class SwipePosition(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"rp:pos:[0-9]+"):
@@ -142,6 +143,13 @@ class ReplyController:
         task.add_done_callback(self._finished)
         return task
 
+    def track_current(self) -> None:
+        """Count the running task (one discord.py made for an event or an interaction) among
+        the work shutdown waits for, instead of starting a task of our own."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.track(task)
+
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -203,7 +211,7 @@ class ReplyController:
         job = _Job(place, active, channel, speaker, kind, target, after)
         locale = self.bot.locale_for(channel)
         try:
-            return await self._run(job, notify)
+            return await self._run(job, notify, locale)
         except discord.Forbidden:
             log.warning("missing permissions for webhooks in channel %s", place.channel_id)
             await self._tell(notify, channel, t(locale, "error.webhook_permission"))
@@ -217,11 +225,12 @@ class ReplyController:
             await self._tell(notify, channel, t(locale, "error.unexpected"))
         return None
 
-    async def _run(self, job: _Job, notify: discord.Message | None) -> MessageRecord | None:
+    async def _run(
+        self, job: _Job, notify: discord.Message | None, locale: str
+    ) -> MessageRecord | None:
         channel, place, active = job.channel, job.place, job.active
         speaker, kind, target = job.speaker, job.kind, job.target
         writer = await self.writer_for(channel, active)
-        locale = self.bot.locale_for(channel)
         prefix = target.content if kind == "continue" and target else ""
         if target is not None and kind != "reply":
             writer = writer.adopted(target.discord_message_ids)

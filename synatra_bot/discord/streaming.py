@@ -197,10 +197,5 @@ class ReplyMessages:
 
     async def discard(self) -> None:
         """Delete the posted messages (a turn that was superseded before it said anything)."""
-        thread = self._thread if self._thread is not None else discord.utils.MISSING
         async with self._lock:
-            while self._ids:
-                message_id = self._ids.pop()
-                self._shown.pop()
-                with contextlib.suppress(discord.NotFound):
-                    await self._webhook.delete_message(message_id, thread=thread)
+            await self._sync([], view=None, final=True)  # deletes every message it posted

@@ -381,12 +381,7 @@ class Scheduler:
             del self._queues[ticket.channel_id]
 
     def _position_of(self, ticket: QueueTicket) -> int:
-        if ticket not in self._waiting:
-            return 0
-        for position, waiting in enumerate(self._waiting, start=1):
-            if waiting is ticket:
-                return position
-        return 0  # pragma: no cover - the membership test above makes this unreachable
+        return next((n for n, waiting in enumerate(self._waiting, 1) if waiting is ticket), 0)
 
     def _pump(self) -> None:
         """Admit what can run now: the longest-waiting turn among channels with nothing running."""

@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord.cogs.common import CharacterArg, ComponentError
+from synatra_bot.discord.i18n import is_korean
 from synatra_bot.discord.interactions import actor_of, answer, tr
 from synatra_bot.errors import CardError, UserFacingError
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
@@ -132,7 +133,7 @@ class MoreDetails(discord.ui.View):
         super().__init__(timeout=900)
         self.bot = bot
         self.character_id = character_id
-        korean = locale.startswith("ko")
+        korean = is_korean(locale)
         self.examples_button.label = "예시 대화 추가" if korean else "Add example dialogues"
         self.formal_button.label = "존댓말" if korean else "Formal (존댓말)"
         self.informal_button.label = "반말" if korean else "Casual (반말)"

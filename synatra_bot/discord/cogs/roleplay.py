@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import discord
 from discord import app_commands
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 OOC_PREFIXES = ("//", "((", "(OOC")
 
 
-def _channel_types_ok(channel: Any) -> bool:
+def _channel_types_ok(channel: Any) -> TypeGuard[discord.TextChannel | discord.Thread]:
     return isinstance(channel, discord.TextChannel | discord.Thread)
 
 
@@ -181,9 +180,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         # discord.py runs each listener in a task of its own: count it among the work shutdown
         # waits for (so the turn gets stored) and go on in it; a task of our own would cost
         # the reply another turn of the event loop before its first message goes out.
-        task = asyncio.current_task()
-        if task is not None:
-            self.bot.replies.track(task)
+        self.bot.replies.track_current()
         await self._on_message(message)
 
     async def _on_message(self, message: discord.Message) -> None:
@@ -230,15 +227,12 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         self.bot.replies.spawn(self._on_edit(payload))
 
     async def _on_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
-        content = payload.data.get("content")
-        author = payload.data.get("author") or {}
-        if content is None or author.get("bot") or payload.data.get("webhook_id"):
-            return
+        content = payload.data["content"]  # on_raw_message_edit passes players' edits only
         edited = await self.bot.core.message_edited(payload.message_id, content)
         if edited is None or not edited.is_last_user_turn or payload.guild_id is None:
             return
         channel = self.bot.get_channel(payload.channel_id)
-        if not isinstance(channel, discord.TextChannel | discord.Thread):
+        if not _channel_types_ok(channel):
             return
         place = place_of(channel, payload.guild_id)
         active = await self.bot.core.active(place)
