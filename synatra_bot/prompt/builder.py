@@ -365,6 +365,7 @@ class PromptBuilder:
                 options,
                 report,
                 room=budget - fixed - newest,
+                base=bare_system,
             )
             or bare_system
         )
@@ -386,7 +387,7 @@ class PromptBuilder:
                 and message.message_id < anchor
             ):
                 break
-            tokens = count(message)
+            tokens = newest if index == len(history) - 1 else count(message)
             if used + tokens > room and index < len(history) - 1:
                 overflow = True
                 break
@@ -470,8 +471,12 @@ class PromptBuilder:
         report: PromptReport,
         *,
         room: int,
+        base: _Piece,
     ) -> _Piece | None:
-        """The system block with the lorebook entries that fire and fit, or None if none do."""
+        """The system block with the lorebook entries that fire and fit, or None if none do.
+
+        `base` is the system block without lore.
+        """
         books = []
         if card.character_book:
             books.append(lorebook_from_character_book(card.character_book))
@@ -481,10 +486,6 @@ class PromptBuilder:
             return None
         depth = max((book.scan_depth for book in books), default=0)
         recent = [m.content for m in history[-depth:]] if depth else []
-        base = self._piece(
-            "system",
-            self._system_text(card, user_name=user_name, persona=persona, lore=(), options=options),
-        )
         limits = [options.lorebook_budget, room - len(base.ids)]
         limits += [book.token_budget for book in books if book.token_budget]
         fired, skipped = select_entries(

@@ -39,6 +39,10 @@ def head_revision(database_url: str) -> str | None:
 async def current_revision(database_url: str) -> str | None:
     """The revision the database is at, or None for an empty database."""
     prepare_sqlite_file(database_url)
+    return await _read_revision(database_url)
+
+
+async def _read_revision(database_url: str) -> str | None:
     engine = create_engine(database_url)
     try:
         async with engine.connect() as conn:
@@ -74,5 +78,5 @@ async def upgrade_database(database_url: str) -> tuple[str | None, str | None]:
     """
     before = await check_schema_known(database_url)
     await asyncio.to_thread(command.upgrade, alembic_config(database_url), "head")
-    after = await current_revision(database_url)
+    after = await _read_revision(database_url)  # the file was checked before the upgrade
     return before, after

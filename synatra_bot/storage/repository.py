@@ -376,7 +376,7 @@ async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[
     async with sessions.begin() as session:
         rows = (await session.execute(statement)).all()
         records = _in_turn_order([MessageRecord(**row._mapping) for row in rows], turns)
-        groups = [r.id for r, turn in zip(records, turns, strict=True) if turn.swipe]
+        groups = {r.id for r, turn in zip(records, turns, strict=True) if turn.swipe}
         if groups:
             await session.execute(
                 update(MESSAGES).where(MESSAGES.c.id.in_(groups)).values(swipe_group=MESSAGES.c.id)
@@ -400,7 +400,7 @@ def _in_turn_order(
             item.content,
             item.author_id,
             item.display_name,
-            tuple(item.discord_message_ids),
+            item.discord_message_ids,
             item.token_count,
         )
 
