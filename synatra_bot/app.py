@@ -54,7 +54,7 @@ async def running_bot(
     database = create_engine(settings.database_url)
     if tokenizer is None:
         tokenizer = await asyncio.to_thread(load_tokenizer, settings.model_id)
-    engine = engine or build_engine(settings)
+    engine = engine or build_engine(settings, tokenizer=tokenizer)
     try:
         await engine.start()
         sessions = create_sessionmaker(database)

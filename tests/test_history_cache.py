@@ -53,7 +53,7 @@ class Clock:
 def test_a_kept_read_is_served_and_new_turns_join_it_up_to_the_limit() -> None:
     cache = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=10)
     assert cache.get(SESSION, limit=3, since_id=None) is None
-    version = cache.version(SESSION)
+    version = cache.version()
     cache.put(SESSION, limit=3, since_id=None, records=[turn(1), turn(2)], version=version)
     assert [m.id for m in cache.get(SESSION, limit=3, since_id=None) or []] == [1, 2]
     cache.appended(turn(3))
@@ -66,13 +66,13 @@ def test_a_kept_read_is_served_and_new_turns_join_it_up_to_the_limit() -> None:
 
 def test_a_read_that_raced_an_append_gets_it_merged_in() -> None:
     cache = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=10)
-    version = cache.version(SESSION)
+    version = cache.version()
     cache.appended(turn(3))  # committed after the read's SELECT: the read lacks it
     cache.appended(turn(4))
     cache.put(SESSION, limit=3, since_id=None, records=[turn(1), turn(2)], version=version)
     assert [m.id for m in cache.get(SESSION, limit=3, since_id=None) or []] == [2, 3, 4]
     # ... or already has it (committed before the SELECT): kept once.
-    version = cache.version(SESSION)
+    version = cache.version()
     cache.appended(turn(5))
     cache.put(SESSION, limit=9, since_id=None, records=[turn(4), turn(5)], version=version)
     assert [m.id for m in cache.get(SESSION, limit=9, since_id=None) or []] == [4, 5]
@@ -80,18 +80,18 @@ def test_a_read_that_raced_an_append_gets_it_merged_in() -> None:
 
 def test_a_read_that_raced_a_change_is_not_kept() -> None:
     cache = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=10)
-    version = cache.version(SESSION)
+    version = cache.version()
     cache.changed(SESSION)  # an edit or a delete while the read was in flight
     cache.put(SESSION, limit=5, since_id=None, records=[turn(1), turn(2)], version=version)
     assert cache.get(SESSION, limit=5, since_id=None) is None
-    other = cache.version(SESSION + 1)
+    other = cache.version()
     cache.put(SESSION + 1, limit=5, since_id=None, records=[turn(9, session_id=8)], version=other)
     assert cache.get(SESSION + 1, limit=5, since_id=None) is not None
 
 
 def test_a_read_that_raced_more_appends_than_the_log_holds_is_not_kept() -> None:
     cache = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=10)
-    version = cache.version(SESSION)
+    version = cache.version()
     for message_id in range(10, 10 + APPEND_LOG + 1):
         cache.appended(turn(message_id))
     cache.put(SESSION, limit=500, since_id=None, records=[turn(1)], version=version)
@@ -101,26 +101,24 @@ def test_a_read_that_raced_more_appends_than_the_log_holds_is_not_kept() -> None
 def test_a_change_or_the_ttl_drops_the_entry() -> None:
     clock = Clock()
     cache = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=10, clock=clock)
-    cache.put(SESSION, limit=5, since_id=None, records=[turn(1)], version=cache.version(SESSION))
+    cache.put(SESSION, limit=5, since_id=None, records=[turn(1)], version=cache.version())
     cache.changed(SESSION)
     assert cache.get(SESSION, limit=5, since_id=None) is None
-    cache.put(SESSION, limit=5, since_id=None, records=[turn(1)], version=cache.version(SESSION))
+    cache.put(SESSION, limit=5, since_id=None, records=[turn(1)], version=cache.version())
     clock.now += 61
     assert cache.get(SESSION, limit=5, since_id=None) is None
 
 
 def test_a_turn_appended_twice_makes_the_session_read_again() -> None:
     cache = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=10)
-    cache.put(SESSION, limit=5, since_id=None, records=[turn(1)], version=cache.version(SESSION))
+    cache.put(SESSION, limit=5, since_id=None, records=[turn(1)], version=cache.version())
     cache.appended(turn(1, "다른 내용"))
     assert cache.get(SESSION, limit=5, since_id=None) is None
 
 
 def test_stored_token_counts_are_kept_with_the_cached_turns() -> None:
     cache = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=10)
-    cache.put(
-        SESSION, limit=5, since_id=None, records=[turn(1), turn(2)], version=cache.version(SESSION)
-    )
+    cache.put(SESSION, limit=5, since_id=None, records=[turn(1), turn(2)], version=cache.version())
     cache.counted(SESSION, {2: 11})
     assert [m.token_count for m in cache.get(SESSION, limit=5, since_id=None) or []] == [None, 11]
 
@@ -129,10 +127,10 @@ def test_the_sessions_used_least_recently_go_first_when_too_many_turns_are_kept(
     cache = HistoryCache(ttl_s=60, max_turns=5, max_sessions=10)
     for session in (1, 2):
         records = [turn(session * 10 + i, session_id=session) for i in range(2)]
-        cache.put(session, limit=9, since_id=None, records=records, version=cache.version(session))
+        cache.put(session, limit=9, since_id=None, records=records, version=cache.version())
     assert cache.get(1, limit=9, since_id=None) is not None  # 1 is now the most recent
     records = [turn(30, session_id=3), turn(31, session_id=3)]
-    cache.put(3, limit=9, since_id=None, records=records, version=cache.version(3))
+    cache.put(3, limit=9, since_id=None, records=records, version=cache.version())
     assert cache.get(2, limit=9, since_id=None) is None  # evicted: used least recently
     assert cache.get(1, limit=9, since_id=None) is not None
     assert cache.turns == 4
@@ -144,12 +142,12 @@ def test_the_sessions_used_least_recently_go_first_when_too_many_turns_are_kept(
 
 def test_too_many_changed_sessions_start_over_and_forget_reads_in_flight() -> None:
     cache = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=2)
-    in_flight = cache.version(1)
+    in_flight = cache.version()
     for session in range(2, 12):  # more sessions than the bookkeeping remembers
         cache.changed(session)
     cache.put(1, limit=5, since_id=None, records=[turn(1, session_id=1)], version=in_flight)
     assert cache.get(1, limit=5, since_id=None) is None  # older than the new epoch
-    cache.put(1, limit=5, since_id=None, records=[turn(1, session_id=1)], version=cache.version(1))
+    cache.put(1, limit=5, since_id=None, records=[turn(1, session_id=1)], version=cache.version())
     assert cache.get(1, limit=5, since_id=None) is not None
 
 
@@ -242,13 +240,13 @@ async def test_edits_deletes_undo_and_swipes_show_in_the_next_prompt(core) -> No
 def test_a_trimming_anchor_moving_forward_is_served_from_the_kept_turns() -> None:
     cache = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=10)
     records = [turn(i) for i in range(1, 6)]
-    cache.put(SESSION, limit=10, since_id=None, records=records, version=cache.version(SESSION))
+    cache.put(SESSION, limit=10, since_id=None, records=records, version=cache.version())
     assert [m.id for m in cache.get(SESSION, limit=10, since_id=3) or []] == [2, 3, 4, 5]
     assert [m.id for m in cache.get(SESSION, limit=10, since_id=4) or []] == [3, 4, 5]
     assert cache.get(SESSION, limit=10, since_id=2) is None  # backwards: turn 1 is not here
     full = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=10)
-    full.put(SESSION, limit=10, since_id=None, records=records, version=full.version(SESSION))
+    full.put(SESSION, limit=10, since_id=None, records=records, version=full.version())
     assert [m.id for m in full.get(SESSION, limit=10, since_id=1) or []] == [1, 2, 3, 4, 5]
     cut = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=10)
-    cut.put(SESSION, limit=5, since_id=None, records=records, version=cut.version(SESSION))
+    cut.put(SESSION, limit=5, since_id=None, records=records, version=cut.version())
     assert cut.get(SESSION, limit=5, since_id=1) is None  # older turns may exist

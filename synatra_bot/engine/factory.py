@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from synatra_bot.engine.base import Engine
 from synatra_bot.settings import Settings
 
 
-def build_engine(settings: Settings) -> Engine:
-    """The embedded transformers engine, or the OpenAI-compatible one for ENGINE=openai."""
+def build_engine(settings: Settings, *, tokenizer: Any = None) -> Engine:
+    """The embedded transformers engine, or the OpenAI-compatible one for ENGINE=openai.
+
+    `tokenizer`: one the caller has already loaded for MODEL_ID (else the engine loads it).
+    """
     if settings.engine == "openai":
         from synatra_bot.engine.openai_compat import OpenAICompatEngine
 
@@ -18,6 +23,7 @@ def build_engine(settings: Settings) -> Engine:
             tokenizer_dir_or_id=settings.model_id,
             timeout_s=settings.engine_timeout_s,
             send_token_ids=settings.engine_send_token_ids,
+            tokenizer=tokenizer,
         )
     from synatra_bot.engine.transformers_engine import TransformersEngine
 
@@ -26,5 +32,5 @@ def build_engine(settings: Settings) -> Engine:
         quantization=settings.quantization,
         attn_implementation=settings.attn_implementation,
         context_size=settings.context_size,
-        max_batch_tokens=None,
+        tokenizer=tokenizer,
     )

@@ -327,9 +327,11 @@ class RoleplayCore:
         )
         assert updated is not None
         self._history.changed(found.session_id)
+        if found.role != "user":
+            return EditResult(updated, is_last_user_turn=False)
         history = await repo.recent_history(self.sessions, session_id=found.session_id, limit=3)
         users = [m for m in history if m.role == "user"]
-        is_last = bool(users) and users[-1].id == found.id and found.role == "user"
+        is_last = bool(users) and users[-1].id == found.id
         return EditResult(updated, is_last)
 
     async def message_deleted(self, discord_message_id: int) -> MessageRecord | None:
@@ -395,7 +397,7 @@ class RoleplayCore:
         limit = active.config.context_size // MIN_TURN_TOKENS + 2
         records = self._history.get(session_id, limit=limit, since_id=history_start_id)
         if records is None:
-            version = self._history.version(session_id)
+            version = self._history.version()
             records = await repo.recent_history(
                 self.sessions, session_id=session_id, limit=limit, since_id=history_start_id
             )

@@ -75,7 +75,7 @@ class HistoryCache:
         self._changed_at: dict[int, int] = {}
         self._appends: dict[int, deque[tuple[int, MessageRecord]]] = {}
 
-    def version(self, session_id: int) -> int:
+    def version(self) -> int:
         """Take this before a read and hand it to `put`."""
         return self._tick
 

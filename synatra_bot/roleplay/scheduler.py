@@ -100,10 +100,6 @@ class TurnSlot:
     _requests: itertools.count[int] = field(default_factory=itertools.count, repr=False)
     _streams: list[AsyncGenerator[str, None]] = field(default_factory=list, repr=False)
 
-    @property
-    def cancelled(self) -> bool:
-        return self.outcome in (TurnOutcome.CANCELLED, TurnOutcome.TIMED_OUT)
-
     def stream(self, prompt: Sequence[int] | str, params: SamplingParams) -> AsyncIterator[str]:
         """Yield the reply's deltas; see the module docstring for how it ends."""
         generator = self._stream(prompt, params)

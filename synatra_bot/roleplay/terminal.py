@@ -469,15 +469,15 @@ async def run_chat(
             label = {"imported": "가져옴 · imported", "updated": "카드 갱신 · card updated"}
             print(f"{label[note]}: #{character.id} {character.name}", file=out, flush=True)
 
-        if engine is None:
-            from synatra_bot.engine.factory import build_engine
-
-            print(f"모델 준비 중 · loading {settings.model_id}…", file=out, flush=True)
-            engine = build_engine(settings)
         if tokenizer is None:
             from synatra_bot.tokenizer import load_tokenizer
 
             tokenizer = await asyncio.to_thread(load_tokenizer, settings.model_id)
+        if engine is None:
+            from synatra_bot.engine.factory import build_engine
+
+            print(f"모델 준비 중 · loading {settings.model_id}…", file=out, flush=True)
+            engine = build_engine(settings, tokenizer=tokenizer)
         try:
             await engine.start()
         except EngineError as error:
