@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from synatra_bot.errors import NotFound, PermissionDenied, UserFacingError
 from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, PromptBuilder, PromptOptions
-from synatra_bot.prompt.lorebook import lorebook_from_character_book
+from synatra_bot.prompt.cards import CharacterCard
+from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
 from synatra_bot.prompt.macros import substitute_macros
 from synatra_bot.roleplay.characters import CharacterService, card_from_record
 from synatra_bot.roleplay.config import ChannelConfig, Defaults, effective_config
@@ -63,6 +64,16 @@ class ActiveRoleplay:
     session: SessionRecord
     character: CharacterRecord
     config: ChannelConfig
+    #: The character as the prompt builder takes it and the channel's lorebook, parsed once
+    #: when the roleplay is loaded (it is cached) rather than for every reply.
+    card: CharacterCard = field(init=False)
+    channel_lorebook: Lorebook | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "card", card_from_record(self.character))
+        lorebook = self.config.lorebook
+        book = lorebook_from_character_book(lorebook) if lorebook else None
+        object.__setattr__(self, "channel_lorebook", book)
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,13 +442,11 @@ class RoleplayCore:
             history_start_id=history_start_id,
         )
         built = self.builder.build(
-            card=card_from_record(active.character),
+            card=active.card,
             history=history,
             user_name=speaker_name,
             persona=persona_text,
-            channel_lorebook=lorebook_from_character_book(config.lorebook)
-            if config.lorebook
-            else None,
+            channel_lorebook=active.channel_lorebook,
             options=options,
             continue_last=continue_message is not None,
         )
