@@ -369,12 +369,13 @@ async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[
         }
         for turn in turns
     ]
-    # One INSERT ... VALUES (...), (...) RETURNING for the whole batch. With
-    # sort_by_parameter_order SQLAlchemy would fall back to a statement per row on SQLite
-    # (no sentinel it trusts), so the rows are matched back to the turns here instead.
-    statement = insert(MESSAGES).values(values).returning(*MESSAGES.c)
+    # Executed as "many": SQLAlchemy's insertmanyvalues sends one INSERT ... VALUES (...),
+    # (...) RETURNING for the batch from a statement compiled once (`.values(list)` would compile
+    # a new one per batch). With sort_by_parameter_order it would fall back to a statement per
+    # row on SQLite (no sentinel it trusts), so the rows are matched back to the turns here.
+    statement = insert(MESSAGES).returning(*MESSAGES.c)
     async with sessions.begin() as session:
-        rows = (await session.execute(statement)).all()
+        rows = (await session.execute(statement, values)).all()
         records = _in_turn_order([MessageRecord(**row._mapping) for row in rows], turns)
         groups = {r.id for r, turn in zip(records, turns, strict=True) if turn.swipe}
         if groups:
