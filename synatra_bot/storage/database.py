@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 from synatra_bot.errors import StorageError
 from synatra_bot.settings import sqlite_path
+from synatra_bot.storage.sqlite_driver import connection_factory
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -71,9 +72,16 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     "database is locked"). Every connection gets WAL, a busy timeout and foreign keys, and
     every transaction starts with BEGIN IMMEDIATE, so another process writing at the same time
     makes this one wait on the busy timeout rather than fail on a read-to-write upgrade.
+    The connection is aiosqlite's, with the trips to its thread cut (`sqlite_driver`).
     """
     if database_url.startswith("sqlite"):
-        kwargs = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 300, **kwargs}
+        kwargs = {
+            "pool_size": 1,
+            "max_overflow": 0,
+            "pool_timeout": 300,
+            "async_creator": connection_factory(database_url),  # one trip per statement
+            **kwargs,
+        }
     engine = create_async_engine(database_url, **kwargs)
     if engine.dialect.name == "sqlite":
         sync_engine = engine.sync_engine
@@ -93,16 +101,10 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
 
         @event.listens_for(sync_engine, "begin")
         def _on_begin(connection: Any) -> None:
-            # Straight on aiosqlite's connection: one trip to its thread, where a DBAPI cursor
-            # (open, execute, close) would take three, in every transaction.
-            connection.connection.dbapi_connection.run_async(_begin_immediate)
+            # Sent with the transaction's first statement, not in a trip of its own.
+            connection.connection.driver_connection.begin_with_next_statement("BEGIN IMMEDIATE")
 
     return engine
-
-
-async def _begin_immediate(driver_connection: Any) -> None:
-    # The cursor it returns has no rows: left to the garbage collector, not closed (a trip more).
-    await driver_connection.execute("BEGIN IMMEDIATE")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
