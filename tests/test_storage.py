@@ -449,3 +449,27 @@ def test_returned_rows_in_any_order_are_matched_back_to_their_turns():
     shuffled = records[:]
     random.Random(3).shuffle(shuffled)
     assert [r.id for r in repo._in_turn_order(shuffled, turns)] == [100, 101, 102, 103]
+
+
+async def test_rounds_start_at_most_every_interval_and_fill_up_meanwhile():
+    from synatra_bot.storage.batching import Batcher
+
+    rounds: list[tuple[float, list[int]]] = []
+    loop = asyncio.get_running_loop()
+
+    async def run(items):
+        rounds.append((loop.time(), list(items)))
+        return [n * 10 for n in items]
+
+    batcher = Batcher(run, every=0.2)
+    start = loop.time()
+    assert await batcher.submit(1) == 10  # idle: at once
+    results = await asyncio.gather(*(batcher.submit(n) for n in (2, 3, 4)))
+    assert results == [20, 30, 40]
+    assert [items for _, items in rounds] == [[1], [2, 3, 4]]
+    assert rounds[0][0] - start < 0.1
+    assert rounds[1][0] - rounds[0][0] >= 0.2 - 0.01  # the second round waited and filled up
+    await asyncio.sleep(0.25)
+    idle_since = loop.time()
+    assert await batcher.submit(5) == 50
+    assert rounds[2][0] - idle_since < 0.1  # idle again: at once

@@ -45,6 +45,9 @@ CACHE_LIMIT = 10_000
 #: Turns of recent history kept in memory over all sessions (the prompts' windows of the
 #: channels used most recently; about 1 KB each).
 HISTORY_TURNS = 20_000
+#: Group commit: a busy bot stores turns (and reads personas) at most this often, so the rounds
+#: fill up; an idle bot stores at once. A player's turn waits at most this long for it.
+COMMIT_EVERY_S = 0.01
 
 
 class NoSession(UserFacingError):
@@ -110,8 +113,10 @@ class RoleplayCore:
         )
         #: New turns from every channel are written together when they arrive together, and
         #: so are the persona reads of members speaking for the first time in a while.
-        self._turns = Batcher(functools.partial(repo.add_messages, sessions))
-        self._persona_reads = Batcher(functools.partial(repo.get_personas, sessions))
+        self._turns = Batcher(functools.partial(repo.add_messages, sessions), every=COMMIT_EVERY_S)
+        self._persona_reads = Batcher(
+            functools.partial(repo.get_personas, sessions), every=COMMIT_EVERY_S
+        )
         characters.on_change(self.forget)
 
     def forget(self, channel_id: int | None = None) -> None:

@@ -1,12 +1,12 @@
 """Group commit for the hot paths: calls made at the same moment share one database round.
 
 Every message the bot answers stores two turns (the player's and the reply) and, the first time
-a member speaks, reads their persona. Alone, each is a transaction of its own, and with SQLite
-through aiosqlite a transaction costs about a dozen hand-offs to the database thread: most of
-the bot's CPU per message. A `Batcher` queues the call; one flush at a time hands everything
-queued so far to a function that does it in one transaction. An idle bot runs each call at once
-(a batch of one); a busy bot's batches grow with the load, so its cost per call falls as the
-load rises.
+a member speaks, reads their persona. Alone, each is a transaction of its own, and a
+transaction's fixed cost (SQLAlchemy's work, the hand-offs to the database thread) is most of
+what storing a turn costs. A `Batcher` queues the call; one flush at a time hands everything
+queued so far to a function that does it in one transaction, and with `every` set, rounds start
+at most that often. An idle bot runs each call at once (a batch of one); a busy bot's batches
+grow with the load, so its cost per call falls as the load rises.
 
 If a batch breaks a constraint, its items are run one by one, so one bad item (a turn whose
 session is gone, say) fails alone. Any other failure (the database locked past its busy
@@ -38,8 +38,15 @@ class Batcher(Generic[Item, Result]):
     `run(items)` must return one result per item, in the same order.
     """
 
-    def __init__(self, run: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]]) -> None:
+    def __init__(
+        self,
+        run: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]],
+        *,
+        every: float = 0.0,
+    ) -> None:
         self._run = run
+        self._every = every
+        self._next_round = 0.0
         self._queued: list[tuple[Item, asyncio.Future[Result]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
@@ -52,7 +59,12 @@ class Batcher(Generic[Item, Result]):
         return await asyncio.shield(future)
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queued:
+            wait = self._next_round - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # busy: the round fills up meanwhile
+            self._next_round = loop.time() + self._every
             batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
             try:
                 await self._run_batch(batch)
