@@ -113,6 +113,10 @@ class SynatraBot(commands.AutoShardedBot):
         guild = getattr(channel, "guild", None)
         return str(guild.preferred_locale) if guild is not None else "en-US"
 
+    async def on_message(self, message: discord.Message, /) -> None:
+        """Every command is a slash command: a message goes to the roleplay's listener only,
+        not first through the prefix-command parser (for every message in every channel)."""
+
     async def close(self) -> None:
         await self.replies.close()
         await super().close()
