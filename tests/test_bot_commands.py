@@ -87,6 +87,28 @@ async def test_create_character_with_the_form_then_examples_and_speech_level(har
     assert "쓸 수 없어요" in await harness.final_text(other)  # private: not even shown
 
 
+async def test_examples_for_a_character_deleted_meanwhile_get_a_clear_answer(harness):
+    fake, s = harness.fake, harness.scenario
+    owner = s.members[0]
+    opened = await harness.slash(owner, "character create")
+    values = fill(opened.modal, Name="하린", Description="등대지기", Greeting="들어와요.")
+    submitted = await fake.submit_modal(owner, opened, values)
+    await fake.wait_for_response(submitted)
+    message = submitted.original or submitted
+    [record] = await repo.visible_characters(
+        harness.sessions, guild_id=s.guild.id, user_id=owner.user.id
+    )
+    character = record.id
+    examples = await fake.press(owner, message, "character:examples")
+    await fake.wait_for_response(examples)
+    assert examples.modal is not None
+    deleted = await harness.slash(owner, "character delete", character=str(character))
+    assert "지웠어요" in await harness.final_text(deleted)
+    [examples_input] = modal_inputs(examples.modal).values()
+    sent = await fake.submit_modal(owner, examples, {examples_input: "<START>\n{{user}}: 안녕"})
+    assert "캐릭터가 없거나" in await harness.final_text(sent)  # not a silent failure
+
+
 async def test_show_list_export_avatar_and_delete(harness):
     s = harness.scenario
     owner = s.members[0]

@@ -125,6 +125,11 @@ class ExamplesForm(discord.ui.Modal):
             interaction, tr(interaction, "character.updated", name=record.name, id=record.id)
         )
 
+    async def on_error(  # type: ignore[override]
+        self, interaction: discord.Interaction[SynatraBot], error: Exception
+    ) -> None:
+        await self.bot.tree.on_error(interaction, ComponentError(error))
+
 
 class MoreDetails(discord.ui.View):
     """After the first page: add example dialogues and choose the speech level."""
