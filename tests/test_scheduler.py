@@ -286,3 +286,21 @@ async def test_cancelling_the_caller_mid_stream_is_not_taken_for_a_timeout() -> 
     assert slots[0].outcome is TurnOutcome.CANCELLED
     await wait_until(lambda: not engine.running)
     assert scheduler.running == 0
+
+
+async def test_users_who_went_quiet_are_forgotten_so_memory_stays_bounded() -> None:
+    clock = FakeClock()
+    engine = await started(ScriptedEngine(REPLY))
+    scheduler = Scheduler(
+        engine, max_concurrent=4, turn_timeout_s=60, user_turns=2, rate_window_s=60, clock=clock
+    )
+    for n in range(300):
+        await run_turn(scheduler, f"채널{n % 7}", user=f"손님{n}")
+        clock.now += 0.1
+    await run_turn(scheduler, "채널0", user="단골")
+    with pytest.raises(RateLimited):  # limits still hold for who is active
+        for _ in range(2):
+            await run_turn(scheduler, "채널1", user="단골")
+    clock.now += 61
+    await run_turn(scheduler, "채널2", user="새 손님")
+    assert list(scheduler._user_history) == ["새 손님"]  # the quiet ones are gone

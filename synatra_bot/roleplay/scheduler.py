@@ -311,8 +311,12 @@ class Scheduler:
 
     def _check_rate(self, user_id: Hashable, limit: int | None = None) -> None:
         now = self.clock()
-        history = self._user_history.setdefault(user_id, deque())
-        while history and history[0] <= now - self.rate_window_s:
+        horizon = now - self.rate_window_s
+        self._forget_idle_users(horizon)
+        # Re-inserted on every turn: the users seen least recently come first.
+        history = self._user_history.pop(user_id, None) or deque()
+        self._user_history[user_id] = history
+        while history and history[0] <= horizon:
             history.popleft()
         if len(history) >= (limit if limit is not None else self.user_turns):
             retry_after = max(0.0, history[0] + self.rate_window_s - now)
@@ -321,6 +325,14 @@ class Scheduler:
                 retry_after=round(retry_after, 1),
             )
         history.append(now)
+
+    def _forget_idle_users(self, horizon: float) -> None:
+        """Drop the users with no turn in the window (from the front: amortised O(1))."""
+        while self._user_history:
+            user_id, history = next(iter(self._user_history.items()))
+            if history and history[-1] > horizon:
+                return
+            del self._user_history[user_id]
 
     async def _admit(
         self,
