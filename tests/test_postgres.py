@@ -120,5 +120,15 @@ async def test_roleplay_rows_round_trip_with_discord_snowflakes(postgres_url):
             sessions, guild_id=guild, user_id=owner, name_prefix="민"
         )
         assert [c.tags for c in visible] == [["학교", "일상"]]
+        batch = [
+            repo.NewMessage(session_id=rp.id, role="user", content=f"{n % 3}번 말", token_count=n)
+            for n in range(30)
+        ] + [repo.NewMessage(session_id=rp.id, role="assistant", content="대답", swipe=True)]
+        stored = await repo.add_messages(sessions, batch)  # one round, rows matched back in order
+        assert [(m.content, m.token_count) for m in stored[:-1]] == [
+            (t.content, t.token_count) for t in batch[:-1]
+        ]
+        assert [m.id for m in stored] == sorted(m.id for m in stored)
+        assert stored[-1].swipe_group == stored[-1].id
     finally:
         await engine.dispose()
