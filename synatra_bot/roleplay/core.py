@@ -23,6 +23,7 @@ from synatra_bot.prompt.macros import substitute_macros
 from synatra_bot.roleplay.characters import CharacterService, card_from_record
 from synatra_bot.roleplay.config import ChannelConfig, Defaults, effective_config
 from synatra_bot.roleplay.history import HistoryCache
+from synatra_bot.roleplay.ttl_cache import TtlCache
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.batching import Batcher
@@ -103,8 +104,12 @@ class RoleplayCore:
         self.clock = clock
         # Every message needs its channel's roleplay and its author's persona: keep them in
         # memory instead of reading five rows per message.
-        self._active: dict[int, tuple[float, ActiveRoleplay | None]] = {}
-        self._personas: dict[tuple[int, int], tuple[float, PersonaRecord | None]] = {}
+        self._active: TtlCache[int, ActiveRoleplay | None] = TtlCache(
+            ttl_s=CACHE_TTL_S, limit=CACHE_LIMIT, clock=clock
+        )
+        self._personas: TtlCache[tuple[int, int], PersonaRecord | None] = TtlCache(
+            ttl_s=CACHE_TTL_S, limit=CACHE_LIMIT, clock=clock
+        )
         #: (session, context size, max new tokens) -> oldest message its last prompt kept.
         self._history_start: dict[tuple[int, int, int], int | None] = {}
         #: Each session's newest turns, so a reply's prompt needs no read.
@@ -123,13 +128,10 @@ class RoleplayCore:
         """Drop what is cached: one channel's roleplay (its session changed), or everything
         (settings, characters or personas changed)."""
         if channel_id is not None:
-            self._active.pop(channel_id, None)
+            self._active.drop(channel_id)
             return
         self._active.clear()
         self._personas.clear()
-
-    def _fresh(self, stamp: float) -> bool:
-        return self.clock() - stamp < CACHE_TTL_S
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -151,15 +153,7 @@ class RoleplayCore:
         return effective_config(defaults=self.defaults, guild=guild, channel=channel)
 
     async def active(self, place: Place) -> ActiveRoleplay | None:
-        cached = self._active.get(place.channel_id)
-        if cached is not None and self._fresh(cached[0]):
-            return cached[1]
-        stamp = self.clock()
-        active = await self._load_active(place)
-        if len(self._active) >= CACHE_LIMIT:
-            self._active.clear()
-        self._active[place.channel_id] = (stamp, active)
-        return active
+        return await self._active.get(place.channel_id, lambda: self._load_active(place))
 
     async def _load_active(self, place: Place) -> ActiveRoleplay | None:
         session = await repo.get_active_session(self.sessions, channel_id=place.channel_id)
@@ -202,7 +196,7 @@ class RoleplayCore:
         self.forget(place.channel_id)
         greeting = await self._store_greetings(session, character, actor, greeting_index)
         # The channel's first message needs exactly this: keep it rather than read it back.
-        self._active[place.channel_id] = (self.clock(), ActiveRoleplay(session, character, config))
+        self._active.put(place.channel_id, ActiveRoleplay(session, character, config))
         count = len(greetings_of(character))
         return Started(session, character, greeting, count)
 
@@ -288,15 +282,7 @@ class RoleplayCore:
 
     async def persona(self, user_id: int, guild_id: int | None) -> PersonaRecord | None:
         key = (user_id, guild_id or 0)
-        cached = self._personas.get(key)
-        if cached is not None and self._fresh(cached[0]):
-            return cached[1]
-        stamp = self.clock()
-        persona = await self._persona_reads.submit(key)
-        if len(self._personas) >= CACHE_LIMIT:
-            self._personas.clear()
-        self._personas[key] = (stamp, persona)
-        return persona
+        return await self._personas.get(key, lambda: self._persona_reads.submit(key))
 
     async def set_persona(
         self, user_id: int, guild_id: int, *, name: str, description: str
