@@ -142,7 +142,7 @@ async def _import_card(
         if c.owner_id == actor.user_id and c.name == card.name
     ]
     if not same_name:
-        return await characters.import_file(actor, data, filename=filename), "imported"
+        return await characters.create(actor, card), "imported"  # parsed once, above
     stored = same_name[0]
     changes = {k: v for k, v in columns_from_card(card).items() if getattr(stored, k) != v}
     if not changes:
