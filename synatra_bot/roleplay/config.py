@@ -17,13 +17,13 @@ EDIT_POLICIES = ("offer", "regenerate")
 
 @dataclass(frozen=True, slots=True)
 class Defaults:
-    """App-wide defaults a server can override."""
+    """App-wide defaults a server can override (sampling: the engine's own defaults)."""
 
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 300
+    temperature: float = SamplingParams.temperature
+    top_p: float = SamplingParams.top_p
+    top_k: int = SamplingParams.top_k
+    repetition_penalty: float = SamplingParams.repetition_penalty
+    max_new_tokens: int = SamplingParams.max_new_tokens
     context_size: int = 4096
     user_rate_limit: int = 6
     nsfw_policy: str = "age_restricted"
