@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,35 +18,13 @@ from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import upgrade_database
 from synatra_bot.storage.records import MessageRecord
+from tests.fakes import FakeClock, stored_turn
 
 SESSION = 7
 
 
 def turn(message_id: int, content: str = "안녕", session_id: int = SESSION) -> MessageRecord:
-    return MessageRecord(
-        id=message_id,
-        session_id=session_id,
-        role="user",
-        author_id=1,
-        display_name="민수",
-        content=content,
-        token_count=None,
-        discord_message_id=None,
-        swipe_group=None,
-        swipe_index=0,
-        chosen=True,
-        deleted=False,
-        created_at=datetime.now(UTC),
-        edited_at=None,
-    )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+    return stored_turn(message_id, session_id=session_id, content=content)
 
 
 def test_a_kept_read_is_served_and_new_turns_join_it_up_to_the_limit() -> None:
@@ -99,7 +76,7 @@ def test_a_read_that_raced_more_appends_than_the_log_holds_is_not_kept() -> None
 
 
 def test_a_change_or_the_ttl_drops_the_entry() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     cache = HistoryCache(ttl_s=60, max_turns=1000, max_sessions=10, clock=clock)
     cache.put(SESSION, limit=5, since_id=None, records=[turn(1)], version=cache.version())
     cache.changed(SESSION)

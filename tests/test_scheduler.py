@@ -17,17 +17,10 @@ from synatra_bot.roleplay.scheduler import (
     TurnSlot,
 )
 from tests.engine_helpers import wait_until
+from tests.fakes import FakeClock
 
 REPLY = "안녕하세요, 모험가님. 오늘은 어디로 떠나 볼까요?"
 PARAMS = SamplingParams()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def started(engine: ScriptedEngine) -> ScriptedEngine:

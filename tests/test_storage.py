@@ -418,30 +418,22 @@ async def test_a_batch_that_fails_for_another_reason_fails_at_once_for_everyone(
 
 def test_returned_rows_in_any_order_are_matched_back_to_their_turns():
     import random
-    from datetime import UTC, datetime
 
-    from synatra_bot.storage.records import MessageRecord
+    from tests.fakes import stored_turn
 
     turns = [
         repo.NewMessage(session_id=1, role="user", content=text, discord_message_ids=ids)
         for text, ids in [("같은 말", ()), ("다른 말", (7,)), ("같은 말", ()), ("같은 말", (9,))]
     ]
     records = [
-        MessageRecord(
-            id=100 + n,
+        stored_turn(
+            100 + n,
             session_id=t.session_id,
+            content=t.content,
             role=t.role,
             author_id=t.author_id,
             display_name=t.display_name,
-            content=t.content,
             token_count=t.token_count,
-            discord_message_id=t.discord_message_ids[0] if t.discord_message_ids else None,
-            swipe_group=None,
-            swipe_index=0,
-            chosen=True,
-            deleted=False,
-            created_at=datetime.now(UTC),
-            edited_at=None,
             discord_message_ids=t.discord_message_ids,
         )
         for n, t in enumerate(turns)

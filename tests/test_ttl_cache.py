@@ -4,14 +4,7 @@ a load."""
 import asyncio
 
 from synatra_bot.roleplay.ttl_cache import TtlCache
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def loader(values: dict[str, str], calls: list[str], key: str):
@@ -23,7 +16,7 @@ def loader(values: dict[str, str], calls: list[str], key: str):
 
 
 async def test_values_are_kept_until_they_expire():
-    clock, calls = Clock(), []
+    clock, calls = FakeClock(0.0), []
     values = {"채널": "민지"}
     cache: TtlCache[str, str] = TtlCache(ttl_s=60, limit=10, clock=clock)
     assert await cache.get("채널", loader(values, calls, "채널")) == "민지"
@@ -36,7 +29,7 @@ async def test_values_are_kept_until_they_expire():
 
 
 async def test_a_drop_reads_again_and_a_full_cache_starts_over():
-    clock, calls = Clock(), []
+    clock, calls = FakeClock(0.0), []
     values = {f"채널{n}": f"값{n}" for n in range(5)}
     cache: TtlCache[str, str] = TtlCache(ttl_s=60, limit=3, clock=clock)
     for n in range(3):
@@ -50,7 +43,7 @@ async def test_a_drop_reads_again_and_a_full_cache_starts_over():
 
 
 async def test_a_load_that_raced_a_change_is_returned_but_not_kept():
-    clock, calls = Clock(), []
+    clock, calls = FakeClock(0.0), []
     cache: TtlCache[str, str] = TtlCache(ttl_s=60, limit=10, clock=clock)
     started, release = asyncio.Event(), asyncio.Event()
 
