@@ -389,13 +389,9 @@ class RoleplayCore:
         """
         # Chunked trimming: start where this session's last prompt started, so its beginning
         # (and an engine's cached prefix) stays the same; a new context size starts afresh.
-        anchor_key = (
-            active.session.id,
-            active.config.context_size,
-            active.config.sampling.max_new_tokens,
-        )
-        history_start_id = self._history_start.get(anchor_key)
         session_id = active.session.id
+        anchor_key = (session_id, active.config.context_size, active.config.sampling.max_new_tokens)
+        history_start_id = self._history_start.get(anchor_key)
         limit = active.config.context_size // MIN_TURN_TOKENS + 2
         records = self._history.get(session_id, limit=limit, since_id=history_start_id)
         if records is None:

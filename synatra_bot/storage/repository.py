@@ -351,8 +351,9 @@ class NewMessage:
 async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[MessageRecord]:
     """Append turns in one transaction, in order; returns their records in the same order.
 
-    Core statements, not the unit of work: this runs for every message, so it is one multi-row
-    INSERT ... RETURNING plus, for new swipe groups, one UPDATE, however many turns there are.
+    Core statements on a connection, not the ORM's unit of work (about a third more per round):
+    this runs for every message, so it is one multi-row INSERT ... RETURNING plus, for new
+    swipe groups, one UPDATE, however many turns there are.
     """
     if not turns:
         return []
@@ -376,8 +377,6 @@ async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[
     # (...) RETURNING for the batch from a statement compiled once (`.values(list)` would compile
     # a new one per batch). With sort_by_parameter_order it would fall back to a statement per
     # row on SQLite (no sentinel it trusts), so the rows are matched back to the turns here.
-    # A connection, not an ORM session: nothing here needs the unit of work, which would cost
-    # about a third more per round.
     async with _engine_of(sessions).begin() as connection:
         rows = (await connection.execute(INSERT_MESSAGES, values)).all()
         records = _in_turn_order([MessageRecord(**row._mapping) for row in rows], turns)
