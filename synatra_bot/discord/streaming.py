@@ -48,9 +48,22 @@ def split_reply(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     return pieces
 
 
+def release_view(view: discord.ui.View | None) -> None:
+    """Drop the items of a sent view made only of dynamic items.
+
+    discord.py finds a dynamic item by its custom id, never through the view it was sent with,
+    so such a view is done once sent. Its items point back at it: without this the pair (about
+    thirty objects a reply) waits for the cyclic garbage collector, whose extra passes land on
+    other players' messages.
+    """
+    if view is not None and all(isinstance(item, discord.ui.DynamicItem) for item in view.children):
+        view.clear_items()
+
+
 class ReplyMessages:
     """One reply shown as webhook messages. `update` is cheap to call for every delta: it
-    edits at most once per `interval`; `finish` writes the final text with the buttons."""
+    edits at most once per `interval`; `finish` writes the final text with the buttons.
+    A view handed to it is spent once sent (`release_view`)."""
 
     def __init__(
         self,
@@ -131,6 +144,14 @@ class ReplyMessages:
         view: discord.ui.View | None,
         final: bool = False,
         patient: bool = True,
+    ) -> None:
+        try:
+            await self._sync_pieces(pieces, view=view, final=final, patient=patient)
+        finally:
+            release_view(view)
+
+    async def _sync_pieces(
+        self, pieces: list[str], *, view: discord.ui.View | None, final: bool, patient: bool
     ) -> None:
         missing = discord.utils.MISSING
         thread = self._thread if self._thread is not None else missing
