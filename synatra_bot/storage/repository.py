@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from synatra_bot.storage.models import (
@@ -35,9 +35,21 @@ from synatra_bot.storage.records import (
 Sessions = async_sessionmaker[AsyncSession]
 #: The messages table, for the hot paths that use Core statements instead of the ORM.
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]
-#: Built once: the same statement object keeps its cache key, so SQLAlchemy does not work it out
-#: again for every batch of turns.
+#: The statements of the hot paths are built once: the same statement object keeps its cache
+#: key, so SQLAlchemy does not work it out again for every batch, and no bound values are built
+#: (an IN list's parameters form reference cycles that wait for the garbage collector).
 INSERT_MESSAGES = insert(MESSAGES).returning(*MESSAGES.c)
+#: Personas of many users in many servers (one read for a batch of turns).
+PERSONAS_OF = select(Persona).where(
+    Persona.user_id.in_(bindparam("users", expanding=True)),
+    Persona.guild_id.in_(bindparam("guilds", expanding=True)),
+)
+#: A new swipe group is keyed by its first turn's id, known only once that turn is inserted.
+START_SWIPE_GROUPS = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
+    .values(swipe_group=MESSAGES.c.id)
+)
 
 GUILD_SETTING_FIELDS = frozenset(
     f for f in GuildSettingsRecord.__dataclass_fields__ if f != "guild_id"
@@ -220,13 +232,12 @@ async def get_personas(
     sessions: Sessions, keys: Sequence[tuple[int, int]]
 ) -> list[PersonaRecord | None]:
     """`get_persona` for many (user, server) pairs at once, in one read; results in order."""
-    users = {user_id for user_id, _ in keys}
-    guilds = {guild_id for _, guild_id in keys} | {0}
-    query = select(Persona).where(Persona.user_id.in_(users), Persona.guild_id.in_(guilds))
+    users = list({user_id for user_id, _ in keys})
+    guilds = list({guild_id for _, guild_id in keys} | {0})
     async with sessions() as session:
         rows = {
             (r.user_id, r.guild_id): snapshot(PersonaRecord, r)
-            for r in await session.scalars(query)
+            for r in await session.scalars(PERSONAS_OF, {"users": users, "guilds": guilds})
         }
     return [rows.get((user_id, guild_id)) or rows.get((user_id, 0)) for user_id, guild_id in keys]
 
@@ -382,9 +393,7 @@ async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[
         records = _in_turn_order([MessageRecord(**row._mapping) for row in rows], turns)
         groups = {r.id for r, turn in zip(records, turns, strict=True) if turn.swipe}
         if groups:
-            await connection.execute(
-                update(MESSAGES).where(MESSAGES.c.id.in_(groups)).values(swipe_group=MESSAGES.c.id)
-            )
+            await connection.execute(START_SWIPE_GROUPS, {"ids": list(groups)})
     return [replace(r, swipe_group=r.id) if r.id in groups else r for r in records]
 
 
