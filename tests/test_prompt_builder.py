@@ -267,6 +267,48 @@ def test_token_cache_is_bounded(tokenizer):
     assert len(small._cache) <= 16
 
 
+def test_rendered_pieces_are_cached_and_bounded(tokenizer):
+    small = PromptBuilder(tokenizer, cache_size=16)
+    options = PromptOptions(context_size=4096, max_new_tokens=100)
+    for end in range(1, 40):
+        small.build(card=_card(), history=_history(end), user_name="준", options=options)
+    assert len(small._pieces) <= 16 and len(small._cache) <= 16
+    fresh = PromptBuilder(tokenizer).build(
+        card=_card(), history=_history(39), user_name="준", options=options
+    )
+    again = small.build(card=_card(), history=_history(39), user_name="준", options=options)
+    assert again.input_ids == fresh.input_ids and again.text == fresh.text
+
+
+def test_cached_system_text_follows_the_speaker_persona_and_lore(builder):
+    book = Lorebook([LoreEntry(keys=["비"], content="이 도시는 비가 자주 온다.")])
+    options = PromptOptions(context_size=4096, max_new_tokens=100)
+    history = _history(3)
+
+    def system(user: str, persona: str = "", lorebook: Lorebook | None = None) -> str:
+        built = builder.build(
+            card=_card(),
+            history=history,
+            user_name=user,
+            persona=persona,
+            channel_lorebook=lorebook,
+            options=options,
+        )
+        return built.text.split(IM_END)[0]
+
+    assert "준과 카페" in system("준")
+    assert "지수와 카페" in system("지수")
+    assert "지수와 카페" not in system("준")
+    assert "### 지수\n조용한 학생" in system("지수", "조용한 학생")
+    assert "조용한 학생" not in system("지수")
+    rainy = _history(3, text="비가 오네요")
+    built = builder.build(
+        card=_card(), history=rainy, user_name="준", channel_lorebook=book, options=options
+    )
+    assert "비가 자주 온다" in built.text.split(IM_END)[0]
+    assert "비가 자주 온다" not in system("준", lorebook=book)
+
+
 def test_report_text_is_short_and_mentions_the_totals(builder):
     book = Lorebook([LoreEntry(keys=["날씨"], content="비가 자주 온다.", name="날씨")])
     built = builder.build(

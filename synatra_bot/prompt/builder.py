@@ -46,6 +46,8 @@ SPEECH_LEVEL_INSTRUCTIONS = {
 }
 MAX_CONTEXT_SIZE = 32768
 MAX_NAME_CHARS = 64
+#: System texts kept rendered (one per character, speaker and lore in play).
+SYSTEM_CACHE_SIZE = 256
 _EXAMPLE_SPLIT = re.compile(r"^\s*<START>\s*$", re.IGNORECASE | re.MULTILINE)
 _EXAMPLE_SPEAKER = re.compile(
     r"^\s*(?P<who>\{\{\s*(?:char|user)\s*\}\}|<(?:bot|user)>)\s*:\s?(?P<text>.*)$",
@@ -141,13 +143,15 @@ def _content_encoder(tokenizer: PreTrainedTokenizerBase) -> Any | None:
 
 
 class PromptBuilder:
-    """Renders Synatra's ChatML prompt. One per tokenizer; holds a bounded per-instance cache."""
+    """Renders Synatra's ChatML prompt. One per tokenizer; holds bounded per-instance caches."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, cache_size: int = 8192) -> None:
         self._tokenizer = tokenizer
         self._content_encoder = _content_encoder(tokenizer)
         self._cache_size = cache_size
         self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._pieces: OrderedDict[tuple[str, str], _Piece] = OrderedDict()
+        self._systems: OrderedDict[tuple[Any, ...], str] = OrderedDict()
         self._newline = tuple(self._encode_raw("\n"))
         self._headers = {
             role: tuple(self._encode_raw(role + "\n")) for role in ("system", "user", "assistant")
@@ -182,8 +186,18 @@ class PromptBuilder:
         return body
 
     def _piece(self, role: str, body: str) -> _Piece:
+        """The rendered message (cached, bounded: the same history is assembled every turn)."""
+        key = (role, body)
+        piece = self._pieces.get(key)
+        if piece is not None:
+            self._pieces.move_to_end(key)
+            return piece
         ids = (IM_START_ID, *self._headers[role], *self.encode_content(body), IM_END_ID)
-        return _Piece(ids + self._newline, f"{IM_START}{role}\n{body}{IM_END}\n")
+        piece = _Piece(ids + self._newline, f"{IM_START}{role}\n{body}{IM_END}\n")
+        self._pieces[key] = piece
+        if len(self._pieces) > self._cache_size:
+            self._pieces.popitem(last=False)
+        return piece
 
     def _message_body(self, message: HistoryMessage) -> str:
         content = message.content.strip()
@@ -207,6 +221,42 @@ class PromptBuilder:
     # -- blocks ---------------------------------------------------------------------------
 
     def _system_text(
+        self,
+        card: CharacterCard,
+        *,
+        user_name: str,
+        persona: str,
+        lore: Sequence[str],
+        options: PromptOptions,
+    ) -> str:
+        """The system message's text (cached, bounded: it changes with the speaker or the lore,
+        not with every turn, and substituting the macros is a good part of a build)."""
+        key = (
+            card.name,
+            card.system_prompt,
+            card.description,
+            card.personality,
+            card.scenario,
+            card.speech_level,
+            user_name,
+            persona,
+            tuple(lore),
+            options.instruction_preset,
+            options.summary,
+        )
+        text = self._systems.get(key)
+        if text is None:
+            text = self._render_system_text(
+                card, user_name=user_name, persona=persona, lore=lore, options=options
+            )
+            self._systems[key] = text
+            if len(self._systems) > SYSTEM_CACHE_SIZE:
+                self._systems.popitem(last=False)
+        else:
+            self._systems.move_to_end(key)
+        return text
+
+    def _render_system_text(
         self,
         card: CharacterCard,
         *,
