@@ -108,6 +108,19 @@ async def test_stop_mid_reply_keeps_what_was_shown(start_bot):
         assert history[-1].content.startswith("천천히")
         assert harness.engine.cancelled
 
+        # Every reply shares one stop button: the finished reply did not use it up.
+        said = await harness.fake.say(s.general, s.members[1], "하나 더 이야기해 줘")
+        second = await harness.fake.wait_for_message(
+            s.general,
+            lambda m: m.webhook_id is not None and "rp:stop:0" in button_ids(m),
+            after=said,
+        )
+        await harness.fake.wait_until(lambda: "천천히" in second.content)
+        press = await harness.fake.press(s.members[1], second, "rp:stop:0")
+        await harness.fake.wait_for_response(press)
+        await harness.fake.wait_until(lambda: has_buttons(second))
+        assert len(harness.engine.cancelled) == 2
+
 
 async def test_reply_longer_than_2000_characters_is_split_at_a_boundary(start_bot):
     paragraph = "민지는 창밖을 바라보며 천천히 이야기를 이어 갔다. " * 20

@@ -110,6 +110,8 @@ def reply_view(
 
 
 def streaming_view() -> discord.ui.View:
+    """The stop button shown while a reply streams. It is the same for every reply (a dynamic
+    item, found by its custom id), so the controller builds it once and shares it."""
     view = discord.ui.View(timeout=None)
     view.add_item(ReplyButton("stop", 0))
     return view
@@ -133,6 +135,14 @@ class ReplyController:
     def __init__(self, bot: SynatraBot) -> None:
         self.bot = bot
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop_view: discord.ui.View | None = None
+
+    @property
+    def stop_view(self) -> discord.ui.View:
+        """The shared `streaming_view` (made on first use: a view needs the running loop)."""
+        if self._stop_view is None:
+            self._stop_view = streaming_view()
+        return self._stop_view
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         return self.track(asyncio.create_task(coro))
@@ -240,7 +250,7 @@ class ReplyController:
             nonlocal opened
             if not opened:
                 opened = True
-                await writer.open(text, view=streaming_view())
+                await writer.open(text, view=self.stop_view)
             else:
                 await writer.update_status(text)
 
@@ -266,7 +276,7 @@ class ReplyController:
         if kind == "reply":
             # The reply's message appears at once, a cursor while the turn waits and thinks.
             opened = True
-            await writer.open("▌", view=streaming_view())
+            await writer.open("▌", view=self.stop_view)
         try:
             async with self.bot.scheduler.turn(
                 channel_id=place.channel_id,
@@ -280,7 +290,7 @@ class ReplyController:
                 writer.pace_from_now()  # a turn that waited shows its first words after a beat
                 if not opened:
                     opened = True
-                    await writer.open((prefix + " ▌").strip(), view=streaming_view())
+                    await writer.open((prefix + " ▌").strip(), view=self.stop_view)
                 built = await self._prompt(job)
                 async for _delta in slot.stream(built.input_ids, active.config.sampling):
                     await writer.update(prefix + slot.text)

@@ -63,7 +63,7 @@ def release_view(view: discord.ui.View | None) -> None:
 class ReplyMessages:
     """One reply shown as webhook messages. `update` is cheap to call for every delta: it
     edits at most once per `interval`; `finish` writes the final text with the buttons.
-    A view handed to it is spent once sent (`release_view`)."""
+    A view handed to `finish` is spent once sent (`release_view`)."""
 
     def __init__(
         self,
@@ -92,9 +92,10 @@ class ReplyMessages:
 
     async def open(self, placeholder: str, *, view: discord.ui.View | None = None) -> None:
         """Post the first message right away (a typing cursor or the queue position), with
-        `view` (the stop button) on it while the reply streams."""
+        `view` (the stop button, shared by every reply: not spent) on it while the reply
+        streams."""
         async with self._lock:
-            await self._sync([placeholder], view=view, final=bool(self._ids))
+            await self._sync([placeholder], view=view, final=bool(self._ids), spend_view=False)
         self._last_flush = self._clock()
 
     def pace_from_now(self) -> None:
@@ -144,11 +145,13 @@ class ReplyMessages:
         view: discord.ui.View | None,
         final: bool = False,
         patient: bool = True,
+        spend_view: bool = True,
     ) -> None:
         try:
             await self._sync_pieces(pieces, view=view, final=final, patient=patient)
         finally:
-            release_view(view)
+            if spend_view:
+                release_view(view)
 
     async def _sync_pieces(
         self, pieces: list[str], *, view: discord.ui.View | None, final: bool, patient: bool
