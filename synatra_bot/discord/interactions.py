@@ -30,13 +30,10 @@ def actor_of(interaction: discord.Interaction[Any]) -> Actor:
     )
 
 
-def actor_from_member(member: discord.abc.User, guild_id: int | None) -> Actor:
-    return Actor(
-        user_id=member.id,
-        display_name=member.display_name,
-        guild_id=guild_id,
-        is_moderator=is_moderator(member),
-    )
+def speaker_of(member: discord.abc.User, guild_id: int | None) -> Actor:
+    """Who wrote a chat message. Talking needs no permission, so none is worked out (a
+    member's permissions walk all their roles, on every message)."""
+    return Actor(user_id=member.id, display_name=member.display_name, guild_id=guild_id)
 
 
 def place_of(channel: Any, guild_id: int) -> Place:

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord.cogs.common import CharacterArg
-from synatra_bot.discord.interactions import actor_from_member, actor_of, answer, place_of, tr
+from synatra_bot.discord.interactions import actor_of, answer, place_of, speaker_of, tr
 from synatra_bot.discord.replies import ReplyButton, SwipePosition
 from synatra_bot.errors import PermissionDenied, UserFacingError
 
@@ -202,7 +202,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         mentioned = me is not None and me in message.mentions
         if mentioned and me is not None:
             content = content.replace(f"@{me.display_name}", "").strip() or content
-        actor = actor_from_member(message.author, message.guild.id)
+        actor = speaker_of(message.author, message.guild.id)
         # Store the player's turn while the reply's first message goes out: the prompt, built
         # once the turn is admitted, waits for it.
         stored = self.bot.replies.spawn(
