@@ -92,7 +92,10 @@ class ScriptedEngine:
             raise EngineUnavailable("scripted engine is not started")
         if request_id in self._cancel_events:
             raise ValueError(f"request id {request_id!r} is already running")
-        self._prompts.append(prompt)
+        # A tuple of ints is one the garbage collector stops tracking: a list of them, kept for
+        # every request, would be traversed by each of its passes until promoted (thousands of
+        # ids per prompt, and the load test sends thousands of prompts).
+        self._prompts.append(prompt if isinstance(prompt, str) else tuple(prompt))
         replies = self._replies
         reply = replies if isinstance(replies, str) else replies(self._prompt_text(prompt))
         chunks = split_chunks(reply)[: params.max_new_tokens]
