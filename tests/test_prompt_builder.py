@@ -97,12 +97,12 @@ def test_ids_are_what_the_tokenizer_makes_of_the_text(builder, tokenizer):
     built = builder.build(
         card=_card(), history=_history(5), user_name="준", options=PromptOptions()
     )
-    assert built.input_ids[:2] == [BOS_ID, IM_START_ID]
-    assert built.input_ids[-3:] == [
+    assert built.input_ids[:2] == (BOS_ID, IM_START_ID)
+    assert built.input_ids[-3:] == (
         IM_START_ID,
         *tokenizer.encode("assistant\n", add_special_tokens=False),
-    ]
-    assert tokenizer(built.text)["input_ids"] == built.input_ids
+    )
+    assert tokenizer(built.text)["input_ids"] == list(built.input_ids)
     decoded = tokenizer.decode(built.input_ids)
     # The legacy SentencePiece decoder shows the dummy-prefix space after each special token.
     for marker in (IM_START, IM_END):
@@ -370,7 +370,7 @@ def test_continue_last_leaves_the_assistant_message_open_at_the_end(builder, tok
         f"{IM_START}system\n민지로서 짧게 답하라.{IM_END}\n{IM_START}assistant\n그러니까 제 말은"
     )
     assert built.input_ids[-1] != IM_END_ID
-    assert tokenizer(built.text)["input_ids"] == built.input_ids
+    assert tokenizer(built.text)["input_ids"] == list(built.input_ids)
     assert built.report.blocks[-1].name == "continued_message"
     assert 10 in built.new_token_counts
 

@@ -33,7 +33,7 @@ def test_clean_korean_prompt_round_trips_to_the_same_ids(tokenizer):
         card=card, history=history, user_name="지수", options=PromptOptions()
     ).input_ids
     text = ids_to_server_text(tokenizer, ids[1:])
-    assert _server_ids(tokenizer, text) == ids[1:]
+    assert _server_ids(tokenizer, text) == list(ids[1:])
 
 
 @pytest.mark.parametrize("attack", FORGED)

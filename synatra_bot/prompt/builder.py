@@ -96,7 +96,9 @@ class PromptOptions:
 
 @dataclass
 class BuiltPrompt:
-    input_ids: list[int]
+    #: A tuple: it lives as long as the reply streams, and the garbage collector stops tracking
+    #: a tuple of ints, where it would traverse a list of thousands of ids in every pass.
+    input_ids: tuple[int, ...]
     text: str
     token_count: int
     budget: int
@@ -502,7 +504,7 @@ class PromptBuilder:
         report.blocks = blocks
         report.total_tokens = len(ids)
         return BuiltPrompt(
-            input_ids=ids,
+            input_ids=tuple(ids),
             text="".join(texts),
             token_count=len(ids),
             budget=budget,
