@@ -19,3 +19,18 @@ async def test_bare_echo_baseline_answers_every_message_once():
     (bare,) = await run_load(SHORT, bots=["bare"])
     assert bare.problems == []
     assert bare.handled == bare.sent == bare.replies_posted == 60
+
+
+def test_repeated_pairs_report_each_ratio_and_the_median():
+    from benchmarks.load import RunResult, format_repeats
+
+    def pair(ours_ms: float, bare_ms: float) -> list[RunResult]:
+        ours = RunResult(bot="synatra", engine="scripted")
+        bare = RunResult(bot="bare", engine="-")
+        ours.overhead_ms, bare.overhead_ms = [ours_ms] * 100, [bare_ms] * 100
+        return [ours, bare]
+
+    line = format_repeats([pair(3.0, 1.0), pair(2.0, 1.0), pair(5.0, 1.0)])
+    assert "p99 ratios 3.00x, 2.00x, 5.00x" in line
+    assert "median p99 3.00x" in line and "median p50 3.00x" in line
+    assert format_repeats([]) == "no pair had both bots"
