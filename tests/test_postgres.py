@@ -109,7 +109,7 @@ async def test_roleplay_rows_round_trip_with_discord_snowflakes(postgres_url):
 
         await asyncio.gather(*(writer(p) for p in range(4)))
         reply = await repo.add_message(
-            sessions, session_id=rp.id, role="assistant", content="반가워!", swipe=True
+            sessions, session_id=rp.id, role="assistant", content="반가워!"
         )
         await repo.add_alternative(sessions, message_id=reply.id, content="어서 와!")
         history = await repo.recent_history(sessions, session_id=rp.id, limit=100)
@@ -123,12 +123,15 @@ async def test_roleplay_rows_round_trip_with_discord_snowflakes(postgres_url):
         batch = [
             repo.NewMessage(session_id=rp.id, role="user", content=f"{n % 3}번 말", token_count=n)
             for n in range(30)
-        ] + [repo.NewMessage(session_id=rp.id, role="assistant", content="대답", swipe=True)]
+        ] + [repo.NewMessage(session_id=rp.id, role="assistant", content="대답")]
         stored = await repo.add_messages(sessions, batch)  # one round, rows matched back in order
         assert [(m.content, m.token_count) for m in stored[:-1]] == [
             (t.content, t.token_count) for t in batch[:-1]
         ]
         assert [m.id for m in stored] == sorted(m.id for m in stored)
-        assert stored[-1].swipe_group == stored[-1].id
+        alternative = await repo.add_alternative(
+            sessions, message_id=stored[-1].id, content="다른 대답"
+        )
+        assert alternative.swipe_group == stored[-1].id == alternative.turn_group
     finally:
         await engine.dispose()

@@ -203,7 +203,7 @@ async def test_swipes_keep_alternatives_and_history_shows_the_chosen_one(session
     rp = await _new_session(sessions)
     await repo.add_message(sessions, session_id=rp.id, role="user", content="안녕?")
     first = await repo.add_message(
-        sessions, session_id=rp.id, role="assistant", content="안녕하세요!", swipe=True
+        sessions, session_id=rp.id, role="assistant", content="안녕하세요!"
     )
     second = await repo.add_alternative(sessions, message_id=first.id, content="어, 왔어?")
     assert second.swipe_index == 1 and second.swipe_group == first.id
@@ -222,12 +222,10 @@ async def test_undo_removes_the_last_exchange_only(sessions):
     rp = await _new_session(sessions)
     await repo.add_message(sessions, session_id=rp.id, role="assistant", content="어서 와.")
     await repo.add_message(sessions, session_id=rp.id, role="user", content="하나")
-    await repo.add_message(sessions, session_id=rp.id, role="assistant", content="둘", swipe=True)
+    await repo.add_message(sessions, session_id=rp.id, role="assistant", content="둘")
     await repo.add_message(sessions, session_id=rp.id, role="user", content="셋")
     await repo.add_message(sessions, session_id=rp.id, role="user", content="넷")
-    reply = await repo.add_message(
-        sessions, session_id=rp.id, role="assistant", content="다섯", swipe=True
-    )
+    reply = await repo.add_message(sessions, session_id=rp.id, role="assistant", content="다섯")
     await repo.add_alternative(sessions, message_id=reply.id, content="다섯(다른 버전)")
     removed = await repo.undo_last_exchange(sessions, session_id=rp.id)
     assert [m.content for m in removed] == ["셋", "넷", "다섯(다른 버전)"]
@@ -339,17 +337,15 @@ async def test_turns_stored_together_share_one_transaction_in_order(sessions):
         for n in range(20)
         for s in (first, second)
     ]
-    turns.append(repo.NewMessage(session_id=first.id, role="assistant", content="대답", swipe=True))
+    turns.append(repo.NewMessage(session_id=first.id, role="assistant", content="대답"))
     records = await asyncio.gather(*(writer.submit(turn) for turn in turns))
     assert [r.content for r in records] == [t.content for t in turns]
     assert [r.id for r in records] == sorted(r.id for r in records)
-    assert records[-1].swipe_group == records[-1].id
-    assert all(r.swipe_group is None for r in records[:-1])
+    assert all(r.swipe_group is None for r in records)
     assert sum(s.startswith("BEGIN") for s in statements) == 1
     assert sum(s.startswith("INSERT") for s in statements) == 1
     history = await repo.recent_history(sessions, session_id=first.id, limit=100)
     assert [m.content for m in history][-2:] == ["19번째 말", "대답"]
-    assert history[-1].swipe_group == history[-1].id
     assert [m.token_count for m in history][:3] == [0, 1, 2]
 
 

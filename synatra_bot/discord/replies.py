@@ -439,7 +439,7 @@ class ReplyController:
             )
             return
         latest = await core.latest_reply(place)
-        if latest is None or latest.swipe_group != target.swipe_group:
+        if latest is None or latest.turn_group != target.turn_group:
             raise UserFacingError("only the newest reply can be changed", key="reply.not_latest")
         await interaction.response.defer()
         kind: ReplyKind = "regenerate" if action == "regen" else "continue"

@@ -218,7 +218,6 @@ class RoleplayCore:
             content=texts[0],
             display_name=character.name,
             token_count=self._count("assistant", character.name, texts[0]),
-            swipe=True,
         )
         chosen = first
         for n, text in enumerate(texts[1:], start=1):
@@ -494,7 +493,6 @@ class RoleplayCore:
             display_name=name,
             token_count=self._count("assistant", name, text),
             discord_message_ids=tuple(ids),
-            swipe=True,
         )
         stored = await self._turns.submit(turn)
         self._history.appended(stored)

@@ -164,8 +164,9 @@ class RoleplaySession(Base):
 class Message(Base):
     """One turn of history, or one alternative (swipe) of an assistant turn.
 
-    The alternatives of a turn share `swipe_group` (the id of the first one); exactly one of
-    them is `chosen`, and only chosen, undeleted rows form the history the model sees.
+    The alternatives of a turn share `swipe_group` (the id of the first one), set when the first
+    alternative is added (a turn without alternatives has none); exactly one of them is
+    `chosen`, and only chosen, undeleted rows form the history the model sees.
     """
 
     __tablename__ = "messages"

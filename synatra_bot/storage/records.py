@@ -114,6 +114,12 @@ class MessageRecord:
     edited_at: datetime | None
     discord_message_ids: tuple[int, ...] = ()
 
+    @property
+    def turn_group(self) -> int:
+        """What every alternative of this turn shares: the swipe group, which starts when the
+        first alternative is added; until then the turn's own id."""
+        return self.swipe_group if self.swipe_group is not None else self.id
+
     def __post_init__(self) -> None:
         # A tuple, not the list the database hands back: immutable like the record, and the
         # garbage collector stops tracking it (recent history keeps thousands of records).

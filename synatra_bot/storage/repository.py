@@ -7,7 +7,7 @@ object leaves the function that loaded it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, bindparam, func, insert, or_, select, update
@@ -43,12 +43,6 @@ INSERT_MESSAGES = insert(MESSAGES).returning(*MESSAGES.c)
 PERSONAS_OF = select(Persona).where(
     Persona.user_id.in_(bindparam("users", expanding=True)),
     Persona.guild_id.in_(bindparam("guilds", expanding=True)),
-)
-#: A new swipe group is keyed by its first turn's id, known only once that turn is inserted.
-START_SWIPE_GROUPS = (
-    update(MESSAGES)
-    .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
-    .values(swipe_group=MESSAGES.c.id)
 )
 
 GUILD_SETTING_FIELDS = frozenset(
@@ -347,7 +341,7 @@ async def set_summary(sessions: Sessions, *, session_id: int, summary: str) -> N
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
-    """A turn to append; `swipe=True` starts a swipe group (an assistant turn with alternatives)."""
+    """A turn to append. Its swipe group starts when its first alternative is added."""
 
     session_id: int
     role: str
@@ -356,15 +350,14 @@ class NewMessage:
     display_name: str = ""
     discord_message_ids: tuple[int, ...] = ()
     token_count: int | None = None
-    swipe: bool = False
 
 
 async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[MessageRecord]:
     """Append turns in one transaction, in order; returns their records in the same order.
 
     Core statements on a connection, not the ORM's unit of work (about a third more per round):
-    this runs for every message, so it is one multi-row INSERT ... RETURNING plus, for new
-    swipe groups, one UPDATE, however many turns there are.
+    this runs for every message, so it is one multi-row INSERT ... RETURNING, however many
+    turns there are.
     """
     if not turns:
         return []
@@ -390,11 +383,7 @@ async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[
     # row on SQLite (no sentinel it trusts), so the rows are matched back to the turns here.
     async with _engine_of(sessions).begin() as connection:
         rows = (await connection.execute(INSERT_MESSAGES, values)).all()
-        records = _in_turn_order([MessageRecord(**row._mapping) for row in rows], turns)
-        groups = {r.id for r, turn in zip(records, turns, strict=True) if turn.swipe}
-        if groups:
-            await connection.execute(START_SWIPE_GROUPS, {"ids": list(groups)})
-    return [replace(r, swipe_group=r.id) if r.id in groups else r for r in records]
+    return _in_turn_order([MessageRecord(**row._mapping) for row in rows], turns)
 
 
 def _engine_of(sessions: Sessions) -> AsyncEngine:
@@ -439,7 +428,6 @@ async def add_message(
     display_name: str = "",
     discord_message_ids: Iterable[int] = (),
     token_count: int | None = None,
-    swipe: bool = False,
 ) -> MessageRecord:
     """Append one turn (see `NewMessage`)."""
     turn = NewMessage(
@@ -450,7 +438,6 @@ async def add_message(
         display_name=display_name,
         discord_message_ids=tuple(discord_message_ids),
         token_count=token_count,
-        swipe=swipe,
     )
     return (await add_messages(sessions, [turn]))[0]
 
