@@ -34,6 +34,32 @@ async def test_talk_streams_reply_and_stores_one_turn(harness):
     assert any(b.startswith("rp:regen") for b in button_ids(reply))
 
 
+async def test_webhook_messages_are_dropped_before_they_are_parsed(harness):
+    """A reply comes back as a MESSAGE_CREATE and a MESSAGE_UPDATE per edit: none becomes a
+    Message in the bot, while players' messages and edits still arrive."""
+    s = harness.scenario
+    seen: list[tuple[str, int | None, str]] = []
+
+    async def on_message(message):
+        seen.append(("message", message.webhook_id, message.content))
+
+    async def on_raw_message_edit(payload):
+        seen.append(("edit", payload.data.get("webhook_id"), payload.data.get("content", "")))
+
+    harness.bot.add_listener(on_message)
+    harness.bot.add_listener(on_raw_message_edit)
+    assert harness.fake.echo_bot_messages
+    character_id = await harness.character(s.moderator)
+    await harness.start_roleplay(s.moderator, s.general, character_id)
+    said = await harness.fake.say(s.general, s.members[0], "오늘 뭐 할까?")
+    reply = await harness.reply_to(s.general, s.members[0], "같이 산책하자")
+    await harness.fake.edit(said, "오늘은 뭐 할까?")
+    await harness.fake.wait_until(lambda: ("edit", None, "오늘은 뭐 할까?") in seen)
+    assert reply.webhook_id is not None and has_buttons(reply)
+    assert ("message", None, "오늘 뭐 할까?") in seen and ("message", None, "같이 산책하자") in seen
+    assert all(webhook_id is None for _, webhook_id, _ in seen)
+
+
 async def test_member_cannot_start_in_a_channel_moderators_did_not_enable(harness):
     s = harness.scenario
     character_id = await harness.character(s.members[0])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,11 @@ class SynatraTree(app_commands.CommandTree["SynatraBot"]):
             log.warning("could not tell the user about an error", exc_info=True)
 
 
+def _unless_from_webhook(parse: Callable[[Any], None], data: Any) -> None:
+    if data.get("webhook_id") is None:
+        parse(data)
+
+
 class SynatraBot(commands.AutoShardedBot):
     """The bot. Its dependencies are built in `main()` and passed in, never created here."""
 
@@ -100,6 +107,23 @@ class SynatraBot(commands.AutoShardedBot):
         self.engine = deps.engine
         self.webhooks = WebhookPool()
         self.replies = ReplyController(self)
+        self._skip_webhook_messages()
+
+    def _skip_webhook_messages(self) -> None:
+        """Drop gateway events for messages that webhooks post or edit, before they are parsed.
+
+        Every character reply comes back as a MESSAGE_CREATE and a MESSAGE_UPDATE per edit,
+        and no listener here reads a webhook's messages, but discord.py builds a full Message
+        for each (most of handling an event). Its parser table has no public hook, so the two
+        entries are wrapped where present; a discord.py without it just parses as before.
+        """
+        parsers = getattr(self._connection, "parsers", None)
+        if not isinstance(parsers, dict):
+            return
+        for event in ("MESSAGE_CREATE", "MESSAGE_UPDATE"):
+            parse = parsers.get(event)
+            if parse is not None:
+                parsers[event] = functools.partial(_unless_from_webhook, parse)
 
     def public(self, error: BaseException) -> str:
         """An error's message as users may see it: secrets (token, API key) masked."""
