@@ -474,7 +474,10 @@ class LoadRun:
             # collector's full passes, so neither bot pays for the other's garbage.
             gc.collect()
             gc.freeze()
-            data = await self._load(conn)
+            try:
+                data = await self._load(conn)
+            finally:
+                gc.unfreeze()  # as `running_bot` does when its bot stops
         echoed = Counter(text for _, _, text in data["finals"])
         sent = Counter(text for _, _, text in data["sent"])
         self.result.handled = sum(min(echoed[t], 1) for t in sent)

@@ -87,6 +87,10 @@ async def running_bot(
             await scheduler.shutdown(finish=False)
             await bot.replies.close()
             await bot.close()
+            # What was frozen goes back to the collector with the bot: its cycles would never
+            # be freed, and a process that starts another bot (the tests, the load test's
+            # repeats) would keep every earlier one.
+            gc.unfreeze()
     finally:
         await engine.close()
         await database.dispose()

@@ -1,5 +1,7 @@
 """The bot end to end: the real discord.py client against the fake Discord server."""
 
+import gc
+
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.storage import repository as repo
 from tests.bot_harness import button_ids, eventually, has_buttons
@@ -426,3 +428,11 @@ async def test_a_running_scene_is_not_replaced_by_someone_else(harness):
         s.moderator, "rp start", channel=s.general, character=str(shared)
     )
     assert "하늘이 채널에 들어왔어요" in await harness.final_text(moderator)
+
+
+async def test_a_stopped_bot_gives_what_it_froze_back_to_the_garbage_collector(start_bot):
+    """The start-up freeze lasts as long as the bot: a process that starts another bot later
+    does not keep the first one's reference cycles for ever."""
+    async with start_bot():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
