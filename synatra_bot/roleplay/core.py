@@ -47,10 +47,8 @@ CACHE_LIMIT = 10_000
 #: channels used most recently; about 1 KB each).
 HISTORY_TURNS = 20_000
 #: Group commit: a busy bot stores turns (and reads personas) at most this often, so the rounds
-#: fill up; an idle bot stores at once. A player's turn waits at most this long for it, which
-#: is small beside a reply's generation (at 200 msg/s, 20 ms instead of 10 ms halves the
-#: rounds and takes about 0.4 s of CPU off every 10 s).
-COMMIT_EVERY_S = 0.02
+#: fill up; an idle bot stores at once. A player's turn waits at most this long for it.
+COMMIT_EVERY_S = 0.01
 
 
 class NoSession(UserFacingError):
