@@ -13,7 +13,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from synatra_bot.errors import PromptTooLarge
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
@@ -48,6 +48,8 @@ MAX_CONTEXT_SIZE = 32768
 MAX_NAME_CHARS = 64
 #: System texts kept rendered (one per character, speaker and lore in play).
 SYSTEM_CACHE_SIZE = 256
+K = TypeVar("K")
+V = TypeVar("V")
 _EXAMPLE_SPLIT = re.compile(r"^\s*<START>\s*$", re.IGNORECASE | re.MULTILINE)
 _EXAMPLE_SPEAKER = re.compile(
     r"^\s*(?P<who>\{\{\s*(?:char|user)\s*\}\}|<(?:bot|user)>)\s*:\s?(?P<text>.*)$",
@@ -144,16 +146,38 @@ def _content_encoder(tokenizer: PreTrainedTokenizerBase) -> Any | None:
     return encoder
 
 
+class _Lru(Generic[K, V]):
+    """A bounded map that forgets the least recently used entry first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> V:
+        self._items[key] = value
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return value
+
+
 class PromptBuilder:
     """Renders Synatra's ChatML prompt. One per tokenizer; holds bounded per-instance caches."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, cache_size: int = 8192) -> None:
         self._tokenizer = tokenizer
         self._content_encoder = _content_encoder(tokenizer)
-        self._cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-        self._pieces: OrderedDict[tuple[str, str], _Piece] = OrderedDict()
-        self._systems: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+        self._cache: _Lru[str, tuple[int, ...]] = _Lru(cache_size)
+        self._pieces: _Lru[tuple[str, str], _Piece] = _Lru(cache_size)
+        self._systems: _Lru[tuple[Any, ...], str] = _Lru(SYSTEM_CACHE_SIZE)
         self._newline = tuple(self._encode_raw("\n"))
         self._headers = {
             role: tuple(self._encode_raw(role + "\n")) for role in ("system", "user", "assistant")
@@ -177,29 +201,20 @@ class PromptBuilder:
         """Ids of `text` as it is tokenised after a newline inside ChatML (cached, bounded)."""
         cached = self._cache.get(text)
         if cached is not None:
-            self._cache.move_to_end(text)
             return cached
         ids = self._encode_raw("\n" + text)
         prefix = len(self._newline)
         body = tuple(ids[prefix:]) if tuple(ids[:prefix]) == self._newline else tuple(ids)
-        self._cache[text] = body
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return body
+        return self._cache.put(text, body)
 
     def _piece(self, role: str, body: str) -> _Piece:
         """The rendered message (cached, bounded: the same history is assembled every turn)."""
-        key = (role, body)
-        piece = self._pieces.get(key)
+        piece = self._pieces.get((role, body))
         if piece is not None:
-            self._pieces.move_to_end(key)
             return piece
         ids = (IM_START_ID, *self._headers[role], *self.encode_content(body), IM_END_ID)
         piece = _Piece(ids + self._newline, f"{IM_START}{role}\n{body}{IM_END}\n")
-        self._pieces[key] = piece
-        if len(self._pieces) > self._cache_size:
-            self._pieces.popitem(last=False)
-        return piece
+        return self._pieces.put((role, body), piece)
 
     def _message_body(self, message: HistoryMessage) -> str:
         content = message.content.strip()
@@ -248,14 +263,10 @@ class PromptBuilder:
         )
         text = self._systems.get(key)
         if text is None:
-            text = self._render_system_text(
+            rendered = self._render_system_text(
                 card, user_name=user_name, persona=persona, lore=lore, options=options
             )
-            self._systems[key] = text
-            if len(self._systems) > SYSTEM_CACHE_SIZE:
-                self._systems.popitem(last=False)
-        else:
-            self._systems.move_to_end(key)
+            text = self._systems.put(key, rendered)
         return text
 
     def _render_system_text(
