@@ -113,22 +113,29 @@ async def test_regenerate_adds_an_alternative_and_browsing_chooses_what_enters_h
         assert harness.bot.persistent_views == []
 
 
+async def _stop_while_streaming(harness, member, text: str):
+    """Say `text`, press ⏹ once the reply shows some words, and wait for its final state."""
+    s = harness.scenario
+    said = await harness.fake.say(s.general, member, text)
+    reply = await harness.fake.wait_for_message(
+        s.general,
+        lambda m: m.webhook_id is not None and "rp:stop:0" in button_ids(m),
+        after=said,
+    )
+    await harness.fake.wait_until(lambda: "천천히" in reply.content)
+    press = await harness.fake.press(member, reply, "rp:stop:0")
+    await harness.fake.wait_for_response(press)
+    await harness.fake.wait_until(lambda: has_buttons(reply))
+    return reply
+
+
 async def test_stop_mid_reply_keeps_what_was_shown(start_bot):
     engine = ScriptedEngine("천천히 " * 200, delay_s=0.02)
     async with start_bot(engine=engine) as harness:
         s = harness.scenario
         character_id = await harness.character(s.moderator)
         await harness.start_roleplay(s.moderator, s.general, character_id)
-        said = await harness.fake.say(s.general, s.members[0], "이야기해 줘")
-        reply = await harness.fake.wait_for_message(
-            s.general,
-            lambda m: m.webhook_id is not None and "rp:stop:0" in button_ids(m),
-            after=said,
-        )
-        await harness.fake.wait_until(lambda: "천천히" in reply.content)
-        press = await harness.fake.press(s.members[0], reply, "rp:stop:0")
-        await harness.fake.wait_for_response(press)
-        await harness.fake.wait_until(lambda: has_buttons(reply))
+        reply = await _stop_while_streaming(harness, s.members[0], "이야기해 줘")
         assert "중지됨" in reply.content or "stopped" in reply.content
         history = await _active_history(harness, s.general)
         assert history[-1].role == "assistant"
@@ -137,16 +144,7 @@ async def test_stop_mid_reply_keeps_what_was_shown(start_bot):
         assert harness.engine.cancelled
 
         # Every reply shares one stop button: the finished reply did not use it up.
-        said = await harness.fake.say(s.general, s.members[1], "하나 더 이야기해 줘")
-        second = await harness.fake.wait_for_message(
-            s.general,
-            lambda m: m.webhook_id is not None and "rp:stop:0" in button_ids(m),
-            after=said,
-        )
-        await harness.fake.wait_until(lambda: "천천히" in second.content)
-        press = await harness.fake.press(s.members[1], second, "rp:stop:0")
-        await harness.fake.wait_for_response(press)
-        await harness.fake.wait_until(lambda: has_buttons(second))
+        await _stop_while_streaming(harness, s.members[1], "하나 더 이야기해 줘")
         assert len(harness.engine.cancelled) == 2
 
 
