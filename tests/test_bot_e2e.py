@@ -364,8 +364,17 @@ async def test_a_deleted_webhook_is_reported_and_replaced_on_the_next_message(ha
         s.general, lambda m: "웹후크" in m.content, after=said
     )
     assert notice.webhook_id is None
+
+    async def players_turn_kept():  # the reply failed before its first message: still stored
+        history = await _active_history(harness, s.general)
+        return [m.content for m in history if m.role == "user"] == ["아직 거기 있어?"]
+
+    assert await eventually(players_turn_kept)
     reply = await harness.reply_to(s.general, s.members[0], "다시 말해 볼게")
     assert reply.username == "민지" and has_buttons(reply)
+    history = await _active_history(harness, s.general)
+    assert [m.content for m in history if m.role == "user"] == ["아직 거기 있어?", "다시 말해 볼게"]
+    assert history[-1].role == "assistant" and history[-1].content in reply.content
 
 
 async def test_a_new_avatar_updates_the_characters_webhook(harness):
