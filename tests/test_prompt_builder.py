@@ -351,6 +351,31 @@ def test_lorebook_scans_only_recent_messages_and_fires_from_the_card_book(builde
     assert "민지는 도서관에서 일한다." in built.text
 
 
+def test_a_cards_lorebook_is_parsed_once_per_card(tokenizer, monkeypatch):
+    from synatra_bot.prompt import builder as builder_module
+
+    parsed = []
+    real = builder_module.lorebook_from_character_book
+
+    def counting(book):
+        parsed.append(book)
+        return real(book)
+
+    monkeypatch.setattr(builder_module, "lorebook_from_character_book", counting)
+    fresh = PromptBuilder(tokenizer)
+    book = {"entries": [{"keys": ["도서관"], "content": "{{char}}는 도서관에서 일한다."}]}
+    card = _card(character_book=book)
+    history = _history(3, text="도서관 얘기")
+    for _ in range(3):
+        built = fresh.build(card=card, history=history, user_name="준", options=PromptOptions())
+        assert "민지는 도서관에서 일한다." in built.text
+    assert len(parsed) == 1
+    edited = _card(character_book={"entries": [{"keys": ["도서관"], "content": "새 설정"}]})
+    built = fresh.build(card=edited, history=history, user_name="준", options=PromptOptions())
+    assert "새 설정" in built.text and "일한다" not in built.text
+    assert len(parsed) == 2
+
+
 def test_empty_history_still_gives_a_prompt(builder):
     built = builder.build(card=_card(), history=[], user_name="준", options=PromptOptions())
     assert built.input_ids[-3] == IM_START_ID

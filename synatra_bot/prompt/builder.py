@@ -178,6 +178,7 @@ class PromptBuilder:
         self._cache: _Lru[str, tuple[int, ...]] = _Lru(cache_size)
         self._pieces: _Lru[tuple[str, str], _Piece] = _Lru(cache_size)
         self._systems: _Lru[tuple[Any, ...], str] = _Lru(SYSTEM_CACHE_SIZE)
+        self._card_books: _Lru[int, tuple[object, Lorebook]] = _Lru(SYSTEM_CACHE_SIZE)
         self._newline = tuple(self._encode_raw("\n"))
         self._headers = {
             role: tuple(self._encode_raw(role + "\n")) for role in ("system", "user", "assistant")
@@ -268,6 +269,15 @@ class PromptBuilder:
             )
             text = self._systems.put(key, rendered)
         return text
+
+    def _card_lorebook(self, card: CharacterCard) -> Lorebook:
+        """The card's own lorebook, parsed once per `character_book` object (an edited card is
+        a new object; the cache holds the object, so its id is not reused meanwhile)."""
+        book = card.character_book
+        cached = self._card_books.get(id(book))
+        if cached is not None and cached[0] is book:
+            return cached[1]
+        return self._card_books.put(id(book), (book, lorebook_from_character_book(book)))[1]
 
     def _render_system_text(
         self,
@@ -542,7 +552,7 @@ class PromptBuilder:
         """
         books = []
         if card.character_book:
-            books.append(lorebook_from_character_book(card.character_book))
+            books.append(self._card_lorebook(card))
         if channel_lorebook is not None:
             books.append(channel_lorebook)
         if not any(book.entries for book in books):
