@@ -92,10 +92,9 @@ class ReplyMessages:
 
     async def open(self, placeholder: str, *, view: discord.ui.View | None = None) -> None:
         """Post the first message right away (a typing cursor or the queue position), with
-        `view` (the stop button, shared by every reply: not spent) on it while the reply
-        streams."""
+        `view` (the stop button, shared by every reply) on it while the reply streams."""
         async with self._lock:
-            await self._sync([placeholder], view=view, final=bool(self._ids), spend_view=False)
+            await self._sync([placeholder], view=view, final=bool(self._ids))
         self._last_flush = self._clock()
 
     def pace_from_now(self) -> None:
@@ -121,8 +120,11 @@ class ReplyMessages:
         body = text.strip() or "…"
         if note:
             body = f"{body}\n-# {note}"
-        async with self._lock:
-            await self._sync(split_reply(body), view=view, final=True)
+        try:
+            async with self._lock:
+                await self._sync(split_reply(body), view=view, final=True)
+        finally:
+            release_view(view)
         return self.message_ids
 
     async def _patiently(self, call: Callable[[], Awaitable[T]], *, patient: bool) -> T:
@@ -145,16 +147,6 @@ class ReplyMessages:
         view: discord.ui.View | None,
         final: bool = False,
         patient: bool = True,
-        spend_view: bool = True,
-    ) -> None:
-        try:
-            await self._sync_pieces(pieces, view=view, final=final, patient=patient)
-        finally:
-            if spend_view:
-                release_view(view)
-
-    async def _sync_pieces(
-        self, pieces: list[str], *, view: discord.ui.View | None, final: bool, patient: bool
     ) -> None:
         missing = discord.utils.MISSING
         thread = self._thread if self._thread is not None else missing

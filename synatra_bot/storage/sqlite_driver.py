@@ -4,8 +4,8 @@ Every call into aiosqlite is a hand-off to its thread and back. Through SQLAlche
 takes four (open a cursor, execute, fetch, close it), a transaction's BEGIN one more, and the
 pool's reset on return one more again, even after a COMMIT. Here a statement's cursor is opened,
 executed, fetched and closed in one trip; BEGIN IMMEDIATE rides with the transaction's first
-statement; and the reset is skipped when no transaction is open. A batch of players' turns is
-written in two trips (BEGIN with the INSERT, then COMMIT) instead of seven.
+statement; and the reset is skipped when no transaction is open. A batch of turns is written
+in two trips (BEGIN with the INSERT, then COMMIT) instead of seven.
 
 SQLAlchemy gets this connection through `create_async_engine(async_creator=...)`, its documented
 way to supply the driver connection; its aiosqlite dialect is used as it is.
