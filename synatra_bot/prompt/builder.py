@@ -262,32 +262,10 @@ class PromptBuilder:
             options.instruction_preset,
             options.summary,
         )
-        text = self._systems.get(key)
-        if text is None:
-            rendered = self._render_system_text(
-                card, user_name=user_name, persona=persona, lore=lore, options=options
-            )
-            text = self._systems.put(key, rendered)
-        return text
+        cached = self._systems.get(key)
+        if cached is not None:
+            return cached
 
-    def _card_lorebook(self, card: CharacterCard) -> Lorebook:
-        """The card's own lorebook, parsed once per `character_book` object (an edited card is
-        a new object; the cache holds the object, so its id is not reused meanwhile)."""
-        book = card.character_book
-        cached = self._card_books.get(id(book))
-        if cached is not None and cached[0] is book:
-            return cached[1]
-        return self._card_books.put(id(book), (book, lorebook_from_character_book(book)))[1]
-
-    def _render_system_text(
-        self,
-        card: CharacterCard,
-        *,
-        user_name: str,
-        persona: str,
-        lore: Sequence[str],
-        options: PromptOptions,
-    ) -> str:
         def sub(text: str) -> str:
             return substitute_macros(text, char=card.name, user=user_name).strip()
 
@@ -309,7 +287,16 @@ class PromptBuilder:
             sections.append("### 세계 정보\n" + "\n".join(lore))
         if options.summary.strip():
             sections.append(f"### 지난 이야기\n{options.summary.strip()}")
-        return "\n\n".join(s for s in sections if s)
+        return self._systems.put(key, "\n\n".join(s for s in sections if s))
+
+    def _card_lorebook(self, card: CharacterCard) -> Lorebook:
+        """The card's own lorebook, parsed once per `character_book` object (an edited card is
+        a new object; the cache holds the object, so its id is not reused meanwhile)."""
+        book = card.character_book
+        cached = self._card_books.get(id(book))
+        if cached is not None and cached[0] is book:
+            return cached[1]
+        return self._card_books.put(id(book), (book, lorebook_from_character_book(book)))[1]
 
     def _example_dialogues(self, card: CharacterCard, user_name: str) -> list[list[_Piece]]:
         dialogues: list[list[_Piece]] = []
