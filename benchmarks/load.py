@@ -1,11 +1,13 @@
 """Load test: the real bot, then a bare discord.py echo bot, driven through the fake Discord.
 
     python -m benchmarks.load [--channels 50 --members 200 --rate 200 --seconds 10
-                               --engine scripted|tiny --short --repeat 3 --json out.json]
+                               --engine scripted|tiny --loop auto|uvloop|asyncio --short
+                               --repeat 3 --json out.json]
 
 The fake Discord and the load driver run in a child process (its own core and event loop), the
 bot under test in this one, so neither steals the other's loop and the fake's cost per REST call
-is the same for both bots. Per run: a guild with N enabled channels (each with an active
+is the same for both bots. Both bots run on the same event loop, by default the one a deployed
+bot gets (`--loop auto`: uvloop where installed); the child always runs asyncio's own. Per run: a guild with N enabled channels (each with an active
 roleplay, greeting posted, so the webhook exists), M members, and `rate` Korean messages per
 second for `seconds`, round-robin over channels from random members. The per-user rate limit
 is raised for the guild (`user_rate_limit`) and the fake's edit rate limit is off: both would
@@ -40,6 +42,9 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from synatra_bot import eventloop
+from synatra_bot.eventloop import EVENT_LOOP_KINDS
 
 LINES = (
     "안녕? 오늘 하루는 어땠어?",
@@ -700,6 +705,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engine", choices=("scripted", "tiny"), default="scripted")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="max wait for replies")
+    parser.add_argument(
+        "--loop",
+        choices=EVENT_LOOP_KINDS,
+        default="auto",
+        help="the bots' event loop (auto: uvloop where installed, as the deployed bot)",
+    )
     parser.add_argument("--short", action="store_true", help="5 channels, 20 members, 30/s, 2 s")
     parser.add_argument("--bots", default="synatra,bare", help="comma-separated: synatra,bare")
     parser.add_argument(
@@ -728,10 +739,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
     # Errors are counted per run and listed under the table; only CRITICAL goes to stderr.
     logging.basicConfig(level=logging.CRITICAL, format="%(levelname)s %(name)s: %(message)s")
-    print(f"config: {config}", flush=True)
+    print(f"config: {config}, event loop: {eventloop.resolve(args.loop)}", flush=True)
     pairs = []
     for _ in range(max(1, args.repeat)):
-        results = asyncio.run(run_load(config, bots=args.bots.split(",")))
+        results = eventloop.run(run_load(config, bots=args.bots.split(",")), kind=args.loop)
         print(format_table(results), flush=True)
         pairs.append(results)
     if len(pairs) > 1:

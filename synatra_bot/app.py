@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from synatra_bot import eventloop
 from synatra_bot.settings import Settings, configure_logging, load_settings
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 def run_bot(*, env_file: str = ".env") -> int:
     settings = load_settings(env_file=env_file)
     configure_logging(settings)
-    return asyncio.run(serve(settings))
+    return eventloop.run(serve(settings), kind=settings.event_loop)
 
 
 @contextlib.asynccontextmanager
@@ -107,6 +108,7 @@ async def serve(
 
     async with running_bot(settings, engine=engine, tokenizer=tokenizer) as bot:
         loop = asyncio.get_running_loop()
+        log.info("event loop: %s", type(loop).__module__.partition(".")[0])
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):

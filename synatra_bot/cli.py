@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from synatra_bot import eventloop
 from synatra_bot.errors import ConfigError, EngineError, StorageError
 
 
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from synatra_bot.settings import load_settings
 
             settings = load_settings(env_file=args.env_file, require_token=False)
-            return asyncio.run(run_chat(args, settings=settings))
+            return eventloop.run(run_chat(args, settings=settings), kind=settings.event_loop)
         if command == "bench":
             from synatra_bot.engine.bench import run_bench
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from synatra_bot.errors import ConfigError
+from synatra_bot.eventloop import EVENT_LOOP_KINDS, EventLoopKind, uvloop_available
 
 EngineKind = Literal["transformers", "openai"]
 Quantization = Literal["none", "8bit", "4bit"]
@@ -54,6 +55,7 @@ class Settings:
     max_attachment_bytes: int = 8 * 1024 * 1024
     dev_guild_id: int | None = None
     log_level: str = "INFO"
+    event_loop: EventLoopKind = "auto"
     #: Several processes share the gateway: all of them get SHARD_COUNT, each its SHARD_IDS.
     shard_count: int | None = None
     shard_ids: tuple[int, ...] | None = None
@@ -139,6 +141,9 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
     dev_guild = _int(env, "DEV_GUILD_ID", 0, 0, 2**63 - 1)
     shard_count = _int(env, "SHARD_COUNT", 0, 1, 10_000) or None
     shard_ids = _shard_ids(env.get("SHARD_IDS", "").strip(), shard_count)
+    event_loop = _choice(env, "EVENT_LOOP", "auto", EVENT_LOOP_KINDS)
+    if event_loop == "uvloop" and not uvloop_available():
+        raise ConfigError("EVENT_LOOP", "uvloop is not installed: pip install uvloop, or use auto")
 
     return Settings(
         discord_token=token,
@@ -158,6 +163,7 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         max_attachment_bytes=_int(env, "MAX_ATTACHMENT_BYTES", 8 << 20, 1024, 64 << 20),
         dev_guild_id=dev_guild or None,
         log_level=_choice(env, "LOG_LEVEL", "info", levels).upper(),
+        event_loop=cast(EventLoopKind, event_loop),
         shard_count=shard_count,
         shard_ids=shard_ids,
     )

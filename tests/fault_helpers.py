@@ -81,7 +81,6 @@ def run_engine_server(port: int) -> None:
 
 
 def run_bot(api_base: str, gateway_url: str) -> int:
-    import asyncio
     import warnings
 
     with warnings.catch_warnings():
@@ -90,6 +89,7 @@ def run_bot(api_base: str, gateway_url: str) -> int:
         import discord.http
     import yarl
 
+    from synatra_bot import eventloop
     from synatra_bot.app import serve
     from synatra_bot.engine.scripted import ScriptedEngine
     from synatra_bot.settings import configure_logging, settings_from_env
@@ -110,7 +110,10 @@ def run_bot(api_base: str, gateway_url: str) -> int:
     tokenizer = load_tokenizer(settings.model_id)
     delay_s = float(os.environ.get("FAULT_DELAY_S", "0.05"))
     engine = ScriptedEngine(reply, delay_s=delay_s, tokenizer=tokenizer)
-    return asyncio.run(serve(settings, engine=engine, tokenizer=tokenizer))
+    # The loop a deployed bot runs on (uvloop where installed), as `run_bot` chooses it.
+    return eventloop.run(
+        serve(settings, engine=engine, tokenizer=tokenizer), kind=settings.event_loop
+    )
 
 
 def run_writer(db_path: str, bursts: int, hold_s: float) -> int:

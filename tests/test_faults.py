@@ -383,6 +383,8 @@ async def test_sigterm_during_generation_exits_cleanly_and_the_session_continues
         )
         await fake.wait_until(lambda: "옛날" in partial.content, timeout=20)
         assert await _stop(process, signal.SIGTERM) == 0
+    # The bot ran on the loop a deployment gets by default, signal handlers included.
+    assert "event loop: uvloop" in (tmp_path / "bot1.log").read_text(encoding="utf-8")
 
     turns = _stored_turns(database)
     assert ("user", "길게 이야기해 줘") in turns

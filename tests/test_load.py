@@ -34,3 +34,13 @@ def test_repeated_pairs_report_each_ratio_and_the_median():
     assert "p99 ratios 3.00x, 2.00x, 5.00x" in line
     assert "median p99 3.00x" in line and "median p50 3.00x" in line
     assert format_repeats([]) == "no pair had both bots"
+
+
+def test_the_bot_under_load_on_uvloop_loses_nothing():
+    # The loop a deployed bot runs on by default (synatra_bot/eventloop.py).
+    from synatra_bot import eventloop
+
+    (ours,) = eventloop.run(run_load(SHORT, bots=["synatra"]), kind="uvloop")
+    assert ours.problems == []
+    assert ours.handled == ours.sent == ours.replies_posted == 60
+    assert ours.stored_rows == SHORT.channels + 2 * ours.sent

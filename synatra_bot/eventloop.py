@@ -1,0 +1,43 @@
+"""Which asyncio event loop the bot runs on: uvloop where it is installed, else the standard one.
+
+uvloop runs the same asyncio code with less work per callback: in the load benchmark the bot's
+event-loop lag and its p99 overhead per message drop by about a fifth (`docs/benchmarks.md`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, TypeVar
+
+EventLoopKind = Literal["auto", "uvloop", "asyncio"]
+EVENT_LOOP_KINDS = ("auto", "uvloop", "asyncio")
+
+T = TypeVar("T")
+
+
+def uvloop_available() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def resolve(kind: EventLoopKind) -> Literal["uvloop", "asyncio"]:
+    """The loop `kind` stands for here: "auto" is uvloop when it is installed."""
+    if kind == "auto":
+        return "uvloop" if uvloop_available() else "asyncio"
+    return kind
+
+
+def loop_factory(kind: EventLoopKind) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """A factory for `asyncio.Runner`; None means asyncio's own loop."""
+    if resolve(kind) == "asyncio":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
+def run(main: Coroutine[Any, Any, T], *, kind: EventLoopKind = "auto") -> T:
+    """`asyncio.run(main)` on the loop `kind` names."""
+    with asyncio.Runner(loop_factory=loop_factory(kind)) as runner:
+        return runner.run(main)
