@@ -7,11 +7,13 @@
 The fake Discord and the load driver run in a child process (its own core and event loop), the
 bot under test in this one, so neither steals the other's loop and the fake's cost per REST call
 is the same for both bots. Both bots run on the same event loop, by default the one a deployed
-bot gets (`--loop auto`: uvloop where installed); the child always runs asyncio's own. Per run: a guild with N enabled channels (each with an active
-roleplay, greeting posted, so the webhook exists), M members, and `rate` Korean messages per
-second for `seconds`, round-robin over channels from random members. The per-user rate limit
-is raised for the guild (`user_rate_limit`) and the fake's edit rate limit is off: both would
-otherwise refuse or slow most turns at this rate, and neither is bot overhead.
+bot gets (`--loop auto`: uvloop where installed); the child always runs asyncio's own.
+
+Per run: a guild with N enabled channels (each with an active roleplay, greeting posted, so the
+webhook exists), M members, and `rate` Korean messages per second for `seconds`, round-robin
+over channels from random members. The per-user rate limit is raised for the guild
+(`user_rate_limit`) and the fake's edit rate limit is off: both would otherwise refuse or slow
+most turns at this rate, and neither is bot overhead.
 
 Measured: overhead per message = the fake sending MESSAGE_CREATE to the fake receiving the
 next webhook execute in that channel (matched first in, first out per channel; our bot posts

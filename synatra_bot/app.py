@@ -108,7 +108,7 @@ async def serve(
 
     async with running_bot(settings, engine=engine, tokenizer=tokenizer) as bot:
         loop = asyncio.get_running_loop()
-        log.info("event loop: %s", type(loop).__module__.partition(".")[0])
+        log.info("event loop: %s", eventloop.loop_name(loop))
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 EventLoopKind = Literal["auto", "uvloop", "asyncio"]
-EVENT_LOOP_KINDS = ("auto", "uvloop", "asyncio")
+EVENT_LOOP_KINDS: tuple[str, ...] = get_args(EventLoopKind)
 
 T = TypeVar("T")
 
@@ -36,6 +36,11 @@ def loop_factory(kind: EventLoopKind) -> Callable[[], asyncio.AbstractEventLoop]
     import uvloop
 
     return uvloop.new_event_loop
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """The package the running loop comes from: "uvloop" or "asyncio"."""
+    return type(loop).__module__.partition(".")[0]
 
 
 def run(main: Coroutine[Any, Any, T], *, kind: EventLoopKind = "auto") -> T:

@@ -12,7 +12,7 @@ from synatra_bot.settings import settings_from_env
 
 async def _loop_module() -> str:
     await asyncio.sleep(0)
-    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
+    return eventloop.loop_name(asyncio.get_running_loop())
 
 
 def test_auto_runs_on_uvloop_when_it_is_installed():
