@@ -16,7 +16,16 @@ with warnings.catch_warnings():
     from discord import app_commands
     from discord.ext import commands
 
-from tests.discord_fake import EPHEMERAL_FLAG, FakeDiscord
+from tests.discord_fake import (
+    ATTACH_FILES,
+    EPHEMERAL_FLAG,
+    SEND_MESSAGES,
+    SEND_MESSAGES_IN_THREADS,
+    USE_APPLICATION_COMMANDS,
+    VIEW_CHANNEL,
+    FakeDiscord,
+    InteractionRecord,
+)
 from tests.discord_fake.fixtures import discord_fake, running_client
 
 __all__ = ["discord_fake"]
@@ -106,10 +115,27 @@ class FakeTestBot(commands.Bot):
             max_messages=None,
         )
         self.handled: list[int] = []
+        self.interactions: list[discord.Interaction] = []
 
     async def setup_hook(self) -> None:
         self.tree.add_command(RoleplayGroup(name="rp", description="롤플레이"))
+
+        @self.tree.command(name="whoami", description="누구인지 알려 줍니다")
+        async def whoami(interaction: discord.Interaction) -> None:
+            where = "DM" if interaction.guild is None else interaction.guild.name
+            await interaction.response.send_message(f"{interaction.user.id} @ {where}")
+            await interaction.user.send("DM으로 인사드려요")
+
+        @self.tree.command(name="server", description="서버 전용")
+        @app_commands.guild_only()
+        async def server(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("서버에서만 됩니다", ephemeral=True)
+
         await self.tree.sync()
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        # Kept so tests can read what discord.py parsed (permissions, guild, user).
+        self.interactions.append(interaction)
 
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot or message.webhook_id is not None:
@@ -128,6 +154,14 @@ async def bot(discord_fake: FakeDiscord) -> AsyncIterator[FakeTestBot]:
     client = FakeTestBot()
     async with running_client(client, discord_fake):
         yield client
+
+
+async def parsed(
+    fake: FakeDiscord, bot: FakeTestBot, record: InteractionRecord
+) -> discord.Interaction:
+    """The discord.Interaction the bot built for ``record``, once the bot answered it."""
+    await fake.wait_for_response(record)
+    return next(i for i in bot.interactions if i.id == record.id)
 
 
 async def test_login_reads_guild_and_syncs_commands(
@@ -496,3 +530,313 @@ async def test_webhook_from_url_send_without_wait(
     stored = await discord_fake.wait_for_message(scenario.general)
     assert (stored.username, stored.content) == ("서연", "웹훅 URL로 보낸 말")
     assert [w.name for w in await parent.webhooks()] == ["시나트라"]
+
+
+# ---------------------------------------------------------------- permission overwrites
+
+
+async def test_role_overwrite_denies_sending_in_that_channel_only(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    quiet = discord_fake.add_role(scenario.guild, "조용히")
+    member = discord_fake.add_member(scenario.guild, "mina", nick="미나", roles=[quiet])
+    discord_fake.set_overwrite(scenario.general, quiet, deny=SEND_MESSAGES)
+    general = bot.get_channel(scenario.general.id)
+    assert isinstance(general, discord.TextChannel)
+    role = discord.Object(quiet.id)
+    await discord_fake.wait_until(lambda: general.overwrites_for(role).send_messages is False)
+
+    here = await parsed(discord_fake, bot, await discord_fake.slash(member, "rp secret"))
+    elsewhere = await parsed(
+        discord_fake,
+        bot,
+        await discord_fake.slash(member, "rp secret", channel=scenario.nsfw_channel),
+    )
+    assert here.permissions.send_messages is False
+    assert here.permissions.view_channel and here.permissions.attach_files
+    assert elsewhere.permissions.send_messages is True
+    assert here.app_permissions.send_messages  # the bot's role has no overwrite here
+    # discord.py's own computation from the cached overwrite agrees with the payload.
+    cached = general.guild.get_member(member.id)
+    assert cached is not None and general.permissions_for(cached).send_messages is False
+
+    with pytest.raises(PermissionError, match="SEND_MESSAGES"):
+        await discord_fake.say(scenario.general, member, "말할 수 있을까?")
+    await discord_fake.say(scenario.nsfw_channel, member, "여기서는 돼요")
+
+    discord_fake.remove_overwrite(scenario.general, quiet)
+    await discord_fake.wait_until(lambda: general.overwrites_for(role).is_empty())
+    again = await parsed(discord_fake, bot, await discord_fake.slash(member, "rp secret"))
+    assert again.permissions.send_messages is True
+
+
+async def test_member_overwrite_beats_role_overwrites(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    guild = scenario.guild
+    quiet = discord_fake.add_role(guild, "조용히")
+    speaker = discord_fake.add_role(guild, "발언자")
+    both = discord_fake.add_member(guild, "both", roles=[quiet, speaker])
+    forgiven = discord_fake.add_member(guild, "forgiven", roles=[quiet])
+    discord_fake.set_overwrite(scenario.general, quiet, deny=SEND_MESSAGES | ATTACH_FILES)
+    # Role overwrites combine: all denies first, then all allows.
+    discord_fake.set_overwrite(scenario.general, speaker, allow=SEND_MESSAGES)
+    discord_fake.set_overwrite(scenario.general, forgiven, allow=SEND_MESSAGES)
+    # @everyone comes first, so a role's allow overrides it.
+    discord_fake.set_overwrite(scenario.nsfw_channel, guild.everyone_role, deny=VIEW_CHANNEL)
+    discord_fake.set_overwrite(scenario.nsfw_channel, speaker, allow=VIEW_CHANNEL)
+
+    assert guild.permissions_in(scenario.general, both) & SEND_MESSAGES
+    assert not guild.permissions_in(scenario.general, both) & ATTACH_FILES
+    assert guild.permissions_in(scenario.nsfw_channel, both) & VIEW_CHANNEL
+    assert guild.permissions_in(scenario.nsfw_channel, forgiven) == 0  # no VIEW_CHANNEL
+    assert guild.permissions_in(scenario.nsfw_channel, scenario.owner) & VIEW_CHANNEL
+
+    record = await discord_fake.slash(forgiven, "rp secret")
+    seen = await parsed(discord_fake, bot, record)
+    assert seen.permissions.send_messages is True
+    assert seen.permissions.attach_files is False
+    with pytest.raises(PermissionError, match="ATTACH_FILES"):
+        await discord_fake.say(
+            scenario.general, forgiven, "카드", attachments=[("a.png", PNG_BYTES, "image/png")]
+        )
+    with pytest.raises(PermissionError, match="VIEW_CHANNEL"):
+        await discord_fake.slash(forgiven, "rp secret", channel=scenario.nsfw_channel)
+
+    nsfw = bot.get_channel(scenario.nsfw_channel.id)
+    assert isinstance(nsfw, discord.TextChannel)
+    await discord_fake.wait_until(lambda: len(nsfw.overwrites) == 2)
+    cached_both = nsfw.guild.get_member(both.id)
+    assert cached_both is not None and nsfw.permissions_for(cached_both).view_channel
+    owner_view = await parsed(
+        discord_fake,
+        bot,
+        await discord_fake.slash(scenario.owner, "rp secret", channel=scenario.nsfw_channel),
+    )
+    assert owner_view.permissions.administrator and owner_view.permissions.view_channel
+    # @everyone's overwrite hides the channel from the bot too.
+    assert owner_view.app_permissions.value == 0
+
+
+async def test_thread_takes_its_parents_overwrites(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    member = scenario.members[0]
+    everyone = scenario.guild.everyone_role
+    discord_fake.set_overwrite(scenario.general, everyone, deny=SEND_MESSAGES_IN_THREADS)
+    with pytest.raises(ValueError, match="parent"):
+        discord_fake.set_overwrite(scenario.thread, everyone, deny=SEND_MESSAGES)
+
+    record = await discord_fake.slash(member, "rp secret", channel=scenario.thread)
+    seen = await parsed(discord_fake, bot, record)
+    assert seen.permissions.send_messages_in_threads is False
+    assert seen.permissions.send_messages is True
+    assert seen.app_permissions.send_messages_in_threads is False
+    thread = bot.get_channel(scenario.thread.id)
+    assert isinstance(thread, discord.Thread)
+    cached = thread.guild.get_member(member.id)
+    assert cached is not None
+    await discord_fake.wait_until(
+        lambda: thread.permissions_for(cached).send_messages_in_threads is False
+    )
+
+    with pytest.raises(PermissionError, match="SEND_MESSAGES_IN_THREADS"):
+        await discord_fake.say(scenario.thread, member, "스레드에 말하기")
+    await discord_fake.say(scenario.general, member, "채널에는 말할 수 있어요")
+    # The bot cannot post in the thread either: Discord answers 403 Missing Permissions.
+    with pytest.raises(discord.Forbidden):
+        await thread.send("봇도 못 써요")
+
+
+async def test_bot_overwrite_shows_in_app_permissions_and_blocks_its_messages(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    bot_member = scenario.guild.members[discord_fake.bot_user.id]
+    discord_fake.set_overwrite(scenario.nsfw_channel, bot_member, deny=SEND_MESSAGES)
+    record = await discord_fake.slash(
+        scenario.members[1], "rp secret", channel=scenario.nsfw_channel
+    )
+    seen = await parsed(discord_fake, bot, record)
+    assert seen.app_permissions.send_messages is False
+    assert seen.permissions.send_messages is True
+    assert record.content == "비밀 메시지입니다"  # interaction responses need no channel rights
+    channel = bot.get_channel(scenario.nsfw_channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    with pytest.raises(discord.Forbidden):
+        await channel.send("보낼 수 없는 말")
+    general = bot.get_channel(scenario.general.id)
+    assert isinstance(general, discord.TextChannel)
+    await general.send("여기는 괜찮아요")
+
+
+async def test_commands_need_use_application_commands(discord_fake: FakeDiscord) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    discord_fake.global_commands["ping"] = {"id": "1", "name": "ping", "options": []}
+    member = scenario.members[0]
+    discord_fake.set_overwrite(scenario.general, member, deny=USE_APPLICATION_COMMANDS)
+    with pytest.raises(PermissionError, match="USE_APPLICATION_COMMANDS"):
+        await discord_fake.slash(member, "ping")
+
+
+# ---------------------------------------------------------------- DMs
+
+
+async def test_dm_slash_command_reaches_global_command_and_bot_dms_back(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    user = scenario.members[0].user
+    dm = discord_fake.open_dm(scenario.members[0])
+    assert discord_fake.open_dm(user) is dm and dm.guild_id is None
+
+    record = await discord_fake.slash(user, "whoami", channel=dm)
+    seen = await parsed(discord_fake, bot, record)
+    assert record.content == f"{user.id} @ DM"
+    assert record.guild_id is None and record.member is None and record.user is user
+    assert seen.guild is None and seen.guild_id is None
+    assert seen.user.id == user.id and not isinstance(seen.user, discord.Member)
+    assert isinstance(seen.channel, discord.DMChannel)
+    assert seen.channel.recipient is not None and seen.channel.recipient.id == user.id
+    assert seen.context.dm_channel and not seen.context.guild
+    assert seen.permissions.value == 0
+    assert seen.app_permissions.embed_links and seen.app_permissions.attach_files
+
+    sent = await discord_fake.wait_for_message(dm, lambda m: m.content == "DM으로 인사드려요")
+    assert sent.author is discord_fake.bot_user and sent.guild_id is None
+    assert "guild_id" not in sent.payload()
+    assert [c.json for c in discord_fake.calls if c.route == "/users/@me/channels"] == [
+        {"recipient_id": user.id}
+    ]
+    assert discord_fake.unknown_routes == []
+
+
+async def test_dm_messages_both_ways(discord_fake: FakeDiscord, bot: FakeTestBot) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    user = scenario.members[0].user
+    dm = discord_fake.open_dm(user)
+    received = asyncio.ensure_future(
+        bot.wait_for("message", check=lambda m: m.content == "안녕 DM이야")
+    )
+    said = await discord_fake.say(dm, user, "안녕 DM이야")
+    message = await asyncio.wait_for(received, 5)
+    assert message.guild is None and isinstance(message.channel, discord.DMChannel)
+    assert isinstance(message.author, discord.User) and message.author.id == user.id
+    assert "guild_id" not in said.payload(with_member=True)
+    assert "member" not in said.payload(with_member=True)
+    reply = await discord_fake.wait_for_message(dm)
+    assert reply.content == "안녕하세요, 김지수님!"
+    assert reply.reference is not None and "guild_id" not in reply.reference
+    with pytest.raises(ValueError, match="recipient"):
+        await discord_fake.say(dm, scenario.members[1], "남의 DM")
+
+    fetched = await bot.fetch_channel(dm.id)
+    assert isinstance(fetched, discord.DMChannel)
+    sent = await fetched.send("DM 보내기")
+    await sent.edit(content="DM 고치기")
+    assert [m.content async for m in fetched.history(limit=2)] == ["DM 고치기", reply.content]
+    await sent.delete()
+    assert discord_fake.messages[sent.id].deleted
+
+    other = await bot.fetch_user(scenario.members[2].id)
+    await other.send("처음 보내는 DM")
+    other_dm = discord_fake.open_dm(scenario.members[2])
+    assert [m.content for m in other_dm.messages] == ["처음 보내는 DM"]
+    with pytest.raises(discord.NotFound):
+        await bot.http.start_private_message(12345)
+    with pytest.raises(discord.HTTPException):
+        await bot.http.create_webhook(dm.id, name="DM 웹훅")
+
+
+async def test_dm_interactions_defer_ephemeral_buttons_and_modals(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    user = scenario.members[2].user
+    dm = discord_fake.open_dm(user)
+
+    deferred = await discord_fake.slash(user, "rp start", channel=dm, character="서연")
+    followup = await discord_fake.wait_for_followup(deferred)
+    assert followup.content == "서연와(과)의 롤플레이를 시작합니다"
+    assert followup in dm.messages and followup.guild_id is None
+
+    secret = await discord_fake.slash(user, "rp secret", channel=dm)
+    await discord_fake.wait_for_response(secret)
+    assert secret.ephemeral and secret.original not in dm.messages
+
+    edited = await discord_fake.slash(user, "rp edit", channel=dm)
+    second = await discord_fake.wait_for_followup(edited)
+    assert edited.content == "수정된 응답" and second.content == "원본: 수정된 응답"
+    assert second.ephemeral
+
+    choices = await discord_fake.autocomplete(user, "rp start", channel=dm, focused="character")
+    await discord_fake.wait_for_response(choices)
+    assert [c["value"] for c in choices.choices or []] == ["민지", "민수", "서연"]
+
+    buttons = await discord_fake.slash(user, "rp button", channel=dm)
+    await discord_fake.wait_for_response(buttons)
+    assert buttons.original is not None
+    pressed = await discord_fake.press(user, buttons.original, "rp:confirm")
+    await discord_fake.wait_for_response(pressed)
+    assert buttons.original.content == "확인했습니다"
+    pressed_seen = next(i for i in bot.interactions if i.id == pressed.id)
+    assert pressed_seen.guild is None and pressed_seen.message is not None
+
+    opened = await discord_fake.slash(user, "rp form", channel=dm)
+    await discord_fake.wait_for_response(opened)
+    submitted = await discord_fake.submit_modal(user, opened, {"character_name": "민지"})
+    await discord_fake.wait_for_response(submitted)
+    assert submitted.content == "민지 캐릭터를 만들었습니다"
+    assert submitted.channel_id == dm.id
+    assert discord_fake.unknown_routes == []
+
+
+async def test_guild_only_command_is_refused_in_dm(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    synced = discord_fake.global_commands["server"]
+    assert synced["contexts"] == [0] and synced["dm_permission"] is False
+    member = scenario.members[0]
+    dm = discord_fake.open_dm(member)
+    with pytest.raises(LookupError, match="not available in DMs"):
+        await discord_fake.slash(member, "server", channel=dm)
+    with pytest.raises(LookupError, match="not available in DMs"):
+        await discord_fake.slash(member.user, "server", channel=dm)
+    record = await discord_fake.slash(member, "server")
+    await discord_fake.wait_for_response(record)
+    assert record.content == "서버에서만 됩니다"
+
+
+async def test_command_availability_follows_contexts_and_scope(discord_fake: FakeDiscord) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    user = scenario.members[0].user
+    dm = discord_fake.open_dm(user)
+    discord_fake.global_commands.update(
+        {
+            "legacy": {"id": "1", "name": "legacy", "dm_permission": False},
+            "dmonly": {"id": "2", "name": "dmonly", "contexts": [1]},
+        }
+    )
+    discord_fake.guild_commands[scenario.guild.id] = {"local": {"id": "3", "name": "local"}}
+    with pytest.raises(LookupError, match="not available in DMs"):
+        await discord_fake.slash(user, "legacy", channel=dm)
+    with pytest.raises(LookupError, match="guild command"):
+        await discord_fake.slash(user, "local", channel=dm)
+    with pytest.raises(LookupError, match="not available in servers"):
+        await discord_fake.slash(user, "dmonly")
+    assert (await discord_fake.slash(user, "dmonly", channel=dm)).guild_id is None
+    assert (await discord_fake.slash(user, "local")).guild_id == scenario.guild.id

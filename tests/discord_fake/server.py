@@ -17,14 +17,24 @@ from typing import Any
 from aiohttp import BodyPartReader, WSMsgType, web
 
 from .state import (
-    ALL_PERMISSIONS,
+    ATTACH_FILES,
+    BOT_DM_CONTEXT,
+    BOT_DM_PERMISSIONS,
     BOT_PERMISSIONS,
+    DM_CHANNEL,
     EPHEMERAL_FLAG,
     EVERYONE_PERMISSIONS,
+    GUILD_CONTEXT,
     LOADING_FLAG,
     MANAGE_GUILD,
+    MEMBER_OVERWRITE,
     PUBLIC_THREAD,
+    ROLE_OVERWRITE,
+    SEND_MESSAGES,
+    SEND_MESSAGES_IN_THREADS,
     TEXT_CHANNEL,
+    USE_APPLICATION_COMMANDS,
+    VIEW_CHANNEL,
     FakeAttachment,
     FakeChannel,
     FakeGuild,
@@ -34,10 +44,12 @@ from .state import (
     FakeUser,
     FakeWebhook,
     InteractionRecord,
+    PermissionOverwrite,
     RestCall,
     SnowflakeFactory,
     attachment_url,
     now,
+    permission_names,
 )
 
 API_PREFIX = "/api/v10"
@@ -127,6 +139,8 @@ class FakeDiscord:
         self.token = "fake-token"
         self.guilds: dict[int, FakeGuild] = {}
         self.channels: dict[int, FakeChannel] = {}
+        #: The bot's DM channel with each user, by user id.
+        self.dm_channels: dict[int, FakeChannel] = {}
         self.users: dict[int, FakeUser] = {self.bot_user.id: self.bot_user}
         self.messages: dict[int, FakeMessage] = {}
         self.attachments: dict[int, FakeAttachment] = {}
@@ -255,7 +269,7 @@ class FakeDiscord:
     def add_thread(
         self, parent: FakeChannel, name: str, *, owner: FakeMember | FakeUser | None = None
     ) -> FakeChannel:
-        guild = self.guilds[parent.guild_id]
+        guild = self.guild_of(parent)
         owner_id = owner.id if owner is not None else self.bot_user.id
         thread = FakeChannel(
             self.snowflake(), guild.id, name, PUBLIC_THREAD, parent_id=parent.id, owner_id=owner_id
@@ -285,6 +299,70 @@ class FakeDiscord:
         self._fire("GUILD_MEMBER_ADD", {**member.payload(), "guild_id": str(guild.id)}, guild)
         return member
 
+    def set_overwrite(
+        self,
+        channel: FakeChannel,
+        target: FakeRole | FakeMember | FakeUser,
+        *,
+        allow: int = 0,
+        deny: int = 0,
+    ) -> PermissionOverwrite:
+        """Set (replace) the channel's overwrite for a role or member; sends CHANNEL_UPDATE.
+
+        ``guild.everyone_role`` targets @everyone. Threads have no overwrites of their own:
+        set them on the parent channel.
+        """
+        guild = self._overwrite_guild(channel)
+        if isinstance(target, FakeRole):
+            if target.guild_id != guild.id:
+                raise ValueError(f"role {target.name!r} is not in the channel's guild")
+            kind = ROLE_OVERWRITE
+        else:
+            if target.id not in guild.members:
+                raise ValueError(f"user {target.id} is not a member of the channel's guild")
+            kind = MEMBER_OVERWRITE
+        overwrite = PermissionOverwrite(target.id, kind, allow, deny)
+        channel.overwrites = [
+            o for o in channel.overwrites if (o.type, o.id) != (kind, target.id)
+        ] + [overwrite]
+        self._fire("CHANNEL_UPDATE", channel.payload(), guild)
+        self._notify()
+        return overwrite
+
+    def remove_overwrite(
+        self, channel: FakeChannel, target: FakeRole | FakeMember | FakeUser
+    ) -> None:
+        """Drop the channel's overwrite for a role or member; sends CHANNEL_UPDATE."""
+        guild = self._overwrite_guild(channel)
+        channel.overwrites = [o for o in channel.overwrites if o.id != target.id]
+        self._fire("CHANNEL_UPDATE", channel.payload(), guild)
+        self._notify()
+
+    def _overwrite_guild(self, channel: FakeChannel) -> FakeGuild:
+        if channel.guild_id is None:
+            raise ValueError("DM channels have no permission overwrites")
+        if channel.is_thread:
+            raise ValueError("threads take their parent's overwrites: set them on the parent")
+        return self.guilds[channel.guild_id]
+
+    def open_dm(self, user: FakeUser | FakeMember) -> FakeChannel:
+        """The bot's DM channel with ``user`` (created on first use, then the same one).
+
+        Like Discord, opening a DM sends no gateway event to the bot.
+        """
+        recipient = user.user if isinstance(user, FakeMember) else user
+        if recipient.id == self.bot_user.id:
+            raise ValueError("the bot cannot open a DM with itself")
+        channel = self.dm_channels.get(recipient.id)
+        if channel is None:
+            channel = FakeChannel(
+                self.snowflake(), None, recipient.username, DM_CHANNEL, recipient=recipient
+            )
+            self.users.setdefault(recipient.id, recipient)
+            self.dm_channels[recipient.id] = channel
+            self.channels[channel.id] = channel
+        return channel
+
     def add_default_scenario(self) -> Scenario:
         guild = self.add_guild()
         general = self.add_channel(guild, "일반", topic="자유롭게 대화하는 곳")
@@ -304,6 +382,8 @@ class FakeDiscord:
         return self.scenario
 
     def guild_of(self, obj: FakeChannel | FakeMember) -> FakeGuild:
+        if obj.guild_id is None:
+            raise ValueError(f"{obj!r} is a DM channel: it has no guild")
         return self.guilds[obj.guild_id]
 
     def member(self, guild: FakeGuild, user_id: int) -> FakeMember:
@@ -614,17 +694,52 @@ class FakeDiscord:
         self.messages[message.id] = message
         self._notify()
 
+    def _participant(
+        self, channel: FakeChannel, who: FakeMember | FakeUser
+    ) -> tuple[FakeUser, FakeMember | None]:
+        """(user, member) acting in ``channel``; the member is None in a DM."""
+        user = who.user if isinstance(who, FakeMember) else who
+        if channel.guild_id is None:
+            if channel.recipient is None or channel.recipient.id != user.id:
+                raise ValueError(f"{user.username!r} is not the recipient of DM {channel.id}")
+            return user, None
+        member = self.guilds[channel.guild_id].members.get(user.id)
+        if member is None:
+            raise LookupError(f"{user.username!r} is not a member of the channel's guild")
+        return user, member
+
+    def _require(self, channel: FakeChannel, member: FakeMember, needed: int, action: str) -> None:
+        """Refuse, in the test, what the Discord client would not let the member do."""
+        guild = self.guilds[member.guild_id]
+        missing = needed & ~guild.permissions_in(channel, member)
+        if missing:
+            raise PermissionError(
+                f"{member.display_name!r} cannot {action} #{channel.name}: missing "
+                f"{permission_names(missing)} (a real client could not do this)"
+            )
+
     async def say(
         self,
         channel: FakeChannel,
-        member: FakeMember,
+        member: FakeMember | FakeUser,
         content: str,
         *,
         attachments: list[tuple[str, bytes, str | None]] | None = None,
         mentions_bot: bool = False,
         reply_to: FakeMessage | None = None,
     ) -> FakeMessage:
-        """A member posts a message: stored and sent as MESSAGE_CREATE."""
+        """A member (or, in a DM, the user) posts a message: stored and sent as MESSAGE_CREATE.
+
+        Raises PermissionError when the member may not post there (SEND_MESSAGES, or
+        SEND_MESSAGES_IN_THREADS in a thread, and ATTACH_FILES for attachments).
+        """
+        user, guild_member = self._participant(channel, member)
+        if guild_member is not None:
+            needed = VIEW_CHANNEL
+            needed |= SEND_MESSAGES_IN_THREADS if channel.is_thread else SEND_MESSAGES
+            if attachments:
+                needed |= ATTACH_FILES
+            self._require(channel, guild_member, needed, "post in")
         if mentions_bot:
             content = f"<@{self.bot_user.id}> {content}"
         message = FakeMessage(
@@ -632,20 +747,15 @@ class FakeDiscord:
             channel.id,
             channel.guild_id,
             content,
-            author=member.user,
-            member=member,
+            author=user,
+            member=guild_member,
             attachments=[self._make_attachment(channel.id, *a) for a in attachments or []],
             mentions=self._resolve_mentions(content),
             from_test=True,
         )
         if reply_to is not None:
             message.type = 19
-            message.reference = {
-                "type": 0,
-                "message_id": str(reply_to.id),
-                "channel_id": str(reply_to.channel_id),
-                "guild_id": str(reply_to.guild_id),
-            }
+            message.reference = _reference(reply_to.id, reply_to.channel_id, reply_to.guild_id)
         self._store(message)
         self._last_dispatch[channel.id] = message.id
         payload = message.payload(with_member=True)
@@ -664,23 +774,37 @@ class FakeDiscord:
         """The message is deleted by its author or a moderator: MESSAGE_DELETE."""
         message.deleted = True
         self._notify()
-        data = {
-            "id": str(message.id),
-            "channel_id": str(message.channel_id),
-            "guild_id": str(message.guild_id),
-        }
+        await self._dispatch_delete(message)
+
+    async def _dispatch_delete(self, message: FakeMessage) -> None:
+        data = {"id": str(message.id), "channel_id": str(message.channel_id)}
+        if message.guild_id is not None:
+            data["guild_id"] = str(message.guild_id)
         await self.dispatch("MESSAGE_DELETE", data, message.guild_id)
 
     def _find_command(
-        self, guild: FakeGuild, path: str
+        self, guild: FakeGuild | None, path: str
     ) -> tuple[dict[str, Any], list[str], list[dict[str, Any]], bool]:
-        """(command, [sub names], leaf option definitions, is guild command)."""
+        """(command, [sub names], leaf option definitions, is guild command).
+
+        ``guild`` is None in a DM, where only global commands allowed in bot DMs exist.
+        """
         parts = path.split()
-        is_guild = parts[0] in self.guild_commands.get(guild.id, {})
-        scope = self.guild_commands.get(guild.id, {}) if is_guild else self.global_commands
+        guild_scope = self.guild_commands.get(guild.id, {}) if guild is not None else {}
+        is_guild = parts[0] in guild_scope
+        scope = guild_scope if is_guild else self.global_commands
         if parts[0] not in scope:
+            if guild is None and any(parts[0] in c for c in self.guild_commands.values()):
+                raise LookupError(f"/{parts[0]} is a guild command: not available in DMs")
             raise LookupError(f"command /{parts[0]} was not synced (synced: {sorted(scope)})")
         command = scope[parts[0]]
+        context = GUILD_CONTEXT if guild is not None else BOT_DM_CONTEXT
+        if not is_guild and not _offered_in(command, context):
+            where = "in servers" if guild is not None else "in DMs"
+            raise LookupError(
+                f"/{parts[0]} is not available {where} (contexts={command.get('contexts')}, "
+                f"dm_permission={command.get('dm_permission')}): the client would not offer it"
+            )
         definitions = command.get("options") or []
         for part in parts[1:]:
             sub = next((o for o in definitions if o["name"] == part and o["type"] in (1, 2)), None)
@@ -692,6 +816,7 @@ class FakeDiscord:
     def _build_options(
         self,
         channel: FakeChannel,
+        invoker: FakeMember | None,
         definitions: list[dict[str, Any]],
         values: dict[str, Any],
         focused: str | None,
@@ -714,14 +839,26 @@ class FakeDiscord:
                 option["focused"] = True
                 option["value"] = str(value)
             else:
-                option["value"] = self._option_value(channel, definition["type"], value, resolved)
+                option["value"] = self._option_value(
+                    channel, invoker, definition["type"], value, resolved
+                )
             options.append(option)
         return options, resolved
 
     def _option_value(
-        self, channel: FakeChannel, kind: int, value: Any, resolved: dict[str, dict[str, Any]]
+        self,
+        channel: FakeChannel,
+        invoker: FakeMember | None,
+        kind: int,
+        value: Any,
+        resolved: dict[str, dict[str, Any]],
     ) -> Any:
-        guild = self.guilds[channel.guild_id]
+        """An option's value; users, members, roles, channels and files go into ``resolved``.
+
+        As on Discord, a resolved member carries its permissions in the interaction's channel
+        and a resolved channel the invoking member's permissions in that channel.
+        """
+        guild = self.guilds.get(channel.guild_id or 0)
         if kind == 3:
             return str(value)
         if kind == 4:
@@ -733,9 +870,9 @@ class FakeDiscord:
         if kind in (6, 9) and isinstance(value, FakeMember | FakeUser):
             user = value.user if isinstance(value, FakeMember) else value
             resolved.setdefault("users", {})[str(user.id)] = user.payload()
-            member = guild.members.get(user.id)
-            if member is not None:
-                perms = guild.permissions_of(member)
+            member = guild.members.get(user.id) if guild is not None else None
+            if guild is not None and member is not None:
+                perms = guild.permissions_in(channel, member)
                 resolved.setdefault("members", {})[str(user.id)] = member.payload(
                     with_user=False, permissions=perms
                 )
@@ -746,7 +883,8 @@ class FakeDiscord:
         if kind == 7 and isinstance(value, FakeChannel):
             parent = self.channels.get(value.parent_id or 0)
             payload = value.payload(parent_nsfw=bool(parent and parent.nsfw))
-            payload["permissions"] = str(ALL_PERMISSIONS)
+            if guild is not None and invoker is not None and value.guild_id == guild.id:
+                payload["permissions"] = str(guild.permissions_in(value, invoker))
             resolved.setdefault("channels", {})[str(value.id)] = payload
             return str(value.id)
         if kind == 11:
@@ -758,48 +896,78 @@ class FakeDiscord:
         raise TypeError(f"cannot convert {value!r} for option type {kind}")
 
     def _interaction_payload(
-        self,
-        record: InteractionRecord,
-        channel: FakeChannel,
-        member: FakeMember,
-        locale: str | None,
+        self, record: InteractionRecord, channel: FakeChannel, locale: str | None
     ) -> dict[str, Any]:
-        guild = self.guilds[channel.guild_id]
-        parent = self.channels.get(channel.parent_id or 0)
-        bot_member = guild.members[self.bot_user.id]
         payload: dict[str, Any] = {
             "id": str(record.id),
             "application_id": str(self.application_id),
             "type": record.type,
             "data": record.data,
-            "guild_id": str(guild.id),
-            "guild": {"id": str(guild.id), "locale": guild.preferred_locale, "features": []},
             "channel_id": str(channel.id),
-            "channel": channel.payload(parent_nsfw=bool(parent and parent.nsfw)),
-            "member": member.payload(permissions=guild.permissions_of(member)),
             "token": record.token,
             "version": 1,
-            "locale": locale or member.locale,
-            "guild_locale": guild.preferred_locale,
-            "app_permissions": str(guild.permissions_of(bot_member)),
             "entitlements": [],
-            "authorizing_integration_owners": {"0": str(guild.id)},
-            "context": 0,
             "attachment_size_limit": 10 * 1024 * 1024,
         }
+        if record.member is None:
+            # From the bot's DM: a user instead of a member, no guild, context BOT_DM.
+            payload.update(
+                {
+                    "channel": channel.payload(),
+                    "user": record.user.payload(),
+                    "locale": locale or self._user_locale(record.user),
+                    "app_permissions": str(BOT_DM_PERMISSIONS),
+                    "authorizing_integration_owners": {"0": "0"},
+                    "context": BOT_DM_CONTEXT,
+                }
+            )
+        else:
+            member = record.member
+            guild = self.guilds[member.guild_id]
+            parent = self.channels.get(channel.parent_id or 0)
+            bot_member = guild.members[self.bot_user.id]
+            payload.update(
+                {
+                    "guild_id": str(guild.id),
+                    "guild": {
+                        "id": str(guild.id),
+                        "locale": guild.preferred_locale,
+                        "features": [],
+                    },
+                    "channel": channel.payload(parent_nsfw=bool(parent and parent.nsfw)),
+                    # Both are permissions in the interaction's channel, overwrites included.
+                    "member": member.payload(permissions=guild.permissions_in(channel, member)),
+                    "app_permissions": str(guild.permissions_in(channel, bot_member)),
+                    "locale": locale or member.locale,
+                    "guild_locale": guild.preferred_locale,
+                    "authorizing_integration_owners": {"0": str(guild.id)},
+                    "context": GUILD_CONTEXT,
+                }
+            )
         if record.message is not None:
             payload["message"] = record.message.payload()
         return payload
 
+    def _user_locale(self, user: FakeUser) -> str:
+        """A user's client locale: the one their guild memberships were given."""
+        for guild in self.guilds.values():
+            member = guild.members.get(user.id)
+            if member is not None:
+                return member.locale
+        return "ko"
+
     async def _send_interaction(
         self,
         kind: int,
-        member: FakeMember,
+        who: FakeMember | FakeUser,
         channel: FakeChannel,
         data: dict[str, Any],
         locale: str | None,
         message: FakeMessage | None = None,
     ) -> InteractionRecord:
+        user, member = self._participant(channel, who)
+        if member is not None:
+            self._require(channel, member, VIEW_CHANNEL, "use interactions in")
         record = InteractionRecord(
             self.snowflake(),
             "itk_" + secrets.token_urlsafe(48),
@@ -807,12 +975,13 @@ class FakeDiscord:
             data,
             channel.guild_id,
             channel.id,
+            user,
             member,
             message,
         )
         self.interactions[record.token] = record
         self._last_dispatch[channel.id] = record.id
-        payload = self._interaction_payload(record, channel, member, locale)
+        payload = self._interaction_payload(record, channel, locale)
         await self.dispatch("INTERACTION_CREATE", payload, channel.guild_id)
         return record
 
@@ -825,15 +994,21 @@ class FakeDiscord:
 
     def _command_data(
         self,
-        member: FakeMember,
+        who: FakeMember | FakeUser,
         command: str,
         channel: FakeChannel,
         options: dict[str, Any],
         focused: str | None,
     ) -> dict[str, Any]:
-        guild = self.guilds[channel.guild_id]
+        _, member = self._participant(channel, who)
+        guild = self.guilds[channel.guild_id] if channel.guild_id is not None else None
+        if member is not None:
+            # Without Use Application Commands the client shows no commands at all.
+            self._require(
+                channel, member, VIEW_CHANNEL | USE_APPLICATION_COMMANDS, "use commands in"
+            )
         cmd, subs, definitions, is_guild = self._find_command(guild, command)
-        leaf, resolved = self._build_options(channel, definitions, options, focused)
+        leaf, resolved = self._build_options(channel, member, definitions, options, focused)
         nested = leaf
         for depth, name in reversed(list(enumerate(subs))):
             kind = 1 if depth == len(subs) - 1 else 2
@@ -846,13 +1021,13 @@ class FakeDiscord:
         }
         if resolved:
             data["resolved"] = resolved
-        if is_guild:
+        if is_guild and guild is not None:
             data["guild_id"] = str(guild.id)
         return data
 
     async def slash(
         self,
-        member: FakeMember,
+        member: FakeMember | FakeUser,
         command: str,
         *,
         channel: FakeChannel | None = None,
@@ -863,6 +1038,8 @@ class FakeDiscord:
 
         Option values: str/int/float/bool, FakeMember/FakeUser, FakeChannel, FakeRole,
         and for attachment options a ``(filename, bytes, content_type)`` tuple.
+        ``channel=fake.open_dm(user)`` runs it from the bot's DM; commands Discord would not
+        offer there (guild commands, ``guild_only``) raise LookupError.
         """
         channel = self._default_channel(channel)
         data = self._command_data(member, command, channel, options, None)
@@ -870,7 +1047,7 @@ class FakeDiscord:
 
     async def autocomplete(
         self,
-        member: FakeMember,
+        member: FakeMember | FakeUser,
         command: str,
         *,
         focused: str,
@@ -888,7 +1065,7 @@ class FakeDiscord:
 
     async def press(
         self,
-        member: FakeMember,
+        member: FakeMember | FakeUser,
         message: FakeMessage,
         custom_id: str,
         *,
@@ -907,7 +1084,7 @@ class FakeDiscord:
 
     async def submit_modal(
         self,
-        member: FakeMember,
+        member: FakeMember | FakeUser,
         modal: InteractionRecord | str,
         values: dict[str, str | list[str]],
         *,
@@ -1114,15 +1291,31 @@ class FakeDiscord:
         ref = payload.get("message_reference")
         if ref and ref.get("message_id"):
             message.type = 19
-            message.reference = {
-                "type": 0,
-                "message_id": str(ref["message_id"]),
-                "channel_id": str(ref.get("channel_id") or channel.id),
-                "guild_id": str(channel.guild_id),
-            }
+            message.reference = _reference(
+                ref["message_id"], ref.get("channel_id") or channel.id, channel.guild_id
+            )
         message.versions = [message.snapshot()]
         self._store(message)
         return message
+
+    def _bot_member(self, channel: FakeChannel) -> FakeMember | None:
+        """The bot as a member of the channel's guild (None in a DM)."""
+        guild = self.guilds.get(channel.guild_id or 0)
+        return guild.members.get(self.bot_user.id) if guild is not None else None
+
+    def _require_bot(self, channel: FakeChannel, needed: int) -> None:
+        """403 Missing Permissions when the bot lacks ``needed`` in a guild channel."""
+        bot_member = self._bot_member(channel)
+        if bot_member is None:
+            return
+        guild = self.guilds[bot_member.guild_id]
+        if needed & ~guild.permissions_in(channel, bot_member):
+            raise ApiError(403, "Missing Permissions", 50013)
+
+    @staticmethod
+    def _refuse_dm(channel: FakeChannel) -> None:
+        if channel.is_dm:
+            raise ApiError(400, "Cannot execute action on a DM channel", 50003)
 
     async def _echo(self, event: str, message: FakeMessage) -> None:
         if self.echo_bot_messages and not message.ephemeral:
@@ -1208,13 +1401,10 @@ class FakeDiscord:
             raise ApiError(400, "Cannot send an empty message", 50006)
         if len(payload.get("content") or "") > 2000:
             raise ApiError(400, "Invalid Form Body: content longer than 2000", 50035)
-        guild = self.guilds[channel.guild_id]
+        needed = VIEW_CHANNEL | (SEND_MESSAGES_IN_THREADS if channel.is_thread else SEND_MESSAGES)
+        self._require_bot(channel, needed | (ATTACH_FILES if req.files else 0))
         message = self._create_message(
-            channel,
-            payload,
-            req.files,
-            author=self.bot_user,
-            member=guild.members.get(self.bot_user.id),
+            channel, payload, req.files, author=self.bot_user, member=self._bot_member(channel)
         )
         await self._echo("MESSAGE_CREATE", message)
         return _json(message.payload())
@@ -1257,9 +1447,7 @@ class FakeDiscord:
         message = self._message(channel, req.params["message_id"])
         message.deleted = True
         self._notify()
-        data = {"id": str(message.id), "channel_id": str(channel.id)}
-        data["guild_id"] = str(channel.guild_id)
-        await self.dispatch("MESSAGE_DELETE", data, channel.guild_id)
+        await self._dispatch_delete(message)
         return web.Response(status=204)
 
     async def _put_reaction(self, req: _Request) -> web.Response:
@@ -1279,6 +1467,7 @@ class FakeDiscord:
 
     async def _create_thread(self, req: _Request) -> web.Response:
         parent = self._channel(req.params["channel_id"])
+        self._refuse_dm(parent)
         if parent.is_thread:
             raise ApiError(400, "Cannot execute action on this channel type", 50024)
         payload = req.json or {}
@@ -1287,13 +1476,14 @@ class FakeDiscord:
 
     async def _create_webhook(self, req: _Request) -> web.Response:
         channel = self._channel(req.params["channel_id"])
+        self._refuse_dm(channel)
         if channel.is_thread:
             raise ApiError(400, "Cannot execute action on this channel type", 50024)
         payload = req.json or {}
         webhook = FakeWebhook(
             self.snowflake(),
             secrets.token_urlsafe(51),
-            channel.guild_id,
+            self.guild_of(channel).id,
             channel.id,
             payload.get("name") or "웹훅",
             self.application_id,
@@ -1317,6 +1507,7 @@ class FakeDiscord:
 
     async def _channel_webhooks(self, req: _Request) -> web.Response:
         channel = self._channel(req.params["channel_id"])
+        self._refuse_dm(channel)
         return _json([w.payload() for w in self.webhooks.values() if w.channel_id == channel.id])
 
     async def _guild_webhooks(self, req: _Request) -> web.Response:
@@ -1404,30 +1595,26 @@ class FakeDiscord:
         return _json(message.payload())
 
     async def _delete_webhook_message(self, req: _Request) -> web.Response:
-        message, channel = self._webhook_message(req)
+        message, _ = self._webhook_message(req)
         message.deleted = True
         self._notify()
         if not message.ephemeral:
-            data = {"id": str(message.id), "channel_id": str(channel.id)}
-            await self.dispatch(
-                "MESSAGE_DELETE", {**data, "guild_id": str(channel.guild_id)}, channel.guild_id
-            )
+            await self._dispatch_delete(message)
         return web.Response(status=204)
 
     def _interaction_message(
         self, record: InteractionRecord, payload: dict[str, Any], files: Any, flags: int = 0
     ) -> FakeMessage:
         channel = self.channels[record.channel_id]
-        guild = self.guilds[record.guild_id]
         message = self._create_message(
             channel,
             {**payload, "flags": int(payload.get("flags") or 0) | flags},
             list(files),
             author=self.bot_user,
-            member=guild.members.get(self.bot_user.id),
+            member=self._bot_member(channel),
             application_id=self.application_id,
             interaction_id=record.id,
-            interaction_user=record.member.user,
+            interaction_user=record.user,
             type=20 if record.type == 2 else 0,
         )
         return message
@@ -1529,6 +1716,15 @@ class FakeDiscord:
         members = sorted((m for m in guild.members.values() if m.id > after), key=lambda m: m.id)
         return _json([m.payload() for m in members[:limit]])
 
+    async def _create_dm(self, req: _Request) -> web.Response:
+        recipient_id = (req.json or {}).get("recipient_id")
+        user = self.users.get(int(recipient_id or 0))
+        if user is None:
+            raise ApiError(404, "Unknown User", 10013)
+        if user.id == self.bot_user.id:
+            raise ApiError(400, "Cannot send messages to this user", 50007)
+        return _json(self.open_dm(user).payload())
+
     async def _get_user(self, req: _Request) -> web.Response:
         user = self.users.get(int(req.params["user_id"]))
         if user is None:
@@ -1588,6 +1784,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/guilds/{guild_id}/roles", "_get_guild_roles"),
     ("GET", "/guilds/{guild_id}/members/{user_id}", "_get_member"),
     ("GET", "/guilds/{guild_id}/members", "_get_members"),
+    ("POST", "/users/@me/channels", "_create_dm"),
     ("GET", "/users/{user_id}", "_get_user"),
 ]
 
@@ -1646,6 +1843,31 @@ async def _read_body(request: web.Request) -> tuple[Any, list[tuple[str, bytes, 
         if raw:
             return json.loads(raw), files
     return None, files
+
+
+def _offered_in(command: dict[str, Any], context: int) -> bool:
+    """Whether the client offers a global command in a context (0 guild, 1 bot DM).
+
+    ``contexts`` wins when set; otherwise the legacy ``dm_permission`` decides for DMs.
+    """
+    contexts = command.get("contexts")
+    if contexts is not None:
+        return context in contexts
+    return context != BOT_DM_CONTEXT or command.get("dm_permission") is not False
+
+
+def _reference(
+    message_id: int | str, channel_id: int | str, guild_id: int | None
+) -> dict[str, Any]:
+    """A reply's message_reference (DM replies have no guild_id)."""
+    reference: dict[str, Any] = {
+        "type": 0,
+        "message_id": str(message_id),
+        "channel_id": str(channel_id),
+    }
+    if guild_id is not None:
+        reference["guild_id"] = str(guild_id)
+    return reference
 
 
 def _find_component(components: list[dict[str, Any]], custom_id: str) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ MANAGE_MESSAGES = 1 << 13
 EMBED_LINKS = 1 << 14
 ATTACH_FILES = 1 << 15
 READ_MESSAGE_HISTORY = 1 << 16
+MENTION_EVERYONE = 1 << 17
 USE_EXTERNAL_EMOJIS = 1 << 18
 MANAGE_WEBHOOKS = 1 << 29
 USE_APPLICATION_COMMANDS = 1 << 31
@@ -29,6 +30,26 @@ MANAGE_THREADS = 1 << 34
 CREATE_PUBLIC_THREADS = 1 << 35
 SEND_MESSAGES_IN_THREADS = 1 << 38
 ALL_PERMISSIONS = (1 << 51) - 1
+
+# Names of the bits above, so refusals say which permission was missing.
+PERMISSION_NAMES: tuple[tuple[int, str], ...] = (
+    (ADD_REACTIONS, "ADD_REACTIONS"),
+    (ADMINISTRATOR, "ADMINISTRATOR"),
+    (MANAGE_GUILD, "MANAGE_GUILD"),
+    (VIEW_CHANNEL, "VIEW_CHANNEL"),
+    (SEND_MESSAGES, "SEND_MESSAGES"),
+    (MANAGE_MESSAGES, "MANAGE_MESSAGES"),
+    (EMBED_LINKS, "EMBED_LINKS"),
+    (ATTACH_FILES, "ATTACH_FILES"),
+    (READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY"),
+    (MENTION_EVERYONE, "MENTION_EVERYONE"),
+    (USE_EXTERNAL_EMOJIS, "USE_EXTERNAL_EMOJIS"),
+    (MANAGE_WEBHOOKS, "MANAGE_WEBHOOKS"),
+    (USE_APPLICATION_COMMANDS, "USE_APPLICATION_COMMANDS"),
+    (MANAGE_THREADS, "MANAGE_THREADS"),
+    (CREATE_PUBLIC_THREADS, "CREATE_PUBLIC_THREADS"),
+    (SEND_MESSAGES_IN_THREADS, "SEND_MESSAGES_IN_THREADS"),
+)
 
 EVERYONE_PERMISSIONS = (
     ADD_REACTIONS
@@ -43,13 +64,33 @@ EVERYONE_PERMISSIONS = (
     | SEND_MESSAGES_IN_THREADS
 )
 BOT_PERMISSIONS = EVERYONE_PERMISSIONS | MANAGE_WEBHOOKS | MANAGE_MESSAGES | MANAGE_THREADS
+# What Discord reports as ``app_permissions`` in a DM with the bot user.
+BOT_DM_PERMISSIONS = ATTACH_FILES | EMBED_LINKS | MENTION_EVERYONE | USE_EXTERNAL_EMOJIS
 
 EPHEMERAL_FLAG = 1 << 6
 LOADING_FLAG = 1 << 7
 
 TEXT_CHANNEL = 0
+DM_CHANNEL = 1
 PUBLIC_THREAD = 11
 PRIVATE_THREAD = 12
+
+# Permission overwrite target types.
+ROLE_OVERWRITE = 0
+MEMBER_OVERWRITE = 1
+
+# Interaction context types (where a command was used).
+GUILD_CONTEXT = 0
+BOT_DM_CONTEXT = 1
+
+
+def permission_names(bits: int) -> str:
+    """``"SEND_MESSAGES | ATTACH_FILES"`` for known bits, hex for the rest."""
+    names = [name for bit, name in PERMISSION_NAMES if bits & bit]
+    unnamed = bits & ~sum(bit for bit, _ in PERMISSION_NAMES)
+    if unnamed:
+        names.append(f"{unnamed:#x}")
+    return " | ".join(names)
 
 
 def iso(ts: datetime.datetime) -> str:
@@ -194,11 +235,33 @@ class FakeAttachment:
 
 
 @dataclass
-class FakeChannel:
-    """A guild text channel (type 0) or a thread (type 11/12; ``parent_id`` set)."""
+class PermissionOverwrite:
+    """A channel's allow/deny bits for one role (type 0) or one member (type 1)."""
 
     id: int
-    guild_id: int
+    type: int
+    allow: int = 0
+    deny: int = 0
+
+    def apply(self, permissions: int) -> int:
+        return (permissions & ~self.deny) | self.allow
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "allow": str(self.allow),
+            "deny": str(self.deny),
+        }
+
+
+@dataclass
+class FakeChannel:
+    """A guild text channel (type 0), a thread (type 11/12; ``parent_id`` set) or a DM
+    with the bot (type 1; no guild, ``recipient`` set)."""
+
+    id: int
+    guild_id: int | None
     name: str
     type: int = TEXT_CHANNEL
     nsfw: bool = False
@@ -206,6 +269,8 @@ class FakeChannel:
     position: int = 0
     parent_id: int | None = None
     owner_id: int | None = None
+    recipient: FakeUser | None = None
+    overwrites: list[PermissionOverwrite] = field(default_factory=list)
     messages: list[FakeMessage] = field(default_factory=list, repr=False)
     edit_times: deque[float] = field(default_factory=deque, repr=False)
 
@@ -214,11 +279,29 @@ class FakeChannel:
         return self.type in (PUBLIC_THREAD, PRIVATE_THREAD, 10)
 
     @property
+    def is_dm(self) -> bool:
+        return self.type == DM_CHANNEL
+
+    @property
     def visible_messages(self) -> list[FakeMessage]:
         return [m for m in self.messages if not m.deleted]
 
+    def overwrite_for(self, target_type: int, target_id: int) -> PermissionOverwrite | None:
+        return next(
+            (o for o in self.overwrites if o.type == target_type and o.id == target_id), None
+        )
+
     def payload(self, parent_nsfw: bool = False) -> dict[str, Any]:
         last = str(self.messages[-1].id) if self.messages else None
+        if self.is_dm:
+            assert self.recipient is not None
+            return {
+                "id": str(self.id),
+                "type": self.type,
+                "last_message_id": last,
+                "flags": 0,
+                "recipients": [self.recipient.payload()],
+            }
         if self.is_thread:
             return {
                 "id": str(self.id),
@@ -250,7 +333,7 @@ class FakeChannel:
             "guild_id": str(self.guild_id),
             "name": self.name,
             "position": self.position,
-            "permission_overwrites": [],
+            "permission_overwrites": [o.payload() for o in self.overwrites],
             "nsfw": self.nsfw,
             "topic": self.topic,
             "last_message_id": last,
@@ -278,6 +361,7 @@ class FakeGuild:
         return self.roles[self.id]
 
     def permissions_of(self, member: FakeMember) -> int:
+        """Guild-wide permissions from roles (owner and Administrator get everything)."""
         if member.id == self.owner_id:
             return ALL_PERMISSIONS
         perms = self.everyone_role.permissions
@@ -287,6 +371,38 @@ class FakeGuild:
                 perms |= role.permissions
         if perms & ADMINISTRATOR:
             return ALL_PERMISSIONS
+        return perms
+
+    def permissions_in(self, channel: FakeChannel, member: FakeMember) -> int:
+        """The member's permissions in ``channel`` after its overwrites, in Discord's order.
+
+        Threads use their parent channel's overwrites. Without VIEW_CHANNEL the member has
+        no permissions in the channel at all.
+        """
+        perms = self.permissions_of(member)
+        if perms & ADMINISTRATOR:
+            return perms  # owner or Administrator: overwrites do not apply
+        source = (
+            self.channels.get(channel.parent_id or 0, channel) if channel.is_thread else channel
+        )
+        everyone = source.overwrite_for(ROLE_OVERWRITE, self.id)
+        if everyone is not None:
+            perms = everyone.apply(perms)
+        # All of the member's role overwrites count as one: deny everything, then allow.
+        allow = deny = 0
+        for role_id in member.role_ids:
+            if role_id == self.id:
+                continue  # @everyone was applied above
+            overwrite = source.overwrite_for(ROLE_OVERWRITE, role_id)
+            if overwrite is not None:
+                allow |= overwrite.allow
+                deny |= overwrite.deny
+        perms = (perms & ~deny) | allow
+        own = source.overwrite_for(MEMBER_OVERWRITE, member.id)
+        if own is not None:
+            perms = own.apply(perms)
+        if not perms & VIEW_CHANNEL:
+            return 0
         return perms
 
     def payload(self) -> dict[str, Any]:
@@ -380,7 +496,7 @@ class FakeMessage:
 
     id: int
     channel_id: int
-    guild_id: int
+    guild_id: int | None
     content: str = ""
     author: FakeUser | None = None
     member: FakeMember | None = None
@@ -457,7 +573,6 @@ class FakeMessage:
         data: dict[str, Any] = {
             "id": str(self.id),
             "channel_id": str(self.channel_id),
-            "guild_id": str(self.guild_id),
             "author": self.author_payload(),
             "content": self.content,
             "timestamp": iso(self.created_at),
@@ -475,6 +590,8 @@ class FakeMessage:
             "type": self.type,
             "flags": self.flags,
         }
+        if self.guild_id is not None:  # DM messages carry no guild_id
+            data["guild_id"] = str(self.guild_id)
         if self.webhook_id is not None:
             data["webhook_id"] = str(self.webhook_id)
         if self.application_id is not None:
@@ -484,7 +601,8 @@ class FakeMessage:
                 "id": str(self.interaction_id),
                 "type": 2,
                 "user": self.interaction_user.payload(),
-                "authorizing_integration_owners": {"0": str(self.guild_id)},
+                # A guild install used in the bot's DM is authorized by "guild" "0".
+                "authorizing_integration_owners": {"0": str(self.guild_id or 0)},
             }
         if self.reference is not None:
             data["message_reference"] = self.reference
@@ -516,9 +634,11 @@ class InteractionRecord:
     token: str
     type: int
     data: dict[str, Any]
-    guild_id: int
+    guild_id: int | None
     channel_id: int
-    member: FakeMember
+    user: FakeUser
+    #: The acting member; None for an interaction from a DM.
+    member: FakeMember | None
     message: FakeMessage | None = None
     callback_type: int | None = None
     callback_data: dict[str, Any] | None = None
