@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def run_bot(*, env_file: str = ".env") -> int:
+def run_bot(*, env_file: str | None = None) -> int:
     settings = load_settings(env_file=env_file)
     configure_logging(settings)
     return eventloop.run(serve(settings), kind=settings.event_loop)
@@ -104,6 +104,7 @@ async def serve(
 
     `engine` and `tokenizer` default to the ones the settings name (tests pass their own).
     """
+    import aiohttp
     import discord
 
     async with running_bot(settings, engine=engine, tokenizer=tokenizer) as bot:
@@ -122,6 +123,9 @@ async def serve(
                 runner.result()
             except discord.LoginFailure:
                 log.error("DISCORD_TOKEN was refused by Discord: reset it in the developer portal")
+                return 2
+            except (aiohttp.ClientConnectionError, OSError, TimeoutError) as error:
+                log.error("Discord cannot be reached (%s): check this machine's network", error)
                 return 2
         else:
             log.info("shutting down")

@@ -11,11 +11,23 @@ from synatra_bot import eventloop
 from synatra_bot.errors import ConfigError, EngineError, StorageError
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("synatra-bot")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="synatra-bot", description="Discord roleplay bot for Synatra-7B-v0.3-RP."
     )
-    parser.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    parser.add_argument(
+        "--env-file", default=None, help="settings file (default: .env, when there is one)"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", help="run the Discord bot (the default)")
 

@@ -7,9 +7,11 @@ SynatraError                   base of everything raised on purpose
 │   ├── PermissionDenied       the user may not do this
 │   ├── NotFound               a character, session or message does not exist
 │   ├── CardError              a character card file is malformed or too large
+│   ├── ImageRejected          an avatar image is not one, is too large, or cannot be used
+│   ├── LimitReached           the member already has as many characters as the server allows
 │   ├── PromptTooLarge         the character sheet alone does not fit the context budget
 │   └── RateLimited            the user or channel is over its limit
-└── EngineError                generation failed
+└── EngineError                generation failed (`key`, where set: a localised note for players)
     ├── EngineUnavailable      the engine cannot be reached or is not loaded
     └── GenerationInterrupted  a reply was cut off mid-stream (never stored as complete)
 """
@@ -66,6 +68,22 @@ class CardError(UserFacingError):
     key = "error.card"
 
 
+class ImageRejected(UserFacingError):
+    """An avatar image cannot be read, declares too many pixels, or is too large as PNG."""
+
+    key = "error.image_unreadable"
+
+
+class LimitReached(UserFacingError):
+    """The member already has as many characters in this server as its moderators allow."""
+
+    key = "error.character_limit"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the member already has {limit} characters here, the most allowed")
+        self.params = {"limit": limit}
+
+
 class PromptTooLarge(UserFacingError):
     key = "error.prompt_too_large"
 
@@ -75,7 +93,20 @@ class RateLimited(UserFacingError):
 
 
 class EngineError(SynatraError):
-    """Generation failed."""
+    """Generation failed.
+
+    The plain `str()` is English, for logs and the terminal. Where `key` is set it names a
+    short localised message for players (see synatra_bot.discord.i18n), filled in from
+    `params`; details that players must not see (URLs, upstream bodies) are only logged.
+    """
+
+    key: str | None = None
+
+    def __init__(self, message: str, *, key: str | None = None, **params: Any) -> None:
+        super().__init__(message)
+        if key is not None:
+            self.key = key
+        self.params = params
 
 
 class EngineUnavailable(EngineError):
@@ -85,6 +116,8 @@ class EngineUnavailable(EngineError):
 class GenerationInterrupted(EngineError):
     """A reply stopped before the model finished it; its text must not be stored as complete."""
 
-    def __init__(self, message: str, *, partial_text: str = "") -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, partial_text: str = "", key: str | None = None, **params: Any
+    ) -> None:
+        super().__init__(message, key=key, **params)
         self.partial_text = partial_text

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal, cast
 
 from synatra_bot.errors import ConfigError
@@ -123,8 +125,7 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
     database_url = env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
     if "://" not in database_url:
         raise ConfigError("DATABASE_URL", f"must be a SQLAlchemy URL, got {database_url!r}")
-    if database_url.startswith("sqlite") and "+aiosqlite" not in database_url:
-        raise ConfigError("DATABASE_URL", "SQLite needs the async driver: sqlite+aiosqlite:///...")
+    _check_async_driver(database_url)
 
     engine = _choice(env, "ENGINE", "transformers", ("transformers", "openai"))
     engine_url = env.get("ENGINE_URL", "").strip().rstrip("/")
@@ -183,12 +184,46 @@ def _shard_ids(raw: str, shard_count: int | None) -> tuple[int, ...] | None:
     return ids
 
 
-def load_settings(*, env_file: str | Path = ".env", require_token: bool = True) -> Settings:
-    """Read `.env` (without overriding the real environment) and validate everything."""
+#: The asynchronous drivers SQLAlchemy can run the bot on, and the one to suggest first.
+ASYNC_DRIVERS = MappingProxyType(
+    {
+        "sqlite": ("aiosqlite",),
+        "postgresql": ("asyncpg", "psycopg"),
+        "mysql": ("aiomysql", "asyncmy"),
+    }
+)
+
+
+def _check_async_driver(database_url: str) -> None:
+    """The bot is asynchronous: `postgresql://` (psycopg2) or `mysql://` would block it, and
+    SQLAlchemy would only fail on first use with a long traceback."""
+    scheme = database_url.split("://", 1)[0].lower()
+    dialect, _, driver = scheme.partition("+")
+    drivers = ASYNC_DRIVERS.get(dialect)
+    if drivers is None:
+        known = ", ".join(f"{name}+{options[0]}://" for name, options in ASYNC_DRIVERS.items())
+        raise ConfigError("DATABASE_URL", f"unsupported database {dialect!r} (use {known})")
+    if driver not in drivers:
+        raise ConfigError(
+            "DATABASE_URL",
+            f"{scheme}:// is not an asynchronous driver: use {dialect}+{drivers[0]}://...",
+        )
+
+
+#: The settings file read when none is named.
+DEFAULT_ENV_FILE = ".env"
+
+
+def load_settings(*, env_file: str | Path | None = None, require_token: bool = True) -> Settings:
+    """Read the settings file (without overriding the real environment) and validate
+    everything. Without `env_file`, `.env` is read when there is one; a file named on purpose
+    must exist."""
     from dotenv import dotenv_values
 
     merged: dict[str, str] = {}
-    path = Path(env_file)
+    path = Path(env_file if env_file is not None else DEFAULT_ENV_FILE)
+    if env_file is not None and not path.is_file():
+        raise ConfigError("--env-file", f"no such file: {env_file}")
     if path.is_file():
         merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     merged.update(os.environ)
@@ -207,37 +242,62 @@ def sqlite_path(database_url: str) -> Path | None:
 
 
 def configure_logging(settings: Settings) -> None:
-    """Log to stderr at LOG_LEVEL, masking secrets in every record."""
+    """Log to stderr at LOG_LEVEL, masking secrets and webhook tokens in every record."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(SecretFilter(settings.secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    logging.getLogger("discord.http").setLevel(max(logging.INFO, root.level))
+    # At DEBUG these log every request's URL, and a webhook's URL holds its token.
+    for name in ("discord.http", "discord.webhook.async_", "discord.webhook.sync"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
     # Alembic narrates every plugin and step at INFO; the bot logs the outcome itself.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # The bot has no voice: discord.py's "PyNaCl/davey is not installed" warnings mean nothing.
+    logging.getLogger("discord.client").addFilter(_without_voice_notices)
+    # transformers writes through a handler of its own, in another format: send its lines
+    # through ours instead (masked, one format), warnings and worse unless debugging.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()  # type: ignore[no-untyped-call]
+    hf_logging.enable_propagation()  # type: ignore[no-untyped-call]
+    logging.getLogger("transformers").setLevel(max(logging.WARNING, root.level))
+
+
+def _without_voice_notices(record: logging.LogRecord) -> bool:
+    return "voice will NOT be supported" not in record.getMessage()
+
+
+#: `/webhooks/<id>/<token>`: the token lets anyone post as the webhook (as a character), and an
+#: interaction's token (`/webhooks/<application id>/<token>`, `/interactions/<id>/<token>`)
+#: lets anyone answer for the bot while it is valid.
+WEBHOOK_TOKEN = re.compile(r"(/(?:webhooks|interactions)/\d+/)[^/?#\s'\"<>]+")
+#: The same tokens as payload fields (`'token': '...'`), as discord.py logs gateway events and
+#: API answers at DEBUG.
+TOKEN_FIELD = re.compile(r"""(['"]token['"]\s*:\s*['"])[^'"]+""")
 
 
 class SecretFilter(logging.Filter):
-    """Replace secrets in formatted log messages with ***."""
+    """Replace secrets and webhook tokens in log messages and tracebacks with ***."""
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         super().__init__()
         self._secrets = tuple(s for s in secrets if len(s) >= 4)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
-        message = record.getMessage()
-        masked = message
+    def _mask(self, text: str) -> str:
         for secret in self._secrets:
-            masked = masked.replace(secret, "***")
+            text = text.replace(secret, "***")
+        return TOKEN_FIELD.sub(r"\1***", WEBHOOK_TOKEN.sub(r"\1***", text))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = self._mask(message)
         if masked != message:
             record.msg, record.args = masked, None
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
-            for secret in self._secrets:
-                text = text.replace(secret, "***")
-            record.exc_text, record.exc_info = text, None
+            record.exc_text, record.exc_info = self._mask(text), None
+        elif record.exc_text:
+            record.exc_text = self._mask(record.exc_text)
         return True

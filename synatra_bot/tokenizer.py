@@ -25,12 +25,66 @@ _FORGED_MARKER = re.compile(r"<(?=\|im_start\|>|\|im_end\|>|/?s>)")
 _ZERO_WIDTH_SPACE = "\u200b"
 
 
+#: Seconds to wait for the model hub before saying it cannot be reached.
+HUB_TIMEOUT_S = 5.0
+
+
+def check_model_source(model_id: str | Path, *, setting: str = "MODEL_ID") -> None:
+    """Refuse at once, in one line naming `setting`, a model that cannot be had: a folder
+    without the model's files, or a hub id while the hub cannot be reached."""
+    from synatra_bot.errors import ConfigError
+
+    path = Path(model_id)
+    if path.exists() or path.is_absolute() or str(model_id).startswith("."):
+        if (
+            not (path / "tokenizer_config.json").is_file()
+            and not (path / "tokenizer.model").is_file()
+        ):
+            raise ConfigError(
+                setting,
+                f"{model_id} is not a model folder (no tokenizer files in it); give the folder "
+                "you downloaded the model to, or a hub id",
+            )
+    else:
+        _check_hub_reachable(str(model_id), setting)
+
+
+def _check_hub_reachable(model_id: str, setting: str) -> None:
+    """A hub id loads from the local cache, or needs the hub: ask it once, briefly, instead of
+    letting every file request retry for most of a minute when there is no network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from synatra_bot.errors import ConfigError
+
+    if isinstance(try_to_load_from_cache(model_id, "tokenizer_config.json"), str):
+        return  # cached: no network needed
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        HfApi().model_info(model_id, timeout=HUB_TIMEOUT_S)
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise ConfigError(
+            setting, f"the model hub has no model {model_id} (HTTP {status})"
+        ) from None
+    except Exception as exc:  # the hub client's connect/timeout errors are its own types
+        raise ConfigError(
+            setting,
+            f"{model_id} could not be downloaded: the model hub cannot be reached "
+            f"({type(exc).__name__}). Download the model on a machine with network "
+            "(huggingface-cli download maywell/Synatra-7B-v0.3-RP --local-dir models/synatra) "
+            "and set MODEL_ID to that folder",
+        ) from None
+
+
 def load_tokenizer(model_id: str | Path) -> PreTrainedTokenizerBase:
     """Load the tokenizer of `model_id` (hub id or local folder) and check the ChatML ids."""
     from transformers import AutoTokenizer
 
     from synatra_bot.errors import ConfigError
 
+    check_model_source(model_id)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_id))
     except (OSError, ValueError) as exc:

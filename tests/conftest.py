@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import settings
 
 from tests.model_fixtures import write_tiny_model, write_tokenizer
 
@@ -13,6 +14,11 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 pytest_plugins = ["tests.discord_fake.fixtures", "tests.bot_harness"]
+
+# Property tests draw the same examples on every run and every machine: a run that is green
+# here is green in CI (no example database, no random seed between runs).
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.load_profile("deterministic")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The bot's commands end to end (issue 6), beyond tests/test_bot_e2e.py: characters, personas,
+"""The bot's commands end to end, beyond tests/test_bot_e2e.py: characters, personas,
 /rp undo|continue|reset|stop|context, moderator settings applied to the next turn, policies."""
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ async def test_undo_removes_the_last_exchange_and_its_discord_message(harness):
     s = harness.scenario
     await _roleplay(harness)
     reply = await harness.reply_to(s.general, s.members[0], "첫 번째 말")
-    undo = await harness.slash(s.members[0], "rp undo")
+    undo = await harness.slash(s.moderator, "rp undo")  # the scene's starter
     assert "2개" in await harness.final_text(undo)
     assert [m.role for m in await _history(harness, s.general)] == ["assistant"]
     await harness.fake.wait_until(lambda: reply.deleted)
@@ -210,7 +210,7 @@ async def test_continue_appends_to_the_newest_reply(start_bot):
         await _roleplay(harness)
         reply = await harness.reply_to(s.general, s.members[0], "어디 갔었어?")
         assert reply.content == "그래서 나는"
-        record = await harness.slash(s.members[0], "rp continue")
+        record = await harness.slash(s.moderator, "rp continue")  # the scene's starter
         await harness.final_text(record)
         await harness.fake.wait_until(
             lambda: reply.content == "그래서 나는 바다로 갔어." and has_buttons(reply)

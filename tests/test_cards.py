@@ -220,3 +220,14 @@ def test_malformed_card_raises_a_clear_card_error(case):
     assert expected in error.params["reason"]
     assert "bad.card" in str(error)
     assert expected in str(error)
+
+
+def test_a_risuai_card_with_a_large_private_chunk_imports():
+    """RisuAI keeps its own data (several MiB) in a text chunk beside a small `chara` chunk:
+    chunks the parser never reads are carried, not refused; the card chunk is still bounded."""
+    private = b"x" * (3 * 1024 * 1024 + 512 * 1024)
+    data = png_with_text({"chara": b64_json(v2_card(name="리스")), "risuai": private})
+    assert parse_card(data, filename="risu.png").name == "리스"
+    oversized = png_with_text({"chara": b"A" * (png.MAX_TEXT_CHUNK_BYTES + 1)})
+    with pytest.raises(CardError, match="too large"):
+        parse_card(oversized, filename="big.png")

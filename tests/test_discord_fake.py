@@ -16,6 +16,9 @@ with warnings.catch_warnings():
     from discord import app_commands
     from discord.ext import commands
 
+from discord.errors import HTTPException
+from discord.http import Route
+
 from tests.discord_fake import (
     ATTACH_FILES,
     EPHEMERAL_FLAG,
@@ -125,6 +128,10 @@ class FakeTestBot(commands.Bot):
             where = "DM" if interaction.guild is None else interaction.guild.name
             await interaction.response.send_message(f"{interaction.user.id} @ {where}")
             await interaction.user.send("DM으로 인사드려요")
+
+        @self.tree.command(name="quiet", description="응답하지 않습니다")
+        async def quiet(interaction: discord.Interaction) -> None:
+            """Leaves the interaction for the test to answer through raw REST calls."""
 
         @self.tree.command(name="server", description="서버 전용")
         @app_commands.guild_only()
@@ -840,3 +847,309 @@ async def test_command_availability_follows_contexts_and_scope(discord_fake: Fak
         await discord_fake.slash(user, "dmonly")
     assert (await discord_fake.slash(user, "dmonly", channel=dm)).guild_id is None
     assert (await discord_fake.slash(user, "local")).guild_id == scenario.guild.id
+
+
+# ---------------------------------------------------------------- Discord's documented limits
+
+
+async def refused(bot: FakeTestBot, method: str, path: str, **kwargs: object) -> HTTPException:
+    """What discord.py raises for a raw request the fake refuses."""
+    with pytest.raises(HTTPException) as caught:
+        await bot.http.request(Route(method, path), **kwargs)
+    return caught.value
+
+
+def form_error(error: HTTPException, path: str) -> str:
+    """The messages Discord gives for one field (discord.py flattens ``errors`` to dotted paths)."""
+    assert (error.status, error.code) == (400, 50035), error.text
+    prefix = f"In {path}: "
+    found = [
+        line.removeprefix(prefix) for line in error.text.splitlines() if line.startswith(prefix)
+    ]
+    assert found, f"no error for {path} in {error.text!r}"
+    return found[0]
+
+
+def embed(**fields: object) -> dict[str, object]:
+    return {"type": "rich", **fields}
+
+
+EMBED_CASES = [
+    ([embed(description="가" * 4097)], "embeds.0.description", "Must be 4096 or fewer"),
+    ([embed(title="가" * 257)], "embeds.0.title", "Must be 256 or fewer"),
+    (
+        [embed(fields=[{"name": "이름", "value": "값" * 1025}])],
+        "embeds.0.fields.0.value",
+        "Must be 1024 or fewer",
+    ),
+    (
+        [embed(fields=[{"name": "이" * 257, "value": "값"}])],
+        "embeds.0.fields.0.name",
+        "Must be 256 or fewer",
+    ),
+    (
+        [embed(fields=[{"name": str(n), "value": "값"} for n in range(26)])],
+        "embeds.0.fields",
+        "Must be 25 or fewer",
+    ),
+    ([embed(footer={"text": "발" * 2049})], "embeds.0.footer.text", "Must be 2048 or fewer"),
+    ([embed(author={"name": "작" * 257})], "embeds.0.author.name", "Must be 256 or fewer"),
+    ([embed(description=str(n)) for n in range(11)], "embeds", "Must be 10 or fewer"),
+    (
+        [embed(description="가" * 4000), embed(description="나" * 2001)],
+        "embeds",
+        "Embed size exceeds maximum size of 6000",
+    ),
+]
+
+
+@pytest.mark.parametrize(("embeds", "path", "message"), EMBED_CASES)
+async def test_embed_over_a_limit_is_refused_with_the_field_named(
+    discord_fake: FakeDiscord, bot: FakeTestBot, embeds: list[object], path: str, message: str
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    url = f"/channels/{scenario.general.id}/messages"
+    error = await refused(bot, "POST", url, json={"embeds": embeds})
+    assert form_error(error, path).startswith(message)
+    assert scenario.general.messages == []
+
+
+async def test_embeds_at_their_limits_are_accepted(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    channel = bot.get_channel(scenario.general.id)
+    assert isinstance(channel, discord.TextChannel)
+    full = discord.Embed(title="가" * 256, description="나" * 4096)
+    full.add_field(name="다" * 256, value="라" * 1024)
+    full.set_footer(text="마" * 368)  # 256 + 4096 + 256 + 1024 + 368 = 6000
+    await channel.send(embed=full)
+    assert len(scenario.general.messages) == 1
+
+
+async def test_content_over_2000_is_refused(discord_fake: FakeDiscord, bot: FakeTestBot) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    channel = bot.get_channel(scenario.general.id)
+    assert isinstance(channel, discord.TextChannel)
+    with pytest.raises(HTTPException) as caught:
+        await channel.send("가" * 2001)
+    assert form_error(caught.value, "content") == "Must be 2000 or fewer in length."
+
+
+def button(custom_id: str, label: str = "버튼") -> dict[str, object]:
+    return {"type": 2, "style": 1, "custom_id": custom_id, "label": label}
+
+
+def row(*buttons: dict[str, object]) -> dict[str, object]:
+    return {"type": 1, "components": list(buttons)}
+
+
+COMPONENT_CASES = [
+    ([row(button(f"b{n}")) for n in range(6)], "components", "Must be 5 or fewer"),
+    ([row(*(button(f"b{n}") for n in range(6)))], "components.0.components", "Must be 5 or fewer"),
+    ([row(button("x" * 101))], "components.0.components.0.custom_id", "Must be between 1 and 100"),
+    ([row(button("same"), button("same"))], "components.0.components.1.custom_id", "Component"),
+    ([row(button("ok", "라" * 81))], "components.0.components.0.label", "Must be 80 or fewer"),
+]
+
+
+@pytest.mark.parametrize(("components", "path", "message"), COMPONENT_CASES)
+async def test_components_over_a_limit_are_refused_with_the_field_named(
+    discord_fake: FakeDiscord, bot: FakeTestBot, components: list[object], path: str, message: str
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    url = f"/channels/{scenario.general.id}/messages"
+    error = await refused(bot, "POST", url, json={"content": "고르세요", "components": components})
+    assert form_error(error, path).startswith(message)
+
+
+@pytest.mark.parametrize("kind", ["users", "roles"])
+async def test_allowed_mentions_parse_and_list_together_are_refused(
+    discord_fake: FakeDiscord, bot: FakeTestBot, kind: str
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    url = f"/channels/{scenario.general.id}/messages"
+    allowed = {"parse": [kind], kind: [str(scenario.members[0].id)]}
+    error = await refused(bot, "POST", url, json={"content": "안녕", "allowed_mentions": allowed})
+    assert "mutually exclusive" in form_error(error, "allowed_mentions")
+
+
+@pytest.mark.parametrize(
+    ("username", "message"),
+    [
+        ("Discord 도우미", 'Username cannot contain "discord"'),
+        ("우리 CLYDE", 'Username cannot contain "clyde"'),
+        ("가" * 81, "Must be between 1 and 80 in length."),
+        ("", "Must be between 1 and 80 in length."),
+    ],
+)
+async def test_webhook_username_breaking_the_rules_is_refused(
+    discord_fake: FakeDiscord, bot: FakeTestBot, username: str, message: str
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    parent = bot.get_channel(scenario.general.id)
+    assert isinstance(parent, discord.TextChannel)
+    webhook = await parent.create_webhook(name="시나트라")
+    if username:  # discord.py leaves an empty username out: only the raw request sends one
+        with pytest.raises(HTTPException) as caught:
+            await webhook.send("안녕", username=username, wait=True)
+        assert form_error(caught.value, "username") == message
+    path = f"/webhooks/{webhook.id}/{webhook.token}"
+    raw = await refused(bot, "POST", path, json={"content": "안녕", "username": username})
+    assert form_error(raw, "username") == message
+    assert scenario.general.messages == []
+
+
+async def test_webhook_names_breaking_the_rules_are_refused(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    parent = bot.get_channel(scenario.general.id)
+    assert isinstance(parent, discord.TextChannel)
+    with pytest.raises(HTTPException) as caught:
+        await parent.create_webhook(name="discord 봇")
+    assert form_error(caught.value, "name") == 'Username cannot contain "discord"'
+    webhook = await parent.create_webhook(name="시나트라")
+    with pytest.raises(HTTPException) as caught:
+        await webhook.edit(name="Clyde")
+    assert form_error(caught.value, "name") == 'Username cannot contain "clyde"'
+    assert [w.name for w in await parent.webhooks()] == ["시나트라"]
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "", "truthy"])
+async def test_query_booleans_other_than_true_false_1_0_are_refused(
+    discord_fake: FakeDiscord, bot: FakeTestBot, value: str
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    parent = bot.get_channel(scenario.general.id)
+    assert isinstance(parent, discord.TextChannel)
+    webhook = await parent.create_webhook(name="시나트라")
+    path = f"/webhooks/{webhook.id}/{webhook.token}"
+    error = await refused(bot, "POST", path, json={"content": "안녕"}, params={"wait": value})
+    assert form_error(error, "wait") == "Must be either true or false."
+    for accepted in ("TRUE", "False", "1", "0"):
+        await bot.http.request(
+            Route("POST", path), json={"content": "안녕"}, params={"wait": accepted}
+        )
+    assert len(scenario.general.messages) == 4
+
+
+async def test_blank_messages_are_refused_but_zero_width_text_is_not(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    parent = bot.get_channel(scenario.general.id)
+    assert isinstance(parent, discord.TextChannel)
+    for blank in ("", "  \n\t "):
+        with pytest.raises(HTTPException) as caught:
+            await parent.send(blank)
+        assert (caught.value.status, caught.value.code) == (400, 50006)
+    webhook = await parent.create_webhook(name="시나트라")
+    with pytest.raises(HTTPException) as caught:
+        await webhook.send(" \n ", wait=True)
+    assert caught.value.code == 50006
+    sent = await webhook.send("민지: 안녕", wait=True)
+    with pytest.raises(HTTPException) as caught:
+        await sent.edit(content="   ")
+    assert caught.value.code == 50006
+    assert discord_fake.messages[sent.id].content == "민지: 안녕"
+    # Discord shows a zero-width space as an empty-looking message: it is accepted.
+    await parent.send("\u200b")
+    await sent.edit(content="", embed=discord.Embed(description="임베드만"))
+
+
+def text_input(custom_id: str = "name", **fields: object) -> dict[str, object]:
+    return {"type": 4, "custom_id": custom_id, "style": 1, "label": "이름", **fields}
+
+
+def modal(*rows: dict[str, object], **fields: object) -> dict[str, object]:
+    components = list(rows) or [row(text_input())]
+    return {"custom_id": "form", "title": "캐릭터", "components": components, **fields}
+
+
+MODAL_CASES = [
+    (modal(title="가" * 46), "data.title", "Must be between 1 and 45"),
+    (modal(custom_id="x" * 101), "data.custom_id", "Must be between 1 and 100"),
+    (modal(*(row(text_input(f"i{n}")) for n in range(6))), "data.components", "Must be between 1"),
+    (modal(components=[]), "data.components", "Must be between 1 and 5"),
+    (
+        modal(row(text_input("a"), text_input("b"))),
+        "data.components.0.components",
+        "Must be between 1 and 1",
+    ),
+    (
+        modal(row(text_input(max_length=100, value="가" * 101))),
+        "data.components.0.components.0.value",
+        "Must be 100 or fewer",
+    ),
+    (
+        modal(row(text_input(style=2, value="가" * 4001))),
+        "data.components.0.components.0.value",
+        "Must be 4000 or fewer",
+    ),
+    (
+        modal(row(text_input(max_length=4001))),
+        "data.components.0.components.0.max_length",
+        "int value should be less than or equal to 4000",
+    ),
+    (modal(row(text_input(label="가" * 46))), "data.components.0.components.0.label", "Must be"),
+    (
+        modal(row(text_input("x" * 101))),
+        "data.components.0.components.0.custom_id",
+        "Must be between 1 and 100",
+    ),
+    (
+        modal({"type": 18, "label": "가" * 46, "component": text_input(label=None)}),
+        "data.components.0.label",
+        "Must be between 1 and 45",
+    ),
+    (
+        modal({"type": 18, "label": "설명", "component": text_input(value="가" * 4001)}),
+        "data.components.0.component.value",
+        "Must be 4000 or fewer",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "path", "message"), MODAL_CASES)
+async def test_modal_over_a_limit_is_refused_and_leaves_the_interaction_open(
+    discord_fake: FakeDiscord, bot: FakeTestBot, data: dict[str, object], path: str, message: str
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    record = await discord_fake.slash(scenario.members[0], "quiet")
+    url = f"/interactions/{record.id}/{record.token}/callback"
+    error = await refused(bot, "POST", url, json={"type": 9, "data": data})
+    assert form_error(error, path).startswith(message)
+    assert not record.responded
+    await bot.http.request(Route("POST", url), json={"type": 9, "data": modal()})
+    assert record.modal is not None and record.modal["custom_id"] == "form"
+
+
+async def test_interaction_responses_and_followups_are_checked_like_messages(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    record = await discord_fake.slash(scenario.members[0], "quiet")
+    url = f"/interactions/{record.id}/{record.token}/callback"
+    long_embed = {"embeds": [embed(description="가" * 4097)]}
+    error = await refused(bot, "POST", url, json={"type": 4, "data": long_embed})
+    assert form_error(error, "data.embeds.0.description").startswith("Must be 4096")
+    blank = await refused(bot, "POST", url, json={"type": 4, "data": {"content": " "}})
+    assert blank.code == 50006
+    await bot.http.request(Route("POST", url), json={"type": 5, "data": {}})
+    followup = f"/webhooks/{discord_fake.application_id}/{record.token}"
+    error = await refused(bot, "POST", followup, json=long_embed)
+    assert form_error(error, "embeds.0.description").startswith("Must be 4096")
+    await bot.http.request(Route("POST", followup), json={"content": "됐어요"})
+    assert record.original is not None and record.original.content == "됐어요"

@@ -4,12 +4,17 @@ aiohttp server process, both on loopback ports."""
 from __future__ import annotations
 
 import json
+import logging
 import urllib.request
 
 import pytest
 
 from synatra_bot.engine.base import Engine, SamplingParams
-from synatra_bot.engine.openai_compat import OpenAICompatEngine, completions_url
+from synatra_bot.engine.openai_compat import (
+    OpenAICompatEngine,
+    completions_url,
+    without_credentials,
+)
 from synatra_bot.errors import EngineError, EngineUnavailable, GenerationInterrupted
 from synatra_bot.tokenizer import IM_END, IM_START
 from tests.engine_helpers import (
@@ -118,15 +123,21 @@ async def test_retries_429_honouring_retry_after(fault_url) -> None:
     assert server_stats(fault_url)["counts"]["ratelimit"] == 2
 
 
-async def test_4xx_fails_at_once_with_the_server_reason(fault_url) -> None:
+async def test_4xx_fails_at_once_with_the_server_reason_in_the_log_only(fault_url, caplog) -> None:
     engine = make_engine(f"{fault_url}/badrequest")
     await engine.start()
     try:
-        with pytest.raises(EngineError, match="max_tokens is too large"):
+        with (
+            caplog.at_level(logging.WARNING, logger="synatra_bot.engine"),
+            pytest.raises(EngineError) as caught,
+        ):
             await collect(engine)
     finally:
         await engine.close()
     assert server_stats(fault_url)["counts"]["badrequest"] == 1
+    assert caught.value.key == "engine.rejected"
+    assert "max_tokens" not in str(caught.value)
+    assert "rejected the request (400): max_tokens is too large" in caplog.text
 
 
 async def test_the_api_key_never_appears_in_errors(fault_url) -> None:
@@ -161,6 +172,31 @@ async def test_unreachable_server_gives_up_after_retries() -> None:
         assert not engine.health().ok
     finally:
         await engine.close()
+
+
+def test_urls_lose_their_credentials_for_logs() -> None:
+    assert without_credentials("http://user:pa@ss@h:8000/v1") == "http://h:8000/v1"
+    assert without_credentials("https://h/v1/completions") == "https://h/v1/completions"
+
+
+async def test_credentials_in_the_url_never_appear_in_errors_or_health(caplog) -> None:
+    port = free_port()
+    engine = make_engine(f"http://synatra:hunter2-password@127.0.0.1:{port}", max_retries=1)
+    await engine.start()
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="synatra_bot.engine"),
+            pytest.raises(EngineUnavailable) as caught,
+        ):
+            await collect(engine)
+        health = engine.health().detail
+    finally:
+        await engine.close()
+    message = str(caught.value)
+    assert message == "the generation server is unavailable (gave up after 2 attempts)"
+    assert (caught.value.key, caught.value.params) == ("engine.unavailable", {"attempts": 2})
+    assert "hunter2" not in caplog.text + health
+    assert f"gave up after 2 attempts at http://127.0.0.1:{port}/v1/completions" in caplog.text
 
 
 async def test_stop_strings_in_the_text_are_cut(fault_url) -> None:

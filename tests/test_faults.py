@@ -243,7 +243,7 @@ async def test_remote_engine_down_hanging_or_garbage_gives_a_clear_message_and_s
 
             # Down: nothing listens. Four connection attempts with backoff, then a clear note.
             down = await harness.reply_to(s.general, s.members[0], "엔진 꺼져 있니?")
-            assert "⚠️" in down.content and "gave up after 4 attempts" in down.content
+            assert "⚠️" in down.content and "4번 시도 후 포기했어요" in down.content
             assert not has_buttons(down)
 
             log = tmp_path / "engine.log"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from synatra_bot.errors import PromptTooLarge
 from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import CharacterCard
 from synatra_bot.prompt.lorebook import Lorebook, LoreEntry
@@ -159,6 +160,8 @@ history_strategy = st.lists(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(history_strategy, st.integers(min_value=400, max_value=1200), st.booleans())
+# A newest message of 4-byte characters (4 byte-fallback tokens each) that cannot fit at all.
+@example(turns=[("user", "\U0001d49c" * 60)], context=400, with_ids=False)
 def test_prompt_properties(builder, tokenizer, turns, context, with_ids):
     history = [
         HistoryMessage(
@@ -168,7 +171,12 @@ def test_prompt_properties(builder, tokenizer, turns, context, with_ids):
     ]
     options = PromptOptions(context_size=context, max_new_tokens=100)
     card = CharacterCard(name="민지", description="조용한 사서.", example_messages="{{char}}: 쉿.")
-    built = builder.build(card=card, history=history, user_name="준", options=options)
+    try:
+        built = builder.build(card=card, history=history, user_name="준", options=options)
+    except PromptTooLarge as error:
+        # Refused only when the sheet and the newest message alone are over the budget.
+        assert error.params["sheet_tokens"] > error.params["budget"] == options.budget
+        return
     # Never over budget.
     assert built.token_count == len(built.input_ids) <= built.budget
     # The newest message is always there and order is preserved.

@@ -1,14 +1,19 @@
-"""Lorebook: keys, regex, secondary AND/NOT logic, constants, scan depth, order and budget."""
+"""Lorebook: keys, regex, secondary AND/NOT logic, constants, scan depth, order, budget, limits."""
 
 from __future__ import annotations
 
 import pytest
 
 from synatra_bot.prompt.lorebook import (
+    MAX_ENTRIES,
+    MAX_ENTRY_KEYS,
+    MAX_KEY_CHARS,
+    MAX_SCAN_DEPTH,
     Lorebook,
     LoreEntry,
     SecondaryLogic,
     lorebook_from_character_book,
+    scan_books,
     select_entries,
 )
 
@@ -18,7 +23,8 @@ def _count(text: str) -> int:
 
 
 def _fired(books, texts, budget=10_000):
-    kept, _ = select_entries(books, texts, token_budget=budget, count_tokens=_count)
+    scan = scan_books({f"book {i}": book for i, book in enumerate(books)}, texts)
+    kept, _ = select_entries(scan.matched, token_budget=budget, count_tokens=_count)
     return [f.content for f in kept]
 
 
@@ -44,6 +50,20 @@ def test_regex_keys_in_slash_form_and_with_use_regex():
     )
     assert _fired([book], ["마법진이 빛났다"]) == ["마법"]
     assert _fired([book], ["용용 죽겠지"]) == ["용"]
+
+
+def test_slash_regex_key_is_case_sensitive_unless_flagged_i():
+    sensitive = Lorebook([LoreEntry(keys=["/Dragon(s)?/"], content="용")])
+    insensitive = Lorebook([LoreEntry(keys=["/dragon(s)?/i"], content="용")])
+    assert _fired([sensitive], ["a DRAGON appears"]) == []
+    assert _fired([sensitive], ["Dragons appear"]) == ["용"]
+    assert _fired([insensitive], ["a DRAGON appears"]) == ["용"]
+
+
+def test_slash_key_with_an_unescaped_slash_inside_is_plain_text():
+    book = Lorebook([LoreEntry(keys=["/a/b/"], content="경로")])
+    assert _fired([book], ["ab"]) == []
+    assert _fired([book], ["see /a/b/ here"]) == ["경로"]
 
 
 @pytest.mark.parametrize(
@@ -98,9 +118,10 @@ def test_token_budget_keeps_constant_and_high_priority_first():
             LoreEntry(keys=[], content="상수상수", constant=True, insertion_order=3),
         ]
     )
-    kept, skipped = select_entries([book], ["a"], token_budget=8, count_tokens=_count)
+    scan = scan_books({"card": book}, ["a"])
+    kept, skipped = select_entries(scan.matched, token_budget=8, count_tokens=_count)
     assert [f.content for f in kept] == ["높음높음", "상수상수"]
-    assert [e.content for e in skipped] == ["낮음낮음"]
+    assert [h.entry.content for h in skipped] == ["낮음낮음"]
 
 
 def test_card_book_and_channel_book_combine():
@@ -142,3 +163,26 @@ def test_character_book_with_sillytavern_extensions_is_read():
 
 def test_missing_character_book_gives_empty_lorebook():
     assert lorebook_from_character_book(None).entries == []
+
+
+def test_character_book_over_the_entry_limit_loads_the_first_entries_and_counts_the_rest():
+    raw = {"entries": [{"keys": [f"k{i}"], "content": f"c{i}"} for i in range(MAX_ENTRIES + 7)]}
+    book = lorebook_from_character_book(raw)
+    assert len(book.entries) == MAX_ENTRIES
+    assert book.entries[-1].content == f"c{MAX_ENTRIES - 1}"
+    assert book.left_out_entries == 7
+    assert f"the limit is {MAX_ENTRIES}" in book.over_limit
+
+
+def test_overlong_keys_and_keys_past_the_entry_limit_are_left_out():
+    keys = ["x" * (MAX_KEY_CHARS + 1), *(f"k{i}" for i in range(MAX_ENTRY_KEYS + 3))]
+    book = lorebook_from_character_book({"entries": [{"keys": keys, "content": "c"}]})
+    [entry] = book.entries
+    assert entry.keys == [f"k{i}" for i in range(MAX_ENTRY_KEYS)]
+    assert book.left_out_keys == 4
+    assert f"the limit is {MAX_KEY_CHARS}" in book.over_limit
+
+
+def test_scan_depth_from_a_character_book_is_capped():
+    book = lorebook_from_character_book({"scan_depth": 10**9, "entries": []})
+    assert book.scan_depth == MAX_SCAN_DEPTH

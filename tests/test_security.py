@@ -1,4 +1,4 @@
-"""Hostile input through the whole bot (issue 7): injection, card bombs, permissions, mentions,
+"""Hostile input through the whole bot: injection, card bombs, permissions, mentions,
 secrets. The bot is the real discord.py client against the fake Discord."""
 
 from __future__ import annotations

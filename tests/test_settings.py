@@ -144,3 +144,276 @@ async def test_bot_logs_in_with_its_shard_ids(start_bot, discord_fake):
     async with start_bot(env={"SHARD_COUNT": "2", "SHARD_IDS": "0,1"}) as harness:
         assert harness.bot.shard_count == 2
         assert sorted(harness.bot.shards) == [0, 1]
+
+
+WEBHOOK_TOKEN = "Xq9-webhook_TOKEN.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTU"
+INTERACTION_TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDEyMzQ1Njc4OkVvR2lkZW50aXR5"
+
+
+@pytest.fixture
+def root_logging():
+    """Put the root logger and the levels configure_logging sets back after the test."""
+    from transformers.utils import logging as hf_logging
+
+    root = logging.getLogger()
+    names = (
+        "discord.http",
+        "discord.webhook.async_",
+        "discord.webhook.sync",
+        "alembic",
+        "transformers",
+    )
+    saved = root.handlers[:], root.level, {n: logging.getLogger(n).level for n in names}
+    client_filters = logging.getLogger("discord.client").filters[:]
+    yield
+    root.handlers[:], level, levels = saved
+    root.setLevel(level)
+    for name, value in levels.items():
+        logging.getLogger(name).setLevel(value)
+    logging.getLogger("discord.client").filters[:] = client_filters
+    hf_logging.enable_default_handler()
+    hf_logging.disable_propagation()
+
+
+def test_secret_filter_masks_webhook_and_interaction_tokens_in_messages_and_tracebacks(caplog):
+    logger = logging.getLogger("synatra-test-webhooks")
+    logger.addFilter(SecretFilter(()))
+    url = f"https://discord.com/api/v10/webhooks/123456789/{WEBHOOK_TOKEN}/messages/42?wait=1"
+    with caplog.at_level(logging.DEBUG, logger="synatra-test-webhooks"):
+        logger.debug("Webhook ID %s with %s %s has returned status code %s", 1, "POST", url, 200)
+        logger.debug("POST /webhooks/987654321/%s has returned 200", INTERACTION_TOKEN)
+        logger.debug("POST /interactions/55/%s/callback has returned 204", INTERACTION_TOKEN)
+        logger.debug(
+            "WebSocket Event: %s", {"t": "INTERACTION_CREATE", "d": {"token": INTERACTION_TOKEN}}
+        )
+        logger.debug('received {"id": "7", "token": "%s"}', WEBHOOK_TOKEN)
+        try:
+            raise RuntimeError(f"cannot reach {url}")
+        except RuntimeError:
+            logger.exception("webhook send failed")
+    assert WEBHOOK_TOKEN not in caplog.text and INTERACTION_TOKEN not in caplog.text
+    assert "/webhooks/123456789/***/messages/42?wait=1" in caplog.text
+    assert "/webhooks/987654321/*** has returned 200" in caplog.text
+    assert "/interactions/55/***/callback" in caplog.text
+    assert "{'token': '***'}" in caplog.text and '"token": "***"' in caplog.text
+    assert "RuntimeError: cannot reach https://discord.com/api/v10/webhooks/123456789/***/" in (
+        caplog.text
+    )
+
+
+def test_debug_logging_holds_discord_request_and_webhook_loggers_at_info(root_logging):
+    from synatra_bot.settings import configure_logging
+
+    configure_logging(settings_from_env({"DISCORD_TOKEN": "t0ken", "LOG_LEVEL": "debug"}))
+    assert logging.getLogger().level == logging.DEBUG
+    for name in ("discord.http", "discord.webhook.async_", "discord.webhook.sync"):
+        assert logging.getLogger(name).getEffectiveLevel() == logging.INFO, name
+
+
+async def test_webhook_and_interaction_tokens_never_reach_the_debug_log(
+    start_bot, discord_fake, root_logging, capsys
+):
+    from synatra_bot.settings import configure_logging
+
+    async with start_bot(env={"LOG_LEVEL": "debug"}) as harness:
+        configure_logging(harness.bot.settings)
+        # Even when someone turns discord.py's request loggers up, the tokens stay masked.
+        for name in ("discord.http", "discord.webhook.async_"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+        s = harness.scenario
+        character = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        reply = await harness.reply_to(s.general, s.members[0], "안녕!")
+        assert reply.content
+        listed = await harness.slash(s.members[0], "character list")
+        await harness.final_text(listed)
+        tokens = [w.token for w in discord_fake.webhooks.values()]
+        tokens += list(discord_fake.interactions)
+    logged = capsys.readouterr().err
+    assert tokens and f"/webhooks/{reply.webhook_id}/***" in logged
+    leaked = [line for line in logged.splitlines() if any(t in line for t in tokens)]
+    assert not leaked, leaked[:3]
+
+
+def test_a_named_env_file_that_does_not_exist_is_an_error(tmp_path):
+    missing = tmp_path / "없는.env"
+    for command in ([], ["db", "current"], ["chat", "--character", "민지"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "synatra_bot.cli", "--env-file", str(missing), *command],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert result.returncode == 2, command
+        assert result.stderr.strip() == f"synatra-bot: --env-file: no such file: {missing}"
+
+
+def test_without_env_file_a_missing_dotenv_is_fine(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISCORD_TOKEN", "token-from-environment")
+    assert load_settings().discord_token == "token-from-environment"
+
+
+def test_version_is_printed():
+    result = subprocess.run(
+        [sys.executable, "-m", "synatra_bot.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("synatra-bot ") and result.stdout.split()[1][0].isdigit()
+
+
+@pytest.mark.parametrize(
+    ("database_url", "expected"),
+    [
+        ("sqlite+aiosqlite:////sys/synatra.db", "cannot open the database"),
+        ("postgresql+asyncpg://bot:hunter2@127.0.0.1:1/synatra", "cannot open the database"),
+        ("postgresql://bot:hunter2@127.0.0.1/synatra", "use postgresql+asyncpg://"),
+        ("mysql://bot@127.0.0.1/synatra", "use mysql+aiomysql://"),
+        ("oracle://bot@127.0.0.1/synatra", "unsupported database 'oracle'"),
+    ],
+)
+@pytest.mark.parametrize("command", [["db", "upgrade"], []])
+def test_a_database_that_cannot_be_used_is_one_line_and_exit_2(
+    tmp_path, database_url, expected, command
+):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "DISCORD_TOKEN": "x" * 59,
+        "DATABASE_URL": database_url,
+        "MODEL_ID": str(tmp_path / "no-model"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "synatra_bot.cli", *command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = [text for text in result.stderr.splitlines() if text.startswith("synatra-bot:")]
+    assert line.startswith("synatra-bot: DATABASE_URL") and expected in line
+    assert "hunter2" not in line
+
+
+@pytest.mark.parametrize(
+    ("model_id", "expected"),
+    [
+        ("maywell/Synatra-7B-v0.3-RP", "the model hub cannot be reached"),
+        ("{tmp}/missing-model", "is not a model folder"),
+        ("{tmp}/empty-model", "is not a model folder"),
+    ],
+)
+def test_a_model_that_cannot_be_had_is_one_line_and_exit_2_within_seconds(
+    tmp_path, model_id, expected
+):
+    (tmp_path / "empty-model").mkdir()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "DISCORD_TOKEN": "x" * 59,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        "MODEL_ID": model_id.format(tmp=tmp_path),
+        # No hub here: a closed local port answers at once, the same on every machine.
+        "HF_ENDPOINT": "http://127.0.0.1:1",
+        "HF_HUB_CACHE": str(tmp_path / "hub-cache"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "synatra_bot.cli"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "synatra-bot:" in line]
+    assert (
+        len(errors) == 1 and errors[0].startswith("synatra-bot: MODEL_ID") and expected in errors[0]
+    )
+    assert "Traceback" not in result.stderr and "Retrying" not in result.stderr
+
+
+def test_the_host_log_has_one_format_and_no_voice_notices(root_logging, capsys):
+    from synatra_bot.settings import configure_logging
+
+    configure_logging(settings_from_env({"DISCORD_TOKEN": "x" * 59}))
+    logging.getLogger("discord.client").warning(
+        "PyNaCl is not installed, voice will NOT be supported"
+    )
+    logging.getLogger("discord.client").info("logging in using static token")
+    logging.getLogger("transformers.modeling_utils").warning("모델 경고")
+    logging.getLogger("transformers.generation").info("step details nobody needs")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith("INFO discord.client: logging in using static token")
+    assert lines[1].endswith("WARNING transformers.modeling_utils: 모델 경고")
+
+
+def test_discord_unreachable_at_start_is_one_line_and_exit_2(tmp_path, tokenizer_dir):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "DISCORD_TOKEN": "x" * 59,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        "MODEL_ID": str(tokenizer_dir),
+        "FAULT_PROMPT_LOG": str(tmp_path / "prompts"),
+    }
+    closed = "http://127.0.0.1:1"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.fault_helpers",
+            "bot",
+            f"{closed}/api/v10",
+            "ws://127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert "Discord cannot be reached" in error
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--model", "/missing-model"],
+            "synatra-bot: --model: /missing-model is not a model folder",
+        ),
+        (
+            ["--tiny", "--device", "cuda"],
+            "synatra-bot: --device: cuda asked for, but this machine has no CUDA GPU",
+        ),
+        (["--tiny", "--device", "gpu"], "synatra-bot: --device: 'gpu' is not a device"),
+        (
+            ["--tiny", "--tokenizer", "/missing-tok"],
+            "synatra-bot: --tokenizer: /missing-tok is not a model folder",
+        ),
+    ],
+)
+def test_bench_flags_naming_what_is_not_here_are_one_line_and_exit_2(tmp_path, flags, expected):
+    result = subprocess.run(
+        [sys.executable, "-m", "synatra_bot.cli", "bench", *flags],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(expected)

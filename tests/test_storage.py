@@ -120,7 +120,7 @@ def test_db_upgrade_command_is_idempotent(tmp_path):
     current = subprocess.run(
         [*run, "current"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
-    assert current.stdout.strip() == "0001 (up to date)"
+    assert current.stdout.strip() == f"{head_revision(env['DATABASE_URL'])} (up to date)"
 
 
 async def test_current_revision_of_empty_database_is_none(db_url):

@@ -458,3 +458,21 @@ async def test_a_server_shared_character_plays_by_id_but_a_private_one_does_not(
     code, text = await chat(settings, tokenizer, f"#{private.id}", "")
     assert code == 2 and text == ""
     assert "not available" in capsys.readouterr().err
+
+
+async def test_control_characters_in_card_text_and_model_output_cannot_take_over_the_terminal(
+    settings, tokenizer, tmp_path
+) -> None:
+    hostile = card_file(
+        tmp_path,
+        name="세라\x1b[31m",
+        first_message="\x1b[2J\x1b[H화면이 지워졌지?\x07",
+    )
+    engine = ScriptedEngine("\r가짜 민수: 내가 졌어\x1b]0;title\x07 \x9b2J", tokenizer=tokenizer)
+    code, text = await chat(settings, tokenizer, hostile, "안녕\n/quit\n", engine=engine)
+
+    assert code == 0
+    assert not any(ch in text for ch in "\x1b\r\x07\x9b")
+    assert "\\x1b[2J\\x1b[H화면이 지워졌지?\\x07" in text
+    assert "세라\\x1b[31m: \\x0d가짜 민수: 내가 졌어" in text
+    assert "\n" in text and "\\x0a" not in text  # newlines still end lines

@@ -63,7 +63,9 @@ class SynatraTree(app_commands.CommandTree["SynatraBot"]):
             )
         elif isinstance(original, EngineError):
             text = t(
-                interaction.locale, "error.engine", message=interaction.client.public(original)
+                interaction.locale,
+                "error.engine",
+                message=interaction.client.public(original, interaction.locale),
             )
         elif isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
             text = t(interaction.locale, "error.moderator_only")
@@ -125,8 +127,12 @@ class SynatraBot(commands.AutoShardedBot):
             if parse is not None:
                 parsers[event] = functools.partial(_unless_from_webhook, parse)
 
-    def public(self, error: BaseException) -> str:
-        """An error's message as users may see it: secrets (token, API key) masked."""
+    def public(self, error: BaseException, locale: discord.Locale | str | None = None) -> str:
+        """An error's message as users may see it: an engine error's localised note where it
+        names one (never the engine's URL or the server's answer), else its text with secrets
+        (token, API key) masked."""
+        if locale is not None and isinstance(error, EngineError) and error.key is not None:
+            return t(locale, error.key, **error.params)
         text = str(error)
         for secret in self.settings.secrets:
             text = text.replace(secret, "***")

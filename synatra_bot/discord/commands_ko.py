@@ -47,6 +47,8 @@ KOREAN: dict[str, str] = {
     "Replies one member may ask for per minute": "한 사람이 1분에 받을 수 있는 답장 수",
     "Where NSFW characters may be used": "성인 캐릭터를 쓸 수 있는 곳",
     "Require moderator approval for shared characters": "공유 캐릭터에 관리자 승인 필요",
+    "How many characters each member may have in this server": "한 사람이 이 서버에 둘 수 있는 캐릭터 수",
+    "Characters per member (default 50); existing ones are kept": "한 사람당 캐릭터 수 (기본 50), 이미 있는 캐릭터는 그대로예요",
     "A note the model sees near the end of the prompt": "프롬프트 끝부분에 넣을 작가 노트",
     "Show the settings that apply in this channel": "이 채널에 적용되는 설정 보기",
     "Whether the bot talks in this channel": "이 채널에서 봇이 말할지",

@@ -96,6 +96,24 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Attach a PNG, JPEG, WebP or GIF image.",
         "PNG, JPEG, WebP, GIF 이미지를 첨부해 주세요.",
     ),
+    "error.image_unreadable": (
+        "That file isn't a PNG, JPEG, WebP or GIF image that can be read.",
+        "읽을 수 있는 PNG, JPEG, WebP, GIF 이미지가 아니에요.",
+    ),
+    "error.image_pixels": (
+        "That image has too many pixels: the limit is {side}x{side}.",
+        "이미지 픽셀이 너무 많아요. 최대 {side}x{side}까지 돼요.",
+    ),
+    "error.image_too_large": (
+        "That image is still too large after shrinking it ({size} bytes; the limit is {limit}).",
+        "이미지를 줄여도 너무 커요 ({size}바이트, 최대 {limit}바이트).",
+    ),
+    "error.character_limit": (
+        "You already have {limit} characters here, the most allowed. "
+        "Delete one first, or ask a moderator to raise the limit (/config characters).",
+        "여기서 만들 수 있는 캐릭터 {limit}개를 이미 모두 만들었어요. "
+        "하나를 지우거나 관리자에게 한도를 늘려 달라고 해 주세요 (/config characters).",
+    ),
     "error.session_running": (
         "A roleplay with {name} is running here. Its starter or a moderator can /rp stop it first.",
         "여기서 {name|와}의 롤플레이가 진행 중이에요. "
@@ -104,6 +122,20 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "error.starter_only": (
         "Only the person who started this roleplay or a moderator can do that.",
         "롤플레이를 시작한 사람이나 관리자만 할 수 있어요.",
+    ),
+    "error.cannot_speak": (
+        "You can't send messages in this channel, so you can't play here either.",
+        "이 채널에서 메시지를 보낼 권한이 없어서 롤플레이도 할 수 없어요.",
+    ),
+    "error.stop_not_yours": (
+        "Only the player whose turn this is, the roleplay's starter or a moderator can stop it.",
+        "지금 차례인 플레이어, 롤플레이를 시작한 사람이나 관리자만 멈출 수 있어요.",
+    ),
+    "error.character_unavailable": (
+        "{name} can no longer be played here (it was made private, removed or is awaiting "
+        "approval). The starter or a moderator can /rp start another character.",
+        "{name|은} 이제 여기서 쓸 수 없어요 (비공개로 바뀌었거나, 삭제됐거나, 승인 대기 중이에요). "
+        "시작한 사람이나 관리자가 /rp start로 다른 캐릭터를 시작할 수 있어요.",
     ),
     "reply.gone": (
         "That reply is no longer part of the story.",
@@ -124,6 +156,30 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "⚠️ 답장이 너무 오래 걸려서 멈췄어요.",
     ),
     "reply.cancelled": ("⚠️ The reply was cancelled.", "⚠️ 답장이 취소됐어요."),
+    "engine.unavailable": (
+        "the generation server is unavailable: gave up after {attempts} attempts",
+        "생성 서버에 연결할 수 없어요: {attempts}번 시도 후 포기했어요",
+    ),
+    "engine.refused": (
+        "the generation server refused the bot's credentials",
+        "생성 서버가 봇의 인증 정보를 거부했어요",
+    ),
+    "engine.rejected": (
+        "the generation server rejected the request",
+        "생성 서버가 요청을 거절했어요",
+    ),
+    "engine.lost": (
+        "the connection to the generation server was lost",
+        "생성 서버와의 연결이 끊겼어요",
+    ),
+    "engine.ended_early": (
+        "the generation server ended the reply early",
+        "생성 서버가 답장을 일찍 끝냈어요",
+    ),
+    "engine.failed": (
+        "the generation server failed mid-reply",
+        "생성 서버가 답장 도중 오류를 냈어요",
+    ),
     "rp.started": (
         "**{name}** joins the channel. Just talk: every message here is part of the story.",
         "{name|가} 채널에 들어왔어요. 그냥 말을 걸면 이야기가 시작돼요.",
@@ -154,6 +210,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Your message changed. Regenerate the reply with 🔄?",
         "메시지가 수정됐어요. 🔄 를 누르면 답장을 다시 생성해요.",
     ),
+    "rp.context_names_hidden": (
+        "Entries of the card's lorebook are counted, not named: the card is its owner's.",
+        "비공개 카드라서 로어북 항목은 이름 없이 개수만 보여요. 이름은 카드 주인만 볼 수 있어요.",
+    ),
     "persona.set": ("You now play as **{name}**.", "이제 {name|로} 롤플레이해요."),
     "persona.cleared": ("Persona cleared.", "페르소나를 지웠어요."),
     "persona.none": (
@@ -173,8 +233,32 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "character.approved": ("Approved **{name}**.", "**{name}** 캐릭터를 승인했어요."),
     "character.rejected": ("Rejected **{name}**.", "**{name}** 캐릭터를 거절했어요."),
+    "character.avatar_dropped": (
+        "The card's image couldn't be used as the avatar, so it was imported without one.",
+        "카드의 이미지를 아바타로 쓸 수 없어서 아바타 없이 가져왔어요.",
+    ),
     "character.avatar_set": ("New avatar for **{name}**.", "**{name}**의 아바타를 바꿨어요."),
     "character.awaiting_review": ("**Awaiting review:**", "**승인 대기 중:**"),
+    "character.edit_long": (
+        "Some fields of **{name}** are longer than one Discord form box: {fields}. "
+        "Each opens in its own form, split into parts; the other fields are in the first button.",
+        "**{name}**의 일부 항목이 디스코드 입력 칸 하나보다 길어요: {fields}. "
+        "긴 항목은 여러 칸으로 나눠 따로 열리고, 나머지 항목은 첫 번째 버튼에 있어요.",
+    ),
+    "character.part_saved": (
+        "Saved {field} ({page}/{pages}) of **{name}**. The next part opens with the button.",
+        "**{name}**의 {field}({page}/{pages})를 저장했어요. 다음 부분은 버튼으로 열어요.",
+    ),
+    "character.sheet_shortened": (
+        "Long fields are shortened here (…): /character export gives the whole card.",
+        "긴 항목은 여기서 줄여 보여요(…). 전체는 /character export 로 받아 보세요.",
+    ),
+    "error.character_changed": (
+        "**{name}** changed while the form was open, so nothing was saved. "
+        "Open the form again to edit the latest text.",
+        "폼을 여는 동안 **{name}** 캐릭터가 바뀌어서 저장하지 않았어요. "
+        "최신 내용으로 다시 열어 수정해 주세요.",
+    ),
     "character.none": (
         "No characters yet. Create one with /character create or /character import.",
         "아직 캐릭터가 없어요. /character create 나 /character import 로 만들어 보세요.",

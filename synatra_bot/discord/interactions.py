@@ -21,12 +21,17 @@ def is_moderator(member: discord.abc.User, permissions: discord.Permissions | No
 
 
 def actor_of(interaction: discord.Interaction[Any]) -> Actor:
+    """Who runs a command or presses a button, with their rights in that very channel
+    (Discord computes them, channel overwrites included, for every interaction)."""
     user = interaction.user
+    permissions = interaction.permissions
+    in_thread = isinstance(interaction.channel, discord.Thread)
     return Actor(
         user_id=user.id,
         display_name=user.display_name,
         guild_id=interaction.guild_id,
-        is_moderator=is_moderator(user, interaction.permissions),
+        is_moderator=is_moderator(user, permissions),
+        can_speak=permissions.send_messages_in_threads if in_thread else permissions.send_messages,
     )
 
 

@@ -12,8 +12,13 @@ import discord
 
 from synatra_bot.discord.i18n import t
 from synatra_bot.discord.streaming import ReplyMessages
-from synatra_bot.errors import EngineError, EngineUnavailable, RateLimited, UserFacingError
+from synatra_bot.errors import EngineError, EngineUnavailable, UserFacingError
 from synatra_bot.roleplay.core import ActiveRoleplay
+from synatra_bot.roleplay.rules import (
+    require_may_stop,
+    require_starter_or_moderator,
+    require_voice,
+)
 from synatra_bot.roleplay.scheduler import QueueTicket, TurnCancelled, TurnOutcome, TurnSlot
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import MessageRecord
@@ -213,27 +218,50 @@ class ReplyController:
         target: MessageRecord | None = None,
         notify: discord.Message | None = None,
         after: Awaitable[Any] | None = None,
+        charged: bool = False,
     ) -> MessageRecord | None:
         """Generate and show one reply; returns the stored turn, or None when nothing was stored.
 
-        Whatever fails, the player is told in the channel and nothing half-written is stored.
+        The channel rules and the speaker's rate limit are checked before anything is posted
+        (`charged`: the caller already counted the turn). Whatever fails later, the player is
+        told, nothing half-written is stored, and a regenerated or continued reply goes back
+        to what it showed before.
         """
         job = _Job(place, active, channel, speaker, kind, target, after)
         locale = self.bot.locale_for(channel)
         try:
+            self.admit(active, place, speaker, charged=charged)
+        except UserFacingError as error:
+            await self.tell(notify, channel, self.text(locale, error))
+            return None
+        try:
             return await self._run(job, notify, locale)
         except discord.Forbidden:
             log.warning("missing permissions for webhooks in channel %s", place.channel_id)
-            await self._tell(notify, channel, t(locale, "error.webhook_permission"))
+            await self.tell(notify, channel, t(locale, "error.webhook_permission"))
         except discord.NotFound:
             # Someone deleted our webhook or message: forget it, the next turn makes a new one.
             parent = place.parent_channel_id or place.channel_id
             self.bot.webhooks.forget_channel(parent)
-            await self._tell(notify, channel, t(locale, "error.webhook_gone"))
+            await self.tell(notify, channel, t(locale, "error.webhook_gone"))
         except Exception:
             log.exception("reply in channel %s failed", place.channel_id)
-            await self._tell(notify, channel, t(locale, "error.unexpected"))
+            await self.tell(notify, channel, t(locale, "error.unexpected"))
         return None
+
+    def admit(
+        self, active: ActiveRoleplay, place: Place, speaker: Actor | None, *, charged: bool = False
+    ) -> None:
+        """Refuse a turn before it costs anything: the channel rules every path obeys, then one
+        turn counted against the speaker's rate limit (unless already `charged`)."""
+        self.bot.core.check_may_generate(active, place)
+        if not charged:
+            user_id = speaker.user_id if speaker else 0
+            self.bot.scheduler.charge(user_id, active.config.user_rate_limit)
+
+    def text(self, locale: str, error: UserFacingError) -> str:
+        """A domain error as players read it (localised, secrets masked)."""
+        return t(locale, error.key, message=self.bot.public(error), **error.params)
 
     async def _run(
         self, job: _Job, notify: discord.Message | None, locale: str
@@ -242,7 +270,9 @@ class ReplyController:
         speaker, kind, target = job.speaker, job.kind, job.target
         writer = await self.writer_for(channel, active)
         prefix = target.content if kind == "continue" and target else ""
-        if target is not None and kind != "reply":
+        replacing = target is not None and kind != "reply"
+        if replacing:
+            assert target is not None
             writer = writer.adopted(target.discord_message_ids)
         opened = False
 
@@ -271,6 +301,20 @@ class ReplyController:
             nonlocal notice
             notice = self.spawn(show_queue(ticket))
 
+        async def give_up(note: str) -> None:
+            """End a turn that failed: a regenerated or continued reply shows what it showed
+            before (the note goes to the channel), a new reply keeps its text with the note."""
+            if notice is not None:
+                notice.cancel()
+            if replacing:
+                assert target is not None
+                if opened:
+                    await self._restore(writer, target)
+                await self.tell(notify, channel, note)
+                return
+            text = prefix + (slot.text if slot is not None else "")
+            await writer.finish(text, view=None, note=note)
+
         user_id = speaker.user_id if speaker else 0
         slot: TurnSlot | None = None
         if kind == "reply":
@@ -284,6 +328,7 @@ class ReplyController:
                 policy="restart" if active.config.busy_policy == "restart" else "queue",
                 on_queued=on_queued,
                 user_turns=active.config.user_rate_limit,
+                charged=True,
             ) as slot:
                 if notice is not None:
                     notice.cancel()
@@ -294,40 +339,47 @@ class ReplyController:
                 built = await self._prompt(job)
                 async for _delta in slot.stream(built.input_ids, active.config.sampling):
                     await writer.update(prefix + slot.text)
-        except RateLimited as error:
-            if kind == "reply":
-                await writer.discard()
-            await self._tell(notify, channel, t(locale, "error.rate_limited", **error.params))
-            return None
         except TurnCancelled:
+            if notice is not None:
+                notice.cancel()
             if opened and kind == "reply":
                 await writer.discard()
+            elif opened and replacing:
+                assert target is not None
+                await self._restore(writer, target)
             return None
         except UserFacingError as error:
-            await writer.finish(
-                prefix,
-                view=None,
-                note=t(locale, error.key, message=self.bot.public(error), **error.params),
-            )
+            await give_up(self.text(locale, error))
             return None
         except EngineError as error:
             if isinstance(error, EngineUnavailable) and slot is None:
                 # The bot is shutting down: the turn never began.
                 if kind == "reply":
                     await writer.discard()
+                elif opened and replacing:
+                    assert target is not None
+                    await self._restore(writer, target)
                 return None
             # Also an engine that became unavailable mid-reply: never leave the cursor hanging.
             log.warning("reply in channel %s failed: %s", place.channel_id, error)
-            text = prefix + (slot.text if slot is not None else "")
-            await writer.finish(
-                text, view=None, note=t(locale, "reply.failed", message=self.bot.public(error))
-            )
-            if target is not None and kind != "reply":
-                await self._restore(writer, target)
+            await give_up(t(locale, "reply.failed", message=self.bot.public(error, locale)))
             return None
-        return await self._settle(
-            job, writer, slot.outcome, slot.cancel_reason, prefix, slot.text, locale
-        )
+        except (discord.Forbidden, discord.NotFound):
+            raise  # the webhook itself is unusable: run() tells the channel
+        except Exception:
+            log.exception("reply in channel %s failed", place.channel_id)
+            await give_up(t(locale, "error.unexpected"))
+            return None
+        try:
+            return await self._settle(
+                job, writer, slot.outcome, slot.cancel_reason, prefix, slot.text, locale
+            )
+        except (discord.Forbidden, discord.NotFound):
+            raise
+        except Exception:
+            log.exception("storing the reply in channel %s failed", place.channel_id)
+            await give_up(t(locale, "error.unexpected"))
+            return None
 
     async def _prompt(self, job: _Job) -> Any:
         if job.after is not None:
@@ -390,7 +442,8 @@ class ReplyController:
             chosen.content, view=reply_view(chosen.id, index=index, count=len(options))
         )
 
-    async def _tell(self, notify: discord.Message | None, channel: Any, text: str) -> None:
+    async def tell(self, notify: discord.Message | None, channel: Any, text: str) -> None:
+        """A short notice that goes away: a reply to `notify`, or a message in `channel`."""
         try:
             if notify is not None:
                 await notify.reply(text, mention_author=False, delete_after=15)
@@ -418,8 +471,14 @@ class ReplyController:
 
         assert interaction.guild_id is not None and interaction.channel is not None
         place = place_of(interaction.channel, interaction.guild_id)
+        actor = actor_of(interaction)
+        require_voice(actor)
         core = self.bot.core
         if action == "stop":
+            running = await core.active(place)
+            if running is not None:
+                turn_user = self.bot.scheduler.turn_user(place.channel_id)
+                require_may_stop(actor, running.session, turn_user)
             await interaction.response.defer()
             await self.bot.scheduler.cancel_channel(place.channel_id, reason=STOPPED_BY_USER)
             return
@@ -428,6 +487,8 @@ class ReplyController:
         if target is None or target.session_id != active.session.id:
             raise UserFacingError("that reply is no longer part of the story", key="reply.gone")
         if action in ("prev", "next"):
+            # Every press costs an edit in the channel: it counts against the presser's limit.
+            self.bot.scheduler.charge(actor.user_id, active.config.user_rate_limit)
             await interaction.response.defer()
             chosen, index, count = await core.browse(target_id, -1 if action == "prev" else 1)
             writer = await self.writer_for(interaction.channel, active)
@@ -441,13 +502,17 @@ class ReplyController:
         latest = await core.latest_reply(place)
         if latest is None or latest.turn_group != target.turn_group:
             raise UserFacingError("only the newest reply can be changed", key="reply.not_latest")
+        if action == "cont":
+            require_starter_or_moderator(actor, active.session)
+        self.admit(active, place, actor)  # refused here, the presser is told privately
         await interaction.response.defer()
         kind: ReplyKind = "regenerate" if action == "regen" else "continue"
         await self.run(
             channel=interaction.channel,
             place=place,
             active=active,
-            speaker=actor_of(interaction),
+            speaker=actor,
             kind=kind,
             target=latest,
+            charged=True,
         )

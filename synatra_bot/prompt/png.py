@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from synatra_bot.errors import CardError
@@ -11,7 +12,8 @@ from synatra_bot.errors import CardError
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Largest text chunk we accept: base64 of a 1 MiB card is about 1.4 MiB.
 MAX_TEXT_CHUNK_BYTES = 2 * 1024 * 1024
-#: Largest image we keep as an avatar (width * height), so nobody decodes a pixel bomb later.
+#: Largest image a card may declare (width * height): a bigger one is not a card anybody made.
+#: Its image is decoded as the avatar only under the tighter limit of avatars.py.
 MAX_AVATAR_PIXELS = 8192 * 8192
 _TEXT_TYPES = (b"tEXt", b"iTXt", b"zTXt")
 
@@ -26,8 +28,12 @@ def _fail(reason: str) -> CardError:
     return CardError(f"invalid PNG card: {reason}", reason=reason)
 
 
-def iter_chunks(data: bytes) -> list[Chunk]:
-    """Split a PNG into chunks, checking lengths, CRCs of text chunks, IHDR and IEND."""
+def iter_chunks(data: bytes, *, read: Collection[str] | None = None) -> list[Chunk]:
+    """Split a PNG into chunks, checking lengths, CRCs of text chunks, IHDR and IEND.
+
+    `read` names the text chunks the caller will read: only those are held to the text chunk
+    size limit (others, like RisuAI's private data, are carried along; the file's own size
+    limit bounds them)."""
     if not data.startswith(PNG_SIGNATURE):
         raise _fail("not a PNG file (bad signature)")
     chunks: list[Chunk] = []
@@ -41,7 +47,11 @@ def iter_chunks(data: bytes) -> list[Chunk]:
             raise _fail(f"file is truncated inside a {_name(ctype)} chunk")
         start = pos + 8
         end = start + length
-        if ctype in _TEXT_TYPES and length > MAX_TEXT_CHUNK_BYTES:
+        if (
+            ctype in _TEXT_TYPES
+            and length > MAX_TEXT_CHUNK_BYTES
+            and (read is None or _keyword(view[start : start + 80]) in read)
+        ):
             raise _fail(f"{_name(ctype)} chunk of {length} bytes is too large")
         body = bytes(view[start:end])
         if ctype in _TEXT_TYPES or ctype == b"IHDR":
@@ -62,12 +72,19 @@ def iter_chunks(data: bytes) -> list[Chunk]:
     return chunks
 
 
+def _keyword(head: memoryview) -> str:
+    return bytes(head).partition(b"\0")[0].decode("latin-1")
+
+
 def _name(ctype: bytes) -> str:
     return ctype.decode("latin-1", "replace")
 
 
-def text_chunks(chunks: list[Chunk], *, max_text_bytes: int) -> dict[str, bytes]:
-    """The keyword -> text of tEXt/iTXt/zTXt chunks (compressed text inflated within a bound)."""
+def text_chunks(
+    chunks: list[Chunk], *, max_text_bytes: int, read: Collection[str] | None = None
+) -> dict[str, bytes]:
+    """The keyword -> text of tEXt/iTXt/zTXt chunks (compressed text inflated within a bound);
+    with `read`, only those keywords (the rest is never inflated)."""
     found: dict[str, bytes] = {}
     for chunk in chunks:
         if chunk.type not in _TEXT_TYPES:
@@ -76,6 +93,8 @@ def text_chunks(chunks: list[Chunk], *, max_text_bytes: int) -> dict[str, bytes]
         if not sep:
             raise _fail(f"{_name(chunk.type)} chunk has no keyword separator")
         name = keyword.decode("latin-1")
+        if read is not None and name not in read:
+            continue
         if chunk.type == b"tEXt":
             found[name] = rest
         elif chunk.type == b"zTXt":

@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+LoreStatus = Literal["fired", "skipped", "timed_out", "unscanned"]
+#: How `to_text` words each status.
+_STATUS_TEXT: dict[LoreStatus, str] = {
+    "fired": "fired",
+    "skipped": "over budget",
+    "timed_out": "timed out (key disabled)",
+    "unscanned": "not scanned (time budget spent)",
+}
+_NAMES_SHOWN = {"fired": 15, "skipped": 10, "timed_out": 10, "unscanned": 10}
 
 
 @dataclass(frozen=True)
 class BlockReport:
     name: str
     tokens: int
+
+
+@dataclass(frozen=True)
+class LoreNote:
+    """A lorebook entry the build considered: its label, book ("card" or "channel"), insertion
+    order and what became of it."""
+
+    label: str
+    book: str
+    order: int
+    status: LoreStatus
+
+
+@dataclass(frozen=True)
+class LoreLeftOut:
+    """What loading a book left out to stay within the lorebook limits."""
+
+    book: str
+    entries: int
+    keys: int
 
 
 @dataclass
@@ -25,14 +55,37 @@ class PromptReport:
     dropped_messages: int = 0
     trimmed_this_turn: bool = False
     history_start_id: int | None = None
-    lorebook_fired: list[str] = field(default_factory=list)
-    lorebook_skipped: list[str] = field(default_factory=list)
+    lorebook: list[LoreNote] = field(default_factory=list)
+    lorebook_left_out: list[LoreLeftOut] = field(default_factory=list)
+
+    def _labels(self, status: LoreStatus) -> list[str]:
+        return [note.label for note in self.lorebook if note.status == status]
+
+    @property
+    def lorebook_fired(self) -> list[str]:
+        return self._labels("fired")
+
+    @property
+    def lorebook_skipped(self) -> list[str]:
+        return self._labels("skipped")
+
+    @property
+    def lorebook_timed_out(self) -> list[str]:
+        return self._labels("timed_out")
+
+    @property
+    def lorebook_unscanned(self) -> list[str]:
+        return self._labels("unscanned")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def to_text(self) -> str:
-        """A short summary (well under Discord's 2000 characters)."""
+    def to_text(self, *, hide_card_entry_names: bool = False) -> str:
+        """A short summary (well under Discord's 2000 characters).
+
+        With `hide_card_entry_names` the card's lorebook entries are counted, with their
+        insertion order, but not named (their names and keys can give a private card away).
+        """
         lines = [
             f"tokens {self.total_tokens}/{self.budget} "
             f"(context {self.context_size}, max new {self.max_new_tokens})",
@@ -41,13 +94,32 @@ class PromptReport:
             f"messages: {self.kept_messages} kept, {self.dropped_messages} dropped"
             + (" (trimmed now)" if self.trimmed_this_turn else ""),
         ]
-        if self.lorebook_fired or self.lorebook_skipped:
-            fired = ", ".join(_short(n) for n in self.lorebook_fired[:15]) or "-"
-            lines.append(f"lorebook: {fired}")
-            if self.lorebook_skipped:
-                skipped = ", ".join(_short(n) for n in self.lorebook_skipped[:10])
-                lines.append(f"lorebook over budget: {skipped}")
+        for status, words in _STATUS_TEXT.items():
+            notes = [note for note in self.lorebook if note.status == status]
+            hidden = [n for n in notes if hide_card_entry_names and n.book == "card"]
+            named = [n for n in notes if not (hide_card_entry_names and n.book == "card")]
+            if named:
+                heading = "lorebook" if status == "fired" else f"lorebook {words}"
+                lines.append(f"{heading}: {_names(named, _NAMES_SHOWN[status])}")
+            if hidden:
+                count = f"{len(hidden)} {'entry' if len(hidden) == 1 else 'entries'}"
+                lines.append(f"card lorebook: {count} {words} (order {_orders(hidden)})")
+        for left in self.lorebook_left_out:
+            lines.append(
+                f"{left.book} lorebook over the limits: {left.entries} entries and "
+                f"{left.keys} keys left out"
+            )
         return "\n".join(lines)
+
+
+def _names(notes: list[LoreNote], limit: int) -> str:
+    shown = ", ".join(_short(note.label) for note in notes[:limit])
+    return shown + (f" (+{len(notes) - limit})" if len(notes) > limit else "")
+
+
+def _orders(notes: list[LoreNote], limit: int = 15) -> str:
+    shown = ", ".join(str(note.order) for note in notes[:limit])
+    return shown + (", …" if len(notes) > limit else "")
 
 
 def _short(name: str, limit: int = 40) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
 from synatra_bot.errors import CardError, NotFound, PermissionDenied
+from synatra_bot.prompt.avatars import normalise_avatar
 from synatra_bot.prompt.cards import (
     CharacterCard,
     SpeechLevel,
@@ -14,6 +16,7 @@ from synatra_bot.prompt.cards import (
     card_to_v2_json,
     parse_card,
 )
+from synatra_bot.roleplay.config import character_limit
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.records import CharacterRecord
@@ -44,22 +47,25 @@ def can_manage(actor: Actor, character: CharacterRecord) -> bool:
     deletes it (moderators stop its roleplays with `/rp stop` instead)."""
     if character.owner_id == actor.user_id:
         return True
+    return actor.is_moderator and is_shared_in(character, actor.guild_id)
+
+
+def is_shared_in(character: CharacterRecord, guild_id: int | None) -> bool:
+    """Whether `character` is shared with the server `guild_id`. "No server" (a DM) is never a
+    server anything is shared with."""
     return (
-        actor.is_moderator
-        and character.visibility == "guild"
+        character.visibility == "guild"
         and character.guild_id is not None
-        and character.guild_id == actor.guild_id
+        and character.guild_id == guild_id
     )
 
 
 def can_use(actor: Actor, character: CharacterRecord) -> bool:
+    """Owners use their characters (made in this server or in a DM); others only what is
+    shared with this server and not waiting for (or refused) approval."""
     if character.owner_id == actor.user_id:
         return character.guild_id in (None, actor.guild_id)
-    return (
-        character.visibility == "guild"
-        and character.guild_id == actor.guild_id
-        and character.approval in ("none", "approved")
-    )
+    return is_shared_in(character, actor.guild_id) and character.approval in ("none", "approved")
 
 
 def nsfw_allowed(policy: str, place: Place) -> bool:
@@ -88,13 +94,21 @@ class CharacterService:
     async def create(
         self, actor: Actor, card: CharacterCard, *, visibility: str = "private"
     ) -> CharacterRecord:
+        """Store a new character of `actor`'s, or LimitReached when they already have as many
+        here as the server allows (outside servers: the default limit)."""
         if not card.name.strip():
             raise CardError("a character needs a name", reason="missing name")
         approval = await self._approval_for(actor, visibility)
+        guild = (
+            await repo.get_guild_settings(self._sessions, guild_id=actor.guild_id)
+            if actor.guild_id is not None
+            else None
+        )
         return await repo.create_character(
             self._sessions,
             owner_id=actor.user_id,
             guild_id=actor.guild_id,
+            max_owned=character_limit(guild),
             visibility=visibility,
             approval=approval,
             **columns_from_card(card),
@@ -110,8 +124,16 @@ class CharacterService:
                 size=len(data),
                 limit=self._max_card_bytes,
             )
-        card = parse_card(data, filename=filename)
+        # Off the event loop: a PNG card's image is decoded and shrunk for the avatar.
+        card = await asyncio.to_thread(parse_card, data, filename=filename)
         return await self.create(actor, card, visibility=visibility)
+
+    async def set_avatar(self, actor: Actor, character_id: int, image: bytes) -> CharacterRecord:
+        """Make `image` the character's avatar: checked, shrunk and stored as PNG (avatars.py),
+        or ImageRejected and nothing stored."""
+        await self.managed(actor, character_id)  # refuse before decoding anything
+        avatar = await asyncio.to_thread(normalise_avatar, image)
+        return await self.edit(actor, character_id, avatar=avatar)
 
     async def _approval_for(self, actor: Actor, visibility: str) -> str:
         if visibility not in VISIBILITIES:
@@ -165,6 +187,10 @@ class CharacterService:
         record = await self.managed(actor, character_id)
         if "visibility" in changes and changes["visibility"] != record.visibility:
             changes["approval"] = await self._approval_for(actor, changes["visibility"])
+            if changes["visibility"] == "guild":
+                # Sharing binds the character to the server it is shared in (one made in a
+                # DM has none until then).
+                changes["guild_id"] = actor.guild_id
         elif record.visibility == "guild" and not actor.is_moderator:
             # A changed shared character goes back for approval where the server asks for it.
             changes["approval"] = await self._approval_for(actor, "guild")
@@ -193,7 +219,8 @@ class CharacterService:
         if not actor.is_moderator:
             raise PermissionDenied("only moderators review characters", key="error.moderator_only")
         record = await self.get(character_id)
-        if record.guild_id != actor.guild_id:
+        if not is_shared_in(record, actor.guild_id):
+            # Private characters are their owner's alone: to a reviewer they do not exist.
             raise NotFound(f"character {character_id} is not available", key="error.no_character")
         updated = await repo.update_character(
             self._sessions,

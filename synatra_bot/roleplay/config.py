@@ -13,6 +13,9 @@ NSFW_POLICIES = ("off", "age_restricted", "allowed")
 BUSY_POLICIES = ("queue", "restart")
 REPLY_MODES = ("all", "mention")
 EDIT_POLICIES = ("offer", "regenerate")
+#: Characters one member may have in a server (or outside servers, of their own) until its
+#: moderators choose another number with `/config characters`.
+DEFAULT_CHARACTER_LIMIT = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,7 @@ class ChannelConfig:
     author_note_depth: int
     lorebook: dict[str, Any] | None
     approval_required: bool
+    character_limit: int = DEFAULT_CHARACTER_LIMIT
 
     def as_rows(self) -> list[tuple[str, str]]:
         """(name, value) pairs for `/config show`."""
@@ -67,6 +71,7 @@ class ChannelConfig:
             ("edit_policy", self.edit_policy),
             ("nsfw_policy", self.nsfw_policy),
             ("approval_required", str(self.approval_required)),
+            ("character_limit", f"{self.character_limit}/member"),
             ("user_rate_limit", f"{self.user_rate_limit}/min"),
             ("context_size", str(self.context_size)),
             ("max_new_tokens", str(s.max_new_tokens)),
@@ -75,6 +80,13 @@ class ChannelConfig:
             ("top_k", str(s.top_k)),
             ("repetition_penalty", f"{s.repetition_penalty:g}"),
         ]
+
+
+def character_limit(guild: GuildSettingsRecord | None) -> int:
+    """How many characters one member may have in `guild` (None: outside any server)."""
+    if guild is None or guild.character_limit is None:
+        return DEFAULT_CHARACTER_LIMIT
+    return guild.character_limit
 
 
 def _pick(name: str, *sources: object) -> Any:
@@ -112,4 +124,5 @@ def effective_config(
         author_note_depth=channel.author_note_depth if channel else 4,
         lorebook=channel.lorebook if channel else None,
         approval_required=guild.approval_required,
+        character_limit=character_limit(guild),
     )

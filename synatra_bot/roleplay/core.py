@@ -20,9 +20,15 @@ from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, PromptBuilde
 from synatra_bot.prompt.cards import CharacterCard
 from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
 from synatra_bot.prompt.macros import substitute_macros
-from synatra_bot.roleplay.characters import CharacterService, card_from_record
+from synatra_bot.roleplay.characters import (
+    CharacterService,
+    can_use,
+    card_from_record,
+    nsfw_allowed,
+)
 from synatra_bot.roleplay.config import ChannelConfig, Defaults, effective_config
 from synatra_bot.roleplay.history import HistoryCache
+from synatra_bot.roleplay.rules import require_voice
 from synatra_bot.roleplay.ttl_cache import TtlCache
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
@@ -40,7 +46,8 @@ MIN_TURN_TOKENS = 4
 #: How long a channel's roleplay and a player's persona may be served from memory. Changes made
 #: through this process clear them at once; this bounds changes made by another process.
 CACHE_TTL_S = 60.0
-#: After this long without a turn, anyone may start a new roleplay over an abandoned one.
+#: After this long without activity (a turn, an alternative, an edit: undone turns count too),
+#: anyone may start a new roleplay over an abandoned one.
 IDLE_TAKEOVER_S = 30 * 60
 CACHE_LIMIT = 10_000
 #: Turns of recent history kept in memory over all sessions (the prompts' windows of the
@@ -68,6 +75,9 @@ class ActiveRoleplay:
     session: SessionRecord
     character: CharacterRecord
     config: ChannelConfig
+    #: Whether the scene's starter may still use its character here (it may have been made
+    #: private, deleted, rejected or sent back for approval since the scene started).
+    available: bool = True
     #: The character as the prompt builder takes it and the channel's lorebook, parsed once
     #: when the roleplay is loaded (it is cached) rather than for every reply.
     card: CharacterCard = field(init=False)
@@ -162,13 +172,33 @@ class RoleplayCore:
         character = await repo.get_character(self.sessions, character_id=session.character_id)
         if character is None:
             return None
-        return ActiveRoleplay(session, character, await self.config_for(place))
+        starter = Actor(user_id=session.started_by, display_name="", guild_id=place.guild_id)
+        available = can_use(starter, character)
+        return ActiveRoleplay(session, character, await self.config_for(place), available)
 
     async def require_active(self, place: Place) -> ActiveRoleplay:
         active = await self.active(place)
         if active is None:
             raise NoSession("no roleplay is running in this channel")
         return active
+
+    @staticmethod
+    def check_may_generate(active: ActiveRoleplay, place: Place) -> None:
+        """The channel rules every path that makes the character speak obeys (a new message,
+        regenerate, continue, an edit): the channel is enabled, the character is still
+        available to the scene, and an NSFW character only where the policy allows it."""
+        if not active.config.enabled:
+            raise UserFacingError("channel disabled", key="error.channel_disabled")
+        if not active.available:
+            raise PermissionDenied(
+                "the character is no longer available",
+                key="error.character_unavailable",
+                name=active.character.name,
+            )
+        if active.character.nsfw and not nsfw_allowed(active.config.nsfw_policy, place):
+            raise PermissionDenied(
+                "NSFW characters play only in age-restricted channels", key="error.nsfw_channel"
+            )
 
     # --- sessions -----------------------------------------------------------------------------
 
@@ -177,9 +207,10 @@ class RoleplayCore:
     ) -> Started:
         """Start a roleplay: the old session is archived, the greeting(s) become the first turn.
 
-        A scene someone else started and that is still going (a turn in the last
+        A scene someone else started and that is still going (activity in the last
         `IDLE_TAKEOVER_S`) is theirs: only they or a moderator may replace it.
         """
+        require_voice(actor)
         await self.ensure_can_start(actor, place)
         config = await self.config_for(place)
         character = await self.characters.for_use(
@@ -248,8 +279,10 @@ class RoleplayCore:
             )
 
     async def _idle(self, session: SessionRecord) -> bool:
-        latest = await repo.recent_history(self.sessions, session_id=session.id, limit=1)
-        last = latest[-1].created_at if latest else session.started_at
+        """Whether nothing happened in the scene for `IDLE_TAKEOVER_S`. Undone and unchosen
+        turns count: undoing the newest turns does not make a scene look abandoned."""
+        latest = await repo.last_activity(self.sessions, session_id=session.id)
+        last = latest or session.started_at
         if last.tzinfo is None:  # SQLite hands back naive UTC
             last = last.replace(tzinfo=UTC)
         return (datetime.now(UTC) - last).total_seconds() > IDLE_TAKEOVER_S
@@ -427,7 +460,7 @@ class RoleplayCore:
             summary=active.session.summary,
             history_start_id=history_start_id,
         )
-        built = self.builder.build(
+        built = await self.builder.build_async(
             card=active.card,
             history=history,
             user_name=speaker_name,

@@ -17,7 +17,8 @@ Usage from the roleplay core::
         ...
 
 - `turn()` raises `RateLimited` (params: retry_after seconds) at once when the user is over the
-  limit, `TurnCancelled` when the turn is dropped while waiting (cancel_channel, superseded by a
+  limit (unless the caller already paid with `charge()`, to refuse before it shows anything),
+  `TurnCancelled` when the turn is dropped while waiting (cancel_channel, superseded by a
   "restart" turn, shutdown) and `EngineUnavailable` after shutdown began.
 - Policy "restart" cancels the channel's running turn and drops its waiting ones, then waits.
 - `slot.stream()` never raises for cancellation or timeout: it ends, and `slot.outcome` says
@@ -195,8 +196,10 @@ class _TurnContext:
         policy: BusyPolicy,
         on_queued: QueuedCallback | None,
         user_turns: int | None = None,
+        charged: bool = False,
     ) -> None:
         self._scheduler = scheduler
+        self._charged = charged
         self._user_turns = user_turns
         self._channel_id = channel_id
         self._user_id = user_id
@@ -206,7 +209,12 @@ class _TurnContext:
 
     async def __aenter__(self) -> TurnSlot:
         self._slot = await self._scheduler._admit(
-            self._channel_id, self._user_id, self._policy, self._on_queued, self._user_turns
+            self._channel_id,
+            self._user_id,
+            self._policy,
+            self._on_queued,
+            self._user_turns,
+            self._charged,
         )
         return self._slot
 
@@ -271,12 +279,27 @@ class Scheduler:
         policy: BusyPolicy = "queue",
         on_queued: QueuedCallback | None = None,
         user_turns: int | None = None,
+        charged: bool = False,
     ) -> _TurnContext:
         """An async context manager that waits for admission and yields a TurnSlot.
 
-        `user_turns` overrides the per-user limit for this turn (a channel's own setting).
+        `user_turns` overrides the per-user limit for this turn (a channel's own setting);
+        `charged` says the caller already counted the turn with `charge()`.
         """
-        return _TurnContext(self, channel_id, user_id, policy, on_queued, user_turns)
+        return _TurnContext(self, channel_id, user_id, policy, on_queued, user_turns, charged)
+
+    def charge(self, user_id: Hashable, user_turns: int | None = None) -> None:
+        """Count one action against `user_id`'s rate limit, or raise `RateLimited`.
+
+        Turns are counted when they are admitted; actions that generate nothing but still
+        cost a Discord edit (browsing alternatives) are counted here, as are turns whose
+        caller wants to refuse before it posts or stores anything."""
+        self._check_rate(user_id, user_turns)
+
+    def turn_user(self, channel_id: Hashable) -> Hashable | None:
+        """Whose turn the channel's running reply answers (None when nothing runs)."""
+        slot = self._running.get(channel_id)
+        return slot.user_id if slot is not None else None
 
     @property
     def running(self) -> int:
@@ -341,10 +364,12 @@ class Scheduler:
         policy: BusyPolicy,
         on_queued: QueuedCallback | None,
         user_turns: int | None = None,
+        charged: bool = False,
     ) -> TurnSlot:
         if self._closing:
             raise EngineUnavailable("the bot is shutting down")
-        self._check_rate(user_id, user_turns)
+        if not charged:
+            self._check_rate(user_id, user_turns)
         if policy == "restart":
             await self.cancel_channel(channel_id, reason="superseded by a newer message")
         future = asyncio.get_running_loop().create_future()

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from synatra_bot.errors import CardError, EngineError, NotFound, UserFacingError
@@ -43,6 +44,14 @@ DEFAULT_USER_NAME = "나"
 RECAP_TURNS = 6
 #: One person at a keyboard needs no rate limit.
 TERMINAL_USER_TURNS = 1_000_000
+#: C0 controls but newline and tab, DEL and C1 controls -> a visible escape ("\x1b", "\r").
+_CONTROL_ESCAPES = MappingProxyType(
+    {
+        code: f"\\x{code:02x}"
+        for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+        if chr(code) not in "\n\t"
+    }
+)
 STOPPED_BY_USER = "stopped"
 
 ReplyKind = Literal["reply", "regenerate", "continue"]
@@ -188,6 +197,12 @@ class _LineReader:
         return get.result()
 
 
+def terminal_safe(text: str) -> str:
+    """`text` with control characters shown as escapes (newlines and tabs kept): card text
+    and model output cannot clear the screen, move the cursor or hide a speaker's name."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
 class TerminalChat:
     """One terminal conversation with one character."""
 
@@ -215,7 +230,7 @@ class TerminalChat:
     # --- output -------------------------------------------------------------------------------
 
     def _write(self, text: str) -> None:
-        self._out.write(text)
+        self._out.write(terminal_safe(text))
         self._out.flush()
 
     def _line(self, text: str = "") -> None:
@@ -463,11 +478,12 @@ async def run_chat(
                 actor = replace(actor, guild_id=character.guild_id)
             await characters.for_use(actor, character.id, place=None, nsfw_policy="allowed")
         except UserFacingError as error:
-            print(f"synatra-bot chat: {error}", file=sys.stderr)
+            print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
             return 2
         if note:
             label = {"imported": "가져옴 · imported", "updated": "카드 갱신 · card updated"}
-            print(f"{label[note]}: #{character.id} {character.name}", file=out, flush=True)
+            line = f"{label[note]}: #{character.id} {character.name}"
+            print(terminal_safe(line), file=out, flush=True)
 
         if tokenizer is None:
             from synatra_bot.tokenizer import load_tokenizer
@@ -481,7 +497,7 @@ async def run_chat(
         try:
             await engine.start()
         except EngineError as error:
-            print(f"synatra-bot chat: {error}", file=sys.stderr)
+            print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
             await engine.close()
             return 1
         try:
@@ -510,7 +526,7 @@ async def run_chat(
                     try:
                         await chat.open(character)
                     except UserFacingError as error:
-                        print(f"synatra-bot chat: {error}", file=sys.stderr)
+                        print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
                         return 2
                     return await chat.run()
             finally:

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """A person using the bot. `is_moderator` means Manage Server in that guild."""
+    """A person using the bot. `is_moderator` means Manage Server in that guild; `can_speak`
+    means they may send messages where they act (a chat message's author always could)."""
 
     user_id: int
     display_name: str
     guild_id: int | None = None
     is_moderator: bool = False
+    can_speak: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ from synatra_bot.settings import sqlite_path
 from synatra_bot.storage.sqlite_driver import connection_factory
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: How long to wait for a database server to accept a connection.
+CONNECT_TIMEOUT_S = 5
 
 
 def prepare_sqlite_file(database_url: str) -> None:
@@ -82,6 +84,10 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
             "async_creator": connection_factory(database_url),  # one trip per statement
             **kwargs,
         }
+    if database_url.startswith("postgresql+asyncpg"):
+        # asyncpg waits 60 s for an unreachable server by default: fail within seconds.
+        connect_args = {"timeout": CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
+        kwargs = {"connect_args": connect_args, **kwargs}
     engine = create_async_engine(database_url, **kwargs)
     if engine.dialect.name == "sqlite":
         sync_engine = engine.sync_engine

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -10,6 +12,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
 from synatra_bot.errors import StorageError
 from synatra_bot.storage.database import create_engine, prepare_sqlite_file
@@ -36,10 +40,28 @@ def head_revision(database_url: str) -> str | None:
     return ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
 
 
+@contextlib.contextmanager
+def reaching(database_url: str) -> Iterator[None]:
+    """Turn "the database cannot be reached or opened" into one StorageError line naming
+    DATABASE_URL (password hidden), instead of a driver's traceback."""
+    try:
+        yield
+    except (OSError, TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError) as error:
+        shown = make_url(database_url).render_as_string(hide_password=True)
+        reason = getattr(error, "orig", None) or error
+        raise StorageError(f"DATABASE_URL {shown}: cannot open the database: {reason}") from None
+    except ModuleNotFoundError as error:
+        raise StorageError(
+            f"DATABASE_URL needs the {error.name} package "
+            "(PostgreSQL: pip install -e '.[postgres]')"
+        ) from None
+
+
 async def current_revision(database_url: str) -> str | None:
     """The revision the database is at, or None for an empty database."""
     prepare_sqlite_file(database_url)
-    return await _read_revision(database_url)
+    with reaching(database_url):
+        return await _read_revision(database_url)
 
 
 async def _read_revision(database_url: str) -> str | None:
@@ -77,6 +99,7 @@ async def upgrade_database(database_url: str) -> tuple[str | None, str | None]:
     Alembic's async env.py calls asyncio.run, so the upgrade runs in a worker thread.
     """
     before = await check_schema_known(database_url)
-    await asyncio.to_thread(command.upgrade, alembic_config(database_url), "head")
-    after = await _read_revision(database_url)  # the file was checked before the upgrade
+    with reaching(database_url):
+        await asyncio.to_thread(command.upgrade, alembic_config(database_url), "head")
+        after = await _read_revision(database_url)  # the file was checked before the upgrade
     return before, after

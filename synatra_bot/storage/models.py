@@ -62,6 +62,8 @@ class GuildSettings(SamplingColumns, Base):
     guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     #: Shared characters need a moderator's approval before others can use them.
     approval_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Characters one member may have in this server; NULL means the default (50).
+    character_limit: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

@@ -31,6 +31,7 @@ class SamplingRecord:
 class GuildSettingsRecord(SamplingRecord):
     guild_id: int = 0
     approval_required: bool = False
+    character_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

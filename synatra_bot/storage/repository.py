@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from synatra_bot.errors import LimitReached
 from synatra_bot.storage.models import (
     ChannelSettings,
     Character,
@@ -56,6 +58,11 @@ CHANNEL_SETTING_FIELDS = frozenset(
 CHARACTER_FIELDS = frozenset(
     f for f in CharacterRecord.__dataclass_fields__ if f not in {"id", "created_at", "updated_at"}
 )
+
+
+def _same_guild(guild_id: int | None) -> ColumnElement[bool]:
+    """Characters of `guild_id`, or those outside any server when it is None."""
+    return Character.guild_id.is_(None) if guild_id is None else Character.guild_id == guild_id
 
 
 def _check_fields(changes: Mapping[str, Any], allowed: frozenset[str]) -> None:
@@ -128,10 +135,28 @@ async def _channel_row(session: AsyncSession, *, channel_id: int, guild_id: int)
 
 
 async def create_character(
-    sessions: Sessions, *, owner_id: int, guild_id: int | None, name: str, **fields: Any
+    sessions: Sessions,
+    *,
+    owner_id: int,
+    guild_id: int | None,
+    name: str,
+    max_owned: int | None = None,
+    **fields: Any,
 ) -> CharacterRecord:
+    """Store a new character. With `max_owned`, raise LimitReached instead when the owner
+    already has that many in `guild_id` (None: their characters outside any server). The count
+    is taken in the inserting transaction: on SQLite that holds the write lock, so concurrent
+    imports cannot slip past the limit."""
     _check_fields(fields, CHARACTER_FIELDS)
     async with sessions.begin() as session:
+        if max_owned is not None:
+            owned = await session.scalar(
+                select(func.count())
+                .select_from(Character)
+                .where(Character.owner_id == owner_id, _same_guild(guild_id))
+            )
+            if (owned or 0) >= max_owned:
+                raise LimitReached(max_owned)
         row = Character(owner_id=owner_id, guild_id=guild_id, name=name, **fields)
         session.add(row)
         await session.flush()
@@ -178,15 +203,16 @@ async def visible_characters(
     limit: int = 25,
 ) -> list[CharacterRecord]:
     """Characters `user_id` may use in `guild_id`: their own, and approved/shared ones there."""
-    shared = (Character.guild_id == guild_id) & (Character.visibility == "guild")
-    shared &= Character.approval.in_(("none", "approved"))
-    query = select(Character).where(
-        or_(
-            (Character.owner_id == user_id)
-            & or_(Character.guild_id == guild_id, Character.guild_id.is_(None)),
-            shared,
-        )
+    mine = (Character.owner_id == user_id) & or_(
+        Character.guild_id == guild_id, Character.guild_id.is_(None)
     )
+    if guild_id is None:
+        # In a DM only one's own characters: "no server" is not a server anything is shared in.
+        query = select(Character).where(mine)
+    else:
+        shared = (Character.guild_id == guild_id) & (Character.visibility == "guild")
+        shared &= Character.approval.in_(("none", "approved"))
+        query = select(Character).where(or_(mine, shared))
     if name_prefix:
         escaped = name_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Character.name.ilike(f"%{escaped}%", escape="\\"))
@@ -545,6 +571,18 @@ async def count_history(sessions: Sessions, *, session_id: int) -> int:
     )
     async with sessions() as session:
         return int(await session.scalar(query) or 0)
+
+
+async def last_activity(sessions: Sessions, *, session_id: int) -> datetime | None:
+    """When a turn of the session was last written or edited, undone and unchosen ones
+    included (None without any)."""
+    query = select(func.max(Message.created_at), func.max(Message.edited_at)).where(
+        Message.session_id == session_id
+    )
+    async with sessions() as session:
+        row = (await session.execute(query)).one()
+    times = [t if t.tzinfo else t.replace(tzinfo=UTC) for t in row if t is not None]
+    return max(times, default=None)
 
 
 async def first_message_id(sessions: Sessions, *, session_id: int) -> int | None:

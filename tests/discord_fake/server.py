@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
+from .limits import ApiError, check_message, check_modal, check_query, check_webhook_body
 from .state import (
     ATTACH_FILES,
     BOT_DM_CONTEXT,
@@ -57,16 +58,6 @@ HEARTBEAT_INTERVAL_MS = 41250
 MENTION_RE = re.compile(r"<@!?(\d+)>")
 
 Handler = Callable[["_Request"], Awaitable[web.Response]]
-
-
-class ApiError(Exception):
-    """Raised by route handlers; becomes a Discord-style JSON error response."""
-
-    def __init__(self, status: int, message: str, code: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
 
 
 @dataclass
@@ -1137,11 +1128,12 @@ class FakeDiscord:
                 self._notify()
                 return _rate_limited(limited, "forced")
             try:
+                check_query(request.query)
                 response = await handler(
                     _Request(request, match.groupdict(), template, body_json, files, call)
                 )
             except ApiError as exc:
-                response = _json({"message": exc.message, "code": exc.code}, exc.status)
+                response = _json(exc.body(), exc.status)
             call.status = response.status
             if response.status == 429:
                 self.rate_limited.append(call)
@@ -1396,11 +1388,7 @@ class FakeDiscord:
     async def _post_message(self, req: _Request) -> web.Response:
         channel = self._channel(req.params["channel_id"])
         payload = req.json or {}
-        body_keys = ("content", "embeds", "components", "sticker_ids")
-        if not (req.files or any(payload.get(k) for k in body_keys)):
-            raise ApiError(400, "Cannot send an empty message", 50006)
-        if len(payload.get("content") or "") > 2000:
-            raise ApiError(400, "Invalid Form Body: content longer than 2000", 50035)
+        check_message(payload, files=len(req.files))
         needed = VIEW_CHANNEL | (SEND_MESSAGES_IN_THREADS if channel.is_thread else SEND_MESSAGES)
         self._require_bot(channel, needed | (ATTACH_FILES if req.files else 0))
         message = self._create_message(
@@ -1435,6 +1423,7 @@ class FakeDiscord:
         message = self._message(channel, req.params["message_id"])
         if message.author is not self.bot_user or message.webhook_id is not None:
             raise ApiError(403, "Cannot edit a message authored by another user", 50005)
+        check_message(req.json or {}, files=len(req.files), existing=message)
         limited = self._check_edit_rate(channel)
         if limited is not None:
             return limited
@@ -1480,6 +1469,7 @@ class FakeDiscord:
         if channel.is_thread:
             raise ApiError(400, "Cannot execute action on this channel type", 50024)
         payload = req.json or {}
+        check_webhook_body(payload)
         webhook = FakeWebhook(
             self.snowflake(),
             secrets.token_urlsafe(51),
@@ -1498,6 +1488,7 @@ class FakeDiscord:
         if webhook is None:
             raise ApiError(404, "Unknown Webhook", 10015)
         payload = req.json or {}
+        check_webhook_body(payload)
         if "name" in payload:
             webhook.name = payload["name"]
         if "avatar" in payload:
@@ -1543,10 +1534,7 @@ class FakeDiscord:
         webhook = self._webhook(req.params["webhook_id"], req.params["token"])
         channel = self._webhook_target(webhook, req.query.get("thread_id"))
         payload = req.json or {}
-        if not (payload.get("content") or payload.get("embeds") or req.files):
-            raise ApiError(400, "Cannot send an empty message", 50006)
-        if len(payload.get("content") or "") > 2000:
-            raise ApiError(400, "Invalid Form Body: content longer than 2000", 50035)
+        check_message(payload, files=len(req.files), webhook=True)
         message = self._create_message(
             channel,
             payload,
@@ -1587,6 +1575,7 @@ class FakeDiscord:
 
     async def _patch_webhook_message(self, req: _Request) -> web.Response:
         message, channel = self._webhook_message(req)
+        check_message(req.json or {}, files=len(req.files), existing=message, webhook=True)
         limited = self._check_edit_rate(channel)
         if limited is not None:
             return limited
@@ -1628,6 +1617,12 @@ class FakeDiscord:
         body = req.json or {}
         kind = int(body["type"])
         data = body.get("data") or {}
+        if kind == 4:
+            check_message(data, files=len(req.files), prefix=("data",))
+        elif kind == 7:
+            check_message(data, files=len(req.files), prefix=("data",), existing=record.message)
+        elif kind == 9:
+            check_modal(data)
         record.callbacks.append(body)
         record.callback_data = data
         resource: dict[str, Any] | None = None
@@ -1672,6 +1667,7 @@ class FakeDiscord:
         if not record.responded:
             raise ApiError(400, "Unknown Webhook (interaction not acknowledged yet)", 10015)
         payload = req.json or {}
+        check_message(payload, files=len(req.files))
         original = record.original
         if original is not None and original.flags & LOADING_FLAG:
             # The first followup after a deferred response fills in the loading message.
@@ -1886,11 +1882,12 @@ def _find_component(components: list[dict[str, Any]], custom_id: str) -> dict[st
 def _modal_submission(
     components: list[dict[str, Any]], values: dict[str, str | list[str]]
 ) -> list[dict[str, Any]]:
-    """Mirror the modal's layout (action rows or labels) with the submitted values."""
+    """Mirror the modal's layout (action rows or labels) with the submitted values; a text
+    input the test leaves out is submitted with its prefilled value, as a user would."""
 
     def answer(item: dict[str, Any]) -> dict[str, Any]:
         custom_id = item.get("custom_id")
-        value = values.get(custom_id or "", "" if item["type"] == 4 else [])
+        value = values.get(custom_id or "", item.get("value") or "" if item["type"] == 4 else [])
         out: dict[str, Any] = {"type": item["type"], "custom_id": custom_id}
         if item["type"] == 4:
             out["value"] = value

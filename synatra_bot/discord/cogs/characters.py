@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import discord
@@ -10,10 +11,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord.cogs.common import CharacterArg, ComponentError
-from synatra_bot.discord.i18n import is_korean
+from synatra_bot.discord.i18n import is_korean, t
 from synatra_bot.discord.interactions import actor_of, answer, tr
 from synatra_bot.errors import CardError, UserFacingError
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
+from synatra_bot.prompt.png import PNG_SIGNATURE
 from synatra_bot.storage.records import CharacterRecord
 
 if TYPE_CHECKING:
@@ -23,8 +25,83 @@ Visibility = Literal["private", "guild"]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
 
 
+#: Discord's limits on a modal and on an embed (the fake Discord in tests checks the same).
+INPUT_LIMIT = 4000
+INPUTS_PER_FORM = 5
+TITLE_LIMIT = 45
+LABEL_LIMIT = 45
+EMBED_TOTAL = 6000
+EMBED_DESCRIPTION = 4096
+EMBED_TITLE = 256
+#: How much of personality, scenario and greeting the sheet shows, and of its footer.
+FIELD_PREVIEW = 800
+FOOTER_PREVIEW = 500
+
+
+@dataclass(frozen=True)
+class Field:
+    """A text field of a character as the forms show it."""
+
+    attr: str  # the CharacterRecord attribute, also the service's `edit` keyword
+    title: str
+    label: str
+    limit: int  # what a new character may enter
+    required: bool = False
+    paragraph: bool = True
+
+
+FORM_FIELDS = (
+    Field("name", "Name / 이름", "Name / 이름", 100, required=True, paragraph=False),
+    Field("description", "Description / 설명", "Description / 설명", 4000, required=True),
+    Field("personality", "Personality / 성격", "Personality / 성격", 2000),
+    Field("scenario", "Scenario / 상황", "Scenario / 상황", 2000),
+    Field("first_message", "Greeting / 첫 인사", "Greeting / 첫 인사", 4000),
+)
+EXAMPLES = Field(
+    "example_messages", "Example dialogues / 예시 대화", "<START> {{user}}: ... {{char}}: ...", 4000
+)
+FIELDS = {field.attr: field for field in (*FORM_FIELDS, EXAMPLES)}
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, ending in "…" when something was left out."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + "…"
+
+
+def parts(text: str, size: int = INPUT_LIMIT) -> list[str]:
+    """`text` in pieces of at most `size` characters that join back to exactly `text`; a piece
+    ends after a line break when one falls in its second half."""
+    pieces = []
+    while len(text) > size:
+        cut = text.rfind("\n", size // 2, size) + 1 or size
+        pieces.append(text[:cut])
+        text = text[cut:]
+    pieces.append(text)
+    return pieces
+
+
+def pages(text: str) -> list[tuple[int, list[str]]]:
+    """`text` as forms of up to five inputs: (offset of the form's text, its pieces)."""
+    pieces = parts(text)
+    result = []
+    offset = 0
+    for first in range(0, len(pieces), INPUTS_PER_FORM):
+        group = pieces[first : first + INPUTS_PER_FORM]
+        result.append((offset, group))
+        offset += sum(map(len, group))
+    return result
+
+
+def fits(field: Field, record: CharacterRecord) -> bool:
+    """Whether the field's stored text fits one input of the main form."""
+    return len(getattr(record, field.attr)) <= INPUT_LIMIT
+
+
 class CharacterForm(discord.ui.Modal):
-    """The first page of the form: the five fields every character needs."""
+    """The first page of the form: the five fields every character needs. Editing, a field
+    too long for one input is left out (and left as it is): `FieldForm` edits it in parts."""
 
     def __init__(
         self,
@@ -34,51 +111,33 @@ class CharacterForm(discord.ui.Modal):
         visibility: str,
         record: CharacterRecord | None = None,
     ) -> None:
-        super().__init__(title=title[:45], timeout=900)
+        super().__init__(title=shorten(title, TITLE_LIMIT), timeout=900)
         self.bot = bot
         self.visibility = visibility
         self.record = record
-        self.name: discord.ui.TextInput[CharacterForm] = discord.ui.TextInput(
-            label="Name / 이름", max_length=100, default=record.name if record else None
-        )
-        self.description: discord.ui.TextInput[CharacterForm] = discord.ui.TextInput(
-            label="Description / 설명",
-            style=discord.TextStyle.paragraph,
-            max_length=4000,
-            default=record.description if record else None,
-        )
-        self.personality: discord.ui.TextInput[CharacterForm] = discord.ui.TextInput(
-            label="Personality / 성격",
-            style=discord.TextStyle.paragraph,
-            max_length=2000,
-            required=False,
-            default=record.personality if record else None,
-        )
-        self.scenario: discord.ui.TextInput[CharacterForm] = discord.ui.TextInput(
-            label="Scenario / 상황",
-            style=discord.TextStyle.paragraph,
-            max_length=2000,
-            required=False,
-            default=record.scenario if record else None,
-        )
-        self.greeting: discord.ui.TextInput[CharacterForm] = discord.ui.TextInput(
-            label="Greeting / 첫 인사",
-            style=discord.TextStyle.paragraph,
-            max_length=4000,
-            required=False,
-            default=record.first_message if record else None,
-        )
-        for item in (self.name, self.description, self.personality, self.scenario, self.greeting):
+        self.inputs: dict[str, discord.ui.TextInput[CharacterForm]] = {}
+        for field in FORM_FIELDS:
+            current = getattr(record, field.attr) if record else ""
+            if len(current) > INPUT_LIMIT:
+                continue
+            item: discord.ui.TextInput[CharacterForm] = discord.ui.TextInput(
+                label=field.label,
+                style=discord.TextStyle.paragraph if field.paragraph else discord.TextStyle.short,
+                # An imported card may hold more than a new character may: keep it editable.
+                max_length=max(field.limit, len(current)),
+                required=field.required,
+                default=current or None,
+            )
+            self.inputs[field.attr] = item
             self.add_item(item)
 
     async def on_submit(self, interaction: discord.Interaction[SynatraBot]) -> None:  # type: ignore[override]
         actor = actor_of(interaction)
+        # Only what the user changed is written: untouched text stays exactly as stored.
         values = {
-            "name": self.name.value.strip(),
-            "description": self.description.value.strip(),
-            "personality": self.personality.value.strip(),
-            "scenario": self.scenario.value.strip(),
-            "first_message": self.greeting.value.strip(),
+            attr: item.value.strip()
+            for attr, item in self.inputs.items()
+            if self.record is None or item.value != (item.default or "")
         }
         service = self.bot.core.characters
         if self.record is None:
@@ -101,32 +160,143 @@ class CharacterForm(discord.ui.Modal):
         await self.bot.tree.on_error(interaction, ComponentError(error))
 
 
-class ExamplesForm(discord.ui.Modal):
-    """The second page: example dialogues."""
+class FieldForm(discord.ui.Modal):
+    """One field in up to five inputs (`page` of `count` forms for a very long field).
 
-    def __init__(self, bot: SynatraBot, character_id: int, current: str) -> None:
-        super().__init__(title="Example dialogues / 예시 대화", timeout=900)
+    Submitting replaces exactly the text the form was opened with, so the parts on other
+    pages stay as stored; if the stored text changed meanwhile nothing is saved.
+    """
+
+    def __init__(
+        self, bot: SynatraBot, character_id: int, field: Field, text: str, *, page: int = 0
+    ) -> None:
+        all_pages = pages(text)
+        self.offset, pieces = all_pages[page]
+        self.count = len(all_pages)
+        title = field.title if self.count == 1 else f"{field.title} {page + 1}/{self.count}"
+        super().__init__(title=shorten(title, TITLE_LIMIT), timeout=900)
         self.bot = bot
         self.character_id = character_id
-        self.examples: discord.ui.TextInput[ExamplesForm] = discord.ui.TextInput(
-            label="<START> {{user}}: ... {{char}}: ...",
-            style=discord.TextStyle.paragraph,
-            max_length=4000,
-            required=False,
-            default=current or None,
-        )
-        self.add_item(self.examples)
+        self.field = field
+        self.page = page
+        self.opened = "".join(pieces)
+        self.whole = self.count == 1
+        self.inputs: list[discord.ui.TextInput[FieldForm]] = []
+        for number, piece in enumerate(pieces, 1):
+            label = field.label if len(pieces) == 1 else f"{field.label} ({number}/{len(pieces)})"
+            item: discord.ui.TextInput[FieldForm] = discord.ui.TextInput(
+                label=shorten(label, LABEL_LIMIT),
+                style=discord.TextStyle.paragraph if field.paragraph else discord.TextStyle.short,
+                max_length=INPUT_LIMIT if len(pieces) > 1 else max(field.limit, len(piece)),
+                required=False,
+                default=piece or None,
+            )
+            self.inputs.append(item)
+            self.add_item(item)
 
     async def on_submit(self, interaction: discord.Interaction[SynatraBot]) -> None:  # type: ignore[override]
-        record = await self.bot.core.characters.edit(
-            actor_of(interaction), self.character_id, example_messages=self.examples.value.strip()
-        )
+        actor = actor_of(interaction)
+        service = self.bot.core.characters
+        record = await service.managed(actor, self.character_id)
+        stored: str = getattr(record, self.field.attr)
+        end = self.offset + len(self.opened)
+        if stored[self.offset : end] != self.opened:
+            raise UserFacingError(
+                "changed while the form was open", key="error.character_changed", name=record.name
+            )
+        edited = "".join(item.value for item in self.inputs)
+        if edited != self.opened:
+            value = stored[: self.offset] + edited + stored[end:]
+            record = await service.edit(
+                actor,
+                self.character_id,
+                **{self.field.attr: value.strip() if self.whole else value},
+            )
+        if self.page + 1 < self.count:
+            text = tr(
+                interaction,
+                "character.part_saved",
+                name=record.name,
+                field=self.field.title,
+                page=self.page + 1,
+                pages=self.count,
+            )
+            view = FieldButtons(self.bot, record.id, [(self.field, self.page + 1)])
+            await answer(interaction, text, view=view)
+            return
         await answer(
-            interaction, tr(interaction, "character.updated", name=record.name, id=record.id)
+            interaction,
+            tr(interaction, "character.updated", name=record.name, id=record.id)
+            + approval_note(interaction, record),
         )
 
     async def on_error(  # type: ignore[override]
         self, interaction: discord.Interaction[SynatraBot], error: Exception
+    ) -> None:
+        await self.bot.tree.on_error(interaction, ComponentError(error))
+
+
+async def open_field(
+    interaction: discord.Interaction[SynatraBot], character_id: int, field: Field, page: int
+) -> None:
+    """Open `FieldForm` on the field's stored text as it is now."""
+    bot = interaction.client
+    record = await bot.core.characters.managed(actor_of(interaction), character_id)
+    text: str = getattr(record, field.attr)
+    if page >= len(pages(text)):
+        raise UserFacingError(
+            "the field got shorter", key="error.character_changed", name=record.name
+        )
+    await interaction.response.send_modal(FieldForm(bot, character_id, field, text, page=page))
+
+
+class FieldButton(discord.ui.Button["FieldButtons"]):
+    """Opens one page of a field's form, or (`field` None) the main form without long fields."""
+
+    def __init__(self, character_id: int, field: Field | None, page: int, label: str) -> None:
+        key = f"{field.attr}:{page}" if field else "form"
+        super().__init__(label=label[:80], custom_id=f"character:edit:{key}")
+        self.character_id = character_id
+        self.field = field
+        self.page = page
+
+    async def callback(self, interaction: discord.Interaction[SynatraBot]) -> None:  # type: ignore[override]
+        if self.field is not None:
+            await open_field(interaction, self.character_id, self.field, self.page)
+            return
+        record = await interaction.client.core.characters.managed(
+            actor_of(interaction), self.character_id
+        )
+        await interaction.response.send_modal(
+            CharacterForm(
+                interaction.client, title=record.name, visibility=record.visibility, record=record
+            )
+        )
+
+
+class FieldButtons(discord.ui.View):
+    """Buttons that open the forms of long fields (page numbers count from 0)."""
+
+    def __init__(
+        self,
+        bot: SynatraBot,
+        character_id: int,
+        targets: list[tuple[Field, int]],
+        *,
+        main_form: str | None = None,
+    ) -> None:
+        super().__init__(timeout=900)
+        self.bot = bot
+        if main_form is not None:
+            self.add_item(FieldButton(character_id, None, 0, main_form))
+        for field, page in targets:
+            self.add_item(FieldButton(character_id, field, page, f"{field.title} ({page + 1})"))
+
+    async def on_error(  # type: ignore[override]
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        error: Exception,
+        item: discord.ui.Item[FieldButtons],
     ) -> None:
         await self.bot.tree.on_error(interaction, ComponentError(error))
 
@@ -147,10 +317,7 @@ class MoreDetails(discord.ui.View):
     async def examples_button(
         self, interaction: discord.Interaction[SynatraBot], button: discord.ui.Button[MoreDetails]
     ) -> None:
-        record = await self.bot.core.characters.managed(actor_of(interaction), self.character_id)
-        await interaction.response.send_modal(
-            ExamplesForm(self.bot, self.character_id, record.example_messages)
-        )
+        await open_field(interaction, self.character_id, EXAMPLES, 0)
 
     @discord.ui.button(style=discord.ButtonStyle.secondary, custom_id="character:formal")
     async def formal_button(
@@ -190,20 +357,28 @@ def approval_note(interaction: discord.Interaction[SynatraBot], record: Characte
     return ""
 
 
-def describe(record: CharacterRecord) -> discord.Embed:
-    embed = discord.Embed(
-        title=f"{record.name} #{record.id}", description=record.description[:4000]
-    )
-    for label, value in (
-        ("Personality / 성격", record.personality),
-        ("Scenario / 상황", record.scenario),
-        ("Greeting / 첫 인사", record.first_message),
-    ):
-        if value:
-            embed.add_field(name=label, value=value[:1024], inline=False)
+def describe(record: CharacterRecord, *, locale: discord.Locale | str) -> discord.Embed:
+    """The character sheet as one embed within Discord's limits. Long text is shortened
+    with "…" and the footer says how to get all of it; the stored card is untouched."""
+    title = shorten(f"{record.name} #{record.id}", EMBED_TITLE)
     tags = ", ".join(record.tags[:20])
-    footer = f"{record.visibility} · {record.approval}" + (" · NSFW" if record.nsfw else "")
-    embed.set_footer(text=f"{footer} · {tags}"[:2048] if tags else footer)
+    status = (record.visibility, record.approval, "NSFW" if record.nsfw else "", tags)
+    footer = shorten(" · ".join(part for part in status if part), FOOTER_PREVIEW)
+    fields = [
+        (field.title, getattr(record, field.attr))
+        for field in FORM_FIELDS[2:]
+        if getattr(record, field.attr)
+    ]
+    note = t(locale, "character.sheet_shortened")
+    # The note's room is kept whether or not it is needed, so the budget is known up front.
+    used = len(title) + len(footer) + 1 + len(note)
+    used += sum(len(name) + min(len(value), FIELD_PREVIEW) for name, value in fields)
+    room = min(EMBED_DESCRIPTION, EMBED_TOTAL - used)
+    shortened = len(record.description) > room or any(len(v) > FIELD_PREVIEW for _, v in fields)
+    embed = discord.Embed(title=title, description=shorten(record.description, room))
+    for name, value in fields:
+        embed.add_field(name=name, value=shorten(value, FIELD_PREVIEW), inline=False)
+    embed.set_footer(text=f"{footer}\n{note}" if shortened else footer)
     return embed
 
 
@@ -245,11 +420,14 @@ class Characters(
         record = await self.bot.core.characters.import_file(
             actor_of(interaction), data, filename=file.filename, visibility=visibility
         )
+        # A PNG card whose image could not be used as the avatar imports without one.
+        dropped = record.avatar is None and data.startswith(PNG_SIGNATURE)
         await answer(
             interaction,
             tr(interaction, "character.imported", name=record.name, id=record.id)
-            + approval_note(interaction, record),
-            embed=describe(record),
+            + approval_note(interaction, record)
+            + ("\n" + tr(interaction, "character.avatar_dropped") if dropped else ""),
+            embed=describe(record, locale=interaction.locale),
         )
 
     @app_commands.command(name="edit", description="Edit a character you own")
@@ -272,8 +450,26 @@ class Characters(
             )
             return
         record = await self.bot.core.characters.managed(actor, character)
-        await interaction.response.send_modal(
-            CharacterForm(self.bot, title=record.name, visibility=record.visibility, record=record)
+        long_fields = [field for field in FORM_FIELDS if not fits(field, record)]
+        if not long_fields:
+            await interaction.response.send_modal(
+                CharacterForm(
+                    self.bot, title=record.name, visibility=record.visibility, record=record
+                )
+            )
+            return
+        # A modal input holds 4,000 characters: long fields get forms of their own.
+        names = ", ".join(field.title for field in long_fields)
+        view = FieldButtons(
+            self.bot,
+            record.id,
+            [(field, 0) for field in long_fields],
+            main_form="Other fields / 나머지 항목",
+        )
+        await answer(
+            interaction,
+            tr(interaction, "character.edit_long", name=record.name, fields=names),
+            view=view,
         )
 
     @app_commands.command(name="delete", description="Delete a character you own")
@@ -299,7 +495,7 @@ class Characters(
 
         if not (can_use(actor, record) or can_manage(actor, record)):
             raise UserFacingError("not available", key="error.no_character")
-        await answer(interaction, embed=describe(record))
+        await answer(interaction, embed=describe(record, locale=interaction.locale))
 
     @app_commands.command(name="list", description="List the characters you can use here")
     async def list_characters(self, interaction: discord.Interaction[SynatraBot]) -> None:
@@ -353,7 +549,7 @@ class Characters(
         actor = actor_of(interaction)
         await self.bot.core.characters.managed(actor, character)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        record = await self.bot.core.characters.edit(actor, character, avatar=await image.read())
+        record = await self.bot.core.characters.set_avatar(actor, character, await image.read())
         await answer(interaction, tr(interaction, "character.avatar_set", name=record.name))
 
     @app_commands.command(name="approve", description="Approve a shared character (moderators)")

@@ -144,6 +144,15 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         await self._save(interaction, "server", approval_required=required)
 
     @app_commands.command(
+        name="characters", description="How many characters each member may have in this server"
+    )
+    @app_commands.describe(limit="Characters per member (default 50); existing ones are kept")
+    async def characters(
+        self, interaction: discord.Interaction[SynatraBot], limit: app_commands.Range[int, 1, 500]
+    ) -> None:
+        await self._save(interaction, "server", character_limit=limit)
+
+    @app_commands.command(
         name="authornote", description="A note the model sees near the end of the prompt"
     )
     @app_commands.describe(text="The note (empty to remove)", depth="How many turns from the end")

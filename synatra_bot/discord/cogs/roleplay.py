@@ -13,6 +13,7 @@ from synatra_bot.discord.cogs.common import CharacterArg
 from synatra_bot.discord.interactions import actor_of, answer, place_of, speaker_of, tr
 from synatra_bot.discord.replies import ReplyButton, SwipePosition
 from synatra_bot.errors import PermissionDenied, UserFacingError
+from synatra_bot.roleplay.rules import require_starter_or_moderator, require_voice
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
@@ -51,6 +52,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         greeting: app_commands.Range[int, 1, 50] = 1,
     ) -> None:
         channel, place, actor = self._where(interaction)
+        require_voice(actor)
         core = self.bot.core
         config = await core.config_for(place)
         if not config.enabled:
@@ -78,7 +80,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
     async def stop(self, interaction: discord.Interaction[SynatraBot]) -> None:
         _, place, actor = self._where(interaction)
         active = await self.bot.core.require_active(place)
-        self._check_starter_or_mod(actor, active.session.started_by)
+        require_starter_or_moderator(actor, active.session)
         await self.bot.scheduler.cancel_channel(place.channel_id, reason="roleplay stopped")
         await self.bot.core.stop(place)
         await answer(
@@ -91,7 +93,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
     async def reset(self, interaction: discord.Interaction[SynatraBot]) -> None:
         channel, place, actor = self._where(interaction)
         active = await self.bot.core.require_active(place)
-        self._check_starter_or_mod(actor, active.session.started_by)
+        require_starter_or_moderator(actor, active.session)
         await interaction.response.defer(thinking=True)
         await self.bot.scheduler.cancel_channel(place.channel_id, reason="roleplay reset")
         started = await self.bot.core.reset(actor, place)
@@ -106,7 +108,8 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     @app_commands.command(name="undo", description="Remove the last exchange from the story")
     async def undo(self, interaction: discord.Interaction[SynatraBot]) -> None:
-        channel, place, _ = self._where(interaction)
+        channel, place, actor = self._where(interaction)
+        require_starter_or_moderator(actor, (await self.bot.core.require_active(place)).session)
         await self.bot.scheduler.cancel_channel(place.channel_id, reason="undo")
         removed = await self.bot.core.undo(place)
         if not removed:
@@ -123,22 +126,20 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
     async def continue_(self, interaction: discord.Interaction[SynatraBot]) -> None:
         channel, place, actor = self._where(interaction)
         active = await self.bot.core.require_active(place)
+        require_starter_or_moderator(actor, active.session)
+        self.bot.replies.admit(active, place, actor)  # refused before anything is posted
         latest = await self.bot.core.latest_reply(place)
         await interaction.response.defer(ephemeral=True)
         await answer(interaction, tr(interaction, "rp.continuing"))
-        if latest is None:
-            await self.bot.replies.run(
-                channel=channel, place=place, active=active, speaker=actor, kind="reply"
-            )
-        else:
-            await self.bot.replies.run(
-                channel=channel,
-                place=place,
-                active=active,
-                speaker=actor,
-                kind="continue",
-                target=latest,
-            )
+        await self.bot.replies.run(
+            channel=channel,
+            place=place,
+            active=active,
+            speaker=actor,
+            kind="reply" if latest is None else "continue",
+            target=latest,
+            charged=True,
+        )
 
     @app_commands.command(name="memory", description="Show or set what the character remembers")
     @app_commands.describe(
@@ -155,7 +156,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             shown = active.session.summary or tr(interaction, "rp.memory_empty")
             await answer(interaction, shown[:2000])
             return
-        self._check_starter_or_mod(actor, active.session.started_by)
+        require_starter_or_moderator(actor, active.session)
         memory = "" if text.strip() == "-" else text.strip()
         await self.bot.core.set_memory(place, memory)
         await answer(
@@ -168,8 +169,14 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         active = await self.bot.core.require_active(place)
         self._check_starter_or_mod(actor, active.session.started_by)
         built = await self.bot.core.build_prompt(active, speaker=actor)
-        text = built.report.to_text()
-        await answer(interaction, f"```\n{text[:1900]}\n```")
+        # A private card is its owner's alone: others learn how many of its lorebook entries
+        # fired, not which (their names give the story away).
+        character = active.character
+        hide = character.visibility == "private" and actor.user_id != character.owner_id
+        text = f"```\n{built.report.to_text(hide_card_entry_names=hide)[:1900]}\n```"
+        if hide and any(note.book == "card" for note in built.report.lorebook):
+            text += "\n" + tr(interaction, "rp.context_names_hidden")
+        await answer(interaction, text)
 
     # --- the conversation ---------------------------------------------------------------------
 
@@ -190,8 +197,8 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             discord.MessageType.reply,
         ):
             return
-        content = message.clean_content.strip()
-        if not content or content.startswith(OOC_PREFIXES):
+        content = self._story_text(message)
+        if content is None:
             return
         place = place_of(message.channel, message.guild.id)
         core = self.bot.core
@@ -200,15 +207,25 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             return
         me = self.bot.user
         mentioned = me is not None and me in message.mentions
-        if mentioned and me is not None:
-            content = content.replace(f"@{me.display_name}", "").strip() or content
         actor = speaker_of(message.author, message.guild.id)
+        answered = active.config.reply_mode != "mention" or mentioned
+        if answered:
+            # A refused turn (rate limit, a character no longer available) costs one notice:
+            # nothing is posted as the character and nothing enters the story.
+            try:
+                self.bot.replies.admit(active, place, actor)
+            except UserFacingError as error:
+                locale = self.bot.locale_for(message.channel)
+                await self.bot.replies.tell(
+                    message, message.channel, self.bot.replies.text(locale, error)
+                )
+                return
         # Store the player's turn while the reply's first message goes out: the prompt, built
         # once the turn is admitted, waits for it.
         stored = self.bot.replies.spawn(
             core.add_user_message(active, actor, content, discord_message_id=message.id)
         )
-        if active.config.reply_mode == "mention" and not mentioned:
+        if not answered:
             return
         await self.bot.replies.run(
             channel=message.channel,
@@ -217,6 +234,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             speaker=actor,
             notify=message,
             after=stored,
+            charged=True,
         )
 
     @commands.Cog.listener()
@@ -227,7 +245,12 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         self.bot.replies.spawn(self._on_edit(payload))
 
     async def _on_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
-        content = payload.data["content"]  # on_raw_message_edit passes players' edits only
+        content = self._story_text(payload.message)
+        if content is None:
+            # Edited into an out-of-character note (or emptied): it leaves the story.
+            await self.bot.core.message_deleted(payload.message_id)
+            return
+        editor = speaker_of(payload.message.author, payload.guild_id)
         edited = await self.bot.core.message_edited(payload.message_id, content)
         if edited is None or not edited.is_last_user_turn or payload.guild_id is None:
             return
@@ -246,7 +269,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
                 channel=channel,
                 place=place,
                 active=active,
-                speaker=None,
+                speaker=editor,  # the editor's turn: counted against their own limit
                 kind="regenerate",
                 target=latest,
             )
@@ -282,6 +305,18 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     # --- helpers ------------------------------------------------------------------------------
 
+    def _story_text(self, message: discord.Message) -> str | None:
+        """What a player's message adds to the story, the same for new and edited messages:
+        mentions shown as names (no `<@id>` markup), the bot's own mention dropped; None
+        for an out-of-character note or an empty message."""
+        content = message.clean_content.strip()
+        if not content or content.startswith(OOC_PREFIXES):
+            return None
+        me = self.bot.user
+        if me is not None and me in message.mentions:
+            content = content.replace(f"@{me.display_name}", "").strip() or content
+        return content
+
     def _where(self, interaction: discord.Interaction[SynatraBot]) -> tuple[Any, Any, Any]:
         channel = interaction.channel
         if interaction.guild_id is None or channel is None or not _channel_types_ok(channel):
@@ -292,6 +327,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     @staticmethod
     def _check_starter_or_mod(actor: Any, started_by: int) -> None:
+        """Inspecting a scene (no voice needed): its starter or a moderator."""
         if actor.user_id != started_by and not actor.is_moderator:
             raise PermissionDenied("only who started it or a moderator", key="error.starter_only")
 

@@ -1,0 +1,290 @@
+"""Discord's documented request limits, checked the way Discord answers them.
+
+A body that breaks a limit is refused with 400 and code 50035 ("Invalid Form Body"); its
+``errors`` object mirrors the body's shape down to the offending field, e.g.
+``{"embeds": {"0": {"description": {"_errors": [{"code": ..., "message": ...}]}}}}``.
+A message left with nothing to show is refused with 50006.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+Path = tuple[str | int, ...]
+
+CONTENT_LIMIT = 2000
+EMBEDS_PER_MESSAGE = 10
+EMBED_TOTAL = 6000
+EMBED_TITLE = 256
+EMBED_DESCRIPTION = 4096
+EMBED_FIELDS = 25
+EMBED_FIELD_NAME = 256
+EMBED_FIELD_VALUE = 1024
+EMBED_FOOTER = 2048
+EMBED_AUTHOR = 256
+ACTION_ROWS = 5
+ROW_WIDTH = 5
+CUSTOM_ID = 100
+BUTTON_LABEL = 80
+USERNAME = 80
+MODAL_TITLE = 45
+MODAL_ROWS = 5
+TEXT_INPUT_LABEL = 45
+TEXT_INPUT_VALUE = 4000
+TEXT_INPUT_PLACEHOLDER = 100
+#: Discord refuses these anywhere in a webhook's name or a message's username, in any case.
+FORBIDDEN_NAME_PARTS = ("discord", "clyde")
+#: Query parameters Discord parses as booleans (webhook execute/edit, guild and command GETs).
+BOOLEAN_QUERY = ("wait", "with_components", "with_response", "with_counts", "with_localizations")
+_BOOLEAN = re.compile(r"^(?:true|false|1|0)$", re.IGNORECASE)
+#: Component types that carry a custom_id and sit inside an action row.
+_INTERACTIVE = {2, 3, 5, 6, 7, 8}
+_LINK_STYLE = 5
+_PREMIUM_STYLE = 6
+
+
+class ApiError(Exception):
+    """Raised by route handlers; becomes a Discord-style JSON error response."""
+
+    def __init__(
+        self, status: int, message: str, code: int = 0, errors: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.errors = errors
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"message": self.message, "code": self.code}
+        if self.errors is not None:
+            body["errors"] = self.errors
+        return body
+
+
+class FormErrors:
+    """Collects field errors into Discord's nested ``errors`` object."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, Any] = {}
+
+    def add(self, path: Path, code: str, message: str) -> None:
+        node = self.errors
+        for key in path:
+            node = node.setdefault(str(key), {})
+        node.setdefault("_errors", []).append({"code": code, "message": message})
+
+    def max_length(self, path: Path, value: Any, limit: int) -> None:
+        if isinstance(value, str | list) and len(value) > limit:
+            self.add(path, "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
+
+    def length_between(self, path: Path, value: Any, low: int, high: int) -> None:
+        if not isinstance(value, str | list) or not low <= len(value) <= high:
+            self.add(path, "BASE_TYPE_BAD_LENGTH", f"Must be between {low} and {high} in length.")
+
+    def at_most(self, path: Path, value: Any, limit: int) -> None:
+        if isinstance(value, int) and value > limit:
+            self.add(path, "NUMBER_TYPE_MAX", f"int value should be less than or equal to {limit}.")
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise ApiError(400, "Invalid Form Body", 50035, self.errors)
+
+
+def check_message(
+    body: Mapping[str, Any],
+    *,
+    files: int = 0,
+    prefix: Path = (),
+    existing: Any = None,
+    webhook: bool = False,
+) -> None:
+    """Refuse a message create/edit body Discord would refuse.
+
+    ``prefix`` is where the message sits in the request (``("data",)`` in an interaction
+    callback); ``existing`` is the message being edited, whose kept parts count as content.
+    """
+    errors = FormErrors()
+    errors.max_length((*prefix, "content"), body.get("content"), CONTENT_LIMIT)
+    check_embeds(errors, body.get("embeds"), (*prefix, "embeds"))
+    check_components(errors, body.get("components"), (*prefix, "components"))
+    check_allowed_mentions(errors, body.get("allowed_mentions"), (*prefix, "allowed_mentions"))
+    if webhook and "username" in body:
+        check_name(errors, body["username"], (*prefix, "username"))
+    errors.raise_if_any()
+    if _is_empty(body, files, existing):
+        raise ApiError(400, "Cannot send an empty message", 50006)
+
+
+def _is_empty(body: Mapping[str, Any], files: int, existing: Any) -> bool:
+    """Nothing to show: blank content, no embeds, components, files or stickers."""
+
+    def kept(key: str, attribute: str) -> Any:
+        if key in body:
+            return body[key]
+        return getattr(existing, attribute, None) if existing is not None else None
+
+    content = kept("content", "content") or ""
+    attachments = len(body["attachments"] or []) if "attachments" in body else None
+    if attachments is None:
+        attachments = len(getattr(existing, "attachments", None) or [])
+    shown = (
+        content.strip()
+        or kept("embeds", "embeds")
+        or kept("components", "components")
+        or body.get("sticker_ids")
+        or body.get("poll")
+        or files
+        or attachments
+    )
+    return not shown
+
+
+def check_embeds(errors: FormErrors, embeds: Any, path: Path) -> None:
+    """Per-embed field limits, at most 10 embeds, at most 6000 characters in all."""
+    if not isinstance(embeds, list):
+        return
+    errors.max_length(path, embeds, EMBEDS_PER_MESSAGE)
+    total = 0
+    for index, embed in enumerate(embeds):
+        here = (*path, index)
+        for key, limit in (("title", EMBED_TITLE), ("description", EMBED_DESCRIPTION)):
+            errors.max_length((*here, key), embed.get(key), limit)
+            total += len(embed.get(key) or "")
+        fields = embed.get("fields") or []
+        errors.max_length((*here, "fields"), fields, EMBED_FIELDS)
+        for number, item in enumerate(fields):
+            errors.max_length((*here, "fields", number, "name"), item.get("name"), EMBED_FIELD_NAME)
+            errors.max_length(
+                (*here, "fields", number, "value"), item.get("value"), EMBED_FIELD_VALUE
+            )
+            total += len(item.get("name") or "") + len(item.get("value") or "")
+        for key, limit in (("footer", EMBED_FOOTER), ("author", EMBED_AUTHOR)):
+            part = embed.get(key) or {}
+            text_key = "text" if key == "footer" else "name"
+            errors.max_length((*here, key, text_key), part.get(text_key), limit)
+            total += len(part.get(text_key) or "")
+    if total > EMBED_TOTAL:
+        errors.add(
+            path, "MAX_EMBED_SIZE_EXCEEDED", f"Embed size exceeds maximum size of {EMBED_TOTAL}"
+        )
+
+
+def check_components(errors: FormErrors, rows: Any, path: Path) -> None:
+    """At most 5 action rows of 5 buttons; custom ids 1-100 and unique; labels <= 80."""
+    if not isinstance(rows, list):
+        return
+    errors.max_length(path, rows, ACTION_ROWS)
+    seen: set[str] = set()
+    for index, row in enumerate(rows):
+        children = row.get("components") if row.get("type") == 1 else None
+        if children is None:
+            continue
+        errors.max_length((*path, index, "components"), children, ROW_WIDTH)
+        for number, item in enumerate(children):
+            here = (*path, index, "components", number)
+            if item.get("type") not in _INTERACTIVE:
+                continue
+            if item.get("type") == 2:
+                errors.max_length((*here, "label"), item.get("label"), BUTTON_LABEL)
+                if item.get("style") in (_LINK_STYLE, _PREMIUM_STYLE):
+                    continue
+            _check_custom_id(errors, item.get("custom_id"), (*here, "custom_id"), seen)
+
+
+def _check_custom_id(errors: FormErrors, custom_id: Any, path: Path, seen: set[str]) -> None:
+    errors.length_between(path, custom_id, 1, CUSTOM_ID)
+    if isinstance(custom_id, str):
+        if custom_id in seen:
+            errors.add(
+                path, "COMPONENT_CUSTOM_ID_DUPLICATED", "Component custom id cannot be duplicated"
+            )
+        seen.add(custom_id)
+
+
+def check_allowed_mentions(errors: FormErrors, allowed: Any, path: Path) -> None:
+    """``parse`` naming users (roles) excludes an explicit ``users`` (``roles``) list."""
+    if not isinstance(allowed, dict):
+        return
+    parse = allowed.get("parse") or []
+    for kind in ("users", "roles"):
+        if kind in parse and kind in allowed:
+            errors.add(
+                path,
+                "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
+                f'parse:["{kind}"] and {kind}: [ids...] are mutually exclusive.',
+            )
+
+
+def check_name(errors: FormErrors, name: Any, path: Path) -> None:
+    """A webhook name or message username: 1-80 characters, never "discord" or "clyde"."""
+    errors.length_between(path, name, 1, USERNAME)
+    if not isinstance(name, str):
+        return
+    for part in FORBIDDEN_NAME_PARTS:
+        if part in name.lower():
+            errors.add(path, "USERNAME_INVALID_CONTAINS", f'Username cannot contain "{part}"')
+
+
+def check_webhook_body(body: Mapping[str, Any]) -> None:
+    """Webhook create/modify: the same name rules as a message's username."""
+    errors = FormErrors()
+    if "name" in body:
+        check_name(errors, body["name"], ("name",))
+    errors.raise_if_any()
+
+
+def check_modal(data: Mapping[str, Any]) -> None:
+    """A modal (interaction callback 9): 1-5 rows or labels of one text input each."""
+    errors = FormErrors()
+    errors.length_between(("data", "title"), data.get("title"), 1, MODAL_TITLE)
+    errors.length_between(("data", "custom_id"), data.get("custom_id"), 1, CUSTOM_ID)
+    rows = data.get("components")
+    errors.length_between(("data", "components"), rows, 1, MODAL_ROWS)
+    seen: set[str] = set()
+    for index, row in enumerate(rows if isinstance(rows, list) else []):
+        here: Path = ("data", "components", index)
+        if row.get("type") == 1:
+            children = row.get("components")
+            errors.length_between((*here, "components"), children, 1, 1)
+            for number, item in enumerate(children or []):
+                _check_text_input(errors, item, (*here, "components", number), seen, labelled=True)
+        elif row.get("type") == 18:
+            errors.length_between((*here, "label"), row.get("label"), 1, TEXT_INPUT_LABEL)
+            _check_text_input(errors, row.get("component") or {}, (*here, "component"), seen)
+    errors.raise_if_any()
+
+
+def _check_text_input(
+    errors: FormErrors,
+    item: Mapping[str, Any],
+    path: Path,
+    seen: set[str],
+    *,
+    labelled: bool = False,
+) -> None:
+    if item.get("type") != 4:
+        return  # selects and other modal components are not modelled further
+    _check_custom_id(errors, item.get("custom_id"), (*path, "custom_id"), seen)
+    if labelled:
+        errors.length_between((*path, "label"), item.get("label"), 1, TEXT_INPUT_LABEL)
+    errors.max_length((*path, "placeholder"), item.get("placeholder"), TEXT_INPUT_PLACEHOLDER)
+    max_length = item.get("max_length")
+    errors.at_most((*path, "max_length"), max_length, TEXT_INPUT_VALUE)
+    errors.at_most((*path, "min_length"), item.get("min_length"), TEXT_INPUT_VALUE)
+    limit = TEXT_INPUT_VALUE
+    if isinstance(max_length, int):
+        limit = min(limit, max_length)
+    errors.max_length((*path, "value"), item.get("value"), limit)
+
+
+def check_query(query: Mapping[str, str]) -> None:
+    """Boolean query parameters take only true/false (any case) or 1/0."""
+    errors = FormErrors()
+    for key in BOOLEAN_QUERY:
+        value = query.get(key)
+        if value is not None and not _BOOLEAN.match(value):
+            errors.add((key,), "BASE_TYPE_BOOLEAN", "Must be either true or false.")
+    errors.raise_if_any()
