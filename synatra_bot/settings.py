@@ -88,9 +88,7 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
         value = int(raw)
     except ValueError:
         raise ConfigError(name, f"must be a whole number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
-    return value
+    return check_range(name, value, (low, high))
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -135,8 +133,8 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         raise ConfigError("ENGINE_URL", f"must start with http:// or https://, got {engine_url!r}")
 
     levels = ("debug", "info", "warning", "error", "critical")
-    context_size = _int(env, "CONTEXT_SIZE", 4096, 512, 32768)
-    max_new_tokens = _int(env, "MAX_NEW_TOKENS", 300, 1, 4096)
+    context_size = _int(env, "CONTEXT_SIZE", 4096, *CONTEXT_SIZE_RANGE)
+    max_new_tokens = _int(env, "MAX_NEW_TOKENS", 300, *MAX_NEW_TOKENS_RANGE)
     if max_new_tokens >= context_size // 2:
         raise ConfigError("MAX_NEW_TOKENS", f"must be below half of CONTEXT_SIZE ({context_size})")
     dev_guild = _int(env, "DEV_GUILD_ID", 0, 0, 2**63 - 1)
@@ -208,6 +206,20 @@ def _check_async_driver(database_url: str) -> None:
             "DATABASE_URL",
             f"{scheme}:// is not an asynchronous driver: use {dialect}+{drivers[0]}://...",
         )
+
+
+#: The numbers a context window and a reply length may be, wherever they are set (.env,
+#: command-line flags, /config).
+CONTEXT_SIZE_RANGE = (512, 32768)
+MAX_NEW_TOKENS_RANGE = (1, 4096)
+
+
+def check_range(name: str, value: int, bounds: tuple[int, int]) -> int:
+    """`value`, or a ConfigError naming `name` that reads the same for every setting."""
+    low, high = bounds
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+    return value
 
 
 #: The settings file read when none is named.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from synatra_bot.prompt.cards import card_to_png, parse_card
 from synatra_bot.prompt.preview import configure_parser, run_preview
 from tests.prompt_helpers import v2_card
@@ -137,3 +139,25 @@ def test_sheet_too_large_exits_2(tmp_path, tokenizer_dir, capsys):
     args = _args("--card", str(path), "--tokenizer", str(tokenizer_dir))
     assert run_preview(args, default_model_id="unused/model") == 2
     assert "tokens" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("size", [511, 512, 32768, 32769])
+def test_context_flag_and_setting_accept_the_same_numbers_and_say_so_the_same_way(
+    tmp_path, tokenizer_dir, capsys, size
+):
+    from synatra_bot.errors import ConfigError
+    from synatra_bot.settings import settings_from_env
+
+    card = str(_write_card(tmp_path))
+    flags = ["--context", str(size), "--max-new-tokens", "64"]
+    args = _args("--card", card, *flags, "--tokenizer", str(tokenizer_dir))
+    code = run_preview(args, default_model_id="unused/model")
+    try:
+        settings_from_env({"DISCORD_TOKEN": "x", "CONTEXT_SIZE": str(size), "MAX_NEW_TOKENS": "64"})
+    except ConfigError as error:
+        assert code == 2
+        flag = _error_line(capsys)
+        assert flag == f"synatra-bot: --context: {error.problem}"
+        assert str(error) == f"CONTEXT_SIZE: must be between 512 and 32768, got {size}"
+    else:
+        assert code == 0

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from synatra_bot.errors import SynatraError
 from synatra_bot.prompt.builder import (
-    MAX_CONTEXT_SIZE,
     HistoryMessage,
     PromptBuilder,
     PromptOptions,
 )
 from synatra_bot.prompt.cards import MAX_JSON_BYTES, MAX_PNG_BYTES, parse_card
+from synatra_bot.settings import CONTEXT_SIZE_RANGE, MAX_NEW_TOKENS_RANGE, check_range
 
 MAX_HISTORY_BYTES = 64 * 1024 * 1024
 
@@ -72,8 +72,8 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
         max_new = (
             args.max_new_tokens if args.max_new_tokens is not None else defaults.max_new_tokens
         )
-        if not 256 <= context <= MAX_CONTEXT_SIZE:
-            raise ValueError(f"--context must be between 256 and {MAX_CONTEXT_SIZE}")
+        check_range("--context", context, CONTEXT_SIZE_RANGE)
+        check_range("--max-new-tokens", max_new, MAX_NEW_TOKENS_RANGE)
         options = PromptOptions(context_size=context, max_new_tokens=max_new)
 
         from synatra_bot.tokenizer import load_tokenizer
@@ -94,7 +94,7 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
         )
     except (SynatraError, OSError, ValueError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"synatra-bot: {message}", file=sys.stderr)
         return 2
     if args.json:
         report = built.report.to_json()

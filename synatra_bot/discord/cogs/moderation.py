@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord.interactions import actor_of, answer, place_of, tr
+from synatra_bot.settings import CONTEXT_SIZE_RANGE
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
@@ -113,7 +114,7 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
     async def context(
         self,
         interaction: discord.Interaction[SynatraBot],
-        size: app_commands.Range[int, 1024, 32768],
+        size: app_commands.Range[int, CONTEXT_SIZE_RANGE[0], CONTEXT_SIZE_RANGE[1]],
         scope: Scope = "channel",
     ) -> None:
         await self._save(interaction, scope, context_size=size)
