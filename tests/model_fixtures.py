@@ -76,3 +76,11 @@ def write_tiny_model(folder: Path, *, seed: int = 0) -> Path:
     model.generation_config.eos_token_id = [32000, 32001, 2]
     model.save_pretrained(folder)
     return folder
+
+
+if __name__ == "__main__":
+    # `python -m tests.model_fixtures FOLDER`: a tiny random model to try `synatra-bot chat`
+    # without downloading anything (it talks nonsense, but every part of the bot runs).
+    import sys
+
+    print(write_tiny_model(Path(sys.argv[1])))
