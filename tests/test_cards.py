@@ -231,3 +231,11 @@ def test_a_risuai_card_with_a_large_private_chunk_imports():
     oversized = png_with_text({"chara": b"A" * (png.MAX_TEXT_CHUNK_BYTES + 1)})
     with pytest.raises(CardError, match="too large"):
         parse_card(oversized, filename="big.png")
+
+
+def test_the_sample_card_in_the_repository_imports():
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "examples" / "haeun.json"
+    card = parse_card(sample.read_bytes(), filename=sample.name)
+    assert card.name == "하은" and "{{char}}" in card.first_message and card.alternate_greetings
