@@ -375,3 +375,22 @@ async def test_a_regenerate_that_cannot_be_built_puts_the_reply_back(start_bot):
             return (await history(harness, s.general))[-1].content == "답장 1."
 
         assert await eventually(kept)
+
+
+async def test_starting_over_and_over_counts_against_the_rate_limit(harness):
+    s = harness.scenario
+    await harness.final_text(await harness.slash(s.moderator, "config ratelimit", per_minute=2))
+    character = await member_scene(harness, s.members[0])  # the first start
+    again = await harness.slash(
+        s.members[0], "rp start", channel=s.general, character=str(character)
+    )
+    await harness.final_text(again)
+    await harness.fake.wait_until(
+        lambda: len([m for m in s.general.visible_messages if m.webhook_id]) == 2
+    )
+    greetings = len(await webhook_messages(s.general))
+    refused = await harness.slash(
+        s.members[0], "rp start", channel=s.general, character=str(character)
+    )
+    assert SLOW_DOWN in await harness.final_text(refused) and refused.ephemeral
+    assert len(await webhook_messages(s.general)) == greetings

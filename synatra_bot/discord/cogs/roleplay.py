@@ -60,6 +60,8 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
                 raise UserFacingError("channel disabled", key="error.channel_disabled")
             await core.update_channel_settings(place, enabled=True)
         await core.ensure_can_start(actor, place)
+        # A greeting is a message as the character: it counts like any other.
+        self.bot.scheduler.charge(actor.user_id, config.user_rate_limit)
         await interaction.response.defer(thinking=True)
         await self.bot.scheduler.cancel_channel(place.channel_id, reason="a new roleplay started")
         started = await core.start(
@@ -94,6 +96,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         channel, place, actor = self._where(interaction)
         active = await self.bot.core.require_active(place)
         require_starter_or_moderator(actor, active.session)
+        self.bot.scheduler.charge(actor.user_id, active.config.user_rate_limit)
         await interaction.response.defer(thinking=True)
         await self.bot.scheduler.cancel_channel(place.channel_id, reason="roleplay reset")
         started = await self.bot.core.reset(actor, place)
