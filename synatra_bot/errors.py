@@ -6,11 +6,13 @@ SynatraError                   base of everything raised on purpose
 ├── UserFacingError            message is safe to show a Discord user (localisable key + params)
 │   ├── PermissionDenied       the user may not do this
 │   ├── NotFound               a character, session or message does not exist
+│   │   └── NoSession          no roleplay is running in this channel
 │   ├── CardError              a character card file is malformed or too large
 │   ├── ImageRejected          an avatar image is not one, is too large, or cannot be used
 │   ├── LimitReached           the member already has as many characters as the server allows
 │   ├── PromptTooLarge         the character sheet alone does not fit the context budget
 │   └── RateLimited            the user or channel is over its limit
+├── TurnCancelled              a reply turn was dropped before it began (stop, superseded, shutdown)
 └── EngineError                generation failed (`key`, where set: a localised note for players)
     ├── EngineUnavailable      the engine cannot be reached or is not loaded
     └── GenerationInterrupted  a reply was cut off mid-stream (never stored as complete)
@@ -62,6 +64,10 @@ class NotFound(UserFacingError):
     key = "error.not_found"
 
 
+class NoSession(NotFound):
+    key = "error.no_session"
+
+
 class CardError(UserFacingError):
     """A character card is malformed, too large, or missing a required field."""
 
@@ -90,6 +96,14 @@ class PromptTooLarge(UserFacingError):
 
 class RateLimited(UserFacingError):
     key = "error.rate_limited"
+
+
+class TurnCancelled(SynatraError):
+    """The turn was dropped before it was admitted (stop, superseded, or shutdown)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class EngineError(SynatraError):

@@ -8,11 +8,10 @@ import pytest
 
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.engine.scripted import ScriptedEngine
-from synatra_bot.errors import EngineUnavailable, GenerationInterrupted, RateLimited
+from synatra_bot.errors import EngineUnavailable, GenerationInterrupted, RateLimited, TurnCancelled
 from synatra_bot.roleplay.scheduler import (
     QueueTicket,
     Scheduler,
-    TurnCancelled,
     TurnOutcome,
     TurnSlot,
 )

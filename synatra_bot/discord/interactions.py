@@ -5,9 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import discord
+from discord import app_commands
 
 from synatra_bot.discord.i18n import t
 from synatra_bot.roleplay.types import Actor, Place
+
+
+class ComponentError(app_commands.AppCommandError):
+    """An error from a modal or button, handed to the tree's error policy.
+
+    (`CommandInvokeError` needs a command and fails on `None`.)"""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
 
 
 def is_moderator(member: discord.abc.User, permissions: discord.Permissions | None = None) -> bool:

@@ -6,20 +6,21 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import discord
 
 from synatra_bot.discord.i18n import t
+from synatra_bot.discord.interactions import ComponentError, actor_of, place_of
 from synatra_bot.discord.streaming import ReplyMessages
-from synatra_bot.errors import EngineError, EngineUnavailable, UserFacingError
-from synatra_bot.roleplay.core import ActiveRoleplay
+from synatra_bot.errors import EngineError, EngineUnavailable, TurnCancelled, UserFacingError
+from synatra_bot.roleplay.core import STOPPED_BY_USER, ActiveRoleplay, ReplyKind
 from synatra_bot.roleplay.rules import (
     require_may_stop,
     require_starter_or_moderator,
     require_voice,
 )
-from synatra_bot.roleplay.scheduler import QueueTicket, TurnCancelled, TurnOutcome, TurnSlot
+from synatra_bot.roleplay.scheduler import QueueTicket, TurnOutcome, TurnSlot
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import MessageRecord
 
@@ -28,11 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ReplyKind = Literal["reply", "regenerate", "continue"]
 #: A turn that waits longer than this shows its queue position, refreshed at most this often.
 QUEUE_NOTICE_AFTER_S = 1.0
 QUEUE_REFRESH_S = 10.0
-STOPPED_BY_USER = "stopped"
 BUTTON_TEMPLATE = r"rp:(?P<action>regen|prev|next|stop|cont):(?P<target>[0-9]+)"
 
 
@@ -460,15 +459,11 @@ class ReplyController:
         try:
             await self.on_button(interaction, action, target_id)
         except Exception as error:  # the tree's policy decides what the user sees
-            from synatra_bot.discord.cogs.common import ComponentError
-
             await self.bot.tree.on_error(interaction, ComponentError(error))
 
     async def on_button(
         self, interaction: discord.Interaction[SynatraBot], action: str, target_id: int
     ) -> None:
-        from synatra_bot.discord.interactions import actor_of, place_of
-
         assert interaction.guild_id is not None and interaction.channel is not None
         place = place_of(interaction.channel, interaction.guild_id)
         actor = actor_of(interaction)

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from synatra_bot.errors import NotFound, PermissionDenied, UserFacingError
+from synatra_bot.errors import NoSession, NotFound, PermissionDenied, UserFacingError
 from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import CharacterCard
 from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
@@ -58,8 +58,10 @@ HISTORY_TURNS = 20_000
 COMMIT_EVERY_S = 0.01
 
 
-class NoSession(UserFacingError):
-    key = "error.no_session"
+#: What a reply does: a new turn, a new alternative of the newest reply, or more of its text.
+ReplyKind = Literal["reply", "regenerate", "continue"]
+#: The cancel reason of a reply its player stopped (kept, unlike one superseded or shut down).
+STOPPED_BY_USER = "stopped"
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ from synatra_bot.errors import (
     EngineUnavailable,
     GenerationInterrupted,
     RateLimited,
-    SynatraError,
+    TurnCancelled,
 )
 
 BusyPolicy = Literal["queue", "restart"]
@@ -59,14 +59,6 @@ class TurnOutcome(enum.Enum):
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
     FAILED = "failed"
-
-
-class TurnCancelled(SynatraError):
-    """The turn was dropped before it was admitted (stop, superseded, or shutdown)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(eq=False)

@@ -22,13 +22,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from synatra_bot.errors import CardError, EngineError, NotFound, UserFacingError
+from synatra_bot.errors import CardError, EngineError, NotFound, TurnCancelled, UserFacingError
 from synatra_bot.prompt.cards import parse_card
 from synatra_bot.roleplay.characters import CharacterService, columns_from_card
-from synatra_bot.roleplay.core import RoleplayCore
-from synatra_bot.roleplay.scheduler import Scheduler, TurnCancelled, TurnOutcome
+from synatra_bot.roleplay.core import STOPPED_BY_USER, ReplyKind, RoleplayCore
+from synatra_bot.roleplay.scheduler import Scheduler, TurnOutcome
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.records import CharacterRecord, MessageRecord
@@ -52,9 +52,7 @@ _CONTROL_ESCAPES = MappingProxyType(
         if chr(code) not in "\n\t"
     }
 )
-STOPPED_BY_USER = "stopped"
 
-ReplyKind = Literal["reply", "regenerate", "continue"]
 
 HELP = """\
 명령 · commands

@@ -10,9 +10,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from synatra_bot.discord.cogs.common import CharacterArg, ComponentError
+from synatra_bot.discord.cogs.common import CharacterArg
 from synatra_bot.discord.i18n import is_korean, t
-from synatra_bot.discord.interactions import actor_of, answer, tr
+from synatra_bot.discord.interactions import ComponentError, actor_of, answer, tr
 from synatra_bot.errors import CardError, UserFacingError
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
 from synatra_bot.prompt.png import PNG_SIGNATURE

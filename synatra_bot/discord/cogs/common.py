@@ -27,16 +27,6 @@ class CharacterNotResolved(app_commands.AppCommandError):
         self.original = original
 
 
-class ComponentError(app_commands.AppCommandError):
-    """An error from a modal or button, handed to the tree's error policy.
-
-    (`CommandInvokeError` needs a command and fails on `None`.)"""
-
-    def __init__(self, original: Exception) -> None:
-        super().__init__(str(original))
-        self.original = original
-
-
 def _label(record: CharacterRecord) -> str:
     badge = {"pending": " ⏳", "rejected": " ✖"}.get(record.approval, "")
     shared = " 👥" if record.visibility == "guild" else ""
