@@ -1,4 +1,5 @@
-"""Start-up and shutdown of the Discord bot: settings, logging, database, engine, client."""
+"""The composition root: settings -> database -> tokenizer -> engine -> core, for every front end
+(the Discord bot, the terminal), and the bot's start-up and shutdown."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from synatra_bot import eventloop
+from synatra_bot.roleplay.characters import CharacterService
+from synatra_bot.roleplay.core import RoleplayCore
+from synatra_bot.roleplay.scheduler import Scheduler
 from synatra_bot.settings import Settings, configure_logging, load_settings
 
 if TYPE_CHECKING:
@@ -26,6 +31,88 @@ def run_bot(*, env_file: str | None = None) -> int:
     return eventloop.run(serve(settings), kind=settings.event_loop)
 
 
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """The database, migrated, and the services that read and write it."""
+
+    sessions: Any
+    characters: CharacterService
+
+
+@contextlib.asynccontextmanager
+async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
+    """Apply pending migrations and open the database; closed on exit."""
+    from synatra_bot.storage.database import create_engine, create_sessionmaker
+    from synatra_bot.storage.migrate import upgrade_database
+
+    before, after = await upgrade_database(settings.database_url)
+    if before != after:
+        log.info("database upgraded from %s to %s", before or "empty", after)
+    database = create_engine(settings.database_url)
+    try:
+        sessions = create_sessionmaker(database)
+        characters = CharacterService(sessions, max_card_bytes=settings.max_attachment_bytes)
+        yield Storage(sessions, characters)
+    finally:
+        await database.dispose()
+
+
+@contextlib.asynccontextmanager
+async def open_engine(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    tokenizer: object | None = None,
+    on_loading: Callable[[], None] | None = None,
+) -> AsyncIterator[tuple[Engine, object]]:
+    """The tokenizer and the started engine the settings name (or the ones given: tests pass
+    a scripted engine); `on_loading` is called before a model starts to load. Closed on exit."""
+    from synatra_bot.engine.factory import build_engine
+    from synatra_bot.tokenizer import load_tokenizer
+
+    if tokenizer is None:
+        tokenizer = await asyncio.to_thread(load_tokenizer, settings.model_id)
+    if engine is None:
+        if on_loading is not None:
+            on_loading()
+        engine = build_engine(settings, tokenizer=tokenizer)  # type: ignore[arg-type]
+    try:
+        await engine.start()
+        yield engine, tokenizer
+    finally:
+        await engine.close()
+
+
+def build_core(
+    settings: Settings,
+    storage: Storage,
+    engine: Engine,
+    tokenizer: object,
+    *,
+    max_concurrent: int | None = None,
+    user_turns: int | None = None,
+) -> tuple[RoleplayCore, Scheduler]:
+    """The roleplay core and its scheduler over `storage` and `engine`: what every front end
+    (the bot, the terminal) drives."""
+    from synatra_bot.prompt.builder import PromptBuilder
+    from synatra_bot.roleplay.config import Defaults
+
+    core = RoleplayCore(
+        sessions=storage.sessions,
+        characters=storage.characters,
+        builder=PromptBuilder(tokenizer),  # type: ignore[arg-type]
+        defaults=Defaults.from_settings(settings),
+    )
+    scheduler = Scheduler(
+        engine,
+        max_concurrent=max_concurrent or settings.max_concurrent_replies,
+        turn_timeout_s=settings.turn_timeout_s,
+    )
+    if user_turns is not None:
+        scheduler.user_turns = user_turns
+    return core, scheduler
+
+
 @contextlib.asynccontextmanager
 async def running_bot(
     settings: Settings,
@@ -39,37 +126,12 @@ async def running_bot(
     Tests pass their own engine (scripted or tiny) and tokenizer; `serve` builds the real ones.
     """
     from synatra_bot.discord.bot import BotDependencies, SynatraBot
-    from synatra_bot.engine.factory import build_engine
-    from synatra_bot.prompt.builder import PromptBuilder
-    from synatra_bot.roleplay.characters import CharacterService
-    from synatra_bot.roleplay.config import Defaults
-    from synatra_bot.roleplay.core import RoleplayCore
-    from synatra_bot.roleplay.scheduler import Scheduler
-    from synatra_bot.storage.database import create_engine, create_sessionmaker
-    from synatra_bot.storage.migrate import upgrade_database
-    from synatra_bot.tokenizer import load_tokenizer
 
-    before, after = await upgrade_database(settings.database_url)
-    if before != after:
-        log.info("database upgraded from %s to %s", before or "empty", after)
-    database = create_engine(settings.database_url)
-    if tokenizer is None:
-        tokenizer = await asyncio.to_thread(load_tokenizer, settings.model_id)
-    engine = engine or build_engine(settings, tokenizer=tokenizer)
-    try:
-        await engine.start()
-        sessions = create_sessionmaker(database)
-        core = RoleplayCore(
-            sessions=sessions,
-            characters=CharacterService(sessions, max_card_bytes=settings.max_attachment_bytes),
-            builder=PromptBuilder(tokenizer),  # type: ignore[arg-type]
-            defaults=Defaults.from_settings(settings),
-        )
-        scheduler = Scheduler(
-            engine,
-            max_concurrent=settings.max_concurrent_replies,
-            turn_timeout_s=settings.turn_timeout_s,
-        )
+    async with (
+        open_storage(settings) as storage,
+        open_engine(settings, engine=engine, tokenizer=tokenizer) as (engine, tokenizer),
+    ):
+        core, scheduler = build_core(settings, storage, engine, tokenizer)
         if settings.shard_count is not None:
             bot_options.setdefault("shard_count", settings.shard_count)
         if settings.shard_ids is not None:
@@ -92,9 +154,6 @@ async def running_bot(
             # be freed, and a process that starts another bot (the tests, the load test's
             # repeats) would keep every earlier one.
             gc.unfreeze()
-    finally:
-        await engine.close()
-        await database.dispose()
 
 
 async def serve(

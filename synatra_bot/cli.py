@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from synatra_bot.engine import bench
     from synatra_bot.prompt import preview
-    from synatra_bot.roleplay import terminal
+    from synatra_bot.terminal import chat as terminal
 
     terminal.configure_parser(
         commands.add_parser("chat", help="roleplay with a character in the terminal")
@@ -70,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_id = load_settings(env_file=args.env_file, require_token=False).model_id
             return run_preview(args, default_model_id=model_id)
         if command == "chat":
-            from synatra_bot.roleplay.terminal import run_chat
             from synatra_bot.settings import load_settings
+            from synatra_bot.terminal.chat import run_chat
 
             settings = load_settings(env_file=args.env_file, require_token=False)
             return eventloop.run(run_chat(args, settings=settings), kind=settings.event_loop)

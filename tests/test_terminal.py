@@ -13,15 +13,15 @@ import pytest
 
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.prompt.cards import CharacterCard, card_to_png, card_to_v2_json
-from synatra_bot.roleplay.terminal import (
+from synatra_bot.settings import Settings, settings_from_env
+from synatra_bot.storage import repository as repo
+from synatra_bot.storage.database import create_engine, create_sessionmaker
+from synatra_bot.terminal.chat import (
     TERMINAL_USER_ID,
     configure_parser,
     run_chat,
     terminal_place,
 )
-from synatra_bot.settings import Settings, settings_from_env
-from synatra_bot.storage import repository as repo
-from synatra_bot.storage.database import create_engine, create_sessionmaker
 
 GREETING = "안녕, {{user}}! 오늘 뭐 할래?"
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from synatra_bot.app import build_core, open_engine, open_storage
 from synatra_bot.errors import CardError, EngineError, NotFound, TurnCancelled, UserFacingError
 from synatra_bot.prompt.cards import parse_card
 from synatra_bot.roleplay.characters import CharacterService, columns_from_card
@@ -455,26 +456,20 @@ async def run_chat(
     Returns 0, or 2 when `--character` names nothing usable (one line on stderr), or 1 when
     the engine cannot start.
     """
-    from synatra_bot.prompt.builder import PromptBuilder
-    from synatra_bot.roleplay.config import Defaults
-    from synatra_bot.storage.database import create_engine, create_sessionmaker
-    from synatra_bot.storage.migrate import upgrade_database
-
     out = stdout if stdout is not None else sys.stdout
-    await upgrade_database(settings.database_url)
-    database = create_engine(settings.database_url)
-    try:
-        sessions = create_sessionmaker(database)
-        characters = CharacterService(sessions, max_card_bytes=settings.max_attachment_bytes)
+    async with open_storage(settings) as storage:
         actor = Actor(TERMINAL_USER_ID, args.user_name or default_user_name())
         try:
             character, note = await resolve_character(
-                characters, actor, args.character, max_card_bytes=settings.max_attachment_bytes
+                storage.characters,
+                actor,
+                args.character,
+                max_card_bytes=settings.max_attachment_bytes,
             )
             if character.owner_id != actor.user_id and character.visibility == "guild":
                 # A character shared on a server: play it as a member of that server would.
                 actor = replace(actor, guild_id=character.guild_id)
-            await characters.for_use(actor, character.id, place=None, nsfw_policy="allowed")
+            await storage.characters.for_use(actor, character.id, place=None, nsfw_policy="allowed")
         except UserFacingError as error:
             print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
             return 2
@@ -483,32 +478,23 @@ async def run_chat(
             line = f"{label[note]}: #{character.id} {character.name}"
             print(terminal_safe(line), file=out, flush=True)
 
-        if tokenizer is None:
-            from synatra_bot.tokenizer import load_tokenizer
-
-            tokenizer = await asyncio.to_thread(load_tokenizer, settings.model_id)
-        if engine is None:
-            from synatra_bot.engine.factory import build_engine
-
+        def loading() -> None:
             print(f"모델 준비 중 · loading {settings.model_id}…", file=out, flush=True)
-            engine = build_engine(settings, tokenizer=tokenizer)
-        try:
-            await engine.start()
-        except EngineError as error:
-            print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
-            await engine.close()
-            return 1
-        try:
-            core = RoleplayCore(
-                sessions=sessions,
-                characters=characters,
-                builder=PromptBuilder(tokenizer),
-                defaults=Defaults.from_settings(settings),
-            )
-            scheduler = Scheduler(
-                engine,
+
+        async with contextlib.AsyncExitStack() as running:
+            try:
+                started_engine, started_tokenizer = await running.enter_async_context(
+                    open_engine(settings, engine=engine, tokenizer=tokenizer, on_loading=loading)
+                )
+            except EngineError as error:
+                print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
+                return 1
+            core, scheduler = build_core(
+                settings,
+                storage,
+                started_engine,
+                started_tokenizer,
                 max_concurrent=1,
-                turn_timeout_s=settings.turn_timeout_s,
                 user_turns=TERMINAL_USER_TURNS,
             )
             chat = TerminalChat(
@@ -529,7 +515,3 @@ async def run_chat(
                     return await chat.run()
             finally:
                 await scheduler.shutdown(finish=False)
-        finally:
-            await engine.close()
-    finally:
-        await database.dispose()
