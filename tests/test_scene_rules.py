@@ -39,7 +39,7 @@ async def history(harness, channel):
     return await repo.recent_history(harness.sessions, session_id=active.id, limit=50)
 
 
-async def webhook_messages(channel) -> list:
+def webhook_messages(channel) -> list:
     return [m for m in channel.visible_messages if m.webhook_id is not None]
 
 
@@ -234,14 +234,14 @@ async def test_a_rate_limited_message_posts_nothing_as_the_character_and_is_not_
         await harness.start_roleplay(s.moderator, s.general, character)
         await harness.final_text(await harness.slash(s.moderator, "config ratelimit", per_minute=1))
         await harness.reply_to(s.general, s.members[0], "하나")
-        before = len(await webhook_messages(s.general))
+        before = len(webhook_messages(s.general))
         calls = len(fake.calls)
         said = await fake.say(s.general, s.members[0], "둘")
         notice = await fake.wait_for_message(
             s.general, lambda m: m.webhook_id is None and not m.from_test, after=said
         )
         assert SLOW_DOWN in notice.content
-        assert len(await webhook_messages(s.general)) == before
+        assert len(webhook_messages(s.general)) == before
         sent = [c for c in fake.calls[calls:] if c.method != "GET"]
         assert len(sent) == 1  # the notice, nothing else
         assert [m.content for m in await history(harness, s.general) if m.role == "user"] == [
@@ -309,14 +309,14 @@ async def test_a_scene_stops_playing_a_character_its_owner_made_private(start_bo
             owner, "character edit", character=str(character), visibility="private"
         )
         await harness.final_text(private)
-        before = len(await webhook_messages(s.general))
+        before = len(webhook_messages(s.general))
 
         said = await fake.say(s.general, player, "아직 있어?")
         notice = await fake.wait_for_message(
             s.general, lambda m: m.webhook_id is None and not m.from_test, after=said
         )
         assert UNAVAILABLE in notice.content
-        assert len(await webhook_messages(s.general)) == before
+        assert len(webhook_messages(s.general)) == before
         assert "아직 있어?" not in [m.content for m in await history(harness, s.general)]
 
 
@@ -388,9 +388,9 @@ async def test_starting_over_and_over_counts_against_the_rate_limit(harness):
     await harness.fake.wait_until(
         lambda: len([m for m in s.general.visible_messages if m.webhook_id]) == 2
     )
-    greetings = len(await webhook_messages(s.general))
+    greetings = len(webhook_messages(s.general))
     refused = await harness.slash(
         s.members[0], "rp start", channel=s.general, character=str(character)
     )
     assert SLOW_DOWN in await harness.final_text(refused) and refused.ephemeral
-    assert len(await webhook_messages(s.general)) == greetings
+    assert len(webhook_messages(s.general)) == greetings

@@ -104,16 +104,12 @@ async def test_an_edited_message_is_cleaned_like_a_new_one(harness):
     await fake.wait_until(lambda: has_buttons(reply))
     friend = s.members[1]
 
-    async def players_lines():
-        return [m.content for m in await _history(harness, s.general) if m.role == "user"]
+    async def players_lines_are(expected) -> bool:
+        history = await _history(harness, s.general)
+        return [m.content for m in history if m.role == "user"] == expected
 
     await fake.edit(said, f"<@{friend.id}> 같이 놀자")
-    expected = [f"@{friend.display_name} 같이 놀자"]
-    assert await eventually(lambda: _equal(players_lines(), expected))
+    assert await eventually(lambda: players_lines_are([f"@{friend.display_name} 같이 놀자"]))
 
     await fake.edit(said, "// 잠깐 딴 얘기")  # now out of character: it leaves the story
-    assert await eventually(lambda: _equal(players_lines(), []))
-
-
-async def _equal(lines, expected) -> bool:
-    return await lines == expected
+    assert await eventually(lambda: players_lines_are([]))

@@ -217,22 +217,22 @@ class ReplyController:
         target: MessageRecord | None = None,
         notify: discord.Message | None = None,
         after: Awaitable[Any] | None = None,
-        charged: bool = False,
+        admitted: bool = False,
     ) -> MessageRecord | None:
         """Generate and show one reply; returns the stored turn, or None when nothing was stored.
 
-        The channel rules and the speaker's rate limit are checked before anything is posted
-        (`charged`: the caller already counted the turn). Whatever fails later, the player is
-        told, nothing half-written is stored, and a regenerated or continued reply goes back
-        to what it showed before.
+        The turn goes through `admit` before anything is posted (`admitted`: the caller did
+        that already). Whatever fails later, the player is told, nothing half-written is
+        stored, and a regenerated or continued reply goes back to what it showed before.
         """
         job = _Job(place, active, channel, speaker, kind, target, after)
         locale = self.bot.locale_for(channel)
-        try:
-            self.admit(active, place, speaker, charged=charged)
-        except UserFacingError as error:
-            await self.tell(notify, channel, self.text(locale, error))
-            return None
+        if not admitted:
+            try:
+                self.admit(active, place, speaker)
+            except UserFacingError as error:
+                await self.tell(notify, channel, self.text(locale, error))
+                return None
         try:
             return await self._run(job, notify, locale)
         except discord.Forbidden:
@@ -248,15 +248,12 @@ class ReplyController:
             await self.tell(notify, channel, t(locale, "error.unexpected"))
         return None
 
-    def admit(
-        self, active: ActiveRoleplay, place: Place, speaker: Actor | None, *, charged: bool = False
-    ) -> None:
+    def admit(self, active: ActiveRoleplay, place: Place, speaker: Actor | None) -> None:
         """Refuse a turn before it costs anything: the channel rules every path obeys, then one
-        turn counted against the speaker's rate limit (unless already `charged`)."""
+        turn counted against the speaker's rate limit."""
         self.bot.core.check_may_generate(active, place)
-        if not charged:
-            user_id = speaker.user_id if speaker else 0
-            self.bot.scheduler.charge(user_id, active.config.user_rate_limit)
+        user_id = speaker.user_id if speaker else 0
+        self.bot.scheduler.charge(user_id, active.config.user_rate_limit)
 
     def text(self, locale: str, error: UserFacingError) -> str:
         """A domain error as players read it (localised, secrets masked)."""
@@ -300,6 +297,19 @@ class ReplyController:
             nonlocal notice
             notice = self.spawn(show_queue(ticket))
 
+        async def withdraw() -> None:
+            """Take back a turn that never began: a new reply's message goes, a regenerated or
+            continued one shows what it showed before."""
+            if notice is not None:
+                notice.cancel()
+            if not opened:
+                return
+            if replacing:
+                assert target is not None
+                await self._restore(writer, target)
+            else:
+                await writer.discard()
+
         async def give_up(note: str) -> None:
             """End a turn that failed: a regenerated or continued reply shows what it showed
             before (the note goes to the channel), a new reply keeps its text with the note."""
@@ -326,8 +336,7 @@ class ReplyController:
                 user_id=user_id,
                 policy="restart" if active.config.busy_policy == "restart" else "queue",
                 on_queued=on_queued,
-                user_turns=active.config.user_rate_limit,
-                charged=True,
+                charged=True,  # by admit()
             ) as slot:
                 if notice is not None:
                     notice.cancel()
@@ -339,25 +348,14 @@ class ReplyController:
                 async for _delta in slot.stream(built.input_ids, active.config.sampling):
                     await writer.update(prefix + slot.text)
         except TurnCancelled:
-            if notice is not None:
-                notice.cancel()
-            if opened and kind == "reply":
-                await writer.discard()
-            elif opened and replacing:
-                assert target is not None
-                await self._restore(writer, target)
+            await withdraw()
             return None
         except UserFacingError as error:
             await give_up(self.text(locale, error))
             return None
         except EngineError as error:
             if isinstance(error, EngineUnavailable) and slot is None:
-                # The bot is shutting down: the turn never began.
-                if kind == "reply":
-                    await writer.discard()
-                elif opened and replacing:
-                    assert target is not None
-                    await self._restore(writer, target)
+                await withdraw()  # the bot is shutting down: the turn never began
                 return None
             # Also an engine that became unavailable mid-reply: never leave the cursor hanging.
             log.warning("reply in channel %s failed: %s", place.channel_id, error)
@@ -509,5 +507,5 @@ class ReplyController:
             speaker=actor,
             kind=kind,
             target=latest,
-            charged=True,
+            admitted=True,
         )

@@ -97,7 +97,7 @@ class PromptOptions:
     #: After an overflow the history is cut back to this share of its room, so that the
     #: following turns keep an identical prompt start (an engine's cached prefix stays valid).
     trim_watermark: float = 0.7
-    #: Oldest message id kept by the previous prompt of this session (BuiltPrompt.history_start_id).
+    #: Oldest message id the previous prompt of this roleplay kept (BuiltPrompt.history_start_id).
     history_start_id: int | None = None
     lorebook_budget: int = 512
     add_bos: bool = True

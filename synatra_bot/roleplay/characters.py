@@ -75,6 +75,14 @@ def nsfw_allowed(policy: str, place: Place) -> bool:
     return policy == "age_restricted" and place.age_restricted
 
 
+def require_nsfw_allowed(character: CharacterRecord, policy: str, place: Place) -> None:
+    """Refuse an NSFW character where the server's policy does not allow one."""
+    if character.nsfw and not nsfw_allowed(policy, place):
+        raise PermissionDenied(
+            "NSFW characters play only in age-restricted channels", key="error.nsfw_channel"
+        )
+
+
 class CharacterService:
     """Character operations for one database, enforcing who may do what."""
 
@@ -158,10 +166,8 @@ class CharacterService:
         record = await self.get(character_id)
         if not can_use(actor, record):
             raise NotFound(f"character {character_id} is not available", key="error.no_character")
-        if record.nsfw and place is not None and not nsfw_allowed(nsfw_policy, place):
-            raise PermissionDenied(
-                "NSFW characters start only in age-restricted channels", key="error.nsfw_channel"
-            )
+        if place is not None:
+            require_nsfw_allowed(record, nsfw_policy, place)
         return record
 
     async def search(self, actor: Actor, text: str, *, limit: int = 25) -> list[CharacterRecord]:

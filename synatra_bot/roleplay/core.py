@@ -24,7 +24,7 @@ from synatra_bot.roleplay.characters import (
     CharacterService,
     can_use,
     card_from_record,
-    nsfw_allowed,
+    require_nsfw_allowed,
 )
 from synatra_bot.roleplay.config import ChannelConfig, Defaults, effective_config
 from synatra_bot.roleplay.history import HistoryCache
@@ -197,10 +197,7 @@ class RoleplayCore:
                 key="error.character_unavailable",
                 name=active.character.name,
             )
-        if active.character.nsfw and not nsfw_allowed(active.config.nsfw_policy, place):
-            raise PermissionDenied(
-                "NSFW characters play only in age-restricted channels", key="error.nsfw_channel"
-            )
+        require_nsfw_allowed(active.character, active.config.nsfw_policy, place)
 
     # --- sessions -----------------------------------------------------------------------------
 
@@ -421,7 +418,7 @@ class RoleplayCore:
 
         `exclude_message_id` leaves a turn out (the reply being regenerated).
         """
-        # Chunked trimming: start where this session's last prompt started, so its beginning
+        # Chunked trimming: start where this roleplay's last prompt started, so its beginning
         # (and an engine's cached prefix) stays the same; a new context size starts afresh.
         session_id = active.session.id
         anchor_key = (session_id, active.config.context_size, active.config.sampling.max_new_tokens)

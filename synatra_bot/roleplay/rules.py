@@ -18,12 +18,18 @@ def is_starter_or_moderator(actor: Actor, session: SessionRecord) -> bool:
     return actor.user_id == session.started_by or actor.is_moderator
 
 
-def require_starter_or_moderator(actor: Actor, session: SessionRecord) -> None:
-    """Changing the course of a scene (stop, reset, undo, continue, memory, inspecting the
-    prompt) belongs to whoever started it, or a moderator."""
-    require_voice(actor)
+def require_may_inspect(actor: Actor, session: SessionRecord) -> None:
+    """Inspecting a scene's prompt (`/rp context`) belongs to whoever started it, or a
+    moderator; it says nothing in the channel, so it needs no voice there."""
     if not is_starter_or_moderator(actor, session):
         raise PermissionDenied("only who started it or a moderator", key="error.starter_only")
+
+
+def require_starter_or_moderator(actor: Actor, session: SessionRecord) -> None:
+    """Changing the course of a scene (stop, reset, undo, continue, memory) belongs to whoever
+    started it, or a moderator, speaking in the channel."""
+    require_voice(actor)
+    require_may_inspect(actor, session)
 
 
 def require_may_stop(actor: Actor, session: SessionRecord, turn_user_id: object) -> None:

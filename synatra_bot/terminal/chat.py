@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 TERMINAL_USER_ID = 0
 TERMINAL_GUILD_ID = 0
 DEFAULT_USER_NAME = "나"
-#: Turns shown again when an earlier session continues.
+#: Turns shown again when an earlier chat with the character continues.
 RECAP_TURNS = 6
 #: One person at a keyboard needs no rate limit.
 TERMINAL_USER_TURNS = 1_000_000

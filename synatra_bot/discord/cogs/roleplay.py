@@ -12,8 +12,12 @@ from discord.ext import commands
 from synatra_bot.discord.cogs.common import CharacterArg
 from synatra_bot.discord.interactions import actor_of, answer, place_of, speaker_of, tr
 from synatra_bot.discord.replies import ReplyButton, SwipePosition
-from synatra_bot.errors import PermissionDenied, UserFacingError
-from synatra_bot.roleplay.rules import require_starter_or_moderator, require_voice
+from synatra_bot.errors import UserFacingError
+from synatra_bot.roleplay.rules import (
+    require_may_inspect,
+    require_starter_or_moderator,
+    require_voice,
+)
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
@@ -141,7 +145,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             speaker=actor,
             kind="reply" if latest is None else "continue",
             target=latest,
-            charged=True,
+            admitted=True,
         )
 
     @app_commands.command(name="memory", description="Show or set what the character remembers")
@@ -170,7 +174,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
     async def context(self, interaction: discord.Interaction[SynatraBot]) -> None:
         _, place, actor = self._where(interaction)
         active = await self.bot.core.require_active(place)
-        self._check_starter_or_mod(actor, active.session.started_by)
+        require_may_inspect(actor, active.session)
         built = await self.bot.core.build_prompt(active, speaker=actor)
         # A private card is its owner's alone: others learn how many of its lorebook entries
         # fired, not which (their names give the story away).
@@ -237,7 +241,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             speaker=actor,
             notify=message,
             after=stored,
-            charged=True,
+            admitted=True,
         )
 
     @commands.Cog.listener()
@@ -327,12 +331,6 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
                 "use this in a server text channel or thread", key="error.channel_type"
             )
         return channel, place_of(channel, interaction.guild_id), actor_of(interaction)
-
-    @staticmethod
-    def _check_starter_or_mod(actor: Any, started_by: int) -> None:
-        """Inspecting a scene (no voice needed): its starter or a moderator."""
-        if actor.user_id != started_by and not actor.is_moderator:
-            raise PermissionDenied("only who started it or a moderator", key="error.starter_only")
 
 
 async def setup(bot: SynatraBot) -> None:
