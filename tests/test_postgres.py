@@ -12,11 +12,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
-from synatra_bot.storage.migrate import head_revision, upgrade_database
-from tests.db_helpers import schema_diff
+from synatra_bot.storage.migrate import alembic_config, head_revision, upgrade_database
+from tests.db_helpers import assert_old_scene_kept, fill_at_0001, schema_diff
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -135,3 +138,62 @@ async def test_roleplay_rows_round_trip_with_discord_snowflakes(postgres_url):
         assert alternative.swipe_group == stored[-1].id == alternative.turn_group
     finally:
         await engine.dispose()
+
+
+async def _new_database(postgres_url: str, name: str) -> str:
+    """Another, empty database on the test server (the module's own is already migrated)."""
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f"CREATE DATABASE {name}"))
+    finally:
+        await engine.dispose()
+    return make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def test_upgrade_from_0001_keeps_scenes_and_gives_them_their_cast(postgres_url):
+    url = await _new_database(postgres_url, "from_0001")
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0001")
+    old = await fill_at_0001(url)
+    _, after = await upgrade_database(url)
+    assert after == head_revision(url)
+    assert await schema_diff(url) == []
+    engine = create_engine(url)
+    sessions = create_sessionmaker(engine)
+    try:
+        await assert_old_scene_kept(sessions, old)
+        jun = await repo.create_character(
+            sessions, owner_id=old.player_id, guild_id=old.guild_id, name="준"
+        )
+        added = await repo.add_to_cast(
+            sessions, session_id=old.session_id, character_id=jun.id, max_size=2
+        )
+        assert added is not None and added.position == 1
+        reply = await repo.add_message(
+            sessions,
+            session_id=old.session_id,
+            role="assistant",
+            content="나도 왔어.",
+            character_id=jun.id,
+        )
+        assert reply.character_id == jun.id
+        assert await repo.delete_character(sessions, character_id=jun.id)
+        cast = await repo.session_cast(sessions, session_id=old.session_id)
+        assert [m.character_id for m in cast] == [old.character_id]
+        unnamed = await repo.get_message(sessions, message_id=reply.id)
+        assert unnamed is not None and unnamed.character_id is None
+    finally:
+        await engine.dispose()
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "0002")
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            kept = (await conn.execute(text("SELECT count(*) FROM messages"))).scalar_one()
+            tables = (
+                await conn.execute(
+                    text("SELECT count(*) FROM pg_tables WHERE tablename = 'session_cast'")
+                )
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+    assert (kept, tables) == (6, 0)

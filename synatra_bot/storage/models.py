@@ -1,4 +1,5 @@
-"""SQLAlchemy ORM models: guild and channel settings, characters, personas, sessions, messages."""
+"""SQLAlchemy ORM models: guild, channel and user settings, characters, personas, sessions, their
+casts, messages."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -64,6 +66,8 @@ class GuildSettings(SamplingColumns, Base):
     approval_required: Mapped[bool] = mapped_column(Boolean, default=False)
     #: Characters one member may have in this server; NULL means the default (50).
     character_limit: Mapped[int | None] = mapped_column(Integer)
+    #: Characters one scene may hold; NULL means the default (decided above storage).
+    cast_limit: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -80,6 +84,11 @@ class ChannelSettings(SamplingColumns, Base):
     reply_mode: Mapped[str] = mapped_column(String(16), default="all")
     #: What an edit of the last player message does: "offer" a regenerate button or "regenerate".
     edit_policy: Mapped[str] = mapped_column(String(16), default="offer")
+    #: When a player addresses several characters of the cast, each of them answers in turn
+    #: (otherwise only the first). The server default fills the rows that existed before it.
+    answer_every_addressed: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     active_session_id: Mapped[int | None] = mapped_column(
         ForeignKey("roleplay_sessions.id", ondelete="SET NULL")
     )
@@ -88,6 +97,19 @@ class ChannelSettings(SamplingColumns, Base):
     #: A channel-level lorebook in character_book JSON form.
     lorebook: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class UserSettings(Base):
+    """A user's own choices, wherever they play; a missing row means every default."""
+
+    __tablename__ = "user_settings"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    #: The user opts in to NSFW characters in their DMs with the bot (no server decides there).
+    nsfw_in_dms: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
@@ -154,6 +176,7 @@ class RoleplaySession(Base):
     channel_id: Mapped[int] = mapped_column(BigInteger)
     #: For threads, the parent channel (webhooks live there); NULL for plain channels.
     parent_channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: The character the scene started with; the whole cast is in `session_cast`.
     character_id: Mapped[int | None] = mapped_column(
         ForeignKey("characters.id", ondelete="SET NULL"), index=True
     )
@@ -161,6 +184,24 @@ class RoleplaySession(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     summary: Mapped[str] = mapped_column(Text, default="")
+
+
+class CastMember(Base):
+    """One character of a scene's cast; `position` orders the cast (0: the one it started with).
+
+    Deleting the character or the session removes the row.
+    """
+
+    __tablename__ = "session_cast"
+    __table_args__ = (UniqueConstraint("session_id", "character_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("roleplay_sessions.id", ondelete="CASCADE"), index=True
+    )
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Message(Base):
@@ -178,7 +219,12 @@ class Message(Base):
     session_id: Mapped[int] = mapped_column(ForeignKey("roleplay_sessions.id", ondelete="CASCADE"))
     #: "user", "assistant" or "system".
     role: Mapped[str] = mapped_column(String(16))
+    #: The player who wrote a user turn.
     author_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: The character who spoke an assistant turn (NULL for player turns, or once it is deleted).
+    character_id: Mapped[int | None] = mapped_column(
+        ForeignKey("characters.id", ondelete="SET NULL"), index=True
+    )
     display_name: Mapped[str] = mapped_column(String(200), default="")
     content: Mapped[str] = mapped_column(Text, default="")
     token_count: Mapped[int | None] = mapped_column(Integer)

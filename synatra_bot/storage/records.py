@@ -32,6 +32,7 @@ class GuildSettingsRecord(SamplingRecord):
     guild_id: int = 0
     approval_required: bool = False
     character_limit: int | None = None
+    cast_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,13 @@ class ChannelSettingsRecord(SamplingRecord):
     author_note: str = ""
     author_note_depth: int = 4
     lorebook: dict[str, Any] | None = None
+    answer_every_addressed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UserSettingsRecord:
+    user_id: int
+    nsfw_in_dms: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +106,16 @@ class SessionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class CastMemberRecord:
+    """One character of a scene's cast, in `position` order."""
+
+    session_id: int
+    character_id: int
+    position: int
+    joined_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     id: int
     session_id: int
@@ -114,6 +132,8 @@ class MessageRecord:
     created_at: datetime
     edited_at: datetime | None
     discord_message_ids: tuple[int, ...] = ()
+    #: The character who spoke an assistant turn; None for player turns.
+    character_id: int | None = None
 
     @property
     def turn_group(self) -> int:

@@ -11,26 +11,40 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from synatra_bot.errors import LimitReached
 from synatra_bot.storage.models import (
+    CastMember,
     ChannelSettings,
     Character,
     GuildSettings,
     Message,
     Persona,
     RoleplaySession,
+    UserSettings,
     utcnow,
 )
 from synatra_bot.storage.records import (
+    CastMemberRecord,
     ChannelSettingsRecord,
     CharacterRecord,
     GuildSettingsRecord,
     MessageRecord,
     PersonaRecord,
     SessionRecord,
+    UserSettingsRecord,
     snapshot,
 )
 
@@ -54,6 +68,9 @@ CHANNEL_SETTING_FIELDS = frozenset(
     f
     for f in ChannelSettingsRecord.__dataclass_fields__
     if f not in {"channel_id", "guild_id", "active_session_id"}
+)
+USER_SETTING_FIELDS = frozenset(
+    f for f in UserSettingsRecord.__dataclass_fields__ if f != "user_id"
 )
 CHARACTER_FIELDS = frozenset(
     f for f in CharacterRecord.__dataclass_fields__ if f not in {"id", "created_at", "updated_at"}
@@ -126,9 +143,35 @@ async def _channel_row(session: AsyncSession, *, channel_id: int, guild_id: int)
             edit_policy="offer",
             author_note="",
             author_note_depth=4,
+            answer_every_addressed=False,
         )
         session.add(row)
     return row
+
+
+# --- user settings --------------------------------------------------------------------------
+
+
+async def get_user_settings(sessions: Sessions, *, user_id: int) -> UserSettingsRecord:
+    """The user's own settings; every default when they never changed one."""
+    async with sessions() as session:
+        row = await session.get(UserSettings, user_id)
+        return snapshot(UserSettingsRecord, row) if row else UserSettingsRecord(user_id=user_id)
+
+
+async def update_user_settings(
+    sessions: Sessions, *, user_id: int, **changes: Any
+) -> UserSettingsRecord:
+    _check_fields(changes, USER_SETTING_FIELDS)
+    async with sessions.begin() as session:
+        row = await session.get(UserSettings, user_id)
+        if row is None:
+            row = UserSettings(user_id=user_id, nsfw_in_dms=False)
+            session.add(row)
+        for name, value in changes.items():
+            setattr(row, name, value)
+        await session.flush()
+        return snapshot(UserSettingsRecord, row)
 
 
 # --- characters -----------------------------------------------------------------------------
@@ -201,14 +244,21 @@ async def visible_characters(
     user_id: int,
     name_prefix: str = "",
     limit: int = 25,
+    member_of: Iterable[int] = (),
 ) -> list[CharacterRecord]:
-    """Characters `user_id` may use in `guild_id`: their own, and approved/shared ones there."""
+    """Characters `user_id` may use in `guild_id`: their own, and approved/shared ones there.
+    In a DM (`guild_id` None) the shared ones come from the servers in `member_of`."""
+    member_of = tuple(member_of)
     mine = (Character.owner_id == user_id) & or_(
         Character.guild_id == guild_id, Character.guild_id.is_(None)
     )
     if guild_id is None:
-        # In a DM only one's own characters: "no server" is not a server anything is shared in.
-        query = select(Character).where(mine)
+        # In a DM: all of one's own characters, and what is shared in the servers one is a
+        # member of ("no server" is not a server anything is shared in).
+        own = Character.owner_id == user_id
+        shared = Character.guild_id.in_(list(member_of)) & (Character.visibility == "guild")
+        shared &= Character.approval.in_(("none", "approved"))
+        query = select(Character).where(or_(own, shared) if member_of else own)
     else:
         shared = (Character.guild_id == guild_id) & (Character.visibility == "guild")
         shared &= Character.approval.in_(("none", "approved"))
@@ -292,15 +342,21 @@ async def clear_persona(sessions: Sessions, *, user_id: int, guild_id: int) -> b
 async def start_session(
     sessions: Sessions,
     *,
-    guild_id: int,
+    guild_id: int | None,
     channel_id: int,
     parent_channel_id: int | None,
     character_id: int,
     started_by: int,
 ) -> SessionRecord:
-    """End the channel's active session (its history stays archived) and start a new one."""
+    """End the channel's active session (its history stays archived) and start a new one, with
+    `character_id` as the first of its cast.
+
+    `guild_id` is None in a DM; the DM channel's settings row then has guild 0 (not nullable).
+    """
     async with sessions.begin() as session:
-        channel = await _channel_row(session, channel_id=channel_id, guild_id=guild_id)
+        channel = await _channel_row(
+            session, channel_id=channel_id, guild_id=0 if guild_id is None else guild_id
+        )
         await _end_active(session, channel)
         row = RoleplaySession(
             guild_id=guild_id,
@@ -312,6 +368,7 @@ async def start_session(
         )
         session.add(row)
         await session.flush()
+        session.add(CastMember(session_id=row.id, character_id=character_id, position=0))
         channel.active_session_id = row.id
         return snapshot(SessionRecord, row)
 
@@ -362,12 +419,76 @@ async def set_summary(sessions: Sessions, *, session_id: int, summary: str) -> N
         )
 
 
+# --- scene cast -----------------------------------------------------------------------------
+
+
+async def session_cast(sessions: Sessions, *, session_id: int) -> list[CastMemberRecord]:
+    """The characters of the scene, in cast order."""
+    query = (
+        select(CastMember)
+        .where(CastMember.session_id == session_id)
+        .order_by(CastMember.position, CastMember.id)
+    )
+    async with sessions() as session:
+        return [snapshot(CastMemberRecord, r) for r in (await session.scalars(query)).all()]
+
+
+async def add_to_cast(
+    sessions: Sessions, *, session_id: int, character_id: int, max_size: int
+) -> CastMemberRecord | None:
+    """Append a character to the end of the scene's cast; None when it is in the cast already.
+
+    Raise LimitReached when the cast already has `max_size` characters. The cast is read in the
+    inserting transaction, with the session's row locked on servers that lock rows (SQLite's
+    write lock does the same), so concurrent additions cannot slip past the limit.
+    """
+    async with sessions.begin() as session:
+        found = await session.scalar(
+            select(RoleplaySession.id).where(RoleplaySession.id == session_id).with_for_update()
+        )
+        if found is None:
+            raise LookupError(f"session {session_id} does not exist")
+        members = (
+            await session.execute(
+                select(CastMember.character_id, CastMember.position).where(
+                    CastMember.session_id == session_id
+                )
+            )
+        ).all()
+        if any(member.character_id == character_id for member in members):
+            return None
+        if len(members) >= max_size:
+            raise LimitReached(max_size)
+        row = CastMember(
+            session_id=session_id,
+            character_id=character_id,
+            position=max((member.position for member in members), default=-1) + 1,
+        )
+        session.add(row)
+        await session.flush()
+        return snapshot(CastMemberRecord, row)
+
+
+async def remove_from_cast(sessions: Sessions, *, session_id: int, character_id: int) -> bool:
+    """Take a character out of the scene's cast (its past turns stay); False when not in it."""
+    async with sessions.begin() as session:
+        result = await session.execute(
+            delete(CastMember).where(
+                CastMember.session_id == session_id, CastMember.character_id == character_id
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 # --- messages -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
-    """A turn to append. Its swipe group starts when its first alternative is added."""
+    """A turn to append. Its swipe group starts when its first alternative is added.
+
+    `author_id` is the player of a user turn, `character_id` the character of an assistant turn.
+    """
 
     session_id: int
     role: str
@@ -376,6 +497,7 @@ class NewMessage:
     display_name: str = ""
     discord_message_ids: tuple[int, ...] = ()
     token_count: int | None = None
+    character_id: int | None = None
 
 
 async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[MessageRecord]:
@@ -393,6 +515,7 @@ async def add_messages(sessions: Sessions, turns: Sequence[NewMessage]) -> list[
             "role": turn.role,
             "content": turn.content,
             "author_id": turn.author_id,
+            "character_id": turn.character_id,
             "display_name": turn.display_name,
             "discord_message_id": turn.discord_message_ids[0] if turn.discord_message_ids else None,
             "discord_message_ids": list(turn.discord_message_ids),
@@ -436,6 +559,7 @@ def _in_turn_order(
             item.display_name,
             item.discord_message_ids,
             item.token_count,
+            item.character_id,
         )
 
     by_key: dict[tuple[Any, ...], list[MessageRecord]] = {}
@@ -454,6 +578,7 @@ async def add_message(
     display_name: str = "",
     discord_message_ids: Iterable[int] = (),
     token_count: int | None = None,
+    character_id: int | None = None,
 ) -> MessageRecord:
     """Append one turn (see `NewMessage`)."""
     turn = NewMessage(
@@ -464,6 +589,7 @@ async def add_message(
         display_name=display_name,
         discord_message_ids=tuple(discord_message_ids),
         token_count=token_count,
+        character_id=character_id,
     )
     return (await add_messages(sessions, [turn]))[0]
 
@@ -494,6 +620,7 @@ async def add_alternative(
             session_id=base.session_id,
             role=base.role,
             author_id=base.author_id,
+            character_id=base.character_id,
             display_name=base.display_name,
             content=content,
             token_count=token_count,
@@ -684,7 +811,10 @@ async def delete_turn_group(sessions: Sessions, *, message_id: int) -> int:
 async def undo_last_exchange(sessions: Sessions, *, session_id: int) -> list[MessageRecord]:
     """Remove the newest assistant turn and the player turns right before it.
 
-    Returns the removed turns (oldest first) so their Discord messages can be cleaned up.
+    A reply that follows another reply (a character that spoke without a player's message,
+    or the next of several addressed characters) goes alone. The session's opening greeting
+    never goes. Returns the removed turns (oldest first) so their Discord messages can be
+    cleaned up.
     """
     async with sessions.begin() as session:
         rows = (
@@ -700,7 +830,12 @@ async def undo_last_exchange(sessions: Sessions, *, session_id: int) -> list[Mes
             if row.role != "user":
                 break
             removed.append(row)
-        if not any(row.role == "user" for row in removed):
+        only_a_reply = len(removed) == 1 and removed[0].role == "assistant"
+        if only_a_reply and (len(rows) < 2 or rows[1].role != "assistant"):
+            # A reply right after another reply goes alone; a greeting that opens the
+            # session (nothing before it) stays.
+            return []
+        if not removed:
             return []
         for row in removed:
             await session.execute(update(Message).where(_same_turn(row)).values(deleted=True))
