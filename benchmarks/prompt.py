@@ -8,6 +8,8 @@ Rows:
 - cached, cold builder: stored counts, but a new PromptBuilder each turn (kept window re-encoded).
 - re-tokenise whole history: no stored counts and no cache: every stored message is counted
   with the tokenizer each turn (what a builder without a count cache must do), then assembled.
+- scene layout: the warm row with the players named (as the core builds a scene): personas and
+  lore go where they first appear, which the builder works out again every turn.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
+from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions, ScenePlayer
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
 from synatra_bot.prompt.lorebook import Lorebook, LoreEntry
 from synatra_bot.tokenizer import load_tokenizer
 
+PLAYERS = [
+    ScenePlayer(1, "준", "{{user}}는 호기심 많은 대학생이다."),
+    ScenePlayer(2, "하늘", "{{user}}는 말수가 적은 사진가다."),
+    ScenePlayer(3, "지우", "{{user}}는 도서관 단골이다."),
+]
 SENTENCES = [
     "오늘은 날씨가 정말 좋네요.",
     "민지는 창밖을 바라보며 조용히 한숨을 쉬었다.",
@@ -42,8 +49,10 @@ def _history(count: int, seed: int = 0) -> list[HistoryMessage]:
     for index in range(count):
         text = " ".join(rng.choice(SENTENCES) for _ in range(rng.randint(1, 6)))
         role = "user" if index % 2 == 0 else "assistant"
-        name = rng.choice(["준", "하늘", "지우"]) if role == "user" else "민지"
-        messages.append(HistoryMessage(role, name, text, message_id=index + 1))
+        player = rng.choice(PLAYERS) if role == "user" else None
+        name = player.name if player else "민지"
+        author = player.author_id if player else None
+        messages.append(HistoryMessage(role, name, text, message_id=index + 1, author_id=author))
     return messages
 
 
@@ -94,14 +103,23 @@ def main() -> None:
     history = _history(total)
     counter = PromptBuilder(tokenizer)
     stored = [
-        HistoryMessage(m.role, m.name, m.content, counter.count_message(m), m.message_id)
+        HistoryMessage(
+            m.role, m.name, m.content, counter.count_message(m), m.message_id, m.author_id
+        )
         for m in history
     ]
     raw = [HistoryMessage(m.role, m.name, m.content, None, m.message_id) for m in history]
 
     def run(
-        label: str, turns: int, make_builder, messages, warm: bool, recount: bool = False
+        label: str,
+        turns: int,
+        make_builder,
+        messages,
+        warm: bool,
+        recount: bool = False,
+        scene: bool = False,
     ) -> tuple[str, list[float]]:
+        players = {"players": PLAYERS, "scene_user_name": "준"} if scene else {}
         builder = make_builder()
         start_id = None
         samples = []
@@ -113,6 +131,7 @@ def main() -> None:
             user_name="준",
             channel_lorebook=book,
             options=PromptOptions(),
+            **players,
         )
         start_id = warm_built.history_start_id
         trims = 0
@@ -130,6 +149,7 @@ def main() -> None:
                 user_name="준",
                 channel_lorebook=book,
                 options=PromptOptions(history_start_id=start_id),
+                **players,
             )
             samples.append(time.perf_counter() - began)
             trims += built.report.trimmed_this_turn
@@ -144,16 +164,19 @@ def main() -> None:
         run("cached counts, warm builder", args.turns, make, stored, True),
         run("cached counts, cold builder", args.turns // 4, make, stored, False),
         run("re-tokenise whole history each turn", args.slow_turns, make, raw, False, True),
+        run(
+            "cached counts, warm builder, scene layout", args.turns, make, stored, True, scene=True
+        ),
     ]
     print(f"history: {args.messages} stored messages, context 4096, max new 300")
-    print(f"{'mode':<52} {'p50 ms':>9} {'p95 ms':>9}")
+    print(f"{'mode':<66} {'p50 ms':>9} {'p95 ms':>9}")
     results = []
     for label, samples in rows:
         p50, p95 = _percentiles(samples)
         results.append((p50, p95))
-        print(f"{label:<52} {p50:>9.2f} {p95:>9.2f}")
+        print(f"{label:<66} {p50:>9.2f} {p95:>9.2f}")
     base = results[0]
-    slow = results[-1]
+    slow = results[2]
     print(f"re-tokenise / cached: p50 x{slow[0] / base[0]:.0f}, p95 x{slow[1] / base[1]:.0f}")
 
 

@@ -409,3 +409,28 @@ def test_continue_last_needs_an_assistant_message(builder):
             options=PromptOptions(),
             continue_last=True,
         )
+
+
+def test_a_one_character_cast_without_players_is_the_single_character_prompt(builder):
+    card = _card(speech_level=SpeechLevel.FORMAL)
+    book = Lorebook([LoreEntry(keys=["날씨"], content="카페 이름은 별빛이다.", name="카페")])
+    common = {
+        "history": _history(6),
+        "user_name": "준",
+        "persona": "{{user}}는 작가다.",
+        "channel_lorebook": book,
+        "options": PromptOptions(author_note="분위기를 따뜻하게.", author_note_depth=2),
+    }
+    plain = builder.build(card=card, **common)
+    named = builder.build(card=card, cast=[card], players=(), scene_user_name=None, **common)
+    assert named.input_ids == plain.input_ids and named.text == plain.text
+    assert "준은 작가다." in plain.text.split(IM_END)[0]
+
+
+def test_count_message_counts_a_characters_name_only_in_a_group(builder):
+    line = HistoryMessage("assistant", "민지", "안녕하세요!", message_id=1)
+    player = HistoryMessage("user", "준", "안녕!", message_id=2)
+    named = builder.count_message(line, group=True)
+    assert named == len(builder._piece("assistant", "민지: 안녕하세요!").ids)
+    assert named > builder.count_message(line)
+    assert builder.count_message(player, group=True) == builder.count_message(player)

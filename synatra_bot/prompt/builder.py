@@ -6,6 +6,21 @@ can ever produce <s>, </s>, <|im_start|> or <|im_end|>. Each content piece is en
 as the tokenizer would encode it inside the rendered ChatML text (after a "\\n"), so for text
 without forged markers `tokenizer(built.text).input_ids == built.input_ids`.
 
+Two layouts. A call that names no players and one character gets the single-character
+prompt: the player's persona and the lore that fires sit in the system block. A scene (a cast
+of several characters, or `players` given) gets the stable layout, built so that an engine's
+cached prefix stays valid: until a trim, each turn's prompt starts with the whole previous
+prompt, whoever speaks and whatever lore fires.
+
+- The system block holds only what the scene does not change turn by turn: the cast's sheets,
+  the scene's starter as `{{user}}`, constant lore and the summary.
+- A player's persona is a system message just before their first message in the window.
+- Lore that fires is a system message just before the player message where it first fired,
+  and stays there while that message is in the window.
+- What depends on who speaks now comes last: the group turn note, the speaker's post-history
+  instructions and, in a group, the answer opened with the speaker's name. The author's note
+  keeps its depth.
+
 `build_async` is for callers on an event loop: a lorebook scan that could take a while (regex
 keys, many keys over long text) runs in a worker thread of the builder's own; everything else,
 caches included, stays on the caller's thread.
@@ -16,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -25,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from synatra_bot.errors import PromptTooLarge
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
 from synatra_bot.prompt.lorebook import (
+    SCAN_BUDGET_S,
+    FiredEntry,
     Lorebook,
     LoreEntry,
     LoreHit,
@@ -32,6 +50,7 @@ from synatra_bot.prompt.lorebook import (
     lorebook_from_character_book,
     scan_books,
     scan_needs_worker,
+    scans_need_worker,
     select_entries,
 )
 from synatra_bot.prompt.macros import substitute_macros
@@ -56,10 +75,26 @@ DEFAULT_INSTRUCTION_PRESET = (
     "캐릭터의 성격, 말투, 설정을 일관되게 지키고, 장면을 생생하고 구체적으로 묘사하세요. "
     "같은 표현을 반복하지 말고 이야기를 능동적으로 앞으로 진행하세요. 자연스러운 한국어로 답하세요."
 )
+#: The system block's preset when the cast has several characters: `{{char}}` stands for the
+#: cast's names, `{{user}}` for the scene's starter.
+DEFAULT_GROUP_PRESET = (
+    "당신은 여러 캐릭터가 함께 나오는 그룹 롤플레이에서 캐릭터들을 연기합니다. "
+    "등장인물: {{char}}. 이 장면을 시작한 플레이어는 {{user}}입니다. "
+    "매 차례 이름이 주어진 캐릭터 한 명이 되어 그 캐릭터의 대사, 행동, 생각만 쓰세요. "
+    "플레이어들이 맡은 인물의 말이나 행동은 절대 대신 정하지 마세요. "
+    "캐릭터마다 성격, 말투, 설정을 일관되게 지키고, 장면을 생생하고 구체적으로 묘사하세요. "
+    "같은 표현을 반복하지 말고 이야기를 능동적으로 앞으로 진행하세요. 자연스러운 한국어로 답하세요."
+)
+#: The note before the answer in a group: `{{char}}` is the speaker, `{{user}}` the player
+#: answered now.
+DEFAULT_GROUP_TURN_NOTE = (
+    "지금은 {{char}}의 차례입니다. {{user}}에게 답하며 {{char}}의 대사와 행동만 쓰세요."
+)
 SPEECH_LEVEL_INSTRUCTIONS = {
     SpeechLevel.FORMAL: "{{char}}는 {{user}}에게 항상 존댓말을 쓴다.",
     SpeechLevel.INFORMAL: "{{char}}는 {{user}}에게 항상 반말을 쓴다.",
 }
+LORE_HEADING = "### 세계 정보"
 MAX_CONTEXT_SIZE = 32768
 MAX_NAME_CHARS = 64
 #: System texts kept rendered (one per character, speaker and lore in play).
@@ -67,6 +102,8 @@ SYSTEM_CACHE_SIZE = 256
 #: Worker threads for lorebook scans: regex matching runs outside the GIL, so this bounds the
 #: cores hostile books can keep busy (a scan takes at most about lorebook.SCAN_BUDGET_S).
 SCAN_WORKERS = 4
+#: Stands in for the author of a persona given without `players` (no Discord id is 0).
+PERSONA_ONLY_AUTHOR = 0
 K = TypeVar("K")
 V = TypeVar("V")
 _EXAMPLE_SPLIT = re.compile(r"^\s*<START>\s*$", re.IGNORECASE | re.MULTILINE)
@@ -83,6 +120,17 @@ class HistoryMessage:
     content: str
     token_count: int | None = None
     message_id: int | None = None
+    #: The player who wrote a user message (matches ScenePlayer.author_id).
+    author_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ScenePlayer:
+    """A player in the scene. Their persona goes before their first message in the window."""
+
+    author_id: int
+    name: str
+    persona: str = ""
 
 
 @dataclass
@@ -93,6 +141,10 @@ class PromptOptions:
     author_note: str = ""
     author_note_depth: int = 4
     instruction_preset: str = DEFAULT_INSTRUCTION_PRESET
+    #: The preset when the cast has several characters (a card's own system_prompt is not used).
+    group_instruction_preset: str = DEFAULT_GROUP_PRESET
+    #: The note naming the speaker at the end of a group prompt ("" leaves it out).
+    group_turn_note: str = DEFAULT_GROUP_TURN_NOTE
     summary: str = ""
     #: After an overflow the history is cut back to this share of its room, so that the
     #: following turns keep an identical prompt start (an engine's cached prefix stays valid).
@@ -188,6 +240,91 @@ class _Lru(Generic[K, V]):
         return value
 
 
+# --- the scene layout's parts -----------------------------------------------------------------
+
+#: A lorebook scan of one position: the book's name, the book (by id) and the scanned texts.
+_ScanKey = tuple[str, int, tuple[str, ...]]
+
+
+@dataclass(frozen=True, eq=False)
+class _ScanJob:
+    """One book to scan over the texts one position of the window sees."""
+
+    book_name: str
+    book: Lorebook
+    texts: tuple[str, ...]
+    key: _ScanKey = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.book_name, id(self.book), self.texts))
+
+
+@dataclass(frozen=True, eq=False)
+class _Scene:
+    """Who is in the scene and who answers now, as the stable layout needs them."""
+
+    cast: tuple[CharacterCard, ...]
+    speaker: CharacterCard
+    players: tuple[ScenePlayer, ...]
+    #: The player answered now (cleaned): per-turn material only.
+    user_name: str
+    #: What `{{user}}` stands for in the system block (cleaned).
+    scene_user: str
+    #: The books in play by name, the channel's first, then each card's in cast order.
+    books: dict[str, Lorebook]
+    #: What `{{char}}` stands for in each book's entries.
+    book_chars: dict[str, str]
+
+    @property
+    def group(self) -> bool:
+        return len(self.cast) > 1
+
+    @property
+    def cast_label(self) -> str:
+        return _cast_label(self.cast)
+
+
+@dataclass
+class _ScenePlan:
+    """A scene build before lore is placed: the fixed blocks and the widest window that fits."""
+
+    scene: _Scene
+    history: Sequence[HistoryMessage]
+    options: PromptOptions
+    report: PromptReport
+    new_counts: dict[int, int]
+    system: _Piece
+    constants: list[FiredEntry]
+    constants_skipped: list[LoreHit]
+    personas: list[tuple[ScenePlayer, _Piece]]
+    examples: list[list[_Piece]]
+    #: Whether the examples ride with the oldest message (they go when it does).
+    examples_at_start: bool
+    note: _Piece | None
+    tail: list[tuple[str, _Piece]]
+    room: int
+    #: The token budget of all placed lore together, constant entries included.
+    lore_cap: int
+    #: Tokens of each message of the window by index (the oldest one with the examples).
+    costs: dict[int, int]
+    #: Tokens of the examples when they are in play.
+    example_tokens: int
+    start: int
+    overflow: bool
+    #: The lorebook scans each lore position of the window needs, oldest position first.
+    positions: dict[int, list[_ScanJob]]
+
+
+@dataclass
+class _Layout:
+    """Where lore and personas go: history index (len(history) for the end) -> what goes
+    just before that message."""
+
+    lore: dict[int, list[FiredEntry]]
+    personas: dict[int, list[_Piece]]
+    skipped: list[LoreHit]
+
+
 class PromptBuilder:
     """Renders Synatra's ChatML prompt. One per tokenizer; holds bounded per-instance caches."""
 
@@ -198,6 +335,10 @@ class PromptBuilder:
         self._pieces: _Lru[tuple[str, str], _Piece] = _Lru(cache_size)
         self._systems: _Lru[tuple[Any, ...], str] = _Lru(SYSTEM_CACHE_SIZE)
         self._card_books: _Lru[int, tuple[object, Lorebook]] = _Lru(SYSTEM_CACHE_SIZE)
+        # Scan results per book and scanned texts, so a turn scans only its new position. The
+        # book is kept with its result, so its id is not reused meanwhile; the texts are the
+        # history's own strings.
+        self._scans: _Lru[_ScanKey, tuple[Lorebook, LoreScan]] = _Lru(cache_size)
         # Threads start on the first scan that needs one.
         self._scan_pool = ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="lorebook-scan")
         self._newline = tuple(self._encode_raw("\n"))
@@ -238,18 +379,33 @@ class PromptBuilder:
         piece = _Piece(ids + self._newline, f"{IM_START}{role}\n{body}{IM_END}\n")
         return self._pieces.put((role, body), piece)
 
-    def _message_body(self, message: HistoryMessage) -> str:
+    def _open_piece(self, body: str) -> _Piece:
+        """An assistant message left open for the model to write on (no <|im_end|>)."""
+        ids = (IM_START_ID, *self._headers["assistant"])
+        if body:
+            ids += self.encode_content(body)
+        return _Piece(ids, f"{IM_START}assistant\n{body}")
+
+    def _message_body(self, message: HistoryMessage, *, group: bool = False) -> str:
         content = message.content.strip()
         if message.role == "user":
             return f"{clean_name(message.name)}: {content}"
+        if group:
+            # Every character's line carries its name, so the history reads the same whoever
+            # answers next.
+            return f"{clean_name(message.name, '캐릭터')}: {content}"
         return content
 
-    def count_message(self, message: HistoryMessage) -> int:
-        """Tokens the message takes in the prompt (the count to store with the message)."""
+    def count_message(self, message: HistoryMessage, *, group: bool = False) -> int:
+        """Tokens the message takes in the prompt (the count to store with the message).
+
+        `group`: the message is in a scene whose cast has several characters (a character's
+        message then carries its name).
+        """
         header = self._headers[message.role]
         return (
             len(header)
-            + len(self.encode_content(self._message_body(message)))
+            + len(self.encode_content(self._message_body(message, group=group)))
             + 2
             + len(self._newline)
         )
@@ -305,7 +461,36 @@ class PromptBuilder:
         if persona.strip():
             sections.append(f"### {user_name}\n{sub(persona)}")
         if lore:
-            sections.append("### 세계 정보\n" + "\n".join(lore))
+            sections.append(f"{LORE_HEADING}\n" + "\n".join(lore))
+        if options.summary.strip():
+            sections.append(f"### 지난 이야기\n{options.summary.strip()}")
+        return self._systems.put(key, "\n\n".join(s for s in sections if s))
+
+    def _group_system_text(
+        self, scene: _Scene, *, lore: Sequence[str], options: PromptOptions
+    ) -> str:
+        """The system text of a cast of several characters: the group preset, then each card's
+        sheet with `{{char}}` as that card (cached like `_system_text`)."""
+        key = (
+            "group",
+            tuple(
+                (c.name, c.description, c.personality, c.scenario, c.speech_level)
+                for c in scene.cast
+            ),
+            scene.scene_user,
+            tuple(lore),
+            options.group_instruction_preset,
+            options.summary,
+        )
+        cached = self._systems.get(key)
+        if cached is not None:
+            return cached
+        user = scene.scene_user
+        preset = options.group_instruction_preset
+        sections = [substitute_macros(preset, char=scene.cast_label, user=user).strip()]
+        sections += [_card_sheet(card, user) for card in scene.cast]
+        if lore:
+            sections.append(f"{LORE_HEADING}\n" + "\n".join(lore))
         if options.summary.strip():
             sections.append(f"### 지난 이야기\n{options.summary.strip()}")
         return self._systems.put(key, "\n\n".join(s for s in sections if s))
@@ -319,7 +504,11 @@ class PromptBuilder:
             return cached[1]
         return self._card_books.put(id(book), (book, lorebook_from_character_book(book)))[1]
 
-    def _example_dialogues(self, card: CharacterCard, user_name: str) -> list[list[_Piece]]:
+    def _example_dialogues(
+        self, card: CharacterCard, user_name: str, *, named: bool = False
+    ) -> list[list[_Piece]]:
+        """The card's example dialogues; with `named` the character's lines carry its name, as
+        a group's history does."""
         dialogues: list[list[_Piece]] = []
         for block in _EXAMPLE_SPLIT.split(card.example_messages):
             turns: list[tuple[str, list[str]]] = []
@@ -338,7 +527,12 @@ class PromptBuilder:
                 text = substitute_macros("\n".join(lines), char=card.name, user=user_name).strip()
                 if not text:
                     continue
-                body = f"{clean_name(user_name)}: {text}" if role == "user" else text
+                if role == "user":
+                    body = f"{clean_name(user_name)}: {text}"
+                elif named:
+                    body = f"{clean_name(card.name, '캐릭터')}: {text}"
+                else:
+                    body = text
                 pieces.append(self._piece(role, body))
             if pieces:
                 dialogues.append(pieces)
@@ -356,18 +550,44 @@ class PromptBuilder:
         channel_lorebook: Lorebook | None = None,
         options: PromptOptions,
         continue_last: bool = False,
+        cast: Sequence[CharacterCard] | None = None,
+        players: Sequence[ScenePlayer] = (),
+        scene_user_name: str | None = None,
     ) -> BuiltPrompt:
-        """Assemble the prompt for the assistant's next message after `history` (oldest first).
+        """Assemble the prompt for `card`'s next message after `history` (oldest first).
 
-        With `continue_last` the newest message must be the assistant's: it is left open (no
-        <|im_end|>) at the very end, so the model continues its text.
+        `card` answers now; `cast` is every character in the scene, in order (None: `[card]`).
+        `players` are the scene's players with their personas, `user_name` the one answered
+        now. With several characters or any players the prompt takes the stable layout (see
+        the module's docstring): `scene_user_name` is then what `{{user}}` stands for in the
+        system block (default `user_name`; pass the scene's starter, or the block changes with
+        who speaks), and `persona`, when no players are given, is that of a player named
+        `user_name`. Otherwise the prompt is the single-character one, with `persona` in the
+        system block. With `continue_last` the newest message must be the assistant's: it is
+        left open (no <|im_end|>) at the very end, so the model continues its text.
         """
         open_message, history = _split_open(history, continue_last)
-        books = self._lorebooks(card, channel_lorebook)
-        lore = scan_books(books, _scanned_texts(history, books))
-        return self._build_checked(
-            card, history, user_name, persona, books, lore, options, open_message
+        scene = self._scene(
+            card, cast, players, user_name, persona, scene_user_name, channel_lorebook
         )
+        if scene is None:
+            books = self._lorebooks(card, channel_lorebook)
+            lore = scan_books(books, _scanned_texts(history, books))
+            return self._build_checked(
+                card, history, user_name, persona, books, lore, options, open_message
+            )
+        results: dict[_ScanKey, LoreScan] = {}
+        plan = self._plan_scene(scene, history, options, open_message, trust_stored_counts=True)
+        left = self._scan_here(plan, results, SCAN_BUDGET_S)
+        built = self._assemble_scene(plan, results)
+        if built.token_count > built.budget:
+            # A stored count was stale (e.g. another tokenizer): count everything afresh.
+            plan = self._plan_scene(
+                scene, history, options, open_message, trust_stored_counts=False
+            )
+            self._scan_here(plan, results, left)
+            built = self._assemble_scene(plan, results)
+        return built
 
     async def build_async(
         self,
@@ -379,19 +599,37 @@ class PromptBuilder:
         channel_lorebook: Lorebook | None = None,
         options: PromptOptions,
         continue_last: bool = False,
+        cast: Sequence[CharacterCard] | None = None,
+        players: Sequence[ScenePlayer] = (),
+        scene_user_name: str | None = None,
     ) -> BuiltPrompt:
         """`build` for a caller on an event loop, which goes on serving during a slow scan."""
         open_message, history = _split_open(history, continue_last)
-        books = self._lorebooks(card, channel_lorebook)
-        texts = _scanned_texts(history, books)
-        if scan_needs_worker(books.values(), texts):
-            scan = functools.partial(scan_books, books, texts)
-            lore = await asyncio.get_running_loop().run_in_executor(self._scan_pool, scan)
-        else:
-            lore = scan_books(books, texts)
-        return self._build_checked(
-            card, history, user_name, persona, books, lore, options, open_message
+        scene = self._scene(
+            card, cast, players, user_name, persona, scene_user_name, channel_lorebook
         )
+        if scene is None:
+            books = self._lorebooks(card, channel_lorebook)
+            texts = _scanned_texts(history, books)
+            if scan_needs_worker(books.values(), texts):
+                scan = functools.partial(scan_books, books, texts)
+                lore = await asyncio.get_running_loop().run_in_executor(self._scan_pool, scan)
+            else:
+                lore = scan_books(books, texts)
+            return self._build_checked(
+                card, history, user_name, persona, books, lore, options, open_message
+            )
+        results: dict[_ScanKey, LoreScan] = {}
+        plan = self._plan_scene(scene, history, options, open_message, trust_stored_counts=True)
+        left = await self._scan_off_loop(plan, results, SCAN_BUDGET_S)
+        built = self._assemble_scene(plan, results)
+        if built.token_count > built.budget:
+            plan = self._plan_scene(
+                scene, history, options, open_message, trust_stored_counts=False
+            )
+            await self._scan_off_loop(plan, results, left)
+            built = self._assemble_scene(plan, results)
+        return built
 
     def _lorebooks(
         self, card: CharacterCard, channel_lorebook: Lorebook | None
@@ -460,12 +698,9 @@ class PromptBuilder:
         if post:
             tail.append(("post_history", self._piece("system", post)))
         if open_message is None:
-            prefix_ids = (IM_START_ID, *self._headers["assistant"])
-            tail.append(("assistant_prefix", _Piece(prefix_ids, f"{IM_START}assistant\n")))
+            tail.append(("assistant_prefix", self._open_piece("")))
         else:
-            body = self._message_body(open_message)
-            prefix_ids = (IM_START_ID, *self._headers["assistant"], *self.encode_content(body))
-            tail.append(("continued_message", _Piece(prefix_ids, f"{IM_START}assistant\n{body}")))
+            tail.append(("continued_message", self._open_piece(self._message_body(open_message))))
             if open_message.token_count is None and open_message.message_id is not None:
                 new_counts[open_message.message_id] = self.count_message(open_message)
         note = sub(options.author_note)
@@ -479,13 +714,7 @@ class PromptBuilder:
             self._system_text(card, user_name=user_name, persona=persona, lore=(), options=options),
         )
         if fixed + len(bare_system.ids) + newest > budget:
-            sheet = fixed + len(bare_system.ids) + newest
-            raise PromptTooLarge(
-                f"the character sheet and the newest message take {sheet} tokens, "
-                f"but only {budget} fit",
-                sheet_tokens=sheet,
-                budget=budget,
-            )
+            _too_large(fixed + len(bare_system.ids) + newest, budget)
 
         lore_system = None
         if books:
@@ -512,12 +741,7 @@ class PromptBuilder:
         start = len(history)
         for index in range(len(history) - 1, -1, -1):
             message = history[index]
-            if (
-                anchor is not None
-                and index < len(history) - 1
-                and message.message_id is not None
-                and message.message_id < anchor
-            ):
+            if _before_anchor(history, index, anchor):
                 break
             tokens = newest if index == len(history) - 1 else count(message)
             if used + tokens > room and index < len(history) - 1:
@@ -609,18 +833,14 @@ class PromptBuilder:
 
         `base` is the system block without lore.
         """
-        report.lorebook_left_out = [
-            LoreLeftOut(name, book.left_out_entries, book.left_out_keys)
-            for name, book in books.items()
-            if book.left_out_entries or book.left_out_keys
-        ]
+        report.lorebook_left_out = _left_out(books)
         limits = [options.lorebook_budget, room - len(base.ids)]
         limits += [book.token_budget for book in books.values() if book.token_budget]
         fired, skipped = select_entries(
             lore.matched,
             token_budget=max(0, min(limits)),
-            count_tokens=lambda text: self.count_text(text) + 1,
-            render=lambda text: substitute_macros(text, char=card.name, user=user_name),
+            count_tokens=self._lore_tokens,
+            render=lambda hit: substitute_macros(hit.entry.content, char=card.name, user=user_name),
         )
         while True:
             lore_texts = [f.content for f in fired]
@@ -641,6 +861,556 @@ class PromptBuilder:
             *(_note(h.entry, h.book, "unscanned") for h in lore.unscanned),
         ]
         return system if fired else None
+
+    def _lore_tokens(self, text: str) -> int:
+        """What an entry costs against the lore budgets: its tokens and a newline."""
+        return self.count_text(text) + 1
+
+    # -- the scene layout -------------------------------------------------------------------
+
+    def _scene(
+        self,
+        card: CharacterCard,
+        cast: Sequence[CharacterCard] | None,
+        players: Sequence[ScenePlayer],
+        user_name: str,
+        persona: str,
+        scene_user_name: str | None,
+        channel_lorebook: Lorebook | None,
+    ) -> _Scene | None:
+        """The scene to lay out stably, or None for the single-character prompt (one character
+        and no players named)."""
+        members = (card,) if cast is None else tuple(cast)
+        if not any(member is card or member == card for member in members):
+            raise ValueError("card (the character who answers) must be one of the cast")
+        if len(members) == 1 and not players:
+            return None
+        user = clean_name(user_name)
+        if not players and persona.strip():
+            players = (ScenePlayer(PERSONA_ONLY_AUTHOR, user_name, persona),)
+        books: dict[str, Lorebook] = {}
+        chars: dict[str, str] = {}
+        if channel_lorebook is not None and channel_lorebook.entries:
+            books["channel"] = channel_lorebook
+        for member in members:
+            book = self._card_lorebook(member) if member.character_book else None
+            if book is None or not book.entries:
+                continue
+            name = "card" if len(members) == 1 else f"card:{clean_name(member.name, '캐릭터')}"
+            if name in books:  # two characters of one name
+                name += f" #{len(books) + 1}"
+            books[name] = book
+            chars[name] = member.name
+        chars.setdefault("channel", _cast_label(members))
+        scene_user = clean_name(scene_user_name) if scene_user_name is not None else user
+        return _Scene(members, card, tuple(players), user, scene_user, books, chars)
+
+    def _scene_system(self, scene: _Scene, lore: Sequence[str], options: PromptOptions) -> _Piece:
+        if scene.group:
+            text = self._group_system_text(scene, lore=lore, options=options)
+        else:
+            text = self._system_text(
+                scene.cast[0], user_name=scene.scene_user, persona="", lore=lore, options=options
+            )
+        return self._piece("system", text)
+
+    def _render_lore(self, scene: _Scene, hit: LoreHit) -> str:
+        """An entry's text with `{{char}}` as its book's character and `{{user}}` as the
+        scene's starter: the same whoever answers."""
+        char = scene.book_chars.get(hit.book, scene.cast_label)
+        return substitute_macros(hit.entry.content, char=char, user=scene.scene_user)
+
+    def _lore_piece(self, entries: Sequence[FiredEntry]) -> _Piece:
+        return self._piece("system", f"{LORE_HEADING}\n" + "\n".join(e.content for e in entries))
+
+    def _plan_scene(
+        self,
+        scene: _Scene,
+        history: Sequence[HistoryMessage],
+        options: PromptOptions,
+        open_message: HistoryMessage | None,
+        *,
+        trust_stored_counts: bool,
+    ) -> _ScenePlan:
+        """The fixed blocks, and the window that fits beside them before lore is placed."""
+        budget = options.budget
+        report = PromptReport(
+            budget=budget, context_size=options.context_size, max_new_tokens=options.max_new_tokens
+        )
+        report.lorebook_left_out = _left_out(scene.books)
+        new_counts: dict[int, int] = {}
+
+        def count(message: HistoryMessage) -> int:
+            if trust_stored_counts and message.token_count is not None:
+                return message.token_count
+            tokens = self.count_message(message, group=scene.group)
+            if message.token_count is None and message.message_id is not None:
+                new_counts[message.message_id] = tokens
+            return tokens
+
+        tail, note = self._scene_tail(scene, options, open_message, new_counts)
+        fixed = sum(len(p.ids) for _, p in tail) + (1 if options.add_bos else 0)
+        fixed += len(note.ids) if note else 0
+        n = len(history)
+        newest = count(history[-1]) if history else 0
+        bare_system = self._scene_system(scene, (), options)
+        if fixed + len(bare_system.ids) + newest > budget:
+            _too_large(fixed + len(bare_system.ids) + newest, budget)
+
+        # Every player's persona is in the prompt, the later players' left out when they do
+        # not fit beside the sheet and the newest message (never a reason to refuse a turn).
+        personas = self._scene_personas(scene)
+        persona_tokens = sum(len(p.ids) for _, p in personas)
+        while personas and fixed + len(bare_system.ids) + persona_tokens + newest > budget:
+            player, piece = personas.pop()
+            persona_tokens -= len(piece.ids)
+            report.personas_left_out.insert(0, clean_name(player.name))
+        fixed += persona_tokens
+
+        # Constant lore is in the system block: it is the same on every turn.
+        limits = [options.lorebook_budget]
+        limits += [book.token_budget for book in scene.books.values() if book.token_budget]
+        cap = max(0, min(limits))
+        constant_hits = [
+            LoreHit(entry, name)
+            for name, book in scene.books.items()
+            for entry in book.entries
+            if entry.constant and entry.enabled and entry.content.strip()
+        ]
+        constants, constants_skipped = select_entries(
+            constant_hits,
+            token_budget=cap,
+            count_tokens=self._lore_tokens,
+            render=functools.partial(self._render_lore, scene),
+        )
+        while True:
+            system = self._scene_system(scene, [f.content for f in constants], options)
+            if not constants or fixed + len(system.ids) + newest <= budget:
+                break
+            last = constants.pop()
+            constants_skipped.append(LoreHit(last.entry, last.book))
+        room = budget - fixed - len(system.ids)
+
+        # Examples go all or none, with the oldest message: dropping them is a trim, so they
+        # never leave the prompt's start on a turn that keeps it. A lone message keeps them if
+        # they fit.
+        examples = self._scene_examples(scene)
+        example_tokens = sum(len(p.ids) for dialogue in examples for p in dialogue)
+        with_examples = bool(examples) and (n > 1 or newest + example_tokens <= room)
+
+        def cost(index: int) -> int:
+            tokens = newest if index == n - 1 else count(history[index])
+            return tokens + (example_tokens if index == 0 and with_examples else 0)
+
+        start, overflow, costs = _fit_history(history, cost, room, options.history_start_id)
+        positions: dict[int, list[_ScanJob]] = {}
+        if scene.books:
+            for position in [*(i for i in range(start, n) if history[i].role == "user"), n]:
+                end = min(position + 1, n)
+                positions[position] = [
+                    _ScanJob(name, book, _texts_before(history, end, book.scan_depth))
+                    for name, book in scene.books.items()
+                ]
+        return _ScenePlan(
+            scene=scene,
+            history=history,
+            options=options,
+            report=report,
+            new_counts=new_counts,
+            system=system,
+            constants=constants,
+            constants_skipped=constants_skipped,
+            personas=personas,
+            examples=examples,
+            examples_at_start=with_examples,
+            note=note,
+            tail=tail,
+            room=room,
+            lore_cap=cap,
+            costs=costs,
+            example_tokens=example_tokens if with_examples else 0,
+            start=start,
+            overflow=overflow,
+            positions=positions,
+        )
+
+    def _scene_tail(
+        self,
+        scene: _Scene,
+        options: PromptOptions,
+        open_message: HistoryMessage | None,
+        new_counts: dict[int, int],
+    ) -> tuple[list[tuple[str, _Piece]], _Piece | None]:
+        """What depends on who answers now: the blocks after the history, and the author's
+        note. Their macros name the speaker and the player answered now."""
+
+        def per_turn(text: str) -> str:
+            return substitute_macros(text, char=scene.speaker.name, user=scene.user_name).strip()
+
+        tail: list[tuple[str, _Piece]] = []
+        turn_note = per_turn(options.group_turn_note) if scene.group else ""
+        if turn_note:
+            tail.append(("turn_note", self._piece("system", turn_note)))
+        post = per_turn(scene.speaker.post_history_instructions)
+        if post:
+            tail.append(("post_history", self._piece("system", post)))
+        if open_message is None:
+            # In a group the answer opens with the speaker's name, as their lines read.
+            opening = f"{clean_name(scene.speaker.name, '캐릭터')}:" if scene.group else ""
+            tail.append(("assistant_prefix", self._open_piece(opening)))
+        else:
+            body = self._message_body(open_message, group=scene.group)
+            tail.append(("continued_message", self._open_piece(body)))
+            if open_message.token_count is None and open_message.message_id is not None:
+                tokens = self.count_message(open_message, group=scene.group)
+                new_counts[open_message.message_id] = tokens
+        note = per_turn(options.author_note)
+        return tail, self._piece("system", note) if note else None
+
+    def _scene_personas(self, scene: _Scene) -> list[tuple[ScenePlayer, _Piece]]:
+        """Each player's persona message, `{{user}}` as that player."""
+        personas = []
+        for player in scene.players:
+            name = clean_name(player.name)
+            text = substitute_macros(player.persona, char=scene.cast_label, user=name).strip()
+            if text:
+                personas.append((player, self._piece("system", f"### {name}\n{text}")))
+        return personas
+
+    def _scene_examples(self, scene: _Scene) -> list[list[_Piece]]:
+        """The example dialogues: the card's alone, or in a group every card's, named."""
+        if not scene.group:
+            card = scene.cast[0]
+            return self._example_dialogues(card, scene.scene_user) if card.example_messages else []
+        return [
+            dialogue
+            for card in scene.cast
+            if card.example_messages
+            for dialogue in self._example_dialogues(card, scene.scene_user, named=True)
+        ]
+
+    # -- scanning the window's positions ----------------------------------------------------
+
+    def _missing_scans(self, plan: _ScenePlan, results: dict[_ScanKey, LoreScan]) -> list[_ScanJob]:
+        """The scans the plan needs that neither this build nor the cache has (on the caller's
+        thread: it reads the cache). Book by book, the moderators' first, so that a card's book
+        that spends the time budget cannot starve the channel's; oldest position first."""
+        missing: dict[_ScanKey, _ScanJob] = {}
+        for book in range(len(plan.scene.books)):
+            for jobs in plan.positions.values():
+                job = jobs[book]
+                key = job.key
+                if key in results or key in missing:
+                    continue
+                cached = self._scans.get(key)
+                if cached is not None and cached[0] is job.book:
+                    results[key] = cached[1]
+                else:
+                    missing[key] = job
+        return list(missing.values())
+
+    def _keep_scans(
+        self,
+        jobs: Sequence[_ScanJob],
+        scans: Sequence[LoreScan],
+        results: dict[_ScanKey, LoreScan],
+    ) -> None:
+        for job, scan in zip(jobs, scans, strict=True):
+            results[job.key] = scan
+            if not scan.unscanned:  # a scan cut short is tried again next turn
+                self._scans.put(job.key, (job.book, scan))
+
+    def _scan_here(
+        self, plan: _ScenePlan, results: dict[_ScanKey, LoreScan], budget_s: float
+    ) -> float:
+        """Run the plan's missing scans on this thread; the scan budget left."""
+        jobs = self._missing_scans(plan, results)
+        if not jobs:
+            return budget_s
+        scans, spent = _run_scans(jobs, budget_s)
+        self._keep_scans(jobs, scans, results)
+        return max(0.0, budget_s - spent)
+
+    async def _scan_off_loop(
+        self, plan: _ScenePlan, results: dict[_ScanKey, LoreScan], budget_s: float
+    ) -> float:
+        """`_scan_here`, in a worker thread when the scans could stall the event loop."""
+        jobs = self._missing_scans(plan, results)
+        if not jobs:
+            return budget_s
+        if scans_need_worker((job.book, job.texts) for job in jobs):
+            run = functools.partial(_run_scans, jobs, budget_s)
+            scans, spent = await asyncio.get_running_loop().run_in_executor(self._scan_pool, run)
+        else:
+            scans, spent = _run_scans(jobs, budget_s)
+        self._keep_scans(jobs, scans, results)
+        return max(0.0, budget_s - spent)
+
+    # -- placing lore and personas ----------------------------------------------------------
+
+    def _place(self, plan: _ScenePlan, start: int, scans: dict[int, list[LoreScan]]) -> _Layout:
+        """Lore and personas for the window that starts at `start`.
+
+        Each player message of the window in order, then the end of history, gets the entries
+        that fire on the texts up to it and were not placed before it; the lore budget goes to
+        the earliest. So an entry stays where it first fired while that message is in the
+        window, and a new turn only adds lore after the previous prompt.
+        """
+        history = plan.history
+        n = len(history)
+        users = [i for i in range(start, n) if history[i].role == "user"]
+        personas: dict[int, list[_Piece]] = {}
+        for player, piece in plan.personas:
+            at = next((i for i in users if _speaks(history[i], player)), n)
+            personas.setdefault(at, []).append(piece)
+
+        lore: dict[int, list[FiredEntry]] = {}
+        skipped: list[LoreHit] = []
+        seen = {(f.book, id(f.entry)) for f in plan.constants}
+        seen.update((h.book, id(h.entry)) for h in plan.constants_skipped)
+        used = sum(f.tokens for f in plan.constants)
+        render = functools.partial(self._render_lore, plan.scene)
+        for position in [*users, n]:
+            fresh = []
+            for scan in scans.get(position, ()):
+                for hit in scan.matched:
+                    key = (hit.book, id(hit.entry))
+                    if not hit.entry.constant and key not in seen:
+                        seen.add(key)
+                        fresh.append(hit)
+            if not fresh:
+                continue
+            fired, over = select_entries(
+                fresh,
+                token_budget=max(0, plan.lore_cap - used),
+                count_tokens=self._lore_tokens,
+                render=render,
+            )
+            used += sum(f.tokens for f in fired)
+            skipped += over
+            if fired:
+                lore[position] = fired
+        return _Layout(lore, personas, skipped)
+
+    def _lore_cost(self, layout: _Layout) -> int:
+        return sum(len(self._lore_piece(entries).ids) for entries in layout.lore.values())
+
+    def _assemble_scene(self, plan: _ScenePlan, results: dict[_ScanKey, LoreScan]) -> BuiltPrompt:
+        history, options, report = plan.history, plan.options, plan.report
+        n = len(history)
+        scans = {
+            position: [results[job.key] for job in jobs if job.key in results]
+            for position, jobs in plan.positions.items()
+        }
+        start, overflow = plan.start, plan.overflow
+        used = sum(plan.costs[i] for i in range(start, n)) if n else plan.example_tokens
+        layout = self._place(plan, start, scans)
+        lore_tokens = self._lore_cost(layout)
+        if not overflow and used + lore_tokens > plan.room and n > 1:
+            overflow = True
+        if overflow:
+            # Cut back to the watermark, keeping room for the lore the window had.
+            target = int(plan.room * options.trim_watermark) - lore_tokens
+            start = n - 1
+            used = plan.costs[start]
+            while start - 1 in plan.costs and used + plan.costs[start - 1] <= target:
+                start -= 1
+                used += plan.costs[start]
+            layout = self._place(plan, start, scans)
+            report.trimmed_this_turn = True
+        while layout.lore and used + self._lore_cost(layout) > plan.room:
+            # Only when the trimmed window fires more lore than the untrimmed one had.
+            position = max(layout.lore)
+            last = layout.lore[position].pop()
+            layout.skipped.append(LoreHit(last.entry, last.book))
+            if not layout.lore[position]:
+                del layout.lore[position]
+
+        with_examples = plan.examples_at_start and start == 0
+        kept = history[start:]
+        report.kept_messages = len(kept)
+        report.dropped_messages = start
+        report.history_start_id = kept[0].message_id if kept else None
+        report.kept_examples = len(plan.examples) if with_examples else 0
+        report.dropped_examples = len(plan.examples) - report.kept_examples
+        report.lorebook = _scene_notes(plan, layout, scans, start)
+
+        ids: list[int] = [BOS_ID] if options.add_bos else []
+        texts: list[str] = []
+        # [name, tokens] per block; consecutive pieces of one kind make one block.
+        blocks: list[list[Any]] = [["bos", 1]] if options.add_bos else []
+
+        def add(name: str, piece: _Piece) -> None:
+            ids.extend(piece.ids)
+            texts.append(piece.text)
+            if not blocks or blocks[-1][0] != name:
+                blocks.append([name, 0])
+            blocks[-1][1] += len(piece.ids)
+
+        def before(position: int) -> None:
+            if position in layout.lore:
+                add("lore", self._lore_piece(layout.lore[position]))
+            for piece in layout.personas.get(position, ()):
+                add("persona", piece)
+
+        add("system", plan.system)
+        if with_examples:
+            for dialogue in plan.examples:
+                for piece in dialogue:
+                    add("examples", piece)
+        note_at = start + max(0, len(kept) - max(0, options.author_note_depth))
+        group = plan.scene.group
+        for index in range(start, n):
+            if index == note_at and plan.note is not None:
+                add("author_note", plan.note)
+            before(index)
+            message = history[index]
+            block = "history" if index < note_at else "recent_history"
+            add(block, self._piece(message.role, self._message_body(message, group=group)))
+        before(n)
+        if note_at == n and plan.note is not None:
+            add("author_note", plan.note)
+        for name, piece in plan.tail:
+            add(name, piece)
+        report.blocks = [BlockReport(name, tokens) for name, tokens in blocks]
+        report.total_tokens = len(ids)
+        return BuiltPrompt(
+            input_ids=tuple(ids),
+            text="".join(texts),
+            token_count=len(ids),
+            budget=plan.options.budget,
+            report=report,
+            new_token_counts=plan.new_counts,
+        )
+
+
+def _card_sheet(card: CharacterCard, user: str) -> str:
+    """One character's part of a group's system block, `{{char}}` as that character."""
+
+    def sub(text: str) -> str:
+        return substitute_macros(text, char=card.name, user=user).strip()
+
+    heading = f"### {clean_name(card.name, '캐릭터')}"
+    sheet = [f"{heading}\n{sub(card.description)}" if card.description.strip() else heading]
+    if card.personality.strip():
+        sheet.append(f"#### 성격\n{sub(card.personality)}")
+    if card.scenario.strip():
+        sheet.append(f"#### 상황\n{sub(card.scenario)}")
+    if card.speech_level is not None:
+        sheet.append(sub(SPEECH_LEVEL_INSTRUCTIONS[card.speech_level]))
+    return "\n\n".join(sheet)
+
+
+def _run_scans(jobs: Sequence[_ScanJob], budget_s: float) -> tuple[list[LoreScan], float]:
+    """Every job's scan under one shared time budget (safe in any thread); the seconds spent.
+
+    The budget is shared, so scanning many positions costs no more time than one scan may.
+    """
+    began = time.monotonic()
+    deadline = began + budget_s
+    scans = [scan_books({job.book_name: job.book}, job.texts, deadline=deadline) for job in jobs]
+    return scans, time.monotonic() - began
+
+
+def _scene_notes(
+    plan: _ScenePlan, layout: _Layout, scans: dict[int, list[LoreScan]], start: int
+) -> list[LoreNote]:
+    """The report's lorebook lines: what fired (in prompt order), what did not fit, and what
+    the window's scans timed out on or left unscanned."""
+    fired = [*plan.constants, *(f for p in sorted(layout.lore) for f in layout.lore[p])]
+    placed = {(f.book, id(f.entry)) for f in fired}
+    notes = [_note(f.entry, f.book, "fired") for f in fired]
+    seen = set(placed)
+    for hit in [*plan.constants_skipped, *layout.skipped]:
+        if (hit.book, id(hit.entry)) not in seen:
+            seen.add((hit.book, id(hit.entry)))
+            notes.append(_note(hit.entry, hit.book, "skipped"))
+    in_window = [s for position, found in scans.items() if position >= start for s in found]
+    for status in ("timed_out", "unscanned"):
+        listed: set[tuple[str, int]] = set()
+        for scan in in_window:
+            for hit in scan.timed_out if status == "timed_out" else scan.unscanned:
+                key = (hit.book, id(hit.entry))
+                if key in listed or (status == "unscanned" and key in placed):
+                    continue
+                listed.add(key)
+                notes.append(_note(hit.entry, hit.book, status))
+    return notes
+
+
+def _cast_label(cast: Sequence[CharacterCard]) -> str:
+    """What `{{char}}` stands for where no single character is meant: the cast's names."""
+    if len(cast) == 1:
+        return cast[0].name
+    return ", ".join(clean_name(card.name, "캐릭터") for card in cast)
+
+
+def _fit_history(
+    history: Sequence[HistoryMessage],
+    cost: Callable[[int], int],
+    room: int,
+    anchor: int | None,
+) -> tuple[int, bool, dict[int, int]]:
+    """The widest window that fits `room`: newest first, until the previous start (`anchor`),
+    the room or the oldest message. Its start, whether the room ran out first, and each kept
+    message's cost by index (the newest is always kept)."""
+    n = len(history)
+    costs: dict[int, int] = {}
+    used = 0
+    start = n
+    for index in range(n - 1, -1, -1):
+        if _before_anchor(history, index, anchor):
+            break
+        tokens = cost(index)
+        if used + tokens > room and index < n - 1:
+            return start, True, costs
+        used += tokens
+        costs[index] = tokens
+        start = index
+    return start, False, costs
+
+
+def _speaks(message: HistoryMessage, player: ScenePlayer) -> bool:
+    """Whether `player` wrote `message`: by author id, or by name for a message without one."""
+    if message.role != "user":
+        return False
+    if message.author_id is not None:
+        return message.author_id == player.author_id
+    return clean_name(message.name) == clean_name(player.name)
+
+
+def _texts_before(history: Sequence[HistoryMessage], end: int, depth: int) -> tuple[str, ...]:
+    """The contents of the `depth` messages before `end`: what a book scans at that point."""
+    if depth <= 0:
+        return ()
+    return tuple([m.content for m in history[max(0, end - depth) : end]])
+
+
+def _before_anchor(history: Sequence[HistoryMessage], index: int, anchor: int | None) -> bool:
+    """Whether `history[index]` is older than the previous prompt's start (never the newest)."""
+    message_id = history[index].message_id
+    return (
+        anchor is not None
+        and index < len(history) - 1
+        and message_id is not None
+        and message_id < anchor
+    )
+
+
+def _too_large(sheet: int, budget: int) -> None:
+    raise PromptTooLarge(
+        f"the character sheet and the newest message take {sheet} tokens, but only {budget} fit",
+        sheet_tokens=sheet,
+        budget=budget,
+    )
+
+
+def _left_out(books: dict[str, Lorebook]) -> list[LoreLeftOut]:
+    return [
+        LoreLeftOut(name, book.left_out_entries, book.left_out_keys)
+        for name, book in books.items()
+        if book.left_out_entries or book.left_out_keys
+    ]
 
 
 def _split_open(

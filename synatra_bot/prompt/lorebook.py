@@ -3,8 +3,9 @@
 Books come from card authors and moderators, so a scan is bounded: a book keeps at most
 `MAX_ENTRIES` entries, `MAX_BOOK_KEYS` keys (`MAX_ENTRY_KEYS` an entry, `MAX_KEY_CHARS` each);
 regex keys run on mrab-regex with a timeout (a key that runs out is disabled for the loaded book)
-and one scan stops trying keys after `SCAN_BUDGET_S`. Regex matching releases the GIL, so a scan
-in a worker thread leaves an event loop free (`scan_needs_worker` says when to use one).
+and one scan stops trying keys after `SCAN_BUDGET_S` (the scans of one prompt build share that
+budget through `deadline`). Regex matching releases the GIL, so a scan in a worker thread leaves
+an event loop free (`scan_needs_worker` and `scans_need_worker` say when to use one).
 """
 
 from __future__ import annotations
@@ -368,19 +369,33 @@ def scan_needs_worker(books: Iterable[Lorebook], recent_texts: Sequence[str]) ->
     return any(book.may_have_regex for book in books) or keys * chars > INLINE_SCAN_WORK
 
 
+def scans_need_worker(scans: Iterable[tuple[Lorebook, Sequence[str]]]) -> bool:
+    """`scan_needs_worker` for several scans run one after another (each a book and its texts):
+    their plain-key work adds up."""
+    work = 0
+    for book, texts in scans:
+        if book.may_have_regex:
+            return True
+        work += book.key_count * sum(len(text) for text in texts)
+    return work > INLINE_SCAN_WORK
+
+
 def scan_books(
     books: Mapping[str, Lorebook],
     recent_texts: Sequence[str],
     *,
     budget_s: float = SCAN_BUDGET_S,
+    deadline: float | None = None,
 ) -> LoreScan:
     """The entries that fire on the newest `scan_depth` of `recent_texts` (oldest first).
 
     `books` maps a name to each book; they are scanned in that order under one time budget, so
     put the most trusted first (a book that spends the budget leaves later ones unscanned).
-    Safe to call from any thread.
+    `deadline` (a `time.monotonic()` value) replaces `budget_s`, so that several scans can share
+    one budget. Safe to call from any thread.
     """
-    deadline = time.monotonic() + budget_s
+    if deadline is None:
+        deadline = time.monotonic() + budget_s
     scan = LoreScan()
     texts: dict[int, tuple[str, str]] = {}
     for name, book in books.items():
@@ -419,11 +434,12 @@ def select_entries(
     *,
     token_budget: int,
     count_tokens: Callable[[str], int],
-    render: Callable[[str], str] = lambda text: text,
+    render: Callable[[LoreHit], str] = lambda hit: hit.entry.content,
 ) -> tuple[list[FiredEntry], list[LoreHit]]:
     """The matched entries that fit in `token_budget`, in insertion order, and those that did not.
 
-    Constant entries come first, then higher priority, then lower insertion order.
+    Constant entries come first, then higher priority, then lower insertion order. `render` gives
+    an entry's text as the prompt shows it (its macros depend on the book it came from).
     """
     ranked = sorted(
         hits, key=lambda h: (not h.entry.constant, -h.entry.priority, h.entry.insertion_order)
@@ -432,7 +448,7 @@ def select_entries(
     skipped: list[LoreHit] = []
     used = 0
     for hit in ranked:
-        content = render(hit.entry.content).strip()
+        content = render(hit).strip()
         tokens = count_tokens(content)
         if used + tokens > token_budget:
             skipped.append(hit)

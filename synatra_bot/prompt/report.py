@@ -24,8 +24,8 @@ class BlockReport:
 
 @dataclass(frozen=True)
 class LoreNote:
-    """A lorebook entry the build considered: its label, book ("card" or "channel"), insertion
-    order and what became of it."""
+    """A lorebook entry the build considered: its label, book ("channel", "card", or in a
+    scene with several characters "card:<name>"), insertion order and what became of it."""
 
     label: str
     book: str
@@ -57,6 +57,8 @@ class PromptReport:
     history_start_id: int | None = None
     lorebook: list[LoreNote] = field(default_factory=list)
     lorebook_left_out: list[LoreLeftOut] = field(default_factory=list)
+    #: Players whose persona did not fit beside the character sheet and the newest message.
+    personas_left_out: list[str] = field(default_factory=list)
 
     def _labels(self, status: LoreStatus) -> list[str]:
         return [note.label for note in self.lorebook if note.status == status]
@@ -89,27 +91,48 @@ class PromptReport:
         lines = [
             f"tokens {self.total_tokens}/{self.budget} "
             f"(context {self.context_size}, max new {self.max_new_tokens})",
-            " | ".join(f"{block.name} {block.tokens}" for block in self.blocks),
+            _blocks_line(self.blocks),
             f"examples: {self.kept_examples} kept, {self.dropped_examples} dropped",
             f"messages: {self.kept_messages} kept, {self.dropped_messages} dropped"
             + (" (trimmed now)" if self.trimmed_this_turn else ""),
         ]
         for status, words in _STATUS_TEXT.items():
             notes = [note for note in self.lorebook if note.status == status]
-            hidden = [n for n in notes if hide_card_entry_names and n.book == "card"]
-            named = [n for n in notes if not (hide_card_entry_names and n.book == "card")]
+            hidden = [n for n in notes if hide_card_entry_names and is_card_book(n.book)]
+            named = [n for n in notes if not (hide_card_entry_names and is_card_book(n.book))]
             if named:
                 heading = "lorebook" if status == "fired" else f"lorebook {words}"
                 lines.append(f"{heading}: {_names(named, _NAMES_SHOWN[status])}")
             if hidden:
                 count = f"{len(hidden)} {'entry' if len(hidden) == 1 else 'entries'}"
                 lines.append(f"card lorebook: {count} {words} (order {_orders(hidden)})")
+        if self.personas_left_out:
+            lines.append(f"personas left out: {_short(', '.join(self.personas_left_out), 200)}")
         for left in self.lorebook_left_out:
             lines.append(
                 f"{left.book} lorebook over the limits: {left.entries} entries and "
                 f"{left.keys} keys left out"
             )
         return "\n".join(lines)
+
+
+def is_card_book(book: str) -> bool:
+    """Whether entries of `book` come from a character card (their names can be private)."""
+    return book == "card" or book.startswith("card:")
+
+
+def _blocks_line(blocks: list[BlockReport]) -> str:
+    """Each kind of block once, in order of first appearance, with its total and, when a scene
+    has several (lore or personas along the history), how many."""
+    totals: dict[str, list[int]] = {}
+    for block in blocks:
+        total = totals.setdefault(block.name, [0, 0])
+        total[0] += block.tokens
+        total[1] += 1
+    return " | ".join(
+        f"{name} {tokens}" + (f" (x{count})" if count > 1 else "")
+        for name, (tokens, count) in totals.items()
+    )
 
 
 def _names(notes: list[LoreNote], limit: int) -> str:
