@@ -549,10 +549,7 @@ class LoadRun:
             )
             place = Place(channel_id=channel_id, guild_id=guild_id)
             started = await bot.core.start(owner, place, character_id=character.id)
-            active = await bot.core.require_active(place)
-            await bot.replies.show_greeting(
-                bot.get_channel(channel_id), active, started.greeting, started.greeting_count
-            )
+            await bot.replies.show_greeting(bot.get_channel(channel_id), started)
 
     async def _check_storage(self, bot: Any, info: dict[str, Any], data: dict[str, Any]) -> None:
         """Poll briefly (the last writes trail the final edit), then record what is wrong."""

@@ -16,6 +16,7 @@ from synatra_bot import eventloop
 from synatra_bot.roleplay.characters import CharacterService
 from synatra_bot.roleplay.core import RoleplayCore
 from synatra_bot.roleplay.scheduler import Scheduler
+from synatra_bot.roleplay.turns import Turns
 from synatra_bot.settings import Settings, configure_logging, load_settings
 
 if TYPE_CHECKING:
@@ -91,9 +92,9 @@ def build_core(
     *,
     max_concurrent: int | None = None,
     user_turns: int | None = None,
-) -> tuple[RoleplayCore, Scheduler]:
-    """The roleplay core and its scheduler over `storage` and `engine`: what every front end
-    (the bot, the terminal) drives."""
+) -> Turns:
+    """The roleplay core and its scheduler over `storage` and `engine`, behind the turns
+    every front end (the bot, the terminal) plays."""
     from synatra_bot.prompt.builder import PromptBuilder
     from synatra_bot.roleplay.config import Defaults
 
@@ -110,7 +111,7 @@ def build_core(
     )
     if user_turns is not None:
         scheduler.user_turns = user_turns
-    return core, scheduler
+    return Turns(core, scheduler)
 
 
 @contextlib.asynccontextmanager
@@ -131,12 +132,13 @@ async def running_bot(
         open_storage(settings) as storage,
         open_engine(settings, engine=engine, tokenizer=tokenizer) as (engine, tokenizer),
     ):
-        core, scheduler = build_core(settings, storage, engine, tokenizer)
+        turns = build_core(settings, storage, engine, tokenizer)
+        scheduler = turns.scheduler
         if settings.shard_count is not None:
             bot_options.setdefault("shard_count", settings.shard_count)
         if settings.shard_ids is not None:
             bot_options.setdefault("shard_ids", list(settings.shard_ids))
-        bot = SynatraBot(BotDependencies(settings, core, scheduler, engine), **bot_options)
+        bot = SynatraBot(BotDependencies(settings, turns, engine), **bot_options)
         # Everything loaded so far (torch, transformers, the tokenizer) lives as long as the
         # process: keep it out of the garbage collector's full passes, which otherwise stall
         # the event loop for a few hundred milliseconds now and then.

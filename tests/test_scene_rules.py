@@ -274,11 +274,17 @@ async def test_a_character_made_in_a_dm_and_shared_is_bound_to_that_server(harne
     stored = await repo.get_character(harness.sessions, character_id=record.id)
     assert stored.visibility == "guild" and stored.guild_id == s.guild.id
 
+    # In a DM a member of that server finds it (shared there); someone outside it does not.
     dm = fake.open_dm(stranger)
     choices = await fake.autocomplete(stranger, "character show", focused="character", channel=dm)
     await fake.wait_for_response(choices)
+    assert [c["value"] for c in choices.choices] == [str(record.id)]
+    outsider = fake.add_member(fake.add_guild("다른 서버"), "outsider", global_name="외부인")
+    dm = fake.open_dm(outsider)
+    choices = await fake.autocomplete(outsider, "character show", focused="character", channel=dm)
+    await fake.wait_for_response(choices)
     assert choices.choices == []
-    shown = await harness.slash(stranger, "character show", channel=dm, character=str(record.id))
+    shown = await harness.slash(outsider, "character show", channel=dm, character=str(record.id))
     text = await harness.final_text(shown)
     assert NOT_AVAILABLE in text and "정체" not in str(shown.callback_data)
 
@@ -354,6 +360,29 @@ async def test_an_edited_character_awaiting_approval_does_not_reach_running_scen
 async def test_a_regenerate_that_cannot_be_built_puts_the_reply_back(start_bot):
     async with start_bot(engine=numbered_replies()) as harness:
         fake, s = harness.fake, harness.scenario
+        sheet = "{{char}}는 아주 긴 설정을 가진 캐릭터다. " * 120
+        character = await harness.character(s.moderator, description=sheet)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        reply = await harness.reply_to(s.general, s.members[0], "안녕")
+        # The context shrinks below what the character's sheet alone needs.
+        await harness.final_text(await harness.slash(s.moderator, "config context", size=1024))
+
+        press = await fake.press(s.members[1], reply, custom_id(reply, "rp:regen"))
+        await fake.wait_for_response(press)
+        await fake.wait_until(
+            lambda: any("토큰" in m.content for m in s.general.visible_messages if not m.webhook_id)
+        )
+        await fake.wait_until(lambda: reply.content == "답장 1." and has_buttons(reply))
+
+        async def kept():
+            return (await history(harness, s.general))[-1].content == "답장 1."
+
+        assert await eventually(kept)
+
+
+async def test_a_griefers_huge_persona_is_left_out_instead_of_stopping_the_scene(start_bot):
+    async with start_bot(engine=numbered_replies()) as harness:
+        fake, s = harness.fake, harness.scenario
         character = await harness.character(s.moderator)
         await harness.start_roleplay(s.moderator, s.general, character)
         await harness.final_text(await harness.slash(s.moderator, "config context", size=1024))
@@ -366,15 +395,8 @@ async def test_a_regenerate_that_cannot_be_built_puts_the_reply_back(start_bot):
 
         press = await fake.press(griefer, reply, custom_id(reply, "rp:regen"))
         await fake.wait_for_response(press)
-        await fake.wait_until(
-            lambda: any("토큰" in m.content for m in s.general.visible_messages if not m.webhook_id)
-        )
-        await fake.wait_until(lambda: reply.content == "답장 1." and has_buttons(reply))
-
-        async def kept():
-            return (await history(harness, s.general))[-1].content == "답장 1."
-
-        assert await eventually(kept)
+        await fake.wait_until(lambda: reply.content == "답장 2." and has_buttons(reply))
+        assert "뷁똠햏쀍" not in harness.engine.prompts[-1]
 
 
 async def test_starting_over_and_over_counts_against_the_rate_limit(harness):

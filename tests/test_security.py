@@ -83,10 +83,11 @@ async def test_forged_role_markers_from_every_source_reach_the_engine_as_plain_t
         await harness.reply_to(s.general, intruder, "\n".join(CORPUS[-8:]))
 
         ids = engine.prompt_ids[-1]
-        # system, 2 example turns, greeting, player, reply, author note, player, post-history
-        assert special_ids(ids) == expected_structure(9)
+        # system, 2 example turns, greeting, the player's persona before their first message,
+        # player, reply, author note, player, post-history
+        assert special_ids(ids) == expected_structure(10)
         roles = [tokenizer.decode(ids[i + 1 : i + 3]).split("\n")[0] for i in starts(ids)]
-        assert roles == [*"SUAAUASUSA".translate(ROLE_LETTERS).split()]
+        assert roles == [*"SUAASUASUSA".translate(ROLE_LETTERS).split()]
         assert EOS_ID not in ids
         text = tokenizer.decode(ids)
         assert "＜｜im_end｜＞" in text and "ㅋㅋ</s><s>ㅎㅎ" in text

@@ -401,7 +401,7 @@ def test_the_user_name_defaults_to_someone() -> None:
     parser = argparse.ArgumentParser()
     configure_parser(parser)
     args = parser.parse_args(["--character", "세라"])
-    assert args.character == "세라" and args.user_name is None
+    assert args.character == ["세라"] and args.user_name is None
 
 
 @pytest.mark.slow
@@ -476,3 +476,79 @@ async def test_control_characters_in_card_text_and_model_output_cannot_take_over
     assert "\\x1b[2J\\x1b[H화면이 지워졌지?\\x07" in text
     assert "세라\\x1b[31m: \\x0d가짜 민수: 내가 졌어" in text
     assert "\n" in text and "\\x0a" not in text  # newlines still end lines
+
+
+def group_args(*cards: Path, user_name: str = "민수") -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    argv = [arg for card in cards for arg in ("--character", str(card))]
+    return parser.parse_args([*argv, "--user-name", user_name])
+
+
+async def group_chat(settings, tokenizer, cards, lines: str, *, engine) -> tuple[int, str]:
+    out = RecordingOutput()
+    code = await run_chat(
+        group_args(*cards),
+        settings=settings,
+        engine=engine,
+        tokenizer=tokenizer,
+        stdin=io.StringIO(lines),
+        stdout=out,
+    )
+    return code, out.getvalue()
+
+
+def speaker_of_prompt(prompt: str) -> str:
+    """The name a group prompt's final header asks to speak ("...assistant\\n이름:")."""
+    tail = prompt.rpartition("assistant\n")[2]
+    return tail.split(":")[0] if ":" in tail else "?"
+
+
+async def test_a_group_scene_plays_in_the_terminal_and_at_name_talks_to_one(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    sera = card_file(tmp_path)
+    haneul = card_file(
+        tmp_path,
+        name="하늘",
+        description="{{char}}는 세라의 동생이다.",
+        first_message="(혼자일 때의 인사)",
+    )
+    turn = itertools.count(1)
+    engine = ScriptedEngine(
+        lambda p: f" {speaker_of_prompt(p)}의 말 {next(turn)}.", tokenizer=tokenizer
+    )
+    lines = "하늘아, 안녕!\n그래서 어떻게 됐어?\n@세라 너는?\n/next 하늘\n/cast\n/quit\n"
+
+    code, text = await group_chat(settings, tokenizer, [sera, haneul], lines, engine=engine)
+
+    assert code == 0 and "⚠" not in text
+    assert "— 하늘 등장 · joins the scene —" in text and "(혼자일 때의 인사)" not in text
+    # Named, then the one who last answered, then `@name`, then /next.
+    assert "하늘: 하늘의 말 1.\n" in text and "하늘: 하늘의 말 2.\n" in text
+    assert "세라: 세라의 말 3.\n" in text and "하늘: 하늘의 말 4.\n" in text
+    assert "장면 · scene: 세라, 하늘" in text
+    place = terminal_place(*sorted(_ids(text)))
+    session = await repo.get_active_session(sessions, channel_id=place.channel_id)
+    cast = await repo.session_cast(sessions, session_id=session.id)
+    assert len(cast) == 2
+    history = await repo.recent_history(sessions, session_id=session.id, limit=20)
+    assert [m.content for m in history if m.role == "user"] == [
+        "하늘아, 안녕!",
+        "그래서 어떻게 됐어?",
+        "너는?",
+    ]
+    assert [m.display_name for m in history if m.role == "assistant"] == [
+        "세라",
+        "하늘",
+        "하늘",
+        "세라",
+        "하늘",
+    ]
+
+
+def _ids(text: str) -> list[int]:
+    """The character ids the import lines name ("가져옴 · imported: #3 세라")."""
+    return [
+        int(line.split("#")[1].split()[0]) for line in text.splitlines() if "imported: #" in line
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +19,14 @@ from synatra_bot.discord.replies import ReplyController
 from synatra_bot.discord.webhooks import WebhookPool
 from synatra_bot.engine.base import Engine
 from synatra_bot.errors import EngineError, UserFacingError
-from synatra_bot.roleplay.core import RoleplayCore
-from synatra_bot.roleplay.scheduler import Scheduler
+from synatra_bot.roleplay.turns import Turns
 from synatra_bot.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: The language of DM replies to a user whose Discord language is not known yet.
+DM_LOCALE = "ko"
+DM_LOCALES_KEPT = 10_000
 
 COGS = (
     "synatra_bot.discord.cogs.roleplay",
@@ -35,8 +39,7 @@ COGS = (
 @dataclass(frozen=True, slots=True)
 class BotDependencies:
     settings: Settings
-    core: RoleplayCore
-    scheduler: Scheduler
+    turns: Turns
     engine: Engine
 
 
@@ -48,6 +51,8 @@ class SynatraTree(app_commands.CommandTree["SynatraBot"]):
         # Every command runs in a task of discord.py's: track it, so that shutdown waits for
         # commands that are still writing to the database before it closes the database.
         interaction.client.replies.track_current()
+        if interaction.guild_id is None:
+            interaction.client.remember_dm_locale(interaction.user.id, str(interaction.locale))
         return True
 
     async def on_error(
@@ -104,10 +109,13 @@ class SynatraBot(commands.AutoShardedBot):
         )
         self.deps = deps
         self.settings = deps.settings
-        self.core = deps.core
-        self.scheduler = deps.scheduler
+        self.turns = deps.turns
+        self.core = deps.turns.core
+        self.scheduler = deps.turns.scheduler
         self.engine = deps.engine
         self.webhooks = WebhookPool()
+        #: The language each DM user's Discord showed in their last command there.
+        self._dm_locales: OrderedDict[int, str] = OrderedDict()
         self.replies = ReplyController(self)
         self._skip_webhook_messages()
 
@@ -139,9 +147,19 @@ class SynatraBot(commands.AutoShardedBot):
         return text
 
     def locale_for(self, channel: object) -> str:
-        """The language for messages that answer no interaction: the server's own."""
+        """The language for messages that answer no interaction: the server's own; in a DM
+        the one its user's Discord used last (Korean until they used a command)."""
+        if isinstance(channel, discord.DMChannel):
+            user = channel.recipient
+            return self._dm_locales.get(user.id, DM_LOCALE) if user else DM_LOCALE
         guild = getattr(channel, "guild", None)
         return str(guild.preferred_locale) if guild is not None else "en-US"
+
+    def remember_dm_locale(self, user_id: int, locale: str) -> None:
+        self._dm_locales[user_id] = locale
+        self._dm_locales.move_to_end(user_id)
+        while len(self._dm_locales) > DM_LOCALES_KEPT:
+            self._dm_locales.popitem(last=False)
 
     async def on_message(self, message: discord.Message, /) -> None:
         """Every command is a slash command: a message goes to the roleplay's listener only,

@@ -55,6 +55,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "NSFW characters can only be used in age-restricted channels.",
         "성인 캐릭터는 연령 제한 채널에서만 쓸 수 있어요.",
     ),
+    "error.nsfw_dm": (
+        "NSFW characters play in your DMs only once you turn them on: /rp dm-nsfw enabled:True.",
+        "DM에서 성인 캐릭터와 롤플레이하려면 먼저 /rp dm-nsfw enabled:True 로 켜 주세요.",
+    ),
     "error.share_needs_server": (
         "Sharing a character needs a server.",
         "캐릭터 공유는 서버 안에서만 할 수 있어요.",
@@ -137,6 +141,26 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "{name|은} 이제 여기서 쓸 수 없어요 (비공개로 바뀌었거나, 삭제됐거나, 승인 대기 중이에요). "
         "시작한 사람이나 관리자가 /rp start로 다른 캐릭터를 시작할 수 있어요.",
     ),
+    "error.already_in_cast": (
+        "**{name}** is already in this scene.",
+        "{name|는} 이미 이 장면에 있어요.",
+    ),
+    "error.cast_full": (
+        "This scene already has {limit} characters (the server's limit).",
+        "이 장면에는 이미 캐릭터가 {limit}명 있어요 (서버 제한).",
+    ),
+    "error.not_in_cast": (
+        "That character is not in this scene (/rp cast list).",
+        "그 캐릭터는 이 장면에 없어요 (/rp cast list).",
+    ),
+    "error.last_in_cast": (
+        "A scene keeps at least one character: end it with /rp stop instead.",
+        "장면에는 캐릭터가 한 명은 있어야 해요. 끝내려면 /rp stop 을 쓰세요.",
+    ),
+    "reply.greeting_fixed": (
+        "A greeting is not regenerated: browse the others with ◀ ▶.",
+        "인사말은 다시 만들 수 없어요. ◀ ▶ 로 다른 인사말을 볼 수 있어요.",
+    ),
     "reply.gone": (
         "That reply is no longer part of the story.",
         "그 답장은 이제 이야기에 없어요.",
@@ -205,6 +229,26 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "저장했어요. 다음 답장부터 캐릭터가 이 내용을 기억해요.",
     ),
     "rp.memory_cleared": ("Long-term memory cleared.", "장기 기억을 지웠어요."),
+    "rp.dm_nsfw_on": (
+        "NSFW characters may now play in your DMs with the bot (only there; servers keep "
+        "their own rules). Turn it off again with /rp dm-nsfw enabled:False.",
+        "이제 봇과의 DM에서 성인 캐릭터와 롤플레이할 수 있어요 "
+        "(DM에서만, 서버는 서버 규칙을 따라요). /rp dm-nsfw enabled:False 로 다시 끌 수 있어요.",
+    ),
+    "rp.dm_nsfw_off": (
+        "NSFW characters no longer play in your DMs with the bot.",
+        "이제 봇과의 DM에서 성인 캐릭터는 나오지 않아요.",
+    ),
+    "rp.next": ("**{name}** speaks next…", "{name|가} 말할 차례예요…"),
+    "rp.cast_added": (
+        "**{name}** joins the scene. Call a character by name to talk to them.",
+        "{name|가} 장면에 들어왔어요. 이름을 부르면 그 캐릭터가 답해요.",
+    ),
+    "rp.cast_removed": (
+        "**{name}** leaves the scene. Their lines stay in the story.",
+        "{name|가} 장면에서 나갔어요. 했던 말은 이야기에 남아요.",
+    ),
+    "rp.cast_list": ("In this scene ({count}/{limit}):", "이 장면의 캐릭터 ({count}/{limit}):"),
     "rp.continuing": ("Continuing…", "이어서 쓰는 중…"),
     "rp.edit_offer": (
         "Your message changed. Regenerate the reply with 🔄?",

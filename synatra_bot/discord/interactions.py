@@ -41,19 +41,31 @@ def actor_of(interaction: discord.Interaction[Any]) -> Actor:
         user_id=user.id,
         display_name=user.display_name,
         guild_id=interaction.guild_id,
-        is_moderator=is_moderator(user, permissions),
-        can_speak=permissions.send_messages_in_threads if in_thread else permissions.send_messages,
+        is_moderator=interaction.guild_id is not None and is_moderator(user, permissions),
+        # In a DM with the bot there are no channel permissions: its user may always speak.
+        can_speak=interaction.guild_id is None
+        or (permissions.send_messages_in_threads if in_thread else permissions.send_messages),
+        member_of=_servers_of(user) if interaction.guild_id is None else frozenset(),
     )
+
+
+def _servers_of(user: discord.abc.User) -> frozenset[int]:
+    """The servers a user shares with the bot (whose shared characters they may play in a DM)."""
+    return frozenset(guild.id for guild in getattr(user, "mutual_guilds", ()))
 
 
 def speaker_of(member: discord.abc.User, guild_id: int | None) -> Actor:
     """Who wrote a chat message. Talking needs no permission, so none is worked out (a
     member's permissions walk all their roles, on every message)."""
+    if guild_id is None:
+        return Actor(member.id, member.display_name, member_of=_servers_of(member))
     return Actor(user_id=member.id, display_name=member.display_name, guild_id=guild_id)
 
 
-def place_of(channel: Any, guild_id: int) -> Place:
-    """The Place of a text channel or thread; threads carry their parent for webhooks."""
+def place_of(channel: Any, guild_id: int | None) -> Place:
+    """The Place of a text channel, thread or DM; threads carry their parent for webhooks."""
+    if guild_id is None or isinstance(channel, discord.DMChannel):
+        return Place(channel_id=channel.id, guild_id=0, dm=True)
     if isinstance(channel, discord.Thread):
         parent = channel.parent
         return Place(

@@ -1,31 +1,25 @@
-"""Run one character reply in a channel: queue, stream through the webhook, store, add buttons."""
+"""Show the core's replies in Discord: queue notices, streaming through the character's webhook,
+the final text with its buttons; and the buttons' presses, handed back to the core."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol
 
 import discord
+from discord import app_commands
 
 from synatra_bot.discord.i18n import t
 from synatra_bot.discord.interactions import ComponentError, actor_of, place_of
-from synatra_bot.discord.streaming import ReplyMessages
-from synatra_bot.errors import EngineError, EngineUnavailable, TurnCancelled, UserFacingError
-from synatra_bot.roleplay.core import STOPPED_BY_USER, ActiveRoleplay, ReplyKind
-from synatra_bot.roleplay.rules import (
-    require_may_stop,
-    require_starter_or_moderator,
-    require_voice,
-)
-from synatra_bot.roleplay.scheduler import QueueTicket, TurnOutcome, TurnSlot
-from synatra_bot.roleplay.types import Actor, Place
-from synatra_bot.storage.records import MessageRecord
-
-if TYPE_CHECKING:
-    from synatra_bot.discord.bot import SynatraBot
+from synatra_bot.discord.streaming import ChannelPoster, ReplyMessages, WebhookPoster, dm_heading
+from synatra_bot.discord.webhooks import WebhookPool
+from synatra_bot.errors import EngineError, UserFacingError
+from synatra_bot.roleplay.core import ActiveRoleplay, Started
+from synatra_bot.roleplay.scheduler import QueueTicket
+from synatra_bot.roleplay.turns import Ending, Reply, ReplyOutcome, Shown, Turns
+from synatra_bot.storage.records import CharacterRecord, MessageRecord
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +27,21 @@ log = logging.getLogger(__name__)
 QUEUE_NOTICE_AFTER_S = 1.0
 QUEUE_REFRESH_S = 10.0
 BUTTON_TEMPLATE = r"rp:(?P<action>regen|prev|next|stop|cont):(?P<target>[0-9]+)"
+
+
+class ReplyHost(Protocol):
+    """What the controller needs of the bot (the bot holds the controller: no import back)."""
+
+    turns: Turns
+    webhooks: WebhookPool
+    replies: ReplyController
+
+    @property
+    def tree(self) -> app_commands.CommandTree[Any]: ...
+
+    def locale_for(self, channel: object) -> str: ...
+
+    def public(self, error: BaseException, locale: discord.Locale | str | None = None) -> str: ...
 
 
 class ReplyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=BUTTON_TEMPLATE):
@@ -60,13 +69,13 @@ class ReplyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=BUTTO
     @classmethod
     async def from_custom_id(  # type: ignore[override]
         cls,
-        interaction: discord.Interaction[SynatraBot],
+        interaction: discord.Interaction[Any],
         item: discord.ui.Button[Any],
         match: Any,
     ) -> ReplyButton:
         return cls(match["action"], int(match["target"]))
 
-    async def callback(self, interaction: discord.Interaction[SynatraBot]) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
         bot = interaction.client
         bot.replies.track_current()
         await bot.replies.press(interaction, self.action, self.target)
@@ -89,13 +98,13 @@ class SwipePosition(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"r
     @classmethod
     async def from_custom_id(  # type: ignore[override]
         cls,
-        interaction: discord.Interaction[SynatraBot],
+        interaction: discord.Interaction[Any],
         item: discord.ui.Button[Any],
         match: Any,
     ) -> SwipePosition:
         return cls(0, item.label or "")
 
-    async def callback(self, interaction: discord.Interaction[SynatraBot]) -> None:  # type: ignore[override]
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
         await interaction.response.defer()  # disabled: Discord never sends a press
 
 
@@ -121,23 +130,11 @@ def streaming_view() -> discord.ui.View:
     return view
 
 
-@dataclass
-class _Job:
-    place: Place
-    active: ActiveRoleplay
-    channel: Any
-    speaker: Actor | None
-    kind: ReplyKind
-    target: MessageRecord | None
-    #: Work the prompt must wait for (storing the player's message).
-    after: Awaitable[Any] | None = None
-
-
 class ReplyController:
     """Everything about showing replies in Discord; the roleplay cog and buttons call it."""
 
-    def __init__(self, bot: SynatraBot) -> None:
-        self.bot = bot
+    def __init__(self, host: ReplyHost) -> None:
+        self.host = host
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop_view: discord.ui.View | None = None
 
@@ -151,8 +148,9 @@ class ReplyController:
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         return self.track(asyncio.create_task(coro))
 
-    def track(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+    def track(self, task: asyncio.Future[Any]) -> asyncio.Task[Any]:
         """Count `task` among the work shutdown waits for."""
+        assert isinstance(task, asyncio.Task)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         return task
@@ -182,94 +180,74 @@ class ReplyController:
 
     # --- webhooks ---------------------------------------------------------------------------
 
-    async def writer_for(self, channel: Any, active: ActiveRoleplay) -> ReplyMessages:
+    async def writer_for(self, channel: Any, character: CharacterRecord) -> ReplyMessages:
+        """How `character` speaks in `channel`: its webhook, or in a DM the bot itself."""
+        if isinstance(channel, discord.DMChannel):
+            return ReplyMessages(ChannelPoster(channel), heading=dm_heading(character.name))
         parent = channel.parent if isinstance(channel, discord.Thread) else channel
         if not isinstance(parent, discord.TextChannel | discord.ForumChannel):
             raise UserFacingError("this channel cannot have webhooks", key="error.channel_type")
-        webhook = await self.bot.webhooks.get(parent, active.character)
+        webhook = await self.host.webhooks.get(parent, character)
         thread = channel if isinstance(channel, discord.Thread) else None
-        return ReplyMessages(
-            webhook, username=active.character.name, avatar_url=None, thread=thread
-        )
+        return ReplyMessages(WebhookPoster(webhook, username=character.name, thread=thread))
 
-    async def show_greeting(
-        self, channel: Any, active: ActiveRoleplay, greeting: MessageRecord, count: int
+    async def show_greeting(self, channel: Any, started: Started) -> None:
+        """A character's greeting (a new scene's, or one joining it), with its alternatives."""
+        greeting = started.greeting
+        if greeting is None:
+            return
+        writer = await self.writer_for(channel, started.character)
+        view = reply_view(
+            greeting.id, index=greeting.swipe_index, count=started.greeting_count, greeting=True
+        )
+        ids = await writer.finish(greeting.content, view=view)
+        for alternative in await self.host.turns.core.alternatives(greeting.id):
+            await self.host.turns.core.attach_discord_ids(alternative.id, ids)
+
+    async def take_back(
+        self, channel: Any, active: ActiveRoleplay, removed: Sequence[MessageRecord]
     ) -> None:
-        writer = await self.writer_for(channel, active)
-        index = greeting.swipe_index
-        ids = await writer.finish(
-            greeting.content,
-            view=reply_view(greeting.id, index=index, count=count, greeting=True),
-        )
-        for alternative in await self.bot.core.alternatives(greeting.id):
-            await self.bot.core.attach_discord_ids(alternative.id, ids)
+        """Delete the characters' messages of turns that left the story (undo)."""
+        for message in removed:
+            if message.role == "assistant" and message.discord_message_ids:
+                character = active.member(message.character_id) or active.lead
+                writer = await self.writer_for(channel, character)
+                await writer.adopted(list(message.discord_message_ids)).discard()
 
-    # --- a turn -----------------------------------------------------------------------------
+    # --- a reply ----------------------------------------------------------------------------
 
-    async def run(
-        self,
-        *,
-        channel: Any,
-        place: Place,
-        active: ActiveRoleplay,
-        speaker: Actor | None,
-        kind: ReplyKind = "reply",
-        target: MessageRecord | None = None,
-        notify: discord.Message | None = None,
-        after: Awaitable[Any] | None = None,
-        admitted: bool = False,
-    ) -> MessageRecord | None:
-        """Generate and show one reply; returns the stored turn, or None when nothing was stored.
+    async def play(
+        self, reply: Reply, *, channel: Any, notify: discord.Message | None = None
+    ) -> ReplyOutcome | None:
+        """Show one reply of the core's as it streams, and how it ended.
 
-        The turn goes through `admit` before anything is posted (`admitted`: the caller did
-        that already). Whatever fails later, the player is told, nothing half-written is
-        stored, and a regenerated or continued reply goes back to what it showed before.
+        Whatever fails, the player is told and nothing stays half-finished on screen (the core
+        has stored nothing half-written; a regenerated or continued reply shows what it showed
+        before). Returns the outcome, or None when Discord refused to show the reply.
         """
-        job = _Job(place, active, channel, speaker, kind, target, after)
-        locale = self.bot.locale_for(channel)
-        if not admitted:
-            try:
-                self.admit(active, place, speaker)
-            except UserFacingError as error:
-                await self.tell(notify, channel, self.text(locale, error))
-                return None
+        locale = self.host.locale_for(channel)
         try:
-            return await self._run(job, notify, locale)
+            return await self._play(reply, channel, notify, locale)
         except discord.Forbidden:
-            log.warning("missing permissions for webhooks in channel %s", place.channel_id)
+            log.warning("missing permissions for webhooks in channel %s", reply.place.channel_id)
             await self.tell(notify, channel, t(locale, "error.webhook_permission"))
         except discord.NotFound:
             # Someone deleted our webhook or message: forget it, the next turn makes a new one.
-            parent = place.parent_channel_id or place.channel_id
-            self.bot.webhooks.forget_channel(parent)
+            place = reply.place
+            self.host.webhooks.forget_channel(place.parent_channel_id or place.channel_id)
             await self.tell(notify, channel, t(locale, "error.webhook_gone"))
         except Exception:
-            log.exception("reply in channel %s failed", place.channel_id)
+            log.exception("reply in channel %s failed", reply.place.channel_id)
             await self.tell(notify, channel, t(locale, "error.unexpected"))
         return None
 
-    def admit(self, active: ActiveRoleplay, place: Place, speaker: Actor | None) -> None:
-        """Refuse a turn before it costs anything: the channel rules every path obeys, then one
-        turn counted against the speaker's rate limit."""
-        self.bot.core.check_may_generate(active, place)
-        user_id = speaker.user_id if speaker else 0
-        self.bot.scheduler.charge(user_id, active.config.user_rate_limit)
-
-    def text(self, locale: str, error: UserFacingError) -> str:
-        """A domain error as players read it (localised, secrets masked)."""
-        return t(locale, error.key, message=self.bot.public(error), **error.params)
-
-    async def _run(
-        self, job: _Job, notify: discord.Message | None, locale: str
-    ) -> MessageRecord | None:
-        channel, place, active = job.channel, job.place, job.active
-        speaker, kind, target = job.speaker, job.kind, job.target
-        writer = await self.writer_for(channel, active)
-        prefix = target.content if kind == "continue" and target else ""
-        replacing = target is not None and kind != "reply"
-        if replacing:
-            assert target is not None
-            writer = writer.adopted(target.discord_message_ids)
+    async def _play(
+        self, reply: Reply, channel: Any, notify: discord.Message | None, locale: str
+    ) -> ReplyOutcome:
+        writer = await self.writer_for(channel, reply.character)
+        if reply.replacing:
+            assert reply.target is not None
+            writer = writer.adopted(reply.target.discord_message_ids)
         opened = False
 
         async def open_or_show(text: str) -> None:
@@ -297,147 +275,93 @@ class ReplyController:
             nonlocal notice
             notice = self.spawn(show_queue(ticket))
 
-        async def withdraw() -> None:
-            """Take back a turn that never began: a new reply's message goes, a regenerated or
-            continued one shows what it showed before."""
-            if notice is not None:
-                notice.cancel()
-            if not opened:
-                return
-            if replacing:
-                assert target is not None
-                await self._restore(writer, target)
-            else:
-                await writer.discard()
-
-        async def give_up(note: str) -> None:
-            """End a turn that failed: a regenerated or continued reply shows what it showed
-            before (the note goes to the channel), a new reply keeps its text with the note."""
-            if notice is not None:
-                notice.cancel()
-            if replacing:
-                assert target is not None
-                if opened:
-                    await self._restore(writer, target)
-                await self.tell(notify, channel, note)
-                return
-            text = prefix + (slot.text if slot is not None else "")
-            await writer.finish(text, view=None, note=note)
-
-        user_id = speaker.user_id if speaker else 0
-        slot: TurnSlot | None = None
-        if kind == "reply":
+        if reply.kind == "reply":
             # The reply's message appears at once, a cursor while the turn waits and thinks.
             opened = True
             await writer.open("▌", view=self.stop_view)
         try:
-            async with self.bot.scheduler.turn(
-                channel_id=place.channel_id,
-                user_id=user_id,
-                policy="restart" if active.config.busy_policy == "restart" else "queue",
-                on_queued=on_queued,
-                charged=True,  # by admit()
-            ) as slot:
-                if notice is not None:
-                    notice.cancel()
-                writer.pace_from_now()  # a turn that waited shows its first words after a beat
-                if not opened:
-                    opened = True
-                    await writer.open((prefix + " ▌").strip(), view=self.stop_view)
-                built = await self._prompt(job)
-                async for _delta in slot.stream(built.input_ids, active.config.sampling):
-                    await writer.update(prefix + slot.text)
-        except TurnCancelled:
-            await withdraw()
-            return None
-        except UserFacingError as error:
-            await give_up(self.text(locale, error))
-            return None
-        except EngineError as error:
-            if isinstance(error, EngineUnavailable) and slot is None:
-                await withdraw()  # the bot is shutting down: the turn never began
-                return None
-            # Also an engine that became unavailable mid-reply: never leave the cursor hanging.
-            log.warning("reply in channel %s failed: %s", place.channel_id, error)
-            await give_up(t(locale, "reply.failed", message=self.bot.public(error, locale)))
-            return None
-        except (discord.Forbidden, discord.NotFound):
-            raise  # the webhook itself is unusable: run() tells the channel
-        except Exception:
-            log.exception("reply in channel %s failed", place.channel_id)
-            await give_up(t(locale, "error.unexpected"))
-            return None
-        try:
-            return await self._settle(
-                job, writer, slot.outcome, slot.cancel_reason, prefix, slot.text, locale
-            )
-        except (discord.Forbidden, discord.NotFound):
-            raise
-        except Exception:
-            log.exception("storing the reply in channel %s failed", place.channel_id)
-            await give_up(t(locale, "error.unexpected"))
-            return None
+            async with reply.stream(
+                on_queued=on_queued, shown_in=lambda: writer.message_ids
+            ) as texts:
+                began = False
+                async for text in texts:
+                    if not began:
+                        began = True
+                        if notice is not None:
+                            notice.cancel()
+                        writer.pace_from_now()  # a turn that waited shows its words after a beat
+                        if not opened:
+                            opened = True
+                            await writer.open((text + " ▌").strip(), view=self.stop_view)
+                        continue
+                    await writer.update(text)
+        finally:
+            if notice is not None:
+                notice.cancel()
+        outcome = reply.outcome
+        assert outcome is not None
+        await self._show_outcome(reply, outcome, writer, opened, notify, channel, locale)
+        return outcome
 
-    async def _prompt(self, job: _Job) -> Any:
-        if job.after is not None:
-            await job.after
-        return await self.bot.core.build_prompt(
-            job.active,
-            speaker=job.speaker,
-            exclude_message_id=job.target.id if job.kind == "regenerate" and job.target else None,
-            continue_message=job.target if job.kind == "continue" else None,
-        )
-
-    async def _settle(
+    async def _show_outcome(
         self,
-        job: _Job,
+        reply: Reply,
+        outcome: ReplyOutcome,
         writer: ReplyMessages,
-        outcome: TurnOutcome,
-        reason: str,
-        prefix: str,
-        text: str,
+        opened: bool,
+        notify: discord.Message | None,
+        channel: Any,
         locale: str,
-    ) -> MessageRecord | None:
-        core = self.bot.core
-        stopped = outcome is TurnOutcome.CANCELLED and reason == STOPPED_BY_USER
-        if outcome is TurnOutcome.FINISHED or (stopped and text.strip()):
-            stored = await core.store_reply(
-                job.active,
-                text,
-                regenerate_of=job.target.id if job.kind == "regenerate" and job.target else None,
-                continue_of=job.target if job.kind == "continue" else None,
-                discord_message_ids=writer.message_ids,
-            )
-            index, count = stored.swipe_index, stored.swipe_index + 1
-            if job.kind != "reply":
-                options = await core.alternatives(stored.id)
-                index = next((i for i, m in enumerate(options) if m.id == stored.id), 0)
-                count = len(options)
-            ids = await writer.finish(
-                prefix + text,
-                view=reply_view(stored.id, index=index, count=count),
-                note=t(locale, "reply.stopped") if stopped else "",
-            )
+    ) -> None:
+        ending = outcome.ending
+        if ending is Ending.STORED:
+            assert outcome.shown is not None
+            stored = outcome.shown.message
+            note = t(locale, "reply.stopped") if outcome.stopped else ""
+            ids = await writer.finish(outcome.text, view=self._view(outcome.shown), note=note)
             if ids != list(stored.discord_message_ids):
-                await core.attach_discord_ids(stored.id, ids)
-            return stored
-        if outcome is TurnOutcome.CANCELLED and job.kind == "reply" and not stopped:
-            await writer.discard()  # superseded by a newer message, or shut down
-            return None
-        note_key = "reply.timed_out" if outcome is TurnOutcome.TIMED_OUT else "reply.cancelled"
-        await writer.finish(prefix + text, view=None, note=t(locale, note_key))
-        if job.target is not None and job.kind != "reply":
-            await self._restore(writer, job.target)
-        return None
+                await self.host.turns.core.attach_discord_ids(stored.id, ids)
+            return
+        if ending in (Ending.WITHDRAWN, Ending.DISCARDED):
+            if opened and reply.replacing:
+                await self._restore(writer, reply)
+            elif opened:
+                await writer.discard()
+            return
+        if ending is Ending.CUT:
+            note_key = "reply.timed_out" if outcome.timed_out else "reply.cancelled"
+            await writer.finish(outcome.text, view=None, note=t(locale, note_key))
+            if reply.replacing:
+                await self._restore(writer, reply)
+            return
+        note = self._failure_note(locale, outcome.error)
+        if reply.replacing:
+            if opened:
+                await self._restore(writer, reply)
+            await self.tell(notify, channel, note)
+            return
+        await writer.finish(outcome.text, view=None, note=note)
 
-    async def _restore(self, writer: ReplyMessages, target: MessageRecord) -> None:
+    def _failure_note(self, locale: str, error: Exception | None) -> str:
+        if isinstance(error, UserFacingError):
+            return self.text(locale, error)
+        if isinstance(error, EngineError):
+            return t(locale, "reply.failed", message=self.host.public(error, locale))
+        return t(locale, "error.unexpected")
+
+    @staticmethod
+    def _view(shown: Shown) -> discord.ui.View:
+        message = shown.message
+        return reply_view(message.id, index=shown.index, count=shown.count, greeting=shown.greeting)
+
+    async def _restore(self, writer: ReplyMessages, reply: Reply) -> None:
         """Put the turn that was being regenerated or continued back on screen."""
-        options = await self.bot.core.alternatives(target.id)
-        chosen = next((m for m in options if m.chosen), target)
-        index = next((i for i, m in enumerate(options) if m.id == chosen.id), 0)
-        await writer.finish(
-            chosen.content, view=reply_view(chosen.id, index=index, count=len(options))
-        )
+        shown = await reply.restored()
+        await writer.finish(shown.message.content, view=self._view(shown))
+
+    def text(self, locale: str, error: UserFacingError) -> str:
+        """A domain error as players read it (localised, secrets masked)."""
+        return t(locale, error.key, message=self.host.public(error), **error.params)
 
     async def tell(self, notify: discord.Message | None, channel: Any, text: str) -> None:
         """A short notice that goes away: a reply to `notify`, or a message in `channel`."""
@@ -452,60 +376,43 @@ class ReplyController:
     # --- buttons ----------------------------------------------------------------------------
 
     async def press(
-        self, interaction: discord.Interaction[SynatraBot], action: str, target_id: int
+        self, interaction: discord.Interaction[Any], action: str, target_id: int
     ) -> None:
         try:
             await self.on_button(interaction, action, target_id)
         except Exception as error:  # the tree's policy decides what the user sees
-            await self.bot.tree.on_error(interaction, ComponentError(error))
+            await self.host.tree.on_error(interaction, ComponentError(error))
 
     async def on_button(
-        self, interaction: discord.Interaction[SynatraBot], action: str, target_id: int
+        self, interaction: discord.Interaction[Any], action: str, target_id: int
     ) -> None:
-        assert interaction.guild_id is not None and interaction.channel is not None
-        place = place_of(interaction.channel, interaction.guild_id)
+        assert interaction.channel is not None
+        channel = interaction.channel
+        place = place_of(channel, interaction.guild_id)
         actor = actor_of(interaction)
-        require_voice(actor)
-        core = self.bot.core
+        turns = self.host.turns
         if action == "stop":
-            running = await core.active(place)
-            if running is not None:
-                turn_user = self.bot.scheduler.turn_user(place.channel_id)
-                require_may_stop(actor, running.session, turn_user)
+            await turns.stop(place, actor)
             await interaction.response.defer()
-            await self.bot.scheduler.cancel_channel(place.channel_id, reason=STOPPED_BY_USER)
             return
-        active = await core.require_active(place)
-        target = await core.get_message(target_id)
-        if target is None or target.session_id != active.session.id:
-            raise UserFacingError("that reply is no longer part of the story", key="reply.gone")
         if action in ("prev", "next"):
-            # Every press costs an edit in the channel: it counts against the presser's limit.
-            self.bot.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+            shown = await turns.browse(place, actor, target_id, -1 if action == "prev" else 1)
             await interaction.response.defer()
-            chosen, index, count = await core.browse(target_id, -1 if action == "prev" else 1)
-            writer = await self.writer_for(interaction.channel, active)
-            writer = writer.adopted(chosen.discord_message_ids or target.discord_message_ids)
-            greeting = await core.is_greeting(chosen)
-            await writer.finish(
-                chosen.content,
-                view=reply_view(chosen.id, index=index, count=count, greeting=greeting),
+            active = await turns.core.require_active(place)
+            message = shown.message
+            writer = await self.writer_for(
+                channel, active.member(message.character_id) or active.lead
             )
+            ids = message.discord_message_ids
+            if not ids:
+                target = await turns.core.get_message(target_id)
+                ids = target.discord_message_ids if target else ()
+            await writer.adopted(ids).finish(message.content, view=self._view(shown))
             return
-        latest = await core.latest_reply(place)
-        if latest is None or latest.turn_group != target.turn_group:
-            raise UserFacingError("only the newest reply can be changed", key="reply.not_latest")
-        if action == "cont":
-            require_starter_or_moderator(actor, active.session)
-        self.admit(active, place, actor)  # refused here, the presser is told privately
+        if action == "regen":
+            reply = await turns.regenerate(place, actor, target_id)
+        else:
+            reply = await turns.continue_reply(place, actor, target_id)
+        # Refused above, the presser is told privately; admitted, the channel sees the reply.
         await interaction.response.defer()
-        kind: ReplyKind = "regenerate" if action == "regen" else "continue"
-        await self.run(
-            channel=interaction.channel,
-            place=place,
-            active=active,
-            speaker=actor,
-            kind=kind,
-            target=latest,
-            admitted=True,
-        )
+        await self.play(reply, channel=channel)

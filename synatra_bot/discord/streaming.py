@@ -1,5 +1,7 @@
-"""Show a streaming reply in Discord: webhook messages edited about once a second, split at 2,000
-characters on a line or sentence boundary, never pinging anyone."""
+"""Show a streaming reply in Discord: messages edited about once a second, split at 2,000
+characters on a line or sentence boundary, never pinging anyone. In a server a character speaks
+through a webhook with its own name; in a DM (no webhooks there) the bot posts, the name in bold
+above the text."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import discord
 
@@ -71,25 +73,107 @@ def release_view(view: discord.ui.View | None) -> None:
         view.clear_items()
 
 
-class ReplyMessages:
-    """One reply shown as webhook messages. `update` is cheap to call for every delta: it
-    edits at most once per `interval`; `finish` writes the final text with the buttons.
-    A view handed to `finish` is spent once sent (`release_view`)."""
+class Poster(Protocol):
+    """Where a reply's messages go: send, edit and delete them by id."""
+
+    async def send(self, content: str, *, view: discord.ui.View | None) -> int: ...
+
+    async def edit(self, message_id: int, content: str, *, view: Any) -> None: ...
+
+    async def delete(self, message_id: int) -> None: ...
+
+
+class WebhookPoster:
+    """A character's webhook in a server channel (or a thread of it)."""
 
     def __init__(
         self,
         webhook: discord.Webhook,
         *,
         username: str,
-        avatar_url: str | None,
-        thread: discord.abc.Snowflake | None,
-        interval: float = EDIT_INTERVAL_S,
-        clock: Callable[[], float] = time.monotonic,
+        avatar_url: str | None = None,
+        thread: discord.abc.Snowflake | None = None,
     ) -> None:
         self._webhook = webhook
         self._username = webhook_username(username)
         self._avatar_url = avatar_url
-        self._thread = thread
+        self._thread = thread if thread is not None else discord.utils.MISSING
+
+    async def send(self, content: str, *, view: discord.ui.View | None) -> int:
+        message = await self._webhook.send(
+            content,
+            username=self._username,
+            avatar_url=self._avatar_url or discord.utils.MISSING,
+            thread=self._thread,
+            wait=True,
+            allowed_mentions=NO_MENTIONS,
+            view=view or discord.utils.MISSING,
+        )
+        return message.id
+
+    async def edit(self, message_id: int, content: str, *, view: Any) -> None:
+        await self._webhook.edit_message(
+            message_id,
+            content=content,
+            thread=self._thread,
+            allowed_mentions=NO_MENTIONS,
+            view=view,
+        )
+
+    async def delete(self, message_id: int) -> None:
+        await self._webhook.delete_message(message_id, thread=self._thread)
+
+
+class ChannelPoster:
+    """The bot's own messages in a channel (a DM with the bot)."""
+
+    def __init__(self, channel: discord.abc.Messageable) -> None:
+        self._channel = channel
+
+    async def send(self, content: str, *, view: discord.ui.View | None) -> int:
+        message = await self._channel.send(
+            content, allowed_mentions=NO_MENTIONS, view=view or discord.utils.MISSING
+        )
+        return message.id
+
+    def _message(self, message_id: int) -> discord.PartialMessage:
+        get = getattr(self._channel, "get_partial_message", None)
+        if get is None:
+            raise TypeError("this channel cannot edit its messages")
+        message: discord.PartialMessage = get(message_id)
+        return message
+
+    async def edit(self, message_id: int, content: str, *, view: Any) -> None:
+        await self._message(message_id).edit(
+            content=content, allowed_mentions=NO_MENTIONS, view=view
+        )
+
+    async def delete(self, message_id: int) -> None:
+        await self._message(message_id).delete()
+
+
+def dm_heading(name: str) -> str:
+    """What a reply in a DM starts with: the character's name in bold, on its own line."""
+    safe = discord.utils.escape_markdown(" ".join(name.split()))[:80] or "…"
+    return f"**{safe}**\n"
+
+
+class ReplyMessages:
+    """One reply shown as messages of a `Poster`. `update` is cheap to call for every delta:
+    it edits at most once per `interval`; `finish` writes the final text with the buttons.
+    A view handed to `finish` is spent once sent (`release_view`). `heading` starts the first
+    message (a DM's character name)."""
+
+    def __init__(
+        self,
+        poster: Poster,
+        *,
+        heading: str = "",
+        interval: float = EDIT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._poster = poster
+        self._heading = heading
         self._interval = interval
         self._clock = clock
         self._ids: list[int] = []
@@ -105,7 +189,9 @@ class ReplyMessages:
         """Post the first message right away (a typing cursor or the queue position), with
         `view` (the stop button, shared by every reply) on it while the reply streams."""
         async with self._lock:
-            await self._sync([placeholder], view=view, final=bool(self._ids))
+            await self._sync(
+                split_reply(self._heading + placeholder), view=view, final=bool(self._ids)
+            )
         self._last_flush = self._clock()
 
     def pace_from_now(self) -> None:
@@ -118,7 +204,8 @@ class ReplyMessages:
             return
         async with self._lock:
             try:
-                await self._sync(split_reply(text + CURSOR), view=None, patient=False)
+                pieces = split_reply(self._heading + text + CURSOR)
+                await self._sync(pieces, view=None, patient=False)
             except discord.HTTPException as error:
                 if error.status != 429:
                     raise
@@ -133,7 +220,7 @@ class ReplyMessages:
             body = f"{body}\n-# {note}"
         try:
             async with self._lock:
-                await self._sync(split_reply(body), view=view, final=True)
+                await self._sync(split_reply(self._heading + body), view=view, final=True)
         finally:
             release_view(view)
         return self.message_ids
@@ -160,7 +247,6 @@ class ReplyMessages:
         patient: bool = True,
     ) -> None:
         missing = discord.utils.MISSING
-        thread = self._thread if self._thread is not None else missing
         for index, piece in enumerate(map(shown, pieces)):
             last = index == len(pieces) - 1
             piece_view = view if last else None
@@ -169,49 +255,33 @@ class ReplyMessages:
                     continue
                 await self._patiently(
                     functools.partial(
-                        self._webhook.edit_message,
+                        self._poster.edit,
                         self._ids[index],
-                        content=piece,
-                        thread=thread,
-                        allowed_mentions=NO_MENTIONS,
+                        piece,
                         view=piece_view if final else missing,
                     ),
                     patient=patient,
                 )
                 self._shown[index] = piece
             else:
-                message = await self._patiently(
-                    functools.partial(
-                        self._webhook.send,
-                        piece,
-                        username=self._username,
-                        avatar_url=self._avatar_url or missing,
-                        thread=thread,
-                        wait=True,
-                        allowed_mentions=NO_MENTIONS,
-                        view=piece_view or missing,
-                    ),
+                message_id = await self._patiently(
+                    functools.partial(self._poster.send, piece, view=piece_view),
                     patient=patient,
                 )
-                self._ids.append(message.id)
+                self._ids.append(message_id)
                 self._shown.append(piece)
         # A reply that shrank (a regenerated alternative) leaves no stale tail behind.
         while final and len(self._ids) > len(pieces):
             extra = self._ids.pop()
             self._shown.pop()
             with contextlib.suppress(discord.NotFound):
-                await self._webhook.delete_message(extra, thread=thread)
+                await self._poster.delete(extra)
 
     def adopted(self, message_ids: Sequence[int]) -> ReplyMessages:
         """A writer on the same webhook that takes over already posted messages (to show
         another alternative, or a continuation, in their place)."""
         writer = ReplyMessages(
-            self._webhook,
-            username=self._username,
-            avatar_url=self._avatar_url,
-            thread=self._thread,
-            interval=self._interval,
-            clock=self._clock,
+            self._poster, heading=self._heading, interval=self._interval, clock=self._clock
         )
         writer._ids = list(message_ids)
         writer._shown = [""] * len(message_ids)
@@ -220,7 +290,7 @@ class ReplyMessages:
     async def update_status(self, text: str) -> None:
         """Replace what the first message shows (a queue position) while nothing streams yet."""
         async with self._lock:
-            await self._sync([text], view=None)
+            await self._sync(split_reply(self._heading + text), view=None)
 
     async def discard(self) -> None:
         """Delete the posted messages (a turn that was superseded before it said anything)."""

@@ -10,6 +10,7 @@ from typing import Any
 from synatra_bot.errors import CardError, NotFound, PermissionDenied
 from synatra_bot.prompt.avatars import normalise_avatar
 from synatra_bot.prompt.cards import (
+    UNKNOWN_FIELDS_KEY,
     CharacterCard,
     SpeechLevel,
     card_to_png,
@@ -40,6 +41,34 @@ def columns_from_card(card: CharacterCard) -> dict[str, Any]:
     return values
 
 
+def greetings_of(character: CharacterRecord) -> list[str]:
+    """The greetings a new scene may open with: the first message, then the alternates."""
+    return [g for g in [character.first_message, *character.alternate_greetings] if g.strip()]
+
+
+def _v3_field(character: CharacterRecord, name: str) -> Any:
+    """A V3 card field kept among the card's unrecognised fields on import."""
+    unknown = character.extensions.get(UNKNOWN_FIELDS_KEY)
+    return unknown.get(name) if isinstance(unknown, dict) else None
+
+
+def group_greetings_of(character: CharacterRecord) -> list[str]:
+    """The greetings for joining a running scene (V3 `group_only_greetings`)."""
+    greetings = _v3_field(character, "group_only_greetings")
+    if not isinstance(greetings, list):
+        return []
+    return [g for g in greetings if isinstance(g, str) and g.strip()]
+
+
+def names_of(character: CharacterRecord) -> tuple[str, ...]:
+    """What players call the character: its name, then its V3 `nickname` when it has one."""
+    nickname = _v3_field(character, "nickname")
+    names = [character.name]
+    if isinstance(nickname, str) and nickname.strip() and nickname.strip() != character.name:
+        names.append(nickname.strip())
+    return tuple(names)
+
+
 def can_manage(actor: Actor, character: CharacterRecord) -> bool:
     """Owners manage their characters; moderators manage the shared ones of their own server.
 
@@ -61,11 +90,14 @@ def is_shared_in(character: CharacterRecord, guild_id: int | None) -> bool:
 
 
 def can_use(actor: Actor, character: CharacterRecord) -> bool:
-    """Owners use their characters (made in this server or in a DM); others only what is
-    shared with this server and not waiting for (or refused) approval."""
+    """Owners use their characters: in a server those made there or in a DM, in a DM all of
+    them. Others only what is shared with this server (in a DM: a server they are a member
+    of) and not waiting for (or refused) approval."""
     if character.owner_id == actor.user_id:
-        return character.guild_id in (None, actor.guild_id)
-    return is_shared_in(character, actor.guild_id) and character.approval in ("none", "approved")
+        return actor.guild_id is None or character.guild_id in (None, actor.guild_id)
+    servers = (actor.guild_id,) if actor.guild_id is not None else actor.member_of
+    shared = any(is_shared_in(character, guild_id) for guild_id in servers)
+    return shared and character.approval in ("none", "approved")
 
 
 def nsfw_allowed(policy: str, place: Place) -> bool:
@@ -78,6 +110,11 @@ def nsfw_allowed(policy: str, place: Place) -> bool:
 def require_nsfw_allowed(character: CharacterRecord, policy: str, place: Place) -> None:
     """Refuse an NSFW character where the server's policy does not allow one."""
     if character.nsfw and not nsfw_allowed(policy, place):
+        if place.dm:
+            raise PermissionDenied(
+                "NSFW characters play in DMs only for users who turned them on",
+                key="error.nsfw_dm",
+            )
         raise PermissionDenied(
             "NSFW characters play only in age-restricted channels", key="error.nsfw_channel"
         )
@@ -177,6 +214,7 @@ class CharacterService:
             user_id=actor.user_id,
             name_prefix=text,
             limit=limit,
+            member_of=actor.member_of,
         )
 
     async def managed(self, actor: Actor, character_id: int) -> CharacterRecord:

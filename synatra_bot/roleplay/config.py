@@ -16,6 +16,8 @@ EDIT_POLICIES = ("offer", "regenerate")
 #: Characters one member may have in a server (or outside servers, of their own) until its
 #: moderators choose another number with `/config characters`.
 DEFAULT_CHARACTER_LIMIT = 50
+#: Characters in one scene until a server's moderators choose another number.
+DEFAULT_CAST_LIMIT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,10 @@ class ChannelConfig:
     lorebook: dict[str, Any] | None
     approval_required: bool
     character_limit: int = DEFAULT_CHARACTER_LIMIT
+    #: A player's message that names several characters of the scene: each answers in turn
+    #: (otherwise the first one named does).
+    answer_every_addressed: bool = False
+    cast_limit: int = DEFAULT_CAST_LIMIT
 
     def as_rows(self) -> list[tuple[str, str]]:
         """(name, value) pairs for `/config show`."""
@@ -72,6 +78,8 @@ class ChannelConfig:
             ("nsfw_policy", self.nsfw_policy),
             ("approval_required", str(self.approval_required)),
             ("character_limit", f"{self.character_limit}/member"),
+            ("cast_limit", f"{self.cast_limit}/scene"),
+            ("answer_every_addressed", str(self.answer_every_addressed)),
             ("user_rate_limit", f"{self.user_rate_limit}/min"),
             ("context_size", str(self.context_size)),
             ("max_new_tokens", str(s.max_new_tokens)),
@@ -125,4 +133,6 @@ def effective_config(
         lorebook=channel.lorebook if channel else None,
         approval_required=guild.approval_required,
         character_limit=character_limit(guild),
+        answer_every_addressed=channel.answer_every_addressed if channel else False,
+        cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
     )

@@ -1,22 +1,34 @@
-"""The roleplay core: sessions, turns, swipes and history sync, for any front end.
+"""The roleplay core's state: scenes (session, cast, players), stored turns, swipes, prompts.
 
-Discord and the terminal both drive this class; it knows nothing of either. A reply is made in
-three steps so a front end can show it while it streams: `open_reply` admits the turn through the
-scheduler, the front end iterates `ReplyStream.deltas()`, then `store_reply` saves the finished
-text as a turn (or as a new alternative of one). Nothing half-written is ever stored.
+It knows nothing of Discord or terminals. Front ends do not call it to play a turn: they go
+through `synatra_bot.roleplay.turns.Turns`, which holds the rules of a turn and calls this for
+storage and prompts. Nothing half-written is ever stored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from synatra_bot.errors import NoSession, NotFound, PermissionDenied, UserFacingError
-from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, PromptBuilder, PromptOptions
+from synatra_bot.errors import (
+    LimitReached,
+    NoSession,
+    NotFound,
+    PermissionDenied,
+    UserFacingError,
+)
+from synatra_bot.prompt.builder import (
+    BuiltPrompt,
+    HistoryMessage,
+    PromptBuilder,
+    PromptOptions,
+    ScenePlayer,
+)
 from synatra_bot.prompt.cards import CharacterCard
 from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
 from synatra_bot.prompt.macros import substitute_macros
@@ -24,11 +36,13 @@ from synatra_bot.roleplay.characters import (
     CharacterService,
     can_use,
     card_from_record,
+    greetings_of,
+    group_greetings_of,
     require_nsfw_allowed,
 )
 from synatra_bot.roleplay.config import ChannelConfig, Defaults, effective_config
 from synatra_bot.roleplay.history import HistoryCache
-from synatra_bot.roleplay.rules import require_voice
+from synatra_bot.roleplay.rules import require_starter_or_moderator, require_voice
 from synatra_bot.roleplay.ttl_cache import TtlCache
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
@@ -58,14 +72,11 @@ HISTORY_TURNS = 20_000
 COMMIT_EVERY_S = 0.01
 
 
-#: What a reply does: a new turn, a new alternative of the newest reply, or more of its text.
-ReplyKind = Literal["reply", "regenerate", "continue"]
-#: The cancel reason of a reply its player stopped (kept, unlike one superseded or shut down).
-STOPPED_BY_USER = "stopped"
-
-
 @dataclass(frozen=True, slots=True)
 class Started:
+    """A character's entrance: a new scene (`start`) or joining one (`add_to_cast`), with the
+    greeting it opened with (alternatives behind it) when it has one."""
+
     session: SessionRecord
     character: CharacterRecord
     greeting: MessageRecord | None
@@ -74,22 +85,44 @@ class Started:
 
 @dataclass(frozen=True, slots=True)
 class ActiveRoleplay:
+    """A running scene: its session, its cast (the character it started with first) and the
+    channel's configuration."""
+
     session: SessionRecord
-    character: CharacterRecord
+    cast: tuple[CharacterRecord, ...]
     config: ChannelConfig
-    #: Whether the scene's starter may still use its character here (it may have been made
-    #: private, deleted, rejected or sent back for approval since the scene started).
-    available: bool = True
-    #: The character as the prompt builder takes it and the channel's lorebook, parsed once
+    #: Cast members the scene's starter may no longer use here (made private, deleted,
+    #: rejected or sent back for approval since they joined).
+    unavailable: frozenset[int] = frozenset()
+    #: The characters as the prompt builder takes them and the channel's lorebook, parsed once
     #: when the roleplay is loaded (it is cached) rather than for every reply.
-    card: CharacterCard = field(init=False)
+    cards: dict[int, CharacterCard] = field(init=False)
     channel_lorebook: Lorebook | None = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "card", card_from_record(self.character))
+        if not self.cast:
+            raise ValueError("a scene has at least one character")
+        object.__setattr__(self, "cards", {c.id: card_from_record(c) for c in self.cast})
         lorebook = self.config.lorebook
         book = lorebook_from_character_book(lorebook) if lorebook else None
         object.__setattr__(self, "channel_lorebook", book)
+
+    @property
+    def lead(self) -> CharacterRecord:
+        """The character the scene started with (first in the cast)."""
+        return self.cast[0]
+
+    @property
+    def is_group(self) -> bool:
+        return len(self.cast) > 1
+
+    @property
+    def names(self) -> str:
+        """The cast's names, for notices ("민지, 준")."""
+        return ", ".join(c.name for c in self.cast)
+
+    def member(self, character_id: int | None) -> CharacterRecord | None:
+        return next((c for c in self.cast if c.id == character_id), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,26 +190,62 @@ class RoleplayCore:
         await repo.update_guild_settings(self.sessions, guild_id=guild_id, **changes)
         self.forget()
 
-    async def config_for(self, place: Place) -> ChannelConfig:
+    async def config_for(self, place: Place, *, user_id: int | None = None) -> ChannelConfig:
+        """The configuration a turn in `place` follows. A DM is always open to its user, with
+        NSFW characters only when that user turned them on for themselves (`user_id`)."""
         guild = await repo.get_guild_settings(self.sessions, guild_id=place.guild_id)
         channel = await repo.get_channel_settings(
             self.sessions, channel_id=place.settings_channel_id
         )
-        return effective_config(defaults=self.defaults, guild=guild, channel=channel)
+        config = effective_config(defaults=self.defaults, guild=guild, channel=channel)
+        if not place.dm:
+            return config
+        nsfw = False
+        if user_id is not None:
+            nsfw = (await repo.get_user_settings(self.sessions, user_id=user_id)).nsfw_in_dms
+        return dataclasses.replace(
+            config, enabled=True, nsfw_policy="allowed" if nsfw else "off", reply_mode="all"
+        )
+
+    async def set_nsfw_in_dms(self, user_id: int, enabled: bool) -> None:
+        """A user's own choice to play NSFW characters in DMs with the bot."""
+        await repo.update_user_settings(self.sessions, user_id=user_id, nsfw_in_dms=enabled)
+        self.forget()
+
+    async def nsfw_in_dms(self, user_id: int) -> bool:
+        return (await repo.get_user_settings(self.sessions, user_id=user_id)).nsfw_in_dms
 
     async def active(self, place: Place) -> ActiveRoleplay | None:
         return await self._active.get(place.channel_id, lambda: self._load_active(place))
 
     async def _load_active(self, place: Place) -> ActiveRoleplay | None:
         session = await repo.get_active_session(self.sessions, channel_id=place.channel_id)
-        if session is None or session.character_id is None:
+        if session is None:
             return None
-        character = await repo.get_character(self.sessions, character_id=session.character_id)
-        if character is None:
+        members = await repo.session_cast(self.sessions, session_id=session.id)
+        cast = []
+        for member in members:
+            character = await repo.get_character(self.sessions, character_id=member.character_id)
+            if character is not None:
+                cast.append(character)
+        if not cast:
             return None
-        starter = Actor(user_id=session.started_by, display_name="", guild_id=place.guild_id)
-        available = can_use(starter, character)
-        return ActiveRoleplay(session, character, await self.config_for(place), available)
+        starter = self._starter(session, place, cast)
+        unavailable = frozenset(c.id for c in cast if not can_use(starter, c))
+        config = await self.config_for(place, user_id=session.started_by)
+        return ActiveRoleplay(session, tuple(cast), config, unavailable)
+
+    @staticmethod
+    def _starter(
+        session: SessionRecord, place: Place, cast: Sequence[CharacterRecord] = ()
+    ) -> Actor:
+        """The scene's starter as the character rules see them: every character of a scene
+        must stay one its starter may use there. In a DM, a server's shared character stays
+        usable while it is shared there (membership was checked when it joined)."""
+        if not place.dm:
+            return Actor(user_id=session.started_by, display_name="", guild_id=place.guild_id)
+        servers = frozenset(c.guild_id for c in cast if c.guild_id is not None)
+        return Actor(user_id=session.started_by, display_name="", member_of=servers)
 
     async def require_active(self, place: Place) -> ActiveRoleplay:
         active = await self.active(place)
@@ -185,19 +254,21 @@ class RoleplayCore:
         return active
 
     @staticmethod
-    def check_may_generate(active: ActiveRoleplay, place: Place) -> None:
-        """The channel rules every path that makes the character speak obeys (a new message,
-        regenerate, continue, an edit): the channel is enabled, the character is still
-        available to the scene, and an NSFW character only where the policy allows it."""
+    def check_may_generate(
+        active: ActiveRoleplay, place: Place, character: CharacterRecord
+    ) -> None:
+        """The channel rules every path that makes a character speak obeys (a new message,
+        regenerate, continue, an edit, `/rp next`): the channel is enabled, the character is
+        still available to the scene, and an NSFW character only where the policy allows it."""
         if not active.config.enabled:
             raise UserFacingError("channel disabled", key="error.channel_disabled")
-        if not active.available:
+        if character.id in active.unavailable:
             raise PermissionDenied(
                 "the character is no longer available",
                 key="error.character_unavailable",
-                name=active.character.name,
+                name=character.name,
             )
-        require_nsfw_allowed(active.character, active.config.nsfw_policy, place)
+        require_nsfw_allowed(character, active.config.nsfw_policy, place)
 
     # --- sessions -----------------------------------------------------------------------------
 
@@ -211,33 +282,38 @@ class RoleplayCore:
         """
         require_voice(actor)
         await self.ensure_can_start(actor, place)
-        config = await self.config_for(place)
+        config = await self.config_for(place, user_id=actor.user_id)
         character = await self.characters.for_use(
             actor, character_id, place=place, nsfw_policy=config.nsfw_policy
         )
         session = await repo.start_session(
             self.sessions,
-            guild_id=place.guild_id,
+            guild_id=None if place.dm else place.guild_id,
             channel_id=place.channel_id,
             parent_channel_id=place.parent_channel_id,
             character_id=character.id,
             started_by=actor.user_id,
         )
         self.forget(place.channel_id)
-        greeting = await self._store_greetings(session, character, actor, greeting_index)
+        texts = greetings_of(character)
+        greeting = await self._store_greetings(session, character, actor, texts, greeting_index)
         # The channel's first message needs exactly this: keep it rather than read it back.
-        self._active.put(place.channel_id, ActiveRoleplay(session, character, config))
-        count = len(greetings_of(character))
-        return Started(session, character, greeting, count)
+        self._active.put(place.channel_id, ActiveRoleplay(session, (character,), config))
+        return Started(session, character, greeting, len(texts))
 
     async def _store_greetings(
-        self, session: SessionRecord, character: CharacterRecord, actor: Actor, index: int
+        self,
+        session: SessionRecord,
+        character: CharacterRecord,
+        actor: Actor,
+        greetings: Sequence[str],
+        index: int,
+        *,
+        group: bool = False,
     ) -> MessageRecord | None:
+        """Store `greetings` as one turn of `character` with alternatives; `index` is shown."""
         user_name = await self.user_name(actor, place_guild=session.guild_id)
-        texts = [
-            substitute_macros(text, char=character.name, user=user_name)
-            for text in greetings_of(character)
-        ]
+        texts = [substitute_macros(g, char=character.name, user=user_name) for g in greetings]
         if not texts:
             return None
         index = index if 0 <= index < len(texts) else 0
@@ -247,7 +323,8 @@ class RoleplayCore:
             role="assistant",
             content=texts[0],
             display_name=character.name,
-            token_count=self._count("assistant", character.name, texts[0]),
+            character_id=character.id,
+            token_count=self._count("assistant", character.name, texts[0], group=group),
         )
         chosen = first
         for n, text in enumerate(texts[1:], start=1):
@@ -255,12 +332,68 @@ class RoleplayCore:
                 self.sessions,
                 message_id=first.id,
                 content=text,
-                token_count=self._count("assistant", character.name, text),
+                token_count=self._count("assistant", character.name, text, group=group),
             )
             if n == index:
                 chosen = alt
         self._history.changed(session.id)
         return await repo.choose_alternative(self.sessions, message_id=chosen.id)
+
+    # --- the cast -----------------------------------------------------------------------------
+
+    async def add_to_cast(self, actor: Actor, place: Place, *, character_id: int) -> Started:
+        """Bring a character into the running scene (the starter or a moderator). It must be
+        one the scene's starter may use here; it greets with its group-only greeting."""
+        active = await self.require_active(place)
+        require_starter_or_moderator(actor, active.session)
+        starter = self._starter(active.session, place)
+        if place.dm:
+            starter = actor  # the DM's own user, with the servers they are in
+        character = await self.characters.for_use(
+            starter, character_id, place=place, nsfw_policy=active.config.nsfw_policy
+        )
+        if active.member(character.id) is not None:
+            raise UserFacingError(
+                "already in the scene", key="error.already_in_cast", name=character.name
+            )
+        limit = active.config.cast_limit
+        try:
+            added = await repo.add_to_cast(
+                self.sessions,
+                session_id=active.session.id,
+                character_id=character.id,
+                max_size=limit,
+            )
+        except LimitReached:
+            raise UserFacingError("the scene is full", key="error.cast_full", limit=limit) from None
+        if added is None:
+            raise UserFacingError(
+                "already in the scene", key="error.already_in_cast", name=character.name
+            )
+        self.forget(place.channel_id)
+        texts = group_greetings_of(character)
+        greeting = await self._store_greetings(
+            active.session, character, actor, texts, 0, group=True
+        )
+        return Started(active.session, character, greeting, len(texts))
+
+    async def remove_from_cast(
+        self, actor: Actor, place: Place, *, character_id: int
+    ) -> CharacterRecord:
+        """Take a character out of the scene (its lines stay in the story); the last one stays."""
+        active = await self.require_active(place)
+        require_starter_or_moderator(actor, active.session)
+        character = active.member(character_id)
+        if character is None:
+            raise NotFound("not in the scene", key="error.not_in_cast")
+        if len(active.cast) == 1:
+            raise UserFacingError("a scene keeps one character", key="error.last_in_cast")
+        await repo.remove_from_cast(
+            self.sessions, session_id=active.session.id, character_id=character_id
+        )
+        self.forget(place.channel_id)
+        self._history.changed(active.session.id)
+        return character
 
     async def ensure_can_start(self, actor: Actor, place: Place) -> None:
         """Refuse to replace a scene someone else started and is still playing."""
@@ -274,7 +407,7 @@ class RoleplayCore:
             raise PermissionDenied(
                 "a roleplay someone else started is running here",
                 key="error.session_running",
-                name=current.character.name,
+                name=current.names,
             )
 
     async def _idle(self, session: SessionRecord) -> bool:
@@ -294,7 +427,7 @@ class RoleplayCore:
     async def reset(self, actor: Actor, place: Place) -> Started:
         """Archive the history and start again with the same character."""
         active = await self.require_active(place)
-        return await self.start(actor, place, character_id=active.character.id)
+        return await self.start(actor, place, character_id=active.lead.id)
 
     async def set_memory(self, place: Place, text: str) -> ActiveRoleplay:
         """Set the session's long-term memory: a summary the model sees in the system block."""
@@ -406,23 +539,10 @@ class RoleplayCore:
 
     # --- prompts ------------------------------------------------------------------------------
 
-    async def build_prompt(
-        self,
-        active: ActiveRoleplay,
-        *,
-        speaker: Actor | None,
-        exclude_message_id: int | None = None,
-        continue_message: MessageRecord | None = None,
-    ) -> BuiltPrompt:
-        """The prompt for the next reply from stored history; caches new token counts.
-
-        `exclude_message_id` leaves a turn out (the reply being regenerated).
-        """
-        # Chunked trimming: start where this roleplay's last prompt started, so its beginning
-        # (and an engine's cached prefix) stays the same; a new context size starts afresh.
+    async def recent(self, active: ActiveRoleplay) -> list[MessageRecord]:
+        """The turns the next prompt starts from, oldest first (from memory when it can)."""
         session_id = active.session.id
-        anchor_key = (session_id, active.config.context_size, active.config.sampling.max_new_tokens)
-        history_start_id = self._history_start.get(anchor_key)
+        history_start_id = self._history_start.get(self._anchor_key(active))
         limit = active.config.context_size // MIN_TURN_TOKENS + 2
         records = self._history.get(session_id, limit=limit, since_id=history_start_id)
         if records is None:
@@ -437,12 +557,44 @@ class RoleplayCore:
                 records=records,
                 version=version,
             )
+        return records
+
+    @staticmethod
+    def _anchor_key(active: ActiveRoleplay) -> tuple[int, int, int]:
+        config = active.config
+        return (active.session.id, config.context_size, config.sampling.max_new_tokens)
+
+    async def build_prompt(
+        self,
+        active: ActiveRoleplay,
+        *,
+        speaker: Actor | None,
+        character: CharacterRecord | None = None,
+        exclude_message_id: int | None = None,
+        continue_message: MessageRecord | None = None,
+    ) -> BuiltPrompt:
+        """The prompt for `character`'s next reply (the lead's by default) to `speaker`, from
+        stored history; caches new token counts.
+
+        `exclude_message_id` leaves a turn out (the reply being regenerated). Every player in
+        the history window is known to the prompt with their persona; `{{user}}` in the cast's
+        cards stands for the scene's starter, so the prompt's start does not change with who
+        speaks (an engine's cached prefix stays valid).
+        """
+        # Chunked trimming: start where this roleplay's last prompt started, so its beginning
+        # (and an engine's cached prefix) stays the same; a new context size starts afresh.
+        anchor_key = self._anchor_key(active)
+        history_start_id = self._history_start.get(anchor_key)
+        records = await self.recent(active)
         history = [
-            _history_message(m.role, m.display_name, m.content, m.token_count, m.id)
+            _history_message(
+                m.role, m.display_name, m.content, m.token_count, m.id, author_id=m.author_id
+            )
             for m in records
             if m.id != exclude_message_id and m.role in ("user", "assistant")
         ]
         guild = active.session.guild_id
+        players = await self._players(records, guild)
         if speaker is None:
             speaker_name = next((m.name for m in reversed(history) if m.role == "user"), "user")
             persona_text = ""
@@ -450,6 +602,9 @@ class RoleplayCore:
             persona = await self.persona(speaker.user_id, guild)
             speaker_name = persona.name if persona else speaker.display_name
             persona_text = persona.description if persona else ""
+            if all(p.author_id != speaker.user_id for p in players):
+                players.append(ScenePlayer(speaker.user_id, speaker_name, persona_text))
+        starter_name = await self._starter_name(active, players, guild)
         config = active.config
         options = PromptOptions(
             context_size=config.context_size,
@@ -459,11 +614,14 @@ class RoleplayCore:
             summary=active.session.summary,
             history_start_id=history_start_id,
         )
+        speaking = character or active.lead
         built = await self.builder.build_async(
-            card=active.card,
+            card=active.cards[speaking.id],
+            cast=[active.cards[c.id] for c in active.cast],
             history=history,
             user_name=speaker_name,
-            persona=persona_text,
+            players=players,
+            scene_user_name=starter_name or speaker_name,
             channel_lorebook=active.channel_lorebook,
             options=options,
             continue_last=continue_message is not None,
@@ -473,12 +631,51 @@ class RoleplayCore:
         self._history_start[anchor_key] = built.history_start_id
         if built.new_token_counts:
             await repo.save_token_counts(self.sessions, counts=built.new_token_counts)
-            self._history.counted(session_id, built.new_token_counts)
+            self._history.counted(active.session.id, built.new_token_counts)
         return built
 
-    def _count(self, role: str, display_name: str, content: str) -> int:
+    async def _starter_name(
+        self, active: ActiveRoleplay, players: Sequence[ScenePlayer], guild_id: int | None
+    ) -> str | None:
+        """The name `{{user}}` stands for in the cast's cards: the scene's starter's, so the
+        prompt's start stays the same whoever speaks."""
+        started_by = active.session.started_by
+        known = next((p.name for p in players if p.author_id == started_by), None)
+        if known is not None:
+            return known
+        persona = await self.persona(started_by, guild_id)
+        return persona.name if persona else None
+
+    async def stop_strings(self, active: ActiveRoleplay) -> tuple[str, ...]:
+        """Where a group scene's reply ends: a line starting with someone else's name (the
+        model would go on writing other characters' or the players' lines)."""
+        if not active.is_group:
+            return ()
+        names = {c.name for c in active.cast}
+        names |= {m.display_name for m in await self.recent(active) if m.role == "user"}
+        return tuple(f"\n{name}:" for name in sorted(names) if name.strip())
+
+    async def _players(
+        self, records: Sequence[MessageRecord], guild_id: int | None
+    ) -> list[ScenePlayer]:
+        """Everyone who speaks in `records`, in order of their first turn, with their persona."""
+        names: dict[int, str] = {}
+        for record in records:
+            if record.role == "user" and record.author_id is not None:
+                names.setdefault(record.author_id, record.display_name)
+        players = []
+        for author_id, name in names.items():
+            persona = await self.persona(author_id, guild_id)
+            if persona is None:
+                players.append(ScenePlayer(author_id, name, ""))
+            else:
+                players.append(ScenePlayer(author_id, persona.name, persona.description))
+        return players
+
+    def _count(self, role: str, display_name: str, content: str, *, group: bool = False) -> int:
         """The tokens a turn takes in the prompt: stored with it, so no prompt counts it again."""
-        return self.builder.count_message(_history_message(role, display_name, content))
+        message = _history_message(role, display_name, content)
+        return self.builder.count_message(message, group=group)
 
     # --- storing replies ----------------------------------------------------------------------
 
@@ -487,13 +684,17 @@ class RoleplayCore:
         active: ActiveRoleplay,
         text: str,
         *,
+        character: CharacterRecord | None = None,
         regenerate_of: int | None = None,
         continue_of: MessageRecord | None = None,
-        discord_message_ids: list[int] | None = None,
+        discord_message_ids: Sequence[int] | None = None,
     ) -> MessageRecord:
-        """Store a finished reply: a new turn, a new alternative, or the continued text."""
-        ids = discord_message_ids or []
-        name = active.character.name
+        """Store a finished reply of `character` (the lead by default): a new turn, a new
+        alternative, or the continued text."""
+        ids = list(discord_message_ids or ())
+        speaking = character or active.lead
+        name = speaking.name
+        group = active.is_group
         session_id = active.session.id
         if continue_of is not None:
             content = continue_of.content + text
@@ -501,7 +702,9 @@ class RoleplayCore:
                 self.sessions,
                 message_id=continue_of.id,
                 content=content,
-                token_count=self._count("assistant", continue_of.display_name, content),
+                token_count=self._count(
+                    "assistant", continue_of.display_name, content, group=group
+                ),
                 discord_message_ids=ids or None,
             )
             self._history.changed(session_id)
@@ -513,7 +716,7 @@ class RoleplayCore:
                 self.sessions,
                 message_id=regenerate_of,
                 content=text,
-                token_count=self._count("assistant", name, text),
+                token_count=self._count("assistant", name, text, group=group),
                 discord_message_ids=ids,
             )
             self._history.changed(session_id)
@@ -523,14 +726,15 @@ class RoleplayCore:
             role="assistant",
             content=text,
             display_name=name,
-            token_count=self._count("assistant", name, text),
+            character_id=speaking.id,
+            token_count=self._count("assistant", name, text, group=group),
             discord_message_ids=tuple(ids),
         )
         stored = await self._turns.submit(turn)
         self._history.appended(stored)
         return stored
 
-    async def attach_discord_ids(self, message_id: int, ids: list[int]) -> None:
+    async def attach_discord_ids(self, message_id: int, ids: Sequence[int]) -> None:
         updated = await repo.update_message(
             self.sessions, message_id=message_id, discord_message_ids=ids
         )
@@ -544,6 +748,8 @@ def _history_message(
     content: str,
     token_count: int | None = None,
     message_id: int | None = None,
+    *,
+    author_id: int | None = None,
 ) -> HistoryMessage:
     """A stored turn as the prompt builder sees it."""
     return HistoryMessage(
@@ -552,8 +758,5 @@ def _history_message(
         content=content,
         token_count=token_count,
         message_id=message_id,
+        author_id=author_id,
     )
-
-
-def greetings_of(character: CharacterRecord) -> list[str]:
-    return [g for g in [character.first_message, *character.alternate_greetings] if g.strip()]

@@ -15,16 +15,21 @@ class Actor:
     guild_id: int | None = None
     is_moderator: bool = False
     can_speak: bool = True
+    #: In a DM (no `guild_id`): the servers this user shares with the bot, whose shared
+    #: characters they may play there.
+    member_of: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class Place:
-    """A channel or thread. Threads name their parent (webhooks live there)."""
+    """A channel or thread, or a DM with the bot (`dm`; its guild_id is 0). Threads name
+    their parent (webhooks live there)."""
 
     channel_id: int
     guild_id: int
     parent_channel_id: int | None = None
     age_restricted: bool = False
+    dm: bool = False
 
     @property
     def settings_channel_id(self) -> int:

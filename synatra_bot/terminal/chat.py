@@ -1,10 +1,12 @@
-"""`synatra-bot chat`: roleplay with a character in the terminal, through the bot's own core.
+"""`synatra-bot chat`: roleplay in the terminal, with one character or a group, through the
+bot's own turns.
 
-The terminal drives the same RoleplayCore, Scheduler and database as the Discord bot. It plays in
-a synthetic place: guild 0 and channel `-<character id>` (negative, so it never meets a Discord
-snowflake), which gives every character one session that continues across runs. The player is
-user 0 (`TERMINAL_USER_ID`); cards imported here belong to that user, outside any server.
-The place counts as age-restricted: whoever runs the terminal owns the database anyway.
+The terminal plays the same `Turns` over the same core, scheduler and database as the Discord
+bot; it only reads lines and prints replies. It plays in a synthetic place: guild 0 and a
+negative channel id (never a Discord snowflake) for each character, or each set of characters,
+which gives it one session that continues across runs. The player is user 0
+(`TERMINAL_USER_ID`); cards imported here belong to that user, outside any server. The place
+counts as age-restricted: whoever runs the terminal owns the database anyway.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import hashlib
 import os
 import re
 import signal
@@ -25,11 +28,12 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from synatra_bot.app import build_core, open_engine, open_storage
-from synatra_bot.errors import CardError, EngineError, NotFound, TurnCancelled, UserFacingError
+from synatra_bot.errors import CardError, EngineError, NotFound, UserFacingError
 from synatra_bot.prompt.cards import parse_card
-from synatra_bot.roleplay.characters import CharacterService, columns_from_card
-from synatra_bot.roleplay.core import STOPPED_BY_USER, ReplyKind, RoleplayCore
-from synatra_bot.roleplay.scheduler import Scheduler, TurnOutcome
+from synatra_bot.roleplay.addressing import Addressable, leading_address
+from synatra_bot.roleplay.characters import CharacterService, columns_from_card, names_of
+from synatra_bot.roleplay.core import Started
+from synatra_bot.roleplay.turns import STOPPED_BY_USER, Ending, Reply, Turns
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.records import CharacterRecord, MessageRecord
@@ -60,6 +64,9 @@ HELP = """\
   /regen        마지막 답장 다시 만들기 · new alternative of the newest reply
   /prev, /next  답장(인사말) 대안 넘겨 보기 · browse the alternatives
   /continue     이어서 말하게 하기 · let the character keep talking
+  /next 이름     그 캐릭터가 지금 말하기 · that character speaks now
+  /cast         장면의 캐릭터 · who is in the scene
+  @이름 말       그 캐릭터에게 말하기 · talk to one character
   /undo         마지막 주고받기 지우기 · remove the last exchange
   /reset        처음부터 다시 (기록은 보관) · start over (history archived)
   /context      모델이 보는 프롬프트 요약 · what the model sees
@@ -72,17 +79,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--character",
         required=True,
+        action="append",
         metavar="PATH_OR_NAME",
-        help="a card file (PNG or JSON) to import, or the name or #id of a stored character",
+        help="a card file (PNG or JSON) to import, or the name or #id of a stored character;"
+        " give it again for a group scene",
     )
     parser.add_argument(
         "--user-name", default=None, help="your name in the story (default: your OS user name)"
     )
 
 
-def terminal_place(character_id: int) -> Place:
-    """The terminal's place for a character: one continuing session per character."""
-    return Place(channel_id=-character_id, guild_id=TERMINAL_GUILD_ID, age_restricted=True)
+def terminal_place(*character_ids: int) -> Place:
+    """The terminal's place for a character, or a group of them: one continuing session for
+    each (a group's id comes from its members, far below every single character's)."""
+    if len(character_ids) == 1:
+        channel_id = -character_ids[0]
+    else:
+        members = ",".join(map(str, character_ids)).encode()
+        channel_id = -(2**48 + int.from_bytes(hashlib.sha256(members).digest()[:5], "big"))
+    return Place(channel_id=channel_id, guild_id=TERMINAL_GUILD_ID, age_restricted=True)
 
 
 def default_user_name() -> str:
@@ -203,20 +218,19 @@ def terminal_safe(text: str) -> str:
 
 
 class TerminalChat:
-    """One terminal conversation with one character."""
+    """One terminal conversation with one character or a group."""
 
     def __init__(
         self,
         *,
-        core: RoleplayCore,
-        scheduler: Scheduler,
+        turns: Turns,
         actor: Actor,
         place: Place,
         stdin: TextIO,
         stdout: TextIO,
     ) -> None:
-        self.core = core
-        self.scheduler = scheduler
+        self.turns = turns
+        self.core = turns.core
         self.actor = actor
         self.place = place
         self._stdin = stdin
@@ -249,7 +263,10 @@ class TerminalChat:
             self._quit.set()
             return
         self._stop_requested = True
-        self._spawn(self.scheduler.cancel_channel(self.place.channel_id, reason=STOPPED_BY_USER))
+        self._spawn(self._stop())
+
+    async def _stop(self) -> None:
+        await self.turns.scheduler.cancel_channel(self.place.channel_id, reason=STOPPED_BY_USER)
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
@@ -258,29 +275,47 @@ class TerminalChat:
 
     # --- the session --------------------------------------------------------------------------
 
-    async def open(self, character: CharacterRecord) -> None:
-        """Continue the character's terminal session (showing its last turns), or start one."""
+    async def open(self, characters: list[CharacterRecord]) -> None:
+        """Continue the terminal session of these characters (showing its last turns), or
+        start one: the first character opens it, the others join."""
+        if not (await self.core.config_for(self.place)).enabled:
+            # The terminal's own place: the person at the keyboard turned the bot on here.
+            await self.core.update_channel_settings(self.place, enabled=True)
         active = await self.core.active(self.place)
-        if active is not None and active.character.id == character.id:
+        if active is not None and active.lead.id == characters[0].id:
             history = await repo.recent_history(
                 self.core.sessions, session_id=active.session.id, limit=RECAP_TURNS
             )
-            self._line(f"— 이어서 · continuing with {character.name} —")
+            self._line(f"— 이어서 · continuing with {active.names} —")
             for message in history:
-                self._show(message, character.name)
+                self._show(message, active.lead.name)
+            present = {c.id for c in active.cast}
+            for character in characters[1:]:
+                if character.id not in present:
+                    await self._join(character)
             return
-        started = await self.core.start(self.actor, self.place, character_id=character.id)
-        self._line(f"— 새 대화 · new chat with {character.name} —")
-        self._show_greeting(started.greeting, started.greeting_count, character.name)
+        started = await self.core.start(self.actor, self.place, character_id=characters[0].id)
+        self._line(f"— 새 대화 · new chat with {characters[0].name} —")
+        self._show_greeting(started)
+        for character in characters[1:]:
+            await self._join(character)
 
-    def _show_greeting(self, greeting: MessageRecord | None, count: int, name: str) -> None:
-        if greeting is None:
+    async def _join(self, character: CharacterRecord) -> None:
+        joined = await self.core.add_to_cast(self.actor, self.place, character_id=character.id)
+        self._line(f"— {character.name} 등장 · joins the scene —")
+        if joined.greeting is not None:
+            self._show_greeting(joined)
+
+    def _show_greeting(self, started: Started) -> None:
+        name = started.character.name
+        if started.greeting is None:
             self._line(
                 f"({name}: 인사말 없음 — 먼저 말을 걸어 보세요 · no greeting: say something)"
             )
             return
-        self._show(greeting, name)
-        if count > 1:
+        self._show(started.greeting, name)
+        if started.greeting_count > 1:
+            count = started.greeting_count
             self._line(f"(인사말 1/{count} · /next 로 다른 인사말 · /next shows another greeting)")
 
     async def run(self) -> int:
@@ -308,42 +343,47 @@ class TerminalChat:
                 self._busy = False
 
     async def _say(self, text: str) -> None:
+        """A line of the story; `@name` at its start talks to that character."""
         active = await self.core.require_active(self.place)
-        await self.core.add_user_message(active, self.actor, text, discord_message_id=None)
-        await self._reply("reply")
+        cast = [Addressable(c.id, names_of(c)) for c in active.cast]
+        to, rest = leading_address(text, cast) if active.is_group else (None, text)
+        said = await self.turns.say(self.place, self.actor, rest or text, to=to)
+        if said is None:
+            return
+        await said.stored
+        async for reply in said.replies():
+            await self._play(reply)
 
     async def _command(self, text: str) -> bool:
         """Run a slash command; False means quit."""
-        name = text.split()[0].lower()
+        name, _, argument = text.partition(" ")
+        name = name.lower()
         if name in ("/quit", "/exit", "/q"):
             return False
         if name in ("/help", "/h", "/?"):
             self._line(HELP)
         elif name == "/regen":
-            latest = await self.core.latest_reply(self.place)
-            if latest is not None and await self.core.is_greeting(latest):
-                self._line(
-                    "인사말은 다시 만들 수 없어요 · the greeting cannot be regenerated (/next)"
-                )
-            elif latest is None:
-                await self._reply("reply")  # the last reply failed: try again
-            else:
-                await self._reply("regenerate", latest)
+            await self._regenerate()
         elif name == "/continue":
-            latest = await self.core.latest_reply(self.place)
-            await self._reply("continue" if latest else "reply", latest)
+            await self._play(await self.turns.continue_reply(self.place, self.actor))
+        elif name == "/next" and argument.strip():
+            await self._next(argument.strip())
         elif name in ("/prev", "/next"):
             await self._browse(-1 if name == "/prev" else 1)
+        elif name == "/cast":
+            active = await self.core.require_active(self.place)
+            self._line(f"장면 · scene: {active.names}")
         elif name == "/undo":
-            removed = await self.core.undo(self.place)
-            if removed:
-                self._line(f"되돌렸어요 · undone: {len(removed)} message(s)")
-            else:
+            try:
+                removed = await self.turns.undo(self.place, self.actor)
+            except UserFacingError:
                 self._line("되돌릴 것이 없어요 · nothing to undo")
+            else:
+                self._line(f"되돌렸어요 · undone: {len(removed)} message(s)")
         elif name == "/reset":
             started = await self.core.reset(self.actor, self.place)
             self._line(f"— 새 대화 · new chat with {started.character.name} —")
-            self._show_greeting(started.greeting, started.greeting_count, started.character.name)
+            self._show_greeting(started)
         elif name == "/context":
             active = await self.core.require_active(self.place)
             built = await self.core.build_prompt(active, speaker=self.actor)
@@ -352,77 +392,82 @@ class TerminalChat:
             self._line(f"모르는 명령이에요 · unknown command: {name} (/help)")
         return True
 
-    async def _browse(self, step: int) -> None:
+    async def _regenerate(self) -> None:
+        latest = await self.core.latest_reply(self.place)
+        if latest is None:
+            # The last reply failed or was undone: the one who spoke last tries again.
+            active = await self.core.require_active(self.place)
+            await self._play(await self.turns.next_speaker(self.place, self.actor, active.lead.id))
+            return
+        try:
+            reply = await self.turns.regenerate(self.place, self.actor, latest.id)
+        except UserFacingError as error:
+            if error.key != "reply.greeting_fixed":
+                raise
+            self._line("인사말은 다시 만들 수 없어요 · the greeting cannot be regenerated (/next)")
+            return
+        await self._play(reply)
+
+    async def _next(self, wanted: str) -> None:
         active = await self.core.require_active(self.place)
+        cast = [Addressable(c.id, names_of(c)) for c in active.cast]
+        key, _ = leading_address("@" + wanted.removeprefix("@"), cast)
+        if key is None:
+            self._line(f"장면에 없는 캐릭터예요 · not in the scene: {wanted} ({active.names})")
+            return
+        await self._play(await self.turns.next_speaker(self.place, self.actor, key))
+
+    async def _browse(self, step: int) -> None:
         latest = await self.core.latest_reply(self.place)
         if latest is None:
             self._line("넘겨 볼 답장이 없어요 · no reply to browse")
             return
-        chosen, index, count = await self.core.browse(latest.id, step)
-        self._show(chosen, active.character.name)
-        self._line(f"({index + 1}/{count})")
+        shown = await self.turns.browse(self.place, self.actor, latest.id, step)
+        self._show(shown.message, shown.message.display_name)
+        self._line(f"({shown.index + 1}/{shown.count})")
 
     # --- a reply ------------------------------------------------------------------------------
 
-    async def _reply(self, kind: ReplyKind, target: MessageRecord | None = None) -> None:
-        """Stream one reply and store it the way the Discord adapter does (see discord/replies).
-
-        Only a finished reply, or one the player stopped with Ctrl-C, is stored.
-        """
-        active = await self.core.require_active(self.place)
-        name = active.character.name
+    async def _play(self, reply: Reply) -> None:
+        """Print one reply as it streams, then how it ended (the core decided what is stored)."""
+        printed = 0
         started = False
         try:
-            async with self.scheduler.turn(
-                channel_id=self.place.channel_id, user_id=self.actor.user_id
-            ) as slot:
-                if self._stop_requested:
-                    await self.scheduler.cancel_channel(
-                        self.place.channel_id, reason=STOPPED_BY_USER
-                    )
-                built = await self.core.build_prompt(
-                    active,
-                    speaker=self.actor,
-                    exclude_message_id=target.id if kind == "regenerate" and target else None,
-                    continue_message=target if kind == "continue" else None,
-                )
-                self._write(f"{name}: " + ("… " if kind == "continue" else ""))
-                started = True
-                async for delta in slot.stream(built.input_ids, active.config.sampling):
-                    self._write(delta)
-        except TurnCancelled:
+            async with reply.stream() as texts:
+                async for text in texts:
+                    if not started:
+                        started = True
+                        if self._stop_requested:
+                            await self._stop()
+                        continued = "… " if reply.kind == "continue" else ""
+                        self._write(f"{reply.character.name}: {continued}")
+                        printed = len(text)
+                        continue
+                    self._write(text[printed:])
+                    printed = len(text)
+        finally:
             if started:
                 self._line()
-            return
-        except EngineError as error:
-            if started:
-                self._line()
-            self._line(f"⚠ 답장 실패, 저장하지 않았어요 · reply failed, nothing stored: {error}")
-            self._line("(/regen 으로 다시 시도 · /regen to try again)")
-            return
-        except BaseException:
-            if started:
-                self._line()
-            raise
-        self._line()
-        stopped = slot.outcome is TurnOutcome.CANCELLED and slot.cancel_reason == STOPPED_BY_USER
-        if slot.outcome is TurnOutcome.FINISHED or (stopped and slot.text.strip()):
-            stored = await self.core.store_reply(
-                active,
-                slot.text,
-                regenerate_of=target.id if kind == "regenerate" and target else None,
-                continue_of=target if kind == "continue" else None,
-            )
-            if stopped:
+        outcome = reply.outcome
+        assert outcome is not None
+        if outcome.ending is Ending.STORED:
+            assert outcome.shown is not None
+            if outcome.stopped:
                 self._line("(멈춤 · stopped)")
-            options = await self.core.alternatives(stored.id)
-            if len(options) > 1:
-                index = next((i for i, m in enumerate(options) if m.id == stored.id), 0)
-                self._line(f"({index + 1}/{len(options)} · /prev /next)")
-            return
-        if slot.outcome is TurnOutcome.TIMED_OUT:
+            if outcome.shown.count > 1:
+                shown = outcome.shown
+                self._line(f"({shown.index + 1}/{shown.count} · /prev /next)")
+        elif outcome.ending is Ending.FAILED:
+            error = outcome.error
+            if isinstance(error, UserFacingError):
+                self._error(error)
+                return
+            detail = str(error) if error is not None else "unexpected error (see the log)"
+            self._line(f"⚠ 답장 실패, 저장하지 않았어요 · reply failed, nothing stored: {detail}")
+            self._line("(/regen 으로 다시 시도 · /regen to try again)")
+        elif outcome.ending is Ending.CUT and outcome.timed_out:
             self._line("(시간 초과, 저장하지 않았어요 · timed out, nothing stored)")
-        else:
+        elif outcome.ending in (Ending.CUT, Ending.DISCARDED):
             self._line("(멈춤, 저장하지 않았어요 · stopped, nothing stored)")
 
 
@@ -459,24 +504,31 @@ async def run_chat(
     out = stdout if stdout is not None else sys.stdout
     async with open_storage(settings) as storage:
         actor = Actor(TERMINAL_USER_ID, args.user_name or default_user_name())
+        specs = args.character if isinstance(args.character, list) else [args.character]
+        characters: list[CharacterRecord] = []
         try:
-            character, note = await resolve_character(
-                storage.characters,
-                actor,
-                args.character,
-                max_card_bytes=settings.max_attachment_bytes,
-            )
-            if character.owner_id != actor.user_id and character.visibility == "guild":
-                # A character shared on a server: play it as a member of that server would.
-                actor = replace(actor, guild_id=character.guild_id)
-            await storage.characters.for_use(actor, character.id, place=None, nsfw_policy="allowed")
+            for spec in specs:
+                character, note = await resolve_character(
+                    storage.characters,
+                    actor,
+                    spec,
+                    max_card_bytes=settings.max_attachment_bytes,
+                )
+                if character.owner_id != actor.user_id and character.visibility == "guild":
+                    # A character shared on a server: play it as a member of that server would.
+                    actor = replace(actor, guild_id=character.guild_id)
+                await storage.characters.for_use(
+                    actor, character.id, place=None, nsfw_policy="allowed"
+                )
+                if note:
+                    label = {"imported": "가져옴 · imported", "updated": "카드 갱신 · card updated"}
+                    line = f"{label[note]}: #{character.id} {character.name}"
+                    print(terminal_safe(line), file=out, flush=True)
+                if all(c.id != character.id for c in characters):
+                    characters.append(character)
         except UserFacingError as error:
             print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
             return 2
-        if note:
-            label = {"imported": "가져옴 · imported", "updated": "카드 갱신 · card updated"}
-            line = f"{label[note]}: #{character.id} {character.name}"
-            print(terminal_safe(line), file=out, flush=True)
 
         def loading() -> None:
             print(f"모델 준비 중 · loading {settings.model_id}…", file=out, flush=True)
@@ -489,7 +541,7 @@ async def run_chat(
             except EngineError as error:
                 print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
                 return 1
-            core, scheduler = build_core(
+            turns = build_core(
                 settings,
                 storage,
                 started_engine,
@@ -497,21 +549,23 @@ async def run_chat(
                 max_concurrent=1,
                 user_turns=TERMINAL_USER_TURNS,
             )
+            place = replace(
+                terminal_place(*(c.id for c in characters)), guild_id=actor.guild_id or 0
+            )
             chat = TerminalChat(
-                core=core,
-                scheduler=scheduler,
+                turns=turns,
                 actor=actor,
-                place=terminal_place(character.id),
+                place=place,
                 stdin=stdin if stdin is not None else sys.stdin,
                 stdout=out,
             )
             try:
                 with _ctrl_c_calls(chat.interrupt):
                     try:
-                        await chat.open(character)
+                        await chat.open(characters)
                     except UserFacingError as error:
                         print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
                         return 2
                     return await chat.run()
             finally:
-                await scheduler.shutdown(finish=False)
+                await turns.scheduler.shutdown(finish=False)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 
-from synatra_bot.discord.interactions import actor_of
+from synatra_bot.discord.interactions import actor_of, place_of
 from synatra_bot.errors import NotFound
 from synatra_bot.storage.records import CharacterRecord
 
@@ -55,3 +55,38 @@ class CharacterArg(app_commands.Transformer):
                 NotFound(f"no character called {text}", key="error.no_character")
             )
         return exact[0].id
+
+
+class CastArg(app_commands.Transformer):
+    """A character of the scene running here, chosen by autocomplete or typed by name."""
+
+    async def _cast(self, interaction: discord.Interaction[SynatraBot]) -> list[CharacterRecord]:
+        channel = interaction.channel
+        if channel is None:
+            return []
+        place = place_of(channel, interaction.guild_id)
+        active = await interaction.client.core.active(place)
+        return list(active.cast) if active is not None else []
+
+    async def autocomplete(  # type: ignore[override]
+        self, interaction: discord.Interaction[SynatraBot], value: str
+    ) -> list[app_commands.Choice[str]]:
+        wanted = value.strip().casefold()
+        cast = [c for c in await self._cast(interaction) if wanted in c.name.casefold()]
+        return [app_commands.Choice(name=c.name[:100], value=str(c.id)) for c in cast[:25]]
+
+    async def transform(  # type: ignore[override]
+        self, interaction: discord.Interaction[SynatraBot], value: Any
+    ) -> int:
+        text = str(value).strip()
+        if text.isdigit():
+            return int(text)
+        cast = await self._cast(interaction)
+        found = [c for c in cast if c.name == text] or [
+            c for c in cast if c.name.casefold() == text.casefold()
+        ]
+        if not found:
+            raise CharacterNotResolved(
+                NotFound(f"no character called {text} in the scene", key="error.not_in_cast")
+            )
+        return found[0].id

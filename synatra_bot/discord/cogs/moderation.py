@@ -153,6 +153,25 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
     ) -> None:
         await self._save(interaction, "server", character_limit=limit)
 
+    @app_commands.command(name="scene", description="How scenes with several characters play")
+    @app_commands.describe(
+        cast_limit="Characters one scene may hold in this server (default 4)",
+        answer_every="Here: a message naming several characters gets an answer from each",
+    )
+    async def scene(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        cast_limit: app_commands.Range[int, 1, 8] | None = None,
+        answer_every: bool | None = None,
+    ) -> None:
+        if cast_limit is None and answer_every is None:
+            await self._show(interaction)
+            return
+        if cast_limit is not None:
+            await self._save(interaction, "server", cast_limit=cast_limit)
+        if answer_every is not None:
+            await self._save(interaction, "channel", answer_every_addressed=answer_every)
+
     @app_commands.command(
         name="authornote", description="A note the model sees near the end of the prompt"
     )

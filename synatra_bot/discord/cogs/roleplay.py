@@ -9,15 +9,18 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from synatra_bot.discord.cogs.common import CharacterArg
+from synatra_bot.discord.cogs.common import CastArg, CharacterArg
+from synatra_bot.discord.i18n import t
 from synatra_bot.discord.interactions import actor_of, answer, place_of, speaker_of, tr
 from synatra_bot.discord.replies import ReplyButton, SwipePosition
 from synatra_bot.errors import UserFacingError
+from synatra_bot.prompt.report import is_card_book
 from synatra_bot.roleplay.rules import (
     require_may_inspect,
     require_starter_or_moderator,
     require_voice,
 )
+from synatra_bot.storage.records import MessageRecord
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
@@ -28,11 +31,14 @@ log = logging.getLogger(__name__)
 OOC_PREFIXES = ("//", "((", "(OOC")
 
 
-def _channel_types_ok(channel: Any) -> TypeGuard[discord.TextChannel | discord.Thread]:
-    return isinstance(channel, discord.TextChannel | discord.Thread)
+def _channel_types_ok(
+    channel: Any,
+) -> TypeGuard[discord.TextChannel | discord.Thread | discord.DMChannel]:
+    """Where scenes play: server text channels, their threads, and DMs with the bot."""
+    return isinstance(channel, discord.TextChannel | discord.Thread | discord.DMChannel)
 
 
-@app_commands.guild_only()
+@app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
 class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay in this channel"):
     def __init__(self, bot: SynatraBot) -> None:
         self.bot = bot
@@ -76,11 +82,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             tr(interaction, "rp.started", name=started.character.name, user=actor.display_name),
             ephemeral=False,
         )
-        active = await core.require_active(place)
-        if started.greeting is not None:
-            await self.bot.replies.show_greeting(
-                channel, active, started.greeting, started.greeting_count
-            )
+        await self.bot.replies.show_greeting(channel, started)
 
     @app_commands.command(name="stop", description="End the roleplay here (history is kept)")
     async def stop(self, interaction: discord.Interaction[SynatraBot]) -> None:
@@ -89,9 +91,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         require_starter_or_moderator(actor, active.session)
         await self.bot.scheduler.cancel_channel(place.channel_id, reason="roleplay stopped")
         await self.bot.core.stop(place)
-        await answer(
-            interaction, tr(interaction, "rp.stopped", name=active.character.name), ephemeral=False
-        )
+        await answer(interaction, tr(interaction, "rp.stopped", name=active.names), ephemeral=False)
 
     @app_commands.command(
         name="reset", description="Start over with the same character (history archived)"
@@ -107,46 +107,91 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         await answer(
             interaction, tr(interaction, "rp.reset", name=started.character.name), ephemeral=False
         )
-        if started.greeting is not None:
-            active = await self.bot.core.require_active(place)
-            await self.bot.replies.show_greeting(
-                channel, active, started.greeting, started.greeting_count
-            )
+        await self.bot.replies.show_greeting(channel, started)
 
     @app_commands.command(name="undo", description="Remove the last exchange from the story")
     async def undo(self, interaction: discord.Interaction[SynatraBot]) -> None:
         channel, place, actor = self._where(interaction)
-        require_starter_or_moderator(actor, (await self.bot.core.require_active(place)).session)
-        await self.bot.scheduler.cancel_channel(place.channel_id, reason="undo")
-        removed = await self.bot.core.undo(place)
-        if not removed:
-            raise UserFacingError("nothing to undo", key="error.nothing_to_undo")
+        removed = await self.bot.turns.undo(place, actor)
         await interaction.response.defer(ephemeral=True)
         active = await self.bot.core.require_active(place)
-        writer = await self.bot.replies.writer_for(channel, active)
-        for message in removed:
-            if message.role == "assistant" and message.discord_message_ids:
-                await writer.adopted(list(message.discord_message_ids)).discard()
+        await self.bot.replies.take_back(channel, active, removed)
         await answer(interaction, tr(interaction, "rp.undone", count=len(removed)))
 
     @app_commands.command(name="continue", description="Let the character keep talking")
     async def continue_(self, interaction: discord.Interaction[SynatraBot]) -> None:
         channel, place, actor = self._where(interaction)
-        active = await self.bot.core.require_active(place)
-        require_starter_or_moderator(actor, active.session)
-        self.bot.replies.admit(active, place, actor)  # refused before anything is posted
-        latest = await self.bot.core.latest_reply(place)
+        reply = await self.bot.turns.continue_reply(place, actor)  # refused before it posts
         await interaction.response.defer(ephemeral=True)
         await answer(interaction, tr(interaction, "rp.continuing"))
-        await self.bot.replies.run(
-            channel=channel,
-            place=place,
-            active=active,
-            speaker=actor,
-            kind="reply" if latest is None else "continue",
-            target=latest,
-            admitted=True,
+        await self.bot.replies.play(reply, channel=channel)
+
+    @app_commands.command(name="next", description="Let one character of the scene speak now")
+    @app_commands.describe(character="Who speaks")
+    async def next_(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        character: app_commands.Transform[int, CastArg],
+    ) -> None:
+        channel, place, actor = self._where(interaction)
+        reply = await self.bot.turns.next_speaker(place, actor, character)
+        active = await self.bot.core.require_active(place)
+        name = (active.member(character) or active.lead).name
+        await interaction.response.defer(ephemeral=True)
+        await answer(interaction, tr(interaction, "rp.next", name=name))
+        await self.bot.replies.play(reply, channel=channel)
+
+    cast = app_commands.Group(name="cast", description="Who is in this scene")
+
+    @cast.command(name="add", description="Bring a character into the scene")
+    @app_commands.describe(character="Who joins")
+    async def cast_add(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        character: app_commands.Transform[int, CharacterArg],
+    ) -> None:
+        channel, place, actor = self._where(interaction)
+        active = await self.bot.core.require_active(place)
+        # A greeting is a message as the character: it counts like any other.
+        self.bot.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+        joined = await self.bot.core.add_to_cast(actor, place, character_id=character)
+        await answer(
+            interaction,
+            tr(interaction, "rp.cast_added", name=joined.character.name),
+            ephemeral=False,
         )
+        await self.bot.replies.show_greeting(channel, joined)
+
+    @cast.command(name="remove", description="Take a character out of the scene")
+    @app_commands.describe(character="Who leaves")
+    async def cast_remove(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        character: app_commands.Transform[int, CastArg],
+    ) -> None:
+        _, place, actor = self._where(interaction)
+        await self.bot.scheduler.cancel_channel(place.channel_id, reason="cast changed")
+        left = await self.bot.core.remove_from_cast(actor, place, character_id=character)
+        await answer(
+            interaction, tr(interaction, "rp.cast_removed", name=left.name), ephemeral=False
+        )
+
+    @cast.command(name="list", description="Who is in this scene")
+    async def cast_list(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        _, place, _ = self._where(interaction)
+        active = await self.bot.core.require_active(place)
+        limit = active.config.cast_limit
+        lines = [f"{n}. {c.name}" for n, c in enumerate(active.cast, start=1)]
+        text = tr(interaction, "rp.cast_list", count=len(active.cast), limit=limit)
+        await answer(interaction, text + "\n" + "\n".join(lines))
+
+    @app_commands.command(
+        name="dm-nsfw", description="NSFW characters in your own DMs with the bot (adults only)"
+    )
+    @app_commands.describe(enabled="On: NSFW characters may play in your DMs with the bot")
+    async def dm_nsfw(self, interaction: discord.Interaction[SynatraBot], enabled: bool) -> None:
+        await self.bot.core.set_nsfw_in_dms(interaction.user.id, enabled)
+        await answer(interaction, tr(interaction, "rp.dm_nsfw_on" if enabled else "rp.dm_nsfw_off"))
 
     @app_commands.command(name="memory", description="Show or set what the character remembers")
     @app_commands.describe(
@@ -178,10 +223,9 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         built = await self.bot.core.build_prompt(active, speaker=actor)
         # A private card is its owner's alone: others learn how many of its lorebook entries
         # fired, not which (their names give the story away).
-        character = active.character
-        hide = character.visibility == "private" and actor.user_id != character.owner_id
+        hide = any(c.visibility == "private" and actor.user_id != c.owner_id for c in active.cast)
         text = f"```\n{built.report.to_text(hide_card_entry_names=hide)[:1900]}\n```"
-        if hide and any(note.book == "card" for note in built.report.lorebook):
+        if hide and any(is_card_book(note.book) for note in built.report.lorebook):
             text += "\n" + tr(interaction, "rp.context_names_hidden")
         await answer(interaction, text)
 
@@ -189,7 +233,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.author.bot or message.webhook_id is not None or message.guild is None:
+        if message.author.bot or message.webhook_id is not None:
             return  # our own replies come back as events too: drop them before any work
         # discord.py runs each listener in a task of its own: count it among the work shutdown
         # waits for (so the turn gets stored) and go on in it; a task of our own would cost
@@ -198,7 +242,6 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         await self._on_message(message)
 
     async def _on_message(self, message: discord.Message) -> None:
-        assert message.guild is not None
         if not _channel_types_ok(message.channel) or message.type not in (
             discord.MessageType.default,
             discord.MessageType.reply,
@@ -207,42 +250,27 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         content = self._story_text(message)
         if content is None:
             return
-        place = place_of(message.channel, message.guild.id)
-        core = self.bot.core
-        active = await core.active(place)
-        if active is None or not active.config.enabled:
-            return
+        guild_id = message.guild.id if message.guild is not None else None
+        place = place_of(message.channel, guild_id)
         me = self.bot.user
         mentioned = me is not None and me in message.mentions
-        actor = speaker_of(message.author, message.guild.id)
-        answered = active.config.reply_mode != "mention" or mentioned
-        if answered:
+        actor = speaker_of(message.author, guild_id)
+        replies = self.bot.replies
+        try:
+            said = await self.bot.turns.say(
+                place, actor, content, message_id=message.id, mentioned=mentioned
+            )
+        except UserFacingError as error:
             # A refused turn (rate limit, a character no longer available) costs one notice:
             # nothing is posted as the character and nothing enters the story.
-            try:
-                self.bot.replies.admit(active, place, actor)
-            except UserFacingError as error:
-                locale = self.bot.locale_for(message.channel)
-                await self.bot.replies.tell(
-                    message, message.channel, self.bot.replies.text(locale, error)
-                )
-                return
-        # Store the player's turn while the reply's first message goes out: the prompt, built
-        # once the turn is admitted, waits for it.
-        stored = self.bot.replies.spawn(
-            core.add_user_message(active, actor, content, discord_message_id=message.id)
-        )
-        if not answered:
+            locale = self.bot.locale_for(message.channel)
+            await replies.tell(message, message.channel, replies.text(locale, error))
             return
-        await self.bot.replies.run(
-            channel=message.channel,
-            place=place,
-            active=active,
-            speaker=actor,
-            notify=message,
-            after=stored,
-            admitted=True,
-        )
+        if said is None:
+            return
+        replies.track(said.stored)
+        async for reply in said.replies():
+            await replies.play(reply, channel=message.channel, notify=message)
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
@@ -252,40 +280,28 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         self.bot.replies.spawn(self._on_edit(payload))
 
     async def _on_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        # Edited into an out-of-character note (or emptied): it leaves the story.
         content = self._story_text(payload.message)
-        if content is None:
-            # Edited into an out-of-character note (or emptied): it leaves the story.
-            await self.bot.core.message_deleted(payload.message_id)
-            return
         editor = speaker_of(payload.message.author, payload.guild_id)
-        edited = await self.bot.core.message_edited(payload.message_id, content)
-        if edited is None or not edited.is_last_user_turn or payload.guild_id is None:
-            return
         channel = self.bot.get_channel(payload.channel_id)
-        if not _channel_types_ok(channel):
+        place = place_of(channel, payload.guild_id) if _channel_types_ok(channel) else None
+        try:
+            edited = await self.bot.turns.edited(place, editor, payload.message_id, content)
+        except UserFacingError as error:
+            locale = self.bot.locale_for(channel)
+            await self.bot.replies.tell(None, channel, self.bot.replies.text(locale, error))
             return
-        place = place_of(channel, payload.guild_id)
-        active = await self.bot.core.active(place)
-        if active is None:
-            return
-        latest = await self.bot.core.latest_reply(place)
-        if latest is None or latest.id < edited.message.id:
-            return
-        if active.config.edit_policy == "regenerate":
-            await self.bot.replies.run(
-                channel=channel,
-                place=place,
-                active=active,
-                speaker=editor,  # the editor's turn: counted against their own limit
-                kind="regenerate",
-                target=latest,
-            )
-            return
+        if edited.regenerate is not None:
+            await self.bot.replies.play(edited.regenerate, channel=channel)
+        elif edited.offer is not None:
+            await self._offer_regeneration(channel, payload, edited.offer)
+
+    async def _offer_regeneration(
+        self, channel: Any, payload: discord.RawMessageUpdateEvent, latest: MessageRecord
+    ) -> None:
         view = discord.ui.View(timeout=None)
         view.add_item(ReplyButton("regen", latest.id))
         locale = self.bot.locale_for(channel)
-        from synatra_bot.discord.i18n import t
-
         try:
             await channel.send(
                 t(locale, "rp.edit_offer"),
@@ -303,12 +319,12 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        self.bot.replies.spawn(self.bot.core.message_deleted(payload.message_id))
+        self.bot.replies.spawn(self.bot.turns.deleted(payload.message_id))
 
     @commands.Cog.listener()
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
         for message_id in payload.message_ids:
-            self.bot.replies.spawn(self.bot.core.message_deleted(message_id))
+            self.bot.replies.spawn(self.bot.turns.deleted(message_id))
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -326,9 +342,9 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     def _where(self, interaction: discord.Interaction[SynatraBot]) -> tuple[Any, Any, Any]:
         channel = interaction.channel
-        if interaction.guild_id is None or channel is None or not _channel_types_ok(channel):
+        if channel is None or not _channel_types_ok(channel):
             raise UserFacingError(
-                "use this in a server text channel or thread", key="error.channel_type"
+                "use this in a server text channel, a thread or a DM", key="error.channel_type"
             )
         return channel, place_of(channel, interaction.guild_id), actor_of(interaction)
 

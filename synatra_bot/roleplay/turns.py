@@ -1,0 +1,506 @@
+"""A turn of a scene, from what a player did to the stored reply: the rules every front end shares.
+
+Front ends (Discord, the terminal) hand over what a player did: a message, regenerate, continue,
+`next` (a character speaks now), browse, undo, an edit or a delete. Actions that make a character
+speak give back `Reply` objects: each streams its text while it is generated and ends with a
+`ReplyOutcome` saying what was stored and what the player should see. Front ends only render.
+
+The rules, once: who may do what (`rules`), which characters answer (addressed by name, else the
+one that last answered this player), what is refused before it costs anything (`admit`), what
+is stored (a finished reply, or one its player stopped with text in it; never a half-written
+one), which alternative enters history, and what a stop, a timeout or a failure leaves on screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from synatra_bot.errors import (
+    EngineError,
+    EngineUnavailable,
+    NotFound,
+    TurnCancelled,
+    UserFacingError,
+)
+from synatra_bot.roleplay.addressing import Addressable, addressed
+from synatra_bot.roleplay.characters import names_of
+from synatra_bot.roleplay.core import ActiveRoleplay, RoleplayCore
+from synatra_bot.roleplay.rules import (
+    require_may_stop,
+    require_starter_or_moderator,
+    require_voice,
+)
+from synatra_bot.roleplay.scheduler import QueueTicket, Scheduler, TurnOutcome, TurnSlot
+from synatra_bot.roleplay.types import Actor, Place
+from synatra_bot.storage.records import CharacterRecord, MessageRecord
+
+log = logging.getLogger(__name__)
+
+#: What a reply does: a new turn, a new alternative of the newest reply, or more of its text.
+ReplyKind = Literal["reply", "regenerate", "continue"]
+#: The cancel reason of a reply its player stopped (kept, unlike one superseded or shut down).
+STOPPED_BY_USER = "stopped"
+
+
+class Ending(enum.Enum):
+    """How a reply ended, and so what its front end shows."""
+
+    #: Finished, or stopped by its player with text in it: stored; show `outcome.shown`.
+    STORED = "stored"
+    #: Never began (stopped or superseded while waiting, or shutting down): take back what was
+    #: shown for it; a regenerated or continued reply goes back to `Reply.restored()`.
+    WITHDRAWN = "withdrawn"
+    #: A new reply superseded by a newer message mid-stream, or shut down: nothing is kept.
+    DISCARDED = "discarded"
+    #: Ended early (timed out, or stopped before saying anything): the text stays on screen
+    #: with a note, nothing is stored; a replaced reply then goes back to what it was.
+    CUT = "cut"
+    #: An error: a new reply keeps its text with the error's note; a regenerated or continued
+    #: one goes back to what it was and the note is told apart.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """A stored reply as a front end shows it: its place among its alternatives."""
+
+    message: MessageRecord
+    index: int
+    count: int
+    greeting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyOutcome:
+    ending: Ending
+    #: The reply's text as last shown (a continued reply's earlier text included).
+    text: str = ""
+    shown: Shown | None = None
+    #: STORED because its player stopped it.
+    stopped: bool = False
+    #: CUT because it ran out of time.
+    timed_out: bool = False
+    #: FAILED: the UserFacingError or EngineError to show; None for an unexpected failure
+    #: (logged with its traceback here; players get a short apology).
+    error: Exception | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Edited:
+    """What an edit of a stored message leads to: a regenerated reply (the channel asks for
+    that), or a reply to offer regenerating; neither when the edit changes nothing after it."""
+
+    regenerate: Reply | None = None
+    offer: MessageRecord | None = None
+
+
+class Reply:
+    """One character's reply: `stream()` plays it, then `outcome` says how it ended."""
+
+    def __init__(
+        self,
+        turns: Turns,
+        *,
+        active: ActiveRoleplay,
+        place: Place,
+        actor: Actor | None,
+        character: CharacterRecord,
+        kind: ReplyKind = "reply",
+        target: MessageRecord | None = None,
+        after: Awaitable[Any] | None = None,
+    ) -> None:
+        self._turns = turns
+        self.active = active
+        self.place = place
+        self.actor = actor
+        self.character = character
+        self.kind: ReplyKind = kind
+        self.target = target
+        self._after = after
+        self.prefix = target.content if kind == "continue" and target is not None else ""
+        self.outcome: ReplyOutcome | None = None
+
+    @property
+    def replacing(self) -> bool:
+        """A regenerated or continued reply takes the place of one already shown."""
+        return self.kind != "reply" and self.target is not None
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        *,
+        on_queued: Callable[[QueueTicket], None] | None = None,
+        shown_in: Callable[[], Sequence[int]] | None = None,
+    ) -> AsyncIterator[AsyncIterator[str]]:
+        """The reply's text so far (a continued reply's earlier text first): once when the turn
+        begins (it leaves the queue), then as it grows. `on_queued` hears when the turn has
+        to wait; `shown_in` names the front end's messages showing it (stored with it).
+
+        When the iteration ends, `outcome` is set. Leaving early (the front end failed) stops
+        the turn and stores nothing.
+        """
+        texts = self._texts(on_queued, shown_in)
+        try:
+            yield texts
+        finally:
+            await texts.aclose()
+        if self.outcome is None:
+            self.outcome = ReplyOutcome(Ending.DISCARDED)
+
+    async def restored(self) -> Shown:
+        """What a regenerated or continued reply goes back to: its chosen alternative."""
+        assert self.target is not None
+        return await self._turns.shown(self.target)
+
+    async def _texts(
+        self,
+        on_queued: Callable[[QueueTicket], None] | None,
+        shown_in: Callable[[], Sequence[int]] | None,
+    ) -> AsyncGenerator[str]:
+        turns, config = self._turns, self.active.config
+        slot: TurnSlot | None = None
+        try:
+            async with turns.scheduler.turn(
+                channel_id=self.place.channel_id,
+                user_id=self.actor.user_id if self.actor else 0,
+                policy="restart" if config.busy_policy == "restart" else "queue",
+                on_queued=on_queued,
+                charged=True,  # by Turns.admit
+            ) as slot:
+                yield self.prefix
+                built = await self._prompt()
+                sampling = config.sampling
+                stops = await turns.core.stop_strings(self.active)
+                if stops:
+                    stops = (*sampling.stop_strings, *stops)
+                    sampling = dataclasses.replace(sampling, stop_strings=stops)
+                async for _delta in slot.stream(built.input_ids, sampling):
+                    yield self.prefix + self._generated(slot)
+        except TurnCancelled:
+            self.outcome = ReplyOutcome(Ending.WITHDRAWN)
+            return
+        except UserFacingError as error:
+            self.outcome = self._failed(slot, error)
+            return
+        except EngineError as error:
+            if isinstance(error, EngineUnavailable) and slot is None:
+                self.outcome = ReplyOutcome(Ending.WITHDRAWN)  # shutting down: never began
+                return
+            log.warning("reply in channel %s failed: %s", self.place.channel_id, error)
+            self.outcome = self._failed(slot, error)
+            return
+        except Exception:
+            log.exception("reply in channel %s failed", self.place.channel_id)
+            self.outcome = self._failed(slot, None)
+            return
+        try:
+            self.outcome = await self._settle(slot, list(shown_in()) if shown_in else [])
+        except Exception:
+            log.exception("storing the reply in channel %s failed", self.place.channel_id)
+            self.outcome = self._failed(slot, None)
+
+    def _generated(self, slot: TurnSlot) -> str:
+        # A group scene's prompt ends with "name:"; the reply starts after its space.
+        if self.active.is_group and self.kind != "continue":
+            text = slot.text.lstrip(" ")
+            # A model that says the name again ("민지: ...") has it taken off.
+            return text.removeprefix(f"{self.character.name}:").lstrip(" ")
+        return slot.text
+
+    def _failed(self, slot: TurnSlot | None, error: Exception | None) -> ReplyOutcome:
+        text = self.prefix + (self._generated(slot) if slot is not None else "")
+        return ReplyOutcome(Ending.FAILED, text=text, error=error)
+
+    async def _prompt(self) -> Any:
+        if self._after is not None:
+            await self._after
+        target = self.target
+        return await self._turns.core.build_prompt(
+            self.active,
+            speaker=self.actor,
+            character=self.character,
+            exclude_message_id=target.id if self.kind == "regenerate" and target else None,
+            continue_message=target if self.kind == "continue" else None,
+        )
+
+    async def _settle(self, slot: TurnSlot, shown_in: list[int]) -> ReplyOutcome:
+        """What a reply that ran to its end (or was stopped or cut) leaves behind."""
+        text = self._generated(slot)
+        shown = self.prefix + text
+        stopped = slot.outcome is TurnOutcome.CANCELLED and slot.cancel_reason == STOPPED_BY_USER
+        if slot.outcome is TurnOutcome.FINISHED or (stopped and text.strip()):
+            stored = await self._turns.core.store_reply(
+                self.active,
+                text,
+                character=self.character,
+                regenerate_of=self.target.id if self.kind == "regenerate" and self.target else None,
+                continue_of=self.target if self.kind == "continue" else None,
+                discord_message_ids=shown_in,
+            )
+            if self.kind == "reply":
+                place = Shown(stored, stored.swipe_index, stored.swipe_index + 1)
+            else:
+                place = await self._turns.shown(stored)
+            return ReplyOutcome(Ending.STORED, text=shown, shown=place, stopped=stopped)
+        if slot.outcome is TurnOutcome.CANCELLED and self.kind == "reply" and not stopped:
+            return ReplyOutcome(Ending.DISCARDED, text=shown)
+        timed_out = slot.outcome is TurnOutcome.TIMED_OUT
+        return ReplyOutcome(Ending.CUT, text=shown, timed_out=timed_out)
+
+
+class Said:
+    """A player's message: `stored` is the task storing it; `replies()` gives the characters'
+    answers one after another (the next only once the one before was stored)."""
+
+    def __init__(self, stored: asyncio.Future[MessageRecord], replies: Sequence[Reply]) -> None:
+        self.stored = stored
+        self._replies = list(replies)
+
+    @property
+    def answered(self) -> bool:
+        return bool(self._replies)
+
+    async def replies(self) -> AsyncIterator[Reply]:
+        for reply in self._replies:
+            yield reply
+            outcome = reply.outcome
+            if outcome is None or outcome.ending is not Ending.STORED or outcome.stopped:
+                return  # stopped or failed: the other characters keep quiet
+
+
+class Turns:
+    """Plays the turns of every scene: the one entry point front ends use to act on one."""
+
+    def __init__(self, core: RoleplayCore, scheduler: Scheduler) -> None:
+        self.core = core
+        self.scheduler = scheduler
+
+    # --- refusing early -----------------------------------------------------------------------
+
+    def admit(
+        self, active: ActiveRoleplay, place: Place, actor: Actor | None, character: CharacterRecord
+    ) -> None:
+        """Refuse a turn before it costs anything: the channel rules every path obeys, then one
+        turn counted against the actor's rate limit."""
+        self.core.check_may_generate(active, place, character)
+        user_id = actor.user_id if actor else 0
+        self.scheduler.charge(user_id, active.config.user_rate_limit)
+
+    # --- a player's message -------------------------------------------------------------------
+
+    async def say(
+        self,
+        place: Place,
+        actor: Actor,
+        text: str,
+        *,
+        message_id: int | None = None,
+        mentioned: bool = False,
+        to: int | None = None,
+    ) -> Said | None:
+        """A player's message in the story. None when no scene plays here (nothing stored).
+
+        Refused (UserFacingError) before anything is stored when the characters may not answer.
+        Where the channel answers only messages that mention the bot, others are stored
+        without a reply. `to` names the character the player talks to (the terminal's `@name`).
+        """
+        active = await self.core.active(place)
+        if active is None or not active.config.enabled:
+            return None
+        answer = active.config.reply_mode != "mention" or mentioned
+        addressee = active.member(to)
+        if not answer:
+            characters = []
+        elif addressee is not None:
+            characters = [addressee]
+        else:
+            characters = await self.responders(active, actor, text)
+        if characters:
+            self.admit(active, place, actor, characters[0])
+        # Stored while the reply's first message goes out: the prompt waits for it.
+        stored = asyncio.ensure_future(
+            self.core.add_user_message(active, actor, text, discord_message_id=message_id)
+        )
+        replies = [
+            Reply(self, active=active, place=place, actor=actor, character=c, after=stored)
+            for c in characters
+        ]
+        return Said(stored, replies)
+
+    async def responders(
+        self, active: ActiveRoleplay, actor: Actor, text: str
+    ) -> list[CharacterRecord]:
+        """Who answers a message: the characters it names (the first, or each in turn where
+        the channel asks for that), else the one that last answered this player, else the one
+        that spoke last, else the lead."""
+        if not active.is_group:
+            return [active.lead]
+        cast = [Addressable(c.id, names_of(c)) for c in active.cast]
+        named = [c for c in map(active.member, addressed(text, cast)) if c is not None]
+        if named:
+            return named if active.config.answer_every_addressed else named[:1]
+        return [await self._last_to(active, actor.user_id)]
+
+    async def _last_to(self, active: ActiveRoleplay, user_id: int) -> CharacterRecord:
+        history = await self.core.recent(active)
+        last_any: CharacterRecord | None = None
+        for before, message in zip(reversed(history[:-1]), reversed(history[1:]), strict=True):
+            character = active.member(message.character_id)
+            if message.role != "assistant" or character is None:
+                continue
+            last_any = last_any or character
+            if before.role == "user" and before.author_id == user_id:
+                return character
+        if last_any is None and history:
+            last_any = active.member(history[0].character_id)
+        return last_any or active.lead
+
+    # --- replies to act on --------------------------------------------------------------------
+
+    async def regenerate(self, place: Place, actor: Actor, target_id: int) -> Reply:
+        """A new alternative of the newest reply (any player with a voice here)."""
+        require_voice(actor)
+        active, latest = await self._latest(place, target_id)
+        if await self.core.is_greeting(latest):
+            raise UserFacingError("a greeting is not regenerated", key="reply.greeting_fixed")
+        character = active.member(latest.character_id) or active.lead
+        self.admit(active, place, actor, character)
+        return Reply(
+            self,
+            active=active,
+            place=place,
+            actor=actor,
+            character=character,
+            kind="regenerate",
+            target=latest,
+        )
+
+    async def continue_reply(
+        self, place: Place, actor: Actor, target_id: int | None = None
+    ) -> Reply:
+        """More of the newest reply (the scene's starter or a moderator); with no reply yet,
+        the lead speaks first."""
+        active = await self.core.require_active(place)
+        require_starter_or_moderator(actor, active.session)
+        if target_id is None:
+            latest = await self.core.latest_reply(place)
+        else:
+            _, latest = await self._latest(place, target_id)
+        character = (active.member(latest.character_id) if latest else None) or active.lead
+        self.admit(active, place, actor, character)
+        if latest is None:
+            return Reply(self, active=active, place=place, actor=actor, character=character)
+        return Reply(
+            self,
+            active=active,
+            place=place,
+            actor=actor,
+            character=character,
+            kind="continue",
+            target=latest,
+        )
+
+    async def next_speaker(self, place: Place, actor: Actor, character_id: int) -> Reply:
+        """One character of the cast speaks now, without a player's message."""
+        require_voice(actor)
+        active = await self.core.require_active(place)
+        character = active.member(character_id)
+        if character is None:
+            raise NotFound("not in the scene", key="error.not_in_cast")
+        self.admit(active, place, actor, character)
+        return Reply(self, active=active, place=place, actor=actor, character=character)
+
+    async def edited(
+        self, place: Place | None, editor: Actor, message_id: int, content: str | None
+    ) -> Edited:
+        """A player changed a stored message (`content` None: it left the story). Editing the
+        newest player message that a reply answers regenerates that reply, or offers to."""
+        if content is None:
+            await self.core.message_deleted(message_id)
+            return Edited()
+        edit = await self.core.message_edited(message_id, content)
+        if edit is None or not edit.is_last_user_turn or place is None:
+            return Edited()
+        active = await self.core.active(place)
+        if active is None:
+            return Edited()
+        latest = await self.core.latest_reply(place)
+        if latest is None or latest.id < edit.message.id:
+            return Edited()
+        if active.config.edit_policy != "regenerate":
+            return Edited(offer=latest)
+        character = active.member(latest.character_id) or active.lead
+        self.admit(active, place, editor, character)  # the editor's turn, on their own limit
+        reply = Reply(
+            self,
+            active=active,
+            place=place,
+            actor=editor,
+            character=character,
+            kind="regenerate",
+            target=latest,
+        )
+        return Edited(regenerate=reply)
+
+    async def deleted(self, message_id: int) -> None:
+        await self.core.message_deleted(message_id)
+
+    # --- acting without generating ------------------------------------------------------------
+
+    async def browse(self, place: Place, actor: Actor, target_id: int, step: int) -> Shown:
+        """Show another alternative of a reply; every press costs the presser one turn."""
+        require_voice(actor)
+        active = await self.core.require_active(place)
+        target = await self._in_scene(active, target_id)
+        self.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+        chosen, index, count = await self.core.browse(target.id, step)
+        greeting = await self.core.is_greeting(chosen)
+        return Shown(chosen, index, count, greeting)
+
+    async def stop(self, place: Place, actor: Actor) -> None:
+        """Stop the reply streaming here (its player, the starter or a moderator)."""
+        require_voice(actor)
+        active = await self.core.active(place)
+        if active is not None:
+            require_may_stop(actor, active.session, self.scheduler.turn_user(place.channel_id))
+        await self.scheduler.cancel_channel(place.channel_id, reason=STOPPED_BY_USER)
+
+    async def undo(self, place: Place, actor: Actor) -> list[MessageRecord]:
+        """Take back the newest exchange (the starter or a moderator); returns what went."""
+        active = await self.core.require_active(place)
+        require_starter_or_moderator(actor, active.session)
+        await self.scheduler.cancel_channel(place.channel_id, reason="undo")
+        removed = await self.core.undo(place)
+        if not removed:
+            raise UserFacingError("nothing to undo", key="error.nothing_to_undo")
+        return removed
+
+    async def shown(self, message: MessageRecord) -> Shown:
+        """The chosen alternative of `message`'s turn, as a front end shows it."""
+        options = await self.core.alternatives(message.id)
+        chosen = next((m for m in options if m.chosen), message)
+        index = next((i for i, m in enumerate(options) if m.id == chosen.id), 0)
+        greeting = await self.core.is_greeting(chosen)
+        return Shown(chosen, index, max(1, len(options)), greeting)
+
+    async def _in_scene(self, active: ActiveRoleplay, message_id: int) -> MessageRecord:
+        target = await self.core.get_message(message_id)
+        if target is None or target.session_id != active.session.id:
+            raise UserFacingError("that reply is no longer part of the story", key="reply.gone")
+        return target
+
+    async def _latest(self, place: Place, target_id: int) -> tuple[ActiveRoleplay, MessageRecord]:
+        """The scene and its newest reply, which `target_id` must be an alternative of."""
+        active = await self.core.require_active(place)
+        target = await self._in_scene(active, target_id)
+        latest = await self.core.latest_reply(place)
+        if latest is None or latest.turn_group != target.turn_group:
+            raise UserFacingError("only the newest reply can be changed", key="reply.not_latest")
+        return active, latest
