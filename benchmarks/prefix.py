@@ -9,9 +9,8 @@ builds it: the addressed character answers the player who just spoke, with the p
 history_start_id passed back. Reuse = ids the new prompt shares at its start with the previous
 prompt / the previous prompt's length (1.0: the engine can reuse all of the previous prompt).
 
-Rows: the scene layout (cast, players, scene_user_name given) with a context where nothing
-trims and with 4096; the same with an author's note at depth 4; and the old single-character
-layout (the lead's card, the answered player's name and persona in the system block).
+Rows: the scene (cast, players, scene_user_name given) with a context where nothing trims and
+with 4096; the same with an author's note at depth 4.
 """
 
 from __future__ import annotations
@@ -41,17 +40,14 @@ LARGE_CONTEXT = 32768
 class Case:
     label: str
     context: int
-    layout: str  # "scene" or "old"
     author_note: str = ""
 
 
 CASES = [
-    Case("scene layout", LARGE_CONTEXT, "scene"),
-    Case("scene layout", 4096, "scene"),
-    Case("scene layout, author's note depth 4", LARGE_CONTEXT, "scene", "긴장감을 유지하라."),
-    Case("scene layout, author's note depth 4", 4096, "scene", "긴장감을 유지하라."),
-    Case("old layout (lead's card, persona in system)", LARGE_CONTEXT, "old"),
-    Case("old layout (lead's card, persona in system)", 4096, "old"),
+    Case("scene", LARGE_CONTEXT),
+    Case("scene", 4096),
+    Case("scene, author's note depth 4", LARGE_CONTEXT, "긴장감을 유지하라."),
+    Case("scene, author's note depth 4", 4096, "긴장감을 유지하라."),
 ]
 
 
@@ -63,28 +59,17 @@ def play(builder: PromptBuilder, case: Case, turns: list[SceneTurn]) -> list[Bui
         options = PromptOptions(
             context_size=case.context, author_note=case.author_note, history_start_id=start_id
         )
-        player = players[turn.player]
-        if case.layout == "scene":
-            spoken = [p for p in players if any(m.author_id == p.author_id for m in turn.history)]
-            prompt = builder.build(
-                card=cast[turn.speaker],
-                cast=cast,
-                history=turn.history,
-                user_name=player.name,
-                players=spoken,
-                scene_user_name=players[0].name,
-                channel_lorebook=book,
-                options=options,
-            )
-        else:
-            prompt = builder.build(
-                card=cast[0],
-                history=turn.history,
-                user_name=player.name,
-                persona=player.persona,
-                channel_lorebook=book,
-                options=options,
-            )
+        spoken = [p for p in players if any(m.author_id == p.author_id for m in turn.history)]
+        prompt = builder.build(
+            card=cast[turn.speaker],
+            cast=cast,
+            history=turn.history,
+            user_name=players[turn.player].name,
+            players=spoken,
+            scene_user_name=players[0].name,
+            channel_lorebook=book,
+            options=options,
+        )
         start_id = prompt.history_start_id
         built.append(prompt)
     return built
@@ -123,7 +108,7 @@ def main() -> None:
         "previous prompt"
     )
     print(
-        f"{'layout':<44} {'context':>7} {'tokens':>7} | {'kept':>6} {'min':>7} {'median':>7} "
+        f"{'case':<44} {'context':>7} {'tokens':>7} | {'kept':>6} {'min':>7} {'median':>7} "
         f"{'mean':>7} | {'trims':>6} {'min':>7} {'median':>7} {'mean':>7}"
     )
     for case in CASES:

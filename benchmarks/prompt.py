@@ -8,8 +8,8 @@ Rows:
 - cached, cold builder: stored counts, but a new PromptBuilder each turn (kept window re-encoded).
 - re-tokenise whole history: no stored counts and no cache: every stored message is counted
   with the tokenizer each turn (what a builder without a count cache must do), then assembled.
-- scene layout: the warm row with the players named (as the core builds a scene): personas and
-  lore go where they first appear, which the builder works out again every turn.
+- players named: the warm row with the three players and their personas named (as the core
+  builds a scene); the other rows name none, so their one player is 준 without a persona.
 """
 
 from __future__ import annotations
@@ -117,9 +117,9 @@ def main() -> None:
         messages,
         warm: bool,
         recount: bool = False,
-        scene: bool = False,
+        named: bool = False,
     ) -> tuple[str, list[float]]:
-        players = {"players": PLAYERS, "scene_user_name": "준"} if scene else {}
+        players = {"players": PLAYERS, "scene_user_name": "준"} if named else {}
         builder = make_builder()
         start_id = None
         samples = []
@@ -165,7 +165,7 @@ def main() -> None:
         run("cached counts, cold builder", args.turns // 4, make, stored, False),
         run("re-tokenise whole history each turn", args.slow_turns, make, raw, False, True),
         run(
-            "cached counts, warm builder, scene layout", args.turns, make, stored, True, scene=True
+            "cached counts, warm builder, players named", args.turns, make, stored, True, named=True
         ),
     ]
     print(f"history: {args.messages} stored messages, context 4096, max new 300")

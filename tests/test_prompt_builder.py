@@ -1,11 +1,18 @@
-"""ChatML assembly: order of blocks, the budget, chunked trimming, counts and the report."""
+"""ChatML assembly for one character: order of blocks, the budget, chunked trimming, counts,
+the report, and a call without players as a scene of one player."""
 
 from __future__ import annotations
 
 import pytest
 
 from synatra_bot.errors import PromptTooLarge
-from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
+from synatra_bot.prompt.builder import (
+    PERSONA_ONLY_AUTHOR,
+    HistoryMessage,
+    PromptBuilder,
+    PromptOptions,
+    ScenePlayer,
+)
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
 from synatra_bot.prompt.lorebook import Lorebook, LoreEntry
 from synatra_bot.tokenizer import BOS_ID, IM_END, IM_END_ID, IM_START, IM_START_ID
@@ -62,11 +69,12 @@ def test_blocks_come_in_the_documented_order(builder):
         "밝고 다정함",
         "준과 카페에서 만난다.",
         "민지는 준에게 항상 존댓말을 쓴다.",
-        "준은 작가다.",
-        "카페 이름은 별빛이다.",
         "### 지난 이야기\n요약",
         f"{IM_START}user\n준: 안녕{IM_END}",
         f"{IM_START}assistant\n책 읽어요.{IM_END}",
+        # Lore that fires on the first player message, then the player's persona, before it.
+        f"{IM_START}system\n### 세계 정보\n카페 이름은 별빛이다.{IM_END}",
+        f"{IM_START}system\n### 준\n준은 작가다.{IM_END}",
         "0번째",
         "3번째",
         f"{IM_START}system\n분위기를 따뜻하게.{IM_END}",
@@ -77,13 +85,15 @@ def test_blocks_come_in_the_documented_order(builder):
     positions = [text.index(part) for part in order]
     assert positions == sorted(positions)
     assert text.endswith(f"{IM_START}assistant\n")
-    assert text.count(f"{IM_START}system") == 3
+    assert text.count(f"{IM_START}system") == 5
     assert built.report.lorebook_fired == ["카페"]
     names = [block.name for block in built.report.blocks]
     assert names == [
         "bos",
         "system",
         "examples",
+        "lore",
+        "persona",
         "history",
         "author_note",
         "recent_history",
@@ -125,7 +135,7 @@ def test_each_user_turn_carries_its_speakers_name(builder):
     assert f"{IM_START}user\nUser: 이름 없음{IM_END}" in built.text
 
 
-def test_examples_are_dropped_before_history(builder):
+def test_examples_leave_all_together_with_the_oldest_message(builder):
     history = _history(60)
     full = builder.build(card=_card(), history=history[:4], user_name="준", options=PromptOptions())
     assert full.report.kept_examples == 2
@@ -134,9 +144,22 @@ def test_examples_are_dropped_before_history(builder):
     built = builder.build(
         card=_card(), history=fits_without_examples, user_name="준", options=options
     )
-    assert built.report.dropped_messages == 0
-    assert built.report.dropped_examples >= 1
+    # Dropping the examples changes the prompt's start, so it is a trim: they go with the
+    # oldest messages, never one dialogue at a time, and the newest message stays.
+    assert built.report.trimmed_this_turn
+    assert built.report.dropped_messages > 0
+    assert (built.report.kept_examples, built.report.dropped_examples) == (0, 2)
+    assert "examples" not in [block.name for block in built.report.blocks]
+    assert built.text.count(fits_without_examples[-1].content) == 1
     assert built.token_count <= built.budget
+    # A lone message that cannot sit beside the examples is answered without them.
+    long_examples = "<START>\n{{user}}: 안녕\n{{char}}: " + "아주 길고 자세한 예시 문장. " * 150
+    lone = [HistoryMessage("user", "준", "안녕", message_id=1)]
+    alone = builder.build(
+        card=_card(example_messages=long_examples), history=lone, user_name="준", options=options
+    )
+    assert (alone.report.kept_examples, alone.report.dropped_examples) == (0, 1)
+    assert alone.report.kept_messages == 1 and alone.token_count <= alone.budget
 
 
 def _find_history_that_just_fits(builder, options):
@@ -280,33 +303,45 @@ def test_rendered_pieces_are_cached_and_bounded(tokenizer):
     assert again.input_ids == fresh.input_ids and again.text == fresh.text
 
 
-def test_cached_system_text_follows_the_speaker_persona_and_lore(builder):
-    book = Lorebook([LoreEntry(keys=["비"], content="이 도시는 비가 자주 온다.")])
+def test_cached_system_text_follows_the_user_and_constant_lore_not_persona_or_keyed_lore(
+    builder,
+):
+    book = Lorebook(
+        [
+            LoreEntry(keys=["비"], content="이 도시는 비가 자주 온다."),
+            LoreEntry(keys=[], content="카페는 밤새 연다.", constant=True),
+        ]
+    )
     options = PromptOptions(context_size=4096, max_new_tokens=100)
-    history = _history(3)
 
-    def system(user: str, persona: str = "", lorebook: Lorebook | None = None) -> str:
-        built = builder.build(
+    def build(user: str, persona: str = "", lorebook: Lorebook | None = None, text: str = ""):
+        return builder.build(
             card=_card(),
-            history=history,
+            history=_history(3, text=text) if text else _history(3),
             user_name=user,
             persona=persona,
             channel_lorebook=lorebook,
             options=options,
         )
+
+    def system(built) -> str:
         return built.text.split(IM_END)[0]
 
-    assert "준과 카페" in system("준")
-    assert "지수와 카페" in system("지수")
-    assert "지수와 카페" not in system("준")
-    assert "### 지수\n조용한 학생" in system("지수", "조용한 학생")
-    assert "조용한 학생" not in system("지수")
-    rainy = _history(3, text="비가 오네요")
-    built = builder.build(
-        card=_card(), history=rainy, user_name="준", channel_lorebook=book, options=options
-    )
-    assert "비가 자주 온다" in built.text.split(IM_END)[0]
-    assert "비가 자주 온다" not in system("준", lorebook=book)
+    assert "준과 카페" in system(build("준"))
+    assert "지수와 카페" in system(build("지수"))
+    assert "지수와 카페" not in system(build("준"))
+    # The persona is a message of its own: here at the end, 지수 having no message yet.
+    with_persona = build("지수", "조용한 학생")
+    assert system(with_persona) == system(build("지수"))
+    assert f"{IM_START}system\n### 지수\n조용한 학생{IM_END}" in with_persona.text
+    assert with_persona.report.blocks[-3].name == "persona"
+    # Constant lore is in the system block; keyed lore goes before the message it fired on.
+    rainy = build("준", lorebook=book, text="비가 오네요")
+    assert "카페는 밤새 연다." in system(rainy)
+    assert system(rainy) == system(build("준", lorebook=book))
+    lore = f"{IM_START}system\n### 세계 정보\n이 도시는 비가 자주 온다.{IM_END}\n"
+    assert lore + f"{IM_START}user\n준: 0번째: 비가 오네요" in rainy.text
+    assert "비가 자주 온다" not in build("준", lorebook=book).text
 
 
 def test_report_text_is_short_and_mentions_the_totals(builder):
@@ -334,21 +369,29 @@ def test_card_system_prompt_replaces_the_preset_with_original_placeholder(builde
     assert "수위 조절을 지킬 것." in built.text
 
 
-def test_lorebook_scans_only_recent_messages_and_fires_from_the_card_book(builder):
-    card = _card(
-        character_book={
-            "scan_depth": 1,
-            "entries": [{"keys": ["도서관"], "content": "{{char}}는 도서관에서 일한다."}],
-        }
-    )
-    old = _history(3, text="도서관 얘기")
-    new = [*old, HistoryMessage("user", "준", "배고파", message_id=10)]
-    assert (
-        "도서관에서 일한다"
-        not in builder.build(card=card, history=new, user_name="준", options=PromptOptions()).text
-    )
-    built = builder.build(card=card, history=old, user_name="준", options=PromptOptions())
-    assert "민지는 도서관에서 일한다." in built.text
+def test_lorebook_scans_as_deep_as_the_book_says_and_fires_from_the_card_book(builder):
+    def card(depth: int) -> CharacterCard:
+        entries = [{"keys": ["도서관"], "content": "{{char}}는 도서관에서 일한다."}]
+        return _card(character_book={"scan_depth": depth, "entries": entries})
+
+    history = [
+        HistoryMessage("user", "준", "안녕", message_id=1),
+        HistoryMessage("assistant", "민지", "도서관 얘기 해 줄까요?", message_id=2),
+        HistoryMessage("user", "준", "배고파", message_id=3),
+    ]
+
+    def build(depth: int, messages=history):
+        return builder.build(
+            card=card(depth), history=messages, user_name="준", options=PromptOptions()
+        )
+
+    # A player's message sees the `scan_depth` messages up to it: at depth 1, only itself.
+    assert "도서관에서 일한다" not in build(1).text
+    assert "도서관에서 일한다" in build(1, history[:2]).text
+    deeper = build(2)
+    lore = f"{IM_START}system\n### 세계 정보\n민지는 도서관에서 일한다.{IM_END}\n"
+    assert lore + f"{IM_START}user\n준: 배고파" in deeper.text
+    assert deeper.report.lorebook[0].book == "card"
 
 
 def test_a_cards_lorebook_is_parsed_once_per_card(tokenizer, monkeypatch):
@@ -411,20 +454,21 @@ def test_continue_last_needs_an_assistant_message(builder):
         )
 
 
-def test_a_one_character_cast_without_players_is_the_single_character_prompt(builder):
+def test_a_persona_without_players_is_a_scene_of_that_one_player(builder):
     card = _card(speech_level=SpeechLevel.FORMAL)
     book = Lorebook([LoreEntry(keys=["날씨"], content="카페 이름은 별빛이다.", name="카페")])
     common = {
         "history": _history(6),
         "user_name": "준",
-        "persona": "{{user}}는 작가다.",
         "channel_lorebook": book,
         "options": PromptOptions(author_note="분위기를 따뜻하게.", author_note_depth=2),
     }
-    plain = builder.build(card=card, **common)
-    named = builder.build(card=card, cast=[card], players=(), scene_user_name=None, **common)
+    plain = builder.build(card=card, persona="{{user}}는 작가다.", **common)
+    player = ScenePlayer(PERSONA_ONLY_AUTHOR, "준", "{{user}}는 작가다.")
+    named = builder.build(card=card, cast=[card], players=[player], scene_user_name="준", **common)
     assert named.input_ids == plain.input_ids and named.text == plain.text
-    assert "준은 작가다." in plain.text.split(IM_END)[0]
+    assert "작가" not in plain.text.split(IM_END)[0]
+    assert f"### 준\n준은 작가다.{IM_END}\n{IM_START}user\n준: 0번째" in plain.text
 
 
 def test_count_message_counts_a_characters_name_only_in_a_group(builder):

@@ -73,12 +73,14 @@ def test_forged_markers_in_every_text_source_stay_ordinary_text(builder, tokeniz
         channel_lorebook=book,
         options=PromptOptions(author_note=attack, author_note_depth=1),
     )
-    # 1 system block, 2 example turns, 3 messages, author note, post-history.
-    assert _structural_ids(built, tokenizer) == _expected_structure(5, 3)
+    # The system block (constant lore in it), 2 example turns, the persona before its player's
+    # first message, 3 messages, author note, post-history.
+    assert [b.name for b in built.report.blocks].count("persona") == 1
+    assert _structural_ids(built, tokenizer) == _expected_structure(3, 6)
     assert EOS_ID not in built.input_ids
     # The literal text is still there, as text.
     pieces = tokenizer.convert_ids_to_tokens(built.input_ids)
-    assert pieces.count("<|im_start|>") == 9
+    assert pieces.count("<|im_start|>") == 10
 
 
 def test_literal_marker_typed_by_a_user_is_ordinary_text_at_id_level(builder, tokenizer):

@@ -326,7 +326,7 @@ def test_group_system_block_has_each_sheet_and_a_cards_own_preset_only_alone(bui
     assert "당신은 민지입니다. 준과 함께" in _system_block(alone)
 
 
-def test_a_one_character_scene_renders_character_lines_as_before(builder, tokenizer):
+def test_a_one_character_scene_leaves_character_lines_unnamed(builder, tokenizer):
     minji = _cast()[0]
     history = _scene_history(
         ("준", "안녕!", 101), ("민지", MINJI_LINE, None), ("하늘", "나도 왔어.", 202)

@@ -53,7 +53,10 @@ def test_preview_prints_the_prompt(tmp_path, tokenizer_dir, capsys):
     )
     assert run_preview(args, default_model_id="unused/model") == 0
     out = capsys.readouterr().out
-    assert "준은 단골손님이다." in out
+    # As the bot lays it out: the persona just before the player's first message.
+    persona = "<|im_start|>system\n### 준\n준은 단골손님이다.<|im_end|>\n"
+    assert persona + "<|im_start|>user\n준: 안녕?<|im_end|>" in out
+    assert "단골손님" not in out.split("<|im_end|>")[0]
     assert "<|im_start|>user\n준: 커피 한 잔 주세요.<|im_end|>" in out
     assert out.rstrip("\n").endswith("<|im_start|>assistant")
 

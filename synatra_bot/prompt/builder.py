@@ -6,15 +6,16 @@ can ever produce <s>, </s>, <|im_start|> or <|im_end|>. Each content piece is en
 as the tokenizer would encode it inside the rendered ChatML text (after a "\\n"), so for text
 without forged markers `tokenizer(built.text).input_ids == built.input_ids`.
 
-Two layouts. A call that names no players and one character gets the single-character
-prompt: the player's persona and the lore that fires sit in the system block. A scene (a cast
-of several characters, or `players` given) gets the stable layout, built so that an engine's
-cached prefix stays valid: until a trim, each turn's prompt starts with the whole previous
-prompt, whoever speaks and whatever lore fires.
+The prompt is laid out so that an engine's cached prefix stays valid: until a trim, each
+turn's prompt starts with the whole previous prompt, whoever speaks and whatever lore fires. A
+call that names no players is a scene of one player: `user_name`, with `persona`.
 
-- The system block holds only what the scene does not change turn by turn: the cast's sheets,
-  the scene's starter as `{{user}}`, constant lore and the summary.
-- A player's persona is a system message just before their first message in the window.
+- The system block holds only what the scene does not change turn by turn: the preset (for a
+  cast of one, the card's own system_prompt if it has one), the cast's sheets, the scene's
+  starter as `{{user}}`, constant lore and the summary.
+- The example dialogues follow it, and leave with the oldest message (dropping them is a trim).
+- A player's persona is a system message just before their first message in the window (at
+  the end of the history while they have none there).
 - Lore that fires is a system message just before the player message where it first fired,
   and stays there while that message is in the window.
 - What depends on who speaks now comes last: the group turn note, the speaker's post-history
@@ -49,7 +50,6 @@ from synatra_bot.prompt.lorebook import (
     LoreScan,
     lorebook_from_character_book,
     scan_books,
-    scan_needs_worker,
     scans_need_worker,
     select_entries,
 )
@@ -97,7 +97,7 @@ SPEECH_LEVEL_INSTRUCTIONS = {
 LORE_HEADING = "### 세계 정보"
 MAX_CONTEXT_SIZE = 32768
 MAX_NAME_CHARS = 64
-#: System texts kept rendered (one per character, speaker and lore in play).
+#: System texts kept rendered (one per cast, scene starter and constant lore in play).
 SYSTEM_CACHE_SIZE = 256
 #: Worker threads for lorebook scans: regex matching runs outside the GIL, so this bounds the
 #: cores hostile books can keep busy (a scan takes at most about lorebook.SCAN_BUDGET_S).
@@ -240,8 +240,6 @@ class _Lru(Generic[K, V]):
         return value
 
 
-# --- the scene layout's parts -----------------------------------------------------------------
-
 #: A lorebook scan of one position: the book's name, the book (by id) and the scanned texts.
 _ScanKey = tuple[str, int, tuple[str, ...]]
 
@@ -261,7 +259,7 @@ class _ScanJob:
 
 @dataclass(frozen=True, eq=False)
 class _Scene:
-    """Who is in the scene and who answers now, as the stable layout needs them."""
+    """Who is in the scene and who answers now, as the layout needs them."""
 
     cast: tuple[CharacterCard, ...]
     speaker: CharacterCard
@@ -285,8 +283,8 @@ class _Scene:
 
 
 @dataclass
-class _ScenePlan:
-    """A scene build before lore is placed: the fixed blocks and the widest window that fits."""
+class _Plan:
+    """A build before lore is placed: the fixed blocks and the widest window that fits."""
 
     scene: _Scene
     history: Sequence[HistoryMessage]
@@ -298,8 +296,6 @@ class _ScenePlan:
     constants_skipped: list[LoreHit]
     personas: list[tuple[ScenePlayer, _Piece]]
     examples: list[list[_Piece]]
-    #: Whether the examples ride with the oldest message (they go when it does).
-    examples_at_start: bool
     note: _Piece | None
     tail: list[tuple[str, _Piece]]
     room: int
@@ -307,7 +303,8 @@ class _ScenePlan:
     lore_cap: int
     #: Tokens of each message of the window by index (the oldest one with the examples).
     costs: dict[int, int]
-    #: Tokens of the examples when they are in play.
+    #: Tokens of the examples when they are in play (0: left out); they ride with the oldest
+    #: message and go when it does.
     example_tokens: int
     start: int
     overflow: bool
@@ -415,85 +412,39 @@ class PromptBuilder:
 
     # -- blocks ---------------------------------------------------------------------------
 
-    def _system_text(
-        self,
-        card: CharacterCard,
-        *,
-        user_name: str,
-        persona: str,
-        lore: Sequence[str],
-        options: PromptOptions,
-    ) -> str:
-        """The system message's text (cached, bounded: it changes with the speaker or the lore,
-        not with every turn, and substituting the macros is a good part of a build)."""
+    def _system(self, scene: _Scene, lore: Sequence[str], options: PromptOptions) -> _Piece:
+        """The system block (its text cached, bounded: it changes only with the cast's cards,
+        the scene's starter or constant lore, and substituting the macros is a good part of a
+        build). A cast of one takes the card's own system_prompt, `{{original}}` standing for
+        the preset; a group takes the group preset."""
         key = (
-            card.name,
-            card.system_prompt,
-            card.description,
-            card.personality,
-            card.scenario,
-            card.speech_level,
-            user_name,
-            persona,
-            tuple(lore),
-            options.instruction_preset,
-            options.summary,
-        )
-        cached = self._systems.get(key)
-        if cached is not None:
-            return cached
-
-        def sub(text: str) -> str:
-            return substitute_macros(text, char=card.name, user=user_name).strip()
-
-        preset = options.instruction_preset
-        if card.system_prompt.strip():
-            preset = card.system_prompt.replace("{{original}}", preset)
-        sections = [sub(preset)]
-        if card.description.strip():
-            sections.append(f"### {card.name}\n{sub(card.description)}")
-        if card.personality.strip():
-            sections.append(f"### 성격\n{sub(card.personality)}")
-        if card.scenario.strip():
-            sections.append(f"### 상황\n{sub(card.scenario)}")
-        if card.speech_level is not None:
-            sections.append(sub(SPEECH_LEVEL_INSTRUCTIONS[card.speech_level]))
-        if persona.strip():
-            sections.append(f"### {user_name}\n{sub(persona)}")
-        if lore:
-            sections.append(f"{LORE_HEADING}\n" + "\n".join(lore))
-        if options.summary.strip():
-            sections.append(f"### 지난 이야기\n{options.summary.strip()}")
-        return self._systems.put(key, "\n\n".join(s for s in sections if s))
-
-    def _group_system_text(
-        self, scene: _Scene, *, lore: Sequence[str], options: PromptOptions
-    ) -> str:
-        """The system text of a cast of several characters: the group preset, then each card's
-        sheet with `{{char}}` as that card (cached like `_system_text`)."""
-        key = (
-            "group",
             tuple(
-                (c.name, c.description, c.personality, c.scenario, c.speech_level)
+                (c.name, c.system_prompt, c.description, c.personality, c.scenario, c.speech_level)
                 for c in scene.cast
             ),
             scene.scene_user,
             tuple(lore),
+            options.instruction_preset,
             options.group_instruction_preset,
             options.summary,
         )
-        cached = self._systems.get(key)
-        if cached is not None:
-            return cached
-        user = scene.scene_user
-        preset = options.group_instruction_preset
-        sections = [substitute_macros(preset, char=scene.cast_label, user=user).strip()]
-        sections += [_card_sheet(card, user) for card in scene.cast]
-        if lore:
-            sections.append(f"{LORE_HEADING}\n" + "\n".join(lore))
-        if options.summary.strip():
-            sections.append(f"### 지난 이야기\n{options.summary.strip()}")
-        return self._systems.put(key, "\n\n".join(s for s in sections if s))
+        text = self._systems.get(key)
+        if text is None:
+            user = scene.scene_user
+            if scene.group:
+                preset = options.group_instruction_preset
+            else:
+                preset = options.instruction_preset
+                if scene.cast[0].system_prompt.strip():
+                    preset = scene.cast[0].system_prompt.replace("{{original}}", preset)
+            sections = [substitute_macros(preset, char=scene.cast_label, user=user).strip()]
+            sections += [_card_sheet(card, user, group=scene.group) for card in scene.cast]
+            if lore:
+                sections.append(f"{LORE_HEADING}\n" + "\n".join(lore))
+            if options.summary.strip():
+                sections.append(f"### 지난 이야기\n{options.summary.strip()}")
+            text = self._systems.put(key, "\n\n".join(s for s in sections if s))
+        return self._piece("system", text)
 
     def _card_lorebook(self, card: CharacterCard) -> Lorebook:
         """The card's own lorebook, parsed once per `character_book` object (an edited card is
@@ -504,415 +455,23 @@ class PromptBuilder:
             return cached[1]
         return self._card_books.put(id(book), (book, lorebook_from_character_book(book)))[1]
 
-    def _example_dialogues(
-        self, card: CharacterCard, user_name: str, *, named: bool = False
-    ) -> list[list[_Piece]]:
-        """The card's example dialogues; with `named` the character's lines carry its name, as
-        a group's history does."""
+    def _examples(self, scene: _Scene) -> list[list[_Piece]]:
+        """Every card's example dialogues, `{{user}}` as the scene's starter; in a group the
+        character's lines carry its name, as a group's history does."""
         dialogues: list[list[_Piece]] = []
-        for block in _EXAMPLE_SPLIT.split(card.example_messages):
-            turns: list[tuple[str, list[str]]] = []
-            for line in block.splitlines():
-                speaker = _EXAMPLE_SPEAKER.match(line)
-                if speaker is not None:
-                    who = speaker.group("who").lower()
-                    role = "user" if "user" in who else "assistant"
-                    turns.append((role, [speaker.group("text")]))
-                elif turns:
-                    turns[-1][1].append(line)
-                elif line.strip():
-                    turns.append(("assistant", [line]))
-            pieces = []
-            for role, lines in turns:
-                text = substitute_macros("\n".join(lines), char=card.name, user=user_name).strip()
-                if not text:
-                    continue
-                if role == "user":
-                    body = f"{clean_name(user_name)}: {text}"
-                elif named:
-                    body = f"{clean_name(card.name, '캐릭터')}: {text}"
-                else:
-                    body = text
-                pieces.append(self._piece(role, body))
-            if pieces:
-                dialogues.append(pieces)
+        for card in scene.cast:
+            for block in _EXAMPLE_SPLIT.split(card.example_messages):
+                pieces = [
+                    self._piece(role, body)
+                    for role, body in _example_turns(card, block, scene.scene_user, scene.group)
+                ]
+                if pieces:
+                    dialogues.append(pieces)
         return dialogues
-
-    # -- assembly -------------------------------------------------------------------------
-
-    def build(
-        self,
-        *,
-        card: CharacterCard,
-        history: Sequence[HistoryMessage],
-        user_name: str,
-        persona: str = "",
-        channel_lorebook: Lorebook | None = None,
-        options: PromptOptions,
-        continue_last: bool = False,
-        cast: Sequence[CharacterCard] | None = None,
-        players: Sequence[ScenePlayer] = (),
-        scene_user_name: str | None = None,
-    ) -> BuiltPrompt:
-        """Assemble the prompt for `card`'s next message after `history` (oldest first).
-
-        `card` answers now; `cast` is every character in the scene, in order (None: `[card]`).
-        `players` are the scene's players with their personas, `user_name` the one answered
-        now. With several characters or any players the prompt takes the stable layout (see
-        the module's docstring): `scene_user_name` is then what `{{user}}` stands for in the
-        system block (default `user_name`; pass the scene's starter, or the block changes with
-        who speaks), and `persona`, when no players are given, is that of a player named
-        `user_name`. Otherwise the prompt is the single-character one, with `persona` in the
-        system block. With `continue_last` the newest message must be the assistant's: it is
-        left open (no <|im_end|>) at the very end, so the model continues its text.
-        """
-        open_message, history = _split_open(history, continue_last)
-        scene = self._scene(
-            card, cast, players, user_name, persona, scene_user_name, channel_lorebook
-        )
-        if scene is None:
-            books = self._lorebooks(card, channel_lorebook)
-            lore = scan_books(books, _scanned_texts(history, books))
-            return self._build_checked(
-                card, history, user_name, persona, books, lore, options, open_message
-            )
-        results: dict[_ScanKey, LoreScan] = {}
-        plan = self._plan_scene(scene, history, options, open_message, trust_stored_counts=True)
-        left = self._scan_here(plan, results, SCAN_BUDGET_S)
-        built = self._assemble_scene(plan, results)
-        if built.token_count > built.budget:
-            # A stored count was stale (e.g. another tokenizer): count everything afresh.
-            plan = self._plan_scene(
-                scene, history, options, open_message, trust_stored_counts=False
-            )
-            self._scan_here(plan, results, left)
-            built = self._assemble_scene(plan, results)
-        return built
-
-    async def build_async(
-        self,
-        *,
-        card: CharacterCard,
-        history: Sequence[HistoryMessage],
-        user_name: str,
-        persona: str = "",
-        channel_lorebook: Lorebook | None = None,
-        options: PromptOptions,
-        continue_last: bool = False,
-        cast: Sequence[CharacterCard] | None = None,
-        players: Sequence[ScenePlayer] = (),
-        scene_user_name: str | None = None,
-    ) -> BuiltPrompt:
-        """`build` for a caller on an event loop, which goes on serving during a slow scan."""
-        open_message, history = _split_open(history, continue_last)
-        scene = self._scene(
-            card, cast, players, user_name, persona, scene_user_name, channel_lorebook
-        )
-        if scene is None:
-            books = self._lorebooks(card, channel_lorebook)
-            texts = _scanned_texts(history, books)
-            if scan_needs_worker(books.values(), texts):
-                scan = functools.partial(scan_books, books, texts)
-                lore = await asyncio.get_running_loop().run_in_executor(self._scan_pool, scan)
-            else:
-                lore = scan_books(books, texts)
-            return self._build_checked(
-                card, history, user_name, persona, books, lore, options, open_message
-            )
-        results: dict[_ScanKey, LoreScan] = {}
-        plan = self._plan_scene(scene, history, options, open_message, trust_stored_counts=True)
-        left = await self._scan_off_loop(plan, results, SCAN_BUDGET_S)
-        built = self._assemble_scene(plan, results)
-        if built.token_count > built.budget:
-            plan = self._plan_scene(
-                scene, history, options, open_message, trust_stored_counts=False
-            )
-            await self._scan_off_loop(plan, results, left)
-            built = self._assemble_scene(plan, results)
-        return built
-
-    def _lorebooks(
-        self, card: CharacterCard, channel_lorebook: Lorebook | None
-    ) -> dict[str, Lorebook]:
-        """The books in play (with entries) by name, the moderators' first: a scan that runs out
-        of time leaves the later books unscanned, so a card's book cannot starve the channel's."""
-        books = {}
-        if channel_lorebook is not None and channel_lorebook.entries:
-            books["channel"] = channel_lorebook
-        card_book = self._card_lorebook(card) if card.character_book else None
-        if card_book is not None and card_book.entries:
-            books["card"] = card_book
-        return books
-
-    def _build_checked(
-        self,
-        card: CharacterCard,
-        history: Sequence[HistoryMessage],
-        user_name: str,
-        persona: str,
-        books: dict[str, Lorebook],
-        lore: LoreScan,
-        options: PromptOptions,
-        open_message: HistoryMessage | None,
-    ) -> BuiltPrompt:
-        args = (card, history, user_name, persona, books, lore, options, open_message)
-        built = self._build(*args, trust_stored_counts=True)
-        if built.token_count > built.budget:
-            # A stored count was stale (e.g. another tokenizer): count everything afresh.
-            built = self._build(*args, trust_stored_counts=False)
-        return built
-
-    def _build(
-        self,
-        card: CharacterCard,
-        history: Sequence[HistoryMessage],
-        user_name: str,
-        persona: str,
-        books: dict[str, Lorebook],
-        lore: LoreScan,
-        options: PromptOptions,
-        open_message: HistoryMessage | None,
-        *,
-        trust_stored_counts: bool,
-    ) -> BuiltPrompt:
-        budget = options.budget
-        user_name = clean_name(user_name)
-        report = PromptReport(
-            budget=budget, context_size=options.context_size, max_new_tokens=options.max_new_tokens
-        )
-        new_counts: dict[int, int] = {}
-
-        def count(message: HistoryMessage) -> int:
-            if trust_stored_counts and message.token_count is not None:
-                return message.token_count
-            tokens = self.count_message(message)
-            if message.token_count is None and message.message_id is not None:
-                new_counts[message.message_id] = tokens
-            return tokens
-
-        def sub(text: str) -> str:
-            return substitute_macros(text, char=card.name, user=user_name).strip()
-
-        tail: list[tuple[str, _Piece]] = []
-        post = sub(card.post_history_instructions)
-        if post:
-            tail.append(("post_history", self._piece("system", post)))
-        if open_message is None:
-            tail.append(("assistant_prefix", self._open_piece("")))
-        else:
-            tail.append(("continued_message", self._open_piece(self._message_body(open_message))))
-            if open_message.token_count is None and open_message.message_id is not None:
-                new_counts[open_message.message_id] = self.count_message(open_message)
-        note = sub(options.author_note)
-        note_piece = self._piece("system", note) if note else None
-
-        fixed = sum(len(p.ids) for _, p in tail) + (1 if options.add_bos else 0)
-        fixed += len(note_piece.ids) if note_piece else 0
-        newest = count(history[-1]) if history else 0
-        bare_system = self._piece(
-            "system",
-            self._system_text(card, user_name=user_name, persona=persona, lore=(), options=options),
-        )
-        if fixed + len(bare_system.ids) + newest > budget:
-            _too_large(fixed + len(bare_system.ids) + newest, budget)
-
-        lore_system = None
-        if books:
-            lore_system = self._with_lore(
-                card,
-                user_name,
-                persona,
-                books,
-                lore,
-                options,
-                report,
-                room=budget - fixed - newest,
-                base=bare_system,
-            )
-        system = lore_system or bare_system
-        fixed += len(system.ids)
-        room = budget - fixed
-
-        # History, newest first, until the previous start, the room, or the oldest message.
-        counts: list[int] = []
-        used = 0
-        overflow = False
-        anchor = options.history_start_id
-        start = len(history)
-        for index in range(len(history) - 1, -1, -1):
-            message = history[index]
-            if _before_anchor(history, index, anchor):
-                break
-            tokens = newest if index == len(history) - 1 else count(message)
-            if used + tokens > room and index < len(history) - 1:
-                overflow = True
-                break
-            used += tokens
-            counts.append(tokens)
-            start = index
-        if overflow:
-            target = int(room * options.trim_watermark)
-            used = counts[0]
-            keep = 1
-            while keep < len(counts) and used + counts[keep] <= target:
-                used += counts[keep]
-                keep += 1
-            start = len(history) - keep
-            report.trimmed_this_turn = True
-
-        dialogues = self._example_dialogues(card, user_name) if card.example_messages else []
-        kept_dialogues: list[list[_Piece]] = []
-        if start == 0:
-            free = room - used
-            for dialogue in dialogues:
-                size = sum(len(p.ids) for p in dialogue)
-                if size > free:
-                    break
-                free -= size
-                kept_dialogues.append(dialogue)
-        report.kept_examples = len(kept_dialogues)
-        report.dropped_examples = len(dialogues) - len(kept_dialogues)
-
-        kept = history[start:]
-        report.kept_messages = len(kept)
-        report.dropped_messages = start
-        report.history_start_id = kept[0].message_id if kept else None
-
-        # Assemble.
-        ids: list[int] = [BOS_ID] if options.add_bos else []
-        texts: list[str] = []
-        blocks: list[BlockReport] = []
-        if options.add_bos:
-            blocks.append(BlockReport("bos", 1))
-
-        def add(name: str, pieces: Sequence[_Piece]) -> None:
-            before = len(ids)
-            for piece in pieces:
-                ids.extend(piece.ids)
-                texts.append(piece.text)
-            blocks.append(BlockReport(name, len(ids) - before))
-
-        add("system", [system])
-        if kept_dialogues:
-            add("examples", [p for dialogue in kept_dialogues for p in dialogue])
-        depth = max(0, options.author_note_depth)
-        split = max(0, len(kept) - depth)
-        history_pieces = [self._piece(m.role, self._message_body(m)) for m in kept]
-        add("history", history_pieces[:split])
-        if note_piece is not None:
-            add("author_note", [note_piece])
-        if split < len(history_pieces):
-            add("recent_history", history_pieces[split:])
-        for name, piece in tail:
-            add(name, [piece])
-        report.blocks = blocks
-        report.total_tokens = len(ids)
-        return BuiltPrompt(
-            input_ids=tuple(ids),
-            text="".join(texts),
-            token_count=len(ids),
-            budget=budget,
-            report=report,
-            new_token_counts=new_counts,
-        )
-
-    def _with_lore(
-        self,
-        card: CharacterCard,
-        user_name: str,
-        persona: str,
-        books: dict[str, Lorebook],
-        lore: LoreScan,
-        options: PromptOptions,
-        report: PromptReport,
-        *,
-        room: int,
-        base: _Piece,
-    ) -> _Piece | None:
-        """The system block with the lorebook entries that fire and fit, or None if none do.
-
-        `base` is the system block without lore.
-        """
-        report.lorebook_left_out = _left_out(books)
-        limits = [options.lorebook_budget, room - len(base.ids)]
-        limits += [book.token_budget for book in books.values() if book.token_budget]
-        fired, skipped = select_entries(
-            lore.matched,
-            token_budget=max(0, min(limits)),
-            count_tokens=self._lore_tokens,
-            render=lambda hit: substitute_macros(hit.entry.content, char=card.name, user=user_name),
-        )
-        while True:
-            lore_texts = [f.content for f in fired]
-            system = self._piece(
-                "system",
-                self._system_text(
-                    card, user_name=user_name, persona=persona, lore=lore_texts, options=options
-                ),
-            )
-            if not fired or len(system.ids) <= room:
-                break
-            last = fired.pop()
-            skipped.append(LoreHit(last.entry, last.book))
-        report.lorebook = [
-            *(_note(f.entry, f.book, "fired") for f in fired),
-            *(_note(h.entry, h.book, "skipped") for h in skipped),
-            *(_note(h.entry, h.book, "timed_out") for h in lore.timed_out),
-            *(_note(h.entry, h.book, "unscanned") for h in lore.unscanned),
-        ]
-        return system if fired else None
 
     def _lore_tokens(self, text: str) -> int:
         """What an entry costs against the lore budgets: its tokens and a newline."""
         return self.count_text(text) + 1
-
-    # -- the scene layout -------------------------------------------------------------------
-
-    def _scene(
-        self,
-        card: CharacterCard,
-        cast: Sequence[CharacterCard] | None,
-        players: Sequence[ScenePlayer],
-        user_name: str,
-        persona: str,
-        scene_user_name: str | None,
-        channel_lorebook: Lorebook | None,
-    ) -> _Scene | None:
-        """The scene to lay out stably, or None for the single-character prompt (one character
-        and no players named)."""
-        members = (card,) if cast is None else tuple(cast)
-        if not any(member is card or member == card for member in members):
-            raise ValueError("card (the character who answers) must be one of the cast")
-        if len(members) == 1 and not players:
-            return None
-        user = clean_name(user_name)
-        if not players and persona.strip():
-            players = (ScenePlayer(PERSONA_ONLY_AUTHOR, user_name, persona),)
-        books: dict[str, Lorebook] = {}
-        chars: dict[str, str] = {}
-        if channel_lorebook is not None and channel_lorebook.entries:
-            books["channel"] = channel_lorebook
-        for member in members:
-            book = self._card_lorebook(member) if member.character_book else None
-            if book is None or not book.entries:
-                continue
-            name = "card" if len(members) == 1 else f"card:{clean_name(member.name, '캐릭터')}"
-            if name in books:  # two characters of one name
-                name += f" #{len(books) + 1}"
-            books[name] = book
-            chars[name] = member.name
-        chars.setdefault("channel", _cast_label(members))
-        scene_user = clean_name(scene_user_name) if scene_user_name is not None else user
-        return _Scene(members, card, tuple(players), user, scene_user, books, chars)
-
-    def _scene_system(self, scene: _Scene, lore: Sequence[str], options: PromptOptions) -> _Piece:
-        if scene.group:
-            text = self._group_system_text(scene, lore=lore, options=options)
-        else:
-            text = self._system_text(
-                scene.cast[0], user_name=scene.scene_user, persona="", lore=lore, options=options
-            )
-        return self._piece("system", text)
 
     def _render_lore(self, scene: _Scene, hit: LoreHit) -> str:
         """An entry's text with `{{char}}` as its book's character and `{{user}}` as the
@@ -923,118 +482,17 @@ class PromptBuilder:
     def _lore_piece(self, entries: Sequence[FiredEntry]) -> _Piece:
         return self._piece("system", f"{LORE_HEADING}\n" + "\n".join(e.content for e in entries))
 
-    def _plan_scene(
-        self,
-        scene: _Scene,
-        history: Sequence[HistoryMessage],
-        options: PromptOptions,
-        open_message: HistoryMessage | None,
-        *,
-        trust_stored_counts: bool,
-    ) -> _ScenePlan:
-        """The fixed blocks, and the window that fits beside them before lore is placed."""
-        budget = options.budget
-        report = PromptReport(
-            budget=budget, context_size=options.context_size, max_new_tokens=options.max_new_tokens
-        )
-        report.lorebook_left_out = _left_out(scene.books)
-        new_counts: dict[int, int] = {}
+    def _personas(self, scene: _Scene) -> list[tuple[ScenePlayer, _Piece]]:
+        """Each player's persona message, `{{user}}` as that player."""
+        personas = []
+        for player in scene.players:
+            name = clean_name(player.name)
+            text = substitute_macros(player.persona, char=scene.cast_label, user=name).strip()
+            if text:
+                personas.append((player, self._piece("system", f"### {name}\n{text}")))
+        return personas
 
-        def count(message: HistoryMessage) -> int:
-            if trust_stored_counts and message.token_count is not None:
-                return message.token_count
-            tokens = self.count_message(message, group=scene.group)
-            if message.token_count is None and message.message_id is not None:
-                new_counts[message.message_id] = tokens
-            return tokens
-
-        tail, note = self._scene_tail(scene, options, open_message, new_counts)
-        fixed = sum(len(p.ids) for _, p in tail) + (1 if options.add_bos else 0)
-        fixed += len(note.ids) if note else 0
-        n = len(history)
-        newest = count(history[-1]) if history else 0
-        bare_system = self._scene_system(scene, (), options)
-        if fixed + len(bare_system.ids) + newest > budget:
-            _too_large(fixed + len(bare_system.ids) + newest, budget)
-
-        # Every player's persona is in the prompt, the later players' left out when they do
-        # not fit beside the sheet and the newest message (never a reason to refuse a turn).
-        personas = self._scene_personas(scene)
-        persona_tokens = sum(len(p.ids) for _, p in personas)
-        while personas and fixed + len(bare_system.ids) + persona_tokens + newest > budget:
-            player, piece = personas.pop()
-            persona_tokens -= len(piece.ids)
-            report.personas_left_out.insert(0, clean_name(player.name))
-        fixed += persona_tokens
-
-        # Constant lore is in the system block: it is the same on every turn.
-        limits = [options.lorebook_budget]
-        limits += [book.token_budget for book in scene.books.values() if book.token_budget]
-        cap = max(0, min(limits))
-        constant_hits = [
-            LoreHit(entry, name)
-            for name, book in scene.books.items()
-            for entry in book.entries
-            if entry.constant and entry.enabled and entry.content.strip()
-        ]
-        constants, constants_skipped = select_entries(
-            constant_hits,
-            token_budget=cap,
-            count_tokens=self._lore_tokens,
-            render=functools.partial(self._render_lore, scene),
-        )
-        while True:
-            system = self._scene_system(scene, [f.content for f in constants], options)
-            if not constants or fixed + len(system.ids) + newest <= budget:
-                break
-            last = constants.pop()
-            constants_skipped.append(LoreHit(last.entry, last.book))
-        room = budget - fixed - len(system.ids)
-
-        # Examples go all or none, with the oldest message: dropping them is a trim, so they
-        # never leave the prompt's start on a turn that keeps it. A lone message keeps them if
-        # they fit.
-        examples = self._scene_examples(scene)
-        example_tokens = sum(len(p.ids) for dialogue in examples for p in dialogue)
-        with_examples = bool(examples) and (n > 1 or newest + example_tokens <= room)
-
-        def cost(index: int) -> int:
-            tokens = newest if index == n - 1 else count(history[index])
-            return tokens + (example_tokens if index == 0 and with_examples else 0)
-
-        start, overflow, costs = _fit_history(history, cost, room, options.history_start_id)
-        positions: dict[int, list[_ScanJob]] = {}
-        if scene.books:
-            for position in [*(i for i in range(start, n) if history[i].role == "user"), n]:
-                end = min(position + 1, n)
-                positions[position] = [
-                    _ScanJob(name, book, _texts_before(history, end, book.scan_depth))
-                    for name, book in scene.books.items()
-                ]
-        return _ScenePlan(
-            scene=scene,
-            history=history,
-            options=options,
-            report=report,
-            new_counts=new_counts,
-            system=system,
-            constants=constants,
-            constants_skipped=constants_skipped,
-            personas=personas,
-            examples=examples,
-            examples_at_start=with_examples,
-            note=note,
-            tail=tail,
-            room=room,
-            lore_cap=cap,
-            costs=costs,
-            example_tokens=example_tokens if with_examples else 0,
-            start=start,
-            overflow=overflow,
-            positions=positions,
-        )
-
-    def _scene_tail(
+    def _tail(
         self,
         scene: _Scene,
         options: PromptOptions,
@@ -1067,31 +525,226 @@ class PromptBuilder:
         note = per_turn(options.author_note)
         return tail, self._piece("system", note) if note else None
 
-    def _scene_personas(self, scene: _Scene) -> list[tuple[ScenePlayer, _Piece]]:
-        """Each player's persona message, `{{user}}` as that player."""
-        personas = []
-        for player in scene.players:
-            name = clean_name(player.name)
-            text = substitute_macros(player.persona, char=scene.cast_label, user=name).strip()
-            if text:
-                personas.append((player, self._piece("system", f"### {name}\n{text}")))
-        return personas
+    # -- assembly -------------------------------------------------------------------------
 
-    def _scene_examples(self, scene: _Scene) -> list[list[_Piece]]:
-        """The example dialogues: the card's alone, or in a group every card's, named."""
-        if not scene.group:
-            card = scene.cast[0]
-            return self._example_dialogues(card, scene.scene_user) if card.example_messages else []
-        return [
-            dialogue
-            for card in scene.cast
-            if card.example_messages
-            for dialogue in self._example_dialogues(card, scene.scene_user, named=True)
+    def build(
+        self,
+        *,
+        card: CharacterCard,
+        history: Sequence[HistoryMessage],
+        user_name: str,
+        persona: str = "",
+        channel_lorebook: Lorebook | None = None,
+        options: PromptOptions,
+        continue_last: bool = False,
+        cast: Sequence[CharacterCard] | None = None,
+        players: Sequence[ScenePlayer] = (),
+        scene_user_name: str | None = None,
+    ) -> BuiltPrompt:
+        """Assemble the prompt for `card`'s next message after `history` (oldest first).
+
+        `card` answers now; `cast` is every character in the scene, in order (None: `[card]`).
+        `players` are the scene's players with their personas, `user_name` the one answered
+        now; without players, the scene's one player is `user_name` with `persona` (which is
+        not used otherwise).
+        `scene_user_name` is what `{{user}}` stands for in the system block (default
+        `user_name`; pass the scene's starter, or the block changes with who speaks). With
+        `continue_last` the newest message must be the assistant's: it is left open (no
+        <|im_end|>) at the very end, so the model continues its text.
+        """
+        open_message, history = _split_open(history, continue_last)
+        scene = self._scene(
+            card, cast, players, user_name, persona, scene_user_name, channel_lorebook
+        )
+        results: dict[_ScanKey, LoreScan] = {}
+        plan = self._plan(scene, history, options, open_message, trust_stored_counts=True)
+        left = self._scan_here(plan, results, SCAN_BUDGET_S)
+        built = self._assemble(plan, results)
+        if built.token_count > built.budget:
+            # A stored count was stale (e.g. another tokenizer): count everything afresh.
+            plan = self._plan(scene, history, options, open_message, trust_stored_counts=False)
+            self._scan_here(plan, results, left)
+            built = self._assemble(plan, results)
+        return built
+
+    async def build_async(
+        self,
+        *,
+        card: CharacterCard,
+        history: Sequence[HistoryMessage],
+        user_name: str,
+        persona: str = "",
+        channel_lorebook: Lorebook | None = None,
+        options: PromptOptions,
+        continue_last: bool = False,
+        cast: Sequence[CharacterCard] | None = None,
+        players: Sequence[ScenePlayer] = (),
+        scene_user_name: str | None = None,
+    ) -> BuiltPrompt:
+        """`build` for a caller on an event loop, which goes on serving during a slow scan."""
+        open_message, history = _split_open(history, continue_last)
+        scene = self._scene(
+            card, cast, players, user_name, persona, scene_user_name, channel_lorebook
+        )
+        results: dict[_ScanKey, LoreScan] = {}
+        plan = self._plan(scene, history, options, open_message, trust_stored_counts=True)
+        left = await self._scan_off_loop(plan, results, SCAN_BUDGET_S)
+        built = self._assemble(plan, results)
+        if built.token_count > built.budget:
+            plan = self._plan(scene, history, options, open_message, trust_stored_counts=False)
+            await self._scan_off_loop(plan, results, left)
+            built = self._assemble(plan, results)
+        return built
+
+    def _scene(
+        self,
+        card: CharacterCard,
+        cast: Sequence[CharacterCard] | None,
+        players: Sequence[ScenePlayer],
+        user_name: str,
+        persona: str,
+        scene_user_name: str | None,
+        channel_lorebook: Lorebook | None,
+    ) -> _Scene:
+        """Who is in the scene (without `players`, the one player is `user_name` with
+        `persona`), and the books in play by name, the moderators' first: the scans of a build
+        share one time budget, so a card's book that spends it cannot starve the channel's."""
+        members = (card,) if cast is None else tuple(cast)
+        if not any(member is card or member == card for member in members):
+            raise ValueError("card (the character who answers) must be one of the cast")
+        user = clean_name(user_name)
+        if not players and persona.strip():
+            players = (ScenePlayer(PERSONA_ONLY_AUTHOR, user_name, persona),)
+        books: dict[str, Lorebook] = {}
+        chars: dict[str, str] = {}
+        if channel_lorebook is not None and channel_lorebook.entries:
+            books["channel"] = channel_lorebook
+        for member in members:
+            book = self._card_lorebook(member) if member.character_book else None
+            if book is None or not book.entries:
+                continue
+            name = "card" if len(members) == 1 else f"card:{clean_name(member.name, '캐릭터')}"
+            if name in books:  # two characters of one name
+                name += f" #{len(books) + 1}"
+            books[name] = book
+            chars[name] = member.name
+        chars.setdefault("channel", _cast_label(members))
+        scene_user = clean_name(scene_user_name) if scene_user_name is not None else user
+        return _Scene(members, card, tuple(players), user, scene_user, books, chars)
+
+    def _plan(
+        self,
+        scene: _Scene,
+        history: Sequence[HistoryMessage],
+        options: PromptOptions,
+        open_message: HistoryMessage | None,
+        *,
+        trust_stored_counts: bool,
+    ) -> _Plan:
+        """The fixed blocks, and the window that fits beside them before lore is placed."""
+        budget = options.budget
+        report = PromptReport(
+            budget=budget, context_size=options.context_size, max_new_tokens=options.max_new_tokens
+        )
+        report.lorebook_left_out = _left_out(scene.books)
+        new_counts: dict[int, int] = {}
+
+        def count(message: HistoryMessage) -> int:
+            if trust_stored_counts and message.token_count is not None:
+                return message.token_count
+            tokens = self.count_message(message, group=scene.group)
+            if message.token_count is None and message.message_id is not None:
+                new_counts[message.message_id] = tokens
+            return tokens
+
+        tail, note = self._tail(scene, options, open_message, new_counts)
+        fixed = sum(len(p.ids) for _, p in tail) + (1 if options.add_bos else 0)
+        fixed += len(note.ids) if note else 0
+        n = len(history)
+        newest = count(history[-1]) if history else 0
+        bare_system = self._system(scene, (), options)
+        if fixed + len(bare_system.ids) + newest > budget:
+            _too_large(fixed + len(bare_system.ids) + newest, budget)
+
+        # Every player's persona is in the prompt, the later players' left out when they do
+        # not fit beside the sheet and the newest message (never a reason to refuse a turn).
+        personas = self._personas(scene)
+        persona_tokens = sum(len(p.ids) for _, p in personas)
+        while personas and fixed + len(bare_system.ids) + persona_tokens + newest > budget:
+            player, piece = personas.pop()
+            persona_tokens -= len(piece.ids)
+            report.personas_left_out.insert(0, clean_name(player.name))
+        fixed += persona_tokens
+
+        # Constant lore is in the system block: it is the same on every turn.
+        limits = [options.lorebook_budget]
+        limits += [book.token_budget for book in scene.books.values() if book.token_budget]
+        cap = max(0, min(limits))
+        constant_hits = [
+            LoreHit(entry, name)
+            for name, book in scene.books.items()
+            for entry in book.entries
+            if entry.constant and entry.enabled and entry.content.strip()
         ]
+        constants, constants_skipped = select_entries(
+            constant_hits,
+            token_budget=cap,
+            count_tokens=self._lore_tokens,
+            render=functools.partial(self._render_lore, scene),
+        )
+        while True:
+            system = self._system(scene, [f.content for f in constants], options)
+            if not constants or fixed + len(system.ids) + newest <= budget:
+                break
+            last = constants.pop()
+            constants_skipped.append(LoreHit(last.entry, last.book))
+        room = budget - fixed - len(system.ids)
+
+        # Examples go all or none, with the oldest message: dropping them is a trim, so they
+        # never leave the prompt's start on a turn that keeps it. A lone message keeps them if
+        # they fit.
+        examples = self._examples(scene)
+        example_tokens = sum(len(p.ids) for dialogue in examples for p in dialogue)
+        with_examples = bool(examples) and (n > 1 or newest + example_tokens <= room)
+
+        def cost(index: int) -> int:
+            tokens = newest if index == n - 1 else count(history[index])
+            return tokens + (example_tokens if index == 0 and with_examples else 0)
+
+        start, overflow, costs = _fit_history(history, cost, room, options.history_start_id)
+        positions: dict[int, list[_ScanJob]] = {}
+        if scene.books:
+            for position in [*(i for i in range(start, n) if history[i].role == "user"), n]:
+                end = min(position + 1, n)
+                positions[position] = [
+                    _ScanJob(name, book, _texts_before(history, end, book.scan_depth))
+                    for name, book in scene.books.items()
+                ]
+        return _Plan(
+            scene=scene,
+            history=history,
+            options=options,
+            report=report,
+            new_counts=new_counts,
+            system=system,
+            constants=constants,
+            constants_skipped=constants_skipped,
+            personas=personas,
+            examples=examples,
+            note=note,
+            tail=tail,
+            room=room,
+            lore_cap=cap,
+            costs=costs,
+            example_tokens=example_tokens if with_examples else 0,
+            start=start,
+            overflow=overflow,
+            positions=positions,
+        )
 
     # -- scanning the window's positions ----------------------------------------------------
 
-    def _missing_scans(self, plan: _ScenePlan, results: dict[_ScanKey, LoreScan]) -> list[_ScanJob]:
+    def _missing_scans(self, plan: _Plan, results: dict[_ScanKey, LoreScan]) -> list[_ScanJob]:
         """The scans the plan needs that neither this build nor the cache has (on the caller's
         thread: it reads the cache). Book by book, the moderators' first, so that a card's book
         that spends the time budget cannot starve the channel's; oldest position first."""
@@ -1120,9 +773,7 @@ class PromptBuilder:
             if not scan.unscanned:  # a scan cut short is tried again next turn
                 self._scans.put(job.key, (job.book, scan))
 
-    def _scan_here(
-        self, plan: _ScenePlan, results: dict[_ScanKey, LoreScan], budget_s: float
-    ) -> float:
+    def _scan_here(self, plan: _Plan, results: dict[_ScanKey, LoreScan], budget_s: float) -> float:
         """Run the plan's missing scans on this thread; the scan budget left."""
         jobs = self._missing_scans(plan, results)
         if not jobs:
@@ -1132,7 +783,7 @@ class PromptBuilder:
         return max(0.0, budget_s - spent)
 
     async def _scan_off_loop(
-        self, plan: _ScenePlan, results: dict[_ScanKey, LoreScan], budget_s: float
+        self, plan: _Plan, results: dict[_ScanKey, LoreScan], budget_s: float
     ) -> float:
         """`_scan_here`, in a worker thread when the scans could stall the event loop."""
         jobs = self._missing_scans(plan, results)
@@ -1148,7 +799,7 @@ class PromptBuilder:
 
     # -- placing lore and personas ----------------------------------------------------------
 
-    def _place(self, plan: _ScenePlan, start: int, scans: dict[int, list[LoreScan]]) -> _Layout:
+    def _place(self, plan: _Plan, start: int, scans: dict[int, list[LoreScan]]) -> _Layout:
         """Lore and personas for the window that starts at `start`.
 
         Each player message of the window in order, then the end of history, gets the entries
@@ -1195,7 +846,7 @@ class PromptBuilder:
     def _lore_cost(self, layout: _Layout) -> int:
         return sum(len(self._lore_piece(entries).ids) for entries in layout.lore.values())
 
-    def _assemble_scene(self, plan: _ScenePlan, results: dict[_ScanKey, LoreScan]) -> BuiltPrompt:
+    def _assemble(self, plan: _Plan, results: dict[_ScanKey, LoreScan]) -> BuiltPrompt:
         history, options, report = plan.history, plan.options, plan.report
         n = len(history)
         scans = {
@@ -1226,14 +877,14 @@ class PromptBuilder:
             if not layout.lore[position]:
                 del layout.lore[position]
 
-        with_examples = plan.examples_at_start and start == 0
+        with_examples = plan.example_tokens > 0 and start == 0
         kept = history[start:]
         report.kept_messages = len(kept)
         report.dropped_messages = start
         report.history_start_id = kept[0].message_id if kept else None
         report.kept_examples = len(plan.examples) if with_examples else 0
         report.dropped_examples = len(plan.examples) - report.kept_examples
-        report.lorebook = _scene_notes(plan, layout, scans, start)
+        report.lorebook = _notes(plan, layout, scans, start)
 
         ids: list[int] = [BOS_ID] if options.add_bos else []
         texts: list[str] = []
@@ -1284,21 +935,53 @@ class PromptBuilder:
         )
 
 
-def _card_sheet(card: CharacterCard, user: str) -> str:
-    """One character's part of a group's system block, `{{char}}` as that character."""
+def _card_sheet(card: CharacterCard, user: str, *, group: bool) -> str:
+    """One character's part of the system block, `{{char}}` as that character: alone, its
+    sections under the block's own headings; in a group, under the character's name."""
 
     def sub(text: str) -> str:
         return substitute_macros(text, char=card.name, user=user).strip()
 
-    heading = f"### {clean_name(card.name, '캐릭터')}"
-    sheet = [f"{heading}\n{sub(card.description)}" if card.description.strip() else heading]
+    heading = f"### {clean_name(card.name, '캐릭터') if group else card.name}"
+    level = "####" if group else "###"
+    sheet = [f"{heading}\n{sub(card.description)}"] if card.description.strip() else []
+    if group and not sheet:
+        sheet.append(heading)
     if card.personality.strip():
-        sheet.append(f"#### 성격\n{sub(card.personality)}")
+        sheet.append(f"{level} 성격\n{sub(card.personality)}")
     if card.scenario.strip():
-        sheet.append(f"#### 상황\n{sub(card.scenario)}")
+        sheet.append(f"{level} 상황\n{sub(card.scenario)}")
     if card.speech_level is not None:
         sheet.append(sub(SPEECH_LEVEL_INSTRUCTIONS[card.speech_level]))
     return "\n\n".join(sheet)
+
+
+def _example_turns(
+    card: CharacterCard, block: str, user: str, named: bool
+) -> list[tuple[str, str]]:
+    """One example dialogue of `card` as (role, message body) turns; with `named` the
+    character's lines carry its name."""
+    turns: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        speaker = _EXAMPLE_SPEAKER.match(line)
+        if speaker is not None:
+            role = "user" if "user" in speaker.group("who").lower() else "assistant"
+            turns.append((role, [speaker.group("text")]))
+        elif turns:
+            turns[-1][1].append(line)
+        elif line.strip():
+            turns.append(("assistant", [line]))
+    bodies = []
+    for role, lines in turns:
+        text = substitute_macros("\n".join(lines), char=card.name, user=user).strip()
+        if not text:
+            continue
+        if role == "user":
+            text = f"{clean_name(user)}: {text}"
+        elif named:
+            text = f"{clean_name(card.name, '캐릭터')}: {text}"
+        bodies.append((role, text))
+    return bodies
 
 
 def _run_scans(jobs: Sequence[_ScanJob], budget_s: float) -> tuple[list[LoreScan], float]:
@@ -1312,8 +995,8 @@ def _run_scans(jobs: Sequence[_ScanJob], budget_s: float) -> tuple[list[LoreScan
     return scans, time.monotonic() - began
 
 
-def _scene_notes(
-    plan: _ScenePlan, layout: _Layout, scans: dict[int, list[LoreScan]], start: int
+def _notes(
+    plan: _Plan, layout: _Layout, scans: dict[int, list[LoreScan]], start: int
 ) -> list[LoreNote]:
     """The report's lorebook lines: what fired (in prompt order), what did not fit, and what
     the window's scans timed out on or left unscanned."""
@@ -1422,12 +1105,6 @@ def _split_open(
     if not history or history[-1].role != "assistant":
         raise ValueError("continue_last needs the assistant's message as the newest")
     return history[-1], history[:-1]
-
-
-def _scanned_texts(history: Sequence[HistoryMessage], books: dict[str, Lorebook]) -> list[str]:
-    """The newest messages as deep as the deepest book scans."""
-    depth = max((book.scan_depth for book in books.values()), default=0)
-    return [m.content for m in history[-depth:]] if depth else []
 
 
 def _note(entry: LoreEntry, book: str, status: LoreStatus) -> LoreNote:

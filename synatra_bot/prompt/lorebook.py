@@ -5,7 +5,7 @@ Books come from card authors and moderators, so a scan is bounded: a book keeps 
 regex keys run on mrab-regex with a timeout (a key that runs out is disabled for the loaded book)
 and one scan stops trying keys after `SCAN_BUDGET_S` (the scans of one prompt build share that
 budget through `deadline`). Regex matching releases the GIL, so a scan in a worker thread leaves
-an event loop free (`scan_needs_worker` and `scans_need_worker` say when to use one).
+an event loop free (`scans_need_worker` says when to use one).
 """
 
 from __future__ import annotations
@@ -360,18 +360,10 @@ class _Scanner:
         return found is not None
 
 
-def scan_needs_worker(books: Iterable[Lorebook], recent_texts: Sequence[str]) -> bool:
-    """Whether scanning may hold a thread long enough to stall an event loop: any regex key, or
-    many plain keys over long text."""
-    books = list(books)
-    chars = sum(len(text) for text in recent_texts)
-    keys = sum(book.key_count for book in books)
-    return any(book.may_have_regex for book in books) or keys * chars > INLINE_SCAN_WORK
-
-
 def scans_need_worker(scans: Iterable[tuple[Lorebook, Sequence[str]]]) -> bool:
-    """`scan_needs_worker` for several scans run one after another (each a book and its texts):
-    their plain-key work adds up."""
+    """Whether scans run one after another (each a book and its texts) may hold a thread long
+    enough to stall an event loop: any regex key, or many plain keys over long text (their
+    work adds up)."""
     work = 0
     for book, texts in scans:
         if book.may_have_regex:

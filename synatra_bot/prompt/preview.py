@@ -1,4 +1,8 @@
-"""`synatra-bot prompt`: print the prompt a card and a history would give the model."""
+"""`synatra-bot prompt`: print the prompt a card and a history would give the model.
+
+It is the bot's prompt for a scene of this one character and one player (`--user-name`, with
+`--persona`): the builder has one layout, so what is shown is what the bot would send.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,7 @@ import sys
 from pathlib import Path
 
 from synatra_bot.errors import SynatraError
-from synatra_bot.prompt.builder import (
-    HistoryMessage,
-    PromptBuilder,
-    PromptOptions,
-)
+from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import MAX_JSON_BYTES, MAX_PNG_BYTES, parse_card
 from synatra_bot.settings import CONTEXT_SIZE_RANGE, MAX_NEW_TOKENS_RANGE, check_range
 
@@ -27,7 +27,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help='JSON lines: {"role": "user"|"assistant", "name": ..., "content": ...}',
     )
     parser.add_argument("--user-name", default="User", help="the player's name")
-    parser.add_argument("--persona", default="", help="the player's persona text")
+    parser.add_argument(
+        "--persona", default="", help="the player's persona (before their first message)"
+    )
     parser.add_argument("--context", type=int, default=None, help="context window in tokens")
     parser.add_argument(
         "--max-new-tokens", type=int, default=None, help="tokens kept for the reply"
