@@ -552,3 +552,38 @@ def _ids(text: str) -> list[int]:
     return [
         int(line.split("#")[1].split()[0]) for line in text.splitlines() if "imported: #" in line
     ]
+
+
+@pytest.mark.slow
+async def test_a_group_scene_with_the_tiny_real_model(tmp_path, tokenizer, tiny_model_dir) -> None:
+    from synatra_bot.engine.transformers_engine import TransformersEngine
+
+    settings = settings_from_env(
+        {
+            "DISCORD_TOKEN": "",
+            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tiny-group.db'}",
+            "CONTEXT_SIZE": "1024",
+            "MAX_NEW_TOKENS": "6",
+        },
+        require_token=False,
+    )
+    engine = TransformersEngine(str(tiny_model_dir), context_size=1024)
+    cards = [card_file(tmp_path), card_file(tmp_path, name="하늘", first_message="")]
+    lines = "하늘아, 안녕!\n@세라 너도 안녕?\n/next 하늘\n/quit\n"
+
+    code, text = await group_chat(settings, tokenizer, cards, lines, engine=engine)
+
+    assert code == 0 and "⚠" not in text
+    database = create_engine(settings.database_url)
+    try:
+        sessions = create_sessionmaker(database)
+        place = terminal_place(*_ids(text))
+        session = await repo.get_active_session(sessions, channel_id=place.channel_id)
+        history = await repo.recent_history(sessions, session_id=session.id, limit=20)
+    finally:
+        await database.dispose()
+    speakers = [m.display_name for m in history if m.role == "assistant"]
+    assert speakers == ["세라", "하늘", "세라", "하늘"]
+    for message in history[1:]:
+        if message.role == "assistant":
+            assert f"{message.display_name}: {message.content}\n" in text

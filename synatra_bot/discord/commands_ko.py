@@ -19,6 +19,7 @@ KOREAN: dict[str, str] = {
     "Who to talk to": "대화할 캐릭터",
     "Let one character of the scene speak now": "장면의 캐릭터 한 명이 지금 말하게 해요",
     "Who speaks": "말할 캐릭터",
+    "Whose next reply (default: the scene's first character)": "누구의 다음 답장인지 (기본: 장면의 첫 캐릭터)",
     "NSFW characters in your own DMs with the bot (adults only)": "봇과의 내 DM에서 성인 캐릭터 허용 (성인만)",
     "On: NSFW characters may play in your DMs with the bot": "켜면 봇과의 DM에서 성인 캐릭터와 롤플레이할 수 있어요",
     "Who is in this scene": "이 장면에 있는 캐릭터",

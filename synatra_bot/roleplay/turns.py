@@ -31,7 +31,7 @@ from synatra_bot.errors import (
 )
 from synatra_bot.roleplay.addressing import Addressable, addressed
 from synatra_bot.roleplay.characters import names_of
-from synatra_bot.roleplay.core import ActiveRoleplay, RoleplayCore
+from synatra_bot.roleplay.core import ActiveRoleplay, RoleplayCore, Started
 from synatra_bot.roleplay.rules import (
     require_may_stop,
     require_starter_or_moderator,
@@ -292,6 +292,66 @@ class Turns:
         self.core.check_may_generate(active, place, character)
         user_id = actor.user_id if actor else 0
         self.scheduler.charge(user_id, active.config.user_rate_limit)
+
+    # --- scenes --------------------------------------------------------------------------------
+
+    async def admit_start(self, actor: Actor, place: Place) -> None:
+        """Refuse a `start` before anything changes: a voice here, an enabled channel (a
+        moderator's first start enables it), nobody else's running scene, one turn of the
+        actor's rate limit (the greeting is a message as the character)."""
+        require_voice(actor)
+        config = await self.core.config_for(place, user_id=actor.user_id)
+        if not config.enabled:
+            if not actor.is_moderator:
+                raise UserFacingError("channel disabled", key="error.channel_disabled")
+            await self.core.update_channel_settings(place, enabled=True)
+        await self.core.ensure_can_start(actor, place)
+        self.scheduler.charge(actor.user_id, config.user_rate_limit)
+
+    async def start(
+        self, actor: Actor, place: Place, *, character_id: int, greeting_index: int = 0
+    ) -> Started:
+        """A new scene here (after `admit_start`): whatever streams here stops first."""
+        await self.scheduler.cancel_channel(place.channel_id, reason="a new roleplay started")
+        return await self.core.start(
+            actor, place, character_id=character_id, greeting_index=greeting_index
+        )
+
+    async def admit_reset(self, actor: Actor, place: Place) -> None:
+        """Refuse a `reset` before anything changes (the starter or a moderator; one turn)."""
+        active = await self.core.require_active(place)
+        require_starter_or_moderator(actor, active.session)
+        self.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+
+    async def reset(self, actor: Actor, place: Place) -> Started:
+        """Start over with the same lead character (after `admit_reset`)."""
+        await self.scheduler.cancel_channel(place.channel_id, reason="roleplay reset")
+        return await self.core.reset(actor, place)
+
+    async def end(self, place: Place, actor: Actor) -> ActiveRoleplay:
+        """End the scene here (the starter or a moderator); its history is kept."""
+        active = await self.core.require_active(place)
+        require_starter_or_moderator(actor, active.session)
+        await self.scheduler.cancel_channel(place.channel_id, reason="roleplay stopped")
+        await self.core.stop(place)
+        return active
+
+    async def join(self, actor: Actor, place: Place, character_id: int) -> Started:
+        """A character joins the scene (the starter or a moderator; its greeting is one turn
+        of the actor's rate limit)."""
+        active = await self.core.require_active(place)
+        require_starter_or_moderator(actor, active.session)
+        self.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+        return await self.core.add_to_cast(actor, place, character_id=character_id)
+
+    async def leave(self, actor: Actor, place: Place, character_id: int) -> CharacterRecord:
+        """A character leaves the scene (the starter or a moderator); a reply streaming here
+        stops first, it may be theirs."""
+        active = await self.core.require_active(place)
+        require_starter_or_moderator(actor, active.session)
+        if active.member(character_id) is not None and len(active.cast) > 1:
+            await self.scheduler.cancel_channel(place.channel_id, reason="cast changed")
+        return await self.core.remove_from_cast(actor, place, character_id=character_id)
 
     # --- a player's message -------------------------------------------------------------------
 

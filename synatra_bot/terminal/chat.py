@@ -294,14 +294,14 @@ class TerminalChat:
                 if character.id not in present:
                     await self._join(character)
             return
-        started = await self.core.start(self.actor, self.place, character_id=characters[0].id)
+        started = await self.turns.start(self.actor, self.place, character_id=characters[0].id)
         self._line(f"— 새 대화 · new chat with {characters[0].name} —")
         self._show_greeting(started)
         for character in characters[1:]:
             await self._join(character)
 
     async def _join(self, character: CharacterRecord) -> None:
-        joined = await self.core.add_to_cast(self.actor, self.place, character_id=character.id)
+        joined = await self.turns.join(self.actor, self.place, character.id)
         self._line(f"— {character.name} 등장 · joins the scene —")
         if joined.greeting is not None:
             self._show_greeting(joined)
@@ -381,7 +381,7 @@ class TerminalChat:
             else:
                 self._line(f"되돌렸어요 · undone: {len(removed)} message(s)")
         elif name == "/reset":
-            started = await self.core.reset(self.actor, self.place)
+            started = await self.turns.reset(self.actor, self.place)
             self._line(f"— 새 대화 · new chat with {started.character.name} —")
             self._show_greeting(started)
         elif name == "/context":

@@ -18,7 +18,6 @@ from synatra_bot.prompt.report import is_card_book
 from synatra_bot.roleplay.rules import (
     require_may_inspect,
     require_starter_or_moderator,
-    require_voice,
 )
 from synatra_bot.storage.records import MessageRecord
 
@@ -62,19 +61,10 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         greeting: app_commands.Range[int, 1, 50] = 1,
     ) -> None:
         channel, place, actor = self._where(interaction)
-        require_voice(actor)
-        core = self.bot.core
-        config = await core.config_for(place)
-        if not config.enabled:
-            if not actor.is_moderator:
-                raise UserFacingError("channel disabled", key="error.channel_disabled")
-            await core.update_channel_settings(place, enabled=True)
-        await core.ensure_can_start(actor, place)
-        # A greeting is a message as the character: it counts like any other.
-        self.bot.scheduler.charge(actor.user_id, config.user_rate_limit)
+        turns = self.bot.turns
+        await turns.admit_start(actor, place)
         await interaction.response.defer(thinking=True)
-        await self.bot.scheduler.cancel_channel(place.channel_id, reason="a new roleplay started")
-        started = await core.start(
+        started = await turns.start(
             actor, place, character_id=character, greeting_index=greeting - 1
         )
         await answer(
@@ -87,23 +77,17 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
     @app_commands.command(name="stop", description="End the roleplay here (history is kept)")
     async def stop(self, interaction: discord.Interaction[SynatraBot]) -> None:
         _, place, actor = self._where(interaction)
-        active = await self.bot.core.require_active(place)
-        require_starter_or_moderator(actor, active.session)
-        await self.bot.scheduler.cancel_channel(place.channel_id, reason="roleplay stopped")
-        await self.bot.core.stop(place)
-        await answer(interaction, tr(interaction, "rp.stopped", name=active.names), ephemeral=False)
+        ended = await self.bot.turns.end(place, actor)
+        await answer(interaction, tr(interaction, "rp.stopped", name=ended.names), ephemeral=False)
 
     @app_commands.command(
         name="reset", description="Start over with the same character (history archived)"
     )
     async def reset(self, interaction: discord.Interaction[SynatraBot]) -> None:
         channel, place, actor = self._where(interaction)
-        active = await self.bot.core.require_active(place)
-        require_starter_or_moderator(actor, active.session)
-        self.bot.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+        await self.bot.turns.admit_reset(actor, place)
         await interaction.response.defer(thinking=True)
-        await self.bot.scheduler.cancel_channel(place.channel_id, reason="roleplay reset")
-        started = await self.bot.core.reset(actor, place)
+        started = await self.bot.turns.reset(actor, place)
         await answer(
             interaction, tr(interaction, "rp.reset", name=started.character.name), ephemeral=False
         )
@@ -151,10 +135,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         character: app_commands.Transform[int, CharacterArg],
     ) -> None:
         channel, place, actor = self._where(interaction)
-        active = await self.bot.core.require_active(place)
-        # A greeting is a message as the character: it counts like any other.
-        self.bot.scheduler.charge(actor.user_id, active.config.user_rate_limit)
-        joined = await self.bot.core.add_to_cast(actor, place, character_id=character)
+        joined = await self.bot.turns.join(actor, place, character)
         await answer(
             interaction,
             tr(interaction, "rp.cast_added", name=joined.character.name),
@@ -170,8 +151,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         character: app_commands.Transform[int, CastArg],
     ) -> None:
         _, place, actor = self._where(interaction)
-        await self.bot.scheduler.cancel_channel(place.channel_id, reason="cast changed")
-        left = await self.bot.core.remove_from_cast(actor, place, character_id=character)
+        left = await self.bot.turns.leave(actor, place, character)
         await answer(
             interaction, tr(interaction, "rp.cast_removed", name=left.name), ephemeral=False
         )
@@ -216,11 +196,17 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         )
 
     @app_commands.command(name="context", description="Show what the model sees (inspector)")
-    async def context(self, interaction: discord.Interaction[SynatraBot]) -> None:
+    @app_commands.describe(character="Whose next reply (default: the scene's first character)")
+    async def context(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        character: app_commands.Transform[int, CastArg] | None = None,
+    ) -> None:
         _, place, actor = self._where(interaction)
         active = await self.bot.core.require_active(place)
         require_may_inspect(actor, active.session)
-        built = await self.bot.core.build_prompt(active, speaker=actor)
+        speaking = active.member(character) if character is not None else None
+        built = await self.bot.core.build_prompt(active, speaker=actor, character=speaking)
         # A private card is its owner's alone: others learn how many of its lorebook entries
         # fired, not which (their names give the story away).
         hide = any(c.visibility == "private" and actor.user_id != c.owner_id for c in active.cast)
