@@ -94,9 +94,11 @@ def build_core(
     user_turns: int | None = None,
 ) -> Turns:
     """The roleplay core and its scheduler over `storage` and `engine`, behind the turns
-    every front end (the bot, the terminal) plays."""
+    every front end (the bot, the terminal) plays; the scenes' automatic memory runs in the
+    scheduler's background lane (`turns.core.memory`)."""
     from synatra_bot.prompt.builder import PromptBuilder
     from synatra_bot.roleplay.config import Defaults
+    from synatra_bot.roleplay.memory import MemoryKeeper
 
     core = RoleplayCore(
         sessions=storage.sessions,
@@ -111,6 +113,7 @@ def build_core(
     )
     if user_turns is not None:
         scheduler.user_turns = user_turns
+    MemoryKeeper(core, scheduler)  # attaches itself to the core
     return Turns(core, scheduler)
 
 

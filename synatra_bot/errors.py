@@ -8,6 +8,7 @@ SynatraError                   base of everything raised on purpose
 │   ├── NotFound               a character, session or message does not exist
 │   │   └── NoSession          no roleplay is running in this channel
 │   ├── CardError              a character card file is malformed or too large
+│   ├── ChatFileError          a SillyTavern chat file is malformed or too large
 │   ├── ImageRejected          an avatar image is not one, is too large, or cannot be used
 │   ├── LimitReached           the member already has as many characters as the server allows
 │   ├── PromptTooLarge         the character sheet alone does not fit the context budget
@@ -72,6 +73,28 @@ class CardError(UserFacingError):
     """A character card is malformed, too large, or missing a required field."""
 
     key = "error.card"
+
+
+class ChatFileError(UserFacingError):
+    """A SillyTavern chat file (.jsonl) is malformed or too large.
+
+    `line` is the 1-based line at fault (0 when the file as a whole is too large);
+    `reason` says what is wrong.
+    """
+
+    key = "error.chat_file"
+
+    def __init__(self, line: int, reason: str, *, filename: str | None = None) -> None:
+        where = f" {filename}" if filename else ""
+        at = f", line {line}" if line else ""
+        super().__init__(
+            f"invalid chat file{where}{at}: {reason}",
+            line=line,
+            reason=reason,
+            filename=filename or "",
+        )
+        self.line = line
+        self.reason = reason
 
 
 class ImageRejected(UserFacingError):

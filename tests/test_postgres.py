@@ -20,6 +20,7 @@ from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import alembic_config, head_revision, upgrade_database
 from tests.db_helpers import assert_old_scene_kept, fill_at_0001, schema_diff
+from tests.test_scene_storage import check_scene_memory
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -197,3 +198,16 @@ async def test_upgrade_from_0001_keeps_scenes_and_gives_them_their_cast(postgres
     finally:
         await engine.dispose()
     assert (kept, tables) == (6, 0)
+
+
+async def test_scene_memory_round_trips_with_discord_snowflakes(postgres_url):
+    await upgrade_database(postgres_url)
+    engine = create_engine(postgres_url)
+    try:
+        await check_scene_memory(
+            create_sessionmaker(engine),
+            guild_id=1575980247692607488,
+            channel_id=1575980247692607777,
+        )
+    finally:
+        await engine.dispose()

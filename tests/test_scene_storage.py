@@ -371,3 +371,159 @@ def test_turns_that_differ_only_in_speaker_are_matched_back_to_their_rows():
     reordered = [records[1], records[2], records[0]]
     matched = repo._in_turn_order(reordered, turns)
     assert [(r.id, r.character_id) for r in matched] == [(100, 5), (101, 6), (102, 5)]
+
+
+# --- scene memory ---------------------------------------------------------------------------
+
+
+async def check_scene_memory(sessions, *, guild_id: int, channel_id: int) -> None:
+    """The memory's bookkeeping round trips through the repository (SQLite and PostgreSQL):
+    a summary is stored only over the one it was folded from, a change inside its range makes
+    it stale, a summary by hand stays, automatic memory can be turned off; and the settings."""
+    character = await repo.create_character(
+        sessions, owner_id=PLAYER, guild_id=guild_id, name="하늘"
+    )
+    scene = await repo.start_session(
+        sessions,
+        guild_id=guild_id,
+        channel_id=channel_id,
+        parent_channel_id=None,
+        character_id=character.id,
+        started_by=PLAYER,
+    )
+    assert (scene.summary, scene.summary_until_id, scene.summary_auto, scene.summary_stale) == (
+        "",
+        None,
+        True,
+        False,
+    )
+    turns = [
+        await repo.add_message(sessions, session_id=scene.id, role="user", content=f"{n}번째 말")
+        for n in range(6)
+    ]
+    await repo.delete_messages(sessions, message_ids=[turns[1].id])
+    between = await repo.history_between(
+        sessions, session_id=scene.id, after_id=turns[0].id, before_id=turns[5].id, limit=3
+    )
+    assert [m.content for m in between] == ["2번째 말", "3번째 말", "4번째 말"]
+    everything = await repo.history_between(
+        sessions, session_id=scene.id, after_id=None, before_id=turns[5].id, limit=99
+    )
+    assert [m.id for m in everything] == [turns[0].id, *(t.id for t in turns[2:5])]
+
+    async def store(summary: str, until: int | None, expect: tuple) -> bool:
+        return await repo.store_summary(
+            sessions,
+            session_id=scene.id,
+            summary=summary,
+            until_id=until,
+            expect_summary=expect[0],
+            expect_until_id=expect[1],
+            expect_stale=expect[2],
+        )
+
+    assert await store("숲에서 만났다.", turns[2].id, ("", None, False))
+    assert not await store("덮어쓰기", turns[3].id, ("", None, False))  # folded from an old one
+    stored = await repo.get_session(sessions, session_id=scene.id)
+    assert stored is not None
+    assert (stored.summary, stored.summary_until_id, stored.summary_stale) == (
+        "숲에서 만났다.",
+        turns[2].id,
+        False,
+    )
+    assert not await repo.mark_summary_stale(sessions, session_id=scene.id, changed_id=turns[3].id)
+    assert await repo.mark_summary_stale(sessions, session_id=scene.id, changed_id=turns[2].id)
+    assert not await repo.mark_summary_stale(sessions, session_id=scene.id, changed_id=turns[0].id)
+    assert await store("다시 썼다.", turns[4].id, ("숲에서 만났다.", turns[2].id, True))
+    rewritten = await repo.get_session(sessions, session_id=scene.id)
+    assert rewritten is not None and not rewritten.summary_stale
+    assert await repo.mark_summary_stale(sessions, session_id=scene.id, changed_id=turns[4].id)
+    await repo.set_summary(sessions, session_id=scene.id, summary="손으로 쓴 기억")
+    by_hand = await repo.get_session(sessions, session_id=scene.id)
+    assert by_hand is not None
+    assert (by_hand.summary, by_hand.summary_until_id, by_hand.summary_stale) == (
+        "손으로 쓴 기억",
+        turns[4].id,
+        False,
+    )
+    assert await repo.set_summary_auto(sessions, session_id=scene.id, enabled=False)
+    assert not await store("자동", turns[5].id, ("손으로 쓴 기억", turns[4].id, False))
+    off = await repo.get_session(sessions, session_id=scene.id)
+    assert off is not None and not off.summary_auto and off.summary == "손으로 쓴 기억"
+    assert not await repo.set_summary_auto(sessions, session_id=scene.id + 999, enabled=True)
+
+    guild = await repo.get_guild_settings(sessions, guild_id=guild_id)
+    assert (guild.summary_tokens, guild.archive_keep_days) == (None, None)
+    await repo.update_guild_settings(
+        sessions, guild_id=guild_id, summary_tokens=256, archive_keep_days=30
+    )
+    guild = await repo.get_guild_settings(sessions, guild_id=guild_id)
+    assert (guild.summary_tokens, guild.archive_keep_days) == (256, 30)
+
+
+async def test_scene_memory_round_trips(sessions):
+    await check_scene_memory(sessions, guild_id=GUILD, channel_id=CHANNEL)
+
+
+async def test_upgrade_to_0004_keeps_summaries_with_automatic_memory_on(tmp_path):
+    url, old = await _database_at_0001(tmp_path)
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0003")
+    await upgrade_database(url)
+    assert await schema_diff(url) == []
+    engine = create_engine(url)
+    sessions = create_sessionmaker(engine)
+    try:
+        await assert_old_scene_kept(sessions, old)
+        for session_id in (old.session_id, old.orphan_session_id):
+            scene = await repo.get_session(sessions, session_id=session_id)
+            assert scene is not None
+            assert (scene.summary_until_id, scene.summary_auto, scene.summary_stale) == (
+                None,
+                True,
+                False,
+            )
+        guild = await repo.get_guild_settings(sessions, guild_id=old.guild_id)
+        assert (guild.summary_tokens, guild.archive_keep_days) == (None, None)
+        assert guild.approval_required and guild.nsfw_policy == "allowed"
+    finally:
+        await engine.dispose()
+
+
+async def test_downgrade_to_0003_keeps_summaries_and_settings(tmp_path):
+    url, old = await _database_at_0001(tmp_path)
+    await upgrade_database(url)
+    engine = create_engine(url)
+    sessions = create_sessionmaker(engine)
+    try:
+        assert await repo.store_summary(
+            sessions,
+            session_id=old.session_id,
+            summary="첫 만남 뒤, 둘은 화해했다.",
+            until_id=old.player_turn_id,
+            expect_summary="첫 만남",
+            expect_until_id=None,
+            expect_stale=False,
+        )
+        await repo.update_guild_settings(sessions, guild_id=old.guild_id, summary_tokens=200)
+    finally:
+        await engine.dispose()
+    path = tmp_path / "old.db"
+    query = "SELECT id, session_id, role, content, swipe_group, chosen FROM messages ORDER BY id"
+    with sqlite3.connect(path) as conn:
+        messages = conn.execute(query).fetchall()
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "0003")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute(query).fetchall() == messages
+        summaries = conn.execute("SELECT id, summary FROM roleplay_sessions ORDER BY id").fetchall()
+        session_columns = {c[1] for c in conn.execute("PRAGMA table_info(roleplay_sessions)")}
+        guild_columns = {c[1] for c in conn.execute("PRAGMA table_info(guild_settings)")}
+        guilds = conn.execute("SELECT guild_id, approval_required FROM guild_settings").fetchall()
+    assert summaries == [
+        (old.session_id, "첫 만남 뒤, 둘은 화해했다."),
+        (old.orphan_session_id, ""),
+    ]
+    assert not session_columns & {"summary_until_id", "summary_auto", "summary_stale"}
+    assert not guild_columns & {"summary_tokens", "archive_keep_days"}
+    assert "cast_limit" in guild_columns and guilds == [(old.guild_id, 1)]
+    await upgrade_database(url)  # and up again: every scene's memory starts afresh
+    assert await schema_diff(url) == []

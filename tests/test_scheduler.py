@@ -10,6 +10,7 @@ from synatra_bot.engine.base import SamplingParams
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.errors import EngineUnavailable, GenerationInterrupted, RateLimited, TurnCancelled
 from synatra_bot.roleplay.scheduler import (
+    PREEMPTED,
     QueueTicket,
     Scheduler,
     TurnOutcome,
@@ -296,3 +297,92 @@ async def test_users_who_went_quiet_are_forgotten_so_memory_stays_bounded() -> N
     clock.now += 61
     await run_turn(scheduler, "채널2", user="새 손님")
     assert list(scheduler._user_history) == ["새 손님"]  # the quiet ones are gone
+
+
+# --- the background lane --------------------------------------------------------------------
+
+
+async def background_work(scheduler: Scheduler, key: str, slots: list[TurnSlot]) -> None:
+    """Generate once in the background lane, keeping the slot to look at afterwards."""
+    async with scheduler.background(key) as slot:
+        slots.append(slot)
+        async for _ in slot.stream(f"{key} 요약 프롬프트", PARAMS):
+            pass
+
+
+async def test_a_players_turn_takes_the_slot_of_background_work_at_once() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.05))
+    scheduler = Scheduler(engine, max_concurrent=1, turn_timeout_s=60)
+    slots: list[TurnSlot] = []
+    assert scheduler.spawn("요약", lambda: background_work(scheduler, "요약", slots))
+    await wait_until(lambda: "background-1-0" in engine.running)
+    assert scheduler.running == 0 and scheduler.background_running == 1
+
+    slot, tickets = await run_turn(scheduler, "채널")
+    assert tickets == []  # admitted at once: never queued behind background work
+    assert slot.outcome is TurnOutcome.FINISHED and slot.text == REPLY
+    await scheduler.background_idle()
+    assert slots[0].outcome is TurnOutcome.CANCELLED and slots[0].cancel_reason == PREEMPTED
+    assert engine.cancelled == ["background-1-0"]
+    assert scheduler.background_running == scheduler.background_jobs == 0
+
+
+async def test_background_work_waits_while_turns_wait_or_no_slot_is_free() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.01))
+    scheduler = Scheduler(engine, max_concurrent=1, turn_timeout_s=60)
+    first = asyncio.create_task(run_turn(scheduler, "채널1"))
+    await wait_until(lambda: scheduler.running == 1)
+    waiting = asyncio.create_task(run_turn(scheduler, "채널2"))
+    await wait_until(lambda: scheduler.waiting == 1)
+    slots: list[TurnSlot] = []
+    scheduler.spawn("요약", lambda: background_work(scheduler, "요약", slots))
+    await wait_until(lambda: scheduler.background_waiting == 1)
+    await first
+    # The waiting turn goes first; the background work only once nothing waits.
+    await wait_until(lambda: scheduler.running == 1 and scheduler.waiting == 0)
+    assert scheduler.background_running == 0 and slots == []
+    await waiting
+    await scheduler.background_idle()
+    assert slots[0].outcome is TurnOutcome.FINISHED and slots[0].text == REPLY
+    assert engine.finished == ["turn-1-0", "turn-2-0", "background-1-0"]
+
+
+async def test_one_background_job_per_key_and_none_is_charged_to_anyone() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.01))
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60, user_turns=1)
+    slots: list[TurnSlot] = []
+    assert scheduler.spawn("장면1", lambda: background_work(scheduler, "장면1", slots))
+    assert not scheduler.spawn("장면1", lambda: background_work(scheduler, "장면1", slots))
+    assert scheduler.spawn("장면2", lambda: background_work(scheduler, "장면2", slots))
+    assert scheduler.background_jobs == 2 and scheduler.has_job("장면1")
+    await scheduler.background_idle()
+    assert [slot.outcome for slot in slots] == [TurnOutcome.FINISHED] * 2
+    assert not scheduler.has_job("장면1")
+    assert scheduler.spawn("장면1", lambda: background_work(scheduler, "장면1", slots))
+    await scheduler.background_idle()
+    slot, _ = await run_turn(scheduler, "채널")  # the one turn a minute is still there
+    assert slot.outcome is TurnOutcome.FINISHED
+
+
+async def test_shutdown_cancels_background_work_and_waits_for_it() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.05))
+    scheduler = Scheduler(engine, max_concurrent=1, turn_timeout_s=60)
+    running = asyncio.create_task(run_turn(scheduler, "채널"))
+    await wait_until(lambda: scheduler.running == 1)
+    slots: list[TurnSlot] = []
+    ended: list[str] = []
+
+    async def waits_for_a_slot() -> None:
+        try:
+            await background_work(scheduler, "대기", slots)
+        except TurnCancelled:
+            ended.append("dropped")
+
+    scheduler.spawn("대기", waits_for_a_slot)
+    await wait_until(lambda: scheduler.background_waiting == 1)
+    await scheduler.shutdown(finish=True)
+    assert ended == ["dropped"] and scheduler.background_jobs == 0
+    assert (await running)[0].outcome is TurnOutcome.FINISHED
+    assert not scheduler.spawn("늦게", waits_for_a_slot)
+    with pytest.raises(EngineUnavailable):
+        await background_work(scheduler, "늦게", slots)

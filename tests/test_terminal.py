@@ -587,3 +587,62 @@ async def test_a_group_scene_with_the_tiny_real_model(tmp_path, tokenizer, tiny_
     for message in history[1:]:
         if message.role == "assistant":
             assert f"{message.display_name}: {message.content}\n" in text
+
+
+async def test_export_then_import_chat_round_trips_in_the_terminal(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    card = card_file(tmp_path)
+    exported = tmp_path / "세라와의 대화.jsonl"
+    engine = ScriptedEngine(replies("첫 대답이야.", "두 번째 대답이야."), tokenizer=tokenizer)
+    code, text = await chat(
+        settings, tokenizer, card, f"안녕!\n/regen\n/export {exported}\n/quit\n", engine=engine
+    )
+    assert code == 0 and "저장했어요" in text and exported.is_file()
+    _, before = await terminal_history(sessions)
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(
+        ["--character", str(card), "--user-name", "민수", "--import-chat", str(exported)]
+    )
+    out = RecordingOutput()
+    code = await run_chat(
+        args,
+        settings=settings,
+        engine=ScriptedEngine("이어서.", tokenizer=tokenizer),
+        tokenizer=tokenizer,
+        stdin=io.StringIO("또 왔어.\n/quit\n"),
+        stdout=out,
+    )
+    assert code == 0 and "imported 3 message(s)" in out.getvalue()
+    _, after = await terminal_history(sessions)
+    assert [(m.role, m.content) for m in after[:3]] == [(m.role, m.content) for m in before]
+    options = await repo.alternatives(sessions, message_id=after[2].id)
+    assert [m.content for m in options] == ["첫 대답이야.", "두 번째 대답이야."]
+    assert [m.content for m in after[3:]] == ["또 왔어.", "이어서."]
+
+
+async def test_a_broken_chat_file_is_refused_and_nothing_is_stored(
+    settings, sessions, tokenizer, tmp_path, capsys
+) -> None:
+    card = card_file(tmp_path)
+    await chat(settings, tokenizer, card, "안녕!\n/quit\n")
+    _, before = await terminal_history(sessions)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"user_name": "민수"}\n{"name": "세라", "mes": 1}\n', encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(["--character", str(card), "--import-chat", str(broken)])
+    code = await run_chat(
+        args,
+        settings=settings,
+        engine=ScriptedEngine(tokenizer=tokenizer),
+        tokenizer=tokenizer,
+        stdin=io.StringIO("/quit\n"),
+        stdout=io.StringIO(),
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "line 2" in err
+    _, after = await terminal_history(sessions)
+    assert [m.id for m in after] == [m.id for m in before]

@@ -19,6 +19,7 @@ from synatra_bot.discord.replies import ReplyController
 from synatra_bot.discord.webhooks import WebhookPool
 from synatra_bot.engine.base import Engine
 from synatra_bot.errors import EngineError, UserFacingError
+from synatra_bot.roleplay.archive import Archive
 from synatra_bot.roleplay.turns import Turns
 from synatra_bot.settings import Settings
 
@@ -112,6 +113,7 @@ class SynatraBot(commands.AutoShardedBot):
         self.turns = deps.turns
         self.core = deps.turns.core
         self.scheduler = deps.turns.scheduler
+        self.archive = Archive(self.core, self.scheduler)
         self.engine = deps.engine
         self.webhooks = WebhookPool()
         #: The language each DM user's Discord showed in their last command there.

@@ -141,6 +141,22 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "{name|은} 이제 여기서 쓸 수 없어요 (비공개로 바뀌었거나, 삭제됐거나, 승인 대기 중이에요). "
         "시작한 사람이나 관리자가 /rp start로 다른 캐릭터를 시작할 수 있어요.",
     ),
+    "error.no_scene": (
+        "No such scene in this channel (/rp sessions lists them).",
+        "이 채널에 그런 장면이 없어요 (/rp sessions 로 볼 수 있어요).",
+    ),
+    "error.nothing_to_branch": (
+        "There is nothing to branch from yet.",
+        "아직 갈래를 만들 대화가 없어요.",
+    ),
+    "error.chat_file": (
+        "That chat file can't be read (line {line}): {reason}",
+        "채팅 파일을 읽을 수 없어요 ({line}번째 줄): {reason}",
+    ),
+    "error.chat_file_type": (
+        "Attach a SillyTavern chat file (.jsonl).",
+        "SillyTavern 채팅 파일(.jsonl)을 첨부해 주세요.",
+    ),
     "error.already_in_cast": (
         "**{name}** is already in this scene.",
         "{name|는} 이미 이 장면에 있어요.",
@@ -239,6 +255,38 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "NSFW characters no longer play in your DMs with the bot.",
         "이제 봇과의 DM에서 성인 캐릭터는 나오지 않아요.",
     ),
+    "rp.no_scenes": ("No scenes here yet.", "아직 이 채널에는 장면이 없어요."),
+    "rp.scenes": ("Scenes here (newest first):", "이 채널의 장면 (최근 것부터):"),
+    "rp.scene_running": (
+        "**#{id}** {names} · {day} · {turns} turns · running",
+        "**#{id}** {names} · {day} · {turns}턴 · 진행 중",
+    ),
+    "rp.scene_archived": (
+        "#{id} {names} · {day} · {turns} turns",
+        "#{id} {names} · {day} · {turns}턴",
+    ),
+    "rp.resumed": (
+        "Scene #{id} with **{name}** goes on from where it stopped.",
+        "장면 #{id} ({name}) 을 멈춘 곳부터 이어가요.",
+    ),
+    "rp.branched": (
+        "A new branch, scene #{id} with **{name}**: the story goes on from here. The scene it "
+        "came from is kept (/rp sessions).",
+        "새 갈래, 장면 #{id} ({name}): 이야기가 여기서부터 이어져요. 원래 장면은 보관돼요 "
+        "(/rp sessions).",
+    ),
+    "rp.exported": (
+        "This scene as a SillyTavern chat file (open it in SillyTavern, or /rp import it).",
+        "이 장면을 SillyTavern 채팅 파일로 만들었어요 "
+        "(SillyTavern에서 열거나 /rp import 로 가져올 수 있어요).",
+    ),
+    "rp.imported": (
+        "Imported {count} messages: **{name}** goes on from the chat's last line.",
+        "메시지 {count}개를 가져왔어요. {name|가} 채팅의 마지막 줄부터 이어가요.",
+    ),
+    "rp.suggest_sent": ("Sent.", "보냈어요."),
+    "rp.suggest_empty": ("There is nothing to send.", "보낼 내용이 없어요."),
+    "rp.suggest_edit_title": ("Edit your line", "내 대사 고치기"),
     "rp.next": ("**{name}** speaks next…", "{name|가} 말할 차례예요…"),
     "rp.cast_added": (
         "**{name}** joins the scene. Call a character by name to talk to them.",

@@ -14,11 +14,13 @@ from discord import app_commands
 from synatra_bot.discord.i18n import t
 from synatra_bot.discord.interactions import ComponentError, actor_of, place_of
 from synatra_bot.discord.streaming import ChannelPoster, ReplyMessages, WebhookPoster, dm_heading
+from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.discord.webhooks import WebhookPool
 from synatra_bot.errors import EngineError, UserFacingError
 from synatra_bot.roleplay.core import ActiveRoleplay, Started
 from synatra_bot.roleplay.scheduler import QueueTicket
 from synatra_bot.roleplay.turns import Ending, Reply, ReplyOutcome, Shown, Turns
+from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import CharacterRecord, MessageRecord
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ def reply_view(
     if not greeting:
         view.add_item(ReplyButton("regen", message_id))
         view.add_item(ReplyButton("cont", message_id))
+    view.add_item(SuggestionButton("new"))
     return view
 
 
@@ -203,6 +206,38 @@ class ReplyController:
         ids = await writer.finish(greeting.content, view=view)
         for alternative in await self.host.turns.core.alternatives(greeting.id):
             await self.host.turns.core.attach_discord_ids(alternative.id, ids)
+
+    async def show(self, channel: Any, character: CharacterRecord, shown: Shown) -> None:
+        """Post a stored reply afresh with its buttons (a scene reopened or branched shows
+        where it stands); the turn then lives in that message."""
+        writer = await self.writer_for(channel, character)
+        ids = await writer.finish(shown.message.content, view=self._view(shown))
+        for alternative in await self.host.turns.core.alternatives(shown.message.id):
+            await self.host.turns.core.attach_discord_ids(alternative.id, ids)
+
+    async def post_as_player(
+        self, channel: Any, place: Place, user: discord.abc.User, text: str
+    ) -> int:
+        """Post a player's line for them (a suggestion they sent), labelled as theirs: in a
+        server through the scene's webhook under their name and avatar, in a DM by the bot
+        under their name. Returns the first message's id."""
+        core = self.host.turns.core
+        actor = Actor(user.id, user.display_name, guild_id=None if place.dm else place.guild_id)
+        name = await core.user_name(actor, place_guild=actor.guild_id)
+        if isinstance(channel, discord.DMChannel):
+            writer = ReplyMessages(ChannelPoster(channel), heading=dm_heading(name))
+        else:
+            active = await core.require_active(place)
+            parent = channel.parent if isinstance(channel, discord.Thread) else channel
+            if not isinstance(parent, discord.TextChannel | discord.ForumChannel):
+                raise UserFacingError("this channel cannot have webhooks", key="error.channel_type")
+            webhook = await self.host.webhooks.get(parent, active.lead)
+            thread = channel if isinstance(channel, discord.Thread) else None
+            avatar = str(user.display_avatar.url)
+            poster = WebhookPoster(webhook, username=name, avatar_url=avatar, thread=thread)
+            writer = ReplyMessages(poster)
+        ids = await writer.finish(text, view=None)
+        return ids[0]
 
     async def take_back(
         self, channel: Any, active: ActiveRoleplay, removed: Sequence[MessageRecord]
@@ -334,7 +369,7 @@ class ReplyController:
             if reply.replacing:
                 await self._restore(writer, reply)
             return
-        note = self._failure_note(locale, outcome.error)
+        note = self.failure_note(locale, outcome.error)
         if reply.replacing:
             if opened:
                 await self._restore(writer, reply)
@@ -342,7 +377,8 @@ class ReplyController:
             return
         await writer.finish(outcome.text, view=None, note=note)
 
-    def _failure_note(self, locale: str, error: Exception | None) -> str:
+    def failure_note(self, locale: str, error: Exception | None) -> str:
+        """What players read about a reply that failed (`error` None: unexpected)."""
         if isinstance(error, UserFacingError):
             return self.text(locale, error)
         if isinstance(error, EngineError):

@@ -59,6 +59,15 @@ class PromptReport:
     lorebook_left_out: list[LoreLeftOut] = field(default_factory=list)
     #: Players whose persona did not fit beside the character sheet and the newest message.
     personas_left_out: list[str] = field(default_factory=list)
+    #: The summary's own tokens in the system block ("### 지난 이야기"; 0: no summary).
+    summary_tokens: int = 0
+    #: The newest message the summary covers (it covers the scene from its start up to it;
+    #: None: none yet, or a summary written by hand over nothing dropped).
+    summary_until_id: int | None = None
+    #: Dropped history is folded into the summary automatically.
+    summary_auto: bool = True
+    #: A message the summary covers changed since it was written (it is being rewritten).
+    summary_stale: bool = False
 
     def _labels(self, status: LoreStatus) -> list[str]:
         return [note.label for note in self.lorebook if note.status == status]
@@ -106,6 +115,8 @@ class PromptReport:
             if hidden:
                 count = f"{len(hidden)} {'entry' if len(hidden) == 1 else 'entries'}"
                 lines.append(f"card lorebook: {count} {words} (order {_orders(hidden)})")
+        if self.summary_tokens or self.summary_until_id is not None:
+            lines.append(_memory_line(self))
         if self.personas_left_out:
             lines.append(f"personas left out: {_short(', '.join(self.personas_left_out), 200)}")
         for left in self.lorebook_left_out:
@@ -114,6 +125,19 @@ class PromptReport:
                 f"{left.keys} keys left out"
             )
         return "\n".join(lines)
+
+
+def _memory_line(report: PromptReport) -> str:
+    """What the summary takes and covers: "memory: 120 tokens, up to message #345"."""
+    line = f"memory: {report.summary_tokens} tokens"
+    if report.summary_until_id is not None:
+        line += f", up to message #{report.summary_until_id}"
+    notes = []
+    if report.summary_stale:
+        notes.append("stale")
+    if not report.summary_auto:
+        notes.append("automatic memory off")
+    return line + (f" ({', '.join(notes)})" if notes else "")
 
 
 def is_card_book(book: str) -> bool:

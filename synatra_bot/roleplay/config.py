@@ -18,6 +18,13 @@ EDIT_POLICIES = ("offer", "regenerate")
 DEFAULT_CHARACTER_LIMIT = 50
 #: Characters in one scene until a server's moderators choose another number.
 DEFAULT_CAST_LIMIT = 4
+#: Tokens a scene's automatic memory may take until a server's moderators choose another size.
+DEFAULT_SUMMARY_TOKENS = 384
+#: The memory sits in every prompt's system block: it takes at most this share of the context,
+#: so the character sheet and the newest turns still fit beside it.
+SUMMARY_CONTEXT_SHARE = 4
+#: The least memory a scene may have (a smaller one says nothing useful).
+MIN_SUMMARY_TOKENS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,8 @@ class ChannelConfig:
     #: (otherwise the first one named does).
     answer_every_addressed: bool = False
     cast_limit: int = DEFAULT_CAST_LIMIT
+    #: Tokens the scene's automatic memory may take (its summary job's max_new_tokens).
+    summary_tokens: int = DEFAULT_SUMMARY_TOKENS
 
     def as_rows(self) -> list[tuple[str, str]]:
         """(name, value) pairs for `/config show`."""
@@ -79,6 +88,7 @@ class ChannelConfig:
             ("approval_required", str(self.approval_required)),
             ("character_limit", f"{self.character_limit}/member"),
             ("cast_limit", f"{self.cast_limit}/scene"),
+            ("summary_tokens", str(self.summary_tokens)),
             ("answer_every_addressed", str(self.answer_every_addressed)),
             ("user_rate_limit", f"{self.user_rate_limit}/min"),
             ("context_size", str(self.context_size)),
@@ -119,6 +129,7 @@ def effective_config(
         repetition_penalty=_pick("repetition_penalty", *order),
         max_new_tokens=min(_pick("max_new_tokens", *order), defaults.max_context_size // 2),
     )
+    context_size = min(_pick("context_size", *order), defaults.max_context_size)
     return ChannelConfig(
         enabled=channel.enabled if channel else False,
         reply_mode=channel.reply_mode if channel else "all",
@@ -126,7 +137,7 @@ def effective_config(
         busy_policy=_pick("busy_policy", *order),
         nsfw_policy=_pick("nsfw_policy", *order),
         user_rate_limit=_pick("user_rate_limit", *order),
-        context_size=min(_pick("context_size", *order), defaults.max_context_size),
+        context_size=context_size,
         sampling=sampling,
         author_note=channel.author_note if channel else "",
         author_note_depth=channel.author_note_depth if channel else 4,
@@ -135,4 +146,12 @@ def effective_config(
         character_limit=character_limit(guild),
         answer_every_addressed=channel.answer_every_addressed if channel else False,
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
+        summary_tokens=summary_tokens(guild, context_size),
     )
+
+
+def summary_tokens(guild: GuildSettingsRecord, context_size: int) -> int:
+    """The tokens a scene's memory may take: the server's choice (else the default), within
+    `MIN_SUMMARY_TOKENS` and a `SUMMARY_CONTEXT_SHARE`th of the context."""
+    chosen = guild.summary_tokens if guild.summary_tokens is not None else DEFAULT_SUMMARY_TOKENS
+    return max(MIN_SUMMARY_TOKENS, min(chosen, context_size // SUMMARY_CONTEXT_SHARE))

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synatra_bot.errors import (
     LimitReached,
@@ -53,6 +53,9 @@ from synatra_bot.storage.records import (
     PersonaRecord,
     SessionRecord,
 )
+
+if TYPE_CHECKING:
+    from synatra_bot.roleplay.memory import MemoryKeeper
 
 #: A ChatML turn takes at least this many tokens, so a context of N tokens holds at most
 #: N // MIN_TURN_TOKENS turns: loading more history than that is wasted work.
@@ -126,6 +129,33 @@ class ActiveRoleplay:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryStatus:
+    """A scene's long-term memory as `/rp memory` shows it."""
+
+    #: The summary the model sees in the system block ("" when there is none).
+    text: str
+    #: Its tokens, and how many an automatic summary of the scene may take.
+    tokens: int
+    limit: int
+    #: Dropped history is folded in automatically (the scene's setting).
+    auto: bool
+    #: A message it covers changed since: it is being rewritten (with automatic memory on).
+    stale: bool
+    #: The messages it covers: from the scene's first to `until_id` (None: none yet).
+    first_id: int | None
+    until_id: int | None
+    #: A summary job runs for the scene right now.
+    updating: bool = False
+
+    @property
+    def covers(self) -> tuple[int, int] | None:
+        """The ids of the oldest and newest messages it covers."""
+        if self.first_id is None or self.until_id is None:
+            return None
+        return self.first_id, self.until_id
+
+
+@dataclass(frozen=True, slots=True)
 class EditResult:
     message: MessageRecord
     #: The edited turn is the newest player turn and a reply follows it: regeneration makes sense.
@@ -167,6 +197,9 @@ class RoleplayCore:
         self._persona_reads = Batcher(
             functools.partial(repo.get_personas, sessions), every=COMMIT_EVERY_S
         )
+        #: Keeps the scenes' summaries up to date, when the app runs one (`MemoryKeeper`
+        #: attaches itself): it hears of every change to the history a summary may cover.
+        self.memory: MemoryKeeper | None = None
         characters.on_change(self.forget)
 
     def forget(self, channel_id: int | None = None) -> None:
@@ -430,16 +463,61 @@ class RoleplayCore:
         return await self.start(actor, place, character_id=active.lead.id)
 
     async def set_memory(self, place: Place, text: str) -> ActiveRoleplay:
-        """Set the session's long-term memory: a summary the model sees in the system block."""
+        """Set the session's long-term memory: a summary the model sees in the system block.
+
+        Written by hand, it stays as written: it covers what the summary covered before, and
+        automatic memory folds what is dropped next into it."""
         active = await self.require_active(place)
         await repo.set_summary(self.sessions, session_id=active.session.id, summary=text)
         self.forget(place.channel_id)
         return await self.require_active(place)
 
+    async def set_auto_memory(self, place: Place, enabled: bool) -> ActiveRoleplay:
+        """Turn the scene's automatic memory on or off (its summary stays as it is)."""
+        active = await self.require_active(place)
+        await repo.set_summary_auto(self.sessions, session_id=active.session.id, enabled=enabled)
+        if self.memory is not None:
+            self.memory.auto_changed(active.session.id)
+        self.forget(place.channel_id)
+        return await self.require_active(place)
+
+    async def memory_status(self, place: Place) -> MemoryStatus:
+        """The scene's summary: its text and tokens, whether it is kept automatically or is
+        stale, and the messages it covers (read afresh, not from the cache)."""
+        active = await self.require_active(place)
+        session = await repo.get_session(self.sessions, session_id=active.session.id)
+        if session is None:
+            raise NoSession("no roleplay is running in this channel")
+        first = None
+        if session.summary_until_id is not None:
+            first = await repo.first_message_id(self.sessions, session_id=session.id)
+        text = session.summary
+        return MemoryStatus(
+            text=text,
+            tokens=self.builder.count_text(text.strip()) if text.strip() else 0,
+            limit=active.config.summary_tokens,
+            auto=session.summary_auto,
+            stale=session.summary_stale,
+            first_id=first,
+            until_id=session.summary_until_id,
+            updating=self.memory is not None and self.memory.updating(session.id),
+        )
+
+    async def _history_changed(self, session_id: int, oldest_id: int) -> None:
+        """Turns from `oldest_id` on changed: a summary that covers them is stale."""
+        if self.memory is not None:
+            await self.memory.history_changed(session_id, oldest_id)
+        else:
+            await repo.mark_summary_stale(
+                self.sessions, session_id=session_id, changed_id=oldest_id
+            )
+
     async def undo(self, place: Place) -> list[MessageRecord]:
         active = await self.require_active(place)
         removed = await repo.undo_last_exchange(self.sessions, session_id=active.session.id)
         self._history.changed(active.session.id)
+        if removed:
+            await self._history_changed(active.session.id, min(m.turn_group for m in removed))
         return removed
 
     # --- players' messages --------------------------------------------------------------------
@@ -493,6 +571,7 @@ class RoleplayCore:
         )
         assert updated is not None
         self._history.changed(found.session_id)
+        await self._history_changed(found.session_id, found.turn_group)
         if found.role != "user":
             return EditResult(updated, is_last_user_turn=False)
         history = await repo.recent_history(self.sessions, session_id=found.session_id, limit=3)
@@ -506,6 +585,7 @@ class RoleplayCore:
             return None
         await repo.delete_turn_group(self.sessions, message_id=found.id)
         self._history.changed(found.session_id)
+        await self._history_changed(found.session_id, found.turn_group)
         return found
 
     # --- swipes -------------------------------------------------------------------------------
@@ -524,6 +604,8 @@ class RoleplayCore:
         target = max(0, min(len(options) - 1, current + step))
         chosen = await repo.choose_alternative(self.sessions, message_id=options[target].id)
         self._history.changed(chosen.session_id)
+        if target != current:
+            await self._history_changed(chosen.session_id, chosen.turn_group)
         return chosen, target, len(options)
 
     async def alternatives(self, message_id: int) -> list[MessageRecord]:
@@ -572,9 +654,11 @@ class RoleplayCore:
         character: CharacterRecord | None = None,
         exclude_message_id: int | None = None,
         continue_message: MessageRecord | None = None,
+        impersonate: bool = False,
     ) -> BuiltPrompt:
         """The prompt for `character`'s next reply (the lead's by default) to `speaker`, from
-        stored history; caches new token counts.
+        stored history; caches new token counts. With `impersonate` it asks for `speaker`'s
+        own next line instead (`/rp suggest`).
 
         `exclude_message_id` leaves a turn out (the reply being regenerated). Every player in
         the history window is known to the prompt with their persona; `{{user}}` in the cast's
@@ -625,10 +709,15 @@ class RoleplayCore:
             channel_lorebook=active.channel_lorebook,
             options=options,
             continue_last=continue_message is not None,
+            impersonate=impersonate,
         )
         if len(self._history_start) >= CACHE_LIMIT:
             self._history_start.clear()
         self._history_start[anchor_key] = built.history_start_id
+        # For the inspector: what the summary covers (its tokens are the builder's count).
+        built.report.summary_until_id = active.session.summary_until_id
+        built.report.summary_auto = active.session.summary_auto
+        built.report.summary_stale = active.session.summary_stale
         if built.new_token_counts:
             await repo.save_token_counts(self.sessions, counts=built.new_token_counts)
             self._history.counted(active.session.id, built.new_token_counts)
@@ -646,10 +735,12 @@ class RoleplayCore:
         persona = await self.persona(started_by, guild_id)
         return persona.name if persona else None
 
-    async def stop_strings(self, active: ActiveRoleplay) -> tuple[str, ...]:
-        """Where a group scene's reply ends: a line starting with someone else's name (the
-        model would go on writing other characters' or the players' lines)."""
-        if not active.is_group:
+    async def stop_strings(
+        self, active: ActiveRoleplay, *, for_player: bool = False
+    ) -> tuple[str, ...]:
+        """Where a group scene's reply (or any suggested player line, `for_player`) ends: a
+        line starting with a name (the model would go on writing others' lines)."""
+        if not active.is_group and not for_player:
             return ()
         names = {c.name for c in active.cast}
         names |= {m.display_name for m in await self.recent(active) if m.role == "user"}

@@ -26,6 +26,20 @@ Usage from the roleplay core::
   failures end with outcome FAILED and the engine's error re-raised. Only FINISHED text is
   complete; `slot.text` always holds what was streamed.
 - The per-turn timeout counts from admission, prompt building included.
+
+Background work (a scene's summary) runs in a lane of its own, at the lowest priority: jobs
+are started with `spawn(key, work)`, at most one per key, and tracked until they end (shutdown
+waits for them). A job's generation asks `background(key)` for a slot::
+
+    async with scheduler.background(("memory", scene)) as slot:
+        async for delta in slot.stream(prompt, params):
+            ...
+    if slot.outcome is TurnOutcome.FINISHED:   # else: preempted (retry later), or shut down
+
+A background slot is lent only while no player's turn waits and a slot is free. A player's
+turn that would have to wait for a slot takes one lent to background work instead: it is
+admitted at once and the background request is cancelled (`cancel_reason == PREEMPTED`).
+Background work is never charged against any rate limit.
 """
 
 from __future__ import annotations
@@ -33,9 +47,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
@@ -49,8 +71,12 @@ from synatra_bot.errors import (
     TurnCancelled,
 )
 
+log = logging.getLogger(__name__)
+
 BusyPolicy = Literal["queue", "restart"]
 QueuedCallback = Callable[["QueueTicket"], object]
+#: The cancel reason of background work whose slot a player's turn took.
+PREEMPTED = "preempted by a player's turn"
 
 
 class TurnOutcome(enum.Enum):
@@ -89,6 +115,8 @@ class TurnSlot:
     outcome: TurnOutcome = TurnOutcome.PENDING
     text: str = ""
     cancel_reason: str = ""
+    #: Lent to background work: it gives way to players' turns.
+    background: bool = False
     _request_id: str | None = field(default=None, repr=False)
     _requests: itertools.count[int] = field(default_factory=itertools.count, repr=False)
     _streams: list[AsyncGenerator[str, None]] = field(default_factory=list, repr=False)
@@ -111,7 +139,8 @@ class TurnSlot:
             self.outcome = TurnOutcome.CANCELLED
             return
         engine = self.scheduler.engine
-        request_id = f"turn-{self.turn_id}-{next(self._requests)}"
+        kind = "background" if self.background else "turn"
+        request_id = f"{kind}-{self.turn_id}-{next(self._requests)}"
         self._request_id = request_id
         self.outcome = TurnOutcome.PENDING
         clock = self.scheduler.clock
@@ -179,7 +208,42 @@ class TurnSlot:
             await self.scheduler.engine.cancel(self._request_id)
 
 
-class _TurnContext:
+class _SlotContext:
+    """Holds a slot from admission to the end of the block, then hands it back."""
+
+    _scheduler: Scheduler
+    _slot: TurnSlot | None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._slot is not None:
+            slot = self._slot
+            try:
+                # A stream left early is closed now, not whenever it is garbage collected,
+                # so its engine request stops at once.
+                await slot._close_streams()
+            finally:
+                if slot.outcome is TurnOutcome.PENDING:
+                    slot.outcome = TurnOutcome.CANCELLED
+                self._scheduler._release(slot)
+
+
+class _BackgroundContext(_SlotContext):
+    def __init__(self, scheduler: Scheduler, key: Hashable) -> None:
+        self._scheduler = scheduler
+        self._key = key
+        self._slot = None
+
+    async def __aenter__(self) -> TurnSlot:
+        self._slot = await self._scheduler._admit_background(self._key)
+        return self._slot
+
+
+class _TurnContext(_SlotContext):
     def __init__(
         self,
         scheduler: Scheduler,
@@ -209,23 +273,6 @@ class _TurnContext:
             self._charged,
         )
         return self._slot
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._slot is not None:
-            slot = self._slot
-            try:
-                # A stream left early is closed now, not whenever it is garbage collected,
-                # so its engine request stops at once.
-                await slot._close_streams()
-            finally:
-                if slot.outcome is TurnOutcome.PENDING:
-                    slot.outcome = TurnOutcome.CANCELLED
-                self._scheduler._release(slot)
 
 
 class Scheduler:
@@ -260,6 +307,13 @@ class Scheduler:
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        # The background lane: jobs by key, their slots waiting (in arrival order) and lent,
+        # and the engine cancellations of slots players took back.
+        self._jobs: dict[Hashable, asyncio.Task[None]] = {}
+        self._background_waiting: dict[Hashable, asyncio.Future[TurnSlot]] = {}
+        self._background_running: dict[Hashable, TurnSlot] = {}
+        self._job_ids = itertools.count(1)
+        self._chores: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ public
 
@@ -304,6 +358,66 @@ class Scheduler:
     def is_busy(self, channel_id: Hashable) -> bool:
         return channel_id in self._running or channel_id in self._queues
 
+    # ------------------------------------------------------------------ background lane
+
+    def spawn(self, key: Hashable, work: Callable[[], Awaitable[None]]) -> bool:
+        """Run `work()` as background work for `key`, tracked until it ends. False (nothing
+        started) when work for `key` is still running, or after shutdown began. The work
+        handles its own errors; one that escapes is logged."""
+        if self._closing or key in self._jobs:
+            return False
+
+        async def tracked() -> None:
+            try:
+                await work()
+            finally:
+                # Here, not in a done callback: the key is free again the moment work ends.
+                if self._jobs.get(key) is task:
+                    del self._jobs[key]
+
+        task = asyncio.get_running_loop().create_task(tracked(), name=f"background {key!r}")
+        self._jobs[key] = task
+        task.add_done_callback(_log_failure)
+        return True
+
+    def background(self, key: Hashable) -> _BackgroundContext:
+        """An async context manager that waits for a background slot and yields it.
+
+        It raises `TurnCancelled` when shutdown drops it while it waits (or work of `key`
+        already has a slot), `EngineUnavailable` after shutdown began. See the module
+        docstring for how players take it back.
+        """
+        return _BackgroundContext(self, key)
+
+    def has_job(self, key: Hashable) -> bool:
+        return key in self._jobs
+
+    @property
+    def closing(self) -> bool:
+        """Shutdown began: no turn and no background work starts any more."""
+        return self._closing
+
+    @property
+    def background_running(self) -> int:
+        """Background slots lent now."""
+        return len(self._background_running)
+
+    @property
+    def background_waiting(self) -> int:
+        """Background work waiting for a slot."""
+        return len(self._background_waiting)
+
+    @property
+    def background_jobs(self) -> int:
+        """Background jobs started and not yet ended (waiting for a slot included)."""
+        return len(self._jobs)
+
+    async def background_idle(self) -> None:
+        """Return once no background work runs (the work that starts meanwhile included)."""
+        while self._jobs or self._chores:
+            # wait(), not gather(): a caller that gives up leaves the work running.
+            await asyncio.wait([*self._jobs.values(), *self._chores])
+
     async def cancel_channel(self, channel_id: Hashable, *, reason: str = "stopped") -> int:
         """Cancel the channel's running turn and drop its waiting ones; return how many."""
         count = self._drop_waiting(lambda w: w.channel_id == channel_id, reason)
@@ -314,13 +428,23 @@ class Scheduler:
         return count
 
     async def shutdown(self, *, finish: bool) -> None:
-        """Refuse new turns, drop waiting ones; finish or cancel running ones, then return."""
+        """Refuse new turns, drop waiting ones; finish or cancel running ones, then return.
+
+        Background work is cancelled either way (its generation stops, so it stores nothing)
+        and waited for: nothing of it runs once this returns."""
         self._closing = True
         self._drop_waiting(lambda w: True, "shutting down")
+        for future in self._background_waiting.values():
+            if not future.done():
+                future.set_exception(TurnCancelled("shutting down"))
+        self._background_waiting.clear()
+        for slot in list(self._background_running.values()):
+            await slot._cancel("shutting down")
         if not finish:
             for slot in list(self._running.values()):
                 await slot._cancel("shutting down")
         await self._idle.wait()
+        await self.background_idle()
 
     # ------------------------------------------------------------------ internals
 
@@ -384,9 +508,41 @@ class Scheduler:
             raise
 
     def _release(self, slot: TurnSlot) -> None:
-        if self._running.get(slot.channel_id) is slot:
-            del self._running[slot.channel_id]
+        lent = self._background_running if slot.background else self._running
+        if lent.get(slot.channel_id) is slot:
+            del lent[slot.channel_id]
         self._pump()
+
+    async def _admit_background(self, key: Hashable) -> TurnSlot:
+        if self._closing:
+            raise EngineUnavailable("the bot is shutting down")
+        if key in self._background_waiting or key in self._background_running:
+            raise TurnCancelled(f"background work {key!r} already has a slot")
+        future: asyncio.Future[TurnSlot] = asyncio.get_running_loop().create_future()
+        self._background_waiting[key] = future
+        self._pump()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._background_waiting.get(key) is future:
+                del self._background_waiting[key]
+            elif future.done() and not future.cancelled() and future.exception() is None:
+                self._release(future.result())
+            raise
+
+    def _preempt(self, slot: TurnSlot) -> None:
+        """Take a background slot back for a player's turn: its request is cancelled."""
+        del self._background_running[slot.channel_id]
+        if not slot.cancel_reason:
+            slot.cancel_reason = PREEMPTED
+        if slot._request_id is not None:
+            chore = asyncio.get_running_loop().create_task(self.engine.cancel(slot._request_id))
+            self._chores.add(chore)
+            chore.add_done_callback(self._chores.discard)
+            chore.add_done_callback(_log_failure)
+
+    def _lent(self) -> int:
+        return len(self._running) + len(self._background_running)
 
     def _drop_waiting(self, predicate: Callable[[QueueTicket], bool], reason: str) -> int:
         dropped = [t for t in self._waiting if predicate(t)]
@@ -409,11 +565,15 @@ class Scheduler:
         return next((n for n, waiting in enumerate(self._waiting, 1) if waiting is ticket), 0)
 
     def _pump(self) -> None:
-        """Admit what can run now: the longest-waiting turn among channels with nothing running."""
+        """Admit what can run now: the longest-waiting turn among channels with nothing running
+        (taking a slot back from background work when none is free), then background work
+        while no turn waits."""
         while len(self._running) < self.max_concurrent:
             heads = [q[0] for channel, q in self._queues.items() if channel not in self._running]
             if not heads:
                 break
+            if self._lent() >= self.max_concurrent:
+                self._preempt(next(iter(self._background_running.values())))
             ticket = min(heads, key=lambda t: t.arrival)
             self._forget(ticket)
             slot = TurnSlot(
@@ -425,5 +585,31 @@ class Scheduler:
             )
             self._running[ticket.channel_id] = slot
             ticket.future.set_result(slot)
+        while (
+            self._background_waiting
+            and not self._waiting
+            and not self._closing
+            and self._lent() < self.max_concurrent
+        ):
+            key = next(iter(self._background_waiting))
+            future = self._background_waiting.pop(key)
+            if future.done():
+                continue
+            slot = TurnSlot(
+                scheduler=self,
+                channel_id=key,
+                user_id=None,
+                turn_id=next(self._job_ids),
+                deadline=self.clock() + self.turn_timeout_s,
+                background=True,
+            )
+            self._background_running[key] = slot
+            future.set_result(slot)
         if not self._running and not self._waiting:
             self._idle.set()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Log what a background task raised (it had nobody to raise it to)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=task.exception())

@@ -29,6 +29,7 @@ from synatra_bot.errors import (
     TurnCancelled,
     UserFacingError,
 )
+from synatra_bot.prompt.builder import BuiltPrompt
 from synatra_bot.roleplay.addressing import Addressable, addressed
 from synatra_bot.roleplay.characters import names_of
 from synatra_bot.roleplay.core import ActiveRoleplay, RoleplayCore, Started
@@ -43,8 +44,9 @@ from synatra_bot.storage.records import CharacterRecord, MessageRecord
 
 log = logging.getLogger(__name__)
 
-#: What a reply does: a new turn, a new alternative of the newest reply, or more of its text.
-ReplyKind = Literal["reply", "regenerate", "continue"]
+#: What a reply does: a new turn, a new alternative of the newest reply, more of its text, or
+#: a line suggested for the player (shown to them, never stored).
+ReplyKind = Literal["reply", "regenerate", "continue", "suggest"]
 #: The cancel reason of a reply its player stopped (kept, unlike one superseded or shut down).
 STOPPED_BY_USER = "stopped"
 
@@ -65,6 +67,8 @@ class Ending(enum.Enum):
     #: An error: a new reply keeps its text with the error's note; a regenerated or continued
     #: one goes back to what it was and the note is told apart.
     FAILED = "failed"
+    #: A suggestion written to its end (or stopped with text in it): shown to its player only.
+    SUGGESTED = "suggested"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +134,7 @@ class Reply:
     @property
     def replacing(self) -> bool:
         """A regenerated or continued reply takes the place of one already shown."""
-        return self.kind != "reply" and self.target is not None
+        return self.kind in ("regenerate", "continue") and self.target is not None
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -166,6 +170,7 @@ class Reply:
     ) -> AsyncGenerator[str]:
         turns, config = self._turns, self.active.config
         slot: TurnSlot | None = None
+        built: BuiltPrompt | None = None
         try:
             async with turns.scheduler.turn(
                 channel_id=self.place.channel_id,
@@ -177,7 +182,9 @@ class Reply:
                 yield self.prefix
                 built = await self._prompt()
                 sampling = config.sampling
-                stops = await turns.core.stop_strings(self.active)
+                stops = await turns.core.stop_strings(
+                    self.active, for_player=self.kind == "suggest"
+                )
                 if stops:
                     stops = (*sampling.stop_strings, *stops)
                     sampling = dataclasses.replace(sampling, stop_strings=stops)
@@ -205,9 +212,14 @@ class Reply:
         except Exception:
             log.exception("storing the reply in channel %s failed", self.place.channel_id)
             self.outcome = self._failed(slot, None)
+        if self.outcome.ending is Ending.STORED and built is not None:
+            turns.reply_stored(self.active, built)
 
     def _generated(self, slot: TurnSlot) -> str:
-        # A group scene's prompt ends with "name:"; the reply starts after its space.
+        # A group scene's prompt (and a suggestion's) ends with "name:"; the text starts after
+        # its space.
+        if self.kind == "suggest":
+            return slot.text.lstrip(" ")
         if self.active.is_group and self.kind != "continue":
             text = slot.text.lstrip(" ")
             # A model that says the name again ("민지: ...") has it taken off.
@@ -218,7 +230,7 @@ class Reply:
         text = self.prefix + (self._generated(slot) if slot is not None else "")
         return ReplyOutcome(Ending.FAILED, text=text, error=error)
 
-    async def _prompt(self) -> Any:
+    async def _prompt(self) -> BuiltPrompt:
         if self._after is not None:
             await self._after
         target = self.target
@@ -228,6 +240,7 @@ class Reply:
             character=self.character,
             exclude_message_id=target.id if self.kind == "regenerate" and target else None,
             continue_message=target if self.kind == "continue" else None,
+            impersonate=self.kind == "suggest",
         )
 
     async def _settle(self, slot: TurnSlot, shown_in: list[int]) -> ReplyOutcome:
@@ -235,6 +248,11 @@ class Reply:
         text = self._generated(slot)
         shown = self.prefix + text
         stopped = slot.outcome is TurnOutcome.CANCELLED and slot.cancel_reason == STOPPED_BY_USER
+        if self.kind == "suggest":
+            if slot.outcome is TurnOutcome.FINISHED or (stopped and text.strip()):
+                return ReplyOutcome(Ending.SUGGESTED, text=text.strip(), stopped=stopped)
+            timed_out = slot.outcome is TurnOutcome.TIMED_OUT
+            return ReplyOutcome(Ending.CUT, text=text, timed_out=timed_out)
         if slot.outcome is TurnOutcome.FINISHED or (stopped and text.strip()):
             stored = await self._turns.core.store_reply(
                 self.active,
@@ -281,6 +299,12 @@ class Turns:
     def __init__(self, core: RoleplayCore, scheduler: Scheduler) -> None:
         self.core = core
         self.scheduler = scheduler
+
+    def reply_stored(self, active: ActiveRoleplay, built: BuiltPrompt) -> None:
+        """A reply built from `built` was stored: the scene's memory may have turns to fold
+        (a job for it starts in the background, never in the way of a player's turn)."""
+        if self.core.memory is not None:
+            self.core.memory.reply_stored(active, built)
 
     # --- refusing early -----------------------------------------------------------------------
 
@@ -476,6 +500,16 @@ class Turns:
             raise NotFound("not in the scene", key="error.not_in_cast")
         self.admit(active, place, actor, character)
         return Reply(self, active=active, place=place, actor=actor, character=character)
+
+    async def suggest(self, place: Place, actor: Actor) -> Reply:
+        """The model writes `actor`'s own next line in their persona's voice, for them alone to
+        send, regenerate or edit: never stored, one turn of their rate limit."""
+        require_voice(actor)
+        active = await self.core.require_active(place)
+        self.admit(active, place, actor, active.lead)
+        return Reply(
+            self, active=active, place=place, actor=actor, character=active.lead, kind="suggest"
+        )
 
     async def edited(
         self, place: Place | None, editor: Actor, message_id: int, content: str | None

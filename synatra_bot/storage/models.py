@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -68,6 +69,11 @@ class GuildSettings(SamplingColumns, Base):
     character_limit: Mapped[int | None] = mapped_column(Integer)
     #: Characters one scene may hold; NULL means the default (decided above storage).
     cast_limit: Mapped[int | None] = mapped_column(Integer)
+    #: Tokens a scene's automatic memory may take; NULL means the default (decided above
+    #: storage).
+    summary_tokens: Mapped[int | None] = mapped_column(Integer)
+    #: Days an archived scene is kept; NULL keeps archived scenes for ever.
+    archive_keep_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -184,6 +190,14 @@ class RoleplaySession(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     summary: Mapped[str] = mapped_column(Text, default="")
+    #: The newest message folded into `summary` (NULL: none yet): the summary covers the
+    #: session's history up to and including it.
+    summary_until_id: Mapped[int | None] = mapped_column(Integer)
+    #: Dropped history is folded into the summary automatically (the starter or a moderator
+    #: may turn it off for the scene).
+    summary_auto: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    #: A message the summary covers changed (undo, edit, delete, swipe): it is rewritten.
+    summary_stale: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class CastMember(Base):

@@ -33,6 +33,9 @@ class GuildSettingsRecord(SamplingRecord):
     approval_required: bool = False
     character_limit: int | None = None
     cast_limit: int | None = None
+    summary_tokens: int | None = None
+    #: Days an archived scene is kept; None keeps it for ever.
+    archive_keep_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,12 @@ class SessionRecord:
     started_at: datetime
     ended_at: datetime | None
     summary: str
+    #: The newest message the summary covers (None: it covers none yet).
+    summary_until_id: int | None = None
+    #: Dropped history is folded into the summary automatically.
+    summary_auto: bool = True
+    #: A message the summary covers changed since it was written: it is to be rewritten.
+    summary_stale: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -413,10 +413,70 @@ async def get_active_session(sessions: Sessions, *, channel_id: int) -> SessionR
 
 
 async def set_summary(sessions: Sessions, *, session_id: int, summary: str) -> None:
+    """A summary written by hand: kept as written (not stale), covering what it covered."""
     async with sessions.begin() as session:
         await session.execute(
-            update(RoleplaySession).where(RoleplaySession.id == session_id).values(summary=summary)
+            update(RoleplaySession)
+            .where(RoleplaySession.id == session_id)
+            .values(summary=summary, summary_stale=False)
         )
+
+
+async def store_summary(
+    sessions: Sessions,
+    *,
+    session_id: int,
+    summary: str,
+    until_id: int | None,
+    expect_summary: str,
+    expect_until_id: int | None,
+    expect_stale: bool,
+) -> bool:
+    """Store an automatic summary covering the history up to `until_id`, only while the
+    session still has the summary it was folded from (`expect_*`) and automatic memory on:
+    a summary written or changed meanwhile is never overwritten. Whether it was stored."""
+    until = RoleplaySession.summary_until_id
+    query = (
+        update(RoleplaySession)
+        .where(
+            RoleplaySession.id == session_id,
+            RoleplaySession.summary_auto,
+            RoleplaySession.summary == expect_summary,
+            RoleplaySession.summary_stale == expect_stale,
+            until.is_(None) if expect_until_id is None else until == expect_until_id,
+        )
+        .values(summary=summary, summary_until_id=until_id, summary_stale=False)
+    )
+    async with sessions.begin() as session:
+        result = await session.execute(query)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def mark_summary_stale(sessions: Sessions, *, session_id: int, changed_id: int) -> bool:
+    """The session's history changed from message `changed_id` on: its summary is stale when
+    it covers that message. Whether it became stale now."""
+    query = (
+        update(RoleplaySession)
+        .where(
+            RoleplaySession.id == session_id,
+            RoleplaySession.summary_until_id >= changed_id,
+            ~RoleplaySession.summary_stale,
+        )
+        .values(summary_stale=True)
+    )
+    async with sessions.begin() as session:
+        result = await session.execute(query)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def set_summary_auto(sessions: Sessions, *, session_id: int, enabled: bool) -> bool:
+    """Turn the session's automatic memory on or off; False when there is no such session."""
+    query = (
+        update(RoleplaySession).where(RoleplaySession.id == session_id).values(summary_auto=enabled)
+    )
+    async with sessions.begin() as session:
+        result = await session.execute(query)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 # --- scene cast -----------------------------------------------------------------------------
@@ -690,6 +750,30 @@ async def recent_history(
     async with sessions() as session:
         rows = (await session.execute(query)).all()
     return [MessageRecord(**row._mapping) for row in reversed(rows)]
+
+
+async def history_between(
+    sessions: Sessions, *, session_id: int, after_id: int | None, before_id: int, limit: int
+) -> list[MessageRecord]:
+    """The oldest `limit` turns of the history the model sees after `after_id` (None: from
+    the start) and before `before_id`, oldest first."""
+    columns = MESSAGES.c
+    query = (
+        select(MESSAGES)
+        .where(
+            columns.session_id == session_id,
+            columns.chosen,
+            ~columns.deleted,
+            columns.id < before_id,
+        )
+        .order_by(columns.id)
+        .limit(limit)
+    )
+    if after_id is not None:
+        query = query.where(columns.id > after_id)
+    async with sessions() as session:
+        rows = (await session.execute(query)).all()
+    return [MessageRecord(**row._mapping) for row in rows]
 
 
 async def count_history(sessions: Sessions, *, session_id: int) -> int:

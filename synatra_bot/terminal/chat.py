@@ -28,9 +28,10 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from synatra_bot.app import build_core, open_engine, open_storage
-from synatra_bot.errors import CardError, EngineError, NotFound, UserFacingError
+from synatra_bot.errors import CardError, ChatFileError, EngineError, NotFound, UserFacingError
 from synatra_bot.prompt.cards import parse_card
 from synatra_bot.roleplay.addressing import Addressable, leading_address
+from synatra_bot.roleplay.archive import Archive
 from synatra_bot.roleplay.characters import CharacterService, columns_from_card, names_of
 from synatra_bot.roleplay.core import Started
 from synatra_bot.roleplay.turns import STOPPED_BY_USER, Ending, Reply, Turns
@@ -70,6 +71,7 @@ HELP = """\
   /undo         마지막 주고받기 지우기 · remove the last exchange
   /reset        처음부터 다시 (기록은 보관) · start over (history archived)
   /context      모델이 보는 프롬프트 요약 · what the model sees
+  /export 파일   SillyTavern 채팅 파일로 저장 · save as a SillyTavern chat (.jsonl)
   /help         도움말 · this help
   /quit         끝내기 (Ctrl-D) · quit
 Ctrl-C: 답장 중이면 멈추기, 아니면 끝내기 · stop the reply, or quit at the prompt"""
@@ -86,6 +88,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--user-name", default=None, help="your name in the story (default: your OS user name)"
+    )
+    parser.add_argument(
+        "--import-chat",
+        default=None,
+        metavar="FILE",
+        help="continue a SillyTavern chat file (.jsonl) with the (first) character",
     )
 
 
@@ -134,6 +142,22 @@ async def resolve_character(
         raise NotFound(f"no character named {wanted!r}: give a card file or a #id")
     listed = ", ".join(f"#{c.id} {c.name}" for c in candidates[:8])
     raise NotFound(f"{wanted!r} matches several characters ({listed}): use a #id")
+
+
+def _write_chat_file(spec: str, data: bytes) -> Path:
+    target = Path(spec).expanduser()
+    try:
+        target.write_bytes(data)
+    except OSError as error:
+        raise ChatFileError(0, f"cannot write it: {error.strerror}", filename=str(target)) from None
+    return target
+
+
+def _read_chat_file(path: Path) -> bytes:
+    try:
+        return path.expanduser().read_bytes()
+    except OSError as error:
+        raise ChatFileError(0, f"cannot read it: {error.strerror}", filename=str(path)) from None
 
 
 def _read_card_file(spec: str) -> tuple[str, bytes] | None:
@@ -231,6 +255,7 @@ class TerminalChat:
     ) -> None:
         self.turns = turns
         self.core = turns.core
+        self.archive = Archive(turns.core, turns.scheduler)
         self.actor = actor
         self.place = place
         self._stdin = stdin
@@ -274,6 +299,15 @@ class TerminalChat:
         task.add_done_callback(self._tasks.discard)
 
     # --- the session --------------------------------------------------------------------------
+
+    async def import_chat(self, characters: list[CharacterRecord], path: Path) -> None:
+        """Start this place's scene over from a SillyTavern chat, then show where it stands."""
+        data = await asyncio.to_thread(_read_chat_file, path)
+        imported = await self.archive.import_chat(
+            self.actor, self.place, data=data, filename=path.name, character_id=characters[0].id
+        )
+        self._line(f"— 가져옴 · imported {imported.turns} message(s) from {path.name} —")
+        await self.open(characters)
 
     async def open(self, characters: list[CharacterRecord]) -> None:
         """Continue the terminal session of these characters (showing its last turns), or
@@ -370,6 +404,10 @@ class TerminalChat:
             await self._next(argument.strip())
         elif name in ("/prev", "/next"):
             await self._browse(-1 if name == "/prev" else 1)
+        elif name == "/export" and argument.strip():
+            filename, data = await self.archive.export(self.place)
+            target = await asyncio.to_thread(_write_chat_file, argument.strip(), data)
+            self._line(f"저장했어요 · saved: {target} ({filename})")
         elif name == "/cast":
             active = await self.core.require_active(self.place)
             self._line(f"장면 · scene: {active.names}")
@@ -562,7 +600,10 @@ async def run_chat(
             try:
                 with _ctrl_c_calls(chat.interrupt):
                     try:
-                        await chat.open(characters)
+                        if args.import_chat:
+                            await chat.import_chat(characters, Path(args.import_chat))
+                        else:
+                            await chat.open(characters)
                     except UserFacingError as error:
                         print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
                         return 2

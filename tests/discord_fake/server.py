@@ -1036,6 +1036,48 @@ class FakeDiscord:
         data = self._command_data(member, command, channel, options, None)
         return await self._send_interaction(2, member, channel, data, locale)
 
+    async def message_command(
+        self,
+        member: FakeMember | FakeUser,
+        name: str,
+        message: FakeMessage,
+        *,
+        locale: str | None = None,
+    ) -> InteractionRecord:
+        """Run a synced message context-menu command (type 3) on ``message`` as ``member``,
+        as the client does from a message's Apps menu: the message travels resolved."""
+        channel = self.channels[message.channel_id]
+        _, guild_member = self._participant(channel, member)
+        if guild_member is not None:
+            self._require(
+                channel, guild_member, VIEW_CHANNEL | USE_APPLICATION_COMMANDS, "use commands in"
+            )
+        guild = self.guilds[channel.guild_id] if channel.guild_id is not None else None
+        scopes = [self.guild_commands.get(guild.id, {})] if guild is not None else []
+        scopes.append(self.global_commands)
+        found = [
+            (scope is not self.global_commands, c)
+            for scope in scopes
+            for c in scope.values()
+            if c["name"] == name and c.get("type") == 3
+        ]
+        if not found:
+            raise LookupError(f"no message command {name!r} was synced")
+        is_guild, command = found[0]
+        context = GUILD_CONTEXT if guild is not None else BOT_DM_CONTEXT
+        if not is_guild and not _offered_in(command, context):
+            raise LookupError(f"{name!r} is not offered here (contexts={command.get('contexts')})")
+        data: dict[str, Any] = {
+            "id": command["id"],
+            "name": command["name"],
+            "type": 3,
+            "target_id": str(message.id),
+            "resolved": {"messages": {str(message.id): message.payload()}},
+        }
+        if is_guild and guild is not None:
+            data["guild_id"] = str(guild.id)
+        return await self._send_interaction(2, member, channel, data, locale)
+
     async def autocomplete(
         self,
         member: FakeMember | FakeUser,
@@ -1553,9 +1595,13 @@ class FakeDiscord:
         if int(req.params["webhook_id"]) == self.application_id:
             record = self._interaction(req.params["token"])
             if req.params["message_id"] == "@original":
-                if record.original is None:
-                    raise ApiError(404, "Unknown Message", 10008)
-                return record.original, self.channels[record.channel_id]
+                if record.original is not None:
+                    return record.original, self.channels[record.channel_id]
+                # A component's (or its modal's) update response: @original is the message
+                # the component is on, as on Discord.
+                if record.message is not None and record.callback_type in (6, 7):
+                    return record.message, self.channels[record.message.channel_id]
+                raise ApiError(404, "Unknown Message", 10008)
             message = next(
                 (m for m in record.messages if str(m.id) == req.params["message_id"]), None
             )

@@ -1,4 +1,4 @@
-"""Pieces several cogs share: the character option with autocomplete."""
+"""Pieces the cogs share: the character, cast and scene options with autocomplete."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 
-from synatra_bot.discord.interactions import actor_of, place_of
+from synatra_bot.discord.interactions import actor_of, place_of, tr
 from synatra_bot.errors import NotFound
+from synatra_bot.storage.archives import SceneSummary
 from synatra_bot.storage.records import CharacterRecord
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
 
 
-class CharacterNotResolved(app_commands.AppCommandError):
-    """A typed character name that matches nothing visible.
+class ArgumentNotResolved(app_commands.AppCommandError):
+    """A typed value (a character's name, a scene) that matches nothing visible.
 
     discord.py wraps anything but an AppCommandError raised in a transformer into a
     TransformerError without `original`, which the tree would answer with the generic apology;
@@ -51,7 +52,7 @@ class CharacterArg(app_commands.Transformer):
         found = await interaction.client.core.characters.search(actor_of(interaction), text)
         exact = [r for r in found if r.name == text] or found
         if not exact:
-            raise CharacterNotResolved(
+            raise ArgumentNotResolved(
                 NotFound(f"no character called {text}", key="error.no_character")
             )
         return exact[0].id
@@ -86,7 +87,49 @@ class CastArg(app_commands.Transformer):
             c for c in cast if c.name.casefold() == text.casefold()
         ]
         if not found:
-            raise CharacterNotResolved(
+            raise ArgumentNotResolved(
                 NotFound(f"no character called {text} in the scene", key="error.not_in_cast")
             )
         return found[0].id
+
+
+def scene_line(interaction: discord.Interaction[SynatraBot], scene: SceneSummary) -> str:
+    """One scene of a channel on a line: its id, cast, day, length, whether it runs."""
+    names = ", ".join(scene.names) or "?"
+    day = scene.session.started_at.strftime("%Y-%m-%d")
+    key = "rp.scene_running" if scene.active else "rp.scene_archived"
+    return tr(interaction, key, id=scene.session.id, names=names, day=day, turns=scene.turns)
+
+
+class SceneArg(app_commands.Transformer):
+    """One of this channel's scenes, by autocomplete or `#id`."""
+
+    async def autocomplete(  # type: ignore[override]
+        self, interaction: discord.Interaction[SynatraBot], value: str
+    ) -> list[app_commands.Choice[str]]:
+        channel = interaction.channel
+        if channel is None:
+            return []
+        scenes = await interaction.client.archive.scenes(place_of(channel, interaction.guild_id))
+        choices = []
+        for scene in scenes:
+            label = scene_line(interaction, scene).replace("**", "")[:100]
+            if value.strip().lstrip("#") in label:
+                choices.append(app_commands.Choice(name=label, value=str(scene.session.id)))
+        return choices[:25]
+
+    async def transform(  # type: ignore[override]
+        self, interaction: discord.Interaction[SynatraBot], value: Any
+    ) -> int:
+        text = str(value).strip().lstrip("#")
+        if not text.isdigit():
+            raise ArgumentNotResolved(NotFound(f"no scene {value}", key="error.no_scene"))
+        return int(text)
+
+
+class SceneNotResolved(app_commands.AppCommandError):
+    """A typed scene that is no number (carried to the tree's policy like ArgumentNotResolved)."""
+
+    def __init__(self, original: NotFound) -> None:
+        super().__init__(str(original))
+        self.original = original

@@ -172,6 +172,19 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         if answer_every is not None:
             await self._save(interaction, "channel", answer_every_addressed=answer_every)
 
+    @app_commands.command(name="archive", description="How long archived scenes are kept")
+    @app_commands.describe(keep_days="Days an archived scene is kept (0: for ever, the default)")
+    async def archive(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        keep_days: app_commands.Range[int, 0, 3650],
+    ) -> None:
+        await self._save(interaction, "server", archive_keep_days=keep_days or None)
+        if keep_days:
+            assert interaction.channel is not None
+            place = place_of(interaction.channel, interaction.guild_id)
+            await self.bot.archive.prune(place)
+
     @app_commands.command(
         name="authornote", description="A note the model sees near the end of the prompt"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -9,17 +10,20 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from synatra_bot.discord.cogs.common import CastArg, CharacterArg
+from synatra_bot.discord import suggestions
+from synatra_bot.discord.cogs.common import CastArg, CharacterArg, SceneArg, scene_line
 from synatra_bot.discord.i18n import t
 from synatra_bot.discord.interactions import actor_of, answer, place_of, speaker_of, tr
 from synatra_bot.discord.replies import ReplyButton, SwipePosition
+from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.errors import UserFacingError
 from synatra_bot.prompt.report import is_card_book
 from synatra_bot.roleplay.rules import (
     require_may_inspect,
     require_starter_or_moderator,
 )
-from synatra_bot.storage.records import MessageRecord
+from synatra_bot.roleplay.types import Place
+from synatra_bot.storage.records import MessageRecord, SessionRecord
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
@@ -41,12 +45,21 @@ def _channel_types_ok(
 class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay in this channel"):
     def __init__(self, bot: SynatraBot) -> None:
         self.bot = bot
+        # A message menu command cannot live in a group: it is made here and added to the tree.
+        self.branch_menu = app_commands.ContextMenu(
+            name="Branch from here", callback=self.branch_here
+        )
+        self.branch_menu.allowed_contexts = app_commands.AppCommandContext(
+            guild=True, dm_channel=True, private_channel=False
+        )
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(ReplyButton, SwipePosition)
+        self.bot.add_dynamic_items(ReplyButton, SwipePosition, SuggestionButton)
+        self.bot.tree.add_command(self.branch_menu)
 
     async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(ReplyButton, SwipePosition)
+        self.bot.remove_dynamic_items(ReplyButton, SwipePosition, SuggestionButton)
+        self.bot.tree.remove_command(self.branch_menu.name, type=self.branch_menu.type)
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -164,6 +177,127 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         lines = [f"{n}. {c.name}" for n, c in enumerate(active.cast, start=1)]
         text = tr(interaction, "rp.cast_list", count=len(active.cast), limit=limit)
         await answer(interaction, text + "\n" + "\n".join(lines))
+
+    @app_commands.command(
+        name="suggest", description="Let the model write your next line (only you see it)"
+    )
+    async def suggest(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        self._where(interaction)
+        await suggestions.suggest(interaction)
+
+    @app_commands.command(name="sessions", description="This channel's scenes, earlier ones too")
+    async def sessions(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        _, place, _ = self._where(interaction)
+        scenes = await self.bot.archive.scenes(place)
+        if not scenes:
+            await answer(interaction, tr(interaction, "rp.no_scenes"))
+            return
+        lines = [scene_line(interaction, scene) for scene in scenes]
+        await answer(interaction, tr(interaction, "rp.scenes") + "\n" + "\n".join(lines))
+
+    @app_commands.command(name="resume", description="Reopen an earlier scene of this channel")
+    @app_commands.describe(scene="Which scene (see /rp sessions)")
+    async def resume(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        scene: app_commands.Transform[int, SceneArg],
+    ) -> None:
+        channel, place, actor = self._where(interaction)
+        reopened = await self.bot.archive.resume(actor, place, scene)
+        active = await self.bot.core.require_active(place)
+        await answer(
+            interaction,
+            tr(interaction, "rp.resumed", id=reopened.id, name=active.names),
+            ephemeral=False,
+        )
+        await self._show_where_it_stands(channel, place)
+
+    @app_commands.command(
+        name="branch", description="Go on in a new scene from here; this one stays archived"
+    )
+    async def branch(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        _, place, actor = self._where(interaction)
+        active = await self.bot.core.require_active(place)
+        newest = await self.bot.core.recent(active)
+        if not newest:
+            raise UserFacingError("nothing to branch from", key="error.nothing_to_branch")
+        await self._branched(
+            interaction, await self.bot.archive.branch(actor, place, newest[-1].id)
+        )
+
+    async def branch_here(
+        self, interaction: discord.Interaction[SynatraBot], message: discord.Message
+    ) -> None:
+        """The message menu's "Branch from here": a new scene up to that message."""
+        _, place, actor = self._where(interaction)
+        branch = await self.bot.archive.branch_at(actor, place, message.id)
+        await self._branched(interaction, branch)
+
+    async def _branched(
+        self, interaction: discord.Interaction[SynatraBot], branch: SessionRecord
+    ) -> None:
+        channel, place, _ = self._where(interaction)
+        active = await self.bot.core.require_active(place)
+        await answer(
+            interaction,
+            tr(interaction, "rp.branched", id=branch.id, name=active.names),
+            ephemeral=False,
+        )
+        await self._show_where_it_stands(channel, place)
+
+    async def _show_where_it_stands(self, channel: Any, place: Place) -> None:
+        """After a scene changed under the players: its newest reply, with its buttons."""
+        active = await self.bot.core.require_active(place)
+        latest = await self.bot.core.latest_reply(place)
+        if latest is not None:
+            character = active.member(latest.character_id) or active.lead
+            shown = await self.bot.turns.shown(latest)
+            await self.bot.replies.show(channel, character, shown)
+
+    @app_commands.command(name="export", description="This scene as a SillyTavern chat file")
+    async def export(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        _, place, _ = self._where(interaction)
+        name, data = await self.bot.archive.export(place)
+        await answer(
+            interaction,
+            tr(interaction, "rp.exported"),
+            file=discord.File(io.BytesIO(data), filename=_safe_filename(name)),
+        )
+
+    @app_commands.command(
+        name="import", description="Continue a SillyTavern chat (.jsonl) here with a character"
+    )
+    @app_commands.describe(file="A SillyTavern chat file (.jsonl)", character="Who speaks in it")
+    async def import_chat(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        file: discord.Attachment,
+        character: app_commands.Transform[int, CharacterArg],
+    ) -> None:
+        channel, place, actor = self._where(interaction)
+        limit = self.bot.settings.max_attachment_bytes
+        if file.size > limit:
+            raise UserFacingError(
+                "file too large", key="error.card_too_large", size=file.size, limit=limit
+            )
+        if not file.filename.lower().endswith(".jsonl"):
+            raise UserFacingError("not a chat file", key="error.chat_file_type")
+        await self.bot.turns.admit_start(actor, place)
+        await interaction.response.defer(thinking=True)
+        imported = await self.bot.archive.import_chat(
+            actor, place, data=await file.read(), filename=file.filename, character_id=character
+        )
+        await answer(
+            interaction,
+            tr(
+                interaction,
+                "rp.imported",
+                name=imported.character.name,
+                count=imported.turns,
+            ),
+            ephemeral=False,
+        )
+        await self._show_where_it_stands(channel, place)
 
     @app_commands.command(
         name="dm-nsfw", description="NSFW characters in your own DMs with the bot (adults only)"
@@ -333,6 +467,12 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
                 "use this in a server text channel, a thread or a DM", key="error.channel_type"
             )
         return channel, place_of(channel, interaction.guild_id), actor_of(interaction)
+
+
+def _safe_filename(name: str) -> str:
+    """A file name Discord keeps as written: no path separators or control characters."""
+    kept = "".join(c for c in name if c.isprintable() and c not in '/\\:*?"<>|')
+    return kept.strip()[:100] or "scene.jsonl"
 
 
 async def setup(bot: SynatraBot) -> None:

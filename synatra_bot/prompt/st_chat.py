@@ -1,0 +1,356 @@
+"""SillyTavern chat files (.jsonl): read them into a ChatFile and write them back.
+
+A chat file is UTF-8 JSON Lines. The first line is the chat's metadata (`user_name`,
+`character_name`, `create_date`, `chat_metadata`); every other line is one message (`name`,
+`is_user`, `is_system`, `send_date`, `mes`, `extra`, and for a message with alternatives
+`swipes`, `swipe_id` and `swipe_info`). Group chats have no metadata line.
+
+Dates are written the way SillyTavern writes them today: `send_date` in ISO 8601 UTC with
+milliseconds (2025-11-23T14:56:50.682Z) and `create_date` in its compact "humanized" form
+(2025-11-23@14h56m50s682ms, here in UTC). Reading also accepts the older forms SillyTavern
+still reads: Unix milliseconds (number or digits), "June 19, 2023 2:20pm" and
+"2024-6-5 @14h 56m 50s 682ms". A date without a zone is taken as UTC; one that cannot be
+read becomes None, as SillyTavern shows such a message without a date.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from synatra_bot.errors import ChatFileError
+
+MAX_CHAT_BYTES = 8 * 1024 * 1024
+MAX_CHAT_LINES = 20_000
+MAX_MESSAGE_CHARS = 64_000
+MAX_NAME_CHARS = 100
+#: The names a chat without a metadata line (or with one that lacks them) gets.
+DEFAULT_USER_NAME = "User"
+DEFAULT_CHARACTER_NAME = ""
+
+_MAX_DATE_CHARS = 64
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MONTHS = (
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+)
+_DIGITS = re.compile(r"[0-9]+")
+# 2024-6-5 @14h 56m 50s 682ms (older), 2024-07-12@01h31m37s123ms (today), 2024-7-12@01h31m37s
+_HUMANIZED = re.compile(
+    r"([0-9]{4})-([0-9]{1,2})-([0-9]{1,2}) ?@([0-9]{1,2})h ?([0-9]{1,2})m ?([0-9]{1,2})s"
+    r"(?: ?([0-9]{1,3})ms)?"
+)
+# June 19, 2023 2:20pm
+_MERIDIEM = re.compile(
+    r"([A-Za-z]+) ([0-9]{1,2}), ([0-9]{4}) ([0-9]{1,2}):([0-9]{1,2}) ?(am|pm)", re.IGNORECASE
+)
+_ISO_START = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLine:
+    """One message. `text` is the chosen alternative, `swipes[swipe_id]` when there are any."""
+
+    name: str
+    is_user: bool
+    text: str
+    swipes: tuple[str, ...] = ()
+    swipe_id: int = 0
+    sent_at: datetime | None = None
+    is_system: bool = False
+
+    def __post_init__(self) -> None:
+        if self.swipes:
+            if not 0 <= self.swipe_id < len(self.swipes):
+                raise ValueError(f"swipe_id {self.swipe_id} is outside {len(self.swipes)} swipes")
+            if self.swipes[self.swipe_id] != self.text:
+                raise ValueError("text must be the chosen swipe, swipes[swipe_id]")
+        elif self.swipe_id != 0:
+            raise ValueError("swipe_id must be 0 for a message without swipes")
+        _check_aware(self.sent_at, "sent_at")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatFile:
+    """A whole chat: who talks, when it began, and its messages in order."""
+
+    user_name: str
+    character_name: str
+    created_at: datetime | None
+    lines: tuple[ChatLine, ...]
+
+    def __post_init__(self) -> None:
+        _check_aware(self.created_at, "created_at")
+
+
+def _check_aware(value: datetime | None, field: str) -> None:
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(f"{field} must carry a time zone")
+
+
+def parse_chat(data: bytes, *, filename: str | None = None) -> ChatFile:
+    """Read a SillyTavern chat file.
+
+    Raises ChatFileError naming the line and what is wrong; never returns half a chat.
+    """
+    try:
+        return _parse(data)
+    except ChatFileError as exc:
+        if filename is None:
+            raise
+        raise ChatFileError(exc.line, exc.reason, filename=filename) from None
+
+
+def _parse(data: bytes) -> ChatFile:
+    if len(data) > MAX_CHAT_BYTES:
+        raise ChatFileError(0, f"the file is {len(data)} bytes, the limit is {MAX_CHAT_BYTES}")
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    line_count = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    if line_count > MAX_CHAT_LINES:
+        raise ChatFileError(MAX_CHAT_LINES + 1, f"the file has more than {MAX_CHAT_LINES} lines")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ChatFileError(data.count(b"\n", 0, exc.start) + 1, "the text is not UTF-8") from None
+
+    rows = [
+        (number, _decode(raw, number))
+        for number, raw in enumerate(text.split("\n"), 1)
+        if raw.strip(" \t\r")
+    ]
+    # SillyTavern's metadata line is the first one, and it has no `mes`; group chats have none.
+    header_line, header = rows.pop(0) if rows and "mes" not in rows[0][1] else (0, {})
+    user_name = _name(header, "user_name", header_line, DEFAULT_USER_NAME)
+    character_name = _name(header, "character_name", header_line, DEFAULT_CHARACTER_NAME)
+    created_at = _date(header, "create_date", header_line)
+    lines = tuple(_message(obj, number, user_name, character_name) for number, obj in rows)
+    return ChatFile(user_name, character_name, created_at, lines)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _decode(raw: str, number: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw)
+    except RecursionError:
+        raise ChatFileError(number, "the JSON is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ChatFileError(number, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except ValueError:  # an integer with more digits than Python converts
+        raise ChatFileError(number, "not valid JSON (a number is too long)") from None
+    if not isinstance(obj, dict):
+        raise ChatFileError(number, f"expected a JSON object, found {_kind(obj)}")
+    return obj
+
+
+def _name(obj: dict[str, Any], key: str, number: int, default: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ChatFileError(number, f"'{key}' must be text, found {_kind(value)}")
+    if len(value) > MAX_NAME_CHARS:
+        raise ChatFileError(
+            number, f"'{key}' is {len(value)} characters, the limit is {MAX_NAME_CHARS}"
+        )
+    return value
+
+
+def _flag(obj: dict[str, Any], key: str, number: int) -> bool:
+    value = obj.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ChatFileError(number, f"'{key}' must be true or false, found {_kind(value)}")
+    return value
+
+
+def _text(value: Any, what: str, number: int) -> str:
+    if not isinstance(value, str):
+        raise ChatFileError(number, f"{what} must be text, found {_kind(value)}")
+    if len(value) > MAX_MESSAGE_CHARS:
+        raise ChatFileError(
+            number, f"{what} is {len(value)} characters, the limit is {MAX_MESSAGE_CHARS}"
+        )
+    return value
+
+
+def _message(obj: dict[str, Any], number: int, user_name: str, character_name: str) -> ChatLine:
+    if "mes" not in obj:
+        raise ChatFileError(number, "a message needs 'mes' (its text)")
+    mes = _text(obj["mes"], "'mes'", number)
+    is_user = _flag(obj, "is_user", number)
+    is_system = _flag(obj, "is_system", number)
+    name = _name(obj, "name", number, user_name if is_user else character_name)
+    sent_at = _date(obj, "send_date", number)
+
+    raw_swipes = obj.get("swipes")
+    if raw_swipes is None:
+        raw_swipes = []
+    if not isinstance(raw_swipes, list):
+        raise ChatFileError(number, f"'swipes' must be a list, found {_kind(raw_swipes)}")
+    swipes = [_text(item, f"swipe {i}", number) for i, item in enumerate(raw_swipes)]
+
+    swipe_id = obj.get("swipe_id")
+    if swipe_id is not None and (isinstance(swipe_id, bool) or not isinstance(swipe_id, int)):
+        raise ChatFileError(number, f"'swipe_id' must be a whole number, found {_kind(swipe_id)}")
+    choices = len(swipes) or 1
+    if swipe_id is None:
+        swipe_id = swipes.index(mes) if mes in swipes else 0
+    elif not 0 <= swipe_id < choices:
+        raise ChatFileError(
+            number, f"'swipe_id' is {swipe_id}, but the message has {choices} alternative(s)"
+        )
+    if swipes:
+        swipes[swipe_id] = mes  # SillyTavern shows `mes`, so it is the chosen text
+    return ChatLine(
+        name=name,
+        is_user=is_user,
+        text=mes,
+        swipes=tuple(swipes),
+        swipe_id=swipe_id,
+        sent_at=sent_at,
+        is_system=is_system,
+    )
+
+
+def _date(obj: dict[str, Any], key: str, number: int) -> datetime | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return read_date(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ChatFileError(
+            number, f"'{key}' must be a date as text or a number, found {_kind(value)}"
+        )
+    return _from_millis(value)
+
+
+def _from_millis(value: float) -> datetime | None:
+    # SillyTavern treats 0 and negative numbers as "no date".
+    if not value > 0 or value == float("inf"):
+        return None
+    try:
+        return _EPOCH + timedelta(milliseconds=value)
+    except OverflowError:
+        return None
+
+
+def read_date(value: str) -> datetime | None:
+    """A SillyTavern date string as an aware datetime (UTC when it names no zone), or None."""
+    text = value.strip()
+    if len(text) > _MAX_DATE_CHARS:
+        return None
+    try:
+        if _DIGITS.fullmatch(text):
+            return _from_millis(int(text))
+        if humanized := _HUMANIZED.fullmatch(text):
+            year, month, day, hour, minute, second = (int(g) for g in humanized.groups()[:6])
+            millis = int(humanized[7] or 0)
+            return datetime(year, month, day, hour, minute, second, millis * 1000, tzinfo=UTC)
+        if meridiem := _MERIDIEM.fullmatch(text):
+            month_of_year = _month(meridiem[1])
+            if month_of_year is None:
+                return None
+            hour24 = int(meridiem[4]) % 12 + (12 if meridiem[6].lower() == "pm" else 0)
+            return datetime(
+                int(meridiem[3]),
+                month_of_year,
+                int(meridiem[2]),
+                hour24,
+                int(meridiem[5]),
+                tzinfo=UTC,
+            )
+        if _ISO_START.match(text):
+            parsed = datetime.fromisoformat(text)
+            if parsed.utcoffset() is None:
+                return parsed.replace(tzinfo=UTC)
+            return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return None
+
+
+def _month(name: str) -> int | None:
+    lowered = name.lower()
+    for index, full in enumerate(_MONTHS, 1):
+        if lowered == full or lowered == full[:3]:
+            return index
+    return None
+
+
+def send_date_text(value: datetime) -> str:
+    """`value` as SillyTavern writes `send_date`: ISO 8601 UTC with milliseconds."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+
+
+def create_date_text(value: datetime) -> str:
+    """`value` as SillyTavern writes `create_date` (its compact humanized form), in UTC."""
+    u = value.astimezone(UTC)
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}"
+        f"@{u.hour:02d}h{u.minute:02d}m{u.second:02d}s{u.microsecond // 1000:03d}ms"
+    )
+
+
+def render_chat(chat: ChatFile) -> bytes:
+    """The chat as a UTF-8 .jsonl file that SillyTavern opens.
+
+    Dates are written to the millisecond (finer parts are dropped); `parse_chat` reads the
+    result back equal to `chat`.
+    """
+    header = {
+        "user_name": chat.user_name,
+        "character_name": chat.character_name,
+        "create_date": create_date_text(chat.created_at) if chat.created_at is not None else "",
+        "chat_metadata": {},
+    }
+    rows: list[dict[str, Any]] = [header]
+    for line in chat.lines:
+        row: dict[str, Any] = {
+            "name": line.name,
+            "is_user": line.is_user,
+            "is_system": line.is_system,
+        }
+        sent = send_date_text(line.sent_at) if line.sent_at is not None else None
+        if sent is not None:
+            row["send_date"] = sent
+        row["mes"] = line.text
+        if line.swipes:
+            row["swipes"] = list(line.swipes)
+            row["swipe_id"] = line.swipe_id
+            info: dict[str, Any] = {"send_date": sent} if sent is not None else {}
+            row["swipe_info"] = [{**info, "extra": {}} for _ in line.swipes]
+        row["extra"] = {}
+        rows.append(row)
+    return "\n".join(
+        json.dumps(row, ensure_ascii=False, separators=(",", ":")) for row in rows
+    ).encode("utf-8")

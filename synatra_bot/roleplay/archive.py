@@ -1,0 +1,196 @@
+"""A channel's scenes over time: earlier scenes reopened, branches from any message, chats
+moved in and out as SillyTavern chat files, and archived scenes forgotten when the server says.
+
+The rules of who may do what are the same as for starting a scene (a new running scene replaces
+the current one): see `RoleplayCore.ensure_can_start`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from synatra_bot.errors import NotFound, PermissionDenied
+from synatra_bot.prompt.st_chat import ChatFile, ChatLine, parse_chat, render_chat
+from synatra_bot.roleplay.core import RoleplayCore
+from synatra_bot.roleplay.rules import is_starter_or_moderator, require_voice
+from synatra_bot.roleplay.scheduler import Scheduler
+from synatra_bot.roleplay.types import Actor, Place
+from synatra_bot.storage import archives
+from synatra_bot.storage import repository as repo
+from synatra_bot.storage.archives import SceneSummary
+from synatra_bot.storage.records import CharacterRecord, SessionRecord
+
+#: Scenes `/rp sessions` lists.
+SCENES_LISTED = 25
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    session: SessionRecord
+    character: CharacterRecord
+    turns: int
+
+
+class Archive:
+    """Earlier scenes, branches and chat files, for any front end."""
+
+    def __init__(self, core: RoleplayCore, scheduler: Scheduler) -> None:
+        self.core = core
+        self.scheduler = scheduler
+
+    async def scenes(self, place: Place) -> list[SceneSummary]:
+        """This channel's scenes, newest first (the running one marked)."""
+        return await archives.channel_scenes(
+            self.core.sessions, channel_id=place.channel_id, limit=SCENES_LISTED
+        )
+
+    async def resume(self, actor: Actor, place: Place, session_id: int) -> SessionRecord:
+        """Reopen an earlier scene of this channel: its starter or a moderator, and only where
+        a new scene could start (nobody else's scene is running)."""
+        require_voice(actor)
+        found = await repo.get_session(self.core.sessions, session_id=session_id)
+        if found is None or found.channel_id != place.channel_id:
+            raise NotFound("no such scene here", key="error.no_scene")
+        if not is_starter_or_moderator(actor, found):
+            raise PermissionDenied("only who started it or a moderator", key="error.starter_only")
+        await self.core.ensure_can_start(actor, place)
+        await self.scheduler.cancel_channel(place.channel_id, reason="an earlier scene resumed")
+        reopened = await archives.reopen_scene(
+            self.core.sessions, channel_id=place.channel_id, session_id=session_id
+        )
+        self.core.forget(place.channel_id)
+        await self.prune(place)
+        return reopened
+
+    async def branch(self, actor: Actor, place: Place, message_id: int) -> SessionRecord:
+        """A new scene whose history is this channel's scene up to `message_id` (a stored turn
+        id); the scene it came from stays in the archive. Whoever branches owns the branch."""
+        require_voice(actor)
+        message = await self.core.get_message(message_id)
+        source = None
+        if message is not None and not message.deleted:
+            source = await repo.get_session(self.core.sessions, session_id=message.session_id)
+        if source is None or source.channel_id != place.channel_id:
+            raise NotFound("that message is not part of a scene here", key="error.no_scene")
+        await self.core.ensure_can_start(actor, place)
+        await self.scheduler.cancel_channel(place.channel_id, reason="a branch started")
+        branch = await archives.branch_scene(
+            self.core.sessions, message_id=message_id, started_by=actor.user_id
+        )
+        self.core.forget(place.channel_id)
+        await self.prune(place)
+        return branch
+
+    async def branch_at(self, actor: Actor, place: Place, discord_message_id: int) -> SessionRecord:
+        """`branch` from the turn a Discord message shows."""
+        found = await repo.find_by_discord_id(
+            self.core.sessions, discord_message_id=discord_message_id
+        )
+        if found is None:
+            raise NotFound("that message is not part of a scene here", key="error.no_scene")
+        return await self.branch(actor, place, found.id)
+
+    async def prune(self, place: Place) -> int:
+        """Forget the server's scenes archived longer than its moderators keep them."""
+        if place.dm:
+            return 0
+        guild = await repo.get_guild_settings(self.core.sessions, guild_id=place.guild_id)
+        days = guild.archive_keep_days
+        if days is None:
+            return 0
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        return await archives.forget_archived(
+            self.core.sessions, guild_id=place.guild_id, ended_before=cutoff
+        )
+
+    # --- SillyTavern chat files ---------------------------------------------------------------
+
+    async def export(self, place: Place) -> tuple[str, bytes]:
+        """The running scene as a SillyTavern chat file: its file name and bytes."""
+        active = await self.core.require_active(place)
+        session = active.session
+        turns = await archives.scene_turns(self.core.sessions, session_id=session.id)
+        starter = await self.core.persona(session.started_by, session.guild_id)
+        user_names = [m.display_name for m, _ in turns if m.role == "user"]
+        user_name = starter.name if starter else (user_names[0] if user_names else "User")
+        lines = []
+        for chosen, options in turns:
+            swipes = tuple(m.content for m in options) if len(options) > 1 else ()
+            lines.append(
+                ChatLine(
+                    name=chosen.display_name or active.lead.name,
+                    is_user=chosen.role == "user",
+                    text=chosen.content,
+                    swipes=swipes,
+                    swipe_id=next(i for i, m in enumerate(options) if m.chosen) if swipes else 0,
+                    sent_at=_aware(chosen.created_at),
+                    is_system=chosen.role == "system",
+                )
+            )
+        chat = ChatFile(
+            user_name=user_name,
+            character_name=active.lead.name,
+            created_at=_aware(session.started_at),
+            lines=tuple(lines),
+        )
+        day = session.started_at.strftime("%Y-%m-%d")
+        return f"{active.lead.name} - {day} - scene {session.id}.jsonl", render_chat(chat)
+
+    async def import_chat(
+        self, actor: Actor, place: Place, *, data: bytes, filename: str, character_id: int
+    ) -> Imported:
+        """Start a scene here that continues a SillyTavern chat, with `character` speaking its
+        lines. The file is read whole before anything is stored: a malformed one stores
+        nothing. The caller has admitted the start (`Turns.admit_start`)."""
+        chat = parse_chat(data, filename=filename)
+        config = await self.core.config_for(place, user_id=actor.user_id)
+        character = await self.core.characters.for_use(
+            actor, character_id, place=place, nsfw_policy=config.nsfw_policy
+        )
+        await self.scheduler.cancel_channel(place.channel_id, reason="a chat was imported")
+        session = await repo.start_session(
+            self.core.sessions,
+            guild_id=None if place.dm else place.guild_id,
+            channel_id=place.channel_id,
+            parent_channel_id=place.parent_channel_id,
+            character_id=character.id,
+            started_by=actor.user_id,
+        )
+        self.core.forget(place.channel_id)
+        for line in chat.lines:
+            await self._store_line(session, actor, character, line)
+        self.core.forget(place.channel_id)
+        await self.prune(place)
+        return Imported(session, character, len(chat.lines))
+
+    async def _store_line(
+        self, session: SessionRecord, actor: Actor, character: CharacterRecord, line: ChatLine
+    ) -> None:
+        role = "system" if line.is_system else "user" if line.is_user else "assistant"
+        options = list(line.swipes) or [line.text]
+        chosen = line.swipe_id if line.swipes else 0
+        options[chosen] = line.text  # what SillyTavern shows is the chosen text
+        first = await repo.add_message(
+            self.core.sessions,
+            session_id=session.id,
+            role=role,
+            content=options[0],
+            author_id=actor.user_id if line.is_user else None,
+            display_name=line.name if role != "assistant" else character.name,
+            character_id=character.id if role == "assistant" else None,
+        )
+        picked = first
+        for index, text in enumerate(options[1:], start=1):
+            alternative = await repo.add_alternative(
+                self.core.sessions, message_id=first.id, content=text
+            )
+            if index == chosen:
+                picked = alternative
+        if len(options) > 1:
+            await repo.choose_alternative(self.core.sessions, message_id=picked.id)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive UTC times."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -1,0 +1,275 @@
+"""Automatic memory: the turns a scene's prompt no longer holds, folded into its summary.
+
+Scenes run for hundreds of turns and the context holds a few dozen: each trim drops the oldest
+turns from the prompt. After a stored reply whose prompt starts past turns the summary does not
+cover yet, a job for that scene folds them in: the summary prompt (`PromptBuilder.
+build_summary`) holds the summary so far and the dropped turns, and the model writes the new
+summary, within the scene's `summary_tokens`. The session stores the summary with the id of the
+newest turn folded in, so a restart loses nothing and the next stored reply resumes the work.
+
+Jobs use the players' engine through the scheduler's background lane: at most one per scene,
+started only while no player's turn waits, and giving their slot back the moment a player's
+turn needs it (they are retried after). Nothing half-done is stored: a summary is written only
+whole, only over the summary it was folded from, and only while no turn it folded changed.
+
+An undo, edit, delete or swipe of a turn the summary covers makes it stale: the next job
+rewrites it, folding the scene again from its start, chunk by chunk. A summary written by hand
+(`RoleplayCore.set_memory`) stays as written; folding continues from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from synatra_bot.engine.base import SamplingParams
+from synatra_bot.errors import EngineError, PromptTooLarge, TurnCancelled
+from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, SummaryPrompt
+from synatra_bot.roleplay.config import ChannelConfig
+from synatra_bot.roleplay.core import CACHE_LIMIT, MIN_TURN_TOKENS, ActiveRoleplay, RoleplayCore
+from synatra_bot.roleplay.scheduler import PREEMPTED, Scheduler, TurnOutcome
+from synatra_bot.storage import repository as repo
+from synatra_bot.storage.records import MessageRecord, SessionRecord
+
+log = logging.getLogger(__name__)
+
+#: A summary keeps to the facts: sampled cooler than the scene's replies.
+SUMMARY_TEMPERATURE = 0.3
+SUMMARY_TOP_P = 0.9
+#: Rounds in a row that store nothing (taken back by players, a turn changed meanwhile) before
+#: a job gives up; the next stored reply starts another.
+MAX_IDLE_ROUNDS = 8
+#: A summary within this many tokens of its limit that does not end a sentence was cut off.
+CUT_OFF_SLACK = 8
+#: Where a summary may be cut: after a sentence's closing mark (and its quotes), or a line.
+_SENTENCE_END = re.compile(r"[.!?。！？…~]+[\"'”’」』)\]]*(?=\s|$)|\n")
+
+
+def fit_summary(text: str, limit: int, count: Callable[[str], int]) -> str:
+    """`text` within `limit` tokens (`count` is the real tokenizer's): as it is when it fits
+    and was not cut off at the limit, else up to its last sentence end that fits (at a
+    character when not even its first sentence does)."""
+    text = text.strip()
+    tokens = count(text)
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    complete = bool(ends) and ends[-1] == len(text)
+    if tokens <= limit and (complete or tokens < limit - CUT_OFF_SLACK):
+        return text
+    low, high = 0, len(ends)
+    while low < high:  # how many sentence ends fit (a longer prefix never takes fewer tokens)
+        middle = (low + high) // 2
+        if count(text[: ends[middle]].strip()) <= limit:
+            low = middle + 1
+        else:
+            high = middle
+    if low > 0:
+        return text[: ends[low - 1]].strip()
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if count(text[:middle].rstrip()) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low].rstrip()
+
+
+@dataclass(eq=False)
+class _Job:
+    """One scene's summary job: what it folds up to, and whether a turn it folds changed."""
+
+    session_id: int
+    channel_id: int
+    config: ChannelConfig
+    cast: tuple[str, ...]
+    #: The first turn of the newest prompt: the job folds every turn before it.
+    target: int
+    #: The newest turn the round under way may fold (None between rounds).
+    folding_until: int | None = None
+    #: A turn the round under way folds changed: it stores nothing.
+    dirty: bool = False
+
+
+class MemoryKeeper:
+    """Keeps every scene's summary up to date with what its prompts dropped."""
+
+    def __init__(self, core: RoleplayCore, scheduler: Scheduler) -> None:
+        self.core = core
+        self.scheduler = scheduler
+        self._jobs: dict[int, _Job] = {}
+        #: Session -> the prompt start its summary was found to cover all turns before.
+        self._covered: dict[int, int] = {}
+        # Storing a summary and marking one stale take turns, so a turn that changes while a
+        # summary is stored is never lost.
+        self._writing = asyncio.Lock()
+        core.memory = self
+
+    @staticmethod
+    def job_key(session_id: int) -> tuple[str, int]:
+        """The scheduler's key of a scene's summary job."""
+        return ("memory", session_id)
+
+    def updating(self, session_id: int) -> bool:
+        return session_id in self._jobs
+
+    # --- what the core tells it ---------------------------------------------------------------
+
+    def reply_stored(self, active: ActiveRoleplay, built: BuiltPrompt) -> None:
+        """A reply was stored from `built`: fold what its prompt dropped, in the background."""
+        session = active.session
+        start = built.history_start_id
+        if start is None or not session.summary_auto:
+            return
+        cast = tuple(c.name for c in active.cast)
+        job = self._jobs.get(session.id)
+        if job is not None:  # the running job takes the newer start on its next round
+            job.target = max(job.target, start)
+            job.config, job.cast = active.config, cast
+            return
+        if not session.summary_stale and self._covered.get(session.id) == start:
+            return
+        job = _Job(session.id, session.channel_id, active.config, cast, start)
+        if self.scheduler.spawn(self.job_key(session.id), functools.partial(self._run, job)):
+            self._jobs[session.id] = job
+
+    async def history_changed(self, session_id: int, oldest_id: int) -> None:
+        """Turns of the session from `oldest_id` on changed: the summary is stale when it
+        covers them, and a job folding them stores nothing."""
+        job = self._jobs.get(session_id)
+        if job is not None and job.folding_until is not None and oldest_id <= job.folding_until:
+            job.dirty = True
+        async with self._writing:
+            stale = await repo.mark_summary_stale(
+                self.core.sessions, session_id=session_id, changed_id=oldest_id
+            )
+        if stale:
+            self._covered.pop(session_id, None)
+
+    def auto_changed(self, session_id: int) -> None:
+        """Automatic memory was turned on or off: look again on the next reply."""
+        self._covered.pop(session_id, None)
+        job = self._jobs.get(session_id)
+        if job is not None:
+            job.dirty = True
+
+    # --- the job --------------------------------------------------------------------------------
+
+    async def _run(self, job: _Job) -> None:
+        try:
+            idle = 0
+            while idle < MAX_IDLE_ROUNDS:
+                progress = await self._round(job)
+                if progress is None:
+                    return
+                idle = 0 if progress else idle + 1
+        except TurnCancelled:
+            return  # shutting down while it waited: nothing was stored
+        except (PromptTooLarge, EngineError) as error:
+            if not self.scheduler.closing:
+                log.warning("the memory of scene %s was not updated: %s", job.session_id, error)
+        except Exception:
+            log.exception("the memory of scene %s was not updated", job.session_id)
+        finally:
+            job.folding_until = None
+            self._jobs.pop(job.session_id, None)
+
+    async def _round(self, job: _Job) -> bool | None:
+        """Fold the next chunk: True when a summary was stored, False when this round stored
+        nothing but another may, None when the job is done."""
+        job.dirty = False
+        job.folding_until = target = job.target  # what it may read, until it knows better
+        sessions = self.core.sessions
+        session = await repo.get_session(sessions, session_id=job.session_id)
+        if session is None or session.ended_at is not None or not session.summary_auto:
+            return None
+        stale = session.summary_stale
+        records = await repo.history_between(
+            sessions,
+            session_id=session.id,
+            after_id=None if stale else session.summary_until_id,
+            before_id=target,
+            limit=job.config.context_size // MIN_TURN_TOKENS,
+        )
+        if not records:
+            if stale:  # nothing it covered is left: it has nothing to tell
+                return await self._store(job, session, "", None)
+            self._remember_covered(session.id, target)
+            return None
+        config = job.config
+        prompt = self.core.builder.build_summary(
+            messages=[_dialogue(record) for record in records],
+            previous="" if stale else session.summary,
+            context_size=config.context_size,
+            max_new_tokens=config.summary_tokens,
+            cast=job.cast,
+        )
+        newest = records[prompt.included - 1].id
+        job.folding_until = newest
+        text, retry = await self._generate(job, prompt)
+        if text is None:
+            return False if retry else None
+        summary = fit_summary(text, config.summary_tokens, self.core.builder.count_text)
+        if not summary:
+            log.warning("the memory of scene %s came back empty", session.id)
+            return None
+        return await self._store(job, session, summary, newest)
+
+    async def _generate(self, job: _Job, prompt: SummaryPrompt) -> tuple[str | None, bool]:
+        """The summary the model wrote, or None and whether to try again (a player's turn
+        took the slot back) or not (timed out, shutting down)."""
+        sampling = job.config.sampling
+        params = SamplingParams(
+            temperature=SUMMARY_TEMPERATURE,
+            top_p=SUMMARY_TOP_P,
+            top_k=sampling.top_k,
+            repetition_penalty=sampling.repetition_penalty,
+            max_new_tokens=job.config.summary_tokens,
+        )
+        async with self.scheduler.background(self.job_key(job.session_id)) as slot:
+            async for _delta in slot.stream(prompt.input_ids, params):
+                pass
+        if slot.outcome is TurnOutcome.FINISHED:
+            return slot.text, False
+        if slot.outcome is TurnOutcome.TIMED_OUT:
+            log.warning("the memory of scene %s timed out", job.session_id)
+        return None, slot.cancel_reason == PREEMPTED
+
+    async def _store(
+        self, job: _Job, session: SessionRecord, summary: str, until_id: int | None
+    ) -> bool:
+        """Store `summary` over the one it was folded from, unless a turn it folded changed."""
+        async with self._writing:
+            if job.dirty:
+                return False
+            stored = await repo.store_summary(
+                self.core.sessions,
+                session_id=session.id,
+                summary=summary,
+                until_id=until_id,
+                expect_summary=session.summary,
+                expect_until_id=session.summary_until_id,
+                expect_stale=session.summary_stale,
+            )
+        if stored:
+            self.core.forget(job.channel_id)  # the next prompt sees it
+        return stored
+
+    def _remember_covered(self, session_id: int, start: int) -> None:
+        if len(self._covered) >= CACHE_LIMIT:
+            self._covered.clear()
+        self._covered[session_id] = start
+
+
+def _dialogue(record: MessageRecord) -> HistoryMessage:
+    """A stored turn as a line of the summary prompt's dialogue."""
+    return HistoryMessage(
+        role="assistant" if record.role == "assistant" else "user",
+        name=record.display_name or ("캐릭터" if record.role == "assistant" else "user"),
+        content=record.content,
+        message_id=record.id,
+        author_id=record.author_id,
+    )

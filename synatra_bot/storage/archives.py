@@ -1,0 +1,238 @@
+"""Repository functions for a channel's scenes over time: list, reopen, branch, forget.
+
+Like `repository`, each function is one unit of work, takes the session factory first and
+keyword-only arguments after it, and hands back immutable records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+
+from synatra_bot.storage.models import (
+    CastMember,
+    ChannelSettings,
+    Character,
+    Message,
+    RoleplaySession,
+)
+from synatra_bot.storage.records import MessageRecord, SessionRecord, snapshot
+from synatra_bot.storage.repository import Sessions, _channel_row, _end_active
+
+
+@dataclass(frozen=True, slots=True)
+class SceneSummary:
+    """One scene of a channel as a list shows it."""
+
+    session: SessionRecord
+    #: The cast's names in cast order (characters deleted since are left out).
+    names: tuple[str, ...]
+    #: Turns the model would see (chosen, not deleted).
+    turns: int
+    active: bool
+
+
+async def channel_scenes(
+    sessions: Sessions, *, channel_id: int, limit: int = 25
+) -> list[SceneSummary]:
+    """The channel's scenes, newest first: the running one and the archived ones."""
+    async with sessions() as session:
+        active_id = await session.scalar(
+            select(ChannelSettings.active_session_id).where(
+                ChannelSettings.channel_id == channel_id
+            )
+        )
+        rows = (
+            await session.scalars(
+                select(RoleplaySession)
+                .where(RoleplaySession.channel_id == channel_id)
+                .order_by(RoleplaySession.id.desc())
+                .limit(limit)
+            )
+        ).all()
+        ids = [row.id for row in rows]
+        counted = await session.execute(
+            select(Message.session_id, func.count(Message.id))
+            .where(Message.session_id.in_(ids), Message.chosen, ~Message.deleted)
+            .group_by(Message.session_id)
+        )
+        counts = {session_id: count for session_id, count in counted}
+        names: dict[int, list[str]] = {}
+        cast = await session.execute(
+            select(CastMember.session_id, Character.name)
+            .join(Character, Character.id == CastMember.character_id)
+            .where(CastMember.session_id.in_(ids))
+            .order_by(CastMember.session_id, CastMember.position)
+        )
+        for session_id, name in cast:
+            names.setdefault(session_id, []).append(name)
+        return [
+            SceneSummary(
+                snapshot(SessionRecord, row),
+                tuple(names.get(row.id, ())),
+                int(counts.get(row.id, 0)),
+                row.id == active_id,
+            )
+            for row in rows
+        ]
+
+
+async def reopen_scene(sessions: Sessions, *, channel_id: int, session_id: int) -> SessionRecord:
+    """Make an earlier scene of the channel the running one again (the running one is archived).
+
+    Raises LookupError when the scene is not one of this channel's.
+    """
+    async with sessions.begin() as session:
+        row = await session.get(RoleplaySession, session_id)
+        if row is None or row.channel_id != channel_id:
+            raise LookupError(f"scene {session_id} is not one of channel {channel_id}'s")
+        channel = await _channel_row(session, channel_id=channel_id, guild_id=row.guild_id or 0)
+        if channel.active_session_id != row.id:
+            await _end_active(session, channel)
+        row.ended_at = None
+        channel.active_session_id = row.id
+        await session.flush()
+        return snapshot(SessionRecord, row)
+
+
+async def branch_scene(sessions: Sessions, *, message_id: int, started_by: int) -> SessionRecord:
+    """A new running scene in the message's channel whose history is a copy of its scene's up
+    to and including that message's turn (alternatives kept, the chosen ones chosen), with the
+    same cast and long-term memory. The scene it came from is archived, untouched. A memory
+    that covers turns after the branch point is marked stale (rewritten from the branch's own
+    turns); one that does not covers the same turns' copies.
+
+    The copies show in no Discord message (their ids are not copied), so an edit of an old
+    message never reaches the branch. Raises LookupError for an unknown message.
+    """
+    async with sessions.begin() as session:
+        target = await session.get(Message, message_id)
+        if target is None or target.deleted:
+            raise LookupError(f"message {message_id} does not exist")
+        source = await session.get(RoleplaySession, target.session_id)
+        assert source is not None
+        turn = target.swipe_group if target.swipe_group is not None else target.id
+        channel = await _channel_row(
+            session, channel_id=source.channel_id, guild_id=source.guild_id or 0
+        )
+        await _end_active(session, channel)
+        branch = RoleplaySession(
+            guild_id=source.guild_id,
+            channel_id=source.channel_id,
+            parent_channel_id=source.parent_channel_id,
+            character_id=source.character_id,
+            started_by=started_by,
+            summary=source.summary,
+            summary_auto=source.summary_auto,
+        )
+        session.add(branch)
+        await session.flush()
+        channel.active_session_id = branch.id
+        members = await session.scalars(
+            select(CastMember)
+            .where(CastMember.session_id == source.id)
+            .order_by(CastMember.position)
+        )
+        for member in members.all():
+            session.add(
+                CastMember(
+                    session_id=branch.id,
+                    character_id=member.character_id,
+                    position=member.position,
+                    joined_at=member.joined_at,
+                )
+            )
+        turn_of = func.coalesce(Message.swipe_group, Message.id)
+        rows = (
+            await session.scalars(
+                select(Message)
+                .where(Message.session_id == source.id, ~Message.deleted, turn_of <= turn)
+                .order_by(Message.id)
+            )
+        ).all()
+        copies: list[tuple[Message, Message]] = []
+        for row in rows:
+            copy = Message(
+                session_id=branch.id,
+                role=row.role,
+                author_id=row.author_id,
+                display_name=row.display_name,
+                content=row.content,
+                token_count=row.token_count,
+                discord_message_id=None,
+                discord_message_ids=[],
+                swipe_index=row.swipe_index,
+                chosen=row.chosen,
+                deleted=False,
+                character_id=row.character_id,
+                created_at=row.created_at,
+                edited_at=row.edited_at,
+            )
+            session.add(copy)
+            copies.append((row, copy))
+        await session.flush()
+        new_ids = {row.id: copy.id for row, copy in copies}
+        for row, copy in copies:
+            if row.swipe_group is not None:
+                copy.swipe_group = new_ids.get(row.swipe_group)
+        covered = source.summary_until_id
+        if covered is not None:
+            branch.summary_until_id = new_ids.get(covered)
+            branch.summary_stale = source.summary_stale or branch.summary_until_id is None
+        await session.flush()
+        return snapshot(SessionRecord, branch)
+
+
+async def forget_archived(sessions: Sessions, *, guild_id: int, ended_before: datetime) -> int:
+    """Delete the server's scenes archived before `ended_before`, their messages with them
+    (the running scenes stay); returns how many went."""
+    async with sessions.begin() as session:
+        running = select(ChannelSettings.active_session_id).where(
+            ChannelSettings.active_session_id.is_not(None)
+        )
+        doomed = (
+            await session.scalars(
+                select(RoleplaySession.id).where(
+                    RoleplaySession.guild_id == guild_id,
+                    RoleplaySession.ended_at.is_not(None),
+                    RoleplaySession.ended_at < ended_before,
+                    RoleplaySession.id.not_in(running),
+                )
+            )
+        ).all()
+        if not doomed:
+            return 0
+        ids = list(doomed)
+        # Not left to ON DELETE CASCADE: SQLite honours it only with foreign keys on.
+        await session.execute(delete(Message).where(Message.session_id.in_(ids)))
+        await session.execute(delete(CastMember).where(CastMember.session_id.in_(ids)))
+        await session.execute(delete(RoleplaySession).where(RoleplaySession.id.in_(ids)))
+        return len(ids)
+
+
+async def scene_turns(
+    sessions: Sessions, *, session_id: int
+) -> list[tuple[MessageRecord, list[MessageRecord]]]:
+    """The scene's history as a chat file holds it: each turn's chosen row with all of its
+    alternatives (in swipe order), oldest turn first; deleted turns left out."""
+    async with sessions() as session:
+        rows = (
+            await session.scalars(
+                select(Message)
+                .where(Message.session_id == session_id, ~Message.deleted)
+                .order_by(Message.id)
+            )
+        ).all()
+    turns: dict[int, list[MessageRecord]] = {}
+    for row in rows:
+        record = snapshot(MessageRecord, row)
+        turns.setdefault(record.turn_group, []).append(record)
+    result = []
+    for group in sorted(turns):
+        options = sorted(turns[group], key=lambda m: m.swipe_index)
+        chosen = next((m for m in options if m.chosen), None)
+        if chosen is not None:
+            result.append((chosen, options))
+    return result

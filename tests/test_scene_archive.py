@@ -1,0 +1,247 @@
+"""A channel's scenes over time, through the real discord.py client and the fake Discord:
+earlier scenes listed and resumed, branches from a message, and SillyTavern chat files exported
+and imported back."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from synatra_bot.engine.scripted import ScriptedEngine
+from synatra_bot.prompt.st_chat import parse_chat
+from synatra_bot.storage import repository as repo
+from tests.bot_harness import button_ids, eventually, has_buttons
+
+
+def numbered_replies(tokenizer) -> ScriptedEngine:
+    counter = itertools.count(1)
+    return ScriptedEngine(lambda prompt: f"답장 {next(counter)}.", tokenizer=tokenizer)
+
+
+def custom_id(message, prefix: str) -> str:
+    return next(b for b in button_ids(message) if b.startswith(prefix))
+
+
+async def active_history(harness, channel):
+    active = await repo.get_active_session(harness.sessions, channel_id=channel.id)
+    turns = await repo.recent_history(harness.sessions, session_id=active.id, limit=50)
+    return active, turns
+
+
+async def scene(harness, *lines: str):
+    """#general enabled by a moderator, 민지 started there, the players' `lines` answered."""
+    s = harness.scenario
+    character = await harness.character(s.moderator, "민지")
+    await harness.start_roleplay(s.moderator, s.general, character)
+    replies = [await harness.reply_to(s.general, s.members[0], line) for line in lines]
+    return character, replies
+
+
+async def test_an_earlier_scene_is_listed_and_resumed_where_it_stopped(start_bot, tokenizer):
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        fake, s = harness.fake, harness.scenario
+        await scene(harness, "첫 장면이야.")
+        first, _ = await active_history(harness, s.general)
+        await harness.final_text(await harness.slash(s.moderator, "rp reset", channel=s.general))
+        second, _ = await active_history(harness, s.general)
+
+        listed = await harness.slash(s.members[1], "rp sessions", channel=s.general)
+        text = await harness.final_text(listed)
+        assert f"#{second.id}" in text and f"#{first.id}" in text and "진행 중" in text
+        assert text.index(f"#{second.id}") < text.index(f"#{first.id}")
+
+        # Only its starter or a moderator reopens a scene.
+        refused = await harness.slash(
+            s.members[1], "rp resume", channel=s.general, scene=str(first.id)
+        )
+        assert "시작한 사람이나 관리자만" in await harness.final_text(refused)
+        resumed = await harness.slash(
+            s.moderator, "rp resume", channel=s.general, scene=str(first.id)
+        )
+        assert f"#{first.id}" in await harness.final_text(resumed)
+        shown = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None and m.content == "답장 1."
+        )
+        await fake.wait_until(lambda: has_buttons(shown))
+        reply = await harness.reply_to(s.general, s.members[0], "다시 왔어.")
+        assert reply.content == "답장 2."
+        active, turns = await active_history(harness, s.general)
+        assert active.id == first.id and active.ended_at is None
+        assert [m.content for m in turns if m.role == "user"] == ["첫 장면이야.", "다시 왔어."]
+        archived = await repo.get_session(harness.sessions, session_id=second.id)
+        assert archived.ended_at is not None
+
+
+async def test_a_branch_from_a_message_goes_on_from_there_and_the_old_scene_stays(
+    start_bot, tokenizer
+):
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        fake, s = harness.fake, harness.scenario
+        _, replies = await scene(harness, "하나.", "둘.", "셋.")
+        original, original_turns = await active_history(harness, s.general)
+        # A second alternative on the first reply: the branch keeps both, the chosen one chosen.
+        first = replies[0]
+        regen = await fake.press(s.members[0], replies[-1], custom_id(replies[-1], "rp:regen"))
+        await fake.wait_for_response(regen)
+        await fake.wait_until(lambda: replies[-1].content == "답장 4." and has_buttons(replies[-1]))
+
+        # Branching replaces the running scene: a player may not, over someone else's scene.
+        refused = await fake.message_command(s.members[0], "Branch from here", first)
+        assert "진행 중" in await harness.final_text(refused)
+        menu = await fake.message_command(s.moderator, "Branch from here", first)
+        assert "새 갈래" in await harness.final_text(menu)
+        branch, turns = await active_history(harness, s.general)
+        assert branch.id != original.id and branch.started_by == s.moderator.user.id
+        assert [(m.role, m.content) for m in turns[1:]] == [
+            ("user", "하나."),
+            ("assistant", "답장 1."),
+        ]
+        # The branch shows where it stands, and goes on from there.
+        shown = await fake.wait_for_message(
+            s.general,
+            lambda m: m.webhook_id is not None and m.content == "답장 1." and m.id > first.id,
+            after=0,
+        )
+        await fake.wait_until(lambda: has_buttons(shown))
+        reply = await harness.reply_to(s.general, s.members[0], "다른 길로 가 보자.")
+        assert reply.content == "답장 5."
+        prompt = harness.engine.prompts[-1]
+        assert "둘." not in prompt and "하나." in prompt
+
+        # The scene it came from is kept whole, and an edit of its messages stays there.
+        kept = await repo.recent_history(harness.sessions, session_id=original.id, limit=50)
+        assert [m.id for m in kept] == [m.id for m in original_turns[:-1]] + [kept[-1].id]
+        assert kept[-1].content == "답장 4."
+        said_one = next(m for m in s.general.messages if m.content == "하나." and m.from_test)
+        await fake.edit(said_one, "하나, 고쳐 씀.")
+        _, branch_turns = await active_history(harness, s.general)
+        assert "하나." in [m.content for m in branch_turns]
+
+        # /rp branch makes a checkpoint of the whole scene.
+        checkpoint = await harness.slash(s.moderator, "rp branch", channel=s.general)
+        await harness.final_text(checkpoint)
+        await fake.wait_until(
+            lambda: any(m.content == "답장 5." and m.id > reply.id for m in s.general.messages)
+        )
+        newest, copied = await active_history(harness, s.general)
+        assert newest.id not in (branch.id, original.id)
+        assert [m.content for m in copied] == [m.content for m in branch_turns]
+
+
+async def test_an_exported_scene_imports_back_with_its_swipes(start_bot, tokenizer):
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        fake, s = harness.fake, harness.scenario
+        character, replies = await scene(harness, "바다 보러 갈래?", "좋아, 가자!")
+        regen = await fake.press(s.members[0], replies[-1], custom_id(replies[-1], "rp:regen"))
+        await fake.wait_for_response(regen)
+        await fake.wait_until(lambda: replies[-1].content == "답장 3." and has_buttons(replies[-1]))
+        _, before = await active_history(harness, s.general)
+
+        exported = await harness.slash(s.members[0], "rp export", channel=s.general)
+        message = await fake.wait_until(
+            lambda: next((m for m in [*exported.followups, exported.original] if m), None)
+        )
+        [attachment] = message.attachments
+        assert attachment.filename.endswith(".jsonl") and "민지" in attachment.filename
+        chat = parse_chat(attachment.data)
+        assert chat.character_name == "민지"
+        assert [line.text for line in chat.lines] == [m.content for m in before]
+        assert chat.lines[-1].swipes == ("답장 2.", "답장 3.") and chat.lines[-1].swipe_id == 1
+        first_line = json.loads(attachment.data.decode().splitlines()[1])
+        assert {"name", "is_user", "is_system", "send_date", "mes"} <= set(first_line)
+
+        # Imported in the thread, it continues from the chat's last line.
+        imported = await harness.slash(
+            s.moderator,
+            "rp import",
+            channel=s.thread,
+            file=(attachment.filename, attachment.data, "application/jsonl"),
+            character=str(character),
+        )
+        assert "5개" in await harness.final_text(imported)
+        _, after = await active_history(harness, s.thread)
+        assert [(m.role, m.content) for m in after] == [(m.role, m.content) for m in before]
+        active = await repo.get_active_session(harness.sessions, channel_id=s.thread.id)
+        last = after[-1]
+        options = await repo.alternatives(harness.sessions, message_id=last.id)
+        assert [m.content for m in options] == ["답장 2.", "답장 3."] and last.chosen
+        assert active.started_by == s.moderator.user.id
+        # The scene shows where it stands (its newest reply, with buttons), then goes on.
+        shown = await fake.wait_for_message(
+            s.thread, lambda m: m.webhook_id is not None and m.content == "답장 3.", after=0
+        )
+        await fake.wait_until(lambda: has_buttons(shown))
+        reply = await harness.reply_to(s.thread, s.members[0], "도착했다!")
+        assert reply.content == "답장 4."
+
+
+async def test_a_malformed_chat_file_is_refused_and_nothing_is_stored(start_bot, tokenizer):
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        s = harness.scenario
+        character, _ = await scene(harness)
+        before, _ = await active_history(harness, s.general)
+        bad = (
+            b'{"user_name": "a", "character_name": "b"}\n{"name": "a", "is_user": true, "mes": 3}\n'
+        )
+        refused = await harness.slash(
+            s.moderator,
+            "rp import",
+            channel=s.general,
+            file=("broken.jsonl", bad, "application/jsonl"),
+            character=str(character),
+        )
+        text = await harness.final_text(refused)
+        assert "2" in text
+        after, _ = await active_history(harness, s.general)
+        assert after.id == before.id
+
+        wrong = await harness.slash(
+            s.moderator,
+            "rp import",
+            channel=s.general,
+            file=("card.json", b"{}", "application/json"),
+            character=str(character),
+        )
+        assert ".jsonl" in await harness.final_text(wrong)
+
+        async def unchanged():
+            return (await active_history(harness, s.general))[0].id == before.id
+
+        assert await eventually(unchanged)
+
+
+async def test_archived_scenes_older_than_the_server_keeps_them_are_deleted(start_bot, tokenizer):
+    import datetime
+
+    from sqlalchemy import update
+
+    from synatra_bot.storage.models import RoleplaySession
+
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        s = harness.scenario
+        await scene(harness, "오래된 이야기.")
+        old, _ = await active_history(harness, s.general)
+        await harness.final_text(await harness.slash(s.moderator, "rp reset", channel=s.general))
+        running, _ = await active_history(harness, s.general)
+        long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)
+        async with harness.sessions.begin() as session:
+            await session.execute(
+                update(RoleplaySession)
+                .where(RoleplaySession.id == old.id)
+                .values(ended_at=long_ago)
+            )
+
+        kept = await harness.slash(s.moderator, "config archive", channel=s.general, keep_days=7)
+        await harness.final_text(kept)
+        assert await repo.get_session(harness.sessions, session_id=old.id) is not None
+        short = await harness.slash(s.moderator, "config archive", channel=s.general, keep_days=1)
+        await harness.final_text(short)
+
+        async def forgotten():
+            return await repo.get_session(harness.sessions, session_id=old.id) is None
+
+        assert await eventually(forgotten)
+        assert await repo.recent_history(harness.sessions, session_id=old.id, limit=10) == []
+        assert (await active_history(harness, s.general))[0].id == running.id
+        refused = await harness.slash(s.members[0], "config archive", keep_days=1)
+        assert "관리자" in await harness.final_text(refused)
