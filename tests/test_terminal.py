@@ -646,3 +646,35 @@ async def test_a_broken_chat_file_is_refused_and_nothing_is_stored(
     assert code == 2 and err.count("\n") == 1 and "line 2" in err
     _, after = await terminal_history(sessions)
     assert [m.id for m in after] == [m.id for m in before]
+
+
+async def test_sessions_resume_and_branch_in_the_terminal(settings, sessions, tokenizer, tmp_path):
+    card = card_file(tmp_path)
+    engine = ScriptedEngine(replies("하나.", "둘.", "셋."), tokenizer=tokenizer)
+    code, text = await chat(
+        settings,
+        tokenizer,
+        card,
+        "첫 장면.\n/reset\n두 번째 장면.\n/sessions\n/quit\n",
+        engine=engine,
+    )
+    assert code == 0
+    second, _ = await terminal_history(sessions)
+    listed = [line for line in text.splitlines() if line.startswith("#") or "> #" in line]
+    assert any(f"#{second.id}" in line and "running" in line for line in listed)
+    first_id = second.id - 1
+    assert any(f"#{first_id} " in line for line in listed)
+
+    code, text = await chat(
+        settings,
+        tokenizer,
+        card,
+        f"/resume {first_id}\n다시 왔어.\n/branch\n/quit\n",
+        engine=engine,
+    )
+    assert code == 0 and f"scene #{first_id} resumed" in text and "세라: 하나." in text
+    branch, history = await terminal_history(sessions)
+    assert branch.id not in (first_id, second.id)
+    assert [m.content for m in history if m.role == "user"] == ["첫 장면.", "다시 왔어."]
+    resumed = await repo.get_session(sessions, session_id=first_id)
+    assert resumed.ended_at is not None  # archived again once the branch took over

@@ -245,6 +245,16 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "저장했어요. 다음 답장부터 캐릭터가 이 내용을 기억해요.",
     ),
     "rp.memory_cleared": ("Long-term memory cleared.", "장기 기억을 지웠어요."),
+    "rp.memory_tokens": ("{tokens}/{limit} tokens", "{tokens}/{limit} 토큰"),
+    "rp.memory_covers": ("covers messages #{first}-#{until}", "메시지 #{first}~#{until} 요약"),
+    "rp.memory_covers_none": ("covers nothing yet", "아직 요약한 메시지 없음"),
+    "rp.memory_auto_on": ("automatic memory on", "자동 기억 켜짐"),
+    "rp.memory_auto_off": ("automatic memory off", "자동 기억 꺼짐"),
+    "rp.memory_stale": (
+        "being rewritten (a message it covers changed)",
+        "다시 쓰는 중 (요약한 메시지가 바뀜)",
+    ),
+    "rp.memory_updating": ("updating now", "지금 갱신 중"),
     "rp.dm_nsfw_on": (
         "NSFW characters may now play in your DMs with the bot (only there; servers keep "
         "their own rules). Turn it off again with /rp dm-nsfw enabled:False.",

@@ -37,7 +37,7 @@ from synatra_bot.roleplay.core import Started
 from synatra_bot.roleplay.turns import STOPPED_BY_USER, Ending, Reply, Turns
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
-from synatra_bot.storage.records import CharacterRecord, MessageRecord
+from synatra_bot.storage.records import CharacterRecord, MessageRecord, SessionRecord
 
 if TYPE_CHECKING:
     from synatra_bot.engine.base import Engine
@@ -72,6 +72,9 @@ HELP = """\
   /reset        처음부터 다시 (기록은 보관) · start over (history archived)
   /context      모델이 보는 프롬프트 요약 · what the model sees
   /export 파일   SillyTavern 채팅 파일로 저장 · save as a SillyTavern chat (.jsonl)
+  /sessions     이 자리의 장면 목록 · this place's scenes, earlier ones too
+  /resume 번호   이전 장면 다시 열기 · reopen an earlier scene
+  /branch       여기서 새 갈래 (지금 장면은 보관) · go on in a new branch; this one is kept
   /help         도움말 · this help
   /quit         끝내기 (Ctrl-D) · quit
 Ctrl-C: 답장 중이면 멈추기, 아니면 끝내기 · stop the reply, or quit at the prompt"""
@@ -408,6 +411,20 @@ class TerminalChat:
             filename, data = await self.archive.export(self.place)
             target = await asyncio.to_thread(_write_chat_file, argument.strip(), data)
             self._line(f"저장했어요 · saved: {target} ({filename})")
+        elif name == "/sessions":
+            for scene in await self.archive.scenes(self.place):
+                mark = " ← 진행 중 · running" if scene.active else ""
+                names = ", ".join(scene.names) or "?"
+                day = scene.session.started_at.strftime("%Y-%m-%d")
+                self._line(f"#{scene.session.id} {names} · {day} · {scene.turns}턴{mark}")
+        elif name == "/resume" and argument.strip().lstrip("#").isdigit():
+            scene_id = int(argument.strip().lstrip("#"))
+            await self.archive.resume(self.actor, self.place, scene_id)
+            self._line(f"— 장면 #{scene_id} 이어서 · scene #{scene_id} resumed —")
+            await self._recap()
+        elif name == "/branch":
+            branch = await self._branch()
+            self._line(f"— 새 갈래 · new branch, scene #{branch.id} —")
         elif name == "/cast":
             active = await self.core.require_active(self.place)
             self._line(f"장면 · scene: {active.names}")
@@ -429,6 +446,21 @@ class TerminalChat:
         else:
             self._line(f"모르는 명령이에요 · unknown command: {name} (/help)")
         return True
+
+    async def _branch(self) -> SessionRecord:
+        active = await self.core.require_active(self.place)
+        newest = await self.core.recent(active)
+        if not newest:
+            raise UserFacingError("nothing to branch from", key="error.nothing_to_branch")
+        return await self.archive.branch(self.actor, self.place, newest[-1].id)
+
+    async def _recap(self) -> None:
+        active = await self.core.require_active(self.place)
+        history = await repo.recent_history(
+            self.core.sessions, session_id=active.session.id, limit=RECAP_TURNS
+        )
+        for message in history:
+            self._show(message, active.lead.name)
 
     async def _regenerate(self) -> None:
         latest = await self.core.latest_reply(self.place)

@@ -172,6 +172,15 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         if answer_every is not None:
             await self._save(interaction, "channel", answer_every_addressed=answer_every)
 
+    @app_commands.command(name="memory", description="How long scenes' automatic memory may grow")
+    @app_commands.describe(summary_tokens="Tokens a scene's summary may take (default 384)")
+    async def memory(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        summary_tokens: app_commands.Range[int, 32, 2048],
+    ) -> None:
+        await self._save(interaction, "server", summary_tokens=summary_tokens)
+
     @app_commands.command(name="archive", description="How long archived scenes are kept")
     @app_commands.describe(keep_days="Days an archived scene is kept (0: for ever, the default)")
     async def archive(

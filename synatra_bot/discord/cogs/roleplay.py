@@ -18,6 +18,7 @@ from synatra_bot.discord.replies import ReplyButton, SwipePosition
 from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.errors import UserFacingError
 from synatra_bot.prompt.report import is_card_book
+from synatra_bot.roleplay.core import MemoryStatus
 from synatra_bot.roleplay.rules import (
     require_may_inspect,
     require_starter_or_moderator,
@@ -309,25 +310,31 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     @app_commands.command(name="memory", description="Show or set what the character remembers")
     @app_commands.describe(
-        text="Long-term memory the model always sees (leave empty to show; '-' to clear)"
+        text="Long-term memory the model always sees (leave empty to show; '-' to clear)",
+        auto="Fold what falls out of the prompt into it automatically (on by default)",
     )
     async def memory(
         self,
         interaction: discord.Interaction[SynatraBot],
         text: app_commands.Range[str, 1, 2000] | None = None,
+        auto: bool | None = None,
     ) -> None:
         _, place, actor = self._where(interaction)
-        active = await self.bot.core.require_active(place)
-        if text is None:
-            shown = active.session.summary or tr(interaction, "rp.memory_empty")
-            await answer(interaction, shown[:2000])
+        core = self.bot.core
+        active = await core.require_active(place)
+        if text is None and auto is None:
+            await answer(interaction, _memory_text(interaction, await core.memory_status(place)))
             return
         require_starter_or_moderator(actor, active.session)
-        memory = "" if text.strip() == "-" else text.strip()
-        await self.bot.core.set_memory(place, memory)
-        await answer(
-            interaction, tr(interaction, "rp.memory_set" if memory else "rp.memory_cleared")
-        )
+        said = []
+        if auto is not None:
+            await core.set_auto_memory(place, auto)
+            said.append(tr(interaction, "rp.memory_auto_on" if auto else "rp.memory_auto_off"))
+        if text is not None:
+            memory = "" if text.strip() == "-" else text.strip()
+            await core.set_memory(place, memory)
+            said.append(tr(interaction, "rp.memory_set" if memory else "rp.memory_cleared"))
+        await answer(interaction, "\n".join(said))
 
     @app_commands.command(name="context", description="Show what the model sees (inspector)")
     @app_commands.describe(character="Whose next reply (default: the scene's first character)")
@@ -467,6 +474,27 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
                 "use this in a server text channel, a thread or a DM", key="error.channel_type"
             )
         return channel, place_of(channel, interaction.guild_id), actor_of(interaction)
+
+
+def _memory_text(interaction: discord.Interaction[SynatraBot], status: MemoryStatus) -> str:
+    """A scene's memory with what it covers, for `/rp memory`."""
+    if status.covers is not None:
+        first, until = status.covers
+        covered = tr(interaction, "rp.memory_covers", first=first, until=until)
+    else:
+        covered = tr(interaction, "rp.memory_covers_none")
+    facts = [
+        tr(interaction, "rp.memory_tokens", tokens=status.tokens, limit=status.limit),
+        covered,
+        tr(interaction, "rp.memory_auto_on" if status.auto else "rp.memory_auto_off"),
+    ]
+    if status.stale:
+        facts.append(tr(interaction, "rp.memory_stale"))
+    if status.updating:
+        facts.append(tr(interaction, "rp.memory_updating"))
+    body = status.text or tr(interaction, "rp.memory_empty")
+    head = "-# " + " · ".join(facts) + "\n"
+    return head + body[: 2000 - len(head)]
 
 
 def _safe_filename(name: str) -> str:
