@@ -76,8 +76,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "모델이 대답하지 못했어요: {message}",
     ),
     "error.attachment_type": (
-        "Attach a character card as .png or .json.",
-        "캐릭터 카드는 .png 나 .json 파일로 첨부해 주세요.",
+        "Attach a character card as .png, .json or .charx.",
+        "캐릭터 카드는 .png, .json 또는 .charx 파일로 첨부해 주세요.",
     ),
     "error.nothing_to_undo": ("There is nothing to undo.", "되돌릴 대화가 없어요."),
     "error.busy": (

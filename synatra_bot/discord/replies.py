@@ -239,6 +239,13 @@ class ReplyController:
         ids = await writer.finish(text, view=None)
         return ids[0]
 
+    async def _shown_in(self, message_id: int, ids: Sequence[int]) -> None:
+        """Every alternative of `message_id`'s turn is shown in the Discord messages `ids`."""
+        core = self.host.turns.core
+        for alternative in await core.alternatives(message_id):
+            if list(alternative.discord_message_ids) != list(ids):
+                await core.attach_discord_ids(alternative.id, ids)
+
     async def take_back(
         self, channel: Any, active: ActiveRoleplay, removed: Sequence[MessageRecord]
     ) -> None:
@@ -354,7 +361,9 @@ class ReplyController:
             stored = outcome.shown.message
             note = t(locale, "reply.stopped") if outcome.stopped else ""
             ids = await writer.finish(outcome.text, view=self._view(outcome.shown), note=note)
-            if ids != list(stored.discord_message_ids):
+            if reply.replacing:
+                await self._shown_in(stored.id, ids)  # every alternative lives in these now
+            elif ids != list(stored.discord_message_ids):
                 await self.host.turns.core.attach_discord_ids(stored.id, ids)
             return
         if ending in (Ending.WITHDRAWN, Ending.DISCARDED):
@@ -393,7 +402,8 @@ class ReplyController:
     async def _restore(self, writer: ReplyMessages, reply: Reply) -> None:
         """Put the turn that was being regenerated or continued back on screen."""
         shown = await reply.restored()
-        await writer.finish(shown.message.content, view=self._view(shown))
+        ids = await writer.finish(shown.message.content, view=self._view(shown))
+        await self._shown_in(shown.message.id, ids)
 
     def text(self, locale: str, error: UserFacingError) -> str:
         """A domain error as players read it (localised, secrets masked)."""
@@ -432,18 +442,17 @@ class ReplyController:
             await interaction.response.defer()
             return
         if action in ("prev", "next"):
-            shown = await turns.browse(place, actor, target_id, -1 if action == "prev" else 1)
+            step = -1 if action == "prev" else 1
+            shown, on_screen = await turns.browse(place, actor, target_id, step)
             await interaction.response.defer()
             active = await turns.core.require_active(place)
             message = shown.message
             writer = await self.writer_for(
                 channel, active.member(message.character_id) or active.lead
             )
-            ids = message.discord_message_ids
-            if not ids:
-                target = await turns.core.get_message(target_id)
-                ids = target.discord_message_ids if target else ()
-            await writer.adopted(ids).finish(message.content, view=self._view(shown))
+            # The alternative takes the place of the messages on screen, however many it needs.
+            ids = await writer.adopted(on_screen).finish(message.content, view=self._view(shown))
+            await self._shown_in(message.id, ids)
             return
         if action == "regen":
             reply = await turns.regenerate(place, actor, target_id)

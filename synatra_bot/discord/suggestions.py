@@ -141,14 +141,18 @@ async def send_as_player(interaction: discord.Interaction[Any], text: str) -> No
     place = place_of(channel, interaction.guild_id)
     actor = actor_of(interaction)
     replies = bot.replies
-    message_id = await replies.post_as_player(channel, place, interaction.user, text)
+    # Admitted first: a refused line (rate limit, a scene gone) is never posted.
     try:
-        said = await bot.turns.say(place, actor, text, message_id=message_id)
+        said = await bot.turns.say(place, actor, text)
     except UserFacingError as error:
         await answer(interaction, replies.text(str(interaction.locale), error))
         return
     if said is None:
+        await answer(interaction, t(interaction.locale, "error.no_session"))
         return
     replies.track(said.stored)
+    message_id = await replies.post_as_player(channel, place, interaction.user, text)
+    stored = await said.stored
+    await bot.turns.core.attach_discord_ids(stored.id, [message_id])
     async for reply in said.replies():
         await replies.play(reply, channel=channel)

@@ -56,7 +56,7 @@ from synatra_bot.prompt.lorebook import (
     scans_need_worker,
     select_entries,
 )
-from synatra_bot.prompt.macros import substitute_macros
+from synatra_bot.prompt.macros import MacroContext, substitute_macros
 from synatra_bot.prompt.report import BlockReport, LoreLeftOut, LoreNote, LoreStatus, PromptReport
 from synatra_bot.tokenizer import (
     BOS_ID,
@@ -317,6 +317,8 @@ class _Scene:
     book_chars: dict[str, str]
     #: The model writes the answered player's next line, not a character's.
     impersonating: bool = False
+    #: What the time and chance macros read (None: they are left as written).
+    macros: MacroContext | None = None
 
     @property
     def group(self) -> bool:
@@ -472,6 +474,7 @@ class PromptBuilder:
             options.instruction_preset,
             options.group_instruction_preset,
             options.summary,
+            scene.macros,
         )
         text = self._systems.get(key)
         if text is None:
@@ -482,8 +485,15 @@ class PromptBuilder:
                 preset = options.instruction_preset
                 if scene.cast[0].system_prompt.strip():
                     preset = scene.cast[0].system_prompt.replace("{{original}}", preset)
-            sections = [substitute_macros(preset, char=scene.cast_label, user=user).strip()]
-            sections += [_card_sheet(card, user, group=scene.group) for card in scene.cast]
+            sections = [
+                substitute_macros(
+                    preset, char=scene.cast_label, user=user, context=scene.macros
+                ).strip()
+            ]
+            sections += [
+                _card_sheet(card, user, group=scene.group, context=scene.macros)
+                for card in scene.cast
+            ]
             if lore:
                 sections.append(f"{LORE_HEADING}\n" + "\n".join(lore))
             if options.summary.strip():
@@ -508,7 +518,9 @@ class PromptBuilder:
             for block in _EXAMPLE_SPLIT.split(card.example_messages):
                 pieces = [
                     self._piece(role, body)
-                    for role, body in _example_turns(card, block, scene.scene_user, scene.group)
+                    for role, body in _example_turns(
+                        card, block, scene.scene_user, scene.group, scene.macros
+                    )
                 ]
                 if pieces:
                     dialogues.append(pieces)
@@ -522,7 +534,9 @@ class PromptBuilder:
         """An entry's text with `{{char}}` as its book's character and `{{user}}` as the
         scene's starter: the same whoever answers."""
         char = scene.book_chars.get(hit.book, scene.cast_label)
-        return substitute_macros(hit.entry.content, char=char, user=scene.scene_user)
+        return substitute_macros(
+            hit.entry.content, char=char, user=scene.scene_user, context=scene.macros
+        )
 
     def _lore_piece(self, entries: Sequence[FiredEntry]) -> _Piece:
         return self._piece("system", f"{LORE_HEADING}\n" + "\n".join(e.content for e in entries))
@@ -532,7 +546,9 @@ class PromptBuilder:
         personas = []
         for player in scene.players:
             name = clean_name(player.name)
-            text = substitute_macros(player.persona, char=scene.cast_label, user=name).strip()
+            text = substitute_macros(
+                player.persona, char=scene.cast_label, user=name, context=scene.macros
+            ).strip()
             if text:
                 personas.append((player, self._piece("system", f"### {name}\n{text}")))
         return personas
@@ -548,7 +564,9 @@ class PromptBuilder:
         note. Their macros name the speaker and the player answered now."""
 
         def per_turn(text: str) -> str:
-            return substitute_macros(text, char=scene.speaker.name, user=scene.user_name).strip()
+            return substitute_macros(
+                text, char=scene.speaker.name, user=scene.user_name, context=scene.macros
+            ).strip()
 
         tail: list[tuple[str, _Piece]] = []
         if scene.impersonating:
@@ -594,6 +612,7 @@ class PromptBuilder:
         players: Sequence[ScenePlayer] = (),
         scene_user_name: str | None = None,
         impersonate: bool = False,
+        macro_context: MacroContext | None = None,
     ) -> BuiltPrompt:
         """Assemble the prompt for `card`'s next message after `history` (oldest first).
 
@@ -606,7 +625,8 @@ class PromptBuilder:
         `continue_last` the newest message must be the assistant's: it is left open (no
         <|im_end|>) at the very end, so the model continues its text. With `impersonate` the
         prompt ends in the player `user_name`'s own message, left open: the model writes their
-        next line (the layout before it is the same).
+        next line (the layout before it is the same). `macro_context` is what the time, chance
+        and chat macros read ({{time}}, {{pick}}...); without it they are left as written.
         """
         open_message, history = _split_open(history, continue_last)
         scene = self._scene(
@@ -618,6 +638,7 @@ class PromptBuilder:
             scene_user_name,
             channel_lorebook,
             impersonate=impersonate,
+            macros=macro_context,
         )
         results: dict[_ScanKey, LoreScan] = {}
         plan = self._plan(scene, history, options, open_message, trust_stored_counts=True)
@@ -644,6 +665,7 @@ class PromptBuilder:
         players: Sequence[ScenePlayer] = (),
         scene_user_name: str | None = None,
         impersonate: bool = False,
+        macro_context: MacroContext | None = None,
     ) -> BuiltPrompt:
         """`build` for a caller on an event loop, which goes on serving during a slow scan."""
         open_message, history = _split_open(history, continue_last)
@@ -656,6 +678,7 @@ class PromptBuilder:
             scene_user_name,
             channel_lorebook,
             impersonate=impersonate,
+            macros=macro_context,
         )
         results: dict[_ScanKey, LoreScan] = {}
         plan = self._plan(scene, history, options, open_message, trust_stored_counts=True)
@@ -791,6 +814,7 @@ class PromptBuilder:
         channel_lorebook: Lorebook | None,
         *,
         impersonate: bool = False,
+        macros: MacroContext | None = None,
     ) -> _Scene:
         """Who is in the scene (without `players`, the one player is `user_name` with
         `persona`), and the books in play by name, the moderators' first: the scans of a build
@@ -816,7 +840,9 @@ class PromptBuilder:
             chars[name] = member.name
         chars.setdefault("channel", _cast_label(members))
         scene_user = clean_name(scene_user_name) if scene_user_name is not None else user
-        return _Scene(members, card, tuple(players), user, scene_user, books, chars, impersonate)
+        return _Scene(
+            members, card, tuple(players), user, scene_user, books, chars, impersonate, macros
+        )
 
     def _plan(
         self,
@@ -1123,12 +1149,14 @@ class PromptBuilder:
         )
 
 
-def _card_sheet(card: CharacterCard, user: str, *, group: bool) -> str:
+def _card_sheet(
+    card: CharacterCard, user: str, *, group: bool, context: MacroContext | None = None
+) -> str:
     """One character's part of the system block, `{{char}}` as that character: alone, its
     sections under the block's own headings; in a group, under the character's name."""
 
     def sub(text: str) -> str:
-        return substitute_macros(text, char=card.name, user=user).strip()
+        return substitute_macros(text, char=card.name, user=user, context=context).strip()
 
     heading = f"### {clean_name(card.name, '캐릭터') if group else card.name}"
     level = "####" if group else "###"
@@ -1145,7 +1173,11 @@ def _card_sheet(card: CharacterCard, user: str, *, group: bool) -> str:
 
 
 def _example_turns(
-    card: CharacterCard, block: str, user: str, named: bool
+    card: CharacterCard,
+    block: str,
+    user: str,
+    named: bool,
+    context: MacroContext | None = None,
 ) -> list[tuple[str, str]]:
     """One example dialogue of `card` as (role, message body) turns; with `named` the
     character's lines carry its name."""
@@ -1161,7 +1193,9 @@ def _example_turns(
             turns.append(("assistant", [line]))
     bodies = []
     for role, lines in turns:
-        text = substitute_macros("\n".join(lines), char=card.name, user=user).strip()
+        text = substitute_macros(
+            "\n".join(lines), char=card.name, user=user, context=context
+        ).strip()
         if not text:
             continue
         if role == "user":

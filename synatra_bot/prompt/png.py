@@ -50,7 +50,7 @@ def iter_chunks(data: bytes, *, read: Collection[str] | None = None) -> list[Chu
         if (
             ctype in _TEXT_TYPES
             and length > MAX_TEXT_CHUNK_BYTES
-            and (read is None or _keyword(view[start : start + 80]) in read)
+            and (read is None or _keyword(view[start : start + 80]).lower() in read)
         ):
             raise _fail(f"{_name(ctype)} chunk of {length} bytes is too large")
         body = bytes(view[start:end])
@@ -72,7 +72,7 @@ def iter_chunks(data: bytes, *, read: Collection[str] | None = None) -> list[Chu
     return chunks
 
 
-def _keyword(head: memoryview) -> str:
+def _keyword(head: memoryview | bytes) -> str:
     return bytes(head).partition(b"\0")[0].decode("latin-1")
 
 
@@ -84,7 +84,10 @@ def text_chunks(
     chunks: list[Chunk], *, max_text_bytes: int, read: Collection[str] | None = None
 ) -> dict[str, bytes]:
     """The keyword -> text of tEXt/iTXt/zTXt chunks (compressed text inflated within a bound);
-    with `read`, only those keywords (the rest is never inflated)."""
+    with `read`, only those keywords (the rest is never inflated).
+
+    Keywords are matched and returned in lower case, and where a keyword repeats the first
+    chunk wins (as SillyTavern reads cards); later ones are never inflated."""
     found: dict[str, bytes] = {}
     for chunk in chunks:
         if chunk.type not in _TEXT_TYPES:
@@ -92,8 +95,8 @@ def text_chunks(
         keyword, sep, rest = chunk.data.partition(b"\0")
         if not sep:
             raise _fail(f"{_name(chunk.type)} chunk has no keyword separator")
-        name = keyword.decode("latin-1")
-        if read is not None and name not in read:
+        name = keyword.decode("latin-1").lower()
+        if (read is not None and name not in read) or name in found:
             continue
         if chunk.type == b"tEXt":
             found[name] = rest
@@ -126,13 +129,12 @@ def _encode_chunk(ctype: bytes, body: bytes) -> bytes:
 
 
 def without_text(chunks: list[Chunk], keywords: frozenset[str]) -> bytes:
-    """Re-serialise a PNG without the text chunks named in `keywords`."""
+    """Re-serialise a PNG without the text chunks named in `keywords` (lower case; matched
+    in any case)."""
     parts = [PNG_SIGNATURE]
     for chunk in chunks:
-        if chunk.type in _TEXT_TYPES:
-            name = chunk.data.partition(b"\0")[0].decode("latin-1")
-            if name in keywords:
-                continue
+        if chunk.type in _TEXT_TYPES and _keyword(chunk.data).lower() in keywords:
+            continue
         parts.append(_encode_chunk(chunk.type, chunk.data))
     return b"".join(parts)
 

@@ -73,6 +73,9 @@ class Archive:
             source = await repo.get_session(self.core.sessions, session_id=message.session_id)
         if source is None or source.channel_id != place.channel_id:
             raise NotFound("that message is not part of a scene here", key="error.no_scene")
+        if source.ended_at is not None and not is_starter_or_moderator(actor, source):
+            # An archived scene is reopened, by copy or not, by its starter or a moderator.
+            raise PermissionDenied("only who started it or a moderator", key="error.starter_only")
         await self.core.ensure_can_start(actor, place)
         await self.scheduler.cancel_channel(place.channel_id, reason="a branch started")
         branch = await archives.branch_scene(
@@ -148,47 +151,38 @@ class Archive:
         character = await self.core.characters.for_use(
             actor, character_id, place=place, nsfw_policy=config.nsfw_policy
         )
+        turns = [self._turn(actor, character, line) for line in chat.lines]
         await self.scheduler.cancel_channel(place.channel_id, reason="a chat was imported")
-        session = await repo.start_session(
+        session = await archives.import_scene(
             self.core.sessions,
             guild_id=None if place.dm else place.guild_id,
             channel_id=place.channel_id,
             parent_channel_id=place.parent_channel_id,
             character_id=character.id,
             started_by=actor.user_id,
+            turns=turns,
         )
-        self.core.forget(place.channel_id)
-        for line in chat.lines:
-            await self._store_line(session, actor, character, line)
         self.core.forget(place.channel_id)
         await self.prune(place)
         return Imported(session, character, len(chat.lines))
 
-    async def _store_line(
-        self, session: SessionRecord, actor: Actor, character: CharacterRecord, line: ChatLine
-    ) -> None:
+    @staticmethod
+    def _turn(actor: Actor, character: CharacterRecord, line: ChatLine) -> archives.ImportedTurn:
+        """A chat line as a stored turn: the player's lines are the importer's, the others
+        `character`'s; system lines (hidden or narration) are kept, never shown to the model."""
         role = "system" if line.is_system else "user" if line.is_user else "assistant"
         options = list(line.swipes) or [line.text]
         chosen = line.swipe_id if line.swipes else 0
         options[chosen] = line.text  # what SillyTavern shows is the chosen text
-        first = await repo.add_message(
-            self.core.sessions,
-            session_id=session.id,
+        return archives.ImportedTurn(
             role=role,
-            content=options[0],
+            options=tuple(options),
+            chosen=chosen,
             author_id=actor.user_id if line.is_user else None,
-            display_name=line.name if role != "assistant" else character.name,
+            display_name=character.name if role == "assistant" else line.name,
             character_id=character.id if role == "assistant" else None,
+            sent_at=line.sent_at,
         )
-        picked = first
-        for index, text in enumerate(options[1:], start=1):
-            alternative = await repo.add_alternative(
-                self.core.sessions, message_id=first.id, content=text
-            )
-            if index == chosen:
-                picked = alternative
-        if len(options) > 1:
-            await repo.choose_alternative(self.core.sessions, message_id=picked.id)
 
 
 def _aware(moment: datetime) -> datetime:

@@ -10,12 +10,16 @@ from typing import Any
 from synatra_bot.errors import CardError, NotFound, PermissionDenied
 from synatra_bot.prompt.avatars import normalise_avatar
 from synatra_bot.prompt.cards import (
-    UNKNOWN_FIELDS_KEY,
+    V3_FIELDS,
     CharacterCard,
     SpeechLevel,
     card_to_png,
-    card_to_v2_json,
+    card_to_v3_json,
+    creator_note,
     parse_card,
+    split_stored_extensions,
+    stored_extensions,
+    v3_fields,
 )
 from synatra_bot.roleplay.config import character_limit
 from synatra_bot.roleplay.types import Actor, Place
@@ -23,7 +27,8 @@ from synatra_bot.storage import repository as repo
 from synatra_bot.storage.records import CharacterRecord
 
 VISIBILITIES = ("private", "guild")
-CARD_FIELDS = tuple(f.name for f in fields(CharacterCard))
+#: The card attributes with a column of their own; the V3 ones are stored in `extensions`.
+CARD_FIELDS = tuple(f.name for f in fields(CharacterCard) if f.name not in V3_FIELDS)
 
 
 def card_from_record(record: CharacterRecord) -> CharacterCard:
@@ -31,13 +36,14 @@ def card_from_record(record: CharacterRecord) -> CharacterCard:
     values["speech_level"] = SpeechLevel(record.speech_level) if record.speech_level else None
     values["alternate_greetings"] = list(record.alternate_greetings)
     values["tags"] = list(record.tags)
-    values["extensions"] = dict(record.extensions)
-    return CharacterCard(**values)
+    v3, values["extensions"] = split_stored_extensions(record.extensions)
+    return CharacterCard(**values, **v3)
 
 
 def columns_from_card(card: CharacterCard) -> dict[str, Any]:
     values: dict[str, Any] = {name: getattr(card, name) for name in CARD_FIELDS}
     values["speech_level"] = card.speech_level.value if card.speech_level else None
+    values["extensions"] = stored_extensions(card)
     return values
 
 
@@ -46,27 +52,26 @@ def greetings_of(character: CharacterRecord) -> list[str]:
     return [g for g in [character.first_message, *character.alternate_greetings] if g.strip()]
 
 
-def _v3_field(character: CharacterRecord, name: str) -> Any:
-    """A V3 card field kept among the card's unrecognised fields on import."""
-    unknown = character.extensions.get(UNKNOWN_FIELDS_KEY)
-    return unknown.get(name) if isinstance(unknown, dict) else None
-
-
 def group_greetings_of(character: CharacterRecord) -> list[str]:
     """The greetings for joining a running scene (V3 `group_only_greetings`)."""
-    greetings = _v3_field(character, "group_only_greetings")
-    if not isinstance(greetings, list):
-        return []
-    return [g for g in greetings if isinstance(g, str) and g.strip()]
+    greetings: list[str] = v3_fields(character.extensions)["group_only_greetings"]
+    return [g for g in greetings if g.strip()]
 
 
 def names_of(character: CharacterRecord) -> tuple[str, ...]:
     """What players call the character: its name, then its V3 `nickname` when it has one."""
-    nickname = _v3_field(character, "nickname")
+    nickname: str = v3_fields(character.extensions)["nickname"].strip()
     names = [character.name]
-    if isinstance(nickname, str) and nickname.strip() and nickname.strip() != character.name:
-        names.append(nickname.strip())
+    if nickname and nickname != character.name:
+        names.append(nickname)
     return tuple(names)
+
+
+def creator_notes_of(character: CharacterRecord, *, locale: str) -> str:
+    """The creator's notes in the language of `locale` where the card has them (V3
+    `creator_notes_multilingual`), else its English or only notes."""
+    notes: dict[str, str] = v3_fields(character.extensions)["creator_notes_multilingual"]
+    return creator_note(character.creator_notes, notes, locale)
 
 
 def can_manage(actor: Actor, character: CharacterRecord) -> bool:
@@ -169,7 +174,8 @@ class CharacterService:
                 size=len(data),
                 limit=self._max_card_bytes,
             )
-        # Off the event loop: a PNG card's image is decoded and shrunk for the avatar.
+        # Off the event loop: a PNG card's image (a CHARX card's icon) is decoded and shrunk
+        # for the avatar.
         card = await asyncio.to_thread(parse_card, data, filename=filename)
         return await self.create(actor, card, visibility=visibility)
 
@@ -257,7 +263,7 @@ class CharacterService:
         card = card_from_record(record)
         if as_png:
             return f"{record.name}.png", card_to_png(card)
-        return f"{record.name}.json", card_to_v2_json(card)
+        return f"{record.name}.json", card_to_v3_json(card)
 
     async def review(self, actor: Actor, character_id: int, *, approve: bool) -> CharacterRecord:
         if not actor.is_moderator:

@@ -12,7 +12,7 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from synatra_bot.errors import (
@@ -31,7 +31,7 @@ from synatra_bot.prompt.builder import (
 )
 from synatra_bot.prompt.cards import CharacterCard
 from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
-from synatra_bot.prompt.macros import substitute_macros
+from synatra_bot.prompt.macros import MacroContext, substitute_macros
 from synatra_bot.roleplay.characters import (
     CharacterService,
     can_use,
@@ -57,6 +57,8 @@ from synatra_bot.storage.records import (
 if TYPE_CHECKING:
     from synatra_bot.roleplay.memory import MemoryKeeper
 
+#: The language of dates and weekdays that cards' macros write (`{{date}}`, `{{weekday}}`).
+MACRO_LOCALE = "ko"
 #: A ChatML turn takes at least this many tokens, so a context of N tokens holds at most
 #: N // MIN_TURN_TOKENS turns: loading more history than that is wasted work.
 MIN_TURN_TOKENS = 4
@@ -313,12 +315,8 @@ class RoleplayCore:
         A scene someone else started and that is still going (activity in the last
         `IDLE_TAKEOVER_S`) is theirs: only they or a moderator may replace it.
         """
-        require_voice(actor)
-        await self.ensure_can_start(actor, place)
+        character = await self.check_start(actor, place, character_id=character_id)
         config = await self.config_for(place, user_id=actor.user_id)
-        character = await self.characters.for_use(
-            actor, character_id, place=place, nsfw_policy=config.nsfw_policy
-        )
         session = await repo.start_session(
             self.sessions,
             guild_id=None if place.dm else place.guild_id,
@@ -374,9 +372,21 @@ class RoleplayCore:
 
     # --- the cast -----------------------------------------------------------------------------
 
-    async def add_to_cast(self, actor: Actor, place: Place, *, character_id: int) -> Started:
-        """Bring a character into the running scene (the starter or a moderator). It must be
-        one the scene's starter may use here; it greets with its group-only greeting."""
+    async def check_start(
+        self, actor: Actor, place: Place, *, character_id: int
+    ) -> CharacterRecord:
+        """Refuse a new scene before anything changes: a voice here, nobody else's running
+        scene, a character `actor` may start here (the NSFW rule included)."""
+        require_voice(actor)
+        await self.ensure_can_start(actor, place)
+        config = await self.config_for(place, user_id=actor.user_id)
+        return await self.characters.for_use(
+            actor, character_id, place=place, nsfw_policy=config.nsfw_policy
+        )
+
+    async def check_join(self, actor: Actor, place: Place, *, character_id: int) -> CharacterRecord:
+        """Refuse a character joining before anything changes: the starter or a moderator asks,
+        the scene's starter may use it here, it is not in the scene, the scene is not full."""
         active = await self.require_active(place)
         require_starter_or_moderator(actor, active.session)
         starter = self._starter(active.session, place)
@@ -389,6 +399,17 @@ class RoleplayCore:
             raise UserFacingError(
                 "already in the scene", key="error.already_in_cast", name=character.name
             )
+        if len(active.cast) >= active.config.cast_limit:
+            raise UserFacingError(
+                "the scene is full", key="error.cast_full", limit=active.config.cast_limit
+            )
+        return character
+
+    async def add_to_cast(self, actor: Actor, place: Place, *, character_id: int) -> Started:
+        """Bring a character into the running scene (see `check_join`); it greets with its
+        group-only greeting."""
+        character = await self.check_join(actor, place, character_id=character_id)
+        active = await self.require_active(place)
         limit = active.config.cast_limit
         try:
             added = await repo.add_to_cast(
@@ -710,6 +731,7 @@ class RoleplayCore:
             options=options,
             continue_last=continue_message is not None,
             impersonate=impersonate,
+            macro_context=self._macro_context(active, records),
         )
         if len(self._history_start) >= CACHE_LIMIT:
             self._history_start.clear()
@@ -722,6 +744,28 @@ class RoleplayCore:
             await repo.save_token_counts(self.sessions, counts=built.new_token_counts)
             self._history.counted(active.session.id, built.new_token_counts)
         return built
+
+    def _macro_context(
+        self, active: ActiveRoleplay, records: Sequence[MessageRecord]
+    ) -> MacroContext:
+        """What SillyTavern's time and chance macros see: picks stable for the scene, the
+        clock to the minute (so a card's `{{time}}` changes the prompt at most once a minute),
+        the newest message and how long ago it came."""
+        now = datetime.now().astimezone().replace(second=0, microsecond=0)
+        last = records[-1] if records else None
+        idle = None
+        if last is not None:
+            sent = (
+                last.created_at if last.created_at.tzinfo else last.created_at.replace(tzinfo=UTC)
+            )
+            idle = timedelta(minutes=max(0, int((datetime.now(UTC) - sent).total_seconds() // 60)))
+        return MacroContext(
+            seed=active.session.id,
+            now=now,
+            last_message=last.content if last is not None else "",
+            idle=idle,
+            locale=MACRO_LOCALE,
+        )
 
     async def _starter_name(
         self, active: ActiveRoleplay, players: Sequence[ScenePlayer], guild_id: int | None

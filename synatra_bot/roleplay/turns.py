@@ -175,7 +175,11 @@ class Reply:
             async with turns.scheduler.turn(
                 channel_id=self.place.channel_id,
                 user_id=self.actor.user_id if self.actor else 0,
-                policy="restart" if config.busy_policy == "restart" else "queue",
+                # A newer message may replace a reply still being written; nothing else
+                # (a suggestion, /rp next, regenerate, continue) cuts another player's reply.
+                policy="restart"
+                if config.busy_policy == "restart" and self.kind == "reply"
+                else "queue",
                 on_queued=on_queued,
                 charged=True,  # by Turns.admit
             ) as slot:
@@ -190,6 +194,13 @@ class Reply:
                     sampling = dataclasses.replace(sampling, stop_strings=stops)
                 async for _delta in slot.stream(built.input_ids, sampling):
                     yield self.prefix + self._generated(slot)
+                # Stored while the turn still holds the channel: the next turn's prompt,
+                # admitted once this one ends, sees this reply.
+                try:
+                    self.outcome = await self._settle(slot, list(shown_in()) if shown_in else [])
+                except Exception:
+                    log.exception("storing the reply in channel %s failed", self.place.channel_id)
+                    self.outcome = self._failed(slot, None)
         except TurnCancelled:
             self.outcome = ReplyOutcome(Ending.WITHDRAWN)
             return
@@ -207,11 +218,8 @@ class Reply:
             log.exception("reply in channel %s failed", self.place.channel_id)
             self.outcome = self._failed(slot, None)
             return
-        try:
-            self.outcome = await self._settle(slot, list(shown_in()) if shown_in else [])
-        except Exception:
-            log.exception("storing the reply in channel %s failed", self.place.channel_id)
-            self.outcome = self._failed(slot, None)
+        if self.outcome is None:
+            self.outcome = ReplyOutcome(Ending.DISCARDED)
         if self.outcome.ending is Ending.STORED and built is not None:
             turns.reply_stored(self.active, built)
 
@@ -325,17 +333,19 @@ class Turns:
         actor's rate limit (the greeting is a message as the character)."""
         require_voice(actor)
         config = await self.core.config_for(place, user_id=actor.user_id)
-        if not config.enabled:
-            if not actor.is_moderator:
-                raise UserFacingError("channel disabled", key="error.channel_disabled")
-            await self.core.update_channel_settings(place, enabled=True)
+        if not config.enabled and not actor.is_moderator:
+            raise UserFacingError("channel disabled", key="error.channel_disabled")
         await self.core.ensure_can_start(actor, place)
         self.scheduler.charge(actor.user_id, config.user_rate_limit)
+        if not config.enabled:
+            await self.core.update_channel_settings(place, enabled=True)
 
     async def start(
         self, actor: Actor, place: Place, *, character_id: int, greeting_index: int = 0
     ) -> Started:
-        """A new scene here (after `admit_start`): whatever streams here stops first."""
+        """A new scene here (after `admit_start`): whatever streams here stops first, once the
+        character is known to be one `actor` may start here."""
+        await self.core.check_start(actor, place, character_id=character_id)
         await self.scheduler.cancel_channel(place.channel_id, reason="a new roleplay started")
         return await self.core.start(
             actor, place, character_id=character_id, greeting_index=greeting_index
@@ -349,6 +359,8 @@ class Turns:
 
     async def reset(self, actor: Actor, place: Place) -> Started:
         """Start over with the same lead character (after `admit_reset`)."""
+        active = await self.core.require_active(place)
+        await self.core.check_start(actor, place, character_id=active.lead.id)
         await self.scheduler.cancel_channel(place.channel_id, reason="roleplay reset")
         return await self.core.reset(actor, place)
 
@@ -363,8 +375,8 @@ class Turns:
     async def join(self, actor: Actor, place: Place, character_id: int) -> Started:
         """A character joins the scene (the starter or a moderator; its greeting is one turn
         of the actor's rate limit)."""
+        await self.core.check_join(actor, place, character_id=character_id)
         active = await self.core.require_active(place)
-        require_starter_or_moderator(actor, active.session)
         self.scheduler.charge(actor.user_id, active.config.user_rate_limit)
         return await self.core.add_to_cast(actor, place, character_id=character_id)
 
@@ -407,6 +419,8 @@ class Turns:
         else:
             characters = await self.responders(active, actor, text)
         if characters:
+            for character in characters[1:]:
+                self.core.check_may_generate(active, place, character)
             self.admit(active, place, actor, characters[0])
         # Stored while the reply's first message goes out: the prompt waits for it.
         stored = asyncio.ensure_future(
@@ -454,7 +468,7 @@ class Turns:
         active, latest = await self._latest(place, target_id)
         if await self.core.is_greeting(latest):
             raise UserFacingError("a greeting is not regenerated", key="reply.greeting_fixed")
-        character = active.member(latest.character_id) or active.lead
+        character = self._speaker_of(active, latest)
         self.admit(active, place, actor, character)
         return Reply(
             self,
@@ -465,6 +479,16 @@ class Turns:
             kind="regenerate",
             target=latest,
         )
+
+    @staticmethod
+    def _speaker_of(active: ActiveRoleplay, message: MessageRecord) -> CharacterRecord:
+        """The cast member who spoke `message`; one who left the scene no longer speaks."""
+        character = active.member(message.character_id)
+        if character is not None:
+            return character
+        if message.character_id is not None:
+            raise NotFound("that character left the scene", key="error.not_in_cast")
+        return active.lead
 
     async def continue_reply(
         self, place: Place, actor: Actor, target_id: int | None = None
@@ -477,7 +501,7 @@ class Turns:
             latest = await self.core.latest_reply(place)
         else:
             _, latest = await self._latest(place, target_id)
-        character = (active.member(latest.character_id) if latest else None) or active.lead
+        character = self._speaker_of(active, latest) if latest else active.lead
         self.admit(active, place, actor, character)
         if latest is None:
             return Reply(self, active=active, place=place, actor=actor, character=character)
@@ -523,10 +547,10 @@ class Turns:
         if edit is None or not edit.is_last_user_turn or place is None:
             return Edited()
         active = await self.core.active(place)
-        if active is None:
-            return Edited()
+        if active is None or edit.message.session_id != active.session.id:
+            return Edited()  # a message of an archived scene: the running one is not touched
         latest = await self.core.latest_reply(place)
-        if latest is None or latest.id < edit.message.id:
+        if latest is None or latest.id < edit.message.id or await self.core.is_greeting(latest):
             return Edited()
         if active.config.edit_policy != "regenerate":
             return Edited(offer=latest)
@@ -548,15 +572,21 @@ class Turns:
 
     # --- acting without generating ------------------------------------------------------------
 
-    async def browse(self, place: Place, actor: Actor, target_id: int, step: int) -> Shown:
-        """Show another alternative of a reply; every press costs the presser one turn."""
+    async def browse(
+        self, place: Place, actor: Actor, target_id: int, step: int
+    ) -> tuple[Shown, tuple[int, ...]]:
+        """Show another alternative of a reply; every press costs the presser one turn.
+        Returns it, and the front end's messages that show the turn now (the alternative
+        chosen until this press)."""
         require_voice(actor)
         active = await self.core.require_active(place)
         target = await self._in_scene(active, target_id)
         self.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+        before = (await self.shown(target)).message
+        on_screen = before.discord_message_ids or target.discord_message_ids
         chosen, index, count = await self.core.browse(target.id, step)
         greeting = await self.core.is_greeting(chosen)
-        return Shown(chosen, index, count, greeting)
+        return Shown(chosen, index, count, greeting), on_screen
 
     async def stop(self, place: Place, actor: Actor) -> None:
         """Stop the reply streaming here (its player, the starter or a moderator)."""

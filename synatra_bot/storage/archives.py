@@ -6,6 +6,7 @@ keyword-only arguments after it, and hands back immutable records.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -236,3 +237,72 @@ async def scene_turns(
         if chosen is not None:
             result.append((chosen, options))
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedTurn:
+    """One turn of a chat being imported: its alternatives, the chosen one's index."""
+
+    role: str
+    options: tuple[str, ...]
+    chosen: int = 0
+    author_id: int | None = None
+    display_name: str = ""
+    character_id: int | None = None
+    sent_at: datetime | None = None
+
+
+async def import_scene(
+    sessions: Sessions,
+    *,
+    guild_id: int | None,
+    channel_id: int,
+    parent_channel_id: int | None,
+    character_id: int,
+    started_by: int,
+    turns: Sequence[ImportedTurn],
+) -> SessionRecord:
+    """A new running scene whose history is `turns`, written in one transaction: it becomes
+    the channel's scene only once all of it is stored (the one it replaces is archived)."""
+    async with sessions.begin() as session:
+        channel = await _channel_row(session, channel_id=channel_id, guild_id=guild_id or 0)
+        scene = RoleplaySession(
+            guild_id=guild_id,
+            channel_id=channel_id,
+            parent_channel_id=parent_channel_id,
+            character_id=character_id,
+            started_by=started_by,
+            summary="",
+        )
+        session.add(scene)
+        await session.flush()
+        session.add(CastMember(session_id=scene.id, character_id=character_id, position=0))
+        groups: list[list[Message]] = []
+        for turn in turns:
+            rows = [
+                Message(
+                    session_id=scene.id,
+                    role=turn.role,
+                    author_id=turn.author_id,
+                    display_name=turn.display_name,
+                    content=text,
+                    character_id=turn.character_id,
+                    discord_message_ids=[],
+                    swipe_index=index,
+                    chosen=index == turn.chosen,
+                    deleted=False,
+                    **({"created_at": turn.sent_at} if turn.sent_at is not None else {}),
+                )
+                for index, text in enumerate(turn.options)
+            ]
+            session.add_all(rows)
+            groups.append(rows)
+        await session.flush()
+        for rows in groups:
+            if len(rows) > 1:
+                for row in rows:
+                    row.swipe_group = rows[0].id
+        await _end_active(session, channel)
+        channel.active_session_id = scene.id
+        await session.flush()
+        return snapshot(SessionRecord, scene)

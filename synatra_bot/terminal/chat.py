@@ -492,7 +492,7 @@ class TerminalChat:
         if latest is None:
             self._line("넘겨 볼 답장이 없어요 · no reply to browse")
             return
-        shown = await self.turns.browse(self.place, self.actor, latest.id, step)
+        shown, _ = await self.turns.browse(self.place, self.actor, latest.id, step)
         self._show(shown.message, shown.message.display_name)
         self._line(f"({shown.index + 1}/{shown.count})")
 

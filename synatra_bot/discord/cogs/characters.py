@@ -1,4 +1,4 @@
-"""`/character`: create (form), import (PNG/JSON card), edit, share, export, review."""
+"""`/character`: create (form), import (PNG/JSON/CHARX card), edit, share, export, review."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from synatra_bot.discord.cogs.common import CharacterArg
 from synatra_bot.discord.i18n import is_korean, t
 from synatra_bot.discord.interactions import ComponentError, actor_of, answer, tr
 from synatra_bot.errors import CardError, UserFacingError
-from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
+from synatra_bot.prompt.cards import CharacterCard, SpeechLevel, v3_fields
+from synatra_bot.prompt.charx import embedded_path, is_charx
 from synatra_bot.prompt.png import PNG_SIGNATURE
+from synatra_bot.roleplay.characters import creator_notes_of
 from synatra_bot.storage.records import CharacterRecord
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 Visibility = Literal["private", "guild"]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+CARD_SUFFIXES = (".png", ".json", ".charx")
 
 
 #: Discord's limits on a modal and on an embed (the fake Discord in tests checks the same).
@@ -33,8 +36,10 @@ LABEL_LIMIT = 45
 EMBED_TOTAL = 6000
 EMBED_DESCRIPTION = 4096
 EMBED_TITLE = 256
-#: How much of personality, scenario and greeting the sheet shows, and of its footer.
+#: How much of personality, scenario, greeting and creator's notes the sheet shows, and of
+#: its footer.
 FIELD_PREVIEW = 800
+NOTES_TITLE = "Creator's notes / 제작자 노트"
 FOOTER_PREVIEW = 500
 
 
@@ -357,6 +362,12 @@ def approval_note(interaction: discord.Interaction[SynatraBot], record: Characte
     return ""
 
 
+def _has_embedded_icon(record: CharacterRecord) -> bool:
+    """Whether the card names an icon inside its CHARX archive."""
+    assets = v3_fields(record.extensions)["assets"] or []
+    return any(a["type"] == "icon" and embedded_path(a["uri"]) is not None for a in assets)
+
+
 def describe(record: CharacterRecord, *, locale: discord.Locale | str) -> discord.Embed:
     """The character sheet as one embed within Discord's limits. Long text is shortened
     with "…" and the footer says how to get all of it; the stored card is untouched."""
@@ -369,6 +380,9 @@ def describe(record: CharacterRecord, *, locale: discord.Locale | str) -> discor
         for field in FORM_FIELDS[2:]
         if getattr(record, field.attr)
     ]
+    notes = creator_notes_of(record, locale=str(locale)).strip()
+    if notes:
+        fields.append((NOTES_TITLE, notes))
     note = t(locale, "character.sheet_shortened")
     # The note's room is kept whether or not it is needed, so the budget is known up front.
     used = len(title) + len(footer) + 1 + len(note)
@@ -397,9 +411,11 @@ class Characters(
             CharacterForm(self.bot, title="New character / 새 캐릭터", visibility=visibility)
         )
 
-    @app_commands.command(name="import", description="Import a SillyTavern/Chub card (PNG or JSON)")
+    @app_commands.command(
+        name="import", description="Import a SillyTavern/Chub/RisuAI card (PNG, JSON or CHARX)"
+    )
     @app_commands.describe(
-        file="A character card: .png with embedded data, or .json",
+        file="A character card: .png with embedded data, .json, or .charx",
         visibility="private: only you; guild: shared with this server",
     )
     async def import_card(
@@ -413,15 +429,18 @@ class Characters(
             raise CardError(
                 "file too large", key="error.card_too_large", size=file.size, limit=limit
             )
-        if not file.filename.lower().endswith((".png", ".json")):
+        if not file.filename.lower().endswith(CARD_SUFFIXES):
             raise UserFacingError("not a card file", key="error.attachment_type")
         await interaction.response.defer(ephemeral=True, thinking=True)
         data = await file.read()
         record = await self.bot.core.characters.import_file(
             actor_of(interaction), data, filename=file.filename, visibility=visibility
         )
-        # A PNG card whose image could not be used as the avatar imports without one.
-        dropped = record.avatar is None and data.startswith(PNG_SIGNATURE)
+        # A PNG card whose image (a CHARX card whose icons) could not be used as the avatar
+        # imports without one.
+        dropped = record.avatar is None and (
+            data.startswith(PNG_SIGNATURE) or (is_charx(data) and _has_embedded_icon(record))
+        )
         await answer(
             interaction,
             tr(interaction, "character.imported", name=record.name, id=record.id)
