@@ -478,3 +478,18 @@ def test_count_message_counts_a_characters_name_only_in_a_group(builder):
     assert named == len(builder._piece("assistant", "민지: 안녕하세요!").ids)
     assert named > builder.count_message(line)
     assert builder.count_message(player, group=True) == builder.count_message(player)
+
+
+def test_a_v3_nickname_is_what_char_becomes_while_the_name_labels_the_character(builder):
+    card = _card(nickname="민쥐")
+    other = _card(name="준", nickname="", description="{{char}}는 민지의 친구다.")
+    built = builder.build(
+        card=card,
+        cast=[card, other],
+        history=_history(2),
+        user_name="하늘",
+        options=PromptOptions(context_size=4096),
+    )
+    assert "민쥐는 서울의 대학생이다." in built.text and "준은 민지의 친구다." in built.text
+    assert "### 민지" in built.text and built.text.endswith("assistant\n민지:")
+    assert "민쥐로서 짧게 답하라." in built.text

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from synatra_bot.errors import PromptTooLarge
-from synatra_bot.prompt.cards import CharacterCard, SpeechLevel
+from synatra_bot.prompt.cards import CharacterCard, SpeechLevel, macro_name
 from synatra_bot.prompt.lorebook import (
     SCAN_BUDGET_S,
     FiredEntry,
@@ -565,7 +565,7 @@ class PromptBuilder:
 
         def per_turn(text: str) -> str:
             return substitute_macros(
-                text, char=scene.speaker.name, user=scene.user_name, context=scene.macros
+                text, char=macro_name(scene.speaker), user=scene.user_name, context=scene.macros
             ).strip()
 
         tail: list[tuple[str, _Piece]] = []
@@ -837,7 +837,7 @@ class PromptBuilder:
             if name in books:  # two characters of one name
                 name += f" #{len(books) + 1}"
             books[name] = book
-            chars[name] = member.name
+            chars[name] = macro_name(member)
         chars.setdefault("channel", _cast_label(members))
         scene_user = clean_name(scene_user_name) if scene_user_name is not None else user
         return _Scene(
@@ -1156,7 +1156,7 @@ def _card_sheet(
     sections under the block's own headings; in a group, under the character's name."""
 
     def sub(text: str) -> str:
-        return substitute_macros(text, char=card.name, user=user, context=context).strip()
+        return substitute_macros(text, char=macro_name(card), user=user, context=context).strip()
 
     heading = f"### {clean_name(card.name, '캐릭터') if group else card.name}"
     level = "####" if group else "###"
@@ -1194,7 +1194,7 @@ def _example_turns(
     bodies = []
     for role, lines in turns:
         text = substitute_macros(
-            "\n".join(lines), char=card.name, user=user, context=context
+            "\n".join(lines), char=macro_name(card), user=user, context=context
         ).strip()
         if not text:
             continue

@@ -541,3 +541,8 @@ def default_avatar(size: int = 256) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
+
+
+def macro_name(card: CharacterCard) -> str:
+    """What `{{char}}` becomes for `card`: its V3 nickname when it has one, else its name."""
+    return card.nickname.strip() or card.name

@@ -29,7 +29,7 @@ from synatra_bot.prompt.builder import (
     PromptOptions,
     ScenePlayer,
 )
-from synatra_bot.prompt.cards import CharacterCard
+from synatra_bot.prompt.cards import CharacterCard, macro_name
 from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
 from synatra_bot.prompt.macros import MacroContext, substitute_macros
 from synatra_bot.roleplay.characters import (
@@ -344,7 +344,8 @@ class RoleplayCore:
     ) -> MessageRecord | None:
         """Store `greetings` as one turn of `character` with alternatives; `index` is shown."""
         user_name = await self.user_name(actor, place_guild=session.guild_id)
-        texts = [substitute_macros(g, char=character.name, user=user_name) for g in greetings]
+        char = macro_name(card_from_record(character))
+        texts = [substitute_macros(g, char=char, user=user_name) for g in greetings]
         if not texts:
             return None
         index = index if 0 <= index < len(texts) else 0
