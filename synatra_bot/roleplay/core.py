@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from synatra_bot.errors import (
     LimitReached,
@@ -54,8 +54,19 @@ from synatra_bot.storage.records import (
     SessionRecord,
 )
 
-if TYPE_CHECKING:
-    from synatra_bot.roleplay.memory import MemoryKeeper
+
+class SceneMemory(Protocol):
+    """What keeps the scenes' summaries up to date (`roleplay.memory.MemoryKeeper`), as the
+    core tells it of changes: declared here so the core needs no import of it."""
+
+    def updating(self, session_id: int) -> bool: ...
+
+    def reply_stored(self, active: ActiveRoleplay, built: BuiltPrompt) -> None: ...
+
+    async def history_changed(self, session_id: int, oldest_id: int) -> None: ...
+
+    def auto_changed(self, session_id: int) -> None: ...
+
 
 #: The language of dates and weekdays that cards' macros write (`{{date}}`, `{{weekday}}`).
 MACRO_LOCALE = "ko"
@@ -201,7 +212,7 @@ class RoleplayCore:
         )
         #: Keeps the scenes' summaries up to date, when the app runs one (`MemoryKeeper`
         #: attaches itself): it hears of every change to the history a summary may cover.
-        self.memory: MemoryKeeper | None = None
+        self.memory: SceneMemory | None = None
         characters.on_change(self.forget)
 
     def forget(self, channel_id: int | None = None) -> None:
