@@ -22,16 +22,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from synatra_bot.prompt.builder import BuiltPrompt, PromptBuilder, PromptOptions
+from synatra_bot.prompt.builder import BuiltPrompt, PromptBuilder
 from synatra_bot.tokenizer import load_tokenizer
-from tests.prompt_helpers import (
-    SceneTurn,
-    common_prefix,
-    scene_cards,
-    scene_lorebook,
-    scene_players,
-    scene_turns,
-)
+from tests.prompt_helpers import SceneTurn, play_scene, prefix_reuse, scene_turns
 
 LARGE_CONTEXT = 32768
 
@@ -52,31 +45,7 @@ CASES = [
 
 
 def play(builder: PromptBuilder, case: Case, turns: list[SceneTurn]) -> list[BuiltPrompt]:
-    cast, players, book = scene_cards(), scene_players(), scene_lorebook()
-    built: list[BuiltPrompt] = []
-    start_id = None
-    for turn in turns:
-        options = PromptOptions(
-            context_size=case.context, author_note=case.author_note, history_start_id=start_id
-        )
-        spoken = [p for p in players if any(m.author_id == p.author_id for m in turn.history)]
-        prompt = builder.build(
-            card=cast[turn.speaker],
-            cast=cast,
-            history=turn.history,
-            user_name=players[turn.player].name,
-            players=spoken,
-            scene_user_name=players[0].name,
-            channel_lorebook=book,
-            options=options,
-        )
-        start_id = prompt.history_start_id
-        built.append(prompt)
-    return built
-
-
-def reuse(previous: BuiltPrompt, current: BuiltPrompt) -> float:
-    return common_prefix(previous.input_ids, current.input_ids) / len(previous.input_ids)
+    return play_scene(builder, turns, context_size=case.context, author_note=case.author_note)
 
 
 def summary(values: list[float]) -> str:
@@ -113,8 +82,8 @@ def main() -> None:
     )
     for case in CASES:
         built = play(PromptBuilder(tokenizer), case, turns)
-        kept = [reuse(a, b) for a, b in pairwise(built) if not b.report.trimmed_this_turn]
-        trimmed = [reuse(a, b) for a, b in pairwise(built) if b.report.trimmed_this_turn]
+        kept = [prefix_reuse(a, b) for a, b in pairwise(built) if not b.report.trimmed_this_turn]
+        trimmed = [prefix_reuse(a, b) for a, b in pairwise(built) if b.report.trimmed_this_turn]
         print(
             f"{case.label:<44} {case.context:>7} {built[-1].token_count:>7} | "
             f"{summary(kept)} | {summary(trimmed)}"

@@ -203,3 +203,38 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         if a[index] != b[index]:
             return index
     return size
+
+
+def play_scene(
+    builder: Any, turns: Sequence[SceneTurn], *, cast: Sequence[Any] | None = None, **options: Any
+) -> list[Any]:
+    """Build every turn of the scene as the core does: the addressed character answers the
+    player who just spoke; the players are those who have spoken so far, the starter first;
+    each turn starts where the previous prompt's history did (`options` go to PromptOptions)."""
+    from synatra_bot.prompt.builder import PromptOptions
+
+    cast = list(cast) if cast is not None else scene_cards()
+    players, book = scene_players(), scene_lorebook()
+    start_id = None
+    built = []
+    for turn in turns:
+        spoken = [p for p in players if any(m.author_id == p.author_id for m in turn.history)]
+        prompt = builder.build(
+            card=cast[turn.speaker],
+            cast=cast,
+            history=turn.history,
+            user_name=players[turn.player].name,
+            players=spoken,
+            scene_user_name=players[0].name,
+            channel_lorebook=book,
+            options=PromptOptions(history_start_id=start_id, **options),
+        )
+        start_id = prompt.history_start_id
+        built.append(prompt)
+    return built
+
+
+def prefix_reuse(previous: Any, current: Any) -> float:
+    """The share of `previous` prompt's ids that `current` starts with (an engine's reusable
+    cached prefix)."""
+    return common_prefix(previous.input_ids, current.input_ids) / len(previous.input_ids)

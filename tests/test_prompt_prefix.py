@@ -30,6 +30,8 @@ from synatra_bot.tokenizer import (
 )
 from tests.prompt_helpers import (
     common_prefix,
+    play_scene,
+    prefix_reuse,
     scene_cards,
     scene_lorebook,
     scene_players,
@@ -45,36 +47,16 @@ def builder(tokenizer):
 
 
 def _play(builder, *, context=4096, post_history="", turn_note=None, turns=50, **options):
-    """Build every turn of the 50-turn scene as the core does: the addressed character answers
-    the player who just spoke; players are those who have spoken so far, the starter first."""
+    """Build every turn of the 50-turn scene as the core does (`play_scene`)."""
     cast = scene_cards()
     if post_history:
         cast = [replace(card, post_history_instructions=post_history) for card in cast]
-    players, book = scene_players(), scene_lorebook()
     if turn_note is not None:
         options["group_turn_note"] = turn_note
-    start_id = None
-    built = []
-    for turn in scene_turns(turns):
-        spoken = [p for p in players if any(m.author_id == p.author_id for m in turn.history)]
-        prompt = builder.build(
-            card=cast[turn.speaker],
-            cast=cast,
-            history=turn.history,
-            user_name=players[turn.player].name,
-            players=spoken,
-            scene_user_name=players[0].name,
-            channel_lorebook=book,
-            options=PromptOptions(context_size=context, history_start_id=start_id, **options),
-        )
+    built = play_scene(builder, scene_turns(turns), cast=cast, context_size=context, **options)
+    for prompt in built:
         assert prompt.token_count <= prompt.budget
-        start_id = prompt.history_start_id
-        built.append(prompt)
     return built
-
-
-def _reuse(previous, current) -> float:
-    return common_prefix(previous.input_ids, current.input_ids) / len(previous.input_ids)
 
 
 def _per_turn_tokens(built) -> int:
@@ -90,7 +72,7 @@ def test_a_fifty_turn_scene_reuses_nine_tenths_of_the_previous_prompt_between_tr
     trims = sum(b.report.trimmed_this_turn for b in built[1:])
     assert trims >= 3 and len(kept) >= 30
     for previous, current in kept:
-        assert _reuse(previous, current) >= 0.9
+        assert prefix_reuse(previous, current) >= 0.9
         # Everything but the previous turn's per-speaker tail is reused.
         assert common_prefix(previous.input_ids, current.input_ids) >= len(
             previous.input_ids
@@ -106,7 +88,7 @@ def test_without_per_turn_material_the_whole_previous_prompt_is_reused(builder, 
     if context == 32768:
         assert len(kept) == len(pairs)
     for previous, current in kept:
-        assert _reuse(previous, current) == 1.0
+        assert prefix_reuse(previous, current) == 1.0
     assert any(p.report.lorebook_fired[1:] for p in built)  # lore did fire along the way
 
 
