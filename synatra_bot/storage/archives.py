@@ -20,7 +20,7 @@ from synatra_bot.storage.models import (
     RoleplaySession,
 )
 from synatra_bot.storage.records import MessageRecord, SessionRecord, snapshot
-from synatra_bot.storage.repository import Sessions, _channel_row, _end_active
+from synatra_bot.storage.repository import Sessions, _channel_row, _end_active, _new_scene
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,21 +115,18 @@ async def branch_scene(sessions: Sessions, *, message_id: int, started_by: int) 
         source = await session.get(RoleplaySession, target.session_id)
         assert source is not None
         turn = target.swipe_group if target.swipe_group is not None else target.id
-        channel = await _channel_row(
-            session, channel_id=source.channel_id, guild_id=source.guild_id or 0
-        )
-        await _end_active(session, channel)
-        branch = RoleplaySession(
+        channel, branch = await _new_scene(
+            session,
             guild_id=source.guild_id,
             channel_id=source.channel_id,
             parent_channel_id=source.parent_channel_id,
             character_id=source.character_id,
             started_by=started_by,
+            cast_lead=False,  # the source's whole cast is copied below
             summary=source.summary,
             summary_auto=source.summary_auto,
         )
-        session.add(branch)
-        await session.flush()
+        await _end_active(session, channel)
         channel.active_session_id = branch.id
         members = await session.scalars(
             select(CastMember)
@@ -265,18 +262,14 @@ async def import_scene(
     """A new running scene whose history is `turns`, written in one transaction: it becomes
     the channel's scene only once all of it is stored (the one it replaces is archived)."""
     async with sessions.begin() as session:
-        channel = await _channel_row(session, channel_id=channel_id, guild_id=guild_id or 0)
-        scene = RoleplaySession(
+        channel, scene = await _new_scene(
+            session,
             guild_id=guild_id,
             channel_id=channel_id,
             parent_channel_id=parent_channel_id,
             character_id=character_id,
             started_by=started_by,
-            summary="",
         )
-        session.add(scene)
-        await session.flush()
-        session.add(CastMember(session_id=scene.id, character_id=character_id, position=0))
         groups: list[list[Message]] = []
         for turn in turns:
             rows = [

@@ -354,23 +354,51 @@ async def start_session(
     `guild_id` is None in a DM; the DM channel's settings row then has guild 0 (not nullable).
     """
     async with sessions.begin() as session:
-        channel = await _channel_row(
-            session, channel_id=channel_id, guild_id=0 if guild_id is None else guild_id
-        )
-        await _end_active(session, channel)
-        row = RoleplaySession(
+        channel, row = await _new_scene(
+            session,
             guild_id=guild_id,
             channel_id=channel_id,
             parent_channel_id=parent_channel_id,
             character_id=character_id,
             started_by=started_by,
-            summary="",
         )
-        session.add(row)
-        await session.flush()
-        session.add(CastMember(session_id=row.id, character_id=character_id, position=0))
+        await _end_active(session, channel)
         channel.active_session_id = row.id
         return snapshot(SessionRecord, row)
+
+
+async def _new_scene(
+    session: AsyncSession,
+    *,
+    guild_id: int | None,
+    channel_id: int,
+    parent_channel_id: int | None,
+    character_id: int | None,
+    started_by: int,
+    cast_lead: bool = True,
+    summary: str = "",
+    **fields: Any,
+) -> tuple[ChannelSettings, RoleplaySession]:
+    """A new session row of the channel (flushed: it has its id), with `character_id` first in
+    its cast unless `cast_lead` is off, and the channel's settings row. The caller makes it the
+    running scene when it is ready."""
+    channel = await _channel_row(
+        session, channel_id=channel_id, guild_id=0 if guild_id is None else guild_id
+    )
+    row = RoleplaySession(
+        guild_id=guild_id,
+        channel_id=channel_id,
+        parent_channel_id=parent_channel_id,
+        character_id=character_id,
+        started_by=started_by,
+        summary=summary,
+        **fields,
+    )
+    session.add(row)
+    await session.flush()
+    if cast_lead and character_id is not None:
+        session.add(CastMember(session_id=row.id, character_id=character_id, position=0))
+    return channel, row
 
 
 async def _end_active(session: AsyncSession, channel: ChannelSettings) -> int | None:
