@@ -10,10 +10,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from synatra_bot.discord.cogs.common import CharacterArg
+from synatra_bot.discord.cogs.common import CharacterArg, require_attachment_size
 from synatra_bot.discord.i18n import is_korean, t
 from synatra_bot.discord.interactions import ComponentError, actor_of, answer, tr
-from synatra_bot.errors import CardError, UserFacingError
+from synatra_bot.errors import UserFacingError
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel, v3_fields
 from synatra_bot.prompt.charx import embedded_path, is_charx
 from synatra_bot.prompt.png import PNG_SIGNATURE
@@ -424,11 +424,7 @@ class Characters(
         file: discord.Attachment,
         visibility: Visibility = "private",
     ) -> None:
-        limit = self.bot.settings.max_attachment_bytes
-        if file.size > limit:
-            raise CardError(
-                "file too large", key="error.card_too_large", size=file.size, limit=limit
-            )
+        require_attachment_size(file, self.bot.settings.max_attachment_bytes)
         if not file.filename.lower().endswith(CARD_SUFFIXES):
             raise UserFacingError("not a card file", key="error.attachment_type")
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -558,11 +554,7 @@ class Characters(
         character: app_commands.Transform[int, CharacterArg],
         image: discord.Attachment,
     ) -> None:
-        limit = self.bot.settings.max_attachment_bytes
-        if image.size > limit:
-            raise CardError(
-                "file too large", key="error.card_too_large", size=image.size, limit=limit
-            )
+        require_attachment_size(image, self.bot.settings.max_attachment_bytes)
         if (image.content_type or "").split(";")[0] not in IMAGE_TYPES:
             raise UserFacingError("not an image", key="error.image_type")
         actor = actor_of(interaction)

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 
 from synatra_bot.discord.interactions import actor_of, place_of, tr
-from synatra_bot.errors import NotFound
+from synatra_bot.errors import CardError, NotFound
 from synatra_bot.storage.archives import SceneSummary
 from synatra_bot.storage.records import CharacterRecord
 
@@ -133,3 +133,9 @@ class SceneNotResolved(app_commands.AppCommandError):
     def __init__(self, original: NotFound) -> None:
         super().__init__(str(original))
         self.original = original
+
+
+def require_attachment_size(file: discord.Attachment, limit: int) -> None:
+    """Refuse an attachment over the bot's size limit before anything reads it."""
+    if file.size > limit:
+        raise CardError("file too large", key="error.card_too_large", size=file.size, limit=limit)

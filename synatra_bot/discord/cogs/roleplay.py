@@ -11,7 +11,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord import suggestions
-from synatra_bot.discord.cogs.common import CastArg, CharacterArg, SceneArg, scene_line
+from synatra_bot.discord.cogs.common import (
+    CastArg,
+    CharacterArg,
+    SceneArg,
+    require_attachment_size,
+    scene_line,
+)
 from synatra_bot.discord.i18n import t
 from synatra_bot.discord.interactions import actor_of, answer, place_of, speaker_of, tr
 from synatra_bot.discord.replies import ReplyButton, SwipePosition
@@ -276,11 +282,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         character: app_commands.Transform[int, CharacterArg],
     ) -> None:
         channel, place, actor = self._where(interaction)
-        limit = self.bot.settings.max_attachment_bytes
-        if file.size > limit:
-            raise UserFacingError(
-                "file too large", key="error.card_too_large", size=file.size, limit=limit
-            )
+        require_attachment_size(file, self.bot.settings.max_attachment_bytes)
         if not file.filename.lower().endswith(".jsonl"):
             raise UserFacingError("not a chat file", key="error.chat_file_type")
         await self.bot.turns.admit_start(actor, place)
