@@ -245,7 +245,7 @@ def test_report_text_counts_card_entries_without_names_when_asked():
     ]
     hidden = report.to_text(hide_card_entry_names=True)
     assert "card lorebook: 3 entries fired (order 100, 200, 300)" in hidden
-    assert "card lorebook: 1 entry over budget (order 400)" in hidden
+    assert "card lorebook: 1 entry left out (order 400)" in hidden
     assert "lorebook: 왕국 역사" in hidden
     assert not any(word in hidden for word in ("스포일러", "집사", "저택", "비밀"))
     assert "스포일러: 범인은 집사" in report.to_text()

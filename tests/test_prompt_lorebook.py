@@ -110,7 +110,7 @@ def test_insertion_order_decides_output_order():
     assert _fired([book], ["a"]) == ["첫째", "둘째"]
 
 
-def test_token_budget_keeps_constant_and_high_priority_first():
+def test_token_budget_keeps_the_higher_insertion_order_first():
     book = Lorebook(
         [
             LoreEntry(keys=["a"], content="낮음낮음", priority=1, insertion_order=1),

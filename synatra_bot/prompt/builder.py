@@ -17,7 +17,11 @@ call that names no players is a scene of one player: `user_name`, with `persona`
 - A player's persona is a system message just before their first message in the window (at
   the end of the history while they have none there).
 - Lore that fires is a system message just before the player message where it first fired,
-  and stays there while that message is in the window.
+  and stays there while that message is in the window; constant lore is in the system block,
+  before or after the character sheets as its position says. Lore placed at a depth (with its
+  role) or in the author's note is judged afresh each turn, as SillyTavern does: its sticky,
+  cooldown and delay (counted in messages) decide whether it is there, and it moves with the
+  end of the history as the author's note does.
 - What depends on who speaks now comes last: the group turn note, the speaker's post-history
   instructions and, in a group, the answer opened with the speaker's name. The author's note
   keeps its depth.
@@ -33,7 +37,9 @@ caches included, stays on the caller's thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import hashlib
 import re
 import time
 from collections import OrderedDict
@@ -50,7 +56,9 @@ from synatra_bot.prompt.lorebook import (
     Lorebook,
     LoreEntry,
     LoreHit,
+    LorePosition,
     LoreScan,
+    deepest_scan,
     lorebook_from_character_book,
     scan_books,
     scans_need_worker,
@@ -105,6 +113,7 @@ SPEECH_LEVEL_INSTRUCTIONS = {
 }
 LORE_HEADING = "### 세계 정보"
 MAX_CONTEXT_SIZE = 32768
+MAX_RECURSION_LEVELS = 5
 #: The system message of a summary prompt: `{{char}}` stands for the cast's names, `{{limit}}`
 #: for the summary's length in characters.
 SUMMARY_INSTRUCTIONS = (
@@ -180,7 +189,14 @@ class PromptOptions:
     trim_watermark: float = 0.7
     #: Oldest message id the previous prompt of this roleplay kept (BuiltPrompt.history_start_id).
     history_start_id: int | None = None
-    lorebook_budget: int = 512
+    #: Tokens all lore together may take (None: a quarter of the prompt's budget).
+    lorebook_budget: int | None = None
+    #: Recursive scanning: how many times lore that fired is scanned for more (0: off, as in
+    #: SillyTavern; at most MAX_RECURSION_LEVELS).
+    lorebook_recursion: int = 0
+    #: Messages of the scene older than the given history (a lorebook's `delay` counts the
+    #: scene's messages).
+    earlier_messages: int = 0
     add_bos: bool = True
 
     def __post_init__(self) -> None:
@@ -194,6 +210,13 @@ class PromptOptions:
     @property
     def budget(self) -> int:
         return self.context_size - self.max_new_tokens - self.margin
+
+    @property
+    def lore_budget(self) -> int:
+        """Tokens all lore together may take."""
+        if self.lorebook_budget is None:
+            return self.budget // 4
+        return max(0, self.lorebook_budget)
 
 
 @dataclass
@@ -283,8 +306,10 @@ class _Lru(Generic[K, V]):
         return value
 
 
+#: Positions judged afresh each turn, placed from the end of the history.
+_FLOATING = frozenset({LorePosition.AT_DEPTH, LorePosition.AN_TOP, LorePosition.AN_BOTTOM})
 #: A lorebook scan of one position: the book's name, the book (by id) and the scanned texts.
-_ScanKey = tuple[str, int, tuple[str, ...]]
+_ScanKey = tuple[str, int, tuple[str, ...], int]
 
 
 @dataclass(frozen=True, eq=False)
@@ -294,10 +319,12 @@ class _ScanJob:
     book_name: str
     book: Lorebook
     texts: tuple[str, ...]
+    #: 0: the history's texts; 1 and up: the lore fired at the level before (recursion).
+    level: int = 0
     key: _ScanKey = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.book_name, id(self.book), self.texts))
+        object.__setattr__(self, "key", (self.book_name, id(self.book), self.texts, self.level))
 
 
 @dataclass(frozen=True, eq=False)
@@ -340,10 +367,15 @@ class _Plan:
     new_counts: dict[int, int]
     system: _Piece
     constants: list[FiredEntry]
+    #: Constant entries placed at a depth or in the author's note (within the lore cap).
+    floating_constants: list[FiredEntry]
     constants_skipped: list[LoreHit]
     personas: list[tuple[ScenePlayer, _Piece]]
     examples: list[list[_Piece]]
     note: _Piece | None
+    note_text: str
+    #: The speaker's note at a depth (a card's `extensions.depth_prompt`): depth and message.
+    character_note: tuple[int, _Piece] | None
     tail: list[tuple[str, _Piece]]
     room: int
     #: The token budget of all placed lore together, constant entries included.
@@ -367,6 +399,19 @@ class _Layout:
     lore: dict[int, list[FiredEntry]]
     personas: dict[int, list[_Piece]]
     skipped: list[LoreHit]
+    #: Lore `depth` messages from the end, by (depth, role).
+    at_depth: dict[tuple[int, str], list[FiredEntry]] = field(default_factory=dict)
+    #: Lore at the top and the bottom of the author's note.
+    note_top: list[FiredEntry] = field(default_factory=list)
+    note_bottom: list[FiredEntry] = field(default_factory=list)
+    #: Why an entry that matched is not in the prompt, by (book, id(entry)), where it is not
+    #: the budget: "probability", "group", "delay", "cooldown".
+    reasons: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def floating(self) -> list[FiredEntry]:
+        """The entries placed from the end (at a depth, in the author's note)."""
+        entries = [f for group in self.at_depth.values() for f in group]
+        return [*entries, *self.note_top, *self.note_bottom]
 
 
 class PromptBuilder:
@@ -459,18 +504,22 @@ class PromptBuilder:
 
     # -- blocks ---------------------------------------------------------------------------
 
-    def _system(self, scene: _Scene, lore: Sequence[str], options: PromptOptions) -> _Piece:
+    def _system(self, scene: _Scene, lore: Sequence[FiredEntry], options: PromptOptions) -> _Piece:
         """The system block (its text cached, bounded: it changes only with the cast's cards,
         the scene's starter or constant lore, and substituting the macros is a good part of a
         build). A cast of one takes the card's own system_prompt, `{{original}}` standing for
-        the preset; a group takes the group preset."""
+        the preset; a group takes the group preset. Constant lore goes before the character
+        sheets or after them, as each entry's position says."""
+        before = tuple(f.content for f in lore if f.entry.position is LorePosition.BEFORE_CHAR)
+        after = tuple(f.content for f in lore if f.entry.position is not LorePosition.BEFORE_CHAR)
         key = (
             tuple(
                 (c.name, c.system_prompt, c.description, c.personality, c.scenario, c.speech_level)
                 for c in scene.cast
             ),
             scene.scene_user,
-            tuple(lore),
+            before,
+            after,
             options.instruction_preset,
             options.group_instruction_preset,
             options.summary,
@@ -490,12 +539,14 @@ class PromptBuilder:
                     preset, char=scene.cast_label, user=user, context=scene.macros
                 ).strip()
             ]
+            if before:
+                sections.append(f"{LORE_HEADING}\n" + "\n".join(before))
             sections += [
                 _card_sheet(card, user, group=scene.group, context=scene.macros)
                 for card in scene.cast
             ]
-            if lore:
-                sections.append(f"{LORE_HEADING}\n" + "\n".join(lore))
+            if after:
+                sections.append(f"{LORE_HEADING}\n" + "\n".join(after))
             if options.summary.strip():
                 sections.append(f"### 지난 이야기\n{options.summary.strip()}")
             text = self._systems.put(key, "\n\n".join(s for s in sections if s))
@@ -538,8 +589,21 @@ class PromptBuilder:
             hit.entry.content, char=char, user=scene.scene_user, context=scene.macros
         )
 
-    def _lore_piece(self, entries: Sequence[FiredEntry]) -> _Piece:
-        return self._piece("system", f"{LORE_HEADING}\n" + "\n".join(e.content for e in entries))
+    def _lore_piece(self, entries: Sequence[FiredEntry], role: str = "system") -> _Piece:
+        """Entries placed together: those meant before the character's description first."""
+        ordered = sorted(entries, key=lambda e: e.entry.position is not LorePosition.BEFORE_CHAR)
+        return self._piece(role, f"{LORE_HEADING}\n" + "\n".join(e.content for e in ordered))
+
+    def _note_piece(
+        self, plan: _Plan, top: Sequence[FiredEntry], bottom: Sequence[FiredEntry]
+    ) -> _Piece | None:
+        """The author's note with the lore placed at its top and bottom."""
+        if not top and not bottom:
+            return plan.note
+        texts = [f.content for f in top]
+        texts += [plan.note_text] if plan.note_text else []
+        texts += [f.content for f in bottom]
+        return self._piece("system", "\n".join(texts))
 
     def _personas(self, scene: _Scene) -> list[tuple[ScenePlayer, _Piece]]:
         """Each player's persona message, `{{user}}` as that player."""
@@ -559,9 +623,9 @@ class PromptBuilder:
         options: PromptOptions,
         open_message: HistoryMessage | None,
         new_counts: dict[int, int],
-    ) -> tuple[list[tuple[str, _Piece]], _Piece | None]:
+    ) -> tuple[list[tuple[str, _Piece]], str]:
         """What depends on who answers now: the blocks after the history, and the author's
-        note. Their macros name the speaker and the player answered now."""
+        note's text. Their macros name the speaker and the player answered now."""
 
         def per_turn(text: str) -> str:
             return substitute_macros(
@@ -575,8 +639,7 @@ class PromptBuilder:
             if note:
                 tail.append(("impersonation_note", self._piece("system", note)))
             tail.append(("user_prefix", self._open_piece(f"{scene.user_name}:", "user")))
-            author_note = per_turn(options.author_note)
-            return tail, self._piece("system", author_note) if author_note else None
+            return tail, per_turn(options.author_note)
         turn_note = per_turn(options.group_turn_note) if scene.group else ""
         if turn_note:
             tail.append(("turn_note", self._piece("system", turn_note)))
@@ -593,8 +656,27 @@ class PromptBuilder:
             if open_message.token_count is None and open_message.message_id is not None:
                 tokens = self.count_message(open_message, group=scene.group)
                 new_counts[open_message.message_id] = tokens
-        note = per_turn(options.author_note)
-        return tail, self._piece("system", note) if note else None
+        return tail, per_turn(options.author_note)
+
+    def _character_note(self, scene: _Scene) -> tuple[int, _Piece] | None:
+        """The speaker's card's note at a depth (SillyTavern's `extensions.depth_prompt`:
+        prompt, depth, role), its macros as the speaker and the player answered now."""
+        raw = scene.speaker.extensions.get("depth_prompt")
+        if not isinstance(raw, dict) or not isinstance(raw.get("prompt"), str):
+            return None
+        text = substitute_macros(
+            raw["prompt"],
+            char=macro_name(scene.speaker),
+            user=scene.user_name,
+            context=scene.macros,
+        ).strip()
+        if not text:
+            return None
+        depth = raw.get("depth")
+        depth = depth if isinstance(depth, int) and not isinstance(depth, bool) else 4
+        role = raw.get("role")
+        role = role if role in ("system", "user", "assistant") else "system"
+        return min(max(0, depth), MAX_CONTEXT_SIZE), self._piece(role, text)
 
     # -- assembly -------------------------------------------------------------------------
 
@@ -871,9 +953,12 @@ class PromptBuilder:
                 new_counts[message.message_id] = tokens
             return tokens
 
-        tail, note = self._tail(scene, options, open_message, new_counts)
+        tail, note_text = self._tail(scene, options, open_message, new_counts)
+        note = self._piece("system", note_text) if note_text else None
+        character_note = self._character_note(scene)
         fixed = sum(len(p.ids) for _, p in tail) + (1 if options.add_bos else 0)
         fixed += len(note.ids) if note else 0
+        fixed += len(character_note[1].ids) if character_note else 0
         n = len(history)
         newest = count(history[-1]) if history else 0
         bare_system = self._system(scene, (), options)
@@ -890,8 +975,9 @@ class PromptBuilder:
             report.personas_left_out.insert(0, clean_name(player.name))
         fixed += persona_tokens
 
-        # Constant lore is in the system block: it is the same on every turn.
-        limits = [options.lorebook_budget]
+        # Constant lore is in the system block (it is the same on every turn), but for the
+        # entries placed at a depth or in the author's note.
+        limits = [options.lore_budget]
         limits += [book.token_budget for book in scene.books.values() if book.token_budget]
         cap = max(0, min(limits))
         constant_hits = [
@@ -906,11 +992,14 @@ class PromptBuilder:
             count_tokens=self._lore_tokens,
             render=functools.partial(self._render_lore, scene),
         )
+        floating = [f for f in constants if f.entry.position in _FLOATING]
+        constants = [f for f in constants if f.entry.position not in _FLOATING]
         while True:
-            system = self._system(scene, [f.content for f in constants], options)
+            system = self._system(scene, constants, options)
             if not constants or fixed + len(system.ids) + newest <= budget:
                 break
-            last = constants.pop()
+            last = min(constants, key=lambda f: (f.entry.insertion_order, f.entry.priority))
+            constants.remove(last)
             constants_skipped.append(LoreHit(last.entry, last.book))
         room = budget - fixed - len(system.ids)
 
@@ -931,7 +1020,7 @@ class PromptBuilder:
             for position in [*(i for i in range(start, n) if history[i].role == "user"), n]:
                 end = min(position + 1, n)
                 positions[position] = [
-                    _ScanJob(name, book, _texts_before(history, end, book.scan_depth))
+                    _ScanJob(name, book, _texts_before(history, end, deepest_scan(book)))
                     for name, book in scene.books.items()
                 ]
         return _Plan(
@@ -942,10 +1031,13 @@ class PromptBuilder:
             new_counts=new_counts,
             system=system,
             constants=constants,
+            floating_constants=floating,
             constants_skipped=constants_skipped,
             personas=personas,
             examples=examples,
             note=note,
+            note_text=note_text,
+            character_note=character_note,
             tail=tail,
             room=room,
             lore_cap=cap,
@@ -963,17 +1055,17 @@ class PromptBuilder:
         thread: it reads the cache). Book by book, the moderators' first, so that a card's book
         that spends the time budget cannot starve the channel's; oldest position first."""
         missing: dict[_ScanKey, _ScanJob] = {}
-        for book in range(len(plan.scene.books)):
+        for name in plan.scene.books:
             for jobs in plan.positions.values():
-                job = jobs[book]
-                key = job.key
-                if key in results or key in missing:
-                    continue
-                cached = self._scans.get(key)
-                if cached is not None and cached[0] is job.book:
-                    results[key] = cached[1]
-                else:
-                    missing[key] = job
+                for job in jobs:
+                    key = job.key
+                    if job.book_name != name or key in results or key in missing:
+                        continue
+                    cached = self._scans.get(key)
+                    if cached is not None and cached[0] is job.book:
+                        results[key] = cached[1]
+                    else:
+                        missing[key] = job
         return list(missing.values())
 
     def _keep_scans(
@@ -987,29 +1079,62 @@ class PromptBuilder:
             if not scan.unscanned:  # a scan cut short is tried again next turn
                 self._scans.put(job.key, (job.book, scan))
 
+    def _add_recursion(self, plan: _Plan, results: dict[_ScanKey, LoreScan], level: int) -> bool:
+        """Scans of each position's books over the lore that fired there up to `level - 1`
+        (SillyTavern's recursive scanning: one entry's text can fire another); whether any
+        position has new lore to scan."""
+        added = False
+        for jobs in plan.positions.values():
+            found = _position_scan(jobs, results)
+            text = "\n".join(
+                self._render_lore(plan.scene, hit)
+                for scan in found
+                for hit in scan.matched
+                if not hit.entry.prevent_recursion
+            )
+            previous = [job for job in jobs if job.level == level - 1]
+            if not text or any(job.texts == (text,) for job in previous):
+                continue  # nothing fired, or nothing new since the last level
+            jobs += [
+                _ScanJob(name, book, (text,), level=level)
+                for name, book in plan.scene.books.items()
+            ]
+            added = True
+        return added
+
     def _scan_here(self, plan: _Plan, results: dict[_ScanKey, LoreScan], budget_s: float) -> float:
-        """Run the plan's missing scans on this thread; the scan budget left."""
-        jobs = self._missing_scans(plan, results)
-        if not jobs:
-            return budget_s
-        scans, spent = _run_scans(jobs, budget_s)
-        self._keep_scans(jobs, scans, results)
-        return max(0.0, budget_s - spent)
+        """Run the plan's missing scans on this thread (recursion levels one after another);
+        the scan budget left."""
+        for level in range(_recursion_levels(plan.options) + 1):
+            if level and not self._add_recursion(plan, results, level):
+                break
+            jobs = self._missing_scans(plan, results)
+            if not jobs:
+                continue
+            scans, spent = _run_scans(jobs, budget_s)
+            self._keep_scans(jobs, scans, results)
+            budget_s = max(0.0, budget_s - spent)
+        return budget_s
 
     async def _scan_off_loop(
         self, plan: _Plan, results: dict[_ScanKey, LoreScan], budget_s: float
     ) -> float:
         """`_scan_here`, in a worker thread when the scans could stall the event loop."""
-        jobs = self._missing_scans(plan, results)
-        if not jobs:
-            return budget_s
-        if scans_need_worker((job.book, job.texts) for job in jobs):
-            run = functools.partial(_run_scans, jobs, budget_s)
-            scans, spent = await asyncio.get_running_loop().run_in_executor(self._scan_pool, run)
-        else:
-            scans, spent = _run_scans(jobs, budget_s)
-        self._keep_scans(jobs, scans, results)
-        return max(0.0, budget_s - spent)
+        for level in range(_recursion_levels(plan.options) + 1):
+            if level and not self._add_recursion(plan, results, level):
+                break
+            jobs = self._missing_scans(plan, results)
+            if not jobs:
+                continue
+            if scans_need_worker((job.book, job.texts) for job in jobs):
+                run = functools.partial(_run_scans, jobs, budget_s)
+                loop = asyncio.get_running_loop()
+                scans, spent = await loop.run_in_executor(self._scan_pool, run)
+            else:
+                scans, spent = _run_scans(jobs, budget_s)
+            self._keep_scans(jobs, scans, results)
+            budget_s = max(0.0, budget_s - spent)
+        return budget_s
 
     # -- placing lore and personas ----------------------------------------------------------
 
@@ -1017,9 +1142,12 @@ class PromptBuilder:
         """Lore and personas for the window that starts at `start`.
 
         Each player message of the window in order, then the end of history, gets the entries
-        that fire on the texts up to it and were not placed before it; the lore budget goes to
-        the earliest. So an entry stays where it first fired while that message is in the
-        window, and a new turn only adds lore after the previous prompt.
+        that become active there (their keys match, their delay has passed, their chance came
+        up, they won their inclusion group) and were not placed before it; the lore budget
+        goes to the earliest. So an entry stays where it first fired while that message is in
+        the window, and a new turn only adds lore after the previous prompt. Entries placed
+        at a depth or in the author's note go where they are active at the end: matched there,
+        or still sticky, and not cooling down.
         """
         history = plan.history
         n = len(history)
@@ -1029,20 +1157,21 @@ class PromptBuilder:
             at = next((i for i in users if _speaks(history[i], player)), n)
             personas.setdefault(at, []).append(piece)
 
-        lore: dict[int, list[FiredEntry]] = {}
-        skipped: list[LoreHit] = []
-        seen = {(f.book, id(f.entry)) for f in plan.constants}
+        layout = _Layout({}, personas, [])
+        timeline = _Timeline(plan, [*users, n], scans)
+        seen = {(f.book, id(f.entry)) for f in (*plan.constants, *plan.floating_constants)}
         seen.update((h.book, id(h.entry)) for h in plan.constants_skipped)
-        used = sum(f.tokens for f in plan.constants)
+        used = sum(f.tokens for f in (*plan.constants, *plan.floating_constants))
         render = functools.partial(self._render_lore, plan.scene)
+        groups_placed = {g for f in plan.constants for g in f.entry.groups}
         for position in [*users, n]:
-            fresh = []
-            for scan in scans.get(position, ()):
-                for hit in scan.matched:
-                    key = (hit.book, id(hit.entry))
-                    if not hit.entry.constant and key not in seen:
-                        seen.add(key)
-                        fresh.append(hit)
+            fresh = [
+                hit
+                for hit in timeline.activated(position, layout.reasons)
+                if hit.entry.position not in _FLOATING and (hit.book, id(hit.entry)) not in seen
+            ]
+            fresh = timeline.pick_groups(fresh, position, groups_placed, layout.reasons)
+            seen.update((hit.book, id(hit.entry)) for hit in fresh)
             if not fresh:
                 continue
             fired, over = select_entries(
@@ -1052,25 +1181,53 @@ class PromptBuilder:
                 render=render,
             )
             used += sum(f.tokens for f in fired)
-            skipped += over
+            layout.skipped += over
+            groups_placed.update(g for f in fired for g in f.entry.groups)
             if fired:
-                lore[position] = fired
-        return _Layout(lore, personas, skipped)
+                layout.lore[position] = fired
 
-    def _lore_cost(self, layout: _Layout) -> int:
-        return sum(len(self._lore_piece(entries).ids) for entries in layout.lore.values())
+        # Judged at the end: constant ones always, the others when active there.
+        floating = [
+            hit
+            for hit in timeline.active_at_end(layout.reasons)
+            if hit.entry.position in _FLOATING and not hit.entry.constant
+        ]
+        floating = timeline.pick_groups(floating, n, groups_placed, layout.reasons)
+        fired, over = select_entries(
+            floating,
+            token_budget=max(0, plan.lore_cap - used),
+            count_tokens=self._lore_tokens,
+            render=render,
+        )
+        layout.skipped += over
+        for entry in sorted([*plan.floating_constants, *fired], key=_insertion):
+            if entry.entry.position is LorePosition.AN_TOP:
+                layout.note_top.append(entry)
+            elif entry.entry.position is LorePosition.AN_BOTTOM:
+                layout.note_bottom.append(entry)
+            else:
+                layout.at_depth.setdefault((entry.entry.depth, entry.entry.role), []).append(entry)
+        return layout
+
+    def _lore_cost(self, plan: _Plan, layout: _Layout) -> int:
+        cost = sum(len(self._lore_piece(entries).ids) for entries in layout.lore.values())
+        for (_, role), entries in layout.at_depth.items():
+            cost += len(self._lore_piece(entries, role).ids)
+        note = self._note_piece(plan, layout.note_top, layout.note_bottom)
+        if note is not plan.note and note is not None:
+            cost += len(note.ids) - (len(plan.note.ids) if plan.note else 0)
+        return cost
 
     def _assemble(self, plan: _Plan, results: dict[_ScanKey, LoreScan]) -> BuiltPrompt:
         history, options, report = plan.history, plan.options, plan.report
         n = len(history)
         scans = {
-            position: [results[job.key] for job in jobs if job.key in results]
-            for position, jobs in plan.positions.items()
+            position: _position_scan(jobs, results) for position, jobs in plan.positions.items()
         }
         start, overflow = plan.start, plan.overflow
         used = sum(plan.costs[i] for i in range(start, n)) if n else plan.example_tokens
         layout = self._place(plan, start, scans)
-        lore_tokens = self._lore_cost(layout)
+        lore_tokens = self._lore_cost(plan, layout)
         if not overflow and used + lore_tokens > plan.room and n > 1:
             overflow = True
         if overflow:
@@ -1083,8 +1240,15 @@ class PromptBuilder:
                 used += plan.costs[start]
             layout = self._place(plan, start, scans)
             report.trimmed_this_turn = True
-        while layout.lore and used + self._lore_cost(layout) > plan.room:
-            # Only when the trimmed window fires more lore than the untrimmed one had.
+        while _placed_lore(layout) and used + self._lore_cost(plan, layout) > plan.room:
+            # Only when the trimmed window fires more lore than the untrimmed one had: the
+            # entries placed from the end go first, then the newest position's.
+            floating = layout.floating()
+            if floating:
+                last = min(floating, key=_insertion)
+                _remove_floating(layout, last)
+                layout.skipped.append(LoreHit(last.entry, last.book))
+                continue
             position = max(layout.lore)
             last = layout.lore[position].pop()
             layout.skipped.append(LoreHit(last.entry, last.book))
@@ -1123,18 +1287,36 @@ class PromptBuilder:
             for dialogue in plan.examples:
                 for piece in dialogue:
                     add("examples", piece)
+        note = self._note_piece(plan, layout.note_top, layout.note_bottom)
         note_at = start + max(0, len(kept) - max(0, options.author_note_depth))
+        # Lore at a depth: deepest first, each (depth, role) one message, after the note at
+        # the same depth (SillyTavern's order).
+        at_depth: dict[int, list[_Piece]] = {}
+        for (depth, role), entries in sorted(layout.at_depth.items(), key=lambda i: -i[0][0]):
+            at = start + max(0, len(kept) - depth)
+            at_depth.setdefault(at, []).append(self._lore_piece(entries, role))
+
+        character_at = -1
+        if plan.character_note is not None:
+            character_at = start + max(0, len(kept) - plan.character_note[0])
+
+        def from_end(index: int) -> None:
+            if index == note_at and note is not None:
+                add("author_note", note)
+            if index == character_at and plan.character_note is not None:
+                add("character_note", plan.character_note[1])
+            for piece in at_depth.get(index, ()):
+                add("lore_at_depth", piece)
+
         group = plan.scene.group
         for index in range(start, n):
-            if index == note_at and plan.note is not None:
-                add("author_note", plan.note)
+            from_end(index)
             before(index)
             message = history[index]
             block = "history" if index < note_at else "recent_history"
             add(block, self._piece(message.role, self._message_body(message, group=group)))
         before(n)
-        if note_at == n and plan.note is not None:
-            add("author_note", plan.note)
+        from_end(n)
         for name, piece in plan.tail:
             add(name, piece)
         report.blocks = [BlockReport(name, tokens) for name, tokens in blocks]
@@ -1147,6 +1329,172 @@ class PromptBuilder:
             report=report,
             new_token_counts=plan.new_counts,
         )
+
+
+class _Timeline:
+    """When each entry that matched is active across the window's positions (player messages,
+    then the end), as SillyTavern counts timed effects, in the scene's messages: not before
+    `delay`, `sticky` messages more after it fired, then no firing for `cooldown`. Chances
+    are rolled per message, seeded by the scene, so a regenerated turn rolls the same."""
+
+    def __init__(
+        self, plan: _Plan, positions: Sequence[int], scans: dict[int, list[LoreScan]]
+    ) -> None:
+        history = plan.history
+        self._history = history
+        self._end = len(history)
+        self._earlier = plan.options.earlier_messages
+        self._seed = plan.scene.macros.seed if plan.scene.macros is not None else 0
+        self._scores: dict[tuple[str, int], int] = {}
+        matched: dict[int, dict[tuple[str, int], LoreHit]] = {}
+        for position in positions:
+            found: dict[tuple[str, int], LoreHit] = {}
+            for scan in scans.get(position, ()):
+                for hit in scan.matched:
+                    if not hit.entry.constant:
+                        found.setdefault((hit.book, id(hit.entry)), hit)
+                for entry_id, score in scan.scores.items():
+                    for hit in scan.matched:
+                        if id(hit.entry) == entry_id:
+                            key = (hit.book, entry_id)
+                            self._scores[key] = max(score, self._scores.get(key, 0))
+            matched[position] = found
+        self._active: dict[int, list[LoreHit]] = {p: [] for p in positions}
+        self._reasons: dict[int, dict[tuple[str, int], str]] = {p: {} for p in positions}
+        hits = {key: hit for found in matched.values() for key, hit in found.items()}
+        for key, hit in hits.items():
+            entry = hit.entry
+            sticky_until = cooldown_until = -1
+            for position in positions:
+                ordinal = self._ordinal(position)
+                if ordinal < entry.delay:
+                    if key in matched[position]:
+                        self._reasons[position][key] = "delay"
+                elif ordinal <= sticky_until:
+                    self._active[position].append(hit)
+                elif key not in matched[position]:
+                    continue
+                elif ordinal <= cooldown_until:
+                    self._reasons[position][key] = "cooldown"
+                elif entry.probability < 100 and self.roll(position, hit) >= entry.probability:
+                    self._reasons[position][key] = "probability"
+                else:
+                    self._active[position].append(hit)
+                    # Active through this message (the end and the newest player message are
+                    # one moment) and `sticky` more.
+                    sticky_until = ordinal + entry.sticky
+                    if entry.cooldown:
+                        cooldown_until = ordinal + entry.sticky + entry.cooldown
+
+    def _ordinal(self, position: int) -> int:
+        """The scene's messages up to and including the one at `position`."""
+        return self._earlier + min(position + 1, self._end)
+
+    def _message_id(self, position: int) -> int:
+        index = min(position, self._end - 1)
+        if index < 0:
+            return 0
+        message_id = self._history[index].message_id
+        return message_id if message_id is not None else index
+
+    def roll(self, position: int, hit: LoreHit, *salt: object) -> float:
+        """A number in [0, 100) fixed by the scene, the message and the entry."""
+        entry = hit.entry
+        what = (self._seed, self._message_id(position), hit.book, entry.name, entry.content, salt)
+        digest = hashlib.blake2b(repr(what).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64 * 100
+
+    def activated(self, position: int, reasons: dict[tuple[str, int], str]) -> list[LoreHit]:
+        """The entries active at `position`; why others that matched there are not."""
+        reasons.update(self._reasons.get(position, {}))
+        return list(self._active.get(position, ()))
+
+    def active_at_end(self, reasons: dict[tuple[str, int], str]) -> list[LoreHit]:
+        return self.activated(self._end, reasons)
+
+    def pick_groups(
+        self,
+        hits: list[LoreHit],
+        position: int,
+        placed: set[str],
+        reasons: dict[tuple[str, int], str],
+    ) -> list[LoreHit]:
+        """Of the entries of one inclusion group active together, one: none where the group
+        is already in the prompt; else the best scored (with group scoring), the highest
+        order that overrides the group, or one drawn by the groups' weights."""
+        dropped: set[int] = set()
+        names = sorted({g for hit in hits for g in hit.entry.groups})
+        for name in names:
+            members = [h for h in hits if name in h.entry.groups and id(h) not in dropped]
+            if name in placed:
+                dropped.update(id(h) for h in members)
+                continue
+            if len(members) < 2:
+                continue
+            if any(h.entry.use_group_scoring for h in members):
+                best = max(self._scores.get((h.book, id(h.entry)), 0) for h in members)
+                low = [
+                    h
+                    for h in members
+                    if h.entry.use_group_scoring
+                    and self._scores.get((h.book, id(h.entry)), 0) < best
+                ]
+                dropped.update(id(h) for h in low)
+                members = [h for h in members if id(h) not in dropped]
+            overrides = [h for h in members if h.entry.group_override]
+            if overrides:
+                winner = max(overrides, key=lambda h: h.entry.insertion_order)
+            else:
+                total = sum(h.entry.group_weight for h in members)
+                draw = self.roll(position, members[0], "group", name) / 100 * total
+                winner = members[-1]
+                for member in members:
+                    draw -= member.entry.group_weight
+                    if draw < 0:
+                        winner = member
+                        break
+            dropped.update(id(h) for h in members if h is not winner)
+        for hit in hits:
+            if id(hit) in dropped:
+                reasons[(hit.book, id(hit.entry))] = "group"
+        return [hit for hit in hits if id(hit) not in dropped]
+
+
+def _recursion_levels(options: PromptOptions) -> int:
+    return min(MAX_RECURSION_LEVELS, max(0, options.lorebook_recursion))
+
+
+def _position_scan(jobs: Sequence[_ScanJob], results: dict[_ScanKey, LoreScan]) -> list[LoreScan]:
+    """What one position's scans found: an entry that waits for recursion does not fire on
+    the history, and one that excludes recursion does not fire on lore."""
+    found = []
+    for job in jobs:
+        scan = results.get(job.key)
+        if scan is None:
+            continue
+        if job.level:
+            matched = [h for h in scan.matched if not h.entry.exclude_recursion]
+        else:
+            matched = [h for h in scan.matched if not h.entry.delay_until_recursion]
+        if len(matched) < len(scan.matched):
+            scan = dataclasses.replace(scan, matched=matched)
+        found.append(scan)
+    return found
+
+
+def _insertion(fired: FiredEntry) -> tuple[int, int]:
+    return (fired.entry.insertion_order, fired.entry.priority)
+
+
+def _placed_lore(layout: _Layout) -> bool:
+    return bool(layout.lore or layout.at_depth or layout.note_top or layout.note_bottom)
+
+
+def _remove_floating(layout: _Layout, fired: FiredEntry) -> None:
+    for entries in (layout.note_top, layout.note_bottom, *layout.at_depth.values()):
+        if fired in entries:
+            entries.remove(fired)
+    layout.at_depth = {key: group for key, group in layout.at_depth.items() if group}
 
 
 def _card_sheet(
@@ -1220,16 +1568,38 @@ def _run_scans(jobs: Sequence[_ScanJob], budget_s: float) -> tuple[list[LoreScan
 def _notes(
     plan: _Plan, layout: _Layout, scans: dict[int, list[LoreScan]], start: int
 ) -> list[LoreNote]:
-    """The report's lorebook lines: what fired (in prompt order), what did not fit, and what
-    the window's scans timed out on or left unscanned."""
-    fired = [*plan.constants, *(f for p in sorted(layout.lore) for f in layout.lore[p])]
-    placed = {(f.book, id(f.entry)) for f in fired}
-    notes = [_note(f.entry, f.book, "fired") for f in fired]
+    """The report's lorebook lines: what fired (in prompt order) and where it went, what was
+    left out and why, and what the window's scans timed out on or left unscanned."""
+    n = len(plan.history)
+    fired: list[tuple[FiredEntry, str]] = []
+    for f in plan.constants:
+        where = "before the sheets" if f.entry.position is LorePosition.BEFORE_CHAR else ""
+        fired.append((f, f"system block{', ' + where if where else ''}"))
+    for position in sorted(layout.lore):
+        where = "end of history" if position == n else f"before message {position - start + 1}"
+        fired += [(f, where) for f in layout.lore[position]]
+    for (depth, role), entries in sorted(layout.at_depth.items(), key=lambda i: -i[0][0]):
+        fired += [(f, f"depth {depth} ({role})") for f in entries]
+    fired += [(f, "author's note, top") for f in layout.note_top]
+    fired += [(f, "author's note, bottom") for f in layout.note_bottom]
+    placed = {(f.book, id(f.entry)) for f, _ in fired}
+    notes = [_note(f.entry, f.book, "fired", where) for f, where in fired]
     seen = set(placed)
     for hit in [*plan.constants_skipped, *layout.skipped]:
         if (hit.book, id(hit.entry)) not in seen:
             seen.add((hit.book, id(hit.entry)))
-            notes.append(_note(hit.entry, hit.book, "skipped"))
+            notes.append(_note(hit.entry, hit.book, "skipped", reason="budget"))
+    hits = {
+        (hit.book, id(hit.entry)): hit
+        for position, found in scans.items()
+        if position >= start
+        for scan in found
+        for hit in scan.matched
+    }
+    for key, reason in layout.reasons.items():
+        if key not in seen and key in hits:
+            seen.add(key)
+            notes.append(_note(hits[key].entry, key[0], "skipped", reason=reason))
     in_window = [s for position, found in scans.items() if position >= start for s in found]
     for status in ("timed_out", "unscanned"):
         listed: set[tuple[str, int]] = set()
@@ -1329,6 +1699,8 @@ def _split_open(
     return history[-1], history[:-1]
 
 
-def _note(entry: LoreEntry, book: str, status: LoreStatus) -> LoreNote:
+def _note(
+    entry: LoreEntry, book: str, status: LoreStatus, where: str = "", reason: str = ""
+) -> LoreNote:
     label = entry.name or (entry.keys[0] if entry.keys else "(constant)")
-    return LoreNote(label, book, entry.insertion_order, status)
+    return LoreNote(label, book, entry.insertion_order, status, where, reason)

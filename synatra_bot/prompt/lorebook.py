@@ -15,6 +15,7 @@ import re
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -50,6 +51,35 @@ _JS_FLAGS = {"i": regex.IGNORECASE, "s": regex.DOTALL, "m": regex.MULTILINE}
 _COUNTED_REPEAT = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 
 
+class LorePosition(StrEnum):
+    """Where an entry goes (SillyTavern's `extensions.position` numbers in `_ST_POSITIONS`)."""
+
+    BEFORE_CHAR = "before_char"  # before the character's description
+    AFTER_CHAR = "after_char"  # after the character's description
+    AN_TOP = "an_top"  # at the top of the author's note
+    AN_BOTTOM = "an_bottom"  # at the bottom of the author's note
+    AT_DEPTH = "at_depth"  # `depth` messages from the end of the history, as `role`
+    EXAMPLES_TOP = "examples_top"  # before the example dialogues
+    EXAMPLES_BOTTOM = "examples_bottom"  # after the example dialogues
+
+
+#: SillyTavern's world_info_position numbers.
+_ST_POSITIONS = {
+    0: LorePosition.BEFORE_CHAR,
+    1: LorePosition.AFTER_CHAR,
+    2: LorePosition.AN_TOP,
+    3: LorePosition.AN_BOTTOM,
+    4: LorePosition.AT_DEPTH,
+    5: LorePosition.EXAMPLES_TOP,
+    6: LorePosition.EXAMPLES_BOTTOM,
+}
+#: SillyTavern's extension_prompt_roles numbers.
+_ST_ROLES = {0: "system", 1: "user", 2: "assistant"}
+DEFAULT_ENTRY_DEPTH = 4
+MAX_ENTRY_DEPTH = 1000
+DEFAULT_GROUP_WEIGHT = 100
+
+
 class SecondaryLogic(StrEnum):
     """How secondary keys combine with a primary match."""
 
@@ -72,6 +102,27 @@ class LoreEntry:
     insertion_order: int = 100
     priority: int = 10
     name: str = ""
+    #: SillyTavern's extensions (see `_entry_from`); None where the book's setting applies.
+    position: LorePosition = LorePosition.AFTER_CHAR
+    depth: int = DEFAULT_ENTRY_DEPTH
+    role: str = "system"
+    match_whole_words: bool = False
+    scan_depth: int | None = None
+    #: Percent chance to fire when its keys match (100: always).
+    probability: int = 100
+    #: Inclusion groups: of the entries of one group that fire together, one is kept.
+    groups: tuple[str, ...] = ()
+    group_override: bool = False
+    group_weight: int = DEFAULT_GROUP_WEIGHT
+    use_group_scoring: bool = False
+    #: Timed effects counted in messages: stays active `sticky` messages after firing, then
+    #: cannot fire for `cooldown` messages; cannot fire before the scene has `delay` messages.
+    sticky: int = 0
+    cooldown: int = 0
+    delay: int = 0
+    exclude_recursion: bool = False
+    prevent_recursion: bool = False
+    delay_until_recursion: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +131,9 @@ class _Key:
     folded: str
     #: (source, flags) of a regex key; None for a plain key.
     regex: tuple[str, int] | None
+    #: A plain single-word key of a `match_whole_words` entry: it must be a whole word (a key
+    #: with whitespace in it is matched as a substring, as SillyTavern does).
+    whole_word: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +159,101 @@ def _regex_of(entry: LoreEntry, key: str) -> tuple[str, int] | None:
 
 def _keys_of(entry: LoreEntry) -> _EntryKeys:
     def prepare(keys: list[str]) -> tuple[_Key, ...]:
-        return tuple(_Key(k, k.casefold(), _regex_of(entry, k)) for k in keys if k.strip())
+        return tuple(
+            _Key(
+                k,
+                k.casefold(),
+                _regex_of(entry, k),
+                entry.match_whole_words and not any(c.isspace() for c in k),
+            )
+            for k in keys
+            if k.strip()
+        )
 
     primary, secondary = prepare(entry.keys), prepare(entry.secondary_keys)
     regexes = tuple(k.regex for k in (*primary, *secondary) if k.regex is not None)
     return _EntryKeys(primary, secondary, regexes)
+
+
+def deepest_scan(book: Lorebook) -> int:
+    """How many of the newest texts a scan of `book` reads: the book's `scan_depth` or an
+    entry's own, whichever is deeper (`scan_books` wants at least that many)."""
+    depths = (e.scan_depth for e in book.entries if e.scan_depth is not None)
+    return max(0, book.scan_depth, *depths)
+
+
+#: Korean particles and copula endings that may follow a whole-word key ending in a Hangul
+#: syllable ("민지는", "민지에게도", "민지예요"); they stack up to `MAX_STACKED_PARTICLES`.
+KOREAN_PARTICLES = (
+    # case particles
+    "은", "는", "이", "가", "을", "를", "의", "에", "에게", "에게서", "에게로", "에서", "께",
+    "께서", "한테", "한테서", "와", "과", "랑", "이랑", "하고", "로", "으로", "로서", "으로서",
+    "로써", "으로써",
+    # auxiliary particles
+    "도", "만", "까지", "부터", "보다", "처럼", "같이", "이나", "나", "이든", "든", "든지",
+    "이든지", "조차", "마저", "밖에", "뿐", "이란", "란", "이며", "며", "요",
+    # vocatives
+    "야", "아", "여", "이여",
+    # copula endings
+    "이야", "이에요", "에요", "예요", "이다", "다", "였다", "이었다", "라고", "이라고",
+    # honorific suffixes
+    "님", "씨",
+)  # fmt: skip
+MAX_STACKED_PARTICLES = 4
+#: Memory the compiled whole-word keys of all books may take together (a key takes 1-6 KiB);
+#: the least recently used are dropped past it.
+MAX_WHOLE_WORD_BYTES = 4 * 1024 * 1024
+_PARTICLE_RUN = regex.compile(
+    rf"(?:\L<particles>){{1,{MAX_STACKED_PARTICLES}}}", particles=KOREAN_PARTICLES
+)
+_LONGEST_PARTICLES = MAX_STACKED_PARTICLES * max(len(p) for p in KOREAN_PARTICLES)
+
+
+def _ends_in_hangul(text: str) -> bool:
+    return "\uac00" <= text[-1] <= "\ud7a3"
+
+
+def _particles_only(suffix: str) -> bool:
+    return len(suffix) <= _LONGEST_PARTICLES and _PARTICLE_RUN.fullmatch(suffix) is not None
+
+
+class _WholeWordPatterns:
+    """Compiled whole-word keys, shared by all books (a pattern depends only on its key's text,
+    and escaped text matches in linear time), compiled when first needed and bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._lock = threading.Lock()
+        self._max_bytes = max_bytes
+        self._patterns: OrderedDict[str, tuple[Any | None, int]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, needle: str) -> Any | None:
+        """The pattern for `needle` (already case-folded where the entry ignores case): a match
+        starts at a word boundary, and its group 1 is the rest of the word for a key ending in
+        Hangul (particles may follow); None if it cannot compile."""
+        with self._lock:
+            cached = self._patterns.get(needle)
+            if cached is not None:
+                self._patterns.move_to_end(needle)
+                return cached[0]
+        tail = r"(\w*)" if _ends_in_hangul(needle) else r"(?!\w)"
+        try:
+            # Not in mrab-regex's module-wide cache: this one is bounded.
+            pattern = regex.compile(rf"(?<!\w){regex.escape(needle)}{tail}", cache_pattern=False)
+        except (regex.error, ValueError, OverflowError, RecursionError):
+            pattern = None
+        size = sys.getsizeof(pattern) + sys.getsizeof(needle)
+        with self._lock:
+            if needle not in self._patterns:
+                self._patterns[needle] = (pattern, size)
+                self._bytes += size
+                while self._bytes > self._max_bytes and len(self._patterns) > 1:
+                    _, (_, dropped) = self._patterns.popitem(last=False)
+                    self._bytes -= dropped
+        return pattern
+
+
+_WHOLE_WORDS = _WholeWordPatterns(MAX_WHOLE_WORD_BYTES)
 
 
 def _regex_cost(source: str) -> int:
@@ -258,9 +402,10 @@ def lorebook_from_character_book(obj: dict[str, Any] | None) -> Lorebook:
 
 
 def _key_lists(raw: dict[str, Any]) -> list[list[str]]:
-    """An entry's primary keys, and its secondary keys when it is selective."""
+    """An entry's primary keys, and its secondary keys when it is selective (as SillyTavern
+    reads a book, an entry without `selective` is not)."""
     lists = [_str_list(raw.get("keys"))]
-    if raw.get("selective", True):
+    if raw.get("selective") is True:
         lists.append(_str_list(raw.get("secondary_keys")))
     return lists
 
@@ -269,7 +414,20 @@ def _entry_from(
     raw: dict[str, Any], keys: list[str], secondary: list[str] | None = None
 ) -> LoreEntry:
     ext = raw.get("extensions")
-    logic_value = ext.get("selectiveLogic", 0) if isinstance(ext, dict) else 0
+    ext = ext if isinstance(ext, dict) else {}
+    logic_value = ext.get("selectiveLogic", 0)
+    position = _ST_POSITIONS.get(_int(ext.get("position"), -1))
+    if position is None:
+        # SillyTavern reads anything but "before_char" (a missing position too) as after.
+        before = raw.get("position") == "before_char"
+        position = LorePosition.BEFORE_CHAR if before else LorePosition.AFTER_CHAR
+    case_sensitive = ext.get("case_sensitive")
+    if not isinstance(case_sensitive, bool):
+        case_sensitive = raw.get("case_sensitive") is True
+    scan_depth = _int(ext.get("scan_depth"), -1)
+    groups = str(ext.get("group") or "")
+    use_probability = ext.get("useProbability", True) is not False
+    probability = _int(ext.get("probability"), 100) if use_probability else 100
     return LoreEntry(
         keys=keys,
         content=str(raw.get("content") or ""),
@@ -278,10 +436,26 @@ def _entry_from(
         constant=raw.get("constant") is True,
         enabled=raw.get("enabled", True) is not False,
         use_regex=raw.get("use_regex") is True,
-        case_sensitive=raw.get("case_sensitive") is True,
+        case_sensitive=case_sensitive,
         insertion_order=_int(raw.get("insertion_order"), 100),
         priority=_int(raw.get("priority"), 10),
         name=str(raw.get("name") or raw.get("comment") or ""),
+        position=position,
+        depth=min(MAX_ENTRY_DEPTH, max(0, _int(ext.get("depth"), DEFAULT_ENTRY_DEPTH))),
+        role=_ST_ROLES.get(_int(ext.get("role"), 0), "system"),
+        match_whole_words=ext.get("match_whole_words") is True,
+        scan_depth=min(MAX_SCAN_DEPTH, scan_depth) if scan_depth >= 0 else None,
+        probability=min(100, max(0, probability)),
+        groups=tuple(g.strip() for g in groups.split(",") if g.strip()),
+        group_override=ext.get("group_override") is True,
+        group_weight=max(0, _int(ext.get("group_weight"), DEFAULT_GROUP_WEIGHT)),
+        use_group_scoring=ext.get("use_group_scoring") is True,
+        sticky=max(0, _int(ext.get("sticky"), 0)),
+        cooldown=max(0, _int(ext.get("cooldown"), 0)),
+        delay=max(0, _int(ext.get("delay"), 0)),
+        exclude_recursion=ext.get("exclude_recursion") is True,
+        prevent_recursion=ext.get("prevent_recursion") is True,
+        delay_until_recursion=bool(ext.get("delay_until_recursion")),
     )
 
 
@@ -305,6 +479,9 @@ class LoreScan:
     timed_out: list[LoreHit] = field(default_factory=list)
     #: Entries not judged because the scan's time budget ran out: they do not fire.
     unscanned: list[LoreHit] = field(default_factory=list)
+    #: For matched entries with `use_group_scoring` that fired on keys: id(entry) to how many of
+    #: its primary and secondary keys matched (inclusion groups keep the best scored).
+    scores: dict[int, int] = field(default_factory=dict)
 
 
 class _OutOfTime(Exception):
@@ -320,19 +497,30 @@ class _Scanner:
         self._compiled = compiled
         self._deadline = deadline
 
-    def fires(self, entry: LoreEntry, keys: _EntryKeys) -> bool:
-        if not any(self._matches(key, entry.case_sensitive) for key in keys.primary):
-            return False
+    def judge(self, entry: LoreEntry, keys: _EntryKeys, *, score: bool = False) -> int | None:
+        """None when `entry` does not fire; else how many of its keys matched when `score` (all
+        of them are tried then), 0 otherwise."""
+        case = entry.case_sensitive
+        if score:
+            primary = sum(self._matches(key, case) for key in keys.primary)
+        else:
+            primary = int(any(self._matches(key, case) for key in keys.primary))
+        if not primary:
+            return None
         if not keys.secondary:
-            return True
-        hits = [self._matches(key, entry.case_sensitive) for key in keys.secondary]
+            return primary if score else 0
+        hits = [self._matches(key, case) for key in keys.secondary]
         if entry.logic is SecondaryLogic.AND_ANY:
-            return any(hits)
-        if entry.logic is SecondaryLogic.AND_ALL:
-            return all(hits)
-        if entry.logic is SecondaryLogic.NOT_ANY:
-            return not any(hits)
-        return not all(hits)
+            fires = any(hits)
+        elif entry.logic is SecondaryLogic.AND_ALL:
+            fires = all(hits)
+        elif entry.logic is SecondaryLogic.NOT_ANY:
+            fires = not any(hits)
+        else:
+            fires = not all(hits)
+        if not fires:
+            return None
+        return primary + sum(hits) if score else 0
 
     def _matches(self, key: _Key, case_sensitive: bool) -> bool:
         left = self._deadline - time.monotonic()
@@ -346,7 +534,27 @@ class _Scanner:
             if pattern is not None:
                 return self._search(pattern, spec, left)
         # A plain key, or not a usable regex: text, as SillyTavern matches it.
-        return key.text in self._text if case_sensitive else key.folded in self._folded
+        text, needle = (self._text, key.text) if case_sensitive else (self._folded, key.folded)
+        if needle not in text:
+            return False  # no occurrence at all: nothing to compile or search
+        return not key.whole_word or self._whole_word(text, needle)
+
+    def _whole_word(self, text: str, needle: str) -> bool:
+        """Whether `needle` occurs in `text` as a whole word: no word character just before it,
+        none just after it, or (a key ending in Hangul) only Korean particles up to the end of
+        the word. Linear in `text` (an escaped key; the particle check is bounded)."""
+        pattern = _WHOLE_WORDS.get(needle)
+        if pattern is None:
+            return True  # cannot happen for escaped text; a substring match then
+        if not _ends_in_hangul(needle):
+            return pattern.search(text) is not None
+        for found in pattern.finditer(text):
+            suffix = found.group(1)
+            if not suffix or _particles_only(suffix):
+                return True
+            if time.monotonic() >= self._deadline:
+                raise _OutOfTime
+        return False
 
     def _search(self, pattern: Any, spec: tuple[str, int], left: float) -> bool:
         try:
@@ -363,7 +571,7 @@ class _Scanner:
 def scans_need_worker(scans: Iterable[tuple[Lorebook, Sequence[str]]]) -> bool:
     """Whether scans run one after another (each a book and its texts) may hold a thread long
     enough to stall an event loop: any regex key, or many plain keys over long text (their
-    work adds up)."""
+    work adds up; whole-word keys are plain work, linear in the text)."""
     work = 0
     for book, texts in scans:
         if book.may_have_regex:
@@ -379,7 +587,9 @@ def scan_books(
     budget_s: float = SCAN_BUDGET_S,
     deadline: float | None = None,
 ) -> LoreScan:
-    """The entries that fire on the newest `scan_depth` of `recent_texts` (oldest first).
+    """The entries that fire on the newest texts of `recent_texts` (oldest first): the newest
+    `scan_depth` of them, the entry's own where it has one, else its book's (0: none, so only
+    constant entries fire). Pass at least `deepest_scan(book)` texts for each book.
 
     `books` maps a name to each book; they are scanned in that order under one time budget, so
     put the most trusted first (a book that spends the budget leaves later ones unscanned).
@@ -390,12 +600,15 @@ def scan_books(
         deadline = time.monotonic() + budget_s
     scan = LoreScan()
     texts: dict[int, tuple[str, str]] = {}
-    for name, book in books.items():
-        depth = book.scan_depth
+
+    def joined(depth: int) -> tuple[str, str]:
         if depth not in texts:
             text = "\n".join(recent_texts[-depth:]) if depth > 0 else ""
             texts[depth] = (text, text.casefold())
-        scanner = _Scanner(*texts[depth], book._compiled, deadline)
+        return texts[depth]
+
+    for name, book in books.items():
+        scanners: dict[int, _Scanner] = {}
         for entry, keys in zip(book.entries, book._keys, strict=True):
             if not entry.enabled or not entry.content.strip():
                 continue
@@ -403,11 +616,21 @@ def scan_books(
             if entry.constant:
                 scan.matched.append(hit)
                 continue
+            depth = book.scan_depth if entry.scan_depth is None else entry.scan_depth
+            if depth <= 0 or not keys.primary:
+                continue
+            scanner = scanners.get(depth)
+            if scanner is None:
+                scanner = scanners[depth] = _Scanner(*joined(depth), book._compiled, deadline)
             try:
-                if keys.primary and scanner.fires(entry, keys):
-                    scan.matched.append(hit)
+                score = scanner.judge(entry, keys, score=entry.use_group_scoring)
             except _OutOfTime:
                 scan.unscanned.append(hit)
+            else:
+                if score is not None:
+                    scan.matched.append(hit)
+                    if entry.use_group_scoring:
+                        scan.scores[id(entry)] = score
             if keys.regexes and book._compiled.any_disabled(keys.regexes):
                 scan.timed_out.append(hit)
     return scan
@@ -430,12 +653,11 @@ def select_entries(
 ) -> tuple[list[FiredEntry], list[LoreHit]]:
     """The matched entries that fit in `token_budget`, in insertion order, and those that did not.
 
-    Constant entries come first, then higher priority, then lower insertion order. `render` gives
-    an entry's text as the prompt shows it (its macros depend on the book it came from).
+    As in SillyTavern, a higher insertion order is kept first when the budget runs out (then a
+    higher priority) and is inserted closer to the end. `render` gives an entry's text as the
+    prompt shows it (its macros depend on the book it came from).
     """
-    ranked = sorted(
-        hits, key=lambda h: (not h.entry.constant, -h.entry.priority, h.entry.insertion_order)
-    )
+    ranked = sorted(hits, key=lambda h: (-h.entry.insertion_order, -h.entry.priority))
     kept: list[FiredEntry] = []
     skipped: list[LoreHit] = []
     used = 0

@@ -9,9 +9,16 @@ LoreStatus = Literal["fired", "skipped", "timed_out", "unscanned"]
 #: How `to_text` words each status.
 _STATUS_TEXT: dict[LoreStatus, str] = {
     "fired": "fired",
-    "skipped": "over budget",
+    "skipped": "left out",
     "timed_out": "timed out (key disabled)",
     "unscanned": "not scanned (time budget spent)",
+}
+_REASON_TEXT = {
+    "budget": "over budget",
+    "probability": "chance not met",
+    "group": "another entry of its group",
+    "delay": "delayed",
+    "cooldown": "cooling down",
 }
 _NAMES_SHOWN = {"fired": 15, "skipped": 10, "timed_out": 10, "unscanned": 10}
 
@@ -31,6 +38,11 @@ class LoreNote:
     book: str
     order: int
     status: LoreStatus
+    #: Where a fired entry went ("system block", "before message 3", "depth 2 (user)"...).
+    where: str = ""
+    #: Why a skipped entry is not in the prompt: "budget", "probability", "group", "delay",
+    #: "cooldown".
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,13 @@ def _blocks_line(blocks: list[BlockReport]) -> str:
 
 
 def _names(notes: list[LoreNote], limit: int) -> str:
-    shown = ", ".join(_short(note.label) for note in notes[:limit])
+    """Labels with where each went ("시계탑 @ depth 2 (user)") or why it was left out."""
+    shown = ", ".join(
+        _short(note.label)
+        + (f" @ {note.where}" if note.where else "")
+        + (f" ({_REASON_TEXT.get(note.reason, note.reason)})" if note.reason else "")
+        for note in notes[:limit]
+    )
     return shown + (f" (+{len(notes) - limit})" if len(notes) > limit else "")
 
 
