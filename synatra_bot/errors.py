@@ -9,8 +9,10 @@ SynatraError                   base of everything raised on purpose
 │   │   └── NoSession          no roleplay is running in this channel
 │   ├── CardError              a character card file is malformed or too large
 │   ├── ChatFileError          a SillyTavern chat file is malformed or too large
+│   ├── LorebookError          a lorebook (World Info) file is malformed or too large
 │   ├── ImageRejected          an avatar image is not one, is too large, or cannot be used
 │   ├── LimitReached           the member already has as many characters as the server allows
+│   │   └── LorebookLimitReached    ... or as many personal lorebooks as anyone may keep
 │   ├── PromptTooLarge         the character sheet alone does not fit the context budget
 │   └── RateLimited            the user or channel is over its limit
 ├── TurnCancelled              a reply turn was dropped before it began (stop, superseded, shutdown)
@@ -97,6 +99,20 @@ class ChatFileError(UserFacingError):
         self.reason = reason
 
 
+class LorebookError(UserFacingError):
+    """A lorebook file (SillyTavern World Info, a character_book, or a card's) is malformed or
+    too large; `reason` says what is wrong."""
+
+    key = "error.lorebook"
+
+    def __init__(self, reason: str, *, filename: str | None = None) -> None:
+        where = f" {filename}" if filename else ""
+        super().__init__(
+            f"invalid lorebook file{where}: {reason}", reason=reason, filename=filename or ""
+        )
+        self.reason = reason
+
+
 class ImageRejected(UserFacingError):
     """An avatar image cannot be read, declares too many pixels, or is too large as PNG."""
 
@@ -111,6 +127,17 @@ class LimitReached(UserFacingError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the member already has {limit} characters here, the most allowed")
         self.params = {"limit": limit}
+
+
+class LorebookLimitReached(LimitReached):
+    """The member already keeps as many personal lorebooks as anyone may."""
+
+    key = "error.lorebook_limit"
+
+    def __init__(self, limit: int) -> None:
+        UserFacingError.__init__(
+            self, f"the member already has {limit} lorebooks, the most allowed", limit=limit
+        )
 
 
 class PromptTooLarge(UserFacingError):

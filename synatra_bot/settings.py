@@ -212,6 +212,8 @@ def _check_async_driver(database_url: str) -> None:
 #: command-line flags, /config).
 CONTEXT_SIZE_RANGE = (512, 32768)
 MAX_NEW_TOKENS_RANGE = (1, 4096)
+#: How many messages from the end an author's note may go.
+AUTHOR_NOTE_DEPTH_RANGE = (0, 50)
 
 
 def check_range(name: str, value: int, bounds: tuple[int, int]) -> int:

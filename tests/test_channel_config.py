@@ -22,3 +22,17 @@ def test_no_channel_asks_for_more_context_than_the_engine_was_started_with():
     assert config.context_size == 4096
     assert config.sampling.max_new_tokens == 2048
     assert not config.enabled
+
+
+def test_lorebook_budget_follows_the_channel_then_the_server_within_the_context():
+    defaults = Defaults(max_context_size=4096)
+    unset = effective_config(defaults=defaults, guild=GuildSettingsRecord(guild_id=1), channel=None)
+    assert unset.lorebook_budget is None  # the prompt builder's quarter of the budget
+    assert ("lorebook_budget", "auto") in unset.as_rows()
+    guild = GuildSettingsRecord(guild_id=1, lorebook_budget=300)
+    channel = ChannelSettingsRecord(channel_id=2, guild_id=1)
+    assert effective_config(defaults=defaults, guild=guild, channel=channel).lorebook_budget == 300
+    own = ChannelSettingsRecord(channel_id=2, guild_id=1, lorebook_budget=0)
+    assert effective_config(defaults=defaults, guild=guild, channel=own).lorebook_budget == 0
+    huge = GuildSettingsRecord(guild_id=1, lorebook_budget=30000, context_size=2048)
+    assert effective_config(defaults=defaults, guild=huge, channel=None).lorebook_budget == 2048

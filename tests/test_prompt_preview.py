@@ -164,3 +164,89 @@ def test_context_flag_and_setting_accept_the_same_numbers_and_say_so_the_same_wa
         assert str(error) == f"CONTEXT_SIZE: must be between 512 and 32768, got {size}"
     else:
         assert code == 0
+
+
+WORLD_INFO = {
+    "name": "마을",
+    "entries": {
+        "0": {
+            "uid": 0,
+            "key": ["시계탑"],
+            "content": "시계탑은 자정마다 열세 번 울린다.",
+            "position": 4,
+            "depth": 1,
+            "role": 0,
+            "order": 100,
+        },
+        "1": {"uid": 1, "key": ["빵집"], "content": "빵집은 새벽에 문을 연다.", "position": 0},
+        "2": {
+            "uid": 2,
+            "constant": True,
+            "content": "마을 이름은 {{random:하늘,바다}}골이다.",
+            "position": 1,
+        },
+    },
+}
+
+
+def test_preview_shows_a_lorebook_the_author_note_and_a_fixed_seed(tmp_path, tokenizer_dir, capsys):
+    card = _write_card(tmp_path)
+    history = _write_history(
+        tmp_path,
+        [
+            {"role": "assistant", "name": "민지", "content": "안녕!"},
+            {"role": "user", "name": "준", "content": "시계탑 소리 들었어?"},
+        ],
+    )
+    book = tmp_path / "마을.json"
+    book.write_text(json.dumps(WORLD_INFO, ensure_ascii=False), encoding="utf-8")
+    argv = [
+        "--card",
+        str(card),
+        "--history",
+        str(history),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--lorebook",
+        str(book),
+        "--author-note",
+        "비가 온다.",
+        "--author-note-depth",
+        "1",
+        "--seed",
+        "7",
+        "--json",
+    ]
+    assert run_preview(_args(*argv), default_model_id="unused/model") == 0
+    first = json.loads(capsys.readouterr().out)
+    prompt = first["prompt"]
+    # The keyed entry at depth 1 goes before the last message; the unmatched one stays out.
+    assert prompt.index("열세 번 울린다") < prompt.index("시계탑 소리 들었어?")
+    assert "새벽에 문을 연다" not in prompt
+    assert "비가 온다." in prompt
+    assert "하늘골" in prompt or "바다골" in prompt
+    fired = [n for n in first["report"]["lorebook"] if n["status"] == "fired"]
+    assert sorted(n["book"] for n in fired) == ["channel", "channel"]
+    assert any("depth 1" in n["where"] for n in fired)
+    assert run_preview(_args(*argv), default_model_id="unused/model") == 0
+    assert json.loads(capsys.readouterr().out)["prompt"] == prompt
+
+    none = [*argv[:-1], "--lorebook-budget", "0", "--json"]
+    assert run_preview(_args(*none), default_model_id="unused/model") == 0
+    assert "열세 번 울린다" not in json.loads(capsys.readouterr().out)["prompt"]
+
+
+def test_preview_refuses_a_bad_lorebook_and_bad_numbers_in_one_line(
+    tmp_path, tokenizer_dir, capsys
+):
+    card = _write_card(tmp_path)
+    bad = tmp_path / "깨짐.json"
+    bad.write_text('{"entries": {"0": 3}}', encoding="utf-8")
+    base = ["--card", str(card), "--tokenizer", str(tokenizer_dir)]
+    assert run_preview(_args(*base, "--lorebook", str(bad)), default_model_id="x") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "깨짐.json" in err and "must be an object" in err
+    assert run_preview(_args(*base, "--lorebook-budget", "-1"), default_model_id="x") == 2
+    assert "--lorebook-budget" in capsys.readouterr().err
+    assert run_preview(_args(*base, "--author-note-depth", "99"), default_model_id="x") == 2
+    assert "--author-note-depth" in capsys.readouterr().err

@@ -34,6 +34,7 @@ COGS = (
     "synatra_bot.discord.cogs.characters",
     "synatra_bot.discord.cogs.personas",
     "synatra_bot.discord.cogs.moderation",
+    "synatra_bot.discord.cogs.lorebooks",
 )
 
 

@@ -153,6 +153,69 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "That chat file can't be read (line {line}): {reason}",
         "채팅 파일을 읽을 수 없어요 ({line}번째 줄): {reason}",
     ),
+    "error.lorebook": (
+        "That lorebook file can't be read: {reason}",
+        "로어북 파일을 읽을 수 없어요: {reason}",
+    ),
+    "error.lorebook_type": (
+        "Attach a lorebook: a SillyTavern World Info file (.json) or a card with one "
+        "(.png, .json, .charx).",
+        "로어북 파일을 첨부해 주세요: SillyTavern World Info 파일(.json)이나 로어북이 든 카드"
+        "(.png, .json, .charx)요.",
+    ),
+    "error.lorebook_budget": (
+        "The lorebook budget must be between 0 and {limit} tokens (the context size here).",
+        "로어북 예산은 0에서 {limit}토큰(여기의 컨텍스트 크기) 사이여야 해요.",
+    ),
+    "lorebook.imported": (
+        "Saved as this channel's lorebook: **{name}** ({entries} entries).",
+        "이 채널의 로어북으로 저장했어요: **{name}** (항목 {entries}개)",
+    ),
+    "lorebook.exported": (
+        "This channel's lorebook **{name}** ({entries} entries) as a SillyTavern World Info file.",
+        "이 채널의 로어북 **{name}** (항목 {entries}개)을 SillyTavern World Info 파일로 보내요.",
+    ),
+    "lorebook.imported_personal": (
+        "Saved as your lorebook **{name}** ({entries} entries). Characters whose card names it "
+        "use it; `/lorebook attach` links another.",
+        "내 로어북으로 저장했어요: **{name}** (항목 {entries}개). 카드에 이 이름이 적힌 캐릭터가 "
+        "쓰고, 다른 캐릭터는 `/lorebook attach`로 이어 주세요.",
+    ),
+    "lorebook.exported_personal": (
+        "Your lorebook **{name}** ({entries} entries) as a SillyTavern World Info file.",
+        "내 로어북 **{name}** (항목 {entries}개)을 SillyTavern World Info 파일로 보내요.",
+    ),
+    "lorebook.none_personal": (
+        "You have no lorebooks yet: `/lorebook import` brings one in.",
+        "아직 내 로어북이 없어요. `/lorebook import`로 가져올 수 있어요.",
+    ),
+    "lorebook.list_title": ("**Your lorebooks**", "**내 로어북**"),
+    "lorebook.list_line": (
+        "- **{name}**: {entries} entries, used by {characters}",
+        "- **{name}**: 항목 {entries}개, 쓰는 캐릭터: {characters}",
+    ),
+    "lorebook.attached": (
+        "**{character}** now uses your lorebook **{name}** (instead of the one in its card).",
+        "이제 {character|은} 카드에 든 로어북 대신 내 로어북 {name|을} 써요.",
+    ),
+    "lorebook.detached": (
+        "**{character}** uses the lorebook in its card again.",
+        "{character|은} 다시 카드에 든 로어북을 써요.",
+    ),
+    "lorebook.deleted": (
+        "Deleted your lorebook **{name}**.",
+        "내 로어북 {name|을} 지웠어요.",
+    ),
+    "error.no_lorebook": (
+        "There is no lorebook called **{name}** (see `/lorebook list`).",
+        "{name|이라는} 로어북이 없어요 (`/lorebook list` 참고).",
+    ),
+    "error.lorebook_limit": (
+        "You already have {limit} lorebooks, the most one member may keep; delete one first.",
+        "로어북은 한 사람이 {limit}개까지 둘 수 있어요. 먼저 하나를 지워 주세요.",
+    ),
+    "lorebook.none": ("This channel has no lorebook.", "이 채널에는 로어북이 없어요."),
+    "lorebook.cleared": ("Removed this channel's lorebook.", "이 채널의 로어북을 지웠어요."),
     "error.chat_file_type": (
         "Attach a SillyTavern chat file (.jsonl).",
         "SillyTavern 채팅 파일(.jsonl)을 첨부해 주세요.",

@@ -1,7 +1,10 @@
 """`synatra-bot prompt`: print the prompt a card and a history would give the model.
 
 It is the bot's prompt for a scene of this one character and one player (`--user-name`, with
-`--persona`): the builder has one layout, so what is shown is what the bot would send.
+`--persona`): the builder has one layout, so what is shown is what the bot would send. A
+channel's lorebook (`--lorebook`, a SillyTavern World Info file), its budget and an author's
+note can be added as a channel's settings would; `--seed` fixes the scene's chance macros and
+lorebook rolls, so the same command prints the same prompt.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from pathlib import Path
 from synatra_bot.errors import SynatraError
 from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import MAX_JSON_BYTES, MAX_PNG_BYTES, parse_card
-from synatra_bot.settings import CONTEXT_SIZE_RANGE, MAX_NEW_TOKENS_RANGE, check_range
+from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
+from synatra_bot.prompt.macros import MacroContext
+from synatra_bot.prompt.world_info import MAX_LOREBOOK_BYTES, parse_lorebook_file
+from synatra_bot.settings import (
+    AUTHOR_NOTE_DEPTH_RANGE,
+    CONTEXT_SIZE_RANGE,
+    MAX_NEW_TOKENS_RANGE,
+    check_range,
+)
 
 MAX_HISTORY_BYTES = 64 * 1024 * 1024
 
@@ -33,6 +44,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=int, default=None, help="context window in tokens")
     parser.add_argument(
         "--max-new-tokens", type=int, default=None, help="tokens kept for the reply"
+    )
+    parser.add_argument(
+        "--lorebook",
+        type=Path,
+        help="the channel's lorebook: SillyTavern World Info (.json) or a card with one",
+    )
+    parser.add_argument(
+        "--lorebook-budget",
+        type=int,
+        default=None,
+        help="tokens lore may take (default: a quarter of the prompt)",
+    )
+    parser.add_argument("--author-note", default="", help="the channel's author's note")
+    parser.add_argument(
+        "--author-note-depth", type=int, default=4, help="messages from the end it goes before"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the scene's seed for chance macros and lore rolls"
     )
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead")
@@ -61,6 +90,12 @@ def _read_history(path: Path) -> list[HistoryMessage]:
     return messages
 
 
+def _read_lorebook(path: Path) -> Lorebook:
+    if path.stat().st_size > MAX_LOREBOOK_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_LOREBOOK_BYTES} bytes")
+    return lorebook_from_character_book(parse_lorebook_file(path.read_bytes(), filename=path.name))
+
+
 def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
     """Print the assembled prompt (or JSON); on error print one line to stderr and return 2."""
     try:
@@ -76,7 +111,17 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
         )
         check_range("--context", context, CONTEXT_SIZE_RANGE)
         check_range("--max-new-tokens", max_new, MAX_NEW_TOKENS_RANGE)
-        options = PromptOptions(context_size=context, max_new_tokens=max_new)
+        if args.lorebook_budget is not None:
+            check_range("--lorebook-budget", args.lorebook_budget, (0, context))
+        check_range("--author-note-depth", args.author_note_depth, AUTHOR_NOTE_DEPTH_RANGE)
+        options = PromptOptions(
+            context_size=context,
+            max_new_tokens=max_new,
+            lorebook_budget=args.lorebook_budget,
+            author_note=args.author_note,
+            author_note_depth=args.author_note_depth,
+        )
+        lorebook = _read_lorebook(args.lorebook) if args.lorebook else None
 
         from synatra_bot.tokenizer import load_tokenizer
 
@@ -92,7 +137,9 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
             history=history,
             user_name=args.user_name,
             persona=args.persona,
+            channel_lorebook=lorebook,
             options=options,
+            macro_context=MacroContext(seed=args.seed, locale="ko"),
         )
     except (SynatraError, OSError, ValueError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__

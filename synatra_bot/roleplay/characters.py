@@ -1,9 +1,10 @@
-"""Characters: create, import, edit, share and approve them, with ownership rules enforced."""
+"""Characters: create, import, edit, share and approve them, with ownership rules enforced;
+and the personal lorebooks their owners link them to."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -24,9 +25,15 @@ from synatra_bot.prompt.cards import (
 from synatra_bot.roleplay.config import character_limit
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
-from synatra_bot.storage.records import CharacterRecord
+from synatra_bot.storage.records import CharacterRecord, LorebookRecord
 
 VISIBILITIES = ("private", "guild")
+#: How many personal lorebooks one member may keep.
+MAX_PERSONAL_LOREBOOKS = 50
+#: A lorebook's name, as Discord's autocomplete can offer it.
+MAX_LOREBOOK_NAME_CHARS = 100
+#: The card extension naming the World Info book a character uses (SillyTavern's link).
+WORLD_EXTENSION = "world"
 #: The card attributes with a column of their own; the V3 ones are stored in `extensions`.
 CARD_FIELDS = tuple(f.name for f in fields(CharacterCard) if f.name not in V3_FIELDS)
 
@@ -65,6 +72,20 @@ def names_of(character: CharacterRecord) -> tuple[str, ...]:
     if nickname and nickname != character.name:
         names.append(nickname)
     return tuple(names)
+
+
+def world_of(character: CharacterRecord) -> str:
+    """The name of the lorebook the character's card links to ("" for none)."""
+    name = character.extensions.get(WORLD_EXTENSION)
+    return name.strip() if isinstance(name, str) else ""
+
+
+def lorebook_name(book: dict[str, Any], fallback: str) -> str:
+    """What a lorebook is called here: its own name, else `fallback`, one line, bounded."""
+    for candidate in (book.get("name"), fallback):
+        if isinstance(candidate, str) and (name := " ".join(candidate.split())):
+            return name[:MAX_LOREBOOK_NAME_CHARS]
+    return "lorebook"
 
 
 def creator_notes_of(character: CharacterRecord, *, locale: str) -> str:
@@ -285,3 +306,66 @@ class CharacterService:
         if not actor.is_moderator or actor.guild_id is None:
             raise PermissionDenied("only moderators review characters", key="error.moderator_only")
         return await repo.characters_awaiting_approval(self._sessions, guild_id=actor.guild_id)
+
+    # --- personal lorebooks ----------------------------------------------------------------
+
+    async def save_lorebook(
+        self, actor: Actor, book: dict[str, Any], *, name: str
+    ) -> LorebookRecord:
+        """Keep `book` (character_book form, already checked) as the actor's lorebook `name`,
+        replacing theirs of that name: characters linked to it use the new one at once."""
+        record = await repo.save_lorebook(
+            self._sessions,
+            owner_id=actor.user_id,
+            name=name,
+            book={**book, "name": name},
+            max_owned=MAX_PERSONAL_LOREBOOKS,
+        )
+        self._changed()
+        return record
+
+    async def owned(self, actor: Actor) -> list[CharacterRecord]:
+        """The actor's own characters, wherever they made them."""
+        return await repo.characters_owned_by(self._sessions, owner_id=actor.user_id)
+
+    async def lorebooks(self, actor: Actor) -> list[LorebookRecord]:
+        return await repo.lorebooks_of(self._sessions, owner_id=actor.user_id)
+
+    async def lorebook(self, actor: Actor, name: str) -> LorebookRecord:
+        found = await repo.named_lorebooks(self._sessions, [(actor.user_id, name)])
+        record = found.get((actor.user_id, name))
+        if record is None:
+            raise NotFound(f"no lorebook named {name}", key="error.no_lorebook", name=name)
+        return record
+
+    async def delete_lorebook(self, actor: Actor, name: str) -> None:
+        """Forget the actor's lorebook `name`; characters linked to it keep the link (and
+        their card's own lorebook) until one of that name is imported again."""
+        if not await repo.delete_lorebook(self._sessions, owner_id=actor.user_id, name=name):
+            raise NotFound(f"no lorebook named {name}", key="error.no_lorebook", name=name)
+        self._changed()
+
+    async def link_lorebook(
+        self, actor: Actor, character_id: int, name: str | None
+    ) -> CharacterRecord:
+        """Link the character to its owner's lorebook `name` (None: unlink), as SillyTavern
+        links a card to a World Info book; only who may change the character may link it."""
+        record = await self.managed(actor, character_id)
+        extensions = dict(record.extensions)
+        if name is None:
+            extensions.pop(WORLD_EXTENSION, None)
+        else:
+            owner = (record.owner_id, name)
+            if owner not in await repo.named_lorebooks(self._sessions, [owner]):
+                raise NotFound(f"no lorebook named {name}", key="error.no_lorebook", name=name)
+            extensions[WORLD_EXTENSION] = name
+        return await self.edit(actor, character_id, extensions=extensions)
+
+    async def linked_lorebooks(
+        self, characters: Sequence[CharacterRecord]
+    ) -> dict[int, dict[str, Any]]:
+        """Character id -> the lorebook its card links to, for those whose owner has one of
+        that name (one read for a whole cast)."""
+        links = {c.id: (c.owner_id, world) for c in characters if (world := world_of(c))}
+        found = await repo.named_lorebooks(self._sessions, links.values())
+        return {cid: found[key].book for cid, key in links.items() if key in found}

@@ -75,6 +75,9 @@ class ChannelConfig:
     cast_limit: int = DEFAULT_CAST_LIMIT
     #: Tokens the scene's automatic memory may take (its summary job's max_new_tokens).
     summary_tokens: int = DEFAULT_SUMMARY_TOKENS
+    #: Tokens the lorebooks may take in a prompt (within the context); None: the prompt
+    #: builder's default, a quarter of the prompt budget.
+    lorebook_budget: int | None = None
 
     def as_rows(self) -> list[tuple[str, str]]:
         """(name, value) pairs for `/config show`."""
@@ -89,6 +92,10 @@ class ChannelConfig:
             ("character_limit", f"{self.character_limit}/member"),
             ("cast_limit", f"{self.cast_limit}/scene"),
             ("summary_tokens", str(self.summary_tokens)),
+            (
+                "lorebook_budget",
+                "auto" if self.lorebook_budget is None else str(self.lorebook_budget),
+            ),
             ("answer_every_addressed", str(self.answer_every_addressed)),
             ("user_rate_limit", f"{self.user_rate_limit}/min"),
             ("context_size", str(self.context_size)),
@@ -147,7 +154,19 @@ def effective_config(
         answer_every_addressed=channel.answer_every_addressed if channel else False,
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
         summary_tokens=summary_tokens(guild, context_size),
+        lorebook_budget=lorebook_budget(guild, channel, context_size),
     )
+
+
+def lorebook_budget(
+    guild: GuildSettingsRecord, channel: ChannelSettingsRecord | None, context_size: int
+) -> int | None:
+    """The channel's lorebook budget, else the server's, within the context; None when neither
+    chose one (the prompt builder then gives lore a quarter of the prompt)."""
+    chosen = channel.lorebook_budget if channel is not None else None
+    if chosen is None:
+        chosen = guild.lorebook_budget
+    return None if chosen is None else max(0, min(chosen, context_size))
 
 
 def summary_tokens(guild: GuildSettingsRecord, context_size: int) -> int:

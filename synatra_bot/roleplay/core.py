@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -110,6 +110,9 @@ class ActiveRoleplay:
     #: Cast members the scene's starter may no longer use here (made private, deleted,
     #: rejected or sent back for approval since they joined).
     unavailable: frozenset[int] = frozenset()
+    #: Character id -> the personal lorebook its card links to (`extensions.world`), used
+    #: in place of the lorebook inside the card, as SillyTavern uses the linked book.
+    linked_books: Mapping[int, dict[str, Any]] = field(default_factory=dict)
     #: The characters as the prompt builder takes them and the channel's lorebook, parsed once
     #: when the roleplay is loaded (it is cached) rather than for every reply.
     cards: dict[int, CharacterCard] = field(init=False)
@@ -118,7 +121,14 @@ class ActiveRoleplay:
     def __post_init__(self) -> None:
         if not self.cast:
             raise ValueError("a scene has at least one character")
-        object.__setattr__(self, "cards", {c.id: card_from_record(c) for c in self.cast})
+        cards = {}
+        for character in self.cast:
+            card = card_from_record(character)
+            linked = self.linked_books.get(character.id)
+            cards[character.id] = (
+                card if linked is None else dataclasses.replace(card, character_book=linked)
+            )
+        object.__setattr__(self, "cards", cards)
         lorebook = self.config.lorebook
         book = lorebook_from_character_book(lorebook) if lorebook else None
         object.__setattr__(self, "channel_lorebook", book)
@@ -200,6 +210,9 @@ class RoleplayCore:
         )
         #: (session, context size, max new tokens) -> oldest message its last prompt kept.
         self._history_start: dict[tuple[int, int, int], int | None] = {}
+        #: (session, first turn a prompt holds) -> the turns before it, for a lorebook's
+        #: `delay` (counted from the scene's start); it changes only when the window moves.
+        self._earlier_turns: dict[tuple[int, int], int] = {}
         #: Each session's newest turns, so a reply's prompt needs no read.
         self._history = HistoryCache(
             ttl_s=CACHE_TTL_S, max_turns=HISTORY_TURNS, max_sessions=CACHE_LIMIT, clock=clock
@@ -279,7 +292,8 @@ class RoleplayCore:
         starter = self._starter(session, place, cast)
         unavailable = frozenset(c.id for c in cast if not can_use(starter, c))
         config = await self.config_for(place, user_id=session.started_by)
-        return ActiveRoleplay(session, tuple(cast), config, unavailable)
+        linked = await self.characters.linked_lorebooks(cast)
+        return ActiveRoleplay(session, tuple(cast), config, unavailable, linked)
 
     @staticmethod
     def _starter(
@@ -340,7 +354,10 @@ class RoleplayCore:
         texts = greetings_of(character)
         greeting = await self._store_greetings(session, character, actor, texts, greeting_index)
         # The channel's first message needs exactly this: keep it rather than read it back.
-        self._active.put(place.channel_id, ActiveRoleplay(session, (character,), config))
+        linked = await self.characters.linked_lorebooks([character])
+        self._active.put(
+            place.channel_id, ActiveRoleplay(session, (character,), config, linked_books=linked)
+        )
         return Started(session, character, greeting, len(texts))
 
     async def _store_greetings(
@@ -654,11 +671,32 @@ class RoleplayCore:
 
     # --- prompts ------------------------------------------------------------------------------
 
+    async def _earlier_turn_count(
+        self, active: ActiveRoleplay, records: Sequence[MessageRecord]
+    ) -> int:
+        """The scene's turns older than `records` (0 when they start at its beginning)."""
+        trimmed = self._history_start.get(self._anchor_key(active)) is not None
+        if not records or (not trimmed and len(records) < self._recent_limit(active)):
+            return 0
+        key = (active.session.id, records[0].id)
+        if key not in self._earlier_turns:
+            if len(self._earlier_turns) >= CACHE_LIMIT:
+                self._earlier_turns.clear()
+            self._earlier_turns[key] = await repo.count_history_before(
+                self.sessions, session_id=active.session.id, before_id=records[0].id
+            )
+        return self._earlier_turns[key]
+
+    @staticmethod
+    def _recent_limit(active: ActiveRoleplay) -> int:
+        """The most turns a prompt of this scene can hold (each takes some tokens)."""
+        return active.config.context_size // MIN_TURN_TOKENS + 2
+
     async def recent(self, active: ActiveRoleplay) -> list[MessageRecord]:
         """The turns the next prompt starts from, oldest first (from memory when it can)."""
         session_id = active.session.id
         history_start_id = self._history_start.get(self._anchor_key(active))
-        limit = active.config.context_size // MIN_TURN_TOKENS + 2
+        limit = self._recent_limit(active)
         records = self._history.get(session_id, limit=limit, since_id=history_start_id)
         if records is None:
             version = self._history.version()
@@ -723,6 +761,7 @@ class RoleplayCore:
                 players.append(ScenePlayer(speaker.user_id, speaker_name, persona_text))
         starter_name = await self._starter_name(active, players, guild)
         config = active.config
+        earlier = await self._earlier_turn_count(active, records)
         options = PromptOptions(
             context_size=config.context_size,
             max_new_tokens=config.sampling.max_new_tokens,
@@ -730,6 +769,8 @@ class RoleplayCore:
             author_note_depth=config.author_note_depth,
             summary=active.session.summary,
             history_start_id=history_start_id,
+            lorebook_budget=config.lorebook_budget,
+            earlier_messages=earlier,
         )
         speaking = character or active.lead
         built = await self.builder.build_async(

@@ -1,5 +1,5 @@
-"""SQLAlchemy ORM models: guild, channel and user settings, characters, personas, sessions, their
-casts, messages."""
+"""SQLAlchemy ORM models: guild, channel and user settings, characters, personal lorebooks,
+personas, sessions, their casts, messages."""
 
 from __future__ import annotations
 
@@ -57,6 +57,9 @@ class SamplingColumns:
     nsfw_policy: Mapped[str | None] = mapped_column(String(16))
     #: What a new message does while a reply is generating: "queue" or "restart".
     busy_policy: Mapped[str | None] = mapped_column(String(16))
+    #: Tokens the lorebooks may take in a prompt; NULL on a channel: the server's; NULL on the
+    #: server: the prompt builder's default (a quarter of the prompt budget).
+    lorebook_budget: Mapped[int | None] = mapped_column(Integer)
 
 
 class GuildSettings(SamplingColumns, Base):
@@ -152,6 +155,23 @@ class Character(Base):
     #: "formal" (존댓말), "informal" (반말) or NULL (unspecified).
     speech_level: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class PersonalLorebook(Base):
+    """A lorebook a player imported for their own characters; a character uses the one its
+    `extensions.world` names (SillyTavern links a card to a World Info book by name)."""
+
+    __tablename__ = "personal_lorebooks"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    #: The book in character_book JSON form.
+    book: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )

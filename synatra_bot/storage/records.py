@@ -25,6 +25,7 @@ class SamplingRecord:
     user_rate_limit: int | None = None
     nsfw_policy: str | None = None
     busy_policy: str | None = None
+    lorebook_budget: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,17 @@ class CharacterRecord:
     nsfw: bool
     speech_level: str | None
     created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LorebookRecord:
+    """A player's own lorebook, by name."""
+
+    id: int
+    owner_id: int
+    name: str
+    book: dict[str, Any]
     updated_at: datetime
 
 

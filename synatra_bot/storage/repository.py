@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from synatra_bot.errors import LimitReached
+from synatra_bot.errors import LimitReached, LorebookLimitReached
 from synatra_bot.storage.models import (
     CastMember,
     ChannelSettings,
@@ -32,6 +32,7 @@ from synatra_bot.storage.models import (
     GuildSettings,
     Message,
     Persona,
+    PersonalLorebook,
     RoleplaySession,
     UserSettings,
     utcnow,
@@ -41,6 +42,7 @@ from synatra_bot.storage.records import (
     ChannelSettingsRecord,
     CharacterRecord,
     GuildSettingsRecord,
+    LorebookRecord,
     MessageRecord,
     PersonaRecord,
     SessionRecord,
@@ -237,6 +239,15 @@ async def delete_character(sessions: Sessions, *, character_id: int) -> bool:
         return True
 
 
+async def characters_owned_by(sessions: Sessions, *, owner_id: int) -> list[CharacterRecord]:
+    """Every character the member owns, wherever it was made, by name."""
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(Character).where(Character.owner_id == owner_id).order_by(Character.name)
+        )
+        return [snapshot(CharacterRecord, r) for r in rows]
+
+
 async def visible_characters(
     sessions: Sessions,
     *,
@@ -329,6 +340,78 @@ async def clear_persona(sessions: Sessions, *, user_id: int, guild_id: int) -> b
     async with sessions.begin() as session:
         row = await session.scalar(
             select(Persona).where(Persona.user_id == user_id, Persona.guild_id == guild_id)
+        )
+        if row is None:
+            return False
+        await session.delete(row)
+        return True
+
+
+# --- personal lorebooks --------------------------------------------------------------------
+
+
+async def save_lorebook(
+    sessions: Sessions, *, owner_id: int, name: str, book: dict[str, Any], max_owned: int
+) -> LorebookRecord:
+    """Store `book` as the owner's lorebook `name`, replacing one of that name;
+    LorebookLimitReached when it would be a new one past `max_owned`."""
+    async with sessions.begin() as session:
+        row = await session.scalar(
+            select(PersonalLorebook).where(
+                PersonalLorebook.owner_id == owner_id, PersonalLorebook.name == name
+            )
+        )
+        if row is None:
+            owned = await session.scalar(
+                select(func.count())
+                .select_from(PersonalLorebook)
+                .where(PersonalLorebook.owner_id == owner_id)
+            )
+            if (owned or 0) >= max_owned:
+                raise LorebookLimitReached(max_owned)
+            row = PersonalLorebook(owner_id=owner_id, name=name)
+            session.add(row)
+        row.book = book
+        await session.flush()
+        await session.refresh(row)
+        return snapshot(LorebookRecord, row)
+
+
+async def lorebooks_of(sessions: Sessions, *, owner_id: int) -> list[LorebookRecord]:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(PersonalLorebook)
+            .where(PersonalLorebook.owner_id == owner_id)
+            .order_by(PersonalLorebook.name)
+        )
+        return [snapshot(LorebookRecord, r) for r in rows]
+
+
+async def named_lorebooks(
+    sessions: Sessions, keys: Iterable[tuple[int, str]]
+) -> dict[tuple[int, str], LorebookRecord]:
+    """The lorebooks for (owner, name) pairs, in one read; pairs without one are left out."""
+    wanted = set(keys)
+    if not wanted:
+        return {}
+    owners = {owner for owner, _ in wanted}
+    names = {name for _, name in wanted}
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(PersonalLorebook).where(
+                PersonalLorebook.owner_id.in_(owners), PersonalLorebook.name.in_(names)
+            )
+        )
+        found = {(r.owner_id, r.name): snapshot(LorebookRecord, r) for r in rows}
+    return {key: record for key, record in found.items() if key in wanted}
+
+
+async def delete_lorebook(sessions: Sessions, *, owner_id: int, name: str) -> bool:
+    async with sessions.begin() as session:
+        row = await session.scalar(
+            select(PersonalLorebook).where(
+                PersonalLorebook.owner_id == owner_id, PersonalLorebook.name == name
+            )
         )
         if row is None:
             return False
@@ -778,6 +861,19 @@ async def recent_history(
     async with sessions() as session:
         rows = (await session.execute(query)).all()
     return [MessageRecord(**row._mapping) for row in reversed(rows)]
+
+
+async def count_history_before(sessions: Sessions, *, session_id: int, before_id: int) -> int:
+    """How many turns of the history the model sees come before `before_id`."""
+    columns = MESSAGES.c
+    query = (
+        select(func.count())
+        .select_from(MESSAGES)
+        .where(columns.session_id == session_id, columns.chosen, ~columns.deleted)
+        .where(columns.id < before_id)
+    )
+    async with sessions() as session:
+        return int(await session.scalar(query) or 0)
 
 
 async def history_between(

@@ -9,7 +9,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord.interactions import actor_of, answer, place_of, tr
-from synatra_bot.settings import CONTEXT_SIZE_RANGE
+from synatra_bot.errors import UserFacingError
+from synatra_bot.settings import AUTHOR_NOTE_DEPTH_RANGE, CONTEXT_SIZE_RANGE
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
@@ -181,6 +182,31 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
     ) -> None:
         await self._save(interaction, "server", summary_tokens=summary_tokens)
 
+    @app_commands.command(
+        name="lorebook-budget", description="How many tokens lorebooks may take in a prompt"
+    )
+    @app_commands.describe(
+        tokens="Tokens for lore (0: none; empty: a quarter of the prompt, the default)",
+        scope="This channel, or the server default",
+    )
+    async def lorebook_budget(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        tokens: app_commands.Range[int, 0, CONTEXT_SIZE_RANGE[1]] | None = None,
+        scope: Scope = "channel",
+    ) -> None:
+        assert interaction.channel is not None
+        if tokens is not None:
+            place = place_of(interaction.channel, interaction.guild_id)
+            limit = (await self.bot.core.config_for(place)).context_size
+            if tokens > limit:
+                raise UserFacingError(
+                    f"lorebook budget {tokens} is over the context size {limit}",
+                    key="error.lorebook_budget",
+                    limit=limit,
+                )
+        await self._save(interaction, scope, lorebook_budget=tokens)
+
     @app_commands.command(name="archive", description="How long archived scenes are kept")
     @app_commands.describe(keep_days="Days an archived scene is kept (0: for ever, the default)")
     async def archive(
@@ -202,7 +228,7 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         self,
         interaction: discord.Interaction[SynatraBot],
         text: app_commands.Range[str, 0, 1000] = "",
-        depth: app_commands.Range[int, 0, 50] = 4,
+        depth: app_commands.Range[int, AUTHOR_NOTE_DEPTH_RANGE[0], AUTHOR_NOTE_DEPTH_RANGE[1]] = 4,
     ) -> None:
         await self._save(interaction, "channel", author_note=text, author_note_depth=depth)
 
