@@ -206,3 +206,118 @@ async def test_stop_strings_in_the_text_are_cut(fault_url) -> None:
         assert "".join(await collect(engine)) == "좋아요"
     finally:
         await engine.close()
+
+
+ROLEPLAY_FIELDS = (
+    "min_p",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_sequence_breakers",
+    "dry_penalty_last_n",
+    "xtc_threshold",
+    "xtc_probability",
+)
+
+
+async def test_roleplay_samplers_are_sent_under_llama_cpp_names_only_when_on(fault_url) -> None:
+    engine = make_engine(f"{fault_url}/samplers")
+    await engine.start()
+    try:
+        on = {
+            "min_p": 0.05,
+            "dry_multiplier": 0.8,
+            "dry_base": 2.0,
+            "dry_allowed_length": 3,
+            "dry_sequence_breakers": ("\n", "「"),
+            "xtc_threshold": 0.2,
+            "xtc_probability": 0.4,
+        }
+        assert "".join(await collect(engine, request_id="켜짐", **on)) == "안녕하세요! 반갑습니다"
+        assert await collect(engine, request_id="꺼짐")
+        assert await collect(engine, request_id="최소", min_p=0.1)
+    finally:
+        await engine.close()
+    on_body, off_body, min_p_body = server_stats(fault_url)["bodies"]["samplers"]
+    assert {name: on_body[name] for name in ROLEPLAY_FIELDS} == {
+        "min_p": 0.05,
+        "dry_multiplier": 0.8,
+        "dry_base": 2.0,
+        "dry_allowed_length": 3,
+        "dry_sequence_breakers": ["\n", "「"],
+        "dry_penalty_last_n": -1,  # the whole context, in llama.cpp's words
+        "xtc_threshold": 0.2,
+        "xtc_probability": 0.4,
+    }
+    assert not set(ROLEPLAY_FIELDS) & set(off_body)
+    assert set(ROLEPLAY_FIELDS) & set(min_p_body) == {"min_p"}
+
+
+async def test_a_server_that_rejects_dry_and_xtc_still_replies_and_keeps_min_p() -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    bodies: list[dict] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        bodies.append(body)
+        unknown = sorted(name for name in body if name.startswith(("dry_", "xtc_")))
+        if unknown:  # like OpenAI's own API: a 400 naming the first unknown argument
+            message = f"Unrecognized request argument supplied: {unknown[0]}"
+            return web.json_response({"error": {"message": message}}, status=400)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for text, finish in (("좋은 ", None), ("밤이에요", None), ("", "stop")):
+            choice = {"index": 0, "text": text, "finish_reason": finish}
+            event = json.dumps({"choices": [choice]}, ensure_ascii=False)
+            await response.write(f"data: {event}\n\n".encode())
+            await asyncio.sleep(0)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    engine = make_engine(f"http://127.0.0.1:{port}", max_retries=0)
+    await engine.start()
+    try:
+        params = {"min_p": 0.1, "dry_multiplier": 0.8, "xtc_probability": 0.5}
+        assert "".join(await collect(engine, request_id="첫", **params)) == "좋은 밤이에요"
+        assert "".join(await collect(engine, request_id="둘", **params)) == "좋은 밤이에요"
+    finally:
+        await engine.close()
+        await runner.cleanup()
+    rejected, resent, later = bodies
+    assert {"min_p", "dry_multiplier", "xtc_probability"} <= set(rejected)
+    for body in (resent, later):
+        assert set(ROLEPLAY_FIELDS) & set(body) == {"min_p"}
+
+
+async def test_transformers_serve_rejecting_the_samplers_costs_no_retry(
+    serve_url, tiny_model_dir, tokenizer, caplog
+) -> None:
+    engine = OpenAICompatEngine(
+        serve_url, model=str(tiny_model_dir), tokenizer=tokenizer, max_retries=0
+    )
+    await engine.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="synatra_bot.engine"):
+            for request_id in ("하나", "둘"):
+                deltas = await collect(
+                    engine,
+                    request_id=request_id,
+                    max_new_tokens=4,
+                    min_p=0.1,
+                    dry_multiplier=0.8,
+                    xtc_probability=0.5,
+                )
+                assert deltas
+    finally:
+        await engine.close()
+    # Rejected once, by name, and never sent again.
+    assert caplog.text.count("does not accept min_p") == 1

@@ -228,7 +228,9 @@ async def test_upgrade_to_0006_keeps_data_and_starts_with_no_personal_lorebooks(
         )
     finally:
         await engine.dispose()
+    # Down and up again: the old rows came through both ways.
     await asyncio.to_thread(command.downgrade, alembic_config(url), "0005")
+    await upgrade_database(url)
     engine = create_engine(url)
     try:
         await assert_old_scene_kept(create_sessionmaker(engine), old)

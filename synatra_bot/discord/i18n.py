@@ -444,6 +444,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Saved as server default: {changes}",
         "서버 기본값으로 저장했어요: {changes}",
     ),
+    "config.reset.channel": (
+        "`{setting}` in this channel follows the server's setting again.",
+        "이 채널의 {setting|은} 다시 서버 설정을 따라요.",
+    ),
+    "config.reset.server": (
+        "`{setting}` on this server is back to the default.",
+        "이 서버의 {setting|을} 기본값으로 되돌렸어요.",
+    ),
     "config.show": ("**Settings in this channel**", "**이 채널의 설정**"),
 }
 

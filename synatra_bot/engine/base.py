@@ -14,9 +14,23 @@ from synatra_bot.tokenizer import IM_END, IM_START, STOP_IDS
 STOP_STRINGS = (IM_END, IM_START, "</s>")
 
 
+#: DRY's default sequence breakers (text-generation-webui's and llama.cpp's): a repeat that
+#: crosses a line break, a speaker colon, a quote or an action asterisk is not penalised.
+DRY_SEQUENCE_BREAKERS = ("\n", ":", '"', "*")
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample one reply. `stop_ids` end generation and never appear in the text."""
+    """How to sample one reply. `stop_ids` end generation and never appear in the text.
+
+    The roleplay samplers are off by default: `min_p` keeps tokens at least that fraction as
+    likely as the top one (0 = off); DRY lowers the score of a token that would extend a repeat
+    of earlier text longer than `dry_allowed_length` tokens by
+    `dry_multiplier * dry_base ** (length - dry_allowed_length)` (`dry_multiplier` 0 = off;
+    `dry_penalty_last_n` 0 = look at the whole context); XTC, with probability
+    `xtc_probability` per token (0 = off), removes every choice at least `xtc_threshold` likely
+    except the least likely of them. Out-of-range values raise ValueError naming the field.
+    """
 
     temperature: float = 0.8
     top_p: float = 0.95
@@ -26,6 +40,43 @@ class SamplingParams:
     stop_ids: tuple[int, ...] = STOP_IDS
     stop_strings: tuple[str, ...] = ()
     seed: int | None = None
+    min_p: float = 0.0
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_sequence_breakers: tuple[str, ...] = DRY_SEQUENCE_BREAKERS
+    dry_penalty_last_n: int = 0
+    xtc_threshold: float = 0.1
+    xtc_probability: float = 0.0
+
+    def __post_init__(self) -> None:
+        # A list is accepted for convenience; the stored value stays a hashable tuple.
+        object.__setattr__(self, "dry_sequence_breakers", tuple(self.dry_sequence_breakers))
+        checks = (
+            ("min_p", 0.0 <= self.min_p <= 1.0, "between 0 and 1"),
+            ("dry_multiplier", self.dry_multiplier >= 0.0, "0 (off) or more"),
+            ("dry_base", self.dry_base >= 1.0, "1 or more"),
+            ("dry_allowed_length", self.dry_allowed_length >= 1, "1 or more"),
+            ("dry_penalty_last_n", self.dry_penalty_last_n >= 0, "0 (whole context) or more"),
+            (
+                "dry_sequence_breakers",
+                all(isinstance(b, str) and b for b in self.dry_sequence_breakers),
+                "non-empty strings",
+            ),
+            ("xtc_threshold", 0.0 < self.xtc_threshold <= 1.0, "above 0 and at most 1"),
+            ("xtc_probability", 0.0 <= self.xtc_probability <= 1.0, "between 0 and 1"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+    @property
+    def dry_on(self) -> bool:
+        return self.dry_multiplier > 0.0
+
+    @property
+    def xtc_on(self) -> bool:
+        return self.xtc_probability > 0.0
 
 
 @dataclass

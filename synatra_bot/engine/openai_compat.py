@@ -11,6 +11,12 @@ exactly what the model sees) with `stream: true`, and reads the server-sent even
   (vLLM honours them) until a server rejects them by name (`transformers serve` answers 422);
   after that the engine sends only standard fields. Stop strings `<|im_end|>`, `<|im_start|>`,
   `</s>` always go in `stop`, and the text is also cut at them here.
+- The roleplay samplers go under the names llama.cpp and koboldcpp read: `min_p` when above 0,
+  the `dry_*` fields when `dry_multiplier` is above 0 (`dry_penalty_last_n` 0, the whole context,
+  is sent as llama.cpp's -1), the `xtc_*` fields when `xtc_probability` is above 0. A 400/422
+  that names one of them is sent again at once without them, and they stay off for this
+  engine: a server that rejects `min_p` knows none of them, one that rejects a DRY or XTC field
+  may still know `min_p`. Such a resend (for these or the fields above) spends no retry.
 - Connect errors, timeouts, 429 and 5xx before the first token are retried with exponential
   backoff (429 honours Retry-After). Other 4xx fail at once with the server's reason. A stream
   that ends without a finish reason raises GenerationInterrupted with the text so far.
@@ -28,7 +34,7 @@ import json
 import logging
 import random
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +50,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTENSION_FIELDS = ("top_k", "repetition_penalty", "stop_token_ids")
+DRY_XTC_FIELDS = (
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_sequence_breakers",
+    "dry_penalty_last_n",
+    "xtc_threshold",
+    "xtc_probability",
+)
+#: Sampler fields to stop sending once a server rejects the key field by name.
+SAMPLER_FIELD_GROUPS = {
+    "min_p": ("min_p", *DRY_XTC_FIELDS),
+    **dict.fromkeys(DRY_XTC_FIELDS, DRY_XTC_FIELDS),
+}
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 10.0
 
@@ -52,6 +72,10 @@ class _Retry(Exception):
     def __init__(self, reason: str, delay_s: float | None = None) -> None:
         super().__init__(reason)
         self.delay_s = delay_s
+
+
+class _Resend(Exception):
+    """The server rejected optional fields by name; they are dropped, send again at once."""
 
 
 @dataclass
@@ -100,6 +124,8 @@ class OpenAICompatEngine:
         self._backoff_s = backoff_s
         self._send_token_ids = send_token_ids
         self._extensions_ok = True
+        #: Sampler fields this server rejected: never sent again.
+        self._refused_fields: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
         self._active: dict[str, _Active] = {}
         self._meter = ThroughputMeter()
@@ -154,6 +180,19 @@ class OpenAICompatEngine:
             body["top_k"] = params.top_k if params.top_k > 0 else -1
             body["repetition_penalty"] = params.repetition_penalty
             body["stop_token_ids"] = list(params.stop_ids)
+        samplers: dict[str, Any] = {}
+        if params.min_p > 0.0:
+            samplers["min_p"] = params.min_p
+        if params.dry_on:
+            samplers["dry_multiplier"] = params.dry_multiplier
+            samplers["dry_base"] = params.dry_base
+            samplers["dry_allowed_length"] = params.dry_allowed_length
+            samplers["dry_sequence_breakers"] = list(params.dry_sequence_breakers)
+            samplers["dry_penalty_last_n"] = params.dry_penalty_last_n or -1
+        if params.xtc_on:
+            samplers["xtc_threshold"] = params.xtc_threshold
+            samplers["xtc_probability"] = params.xtc_probability
+        body.update((k, v) for k, v in samplers.items() if k not in self._refused_fields)
         return body
 
     def stream(
@@ -246,13 +285,19 @@ class OpenAICompatEngine:
             if active.cancelled:
                 raise GenerationInterrupted("request cancelled", partial_text="")
             try:
-                response = await self._session.post(
-                    self._url, json=self._body(payload, params), timeout=timeout
-                )
+                body = self._body(payload, params)
+                response = await self._session.post(self._url, json=body, timeout=timeout)
                 active.response = response
                 if response.status == 200:
                     return response
-                await self._raise_for_status(response)
+                await self._raise_for_status(response, sent=body.keys())
+            except _Resend:
+                # Not an outage: no attempt is spent. Each resend drops fields for good, so
+                # this happens at most a few times per engine.
+                if active.response is not None:
+                    active.response.close()
+                    active.response = None
+                continue
             except _Retry as retry:
                 reason, delay = str(retry), retry.delay_s
             except (TimeoutError, aiohttp.ClientConnectionError, OSError) as error:
@@ -286,9 +331,12 @@ class OpenAICompatEngine:
     def _safe_url(self) -> str:
         return self._secret_free(without_credentials(self._url))
 
-    async def _raise_for_status(self, response: aiohttp.ClientResponse) -> None:
+    async def _raise_for_status(
+        self, response: aiohttp.ClientResponse, *, sent: Collection[str]
+    ) -> None:
         status = response.status
-        detail = self._secret_free((await response.text())[:300].strip())
+        answer = self._secret_free(await response.text())
+        detail = answer[:300].strip()
         response.close()
         if status in RETRY_STATUSES:
             retry_after = response.headers.get("Retry-After", "")
@@ -296,17 +344,8 @@ class OpenAICompatEngine:
             with contextlib.suppress(ValueError):
                 delay = min(float(retry_after), MAX_BACKOFF_S * 6) if retry_after else None
             raise _Retry(f"engine answered {status}", delay)
-        if (
-            self._extensions_ok
-            and status in (400, 422)
-            and any(name in detail for name in EXTENSION_FIELDS)
-        ):
-            log.warning(
-                "the engine does not accept top_k/repetition_penalty/stop_token_ids; "
-                "sending only standard OpenAI fields from now on"
-            )
-            self._extensions_ok = False
-            raise _Retry("engine rejected extension fields", 0.0)
+        if status in (400, 422) and self._drop_rejected_fields(answer, sent):
+            raise _Resend
         if status in (401, 403):
             log.warning(
                 "the engine at %s refused the API key (%s); check ENGINE_API_KEY: %s",
@@ -327,6 +366,28 @@ class OpenAICompatEngine:
             key="engine.rejected",
             status=status,
         )
+
+    def _drop_rejected_fields(self, answer: str, sent: Collection[str]) -> bool:
+        """Stop sending the optional fields a rejection names; whether there were any."""
+        dropped = False
+        if self._extensions_ok and any(name in answer for name in EXTENSION_FIELDS):
+            log.warning(
+                "the engine does not accept top_k/repetition_penalty/stop_token_ids; "
+                "sending only standard OpenAI fields from now on"
+            )
+            self._extensions_ok = False
+            dropped = True
+        rejected = [name for name in SAMPLER_FIELD_GROUPS if name in sent and name in answer]
+        if rejected:
+            refused = {field for name in rejected for field in SAMPLER_FIELD_GROUPS[name]}
+            self._refused_fields |= refused
+            log.warning(
+                "the engine does not accept %s; not sending %s from now on",
+                ", ".join(rejected),
+                ", ".join(sorted(refused)),
+            )
+            dropped = True
+        return dropped
 
     @staticmethod
     def _parse_line(line: bytes) -> dict[str, Any] | str | None:

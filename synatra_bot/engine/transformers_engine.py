@@ -14,6 +14,13 @@ Choices, with their reasons:
   `model.generate()` on one extra worker thread, concurrently with the CB loop (or inside
   `manager.pause()` when the attention implementation is paged-only). It is slower per token and
   serves one such request at a time; the default (1.0, no seed) keeps every channel batched.
+- min-p, DRY and XTC take the single-stream lane too. CB has per-request versions of only
+  temperature, top-k and top-p; any other processor (min-p included) is built once from the
+  manager's generation config and applied to every request alike, and sees only the batch's
+  newest tokens, not each request's history. DRY needs that history and XTC its own random
+  draws, so neither can run per request in CB. On the lane min-p goes to `generate()` as
+  `min_p`, and DRY and XTC (synatra_bot.engine.samplers) as `logits_processor`. All three are
+  off by default, so default requests stay batched.
 - Prefix reuse: CB shares cache blocks between requests whose prompts start alike, but only for
   full-attention layers. Mistral declares a 4096-token sliding window, which turns sharing off;
   when `context_size` fits inside the window the window can never take effect, so the engine
@@ -347,7 +354,13 @@ class TransformersEngine:
     def stream(
         self, prompt: Sequence[int] | str, params: SamplingParams, *, request_id: str
     ) -> AsyncIterator[str]:
-        single = params.repetition_penalty != 1.0 or params.seed is not None
+        single = (
+            params.repetition_penalty != 1.0
+            or params.seed is not None
+            or params.min_p > 0.0
+            or params.dry_on
+            or params.xtc_on
+        )
         return self._stream(prompt, params, request_id=request_id, single=single)
 
     async def _stream(
@@ -468,6 +481,7 @@ class TransformersEngine:
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
+        from synatra_bot.engine.samplers import sampler_processors
         from synatra_bot.tokenizer import EOS_ID
 
         if request.cancel_event.is_set():
@@ -500,6 +514,7 @@ class TransformersEngine:
             temperature=params.temperature if sample else None,
             top_p=params.top_p if sample else None,
             top_k=params.top_k if sample else None,
+            min_p=params.min_p if sample and params.min_p > 0.0 else None,
             repetition_penalty=params.repetition_penalty,
             max_new_tokens=max_new,
             eos_token_id=list(params.stop_ids),
@@ -513,6 +528,7 @@ class TransformersEngine:
         model: Any = self.model
         try:
             input_ids = torch.tensor([ids], device=model.device)
+            processors = sampler_processors(params, self.tokenizer)
             with torch.inference_mode(), pause:
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
@@ -520,6 +536,7 @@ class TransformersEngine:
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
                     generation_config=config,
+                    logits_processor=processors,
                     streamer=Streamer(),
                     stopping_criteria=StoppingCriteriaList([Cancelled()]),
                 )

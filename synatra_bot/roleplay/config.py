@@ -25,6 +25,31 @@ DEFAULT_SUMMARY_TOKENS = 384
 SUMMARY_CONTEXT_SHARE = 4
 #: The least memory a scene may have (a smaller one says nothing useful).
 MIN_SUMMARY_TOKENS = 32
+#: The samplers roleplayers use beside temperature, top-p and top-k.
+ROLEPLAY_SAMPLERS = (
+    "min_p",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "xtc_threshold",
+    "xtc_probability",
+)
+#: Settings a channel inherits from its server, and a server from the app (`/config reset`).
+INHERITED_SETTINGS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    *ROLEPLAY_SAMPLERS,
+    "max_new_tokens",
+    "context_size",
+    "user_rate_limit",
+    "nsfw_policy",
+    "busy_policy",
+    "lorebook_budget",
+)
+#: Settings only a server has; reset, they go back to the app's defaults.
+SERVER_SETTINGS = ("character_limit", "cast_limit", "summary_tokens", "archive_keep_days")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +60,12 @@ class Defaults:
     top_p: float = SamplingParams.top_p
     top_k: int = SamplingParams.top_k
     repetition_penalty: float = SamplingParams.repetition_penalty
+    min_p: float = SamplingParams.min_p
+    dry_multiplier: float = SamplingParams.dry_multiplier
+    dry_base: float = SamplingParams.dry_base
+    dry_allowed_length: int = SamplingParams.dry_allowed_length
+    xtc_threshold: float = SamplingParams.xtc_threshold
+    xtc_probability: float = SamplingParams.xtc_probability
     max_new_tokens: int = SamplingParams.max_new_tokens
     context_size: int = 4096
     user_rate_limit: int = 6
@@ -104,6 +135,12 @@ class ChannelConfig:
             ("top_p", f"{s.top_p:g}"),
             ("top_k", str(s.top_k)),
             ("repetition_penalty", f"{s.repetition_penalty:g}"),
+            ("min_p", f"{s.min_p:g}"),
+            ("dry_multiplier", f"{s.dry_multiplier:g}"),
+            ("dry_base", f"{s.dry_base:g}"),
+            ("dry_allowed_length", str(s.dry_allowed_length)),
+            ("xtc_threshold", f"{s.xtc_threshold:g}"),
+            ("xtc_probability", f"{s.xtc_probability:g}"),
         ]
 
 
@@ -134,6 +171,7 @@ def effective_config(
         top_p=_pick("top_p", *order),
         top_k=_pick("top_k", *order),
         repetition_penalty=_pick("repetition_penalty", *order),
+        **{name: _pick(name, *order) for name in ROLEPLAY_SAMPLERS},
         max_new_tokens=min(_pick("max_new_tokens", *order), defaults.max_context_size // 2),
     )
     context_size = min(_pick("context_size", *order), defaults.max_context_size)

@@ -49,6 +49,13 @@ class SamplingColumns:
     top_p: Mapped[float | None] = mapped_column(Float)
     top_k: Mapped[int | None] = mapped_column(Integer)
     repetition_penalty: Mapped[float | None] = mapped_column(Float)
+    #: The roleplay samplers (SamplingParams says what each does; 0 turns min-p, DRY, XTC off).
+    min_p: Mapped[float | None] = mapped_column(Float)
+    dry_multiplier: Mapped[float | None] = mapped_column(Float)
+    dry_base: Mapped[float | None] = mapped_column(Float)
+    dry_allowed_length: Mapped[int | None] = mapped_column(Integer)
+    xtc_threshold: Mapped[float | None] = mapped_column(Float)
+    xtc_probability: Mapped[float | None] = mapped_column(Float)
     max_new_tokens: Mapped[int | None] = mapped_column(Integer)
     context_size: Mapped[int | None] = mapped_column(Integer)
     #: Turns one user may start per minute in a channel.

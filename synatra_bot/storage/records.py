@@ -20,6 +20,12 @@ class SamplingRecord:
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
+    min_p: float | None = None
+    dry_multiplier: float | None = None
+    dry_base: float | None = None
+    dry_allowed_length: int | None = None
+    xtc_threshold: float | None = None
+    xtc_probability: float | None = None
     max_new_tokens: int | None = None
     context_size: int | None = None
     user_rate_limit: int | None = None

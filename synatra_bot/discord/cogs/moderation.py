@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from synatra_bot.discord.interactions import actor_of, answer, place_of, tr
 from synatra_bot.errors import UserFacingError
+from synatra_bot.roleplay.config import INHERITED_SETTINGS, SERVER_SETTINGS
 from synatra_bot.settings import AUTHOR_NOTE_DEPTH_RANGE, CONTEXT_SIZE_RANGE
 
 if TYPE_CHECKING:
@@ -34,6 +35,13 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
     async def _save(
         self, interaction: discord.Interaction[SynatraBot], scope: Scope, **changes: Any
     ) -> None:
+        await self._store(interaction, scope, **changes)
+        shown = ", ".join(f"{k}={v}" for k, v in changes.items())
+        await answer(interaction, tr(interaction, f"config.saved.{scope}", changes=shown))
+
+    async def _store(
+        self, interaction: discord.Interaction[SynatraBot], scope: Scope, **changes: Any
+    ) -> None:
         assert interaction.guild_id is not None and interaction.channel is not None
         core = self.bot.core
         if scope == "server":
@@ -42,8 +50,6 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
             await core.update_channel_settings(
                 place_of(interaction.channel, interaction.guild_id), **changes
             )
-        shown = ", ".join(f"{k}={v}" for k, v in changes.items())
-        await answer(interaction, tr(interaction, f"config.saved.{scope}", changes=shown))
 
     @app_commands.command(
         name="channel", description="Turn the bot on or off here and choose how it replies"
@@ -84,6 +90,12 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         top_k="Only the k most likely tokens (0 = off)",
         repetition_penalty="Penalty for repeating (1 = off)",
         max_new_tokens="Longest reply in tokens",
+        min_p="Drop tokens less likely than this share of the likeliest (0 = off)",
+        dry_multiplier="DRY: how hard repeating earlier text is penalised (0 = off)",
+        dry_base="DRY: how fast the penalty grows with the repeat's length",
+        dry_allowed_length="DRY: the longest repeat left alone, in tokens",
+        xtc_threshold="XTC: choices at least this likely count as top choices",
+        xtc_probability="XTC: how often the top choices are set aside (0 = off)",
     )
     async def sampling(
         self,
@@ -94,6 +106,12 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         top_k: app_commands.Range[int, 0, 200] | None = None,
         repetition_penalty: app_commands.Range[float, 1.0, 2.0] | None = None,
         max_new_tokens: app_commands.Range[int, 16, 2048] | None = None,
+        min_p: app_commands.Range[float, 0.0, 1.0] | None = None,
+        dry_multiplier: app_commands.Range[float, 0.0, 5.0] | None = None,
+        dry_base: app_commands.Range[float, 1.0, 4.0] | None = None,
+        dry_allowed_length: app_commands.Range[int, 1, 20] | None = None,
+        xtc_threshold: app_commands.Range[float, 0.01, 0.5] | None = None,
+        xtc_probability: app_commands.Range[float, 0.0, 1.0] | None = None,
     ) -> None:
         changes = {
             k: v
@@ -103,6 +121,12 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
                 "top_k": top_k,
                 "repetition_penalty": repetition_penalty,
                 "max_new_tokens": max_new_tokens,
+                "min_p": min_p,
+                "dry_multiplier": dry_multiplier,
+                "dry_base": dry_base,
+                "dry_allowed_length": dry_allowed_length,
+                "xtc_threshold": xtc_threshold,
+                "xtc_probability": xtc_probability,
             }.items()
             if v is not None
         }
@@ -231,6 +255,30 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         depth: app_commands.Range[int, AUTHOR_NOTE_DEPTH_RANGE[0], AUTHOR_NOTE_DEPTH_RANGE[1]] = 4,
     ) -> None:
         await self._save(interaction, "channel", author_note=text, author_note_depth=depth)
+
+    @app_commands.command(
+        name="reset", description="Put a setting back to what it inherits (server or default)"
+    )
+    @app_commands.describe(
+        setting="The setting (as /config show names it)",
+        scope="This channel (back to the server's), or the server (back to the default)",
+    )
+    @app_commands.choices(
+        setting=[
+            app_commands.Choice(name=name, value=name)
+            for name in (*INHERITED_SETTINGS, *SERVER_SETTINGS)
+        ]
+    )
+    async def reset(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        setting: app_commands.Choice[str],
+        scope: Scope = "channel",
+    ) -> None:
+        # A server-only setting has nothing between it and the default.
+        where: Scope = "server" if setting.value in SERVER_SETTINGS else scope
+        await self._store(interaction, where, **{setting.value: None})
+        await answer(interaction, tr(interaction, f"config.reset.{where}", setting=setting.value))
 
     @app_commands.command(name="show", description="Show the settings that apply in this channel")
     async def show(self, interaction: discord.Interaction[SynatraBot]) -> None:

@@ -1,0 +1,115 @@
+"""The roleplay samplers (min-p, DRY, XTC) as moderator settings that reach the engine,
+`/config reset` back to what a setting inherits, and the 0007 migration that adds the columns."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import command
+
+from synatra_bot.roleplay.config import Defaults, effective_config
+from synatra_bot.storage import repository as repo
+from synatra_bot.storage.database import create_engine, create_sessionmaker
+from synatra_bot.storage.migrate import alembic_config, upgrade_database
+from synatra_bot.storage.records import ChannelSettingsRecord, GuildSettingsRecord
+from tests.db_helpers import assert_old_scene_kept, fill_at_0001, schema_diff
+from tests.hostile_corpus import RecordingEngine
+
+
+def test_samplers_are_off_by_default_and_a_channel_overrides_its_server():
+    guild = GuildSettingsRecord(guild_id=1, min_p=0.05, dry_multiplier=0.8)
+    channel = ChannelSettingsRecord(channel_id=2, guild_id=1, enabled=True, dry_multiplier=0.0)
+    config = effective_config(defaults=Defaults(), guild=guild, channel=channel)
+    s = config.sampling
+    assert (s.min_p, s.dry_multiplier, s.xtc_probability) == (0.05, 0.0, 0.0)
+    assert (s.dry_base, s.dry_allowed_length, s.xtc_threshold) == (1.75, 2, 0.1)
+    plain = effective_config(
+        defaults=Defaults(), guild=GuildSettingsRecord(guild_id=1), channel=None
+    )
+    assert not plain.sampling.dry_on and not plain.sampling.xtc_on and plain.sampling.min_p == 0
+
+
+async def test_samplers_set_by_a_moderator_reach_the_engine_and_reset_inherits(
+    start_bot, tokenizer
+):
+    async with start_bot(engine=RecordingEngine(tokenizer=tokenizer)) as harness:
+        s = harness.scenario
+        character = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        server = await harness.slash(
+            s.moderator, "config sampling", scope="server", min_p=0.1, xtc_probability=0.5
+        )
+        assert "저장했어요" in await harness.final_text(server)
+        channel = await harness.slash(
+            s.moderator,
+            "config sampling",
+            dry_multiplier=0.8,
+            dry_base=2.0,
+            dry_allowed_length=3,
+            xtc_threshold=0.2,
+        )
+        assert "저장했어요" in await harness.final_text(channel)
+        shown = await harness.final_text(await harness.slash(s.moderator, "config show"))
+        assert "`min_p` 0.1" in shown and "`dry_multiplier` 0.8" in shown
+        assert "`xtc_probability` 0.5" in shown and "`dry_allowed_length` 3" in shown
+
+        await harness.reply_to(s.general, s.members[0], "오늘은 어디 갈까?")
+        p = harness.engine.params[-1]
+        assert (p.min_p, p.dry_multiplier, p.dry_base, p.dry_allowed_length) == (0.1, 0.8, 2.0, 3)
+        assert (p.xtc_threshold, p.xtc_probability) == (0.2, 0.5)
+
+        # Back to the server's, then the server's back to the default (off).
+        reset = await harness.slash(s.moderator, "config reset", setting="dry_multiplier")
+        assert "이 채널의 dry_multiplier는 다시 서버 설정을 따라요" in (
+            await harness.final_text(reset)
+        )
+        await harness.slash(s.moderator, "config reset", setting="min_p", scope="server")
+        english = await harness.fake.slash(
+            s.moderator, "config reset", setting="xtc_probability", scope="server", locale="en-US"
+        )
+        await harness.fake.wait_for_response(english)
+        assert "`xtc_probability` on this server is back to the default" in (
+            await harness.final_text(english)
+        )
+        await harness.reply_to(s.general, s.members[0], "바다 보러 가자.")
+        p = harness.engine.params[-1]
+        assert (p.min_p, p.dry_multiplier, p.xtc_probability) == (0.0, 0.0, 0.0)
+        assert p.xtc_threshold == 0.2  # still the channel's own
+
+        # A server-only setting resets on the server whatever the scope says.
+        await harness.slash(s.moderator, "config scene", cast_limit=2)
+        await harness.slash(s.moderator, "config reset", setting="cast_limit")
+        guild = await repo.get_guild_settings(harness.sessions, guild_id=s.guild.id)
+        assert guild.cast_limit is None
+
+        refused = await harness.slash(s.members[0], "config reset", setting="top_k")
+        assert "관리자만" in await harness.final_text(refused)
+
+
+async def test_upgrade_to_0007_keeps_data_and_samplers_start_unset(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0001")
+    old = await fill_at_0001(url)
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0006")
+    await upgrade_database(url)
+    assert await schema_diff(url) == []
+    engine = create_engine(url)
+    sessions = create_sessionmaker(engine)
+    try:
+        await assert_old_scene_kept(sessions, old)
+        guild = await repo.get_guild_settings(sessions, guild_id=old.guild_id)
+        channel = await repo.get_channel_settings(sessions, channel_id=old.channel_id)
+        assert (guild.min_p, guild.dry_multiplier, channel.xtc_probability) == (None, None, None)
+        await repo.update_channel_settings(
+            sessions, channel_id=old.channel_id, guild_id=old.guild_id, dry_multiplier=0.8
+        )
+    finally:
+        await engine.dispose()
+    # Down and up again: the old rows came through both ways.
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "0006")
+    await upgrade_database(url)
+    engine = create_engine(url)
+    try:
+        await assert_old_scene_kept(create_sessionmaker(engine), old)
+    finally:
+        await engine.dispose()
