@@ -1,5 +1,6 @@
 """Benchmark the embedded engine: `python benchmarks/engine.py --tiny` (CPU) or, on a GPU without
-internet, `python benchmarks/engine.py --random-weights` (Mistral-7B shape, bf16).
+internet, `python benchmarks/engine.py --random-weights --tokenizer FOLDER` (Mistral-7B shape,
+bf16), FOLDER made beforehand with `--save-tokenizer FOLDER`.
 Options are those of `synatra-bot bench`; see synatra_bot/engine/bench.py."""
 
 from __future__ import annotations

@@ -1,26 +1,37 @@
-"""Engine benchmark: TTFT and tokens/s of the embedded engine against plain `generate()`.
+"""Engine benchmark: steady-state throughput and latency of the embedded engine against generate().
 
 One run measures, on the same model:
-1. baseline: plain `model.generate()` one request at a time (TTFT, tok/s);
-2. the engine with one request at a time (batch-1 tok/s through continuous batching);
-3. the engine with C requests arriving `gap` ms apart: TTFT p50/p95, tok/s per stream and total;
-4. prefix reuse: the second turn of a channel (first prompt + reply + a new message) against
-   the first turn's TTFT;
-5. on a GPU, the weight-bandwidth floor: weight bytes / measured device copy bandwidth.
+1. for each concurrency level C (`--streams 1,8,32`), a closed loop: C streams kept busy for
+   `--duration` seconds after `--warmup` seconds (each stream submits its next request as soon as
+   its previous one ends). Over the window only: aggregate tok/s, per-stream tok/s, decode tok/s
+   per request, TTFT p50/p95/p99 and inter-token latency p50/p99. Every stream plays channel
+   conversations: turn 1 is a fresh prompt, turn 2 is turn 1 + its reply + a new message, so
+   first- and second-turn TTFT (prefix reuse) are measured under the same load (C-1 other
+   streams decoding);
+2. the baseline: `model.generate()` one request at a time with a static cache and
+   `torch.compile` (`--baseline`), after the engine has released its cache;
+3. on a GPU, the weight-bandwidth floor: weight bytes / measured device copy bandwidth, with the
+   single stream's decode rate as a share of it.
 
-Prompts are random token ids; stop ids are disabled so every reply is exactly N tokens.
-`--tiny` builds a tiny random Mistral on the CPU; `--random-weights` builds a Mistral-7B-shaped
-model from its config in memory (no download). Both need Mistral's v1 tokenizer from
-mistral-common (a dev dependency) unless `--tokenizer` names a folder.
+Prompts are random token ids (the bot's length by default: 3,500 tokens in a 4,096 context, 300
+new tokens); stop ids are disabled so every reply runs to its token budget. `--tiny` builds a tiny
+random Mistral on the CPU; `--random-weights` builds a Mistral-7B-shaped model in memory (no
+download). Both need Synatra's tokenizer: a folder from `--save-tokenizer` (no network, no
+mistral-common needed) or, without `--tokenizer`, Mistral's v1 tokenizer from mistral-common.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
+import math
+import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from synatra_bot.engine.base import SamplingParams
-from synatra_bot.engine.transformers_engine import TransformersEngine
+from synatra_bot.engine.transformers_engine import TransformersEngine, _cb_attn_implementation
 
 MISTRAL_7B = {
     "vocab_size": 32002,
@@ -52,71 +63,143 @@ TINY = {
     "num_key_value_heads": 2,
     "head_dim": 16,
 }
+#: The bot's defaults: CONTEXT_SIZE and a prompt that fills it but for the reply.
+BOT_CONTEXT = 4096
+BOT_PROMPT_TOKENS = 3500
+BOT_NEW_TOKENS = 300
+BASELINES = ("static-compile", "static", "eager")
+SAMPLING: dict[str, float] = {"temperature": 0.8, "top_p": 0.95, "top_k": 40}
+
+
+def _streams(value: str) -> list[int]:
+    try:
+        levels = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a list like 1,8,32") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("concurrency levels must be positive integers")
+    return levels
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to `parser` (used by `synatra-bot bench` and the script)."""
     parser.add_argument("--model", default="maywell/Synatra-7B-v0.3-RP", help="hub id or folder")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder (default: the model's own)"
+    )
+    parser.add_argument(
+        "--save-tokenizer",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="write Synatra's tokenizer (Mistral v1 + ChatML) to FOLDER for --tokenizer, and exit",
+    )
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--tiny", action="store_true", help="tiny random Mistral on the CPU")
     what.add_argument(
         "--random-weights", action="store_true", help="Mistral-7B-shaped random model, no download"
     )
-    parser.add_argument("-P", "--prompt-tokens", type=int, default=None, help="prompt length")
-    parser.add_argument("-N", "--new-tokens", type=int, default=None, help="tokens per reply")
-    parser.add_argument("-C", "--concurrency", type=int, default=None, help="concurrent requests")
-    parser.add_argument("--arrival-gap-ms", type=float, default=50.0, help="gap between arrivals")
+    parser.add_argument(
+        "-P", "--prompt-tokens", type=int, default=None, help=f"default {BOT_PROMPT_TOKENS}"
+    )
+    parser.add_argument(
+        "-N", "--new-tokens", type=int, default=None, help=f"default {BOT_NEW_TOKENS}"
+    )
+    parser.add_argument(
+        "--message-tokens", type=int, default=48, help="new message added for the second turn"
+    )
+    parser.add_argument(
+        "--context", type=int, default=BOT_CONTEXT, help="engine context (CONTEXT_SIZE)"
+    )
+    parser.add_argument(
+        "--streams",
+        type=_streams,
+        default=None,
+        help="concurrency levels, e.g. 1,8,32 (default 1,8,32; --tiny 1,4)",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="measured seconds per level (default 20)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=None, help="discarded seconds per level (default 5)"
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        default=None,
+        help="generate() baseline (default static-compile on a GPU, static on the CPU)",
+    )
     parser.add_argument("--baseline-requests", type=int, default=2)
-    parser.add_argument("--prefix-channels", type=int, default=3)
+    parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="bfloat16, float16 or float32")
-    parser.add_argument("--attn", default="sdpa", help="sdpa, flash_attention_2, paged|eager")
+    parser.add_argument(
+        "--attn", default="sdpa", help="sdpa, eager, flash_attention_2, paged|eager"
+    )
     parser.add_argument("--num-blocks", type=int, default=None)
     parser.add_argument("--max-batch-tokens", type=int, default=None)
     parser.add_argument("--page-size", type=int, default=None)
     parser.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--compile-level", type=int, default=0, choices=(0, 1, 2, 3))
     parser.add_argument("--no-prefix-sharing", action="store_true")
-    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the random prompts")
     parser.add_argument("--json", type=Path, default=None, help="also write results as JSON")
 
 
 @dataclass
-class Phase:
-    name: str
+class Level:
+    """One closed-loop concurrency level, measured over its window only."""
+
+    streams: int
+    window_s: float
     requests: int
+    completed: int
+    aggregate_tok_s: float
+    per_stream_tok_s: float
+    decode_tok_s_p50: float | None
+    ttft_p50_s: float | None
+    ttft_p95_s: float | None
+    ttft_p99_s: float | None
+    itl_p50_s: float | None
+    itl_p99_s: float | None
+    turn1_requests: int
+    turn1_ttft_p50_s: float | None
+    turn1_ttft_p95_s: float | None
+    turn2_requests: int
+    turn2_ttft_p50_s: float | None
+    turn2_ttft_p95_s: float | None
+
+
+@dataclass
+class Baseline:
+    mode: str
+    attn: str
+    requests: int
+    warmup_s: float
     ttft_p50_s: float
-    ttft_p95_s: float
-    tok_s_per_stream: float
-    tok_s_total: float
-    notes: str = ""
+    decode_tok_s: float
+    tok_s: float
 
 
 @dataclass
 class Report:
-    device: str
-    dtype: str
-    model: str
-    prompt_tokens: int
-    new_tokens: int
-    concurrency: int
-    arrival_gap_ms: float
-    versions: dict[str, str]
-    phases: list[Phase] = field(default_factory=list)
-    extra: dict[str, float | str] = field(default_factory=dict)
+    config: dict[str, Any]
+    levels: list[Level] = field(default_factory=list)
+    baseline: Baseline | None = None
+    floor: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, float | None] = field(default_factory=dict)
 
 
-def _percentile(values: list[float], q: float) -> float:
+def _percentile(values: list[float], q: float) -> float | None:
     if not values:
-        return float("nan")
+        return None
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
     return ordered[index]
 
 
 def _write_tokenizer(folder: Path) -> Path:
-    """Mistral v1 SentencePiece + Synatra's ChatML tokens (same as the test fixture)."""
+    """Mistral v1 SentencePiece from mistral-common + Synatra's ChatML tokens."""
     import shutil
 
     import mistral_common
@@ -146,7 +229,22 @@ def _write_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def _random_model(shape: dict[str, Any], device: str, dtype: Any, context: int) -> Any:
+def save_tokenizer(folder: Path) -> Path:
+    """Write the tokenizer folder for `--tokenizer` on a machine without network or
+    mistral-common, and check it through the project's loader (ChatML ids included).
+
+    The folder holds the SentencePiece model and its config, the layout Synatra ships; loading
+    it converts it with sentencepiece and protobuf (both in the bot's environment). A
+    `save_pretrained` copy is not used: its saved fast tokenizer splits text after a special
+    token differently from the one converted at load time."""
+    from synatra_bot.tokenizer import load_tokenizer
+
+    _write_tokenizer(folder)
+    load_tokenizer(folder)
+    return folder
+
+
+def _random_model(shape: dict[str, Any], device: str, dtype: Any, context: int, attn: str) -> Any:
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -161,7 +259,8 @@ def _random_model(shape: dict[str, Any], device: str, dtype: Any, context: int) 
             model = MistralForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
-    model.config._attn_implementation = "sdpa"
+    # Same mapping as the engine applies to ATTN_IMPLEMENTATION when it loads a model.
+    model.set_attn_implementation(_cb_attn_implementation(attn))
     return model.eval()  # type: ignore[no-untyped-call]
 
 
@@ -187,41 +286,146 @@ def _prompt(rng: random.Random, length: int) -> list[int]:
     return [1] + [rng.randrange(100, 31000) for _ in range(length - 1)]
 
 
+@dataclass
+class _Timed:
+    """One streamed request: when it began, when each text delta arrived, how it ended."""
+
+    stream: int
+    turn: int
+    tokens: int
+    began: float
+    deltas: list[float] = field(default_factory=list)
+    completed: bool = False
+    text: str = ""
+
+    def weight(self) -> float:
+        """Tokens per delta. A delta is one token unless a character spans byte tokens; a
+        finished request ran to its exact budget, so spread that over its deltas."""
+        if self.completed and self.deltas:
+            return self.tokens / len(self.deltas)
+        return 1.0
+
+
 async def _timed_stream(
-    engine: TransformersEngine, prompt: list[int], params: SamplingParams, request_id: str
-) -> tuple[float, float, float, int, list[int]]:
-    """(start, first token, end, tokens) of one streamed request."""
+    engine: TransformersEngine,
+    prompt: list[int],
+    params: SamplingParams,
+    request_id: str,
+    record: _Timed,
+    stop_at: float = math.inf,
+) -> _Timed:
+    """Stream one request into `record`; leave (cancelling it) at the first delta after
+    `stop_at`."""
+    stream = engine.stream(prompt, params, request_id=request_id)
+    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async for delta in stream:
+            now = time.perf_counter()
+            record.deltas.append(now)
+            record.text += delta
+            if now >= stop_at:
+                return record
+    record.completed = True
+    return record
+
+
+async def _closed_loop(
+    engine: TransformersEngine, args: argparse.Namespace, streams: int, seed: int
+) -> Level:
+    """`streams` channels kept busy: each plays turn 1 then turn 2, then a new channel.
+
+    Only the window after the warm-up counts; every stream leaves at its first delta past the
+    window, cancelling that request."""
+    prompt_tokens, new_tokens = args.prompt_tokens, args.new_tokens
+    params = SamplingParams(
+        max_new_tokens=new_tokens,
+        stop_ids=(),
+        temperature=SAMPLING["temperature"],
+        top_p=SAMPLING["top_p"],
+        top_k=int(SAMPLING["top_k"]),
+    )
     began = time.perf_counter()
-    first = 0.0
-    text = ""
-    async for delta in engine.stream(prompt, params, request_id=request_id):
-        if not first:
-            first = time.perf_counter()
-        text += delta
-    end = time.perf_counter()
-    reply_ids = engine.tokenizer.encode(text, add_special_tokens=False)
-    return began, first or end, end, params.max_new_tokens, reply_ids
+    window_start = began + args.warmup
+    window_end = window_start + args.duration
+    records: list[_Timed] = []
+
+    def budget(prompt: list[int]) -> int:
+        return min(int(new_tokens), int(args.context) - len(prompt))
+
+    async def channel(index: int) -> None:
+        rng = random.Random(seed * 1000 + index)
+        serial = 0
+        # Staggered over the warm-up so that streams do not start, and then finish, in step.
+        await asyncio.sleep(index * args.warmup / streams)
+        while time.perf_counter() < window_end:
+            first = _prompt(rng, prompt_tokens)
+            record = _Timed(index, 1, budget(first), time.perf_counter())
+            records.append(record)
+            serial += 1
+            await _timed_stream(
+                engine, first, params, f"s{streams}-{index}-{serial}", record, window_end
+            )
+            if not record.completed or time.perf_counter() >= window_end:
+                break
+            reply = engine.tokenizer.encode(record.text, add_special_tokens=False)
+            follow_up = first + list(reply) + _prompt(rng, args.message_tokens + 1)[1:]
+            if budget(follow_up) < 1:  # the re-encoded reply came out longer than it was
+                continue
+            second = _Timed(index, 2, budget(follow_up), time.perf_counter())
+            records.append(second)
+            serial += 1
+            await _timed_stream(
+                engine, follow_up, params, f"s{streams}-{index}-{serial}", second, window_end
+            )
+
+    await asyncio.gather(*(channel(i) for i in range(streams)))
+    return _level(streams, records, window_start, window_end)
 
 
-def _phase(name: str, runs: list[tuple[float, float, float, int, list[int]]], notes: str) -> Phase:
-    ttfts = [first - began for began, first, _, _, _ in runs]
-    per_stream = [(tokens - 1) / (end - first) for _, first, end, tokens, _ in runs if end > first]
-    span = max(end for _, _, end, _, _ in runs) - min(began for began, _, _, _, _ in runs)
-    return Phase(
-        name=name,
-        requests=len(runs),
-        ttft_p50_s=statistics.median(ttfts),
+def _level(streams: int, records: list[_Timed], start: float, end: float) -> Level:
+    window = end - start
+    per_stream = [0.0] * streams
+    itls: list[float] = []
+    for record in records:
+        weight = record.weight()
+        inside = [t for t in record.deltas if start <= t <= end]
+        per_stream[record.stream] += weight * len(inside)
+        itls.extend(b - a for a, b in itertools.pairwise(inside))
+    measured = [r for r in records if start <= r.began < end and r.deltas]
+    ttfts = [r.deltas[0] - r.began for r in measured]
+    turn1 = [r.deltas[0] - r.began for r in measured if r.turn == 1]
+    turn2 = [r.deltas[0] - r.began for r in measured if r.turn == 2]
+    decode = [
+        (r.tokens - 1) / (r.deltas[-1] - r.deltas[0])
+        for r in records
+        if r.completed and r.deltas[0] >= start and r.tokens > 1 and r.deltas[-1] > r.deltas[0]
+    ]
+    return Level(
+        streams=streams,
+        window_s=round(window, 3),
+        requests=len(measured),
+        completed=sum(1 for r in measured if r.completed),
+        aggregate_tok_s=sum(per_stream) / window,
+        per_stream_tok_s=statistics.median(per_stream) / window,
+        decode_tok_s_p50=statistics.median(decode) if decode else None,
+        ttft_p50_s=_percentile(ttfts, 0.50),
         ttft_p95_s=_percentile(ttfts, 0.95),
-        tok_s_per_stream=statistics.median(per_stream) if per_stream else float("nan"),
-        tok_s_total=sum(r[3] for r in runs) / span,
-        notes=notes,
+        ttft_p99_s=_percentile(ttfts, 0.99),
+        itl_p50_s=_percentile(itls, 0.50),
+        itl_p99_s=_percentile(itls, 0.99),
+        turn1_requests=len(turn1),
+        turn1_ttft_p50_s=_percentile(turn1, 0.50),
+        turn1_ttft_p95_s=_percentile(turn1, 0.95),
+        turn2_requests=len(turn2),
+        turn2_ttft_p50_s=_percentile(turn2, 0.50),
+        turn2_ttft_p95_s=_percentile(turn2, 0.95),
     )
 
 
-def _baseline(engine: TransformersEngine, prompts: list[list[int]], new_tokens: int) -> Phase:
-    """Plain generate(), one request at a time, sampling, with a streamer for TTFT."""
+def _baseline(model: Any, prompts: list[list[int]], new_tokens: int, mode: str) -> Baseline:
+    """Plain generate(), one request at a time, sampling, with a streamer for TTFT. The first
+    call (compilation, cache allocation) is timed apart as warm-up."""
     import torch
-    from transformers import GenerationConfig
+    from transformers import CompileConfig, GenerationConfig
     from transformers.generation.streamers import BaseStreamer
 
     class Marker(BaseStreamer):
@@ -234,21 +438,25 @@ def _baseline(engine: TransformersEngine, prompts: list[list[int]], new_tokens: 
         def end(self) -> None:
             pass
 
-    model: Any = engine.model
-    runs: list[tuple[float, float, float, int, list[int]]] = []
-    for prompt in prompts:
-        marker = Marker()
+    options: dict[str, Any] = {"disable_compile": mode != "static-compile"}
+    if mode != "eager":
+        options["cache_implementation"] = "static"
+    if mode == "static-compile" and model.device.type == "cpu":
+        compile_config: Any = CompileConfig()  # type: ignore[no-untyped-call]
+        compile_config._compile_all_devices = True  # generate() compiles on GPUs only otherwise
+        options["compile_config"] = compile_config
+    config = GenerationConfig(  # type: ignore[no-untyped-call]
+        do_sample=True,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        eos_token_id=None,
+        pad_token_id=2,
+        **SAMPLING,
+        **options,
+    )
 
-        config = GenerationConfig(  # type: ignore[no-untyped-call]
-            do_sample=True,
-            temperature=0.8,
-            top_p=0.95,
-            top_k=40,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            eos_token_id=None,
-            pad_token_id=2,
-        )
+    def one(prompt: list[int]) -> tuple[float, float, float]:
+        marker = Marker()
         ids = torch.tensor([prompt], device=model.device)
         began = time.perf_counter()
         with torch.inference_mode():
@@ -258,28 +466,101 @@ def _baseline(engine: TransformersEngine, prompts: list[list[int]], new_tokens: 
                 generation_config=config,
                 streamer=marker,
             )
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
         end = time.perf_counter()
-        marks = marker.marks
-        first = marks[1] if len(marks) > 1 else end  # marks[0] is the prompt
-        runs.append((began, first, end, new_tokens, []))
-    return _phase("plain generate(), one at a time", runs, "baseline")
+        first = marker.marks[1] if len(marker.marks) > 1 else end  # marks[0] is the prompt
+        return began, first, end
+
+    warm_began, _, warm_end = one(prompts[0])
+    runs = [one(prompt) for prompt in prompts[1:]]
+    return Baseline(
+        mode=mode,
+        attn=str(model.config._attn_implementation),
+        requests=len(runs),
+        warmup_s=round(warm_end - warm_began, 3),
+        ttft_p50_s=statistics.median(first - began for began, first, _ in runs),
+        decode_tok_s=statistics.median((new_tokens - 1) / (end - first) for _, first, end in runs),
+        tok_s=statistics.median(new_tokens / (end - began) for began, _, end in runs),
+    )
+
+
+def _cb_config(engine: TransformersEngine) -> dict[str, Any]:
+    """What continuous batching resolved once its cache exists (after a first request)."""
+    manager: Any = getattr(engine, "_manager", None)
+    resolved: dict[str, Any] = {}
+    if manager is None:
+        return resolved
+    cb = manager.continuous_batching_config
+    for name in (
+        "num_blocks",
+        "max_batch_tokens",
+        "page_size",
+        "max_memory_percent",
+        "max_requests_per_batch",
+        "max_blocks_per_request",
+        "use_async_batching",
+        "use_cuda_graph",
+        "default_compile_level",
+        "varlen_compile_config",
+        "decode_compile_config",
+        "scheduler_type",
+        "allow_block_sharing",
+        "per_request_processors",
+    ):
+        value = getattr(cb, name, None)
+        resolved[name] = (
+            value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+        )
+    processor = getattr(manager, "batch_processor", None)
+    cache = getattr(processor, "cache", None)
+    if cache is not None:
+        resolved["cache_blocks"] = cache.num_blocks
+        resolved["cache_max_batch_tokens"] = cache.max_batch_tokens
+        cache_bytes = cache.cache_tensor.numel() * cache.cache_tensor.element_size()
+        resolved["cache_mib"] = round(cache_bytes / 2**20, 1)
+        resolved["prefix_sharing"] = bool(cache.use_prefix_sharing)
+        device = engine.model.device
+        if device.type == "cuda":
+            import torch
+
+            total = torch.cuda.get_device_properties(device).total_memory
+            resolved["cache_share_of_device_memory"] = round(cache_bytes / total, 3)
+    return resolved
+
+
+def _defaults(args: argparse.Namespace, device: str) -> None:
+    tiny = args.tiny
+    args.prompt_tokens = args.prompt_tokens or (256 if tiny else BOT_PROMPT_TOKENS)
+    args.new_tokens = args.new_tokens or (16 if tiny else BOT_NEW_TOKENS)
+    args.streams = args.streams or ([1, 4] if tiny else [1, 8, 32])
+    args.duration = args.duration if args.duration is not None else (2.0 if tiny else 20.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if tiny else 5.0)
+    args.baseline = args.baseline or ("static-compile" if device.startswith("cuda") else "static")
 
 
 async def _run(args: argparse.Namespace) -> Report:
     import torch
     import transformers
 
-    tiny = args.tiny
-    prompt_tokens = args.prompt_tokens or (128 if tiny else 2048)
-    new_tokens = args.new_tokens or (16 if tiny else 200)
-    concurrency = args.concurrency or (4 if tiny else 32)
-    device = args.device or ("cpu" if tiny else ("cuda" if torch.cuda.is_available() else "cpu"))
-    context = prompt_tokens + new_tokens * 2 + 64  # room for the prefix-reuse second turn
+    device = args.device or (
+        "cpu" if args.tiny else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    _defaults(args, device)
+    from synatra_bot.errors import ConfigError
+
+    longest = args.prompt_tokens + args.new_tokens + args.message_tokens
+    if longest >= args.context:
+        raise ConfigError(
+            "--context",
+            f"{args.context} leaves no room for the second turn ({args.prompt_tokens} prompt + "
+            f"{args.new_tokens} reply + {args.message_tokens} message tokens)",
+        )
 
     workdir = Path(tempfile.mkdtemp(prefix="synatra-bench-"))
     model_id = args.model
     model = None
-    if tiny or args.random_weights:
+    if args.tiny or args.random_weights:
         model_id = args.tokenizer or str(_write_tokenizer(workdir / "tokenizer"))
         dtype = getattr(torch, args.dtype) if args.dtype else None
         if dtype is None:
@@ -287,96 +568,118 @@ async def _run(args: argparse.Namespace) -> Report:
             dtype = (
                 torch.float32 if device == "cpu" else (torch.bfloat16 if bf16 else torch.float16)
             )
-        model = _random_model(TINY if tiny else MISTRAL_7B, device, dtype, context)
+        shape = TINY if args.tiny else MISTRAL_7B
+        model = _random_model(shape, device, dtype, args.context, args.attn)
     cuda_graph = {"auto": None, "on": True, "off": False}[args.cuda_graph]
-    if tiny and args.num_blocks is None:
-        args.num_blocks = concurrency * context // 32 + 8  # every stream fits: measure batching
+    page_size = args.page_size or (32 if args.tiny else None)
+    num_blocks = args.num_blocks
+    if args.tiny and num_blocks is None:  # every stream's two turns fit: measure batching
+        per_stream = math.ceil((longest + args.new_tokens) / 32)
+        num_blocks = max(args.streams) * per_stream + 8
     engine = TransformersEngine(
         model_id,
         device=device,
         dtype=args.dtype,
         attn_implementation=args.attn,
-        num_blocks=args.num_blocks,
+        num_blocks=num_blocks,
         max_batch_tokens=args.max_batch_tokens,
-        page_size=args.page_size or (32 if tiny else None),
-        context_size=context,
+        page_size=page_size,
+        context_size=args.context,
         use_cuda_graph=cuda_graph,
         compile_level=args.compile_level,
         allow_block_sharing=not args.no_prefix_sharing,
         model=model,
     )
     await engine.start()
-    report = Report(
-        device=_device_name(device),
-        dtype=engine.dtype_name,
-        model="tiny random Mistral" if tiny else ("random Mistral-7B" if model else model_id),
-        prompt_tokens=prompt_tokens,
-        new_tokens=new_tokens,
-        concurrency=concurrency,
-        arrival_gap_ms=args.arrival_gap_ms,
-        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+    # CB switches the model to an attention it supports while it runs (eager -> paged|eager)
+    # and remembers what the model was loaded with.
+    manager: Any = getattr(engine, "_manager", None)
+    loaded_attn = str(
+        getattr(manager, "_original_attn_impl", None) or engine.model.config._attn_implementation
     )
-    rng = random.Random(1234)
-    params = SamplingParams(max_new_tokens=new_tokens, stop_ids=())
+    rng = random.Random(args.seed)
+    report = Report(config={})
     try:
-        # Warm up kernels and the allocator so the first measured request is not penalised.
-        await _timed_stream(engine, _prompt(rng, prompt_tokens), params, "warmup")
-
-        if not args.skip_baseline:
-            prompts = [_prompt(rng, prompt_tokens) for _ in range(args.baseline_requests)]
-            report.phases.append(await asyncio.to_thread(_baseline, engine, prompts, new_tokens))
-
-        single = [
-            await _timed_stream(engine, _prompt(rng, prompt_tokens), params, f"single{i}")
-            for i in range(args.baseline_requests)
-        ]
-        report.phases.append(_phase("engine, one at a time", single, "continuous batching"))
-
-        async def arrive(index: int) -> tuple[float, float, float, int, list[int]]:
-            await asyncio.sleep(index * args.arrival_gap_ms / 1000)
-            return await _timed_stream(engine, prompts_c[index], params, f"c{index}")
-
-        prompts_c = [_prompt(rng, prompt_tokens) for _ in range(concurrency)]
-        concurrent = await asyncio.gather(*(arrive(i) for i in range(concurrency)))
-        report.phases.append(
-            _phase(
-                f"engine, {concurrency} arriving {args.arrival_gap_ms:g} ms apart",
-                list(concurrent),
-                "continuous batching",
+        # Warm up kernels and the allocator at the widest batch; CB also creates its cache on
+        # the first request.
+        warm = SamplingParams(max_new_tokens=min(4, args.new_tokens), stop_ids=())
+        await asyncio.gather(
+            *(
+                _timed_stream(
+                    engine, _prompt(rng, args.prompt_tokens), warm, f"warmup{i}", _Timed(i, 1, 4, 0)
+                )
+                for i in range(max(args.streams))
             )
         )
-
-        firsts, seconds = [], []
-        for channel in range(args.prefix_channels):
-            first_prompt = _prompt(rng, prompt_tokens)
-            first = await _timed_stream(engine, first_prompt, params, f"p{channel}a")
-            follow_up = first_prompt + first[4] + _prompt(rng, 32)[1:]
-            second = await _timed_stream(engine, follow_up, params, f"p{channel}b")
-            firsts.append(first)
-            seconds.append(second)
-        sharing = "on" if engine.prefix_sharing else "off"
-        report.phases.append(_phase("channel turn 1", firsts, f"prefix sharing {sharing}"))
-        report.phases.append(
-            _phase(
-                "channel turn 2 (turn 1 + reply + message)", seconds, f"prefix sharing {sharing}"
-            )
-        )
-
-        if device.startswith("cuda"):
-            weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
-            bandwidth = _copy_bandwidth_gbs(device)
-            report.extra["weight_gb"] = round(weight_bytes / 1e9, 2)
-            report.extra["copy_bandwidth_gb_s"] = round(bandwidth, 1)
-            report.extra["batch1_floor_ms_per_token"] = round(weight_bytes / bandwidth / 1e6, 2)
-            report.extra["batch1_ceiling_tok_s"] = round(bandwidth * 1e9 / weight_bytes, 1)
+        report.config = {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "device": device,
+            "device_name": _device_name(device),
+            "dtype": engine.dtype_name,
+            "model": "tiny random Mistral"
+            if args.tiny
+            else ("random Mistral-7B" if model else model_id),
+            "attn_requested": args.attn,
+            "attn_model": loaded_attn,
+            "attn_in_use": str(engine.model.config._attn_implementation),
+            "cb": _cb_config(engine),
+            "prompt_tokens": args.prompt_tokens,
+            "new_tokens": args.new_tokens,
+            "message_tokens": args.message_tokens,
+            "context": args.context,
+            "streams": args.streams,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "baseline": None if args.skip_baseline else args.baseline,
+            "sampling": SAMPLING,
+        }
+        print(format_header(report.config), file=sys.stderr, flush=True)
+        for seed, streams in enumerate(args.streams):
+            level = await _closed_loop(engine, args, streams, args.seed + seed + 1)
+            report.levels.append(level)
+            print(_level_row(level), file=sys.stderr, flush=True)
     finally:
         await engine.close()
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # the CB cache is gone: room for the baseline's static cache
+    if not args.skip_baseline:
+        baseline_model: Any = engine.model
+        if str(baseline_model.config._attn_implementation).startswith("paged"):
+            baseline_model.set_attn_implementation("eager")  # generate() needs a dense cache
+        prompts = [_prompt(rng, args.prompt_tokens) for _ in range(args.baseline_requests + 1)]
+        report.baseline = await asyncio.to_thread(
+            _baseline, baseline_model, prompts, args.new_tokens, args.baseline
+        )
+
+    single = next((level for level in report.levels if level.streams == 1), None)
+    widest = max(report.levels, key=lambda level: level.streams)
+    if device.startswith("cuda"):
+        weights = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+        bandwidth = _copy_bandwidth_gbs(device)
+        report.floor = {
+            "weight_gb": round(weights / 1e9, 2),
+            "copy_bandwidth_gb_s": round(bandwidth, 1),
+            "batch1_floor_ms_per_token": round(weights / bandwidth / 1e6, 2),
+            "batch1_ceiling_tok_s": round(bandwidth * 1e9 / weights, 1),
+        }
+    ceiling = report.floor.get("batch1_ceiling_tok_s")
+    single_decode = single.decode_tok_s_p50 if single else None
+    report.summary = {
+        "single_stream_pct_of_floor": round(100 * single_decode / ceiling, 1)
+        if single_decode and ceiling
+        else None,
+        "widest_streams": widest.streams,
+        "widest_aggregate_x_single": round(widest.aggregate_tok_s / single.aggregate_tok_s, 2)
+        if single and single.aggregate_tok_s
+        else None,
+    }
     return report
 
 
 def _device_name(device: str) -> str:
-    import platform
-
     import torch
 
     if device.startswith("cuda"):
@@ -392,26 +695,85 @@ def _device_name(device: str) -> str:
     return f"CPU: {name}"
 
 
+def _f(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+def format_header(config: dict[str, Any]) -> str:
+    cb = ", ".join(f"{k} {v}" for k, v in config.get("cb", {}).items())
+    return "\n".join(
+        [
+            f"versions: torch {config['torch']}, transformers {config['transformers']}, "
+            f"python {config['python']}",
+            f"device: {config['device_name']} ({config['device']}); dtype {config['dtype']}; "
+            f"model: {config['model']}",
+            f"attention: requested {config['attn_requested']}, model {config['attn_model']}, "
+            f"in use by CB {config['attn_in_use']}",
+            f"continuous batching: {cb}",
+            f"workload: P={config['prompt_tokens']} prompt tokens, N={config['new_tokens']} new "
+            f"tokens, turn 2 adds {config['message_tokens']}, context {config['context']}; "
+            f"streams {','.join(map(str, config['streams']))}; {config['warmup_s']:g} s warm-up "
+            f"+ {config['duration_s']:g} s measured per level; sampling T 0.8, top-p 0.95, "
+            f"top-k 40; baseline {config['baseline'] or 'skipped'}",
+        ]
+    )
+
+
+_TABLE_HEAD = (
+    "| streams | requests | agg tok/s | tok/s per stream | decode tok/s p50 | TTFT p50 (s) "
+    "| TTFT p95 (s) | TTFT p99 (s) | ITL p50 (ms) | ITL p99 (ms) | turn 1 TTFT p50 (s) "
+    "| turn 2 TTFT p50 (s) |"
+)
+
+
+def _level_row(level: Level) -> str:
+    return (
+        f"| {level.streams} | {level.requests} | {level.aggregate_tok_s:.1f} | "
+        f"{level.per_stream_tok_s:.1f} | {_f(level.decode_tok_s_p50, 1)} | "
+        f"{_f(level.ttft_p50_s)} | {_f(level.ttft_p95_s)} | {_f(level.ttft_p99_s)} | "
+        f"{_ms(level.itl_p50_s)} | {_ms(level.itl_p99_s)} | "
+        f"{_f(level.turn1_ttft_p50_s)} ({level.turn1_requests}) | "
+        f"{_f(level.turn2_ttft_p50_s)} ({level.turn2_requests}) |"
+    )
+
+
 def format_report(report: Report) -> str:
     lines = [
-        f"device: {report.device}; dtype {report.dtype}; model: {report.model}; "
-        + ", ".join(f"{k} {v}" for k, v in report.versions.items()),
-        f"workload: P={report.prompt_tokens} prompt tokens, N={report.new_tokens} new tokens, "
-        f"C={report.concurrency}, arrival gap {report.arrival_gap_ms:g} ms, sampling "
-        "(T 0.8, top-p 0.95, top-k 40)",
+        format_header(report.config),
         "",
-        "| phase | requests | TTFT p50 (s) | TTFT p95 (s) | tok/s per stream | tok/s total "
-        "| notes |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        _TABLE_HEAD,
+        "|" + "---:|" * 12,
+        *(_level_row(level) for level in report.levels),
     ]
-    for p in report.phases:
-        lines.append(
-            f"| {p.name} | {p.requests} | {p.ttft_p50_s:.3f} | {p.ttft_p95_s:.3f} | "
-            f"{p.tok_s_per_stream:.1f} | {p.tok_s_total:.1f} | {p.notes} |"
-        )
-    if report.extra:
+    single = next((level for level in report.levels if level.streams == 1), None)
+    if report.baseline is not None:
+        b = report.baseline
+        lines += [
+            "",
+            "| batch 1 | TTFT (s) | decode tok/s | tok/s incl. TTFT | notes |",
+            "|---|---:|---:|---:|---|",
+            f"| generate() {b.mode} | {b.ttft_p50_s:.3f} | {b.decode_tok_s:.1f} | "
+            f"{b.tok_s:.1f} | {b.attn}; median of {b.requests} after a {b.warmup_s:.2f} s warm-up "
+            "call |",
+        ]
+        if single is not None:
+            lines.append(
+                f"| engine, 1 stream | {_f(single.ttft_p50_s)} | "
+                f"{_f(single.decode_tok_s_p50, 1)} | {single.per_stream_tok_s:.1f} | "
+                "closed loop, window only |"
+            )
+    if report.floor:
         lines.append("")
-        lines.extend(f"- {key}: {value}" for key, value in report.extra.items())
+        lines.extend(f"- {key}: {value}" for key, value in report.floor.items())
+    lines.append("")
+    lines.extend(
+        f"- {key}: {_f(value, 2) if isinstance(value, float) else value}"
+        for key, value in report.summary.items()
+    )
     return "\n".join(lines)
 
 
@@ -434,7 +796,16 @@ def _check_flags(args: argparse.Namespace) -> None:
             )
     if args.tokenizer is not None:
         check_model_source(args.tokenizer, setting="--tokenizer")
-    if not (args.tiny or args.random_weights):
+    elif args.tiny or args.random_weights or args.save_tokenizer is not None:
+        try:
+            import mistral_common  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--tokenizer",
+                "mistral-common is not installed here: make a tokenizer folder on a machine "
+                "that has it (--save-tokenizer FOLDER), copy it, and pass --tokenizer FOLDER",
+            ) from None
+    if not (args.tiny or args.random_weights or args.save_tokenizer is not None):
         check_model_source(args.model, setting="--model")
 
 
@@ -443,6 +814,10 @@ def run_bench(args: argparse.Namespace) -> int:
 
     A flag naming something this machine does not have (a model, CUDA) is a ConfigError."""
     _check_flags(args)
+    if args.save_tokenizer is not None:
+        folder = save_tokenizer(args.save_tokenizer)
+        print(f"tokenizer written to {folder}; use it with --tokenizer {folder}")
+        return 0
     report = asyncio.run(_run(args))
     print(format_report(report))
     if args.json is not None:
