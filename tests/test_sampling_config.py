@@ -1,13 +1,23 @@
 """The roleplay samplers (min-p, DRY, XTC) as moderator settings that reach the engine,
-`/config reset` back to what a setting inherits, and the 0007 migration that adds the columns."""
+`/config reset` back to what a setting inherits, sampling presets (shipped and a server's own),
+and the 0007 and 0008 migrations that add them."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 from alembic import command
 
-from synatra_bot.roleplay.config import Defaults, effective_config
+from synatra_bot.errors import UserFacingError
+from synatra_bot.roleplay.config import (
+    MAX_SERVER_PRESETS,
+    SHIPPED_PRESETS,
+    Defaults,
+    effective_config,
+    preset_batchable,
+    preset_values,
+)
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import alembic_config, upgrade_database
@@ -86,7 +96,65 @@ async def test_samplers_set_by_a_moderator_reach_the_engine_and_reset_inherits(
         assert "관리자만" in await harness.final_text(refused)
 
 
-async def test_upgrade_to_0007_keeps_data_and_samplers_start_unset(tmp_path):
+def test_shipped_presets_are_valid_and_say_which_leave_the_batch():
+    batched = {name: preset_batchable(preset_values(p)) for name, p in SHIPPED_PRESETS.items()}
+    assert batched == {"기본": True, "안정": True, "창작": False, "반복 억제": False}
+
+
+async def test_presets_are_listed_applied_saved_and_deleted(start_bot, tokenizer):
+    async with start_bot(engine=RecordingEngine(tokenizer=tokenizer)) as harness:
+        s = harness.scenario
+        character = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        listed = await harness.final_text(await harness.slash(s.moderator, "config preset list"))
+        assert "**반복 억제** ⏱: temperature 0.85" in listed and "dry_multiplier 0.8" in listed
+        assert "**안정**: temperature 0.7, top_p 0.9, top_k 30" in listed
+        assert "한 번에 하나씩" in listed
+
+        applied = await harness.slash(s.moderator, "config preset apply", name="반복 억제")
+        assert "프리셋 반복 억제로 샘플링해요" in await harness.final_text(applied)
+        await harness.reply_to(s.general, s.members[0], "같은 말 그만 반복해.")
+        p = harness.engine.params[-1]
+        assert (p.temperature, p.min_p, p.dry_multiplier, p.xtc_probability) == (
+            0.85,
+            0.05,
+            0.8,
+            0.0,
+        )
+
+        await harness.slash(s.moderator, "config sampling", temperature=1.2, xtc_probability=0.3)
+        saved = await harness.slash(s.moderator, "config preset save", name="밤 장면")
+        assert "프리셋 밤 장면으로 저장했어요" in await harness.final_text(saved)
+        listed = await harness.final_text(await harness.slash(s.moderator, "config preset list"))
+        assert "**밤 장면** ⏱: temperature 1.2" in listed and "xtc_probability 0.3" in listed
+
+        shipped = await harness.slash(s.moderator, "config preset save", name="기본")
+        assert "기본 프리셋이에요" in await harness.final_text(shipped)
+        await harness.slash(s.moderator, "config preset apply", name="기본", scope="server")
+        guild = await repo.get_guild_settings(harness.sessions, guild_id=s.guild.id)
+        assert (guild.temperature, guild.dry_multiplier) == (0.8, 0.0)
+
+        deleted = await harness.slash(s.moderator, "config preset delete", name="밤 장면")
+        assert "프리셋 밤 장면을 지웠어요" in await harness.final_text(deleted)
+        again = await harness.slash(s.moderator, "config preset apply", name="밤 장면")
+        assert "밤 장면이라는 프리셋이 없어요" in await harness.final_text(again)
+        refused = await harness.slash(s.members[0], "config preset apply", name="안정")
+        assert "관리자만" in await harness.final_text(refused)
+
+
+async def test_a_server_keeps_a_bounded_number_of_presets(harness):
+    core = harness.bot.core
+    values = preset_values({"temperature": 0.9})
+    for number in range(MAX_SERVER_PRESETS):
+        await core.save_preset(7, f"프리셋 {number}", values)
+    await core.save_preset(7, "프리셋 0", values)  # replacing is not a new one
+    with pytest.raises(UserFacingError) as refused:
+        await core.save_preset(7, "하나 더", values)
+    assert refused.value.key == "error.preset_limit"
+    assert len(await core.presets(7)) == len(SHIPPED_PRESETS) + MAX_SERVER_PRESETS
+
+
+async def test_upgrade_to_0008_keeps_data_with_samplers_unset_and_no_presets(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
     await asyncio.to_thread(command.upgrade, alembic_config(url), "0001")
     old = await fill_at_0001(url)
@@ -102,6 +170,10 @@ async def test_upgrade_to_0007_keeps_data_and_samplers_start_unset(tmp_path):
         assert (guild.min_p, guild.dry_multiplier, channel.xtc_probability) == (None, None, None)
         await repo.update_channel_settings(
             sessions, channel_id=old.channel_id, guild_id=old.guild_id, dry_multiplier=0.8
+        )
+        assert await repo.presets_of(sessions, guild_id=old.guild_id) == []
+        await repo.save_preset(
+            sessions, guild_id=old.guild_id, name="밤", values={"temperature": 1.1}, max_saved=5
         )
     finally:
         await engine.dispose()

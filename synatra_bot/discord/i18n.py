@@ -452,6 +452,36 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "`{setting}` on this server is back to the default.",
         "이 서버의 {setting|을} 기본값으로 되돌렸어요.",
     ),
+    "preset.applied.channel": (
+        "This channel now samples with the preset **{name}**: {values}.",
+        "이 채널은 이제 프리셋 {name|으로} 샘플링해요: {values}",
+    ),
+    "preset.applied.server": (
+        "The server's default sampling is now the preset **{name}**: {values}.",
+        "서버 기본 샘플링을 프리셋 {name|으로} 바꿨어요: {values}",
+    ),
+    "preset.saved": (
+        "Saved this channel's sampling as the preset **{name}**: {values}.",
+        "이 채널의 샘플링을 프리셋 {name|으로} 저장했어요: {values}",
+    ),
+    "preset.list": ("**Sampling presets**", "**샘플링 프리셋**"),
+    "preset.lane_note": (
+        "⏱: min-p, DRY or XTC; the built-in engine writes such replies one at a time.",
+        "⏱: min-p, DRY, XTC를 써요. 내장 엔진은 이런 답장을 한 번에 하나씩 써요.",
+    ),
+    "preset.deleted": ("Deleted the preset **{name}**.", "프리셋 {name|을} 지웠어요."),
+    "error.no_preset": (
+        "There is no preset called **{name}** (see `/config preset list`).",
+        "{name|이라는} 프리셋이 없어요 (`/config preset list` 참고).",
+    ),
+    "error.preset_shipped": (
+        "**{name}** is one of the presets every server has; choose another name.",
+        "{name|은} 모든 서버에 있는 기본 프리셋이에요. 다른 이름을 골라 주세요.",
+    ),
+    "error.preset_limit": (
+        "This server already has {limit} presets of its own; delete one first.",
+        "이 서버에는 이미 프리셋이 {limit}개 있어요. 먼저 하나를 지워 주세요.",
+    ),
     "config.show": ("**Settings in this channel**", "**이 채널의 설정**"),
 }
 

@@ -71,6 +71,19 @@ class SamplingParams:
                 raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
 
     @property
+    def batchable(self) -> bool:
+        """Whether continuous batching can sample this reply inside the batch: it applies only
+        temperature, top-p and top-k per request (the embedded engine serves the rest one
+        reply at a time)."""
+        return (
+            self.repetition_penalty == 1.0
+            and self.seed is None
+            and self.min_p == 0.0
+            and not self.dry_on
+            and not self.xtc_on
+        )
+
+    @property
     def dry_on(self) -> bool:
         return self.dry_multiplier > 0.0
 

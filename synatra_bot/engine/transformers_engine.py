@@ -354,14 +354,7 @@ class TransformersEngine:
     def stream(
         self, prompt: Sequence[int] | str, params: SamplingParams, *, request_id: str
     ) -> AsyncIterator[str]:
-        single = (
-            params.repetition_penalty != 1.0
-            or params.seed is not None
-            or params.min_p > 0.0
-            or params.dry_on
-            or params.xtc_on
-        )
-        return self._stream(prompt, params, request_id=request_id, single=single)
+        return self._stream(prompt, params, request_id=request_id, single=not params.batchable)
 
     async def _stream(
         self, prompt: Sequence[int] | str, params: SamplingParams, *, request_id: str, single: bool

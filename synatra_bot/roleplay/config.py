@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from synatra_bot.engine.base import SamplingParams
@@ -48,6 +51,25 @@ INHERITED_SETTINGS = (
     "busy_policy",
     "lorebook_budget",
 )
+#: What a sampling preset sets.
+PRESET_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", *ROLEPLAY_SAMPLERS)
+#: The presets every server has, by name: values a preset leaves out are the engine's defaults
+#: (min-p, DRY and XTC off). Chosen for Korean roleplay with Synatra: lower temperatures keep
+#: its speech levels and particles steady; DRY breaks the loops long scenes fall into.
+SHIPPED_PRESETS: Mapping[str, Mapping[str, float | int]] = MappingProxyType(
+    {
+        "기본": MappingProxyType({}),
+        "안정": MappingProxyType({"temperature": 0.7, "top_p": 0.9, "top_k": 30}),
+        "창작": MappingProxyType(
+            {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.05, "xtc_probability": 0.5}
+        ),
+        "반복 억제": MappingProxyType(
+            {"temperature": 0.85, "min_p": 0.05, "dry_multiplier": 0.8, "dry_allowed_length": 2}
+        ),
+    }
+)
+#: Presets one server may save.
+MAX_SERVER_PRESETS = 20
 #: Settings only a server has; reset, they go back to the app's defaults.
 SERVER_SETTINGS = ("character_limit", "cast_limit", "summary_tokens", "archive_keep_days")
 
@@ -212,3 +234,20 @@ def summary_tokens(guild: GuildSettingsRecord, context_size: int) -> int:
     `MIN_SUMMARY_TOKENS` and a `SUMMARY_CONTEXT_SHARE`th of the context."""
     chosen = guild.summary_tokens if guild.summary_tokens is not None else DEFAULT_SUMMARY_TOKENS
     return max(MIN_SUMMARY_TOKENS, min(chosen, context_size // SUMMARY_CONTEXT_SHARE))
+
+
+def preset_values(preset: Mapping[str, float | int]) -> dict[str, float | int]:
+    """Every field a preset sets: its own values, the engine's defaults for the rest."""
+    engine_defaults = SamplingParams()
+    return {name: preset.get(name, getattr(engine_defaults, name)) for name in PRESET_FIELDS}
+
+
+def preset_batchable(values: Mapping[str, float | int]) -> bool:
+    """Whether replies sampled with a preset stay inside the embedded engine's batch."""
+    changes: dict[str, Any] = dict(values)
+    return dataclasses.replace(SamplingParams(), **changes).batchable
+
+
+def sampling_values(config: ChannelConfig) -> dict[str, float | int]:
+    """The preset fields as they apply in a channel (what `/config preset save` keeps)."""
+    return {name: getattr(config.sampling, name) for name in PRESET_FIELDS}

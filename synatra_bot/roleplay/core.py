@@ -40,7 +40,14 @@ from synatra_bot.roleplay.characters import (
     group_greetings_of,
     require_nsfw_allowed,
 )
-from synatra_bot.roleplay.config import ChannelConfig, Defaults, effective_config
+from synatra_bot.roleplay.config import (
+    MAX_SERVER_PRESETS,
+    SHIPPED_PRESETS,
+    ChannelConfig,
+    Defaults,
+    effective_config,
+    preset_values,
+)
 from synatra_bot.roleplay.history import HistoryCache
 from synatra_bot.roleplay.rules import require_starter_or_moderator, require_voice
 from synatra_bot.roleplay.ttl_cache import TtlCache
@@ -248,6 +255,38 @@ class RoleplayCore:
     async def update_guild_settings(self, guild_id: int, **changes: Any) -> None:
         await repo.update_guild_settings(self.sessions, guild_id=guild_id, **changes)
         self.forget()
+
+    async def presets(self, guild_id: int) -> dict[str, dict[str, float | int]]:
+        """Every sampling preset the server can apply, with all the values each sets: the
+        shipped ones, then the server's own."""
+        found = {name: preset_values(values) for name, values in SHIPPED_PRESETS.items()}
+        for own in await repo.presets_of(self.sessions, guild_id=guild_id):
+            found[own.name] = preset_values(own.preset_values)
+        return found
+
+    async def save_preset(self, guild_id: int, name: str, values: dict[str, float | int]) -> None:
+        """Keep `values` as the server's preset `name` (a shipped name stays the shipped one)."""
+        if name in SHIPPED_PRESETS:
+            raise UserFacingError(
+                f"{name} is a shipped preset", key="error.preset_shipped", name=name
+            )
+        saved = await repo.save_preset(
+            self.sessions, guild_id=guild_id, name=name, values=values, max_saved=MAX_SERVER_PRESETS
+        )
+        if saved is None:
+            raise UserFacingError(
+                "the server has the most presets allowed",
+                key="error.preset_limit",
+                limit=MAX_SERVER_PRESETS,
+            )
+
+    async def delete_preset(self, guild_id: int, name: str) -> None:
+        if name in SHIPPED_PRESETS:
+            raise UserFacingError(
+                f"{name} is a shipped preset", key="error.preset_shipped", name=name
+            )
+        if not await repo.delete_preset(self.sessions, guild_id=guild_id, name=name):
+            raise NotFound(f"no preset called {name}", key="error.no_preset", name=name)
 
     async def config_for(self, place: Place, *, user_id: int | None = None) -> ChannelConfig:
         """The configuration a turn in `place` follows. A DM is always open to its user, with

@@ -1,5 +1,5 @@
-"""SQLAlchemy ORM models: guild, channel and user settings, characters, personal lorebooks,
-personas, sessions, their casts, messages."""
+"""SQLAlchemy ORM models: guild, channel and user settings, sampling presets, characters,
+personal lorebooks, personas, sessions, their casts, messages."""
 
 from __future__ import annotations
 
@@ -162,6 +162,22 @@ class Character(Base):
     #: "formal" (존댓말), "informal" (반말) or NULL (unspecified).
     speech_level: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class SamplingPreset(Base):
+    """A server's own named sampling preset (`/config preset save`)."""
+
+    __tablename__ = "sampling_presets"
+    __table_args__ = (UniqueConstraint("guild_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    #: Setting name -> value, for the fields a preset sets.
+    preset_values: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )

@@ -95,6 +95,15 @@ class CharacterRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PresetRecord:
+    """A server's own sampling preset."""
+
+    guild_id: int
+    name: str
+    preset_values: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class LorebookRecord:
     """A player's own lorebook, by name."""
 

@@ -34,6 +34,7 @@ from synatra_bot.storage.models import (
     Persona,
     PersonalLorebook,
     RoleplaySession,
+    SamplingPreset,
     UserSettings,
     utcnow,
 )
@@ -45,6 +46,7 @@ from synatra_bot.storage.records import (
     LorebookRecord,
     MessageRecord,
     PersonaRecord,
+    PresetRecord,
     SessionRecord,
     UserSettingsRecord,
     snapshot,
@@ -340,6 +342,55 @@ async def clear_persona(sessions: Sessions, *, user_id: int, guild_id: int) -> b
     async with sessions.begin() as session:
         row = await session.scalar(
             select(Persona).where(Persona.user_id == user_id, Persona.guild_id == guild_id)
+        )
+        if row is None:
+            return False
+        await session.delete(row)
+        return True
+
+
+# --- sampling presets -----------------------------------------------------------------------
+
+
+async def save_preset(
+    sessions: Sessions, *, guild_id: int, name: str, values: dict[str, Any], max_saved: int
+) -> PresetRecord | None:
+    """Store the server's preset `name`, replacing one of that name; None when it would be a
+    new one past `max_saved`."""
+    async with sessions.begin() as session:
+        where = (SamplingPreset.guild_id == guild_id, SamplingPreset.name == name)
+        row = await session.scalar(select(SamplingPreset).where(*where))
+        if row is None:
+            saved = await session.scalar(
+                select(func.count())
+                .select_from(SamplingPreset)
+                .where(SamplingPreset.guild_id == guild_id)
+            )
+            if (saved or 0) >= max_saved:
+                return None
+            row = SamplingPreset(guild_id=guild_id, name=name)
+            session.add(row)
+        row.preset_values = values
+        await session.flush()
+        return snapshot(PresetRecord, row)
+
+
+async def presets_of(sessions: Sessions, *, guild_id: int) -> list[PresetRecord]:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(SamplingPreset)
+            .where(SamplingPreset.guild_id == guild_id)
+            .order_by(SamplingPreset.name)
+        )
+        return [snapshot(PresetRecord, r) for r in rows]
+
+
+async def delete_preset(sessions: Sessions, *, guild_id: int, name: str) -> bool:
+    async with sessions.begin() as session:
+        row = await session.scalar(
+            select(SamplingPreset).where(
+                SamplingPreset.guild_id == guild_id, SamplingPreset.name == name
+            )
         )
         if row is None:
             return False

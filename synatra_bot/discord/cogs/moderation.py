@@ -9,14 +9,29 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord.interactions import actor_of, answer, place_of, tr
-from synatra_bot.errors import UserFacingError
-from synatra_bot.roleplay.config import INHERITED_SETTINGS, SERVER_SETTINGS
+from synatra_bot.errors import NotFound, UserFacingError
+from synatra_bot.roleplay.config import (
+    INHERITED_SETTINGS,
+    SERVER_SETTINGS,
+    preset_batchable,
+    sampling_values,
+)
 from synatra_bot.settings import AUTHOR_NOTE_DEPTH_RANGE, CONTEXT_SIZE_RANGE
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
 
 Scope = Literal["channel", "server"]
+
+
+def _shown(values: dict[str, float | int]) -> str:
+    """A preset's values, short, leaving out the samplers it keeps off (and their details)."""
+    hidden = {name for name in ("min_p", "dry_multiplier", "xtc_probability") if not values[name]}
+    if not values["dry_multiplier"]:
+        hidden |= {"dry_base", "dry_allowed_length"}
+    if not values["xtc_probability"]:
+        hidden.add("xtc_threshold")
+    return ", ".join(f"{k} {v:g}" for k, v in values.items() if k not in hidden)
 
 
 @app_commands.default_permissions(manage_guild=True)
@@ -279,6 +294,68 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         where: Scope = "server" if setting.value in SERVER_SETTINGS else scope
         await self._store(interaction, where, **{setting.value: None})
         await answer(interaction, tr(interaction, f"config.reset.{where}", setting=setting.value))
+
+    preset = app_commands.Group(name="preset", description="Named sets of sampling settings")
+
+    async def _preset_names(
+        self, interaction: discord.Interaction[SynatraBot], value: str
+    ) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        names = await self.bot.core.presets(interaction.guild_id)
+        typed = value.casefold()
+        return [
+            app_commands.Choice(name=name, value=name) for name in names if typed in name.casefold()
+        ][:25]
+
+    @preset.command(name="apply", description="Use a preset's sampling settings")
+    @app_commands.describe(
+        name="The preset (see /config preset list)", scope="This channel, or the server default"
+    )
+    @app_commands.autocomplete(name=_preset_names)
+    async def preset_apply(
+        self, interaction: discord.Interaction[SynatraBot], name: str, scope: Scope = "channel"
+    ) -> None:
+        assert interaction.guild_id is not None
+        values = (await self.bot.core.presets(interaction.guild_id)).get(name)
+        if values is None:
+            raise NotFound(f"no preset called {name}", key="error.no_preset", name=name)
+        await self._store(interaction, scope, **values)
+        await answer(
+            interaction,
+            tr(interaction, f"preset.applied.{scope}", name=name, values=_shown(values)),
+        )
+
+    @preset.command(name="save", description="Keep this channel's sampling settings as a preset")
+    @app_commands.describe(name="The preset's name")
+    async def preset_save(
+        self, interaction: discord.Interaction[SynatraBot], name: app_commands.Range[str, 1, 100]
+    ) -> None:
+        assert interaction.guild_id is not None and interaction.channel is not None
+        name = " ".join(name.split())
+        config = await self.bot.core.config_for(place_of(interaction.channel, interaction.guild_id))
+        values = sampling_values(config)
+        await self.bot.core.save_preset(interaction.guild_id, name, values)
+        await answer(interaction, tr(interaction, "preset.saved", name=name, values=_shown(values)))
+
+    @preset.command(name="list", description="The presets this server can apply")
+    async def preset_list(self, interaction: discord.Interaction[SynatraBot]) -> None:
+        assert interaction.guild_id is not None
+        presets = await self.bot.core.presets(interaction.guild_id)
+        lines = [tr(interaction, "preset.list")]
+        for name, values in presets.items():
+            mark = "" if preset_batchable(values) else " ⏱"
+            lines.append(f"- **{name}**{mark}: {_shown(values)}")
+        lines.append(tr(interaction, "preset.lane_note"))
+        await answer(interaction, "\n".join(lines)[:2000])
+
+    @preset.command(name="delete", description="Delete one of this server's own presets")
+    @app_commands.describe(name="The preset")
+    @app_commands.autocomplete(name=_preset_names)
+    async def preset_delete(self, interaction: discord.Interaction[SynatraBot], name: str) -> None:
+        assert interaction.guild_id is not None
+        await self.bot.core.delete_preset(interaction.guild_id, name)
+        await answer(interaction, tr(interaction, "preset.deleted", name=name))
 
     @app_commands.command(name="show", description="Show the settings that apply in this channel")
     async def show(self, interaction: discord.Interaction[SynatraBot]) -> None:
