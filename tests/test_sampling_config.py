@@ -185,3 +185,61 @@ async def test_upgrade_to_0008_keeps_data_with_samplers_unset_and_no_presets(tmp
         await assert_old_scene_kept(create_sessionmaker(engine), old)
     finally:
         await engine.dispose()
+
+
+async def test_a_server_refusing_a_sampler_is_told_once_and_replies_go_on(start_bot, tokenizer):
+    import json
+
+    from aiohttp import web
+
+    from synatra_bot.engine.openai_compat import OpenAICompatEngine
+    from tests.engine_helpers import free_port
+
+    bodies: list[dict] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        bodies.append(body)
+        unknown = sorted(name for name in body if name.startswith("dry_"))
+        if unknown:  # a 400 naming the first unknown argument, as OpenAI's own API does
+            message = f"Unrecognized request argument supplied: {unknown[0]}"
+            return web.json_response({"error": {"message": message}}, status=400)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for text, finish in (("좋은 밤이에요", None), ("", "stop")):
+            event = {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+            await response.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    engine = OpenAICompatEngine(
+        f"http://127.0.0.1:{port}", model="tiny", tokenizer=tokenizer, max_retries=0
+    )
+    try:
+        async with start_bot(engine=engine) as harness:
+            s = harness.scenario
+            character = await harness.character(s.moderator)
+            await harness.start_roleplay(s.moderator, s.general, character)
+            await harness.slash(s.moderator, "config preset apply", name="반복 억제")
+            first = await harness.reply_to(s.general, s.members[0], "오늘 밤 어때?")
+            assert "좋은 밤이에요" in first.content
+            notice = await harness.fake.wait_for_message(
+                s.general, lambda m: "dry_multiplier" in m.content, after=first
+            )
+            assert "생성 서버가 `dry_multiplier` 설정을 받지 않아서" in notice.content
+            second = await harness.reply_to(s.general, s.members[0], "별이 많네.")
+            assert "좋은 밤이에요" in second.content
+            await harness.reply_to(s.general, s.members[0], "내일 또 보자.")
+            told = [m for m in harness.fake.messages_in(s.general) if "생성 서버가" in m.content]
+            assert len(told) == 1
+    finally:
+        await runner.cleanup()
+    # Refused once, sent again without DRY, and never again; min-p still goes.
+    assert sum(1 for b in bodies if "dry_multiplier" in b) == 1
+    assert all(b.get("min_p") == 0.05 for b in bodies)

@@ -482,6 +482,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "This server already has {limit} presets of its own; delete one first.",
         "이 서버에는 이미 프리셋이 {limit}개 있어요. 먼저 하나를 지워 주세요.",
     ),
+    "engine.settings_refused": (
+        "⚠️ The generation server does not accept `{names}`: replies here go on without it. "
+        "Moderators can remove it with `/config reset` or use another preset.",
+        "⚠️ 생성 서버가 `{names}` 설정을 받지 않아서 이 설정 없이 답하고 있어요. "
+        "관리자는 `/config reset`으로 지우거나 다른 프리셋을 쓸 수 있어요.",
+    ),
     "config.show": ("**Settings in this channel**", "**이 채널의 설정**"),
 }
 

@@ -365,6 +365,10 @@ class ReplyController:
                 await self._shown_in(stored.id, ids)  # every alternative lives in these now
             elif ids != list(stored.discord_message_ids):
                 await self.host.turns.core.attach_discord_ids(stored.id, ids)
+            if outcome.refused:
+                await self._say(
+                    channel, t(locale, "engine.settings_refused", names=", ".join(outcome.refused))
+                )
             return
         if ending in (Ending.WITHDRAWN, Ending.DISCARDED):
             if opened and reply.replacing:
@@ -408,6 +412,13 @@ class ReplyController:
     def text(self, locale: str, error: UserFacingError) -> str:
         """A domain error as players read it (localised, secrets masked)."""
         return t(locale, error.key, message=self.host.public(error), **error.params)
+
+    async def _say(self, channel: Any, text: str) -> None:
+        """A notice that stays in the channel (for its moderators to read later)."""
+        try:
+            await channel.send(text)
+        except discord.HTTPException:
+            log.info("could not post a notice in %s", getattr(channel, "id", "?"))
 
     async def tell(self, notify: discord.Message | None, channel: Any, text: str) -> None:
         """A short notice that goes away: a reply to `notify`, or a message in `channel`."""

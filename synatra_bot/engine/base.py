@@ -70,6 +70,18 @@ class SamplingParams:
             if not ok:
                 raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
 
+    def settings_in_use(self) -> frozenset[str]:
+        """The sampling settings this reply asks for beyond plain temperature and top-p, by
+        the name of the setting that turns each on."""
+        used = {
+            "top_k": self.top_k > 0,
+            "repetition_penalty": self.repetition_penalty != 1.0,
+            "min_p": self.min_p > 0.0,
+            "dry_multiplier": self.dry_on,
+            "xtc_probability": self.xtc_on,
+        }
+        return frozenset(name for name, on in used.items() if on)
+
     @property
     def batchable(self) -> bool:
         """Whether continuous batching can sample this reply inside the batch: it applies only
@@ -101,6 +113,9 @@ class EngineHealth:
     queued: int
     running: int
     tokens_per_second: float
+    #: Sampling settings (SamplingParams names) the engine no longer sends because its server
+    #: refused them; replies go on without them.
+    refused: frozenset[str] = frozenset()
 
 
 @runtime_checkable

@@ -450,4 +450,12 @@ class OpenAICompatEngine:
             queued=len(self._active) - running,
             running=running,
             tokens_per_second=self._meter.rate(),
+            refused=self._refused_settings(),
         )
+
+    def _refused_settings(self) -> frozenset[str]:
+        """The SamplingParams settings the server refused (by the setting that turns each on)."""
+        refused = set(self._refused_fields)
+        if not self._extensions_ok:
+            refused |= {"top_k", "repetition_penalty"}
+        return frozenset(refused)

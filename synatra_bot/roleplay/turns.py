@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from synatra_bot.engine.base import SamplingParams
 from synatra_bot.errors import (
     EngineError,
     EngineUnavailable,
@@ -94,6 +95,9 @@ class ReplyOutcome:
     #: FAILED: the UserFacingError or EngineError to show; None for an unexpected failure
     #: (logged with its traceback here; players get a short apology).
     error: Exception | None = None
+    #: STORED: sampling settings of this channel the engine's server refused, not yet told to
+    #: this server (the reply was written without them).
+    refused: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +278,10 @@ class Reply:
                 place = Shown(stored, stored.swipe_index, stored.swipe_index + 1)
             else:
                 place = await self._turns.shown(stored)
-            return ReplyOutcome(Ending.STORED, text=shown, shown=place, stopped=stopped)
+            refused = self._turns.untold_refusals(self.place, self.active.config.sampling)
+            return ReplyOutcome(
+                Ending.STORED, text=shown, shown=place, stopped=stopped, refused=refused
+            )
         if slot.outcome is TurnOutcome.CANCELLED and self.kind == "reply" and not stopped:
             return ReplyOutcome(Ending.DISCARDED, text=shown)
         timed_out = slot.outcome is TurnOutcome.TIMED_OUT
@@ -307,6 +314,18 @@ class Turns:
     def __init__(self, core: RoleplayCore, scheduler: Scheduler) -> None:
         self.core = core
         self.scheduler = scheduler
+        #: (server, setting) pairs whose refusal by the engine's server was told there.
+        self._told_refusals: set[tuple[int, str]] = set()
+
+    def untold_refusals(self, place: Place, sampling: SamplingParams) -> tuple[str, ...]:
+        """The settings `sampling` uses that the engine's server refused and that this server
+        has not been told of yet; each is told once per server (and process)."""
+        refused = self.scheduler.engine.health().refused & sampling.settings_in_use()
+        untold = sorted(
+            name for name in refused if (place.guild_id, name) not in self._told_refusals
+        )
+        self._told_refusals.update((place.guild_id, name) for name in untold)
+        return tuple(untold)
 
     def reply_stored(self, active: ActiveRoleplay, built: BuiltPrompt) -> None:
         """A reply built from `built` was stored: the scene's memory may have turns to fold
