@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -61,7 +62,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--author-note-depth", type=int, default=4, help="messages from the end it goes before"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="the scene's seed for chance macros and lore rolls"
+        "--seed",
+        type=int,
+        default=0,
+        help="the seed of chance macros ({{pick}}, {{random}}, {{roll}}) and lore rolls",
     )
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead")
@@ -139,7 +143,7 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
             persona=args.persona,
             channel_lorebook=lorebook,
             options=options,
-            macro_context=MacroContext(seed=args.seed, locale="ko"),
+            macro_context=MacroContext(seed=args.seed, rng=random.Random(args.seed), locale="ko"),
         )
     except (SynatraError, OSError, ValueError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__

@@ -124,6 +124,9 @@ class ActiveRoleplay:
     #: when the roleplay is loaded (it is cached) rather than for every reply.
     cards: dict[int, CharacterCard] = field(init=False)
     channel_lorebook: Lorebook | None = field(init=False)
+    #: Some lore waits for the scene to reach a length (`delay`): prompts need the count of
+    #: the scene's turns before their window.
+    counts_scene_length: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.cast:
@@ -139,6 +142,14 @@ class ActiveRoleplay:
         lorebook = self.config.lorebook
         book = lorebook_from_character_book(lorebook) if lorebook else None
         object.__setattr__(self, "channel_lorebook", book)
+        books = [book] if book is not None else []
+        books += [
+            lorebook_from_character_book(c.character_book)
+            for c in cards.values()
+            if c.character_book
+        ]
+        delayed = any(entry.delay > 0 for each in books for entry in each.entries)
+        object.__setattr__(self, "counts_scene_length", delayed)
 
     @property
     def lead(self) -> CharacterRecord:
@@ -714,8 +725,10 @@ class RoleplayCore:
         self, active: ActiveRoleplay, records: Sequence[MessageRecord]
     ) -> int:
         """The scene's turns older than `records` (0 when they start at its beginning)."""
+        if not active.counts_scene_length or not records:
+            return 0
         trimmed = self._history_start.get(self._anchor_key(active)) is not None
-        if not records or (not trimmed and len(records) < self._recent_limit(active)):
+        if not trimmed and len(records) < self._recent_limit(active):
             return 0
         key = (active.session.id, records[0].id)
         if key not in self._earlier_turns:

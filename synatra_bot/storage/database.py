@@ -40,6 +40,20 @@ def prepare_sqlite_file(database_url: str) -> None:
             raise StorageError(f"database file {path} is not writable")
     elif not _writable(path.parent):
         raise StorageError(f"database folder {path.parent} is not writable")
+    else:
+        _check_creatable(path, database_url)
+
+
+def _check_creatable(path: Path, database_url: str) -> None:
+    """Open a new database file here once, synchronously: a folder the permissions allow but
+    SQLite cannot use (a kernel file system, a read-only mount) fails here with one line, not
+    inside the async driver's thread. The empty file this leaves is what SQLite would make."""
+    try:
+        sqlite3.connect(path).close()
+    except sqlite3.Error as exc:
+        raise StorageError(
+            f"DATABASE_URL {database_url}: cannot open the database: {exc}"
+        ) from None
 
 
 def _writable(path: Path) -> bool:
