@@ -39,8 +39,8 @@ PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 class RoleplayGroup(app_commands.Group):
     """롤플레이 명령."""
 
-    admin = app_commands.Group(name="admin", description="운영 명령")
-    reset = app_commands.Group(name="reset", description="초기화", parent=admin)
+    # A subcommand group holds subcommands only: Discord refuses a group inside a group.
+    reset = app_commands.Group(name="reset", description="초기화")
 
     @app_commands.command(name="start", description="롤플레이를 시작합니다")
     async def start(
@@ -251,8 +251,8 @@ async def test_nested_group_sees_member_permissions(
 ) -> None:
     scenario = discord_fake.scenario
     assert scenario is not None
-    allowed = await discord_fake.slash(scenario.moderator, "rp admin reset all", confirm=True)
-    denied = await discord_fake.slash(scenario.members[0], "rp admin reset all", confirm=True)
+    allowed = await discord_fake.slash(scenario.moderator, "rp reset all", confirm=True)
+    denied = await discord_fake.slash(scenario.members[0], "rp reset all", confirm=True)
     await discord_fake.wait_for_response(allowed)
     await discord_fake.wait_for_response(denied)
     assert allowed.content == "초기화했습니다"

@@ -205,3 +205,68 @@ async def test_a_zero_width_only_reply_shows_an_ellipsis(start_bot, tokenizer):
     assert reply.content == "…"
     assert all(version["content"].strip() for version in reply.versions)
     assert refused_calls(fake) == []
+
+
+def _command(**fields):
+    command = {"type": 1, "name": "rp", "description": "롤플레이", "options": []}
+    command.update(fields)
+    return command
+
+
+def _refusal(commands) -> dict:
+    import pytest
+
+    from tests.discord_fake.limits import ApiError, check_commands
+
+    with pytest.raises(ApiError) as refused:
+        check_commands(commands)
+    assert (refused.value.status, refused.value.code) == (400, 50035)
+    return refused.value.errors
+
+
+def test_the_fake_refuses_commands_discord_refuses():
+    option = {"type": 3, "name": "text", "description": "글"}
+    assert "name" in _refusal([_command(name="Rp")])["0"]  # not lowercase
+    assert "name" in _refusal([_command(name="롤 플레이")])["0"]  # a space
+    assert "name" in _refusal([_command(name="x" * 33)])["0"]
+    assert "description" in _refusal([_command(description="")])["0"]
+    assert (
+        "description_localizations"
+        in _refusal([_command(description_localizations={"ko": "가" * 101})])["0"]
+    )
+    assert (
+        "options"
+        in _refusal([_command(options=[dict(option, name=f"o{i}") for i in range(26)])])["0"]
+    )
+    many = [{"name": f"c{i}", "value": f"v{i}"} for i in range(26)]
+    assert (
+        "choices" in _refusal([_command(options=[dict(option, choices=many)])])["0"]["options"]["0"]
+    )
+    late = [dict(option, name="a"), dict(option, name="b", required=True)]
+    assert "required" in _refusal([_command(options=late)])["0"]["options"]["1"]
+    nested = {"type": 2, "name": "cast", "description": "출연", "options": [option]}
+    assert "options" in _refusal([_command(options=[nested])])["0"]["options"]["0"]
+    huge = [dict(option, name=f"o{i}", description="가" * 100) for i in range(20)]
+    groups = [
+        {"type": 1, "name": f"s{i}", "description": "나" * 100, "options": huge} for i in range(3)
+    ]
+    assert _refusal([_command(options=groups)])["0"]["_errors"][0]["code"] == (
+        "APPLICATION_COMMAND_TOO_LARGE"
+    )
+    assert "name" in _refusal([_command(), _command()])["1"]
+    # A message command's name may have capitals and spaces, and no description.
+    from tests.discord_fake.limits import check_commands
+
+    check_commands([{"type": 3, "name": "Branch from here", "description": ""}])
+
+
+async def test_the_bots_commands_are_accepted_with_room_left(harness):
+    from tests.discord_fake.limits import COMMAND_TOTAL, command_size
+
+    fake = harness.fake
+    synced = [*fake.global_commands.values()]
+    synced += [c for scope in fake.guild_commands.values() for c in scope.values()]
+    names = {c["name"] for c in synced}
+    assert {"rp", "character", "persona", "config", "lorebook"} <= names
+    # Each was accepted (the fake refuses what Discord refuses); /config is the largest.
+    assert max(command_size(c) for c in synced) < COMMAND_TOTAL

@@ -288,3 +288,165 @@ def check_query(query: Mapping[str, str]) -> None:
         if value is not None and not _BOOLEAN.match(value):
             errors.add((key,), "BASE_TYPE_BOOLEAN", "Must be either true or false.")
     errors.raise_if_any()
+
+
+# --- application commands -------------------------------------------------------------------
+
+COMMANDS_PER_KIND = {1: 100, 2: 15, 3: 15}
+COMMAND_NAME = 32
+COMMAND_DESCRIPTION = 100
+COMMAND_OPTIONS = 25
+COMMAND_CHOICES = 25
+CHOICE_NAME = 100
+CHOICE_VALUE = 100
+COMMAND_TOTAL = 4000
+_SUBCOMMAND, _GROUP = 1, 2
+_PUNCTUATION_IN_NAMES = "-_'"
+
+
+def _chat_input_name(name: Any) -> bool:
+    """A slash command or option name: 1-32 letters, numbers, `-`, `_` or `'` of any script,
+    lowercase where the letter has a lowercase form."""
+    return (
+        isinstance(name, str)
+        and 1 <= len(name) <= COMMAND_NAME
+        and all(ch.isalnum() or ch in _PUNCTUATION_IN_NAMES for ch in name)
+        and name == name.lower()
+    )
+
+
+def _longest(item: Mapping[str, Any], field: str) -> int:
+    """What a field counts towards a command's size: its longest form, localisations included."""
+    forms = [item.get(field) or ""]
+    localised = item.get(f"{field}_localizations")
+    if isinstance(localised, Mapping):
+        forms += [value for value in localised.values() if isinstance(value, str)]
+    return max(len(str(form)) for form in forms)
+
+
+def _check_texts(errors: FormErrors, item: Mapping[str, Any], path: Path, chat_input: bool) -> None:
+    """Name and description, and each of their localisations, as Discord checks them."""
+    names = [("name", item.get("name"))]
+    descriptions = [("description", item.get("description"))]
+    for field, forms in (("name", names), ("description", descriptions)):
+        localised = item.get(f"{field}_localizations")
+        if isinstance(localised, Mapping):
+            forms += [(f"{field}_localizations", value) for value in localised.values()]
+    for field, name in names:
+        if chat_input and not _chat_input_name(name):
+            errors.add(
+                (*path, field), "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid"
+            )
+        elif not chat_input:
+            errors.length_between((*path, field), name, 1, COMMAND_NAME)
+    for field, description in descriptions:
+        if chat_input:
+            errors.length_between((*path, field), description, 1, COMMAND_DESCRIPTION)
+        elif description:
+            errors.add((*path, field), "APPLICATION_COMMAND_INVALID_DESCRIPTION", "Must be empty")
+
+
+def _check_options(errors: FormErrors, options: Any, path: Path, depth: int) -> int:
+    """One level of options (depth 0: the command's own); returns the characters they count."""
+    if options is None:
+        return 0
+    errors.max_length(path, options, COMMAND_OPTIONS)
+    if not isinstance(options, list):
+        return 0
+    size = 0
+    kinds = {option.get("type") for option in options}
+    if kinds & {_SUBCOMMAND, _GROUP} and kinds - {_SUBCOMMAND, _GROUP}:
+        errors.add(path, "APPLICATION_COMMAND_OPTIONS_TYPE_INVALID", "Subcommands mix with options")
+    seen: set[str] = set()
+    optional_seen = False
+    for index, option in enumerate(options):
+        here = (*path, index)
+        kind = option.get("type")
+        _check_texts(errors, option, here, chat_input=True)
+        size += _longest(option, "name") + _longest(option, "description")
+        if option.get("name") in seen:
+            errors.add(
+                (*here, "name"), "APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS", "Duplicate"
+            )
+        seen.add(str(option.get("name")))
+        if (kind == _GROUP and depth > 0) or (kind == _SUBCOMMAND and depth > 1):
+            errors.add(
+                (*here, "type"), "APPLICATION_COMMAND_OPTIONS_TYPE_INVALID", "Nested too deep"
+            )
+        if kind in (_SUBCOMMAND, _GROUP):
+            inner = option.get("options")
+            if kind == _GROUP and any(o.get("type") != _SUBCOMMAND for o in inner or []):
+                errors.add(
+                    (*here, "options"),
+                    "APPLICATION_COMMAND_OPTIONS_TYPE_INVALID",
+                    "Not a subcommand",
+                )
+            size += _check_options(errors, inner, (*here, "options"), depth + 1)
+            continue
+        if option.get("required"):
+            if optional_seen:
+                errors.add(
+                    (*here, "required"),
+                    "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
+                    "Required options must be placed before non-required options",
+                )
+        else:
+            optional_seen = True
+        choices = option.get("choices")
+        errors.max_length((*here, "choices"), choices, COMMAND_CHOICES)
+        for number, choice in enumerate(choices if isinstance(choices, list) else []):
+            spot = (*here, "choices", number)
+            errors.length_between((*spot, "name"), choice.get("name"), 1, CHOICE_NAME)
+            value = choice.get("value")
+            if isinstance(value, str):
+                errors.length_between((*spot, "value"), value, 1, CHOICE_VALUE)
+            size += _longest(choice, "name") + len(str(value))
+        for bound, low in (("min_length", 0), ("max_length", 1)):
+            value = option.get(bound)
+            if value is not None and not (isinstance(value, int) and low <= value <= 6000):
+                errors.add((*here, bound), "NUMBER_TYPE_MAX", f"Must be between {low} and 6000.")
+    return size
+
+
+def check_commands(commands: Any) -> None:
+    """A bulk overwrite of application commands, refused as Discord refuses it: bad names or
+    descriptions (localisations too), too many commands, options or choices, required options
+    after optional ones, wrong nesting, or a command over 4,000 characters in all."""
+    errors = FormErrors()
+    if not isinstance(commands, list):
+        errors.add((), "BASE_TYPE_ARRAY", "Must be an array.")
+        errors.raise_if_any()
+        return
+    per_kind: dict[int, int] = {}
+    names: set[tuple[int, str]] = set()
+    for index, command in enumerate(commands):
+        kind = command.get("type", 1)
+        per_kind[kind] = per_kind.get(kind, 0) + 1
+        chat_input = kind == 1
+        _check_texts(errors, command, (index,), chat_input=chat_input)
+        if (kind, command.get("name")) in names:
+            errors.add((index, "name"), "APPLICATION_COMMANDS_DUPLICATE_NAME", "Duplicate name")
+        names.add((kind, str(command.get("name"))))
+        size = _longest(command, "name") + _longest(command, "description")
+        size += _check_options(errors, command.get("options"), (index, "options"), 0)
+        if size > COMMAND_TOTAL:
+            errors.add(
+                (index,),
+                "APPLICATION_COMMAND_TOO_LARGE",
+                f"Command exceeds maximum size ({COMMAND_TOTAL})",
+            )
+    for kind, count in per_kind.items():
+        if count > COMMANDS_PER_KIND.get(kind, 0):
+            errors.add((), "APPLICATION_COMMANDS_LIMIT", f"Maximum number of commands ({kind})")
+    errors.raise_if_any()
+
+
+def command_size(command: Mapping[str, Any]) -> int:
+    """The characters a command counts towards Discord's 4,000 (for tests that watch the margin)."""
+    scratch = FormErrors()
+    options = command.get("options")
+    return (
+        _longest(command, "name")
+        + _longest(command, "description")
+        + _check_options(scratch, options, (), 0)
+    )

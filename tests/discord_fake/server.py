@@ -16,7 +16,14 @@ from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
-from .limits import ApiError, check_message, check_modal, check_query, check_webhook_body
+from .limits import (
+    ApiError,
+    check_commands,
+    check_message,
+    check_modal,
+    check_query,
+    check_webhook_body,
+)
 from .state import (
     ATTACH_FILES,
     BOT_DM_CONTEXT,
@@ -1413,6 +1420,7 @@ class FakeDiscord:
         return list(scope.values())
 
     async def _put_global_commands(self, req: _Request) -> web.Response:
+        check_commands(req.json or [])
         return _json(self._store_commands(self.global_commands, req.json or [], None))
 
     async def _get_global_commands(self, req: _Request) -> web.Response:
@@ -1420,6 +1428,7 @@ class FakeDiscord:
 
     async def _put_guild_commands(self, req: _Request) -> web.Response:
         guild = self._guild(req.params["guild_id"])
+        check_commands(req.json or [])
         scope = self.guild_commands.setdefault(guild.id, {})
         return _json(self._store_commands(scope, req.json or [], guild.id))
 
