@@ -15,6 +15,9 @@ from synatra_bot.errors import ConfigError
 from synatra_bot.eventloop import EVENT_LOOP_KINDS, EventLoopKind, uvloop_available
 
 EngineKind = Literal["transformers", "openai"]
+#: The API of the OpenAI-compatible server: `/v1/completions` or `/v1/chat/completions`.
+EngineApi = Literal["completions", "chat"]
+ENGINE_APIS = ("completions", "chat")
 Quantization = Literal["none", "8bit", "4bit"]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/synatra.db"
@@ -28,12 +31,20 @@ QUANTIZATIONS = ("none", "8bit", "4bit")
 BOOLEANS = ("true", "false", "1", "0", "yes", "no")
 TRUE = ("true", "1", "yes")
 ATTN_IMPLEMENTATIONS = (
+    "auto",
     "sdpa",
     "eager",
     "flash_attention_2",
+    "flash_attention_3",
+    # What older transformers called sdpa and flash_attention_2 under continuous batching.
     "paged|sdpa",
     "paged|flash_attention_2",
 )
+#: ATTN_IMPLEMENTATION may also name a flash kernel on the Hub (loaded by the kernels package).
+HUB_FLASH_KERNEL = re.compile(r"kernels-community/[a-z0-9._-]*flash[a-z0-9._-]*")
+#: The schedulers transformers' continuous batching offers (its SCHEDULER_MAPPING).
+CB_SCHEDULERS = ("fifo", "prefill_first")
+AUTO_ON_OFF = MappingProxyType({"auto": None, "on": True, "off": False})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +59,19 @@ class Settings:
     engine_api_key: str = ""
     engine_timeout_s: float = 120.0
     engine_send_token_ids: bool = False
+    engine_api: EngineApi = "completions"
     quantization: Quantization = "none"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"
+    #: Continuous batching of the embedded engine; None leaves the value to transformers.
+    cb_max_batch_tokens: int | None = None
+    cb_num_blocks: int | None = None
+    cb_max_memory_percent: float | None = None
+    cb_page_size: int | None = None
+    cb_cuda_graphs: bool | None = None
+    cb_async_batching: bool | None = None
+    cb_compile_level: int = 0
+    cb_scheduler: str = "fifo"
+    cb_prefix_sharing: bool = True
     max_concurrent_replies: int = 32
     turn_timeout_s: float = 300.0
     context_size: int = 4096
@@ -131,6 +153,12 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         raise ConfigError("ENGINE_URL", "required when ENGINE=openai, e.g. http://127.0.0.1:8000")
     if engine_url and not engine_url.startswith(("http://", "https://")):
         raise ConfigError("ENGINE_URL", f"must start with http:// or https://, got {engine_url!r}")
+    engine_api = _choice(env, "ENGINE_API", "completions", ENGINE_APIS)
+    send_token_ids = _choice(env, "ENGINE_SEND_TOKEN_IDS", "false", BOOLEANS) in TRUE
+    if engine_api == "chat" and send_token_ids:
+        raise ConfigError(
+            "ENGINE_SEND_TOKEN_IDS", "must be false with ENGINE_API=chat (chat messages are text)"
+        )
 
     levels = ("debug", "info", "warning", "error", "critical")
     context_size = _int(env, "CONTEXT_SIZE", 4096, *CONTEXT_SIZE_RANGE)
@@ -152,9 +180,21 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         engine_url=engine_url,
         engine_api_key=env.get("ENGINE_API_KEY", "").strip(),
         engine_timeout_s=_float(env, "ENGINE_TIMEOUT_S", 120.0, 1, 3600),
-        engine_send_token_ids=_choice(env, "ENGINE_SEND_TOKEN_IDS", "false", BOOLEANS) in TRUE,
+        engine_send_token_ids=send_token_ids,
+        engine_api=cast(EngineApi, engine_api),
         quantization=cast(Quantization, _choice(env, "QUANTIZATION", "none", QUANTIZATIONS)),
-        attn_implementation=_choice(env, "ATTN_IMPLEMENTATION", "sdpa", ATTN_IMPLEMENTATIONS),
+        attn_implementation=_attention(env),
+        cb_max_batch_tokens=_int(env, "CB_MAX_BATCH_TOKENS", 0, 16, 1 << 20) or None,
+        cb_num_blocks=_int(env, "CB_NUM_BLOCKS", 0, 1, 1 << 24) or None,
+        cb_max_memory_percent=_float(env, "CB_MAX_MEMORY_PERCENT", 0, 1, 99) or None,
+        cb_page_size=_int(env, "CB_PAGE_SIZE", 0, 4, 4096) or None,
+        cb_cuda_graphs=AUTO_ON_OFF[_choice(env, "CB_CUDA_GRAPHS", "auto", tuple(AUTO_ON_OFF))],
+        cb_async_batching=AUTO_ON_OFF[
+            _choice(env, "CB_ASYNC_BATCHING", "auto", tuple(AUTO_ON_OFF))
+        ],
+        cb_compile_level=_int(env, "CB_COMPILE_LEVEL", 0, 0, 3),
+        cb_scheduler=_choice(env, "CB_SCHEDULER", "fifo", CB_SCHEDULERS),
+        cb_prefix_sharing=_choice(env, "CB_PREFIX_SHARING", "true", BOOLEANS) in TRUE,
         max_concurrent_replies=_int(env, "MAX_CONCURRENT_REPLIES", 32, 1, 1024),
         turn_timeout_s=_float(env, "TURN_TIMEOUT_S", 300.0, 5, 3600),
         context_size=context_size,
@@ -165,6 +205,19 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         event_loop=cast(EventLoopKind, event_loop),
         shard_count=shard_count,
         shard_ids=shard_ids,
+    )
+
+
+def _attention(env: Mapping[str, str]) -> str:
+    raw = env.get("ATTN_IMPLEMENTATION", "").strip()
+    if not raw:
+        return "auto"
+    if HUB_FLASH_KERNEL.fullmatch(raw) or raw.lower() in ATTN_IMPLEMENTATIONS:
+        return raw if "/" in raw else raw.lower()
+    raise ConfigError(
+        "ATTN_IMPLEMENTATION",
+        f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)} or a Hub flash kernel such as "
+        f"kernels-community/flash-attn2, got {raw!r}",
     )
 
 

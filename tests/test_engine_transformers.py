@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -131,3 +132,87 @@ async def test_prefix_sharing_is_on_when_the_context_fits_the_window(engine) -> 
     await collect(engine, PROMPT, SamplingParams(max_new_tokens=2), "warm")
     assert engine.prefix_sharing
     assert "prefix sharing on" in engine.health().detail
+
+
+async def test_the_engine_reports_its_attention_and_resolved_batching_config(engine) -> None:
+    await wait_until(lambda: "cache_blocks" in engine.batching_config())
+    assert engine.attention == "sdpa"
+    assert engine.attention_choice.implementation == "sdpa"
+    assert engine.attention_choice.reason == "no CUDA GPU: flash attention needs one"
+    config = engine.batching_config()
+    assert config["attention"] == "sdpa"
+    assert config["scheduler_type"] == "fifo" and config["default_compile_level"] == 0
+    assert config["page_size"] == 256 and config["allow_block_sharing"] is True
+    assert config["use_cuda_graph"] == [False, False]  # no graphs on the CPU, nor with sdpa
+    assert config["requested"]["page_size"] is None  # left to transformers
+    assert config["cache_blocks"] == 8192 // 256 and config["prefix_sharing"] is True
+
+
+def _engine_from_env(tiny_model_dir, **env: str):
+    from synatra_bot.engine.factory import build_engine
+    from synatra_bot.settings import settings_from_env
+
+    base = {"DISCORD_TOKEN": "t", "MODEL_ID": str(tiny_model_dir), "CONTEXT_SIZE": "1024"}
+    return build_engine(settings_from_env({**base, **env}))
+
+
+async def test_batching_settings_reach_continuous_batching(tiny_model_dir, caplog) -> None:
+    engine = _engine_from_env(
+        tiny_model_dir,
+        CB_PAGE_SIZE="32",
+        CB_NUM_BLOCKS="48",
+        CB_MAX_BATCH_TOKENS="128",
+        CB_MAX_MEMORY_PERCENT="50",
+        CB_CUDA_GRAPHS="off",
+        CB_ASYNC_BATCHING="off",
+        CB_SCHEDULER="prefill_first",
+        CB_PREFIX_SHARING="false",
+    )
+    with caplog.at_level(logging.INFO, logger="synatra_bot.engine.transformers_engine"):
+        await engine.start()
+    try:
+        assert "attention: sdpa (no CUDA GPU: flash attention needs one)" in caplog.messages
+        await wait_until(lambda: "cache_blocks" in engine.batching_config())
+        config = engine.batching_config()
+        assert config["page_size"] == 32
+        assert config["cache_blocks"] >= 48 and config["num_blocks"] == config["cache_blocks"]
+        assert config["max_batch_tokens"] == config["cache_max_batch_tokens"] == 128
+        assert config["max_memory_percent"] == 0.5
+        assert config["use_cuda_graph"] == [False, False]
+        assert config["use_async_batching"] is False
+        assert config["scheduler_type"] == "prefill_first"
+        assert config["allow_block_sharing"] is False and config["prefix_sharing"] is False
+        assert not engine.prefix_sharing
+        reply = await collect(engine, PROMPT, SamplingParams(max_new_tokens=4), "knobs")
+        assert reply
+    finally:
+        await engine.close()
+
+
+async def test_compile_level_and_cuda_graphs_are_passed_through(tiny_model_dir) -> None:
+    engine = _engine_from_env(tiny_model_dir, CB_COMPILE_LEVEL="1", CB_CUDA_GRAPHS="on")
+    await engine.start()
+    try:
+        config = engine.batching_config()
+        assert config["default_compile_level"] == 1
+        assert config["varlen_compile_config"]["mode"] == "default"
+        assert config["requested"]["use_cuda_graph"] is True
+        # Asked for, but the CPU has no graph backend: transformers turns them off.
+        assert config["use_cuda_graph"] == [False, False]
+    finally:
+        await engine.close()
+
+
+async def test_a_forced_attention_is_loaded_and_named_in_the_log(tiny_model_dir, caplog) -> None:
+    engine = _engine_from_env(tiny_model_dir, ATTN_IMPLEMENTATION="eager")
+    with caplog.at_level(logging.INFO, logger="synatra_bot.engine.transformers_engine"):
+        await engine.start()
+    try:
+        assert engine.attention_choice.implementation == "eager"
+        assert engine.attention == "paged|eager"  # continuous batching runs eager paged
+        assert (
+            "attention: paged|eager (set by ATTN_IMPLEMENTATION; asked for eager)"
+            in caplog.messages
+        )
+    finally:
+        await engine.close()

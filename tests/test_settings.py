@@ -417,3 +417,95 @@ def test_bench_flags_naming_what_is_not_here_are_one_line_and_exit_2(tmp_path, f
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(expected)
+
+
+def test_attention_and_batching_default_to_auto_and_transformers_defaults():
+    settings = settings_from_env({"DISCORD_TOKEN": "t"})
+    assert settings.attn_implementation == "auto"
+    assert (settings.cb_max_batch_tokens, settings.cb_num_blocks, settings.cb_page_size) == (
+        None,
+        None,
+        None,
+    )
+    assert settings.cb_max_memory_percent is None
+    assert settings.cb_cuda_graphs is None and settings.cb_async_batching is None
+    assert settings.cb_compile_level == 0 and settings.cb_scheduler == "fifo"
+    assert settings.cb_prefix_sharing is True
+
+
+def test_batching_settings_are_read():
+    settings = settings_from_env(
+        {
+            "DISCORD_TOKEN": "t",
+            "ATTN_IMPLEMENTATION": "Flash_Attention_2",
+            "CB_MAX_BATCH_TOKENS": "4096",
+            "CB_NUM_BLOCKS": "512",
+            "CB_MAX_MEMORY_PERCENT": "85.5",
+            "CB_PAGE_SIZE": "128",
+            "CB_CUDA_GRAPHS": "on",
+            "CB_ASYNC_BATCHING": "off",
+            "CB_COMPILE_LEVEL": "2",
+            "CB_SCHEDULER": "prefill_first",
+            "CB_PREFIX_SHARING": "no",
+        }
+    )
+    assert settings.attn_implementation == "flash_attention_2"
+    assert (settings.cb_max_batch_tokens, settings.cb_num_blocks, settings.cb_page_size) == (
+        4096,
+        512,
+        128,
+    )
+    assert settings.cb_max_memory_percent == 85.5
+    assert settings.cb_cuda_graphs is True and settings.cb_async_batching is False
+    assert settings.cb_compile_level == 2 and settings.cb_scheduler == "prefill_first"
+    assert settings.cb_prefix_sharing is False
+
+
+@pytest.mark.parametrize(
+    "kernel", ["kernels-community/flash-attn2", "kernels-community/vllm-flash-attn3"]
+)
+def test_attention_may_name_a_hub_flash_kernel(kernel):
+    settings = settings_from_env({"DISCORD_TOKEN": "t", "ATTN_IMPLEMENTATION": kernel})
+    assert settings.attn_implementation == kernel
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("ATTN_IMPLEMENTATION", "flash"),
+        ("ATTN_IMPLEMENTATION", "kernels-community/rmsnorm"),
+        ("ATTN_IMPLEMENTATION", "someone/flash-attn2"),
+        ("CB_MAX_BATCH_TOKENS", "lots"),
+        ("CB_MAX_BATCH_TOKENS", "8"),
+        ("CB_NUM_BLOCKS", "0"),
+        ("CB_MAX_MEMORY_PERCENT", "0.8"),
+        ("CB_MAX_MEMORY_PERCENT", "100"),
+        ("CB_PAGE_SIZE", "2"),
+        ("CB_CUDA_GRAPHS", "maybe"),
+        ("CB_ASYNC_BATCHING", "sometimes"),
+        ("CB_COMPILE_LEVEL", "4"),
+        ("CB_SCHEDULER", "lifo"),
+        ("CB_PREFIX_SHARING", "partly"),
+    ],
+)
+def test_each_bad_batching_value_names_its_setting(setting, value):
+    with pytest.raises(ConfigError) as info:
+        settings_from_env({"DISCORD_TOKEN": "t", setting: value})
+    assert info.value.setting == setting
+    assert str(info.value).startswith(f"{setting}: ") and "\n" not in str(info.value)
+
+
+def test_a_bad_batching_setting_exits_2_with_one_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DISCORD_TOKEN": "x"}
+    result = subprocess.run(
+        [sys.executable, "-m", "synatra_bot.cli", "run"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT), "CB_SCHEDULER": "lifo"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "synatra-bot: CB_SCHEDULER: must be one of fifo, prefill_first, got 'lifo'"
+    ]

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from synatra_bot.engine.base import SamplingParams
-from synatra_bot.engine.transformers_engine import TransformersEngine, _cb_attn_implementation
+from synatra_bot.engine.transformers_engine import TransformersEngine, resolve_attention
 
 MISTRAL_7B = {
     "vocab_size": 32002,
@@ -260,7 +260,9 @@ def _random_model(shape: dict[str, Any], device: str, dtype: Any, context: int, 
     finally:
         torch.set_default_dtype(previous)
     # Same mapping as the engine applies to ATTN_IMPLEMENTATION when it loads a model.
-    model.set_attn_implementation(_cb_attn_implementation(attn))
+    model.set_attn_implementation(
+        resolve_attention(attn, device, dtype=str(dtype).removeprefix("torch.")).implementation
+    )
     return model.eval()  # type: ignore[no-untyped-call]
 
 
@@ -334,7 +336,9 @@ async def _closed_loop(
     """`streams` channels kept busy: each plays turn 1 then turn 2, then a new channel.
 
     Only the window after the warm-up counts; every stream leaves at its first delta past the
-    window, cancelling that request."""
+    window, cancelling that request. The window lasts `--duration` seconds, and longer where a
+    stream has not yet finished a first and a second turn begun inside it (a slow machine
+    still gets every figure; on a GPU the duration covers many turns)."""
     prompt_tokens, new_tokens = args.prompt_tokens, args.new_tokens
     params = SamplingParams(
         max_new_tokens=new_tokens,
@@ -347,6 +351,9 @@ async def _closed_loop(
     window_start = began + args.warmup
     window_end = window_start + args.duration
     records: list[_Timed] = []
+    #: Per stream: finished a turn 1 and a turn 2 that began inside the window.
+    done = [[False, False] for _ in range(streams)]
+    left_at: list[float] = []
 
     def budget(prompt: list[int]) -> int:
         return min(int(new_tokens), int(args.context) - len(prompt))
@@ -356,15 +363,24 @@ async def _closed_loop(
         serial = 0
         # Staggered over the warm-up so that streams do not start, and then finish, in step.
         await asyncio.sleep(index * args.warmup / streams)
-        while time.perf_counter() < window_end:
+
+        def cut() -> float:
+            return window_end if all(done[index]) else math.inf
+
+        def note(record: _Timed) -> None:
+            if record.completed and record.began >= window_start:
+                done[index][record.turn - 1] = True
+
+        while time.perf_counter() < cut():
             first = _prompt(rng, prompt_tokens)
             record = _Timed(index, 1, budget(first), time.perf_counter())
             records.append(record)
             serial += 1
             await _timed_stream(
-                engine, first, params, f"s{streams}-{index}-{serial}", record, window_end
+                engine, first, params, f"s{streams}-{index}-{serial}", record, cut()
             )
-            if not record.completed or time.perf_counter() >= window_end:
+            note(record)
+            if not record.completed or time.perf_counter() >= cut():
                 break
             reply = engine.tokenizer.encode(record.text, add_special_tokens=False)
             follow_up = first + list(reply) + _prompt(rng, args.message_tokens + 1)[1:]
@@ -374,11 +390,13 @@ async def _closed_loop(
             records.append(second)
             serial += 1
             await _timed_stream(
-                engine, follow_up, params, f"s{streams}-{index}-{serial}", second, window_end
+                engine, follow_up, params, f"s{streams}-{index}-{serial}", second, cut()
             )
+            note(second)
+        left_at.append(time.perf_counter())
 
     await asyncio.gather(*(channel(i) for i in range(streams)))
-    return _level(streams, records, window_start, window_end)
+    return _level(streams, records, window_start, max(window_end, *left_at))
 
 
 def _level(streams: int, records: list[_Timed], start: float, end: float) -> Level:
@@ -487,46 +505,7 @@ def _baseline(model: Any, prompts: list[list[int]], new_tokens: int, mode: str) 
 
 def _cb_config(engine: TransformersEngine) -> dict[str, Any]:
     """What continuous batching resolved once its cache exists (after a first request)."""
-    manager: Any = getattr(engine, "_manager", None)
-    resolved: dict[str, Any] = {}
-    if manager is None:
-        return resolved
-    cb = manager.continuous_batching_config
-    for name in (
-        "num_blocks",
-        "max_batch_tokens",
-        "page_size",
-        "max_memory_percent",
-        "max_requests_per_batch",
-        "max_blocks_per_request",
-        "use_async_batching",
-        "use_cuda_graph",
-        "default_compile_level",
-        "varlen_compile_config",
-        "decode_compile_config",
-        "scheduler_type",
-        "allow_block_sharing",
-        "per_request_processors",
-    ):
-        value = getattr(cb, name, None)
-        resolved[name] = (
-            value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
-        )
-    processor = getattr(manager, "batch_processor", None)
-    cache = getattr(processor, "cache", None)
-    if cache is not None:
-        resolved["cache_blocks"] = cache.num_blocks
-        resolved["cache_max_batch_tokens"] = cache.max_batch_tokens
-        cache_bytes = cache.cache_tensor.numel() * cache.cache_tensor.element_size()
-        resolved["cache_mib"] = round(cache_bytes / 2**20, 1)
-        resolved["prefix_sharing"] = bool(cache.use_prefix_sharing)
-        device = engine.model.device
-        if device.type == "cuda":
-            import torch
-
-            total = torch.cuda.get_device_properties(device).total_memory
-            resolved["cache_share_of_device_memory"] = round(cache_bytes / total, 3)
-    return resolved
+    return engine.batching_config()
 
 
 def _defaults(args: argparse.Namespace, device: str) -> None:
@@ -591,12 +570,9 @@ async def _run(args: argparse.Namespace) -> Report:
         model=model,
     )
     await engine.start()
-    # CB switches the model to an attention it supports while it runs (eager -> paged|eager)
-    # and remembers what the model was loaded with.
-    manager: Any = getattr(engine, "_manager", None)
-    loaded_attn = str(
-        getattr(manager, "_original_attn_impl", None) or engine.model.config._attn_implementation
-    )
+    # CB switches the model to an attention it supports while it runs (eager -> paged|eager);
+    # the engine remembers what the model was loaded with.
+    loaded_attn = engine.attention_choice.implementation
     rng = random.Random(args.seed)
     report = Report(config={})
     try:
@@ -623,7 +599,7 @@ async def _run(args: argparse.Namespace) -> Report:
             else ("random Mistral-7B" if model else model_id),
             "attn_requested": args.attn,
             "attn_model": loaded_attn,
-            "attn_in_use": str(engine.model.config._attn_implementation),
+            "attn_in_use": engine.attention,
             "cb": _cb_config(engine),
             "prompt_tokens": args.prompt_tokens,
             "new_tokens": args.new_tokens,

@@ -24,6 +24,7 @@ def build_engine(settings: Settings, *, tokenizer: Any = None) -> Engine:
             timeout_s=settings.engine_timeout_s,
             send_token_ids=settings.engine_send_token_ids,
             tokenizer=tokenizer,
+            api=settings.engine_api,
         )
     from synatra_bot.engine.transformers_engine import TransformersEngine
 
@@ -32,5 +33,16 @@ def build_engine(settings: Settings, *, tokenizer: Any = None) -> Engine:
         quantization=settings.quantization,
         attn_implementation=settings.attn_implementation,
         context_size=settings.context_size,
+        max_batch_tokens=settings.cb_max_batch_tokens,
+        num_blocks=settings.cb_num_blocks,
+        max_memory_percent=(
+            None if settings.cb_max_memory_percent is None else settings.cb_max_memory_percent / 100
+        ),
+        page_size=settings.cb_page_size,
+        use_cuda_graph=settings.cb_cuda_graphs,
+        use_async_batching=settings.cb_async_batching,
+        compile_level=settings.cb_compile_level,
+        scheduler=settings.cb_scheduler,
+        allow_block_sharing=settings.cb_prefix_sharing,
         tokenizer=tokenizer,
     )

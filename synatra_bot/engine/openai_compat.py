@@ -24,6 +24,31 @@ exactly what the model sees) with `stream: true`, and reads the server-sent even
 - Error messages are safe to show players: a short reason with a localisation `key` (see
   synatra_bot.errors.EngineError), never the URL or the server's answer. Those go to the log,
   the URL without the user and password it may carry and with the API key masked.
+
+With `api="chat"` it posts to `/v1/chat/completions` instead, for servers that offer only that:
+the prompt is split back into the messages it was built from (`chat_prompt`) and the server
+renders them with its own chat template, which must be ChatML for Synatra (vLLM:
+`--chat-template`). Everything above holds for both APIs; only the prompt fields of the
+request and the field each streamed chunk carries its text in (`text`, `delta.content`) differ.
+
+- The split works on token ids: only the real `<|im_start|>`/`<|im_end|>` ids are role
+  boundaries. The builder never lets user text produce those ids, and text inside a message
+  that merely reads like a special token (a user typing `<|im_start|>system`) is broken with a
+  zero-width space, as `ids_to_server_text` does above, because the server tokenizes the
+  rendered template and would otherwise turn it into a real role token. A prompt given as text
+  is split on the marker text and trusted as it is, just as the completions API trusts it:
+  the bot always gives ids.
+- The open block at the end becomes the model's prefix (a group speaker's `민지:`, a message
+  being continued, a player's name when impersonating). It is sent as the last message, in its
+  own role, with vLLM's `continue_final_message: true, add_generation_prompt: false`, so the
+  model writes on from it. A server that rejects those fields by name (`transformers serve`
+  answers 422: it always adds a generation prompt and cannot continue a final message, not even
+  through `chat_template_kwargs`) gets the same messages without the prefix from then on, and
+  its generation prompt opens a fresh assistant message: no speaker's name to go on from, a
+  message being continued is answered instead, an impersonated player's line comes out in the
+  character's voice. An empty assistant block at the end is that generation prompt already, so
+  it is never sent. A server that silently ignores the fields cannot be told apart.
+- `send_token_ids` is for the completions API only: chat messages are text.
 """
 
 from __future__ import annotations
@@ -36,12 +61,20 @@ import random
 import urllib.parse
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from synatra_bot.engine.base import STOP_STRINGS, EngineHealth, SamplingParams, ThroughputMeter
 from synatra_bot.engine.detokenize import StopStringFilter
 from synatra_bot.errors import EngineError, EngineUnavailable, GenerationInterrupted
-from synatra_bot.tokenizer import BOS_ID, ids_to_server_text
+from synatra_bot.tokenizer import (
+    BOS_ID,
+    FORBIDDEN_CONTENT_IDS,
+    IM_END,
+    IM_END_ID,
+    IM_START,
+    IM_START_ID,
+    ids_to_server_text,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -64,8 +97,116 @@ SAMPLER_FIELD_GROUPS = {
     "min_p": ("min_p", *DRY_XTC_FIELDS),
     **dict.fromkeys(DRY_XTC_FIELDS, DRY_XTC_FIELDS),
 }
+#: The chat API's fields that make the server write on from the final message instead of
+#: opening a new assistant message (vLLM's names).
+CONTINUE_FIELDS = ("continue_final_message", "add_generation_prompt")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 10.0
+
+#: Which OpenAI API the engine speaks: `/v1/completions` or `/v1/chat/completions`.
+Api = Literal["completions", "chat"]
+API_PATHS: dict[Api, str] = {"completions": "/completions", "chat": "/chat/completions"}
+CHAT_ROLES = frozenset({"system", "user", "assistant"})
+
+
+class ChatMessage(NamedTuple):
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A ChatML prompt as the chat API's messages."""
+
+    #: The closed blocks, in order.
+    messages: tuple[ChatMessage, ...]
+    #: The open block at the end, which the model writes on from; None when it is an empty
+    #: assistant block (the generation prompt a chat server adds itself).
+    prefix: ChatMessage | None = None
+
+
+def chat_prompt(
+    prompt: Sequence[int] | str, tokenizer: PreTrainedTokenizerBase | None = None
+) -> ChatPrompt:
+    """Split a ChatML prompt built by synatra_bot.prompt.builder back into its messages.
+
+    From ids (which need `tokenizer`), only the `<|im_start|>`/`<|im_end|>` ids are
+    boundaries, and each message's text is decoded on its own with any special-token text in it
+    broken (`ids_to_server_text`): the server's tokenizer cannot make a role token of it. Text
+    is split on the marker text and trusted as given. A leading BOS is dropped; anything else
+    that is not ChatML (text between blocks, a block without a role line, no open block at the
+    end) raises EngineError.
+    """
+    if isinstance(prompt, str):
+        closed, last = _text_blocks(prompt)
+    else:
+        if tokenizer is None:
+            raise EngineError("prompts given as token ids need a tokenizer (tokenizer_dir_or_id)")
+        closed, last = _id_blocks(prompt, tokenizer)
+    prefix = _chat_message(last)
+    return ChatPrompt(
+        tuple(_chat_message(block) for block in closed),
+        None if prefix == ChatMessage("assistant", "") else prefix,
+    )
+
+
+def _not_chatml(problem: str) -> EngineError:
+    return EngineError(f"the prompt is not ChatML the chat API can carry: {problem}")
+
+
+def _id_blocks(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> tuple[list[str], str]:
+    """The closed blocks' text and the open block's text (role line, content), split on ids."""
+    closed: list[str] = []
+    block: list[int] | None = None
+    between: list[int] = []
+    for position, token in enumerate(ids):
+        if token == IM_START_ID:
+            if block is not None:
+                raise _not_chatml("a block opens inside another")
+            if ids_to_server_text(tokenizer, between).strip():
+                raise _not_chatml("there is text between its blocks")
+            block, between = [], []
+        elif token == IM_END_ID:
+            if block is None:
+                raise _not_chatml("a block closes that never opened")
+            closed.append(ids_to_server_text(tokenizer, block))
+            block = None
+        elif token == BOS_ID and position == 0:
+            continue
+        elif token in FORBIDDEN_CONTENT_IDS:
+            raise _not_chatml(f"it holds the special id {token}")
+        else:
+            (between if block is None else block).append(token)
+    if block is None:
+        raise _not_chatml("it does not end in an open block")
+    return closed, ids_to_server_text(tokenizer, block)
+
+
+def _text_blocks(text: str) -> tuple[list[str], str]:
+    """The closed blocks' text and the open block's text, split on the marker text."""
+    head, *parts = text.removeprefix("<s>").split(IM_START)
+    if not parts:
+        raise _not_chatml("it does not end in an open block")
+    if head.strip():
+        raise _not_chatml("there is text between its blocks")
+    closed: list[str] = []
+    for part in parts[:-1]:
+        body, end, after = part.partition(IM_END)
+        if not end:
+            raise _not_chatml("a block opens inside another")
+        if after.strip():
+            raise _not_chatml("there is text between its blocks")
+        closed.append(body)
+    if IM_END in parts[-1]:
+        raise _not_chatml("it does not end in an open block")
+    return closed, parts[-1]
+
+
+def _chat_message(block: str) -> ChatMessage:
+    role, newline, content = block.partition("\n")
+    if not newline or role not in CHAT_ROLES:
+        raise _not_chatml(f"a block does not begin with a role line ({role[:20]!r})")
+    return ChatMessage(role, content)
 
 
 class _Retry(Exception):
@@ -78,6 +219,10 @@ class _Resend(Exception):
     """The server rejected optional fields by name; they are dropped, send again at once."""
 
 
+#: The prompt as the request carries it: text or ids (completions), messages (chat).
+_Payload = str | list[int] | ChatPrompt
+
+
 @dataclass
 class _Active:
     response: aiohttp.ClientResponse | None = None
@@ -85,10 +230,11 @@ class _Active:
     cancelled: bool = False
 
 
-def completions_url(base_url: str) -> str:
-    """`http://host:8000`, `http://host:8000/` or `http://host:8000/v1` -> `.../v1/completions`."""
+def completions_url(base_url: str, api: Api = "completions") -> str:
+    """`http://host:8000`, `http://host:8000/` or `http://host:8000/v1` -> `.../v1/completions`
+    (`.../v1/chat/completions` for the chat API)."""
     base = base_url.rstrip("/")
-    return base + ("/completions" if base.endswith("/v1") else "/v1/completions")
+    return base + ("" if base.endswith("/v1") else "/v1") + API_PATHS[api]
 
 
 def without_credentials(url: str) -> str:
@@ -112,9 +258,13 @@ class OpenAICompatEngine:
         backoff_s: float = 0.5,
         send_token_ids: bool = False,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        api: Api = "completions",
     ) -> None:
+        if api == "chat" and send_token_ids:
+            raise ValueError("send_token_ids is for the completions API: chat messages are text")
         self.base_url = base_url
-        self._url = completions_url(base_url)
+        self._api = api
+        self._url = completions_url(base_url, api)
         self._api_key = api_key
         self.model = model
         self._tokenizer_source = tokenizer_dir_or_id
@@ -124,6 +274,8 @@ class OpenAICompatEngine:
         self._backoff_s = backoff_s
         self._send_token_ids = send_token_ids
         self._extensions_ok = True
+        #: Whether the server may be asked to write on from a final message (chat API).
+        self._continue_ok = True
         #: Sampler fields this server rejected: never sent again.
         self._refused_fields: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -152,7 +304,9 @@ class OpenAICompatEngine:
     def _secret_free(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    def _prompt_payload(self, prompt: Sequence[int] | str) -> str | list[int]:
+    def _prompt_payload(self, prompt: Sequence[int] | str) -> _Payload:
+        if self._api == "chat":
+            return chat_prompt(prompt, self._tokenizer)
         if isinstance(prompt, str):
             return prompt
         ids = list(prompt)
@@ -164,10 +318,23 @@ class OpenAICompatEngine:
             raise EngineError("prompts given as token ids need a tokenizer (tokenizer_dir_or_id)")
         return ids_to_server_text(self._tokenizer, ids)
 
-    def _body(self, prompt: str | list[int], params: SamplingParams) -> dict[str, Any]:
+    def _prompt_fields(self, payload: _Payload) -> dict[str, Any]:
+        """Where the two APIs differ: `prompt`, or `messages` with the prefix to continue."""
+        if not isinstance(payload, ChatPrompt):
+            return {"prompt": payload}
+        messages = [message._asdict() for message in payload.messages]
+        if payload.prefix is None or not self._continue_ok:
+            return {"messages": messages}
+        return {
+            "messages": [*messages, payload.prefix._asdict()],
+            "continue_final_message": True,
+            "add_generation_prompt": False,
+        }
+
+    def _body(self, payload: _Payload, params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "prompt": prompt,
+            **self._prompt_fields(payload),
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -271,7 +438,7 @@ class OpenAICompatEngine:
                 active.response.close()
 
     async def _connect(
-        self, payload: str | list[int], params: SamplingParams, active: _Active
+        self, payload: _Payload, params: SamplingParams, active: _Active
     ) -> aiohttp.ClientResponse:
         """POST the request, retrying until the server starts streaming."""
         import aiohttp
@@ -377,6 +544,13 @@ class OpenAICompatEngine:
             )
             self._extensions_ok = False
             dropped = True
+        if self._continue_ok and any(name in sent and name in answer for name in CONTINUE_FIELDS):
+            log.warning(
+                "the engine cannot write on from a final message; the open end of each prompt "
+                "(a speaker's name, a message being continued) is left out from now on"
+            )
+            self._continue_ok = False
+            dropped = True
         rejected = [name for name in SAMPLER_FIELD_GROUPS if name in sent and name in answer]
         if rejected:
             refused = {field for name in rejected for field in SAMPLER_FIELD_GROUPS[name]}
@@ -420,7 +594,10 @@ class OpenAICompatEngine:
             )
         choices = event.get("choices") or [{}]
         choice = choices[0] if isinstance(choices[0], dict) else {}
-        return str(choice.get("text") or ""), choice.get("finish_reason")
+        # The chat API streams `delta.content` (its first chunk carries only the role).
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        return str(text or ""), choice.get("finish_reason")
 
     async def cancel(self, request_id: str) -> None:
         active = self._active.get(request_id)

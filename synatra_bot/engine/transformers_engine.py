@@ -30,6 +30,16 @@ Choices, with their reasons:
   there is no GPU. 8/4-bit through bitsandbytes, imported only when asked.
 - On the CPU, CB sizes its cache from free RAM (through psutil); the engine gives it a small
   explicit cache there instead.
+- Attention: `resolve_attention` is the one place that picks it. "auto" takes flash attention
+  when this machine can run it (flash-attn-3 on Hopper, flash-attn, else a hub flash kernel
+  through the `kernels` package) and sdpa otherwise (always on the CPU); CB's own switch to
+  flash stays off so the choice, and the INFO line naming it and why, are the engine's. With
+  sdpa CB packs the batch into one masked sequence and never turns on CUDA graphs, async
+  batching or the decode fast path; flash attention turns them on.
+- The remaining CB knobs (cache size, batch tokens, page size, CUDA graphs, async batching,
+  compile level, scheduler, prefix sharing) pass through as given; None leaves the choice to
+  transformers. `batching_config()` reports what CB resolved. Anything CB offers no public API
+  for is reached through synatra_bot.engine.cb_adapter.
 """
 
 from __future__ import annotations
@@ -44,9 +54,10 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from synatra_bot.engine import cb_adapter
 from synatra_bot.engine.base import EngineHealth, SamplingParams, ThroughputMeter
 from synatra_bot.engine.detokenize import IncrementalDetokenizer, StopStringFilter
-from synatra_bot.errors import EngineError, EngineUnavailable, GenerationInterrupted
+from synatra_bot.errors import ConfigError, EngineError, EngineUnavailable, GenerationInterrupted
 
 if TYPE_CHECKING:
     import torch
@@ -100,9 +111,166 @@ def _resolve_dtype(dtype: Any, device: str) -> torch.dtype:
     raise EngineError(f"unknown dtype {dtype!r}")
 
 
-def _cb_attn_implementation(requested: str) -> str:
-    """Map the ATTN_IMPLEMENTATION setting to what this transformers' CB accepts."""
-    return requested.removeprefix("paged|") if requested != "paged|eager" else requested
+#: ATTN_IMPLEMENTATION values of older transformers, and what transformers 5 calls them.
+LEGACY_ATTENTION = {"paged|sdpa": "sdpa", "paged|flash_attention_2": "flash_attention_2"}
+#: Implementations that need nothing installed, so there is nothing to probe.
+_PLAIN_ATTENTION = ("sdpa", "eager", "paged|eager")
+#: Flash attention 2 runs on Ampere (compute capability 8.0) and newer; flash attention 3 is
+#: built for Hopper (9.x) only.
+FLASH_MIN_CAPABILITY = (8, 0)
+HOPPER_MAJOR = 9
+
+
+@dataclass(frozen=True)
+class FlashSupport:
+    """What this machine offers flash attention. The default is a machine without a GPU."""
+
+    #: The GPU's compute capability; None without a CUDA GPU.
+    cuda_capability: tuple[int, int] | None = None
+    #: The flash-attn package (flash attention 2) is installed.
+    flash_attn_2: bool = False
+    #: The flash-attn-3 package (`flash_attn_interface`) is installed.
+    flash_attn_3: bool = False
+    #: The `kernels` package is installed: transformers can load flash kernels from the Hub.
+    kernels: bool = False
+    #: Hub flash kernels that loaded through `kernels` (from its cache, or downloaded).
+    kernel_flash_attn_2: bool = False
+    kernel_flash_attn_3: bool = False
+
+
+@dataclass(frozen=True)
+class AttentionChoice:
+    """The attention implementation a model is loaded with, and why it was chosen."""
+
+    implementation: str
+    reason: str
+
+
+def probe_flash_support(device: str, *, load_kernels: bool = True) -> FlashSupport:
+    """Ask torch and transformers what flash attention `device` can run.
+
+    Loading a hub kernel may download it, so it is tried only with `load_kernels`, on a GPU that
+    can run it, when no flash-attn package is installed.
+    """
+    if not device.startswith("cuda"):
+        return FlashSupport()
+    import torch
+    from transformers.utils import import_utils as hf_utils
+
+    if not torch.cuda.is_available():
+        return FlashSupport()
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    capability = (int(major), int(minor))
+    flash_2 = bool(hf_utils.is_flash_attn_2_available())
+    flash_3 = bool(hf_utils.is_flash_attn_3_available())
+    kernels = bool(hf_utils.is_kernels_available())
+    kernel_2 = kernel_3 = False
+    if load_kernels and kernels and not (flash_2 or flash_3) and capability >= FLASH_MIN_CAPABILITY:
+        if capability[0] == HOPPER_MAJOR:
+            kernel_3 = bool(hf_utils.is_flash_attn_3_available(kernels_fallback_ok=True))
+        if not kernel_3:
+            kernel_2 = bool(hf_utils.is_flash_attn_2_available(kernels_fallback_ok=True))
+    return FlashSupport(capability, flash_2, flash_3, kernels, kernel_2, kernel_3)
+
+
+def choose_attention(
+    requested: str, support: FlashSupport, *, dtype: str = "bfloat16"
+) -> AttentionChoice:
+    """The attention for ATTN_IMPLEMENTATION=`requested` on a machine offering `support`.
+
+    "auto" prefers flash attention, which CB batches without padding masks and runs with CUDA
+    graphs; anything else is used as asked, unless it cannot work here (ConfigError).
+    """
+    name = LEGACY_ATTENTION.get(requested, requested)
+    if name != "auto":
+        _check_forced(name, support)
+        if name != requested:
+            return AttentionChoice(name, f"ATTN_IMPLEMENTATION={requested}, called {name} now")
+        return AttentionChoice(name, "set by ATTN_IMPLEMENTATION")
+    capability = support.cuda_capability
+    if capability is None:
+        return AttentionChoice("sdpa", "no CUDA GPU: flash attention needs one")
+    if dtype == "float32":
+        return AttentionChoice("sdpa", "float32 weights: flash attention needs float16 or bfloat16")
+    if capability < FLASH_MIN_CAPABILITY:
+        return AttentionChoice(
+            "sdpa",
+            f"GPU compute capability {capability[0]}.{capability[1]}: flash attention needs 8.0",
+        )
+    hopper = capability[0] == HOPPER_MAJOR
+    if support.flash_attn_3 and hopper:
+        return AttentionChoice("flash_attention_3", "flash-attn-3 installed, Hopper GPU")
+    if support.flash_attn_2:
+        return AttentionChoice("flash_attention_2", "flash-attn installed")
+    through_kernels = "flash-attn not installed; a Hub flash kernel through the kernels package"
+    if support.kernel_flash_attn_3 and hopper:
+        return AttentionChoice("flash_attention_3", through_kernels)
+    if support.kernel_flash_attn_2:
+        return AttentionChoice("flash_attention_2", through_kernels)
+    if support.kernels:
+        return AttentionChoice(
+            "sdpa", "flash-attn not installed and the kernels package loaded no flash kernel"
+        )
+    return AttentionChoice("sdpa", "flash-attn not installed")
+
+
+def _check_forced(name: str, support: FlashSupport) -> None:
+    if name in _PLAIN_ATTENTION or "flash" not in name:
+        return  # anything else non-flash is transformers' to accept or refuse
+    problem = None
+    if support.cuda_capability is None:
+        problem = f"{name} needs a CUDA GPU"
+    elif name.startswith("kernels-community/") and not support.kernels:
+        problem = f"{name} needs the kernels package (pip install kernels)"
+    elif name == "flash_attention_2" and not (support.flash_attn_2 or support.kernels):
+        problem = f"{name} needs flash-attn (pip install flash-attn) or the kernels package"
+    elif name == "flash_attention_3" and not (support.flash_attn_3 or support.kernels):
+        problem = f"{name} needs flash-attn-3 or the kernels package"
+    if problem is not None:
+        raise ConfigError("ATTN_IMPLEMENTATION", f"{problem}; use auto or sdpa")
+
+
+def resolve_attention(requested: str, device: str, *, dtype: str = "bfloat16") -> AttentionChoice:
+    """The attention a model on `device` is loaded with for ATTN_IMPLEMENTATION=`requested`."""
+    name = LEGACY_ATTENTION.get(requested, requested)
+    if name in _PLAIN_ATTENTION:
+        support = FlashSupport()
+    else:
+        support = probe_flash_support(device, load_kernels=name == "auto")
+    return choose_attention(requested, support, dtype=dtype)
+
+
+#: The resolved ContinuousBatchingConfig fields `batching_config()` reports.
+RESOLVED_CB_FIELDS = (
+    "num_blocks",
+    "max_batch_tokens",
+    "page_size",
+    "max_memory_percent",
+    "max_requests_per_batch",
+    "max_blocks_per_request",
+    "use_async_batching",
+    "use_cuda_graph",
+    "default_compile_level",
+    "varlen_compile_config",
+    "decode_compile_config",
+    "scheduler_type",
+    "allow_block_sharing",
+    "per_request_processors",
+)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly form of a config value (a CompileConfig becomes its dict)."""
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return _plain(to_dict())
+    return str(value)
 
 
 class TransformersEngine:
@@ -115,14 +283,16 @@ class TransformersEngine:
         device: str | None = None,
         dtype: Any = None,
         quantization: str = "none",
-        attn_implementation: str = "sdpa",
+        attn_implementation: str = "auto",
         max_batch_tokens: int | None = None,
         num_blocks: int | None = None,
         page_size: int | None = None,
         context_size: int | None = None,
         max_memory_percent: float | None = None,
         use_cuda_graph: bool | None = None,
+        use_async_batching: bool | None = None,
         compile_level: int = 0,
+        scheduler: str = "fifo",
         allow_block_sharing: bool = True,
         seed: int | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
@@ -141,13 +311,18 @@ class TransformersEngine:
         self._context_size = context_size
         self._max_memory_percent = max_memory_percent
         self._use_cuda_graph = use_cuda_graph
+        self._use_async_batching = use_async_batching
         self._compile_level = compile_level
+        self._scheduler = scheduler
         self._allow_block_sharing = allow_block_sharing
         self._seed = seed
         self._tokenizer: PreTrainedTokenizerBase | None = tokenizer
         #: A model built in memory (benchmarks with random weights); skips loading.
         self._model: PreTrainedModel | None = model
         self._manager: Any = None
+        self._attention_choice: AttentionChoice | None = None
+        #: What the engine passed to ContinuousBatchingConfig (None: transformers decides).
+        self._cb_requested: dict[str, Any] = {}
         self._single_lane: ThreadPoolExecutor | None = None
         self._requests: dict[str, _Request] = {}
         self._meter = ThroughputMeter()
@@ -173,16 +348,56 @@ class TransformersEngine:
     @property
     def prefix_sharing(self) -> bool:
         """Whether CB shares cache blocks between prompts with a common prefix."""
-        processor = getattr(self._manager, "batch_processor", None)
-        return bool(processor is not None and processor.cache.use_prefix_sharing)
+        if self._manager is None:
+            return False
+        return bool(cb_adapter.cache_facts(self._manager).get("prefix_sharing", False))
+
+    @property
+    def attention_choice(self) -> AttentionChoice:
+        """The attention the model was loaded with, and why."""
+        if self._attention_choice is None:
+            raise EngineUnavailable("the engine is not started")
+        return self._attention_choice
+
+    @property
+    def attention(self) -> str:
+        """The attention implementation continuous batching runs (it turns eager into
+        paged|eager, and transformers names a Hub kernel by its repository)."""
+        return cb_adapter.attention_of(self.model)
+
+    def batching_config(self) -> dict[str, Any]:
+        """The continuous batching configuration in effect, as CB resolved it; {} before start.
+
+        `requested` holds what the engine passed (None: left to transformers). The cache's real
+        figures (`cache_blocks`, `cache_max_batch_tokens`, `cache_mib`, `prefix_sharing`) appear
+        once the generation thread has created the cache, which it does as it starts.
+        """
+        manager = self._manager
+        if manager is None:
+            return {}
+        cb = cb_adapter.resolved_config(manager)
+        resolved: dict[str, Any] = {"attention": self.attention}
+        for name in RESOLVED_CB_FIELDS:
+            resolved[name] = _plain(getattr(cb, name, None))
+        facts = cb_adapter.cache_facts(manager)
+        if facts:
+            resolved["cache_blocks"] = facts["num_blocks"]
+            resolved["cache_max_batch_tokens"] = facts["max_batch_tokens"]
+            resolved["cache_mib"] = round(facts["bytes"] / 2**20, 1)
+            resolved["prefix_sharing"] = facts["prefix_sharing"]
+            if self.device.startswith("cuda"):
+                import torch
+
+                total = torch.cuda.get_device_properties(self.model.device).total_memory
+                resolved["cache_share_of_device_memory"] = round(facts["bytes"] / total, 3)
+        resolved["requested"] = dict(self._cb_requested)
+        return resolved
 
     def busy_request_ids(self) -> set[str]:
         """Requests the CB loop still holds (waiting or generating): what costs GPU time."""
-        processor = getattr(self._manager, "batch_processor", None)
-        if processor is None:
+        if self._manager is None:
             return set()
-        scheduler = processor.scheduler
-        return set(scheduler.active_requests) | set(scheduler.waiting_requests)
+        return cb_adapter.busy_request_ids(self._manager)
 
     async def start(self) -> None:
         if self._manager is not None:
@@ -209,6 +424,9 @@ class TransformersEngine:
                 str(given.dtype).removeprefix("torch."),
             )
             self._context_limit = self._context_size
+            self._attention_choice = AttentionChoice(
+                cb_adapter.attention_of(given), "set on the model given to the engine"
+            )
             if self._tokenizer is None:
                 self._tokenizer = load_tokenizer(self.model_id)
             return
@@ -221,6 +439,8 @@ class TransformersEngine:
             )
         dtype = _resolve_dtype(self._dtype_request, device)
         self.device, self.dtype_name = device, str(dtype).removeprefix("torch.")
+        choice = resolve_attention(self._attn_implementation, device, dtype=self.dtype_name)
+        self._attention_choice = choice
         hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
         config = AutoConfig.from_pretrained(self.model_id)
@@ -238,7 +458,7 @@ class TransformersEngine:
         kwargs: dict[str, Any] = {
             "config": config,
             "dtype": dtype,
-            "attn_implementation": _cb_attn_implementation(self._attn_implementation),
+            "attn_implementation": choice.implementation,
         }
         if self._quantization != "none":
             kwargs["quantization_config"] = self._quantization_config(dtype, device)
@@ -291,30 +511,48 @@ class TransformersEngine:
     def _init_continuous_batching(self) -> Any:
         from transformers import ContinuousBatchingConfig
 
+        schedulers = cb_adapter.scheduler_names()
+        if self._scheduler not in schedulers:
+            raise EngineError(
+                f"scheduler must be one of {', '.join(schedulers)}, got {self._scheduler!r}"
+            )
         on_cpu = self.device == "cpu"
         cpu_blocks = CPU_DEFAULT_CACHE_TOKENS // (self._page_size or DEFAULT_PAGE_SIZE)
-        options: dict[str, Any] = {
-            "per_request_processors": True,
-            "allow_block_sharing": self._allow_block_sharing,
-            # Keep the attention generate() can also use, for the single-stream lane.
-            "auto_switch_to_flash": False,
-            "default_compile_level": self._compile_level,
-            "seed": self._seed,
+        requested: dict[str, Any] = {
             "num_blocks": self._num_blocks or (cpu_blocks if on_cpu else None),
             "max_batch_tokens": self._max_batch_tokens
             or (CPU_DEFAULT_MAX_BATCH_TOKENS if on_cpu else None),
+            "page_size": self._page_size,
+            "max_memory_percent": self._max_memory_percent,
+            "use_cuda_graph": self._use_cuda_graph,
+            "use_async_batching": self._use_async_batching,
+            "default_compile_level": self._compile_level,
+            "scheduler_type": self._scheduler,
+            "allow_block_sharing": self._allow_block_sharing,
         }
-        if self._page_size is not None:
-            options["page_size"] = self._page_size
-        if self._max_memory_percent is not None:
-            options["max_memory_percent"] = self._max_memory_percent
-        if self._use_cuda_graph is not None:
-            options["use_cuda_graph"] = self._use_cuda_graph
+        self._cb_requested = requested
+        options: dict[str, Any] = {
+            "per_request_processors": True,
+            # The engine picked the attention (resolve_attention); generate() on the
+            # single-stream lane runs the same one.
+            "auto_switch_to_flash": False,
+            "seed": self._seed,
+            # None leaves the choice to transformers; page_size has a number as its default.
+            **{k: v for k, v in requested.items() if not (k == "page_size" and v is None)},
+        }
         model: Any = self.model
         manager = model.init_continuous_batching(
             generation_config=self._base_generation_config(),
             continuous_batching_config=ContinuousBatchingConfig(**options),
         )
+        choice = self.attention_choice
+        in_use = cb_adapter.attention_of(model)
+        if in_use == choice.implementation:
+            log.info("attention: %s (%s)", in_use, choice.reason)
+        else:
+            log.info(
+                "attention: %s (%s; asked for %s)", in_use, choice.reason, choice.implementation
+            )
         if not on_cpu:
             log.info("warming up continuous batching...")
             manager.warmup()
@@ -448,9 +686,7 @@ class TransformersEngine:
         if cancel:
             manager.cancel_request(request_id)
         # A cancelled request gets no final output, so its handler would stay registered.
-        router = manager.output_router
-        with router._lock:
-            router.result_handlers.pop(request_id, None)
+        cb_adapter.forget_result_handler(manager, request_id)
 
     def _submit_single(
         self, request: _Request, ids: list[int], params: SamplingParams, max_new: int
@@ -514,7 +750,7 @@ class TransformersEngine:
             pad_token_id=EOS_ID,
         )
         manager = self._manager
-        paged_only = str(self.model.config._attn_implementation).startswith("paged")
+        paged_only = cb_adapter.attention_of(self.model).startswith("paged")
         pause: AbstractContextManager[Any] = (
             manager.pause() if paged_only and manager is not None else nullcontext()
         )
@@ -562,7 +798,7 @@ class TransformersEngine:
             ok = True
             detail = (
                 f"{self.model_id} on {self.device} ({self.dtype_name}, "
-                f"{self._quantization}, prefix sharing {sharing})"
+                f"{self._quantization}, {self.attention} attention, prefix sharing {sharing})"
             )
         return EngineHealth(
             ok=ok,
