@@ -173,3 +173,15 @@ async def test_requests_are_tracked_and_a_cancelled_handler_can_be_forgotten(
     )
     cb_adapter.forget_result_handler(manager, "probe")
     assert "probe" not in router.result_handlers
+
+
+def test_generate_can_be_told_to_compile_on_the_cpu() -> None:
+    from transformers import CompileConfig
+
+    config = cb_adapter.compile_on_any_device()
+    assert isinstance(config, CompileConfig)
+    from transformers.generation import utils
+
+    assert "_compile_all_devices" in inspect.getsource(utils), _moved(
+        "GenerationMixin's check of CompileConfig._compile_all_devices", "compile_on_any_device"
+    )

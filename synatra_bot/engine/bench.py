@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synatra_bot.engine import cb_adapter
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.engine.transformers_engine import TransformersEngine, resolve_attention
 
@@ -443,7 +444,7 @@ def _baseline(model: Any, prompts: list[list[int]], new_tokens: int, mode: str) 
     """Plain generate(), one request at a time, sampling, with a streamer for TTFT. The first
     call (compilation, cache allocation) is timed apart as warm-up."""
     import torch
-    from transformers import CompileConfig, GenerationConfig
+    from transformers import GenerationConfig
     from transformers.generation.streamers import BaseStreamer
 
     class Marker(BaseStreamer):
@@ -460,9 +461,8 @@ def _baseline(model: Any, prompts: list[list[int]], new_tokens: int, mode: str) 
     if mode != "eager":
         options["cache_implementation"] = "static"
     if mode == "static-compile" and model.device.type == "cpu":
-        compile_config: Any = CompileConfig()  # type: ignore[no-untyped-call]
-        compile_config._compile_all_devices = True  # generate() compiles on GPUs only otherwise
-        options["compile_config"] = compile_config
+        # generate() compiles on GPUs only unless told otherwise
+        options["compile_config"] = cb_adapter.compile_on_any_device()
     config = GenerationConfig(  # type: ignore[no-untyped-call]
         do_sample=True,
         max_new_tokens=new_tokens,
@@ -494,7 +494,7 @@ def _baseline(model: Any, prompts: list[list[int]], new_tokens: int, mode: str) 
     runs = [one(prompt) for prompt in prompts[1:]]
     return Baseline(
         mode=mode,
-        attn=str(model.config._attn_implementation),
+        attn=cb_adapter.attention_of(model),
         requests=len(runs),
         warmup_s=round(warm_end - warm_began, 3),
         ttft_p50_s=statistics.median(first - began for began, first, _ in runs),
@@ -623,7 +623,7 @@ async def _run(args: argparse.Namespace) -> Report:
         torch.cuda.empty_cache()  # the CB cache is gone: room for the baseline's static cache
     if not args.skip_baseline:
         baseline_model: Any = engine.model
-        if str(baseline_model.config._attn_implementation).startswith("paged"):
+        if cb_adapter.attention_of(baseline_model).startswith("paged"):
             baseline_model.set_attn_implementation("eager")  # generate() needs a dense cache
         prompts = [_prompt(rng, args.prompt_tokens) for _ in range(args.baseline_requests + 1)]
         report.baseline = await asyncio.to_thread(

@@ -19,6 +19,8 @@ and CB has no public API for lives here, each named after what it does:
 - `attention_of`: the attention implementation a model runs with (`config._attn_implementation`;
   CB itself reads it there and switches eager to `paged|eager`).
 - `scheduler_names`: the schedulers CB offers (`scheduler.SCHEDULER_MAPPING`).
+- `compile_on_any_device`: a `CompileConfig` that `generate()` honours on the CPU too
+  (`_compile_all_devices`; it auto-compiles on GPUs only), for the benchmark's baseline.
 
 tests/test_engine_cb_adapter.py checks that each of these still exists with the shape used
 here, so a transformers upgrade that moves one fails there with a message naming it.
@@ -32,6 +34,15 @@ from typing import Any
 def attention_of(model: Any) -> str:
     """The attention implementation `model` runs with, e.g. "sdpa" or "paged|eager"."""
     return str(model.config._attn_implementation)
+
+
+def compile_on_any_device() -> Any:
+    """A `CompileConfig` that makes `generate()` compile the forward pass on any device."""
+    from transformers import CompileConfig
+
+    config: Any = CompileConfig()  # type: ignore[no-untyped-call]
+    config._compile_all_devices = True
+    return config
 
 
 def scheduler_names() -> tuple[str, ...]:
