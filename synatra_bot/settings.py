@@ -44,6 +44,8 @@ ATTN_IMPLEMENTATIONS = (
 HUB_FLASH_KERNEL = re.compile(r"kernels-community/[a-z0-9._-]*flash[a-z0-9._-]*")
 #: The schedulers transformers' continuous batching offers (its SCHEDULER_MAPPING).
 CB_SCHEDULERS = ("fifo", "prefill_first")
+#: How the embedded engine decodes a reply when it is the only one (engine.transformers_engine).
+SINGLE_STREAM_MODES = ("off", "static", "static-compile")
 AUTO_ON_OFF = MappingProxyType({"auto": None, "on": True, "off": False})
 
 
@@ -72,6 +74,7 @@ class Settings:
     cb_compile_level: int = 0
     cb_scheduler: str = "fifo"
     cb_prefix_sharing: bool = True
+    single_stream: str = "off"
     max_concurrent_replies: int = 32
     turn_timeout_s: float = 300.0
     context_size: int = 4096
@@ -195,6 +198,7 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         cb_compile_level=_int(env, "CB_COMPILE_LEVEL", 0, 0, 3),
         cb_scheduler=_choice(env, "CB_SCHEDULER", "fifo", CB_SCHEDULERS),
         cb_prefix_sharing=_choice(env, "CB_PREFIX_SHARING", "true", BOOLEANS) in TRUE,
+        single_stream=_choice(env, "SINGLE_STREAM", "off", SINGLE_STREAM_MODES),
         max_concurrent_replies=_int(env, "MAX_CONCURRENT_REPLIES", 32, 1, 1024),
         turn_timeout_s=_float(env, "TURN_TIMEOUT_S", 300.0, 5, 3600),
         context_size=context_size,

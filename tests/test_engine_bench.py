@@ -154,3 +154,24 @@ def test_context_without_room_for_the_second_turn_is_refused(tokenizer_dir: Path
 def test_streams_must_be_positive_levels() -> None:
     with pytest.raises(SystemExit):
         _args("--streams", "1,0")
+
+
+def test_the_lone_reply_lane_can_be_measured(tokenizer_dir, tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    args = _args(
+        *QUICK,
+        "--streams",
+        "1",
+        "--single-stream",
+        "static",
+        "--skip-baseline",
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--json",
+        str(out),
+    )
+    assert run_bench(args) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["single_stream"] == "static"
+    [level] = report["levels"]
+    assert _positive(level["aggregate_tok_s"]) and _positive(level["turn2_ttft_p50_s"])

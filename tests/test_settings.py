@@ -431,6 +431,7 @@ def test_attention_and_batching_default_to_auto_and_transformers_defaults():
     assert settings.cb_cuda_graphs is None and settings.cb_async_batching is None
     assert settings.cb_compile_level == 0 and settings.cb_scheduler == "fifo"
     assert settings.cb_prefix_sharing is True
+    assert settings.single_stream == "off"
 
 
 def test_batching_settings_are_read():
@@ -447,6 +448,7 @@ def test_batching_settings_are_read():
             "CB_COMPILE_LEVEL": "2",
             "CB_SCHEDULER": "prefill_first",
             "CB_PREFIX_SHARING": "no",
+            "SINGLE_STREAM": "static-compile",
         }
     )
     assert settings.attn_implementation == "flash_attention_2"
@@ -459,6 +461,7 @@ def test_batching_settings_are_read():
     assert settings.cb_cuda_graphs is True and settings.cb_async_batching is False
     assert settings.cb_compile_level == 2 and settings.cb_scheduler == "prefill_first"
     assert settings.cb_prefix_sharing is False
+    assert settings.single_stream == "static-compile"
 
 
 @pytest.mark.parametrize(
@@ -486,6 +489,7 @@ def test_attention_may_name_a_hub_flash_kernel(kernel):
         ("CB_COMPILE_LEVEL", "4"),
         ("CB_SCHEDULER", "lifo"),
         ("CB_PREFIX_SHARING", "partly"),
+        ("SINGLE_STREAM", "fast"),
     ],
 )
 def test_each_bad_batching_value_names_its_setting(setting, value):

@@ -41,6 +41,7 @@ from typing import Any
 from synatra_bot.engine import cb_adapter
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.engine.transformers_engine import TransformersEngine, resolve_attention
+from synatra_bot.settings import SINGLE_STREAM_MODES
 
 MISTRAL_7B = {
     "vocab_size": 32002,
@@ -143,6 +144,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--compile-level", type=int, default=0, choices=(0, 1, 2, 3))
     parser.add_argument("--no-prefix-sharing", action="store_true")
+    parser.add_argument(
+        "--single-stream",
+        choices=SINGLE_STREAM_MODES,
+        default="off",
+        help="the engine's lane for a lone reply (SINGLE_STREAM): compare the 1-stream row",
+    )
     parser.add_argument("--seed", type=int, default=1234, help="seed of the random prompts")
     parser.add_argument("--json", type=Path, default=None, help="also write results as JSON")
 
@@ -567,6 +574,7 @@ async def _run(args: argparse.Namespace) -> Report:
         use_cuda_graph=cuda_graph,
         compile_level=args.compile_level,
         allow_block_sharing=not args.no_prefix_sharing,
+        single_stream=args.single_stream,
         model=model,
     )
     await engine.start()
@@ -607,6 +615,7 @@ async def _run(args: argparse.Namespace) -> Report:
             "context": args.context,
             "streams": args.streams,
             "duration_s": args.duration,
+            "single_stream": args.single_stream,
             "warmup_s": args.warmup,
             "baseline": None if args.skip_baseline else args.baseline,
             "sampling": SAMPLING,

@@ -44,5 +44,6 @@ def build_engine(settings: Settings, *, tokenizer: Any = None) -> Engine:
         compile_level=settings.cb_compile_level,
         scheduler=settings.cb_scheduler,
         allow_block_sharing=settings.cb_prefix_sharing,
+        single_stream=settings.single_stream,
         tokenizer=tokenizer,
     )

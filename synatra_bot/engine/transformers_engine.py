@@ -21,6 +21,13 @@ Choices, with their reasons:
   draws, so neither can run per request in CB. On the lane min-p goes to `generate()` as
   `min_p`, and DRY and XTC (synatra_bot.engine.samplers) as `logits_processor`. All three are
   off by default, so default requests stay batched.
+- A lone reply (`single_stream="static"` or `"static-compile"`, SINGLE_STREAM): when nothing else
+  is being generated, a batchable request takes the single-stream lane too, decoding through a
+  static cache sized for the whole context (one shape, so "static-compile" compiles the decode
+  step once, on the first such reply, and reuses it); requests that arrive while it runs go to
+  CB as usual. Each request stays on the lane it started on, so no token is lost or repeated
+  and cancelling works the same. Off by default until measured on a GPU: with a paged-only
+  attention the lane pauses CB while it decodes (see docs/benchmarks.md).
 - Prefix reuse: CB shares cache blocks between requests whose prompts start alike, but only for
   full-attention layers. Mistral declares a 4096-token sliding window, which turns sharing off;
   when `context_size` fits inside the window the window can never take effect, so the engine
@@ -58,6 +65,7 @@ from synatra_bot.engine import cb_adapter
 from synatra_bot.engine.base import EngineHealth, SamplingParams, ThroughputMeter
 from synatra_bot.engine.detokenize import IncrementalDetokenizer, StopStringFilter
 from synatra_bot.errors import ConfigError, EngineError, EngineUnavailable, GenerationInterrupted
+from synatra_bot.settings import SINGLE_STREAM_MODES
 
 if TYPE_CHECKING:
     import torch
@@ -294,13 +302,19 @@ class TransformersEngine:
         compile_level: int = 0,
         scheduler: str = "fifo",
         allow_block_sharing: bool = True,
+        single_stream: str = "off",
         seed: int | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
         model: PreTrainedModel | None = None,
     ) -> None:
         if quantization not in ("none", "8bit", "4bit"):
             raise EngineError(f"quantization must be none, 8bit or 4bit, got {quantization!r}")
+        if single_stream not in SINGLE_STREAM_MODES:
+            modes = ", ".join(SINGLE_STREAM_MODES)
+            raise EngineError(f"single_stream must be one of {modes}, got {single_stream!r}")
         self.model_id = model_id
+        self._single_stream = single_stream
+        self._compile_announced = False
         self._device_request = device
         self._dtype_request = dtype
         self._quantization = quantization
@@ -594,6 +608,11 @@ class TransformersEngine:
     ) -> AsyncIterator[str]:
         return self._stream(prompt, params, request_id=request_id, single=not params.batchable)
 
+    def _lone_reply(self) -> bool:
+        """Whether a batchable request takes the static-cache lane: it is on, and nothing
+        else is being generated (checked and claimed with no await in between)."""
+        return self._single_stream != "off" and not self._requests
+
     async def _stream(
         self, prompt: Sequence[int] | str, params: SamplingParams, *, request_id: str, single: bool
     ) -> AsyncIterator[str]:
@@ -605,6 +624,7 @@ class TransformersEngine:
             raise EngineError(f"request id {request_id!r} is already running")
         ids = self._prompt_ids(prompt)
         max_new = self._budget(len(ids), params.max_new_tokens)
+        single = single or self._lone_reply()
         request = _Request(queue=asyncio.Queue())
         self._requests[request_id] = request
         detokenizer = IncrementalDetokenizer(self.tokenizer, skip_ids=params.stop_ids)
@@ -748,6 +768,7 @@ class TransformersEngine:
             max_new_tokens=max_new,
             eos_token_id=list(params.stop_ids),
             pad_token_id=EOS_ID,
+            **self._static_cache_options(),
         )
         manager = self._manager
         paged_only = cb_adapter.attention_of(self.model).startswith("paged")
@@ -772,6 +793,24 @@ class TransformersEngine:
         except Exception as error:
             log.exception("single-stream generation failed")
             deliver(_Failed(error))
+
+    def _static_cache_options(self) -> dict[str, Any]:
+        """generate()'s options for the lane: with the static-cache lane on, one cache shape
+        for every reply (the whole context), compiled where `"static-compile"` asks for it."""
+        if self._single_stream == "off":
+            return {}
+        options: dict[str, Any] = {
+            "cache_implementation": "static",
+            "max_cache_len": self._context_limit,
+            "disable_compile": self._single_stream != "static-compile",
+        }
+        if self._single_stream == "static-compile":
+            if self.model.device.type == "cpu":
+                options["compile_config"] = cb_adapter.compile_on_any_device()
+            if not self._compile_announced:
+                self._compile_announced = True
+                log.info("compiling the single-stream decode step (the first lone reply waits)")
+        return options
 
     async def cancel(self, request_id: str) -> None:
         request = self._requests.get(request_id)
