@@ -349,7 +349,53 @@ async def clear_persona(sessions: Sessions, *, user_id: int, guild_id: int) -> b
         return True
 
 
-# --- sampling presets -----------------------------------------------------------------------
+# --- named rows: sampling presets, personal lorebooks -------------------------------------
+# Both are rows with a name, unique under an owner column (a server, a member).
+
+NamedRow = SamplingPreset | PersonalLorebook
+
+
+async def _named_row(
+    session: AsyncSession, model: type[NamedRow], owner: Any, owner_id: int, name: str
+) -> Any:
+    return await session.scalar(select(model).where(owner == owner_id, model.name == name))
+
+
+async def _put_named(
+    session: AsyncSession, model: type[NamedRow], owner: Any, owner_id: int, name: str, limit: int
+) -> Any:
+    """The owner's row `name`, a new one when there is none yet; None when a new one would
+    be past `limit`."""
+    row = await _named_row(session, model, owner, owner_id, name)
+    if row is None:
+        count = await session.scalar(
+            select(func.count()).select_from(model).where(owner == owner_id)
+        )
+        if (count or 0) >= limit:
+            return None
+        row = model(**{owner.key: owner_id, "name": name})
+        session.add(row)
+    return row
+
+
+async def _rows_of(
+    sessions: Sessions, model: type[NamedRow], owner: Any, owner_id: int
+) -> list[Any]:
+    async with sessions() as session:
+        return list(
+            await session.scalars(select(model).where(owner == owner_id).order_by(model.name))
+        )
+
+
+async def _delete_named(
+    sessions: Sessions, model: type[NamedRow], owner: Any, owner_id: int, name: str
+) -> bool:
+    async with sessions.begin() as session:
+        row = await _named_row(session, model, owner, owner_id, name)
+        if row is None:
+            return False
+        await session.delete(row)
+        return True
 
 
 async def save_preset(
@@ -358,47 +404,22 @@ async def save_preset(
     """Store the server's preset `name`, replacing one of that name; None when it would be a
     new one past `max_saved`."""
     async with sessions.begin() as session:
-        where = (SamplingPreset.guild_id == guild_id, SamplingPreset.name == name)
-        row = await session.scalar(select(SamplingPreset).where(*where))
+        owner = SamplingPreset.guild_id
+        row = await _put_named(session, SamplingPreset, owner, guild_id, name, max_saved)
         if row is None:
-            saved = await session.scalar(
-                select(func.count())
-                .select_from(SamplingPreset)
-                .where(SamplingPreset.guild_id == guild_id)
-            )
-            if (saved or 0) >= max_saved:
-                return None
-            row = SamplingPreset(guild_id=guild_id, name=name)
-            session.add(row)
+            return None
         row.preset_values = values
         await session.flush()
         return snapshot(PresetRecord, row)
 
 
 async def presets_of(sessions: Sessions, *, guild_id: int) -> list[PresetRecord]:
-    async with sessions() as session:
-        rows = await session.scalars(
-            select(SamplingPreset)
-            .where(SamplingPreset.guild_id == guild_id)
-            .order_by(SamplingPreset.name)
-        )
-        return [snapshot(PresetRecord, r) for r in rows]
+    rows = await _rows_of(sessions, SamplingPreset, SamplingPreset.guild_id, guild_id)
+    return [snapshot(PresetRecord, r) for r in rows]
 
 
 async def delete_preset(sessions: Sessions, *, guild_id: int, name: str) -> bool:
-    async with sessions.begin() as session:
-        row = await session.scalar(
-            select(SamplingPreset).where(
-                SamplingPreset.guild_id == guild_id, SamplingPreset.name == name
-            )
-        )
-        if row is None:
-            return False
-        await session.delete(row)
-        return True
-
-
-# --- personal lorebooks --------------------------------------------------------------------
+    return await _delete_named(sessions, SamplingPreset, SamplingPreset.guild_id, guild_id, name)
 
 
 async def save_lorebook(
@@ -407,21 +428,10 @@ async def save_lorebook(
     """Store `book` as the owner's lorebook `name`, replacing one of that name;
     LorebookLimitReached when it would be a new one past `max_owned`."""
     async with sessions.begin() as session:
-        row = await session.scalar(
-            select(PersonalLorebook).where(
-                PersonalLorebook.owner_id == owner_id, PersonalLorebook.name == name
-            )
-        )
+        owner = PersonalLorebook.owner_id
+        row = await _put_named(session, PersonalLorebook, owner, owner_id, name, max_owned)
         if row is None:
-            owned = await session.scalar(
-                select(func.count())
-                .select_from(PersonalLorebook)
-                .where(PersonalLorebook.owner_id == owner_id)
-            )
-            if (owned or 0) >= max_owned:
-                raise LorebookLimitReached(max_owned)
-            row = PersonalLorebook(owner_id=owner_id, name=name)
-            session.add(row)
+            raise LorebookLimitReached(max_owned)
         row.book = book
         await session.flush()
         await session.refresh(row)
@@ -429,13 +439,8 @@ async def save_lorebook(
 
 
 async def lorebooks_of(sessions: Sessions, *, owner_id: int) -> list[LorebookRecord]:
-    async with sessions() as session:
-        rows = await session.scalars(
-            select(PersonalLorebook)
-            .where(PersonalLorebook.owner_id == owner_id)
-            .order_by(PersonalLorebook.name)
-        )
-        return [snapshot(LorebookRecord, r) for r in rows]
+    rows = await _rows_of(sessions, PersonalLorebook, PersonalLorebook.owner_id, owner_id)
+    return [snapshot(LorebookRecord, r) for r in rows]
 
 
 async def named_lorebooks(
@@ -458,16 +463,8 @@ async def named_lorebooks(
 
 
 async def delete_lorebook(sessions: Sessions, *, owner_id: int, name: str) -> bool:
-    async with sessions.begin() as session:
-        row = await session.scalar(
-            select(PersonalLorebook).where(
-                PersonalLorebook.owner_id == owner_id, PersonalLorebook.name == name
-            )
-        )
-        if row is None:
-            return False
-        await session.delete(row)
-        return True
+    owner = PersonalLorebook.owner_id
+    return await _delete_named(sessions, PersonalLorebook, owner, owner_id, name)
 
 
 # --- roleplay sessions ----------------------------------------------------------------------
