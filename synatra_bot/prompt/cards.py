@@ -181,7 +181,8 @@ def _parse_charx(data: bytes) -> CharacterCard:
     return card
 
 
-def _depth(value: Any) -> int:
+def json_depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (a scalar is 1), without recursing."""
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -209,7 +210,7 @@ def _parse_json_bytes(raw: bytes, *, avatar: bytes | None) -> CharacterCard:
         raise _bad(f"card JSON is nested deeper than {MAX_JSON_DEPTH}") from None
     except json.JSONDecodeError as exc:
         raise _bad(f"card JSON is invalid ({exc.msg} at line {exc.lineno})") from None
-    if _depth(obj) > MAX_JSON_DEPTH:
+    if json_depth(obj) > MAX_JSON_DEPTH:
         raise _bad(f"card JSON is nested deeper than {MAX_JSON_DEPTH}")
     return card_from_dict(obj, avatar=avatar)
 

@@ -14,13 +14,11 @@ from typing import Any
 
 from synatra_bot.errors import CardError, LorebookError
 from synatra_bot.prompt import charx, png
-from synatra_bot.prompt.cards import MAX_FIELD_CHARS, parse_card
+from synatra_bot.prompt.cards import MAX_FIELD_CHARS, MAX_JSON_DEPTH, json_depth, parse_card
 from synatra_bot.prompt.lorebook import lorebook_from_character_book
 
 #: The largest lorebook file read (a World Info JSON, a card JSON or a card PNG).
 MAX_LOREBOOK_BYTES = 8 * 1024 * 1024
-#: World Info files are shallow; anything nested deeper than this is refused.
-MAX_JSON_DEPTH = 32
 MAX_NAME_CHARS = 200
 
 # World Info entry field -> character_book extension key, for the fields kept as they are.
@@ -119,7 +117,7 @@ def _read(data: bytes, filename: str | None) -> dict[str, Any]:
         raise _bad(f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(obj, dict):
         raise _bad("the JSON is not an object")
-    if _depth(obj) > MAX_JSON_DEPTH:
+    if json_depth(obj) > MAX_JSON_DEPTH:
         raise _bad(f"the JSON is nested deeper than {MAX_JSON_DEPTH}")
     entries = obj.get("entries")
     if isinstance(entries, dict):
@@ -137,19 +135,6 @@ def _stem(filename: str | None) -> str:
     if not filename:
         return ""
     return filename.rsplit("/", 1)[-1].rsplit(".", 1)[0][:MAX_NAME_CHARS]
-
-
-def _depth(value: Any) -> int:
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if isinstance(item, dict):
-            stack.extend((child, level + 1) for child in item.values())
-        elif isinstance(item, list):
-            stack.extend((child, level + 1) for child in item)
-    return deepest
 
 
 def _from_card(data: bytes, filename: str | None) -> dict[str, Any]:
