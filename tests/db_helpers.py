@@ -1,5 +1,7 @@
 """Database checks shared by the SQLite and PostgreSQL tests."""
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from alembic.autogenerate import compare_metadata
@@ -7,7 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from synatra_bot.storage import repository as repo
-from synatra_bot.storage.database import create_engine
+from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.models import Base
 from synatra_bot.storage.repository import Sessions
 
@@ -249,3 +251,45 @@ async def assert_old_scene_kept(sessions: Sessions, old: OldScene) -> None:
         channel.author_note_depth,
         channel.answer_every_addressed,
     ) == (True, "mention", "regenerate", "존댓말 금지", 2, False)
+
+
+async def upgraded_from_0001(tmp_path, revision: str) -> tuple[str, OldScene]:
+    """A SQLite database with `fill_at_0001`'s rows, taken to `revision`, then to head as the
+    bot does when it starts; the schema at head matches the models. Its URL and the rows."""
+    import asyncio
+
+    from alembic import command
+
+    from synatra_bot.storage.migrate import alembic_config, upgrade_database
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0001")
+    old = await fill_at_0001(url)
+    await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+    await upgrade_database(url)
+    assert await schema_diff(url) == []
+    return url, old
+
+
+@contextlib.asynccontextmanager
+async def opened(database_url: str) -> AsyncIterator[Sessions]:
+    """Sessions on the database, its engine disposed on exit."""
+    engine = create_engine(database_url)
+    try:
+        yield create_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+async def assert_kept_down_and_up(database_url: str, revision: str, old: OldScene) -> None:
+    """Down to `revision` and up to head again: the old rows came through both ways."""
+    import asyncio
+
+    from alembic import command
+
+    from synatra_bot.storage.migrate import alembic_config, upgrade_database
+
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), revision)
+    await upgrade_database(database_url)
+    async with opened(database_url) as sessions:
+        await assert_old_scene_kept(sessions, old)

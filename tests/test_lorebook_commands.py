@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-from alembic import command
-
 from synatra_bot.storage import repository as repo
-from synatra_bot.storage.database import create_engine, create_sessionmaker
-from synatra_bot.storage.migrate import alembic_config, upgrade_database
-from tests.db_helpers import assert_old_scene_kept, fill_at_0001, schema_diff
+from tests.db_helpers import (
+    assert_kept_down_and_up,
+    assert_old_scene_kept,
+    opened,
+    upgraded_from_0001,
+)
 
 WORLD_INFO = {
     "entries": {
@@ -177,15 +177,8 @@ async def test_lorebook_budget_is_stored_inherited_and_shown(harness):
 
 
 async def test_upgrade_to_0005_keeps_data_and_budgets_start_unset(tmp_path):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "0001")
-    old = await fill_at_0001(url)
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "0004")
-    await upgrade_database(url)
-    assert await schema_diff(url) == []
-    engine = create_engine(url)
-    sessions = create_sessionmaker(engine)
-    try:
+    url, old = await upgraded_from_0001(tmp_path, "0004")
+    async with opened(url) as sessions:
         await assert_old_scene_kept(sessions, old)
         guild = await repo.get_guild_settings(sessions, guild_id=old.guild_id)
         channel = await repo.get_channel_settings(sessions, channel_id=old.channel_id)
@@ -195,15 +188,8 @@ async def test_upgrade_to_0005_keeps_data_and_budgets_start_unset(tmp_path):
         await repo.update_channel_settings(
             sessions, channel_id=old.channel_id, guild_id=old.guild_id, lorebook_budget=300
         )
-    finally:
-        await engine.dispose()
-    await asyncio.to_thread(command.downgrade, alembic_config(url), "0004")
-    await upgrade_database(url)  # the budget went with the downgrade; the scene did not
-    engine = create_engine(url)
-    sessions = create_sessionmaker(engine)
-    try:
-        await assert_old_scene_kept(sessions, old)
+    # The budget went with the downgrade; the scene did not.
+    await assert_kept_down_and_up(url, "0004", old)
+    async with opened(url) as sessions:
         channel = await repo.get_channel_settings(sessions, channel_id=old.channel_id)
         assert channel is not None and channel.lorebook_budget is None
-    finally:
-        await engine.dispose()

@@ -4,19 +4,20 @@ Discord; the 0006 migration that adds them; a lorebook's `delay` counted from th
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
-from alembic import command
 
 from synatra_bot.errors import LorebookLimitReached
 from synatra_bot.roleplay.characters import MAX_PERSONAL_LOREBOOKS
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
-from synatra_bot.storage.database import create_engine, create_sessionmaker
-from synatra_bot.storage.migrate import alembic_config, upgrade_database
-from tests.db_helpers import assert_old_scene_kept, fill_at_0001, schema_diff
+from tests.db_helpers import (
+    assert_kept_down_and_up,
+    assert_old_scene_kept,
+    opened,
+    upgraded_from_0001,
+)
 
 VILLAGE = {
     "name": "마을",
@@ -212,27 +213,11 @@ async def test_delay_counts_the_scenes_turns_before_the_prompts_window(harness):
 
 
 async def test_upgrade_to_0006_keeps_data_and_starts_with_no_personal_lorebooks(tmp_path):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "0001")
-    old = await fill_at_0001(url)
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "0005")
-    await upgrade_database(url)
-    assert await schema_diff(url) == []
-    engine = create_engine(url)
-    sessions = create_sessionmaker(engine)
-    try:
+    url, old = await upgraded_from_0001(tmp_path, "0005")
+    async with opened(url) as sessions:
         await assert_old_scene_kept(sessions, old)
         assert await repo.lorebooks_of(sessions, owner_id=old.player_id) == []
         await repo.save_lorebook(
             sessions, owner_id=old.player_id, name="마을", book={"entries": []}, max_owned=5
         )
-    finally:
-        await engine.dispose()
-    # Down and up again: the old rows came through both ways.
-    await asyncio.to_thread(command.downgrade, alembic_config(url), "0005")
-    await upgrade_database(url)
-    engine = create_engine(url)
-    try:
-        await assert_old_scene_kept(create_sessionmaker(engine), old)
-    finally:
-        await engine.dispose()
+    await assert_kept_down_and_up(url, "0005", old)

@@ -4,10 +4,7 @@ and the 0007 and 0008 migrations that add them."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from alembic import command
 
 from synatra_bot.errors import UserFacingError
 from synatra_bot.roleplay.config import (
@@ -19,10 +16,13 @@ from synatra_bot.roleplay.config import (
     preset_values,
 )
 from synatra_bot.storage import repository as repo
-from synatra_bot.storage.database import create_engine, create_sessionmaker
-from synatra_bot.storage.migrate import alembic_config, upgrade_database
 from synatra_bot.storage.records import ChannelSettingsRecord, GuildSettingsRecord
-from tests.db_helpers import assert_old_scene_kept, fill_at_0001, schema_diff
+from tests.db_helpers import (
+    assert_kept_down_and_up,
+    assert_old_scene_kept,
+    opened,
+    upgraded_from_0001,
+)
 from tests.hostile_corpus import RecordingEngine
 
 
@@ -155,15 +155,8 @@ async def test_a_server_keeps_a_bounded_number_of_presets(harness):
 
 
 async def test_upgrade_to_0008_keeps_data_with_samplers_unset_and_no_presets(tmp_path):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "0001")
-    old = await fill_at_0001(url)
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "0006")
-    await upgrade_database(url)
-    assert await schema_diff(url) == []
-    engine = create_engine(url)
-    sessions = create_sessionmaker(engine)
-    try:
+    url, old = await upgraded_from_0001(tmp_path, "0006")
+    async with opened(url) as sessions:
         await assert_old_scene_kept(sessions, old)
         guild = await repo.get_guild_settings(sessions, guild_id=old.guild_id)
         channel = await repo.get_channel_settings(sessions, channel_id=old.channel_id)
@@ -175,16 +168,7 @@ async def test_upgrade_to_0008_keeps_data_with_samplers_unset_and_no_presets(tmp
         await repo.save_preset(
             sessions, guild_id=old.guild_id, name="밤", values={"temperature": 1.1}, max_saved=5
         )
-    finally:
-        await engine.dispose()
-    # Down and up again: the old rows came through both ways.
-    await asyncio.to_thread(command.downgrade, alembic_config(url), "0006")
-    await upgrade_database(url)
-    engine = create_engine(url)
-    try:
-        await assert_old_scene_kept(create_sessionmaker(engine), old)
-    finally:
-        await engine.dispose()
+    await assert_kept_down_and_up(url, "0006", old)
 
 
 async def test_a_server_refusing_a_sampler_is_told_once_and_replies_go_on(start_bot, tokenizer):
