@@ -14,7 +14,14 @@ from typing import Any
 
 from synatra_bot.errors import CardError, LorebookError
 from synatra_bot.prompt import charx, png
-from synatra_bot.prompt.cards import MAX_FIELD_CHARS, MAX_JSON_DEPTH, json_depth, parse_card
+from synatra_bot.prompt.cards import (
+    MAX_FIELD_CHARS,
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    card_from_dict,
+    json_depth,
+    parse_card,
+)
 from synatra_bot.prompt.lorebook import lorebook_from_character_book
 
 #: The largest lorebook file read (a World Info JSON, a card JSON or a card PNG).
@@ -127,7 +134,8 @@ def _read(data: bytes, filename: str | None) -> dict[str, Any]:
     if "entries" in obj:
         raise _bad("'entries' must be an object (World Info) or a list (character_book)")
     if any(k in obj for k in ("spec", "data", "first_mes", "char_name")):
-        return _from_card(data, filename)
+        # A card's JSON, already decoded; one past a card's own size limit is refused as such.
+        return _from_card(obj if len(data) <= MAX_JSON_BYTES else data, filename)
     raise _bad("the file has no lorebook entries")
 
 
@@ -137,9 +145,13 @@ def _stem(filename: str | None) -> str:
     return filename.rsplit("/", 1)[-1].rsplit(".", 1)[0][:MAX_NAME_CHARS]
 
 
-def _from_card(data: bytes, filename: str | None) -> dict[str, Any]:
+def _from_card(data: bytes | dict[str, Any], filename: str | None) -> dict[str, Any]:
+    """The lorebook of a card file, or of a card's JSON already decoded."""
     try:
-        card = parse_card(data, filename=filename)
+        if isinstance(data, dict):
+            card = card_from_dict(data)
+        else:
+            card = parse_card(data, filename=filename)
     except CardError as exc:
         raise _bad(f"the card cannot be read: {exc.params.get('reason', exc)}") from None
     if not card.character_book:
