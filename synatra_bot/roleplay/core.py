@@ -106,6 +106,12 @@ class Started:
     greeting_count: int
 
 
+def _refuse_shipped_preset(name: str) -> None:
+    """A server's own presets never take a shipped preset's name (it stays the shipped one)."""
+    if name in SHIPPED_PRESETS:
+        raise UserFacingError(f"{name} is a shipped preset", key="error.preset_shipped", name=name)
+
+
 @dataclass(frozen=True, slots=True)
 class ActiveRoleplay:
     """A running scene: its session, its cast (the character it started with first) and the
@@ -276,11 +282,8 @@ class RoleplayCore:
         return found
 
     async def save_preset(self, guild_id: int, name: str, values: dict[str, float | int]) -> None:
-        """Keep `values` as the server's preset `name` (a shipped name stays the shipped one)."""
-        if name in SHIPPED_PRESETS:
-            raise UserFacingError(
-                f"{name} is a shipped preset", key="error.preset_shipped", name=name
-            )
+        """Keep `values` as the server's preset `name`."""
+        _refuse_shipped_preset(name)
         saved = await repo.save_preset(
             self.sessions, guild_id=guild_id, name=name, values=values, max_saved=MAX_SERVER_PRESETS
         )
@@ -292,10 +295,7 @@ class RoleplayCore:
             )
 
     async def delete_preset(self, guild_id: int, name: str) -> None:
-        if name in SHIPPED_PRESETS:
-            raise UserFacingError(
-                f"{name} is a shipped preset", key="error.preset_shipped", name=name
-            )
+        _refuse_shipped_preset(name)
         if not await repo.delete_preset(self.sessions, guild_id=guild_id, name=name):
             raise NotFound(f"no preset called {name}", key="error.no_preset", name=name)
 
