@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -26,6 +27,14 @@ class ArgumentNotResolved(app_commands.AppCommandError):
     def __init__(self, original: NotFound) -> None:
         super().__init__(str(original))
         self.original = original
+
+
+def name_choices(names: Iterable[str], typed: str) -> list[app_commands.Choice[str]]:
+    """Autocomplete for a value picked by name: the names holding what was typed (any case),
+    as many as Discord shows."""
+    wanted = typed.strip().casefold()
+    found = [app_commands.Choice(name=n, value=n) for n in names if wanted in n.casefold()]
+    return found[:25]
 
 
 def _label(record: CharacterRecord) -> str:

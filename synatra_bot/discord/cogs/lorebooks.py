@@ -17,7 +17,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from synatra_bot.discord.cogs.common import CharacterArg, require_attachment_size
+from synatra_bot.discord.cogs.common import CharacterArg, name_choices, require_attachment_size
 from synatra_bot.discord.interactions import actor_of, answer, place_of, tr
 from synatra_bot.errors import PermissionDenied, UserFacingError
 from synatra_bot.prompt.world_info import (
@@ -60,10 +60,7 @@ async def _own_book_names(
     interaction: discord.Interaction[SynatraBot], value: str
 ) -> list[app_commands.Choice[str]]:
     books = await interaction.client.core.characters.lorebooks(actor_of(interaction))
-    typed = value.casefold()
-    return [
-        app_commands.Choice(name=b.name, value=b.name) for b in books if typed in b.name.casefold()
-    ][:25]
+    return name_choices((b.name for b in books), value)
 
 
 @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)

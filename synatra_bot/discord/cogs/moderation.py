@@ -8,6 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from synatra_bot.discord.cogs.common import name_choices
 from synatra_bot.discord.interactions import actor_of, answer, place_of, tr
 from synatra_bot.errors import NotFound, UserFacingError
 from synatra_bot.roleplay.config import (
@@ -302,11 +303,7 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
     ) -> list[app_commands.Choice[str]]:
         if interaction.guild_id is None:
             return []
-        names = await self.bot.core.presets(interaction.guild_id)
-        typed = value.casefold()
-        return [
-            app_commands.Choice(name=name, value=name) for name in names if typed in name.casefold()
-        ][:25]
+        return name_choices(await self.bot.core.presets(interaction.guild_id), value)
 
     @preset.command(name="apply", description="Use a preset's sampling settings")
     @app_commands.describe(
