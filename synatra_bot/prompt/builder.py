@@ -552,7 +552,7 @@ class PromptBuilder:
             text = self._systems.put(key, "\n\n".join(s for s in sections if s))
         return self._piece("system", text)
 
-    def _card_lorebook(self, card: CharacterCard) -> Lorebook:
+    def card_lorebook(self, card: CharacterCard) -> Lorebook:
         """The card's own lorebook, parsed once per `character_book` object (an edited card is
         a new object; the cache holds the object, so its id is not reused meanwhile)."""
         book = card.character_book
@@ -912,7 +912,7 @@ class PromptBuilder:
         if channel_lorebook is not None and channel_lorebook.entries:
             books["channel"] = channel_lorebook
         for member in members:
-            book = self._card_lorebook(member) if member.character_book else None
+            book = self.card_lorebook(member) if member.character_book else None
             if book is None or not book.entries:
                 continue
             name = "card" if len(members) == 1 else f"card:{clean_name(member.name, '캐릭터')}"

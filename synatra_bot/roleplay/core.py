@@ -130,9 +130,6 @@ class ActiveRoleplay:
     #: when the roleplay is loaded (it is cached) rather than for every reply.
     cards: dict[int, CharacterCard] = field(init=False)
     channel_lorebook: Lorebook | None = field(init=False)
-    #: Some lore waits for the scene to reach a length (`delay`): prompts need the count of
-    #: the scene's turns before their window.
-    counts_scene_length: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.cast:
@@ -148,14 +145,6 @@ class ActiveRoleplay:
         lorebook = self.config.lorebook
         book = lorebook_from_character_book(lorebook) if lorebook else None
         object.__setattr__(self, "channel_lorebook", book)
-        books = [book] if book is not None else []
-        books += [
-            lorebook_from_character_book(c.character_book)
-            for c in cards.values()
-            if c.character_book
-        ]
-        delayed = any(entry.delay > 0 for each in books for entry in each.entries)
-        object.__setattr__(self, "counts_scene_length", delayed)
 
     @property
     def lead(self) -> CharacterRecord:
@@ -724,8 +713,9 @@ class RoleplayCore:
     async def _earlier_turn_count(
         self, active: ActiveRoleplay, records: Sequence[MessageRecord]
     ) -> int:
-        """The scene's turns older than `records` (0 when they start at its beginning)."""
-        if not active.counts_scene_length or not records:
+        """The scene's turns older than `records` (0 when they start at its beginning), for
+        lore that waits for the scene to reach a length (`delay`); 0 when none does."""
+        if not records or not self._lore_waits(active):
             return 0
         trimmed = self._history_start.get(self._anchor_key(active)) is not None
         if not trimmed and len(records) < self._recent_limit(active):
@@ -738,6 +728,13 @@ class RoleplayCore:
                 self.sessions, session_id=active.session.id, before_id=records[0].id
             )
         return self._earlier_turns[key]
+
+    def _lore_waits(self, active: ActiveRoleplay) -> bool:
+        """Some lore of the scene has a `delay` (the card books as the builder parsed them)."""
+        books = [self.builder.card_lorebook(c) for c in active.cards.values() if c.character_book]
+        if active.channel_lorebook is not None:
+            books.append(active.channel_lorebook)
+        return any(entry.delay > 0 for book in books for entry in book.entries)
 
     @staticmethod
     def _recent_limit(active: ActiveRoleplay) -> int:
