@@ -58,6 +58,8 @@ class Settings:
     model_id: str = DEFAULT_MODEL_ID
     engine: EngineKind = "transformers"
     engine_url: str = ""
+    #: The name the remote server knows the model by; "" means MODEL_ID (see served_model).
+    engine_model: str = ""
     engine_api_key: str = ""
     engine_timeout_s: float = 120.0
     engine_send_token_ids: bool = False
@@ -98,6 +100,11 @@ class Settings:
             for f in fields(self)
         }
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    @property
+    def served_model(self) -> str:
+        """The model name sent to a remote engine: ENGINE_MODEL, else MODEL_ID."""
+        return self.engine_model or self.model_id
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -181,6 +188,7 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         model_id=env.get("MODEL_ID", "").strip() or DEFAULT_MODEL_ID,
         engine=cast(EngineKind, engine),
         engine_url=engine_url,
+        engine_model=env.get("ENGINE_MODEL", "").strip(),
         engine_api_key=env.get("ENGINE_API_KEY", "").strip(),
         engine_timeout_s=_float(env, "ENGINE_TIMEOUT_S", 120.0, 1, 3600),
         engine_send_token_ids=send_token_ids,

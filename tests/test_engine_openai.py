@@ -220,7 +220,7 @@ ROLEPLAY_FIELDS = (
 )
 
 
-async def test_roleplay_samplers_are_sent_under_llama_cpp_names_only_when_on(fault_url) -> None:
+async def test_roleplay_samplers_are_sent_under_llama_cpp_names_when_on(fault_url) -> None:
     engine = make_engine(f"{fault_url}/samplers")
     await engine.start()
     try:
@@ -245,12 +245,16 @@ async def test_roleplay_samplers_are_sent_under_llama_cpp_names_only_when_on(fau
         "dry_base": 2.0,
         "dry_allowed_length": 3,
         "dry_sequence_breakers": ["\n", "「"],
-        "dry_penalty_last_n": -1,  # the whole context, in llama.cpp's words
+        # The whole context: the prompt (at most a token per byte) and the reply.
+        "dry_penalty_last_n": len(PROMPT.encode()) + 300,
         "xtc_threshold": 0.2,
         "xtc_probability": 0.4,
     }
-    assert not set(ROLEPLAY_FIELDS) & set(off_body)
-    assert set(ROLEPLAY_FIELDS) & set(min_p_body) == {"min_p"}
+    # min_p goes even when off: llama.cpp's server would apply its own 0.05.
+    assert {name: off_body[name] for name in set(ROLEPLAY_FIELDS) & set(off_body)} == {"min_p": 0}
+    assert {name: min_p_body[name] for name in set(ROLEPLAY_FIELDS) & set(min_p_body)} == {
+        "min_p": 0.1
+    }
 
 
 async def test_a_server_that_rejects_dry_and_xtc_still_replies_and_keeps_min_p() -> None:
@@ -321,3 +325,26 @@ async def test_transformers_serve_rejecting_the_samplers_costs_no_retry(
         await engine.close()
     # Rejected once, by name, and never sent again.
     assert caplog.text.count("does not accept min_p") == 1
+
+
+async def test_id_prompts_keep_their_bos_and_a_repetition_penalty_has_llama_cpp_names(
+    fault_url, tokenizer
+) -> None:
+    ids = [1, 32001, *tokenizer.encode("user\n안녕!", add_special_tokens=False), 32000, 32001]
+    by_ids = make_engine(f"{fault_url}/ids", send_token_ids=True, tokenizer=tokenizer)
+    by_text = make_engine(f"{fault_url}/text", tokenizer=tokenizer)
+    for engine in (by_ids, by_text):
+        await engine.start()
+        try:
+            assert await collect(engine, ids, repetition_penalty=1.1, max_new_tokens=20)
+        finally:
+            await engine.close()
+    bodies = server_stats(fault_url)["bodies"]
+    (by_ids_body,) = bodies["ids"]
+    (by_text_body,) = bodies["text"]
+    # Servers take ids as they are, so the BOS stays; they add their own to text.
+    assert by_ids_body["prompt"] == ids
+    assert not by_text_body["prompt"].startswith("<s>")
+    assert by_ids_body["repetition_penalty"] == by_ids_body["repeat_penalty"] == 1.1
+    # Over the whole context, as transformers and vLLM apply it.
+    assert by_ids_body["repeat_last_n"] == len(ids) + 20

@@ -20,6 +20,17 @@ def test_defaults_with_only_a_token():
     assert settings.engine == "transformers"
     assert settings.dev_guild_id is None
     assert settings.log_level == "INFO"
+    assert settings.served_model == settings.model_id
+
+
+def test_engine_model_names_the_server_model_and_model_id_stays_the_tokenizer():
+    env = {"DISCORD_TOKEN": "t0ken", "ENGINE": "openai", "ENGINE_URL": "http://127.0.0.1:8080"}
+    env |= {"MODEL_ID": "maywell/Synatra-7B-v0.3-RP", "ENGINE_MODEL": " synatra-q4 "}
+    settings = settings_from_env(env)
+    assert (settings.model_id, settings.served_model) == (
+        "maywell/Synatra-7B-v0.3-RP",
+        "synatra-q4",
+    )
 
 
 @pytest.mark.parametrize(

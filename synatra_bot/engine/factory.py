@@ -19,7 +19,7 @@ def build_engine(settings: Settings, *, tokenizer: Any = None) -> Engine:
         return OpenAICompatEngine(
             settings.engine_url,
             api_key=settings.engine_api_key,
-            model=settings.model_id,
+            model=settings.served_model,
             tokenizer_dir_or_id=settings.model_id,
             timeout_s=settings.engine_timeout_s,
             send_token_ids=settings.engine_send_token_ids,

@@ -4,22 +4,34 @@ It posts our own ChatML prompt to `/v1/completions` (the legacy text API, so the
 exactly what the model sees) with `stream: true`, and reads the server-sent events.
 
 - Prompts given as token ids are sent as ids when `send_token_ids=True` (vLLM and llama.cpp
-  accept them); otherwise they are rendered as text with `ids_to_server_text` (a leading BOS is
-  dropped: servers add their own): the server re-tokenizes it into the same ids, and role-token
-  text typed by users is broken so it stays ordinary text.
+  accept them, and take them as they are, so the BOS stays); otherwise they are rendered as text
+  with `ids_to_server_text` (a leading BOS is dropped: servers add their own to text): the
+  server re-tokenizes it into the same ids, and role-token text typed by users is broken so it
+  stays ordinary text.
 - `top_k`, `repetition_penalty` and `stop_token_ids` are not in the OpenAI schema. They are sent
   (vLLM honours them) until a server rejects them by name (`transformers serve` answers 422);
-  after that the engine sends only standard fields. Stop strings `<|im_end|>`, `<|im_start|>`,
-  `</s>` always go in `stop`, and the text is also cut at them here.
-- The roleplay samplers go under the names llama.cpp and koboldcpp read: `min_p` when above 0,
-  the `dry_*` fields when `dry_multiplier` is above 0 (`dry_penalty_last_n` 0, the whole context,
-  is sent as llama.cpp's -1), the `xtc_*` fields when `xtc_probability` is above 0. A 400/422
-  that names one of them is sent again at once without them, and they stay off for this
-  engine: a server that rejects `min_p` knows none of them, one that rejects a DRY or XTC field
-  may still know `min_p`. Such a resend (for these or the fields above) spends no retry.
+  after that the engine sends only standard fields. A repetition penalty also goes under
+  llama.cpp's names, `repeat_penalty` over `repeat_last_n` tokens: the whole context, as
+  transformers and vLLM apply it. Stop strings `<|im_end|>`, `<|im_start|>`, `</s>` always go
+  in `stop`, and the text is also cut at them here.
+- The roleplay samplers go under the names llama.cpp and koboldcpp read: `min_p` always (0 is
+  off; llama.cpp's server would apply 0.05 to a request without it), the `dry_*` fields when
+  `dry_multiplier` is above 0, the `xtc_*` fields when `xtc_probability` is above 0. A window of
+  0 (`dry_penalty_last_n`, the whole context) is sent as the reply's whole length, prompt and
+  new tokens: llama.cpp's server takes only a count. A 400/422 that names one of them is sent
+  again at once without them, and they stay off for this engine: a server that rejects `min_p`
+  knows none of them, one that rejects a DRY or XTC field may still know `min_p`. Such a resend
+  (for these or the fields above) spends no retry.
+- Each reply asks for its own connection (`Connection: close`), never one pooled from the last
+  reply: llama.cpp's server closes the connection after a stream although it announces
+  keep-alive, and reusing it would cost the next reply a failed attempt.
 - Connect errors, timeouts, 429 and 5xx before the first token are retried with exponential
   backoff (429 honours Retry-After). Other 4xx fail at once with the server's reason. A stream
   that ends without a finish reason raises GenerationInterrupted with the text so far.
+- The request's `model` is the name the server knows the model by (ENGINE_MODEL: a GGUF file's
+  alias in llama.cpp, vLLM's `--served-model-name`), which may differ from the tokenizer's
+  MODEL_ID. At start the engine reads the server's `/v1/models` and warns, naming what it
+  serves, when the name is not there.
 - The API key is sent only in the Authorization header and never appears in errors or logs.
 - Error messages are safe to show players: a short reason with a localisation `key` (see
   synatra_bot.errors.EngineError), never the URL or the server's answer. Those go to the log,
@@ -82,7 +94,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXTENSION_FIELDS = ("top_k", "repetition_penalty", "stop_token_ids")
+EXTENSION_FIELDS = (
+    "top_k",
+    "repetition_penalty",
+    "repeat_penalty",
+    "repeat_last_n",
+    "stop_token_ids",
+)
 DRY_XTC_FIELDS = (
     "dry_multiplier",
     "dry_base",
@@ -100,6 +118,8 @@ SAMPLER_FIELD_GROUPS = {
 #: The chat API's fields that make the server write on from the final message instead of
 #: opening a new assistant message (vLLM's names).
 CONTINUE_FIELDS = ("continue_final_message", "add_generation_prompt")
+#: A streamed reply's connection is never reused (see the module docstring).
+STREAM_HEADERS = {"Connection": "close"}
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 10.0
 
@@ -279,6 +299,8 @@ class OpenAICompatEngine:
         #: Sampler fields this server rejected: never sent again.
         self._refused_fields: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
+        #: The model names the server's `/v1/models` listed at start (empty: none listed).
+        self.served_models: tuple[str, ...] = ()
         self._active: dict[str, _Active] = {}
         self._meter = ThroughputMeter()
         self._last_error = ""
@@ -293,6 +315,36 @@ class OpenAICompatEngine:
         if self._session is None:
             headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
             self._session = aiohttp.ClientSession(headers=headers)
+            await self._check_served_model()
+
+    async def _check_served_model(self) -> None:
+        """Warn when the server's `/v1/models` does not list the model name the engine sends.
+
+        vLLM and TGI refuse a request for a model they do not serve; llama.cpp's server answers
+        any name. A server that is down or has no model list is left to the first reply.
+        """
+        import aiohttp
+
+        assert self._session is not None
+        url = self._url.removesuffix(API_PATHS[self._api]) + "/models"
+        try:
+            async with self._session.get(
+                url, timeout=aiohttp.ClientTimeout(total=min(self._timeout_s, 10))
+            ) as response:
+                listed = await response.json(content_type=None) if response.status == 200 else {}
+        except (TimeoutError, OSError, aiohttp.ClientError, ValueError):
+            return
+        data = listed.get("data") if isinstance(listed, dict) else None
+        served = [str(m["id"]) for m in data or () if isinstance(m, dict) and "id" in m]
+        self.served_models = tuple(served)
+        if served and self.model not in served:
+            log.warning(
+                "the engine at %s serves %s, not %r: set ENGINE_MODEL to the name it serves "
+                "(MODEL_ID stays the tokenizer)",
+                self._safe_url(),
+                ", ".join(repr(name) for name in served[:5]),
+                self.model,
+            )
 
     async def close(self) -> None:
         for request_id in list(self._active):
@@ -310,10 +362,10 @@ class OpenAICompatEngine:
         if isinstance(prompt, str):
             return prompt
         ids = list(prompt)
-        if ids and ids[0] == BOS_ID:
-            ids = ids[1:]
         if self._send_token_ids:
             return ids
+        if ids and ids[0] == BOS_ID:
+            ids = ids[1:]
         if self._tokenizer is None:
             raise EngineError("prompts given as token ids need a tokenizer (tokenizer_dir_or_id)")
         return ids_to_server_text(self._tokenizer, ids)
@@ -331,7 +383,8 @@ class OpenAICompatEngine:
             "add_generation_prompt": False,
         }
 
-    def _body(self, payload: _Payload, params: SamplingParams) -> dict[str, Any]:
+    def _body(self, payload: _Payload, params: SamplingParams, context: int) -> dict[str, Any]:
+        """The request; `context` bounds the reply's whole length in tokens, prompt included."""
         body: dict[str, Any] = {
             "model": self.model,
             **self._prompt_fields(payload),
@@ -346,16 +399,17 @@ class OpenAICompatEngine:
         if self._extensions_ok:
             body["top_k"] = params.top_k if params.top_k > 0 else -1
             body["repetition_penalty"] = params.repetition_penalty
+            if params.repetition_penalty != 1.0:
+                body["repeat_penalty"] = params.repetition_penalty
+                body["repeat_last_n"] = context
             body["stop_token_ids"] = list(params.stop_ids)
-        samplers: dict[str, Any] = {}
-        if params.min_p > 0.0:
-            samplers["min_p"] = params.min_p
+        samplers: dict[str, Any] = {"min_p": params.min_p}
         if params.dry_on:
             samplers["dry_multiplier"] = params.dry_multiplier
             samplers["dry_base"] = params.dry_base
             samplers["dry_allowed_length"] = params.dry_allowed_length
             samplers["dry_sequence_breakers"] = list(params.dry_sequence_breakers)
-            samplers["dry_penalty_last_n"] = params.dry_penalty_last_n or -1
+            samplers["dry_penalty_last_n"] = params.dry_penalty_last_n or context
         if params.xtc_on:
             samplers["xtc_threshold"] = params.xtc_threshold
             samplers["xtc_probability"] = params.xtc_probability
@@ -377,46 +431,48 @@ class OpenAICompatEngine:
         if request_id in self._active:
             raise EngineError(f"request id {request_id!r} is already running")
         payload = self._prompt_payload(prompt)
+        # A token is at least one byte of text, so a text prompt's length in bytes bounds it.
+        length = len(prompt.encode()) if isinstance(prompt, str) else len(prompt)
+        context = length + params.max_new_tokens
         active = _Active()
         self._active[request_id] = active
         stops = StopStringFilter((*STOP_STRINGS, *params.stop_strings))
         shown = ""
         try:
-            response = await self._connect(payload, params, active)
+            response = await self._connect(payload, params, active, context)
             finished = False
-            async with response:
-                try:
-                    async for line in response.content:
-                        event = self._parse_line(line)
-                        if event is None:
-                            continue
-                        if event == "[DONE]":
-                            finished = True
-                            break
-                        text, finish_reason = self._event_text(event, shown)
-                        if text:
-                            active.started = True
-                            self._meter.add(1)
-                            out = stops.feed(text)
-                            if out:
-                                shown += out
-                                yield out
-                        if finish_reason is not None or stops.stopped:
-                            finished = True
-                            break
-                except (TimeoutError, OSError, aiohttp.ClientError) as error:
-                    if not active.cancelled:
-                        self._last_error = type(error).__name__
-                        log.warning(
-                            "the connection to the engine at %s broke mid-reply (%s)",
-                            self._safe_url(),
-                            type(error).__name__,
-                        )
-                        raise GenerationInterrupted(
-                            "the connection to the generation server was lost",
-                            partial_text=shown,
-                            key="engine.lost",
-                        ) from None
+            try:
+                async for line in response.content:
+                    event = self._parse_line(line)
+                    if event is None:
+                        continue
+                    if event == "[DONE]":
+                        finished = True
+                        break
+                    text, finish_reason = self._event_text(event, shown)
+                    if text:
+                        active.started = True
+                        self._meter.add(1)
+                        out = stops.feed(text)
+                        if out:
+                            shown += out
+                            yield out
+                    if finish_reason is not None or stops.stopped:
+                        finished = True
+                        break
+            except (TimeoutError, OSError, aiohttp.ClientError) as error:
+                if not active.cancelled:
+                    self._last_error = type(error).__name__
+                    log.warning(
+                        "the connection to the engine at %s broke mid-reply (%s)",
+                        self._safe_url(),
+                        type(error).__name__,
+                    )
+                    raise GenerationInterrupted(
+                        "the connection to the generation server was lost",
+                        partial_text=shown,
+                        key="engine.lost",
+                    ) from None
             if active.cancelled:
                 raise GenerationInterrupted("request cancelled", partial_text=shown)
             if not finished:
@@ -438,7 +494,7 @@ class OpenAICompatEngine:
                 active.response.close()
 
     async def _connect(
-        self, payload: _Payload, params: SamplingParams, active: _Active
+        self, payload: _Payload, params: SamplingParams, active: _Active, context: int
     ) -> aiohttp.ClientResponse:
         """POST the request, retrying until the server starts streaming."""
         import aiohttp
@@ -452,8 +508,10 @@ class OpenAICompatEngine:
             if active.cancelled:
                 raise GenerationInterrupted("request cancelled", partial_text="")
             try:
-                body = self._body(payload, params)
-                response = await self._session.post(self._url, json=body, timeout=timeout)
+                body = self._body(payload, params, context)
+                response = await self._session.post(
+                    self._url, json=body, timeout=timeout, headers=STREAM_HEADERS
+                )
                 active.response = response
                 if response.status == 200:
                     return response
@@ -617,6 +675,8 @@ class OpenAICompatEngine:
         running = sum(1 for a in self._active.values() if a.started)
         ok = self._session is not None and not self._last_error
         detail = f"{self.model} at {self._safe_url()}"
+        if self.served_models and self.model not in self.served_models:
+            detail += f" (the server lists only {', '.join(self.served_models[:5])})"
         if self._session is None:
             detail += " (not started)"
         elif self._last_error:
