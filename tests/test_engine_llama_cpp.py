@@ -274,3 +274,31 @@ async def test_a_model_name_the_server_does_not_list_is_named_at_start(
         assert f"the server lists only {ALIAS}" in engine.health().detail
     finally:
         await engine.close()
+
+
+async def test_the_chat_api_gets_the_bots_prompt_rendered_exactly(
+    llama_url, builder, tokenizer, caplog
+) -> None:
+    ids = prompt_ids(builder, GREETINGS[1])
+    speaker = [*ids, *tokenizer.encode("민지:", add_special_tokens=False)]
+    by_ids = engine_for(llama_url, tokenizer)
+    by_chat = OpenAICompatEngine(llama_url, model=ALIAS, tokenizer=tokenizer, api="chat")
+    await by_ids.start()
+    await by_chat.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="synatra_bot.engine"):
+            # The open assistant block, and a group speaker's name the reply goes on from.
+            for prompt in (ids, speaker):
+                before = metric(llama_url, "prompt_tokens_total")
+                before += metric(llama_url, "prompt_tokens_cached_total")
+                chat = await reply(by_chat, prompt, "채팅", max_new_tokens=8, temperature=0.0)
+                after = metric(llama_url, "prompt_tokens_total")
+                after += metric(llama_url, "prompt_tokens_cached_total")
+                # The server's template rendered the bot's ChatML token for token.
+                assert after - before == len(prompt)
+                assert chat == await reply(by_ids, prompt, "ids", max_new_tokens=8, temperature=0.0)
+                assert not chat.startswith("민지:")
+    finally:
+        await by_ids.close()
+        await by_chat.close()
+    assert caplog.text == ""
