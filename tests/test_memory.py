@@ -362,6 +362,47 @@ async def test_a_summary_written_by_hand_stays_and_folding_continues_from_it(sce
     assert f"{SUMMARY_PREVIOUS_HEADING}\n민수는 하늘에게 비밀 지도를 맡겼다." in prompt
 
 
+HAND_WRITTEN = "민수는 하늘에게 비밀 지도를 맡겼다. 둘은 숲 너머 등대를 찾고 있다."
+
+
+async def test_a_change_to_a_turn_the_summary_written_by_hand_covers_leaves_it(scene) -> None:
+    await _scene_with_discord_ids(scene)
+    await scene.core.set_memory(PLACE, HAND_WRITTEN)
+    covered = await _covered_player_turn(scene)
+    await scene.core.message_edited(covered.discord_message_id, "사실 우리는 바닷가에 있었다.")
+    status = await scene.status()
+    assert status.text == HAND_WRITTEN and not status.stale
+
+
+async def test_a_rewrite_starts_from_the_summary_written_by_hand(scene) -> None:
+    await _scene_with_discord_ids(scene)
+    await scene.core.set_memory(PLACE, HAND_WRITTEN)
+    written_until = (await scene.status()).until_id
+    for _ in range(200):  # play on until automatic memory folds turns after it
+        await scene.play(discord_id=20_000 + len(scene.reports))
+        await scene.settle()
+        if (await scene.status()).until_id > written_until:
+            break
+    until = (await scene.status()).until_id
+    later = next(
+        m
+        for m in await scene.history()
+        if m.role == "user" and written_until < m.id <= until and m.discord_message_id
+    )
+    await scene.core.message_edited(later.discord_message_id, "고쳐 쓴 등대 이야기")
+    assert (await scene.status()).stale
+    asked = len(scene.engine.summary_prompts)
+    await scene.play()
+    await scene.settle()
+    rewrite = scene.engine.summary_prompts[asked]
+    # Folded again from what was written by hand, not from the scene's start.
+    assert f"{SUMMARY_PREVIOUS_HEADING}\n{HAND_WRITTEN}" in rewrite
+    assert "어서 와, 민수! 숲길로 가 볼까?" not in rewrite
+    assert "고쳐 쓴 등대 이야기" in rewrite
+    status = await scene.status()
+    assert not status.stale and status.text == scene.engine.summaries[-1]
+
+
 async def test_automatic_memory_turned_off_folds_nothing_until_turned_on(scene) -> None:
     await scene.core.set_auto_memory(PLACE, False)
     await scene.play_until_dropped(2)
@@ -663,3 +704,18 @@ async def test_the_tiny_model_writes_a_summary_end_to_end(sessions, tokenizer, t
         await scheduler.shutdown(finish=False)
     finally:
         await engine.close()
+
+
+async def test_upgrade_to_0009_keeps_scenes_with_no_summary_written_by_hand(tmp_path) -> None:
+    from tests.db_helpers import assert_kept_down_and_up, opened, upgraded_from_0001
+
+    url, old = await upgraded_from_0001(tmp_path, "0008")
+    async with opened(url) as sessions:
+        session = await repo.get_session(sessions, session_id=old.session_id)
+        assert session is not None
+        assert (session.summary_written, session.summary_written_until_id) == (None, None)
+        # Written again by hand, as it was: the old summary stays what the old scene had.
+        await repo.set_summary(sessions, session_id=old.session_id, summary=session.summary)
+        session = await repo.get_session(sessions, session_id=old.session_id)
+        assert session is not None and session.summary_written == session.summary
+    await assert_kept_down_and_up(url, "0008", old)

@@ -446,8 +446,26 @@ async def check_scene_memory(sessions, *, guild_id: int, channel_id: int) -> Non
         turns[4].id,
         False,
     )
+    assert (by_hand.summary_written, by_hand.summary_written_until_id) == (
+        "손으로 쓴 기억",
+        turns[4].id,
+    )
+    # A change to a turn the hand-written summary covers leaves it; one past it, once
+    # automatic memory folded on from it, makes it stale, and the written base stays.
+    assert not await repo.mark_summary_stale(sessions, session_id=scene.id, changed_id=turns[4].id)
+    assert await store(
+        "손으로 쓴 기억. 그 뒤로", turns[5].id, ("손으로 쓴 기억", turns[4].id, False)
+    )
+    assert await repo.mark_summary_stale(sessions, session_id=scene.id, changed_id=turns[5].id)
+    folded = await repo.get_session(sessions, session_id=scene.id)
+    assert folded is not None and folded.summary_stale
+    assert (folded.summary_written, folded.summary_written_until_id) == (
+        "손으로 쓴 기억",
+        turns[4].id,
+    )
+    await repo.set_summary(sessions, session_id=scene.id, summary="손으로 쓴 기억")
     assert await repo.set_summary_auto(sessions, session_id=scene.id, enabled=False)
-    assert not await store("자동", turns[5].id, ("손으로 쓴 기억", turns[4].id, False))
+    assert not await store("자동", turns[5].id, ("손으로 쓴 기억", turns[5].id, False))
     off = await repo.get_session(sessions, session_id=scene.id)
     assert off is not None and not off.summary_auto and off.summary == "손으로 쓴 기억"
     assert not await repo.set_summary_auto(sessions, session_id=scene.id + 999, enabled=True)

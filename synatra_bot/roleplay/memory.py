@@ -14,7 +14,9 @@ whole, only over the summary it was folded from, and only while no turn it folde
 
 An undo, edit, delete or swipe of a turn the summary covers makes it stale: the next job
 rewrites it, folding the scene again from its start, chunk by chunk. A summary written by hand
-(`RoleplayCore.set_memory`) stays as written; folding continues from it.
+(`RoleplayCore.set_memory`) stays as written; folding continues from it. It is also kept
+apart: a change to a turn it covers leaves the summary as it is, and a rewrite starts again
+from it (and the turns after it), not from the scene's start.
 """
 
 from __future__ import annotations
@@ -187,22 +189,27 @@ class MemoryKeeper:
         if session is None or session.ended_at is not None or not session.summary_auto:
             return None
         stale = session.summary_stale
+        # A stale summary is folded again from its base: the one written by hand, or nothing.
+        if stale:
+            previous, after = session.summary_written or "", session.summary_written_until_id
+        else:
+            previous, after = session.summary, session.summary_until_id
         records = await repo.history_between(
             sessions,
             session_id=session.id,
-            after_id=None if stale else session.summary_until_id,
+            after_id=after,
             before_id=target,
             limit=job.config.context_size // MIN_TURN_TOKENS,
         )
         if not records:
-            if stale:  # nothing it covered is left: it has nothing to tell
-                return await self._store(job, session, "", None)
+            if stale:  # nothing it covered is left past its base: the base is the summary
+                return await self._store(job, session, previous, after)
             self._remember_covered(session.id, target)
             return None
         config = job.config
         prompt = self.core.builder.build_summary(
             messages=[_dialogue(record) for record in records],
-            previous="" if stale else session.summary,
+            previous=previous,
             context_size=config.context_size,
             max_new_tokens=config.summary_tokens,
             cast=job.cast,

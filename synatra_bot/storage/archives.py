@@ -179,6 +179,12 @@ async def branch_scene(sessions: Sessions, *, message_id: int, started_by: int) 
         if covered is not None:
             branch.summary_until_id = new_ids.get(covered)
             branch.summary_stale = source.summary_stale or branch.summary_until_id is None
+        if source.summary_written is not None:
+            written_until = source.summary_written_until_id
+            branch.summary_written = source.summary_written
+            branch.summary_written_until_id = (
+                None if written_until is None else new_ids.get(written_until)
+            )
         await session.flush()
         return snapshot(SessionRecord, branch)
 

@@ -241,6 +241,10 @@ class RoleplaySession(Base):
     summary_auto: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     #: A message the summary covers changed (undo, edit, delete, swipe): it is rewritten.
     summary_stale: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: The summary last written by hand (NULL: never) and the newest message it covers: a
+    #: rewrite starts from it, and a change to a message it covers leaves the summary as it is.
+    summary_written: Mapped[str | None] = mapped_column(Text)
+    summary_written_until_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class CastMember(Base):

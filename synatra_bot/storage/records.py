@@ -139,6 +139,9 @@ class SessionRecord:
     summary_auto: bool = True
     #: A message the summary covers changed since it was written: it is to be rewritten.
     summary_stale: bool = False
+    #: The summary last written by hand (None: never) and the newest message it covers.
+    summary_written: str | None = None
+    summary_written_until_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

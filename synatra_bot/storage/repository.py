@@ -572,12 +572,18 @@ async def get_active_session(sessions: Sessions, *, channel_id: int) -> SessionR
 
 
 async def set_summary(sessions: Sessions, *, session_id: int, summary: str) -> None:
-    """A summary written by hand: kept as written (not stale), covering what it covered."""
+    """A summary written by hand: kept as written (not stale), covering what it covered, and
+    kept apart as the base a rewrite starts from."""
     async with sessions.begin() as session:
         await session.execute(
             update(RoleplaySession)
             .where(RoleplaySession.id == session_id)
-            .values(summary=summary, summary_stale=False)
+            .values(
+                summary=summary,
+                summary_stale=False,
+                summary_written=summary,
+                summary_written_until_id=RoleplaySession.summary_until_id,
+            )
         )
 
 
@@ -613,12 +619,15 @@ async def store_summary(
 
 async def mark_summary_stale(sessions: Sessions, *, session_id: int, changed_id: int) -> bool:
     """The session's history changed from message `changed_id` on: its summary is stale when
-    it covers that message. Whether it became stale now."""
+    it covers that message, unless the summary written by hand covers it (that text stays as
+    its author wrote it). Whether it became stale now."""
+    written_until = RoleplaySession.summary_written_until_id
     query = (
         update(RoleplaySession)
         .where(
             RoleplaySession.id == session_id,
             RoleplaySession.summary_until_id >= changed_id,
+            or_(written_until.is_(None), written_until < changed_id),
             ~RoleplaySession.summary_stale,
         )
         .values(summary_stale=True)
