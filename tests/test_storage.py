@@ -235,6 +235,26 @@ async def test_undo_removes_the_last_exchange_only(sessions):
     assert await repo.undo_last_exchange(sessions, session_id=rp.id) == []
 
 
+async def test_undo_takes_system_lines_from_an_imported_chat_one_at_a_time(sessions):
+    rp = await _new_session(sessions)
+    await repo.add_message(sessions, session_id=rp.id, role="assistant", content="어서 와.")
+    await repo.add_message(sessions, session_id=rp.id, role="user", content="안녕")
+    await repo.add_message(sessions, session_id=rp.id, role="system", content="장면 전환")
+    await repo.add_message(sessions, session_id=rp.id, role="assistant", content="다음 날 아침.")
+    await repo.add_message(sessions, session_id=rp.id, role="system", content="밤이 되었다")
+
+    async def undone() -> list[str]:
+        return [m.content for m in await repo.undo_last_exchange(sessions, session_id=rp.id)]
+
+    assert await undone() == ["밤이 되었다"]  # the newest turn, on its own
+    assert await undone() == ["다음 날 아침."]  # a reply after a system line goes alone
+    assert await undone() == ["장면 전환"]
+    assert await undone() == ["안녕"]  # a message nobody answered yet
+    history = await repo.recent_history(sessions, session_id=rp.id, limit=10)
+    assert [m.content for m in history] == ["어서 와."]
+    assert await undone() == []  # the greeting stays
+
+
 async def test_discord_edits_and_deletes_reach_history(sessions):
     rp = await _new_session(sessions)
     msg = await repo.add_message(

@@ -1077,9 +1077,10 @@ async def undo_last_exchange(sessions: Sessions, *, session_id: int) -> list[Mes
     """Remove the newest assistant turn and the player turns right before it.
 
     A reply that follows another reply (a character that spoke without a player's message,
-    or the next of several addressed characters) goes alone. The session's opening greeting
-    never goes. Returns the removed turns (oldest first) so their Discord messages can be
-    cleaned up.
+    or the next of several addressed characters) or a system line goes alone, and so does a
+    system line that is the newest turn (narration from an imported chat). The session's
+    opening greeting never goes. Returns the removed turns (oldest first) so their Discord
+    messages can be cleaned up.
     """
     async with sessions.begin() as session:
         rows = (
@@ -1090,18 +1091,17 @@ async def undo_last_exchange(sessions: Sessions, *, session_id: int) -> list[Mes
                 .limit(50)
             )
         ).all()
-        removed: list[Message] = list(rows[:1]) if rows and rows[0].role == "assistant" else []
-        for row in rows[len(removed) :]:
-            if row.role != "user":
-                break
-            removed.append(row)
-        only_a_reply = len(removed) == 1 and removed[0].role == "assistant"
-        if only_a_reply and (len(rows) < 2 or rows[1].role != "assistant"):
-            # A reply right after another reply goes alone; a greeting that opens the
-            # session (nothing before it) stays.
-            return []
-        if not removed:
-            return []
+        if rows and rows[0].role == "system":
+            removed: list[Message] = [rows[0]]
+        else:
+            removed = list(rows[:1]) if rows and rows[0].role == "assistant" else []
+            for row in rows[len(removed) :]:
+                if row.role != "user":
+                    break
+                removed.append(row)
+        greeting_alone = len(rows) == 1 and rows[0].role == "assistant"
+        if not removed or greeting_alone:
+            return []  # nothing to undo, or the greeting that opens the session
         for row in removed:
             await session.execute(update(Message).where(_same_turn(row)).values(deleted=True))
         return [snapshot(MessageRecord, r) for r in reversed(removed)]
