@@ -119,3 +119,31 @@ async def test_a_dm_reply_is_held_to_the_users_rate_limit(start_bot):
         await fake.say(dm, user, "하나 더")
         slow = await fake.wait_for_message(dm, lambda m: "천천히" in m.content, timeout=20)
         assert slow.author.id == fake.bot_user.id and len(harness.engine.prompts) == asked
+
+
+async def test_an_edit_in_a_dm_offers_a_new_reply_as_in_a_server(start_bot):
+    async with start_bot(engine=numbered_replies()) as harness:
+        fake, s = harness.fake, harness.scenario
+        user = s.members[0]
+        mine = await harness.character(user, "민지")
+        dm, _ = await start_in_dm(harness, user, mine)
+        said = await fake.say(dm, user, "바다 보러 갈래?")
+        reply = await fake.wait_for_message(dm, from_bot(harness), after=said)
+        await fake.wait_until(lambda: has_buttons(reply), timeout=20)
+        # discord.py keeps no DM channel it only got messages in.
+        assert harness.bot.get_channel(dm.id) is None
+
+        await fake.edit(said, "산에 갈래?")
+        offer = await fake.wait_for_message(dm, lambda m: m.id > reply.id and from_bot(harness)(m))
+        assert offer.content == "메시지가 수정됐어요. 🔄 를 누르면 답장을 다시 생성해요."
+        before = reply.content
+        pressed = await fake.press(user, offer, button_ids(offer)[0])
+        await fake.wait_for_response(pressed)
+        await fake.wait_until(lambda: reply.content != before and has_buttons(reply))
+        assert reply.content == "**민지**\n답장 2."
+        session = await repo.get_active_session(harness.sessions, channel_id=dm.id)
+        turns = await repo.recent_history(harness.sessions, session_id=session.id, limit=10)
+        assert [(m.role, m.content) for m in turns[-2:]] == [
+            ("user", "산에 갈래?"),
+            ("assistant", "답장 2."),
+        ]

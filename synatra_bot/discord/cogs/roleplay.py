@@ -412,7 +412,8 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         # Edited into an out-of-character note (or emptied): it leaves the story.
         content = self._story_text(payload.message)
         editor = speaker_of(payload.message.author, payload.guild_id)
-        channel = self.bot.get_channel(payload.channel_id)
+        # discord.py caches no DM channel it only got messages in: the edited message has it.
+        channel = self.bot.get_channel(payload.channel_id) or payload.message.channel
         place = place_of(channel, payload.guild_id) if _channel_types_ok(channel) else None
         try:
             edited = await self.bot.turns.edited(place, editor, payload.message_id, content)
