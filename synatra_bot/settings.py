@@ -163,6 +163,13 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         raise ConfigError("ENGINE_URL", "required when ENGINE=openai, e.g. http://127.0.0.1:8000")
     if engine_url and not engine_url.startswith(("http://", "https://")):
         raise ConfigError("ENGINE_URL", f"must start with http:// or https://, got {engine_url!r}")
+    engine_api_key = env.get("ENGINE_API_KEY", "").strip()
+    if engine_api_key and "@" in engine_url.partition("://")[2].partition("/")[0]:
+        # HTTP carries one Authorization: aiohttp refuses a request with both.
+        raise ConfigError(
+            "ENGINE_URL",
+            "has a user and password in it and ENGINE_API_KEY is set too: give one of them",
+        )
     engine_api = _choice(env, "ENGINE_API", "completions", ENGINE_APIS)
     send_token_ids = _choice(env, "ENGINE_SEND_TOKEN_IDS", "false", BOOLEANS) in TRUE
     if engine_api == "chat" and send_token_ids:
@@ -189,7 +196,7 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         engine=cast(EngineKind, engine),
         engine_url=engine_url,
         engine_model=env.get("ENGINE_MODEL", "").strip(),
-        engine_api_key=env.get("ENGINE_API_KEY", "").strip(),
+        engine_api_key=engine_api_key,
         engine_timeout_s=_float(env, "ENGINE_TIMEOUT_S", 120.0, 1, 3600),
         engine_send_token_ids=send_token_ids,
         engine_api=cast(EngineApi, engine_api),

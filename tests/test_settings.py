@@ -40,6 +40,10 @@ def test_engine_model_names_the_server_model_and_model_id_stays_the_tokenizer():
         ({"ENGINE": "gpt"}, "ENGINE"),
         ({"ENGINE": "openai"}, "ENGINE_URL"),
         ({"ENGINE": "openai", "ENGINE_URL": "localhost:8000"}, "ENGINE_URL"),
+        (
+            {"ENGINE": "openai", "ENGINE_URL": "http://준:비밀@h:8000", "ENGINE_API_KEY": "sk"},
+            "ENGINE_URL",
+        ),
         ({"DATABASE_URL": "data/synatra.db"}, "DATABASE_URL"),
         ({"DATABASE_URL": "sqlite:///data/x.db"}, "DATABASE_URL"),
         ({"DEV_GUILD_ID": "서버"}, "DEV_GUILD_ID"),
