@@ -1,6 +1,6 @@
-"""The roleplay samplers (min-p, DRY, XTC) as moderator settings that reach the engine,
-`/config reset` back to what a setting inherits, sampling presets (shipped and a server's own),
-and the 0007 and 0008 migrations that add them."""
+"""The roleplay samplers (min-p, DRY, XTC) and stop strings as moderator settings that reach
+the engine, `/config reset` back to what a setting inherits, sampling presets (shipped and a
+server's own), and the 0007, 0008 and 0010 migrations that add them."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from synatra_bot.roleplay.config import (
     SHIPPED_PRESETS,
     Defaults,
     effective_config,
+    parse_stop_strings,
     preset_batchable,
     preset_values,
+    shown_stop_strings,
 )
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.records import ChannelSettingsRecord, GuildSettingsRecord
@@ -227,3 +229,85 @@ async def test_a_server_refusing_a_sampler_is_told_once_and_replies_go_on(start_
     # Refused once, sent again without DRY, and never again; min-p still goes.
     assert sum(1 for b in bodies if "dry_multiplier" in b) == 1
     assert all(b.get("min_p") == 0.05 for b in bodies)
+
+
+# --- stop strings ---------------------------------------------------------------------------
+
+
+def test_stop_strings_are_typed_with_bars_and_backslash_n():
+    typed = r"\n### | (끝) |준: | (끝)"
+    assert parse_stop_strings(typed) == ["\n###", "(끝)", "준:"]
+    assert shown_stop_strings(parse_stop_strings(typed)) == r"\n### | (끝) | 준:"
+    assert parse_stop_strings(" - ") == parse_stop_strings("") == []
+    assert shown_stop_strings([]) == "-"
+
+
+@pytest.mark.parametrize(
+    ("typed", "key"),
+    [
+        ("(끝) | | 준:", "error.stop_string_empty"),
+        (" | ".join(f"{n}번" for n in range(9)), "error.stop_strings_many"),
+        ("가" * 41, "error.stop_string_long"),
+    ],
+)
+def test_bad_stop_strings_are_refused_naming_the_problem(typed, key):
+    with pytest.raises(UserFacingError) as refused:
+        parse_stop_strings(typed)
+    assert refused.value.key == key
+
+
+def test_a_channel_can_turn_its_servers_stop_strings_off():
+    guild = GuildSettingsRecord(guild_id=1, stop_strings=["\n###"])
+    inherits = ChannelSettingsRecord(channel_id=2, guild_id=1)
+    none_here = ChannelSettingsRecord(channel_id=3, guild_id=1, stop_strings=[])
+    defaults = Defaults()
+    assert effective_config(
+        defaults=defaults, guild=guild, channel=inherits
+    ).sampling.stop_strings == ("\n###",)
+    assert (
+        effective_config(defaults=defaults, guild=guild, channel=none_here).sampling.stop_strings
+        == ()
+    )
+    plain = effective_config(defaults=defaults, guild=GuildSettingsRecord(guild_id=1), channel=None)
+    assert plain.sampling.stop_strings == ()
+
+
+async def test_stop_strings_set_by_a_moderator_end_replies_and_reset_inherits(start_bot, tokenizer):
+    engine = RecordingEngine(
+        "좋아, 숲으로 가자!\n### 다음 장면\n(끝) 뒷이야기", tokenizer=tokenizer
+    )
+    async with start_bot(engine=engine) as harness:
+        s = harness.scenario
+        character = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        saved = await harness.slash(s.moderator, "config stop", strings=r"\n### | (끝)")
+        assert "저장했어요" in await harness.final_text(saved)
+        shown = await harness.final_text(await harness.slash(s.moderator, "config show"))
+        assert r"`stop_strings` \n### | (끝)" in shown
+
+        reply = await harness.reply_to(s.general, s.members[0], "어디로 갈까?")
+        assert reply.content == "좋아, 숲으로 가자!"
+        assert harness.engine.params[-1].stop_strings == ("\n###", "(끝)")
+
+        bad = await harness.slash(s.moderator, "config stop", strings="(끝) | ")
+        assert "비어 있는 정지 문자열" in await harness.final_text(bad)
+
+        await harness.slash(s.moderator, "config reset", setting="stop_strings")
+        reply = await harness.reply_to(s.general, s.members[0], "그다음은?")
+        assert reply.content.endswith("(끝) 뒷이야기")
+        assert harness.engine.params[-1].stop_strings == ()
+
+
+async def test_upgrade_to_0010_keeps_settings_with_no_stop_strings(tmp_path):
+    url, old = await upgraded_from_0001(tmp_path, "0009")
+    async with opened(url) as sessions:
+        await assert_old_scene_kept(sessions, old)
+        channel = await repo.get_channel_settings(sessions, channel_id=old.channel_id)
+        guild = await repo.get_guild_settings(sessions, guild_id=old.guild_id)
+        assert (channel.stop_strings, guild.stop_strings) == (None, None)
+        await repo.update_channel_settings(
+            sessions, channel_id=old.channel_id, guild_id=old.guild_id, stop_strings=["(끝)"]
+        )
+        channel = await repo.get_channel_settings(sessions, channel_id=old.channel_id)
+        assert channel.stop_strings == ["(끝)"]
+    await assert_kept_down_and_up(url, "0009", old)

@@ -163,6 +163,18 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "로어북 파일을 첨부해 주세요: SillyTavern World Info 파일(.json)이나 로어북이 든 카드"
         "(.png, .json, .charx)요.",
     ),
+    "error.stop_string_empty": (
+        "A stop string is empty: put text between the | marks.",
+        "비어 있는 정지 문자열이 있어요. | 사이에 글자를 넣어 주세요.",
+    ),
+    "error.stop_strings_many": (
+        "At most {limit} stop strings.",
+        "정지 문자열은 {limit}개까지예요.",
+    ),
+    "error.stop_string_long": (
+        "A stop string may be at most {limit} characters.",
+        "정지 문자열 하나는 {limit}자까지예요.",
+    ),
     "error.lorebook_budget": (
         "The lorebook budget must be between 0 and {limit} tokens (the context size here).",
         "로어북 예산은 0에서 {limit}토큰(여기의 컨텍스트 크기) 사이여야 해요.",

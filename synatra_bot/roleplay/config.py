@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from synatra_bot.engine.base import SamplingParams
+from synatra_bot.errors import UserFacingError
 from synatra_bot.settings import Settings
 from synatra_bot.storage.records import ChannelSettingsRecord, GuildSettingsRecord
 
@@ -50,6 +51,7 @@ INHERITED_SETTINGS = (
     "nsfw_policy",
     "busy_policy",
     "lorebook_budget",
+    "stop_strings",
 )
 #: What a sampling preset sets.
 PRESET_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", *ROLEPLAY_SAMPLERS)
@@ -70,6 +72,11 @@ SHIPPED_PRESETS: Mapping[str, Mapping[str, float | int]] = MappingProxyType(
 )
 #: Presets one server may save.
 MAX_SERVER_PRESETS = 20
+#: Stop strings one channel or server may set, and the longest each may be (in characters).
+MAX_STOP_STRINGS = 8
+MAX_STOP_STRING_CHARS = 40
+#: Between stop strings typed in one option; `\n` in one stands for a line break.
+STOP_STRING_SEPARATOR = "|"
 #: Settings only a server has; reset, they go back to the app's defaults.
 SERVER_SETTINGS = ("character_limit", "cast_limit", "summary_tokens", "archive_keep_days")
 
@@ -89,6 +96,7 @@ class Defaults:
     xtc_threshold: float = SamplingParams.xtc_threshold
     xtc_probability: float = SamplingParams.xtc_probability
     max_new_tokens: int = SamplingParams.max_new_tokens
+    stop_strings: tuple[str, ...] = ()
     context_size: int = 4096
     user_rate_limit: int = 6
     nsfw_policy: str = "age_restricted"
@@ -163,7 +171,41 @@ class ChannelConfig:
             ("dry_allowed_length", str(s.dry_allowed_length)),
             ("xtc_threshold", f"{s.xtc_threshold:g}"),
             ("xtc_probability", f"{s.xtc_probability:g}"),
+            ("stop_strings", shown_stop_strings(s.stop_strings)),
         ]
+
+
+def parse_stop_strings(text: str) -> list[str]:
+    """Stop strings as a moderator types them in one option: separated by `|`, `\\n` for a
+    line break, spaces around each ignored; `-` or nothing for none. UserFacingError names
+    what is wrong."""
+    text = text.strip()
+    if text in ("", "-"):
+        return []
+    pieces = [piece.strip(" ").replace("\\n", "\n") for piece in text.split(STOP_STRING_SEPARATOR)]
+    if any(not piece.strip() for piece in pieces):
+        raise UserFacingError("a stop string is empty", key="error.stop_string_empty")
+    if len(pieces) > MAX_STOP_STRINGS:
+        raise UserFacingError(
+            f"at most {MAX_STOP_STRINGS} stop strings",
+            key="error.stop_strings_many",
+            limit=MAX_STOP_STRINGS,
+        )
+    for piece in pieces:
+        if len(piece) > MAX_STOP_STRING_CHARS:
+            raise UserFacingError(
+                f"a stop string is over {MAX_STOP_STRING_CHARS} characters",
+                key="error.stop_string_long",
+                limit=MAX_STOP_STRING_CHARS,
+            )
+    return list(dict.fromkeys(pieces))
+
+
+def shown_stop_strings(stops: tuple[str, ...] | list[str]) -> str:
+    """Stop strings as `/config show` lists them, typed as `parse_stop_strings` reads them."""
+    if not stops:
+        return "-"
+    return f" {STOP_STRING_SEPARATOR} ".join(stop.replace("\n", "\\n") for stop in stops)
 
 
 def character_limit(guild: GuildSettingsRecord | None) -> int:
@@ -195,6 +237,7 @@ def effective_config(
         repetition_penalty=_pick("repetition_penalty", *order),
         **{name: _pick(name, *order) for name in ROLEPLAY_SAMPLERS},
         max_new_tokens=min(_pick("max_new_tokens", *order), defaults.max_context_size // 2),
+        stop_strings=tuple(_pick("stop_strings", *order)),
     )
     context_size = min(_pick("context_size", *order), defaults.max_context_size)
     return ChannelConfig(

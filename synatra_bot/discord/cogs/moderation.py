@@ -14,8 +14,10 @@ from synatra_bot.errors import NotFound, UserFacingError
 from synatra_bot.roleplay.config import (
     INHERITED_SETTINGS,
     SERVER_SETTINGS,
+    parse_stop_strings,
     preset_batchable,
     sampling_values,
+    shown_stop_strings,
 )
 from synatra_bot.settings import AUTHOR_NOTE_DEPTH_RANGE, CONTEXT_SIZE_RANGE
 
@@ -150,6 +152,22 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
             await self._show(interaction)
             return
         await self._save(interaction, scope, **changes)
+
+    @app_commands.command(name="stop", description="Texts that end a reply where it writes them")
+    @app_commands.describe(
+        strings="Separated by |, \\n for a new line; - for none (e.g. \\n### | [END])",
+        scope="This channel, or the server default",
+    )
+    async def stop(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        strings: app_commands.Range[str, 1, 400],
+        scope: Scope = "channel",
+    ) -> None:
+        stops = parse_stop_strings(strings)
+        await self._store(interaction, scope, stop_strings=stops)
+        shown = f"stop_strings={shown_stop_strings(stops)}"
+        await answer(interaction, tr(interaction, f"config.saved.{scope}", changes=shown))
 
     @app_commands.command(name="context", description="Context window size in tokens")
     async def context(
