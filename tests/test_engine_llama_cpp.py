@@ -101,6 +101,11 @@ def metric(url: str, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
+def prompt_tokens_read(url: str) -> float:
+    """Prompt tokens the server has read so far, computed or found in its cache."""
+    return metric(url, "prompt_tokens_total") + metric(url, "prompt_tokens_cached_total")
+
+
 def engine_for(url: str, tokenizer, **kwargs: Any) -> OpenAICompatEngine:
     kwargs.setdefault("model", ALIAS)
     return OpenAICompatEngine(url, tokenizer=tokenizer, send_token_ids=True, **kwargs)
@@ -139,13 +144,10 @@ async def test_a_reply_is_what_transformers_writes_from_the_same_ids(
     try:
         for number, text in enumerate(GREETINGS):
             ids = prompt_ids(builder, text)
-            before = metric(llama_url, "prompt_tokens_total")
-            before += metric(llama_url, "prompt_tokens_cached_total")
+            before = prompt_tokens_read(llama_url)
             served = await reply(engine, ids, str(number), max_new_tokens=12, temperature=0.0)
-            after = metric(llama_url, "prompt_tokens_total")
-            after += metric(llama_url, "prompt_tokens_cached_total")
             # The ids went as they are: ChatML ids and the BOS included, nothing added.
-            assert after - before == len(ids)
+            assert prompt_tokens_read(llama_url) - before == len(ids)
             with torch.no_grad():
                 out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
             expected = tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True)
@@ -289,13 +291,10 @@ async def test_the_chat_api_gets_the_bots_prompt_rendered_exactly(
         with caplog.at_level(logging.WARNING, logger="synatra_bot.engine"):
             # The open assistant block, and a group speaker's name the reply goes on from.
             for prompt in (ids, speaker):
-                before = metric(llama_url, "prompt_tokens_total")
-                before += metric(llama_url, "prompt_tokens_cached_total")
+                before = prompt_tokens_read(llama_url)
                 chat = await reply(by_chat, prompt, "채팅", max_new_tokens=8, temperature=0.0)
-                after = metric(llama_url, "prompt_tokens_total")
-                after += metric(llama_url, "prompt_tokens_cached_total")
                 # The server's template rendered the bot's ChatML token for token.
-                assert after - before == len(prompt)
+                assert prompt_tokens_read(llama_url) - before == len(prompt)
                 assert chat == await reply(by_ids, prompt, "ids", max_new_tokens=8, temperature=0.0)
                 assert not chat.startswith("민지:")
     finally:
