@@ -21,6 +21,7 @@ from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import alembic_config, head_revision, upgrade_database
 from tests.db_helpers import assert_old_scene_kept, fill_at_0001, schema_diff
 from tests.test_scene_storage import check_scene_memory
+from tests.test_storage import check_limits_hold_concurrently
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -209,5 +210,14 @@ async def test_scene_memory_round_trips_with_discord_snowflakes(postgres_url):
             guild_id=1575980247692607488,
             channel_id=1575980247692607777,
         )
+    finally:
+        await engine.dispose()
+
+
+async def test_limits_hold_when_members_add_at_the_same_moment(postgres_url):
+    await upgrade_database(postgres_url)
+    engine = create_engine(postgres_url)
+    try:
+        await check_limits_hold_concurrently(create_sessionmaker(engine))
     finally:
         await engine.dispose()

@@ -481,3 +481,44 @@ async def test_rounds_start_at_most_every_interval_and_fill_up_meanwhile():
     idle_since = loop.time()
     assert await batcher.submit(5) == 50
     assert rounds[2][0] - idle_since < 0.1  # idle again: at once
+
+
+async def check_limits_hold_concurrently(sessions) -> None:
+    """Counting then adding runs one owner at a time (SQLite and PostgreSQL): of many
+    concurrent additions, exactly the limit's worth land (PostgreSQL's READ COMMITTED alone
+    would let every one of them past it)."""
+    from synatra_bot.errors import LimitReached, LorebookLimitReached
+
+    owner, guild = 1575980247692607600, 1575980247692607601
+
+    async def character(n: int) -> bool:
+        try:
+            await repo.create_character(
+                sessions, owner_id=owner, guild_id=guild, name=f"동시 {n}", max_owned=5
+            )
+        except LimitReached:
+            return False
+        return True
+
+    async def lorebook(n: int) -> bool:
+        try:
+            await repo.save_lorebook(
+                sessions, owner_id=owner, name=f"책 {n}", book={"entries": {}}, max_owned=3
+            )
+        except LorebookLimitReached:
+            return False
+        return True
+
+    async def preset(n: int) -> bool:
+        saved = await repo.save_preset(
+            sessions, guild_id=guild, name=f"프리셋 {n}", values={"temperature": 1.0}, max_saved=2
+        )
+        return saved is not None
+
+    assert sum(await asyncio.gather(*(character(n) for n in range(12)))) == 5
+    assert sum(await asyncio.gather(*(lorebook(n) for n in range(12)))) == 3
+    assert sum(await asyncio.gather(*(preset(n) for n in range(12)))) == 2
+
+
+async def test_limits_hold_when_members_add_at_the_same_moment(sessions):
+    await check_limits_hold_concurrently(sessions)

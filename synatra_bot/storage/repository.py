@@ -192,11 +192,12 @@ async def create_character(
 ) -> CharacterRecord:
     """Store a new character. With `max_owned`, raise LimitReached instead when the owner
     already has that many in `guild_id` (None: their characters outside any server). The count
-    is taken in the inserting transaction: on SQLite that holds the write lock, so concurrent
-    imports cannot slip past the limit."""
+    is taken in the inserting transaction, one owner at a time (`_one_at_a_time`), so
+    concurrent imports cannot slip past the limit."""
     _check_fields(fields, CHARACTER_FIELDS)
     async with sessions.begin() as session:
         if max_owned is not None:
+            await _one_at_a_time(session, "characters", owner_id)
             owned = await session.scalar(
                 select(func.count())
                 .select_from(Character)
@@ -361,11 +362,22 @@ async def _named_row(
     return await session.scalar(select(model).where(owner == owner_id, model.name == name))
 
 
+async def _one_at_a_time(session: AsyncSession, table: str, owner_id: int) -> None:
+    """Hold the owner's rows of `table` for this transaction, so that counting them and adding
+    one is not raced by another transaction doing the same. SQLite's transactions begin
+    IMMEDIATE and already write one at a time; PostgreSQL takes a transaction-scoped advisory
+    lock on the pair (its READ COMMITTED count would let two inserts past a limit)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = func.hashtextextended(f"{table}:{owner_id}", 0)
+        await session.execute(select(func.pg_advisory_xact_lock(key)))
+
+
 async def _put_named(
     session: AsyncSession, model: type[NamedRow], owner: Any, owner_id: int, name: str, limit: int
 ) -> Any:
     """The owner's row `name`, a new one when there is none yet; None when a new one would
-    be past `limit`."""
+    be past `limit` (counted one owner at a time, see `_one_at_a_time`)."""
+    await _one_at_a_time(session, model.__tablename__, owner_id)
     row = await _named_row(session, model, owner, owner_id, name)
     if row is None:
         count = await session.scalar(
