@@ -494,6 +494,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "This server already has {limit} presets of its own; delete one first.",
         "이 서버에는 이미 프리셋이 {limit}개 있어요. 먼저 하나를 지워 주세요.",
     ),
+    "engine.cannot_continue": (
+        "⚠️ The generation server cannot write on from where a reply starts: in group scenes a "
+        "character may answer without its name first, and continuing a reply writes a new one. "
+        "The bot's host can switch it to `ENGINE_API=completions`.",
+        "⚠️ 생성 서버가 답장을 정해진 시작에서 이어 쓰지 못해요. 그룹 장면에서는 캐릭터가 "
+        "이름 없이 답할 수 있고, 이어 쓰기는 새 답장이 돼요. "
+        "봇 운영자는 `ENGINE_API=completions`로 바꿀 수 있어요.",
+    ),
     "engine.settings_refused": (
         "⚠️ The generation server does not accept `{names}`: replies here go on without it. "
         "Moderators can remove it with `/config reset` or use another preset.",

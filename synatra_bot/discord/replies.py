@@ -16,6 +16,7 @@ from synatra_bot.discord.interactions import ComponentError, actor_of, place_of
 from synatra_bot.discord.streaming import ChannelPoster, ReplyMessages, WebhookPoster, dm_heading
 from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.discord.webhooks import WebhookPool
+from synatra_bot.engine.base import CONTINUATION
 from synatra_bot.errors import EngineError, UserFacingError
 from synatra_bot.roleplay.core import ActiveRoleplay, Started
 from synatra_bot.roleplay.scheduler import QueueTicket
@@ -365,10 +366,13 @@ class ReplyController:
                 await self._shown_in(stored.id, ids)  # every alternative lives in these now
             elif ids != list(stored.discord_message_ids):
                 await self.host.turns.core.attach_discord_ids(stored.id, ids)
-            if outcome.refused:
+            settings = [name for name in outcome.refused if name != CONTINUATION]
+            if settings:
                 await self._say(
-                    channel, t(locale, "engine.settings_refused", names=", ".join(outcome.refused))
+                    channel, t(locale, "engine.settings_refused", names=", ".join(settings))
                 )
+            if CONTINUATION in outcome.refused:
+                await self._say(channel, t(locale, "engine.cannot_continue"))
             return
         if ending in (Ending.WITHDRAWN, Ending.DISCARDED):
             if opened and reply.replacing:

@@ -19,6 +19,11 @@ STOP_STRINGS = (IM_END, IM_START, "</s>")
 DRY_SEQUENCE_BREAKERS = ("\n", ":", '"', "*")
 
 
+#: In EngineHealth.refused: the server cannot write on from the open end of a prompt (a group
+#: speaker's name, a reply being continued), so replies start afresh there.
+CONTINUATION = "continuation"
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one reply. `stop_ids` end generation and never appear in the text.
@@ -114,7 +119,8 @@ class EngineHealth:
     running: int
     tokens_per_second: float
     #: Sampling settings (SamplingParams names) the engine no longer sends because its server
-    #: refused them; replies go on without them.
+    #: refused them, and CONTINUATION when it refused to write on from a prompt's open end;
+    #: replies go on without them.
     refused: frozenset[str] = frozenset()
 
 

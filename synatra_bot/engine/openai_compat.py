@@ -75,7 +75,13 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from synatra_bot.engine.base import STOP_STRINGS, EngineHealth, SamplingParams, ThroughputMeter
+from synatra_bot.engine.base import (
+    CONTINUATION,
+    STOP_STRINGS,
+    EngineHealth,
+    SamplingParams,
+    ThroughputMeter,
+)
 from synatra_bot.engine.detokenize import StopStringFilter
 from synatra_bot.errors import EngineError, EngineUnavailable, GenerationInterrupted
 from synatra_bot.tokenizer import (
@@ -691,8 +697,11 @@ class OpenAICompatEngine:
         )
 
     def _refused_settings(self) -> frozenset[str]:
-        """The SamplingParams settings the server refused (by the setting that turns each on)."""
+        """The SamplingParams settings the server refused (by the setting that turns each on),
+        and CONTINUATION when it cannot write on from a final message."""
         refused = set(self._refused_fields)
         if not self._extensions_ok:
             refused |= {"top_k", "repetition_penalty"}
+        if not self._continue_ok:
+            refused.add(CONTINUATION)
         return frozenset(refused)

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from synatra_bot.engine.base import SamplingParams
+from synatra_bot.engine.base import CONTINUATION, SamplingParams
 from synatra_bot.errors import (
     EngineError,
     EngineUnavailable,
@@ -278,7 +278,11 @@ class Reply:
                 place = Shown(stored, stored.swipe_index, stored.swipe_index + 1)
             else:
                 place = await self._turns.shown(stored)
-            refused = self._turns.untold_refusals(self.place, self.active.config.sampling)
+            refused = self._turns.untold_refusals(
+                self.place,
+                self.active.config.sampling,
+                continues=self.kind == "continue" or self.active.is_group,
+            )
             return ReplyOutcome(
                 Ending.STORED, text=shown, shown=place, stopped=stopped, refused=refused
             )
@@ -317,10 +321,15 @@ class Turns:
         #: (server, setting) pairs whose refusal by the engine's server was told there.
         self._told_refusals: set[tuple[int, str]] = set()
 
-    def untold_refusals(self, place: Place, sampling: SamplingParams) -> tuple[str, ...]:
-        """The settings `sampling` uses that the engine's server refused and that this server
-        has not been told of yet; each is told once per server (and process)."""
-        refused = self.scheduler.engine.health().refused & sampling.settings_in_use()
+    def untold_refusals(
+        self, place: Place, sampling: SamplingParams, *, continues: bool = False
+    ) -> tuple[str, ...]:
+        """The settings `sampling` uses that the engine's server refused (and CONTINUATION when
+        the reply `continues` from a prompt's open end: a group speaker's name, a message being
+        continued) that this server has not been told of yet; each is told once per server
+        (and process)."""
+        in_use = sampling.settings_in_use() | ({CONTINUATION} if continues else set())
+        refused = self.scheduler.engine.health().refused & in_use
         untold = sorted(
             name for name in refused if (place.guild_id, name) not in self._told_refusals
         )
