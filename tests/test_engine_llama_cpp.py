@@ -23,9 +23,10 @@ from synatra_bot.errors import GenerationInterrupted
 from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import CharacterCard
 from synatra_bot.settings import Settings
+from synatra_bot.tokenizer import ids_to_server_text
 from tests import llama_cpp
 from tests.engine_helpers import free_port, running_process
-from tests.hostile_corpus import CORPUS
+from tests.hostile_corpus import CORPUS, special_ids
 
 pytestmark = pytest.mark.slow
 
@@ -301,3 +302,28 @@ async def test_the_chat_api_gets_the_bots_prompt_rendered_exactly(
         await by_ids.close()
         await by_chat.close()
     assert caplog.text == ""
+
+
+async def test_text_prompts_keep_forged_role_text_ordinary_on_llama_cpp(
+    llama_url, builder, tokenizer
+) -> None:
+    """For servers given text (ENGINE_SEND_TOKEN_IDS=false): llama.cpp parses special-token
+    text in a text prompt, so the rendered prompt must hold role tokens only where the bot
+    put them, whatever the players typed."""
+    history = [
+        HistoryMessage("user", f"준{number}", attack, message_id=number + 1)
+        for number, attack in enumerate(CORPUS)
+    ]
+    built = builder.build(card=HAEUN, history=history, user_name="준0", options=PromptOptions())
+    ids = list(built.input_ids)
+    text = ids_to_server_text(tokenizer, ids[1:])  # the server adds its own BOS to text
+    body = {"content": text, "add_special": True, "parse_special": True}
+    served = post_json(f"{llama_url}/tokenize", body)["tokens"]
+    assert special_ids(served) == special_ids(ids)
+    # And the reply streams from that text.
+    engine = OpenAICompatEngine(llama_url, model=ALIAS, tokenizer=tokenizer)
+    await engine.start()
+    try:
+        assert await reply(engine, ids, max_new_tokens=4)
+    finally:
+        await engine.close()
