@@ -200,6 +200,11 @@ async def test_delay_counts_the_scenes_turns_before_the_prompts_window(harness):
     await harness.slash(player, "config ratelimit", per_minute=60)
     await harness.slash(player, "lorebook import", file=_file("늦은.json", book), owner="channel")
     await harness.start_roleplay(player, s.general, character)
+    # The small window drops turns: without this, the memory's summary prompts would land
+    # among the replies' prompts (in whatever order the background job runs).
+    await harness.final_text(
+        await harness.slash(player, "rp memory", channel=s.general, auto=False)
+    )
     await harness.reply_to(s.general, player, "시계탑 " + "이야기를 길게 한다. " * 20)
     assert "늦게 풀리는" not in harness.engine.prompts[-1]
     for turn in range(6):
