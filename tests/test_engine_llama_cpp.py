@@ -119,6 +119,8 @@ def prompt_ids(builder: PromptBuilder, text: str) -> list[int]:
 
 
 async def reply(engine: OpenAICompatEngine, ids: list[int], request_id: str = "r", **params):
+    """The whole reply; seeded unless told otherwise, so every run samples the same tokens."""
+    params.setdefault("seed", 7)
     deltas = engine.stream(ids, SamplingParams(**params), request_id=request_id)
     return "".join([delta async for delta in deltas])
 
@@ -221,7 +223,8 @@ async def test_stop_ends_the_reply_on_the_server_too(llama_url, builder, tokeniz
     ids = prompt_ids(builder, GREETINGS[2])
     predicted = metric(llama_url, "tokens_predicted_total")
     try:
-        stream = engine.stream(ids, SamplingParams(max_new_tokens=1500), request_id="긴 답")
+        params = SamplingParams(max_new_tokens=1500, seed=7)
+        stream = engine.stream(ids, params, request_id="긴 답")
         shown = await anext(stream)
         await engine.cancel("긴 답")
         with pytest.raises(GenerationInterrupted) as caught:
