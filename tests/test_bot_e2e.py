@@ -18,6 +18,22 @@ async def test_start_roleplay_posts_greeting_from_character_webhook(harness):
     assert active is not None and active.character_id == character_id
 
 
+async def test_a_stored_avatar_discord_cannot_take_leaves_the_character_speaking(harness, caplog):
+    """An avatar stored before avatars were re-encoded as PNG (here a BMP, which discord.py
+    refuses to send): the webhook is made without it and the scene plays."""
+    s = harness.scenario
+    character_id = await harness.character(s.moderator, "민지")
+    bitmap = b"BM" + bytes(64)
+    await repo.update_character(harness.sessions, character_id=character_id, avatar=bitmap)
+    greeting = await harness.start_roleplay(s.moderator, s.general, character_id)
+    assert greeting.username == "민지" and greeting.content.startswith("안녕,")
+    (webhook,) = [w for w in harness.fake.webhooks.values() if w.channel_id == s.general.id]
+    assert webhook.avatar_data is None
+    assert f"the avatar of character {character_id} cannot be a webhook's" in caplog.text
+    reply = await harness.reply_to(s.general, s.members[0], "안녕? 오늘 날씨 좋다")
+    assert reply.webhook_id == webhook.id and has_buttons(reply)
+
+
 async def test_talk_streams_reply_and_stores_one_turn(harness):
     s = harness.scenario
     character_id = await harness.character(s.moderator)

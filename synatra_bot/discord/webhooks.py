@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 import discord
 
 from synatra_bot.storage.records import CharacterRecord
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WebhookChannel = discord.TextChannel | discord.ForumChannel
 WEBHOOK_PREFIX = "synatra-"
@@ -76,23 +82,50 @@ class WebhookPool:
         existing = next((w for w in ours if w.name == webhook_name(character.id)), None)
         if existing is not None:
             if stale:
-                await existing.edit(avatar=character.avatar, reason="character avatar changed")
+                await _with_avatar(
+                    character,
+                    lambda avatar: existing.edit(avatar=avatar, reason="character avatar changed"),
+                )
             return existing
         while len(ours) >= self._max:
             oldest = min(ours, key=lambda w: self._last_use(channel.id, w))
             ours.remove(oldest)
             await oldest.delete(reason="synatra-bot keeps a few webhooks per channel")
             self._cache.pop((channel.id, _character_id(oldest)), None)
-        return await channel.create_webhook(
-            name=webhook_name(character.id),
-            avatar=character.avatar,
-            reason=f"synatra-bot speaks as {character.name}",
+        return await _with_avatar(
+            character,
+            lambda avatar: channel.create_webhook(
+                name=webhook_name(character.id),
+                avatar=avatar,
+                reason=f"synatra-bot speaks as {character.name}",
+            ),
         )
 
     def _last_use(self, channel_id: int, webhook: discord.Webhook) -> int:
         keys = list(self._cache)
         key = (channel_id, _character_id(webhook))
         return keys.index(key) if key in self._cache else -1
+
+
+async def _with_avatar(
+    character: CharacterRecord, send: Callable[[bytes | None], Awaitable[T]]
+) -> T:
+    """`send` with the character's avatar, or without it when the image cannot be one (an
+    avatar stored before avatars were re-encoded as PNG: discord.py refuses a format it does
+    not know, Discord an image it cannot read), so the character still speaks."""
+    if character.avatar is None:
+        return await send(None)
+    try:
+        return await send(character.avatar)
+    except (ValueError, discord.HTTPException) as error:
+        if isinstance(error, discord.HTTPException) and error.status != 400:
+            raise
+        log.warning(
+            "the avatar of character %s cannot be a webhook's (%s); it speaks without it",
+            character.id,
+            error,
+        )
+        return await send(None)
 
 
 def _character_id(webhook: discord.Webhook) -> int:
