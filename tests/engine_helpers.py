@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 SECRET = "sk-test-very-secret-key-1234"
 
@@ -54,6 +55,40 @@ def running_process(args: list[str], ready_url: str, log_path: Path) -> Iterator
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextlib.asynccontextmanager
+async def loopback_app(path: str, handler: Callable[[Any], Awaitable[Any]]) -> AsyncIterator[str]:
+    """An aiohttp app in this process answering POST `path` with `handler`, on a free loopback
+    port; yields its base URL."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def sse_reply(request: Any, choices: Iterable[dict[str, Any]]) -> Any:
+    """A streamed answer: one server-sent event per choice, then `[DONE]`."""
+    import asyncio
+
+    from aiohttp import web
+
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for choice in choices:
+        event = json.dumps({"choices": [{"index": 0, **choice}]}, ensure_ascii=False)
+        await response.write(f"data: {event}\n\n".encode())
+        await asyncio.sleep(0)
+    await response.write(b"data: [DONE]\n\n")
+    return response
 
 
 def transformers_serve_args(model_dir: Path, port: int) -> list[str]:

@@ -31,7 +31,13 @@ from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOpti
 from synatra_bot.prompt.cards import CharacterCard
 from synatra_bot.settings import settings_from_env
 from synatra_bot.tokenizer import IM_END, IM_END_ID, IM_START, IM_START_ID, load_tokenizer
-from tests.engine_helpers import free_port, running_process, transformers_serve_args, wait_until
+from tests.engine_helpers import (
+    free_port,
+    loopback_app,
+    running_process,
+    transformers_serve_args,
+    wait_until,
+)
 from tests.hostile_corpus import CORPUS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -306,17 +312,9 @@ class ChatServer:
 @pytest.fixture
 async def chat_server() -> AsyncIterator[ChatServer]:
     server = ChatServer()
-    app = web.Application()
-    app.router.add_post("/{scenario}/v1/chat/completions", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    server.url = f"http://127.0.0.1:{port}"
-    try:
+    async with loopback_app("/{scenario}/v1/chat/completions", server.handle) as url:
+        server.url = url
         yield server
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
@@ -464,16 +462,8 @@ class RecordingProxy:
 @contextlib.asynccontextmanager
 async def recording_proxy(upstream: str) -> AsyncIterator[tuple[RecordingProxy, str]]:
     proxy = RecordingProxy(upstream)
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", proxy.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield proxy, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with loopback_app("/v1/chat/completions", proxy.handle) as url:
+        yield proxy, url
 
 
 def prompt_tokens(proxy: RecordingProxy) -> int:

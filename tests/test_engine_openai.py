@@ -21,7 +21,9 @@ from tests.engine_helpers import (
     SECRET,
     fault_server_args,
     free_port,
+    loopback_app,
     running_process,
+    sse_reply,
     transformers_serve_args,
     wait_until,
 )
@@ -258,8 +260,6 @@ async def test_roleplay_samplers_are_sent_under_llama_cpp_names_when_on(fault_ur
 
 
 async def test_a_server_that_rejects_dry_and_xtc_still_replies_and_keeps_min_p() -> None:
-    import asyncio
-
     from aiohttp import web
 
     bodies: list[dict] = []
@@ -271,31 +271,18 @@ async def test_a_server_that_rejects_dry_and_xtc_still_replies_and_keeps_min_p()
         if unknown:  # like OpenAI's own API: a 400 naming the first unknown argument
             message = f"Unrecognized request argument supplied: {unknown[0]}"
             return web.json_response({"error": {"message": message}}, status=400)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for text, finish in (("좋은 ", None), ("밤이에요", None), ("", "stop")):
-            choice = {"index": 0, "text": text, "finish_reason": finish}
-            event = json.dumps({"choices": [choice]}, ensure_ascii=False)
-            await response.write(f"data: {event}\n\n".encode())
-            await asyncio.sleep(0)
-        await response.write(b"data: [DONE]\n\n")
-        return response
+        texts = (("좋은 ", None), ("밤이에요", None), ("", "stop"))
+        return await sse_reply(request, ({"text": t, "finish_reason": f} for t, f in texts))
 
-    app = web.Application()
-    app.router.add_post("/v1/completions", completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    engine = make_engine(f"http://127.0.0.1:{port}", max_retries=0)
-    await engine.start()
-    try:
-        params = {"min_p": 0.1, "dry_multiplier": 0.8, "xtc_probability": 0.5}
-        assert "".join(await collect(engine, request_id="첫", **params)) == "좋은 밤이에요"
-        assert "".join(await collect(engine, request_id="둘", **params)) == "좋은 밤이에요"
-    finally:
-        await engine.close()
-        await runner.cleanup()
+    async with loopback_app("/v1/completions", completions) as url:
+        engine = make_engine(url, max_retries=0)
+        await engine.start()
+        try:
+            params = {"min_p": 0.1, "dry_multiplier": 0.8, "xtc_probability": 0.5}
+            assert "".join(await collect(engine, request_id="첫", **params)) == "좋은 밤이에요"
+            assert "".join(await collect(engine, request_id="둘", **params)) == "좋은 밤이에요"
+        finally:
+            await engine.close()
     rejected, resent, later = bodies
     assert {"min_p", "dry_multiplier", "xtc_probability"} <= set(rejected)
     for body in (resent, later):

@@ -202,12 +202,10 @@ async def test_a_character_the_starter_may_not_use_cannot_join(start_bot, tokeni
 async def test_a_chat_server_that_cannot_continue_is_told_once_in_a_group_scene(
     start_bot, tokenizer
 ):
-    import json
-
     from aiohttp import web
 
     from synatra_bot.engine.openai_compat import OpenAICompatEngine
-    from tests.engine_helpers import free_port
+    from tests.engine_helpers import loopback_app, sse_reply
 
     bodies: list[dict] = []
 
@@ -217,24 +215,16 @@ async def test_a_chat_server_that_cannot_continue_is_told_once_in_a_group_scene(
         if "continue_final_message" in body:  # as `transformers serve` answers it
             detail = [{"loc": ["body", "continue_final_message"], "msg": "Extra inputs"}]
             return web.json_response({"detail": detail}, status=422)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for delta, finish in (({"content": "좋아, 같이 가자!"}, None), ({}, "stop")):
-            event = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            await response.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        return response
+        choices = (
+            {"delta": {"content": "좋아, 같이 가자!"}, "finish_reason": None},
+            {"delta": {}, "finish_reason": "stop"},
+        )
+        return await sse_reply(request, choices)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    engine = OpenAICompatEngine(
-        f"http://127.0.0.1:{port}", model="tiny", tokenizer=tokenizer, api="chat", max_retries=0
-    )
-    try:
+    async with loopback_app("/v1/chat/completions", chat) as url:
+        engine = OpenAICompatEngine(
+            url, model="tiny", tokenizer=tokenizer, api="chat", max_retries=0
+        )
         async with start_bot(engine=engine) as harness:
             s = harness.scenario
             await group_scene(harness)
@@ -247,7 +237,5 @@ async def test_a_chat_server_that_cannot_continue_is_told_once_in_a_group_scene(
             await harness.reply_to(s.general, s.members[0], "준도 같이 가자.")
             told = [m for m in harness.fake.messages_in(s.general) if "ENGINE_API" in m.content]
             assert len(told) == 1
-    finally:
-        await runner.cleanup()
     # Refused once, by name; the speaker's name was sent as the final message that one time.
     assert sum(1 for body in bodies if "continue_final_message" in body) == 1

@@ -174,12 +174,10 @@ async def test_upgrade_to_0008_keeps_data_with_samplers_unset_and_no_presets(tmp
 
 
 async def test_a_server_refusing_a_sampler_is_told_once_and_replies_go_on(start_bot, tokenizer):
-    import json
-
     from aiohttp import web
 
     from synatra_bot.engine.openai_compat import OpenAICompatEngine
-    from tests.engine_helpers import free_port
+    from tests.engine_helpers import loopback_app, sse_reply
 
     bodies: list[dict] = []
 
@@ -190,24 +188,14 @@ async def test_a_server_refusing_a_sampler_is_told_once_and_replies_go_on(start_
         if unknown:  # a 400 naming the first unknown argument, as OpenAI's own API does
             message = f"Unrecognized request argument supplied: {unknown[0]}"
             return web.json_response({"error": {"message": message}}, status=400)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for text, finish in (("좋은 밤이에요", None), ("", "stop")):
-            event = {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
-            await response.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        return response
+        choices = (
+            {"text": "좋은 밤이에요", "finish_reason": None},
+            {"text": "", "finish_reason": "stop"},
+        )
+        return await sse_reply(request, choices)
 
-    app = web.Application()
-    app.router.add_post("/v1/completions", completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    engine = OpenAICompatEngine(
-        f"http://127.0.0.1:{port}", model="tiny", tokenizer=tokenizer, max_retries=0
-    )
-    try:
+    async with loopback_app("/v1/completions", completions) as url:
+        engine = OpenAICompatEngine(url, model="tiny", tokenizer=tokenizer, max_retries=0)
         async with start_bot(engine=engine) as harness:
             s = harness.scenario
             character = await harness.character(s.moderator)
@@ -224,8 +212,6 @@ async def test_a_server_refusing_a_sampler_is_told_once_and_replies_go_on(start_
             await harness.reply_to(s.general, s.members[0], "내일 또 보자.")
             told = [m for m in harness.fake.messages_in(s.general) if "생성 서버가" in m.content]
             assert len(told) == 1
-    finally:
-        await runner.cleanup()
     # Refused once, sent again without DRY, and never again; min-p still goes.
     assert sum(1 for b in bodies if "dry_multiplier" in b) == 1
     assert all(b.get("min_p") == 0.05 for b in bodies)
