@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -164,7 +165,7 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
     if engine_url and not engine_url.startswith(("http://", "https://")):
         raise ConfigError("ENGINE_URL", f"must start with http:// or https://, got {engine_url!r}")
     engine_api_key = env.get("ENGINE_API_KEY", "").strip()
-    if engine_api_key and "@" in engine_url.partition("://")[2].partition("/")[0]:
+    if engine_api_key and urllib.parse.urlsplit(engine_url).username is not None:
         # HTTP carries one Authorization: aiohttp refuses a request with both.
         raise ConfigError(
             "ENGINE_URL",
