@@ -95,8 +95,9 @@ class ReplyOutcome:
     #: FAILED: the UserFacingError or EngineError to show; None for an unexpected failure
     #: (logged with its traceback here; players get a short apology).
     error: Exception | None = None
-    #: STORED: sampling settings of this channel the engine's server refused, not yet told to
-    #: this server (the reply was written without them).
+    #: STORED: sampling settings of this channel the engine's server refused (CONTINUATION:
+    #: it could not write on from the reply's start), not yet told to this server (the reply
+    #: was written without them).
     refused: tuple[str, ...] = ()
 
 
