@@ -28,6 +28,7 @@ from tests.discord_fake import (
     VIEW_CHANNEL,
     FakeDiscord,
     InteractionRecord,
+    Scenario,
 )
 from tests.discord_fake.fixtures import discord_fake, running_client
 
@@ -1153,3 +1154,273 @@ async def test_interaction_responses_and_followups_are_checked_like_messages(
     assert form_error(error, "embeds.0.description").startswith("Must be 4096")
     await bot.http.request(Route("POST", followup), json={"content": "됐어요"})
     assert record.original is not None and record.original.content == "됐어요"
+
+
+# ---------------------------------------------------------------- hosting faults
+
+MESSAGE_ROUTE = "/channels/{channel_id}/messages/{message_id}"
+
+
+def general_channel(fake: FakeDiscord, bot: FakeTestBot) -> tuple[Scenario, discord.TextChannel]:
+    """The default scenario and discord.py's view of its #일반."""
+    assert fake.scenario is not None
+    channel = bot.get_channel(fake.scenario.general.id)
+    assert isinstance(channel, discord.TextChannel)
+    return fake.scenario, channel
+
+
+async def test_injected_503_fails_the_edit_at_once_and_is_recorded(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    _, channel = general_channel(discord_fake, bot)
+    sent = await channel.send("스트리밍 중")
+    discord_fake.fail_requests("PATCH", MESSAGE_ROUTE, times=1)
+    with pytest.raises(discord.DiscordServerError) as raised:
+        await sent.edit(content="서버 오류 중 수정")
+    assert raised.value.status == 503
+    assert raised.value.text == "503: Service Unavailable"
+    assert discord_fake.messages[sent.id].content == "스트리밍 중"
+    assert [(c.method, c.route, c.status) for c in discord_fake.failed] == [
+        ("PATCH", MESSAGE_ROUTE, 503)
+    ]
+    await sent.edit(content="다시 수정")
+    assert discord_fake.messages[sent.id].content == "다시 수정"
+
+
+async def test_injected_500_is_retried_by_discord_py(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    _, channel = general_channel(discord_fake, bot)
+    sent = await channel.send("첫 줄")
+    discord_fake.fail_requests("PATCH", MESSAGE_ROUTE, times=1, status=500)
+    await sent.edit(content="재시도 뒤 수정")  # discord.py sleeps 1 s, then retries
+    assert discord_fake.messages[sent.id].content == "재시도 뒤 수정"
+    edits = [c.status for c in discord_fake.calls if c.route == MESSAGE_ROUTE]
+    assert edits == [500, 200]
+
+
+async def test_injected_503_on_a_webhook_edit_is_retried_by_discord_py(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    _, channel = general_channel(discord_fake, bot)
+    webhook = await channel.create_webhook(name="민지")
+    message = await webhook.send("민지: 음...", wait=True)
+    route = "/webhooks/{webhook_id}/{token}/messages/{message_id}"
+    discord_fake.fail_requests("PATCH", route, times=1)
+    await message.edit(content="민지: 다시 말할게")  # the webhook adapter retries every 5xx
+    assert discord_fake.messages[message.id].content == "민지: 다시 말할게"
+    assert [c.status for c in discord_fake.calls if c.route == route] == [503, 200]
+
+
+async def test_route_fails_until_cleared_and_other_routes_keep_working(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario, channel = general_channel(discord_fake, bot)
+    sent = await channel.send("장애 전")
+    discord_fake.fail_requests("POST", "/channels/{channel_id}/messages", times=None)
+    for _ in range(3):
+        with pytest.raises(discord.DiscordServerError):
+            await channel.send("장애 중")
+    await sent.edit(content="수정은 됩니다")
+    discord_fake.clear_failures()
+    after = await channel.send("장애 후")
+    assert [m.content for m in discord_fake.messages_in(scenario.general)] == [
+        "수정은 됩니다",
+        "장애 후",
+    ]
+    assert len(discord_fake.failed) == 3
+    assert discord_fake.messages[after.id].content == "장애 후"
+    with pytest.raises(ValueError):
+        discord_fake.fail_requests(status=429)
+
+
+async def test_applied_failure_stores_the_message_the_caller_was_told_failed(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario, channel = general_channel(discord_fake, bot)
+    discord_fake.fail_requests("POST", "/channels/{channel_id}/messages", applied=True)
+    with pytest.raises(discord.DiscordServerError):
+        await channel.send("유령 메시지")
+    stored = discord_fake.messages_in(scenario.general)  # type: ignore[union-attr]
+    assert [m.content for m in stored] == ["유령 메시지"]
+    assert discord_fake.failed[0].status == 503
+
+
+async def test_deleted_webhook_answers_unknown_webhook_and_sends_webhooks_update(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    _, channel = general_channel(discord_fake, bot)
+    webhook = await channel.create_webhook(name="민지")
+    message = await webhook.send("민지: 안녕", wait=True)
+    updated = asyncio.create_task(bot.wait_for("webhooks_update", timeout=10))
+    discord_fake.delete_webhook(discord_fake.webhooks[webhook.id])
+    assert (await updated).id == channel.id
+    with pytest.raises(discord.NotFound) as raised:
+        await webhook.send("삭제된 웹훅으로", wait=True)
+    assert raised.value.code == 10015 and raised.value.text == "Unknown Webhook"
+    with pytest.raises(discord.NotFound) as raised:
+        await message.edit(content="삭제된 웹훅의 메시지 수정")
+    assert raised.value.code == 10015
+    assert discord_fake.messages[message.id].content == "민지: 안녕"
+
+
+async def test_deleting_a_channels_webhooks_removes_them_all(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario, channel = general_channel(discord_fake, bot)
+    first = await channel.create_webhook(name="민지")
+    second = await channel.create_webhook(name="서연")
+    updated = asyncio.create_task(bot.wait_for("webhooks_update", timeout=10))
+    gone = discord_fake.delete_channel_webhooks(scenario.general)  # type: ignore[union-attr]
+    assert {w.id for w in gone} == {first.id, second.id}
+    assert (await updated).id == channel.id
+    assert await channel.webhooks() == []
+    for webhook in (first, second):
+        with pytest.raises(discord.NotFound) as raised:
+            await webhook.send("아무도 없나요", wait=True)
+        assert raised.value.code == 10015
+
+
+async def test_deleted_channel_answers_unknown_channel_and_is_dispatched(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario, channel = general_channel(discord_fake, bot)
+    webhook = await channel.create_webhook(name="민지")
+    deleted = asyncio.create_task(bot.wait_for("guild_channel_delete", timeout=10))
+    discord_fake.delete_channel(scenario.general)
+    assert (await deleted).id == scenario.general.id
+    assert bot.get_channel(scenario.general.id) is None
+    assert bot.get_channel(scenario.thread.id) is None  # its threads went with it
+    with pytest.raises(discord.NotFound) as raised:
+        await channel.send("사라진 채널에")
+    assert raised.value.code == 10003 and raised.value.text == "Unknown Channel"
+    with pytest.raises(discord.NotFound) as raised:
+        await webhook.send("사라진 채널의 웹훅", wait=True)
+    assert raised.value.code == 10015
+    with pytest.raises(LookupError):
+        await discord_fake.say(scenario.general, scenario.members[0], "안녕")
+
+
+async def test_deleted_thread_answers_unknown_channel_and_sends_thread_delete(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    thread = bot.get_channel(scenario.thread.id)
+    assert isinstance(thread, discord.Thread)
+    deleted = asyncio.create_task(bot.wait_for("raw_thread_delete", timeout=10))
+    discord_fake.delete_channel(scenario.thread)
+    assert (await deleted).thread_id == scenario.thread.id
+    assert bot.get_channel(scenario.thread.id) is None
+    assert bot.get_channel(scenario.general.id) is not None
+    with pytest.raises(discord.NotFound) as raised:
+        await thread.send("사라진 스레드에")
+    assert raised.value.code == 10003
+
+
+async def test_deleted_message_edit_and_delete_answer_unknown_message(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    _, channel = general_channel(discord_fake, bot)
+    sent = await channel.send("곧 지워질 말")
+    webhook = await channel.create_webhook(name="민지")
+    spoken = await webhook.send("민지: 곧 지워져요", wait=True)
+    await discord_fake.delete(discord_fake.messages[sent.id])
+    await discord_fake.delete(discord_fake.messages[spoken.id])
+    for call in (sent.edit(content="수정"), sent.delete(), spoken.edit(content="수정")):
+        with pytest.raises(discord.NotFound) as raised:
+            await call
+        assert raised.value.code == 10008 and raised.value.text == "Unknown Message"
+
+
+async def test_duplicated_message_create_reaches_the_bot_twice(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    assert bot.ws is not None
+    sequence = bot.ws.sequence or 0
+    said = await discord_fake.say(
+        scenario.general, scenario.members[0], "두 번 오는 말", duplicate=True
+    )
+    await discord_fake.wait_until(lambda: len(bot.handled) == 2)
+    assert bot.handled == [said.id, said.id]
+    assert bot.ws.sequence == sequence + 2
+    data = await discord_fake.redeliver_last("MESSAGE_CREATE", channel=scenario.general)
+    assert data["id"] == str(said.id) and data["content"] == "두 번 오는 말"
+    await discord_fake.wait_until(lambda: len(bot.handled) == 3)
+    assert bot.handled == [said.id] * 3
+    assert [m.content for m in discord_fake.messages_in(scenario.general)] == ["두 번 오는 말"]
+    with pytest.raises(LookupError):
+        await discord_fake.redeliver_last("MESSAGE_CREATE", channel=scenario.nsfw_channel)
+
+
+class QuickReidentifyBot(FakeTestBot):
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """discord.py waits 5 s before every IDENTIFY after the first; tests need not."""
+
+
+async def test_invalidated_session_identifies_afresh_and_loses_missed_events(
+    discord_fake: FakeDiscord,
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    bot = QuickReidentifyBot()
+    async with running_client(bot, discord_fake):
+        first = await discord_fake.say(scenario.general, scenario.members[0], "안녕 끊기 전")
+        reply = await discord_fake.wait_for_message(scenario.general)
+        async with discord_fake.gateway_outage():
+            await discord_fake.invalidate_session()
+            missed = [
+                await discord_fake.say(scenario.general, scenario.members[1], f"놓친 말 {n}")
+                for n in (1, 2, 3)
+            ]
+        await discord_fake.wait_until(
+            lambda: discord_fake.identify_count == 2 and discord_fake.connected
+        )
+        await bot.wait_until_ready()
+        after = await discord_fake.say(scenario.general, scenario.members[0], "안녕 다시 왔어요")
+        await discord_fake.wait_for_message(scenario.general)
+        assert bot.handled == [first.id, after.id]
+        assert (discord_fake.invalid_session_count, discord_fake.resume_count) == (1, 0)
+        channel = bot.get_channel(scenario.general.id)
+        assert isinstance(channel, discord.TextChannel)
+        # The bot catches up from history: `after` yields the oldest messages after the id.
+        caught_up = [m.id async for m in channel.history(after=discord.Object(reply.id), limit=2)]
+        assert caught_up == [missed[0].id, missed[1].id]
+        raw = await bot.http.logs_from(channel.id, 2, after=reply.id)
+        assert [m["content"] for m in raw] == ["놓친 말 2", "놓친 말 1"]  # newest first
+        older = await bot.http.logs_from(channel.id, 2, before=after.id)
+        assert [m["content"] for m in older] == ["놓친 말 3", "놓친 말 2"]
+
+
+async def test_messages_said_during_an_outage_are_replayed_on_resume(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    async with discord_fake.gateway_outage():
+        await discord_fake.drop_connection()
+        missed = await discord_fake.say(scenario.general, scenario.members[0], "안녕 끊긴 동안")
+        assert not discord_fake.connected
+    await discord_fake.wait_for_message(scenario.general, after=missed)
+    assert bot.handled == [missed.id]
+    assert (discord_fake.resume_count, discord_fake.identify_count) == (1, 1)
+
+
+async def test_history_after_pages_oldest_first_across_many_messages(
+    discord_fake: FakeDiscord, bot: FakeTestBot
+) -> None:
+    scenario = discord_fake.scenario
+    assert scenario is not None
+    said = [
+        await discord_fake.say(scenario.nsfw_channel, scenario.members[1], f"기록 {n}")
+        for n in range(130)
+    ]
+    await discord_fake.delete(said[5])
+    channel = bot.get_channel(scenario.nsfw_channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    forward = [m.id async for m in channel.history(after=discord.Object(said[0].id), limit=None)]
+    assert forward == [m.id for m in said[1:] if m is not said[5]]
+    backward = [m.id async for m in channel.history(limit=None)]
+    assert backward == list(reversed([m.id for m in said if m is not said[5]]))

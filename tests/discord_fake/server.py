@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import json
 import re
 import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,16 @@ class _ForcedLimit:
 
 
 @dataclass
+class _Failure:
+    method: str | None
+    route: str | None
+    #: Requests still to fail; None fails them until ``clear_failures()``.
+    remaining: int | None
+    status: int
+    applied: bool
+
+
+@dataclass
 class _Request:
     raw: web.Request
     params: dict[str, str]
@@ -150,12 +161,19 @@ class FakeDiscord:
         self.unknown_routes: list[RestCall] = []
         self.rate_limits = RateLimitConfig()
         self.rate_limited: list[RestCall] = []
+        #: REST calls answered with an injected 5xx (``fail_requests``).
+        self.failed: list[RestCall] = []
         self.echo_bot_messages = True
         self.identify_count = 0
         self.resume_count = 0
+        #: How many op 9 INVALID_SESSION (d=false) the gateway sent.
+        self.invalid_session_count = 0
         self.intents: int | None = None
         self.scenario: Scenario | None = None
         self._forced: list[_ForcedLimit] = []
+        self._failures: list[_Failure] = []
+        self._gateway_open = asyncio.Event()
+        self._gateway_open.set()
         self._sessions: dict[int, _Session] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self._last_dispatch: dict[int, int] = {}
@@ -193,6 +211,7 @@ class FakeDiscord:
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
+        self._gateway_open.set()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -342,6 +361,64 @@ class FakeDiscord:
         if channel.is_thread:
             raise ValueError("threads take their parent's overwrites: set them on the parent")
         return self.guilds[channel.guild_id]
+
+    def delete_webhook(self, webhook: FakeWebhook) -> None:
+        """A server admin deletes the webhook: executes and message edits on it answer 404
+        Unknown Webhook (10015) and the gateway sends WEBHOOKS_UPDATE for its channel."""
+        if self.webhooks.pop(webhook.id, None) is None:
+            raise LookupError(f"webhook {webhook.id} does not exist (already deleted?)")
+        self._webhooks_update(webhook)
+        self._notify()
+
+    def delete_channel_webhooks(self, channel: FakeChannel) -> list[FakeWebhook]:
+        """Delete every webhook of ``channel`` (as an admin clearing Integrations); one
+        WEBHOOKS_UPDATE for the channel. Returns the deleted webhooks."""
+        gone = [w for w in self.webhooks.values() if w.channel_id == channel.id]
+        for webhook in gone:
+            del self.webhooks[webhook.id]
+        if gone:
+            self._webhooks_update(gone[0])
+        self._notify()
+        return gone
+
+    def _webhooks_update(self, webhook: FakeWebhook) -> None:
+        data = {"guild_id": str(webhook.guild_id), "channel_id": str(webhook.channel_id)}
+        self._fire("WEBHOOKS_UPDATE", data, self.guilds.get(webhook.guild_id))
+
+    def delete_channel(self, channel: FakeChannel) -> None:
+        """A server admin deletes a channel or thread.
+
+        Requests naming it answer 404 Unknown Channel (10003), its webhooks are gone (10015)
+        and the gateway sends CHANNEL_DELETE (THREAD_DELETE for a thread). A channel's
+        threads go with it without events of their own, as on Discord (discord.py drops
+        them from its cache on CHANNEL_DELETE).
+        """
+        if channel.is_dm:
+            raise ValueError("a DM channel cannot be deleted by a server admin")
+        if self.channels.get(channel.id) is not channel:
+            raise LookupError(f"channel {channel.id} does not exist (already deleted?)")
+        guild = self.guild_of(channel)
+        doomed = [channel]
+        if not channel.is_thread:
+            doomed += [t for t in guild.threads.values() if t.parent_id == channel.id]
+        for gone in doomed:
+            gone.deleted = True
+            self.channels.pop(gone.id, None)
+            guild.channels.pop(gone.id, None)
+            guild.threads.pop(gone.id, None)
+        for webhook in [w for w in self.webhooks.values() if w.channel_id == channel.id]:
+            del self.webhooks[webhook.id]
+        if channel.is_thread:
+            data = {
+                "id": str(channel.id),
+                "guild_id": str(guild.id),
+                "parent_id": str(channel.parent_id),
+                "type": channel.type,
+            }
+            self._fire("THREAD_DELETE", data, guild)
+        else:
+            self._fire("CHANNEL_DELETE", channel.payload(), guild)
+        self._notify()
 
     def open_dm(self, user: FakeUser | FakeMember) -> FakeChannel:
         """The bot's DM channel with ``user`` (created on first use, then the same one).
@@ -500,6 +577,37 @@ class FakeDiscord:
         """
         self._forced.append(_ForcedLimit(method, route, times, retry_after))
 
+    def fail_requests(
+        self,
+        method: str | None = None,
+        route: str | None = None,
+        *,
+        times: int | None = 1,
+        status: int = 503,
+        applied: bool = False,
+    ) -> None:
+        """Answer the next ``times`` matching requests with a 5xx, as an outage would.
+
+        Matching is as in ``force_rate_limit``. ``times=None`` fails every matching request
+        until ``clear_failures()``. The body is Discord's ``{"message": "503: Service
+        Unavailable", "code": 0}``. With ``applied=True`` the request takes effect first and
+        only its answer is lost (a send that reached Discord but timed out on the way back),
+        so a client that retries it creates a second message.
+
+        discord.py retries 500, 502, 504 and 524 itself, five tries in all, sleeping 1, 3,
+        5, 7 and 9 s between them; any other 5xx (503 by default) raises
+        ``DiscordServerError`` at once.
+        """
+        if not 500 <= status <= 599:
+            raise ValueError(f"fail_requests injects server errors (5xx), not {status}")
+        if times is not None and times < 1:
+            raise ValueError("times must be at least 1 (or None: until clear_failures())")
+        self._failures.append(_Failure(method, route, times, status, applied))
+
+    def clear_failures(self) -> None:
+        """Stop failing requests (``fail_requests``), including those set until cleared."""
+        self._failures.clear()
+
     # ------------------------------------------------------------------ gateway
 
     def shard_for(self, guild_id: int | None) -> int:
@@ -560,6 +668,66 @@ class FakeDiscord:
                 await ws.close(code=4000, message=b"dropped by test")
         self._notify()
 
+    async def invalidate_session(self, shard_id: int | None = None) -> None:
+        """Forget the gateway session(s) and close the socket(s), as when Discord expires a
+        session: discord.py's RESUME gets op 9 INVALID_SESSION (d=false) and it must
+        IDENTIFY afresh (new session, READY, GUILD_CREATEs).
+
+        Events produced from now until that IDENTIFY go nowhere and are never replayed; a
+        bot that wants them must read channel history. Wrap this in ``gateway_outage()`` to
+        produce such events deterministically before the bot can reconnect.
+        """
+        for session in list(self._sessions.values()):
+            if shard_id is not None and session.shard_id != shard_id:
+                continue
+            del self._sessions[session.shard_id]
+            async with session.lock:
+                ws, session.ws = session.ws, None
+                session.pending.clear()
+                session.history.clear()
+            if ws is not None:
+                await ws.close(code=4000, message=b"session invalidated by test")
+        self._notify()
+
+    @contextlib.asynccontextmanager
+    async def gateway_outage(self) -> AsyncIterator[None]:
+        """While inside, gateway connections are accepted but get no HELLO, so the bot
+        cannot RESUME or IDENTIFY; they go on when the block exits (discord.py waits up to
+        60 s for HELLO). REST keeps working, and helpers such as ``say`` store as usual."""
+        self._gateway_open.clear()
+        try:
+            yield
+        finally:
+            self._gateway_open.set()
+
+    async def redeliver_last(
+        self, event: str, *, channel: FakeChannel | None = None
+    ) -> dict[str, Any]:
+        """Send the newest already dispatched ``event`` again, as Discord occasionally
+        does: identical data under a new sequence number. ``channel`` picks the newest one
+        about that channel (``channel_id``, or ``id`` for channel and thread events).
+        Returns the redelivered data; LookupError when the live session never sent one.
+        """
+        if channel is not None:
+            candidates = [self._sessions.get(self.shard_for(channel.guild_id))]
+        else:
+            candidates = list(self._sessions.values())
+        wanted = str(channel.id) if channel is not None else None
+        for session in candidates:
+            if session is None:
+                continue
+            for _, frame in reversed(session.history):
+                payload = json.loads(frame)
+                data = payload["d"]
+                if payload["t"] != event:
+                    continue
+                if wanted is not None and wanted not in (data.get("channel_id"), data.get("id")):
+                    continue
+                await self._send(session, event, data)
+                return dict(data)
+        where = f" for channel {channel.id}" if channel is not None else ""
+        raise LookupError(f"no {event} was dispatched{where} in the current session(s)")
+
     @property
     def connected(self) -> bool:
         return bool(self._sessions) and all(
@@ -571,6 +739,7 @@ class FakeDiscord:
         await ws.prepare(request)
         self._sockets.add(ws)
         try:
+            await self._gateway_open.wait()  # held during gateway_outage()
             await ws.send_str(
                 json.dumps({"op": 10, "d": {"heartbeat_interval": HEARTBEAT_INTERVAL_MS}})
             )
@@ -636,7 +805,9 @@ class FakeDiscord:
             (s for s in self._sessions.values() if s.session_id == data.get("session_id")), None
         )
         if session is None:
+            self.invalid_session_count += 1
             await ws.send_str(json.dumps({"op": 9, "d": False}))
+            self._notify()
             return
         client_seq = data.get("seq") or 0
         async with session.lock:
@@ -696,6 +867,7 @@ class FakeDiscord:
         self, channel: FakeChannel, who: FakeMember | FakeUser
     ) -> tuple[FakeUser, FakeMember | None]:
         """(user, member) acting in ``channel``; the member is None in a DM."""
+        self._require_exists(channel)
         user = who.user if isinstance(who, FakeMember) else who
         if channel.guild_id is None:
             if channel.recipient is None or channel.recipient.id != user.id:
@@ -725,12 +897,18 @@ class FakeDiscord:
         attachments: list[tuple[str, bytes, str | None]] | None = None,
         mentions_bot: bool = False,
         reply_to: FakeMessage | None = None,
+        duplicate: bool = False,
     ) -> FakeMessage:
         """A member (or, in a DM, the user) posts a message: stored and sent as MESSAGE_CREATE.
 
+        ``duplicate=True`` delivers that MESSAGE_CREATE twice (same data, two sequence
+        numbers), as Discord occasionally does. While the bot is disconnected the message is
+        stored and its event waits for RESUME; after ``invalidate_session`` it is lost.
         Raises PermissionError when the member may not post there (SEND_MESSAGES, or
-        SEND_MESSAGES_IN_THREADS in a thread, and ATTACH_FILES for attachments).
+        SEND_MESSAGES_IN_THREADS in a thread, and ATTACH_FILES for attachments) and
+        LookupError in a deleted channel.
         """
+        self._require_exists(channel)
         user, guild_member = self._participant(channel, member)
         if guild_member is not None:
             needed = VIEW_CHANNEL
@@ -760,7 +938,19 @@ class FakeDiscord:
         if reply_to is not None:
             payload["referenced_message"] = reply_to.payload()
         await self.dispatch("MESSAGE_CREATE", payload, channel.guild_id)
+        if duplicate:
+            await self.dispatch("MESSAGE_CREATE", payload, channel.guild_id)
         return message
+
+    def _live_channel(self, channel_id: int) -> FakeChannel:
+        channel = self.channels.get(channel_id)
+        if channel is None:
+            raise LookupError(f"channel {channel_id} was deleted (a real client could not do this)")
+        return channel
+
+    def _require_exists(self, channel: FakeChannel) -> None:
+        if channel.deleted:
+            raise LookupError(f"#{channel.name} was deleted (a real client could not do this)")
 
     async def edit(self, message: FakeMessage, content: str) -> FakeMessage:
         """The author edits their message: MESSAGE_UPDATE."""
@@ -1053,7 +1243,7 @@ class FakeDiscord:
     ) -> InteractionRecord:
         """Run a synced message context-menu command (type 3) on ``message`` as ``member``,
         as the client does from a message's Apps menu: the message travels resolved."""
-        channel = self.channels[message.channel_id]
+        channel = self._live_channel(message.channel_id)
         _, guild_member = self._participant(channel, member)
         if guild_member is not None:
             self._require(
@@ -1119,7 +1309,7 @@ class FakeDiscord:
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": component["type"]}
         if values is not None:
             data["values"] = values
-        channel = self.channels[message.channel_id]
+        channel = self._live_channel(message.channel_id)
         return await self._send_interaction(3, member, channel, data, locale, message)
 
     async def submit_modal(
@@ -1136,7 +1326,7 @@ class FakeDiscord:
             if modal.modal is None:
                 raise LookupError("that interaction was not answered with a modal")
             spec = modal.modal
-            channel = channel or self.channels[modal.channel_id]
+            channel = channel or self._live_channel(modal.channel_id)
         else:
             spec = {"custom_id": modal, "components": []}
             channel = self._default_channel(channel)
@@ -1176,6 +1366,9 @@ class FakeDiscord:
                 self.rate_limited.append(call)
                 self._notify()
                 return _rate_limited(limited, "forced")
+            failure = self._failure(request.method, template)
+            if failure is not None and not failure.applied:
+                return self._server_error(call, failure.status)
             try:
                 check_query(request.query)
                 response = await handler(
@@ -1183,6 +1376,8 @@ class FakeDiscord:
                 )
             except ApiError as exc:
                 response = _json(exc.body(), exc.status)
+            if failure is not None:
+                return self._server_error(call, failure.status)
             call.status = response.status
             if response.status == 429:
                 self.rate_limited.append(call)
@@ -1202,6 +1397,27 @@ class FakeDiscord:
             forced.remaining -= 1
             return forced.retry_after
         return None
+
+    def _failure(self, method: str, template: str) -> _Failure | None:
+        for failure in self._failures:
+            if failure.remaining is not None and failure.remaining <= 0:
+                continue
+            if failure.method not in (None, method) or failure.route not in (None, template):
+                continue
+            if failure.remaining is not None:
+                failure.remaining -= 1
+            return failure
+        return None
+
+    def _server_error(self, call: RestCall, status: int) -> web.Response:
+        call.status = status
+        self.failed.append(call)
+        self._notify()
+        try:
+            reason = http.HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Server Error"
+        return _json({"message": f"{status}: {reason}", "code": 0}, status)
 
     def _check_edit_rate(self, channel: FakeChannel) -> web.Response | None:
         config = self.rate_limits
@@ -1566,12 +1782,14 @@ class FakeDiscord:
         return _json(self._webhook(req.params["webhook_id"], req.params["token"]).payload())
 
     async def _delete_webhook(self, req: _Request) -> web.Response:
-        if self.webhooks.pop(int(req.params["webhook_id"]), None) is None:
+        webhook = self.webhooks.pop(int(req.params["webhook_id"]), None)
+        if webhook is None:
             raise ApiError(404, "Unknown Webhook", 10015)
+        self._webhooks_update(webhook)
         return web.Response(status=204)
 
     def _webhook_target(self, webhook: FakeWebhook, thread_id: str | None) -> FakeChannel:
-        channel = self.channels[webhook.channel_id]
+        channel = self._channel(str(webhook.channel_id))
         if thread_id is None:
             return channel
         thread = self.channels.get(int(thread_id))
@@ -1605,18 +1823,18 @@ class FakeDiscord:
             record = self._interaction(req.params["token"])
             if req.params["message_id"] == "@original":
                 if record.original is not None:
-                    return record.original, self.channels[record.channel_id]
+                    return record.original, self._channel(str(record.channel_id))
                 # A component's (or its modal's) update response: @original is the message
                 # the component is on, as on Discord.
                 if record.message is not None and record.callback_type in (6, 7):
-                    return record.message, self.channels[record.message.channel_id]
+                    return record.message, self._channel(str(record.message.channel_id))
                 raise ApiError(404, "Unknown Message", 10008)
             message = next(
                 (m for m in record.messages if str(m.id) == req.params["message_id"]), None
             )
             if message is None or message.deleted:
                 raise ApiError(404, "Unknown Message", 10008)
-            return message, self.channels[message.channel_id]
+            return message, self._channel(str(message.channel_id))
         webhook = self._webhook(req.params["webhook_id"], req.params["token"])
         channel = self._webhook_target(webhook, req.query.get("thread_id"))
         message = self._message(channel, req.params["message_id"])
@@ -1649,7 +1867,7 @@ class FakeDiscord:
     def _interaction_message(
         self, record: InteractionRecord, payload: dict[str, Any], files: Any, flags: int = 0
     ) -> FakeMessage:
-        channel = self.channels[record.channel_id]
+        channel = self._channel(str(record.channel_id))
         message = self._create_message(
             channel,
             {**payload, "flags": int(payload.get("flags") or 0) | flags},

@@ -271,6 +271,8 @@ class FakeChannel:
     owner_id: int | None = None
     recipient: FakeUser | None = None
     overwrites: list[PermissionOverwrite] = field(default_factory=list)
+    #: Set by ``FakeDiscord.delete_channel``: requests naming it answer Unknown Channel.
+    deleted: bool = False
     messages: list[FakeMessage] = field(default_factory=list, repr=False)
     edit_times: deque[float] = field(default_factory=deque, repr=False)
 
