@@ -111,6 +111,11 @@ def button_ids(message: FakeMessage) -> list[str]:
     return [c.get("custom_id", "") for row in message.components for c in row.get("components", [])]
 
 
+def stop_button(message: FakeMessage) -> str | None:
+    """The custom id of the ⏹ on a streaming reply (it names the reply it stops)."""
+    return next((i for i in button_ids(message) if i.startswith("rp:stop:")), None)
+
+
 @pytest.fixture
 def start_bot(discord_fake, tmp_path, tokenizer) -> Callable[..., Any]:
     """`async with start_bot(engine=..., env={...}) as harness:` runs the bot until exit."""

@@ -12,7 +12,7 @@ from sqlalchemy import update
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.models import Message
-from tests.bot_harness import button_ids, eventually, has_buttons
+from tests.bot_harness import button_ids, eventually, has_buttons, stop_button
 from tests.discord_fake import SEND_MESSAGES
 from tests.test_bot_commands import fill
 
@@ -146,10 +146,10 @@ async def test_only_the_player_whose_turn_it_is_the_starter_or_a_moderator_can_s
         said = await fake.say(s.general, s.members[0], "이야기해 줘")
         reply = await fake.wait_for_message(
             s.general,
-            lambda m: m.webhook_id is not None and "rp:stop:0" in button_ids(m),
+            lambda m: m.webhook_id is not None and stop_button(m),
             after=said,
         )
-        bystander = await fake.press(s.members[1], reply, "rp:stop:0")
+        bystander = await fake.press(s.members[1], reply, stop_button(reply))
         assert "차례인 플레이어" in await harness.final_text(bystander)
         await fake.wait_until(lambda: has_buttons(reply), timeout=20)
         assert reply.content.strip() == ("천천히 " * 60).strip()
@@ -158,11 +158,11 @@ async def test_only_the_player_whose_turn_it_is_the_starter_or_a_moderator_can_s
         said = await fake.say(s.general, s.members[0], "하나 더")
         reply = await fake.wait_for_message(
             s.general,
-            lambda m: m.webhook_id is not None and "rp:stop:0" in button_ids(m),
+            lambda m: m.webhook_id is not None and stop_button(m),
             after=said,
         )
         await fake.wait_until(lambda: "천천히" in reply.content)
-        mine = await fake.press(s.members[0], reply, "rp:stop:0")
+        mine = await fake.press(s.members[0], reply, stop_button(reply))
         await fake.wait_for_response(mine)
         await fake.wait_until(lambda: has_buttons(reply))
         assert len(engine.cancelled) == 1

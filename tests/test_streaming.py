@@ -10,7 +10,7 @@ from synatra_bot.discord.streaming import release_view
 
 
 async def test_a_sent_reply_view_is_freed_without_the_garbage_collector():
-    views = [reply_view(1234, index=1, count=3), streaming_view()]
+    views = [reply_view(1234, index=1, count=3), streaming_view(7)]
     refs = [weakref.ref(view) for view in views]
     gc.disable()
     try:

@@ -164,6 +164,12 @@ class SynatraBot(commands.AutoShardedBot):
         while len(self._dm_locales) > DM_LOCALES_KEPT:
             self._dm_locales.popitem(last=False)
 
+    def serves(self, guild_id: int | None) -> bool:
+        """Whether this process's shards hold `guild_id` (None: DMs, which shard 0 gets)."""
+        if guild_id is None:
+            return self.shard_ids is None or 0 in self.shard_ids
+        return self.get_guild(guild_id) is not None
+
     async def on_message(self, message: discord.Message, /) -> None:
         """Every command is a slash command: a message goes to the roleplay's listener only,
         not first through the prefix-command parser (for every message in every channel)."""
@@ -178,6 +184,9 @@ class SynatraBot(commands.AutoShardedBot):
         await self.tree.set_translator(KoreanTranslator(KOREAN))
         for cog in COGS:
             await self.load_extension(cog)
+        left = await self.replies.adopt_left_over()
+        if left:
+            log.info("%d replies were left unfinished on screen; finishing them once ready", left)
         if self.settings.dev_guild_id:
             guild = discord.Object(id=self.settings.dev_guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -186,6 +195,7 @@ class SynatraBot(commands.AutoShardedBot):
             await self.tree.sync()
 
     async def on_ready(self) -> None:
+        self.replies.start_sweeping()
         log.info(
             "logged in as %s (%s) in %d servers",
             self.user,

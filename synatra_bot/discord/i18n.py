@@ -93,8 +93,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "캐릭터로 말하려면 이 채널에서 '웹후크 관리' 권한이 필요해요.",
     ),
     "error.webhook_gone": (
-        "The character's webhook was removed. Send your message again and I'll make a new one.",
-        "캐릭터 웹후크가 삭제됐어요. 메시지를 다시 보내면 새로 만들게요.",
+        "The character's webhook was removed and could not be made again; the reply is not "
+        "part of the story.",
+        "캐릭터 웹후크가 삭제됐는데 새로 만들지 못했어요. 이 답장은 이야기에 남지 않아요.",
     ),
     "error.image_type": (
         "Attach a PNG, JPEG, WebP or GIF image.",
@@ -271,6 +272,17 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "⚠️ 답장이 너무 오래 걸려서 멈췄어요.",
     ),
     "reply.cancelled": ("⚠️ The reply was cancelled.", "⚠️ 답장이 취소됐어요."),
+    "reply.restarted": (
+        "⚠️ Cut off: the bot restarted. This part is not in the story.",
+        "⚠️ 봇이 다시 시작되어 끊겼어요. 이 부분은 이야기에 남지 않아요.",
+    ),
+    "reply.not_shown": (
+        "⚠️ Discord is not answering, so the reply could not be shown; it is not part of the "
+        "story. Try again in a moment.",
+        "⚠️ 디스코드가 응답하지 않아 답장을 보여 주지 못했어요. 이 답장은 이야기에 남지 않아요. "
+        "잠시 후 다시 해 주세요.",
+    ),
+    "reply.stop_stale": ("That reply has already ended.", "이미 끝난 답장이에요."),
     "engine.unavailable": (
         "the generation server is unavailable: gave up after {attempts} attempts",
         "생성 서버에 연결할 수 없어요: {attempts}번 시도 후 포기했어요",

@@ -13,7 +13,15 @@ from discord import app_commands
 
 from synatra_bot.discord.i18n import t
 from synatra_bot.discord.interactions import ComponentError, actor_of, place_of
-from synatra_bot.discord.streaming import ChannelPoster, ReplyMessages, WebhookPoster, dm_heading
+from synatra_bot.discord.streaming import (
+    CURSOR,
+    FINAL_DEADLINE_S,
+    ChannelPoster,
+    ReplyMessages,
+    WebhookPoster,
+    dm_heading,
+    transient,
+)
 from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.discord.webhooks import WebhookPool
 from synatra_bot.engine.base import CONTINUATION
@@ -22,13 +30,20 @@ from synatra_bot.roleplay.core import ActiveRoleplay, Started
 from synatra_bot.roleplay.scheduler import QueueTicket
 from synatra_bot.roleplay.turns import Ending, Reply, ReplyOutcome, Shown, Turns
 from synatra_bot.roleplay.types import Actor, Place
-from synatra_bot.storage.records import CharacterRecord, MessageRecord
+from synatra_bot.storage import open_replies
+from synatra_bot.storage.records import CharacterRecord, MessageRecord, OpenReplyRecord
 
 log = logging.getLogger(__name__)
 
 #: A turn that waits longer than this shows its queue position, refreshed at most this often.
 QUEUE_NOTICE_AFTER_S = 1.0
 QUEUE_REFRESH_S = 10.0
+#: How often replies left unfinished on screen (Discord refused their final state) are tried
+#: again.
+SWEEP_EVERY_S = 60.0
+#: How far back a reply's first message is looked for when a crash came before its id was
+#: written down.
+HISTORY_SEARCH_LIMIT = 50
 BUTTON_TEMPLATE = r"rp:(?P<action>regen|prev|next|stop|cont):(?P<target>[0-9]+)"
 
 
@@ -38,6 +53,16 @@ class ReplyHost(Protocol):
     turns: Turns
     webhooks: WebhookPool
     replies: ReplyController
+
+    def serves(self, guild_id: int | None) -> bool: ...
+
+    def get_channel(self, channel_id: int, /) -> Any: ...
+
+    def get_partial_messageable(
+        self, id: int, *, guild_id: int | None = None, type: discord.ChannelType | None = None
+    ) -> discord.PartialMessageable: ...
+
+    async def fetch_webhook(self, webhook_id: int, /) -> discord.Webhook: ...
 
     @property
     def tree(self) -> app_commands.CommandTree[Any]: ...
@@ -49,7 +74,7 @@ class ReplyHost(Protocol):
 
 class ReplyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=BUTTON_TEMPLATE):
     """The buttons under a reply. Their custom ids carry everything, so they keep working
-    after a restart: `rp:<action>:<message id>`."""
+    after a restart: `rp:<action>:<message id>`; ⏹'s names the open reply it stops."""
 
     STYLES: ClassVar[dict[str, tuple[str, discord.ButtonStyle]]] = {
         "prev": ("◀", discord.ButtonStyle.secondary),
@@ -126,28 +151,33 @@ def reply_view(
     return view
 
 
-def streaming_view() -> discord.ui.View:
-    """The stop button shown while a reply streams. It is the same for every reply (a dynamic
-    item, found by its custom id), so the controller builds it once and shares it."""
+def streaming_view(open_reply_id: int) -> discord.ui.View:
+    """The stop button shown while a reply streams: it stops that reply and no other."""
     view = discord.ui.View(timeout=None)
-    view.add_item(ReplyButton("stop", 0))
+    view.add_item(ReplyButton("stop", open_reply_id))
     return view
 
 
 class ReplyController:
     """Everything about showing replies in Discord; the roleplay cog and buttons call it."""
 
-    def __init__(self, host: ReplyHost) -> None:
+    def __init__(
+        self,
+        host: ReplyHost,
+        *,
+        final_deadline_s: float = FINAL_DEADLINE_S,
+        sweep_every_s: float = SWEEP_EVERY_S,
+    ) -> None:
         self.host = host
+        self.final_deadline_s = final_deadline_s
+        self.sweep_every_s = sweep_every_s
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._stop_view: discord.ui.View | None = None
-
-    @property
-    def stop_view(self) -> discord.ui.View:
-        """The shared `streaming_view` (made on first use: a view needs the running loop)."""
-        if self._stop_view is None:
-            self._stop_view = streaming_view()
-        return self._stop_view
+        #: The open replies this process is showing, by id (⏹ finds its reply here).
+        self._live: dict[int, Reply] = {}
+        #: Open replies to finish: left by a process that died, or by a reply here whose
+        #: final state Discord refused.
+        self._unfinished: set[int] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         return self.track(asyncio.create_task(coro))
@@ -173,7 +203,11 @@ class ReplyController:
 
     async def close(self, *, grace_s: float = 10.0) -> None:
         """Let running handlers finish (the scheduler has already stopped generation, so
-        they only store or discard what they have), then cancel whatever is left."""
+        they only store or discard what they have), then cancel whatever is left. A reply
+        cut off here stays recorded as open: the next start finishes it."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         others = self._tasks - {asyncio.current_task()}
         if others:
             await asyncio.wait(others, timeout=grace_s)
@@ -185,15 +219,29 @@ class ReplyController:
     # --- webhooks ---------------------------------------------------------------------------
 
     async def writer_for(self, channel: Any, character: CharacterRecord) -> ReplyMessages:
-        """How `character` speaks in `channel`: its webhook, or in a DM the bot itself."""
+        """How `character` speaks in `channel`: its webhook (made again if someone deletes
+        it), or in a DM the bot itself."""
         if isinstance(channel, discord.DMChannel):
-            return ReplyMessages(ChannelPoster(channel), heading=dm_heading(character.name))
+            return ReplyMessages(
+                ChannelPoster(channel),
+                heading=dm_heading(character.name),
+                final_deadline_s=self.final_deadline_s,
+            )
         parent = channel.parent if isinstance(channel, discord.Thread) else channel
         if not isinstance(parent, discord.TextChannel | discord.ForumChannel):
             raise UserFacingError("this channel cannot have webhooks", key="error.channel_type")
-        webhook = await self.host.webhooks.get(parent, character)
+        webhooks = self.host.webhooks
+        webhook = await webhooks.get(parent, character)
+
+        async def renew() -> discord.Webhook:
+            webhooks.forget_channel(parent.id)
+            return await webhooks.get(parent, character)
+
         thread = channel if isinstance(channel, discord.Thread) else None
-        return ReplyMessages(WebhookPoster(webhook, username=character.name, thread=thread))
+        poster = WebhookPoster(
+            webhook, username=character.name, thread=thread, renew=renew, channel=channel
+        )
+        return ReplyMessages(poster, final_deadline_s=self.final_deadline_s)
 
     async def show_greeting(self, channel: Any, started: Started) -> None:
         """A character's greeting (a new scene's, or one joining it), with its alternatives."""
@@ -266,7 +314,9 @@ class ReplyController:
 
         Whatever fails, the player is told and nothing stays half-finished on screen (the core
         has stored nothing half-written; a regenerated or continued reply shows what it showed
-        before). Returns the outcome, or None when Discord refused to show the reply.
+        before; a reply Discord would not show leaves the story and is finished on screen
+        once Discord answers again). Returns the outcome, or None when Discord refused to
+        show the reply.
         """
         locale = self.host.locale_for(channel)
         try:
@@ -275,10 +325,21 @@ class ReplyController:
             log.warning("missing permissions for webhooks in channel %s", reply.place.channel_id)
             await self.tell(notify, channel, t(locale, "error.webhook_permission"))
         except discord.NotFound:
-            # Someone deleted our webhook or message: forget it, the next turn makes a new one.
+            # The channel, or a webhook that could not be made again: the next turn starts over.
             place = reply.place
             self.host.webhooks.forget_channel(place.parent_channel_id or place.channel_id)
             await self.tell(notify, channel, t(locale, "error.webhook_gone"))
+        except discord.HTTPException as error:
+            if not transient(error):
+                log.exception("reply in channel %s failed", reply.place.channel_id)
+                await self.tell(notify, channel, t(locale, "error.unexpected"))
+            else:
+                log.warning(
+                    "Discord answered %s past the deadline; reply in channel %s not shown",
+                    error.status,
+                    reply.place.channel_id,
+                )
+                await self.tell(notify, channel, t(locale, "reply.not_shown"))
         except Exception:
             log.exception("reply in channel %s failed", reply.place.channel_id)
             await self.tell(notify, channel, t(locale, "error.unexpected"))
@@ -291,13 +352,69 @@ class ReplyController:
         if reply.replacing:
             assert reply.target is not None
             writer = writer.adopted(reply.target.discord_message_ids)
+        record = await self._open(reply, channel, writer)
+        self._live[record.id] = reply
+        try:
+            outcome = await self._stream(reply, writer, record.id, notify, channel, locale)
+        except BaseException:
+            # Left on screen unfinished: the sweeper (or, after a crash, the next start)
+            # finishes it once Discord answers.
+            self._unfinished.add(record.id)
+            raise
+        finally:
+            del self._live[record.id]
+        await open_replies.close_open_reply(self._sessions, reply_id=record.id)
+        return outcome
+
+    @property
+    def _sessions(self) -> Any:
+        return self.host.turns.core.sessions
+
+    async def _open(self, reply: Reply, channel: Any, writer: ReplyMessages) -> OpenReplyRecord:
+        """Record the reply as open before its first message is posted, and keep its
+        messages up to date in the record as they are posted."""
+        poster = writer.poster
+        thread = isinstance(channel, discord.Thread)
+        record = await open_replies.open_reply(
+            self._sessions,
+            guild_id=reply.place.guild_id,
+            channel_id=channel.id,
+            parent_channel_id=channel.parent_id if thread else None,
+            webhook_id=poster.webhook_id if isinstance(poster, WebhookPoster) else None,
+            session_id=reply.active.session.id,
+            kind=reply.kind,
+            discord_message_ids=writer.message_ids,
+        )
+
+        async def posted(ids: list[int]) -> None:
+            webhook_id = poster.webhook_id if isinstance(poster, WebhookPoster) else None
+            await open_replies.update_open_reply(
+                self._sessions,
+                reply_id=record.id,
+                discord_message_ids=ids,
+                webhook_id=webhook_id,
+            )
+
+        writer.posting_to(posted)
+        return record
+
+    async def _stream(
+        self,
+        reply: Reply,
+        writer: ReplyMessages,
+        record_id: int,
+        notify: discord.Message | None,
+        channel: Any,
+        locale: str,
+    ) -> ReplyOutcome:
         opened = False
+        stop_view = streaming_view(record_id)
 
         async def open_or_show(text: str) -> None:
             nonlocal opened
             if not opened:
                 opened = True
-                await writer.open(text, view=self.stop_view)
+                await writer.open(text, view=stop_view)
             else:
                 await writer.update_status(text)
 
@@ -321,7 +438,7 @@ class ReplyController:
         if reply.kind == "reply":
             # The reply's message appears at once, a cursor while the turn waits and thinks.
             opened = True
-            await writer.open("▌", view=self.stop_view)
+            await writer.open("▌", view=stop_view)
         try:
             async with reply.stream(
                 on_queued=on_queued, shown_in=lambda: writer.message_ids
@@ -335,7 +452,7 @@ class ReplyController:
                         writer.pace_from_now()  # a turn that waited shows its words after a beat
                         if not opened:
                             opened = True
-                            await writer.open((text + " ▌").strip(), view=self.stop_view)
+                            await writer.open((text + " ▌").strip(), view=stop_view)
                         continue
                     await writer.update(text)
         finally:
@@ -361,7 +478,12 @@ class ReplyController:
             assert outcome.shown is not None
             stored = outcome.shown.message
             note = t(locale, "reply.stopped") if outcome.stopped else ""
-            ids = await writer.finish(outcome.text, view=self._view(outcome.shown), note=note)
+            try:
+                ids = await writer.finish(outcome.text, view=self._view(outcome.shown), note=note)
+            except Exception:
+                # What the model remembers is what the channel shows.
+                await self.host.turns.unstore(reply, stored)
+                raise
             if reply.replacing:
                 await self._shown_in(stored.id, ids)  # every alternative lives in these now
             elif ids != list(stored.discord_message_ids):
@@ -434,6 +556,110 @@ class ReplyController:
         except discord.HTTPException:
             log.info("could not post a notice in %s", getattr(channel, "id", "?"))
 
+    # --- replies left unfinished ------------------------------------------------------------
+
+    async def adopt_left_over(self) -> int:
+        """Before the gateway connects: every reply still recorded as open was left by a
+        process that is gone. They are finished once the bot is ready (`start_sweeping`)."""
+        left = await open_replies.open_replies(self._sessions)
+        self._unfinished.update(record.id for record in left)
+        return len(left)
+
+    def start_sweeping(self) -> None:
+        """Finish what was left unfinished now, then every `sweep_every_s` while any is."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                finished = await self.finish_unfinished()
+                if finished:
+                    log.info("finished %d replies left unfinished on screen", finished)
+            except Exception:
+                log.exception("finishing replies left unfinished failed")
+            await asyncio.sleep(self.sweep_every_s)
+
+    async def finish_unfinished(self) -> int:
+        """Finish every reply left unfinished in a channel this process serves: its stored
+        turn with its buttons, or what was generated marked as cut (not in the story), or
+        nothing where nothing was said. Returns how many were finished; those Discord still
+        refuses stay for the next sweep."""
+        pending = self._unfinished - set(self._live)
+        if not pending:
+            return 0
+        records = await open_replies.open_replies(self._sessions, ids=pending)
+        self._unfinished -= pending - {record.id for record in records}  # closed elsewhere
+        finished = 0
+        for record in records:
+            if not self.host.serves(record.guild_id):
+                self._unfinished.discard(record.id)  # another shard's process finishes it
+                continue
+            try:
+                await self._finish_left_over(record)
+            except discord.HTTPException as error:
+                if transient(error):
+                    log.info("open reply %s: Discord answered %s, later", record.id, error.status)
+                    continue
+                log.warning("open reply %s cannot be finished: %s", record.id, error)
+            await open_replies.close_open_reply(self._sessions, reply_id=record.id)
+            self._unfinished.discard(record.id)
+            finished += 1
+        return finished
+
+    async def _finish_left_over(self, record: OpenReplyRecord) -> None:
+        dm = record.guild_id is None
+        messageable = self.host.get_partial_messageable(
+            record.channel_id,
+            guild_id=record.guild_id,
+            type=discord.ChannelType.private if dm else None,
+        )
+        ids = list(record.discord_message_ids) or await self._find_posted(messageable, record.id)
+        if not ids:
+            return  # killed before its first message went out
+        poster: ChannelPoster | WebhookPoster
+        if record.webhook_id is None:
+            poster = ChannelPoster(messageable)
+        else:
+            try:
+                webhook = await self.host.fetch_webhook(record.webhook_id)
+            except discord.NotFound:
+                for message_id in ids:  # the webhook is gone: its messages can only go
+                    await WebhookPoster.remove_stale_from(messageable, message_id)
+                return
+            thread = discord.Object(record.channel_id) if record.parent_channel_id else None
+            poster = WebhookPoster(webhook, username=webhook.name or "", thread=thread)
+        stored = await self.host.turns.core.shown_in(ids[0])
+        if stored is not None and stored.role == "assistant":
+            shown = await self.host.turns.shown(stored)
+            heading = dm_heading(shown.message.display_name) if dm else ""
+            writer = ReplyMessages(poster, heading=heading, final_deadline_s=0).adopted(ids)
+            shown_ids = await writer.finish(shown.message.content, view=self._view(shown))
+            await self._shown_in(shown.message.id, shown_ids)
+            return
+        last = await messageable.fetch_message(ids[-1])
+        text = _without_cursor(last.content)
+        if len(ids) == 1 and not _says_anything(text, dm=dm):
+            for message_id in ids:
+                await poster.delete(message_id)
+            return
+        channel = self.host.get_channel(record.channel_id)
+        note = "\n-# " + t(self.host.locale_for(channel or messageable), "reply.restarted")
+        body = text if len(text) + len(note) <= 2000 else text[: 1999 - len(note)] + "…"
+        await poster.edit(ids[-1], body + note, view=None)
+
+    @staticmethod
+    async def _find_posted(messageable: discord.PartialMessageable, open_id: int) -> list[int]:
+        """The message carrying open reply `open_id`'s stop button, for a crash that came
+        between its post and the record of its id."""
+        wanted = f"rp:stop:{open_id}"
+        async for message in messageable.history(limit=HISTORY_SEARCH_LIMIT):
+            for row in message.components:
+                for item in getattr(row, "children", ()):
+                    if getattr(item, "custom_id", None) == wanted:
+                        return [message.id]
+        return []
+
     # --- buttons ----------------------------------------------------------------------------
 
     async def press(
@@ -453,7 +679,10 @@ class ReplyController:
         actor = actor_of(interaction)
         turns = self.host.turns
         if action == "stop":
-            await turns.stop(place, actor)
+            live = self._live.get(target_id)
+            if live is None:
+                raise UserFacingError("that reply has already ended", key="reply.stop_stale")
+            await turns.stop_reply(live, actor)
             await interaction.response.defer()
             return
         if action in ("prev", "next"):
@@ -476,3 +705,16 @@ class ReplyController:
         # Refused above, the presser is told privately; admitted, the channel sees the reply.
         await interaction.response.defer()
         await self.play(reply, channel=channel)
+
+
+def _without_cursor(content: str) -> str:
+    """A streaming frame's text without its typing cursor."""
+    return content.removesuffix(CURSOR).removesuffix(CURSOR.strip()).rstrip()
+
+
+def _says_anything(text: str, *, dm: bool) -> bool:
+    """Whether a reply's only message holds words, not just the character's name (a DM's
+    heading) or a queue notice."""
+    if dm and text.startswith("**"):
+        text = text.partition("\n")[2]
+    return bool(text.strip()) and not text.startswith("⏳")

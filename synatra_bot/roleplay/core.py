@@ -971,6 +971,34 @@ class RoleplayCore:
         self._history.appended(stored)
         return stored
 
+    async def drop_reply(self, stored: MessageRecord) -> None:
+        """Take a stored reply out of the story (it never reached the screen)."""
+        await repo.delete_messages(self.sessions, message_ids=[stored.id])
+        self._history.changed(stored.session_id)
+        await self._history_changed(stored.session_id, stored.turn_group)
+
+    async def drop_alternative(self, stored: MessageRecord, *, back_to: MessageRecord) -> None:
+        """Take a new alternative out of its turn; `back_to` is chosen again."""
+        await repo.delete_messages(self.sessions, message_ids=[stored.id])
+        await repo.choose_alternative(self.sessions, message_id=back_to.id)
+        self._history.changed(stored.session_id)
+        await self._history_changed(stored.session_id, stored.turn_group)
+
+    async def revert_continuation(self, before: MessageRecord) -> None:
+        """Cut a continued reply back to `before`, its text before the continuation."""
+        await repo.update_message(
+            self.sessions,
+            message_id=before.id,
+            content=before.content,
+            token_count=before.token_count,
+        )
+        self._history.changed(before.session_id)
+        await self._history_changed(before.session_id, before.turn_group)
+
+    async def shown_in(self, discord_message_id: int) -> MessageRecord | None:
+        """The stored turn that Discord message `discord_message_id` shows, if any."""
+        return await repo.find_by_discord_id(self.sessions, discord_message_id=discord_message_id)
+
     async def attach_discord_ids(self, message_id: int, ids: Sequence[int]) -> None:
         updated = await repo.update_message(
             self.sessions, message_id=message_id, discord_message_ids=ids

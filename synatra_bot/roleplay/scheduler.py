@@ -427,6 +427,15 @@ class Scheduler:
             count += 1
         return count
 
+    def withdraw(self, ticket: QueueTicket, *, reason: str) -> bool:
+        """Take one waiting turn out of the queue; False when it has already left it."""
+        return self._drop_waiting(lambda waiting: waiting is ticket, reason) > 0
+
+    async def cancel(self, slot: TurnSlot, *, reason: str) -> None:
+        """Stop one running turn (not whatever else runs in its channel later)."""
+        if self._running.get(slot.channel_id) is slot and not slot.cancel_reason:
+            await slot._cancel(reason)
+
     async def shutdown(self, *, finish: bool) -> None:
         """Refuse new turns, drop waiting ones; finish or cancel running ones, then return.
 

@@ -135,6 +135,9 @@ class Reply:
         self._after = after
         self.prefix = target.content if kind == "continue" and target is not None else ""
         self.outcome: ReplyOutcome | None = None
+        self._ticket: QueueTicket | None = None
+        self._slot: TurnSlot | None = None
+        self._stop_asked = False
 
     @property
     def replacing(self) -> bool:
@@ -163,6 +166,16 @@ class Reply:
         if self.outcome is None:
             self.outcome = ReplyOutcome(Ending.DISCARDED)
 
+    async def stop(self) -> None:
+        """Stop this reply (its player pressed its stop button): withdrawn while it waits,
+        cut where it stands while it streams, ended at once if it is admitted later."""
+        self._stop_asked = True
+        scheduler = self._turns.scheduler
+        if self._slot is not None:
+            await scheduler.cancel(self._slot, reason=STOPPED_BY_USER)
+        elif self._ticket is not None:
+            scheduler.withdraw(self._ticket, reason=STOPPED_BY_USER)
+
     async def restored(self) -> Shown:
         """What a regenerated or continued reply goes back to: its chosen alternative."""
         assert self.target is not None
@@ -176,6 +189,15 @@ class Reply:
         turns, config = self._turns, self.active.config
         slot: TurnSlot | None = None
         built: BuiltPrompt | None = None
+
+        def queued(ticket: QueueTicket) -> None:
+            self._ticket = ticket
+            if on_queued is not None:
+                on_queued(ticket)
+
+        if self._stop_asked:
+            self.outcome = ReplyOutcome(Ending.WITHDRAWN)
+            return
         try:
             async with turns.scheduler.turn(
                 channel_id=self.place.channel_id,
@@ -185,9 +207,12 @@ class Reply:
                 policy="restart"
                 if config.busy_policy == "restart" and self.kind == "reply"
                 else "queue",
-                on_queued=on_queued,
+                on_queued=queued,
                 charged=True,  # by Turns.admit
             ) as slot:
+                self._slot, self._ticket = slot, None
+                if self._stop_asked:
+                    await turns.scheduler.cancel(slot, reason=STOPPED_BY_USER)
                 yield self.prefix
                 built = await self._prompt()
                 sampling = config.sampling
@@ -616,6 +641,23 @@ class Turns:
         chosen, index, count = await self.core.browse(target.id, step)
         greeting = await self.core.is_greeting(chosen)
         return Shown(chosen, index, count, greeting), on_screen
+
+    async def stop_reply(self, reply: Reply, actor: Actor) -> None:
+        """Stop one reply, waiting or streaming: its player, the starter or a moderator."""
+        require_may_stop(actor, reply.active.session, reply.actor.user_id if reply.actor else None)
+        await reply.stop()
+
+    async def unstore(self, reply: Reply, stored: MessageRecord) -> None:
+        """A stored reply that Discord never showed leaves the story again, so the model
+        remembers only what the channel shows: a new turn is deleted, a new alternative gives
+        way to the one chosen before, a continuation is cut back to where it began."""
+        target = reply.target
+        if reply.kind == "continue" and target is not None:
+            await self.core.revert_continuation(target)
+        elif reply.kind == "regenerate" and target is not None:
+            await self.core.drop_alternative(stored, back_to=target)
+        else:
+            await self.core.drop_reply(stored)
 
     async def stop(self, place: Place, actor: Actor) -> None:
         """Stop the reply streaming here (its player, the starter or a moderator)."""

@@ -301,3 +301,33 @@ class Message(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OpenReply(Base):
+    """A reply on screen that is not finished yet: written before its first message is posted,
+    removed once its final text is shown. What is left at start belongs to a process that
+    died; it is finished then, so nothing on screen keeps a cursor or a live stop button.
+
+    Front-end neutral: a channel, the webhook that posts there (NULL: the bot's own
+    messages), and the messages posted so far. Whether the reply was stored is read from the
+    messages (a stored turn names the messages that show it).
+    """
+
+    __tablename__ = "open_replies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: NULL in a DM.
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: The channel or thread the messages are in.
+    channel_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    #: The thread's parent channel when the messages are in a thread; NULL otherwise.
+    parent_channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: The webhook that posts the messages; NULL when the bot posts them itself.
+    webhook_id: Mapped[int | None] = mapped_column(BigInteger)
+    session_id: Mapped[int | None] = mapped_column(
+        ForeignKey("roleplay_sessions.id", ondelete="SET NULL")
+    )
+    #: "reply", "regenerate" or "continue".
+    kind: Mapped[str] = mapped_column(String(16))
+    discord_message_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -186,3 +186,22 @@ class MessageRecord:
         # garbage collector stops tracking it (recent history keeps thousands of records).
         if not isinstance(self.discord_message_ids, tuple):
             object.__setattr__(self, "discord_message_ids", tuple(self.discord_message_ids))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReplyRecord:
+    """A reply on screen that is not finished yet (see `models.OpenReply`)."""
+
+    id: int
+    guild_id: int | None
+    channel_id: int
+    parent_channel_id: int | None
+    webhook_id: int | None
+    session_id: int | None
+    kind: str
+    discord_message_ids: tuple[int, ...]
+    created_at: datetime
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.discord_message_ids, tuple):
+            object.__setattr__(self, "discord_message_ids", tuple(self.discord_message_ids))
