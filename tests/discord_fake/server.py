@@ -36,6 +36,7 @@ from .state import (
     GUILD_CONTEXT,
     LOADING_FLAG,
     MANAGE_GUILD,
+    MANAGE_MESSAGES,
     MEMBER_OVERWRITE,
     PUBLIC_THREAD,
     ROLE_OVERWRITE,
@@ -1701,6 +1702,11 @@ class FakeDiscord:
     async def _delete_message(self, req: _Request) -> web.Response:
         channel = self._channel(req.params["channel_id"])
         message = self._message(channel, req.params["message_id"])
+        if message.author is None or message.author.id != self.bot_user.id:
+            # Another's message (a member's, a webhook's) needs Manage Messages; in a DM the
+            # bot may delete only its own.
+            self._refuse_dm(channel)
+            self._require_bot(channel, MANAGE_MESSAGES)
         message.deleted = True
         self._notify()
         await self._dispatch_delete(message)

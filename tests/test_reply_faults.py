@@ -1,0 +1,220 @@
+"""What the channel shows when Discord or the process fails mid-reply: the real bot against the
+fake Discord (5xx, deleted webhooks) and a real bot process killed with SIGKILL. The rule: what
+the model remembers is what the channel shows, and nothing on screen stays unfinished."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+from synatra_bot.engine.scripted import ScriptedEngine
+from synatra_bot.storage import open_replies
+from synatra_bot.storage import repository as repo
+from synatra_bot.storage.database import create_engine, create_sessionmaker
+from tests.bot_harness import BotHarness, has_buttons, stop_button
+from tests.fault_helpers import LONG_REPLY, SHORT_REPLY
+from tests.test_faults import _bot_env, bot_process
+
+WEBHOOK_EDIT = "/webhooks/{webhook_id}/{token}/messages/{message_id}"
+CURSOR = "▌"
+STORY = "옛날 옛적에 작은 마을에 이야기꾼이 살았어. " * 8
+
+
+def story_when(word: str):
+    """A scripted reply: the long story when the newest player line holds `word`."""
+
+    def reply(prompt: str) -> str:
+        newest = prompt.rsplit("<|im_start|>user", 1)[-1]
+        return STORY if word in newest else SHORT_REPLY
+
+    return reply
+
+
+async def _history(harness: BotHarness, channel) -> list:
+    active = await repo.get_active_session(harness.sessions, channel_id=channel.id)
+    return await repo.recent_history(harness.sessions, session_id=active.id, limit=100)
+
+
+def _finished(message) -> bool:
+    """Nothing unfinished: no cursor, no stop button."""
+    return not message.content.endswith(CURSOR) and stop_button(message) is None
+
+
+async def test_five_503s_on_a_streaming_edit_never_stall_the_reply_and_it_ends_as_stored(
+    start_bot,
+):
+    engine = ScriptedEngine(STORY, delay_s=0.03)
+    async with start_bot(engine=engine) as harness:
+        fake, s = harness.fake, harness.scenario
+        character = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        said = await fake.say(s.general, s.members[0], "이야기해 줘")
+        reply = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None and stop_button(m), after=said
+        )
+        await fake.wait_until(lambda: "옛날" in reply.content)
+        fake.fail_requests("PATCH", WEBHOOK_EDIT, times=5)
+        # The stream goes on while that edit waits out Discord's failures in the background.
+        await fake.wait_until(lambda: has_buttons(reply), timeout=60)
+        assert len(fake.failed) == 5
+        assert not engine.cancelled
+        history = await _history(harness, s.general)
+        assert history[-1].role == "assistant"
+        assert reply.content == history[-1].content.strip() == STORY.strip()
+        assert _finished(reply)
+
+
+async def test_five_503s_on_the_final_edit_are_waited_out_and_the_reply_shown_as_stored(
+    start_bot,
+):
+    async with start_bot(engine=ScriptedEngine(SHORT_REPLY)) as harness:
+        fake, s = harness.fake, harness.scenario
+        character = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        # A short reply has no streaming edit: the one edit is the final one.
+        fake.fail_requests("PATCH", WEBHOOK_EDIT, times=5)
+        said = await fake.say(s.general, s.members[0], "안녕")
+        reply = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None, after=said
+        )
+        await fake.wait_until(lambda: has_buttons(reply), timeout=60)
+        assert len(fake.failed) == 5
+        history = await _history(harness, s.general)
+        assert [m.role for m in history][-2:] == ["user", "assistant"]
+        assert reply.content == history[-1].content == SHORT_REPLY
+
+
+async def test_a_final_edit_discord_never_takes_leaves_no_stored_line_and_is_finished_later(
+    start_bot, tokenizer
+):
+    engine = ScriptedEngine(story_when("내 차례"), delay_s=0.02, tokenizer=tokenizer)
+    async with start_bot(engine=engine) as harness:
+        fake, s = harness.fake, harness.scenario
+        harness.bot.replies.final_deadline_s = 1.0
+        character = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        fake.fail_requests("PATCH", WEBHOOK_EDIT, times=None)  # Discord down for edits
+        said = await fake.say(s.general, s.members[0], "대답해 줘")
+        stuck = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None, after=said
+        )
+        notice = await fake.wait_for_message(
+            s.general, lambda m: "디스코드가 응답하지 않아" in m.content, after=said, timeout=60
+        )
+        assert notice.webhook_id is None
+        # The model does not remember a line nobody saw.
+        history = await _history(harness, s.general)
+        assert [m.content for m in history][-1] == "대답해 줘"
+        assert stop_button(stuck) is not None  # still on screen until Discord answers again
+
+        # Another player's reply streams now; the old ⏹ answers privately and stops nothing.
+        fake.clear_failures()
+        other = await fake.say(s.general, s.members[1], "내 차례야")
+        live = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None and stop_button(m), after=other
+        )
+        press = await fake.press(s.members[0], stuck, stop_button(stuck))
+        assert "이미 끝난 답장" in await harness.final_text(press)
+        assert press.ephemeral
+        await fake.wait_until(lambda: has_buttons(live), timeout=30)
+        assert live.content == STORY.strip() and not engine.cancelled
+
+        # Once Discord answers, the unfinished reply is finished: nothing was said in it, so
+        # its placeholder goes.
+        assert await harness.bot.replies.finish_unfinished() == 1
+        assert stuck.deleted
+        assert await open_replies.open_replies(harness.sessions) == []
+
+
+async def test_a_webhook_deleted_mid_reply_is_made_again_and_the_reply_finishes_through_it(
+    start_bot,
+):
+    engine = ScriptedEngine(STORY, delay_s=0.03)
+    async with start_bot(engine=engine) as harness:
+        fake, s = harness.fake, harness.scenario
+        character = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        said = await fake.say(s.general, s.members[0], "이야기해 줘")
+        first = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None and stop_button(m), after=said
+        )
+        await fake.wait_until(lambda: "옛날" in first.content)
+        [old] = fake.delete_channel_webhooks(s.general)
+        reply = await fake.wait_for_message(
+            s.general,
+            lambda m: m.webhook_id not in (None, old.id) and has_buttons(m),
+            after=first,
+            timeout=30,
+        )
+        assert reply.username == "민지" and reply.content == STORY.strip()
+        # The half reply of the deleted webhook is gone (the bot may manage messages here).
+        assert first.deleted
+        history = await _history(harness, s.general)
+        assert [m.content for m in history if m.role == "user"] == ["이야기해 줘"]
+        assert history[-1].content.strip() == reply.content
+        assert list(history[-1].discord_message_ids) == [reply.id]
+        assert not [m for m in s.general.visible_messages if "웹후크" in m.content]
+
+
+def _turns(database: Path) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        return connection.execute(
+            "SELECT role, content FROM messages WHERE NOT deleted AND chosen ORDER BY id"
+        ).fetchall()
+
+
+async def test_sigkill_mid_reply_leaves_nothing_unfinished_after_the_restart(
+    discord_fake, tokenizer_dir, tmp_path
+):
+    fake, s = discord_fake, discord_fake.scenario
+    database, prompts = tmp_path / "kill.db", tmp_path / "prompts.log"
+    env = _bot_env(fake, database, tokenizer_dir, prompts)
+    async with bot_process(fake, env, tmp_path / "bot1.log") as process:
+        storage = create_engine(f"sqlite+aiosqlite:///{database}")
+        try:
+            character = await repo.create_character(
+                create_sessionmaker(storage),
+                owner_id=s.moderator.user.id,
+                guild_id=s.guild.id,
+                name="민지",
+                description="{{char}}는 활발한 대학생이다.",
+                first_message="안녕, {{user}}!",
+            )
+        finally:
+            await storage.dispose()
+        record = await fake.slash(
+            s.moderator, "rp start", channel=s.general, character=str(character.id)
+        )
+        await fake.wait_for_response(record)
+        await fake.wait_for_message(s.general, lambda m: m.webhook_id is not None, after=0)
+        asked = await fake.say(s.general, s.members[0], "길게 이야기해 줘")
+        partial = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None, after=asked
+        )
+        await fake.wait_until(lambda: "옛날" in partial.content, timeout=20)
+        process.kill()
+        await process.wait()
+    # What a crash leaves: a half reply with its cursor and a live stop button.
+    assert partial.content.endswith(CURSOR) and stop_button(partial)
+    cut_at = partial.content
+
+    async with bot_process(fake, env, tmp_path / "bot2.log"):
+        await fake.wait_until(lambda: _finished(partial), timeout=30)
+        assert "봇이 다시 시작되어 끊겼어요" in partial.content
+        assert partial.content.startswith(cut_at.removesuffix(CURSOR).rstrip())
+        assert not has_buttons(partial)
+        # The model remembers what the channel shows as the story: the line, not the cut reply.
+        assert [role for role, _ in _turns(database)] == ["assistant", "user"]
+        again = await fake.say(s.general, s.members[0], "계속해 줘")
+        reply = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None, after=again
+        )
+        await fake.wait_until(lambda: has_buttons(reply), timeout=20)
+        assert reply.content == SHORT_REPLY
+    assert [content for _, content in _turns(database)][-3:] == [
+        "길게 이야기해 줘",
+        "계속해 줘",
+        SHORT_REPLY,
+    ]
+    assert LONG_REPLY.strip() not in "".join(content for _, content in _turns(database))
