@@ -218,3 +218,77 @@ async def test_sigkill_mid_reply_leaves_nothing_unfinished_after_the_restart(
         SHORT_REPLY,
     ]
     assert LONG_REPLY.strip() not in "".join(content for _, content in _turns(database))
+
+
+def _frame(message, text: str, open_id: int) -> None:
+    """Make `message` look as a crash left it: a streaming frame with its stop button."""
+    message.content = text + " " + CURSOR
+    message.components = [
+        {
+            "type": 1,
+            "components": [
+                {"type": 2, "style": 4, "custom_id": f"rp:stop:{open_id}", "emoji": {"name": "⏹"}}
+            ],
+        }
+    ]
+
+
+async def test_a_stored_reply_left_as_a_frame_is_found_by_its_button_and_shown_as_stored(harness):
+    fake, s = harness.fake, harness.scenario
+    character = await harness.character(s.moderator)
+    await harness.start_roleplay(s.moderator, s.general, character)
+    reply = await harness.reply_to(s.general, s.members[0], "안녕")
+    stored = (await _history(harness, s.general))[-1]
+    active = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+    # Killed after the reply was stored, before its final edit and before its id was written.
+    left = await open_replies.open_reply(
+        harness.sessions,
+        guild_id=s.guild.id,
+        channel_id=s.general.id,
+        parent_channel_id=None,
+        webhook_id=reply.webhook_id,
+        session_id=active.id,
+        kind="reply",
+    )
+    _frame(reply, stored.content[:5], left.id)
+    replies = harness.bot.replies
+    assert await replies.adopt_left_over() == 1
+    assert await replies.finish_unfinished() == 1
+    assert reply.content == stored.content.strip() and has_buttons(reply)
+    assert _finished(reply)
+    assert await open_replies.open_replies(harness.sessions) == []
+
+
+async def test_a_cut_reply_in_a_dm_keeps_its_words_marked_as_cut_and_not_in_the_story(start_bot):
+    from tests.test_dm_roleplay import from_bot, start_in_dm
+
+    async with start_bot() as harness:
+        fake, s = harness.fake, harness.scenario
+        user = s.members[0]
+        character = await harness.character(user)
+        dm, greeting = await start_in_dm(harness, user, character)
+        active = await repo.get_active_session(harness.sessions, channel_id=dm.id)
+        # What a crash left in the DM: the bot's own message, the name, some words, a cursor.
+        said = await fake.say(dm, user, "이야기해 줘")
+        reply = await fake.wait_for_message(dm, from_bot(harness), after=said)
+        await fake.wait_until(lambda: has_buttons(reply))
+        history = await _history(harness, dm)
+        await harness.bot.core.drop_reply(history[-1])
+        left = await open_replies.open_reply(
+            harness.sessions,
+            guild_id=None,
+            channel_id=dm.id,
+            parent_channel_id=None,
+            webhook_id=None,
+            session_id=active.id,
+            kind="reply",
+            discord_message_ids=[reply.id],
+        )
+        _frame(reply, "**민지**\n옛날 옛적에", left.id)
+        assert await harness.bot.replies.adopt_left_over() == 1
+        assert await harness.bot.replies.finish_unfinished() == 1
+        assert reply.content.startswith("**민지**\n옛날 옛적에\n-# ")
+        assert "봇이 다시 시작되어 끊겼어요" in reply.content
+        assert _finished(reply) and not reply.components
+        assert [m.content for m in await _history(harness, dm)][-1] == "이야기해 줘"
+        assert greeting.content

@@ -155,6 +155,8 @@ class SynatraBot(commands.AutoShardedBot):
         if isinstance(channel, discord.DMChannel):
             user = channel.recipient
             return self._dm_locales.get(user.id, DM_LOCALE) if user else DM_LOCALE
+        if getattr(channel, "type", None) is discord.ChannelType.private:
+            return DM_LOCALE  # a DM known only by its id (its user is not known yet)
         guild = getattr(channel, "guild", None)
         return str(guild.preferred_locale) if guild is not None else "en-US"
 
