@@ -234,7 +234,7 @@ def _frame(message, text: str, open_id: int) -> None:
 
 
 async def test_a_stored_reply_left_as_a_frame_is_found_by_its_button_and_shown_as_stored(harness):
-    fake, s = harness.fake, harness.scenario
+    s = harness.scenario
     character = await harness.character(s.moderator)
     await harness.start_roleplay(s.moderator, s.general, character)
     reply = await harness.reply_to(s.general, s.members[0], "안녕")
