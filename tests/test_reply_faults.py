@@ -292,3 +292,33 @@ async def test_a_cut_reply_in_a_dm_keeps_its_words_marked_as_cut_and_not_in_the_
         assert _finished(reply) and not reply.components
         assert [m.content for m in await _history(harness, dm)][-1] == "이야기해 줘"
         assert greeting.content
+
+
+async def test_a_queued_reply_is_withdrawn_by_its_own_player_and_the_streaming_one_goes_on(
+    start_bot, tokenizer
+):
+    engine = ScriptedEngine(story_when("이야기"), delay_s=0.03, tokenizer=tokenizer)
+    async with start_bot(engine=engine, env={"MAX_CONCURRENT_REPLIES": "1"}) as harness:
+        fake, s = harness.fake, harness.scenario
+        other = fake.add_channel(s.guild, "다른-방")
+        character = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        await harness.start_roleplay(s.moderator, other, character)
+        busy = await fake.say(s.general, s.members[1], "긴 이야기해 줘")
+        streaming = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None and stop_button(m), after=busy
+        )
+        await fake.wait_until(lambda: "옛날" in streaming.content)
+        waiting_line = await fake.say(other, s.members[0], "나도 할 말 있어")
+        waiting = await fake.wait_for_message(
+            other, lambda m: m.webhook_id is not None and stop_button(m), after=waiting_line
+        )
+        assert stop_button(waiting) != stop_button(streaming)
+        press = await fake.press(s.members[0], waiting, stop_button(waiting))
+        await fake.wait_for_response(press)
+        await fake.wait_until(lambda: waiting.deleted)
+        await fake.wait_until(lambda: has_buttons(streaming), timeout=30)
+        assert streaming.content == STORY.strip() and not engine.cancelled
+        # Withdrawn before it began: never generated, nothing of it stored; the line stays.
+        assert not any("나도 할 말" in p.rsplit("<|im_start|>user", 1)[-1] for p in engine.prompts)
+        assert [m.content for m in await _history(harness, other)][-1] == "나도 할 말 있어"
