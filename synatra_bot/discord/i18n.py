@@ -399,6 +399,13 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Your message changed. Regenerate the reply with 🔄?",
         "메시지가 수정됐어요. 🔄 를 누르면 답장을 다시 생성해요.",
     ),
+    "rp.missed_late": (
+        "While I was disconnected from Discord, {count} message(s) here went unanswered for "
+        "more than {minutes} minutes. I left them unanswered and out of the story: send again "
+        "what you still want answered.",
+        "디스코드 연결이 끊긴 사이에 온 메시지 {count}개는 {minutes}분이 넘게 지나서 답하지 "
+        "않고 이야기에도 넣지 않았어요. 아직 답을 원하는 말은 다시 보내 주세요.",
+    ),
     "rp.context_names_hidden": (
         "Entries of the card's lorebook are counted, not named: the card is its owner's.",
         "비공개 카드라서 로어북 항목은 이름 없이 개수만 보여요. 이름은 카드 주인만 볼 수 있어요.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -649,6 +649,35 @@ class RoleplayCore:
         stored = await self._turns.submit(turn)
         self._history.appended(stored)
         return stored
+
+    async def add_removed_line(
+        self, active: ActiveRoleplay, actor: Actor, content: str, *, discord_message_id: int | None
+    ) -> MessageRecord:
+        """Keep a player's line out of the story from the start (as if deleted): the model never
+        sees it, and the scene knows it has taken it (`line_stored`)."""
+        name = await self.user_name(actor, place_guild=active.session.guild_id)
+        return await repo.add_removed_message(
+            self.sessions,
+            session_id=active.session.id,
+            role="user",
+            author_id=actor.user_id,
+            display_name=name,
+            content=content,
+            discord_message_ids=(discord_message_id,) if discord_message_id else (),
+        )
+
+    async def line_stored(self, active: ActiveRoleplay, discord_message_id: int) -> bool:
+        """Whether the scene has stored the line of that Discord message (removed or not)."""
+        return await repo.has_discord_message(
+            self.sessions, session_id=active.session.id, discord_message_id=discord_message_id
+        )
+
+    async def active_scenes(
+        self, *, guild_ids: Collection[int], dms: bool, limit: int
+    ) -> list[tuple[SessionRecord, int | None]]:
+        """The running scenes in `guild_ids` (and in DMs with `dms`), each with the newest
+        Discord message it stores (None: none), the most recently active first."""
+        return await repo.active_scenes(self.sessions, guild_ids=guild_ids, dms=dms, limit=limit)
 
     async def message_edited(self, discord_message_id: int, content: str) -> EditResult | None:
         """A stored Discord message changed: update history. None when it is not stored."""

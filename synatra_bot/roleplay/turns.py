@@ -20,6 +20,7 @@ import enum
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from synatra_bot.engine.base import CONTINUATION, SamplingParams
@@ -34,6 +35,7 @@ from synatra_bot.prompt.builder import BuiltPrompt
 from synatra_bot.roleplay.addressing import Addressable, addressed
 from synatra_bot.roleplay.characters import names_of
 from synatra_bot.roleplay.core import ActiveRoleplay, RoleplayCore, Started
+from synatra_bot.roleplay.lines import Line, Lines
 from synatra_bot.roleplay.rules import (
     require_may_stop,
     require_starter_or_moderator,
@@ -138,6 +140,8 @@ class Reply:
         self._ticket: QueueTicket | None = None
         self._slot: TurnSlot | None = None
         self._stop_asked = False
+        #: The player's line it answers was deleted: it leaves nothing (`line_deleted`).
+        self._line_gone = False
 
     @property
     def replacing(self) -> bool:
@@ -175,6 +179,12 @@ class Reply:
             await scheduler.cancel(self._slot, reason=STOPPED_BY_USER)
         elif self._ticket is not None:
             scheduler.withdraw(self._ticket, reason=STOPPED_BY_USER)
+
+    async def line_deleted(self) -> None:
+        """The player's line it answers left the story while it was being written: it stops
+        and leaves nothing, on screen or stored. Once stored, a reply stays."""
+        self._line_gone = True
+        await self.stop()
 
     async def restored(self) -> Shown:
         """What a regenerated or continued reply goes back to: its chosen alternative."""
@@ -285,6 +295,8 @@ class Reply:
         """What a reply that ran to its end (or was stopped or cut) leaves behind."""
         text = self._generated(slot)
         shown = self.prefix + text
+        if self._line_gone:
+            return ReplyOutcome(Ending.DISCARDED, text=shown)
         stopped = slot.outcome is TurnOutcome.CANCELLED and slot.cancel_reason == STOPPED_BY_USER
         if self.kind == "suggest":
             if slot.outcome is TurnOutcome.FINISHED or (stopped and text.strip()):
@@ -322,9 +334,17 @@ class Said:
     """A player's message: `stored` is the task storing it; `replies()` gives the characters'
     answers one after another (the next only once the one before was stored)."""
 
-    def __init__(self, stored: asyncio.Future[MessageRecord], replies: Sequence[Reply]) -> None:
+    def __init__(
+        self,
+        stored: asyncio.Future[MessageRecord],
+        replies: Sequence[Reply],
+        *,
+        too_late: bool = False,
+    ) -> None:
         self.stored = stored
         self._replies = list(replies)
+        #: A line that came too late to be answered: kept out of the story (see `Turns.say`).
+        self.too_late = too_late
 
     @property
     def answered(self) -> bool:
@@ -346,6 +366,8 @@ class Turns:
         self.scheduler = scheduler
         #: (server, setting) pairs whose refusal by the engine's server was told there.
         self._told_refusals: set[tuple[int, str]] = set()
+        #: The players' lines taken lately: each once; edits and deletes after their store.
+        self.lines = Lines()
 
     def untold_refusals(
         self, place: Place, sampling: SamplingParams, *, continues: bool = False
@@ -452,18 +474,54 @@ class Turns:
         text: str,
         *,
         message_id: int | None = None,
+        sent_at: datetime | None = None,
         mentioned: bool = False,
         to: int | None = None,
+        late: bool = False,
     ) -> Said | None:
         """A player's message in the story. None when no scene plays here (nothing stored).
 
         Refused (UserFacingError) before anything is stored when the characters may not answer.
         Where the channel answers only messages that mention the bot, others are stored
         without a reply. `to` names the character the player talks to (the terminal's `@name`).
+
+        A message with a front end's `message_id` (sent at `sent_at`) is taken once: delivered
+        again, or read back when the scene already stores it (a restart), it gets None. A `late`
+        one (read back after the gateway lost it, too long after it was sent) that a character
+        would answer is not answered and stays out of the story: it is kept as a removed line,
+        so it is taken once too, and `Said.too_late` tells the front end to say so.
         """
+        if message_id is None:
+            return await self._say(place, actor, text, None, mentioned=mentioned, to=to, late=late)
+        line = self.lines.take(message_id, sent_at)
+        if line is None:
+            return None  # delivered again: the first delivery has it
+        try:
+            return await self._say(place, actor, text, line, mentioned=mentioned, to=to, late=late)
+        finally:
+            line.settle_unstored()
+
+    async def _say(
+        self,
+        place: Place,
+        actor: Actor,
+        text: str,
+        line: Line | None,
+        *,
+        mentioned: bool,
+        to: int | None,
+        late: bool,
+    ) -> Said | None:
         active = await self.core.active(place)
         if active is None or not active.config.enabled:
             return None
+        message_id = line.message_id if line is not None else None
+        if (
+            line is not None
+            and self.lines.unsure(line)
+            and await self.core.line_stored(active, line.message_id)
+        ):
+            return None  # stored by an earlier process (read back after a restart)
         answer = active.config.reply_mode != "mention" or mentioned
         addressee = active.member(to)
         if not answer:
@@ -472,6 +530,15 @@ class Turns:
             characters = [addressee]
         else:
             characters = await self.responders(active, actor, text)
+        if line is not None and line.gone:
+            return None  # deleted before it was stored
+        if characters and late:
+            stored = asyncio.ensure_future(
+                self.core.add_removed_line(active, actor, text, discord_message_id=message_id)
+            )
+            if line is not None:
+                line.storing(stored, ())
+            return Said(stored, (), too_late=True)
         if characters:
             for character in characters[1:]:
                 self.core.check_may_generate(active, place, character)
@@ -484,6 +551,8 @@ class Turns:
             Reply(self, active=active, place=place, actor=actor, character=c, after=stored)
             for c in characters
         ]
+        if line is not None:
+            line.storing(stored, replies)
         return Said(stored, replies)
 
     async def responders(
@@ -592,11 +661,15 @@ class Turns:
     async def edited(
         self, place: Place | None, editor: Actor, message_id: int, content: str | None
     ) -> Edited:
-        """A player changed a stored message (`content` None: it left the story). Editing the
-        newest player message that a reply answers regenerates that reply, or offers to."""
+        """A player changed a stored message (`content` None: it left the story, as if deleted).
+        Editing the newest player message that a reply answers regenerates that reply, or
+        offers to. An edit that comes while its line is still being stored applies after it."""
         if content is None:
-            await self.core.message_deleted(message_id)
+            await self.deleted(message_id)
             return Edited()
+        line = self.lines.get(message_id)
+        if line is not None:
+            await line.settled()
         edit = await self.core.message_edited(message_id, content)
         if edit is None or not edit.is_last_user_turn or place is None:
             return Edited()
@@ -622,6 +695,15 @@ class Turns:
         return Edited(regenerate=reply)
 
     async def deleted(self, message_id: int) -> None:
+        """A message left the front end. A player's line takes its turn with it: the replies
+        still being written for it stop and leave nothing (finished ones stay), and a line
+        still being stored is removed once it is (or never stored, when not yet begun)."""
+        line = self.lines.get(message_id)
+        if line is not None:
+            line.gone = True
+            for reply in line.replies:
+                await reply.line_deleted()
+            await line.settled()
         await self.core.message_deleted(message_id)
 
     # --- acting without generating ------------------------------------------------------------

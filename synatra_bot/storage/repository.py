@@ -6,7 +6,7 @@ object leaves the function that loaded it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -1014,6 +1014,77 @@ async def find_by_discord_id(
     async with sessions() as session:
         row = await session.scalar(query)
         return snapshot(MessageRecord, row) if row else None
+
+
+async def has_discord_message(
+    sessions: Sessions, *, session_id: int, discord_message_id: int
+) -> bool:
+    """Whether a turn of the session (deleted, or an unchosen alternative, too) is shown in
+    Discord message `discord_message_id`."""
+    query = (
+        select(Message.id)
+        .where(Message.discord_message_id == discord_message_id, Message.session_id == session_id)
+        .limit(1)
+    )
+    async with sessions() as session:
+        return await session.scalar(query) is not None
+
+
+async def add_removed_message(
+    sessions: Sessions,
+    *,
+    session_id: int,
+    role: str,
+    content: str,
+    author_id: int | None = None,
+    display_name: str = "",
+    discord_message_ids: Iterable[int] = (),
+) -> MessageRecord:
+    """Append a turn that is deleted from the start: kept, never in the history the model sees."""
+    ids = list(discord_message_ids)
+    async with sessions.begin() as session:
+        row = Message(
+            session_id=session_id,
+            role=role,
+            content=content,
+            author_id=author_id,
+            display_name=display_name,
+            discord_message_id=ids[0] if ids else None,
+            discord_message_ids=ids,
+            swipe_index=0,
+            chosen=True,
+            deleted=True,
+        )
+        session.add(row)
+        await session.flush()
+        return snapshot(MessageRecord, row)
+
+
+async def active_scenes(
+    sessions: Sessions, *, guild_ids: Collection[int], dms: bool, limit: int
+) -> list[tuple[SessionRecord, int | None]]:
+    """At most `limit` running scenes in `guild_ids` (and in DMs with `dms`), each with the
+    newest Discord message stored in it (deleted and unchosen turns too; None: none), the
+    scenes with the newest first."""
+    newest = (
+        select(func.max(Message.discord_message_id))
+        .where(Message.session_id == RoleplaySession.id)
+        .correlate(RoleplaySession)
+        .scalar_subquery()
+    )
+    where: ColumnElement[bool] = RoleplaySession.guild_id.in_(list(guild_ids))
+    if dms:
+        where = or_(where, RoleplaySession.guild_id.is_(None))
+    query = (
+        select(RoleplaySession, newest)
+        .join(ChannelSettings, ChannelSettings.active_session_id == RoleplaySession.id)
+        .where(where)
+        .order_by(func.coalesce(newest, 0).desc(), RoleplaySession.id.desc())
+        .limit(limit)
+    )
+    async with sessions() as session:
+        rows = (await session.execute(query)).all()
+        return [(snapshot(SessionRecord, row), found) for row, found in rows]
 
 
 async def update_message(

@@ -11,6 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord import suggestions
+from synatra_bot.discord.catchup import CatchUp
 from synatra_bot.discord.cogs.common import (
     CastArg,
     CharacterArg,
@@ -29,6 +30,7 @@ from synatra_bot.roleplay.rules import (
     require_may_inspect,
     require_starter_or_moderator,
 )
+from synatra_bot.roleplay.turns import Said
 from synatra_bot.roleplay.types import Place
 from synatra_bot.storage.records import MessageRecord, SessionRecord
 
@@ -39,6 +41,11 @@ log = logging.getLogger(__name__)
 
 #: Messages starting with these are out of character: neither stored nor answered.
 OOC_PREFIXES = ("//", "((", "(OOC")
+
+
+def _from_player(message: discord.Message) -> bool:
+    """Written by a person: not a bot (this one included) and not a webhook (characters)."""
+    return not message.author.bot and message.webhook_id is None
 
 
 def _channel_types_ok(
@@ -59,6 +66,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         self.branch_menu.allowed_contexts = app_commands.AppCommandContext(
             guild=True, dm_channel=True, private_channel=False
         )
+        self.catch_up = CatchUp(bot, self._take_back)
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(ReplyButton, SwipePosition, SuggestionButton)
@@ -362,7 +370,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.author.bot or message.webhook_id is not None:
+        if not _from_player(message):
             return  # our own replies come back as events too: drop them before any work
         # discord.py runs each listener in a task of its own: count it among the work shutdown
         # waits for (so the turn gets stored) and go on in it; a task of our own would cost
@@ -370,15 +378,29 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         self.bot.replies.track_current()
         await self._on_message(message)
 
-    async def _on_message(self, message: discord.Message) -> None:
+    @commands.Cog.listener()
+    async def on_shard_ready(self, shard_id: int) -> None:
+        # A new gateway session (at start, or one replacing a lost session): what was said
+        # meanwhile is only in the channels' history.
+        self.bot.replies.spawn(self.catch_up.read_back(shard_id))
+
+    async def _take_back(self, message: discord.Message, late: bool) -> bool:
+        """A message read back after a new gateway session, handled as if it came live;
+        True when its line came too late to be answered (`catchup`)."""
+        if not _from_player(message):
+            return False
+        said = await self._on_message(message, late=late)
+        return said is not None and said.too_late
+
+    async def _on_message(self, message: discord.Message, *, late: bool = False) -> Said | None:
         if not _channel_types_ok(message.channel) or message.type not in (
             discord.MessageType.default,
             discord.MessageType.reply,
         ):
-            return
+            return None
         content = self._story_text(message)
         if content is None:
-            return
+            return None
         guild_id = message.guild.id if message.guild is not None else None
         place = place_of(message.channel, guild_id)
         me = self.bot.user
@@ -387,19 +409,26 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         replies = self.bot.replies
         try:
             said = await self.bot.turns.say(
-                place, actor, content, message_id=message.id, mentioned=mentioned
+                place,
+                actor,
+                content,
+                message_id=message.id,
+                sent_at=message.created_at,
+                mentioned=mentioned,
+                late=late,
             )
         except UserFacingError as error:
             # A refused turn (rate limit, a character no longer available) costs one notice:
             # nothing is posted as the character and nothing enters the story.
             locale = self.bot.locale_for(message.channel)
             await replies.tell(message, message.channel, replies.text(locale, error))
-            return
+            return None
         if said is None:
-            return
+            return None
         replies.track(said.stored)
         async for reply in said.replies():
             await replies.play(reply, channel=message.channel, notify=message)
+        return said
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
