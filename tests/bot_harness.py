@@ -31,6 +31,15 @@ class BotHarness:
     def sessions(self):
         return self.bot.core.sessions
 
+    def identify_at_once(self) -> None:
+        """discord.py waits 5 s before every IDENTIFY after the first (Discord's identify rate
+        limit); a test that makes the bot lose its session need not wait for that."""
+
+        async def at_once(shard_id: int | None, *, initial: bool = False) -> None:
+            return None
+
+        self.bot.before_identify_hook = at_once
+
     async def slash(self, member, command: str, **options) -> InteractionRecord:
         record = await self.fake.slash(member, command, **options)
         await self.fake.wait_for_response(record)
