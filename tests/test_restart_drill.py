@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import re
 import signal
@@ -42,14 +43,18 @@ def _rows(database: Path, query: str) -> list[tuple]:
 
 
 def _reply_after(channel, said):
-    return next(
-        (m for m in channel.messages if m.webhook_id is not None and m.id > said.id), None
-    )
+    return next((m for m in channel.messages if m.webhook_id is not None and m.id > said.id), None)
 
 
 def _answered(channel, said) -> bool:
     reply = _reply_after(channel, said)
     return reply is not None and not reply.deleted and has_buttons(reply)
+
+
+def _speaking(channel, said) -> bool:
+    """Its reply shows words (or has already ended)."""
+    reply = _reply_after(channel, said)
+    return reply is not None and ("옛날" in reply.content or has_buttons(reply))
 
 
 async def test_sigkill_at_random_moments_loses_no_line_and_leaves_nothing_unfinished(
@@ -96,25 +101,24 @@ async def test_sigkill_at_random_moments_loses_no_line_and_leaves_nothing_unfini
             channel = channels[turn % len(channels)]
             member = s.members[turn % len(s.members)]
             asks_long = rng.random() < 0.5
-            text = f"{turn + 1}번째 줄이야. " + ("길게 이야기해 줘" if asks_long else "짧게 답해 줘")
+            text = f"{turn + 1}번째 줄이야. " + (
+                "길게 이야기해 줘" if asks_long else "짧게 답해 줘"
+            )
             kill = rng.choice((None, None, *KILL_POINTS))
             said = await fake.say(channel, member, text)
             said_lines.append((channel, said))
+            answered = functools.partial(_answered, channel, said)
             if kill is None:
-                await fake.wait_until(lambda: _answered(channel, said), timeout=30)
+                await fake.wait_until(answered, timeout=30)
                 continue
             if kill == "sent":
                 await asyncio.sleep(rng.uniform(0, 0.3))
             elif kill == "streaming":
-                await fake.wait_until(lambda: _reply_after(channel, said), timeout=30)
+                await fake.wait_until(functools.partial(_reply_after, channel, said), timeout=30)
                 if asks_long:
-                    await fake.wait_until(
-                        lambda: "옛날" in (_reply_after(channel, said) or said).content
-                        or _answered(channel, said),
-                        timeout=30,
-                    )
+                    await fake.wait_until(functools.partial(_speaking, channel, said), timeout=30)
             else:
-                await fake.wait_until(lambda: _answered(channel, said), timeout=30)
+                await fake.wait_until(answered, timeout=30)
             figures.kills[kill] += 1
             process.kill()
             await process.wait()
@@ -125,7 +129,7 @@ async def test_sigkill_at_random_moments_loses_no_line_and_leaves_nothing_unfini
         for index, channel in enumerate(channels):
             said = await fake.say(channel, s.members[0], f"{index + 1}번 방, 아직 거기 있지?")
             said_lines.append((channel, said))
-            await fake.wait_until(lambda: _answered(channel, said), timeout=30)
+            await fake.wait_until(functools.partial(_answered, channel, said), timeout=30)
         # Lines of the drill still waiting for their reply are answered too.
         await fake.wait_until(
             lambda: all(
