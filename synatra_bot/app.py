@@ -49,7 +49,7 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     before, after = await upgrade_database(settings.database_url)
     if before != after:
         log.info("database upgraded from %s to %s", before or "empty", after)
-    database = create_engine(settings.database_url)
+    database = create_engine(settings.database_url, busy_timeout_s=settings.database_busy_timeout_s)
     try:
         sessions = create_sessionmaker(database)
         characters = CharacterService(sessions, max_card_bytes=settings.max_attachment_bytes)
@@ -99,12 +99,14 @@ def build_core(
     from synatra_bot.prompt.builder import PromptBuilder
     from synatra_bot.roleplay.config import Defaults
     from synatra_bot.roleplay.memory import MemoryKeeper
+    from synatra_bot.storage.retry import Patience
 
     core = RoleplayCore(
         sessions=storage.sessions,
         characters=storage.characters,
         builder=PromptBuilder(tokenizer),  # type: ignore[arg-type]
         defaults=Defaults.from_settings(settings),
+        patience=Patience(locked_s=settings.database_retry_s),
     )
     scheduler = Scheduler(
         engine,

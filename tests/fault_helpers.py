@@ -10,6 +10,8 @@
   writes each prompt to $FAULT_PROMPT_LOG (separated by NUL) and answers long for "길게".
 - `python -m tests.fault_helpers writer DB_PATH BURSTS HOLD_S`: holds write transactions on a
   SQLite database in bursts (a table of its own), then prints how many rows it wrote.
+- `python -m tests.fault_helpers lock DB_PATH`: takes SQLite's write lock, prints "locked",
+  holds it until a line arrives on stdin, then commits and prints "released".
 """
 
 from __future__ import annotations
@@ -138,6 +140,19 @@ def run_writer(db_path: str, bursts: int, hold_s: float) -> int:
     return 0
 
 
+def run_lock_holder(db_path: str) -> int:
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    connection.execute("CREATE TABLE IF NOT EXISTS fault_lock (id INTEGER PRIMARY KEY)")
+    connection.execute("BEGIN IMMEDIATE")
+    connection.execute("INSERT INTO fault_lock DEFAULT VALUES")
+    print("locked", flush=True)
+    sys.stdin.readline()
+    connection.execute("COMMIT")
+    connection.close()
+    print("released", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     command, *args = argv
     if command == "engine":
@@ -147,6 +162,8 @@ def main(argv: list[str]) -> int:
         return run_bot(args[0], args[1])
     if command == "writer":
         return run_writer(args[0], int(args[1]), float(args[2]))
+    if command == "lock":
+        return run_lock_holder(args[0])
     raise SystemExit(f"unknown command {command!r}")
 
 

@@ -14,7 +14,9 @@ from synatra_bot.errors import StorageError
 from synatra_bot.settings import sqlite_path
 from synatra_bot.storage.sqlite_driver import connection_factory
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: How long one SQLite transaction waits for another process's write lock (`storage.retry`
+#: tries a player's line again after that).
+SQLITE_BUSY_TIMEOUT_S = 10.0
 #: How long to wait for a database server to accept a connection.
 CONNECT_TIMEOUT_S = 5
 
@@ -80,15 +82,21 @@ def _check_sqlite_header(path: Path) -> None:
             raise StorageError(f"database file {path} is corrupt: {result and result[0]}")
 
 
-def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(
+    database_url: str, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S, **kwargs: Any
+) -> AsyncEngine:
     """An AsyncEngine, tuned for SQLite when the URL is SQLite.
 
     SQLite allows one writer at a time, so the process uses one connection: callers queue in
     asyncio, in order, instead of contending for the file lock (which under load ends in
-    "database is locked"). Every connection gets WAL, a busy timeout and foreign keys, and
-    every transaction starts with BEGIN IMMEDIATE, so another process writing at the same time
-    makes this one wait on the busy timeout rather than fail on a read-to-write upgrade.
-    The connection is aiosqlite's, with the trips to its thread cut (`sqlite_driver`).
+    "database is locked"). Every connection gets WAL, a busy timeout (`busy_timeout_s`) and
+    foreign keys, and every transaction starts with BEGIN IMMEDIATE, so another process
+    writing at the same time makes this one wait on the busy timeout rather than fail on a
+    read-to-write upgrade. The connection is aiosqlite's, with the trips to its thread cut
+    (`sqlite_driver`).
+
+    A database server's pooled connections are checked before each use (`pool_pre_ping`): a
+    server restart leaves them dead, and the first unit of work after it would fail.
     """
     if database_url.startswith("sqlite"):
         kwargs = {
@@ -98,6 +106,8 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
             "async_creator": connection_factory(database_url),  # one trip per statement
             **kwargs,
         }
+    else:
+        kwargs = {"pool_pre_ping": True, **kwargs}
     if database_url.startswith("postgresql+asyncpg"):
         # asyncpg waits 60 s for an unreachable server by default: fail within seconds.
         connect_args = {"timeout": CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
@@ -105,6 +115,7 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     engine = create_async_engine(database_url, **kwargs)
     if engine.dialect.name == "sqlite":
         sync_engine = engine.sync_engine
+        busy_timeout_ms = round(busy_timeout_s * 1000)
 
         @event.listens_for(sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -112,7 +123,7 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
             cursor = dbapi_connection.cursor()
             for pragma in (
                 "journal_mode=WAL",
-                f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+                f"busy_timeout={busy_timeout_ms}",
                 "foreign_keys=ON",
                 "synchronous=NORMAL",
             ):
