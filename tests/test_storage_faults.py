@@ -1,11 +1,14 @@
 """The database misbehaving under the running bot: PostgreSQL restarting, SQLite locked by another
-process past its busy timeout. No line is lost without its player being told."""
+process past its busy timeout, the SQLite file removed or replaced. No line is lost without its
+player being told, and nothing is written where it would be lost."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -251,3 +254,49 @@ async def test_a_line_that_finds_sqlite_locked_past_every_retry_is_not_kept_and_
     ]
     assert errors_in(caplog) == []
     assert any("stayed locked" in r.getMessage() for r in caplog.records)
+
+
+# --- the SQLite file removed or replaced -----------------------------------------------------
+
+
+def _other_database(path: Path) -> bytes:
+    """Another SQLite database (as a backup moved into place would be); its bytes."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE note (text TEXT)")
+        connection.execute("INSERT INTO note VALUES ('복원본')")
+        connection.commit()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("change", ["removed", "replaced"])
+async def test_a_database_file_removed_or_replaced_under_the_bot_stops_every_write(
+    start_bot, tmp_path, caplog, change
+):
+    database = tmp_path / "bot.db"
+    async with start_bot(database=f"sqlite+aiosqlite:///{database}") as harness:
+        fake, s = harness.fake, harness.scenario
+        character_id = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character_id)
+        assert has_buttons(await harness.reply_to(s.general, s.members[0], "파일이 있을 때 한 말"))
+
+        if change == "removed":
+            database.unlink()
+        else:
+            replacement = tmp_path / "backup.db"
+            kept = _other_database(replacement)
+            os.replace(replacement, database)
+
+        note = t(LOCALE, "storage.gone")
+        for text in ("파일이 없어진 뒤에 한 말", "그 다음 말"):
+            said = await fake.say(s.general, s.members[1], text)
+            await told(fake, s.general, said, note)
+            assert not any(has_buttons(m) for m in s.general.messages if m.id > said.id)
+
+    lines = [r for r in errors_in(caplog)]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert lines[0].getMessage().startswith(f"database file {database} was {change} ")
+    assert lines[0].exc_info is None
+    if change == "removed":
+        assert not database.exists()  # no new, empty database in its place
+    else:
+        assert database.read_bytes() == kept  # nothing written into the file put there

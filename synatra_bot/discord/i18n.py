@@ -274,6 +274,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "⚠️ The database stayed busy and this turn was not kept. Please try again in a moment.",
         "⚠️ 저장소가 계속 바빠서 이번 말은 저장하지 못했어요. 잠시 뒤에 다시 해 주세요.",
     ),
+    "storage.gone": (
+        "⚠️ Something happened to the bot's database file, so nothing is saved for now: your "
+        "line was not kept. The bot's host can read why in the logs.",
+        "⚠️ 봇의 저장 파일에 문제가 생겨서 지금은 아무것도 저장하지 않아요. 이 말은 저장되지 "
+        "않았어요. 봇 운영자는 로그에서 이유를 볼 수 있어요.",
+    ),
     "reply.timed_out": (
         "⚠️ The reply took too long and was stopped.",
         "⚠️ 답장이 너무 오래 걸려서 멈췄어요.",
