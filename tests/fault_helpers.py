@@ -8,6 +8,8 @@
   `synatra_bot.app.serve` (signal handling included) against a fake Discord running in the
   test process, with a slow ScriptedEngine. Settings come from the environment; the engine
   writes each prompt to $FAULT_PROMPT_LOG (separated by NUL) and answers long for "길게".
+  With FAULT_SLOW_START=1 the engine's start never ends, as a model that takes long to load:
+  it prints "engine: loading" when it begins, and "engine: closed" when it is closed.
 - `python -m tests.fault_helpers writer DB_PATH BURSTS HOLD_S`: holds write transactions on a
   SQLite database in bursts (a table of its own), then prints how many rows it wrote.
 - `python -m tests.fault_helpers lock DB_PATH`: takes SQLite's write lock, prints "locked",
@@ -16,11 +18,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import sys
 import time
 from pathlib import Path
+
+from synatra_bot.engine.scripted import ScriptedEngine
 
 SHORT_REPLY = "응, 잘 기억해 둘게."
 LONG_REPLY = "옛날 옛적에 작은 마을에 이야기꾼이 살았어. " * 12
@@ -93,7 +98,6 @@ def run_bot(api_base: str, gateway_url: str) -> int:
 
     from synatra_bot import eventloop
     from synatra_bot.app import serve
-    from synatra_bot.engine.scripted import ScriptedEngine
     from synatra_bot.settings import configure_logging, settings_from_env
     from synatra_bot.tokenizer import load_tokenizer
 
@@ -111,11 +115,24 @@ def run_bot(api_base: str, gateway_url: str) -> int:
     configure_logging(settings)
     tokenizer = load_tokenizer(settings.model_id)
     delay_s = float(os.environ.get("FAULT_DELAY_S", "0.05"))
-    engine = ScriptedEngine(reply, delay_s=delay_s, tokenizer=tokenizer)
+    kind = SlowStartEngine if os.environ.get("FAULT_SLOW_START") == "1" else ScriptedEngine
+    engine = kind(reply, delay_s=delay_s, tokenizer=tokenizer)
     # The loop a deployed bot runs on (uvloop where installed), as `run_bot` chooses it.
     return eventloop.run(
         serve(settings, engine=engine, tokenizer=tokenizer), kind=settings.event_loop
     )
+
+
+class SlowStartEngine(ScriptedEngine):
+    """A scripted engine whose start waits until it is cancelled (a model still loading)."""
+
+    async def start(self) -> None:
+        print("engine: loading", flush=True)
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        await super().close()
+        print("engine: closed", flush=True)
 
 
 def run_writer(db_path: str, bursts: int, hold_s: float) -> int:
