@@ -27,6 +27,7 @@ from synatra_bot.errors import (
     EngineError,
     EngineUnavailable,
     NotFound,
+    StorageUnavailable,
     TurnCancelled,
     UserFacingError,
 )
@@ -228,6 +229,8 @@ class Reply:
                 # admitted once this one ends, sees this reply.
                 try:
                     self.outcome = await self._settle(slot, list(shown_in()) if shown_in else [])
+                except StorageUnavailable as error:  # logged where it was found
+                    self.outcome = self._failed(slot, error)
                 except Exception:
                     log.exception("storing the reply in channel %s failed", self.place.channel_id)
                     self.outcome = self._failed(slot, None)
@@ -454,14 +457,17 @@ class Turns:
         message_id: int | None = None,
         mentioned: bool = False,
         to: int | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> Said | None:
         """A player's message in the story. None when no scene plays here (nothing stored).
 
         Refused (UserFacingError) before anything is stored when the characters may not answer.
         Where the channel answers only messages that mention the bot, others are stored
         without a reply. `to` names the character the player talks to (the terminal's `@name`).
+        `on_wait` hears when the database keeps the line waiting (it is tried again); a line
+        that cannot be kept fails with StorageUnavailable, here or in `Said.stored`.
         """
-        active = await self.core.active(place)
+        active = await self.core.active(place, on_wait=on_wait)
         if active is None or not active.config.enabled:
             return None
         answer = active.config.reply_mode != "mention" or mentioned
@@ -478,7 +484,9 @@ class Turns:
             self.admit(active, place, actor, characters[0])
         # Stored while the reply's first message goes out: the prompt waits for it.
         stored = asyncio.ensure_future(
-            self.core.add_user_message(active, actor, text, discord_message_id=message_id)
+            self.core.add_user_message(
+                active, actor, text, discord_message_id=message_id, on_wait=on_wait
+            )
         )
         replies = [
             Reply(self, active=active, place=place, actor=actor, character=c, after=stored)

@@ -387,17 +387,25 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         replies = self.bot.replies
         try:
             said = await self.bot.turns.say(
-                place, actor, content, message_id=message.id, mentioned=mentioned
+                place,
+                actor,
+                content,
+                message_id=message.id,
+                mentioned=mentioned,
+                on_wait=replies.waiting_notice(message),
             )
         except UserFacingError as error:
-            # A refused turn (rate limit, a character no longer available) costs one notice:
-            # nothing is posted as the character and nothing enters the story.
+            # A refused turn (rate limit, a character no longer available, a line the database
+            # could not keep) costs one notice: nothing is posted as the character and nothing
+            # enters the story.
             locale = self.bot.locale_for(message.channel)
             await replies.tell(message, message.channel, replies.text(locale, error))
             return
         if said is None:
             return
         replies.track(said.stored)
+        if not said.answered:
+            await replies.unless_kept(said.stored, message)
         async for reply in said.replies():
             await replies.play(reply, channel=message.channel, notify=message)
 
