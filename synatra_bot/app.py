@@ -27,9 +27,16 @@ log = logging.getLogger(__name__)
 
 
 def run_bot(*, env_file: str | None = None) -> int:
-    settings = load_settings(env_file=env_file)
-    configure_logging(settings)
-    return eventloop.run(serve(settings), kind=settings.event_loop)
+    # Until `serve` takes the signals over, SIGTERM interrupts as SIGINT does: a host that
+    # stops the bot while it reads its settings and imports its libraries gets a clean exit.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        settings = load_settings(env_file=env_file)
+        configure_logging(settings)
+        return eventloop.run(serve(settings), kind=settings.event_loop)
+    except KeyboardInterrupt:
+        log.info("stopped during start-up")
+        return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +56,7 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     before, after = await upgrade_database(settings.database_url)
     if before != after:
         log.info("database upgraded from %s to %s", before or "empty", after)
-    database = create_engine(settings.database_url)
+    database = create_engine(settings.database_url, busy_timeout_s=settings.database_busy_timeout_s)
     try:
         sessions = create_sessionmaker(database)
         characters = CharacterService(sessions, max_card_bytes=settings.max_attachment_bytes)
@@ -99,12 +106,14 @@ def build_core(
     from synatra_bot.prompt.builder import PromptBuilder
     from synatra_bot.roleplay.config import Defaults
     from synatra_bot.roleplay.memory import MemoryKeeper
+    from synatra_bot.storage.retry import Patience
 
     core = RoleplayCore(
         sessions=storage.sessions,
         characters=storage.characters,
         builder=PromptBuilder(tokenizer),  # type: ignore[arg-type]
         defaults=Defaults.from_settings(settings),
+        patience=Patience(locked_s=settings.database_retry_s),
     )
     scheduler = Scheduler(
         engine,
@@ -166,31 +175,59 @@ async def serve(
 ) -> int:
     """Run until Discord closes the connection or SIGINT/SIGTERM arrives.
 
-    `engine` and `tokenizer` default to the ones the settings name (tests pass their own).
+    A signal while the bot runs shuts it down in order (`running_bot`). One during start-up
+    (migrating the database, loading the tokenizer and the model) stops the start where it is:
+    what was opened so far is closed, and the exit is as clean. `engine` and `tokenizer`
+    default to the ones the settings name (tests pass their own).
     """
     import aiohttp
     import discord
 
-    async with running_bot(settings, engine=engine, tokenizer=tokenizer) as bot:
-        loop = asyncio.get_running_loop()
-        log.info("event loop: %s", eventloop.loop_name(loop))
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        runner = asyncio.create_task(bot.start(settings.discord_token))
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if runner in done:
-            try:
-                runner.result()
-            except discord.LoginFailure:
-                log.error("DISCORD_TOKEN was refused by Discord: reset it in the developer portal")
-                return 2
-            except (aiohttp.ClientConnectionError, OSError, TimeoutError) as error:
-                log.error("Discord cannot be reached (%s): check this machine's network", error)
-                return 2
-        else:
-            log.info("shutting down")
+    loop = asyncio.get_running_loop()
+    starting = asyncio.current_task()
+    stop = asyncio.Event()
+    signalled: str | None = None
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signalled
+        if signalled is not None:
+            return  # already stopping: a second signal must not cut the clean-up short
+        signalled = sig.name
+        stop.set()
+        if starting is not None:
+            starting.cancel()
+
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            handled.append(sig)
+    try:
+        async with running_bot(settings, engine=engine, tokenizer=tokenizer) as bot:
+            starting = None  # started: a signal now ends the wait below
+            log.info("event loop: %s", eventloop.loop_name(loop))
+            runner = asyncio.create_task(bot.start(settings.discord_token))
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if runner in done:
+                try:
+                    runner.result()
+                except discord.LoginFailure:
+                    log.error(
+                        "DISCORD_TOKEN was refused by Discord: reset it in the developer portal"
+                    )
+                    return 2
+                except (aiohttp.ClientConnectionError, OSError, TimeoutError) as error:
+                    log.error("Discord cannot be reached (%s): check this machine's network", error)
+                    return 2
+            else:
+                log.info("shutting down")
+    except asyncio.CancelledError:
+        if signalled is None or starting is None:
+            raise
+        log.info("stopped by %s during start-up; everything it had opened is closed", signalled)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
     return 0

@@ -3,6 +3,8 @@
 SynatraError                   base of everything raised on purpose
 ├── ConfigError                a setting is missing or invalid (exit status 2)
 ├── StorageError               the database cannot be opened, is corrupt or too new
+│   └── StorageUnavailable     ... or nothing can be stored now (locked too long, the file gone);
+│                              also a UserFacingError: players read its note
 ├── UserFacingError            message is safe to show a Discord user (localisable key + params)
 │   ├── PermissionDenied       the user may not do this
 │   ├── NotFound               a character, session or message does not exist
@@ -57,6 +59,14 @@ class UserFacingError(SynatraError):
         if key is not None:
             self.key = key
         self.params = params
+
+
+class StorageUnavailable(StorageError, UserFacingError):
+    """The running bot cannot store what it was asked to: the database stayed locked or
+    unreachable past every retry, or its file was removed or replaced. Nothing of the unit of
+    work was stored; `key` is the note players read."""
+
+    key = "storage.not_kept"
 
 
 class PermissionDenied(UserFacingError):

@@ -56,6 +56,10 @@ class Settings:
 
     discord_token: str = ""
     database_url: str = DEFAULT_DATABASE_URL
+    #: SQLite: how long one transaction waits for another process's write lock.
+    database_busy_timeout_s: float = 10.0
+    #: How long a player's line (or a reply) is tried again while the database stays locked.
+    database_retry_s: float = 60.0
     model_id: str = DEFAULT_MODEL_ID
     engine: EngineKind = "transformers"
     engine_url: str = ""
@@ -193,6 +197,8 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
     return Settings(
         discord_token=token,
         database_url=database_url,
+        database_busy_timeout_s=_float(env, "DATABASE_BUSY_TIMEOUT_S", 10.0, 0.01, 600),
+        database_retry_s=_float(env, "DATABASE_RETRY_S", 60.0, 0, 3600),
         model_id=env.get("MODEL_ID", "").strip() or DEFAULT_MODEL_ID,
         engine=cast(EngineKind, engine),
         engine_url=engine_url,

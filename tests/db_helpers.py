@@ -1,8 +1,13 @@
-"""Database checks shared by the SQLite and PostgreSQL tests."""
+"""Database checks shared by the SQLite and PostgreSQL tests, and a throw-away PostgreSQL server."""
 
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -293,3 +298,86 @@ async def assert_kept_down_and_up(database_url: str, revision: str, old: OldScen
     await upgrade_database(database_url)
     async with opened(database_url) as sessions:
         await assert_old_scene_kept(sessions, old)
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def postgres_tools() -> Path | None:
+    """The folder of PostgreSQL's server programs (initdb, pg_ctl), or None without them."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    return PG_BIN if (PG_BIN / "initdb").exists() else None
+
+
+def _as_postgres(*command: str) -> list[str]:
+    # initdb and postgres refuse to run as root.
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster on a Unix socket in a temporary folder, which a test can
+    restart (as a host's maintenance does) while clients hold connections to it."""
+
+    def __init__(self, tools: Path) -> None:
+        self.tools = tools
+        self.folder = Path(tempfile.mkdtemp(prefix="synatra-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+        self.data = self.folder / "data"
+        self._run(str(tools / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+
+    def _run(self, *command: str) -> None:
+        subprocess.run(_as_postgres(*command), check=True, capture_output=True, timeout=60)
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://postgres@/{database}?host={self.folder}"
+
+    def start(self) -> None:
+        options = f"-k {self.folder} -c listen_addresses='' -c fsync=off"
+        log = str(self.folder / "log")
+        self._run(
+            str(self.tools / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            log,
+            "-w",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        """`fast` ends every session (their connections drop) and stops; `immediate` too,
+        without a clean shutdown (the next start recovers)."""
+        self._run(str(self.tools / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self, mode: str = "fast") -> None:
+        self.stop(mode)
+        self.start()
+
+    def create_database(self, name: str) -> str:
+        self._run("createdb", "-h", str(self.folder), "-U", "postgres", name)
+        return self.url(name)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer | None]:
+    """A started PostgresServer (None when the server programs are not installed), stopped
+    and removed afterwards."""
+    tools = postgres_tools()
+    if tools is None:
+        yield None
+        return
+    server = PostgresServer(tools)
+    try:
+        server.start()
+        yield server
+        server.stop()
+    finally:
+        server.remove()

@@ -8,17 +8,24 @@
   `synatra_bot.app.serve` (signal handling included) against a fake Discord running in the
   test process, with a slow ScriptedEngine. Settings come from the environment; the engine
   writes each prompt to $FAULT_PROMPT_LOG (separated by NUL) and answers long for "길게".
+  With FAULT_SLOW_START=1 the engine's start never ends, as a model that takes long to load:
+  it prints "engine: loading" when it begins, and "engine: closed" when it is closed.
 - `python -m tests.fault_helpers writer DB_PATH BURSTS HOLD_S`: holds write transactions on a
   SQLite database in bursts (a table of its own), then prints how many rows it wrote.
+- `python -m tests.fault_helpers lock DB_PATH`: takes SQLite's write lock, prints "locked",
+  holds it until a line arrives on stdin, then commits and prints "released".
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import sys
 import time
 from pathlib import Path
+
+from synatra_bot.engine.scripted import ScriptedEngine
 
 SHORT_REPLY = "응, 잘 기억해 둘게."
 LONG_REPLY = "옛날 옛적에 작은 마을에 이야기꾼이 살았어. " * 12
@@ -91,7 +98,6 @@ def run_bot(api_base: str, gateway_url: str) -> int:
 
     from synatra_bot import eventloop
     from synatra_bot.app import serve
-    from synatra_bot.engine.scripted import ScriptedEngine
     from synatra_bot.settings import configure_logging, settings_from_env
     from synatra_bot.tokenizer import load_tokenizer
 
@@ -109,11 +115,24 @@ def run_bot(api_base: str, gateway_url: str) -> int:
     configure_logging(settings)
     tokenizer = load_tokenizer(settings.model_id)
     delay_s = float(os.environ.get("FAULT_DELAY_S", "0.05"))
-    engine = ScriptedEngine(reply, delay_s=delay_s, tokenizer=tokenizer)
+    kind = SlowStartEngine if os.environ.get("FAULT_SLOW_START") == "1" else ScriptedEngine
+    engine = kind(reply, delay_s=delay_s, tokenizer=tokenizer)
     # The loop a deployed bot runs on (uvloop where installed), as `run_bot` chooses it.
     return eventloop.run(
         serve(settings, engine=engine, tokenizer=tokenizer), kind=settings.event_loop
     )
+
+
+class SlowStartEngine(ScriptedEngine):
+    """A scripted engine whose start waits until it is cancelled (a model still loading)."""
+
+    async def start(self) -> None:
+        print("engine: loading", flush=True)
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        await super().close()
+        print("engine: closed", flush=True)
 
 
 def run_writer(db_path: str, bursts: int, hold_s: float) -> int:
@@ -138,6 +157,19 @@ def run_writer(db_path: str, bursts: int, hold_s: float) -> int:
     return 0
 
 
+def run_lock_holder(db_path: str) -> int:
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    connection.execute("CREATE TABLE IF NOT EXISTS fault_lock (id INTEGER PRIMARY KEY)")
+    connection.execute("BEGIN IMMEDIATE")
+    connection.execute("INSERT INTO fault_lock DEFAULT VALUES")
+    print("locked", flush=True)
+    sys.stdin.readline()
+    connection.execute("COMMIT")
+    connection.close()
+    print("released", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     command, *args = argv
     if command == "engine":
@@ -147,6 +179,8 @@ def main(argv: list[str]) -> int:
         return run_bot(args[0], args[1])
     if command == "writer":
         return run_writer(args[0], int(args[1]), float(args[2]))
+    if command == "lock":
+        return run_lock_holder(args[0])
     raise SystemExit(f"unknown command {command!r}")
 
 

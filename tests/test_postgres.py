@@ -5,11 +5,6 @@ these machines and CI); the test starts its own throw-away cluster on a Unix soc
 """
 
 import asyncio
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 from alembic import command
@@ -19,61 +14,17 @@ from sqlalchemy.engine import make_url
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import alembic_config, head_revision, upgrade_database
-from tests.db_helpers import assert_old_scene_kept, fill_at_0001, schema_diff
+from tests.db_helpers import assert_old_scene_kept, fill_at_0001, postgres_server, schema_diff
 from tests.test_scene_storage import check_scene_memory
 from tests.test_storage import check_limits_hold_concurrently
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _postgres_tools() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    return PG_BIN if (PG_BIN / "initdb").exists() else None
-
-
-def _as_postgres(*command: str) -> list[str]:
-    # initdb and postgres refuse to run as root.
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
 
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    tools = _postgres_tools()
-    if tools is None:
-        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
-    folder = Path(tempfile.mkdtemp(prefix="synatra-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-    data = folder / "data"
-    run = {"check": True, "capture_output": True, "timeout": 60}
-    subprocess.run(
-        _as_postgres(str(tools / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"), **run
-    )
-    options = f"-k {folder} -c listen_addresses='' -c fsync=off"
-    subprocess.run(
-        _as_postgres(
-            str(tools / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-l",
-            str(folder / "log"),
-            "-w",
-            "start",
-        ),
-        **run,
-    )
-    subprocess.run(_as_postgres("createdb", "-h", str(folder), "-U", "postgres", "synatra"), **run)
-    try:
-        yield f"postgresql+asyncpg://postgres@/synatra?host={folder}"
-    finally:
-        subprocess.run(
-            _as_postgres(str(tools / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"), **run
-        )
-        shutil.rmtree(folder, ignore_errors=True)
+    with postgres_server() as server:
+        if server is None:
+            pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+        yield server.create_database("synatra")
 
 
 async def test_migrations_create_the_schema_and_agree_with_the_models(postgres_url):

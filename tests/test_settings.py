@@ -46,6 +46,8 @@ def test_engine_model_names_the_server_model_and_model_id_stays_the_tokenizer():
         ),
         ({"DATABASE_URL": "data/synatra.db"}, "DATABASE_URL"),
         ({"DATABASE_URL": "sqlite:///data/x.db"}, "DATABASE_URL"),
+        ({"DATABASE_BUSY_TIMEOUT_S": "0"}, "DATABASE_BUSY_TIMEOUT_S"),
+        ({"DATABASE_RETRY_S": "한참"}, "DATABASE_RETRY_S"),
         ({"DEV_GUILD_ID": "서버"}, "DEV_GUILD_ID"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"CONTEXT_SIZE": "100"}, "CONTEXT_SIZE"),

@@ -267,6 +267,20 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "⚠️ 답장이 중간에 끊겼어요 ({message}). 메시지를 보내거나 다시 생성해 주세요.",
     ),
     "reply.stopped": ("stopped", "중지됨"),
+    "storage.waiting": (
+        "⏳ Saving is backed up: your line waits a moment and is kept as soon as it can be.",
+        "⏳ 저장이 밀려 있어요. 잠시만요, 이 말은 저장되는 대로 이어 갈게요.",
+    ),
+    "storage.not_kept": (
+        "⚠️ The database stayed busy and this turn was not kept. Please try again in a moment.",
+        "⚠️ 저장소가 계속 바빠서 이번 말은 저장하지 못했어요. 잠시 뒤에 다시 해 주세요.",
+    ),
+    "storage.gone": (
+        "⚠️ Something happened to the bot's database file, so nothing is saved for now: your "
+        "line was not kept. The bot's host can read why in the logs.",
+        "⚠️ 봇의 저장 파일에 문제가 생겨서 지금은 아무것도 저장하지 않아요. 이 말은 저장되지 "
+        "않았어요. 봇 운영자는 로그에서 이유를 볼 수 있어요.",
+    ),
     "reply.timed_out": (
         "⚠️ The reply took too long and was stopped.",
         "⚠️ 답장이 너무 오래 걸려서 멈췄어요.",

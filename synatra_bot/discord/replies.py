@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import discord
@@ -25,7 +25,7 @@ from synatra_bot.discord.streaming import (
 from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.discord.webhooks import WebhookPool
 from synatra_bot.engine.base import CONTINUATION
-from synatra_bot.errors import EngineError, UserFacingError
+from synatra_bot.errors import EngineError, StorageUnavailable, UserFacingError
 from synatra_bot.roleplay.core import ActiveRoleplay, Started
 from synatra_bot.roleplay.scheduler import QueueTicket
 from synatra_bot.roleplay.turns import Ending, Reply, ReplyOutcome, Shown, Turns
@@ -198,8 +198,9 @@ class ReplyController:
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("a message handler failed", exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, StorageUnavailable):  # logged where found
+            log.error("a message handler failed", exc_info=error)
 
     async def close(self, *, grace_s: float = 10.0) -> None:
         """Let running handlers finish (the scheduler has already stopped generation, so
@@ -659,6 +660,30 @@ class ReplyController:
                     if getattr(item, "custom_id", None) == wanted:
                         return [message.id]
         return []
+
+    # --- a player's line the database keeps waiting ------------------------------------------
+
+    def waiting_notice(self, notify: discord.Message) -> Callable[[], None]:
+        """For the core to call when the database keeps `notify`'s line waiting (it is tried
+        again): its player is told, once."""
+        told = False
+
+        def tell_once() -> None:
+            nonlocal told
+            if not told:
+                told = True
+                locale = self.host.locale_for(notify.channel)
+                self.spawn(self.tell(notify, notify.channel, t(locale, "storage.waiting")))
+
+        return tell_once
+
+    async def unless_kept(self, stored: asyncio.Future[Any], notify: discord.Message) -> None:
+        """Tell the player when their line could not be kept (a reply to it says so itself)."""
+        await asyncio.wait([stored])
+        error = None if stored.cancelled() else stored.exception()
+        if isinstance(error, StorageUnavailable):
+            locale = self.host.locale_for(notify.channel)
+            await self.tell(notify, notify.channel, self.text(locale, error))
 
     # --- buttons ----------------------------------------------------------------------------
 

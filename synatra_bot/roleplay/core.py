@@ -60,6 +60,7 @@ from synatra_bot.storage.records import (
     PersonaRecord,
     SessionRecord,
 )
+from synatra_bot.storage.retry import Patience, retrying
 
 
 class SceneMemory(Protocol):
@@ -207,8 +208,11 @@ class RoleplayCore:
         builder: PromptBuilder,
         defaults: Defaults,
         clock: Callable[[], float] = time.monotonic,
+        patience: Patience | None = None,
     ) -> None:
         self.sessions = sessions
+        #: How long a player's line and a reply keep trying a locked database.
+        self.patience = patience or Patience()
         self.characters = characters
         self.builder = builder
         self.defaults = defaults
@@ -313,8 +317,16 @@ class RoleplayCore:
     async def nsfw_in_dms(self, user_id: int) -> bool:
         return (await repo.get_user_settings(self.sessions, user_id=user_id)).nsfw_in_dms
 
-    async def active(self, place: Place) -> ActiveRoleplay | None:
-        return await self._active.get(place.channel_id, lambda: self._load_active(place))
+    async def active(
+        self, place: Place, *, on_wait: Callable[[], None] | None = None
+    ) -> ActiveRoleplay | None:
+        """The scene playing in `place`; a read that finds the database locked is tried again
+        (`storage.retry`), and `on_wait` hears of it."""
+        return await retrying(
+            lambda: self._active.get(place.channel_id, lambda: self._load_active(place)),
+            self.patience,
+            on_wait=on_wait,
+        )
 
     async def _load_active(self, place: Place) -> ActiveRoleplay | None:
         session = await repo.get_active_session(self.sessions, channel_id=place.channel_id)
@@ -634,7 +646,23 @@ class RoleplayCore:
         return persona.name if persona else actor.display_name
 
     async def add_user_message(
-        self, active: ActiveRoleplay, actor: Actor, content: str, *, discord_message_id: int | None
+        self,
+        active: ActiveRoleplay,
+        actor: Actor,
+        content: str,
+        *,
+        discord_message_id: int | None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> MessageRecord:
+        """Store a player's line, tried again while the database is locked (`on_wait` hears
+        of it) or once after its connection dropped (`storage.retry`)."""
+        store = functools.partial(
+            self._add_user_message, active, actor, content, discord_message_id
+        )
+        return await retrying(store, self.patience, on_wait=on_wait)
+
+    async def _add_user_message(
+        self, active: ActiveRoleplay, actor: Actor, content: str, discord_message_id: int | None
     ) -> MessageRecord:
         name = await self.user_name(actor, place_guild=active.session.guild_id)
         turn = repo.NewMessage(
@@ -651,12 +679,20 @@ class RoleplayCore:
         return stored
 
     async def add_removed_line(
-        self, active: ActiveRoleplay, actor: Actor, content: str, *, discord_message_id: int | None
+        self,
+        active: ActiveRoleplay,
+        actor: Actor,
+        content: str,
+        *,
+        discord_message_id: int | None,
+        on_wait: Callable[[], None] | None = None,
     ) -> MessageRecord:
         """Keep a player's line out of the story from the start (as if deleted): the model never
-        sees it, and the scene knows it has taken it (`line_stored`)."""
+        sees it, and the scene knows it has taken it (`line_stored`). Tried again as a stored
+        line is."""
         name = await self.user_name(actor, place_guild=active.session.guild_id)
-        return await repo.add_removed_message(
+        store = functools.partial(
+            repo.add_removed_message,
             self.sessions,
             session_id=active.session.id,
             role="user",
@@ -665,12 +701,23 @@ class RoleplayCore:
             content=content,
             discord_message_ids=(discord_message_id,) if discord_message_id else (),
         )
+        return await retrying(store, self.patience, on_wait=on_wait)
 
-    async def line_stored(self, active: ActiveRoleplay, discord_message_id: int) -> bool:
+    async def line_stored(
+        self,
+        active: ActiveRoleplay,
+        discord_message_id: int,
+        *,
+        on_wait: Callable[[], None] | None = None,
+    ) -> bool:
         """Whether the scene has stored the line of that Discord message (removed or not)."""
-        return await repo.has_discord_message(
-            self.sessions, session_id=active.session.id, discord_message_id=discord_message_id
+        look_up = functools.partial(
+            repo.has_discord_message,
+            self.sessions,
+            session_id=active.session.id,
+            discord_message_id=discord_message_id,
         )
+        return await retrying(look_up, self.patience, on_wait=on_wait)
 
     async def active_scenes(
         self, *, guild_ids: Collection[int], dms: bool, limit: int
@@ -956,7 +1003,28 @@ class RoleplayCore:
         discord_message_ids: Sequence[int] | None = None,
     ) -> MessageRecord:
         """Store a finished reply of `character` (the lead by default): a new turn, a new
-        alternative, or the continued text."""
+        alternative, or the continued text; tried again as a player's line is."""
+        store = functools.partial(
+            self._store_reply,
+            active,
+            text,
+            character=character,
+            regenerate_of=regenerate_of,
+            continue_of=continue_of,
+            discord_message_ids=discord_message_ids,
+        )
+        return await retrying(store, self.patience)
+
+    async def _store_reply(
+        self,
+        active: ActiveRoleplay,
+        text: str,
+        *,
+        character: CharacterRecord | None,
+        regenerate_of: int | None,
+        continue_of: MessageRecord | None,
+        discord_message_ids: Sequence[int] | None,
+    ) -> MessageRecord:
         ids = list(discord_message_ids or ())
         speaking = character or active.lead
         name = speaking.name

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from synatra_bot.engine.base import SamplingParams
-from synatra_bot.errors import EngineError, PromptTooLarge, TurnCancelled
+from synatra_bot.errors import EngineError, PromptTooLarge, StorageUnavailable, TurnCancelled
 from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, SummaryPrompt
 from synatra_bot.roleplay.config import ChannelConfig
 from synatra_bot.roleplay.core import CACHE_LIMIT, MIN_TURN_TOKENS, ActiveRoleplay, RoleplayCore
@@ -170,6 +170,8 @@ class MemoryKeeper:
                 idle = 0 if progress else idle + 1
         except TurnCancelled:
             return  # shutting down while it waited: nothing was stored
+        except StorageUnavailable:
+            return  # nothing can be stored: logged where that was found
         except (PromptTooLarge, EngineError) as error:
             if not self.scheduler.closing:
                 log.warning("the memory of scene %s was not updated: %s", job.session_id, error)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from synatra_bot.errors import (
     EngineError,
     EngineUnavailable,
     NotFound,
+    StorageUnavailable,
     TurnCancelled,
     UserFacingError,
 )
@@ -238,6 +240,8 @@ class Reply:
                 # admitted once this one ends, sees this reply.
                 try:
                     self.outcome = await self._settle(slot, list(shown_in()) if shown_in else [])
+                except StorageUnavailable as error:  # logged where it was found
+                    self.outcome = self._failed(slot, error)
                 except Exception:
                     log.exception("storing the reply in channel %s failed", self.place.channel_id)
                     self.outcome = self._failed(slot, None)
@@ -478,12 +482,15 @@ class Turns:
         mentioned: bool = False,
         to: int | None = None,
         late: bool = False,
+        on_wait: Callable[[], None] | None = None,
     ) -> Said | None:
         """A player's message in the story. None when no scene plays here (nothing stored).
 
         Refused (UserFacingError) before anything is stored when the characters may not answer.
         Where the channel answers only messages that mention the bot, others are stored
         without a reply. `to` names the character the player talks to (the terminal's `@name`).
+        `on_wait` hears when the database keeps the line waiting (it is tried again); a line
+        that cannot be kept fails with StorageUnavailable, here or in `Said.stored`.
 
         A message with a front end's `message_id` (sent at `sent_at`) is taken once: delivered
         again, or read back when the scene already stores it (a restart), it gets None. A `late`
@@ -491,13 +498,16 @@ class Turns:
         would answer is not answered and stays out of the story: it is kept as a removed line,
         so it is taken once too, and `Said.too_late` tells the front end to say so.
         """
+        handling = functools.partial(
+            self._say, place, actor, text, mentioned=mentioned, to=to, late=late, on_wait=on_wait
+        )
         if message_id is None:
-            return await self._say(place, actor, text, None, mentioned=mentioned, to=to, late=late)
+            return await handling(None)
         line = self.lines.take(message_id, sent_at)
         if line is None:
             return None  # delivered again: the first delivery has it
         try:
-            return await self._say(place, actor, text, line, mentioned=mentioned, to=to, late=late)
+            return await handling(line)
         finally:
             line.settle_unstored()
 
@@ -511,15 +521,16 @@ class Turns:
         mentioned: bool,
         to: int | None,
         late: bool,
+        on_wait: Callable[[], None] | None,
     ) -> Said | None:
-        active = await self.core.active(place)
+        active = await self.core.active(place, on_wait=on_wait)
         if active is None or not active.config.enabled:
             return None
         message_id = line.message_id if line is not None else None
         if (
             line is not None
             and self.lines.unsure(line)
-            and await self.core.line_stored(active, line.message_id)
+            and await self.core.line_stored(active, line.message_id, on_wait=on_wait)
         ):
             return None  # stored by an earlier process (read back after a restart)
         answer = active.config.reply_mode != "mention" or mentioned
@@ -534,7 +545,9 @@ class Turns:
             return None  # deleted before it was stored
         if characters and late:
             stored = asyncio.ensure_future(
-                self.core.add_removed_line(active, actor, text, discord_message_id=message_id)
+                self.core.add_removed_line(
+                    active, actor, text, discord_message_id=message_id, on_wait=on_wait
+                )
             )
             if line is not None:
                 line.storing(stored, ())
@@ -545,7 +558,9 @@ class Turns:
             self.admit(active, place, actor, characters[0])
         # Stored while the reply's first message goes out: the prompt waits for it.
         stored = asyncio.ensure_future(
-            self.core.add_user_message(active, actor, text, discord_message_id=message_id)
+            self.core.add_user_message(
+                active, actor, text, discord_message_id=message_id, on_wait=on_wait
+            )
         )
         replies = [
             Reply(self, active=active, place=place, actor=actor, character=c, after=stored)

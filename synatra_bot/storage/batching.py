@@ -10,8 +10,9 @@ grow with the load, so its cost per call falls as the load rises.
 
 If a batch breaks a constraint, its items are run one by one, so one bad item (a turn whose
 session is gone, say) fails alone. Any other failure (the database locked past its busy
-timeout, a disk error) fails the whole batch at once: retrying item by item would only wait
-that long again for each.
+timeout, a dropped connection, a disk error) fails the whole batch at once: retrying item by
+item would only wait that long again for each. Callers that try again (`storage.retry`)
+submit their item anew, and the retries of one failed batch meet in the next one.
 """
 
 from __future__ import annotations

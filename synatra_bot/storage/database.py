@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +13,15 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
-from synatra_bot.errors import StorageError
+from synatra_bot.errors import StorageError, StorageUnavailable
 from synatra_bot.settings import sqlite_path
 from synatra_bot.storage.sqlite_driver import connection_factory
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
+log = logging.getLogger(__name__)
+
+#: How long one SQLite transaction waits for another process's write lock (`storage.retry`
+#: tries a player's line again after that).
+SQLITE_BUSY_TIMEOUT_S = 10.0
 #: How long to wait for a database server to accept a connection.
 CONNECT_TIMEOUT_S = 5
 
@@ -80,24 +87,84 @@ def _check_sqlite_header(path: Path) -> None:
             raise StorageError(f"database file {path} is corrupt: {result and result[0]}")
 
 
-def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
+class DatabaseFile:
+    """The SQLite file an engine opened first, checked before every transaction, its commit,
+    and every new connection.
+
+    A file removed under the running bot stays open and writable, unlinked, until the process
+    ends, and a new connection would make an empty one in its place; a file replaced (a
+    backup moved over it) is not the one the bot reads. Either way what is stored from then on
+    would be lost, so the first check that finds another file (or none) logs it once and every
+    unit of work from then on fails with StorageUnavailable, storing nothing. The check is one
+    `stat` on the database's own thread, next to the statement it guards.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._identity: tuple[int, int] | None = None
+        self._lost: str | None = None
+        self._lock = threading.Lock()  # connections may open on threads of their own
+
+    def check(self) -> None:
+        """Remember the file at `path` the first time one is there; afterwards raise
+        StorageUnavailable when another file (or none) is there."""
+        with self._lock:
+            if self._lost is None:
+                self._lost = self._compare()
+                if self._lost is not None:
+                    log.error(
+                        "database file %s was %s under the running bot: nothing more is stored "
+                        "until the bot is restarted with the right file",
+                        self.path,
+                        self._lost,
+                    )
+            if self._lost is not None:
+                raise StorageUnavailable(
+                    f"database file {self.path} was {self._lost}", key="storage.gone"
+                )
+
+    def _compare(self) -> str | None:
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return None if self._identity is None else "removed"
+        identity = (found.st_dev, found.st_ino)
+        if self._identity is None:
+            self._identity = identity
+        return None if identity == self._identity else "replaced"
+
+
+def create_engine(
+    database_url: str, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S, **kwargs: Any
+) -> AsyncEngine:
     """An AsyncEngine, tuned for SQLite when the URL is SQLite.
 
     SQLite allows one writer at a time, so the process uses one connection: callers queue in
     asyncio, in order, instead of contending for the file lock (which under load ends in
-    "database is locked"). Every connection gets WAL, a busy timeout and foreign keys, and
-    every transaction starts with BEGIN IMMEDIATE, so another process writing at the same time
-    makes this one wait on the busy timeout rather than fail on a read-to-write upgrade.
-    The connection is aiosqlite's, with the trips to its thread cut (`sqlite_driver`).
+    "database is locked"). Every connection gets WAL, a busy timeout (`busy_timeout_s`) and
+    foreign keys, and every transaction starts with BEGIN IMMEDIATE, so another process
+    writing at the same time makes this one wait on the busy timeout rather than fail on a
+    read-to-write upgrade. The connection is aiosqlite's, with the trips to its thread cut
+    (`sqlite_driver`), and the file is watched (`DatabaseFile`).
+
+    A database server's pooled connections are checked before each use (`pool_pre_ping`): a
+    server restart leaves them dead, and the first unit of work after it would fail.
     """
     if database_url.startswith("sqlite"):
+        path = sqlite_path(database_url)
+        watch = DatabaseFile(path) if path is not None else None
         kwargs = {
             "pool_size": 1,
             "max_overflow": 0,
             "pool_timeout": 300,
-            "async_creator": connection_factory(database_url),  # one trip per statement
+            # One trip per statement, with the file checked before each transaction.
+            "async_creator": connection_factory(
+                database_url, guard=watch.check if watch is not None else None
+            ),
             **kwargs,
         }
+    else:
+        kwargs = {"pool_pre_ping": True, **kwargs}
     if database_url.startswith("postgresql+asyncpg"):
         # asyncpg waits 60 s for an unreachable server by default: fail within seconds.
         connect_args = {"timeout": CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
@@ -105,6 +172,7 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     engine = create_async_engine(database_url, **kwargs)
     if engine.dialect.name == "sqlite":
         sync_engine = engine.sync_engine
+        busy_timeout_ms = round(busy_timeout_s * 1000)
 
         @event.listens_for(sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -112,7 +180,7 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
             cursor = dbapi_connection.cursor()
             for pragma in (
                 "journal_mode=WAL",
-                f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+                f"busy_timeout={busy_timeout_ms}",
                 "foreign_keys=ON",
                 "synchronous=NORMAL",
             ):

@@ -9,6 +9,10 @@ in two trips (BEGIN with the INSERT, then COMMIT) instead of seven.
 
 SQLAlchemy gets this connection through `create_async_engine(async_creator=...)`, its documented
 way to supply the driver connection; its aiosqlite dialect is used as it is.
+
+A `guard` (`database.DatabaseFile.check`) runs on the database thread before a connection
+opens the file, before each BEGIN and before each COMMIT, in the same trip: when it raises,
+nothing is opened, begun or committed.
 """
 
 from __future__ import annotations
@@ -24,13 +28,19 @@ T = TypeVar("T")
 _Result = tuple[Any, int, int | None, list[Any]]
 
 
+Guard = Callable[[], None]
+
+
 class OneTripConnection(aiosqlite.Connection):
     """An aiosqlite connection whose cursors take one trip per statement."""
 
-    def __init__(self, connector: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(
+        self, connector: Callable[[], sqlite3.Connection], *, guard: Guard | None = None
+    ) -> None:
         super().__init__(connector, iter_chunk_size=64)
         self._thread.daemon = True  # as SQLAlchemy sets it for aiosqlite's own connections
         self._pending_begin: str | None = None
+        self._guard = guard
 
     def begin_with_next_statement(self, sql: str) -> None:
         """Send `sql` (BEGIN IMMEDIATE) in the same trip as the next statement."""
@@ -43,6 +53,8 @@ class OneTripConnection(aiosqlite.Connection):
         def run() -> T:
             connection = self._conn
             if begin is not None:
+                if self._guard is not None:
+                    self._guard()
                 connection.execute(begin)
             return work(connection)
 
@@ -57,7 +69,12 @@ class OneTripConnection(aiosqlite.Connection):
         if self._pending_begin is not None:
             self._pending_begin = None  # nothing ran since BEGIN: nothing to commit
             return
-        await self.trip(lambda connection: connection.commit())
+        await self.trip(self._commit)
+
+    def _commit(self, connection: sqlite3.Connection) -> None:
+        if self._guard is not None:
+            self._guard()
+        connection.commit()
 
     async def rollback(self) -> None:
         if self._pending_begin is not None:
@@ -125,17 +142,26 @@ def _run(execute: Callable[[str, Any], sqlite3.Cursor], sql: str, parameters: An
         cursor.close()
 
 
-def connection_factory(database_url: str) -> Callable[[], Any]:
+def connection_factory(database_url: str, *, guard: Guard | None = None) -> Callable[[], Any]:
     """`async_creator` for an `sqlite+aiosqlite` URL: opens the file SQLAlchemy would open."""
     url = make_url(database_url)
     args, options = url.get_dialect()().create_connect_args(url)
 
     def open_file() -> sqlite3.Connection:
+        if guard is not None:
+            guard()  # no new, empty file where the bot's was
         connect: Callable[..., sqlite3.Connection] = sqlite3.connect
-        return connect(*args, **options)
+        connection = connect(*args, **options)
+        if guard is not None:
+            try:
+                guard()  # the first connection's file is the one every later check expects
+            except BaseException:
+                connection.close()
+                raise
+        return connection
 
     async def connect() -> OneTripConnection:
-        connection = OneTripConnection(open_file)
+        connection = OneTripConnection(open_file, guard=guard)
         await connection  # starts aiosqlite's thread and opens the file there
         return connection
 

@@ -416,16 +416,20 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
                 sent_at=message.created_at,
                 mentioned=mentioned,
                 late=late,
+                on_wait=replies.waiting_notice(message),
             )
         except UserFacingError as error:
-            # A refused turn (rate limit, a character no longer available) costs one notice:
-            # nothing is posted as the character and nothing enters the story.
+            # A refused turn (rate limit, a character no longer available, a line the database
+            # could not keep) costs one notice: nothing is posted as the character and nothing
+            # enters the story.
             locale = self.bot.locale_for(message.channel)
             await replies.tell(message, message.channel, replies.text(locale, error))
             return None
         if said is None:
             return None
         replies.track(said.stored)
+        if not said.answered:
+            await replies.unless_kept(said.stored, message)
         async for reply in said.replies():
             await replies.play(reply, channel=message.channel, notify=message)
         return said
