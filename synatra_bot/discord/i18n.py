@@ -295,6 +295,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "the generation server failed mid-reply",
         "생성 서버가 답장 도중 오류를 냈어요",
     ),
+    "engine.empty": (
+        "the model wrote nothing",
+        "모델이 아무 말도 쓰지 않았어요",
+    ),
     "rp.started": (
         "**{name}** joins the channel. Just talk: every message here is part of the story.",
         "{name|가} 채널에 들어왔어요. 그냥 말을 걸면 이야기가 시작돼요.",
