@@ -295,6 +295,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "the generation server failed mid-reply",
         "생성 서버가 답장 도중 오류를 냈어요",
     ),
+    "engine.malformed": (
+        "the generation server sent an answer the bot cannot read",
+        "생성 서버가 알아볼 수 없는 답을 보냈어요",
+    ),
     "engine.empty": (
         "the model wrote nothing",
         "모델이 아무 말도 쓰지 않았어요",
