@@ -1,7 +1,8 @@
 """What players see when the engine fails, through the real bot against the fake Discord: a
-remote server streaming another shape than the API's, and a reply that comes back empty. Each
-ends the reply with a localised note, stores nothing for it, and the next line in the channel
-gets a reply."""
+failed generation step of the embedded engine (the tiny model, one forward pass raising as a
+CUDA error would), a remote server streaming another shape than the API's, and a reply that
+comes back empty. Each ends the reply with a localised note, stores nothing for it, and the
+next line in the channel gets a reply."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import pytest
 
 from synatra_bot.engine.openai_compat import OpenAICompatEngine
 from synatra_bot.engine.scripted import ScriptedEngine
+from synatra_bot.engine.transformers_engine import TransformersEngine
 from synatra_bot.storage import repository as repo
 from tests.bot_harness import BotHarness, eventually, has_buttons
-from tests.engine_helpers import loopback_app, sse_lines
+from tests.engine_helpers import loopback_app, sse_lines, wait_until
+from tests.model_fixtures import FailingSteps
+
+SMALL_MODEL_ENV = {"CONTEXT_SIZE": "1024", "MAX_NEW_TOKENS": "12"}
 
 
 async def history_of(harness: BotHarness, channel) -> list:
@@ -36,6 +41,48 @@ async def stored_reply(harness: BotHarness, channel, message) -> object:
         return last if last.role == "assistant" and message.id in last.discord_message_ids else None
 
     return await eventually(check)
+
+
+async def test_a_failed_generation_step_shows_the_note_and_the_channel_goes_on(
+    start_bot, tiny_model_dir, tokenizer
+):
+    engine = TransformersEngine(
+        str(tiny_model_dir),
+        context_size=1024,
+        seed=0,
+        recovery_backoff_s=0.01,
+        tokenizer=tokenizer,
+    )
+    async with start_bot(engine=engine, env=SMALL_MODEL_ENV) as harness:
+        s = harness.scenario
+        character_id = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character_id)
+
+        steps = FailingSteps(engine.model, times=1)
+        try:
+            broken = await harness.reply_to(s.general, s.members[0], "민지야, 오늘 뭐 했어?")
+        finally:
+            steps.remove()
+        assert steps.raised == 1
+        assert "⚠️" in broken.content and "모델에 오류가 생겼어요" in broken.content
+        assert "CUDA" not in broken.content and "illegal" not in broken.content
+        assert "▌" not in broken.content and not has_buttons(broken)
+        history = await history_of(harness, s.general)
+        assert [m.role for m in history] == ["assistant", "user"]
+
+        await wait_until(lambda: engine.health().ok and engine.health().failures == 1)
+        assert "engine: degraded, 1 failed in a row" in await inspector(harness)
+
+        fine = await harness.reply_to(s.general, s.members[1], "그럼 이제 같이 산책 갈래?")
+        assert has_buttons(fine) and "⚠️" not in fine.content
+        assert await stored_reply(harness, s.general, fine) is not None
+        assert [m.role for m in await history_of(harness, s.general)] == [
+            "assistant",
+            "user",
+            "user",
+            "assistant",
+        ]
+        assert "engine: ok" in await inspector(harness)
 
 
 def _event(payload: object) -> bytes:
