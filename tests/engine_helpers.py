@@ -91,6 +91,20 @@ async def sse_reply(request: Any, choices: Iterable[dict[str, Any]]) -> Any:
     return response
 
 
+async def sse_lines(request: Any, lines: Iterable[bytes]) -> Any:
+    """A streamed answer written as given, byte for byte (for servers that break the format)."""
+    import asyncio
+
+    from aiohttp import web
+
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for line in lines:
+        await response.write(line)
+        await asyncio.sleep(0)
+    return response
+
+
 def transformers_serve_args(model_dir: Path, port: int) -> list[str]:
     cli = Path(sys.executable).with_name("transformers")
     return [str(cli), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 
 def _special(content: str) -> dict[str, object]:
@@ -76,6 +77,25 @@ def write_tiny_model(folder: Path, *, seed: int = 0) -> Path:
     model.generation_config.eos_token_id = [32000, 32001, 2]
     model.save_pretrained(folder)
     return folder
+
+
+class FailingSteps:
+    """A forward hook that makes the model's next `times` forward passes raise, as a CUDA error
+    would in a generation step; `remove()` takes it off."""
+
+    def __init__(self, model: Any, *, times: int = 1) -> None:
+        self.left = times
+        self.raised = 0
+        self._handle = model.register_forward_hook(self)
+
+    def __call__(self, module: Any, args: Any, output: Any) -> None:
+        if self.left > 0:
+            self.left -= 1
+            self.raised += 1
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 if __name__ == "__main__":

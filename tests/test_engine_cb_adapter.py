@@ -17,6 +17,7 @@ from synatra_bot.engine import cb_adapter
 from synatra_bot.engine.transformers_engine import RESOLVED_CB_FIELDS
 from synatra_bot.settings import CB_SCHEDULERS
 from tests.engine_helpers import wait_until
+from tests.model_fixtures import FailingSteps
 
 
 def _moved(what: str, used_by: str) -> str:
@@ -173,6 +174,32 @@ async def test_requests_are_tracked_and_a_cancelled_handler_can_be_forgotten(
     )
     cb_adapter.forget_result_handler(manager, "probe")
     assert "probe" not in router.result_handlers
+
+
+async def test_a_failed_step_ends_the_loop_and_its_error_can_be_read(
+    model: Any, manager: Any
+) -> None:
+    assert cb_adapter.fatal_error(manager) is None, _moved(
+        "BackgroundThreadStatus.fatal_error", "fatal_error"
+    )
+    outputs: list[Any] = []
+    manager.register_result_handler("doomed", outputs.append)
+    steps = FailingSteps(model, times=1)
+    try:
+        manager.add_request([1, 100, 200], request_id="doomed", max_new_tokens=8, streaming=True)
+        await asyncio.to_thread(cb_adapter.wait_for_generation_loop, manager)
+    finally:
+        steps.remove()
+    assert not manager.is_running(), _moved(
+        "ContinuousBatchingManager._generation_thread", "wait_for_generation_loop"
+    )
+    error = cb_adapter.fatal_error(manager)
+    assert isinstance(error, RuntimeError) and "simulated" in str(error), (
+        "a failed step no longer ends the generation loop with a fatal error: the engine's "
+        "recovery (TransformersEngine._supervise) may need another signal"
+    )
+    await wait_until(lambda: bool(outputs))
+    assert outputs[-1].error, "CB no longer fails the requests it held when its loop dies"
 
 
 def test_generate_can_be_told_to_compile_on_the_cpu() -> None:

@@ -23,6 +23,7 @@ from tests.engine_helpers import (
     free_port,
     loopback_app,
     running_process,
+    sse_lines,
     sse_reply,
     transformers_serve_args,
     wait_until,
@@ -335,3 +336,132 @@ async def test_id_prompts_keep_their_bos_and_a_repetition_penalty_has_llama_cpp_
     assert by_ids_body["repetition_penalty"] == by_ids_body["repeat_penalty"] == 1.1
     # Over the whole context, as transformers and vLLM apply it.
     assert by_ids_body["repeat_last_n"] == len(ids) + 20
+
+
+# --- a server that streams another shape than the API's ---------------------------------------
+
+
+def _event(payload: object) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
+FIRST = _event({"choices": [{"index": 0, "text": "안녕"}]})
+MALFORMED = {
+    "invalid UTF-8": b'data: {"choices": [{"text": "\xed\xa0\x80\xff"}]}\n\n',
+    "not JSON": b"data: {choices: [\n\n",
+    "an array": _event([{"text": "안녕"}]),
+    "a string": _event("하세요"),
+    "choices not a list": _event({"choices": {"text": "하세요"}}),
+    "a choice not an object": _event({"choices": ["하세요"]}),
+    "neither text nor delta": _event({"choices": [{"index": 0}]}),
+    "text a number": _event({"choices": [{"index": 0, "text": 7}]}),
+    "delta a string": _event({"choices": [{"index": 0, "delta": "하세요"}]}),
+    "content a list": _event({"choices": [{"index": 0, "delta": {"content": ["하세요"]}}]}),
+    "finish_reason a number": _event({"choices": [{"index": 0, "text": "", "finish_reason": 1}]}),
+}
+GOOD = [
+    _event({"choices": [{"index": 0, "text": "좋은 밤이에요"}]}),
+    _event({"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}),
+    b"data: [DONE]\n\n",
+]
+
+
+class ScriptedServer:
+    """Answers each request with the next stream of lines it was given (the last one after)."""
+
+    def __init__(self, *streams: list[bytes]) -> None:
+        self.streams = list(streams)
+
+    async def completions(self, request):
+        await request.json()
+        lines = self.streams.pop(0) if len(self.streams) > 1 else self.streams[0]
+        return await sse_lines(request, lines)
+
+
+@pytest.mark.parametrize("shape", list(MALFORMED))
+async def test_a_malformed_stream_is_an_engine_error_with_a_note_and_a_warning(
+    shape, caplog
+) -> None:
+    server = ScriptedServer([FIRST, MALFORMED[shape], *GOOD], GOOD)
+    async with loopback_app("/v1/completions", server.completions) as url:
+        engine = make_engine(url, max_retries=0)
+        await engine.start()
+        try:
+            with (
+                caplog.at_level(logging.WARNING, logger="synatra_bot"),
+                pytest.raises(GenerationInterrupted) as caught,
+            ):
+                await collect(engine, request_id="이상한")
+            health = engine.health()
+            assert "".join(await collect(engine, request_id="멀쩡한")) == "좋은 밤이에요"
+            recovered = engine.health()
+        finally:
+            await engine.close()
+    assert caught.value.key == "engine.malformed"
+    assert caught.value.partial_text == "안녕"
+    (warning,) = [r for r in caplog.records if "malformed stream" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and warning.exc_info is None
+    assert not health.ok and health.state == "degraded" and health.failures == 1
+    assert health.reason.startswith("last error: malformed stream")
+    assert "engine: degraded, 1 failed in a row" in health.to_text()
+    assert url not in health.to_text()
+    assert recovered.ok and recovered.state == "ok" and recovered.failures == 0
+
+
+async def test_a_stream_without_choices_is_malformed_not_an_empty_reply() -> None:
+    no_choices = [_event({"id": "cmpl-1", "object": "text_completion"}), b"data: [DONE]\n\n"]
+    server = ScriptedServer(no_choices)
+    async with loopback_app("/v1/completions", server.completions) as url:
+        engine = make_engine(url, max_retries=0)
+        await engine.start()
+        try:
+            for attempt in ("하나", "둘"):
+                with pytest.raises(GenerationInterrupted) as caught:
+                    await collect(engine, request_id=attempt)
+                assert caught.value.key == "engine.malformed"
+            health = engine.health()
+        finally:
+            await engine.close()
+    assert health.state == "degraded" and health.failures == 2
+    assert health.reason == "last error: malformed stream: the stream carried no choices"
+
+
+async def test_a_stream_whose_choices_carry_no_text_is_an_empty_reply_error() -> None:
+    silent = [
+        _event({"choices": [{"index": 0, "text": ""}]}),
+        _event({"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}),
+        b"data: [DONE]\n\n",
+    ]
+    server = ScriptedServer(silent)
+    async with loopback_app("/v1/completions", server.completions) as url:
+        engine = make_engine(url, max_retries=0)
+        await engine.start()
+        try:
+            with pytest.raises(EngineError) as caught:
+                await collect(engine, request_id="조용한")
+            health = engine.health()
+        finally:
+            await engine.close()
+    assert caught.value.key == "engine.empty"
+    assert not health.ok and health.failures == 1 and health.state == "degraded"
+
+
+async def test_chunks_the_api_allows_are_still_read() -> None:
+    lines = [
+        b": keep-alive comment\n\n",
+        b"data:\n\n",
+        _event({"choices": [], "usage": {"prompt_tokens": 3}}),
+        _event({"choices": [{"index": 0, "text": None}]}),
+        _event({"choices": [{"index": 0, "text": "좋은 밤"}]}),
+        _event({"choices": [{"index": 0, "finish_reason": "stop"}]}),
+        b"data: [DONE]\n\n",
+    ]
+    server = ScriptedServer(lines)
+    async with loopback_app("/v1/completions", server.completions) as url:
+        engine = make_engine(url, max_retries=0)
+        await engine.start()
+        try:
+            assert "".join(await collect(engine)) == "좋은 밤"
+            assert engine.health().state == "ok"
+        finally:
+            await engine.close()

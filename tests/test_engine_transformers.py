@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 
 import pytest
 
 from synatra_bot.engine.base import Engine, SamplingParams
-from synatra_bot.engine.transformers_engine import TransformersEngine
-from synatra_bot.errors import EngineError, GenerationInterrupted
+from synatra_bot.engine.transformers_engine import TransformersEngine, recovery_delay
+from synatra_bot.errors import EngineError, EngineUnavailable, GenerationInterrupted
 from synatra_bot.tokenizer import IM_END, IM_START
 from tests.engine_helpers import wait_until
+from tests.model_fixtures import FailingSteps
 
 PROMPT = f"{IM_START}system\n너는 친절한 안내자야.{IM_END}\n{IM_START}user\n안녕하세요!{IM_END}\n{IM_START}assistant\n"
 
@@ -216,3 +218,123 @@ async def test_a_forced_attention_is_loaded_and_named_in_the_log(tiny_model_dir,
         )
     finally:
         await engine.close()
+
+
+# --- a generation step that fails -------------------------------------------------------------
+
+
+def _rebuilt(engine: TransformersEngine, failures: int):
+    """The loop was rebuilt after its `failures`-th failure in a row."""
+    return lambda: (health := engine.health()).ok and health.failures == failures
+
+
+async def test_a_failed_step_fails_its_reply_with_a_note_and_the_next_reply_works(
+    tiny_model_dir,
+) -> None:
+    engine = TransformersEngine(str(tiny_model_dir), context_size=1024, recovery_backoff_s=0.01)
+    await engine.start()
+    steps = FailingSteps(engine.model, times=1)
+    try:
+        with pytest.raises(GenerationInterrupted) as caught:
+            await collect(engine, PROMPT, SamplingParams(max_new_tokens=8), "깨진 답")
+        assert caught.value.key == "engine.model_failed"
+        await wait_until(_rebuilt(engine, 1))
+        assert engine.health().state == "degraded"  # until a reply on the new loop goes through
+        assert await collect(engine, PROMPT, SamplingParams(max_new_tokens=8), "다음 답")
+        health = engine.health()
+        assert (health.state, health.failures, health.reason) == ("ok", 0, "")
+        assert steps.raised == 1
+    finally:
+        steps.remove()
+        await engine.close()
+
+
+async def test_repeated_failures_back_off_and_show_in_health(tiny_model_dir, caplog) -> None:
+    engine = TransformersEngine(str(tiny_model_dir), context_size=1024, recovery_backoff_s=0.01)
+    await engine.start()
+    steps = FailingSteps(engine.model, times=3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="synatra_bot.engine"):
+            for failure in (1, 2, 3):
+                with pytest.raises(GenerationInterrupted):
+                    await collect(
+                        engine, PROMPT, SamplingParams(max_new_tokens=8), f"실패{failure}"
+                    )
+                await wait_until(_rebuilt(engine, failure))
+        health = engine.health()
+        assert health.state == "degraded" and health.failures == 3
+        assert health.to_text().startswith("engine: degraded, 3 failed in a row")
+        assert await collect(engine, PROMPT, SamplingParams(max_new_tokens=4), "회복")
+        assert engine.health().failures == 0
+    finally:
+        steps.remove()
+        await engine.close()
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rebuilding")]
+    assert waits == [
+        "rebuilding the generation loop in 0.01 s (failure 1 in a row)",
+        "rebuilding the generation loop in 0.02 s (failure 2 in a row)",
+        "rebuilding the generation loop in 0.04 s (failure 3 in a row)",
+    ]
+    failed = [r for r in caplog.records if r.getMessage().startswith("the generation loop failed")]
+    assert len(failed) == 3 and all(r.exc_info is None for r in failed)
+
+
+async def test_the_dead_loops_cache_is_freed_before_the_new_one_is_built(
+    tiny_model_dir, monkeypatch
+) -> None:
+    engine = TransformersEngine(str(tiny_model_dir), context_size=1024, recovery_backoff_s=0.01)
+    await engine.start()
+    await wait_until(lambda: getattr(engine._manager, "batch_processor", None) is not None)
+    old_cache = weakref.ref(engine._manager.batch_processor.cache)
+    alive_at_rebuild: list[bool] = []
+    build = engine._init_continuous_batching
+
+    def rebuild():
+        alive_at_rebuild.append(old_cache() is not None)
+        return build()
+
+    monkeypatch.setattr(engine, "_init_continuous_batching", rebuild)
+    # pytest hands every logger's records to handlers that keep them, and CB's record of the
+    # failure holds its traceback (and through it the batch); no handler of the bot keeps
+    # records, so CB's logger is silenced here.
+    monkeypatch.setattr(logging.getLogger("ContinuousBatchingLogger"), "disabled", True)
+    steps = FailingSteps(engine.model, times=1)
+    try:
+        with pytest.raises(GenerationInterrupted):
+            await collect(engine, PROMPT, SamplingParams(max_new_tokens=8), "깨진 답")
+        await wait_until(_rebuilt(engine, 1))
+    finally:
+        steps.remove()
+        await engine.close()
+    assert alive_at_rebuild == [False]
+
+
+def test_the_wait_before_a_rebuild_doubles_up_to_its_cap() -> None:
+    assert [recovery_delay(n, 0.5, 60.0) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert recovery_delay(8, 0.5, 60.0) == 60.0
+    assert recovery_delay(10_000, 0.5, 60.0) == 60.0
+
+
+async def test_replies_are_refused_while_the_loop_waits_to_be_rebuilt_and_close_ends_it(
+    tiny_model_dir,
+) -> None:
+    # The first rebuild waits far longer than the test: close() must not wait for it.
+    engine = TransformersEngine(str(tiny_model_dir), context_size=1024, recovery_backoff_s=60)
+    await engine.start()
+    steps = FailingSteps(engine.model, times=1)
+    try:
+        with pytest.raises(GenerationInterrupted):
+            await collect(engine, PROMPT, SamplingParams(max_new_tokens=8), "깨진 답")
+        await wait_until(lambda: engine.health().failures == 1)
+        health = engine.health()
+        assert health.state == "recovering" and not health.ok
+        assert health.reason == "the generation loop failed once; rebuilding it after 60 s"
+        with pytest.raises(EngineUnavailable) as refused:
+            await collect(engine, PROMPT, SamplingParams(max_new_tokens=8), "기다리는 답")
+        assert refused.value.key == "engine.recovering"
+        supervisor = engine._supervisor
+    finally:
+        steps.remove()
+        await engine.close()
+    assert supervisor is not None and not supervisor.is_alive()
+    assert engine.health().state == "down"

@@ -321,6 +321,22 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "the generation server failed mid-reply",
         "생성 서버가 답장 도중 오류를 냈어요",
     ),
+    "engine.malformed": (
+        "the generation server sent an answer the bot cannot read",
+        "생성 서버가 알아볼 수 없는 답을 보냈어요",
+    ),
+    "engine.empty": (
+        "the model wrote nothing",
+        "모델이 아무 말도 쓰지 않았어요",
+    ),
+    "engine.model_failed": (
+        "the model ran into an error",
+        "모델에 오류가 생겼어요",
+    ),
+    "engine.recovering": (
+        "the model is restarting after an error",
+        "모델이 오류 뒤에 다시 시작하는 중이에요",
+    ),
     "rp.started": (
         "**{name}** joins the channel. Just talk: every message here is part of the story.",
         "{name|가} 채널에 들어왔어요. 그냥 말을 걸면 이야기가 시작돼요.",

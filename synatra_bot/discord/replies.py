@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import discord
 from discord import app_commands
+from sqlalchemy.exc import SQLAlchemyError
 
 from synatra_bot.discord.i18n import t
 from synatra_bot.discord.interactions import ComponentError, actor_of, place_of
@@ -25,15 +26,17 @@ from synatra_bot.discord.streaming import (
 from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.discord.webhooks import WebhookPool
 from synatra_bot.engine.base import CONTINUATION
-from synatra_bot.errors import EngineError, StorageUnavailable, UserFacingError
+from synatra_bot.errors import EngineError, StorageError, StorageUnavailable, UserFacingError
 from synatra_bot.roleplay.core import ActiveRoleplay, Started
 from synatra_bot.roleplay.scheduler import QueueTicket
 from synatra_bot.roleplay.turns import Ending, Reply, ReplyOutcome, Shown, Turns
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import open_replies
 from synatra_bot.storage.records import CharacterRecord, MessageRecord, OpenReplyRecord
+from synatra_bot.storage.retry import retrying
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: A turn that waits longer than this shows its queue position, refreshed at most this often.
 QUEUE_NOTICE_AFTER_S = 1.0
@@ -330,6 +333,8 @@ class ReplyController:
             place = reply.place
             self.host.webhooks.forget_channel(place.parent_channel_id or place.channel_id)
             await self.tell(notify, channel, t(locale, "error.webhook_gone"))
+        except UserFacingError as error:  # the database could not keep the reply's record
+            await self.tell(notify, channel, self.text(locale, error))
         except discord.HTTPException as error:
             if not transient(error):
                 log.exception("reply in channel %s failed", reply.place.channel_id)
@@ -364,20 +369,29 @@ class ReplyController:
             raise
         finally:
             del self._live[record.id]
-        await open_replies.close_open_reply(self._sessions, reply_id=record.id)
+        try:
+            await self._stored(open_replies.close_open_reply, reply_id=record.id)
+        except (StorageError, SQLAlchemyError) as error:
+            # Shown in full; a start that finds it open shows the same again.
+            log.warning("could not close open reply %s: %s", record.id, error)
         return outcome
 
     @property
     def _sessions(self) -> Any:
         return self.host.turns.core.sessions
 
+    async def _stored(self, work: Callable[..., Awaitable[T]], **arguments: Any) -> T:
+        """Run a repository function with the core's patience for a busy database."""
+        core = self.host.turns.core
+        return await retrying(lambda: work(core.sessions, **arguments), core.patience)
+
     async def _open(self, reply: Reply, channel: Any, writer: ReplyMessages) -> OpenReplyRecord:
         """Record the reply as open before its first message is posted, and keep its
         messages up to date in the record as they are posted."""
         poster = writer.poster
         thread = isinstance(channel, discord.Thread)
-        record = await open_replies.open_reply(
-            self._sessions,
+        record = await self._stored(
+            open_replies.open_reply,
             guild_id=reply.place.guild_id,
             channel_id=channel.id,
             parent_channel_id=channel.parent_id if thread else None,
@@ -389,8 +403,8 @@ class ReplyController:
 
         async def posted(ids: list[int]) -> None:
             webhook_id = poster.webhook_id if isinstance(poster, WebhookPoster) else None
-            await open_replies.update_open_reply(
-                self._sessions,
+            await self._stored(
+                open_replies.update_open_reply,
                 reply_id=record.id,
                 discord_message_ids=ids,
                 webhook_id=webhook_id,

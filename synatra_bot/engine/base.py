@@ -122,6 +122,29 @@ class EngineHealth:
     #: refused them, and CONTINUATION when it refused to write on from a prompt's open end;
     #: replies go on without them.
     refused: frozenset[str] = frozenset()
+    #: Replies that failed in a row on the engine's side (a failed generation step, a server
+    #: that broke off or answered in another shape); 0 again once one goes through.
+    failures: int = 0
+    #: The engine is rebuilding itself after a failure; it refuses replies until it is back.
+    recovering: bool = False
+    #: Why it is not ok, in words players may read (`detail` can hold the server's address).
+    reason: str = ""
+
+    @property
+    def state(self) -> str:
+        """One word for people: "recovering", "degraded" (serving, but its last replies
+        failed), "ok", or "down" (not serving)."""
+        if self.recovering:
+            return "recovering"
+        if self.failures:
+            return "degraded"
+        return "ok" if self.ok else "down"
+
+    def to_text(self) -> str:
+        """One line for the prompt inspector (its readers include players: no `detail`)."""
+        failed = f", {self.failures} failed in a row" if self.failures else ""
+        line = f"engine: {self.state}{failed}, {self.running} generating, {self.queued} waiting"
+        return f"{line} ({self.reason})" if self.reason else line
 
 
 @runtime_checkable

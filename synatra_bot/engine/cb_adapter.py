@@ -7,6 +7,10 @@ and CB has no public API for lives here, each named after what it does:
 - `forget_result_handler`: `register_result_handler` removes a request's handler when its final
   output arrives, but a cancelled request never gets one, so its handler would stay in
   `manager.output_router.result_handlers` (guarded by `output_router._lock`) for good.
+- `wait_for_generation_loop` and `fatal_error`: CB's generation thread ends for good when a step
+  raises (it fails the requests it holds, records the error in
+  `manager.background_thread_status.fatal_error` and exits), and CB has no public way to wait
+  for that: the engine joins `manager._generation_thread` to learn it, then rebuilds the loop.
 - `busy_request_ids`: which requests CB still holds, from the scheduler's `active_requests` and
   `waiting_requests` (`manager.batch_processor.scheduler`): what the engine waits on after a
   cancellation.
@@ -92,3 +96,16 @@ def forget_result_handler(manager: Any, request_id: str) -> None:
     router = manager.output_router
     with router._lock:
         router.result_handlers.pop(request_id, None)
+
+
+def wait_for_generation_loop(manager: Any) -> None:
+    """Block until the manager's generation thread has ended (at once if none is running)."""
+    thread = getattr(manager, "_generation_thread", None)
+    if thread is not None:
+        thread.join()
+
+
+def fatal_error(manager: Any) -> BaseException | None:
+    """The error that ended the manager's generation loop; None when it ended on request."""
+    error = manager.background_thread_status.fatal_error
+    return error if isinstance(error, BaseException) else None

@@ -28,6 +28,13 @@ exactly what the model sees) with `stream: true`, and reads the server-sent even
 - Connect errors, timeouts, 429 and 5xx before the first token are retried with exponential
   backoff (429 honours Retry-After). Other 4xx fail at once with the server's reason. A stream
   that ends without a finish reason raises GenerationInterrupted with the text so far.
+- A stream of another shape than the API's (a line that is not UTF-8, an event that is not a
+  JSON object, `choices` that is not a list, a choice with neither text nor delta, a field of
+  the wrong type) is the server's fault, not the bot's: GenerationInterrupted with the text so
+  far and the key `engine.malformed`, logged as one warning. A stream that ends without a
+  single choice is malformed too, and one whose choices carry no text at all raises
+  EngineError (`engine.empty`): neither becomes an empty reply. Until a reply goes through
+  again, `health()` says how many failed in a row and why the last one did.
 - The request's `model` is the name the server knows the model by (ENGINE_MODEL: a GGUF file's
   alias in llama.cpp, vLLM's `--served-model-name`), which may differ from the tokenizer's
   MODEL_ID. At start the engine reads the server's `/v1/models` and warns, naming what it
@@ -245,6 +252,10 @@ class _Resend(Exception):
     """The server rejected optional fields by name; they are dropped, send again at once."""
 
 
+class _Malformed(Exception):
+    """The stream is not what the API promises; the message says how, naming no content."""
+
+
 #: The prompt as the request carries it: text or ids (completions), messages (chat).
 _Payload = str | list[int] | ChatPrompt
 
@@ -254,6 +265,21 @@ class _Active:
     response: aiohttp.ClientResponse | None = None
     started: bool = False
     cancelled: bool = False
+
+
+def _json_type(value: object) -> str:
+    """What JSON calls `value`'s type, for a log line that names no content."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else type(value).__name__
 
 
 def completions_url(base_url: str, api: Api = "completions") -> str:
@@ -310,6 +336,8 @@ class OpenAICompatEngine:
         self._active: dict[str, _Active] = {}
         self._meter = ThroughputMeter()
         self._last_error = ""
+        #: Replies that failed in a row on the server's side (0 once one goes through).
+        self._failures = 0
 
     async def start(self) -> None:
         import aiohttp
@@ -444,6 +472,8 @@ class OpenAICompatEngine:
         self._active[request_id] = active
         stops = StopStringFilter((*STOP_STRINGS, *params.stop_strings))
         shown = ""
+        #: Whether any event carried a choice, and any choice some text (before stop strings).
+        chosen = received = False
         try:
             response = await self._connect(payload, params, active, context)
             finished = False
@@ -452,12 +482,16 @@ class OpenAICompatEngine:
                     event = self._parse_line(line)
                     if event is None:
                         continue
-                    if event == "[DONE]":
+                    if isinstance(event, str):  # [DONE]
                         finished = True
                         break
-                    text, finish_reason = self._event_text(event, shown)
+                    choice = self._event_text(event, shown)
+                    if choice is None:
+                        continue
+                    chosen = True
+                    text, finish_reason = choice
                     if text:
-                        active.started = True
+                        received = active.started = True
                         self._meter.add(1)
                         out = stops.feed(text)
                         if out:
@@ -468,7 +502,7 @@ class OpenAICompatEngine:
                         break
             except (TimeoutError, OSError, aiohttp.ClientError) as error:
                 if not active.cancelled:
-                    self._last_error = type(error).__name__
+                    self._failed(type(error).__name__)
                     log.warning(
                         "the connection to the engine at %s broke mid-reply (%s)",
                         self._safe_url(),
@@ -479,9 +513,12 @@ class OpenAICompatEngine:
                         partial_text=shown,
                         key="engine.lost",
                     ) from None
+            except _Malformed as problem:
+                raise self._malformed(str(problem), shown) from None
             if active.cancelled:
                 raise GenerationInterrupted("request cancelled", partial_text=shown)
             if not finished:
+                self._failed("the stream ended before the reply did")
                 log.warning(
                     "the engine at %s closed the stream before the reply ended", self._safe_url()
                 )
@@ -490,10 +527,17 @@ class OpenAICompatEngine:
                     partial_text=shown,
                     key="engine.ended_early",
                 )
+            if not chosen:
+                raise self._malformed("the stream carried no choices", shown)
+            if not received:
+                self._failed("the reply had no text")
+                log.warning("the engine at %s sent a reply with no text", self._safe_url())
+                raise EngineError("the generation server sent no text", key="engine.empty")
             tail = stops.flush()
             if tail:
                 yield tail
             self._last_error = ""
+            self._failures = 0
         finally:
             self._active.pop(request_id, None)
             if active.response is not None:
@@ -539,6 +583,7 @@ class OpenAICompatEngine:
             self._last_error = reason
             if attempt >= self._max_retries:
                 attempts = attempt + 1
+                self._failures += 1
                 log.warning(
                     "engine request failed (%s); gave up after %d attempts at %s",
                     reason,
@@ -561,6 +606,20 @@ class OpenAICompatEngine:
 
     def _safe_url(self) -> str:
         return self._secret_free(without_credentials(self._url))
+
+    def _failed(self, reason: str) -> None:
+        """A reply failed on the server's side: `health()` shows it until one goes through."""
+        self._last_error = reason
+        self._failures += 1
+
+    def _malformed(self, problem: str, shown: str) -> GenerationInterrupted:
+        self._failed(f"malformed stream: {problem}")
+        log.warning("the engine at %s sent a malformed stream: %s", self._safe_url(), problem)
+        return GenerationInterrupted(
+            f"the generation server sent a malformed stream ({problem})",
+            partial_text=shown,
+            key="engine.malformed",
+        )
 
     async def _raise_for_status(
         self, response: aiohttp.ClientResponse, *, sent: Collection[str]
@@ -629,22 +688,32 @@ class OpenAICompatEngine:
 
     @staticmethod
     def _parse_line(line: bytes) -> dict[str, Any] | str | None:
-        text = line.decode("utf-8").strip()
+        """A `data:` event's JSON object, or "[DONE]"; None for any other line (comments,
+        keep-alives, blank lines). Raises _Malformed for a line that is not UTF-8 (no
+        character contains a newline byte, so a whole line always decodes) or an event
+        that is not a JSON object."""
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise _Malformed("a line is not UTF-8") from None
         if not text.startswith("data:"):
             return None
         data = text[5:].strip()
-        if data == "[DONE]":
-            return data
+        if data == "[DONE]" or not data:
+            return data or None
         try:
             parsed = json.loads(data)
         except json.JSONDecodeError:
-            return None
-        return parsed if isinstance(parsed, dict) else None
+            raise _Malformed("an event is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise _Malformed(f"an event is a JSON {_json_type(parsed)}, not an object")
+        return parsed
 
-    def _event_text(self, event: dict[str, Any] | str, shown: str) -> tuple[str, str | None]:
-        if isinstance(event, str):
-            return "", None
+    def _event_text(self, event: dict[str, Any], shown: str) -> tuple[str, str | None] | None:
+        """The text and finish reason of an event's first choice; None for an event without
+        one (a usage chunk). Raises _Malformed when the choice has another shape."""
         if "error" in event:
+            self._failed("the server reported an error mid-reply")
             message = event["error"]
             if isinstance(message, dict):
                 message = message.get("message", "")
@@ -656,12 +725,32 @@ class OpenAICompatEngine:
             raise GenerationInterrupted(
                 "the generation server failed mid-reply", partial_text=shown, key="engine.failed"
             )
-        choices = event.get("choices") or [{}]
-        choice = choices[0] if isinstance(choices[0], dict) else {}
-        # The chat API streams `delta.content` (its first chunk carries only the role).
-        delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-        return str(text or ""), choice.get("finish_reason")
+        choices = event.get("choices")
+        if choices is None or choices == []:
+            return None
+        if not isinstance(choices, list):
+            raise _Malformed(f"choices is a {_json_type(choices)}, not a list")
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            raise _Malformed(f"a choice is a {_json_type(choice)}, not an object")
+        finish_reason = choice.get("finish_reason")
+        if finish_reason is not None and not isinstance(finish_reason, str):
+            raise _Malformed(f"finish_reason is a {_json_type(finish_reason)}, not a string")
+        if "delta" in choice:
+            # The chat API streams `delta.content` (its first chunk carries only the role).
+            delta = choice["delta"]
+            if not isinstance(delta, dict):
+                raise _Malformed(f"delta is a {_json_type(delta)}, not an object")
+            text = delta.get("content")
+        elif "text" in choice:
+            text = choice["text"]
+        elif finish_reason is None:
+            raise _Malformed("a choice carries neither text nor delta")
+        else:
+            text = None  # a last chunk that only says why the reply ended
+        if text is not None and not isinstance(text, str):
+            raise _Malformed(f"the text is a {_json_type(text)}, not a string")
+        return text or "", finish_reason
 
     async def cancel(self, request_id: str) -> None:
         active = self._active.get(request_id)
@@ -694,6 +783,8 @@ class OpenAICompatEngine:
             running=running,
             tokens_per_second=self._meter.rate(),
             refused=self._refused_settings(),
+            failures=self._failures,
+            reason=f"last error: {self._last_error}" if self._last_error else "",
         )
 
     def _refused_settings(self) -> frozenset[str]:

@@ -43,6 +43,17 @@ Choices, with their reasons:
   flash stays off so the choice, and the INFO line naming it and why, are the engine's. With
   sdpa CB packs the batch into one masked sequence and never turns on CUDA graphs, async
   batching or the decode fast path; flash attention turns them on.
+- Recovery: a step that raises (a CUDA error, an out-of-memory) ends CB's generation thread for
+  good. A supervisor thread waits on it; when it ends without the engine closing, the replies
+  it held fail with a localised note (`engine.model_failed`, never the exception's text), and
+  the loop is rebuilt from scratch (a new manager and cache) after a delay that doubles with
+  each failure in a row, from `recovery_backoff_s` up to `max_recovery_backoff_s`. Meanwhile
+  new replies are refused at once (`engine.recovering`) rather than left waiting for a loop
+  that may fail again; `health()` says it is recovering and how many failures in a row, until
+  a reply on the rebuilt loop produces tokens. The single-stream lane runs beside CB and is
+  not affected; a failure there fails only its own reply. An error that leaves the GPU unusable
+  for the whole process (a sticky CUDA error) makes every rebuild fail too: the count keeps
+  growing, the wait stays at its cap, and only restarting the process helps.
 - The remaining CB knobs (cache size, batch tokens, page size, CUDA graphs, async batching,
   compile level, scheduler, prefix sharing) pass through as given; None leaves the choice to
   transformers. `batching_config()` reports what CB resolved. Anything CB offers no public API
@@ -52,6 +63,7 @@ Choices, with their reasons:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -78,13 +90,28 @@ CPU_DEFAULT_CACHE_TOKENS = 8192
 DEFAULT_PAGE_SIZE = 256
 CPU_DEFAULT_MAX_BATCH_TOKENS = 512
 MIN_TEMPERATURE = 1e-4
+DEFAULT_RECOVERY_BACKOFF_S = 0.5
+MAX_RECOVERY_BACKOFF_S = 60.0
+
+
+def recovery_delay(failures: int, base_s: float, cap_s: float) -> float:
+    """How long to wait before rebuilding the generation loop after `failures` in a row."""
+    return min(base_s * 2.0 ** min(max(failures - 1, 0), 32), cap_s)
 
 
 @dataclass
 class _Request:
     queue: asyncio.Queue[Any]
+    loop: asyncio.AbstractEventLoop
     started: bool = False
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    #: The CB manager the request went to (None: the single-stream lane).
+    manager: Any = None
+
+    def deliver(self, item: Any) -> None:
+        """Put `item` on the request's queue from any thread."""
+        with contextlib.suppress(RuntimeError):  # its event loop is closed: nobody listens
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
 class _Closed:
@@ -95,8 +122,10 @@ class _Closed:
 
 
 class _Failed:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+    """Queue marker: generation failed; `reason` is for the log."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 _END = object()
@@ -304,6 +333,8 @@ class TransformersEngine:
         allow_block_sharing: bool = True,
         single_stream: str = "off",
         seed: int | None = None,
+        recovery_backoff_s: float = DEFAULT_RECOVERY_BACKOFF_S,
+        max_recovery_backoff_s: float = MAX_RECOVERY_BACKOFF_S,
         tokenizer: PreTrainedTokenizerBase | None = None,
         model: PreTrainedModel | None = None,
     ) -> None:
@@ -342,6 +373,19 @@ class TransformersEngine:
         self._meter = ThroughputMeter()
         self._context_limit: int | None = None
         self._closing = False
+        self._recovery_backoff_s = recovery_backoff_s
+        self._max_recovery_backoff_s = max_recovery_backoff_s
+        #: Watches the generation loop and rebuilds it when it fails (see the module docstring).
+        self._supervisor: threading.Thread | None = None
+        #: Set by close(): the supervisor stops waiting to rebuild.
+        self._stopping = threading.Event()
+        #: Held while the generation loop is swapped (rebuilt, or taken away by close()).
+        self._swap = threading.Lock()
+        #: Generation loop failures in a row; 0 once a reply on the rebuilt loop gets tokens.
+        self._failures = 0
+        self._recovering = False
+        #: The wait before the next rebuild, while recovering.
+        self._next_rebuild_s = 0.0
         self.device = ""
         self.dtype_name = ""
 
@@ -417,12 +461,123 @@ class TransformersEngine:
         if self._manager is not None:
             return
         self._closing = False
+        self._stopping.clear()
+        self._failures = 0
+        self._recovering = False
         await asyncio.to_thread(self._load)
         manager = await asyncio.to_thread(self._init_continuous_batching)
         manager.start()
         self._manager = manager
         self._single_lane = ThreadPoolExecutor(1, thread_name_prefix="synatra-single-stream")
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="synatra-cb-supervisor", daemon=True
+        )
+        self._supervisor.start()
         log.info("engine ready: %s", self.health().detail)
+
+    # ------------------------------------------------------------------ recovery
+
+    def _supervise(self) -> None:
+        """Runs on its own thread for the engine's life: whenever the generation loop ends
+        without the engine closing, fail what it held and rebuild it."""
+        try:
+            while self._watch():
+                if not self._rebuild():
+                    return
+        except Exception:
+            log.exception("the generation loop's supervisor stopped; restart the bot")
+
+    def _watch(self) -> bool:
+        """Wait for the generation loop to end. When it failed, end the replies it held and
+        retire it (True); when the engine is closing, leave it to close() (False)."""
+        manager = self._manager
+        if manager is None:
+            return False
+        cb_adapter.wait_for_generation_loop(manager)
+        with self._swap:
+            if self._closing:
+                return False
+            self._recovering = True
+            self._manager = None
+        self._failed()
+        error = cb_adapter.fatal_error(manager)
+        log.error(
+            "the generation loop failed (%s; failure %d in a row): its replies end with a note",
+            f"{type(error).__name__}: {error}" if error is not None else "it stopped",
+            self._failures,
+        )
+        # CB fails the requests it held, but not one that reached its queue as it died, nor
+        # one it refused once it had (add_request drops those quietly): end each here.
+        for request in list(self._requests.values()):
+            if request.manager is manager:
+                request.deliver(_Failed("the generation loop failed"))
+        self._retire(manager)
+        if error is not None:
+            # Its traceback holds the dead loop's frames, and with them its cache: free that
+            # before a new cache is sized from the memory left.
+            error.__traceback__ = None
+        del manager, error
+        self._free_memory()
+        return True
+
+    def _rebuild(self) -> bool:
+        """Start a new generation loop, backing off while that fails too; False when the
+        engine closes first."""
+        while True:
+            log.warning(
+                "rebuilding the generation loop in %g s (failure %d in a row)",
+                self._next_rebuild_s,
+                self._failures,
+            )
+            if self._stopping.wait(self._next_rebuild_s):
+                return False
+            with self._swap:
+                if self._closing:
+                    return False
+                try:
+                    manager = self._init_continuous_batching()
+                    manager.start()
+                except Exception:
+                    log.exception("rebuilding the generation loop failed")
+                    self._failed()
+                    self._free_memory()
+                    continue
+                self._manager = manager
+                self._recovering = False
+            log.info("the generation loop is running again")
+            return True
+
+    def _failed(self) -> None:
+        """Count a failure in a row, once the wait before the next rebuild is set (health
+        reports both)."""
+        failures = self._failures + 1
+        self._next_rebuild_s = recovery_delay(
+            failures, self._recovery_backoff_s, self._max_recovery_backoff_s
+        )
+        self._failures = failures
+
+    @staticmethod
+    def _retire(manager: Any) -> None:
+        """Stop a manager and free its cache."""
+        manager.stop(block=True, timeout=30, hard_stop=True)
+        manager.destroy()
+
+    def _free_memory(self) -> None:
+        """Collect what a dead loop left (reference cycles through its frames) and give the
+        device's cached memory back."""
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def _take_manager(self) -> Any:
+        """Take the manager away from the supervisor (for close)."""
+        with self._swap:
+            manager, self._manager = self._manager, None
+            return manager
 
     def _load(self) -> None:
         import torch
@@ -574,13 +729,17 @@ class TransformersEngine:
 
     async def close(self) -> None:
         self._closing = True
+        self._stopping.set()
         for request in list(self._requests.values()):
             request.cancel_event.set()
             request.queue.put_nowait(_Closed("the engine is shutting down"))
-        manager, self._manager = self._manager, None
+        manager = await asyncio.to_thread(self._take_manager)
         if manager is not None:
-            await asyncio.to_thread(manager.stop, block=True, timeout=30, hard_stop=True)
-            await asyncio.to_thread(manager.destroy)
+            await asyncio.to_thread(self._retire, manager)
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            await asyncio.to_thread(supervisor.join)
+        self._recovering, self._failures = False, 0
         lane, self._single_lane = self._single_lane, None
         if lane is not None:
             await asyncio.to_thread(lane.shutdown, wait=True, cancel_futures=True)
@@ -616,16 +775,21 @@ class TransformersEngine:
     async def _stream(
         self, prompt: Sequence[int] | str, params: SamplingParams, *, request_id: str, single: bool
     ) -> AsyncIterator[str]:
-        if self._manager is None or self._closing:
+        manager = self._manager
+        if self._closing:
             raise EngineUnavailable("the engine is not running")
-        if not self._manager.is_running():
-            raise EngineUnavailable("the generation thread has stopped; see the log for the error")
+        if self._recovering or (manager is not None and not self._loop_alive(manager)):
+            raise EngineUnavailable(
+                "the generation loop is being rebuilt after a failure", key="engine.recovering"
+            )
+        if manager is None:
+            raise EngineUnavailable("the engine is not running")
         if request_id in self._requests:
             raise EngineError(f"request id {request_id!r} is already running")
         ids = self._prompt_ids(prompt)
         max_new = self._budget(len(ids), params.max_new_tokens)
         single = single or self._lone_reply()
-        request = _Request(queue=asyncio.Queue())
+        request = _Request(queue=asyncio.Queue(), loop=asyncio.get_running_loop())
         self._requests[request_id] = request
         detokenizer = IncrementalDetokenizer(self.tokenizer, skip_ids=params.stop_ids)
         stops = StopStringFilter(params.stop_strings)
@@ -642,16 +806,22 @@ class TransformersEngine:
                     raise GenerationInterrupted(item.reason, partial_text=shown)
                 if isinstance(item, _Failed):
                     raise GenerationInterrupted(
-                        f"generation failed: {item.error}", partial_text=shown
-                    ) from item.error
+                        f"generation failed: {item.reason}",
+                        partial_text=shown,
+                        key="engine.model_failed",
+                    )
                 finished = item is _END
                 if not finished:
                     new_ids, finished, error = item
                     if error:
                         raise GenerationInterrupted(
-                            f"generation failed: {error}", partial_text=shown
+                            f"generation failed: {error}",
+                            partial_text=shown,
+                            key="engine.model_failed",
                         )
                     request.started = True
+                    if new_ids and request.manager is not None:
+                        self._loop_works(request.manager)
                     self._meter.add(len(new_ids))
                     text = stops.feed(detokenizer.add(new_ids))
                 else:
@@ -668,7 +838,20 @@ class TransformersEngine:
             request.cancel_event.set()
             self._requests.pop(request_id, None)
             if not single:
-                self._forget_batched(request_id, cancel=not completed or stops.stopped)
+                self._forget_batched(request, request_id, cancel=not completed or stops.stopped)
+
+    @staticmethod
+    def _loop_alive(manager: Any) -> bool:
+        """Whether `manager`'s generation loop runs and has not failed (it may take a moment
+        to exit after a failure)."""
+        return bool(manager.is_running()) and cb_adapter.fatal_error(manager) is None
+
+    def _loop_works(self, manager: Any) -> None:
+        """A step of `manager`'s loop produced tokens: if it is the current one, the failures
+        in a row are over."""
+        if self._failures and manager is self._manager and not self._recovering:
+            log.info("the rebuilt generation loop works (after %d failures)", self._failures)
+            self._failures = 0
 
     def _submit_batched(
         self,
@@ -686,9 +869,10 @@ class TransformersEngine:
             new_ids, seen = tokens[seen:], len(tokens)
             request.queue.put_nowait((new_ids, output.is_finished(), output.error))
 
-        self._manager.register_result_handler(request_id, on_output)
+        manager = request.manager = self._manager
+        manager.register_result_handler(request_id, on_output)
         top_k = params.top_k if params.top_k > 0 else self.model.config.vocab_size
-        self._manager.add_request(
+        manager.add_request(
             ids,
             request_id=request_id,
             max_new_tokens=max_new,
@@ -699,8 +883,8 @@ class TransformersEngine:
             top_k=int(top_k),
         )
 
-    def _forget_batched(self, request_id: str, *, cancel: bool) -> None:
-        manager = self._manager
+    def _forget_batched(self, request: _Request, request_id: str, *, cancel: bool) -> None:
+        manager = request.manager
         if manager is None:
             return
         if cancel:
@@ -711,15 +895,13 @@ class TransformersEngine:
     def _submit_single(
         self, request: _Request, ids: list[int], params: SamplingParams, max_new: int
     ) -> None:
-        loop = asyncio.get_running_loop()
         lane = self._single_lane
         if lane is None:
             raise EngineUnavailable("the engine is not running")
-        lane.submit(self._generate_single, loop, request, ids, params, max_new)
+        lane.submit(self._generate_single, request, ids, params, max_new)
 
     def _generate_single(
         self,
-        loop: asyncio.AbstractEventLoop,
         request: _Request,
         ids: list[int],
         params: SamplingParams,
@@ -735,9 +917,7 @@ class TransformersEngine:
 
         if request.cancel_event.is_set():
             return
-
-        def deliver(item: Any) -> None:
-            loop.call_soon_threadsafe(request.queue.put_nowait, item)
+        deliver = request.deliver
 
         class Streamer(BaseStreamer):
             prompt_seen = False
@@ -790,9 +970,9 @@ class TransformersEngine:
                     streamer=Streamer(),
                     stopping_criteria=StoppingCriteriaList([Cancelled()]),
                 )
-        except Exception as error:
+        except Exception:
             log.exception("single-stream generation failed")
-            deliver(_Failed(error))
+            deliver(_Failed("single-stream generation failed"))
 
     def _static_cache_options(self) -> dict[str, Any]:
         """generate()'s options for the lane: with the static-cache lane on, one cache shape
@@ -818,8 +998,8 @@ class TransformersEngine:
             return
         request.cancel_event.set()
         request.queue.put_nowait(_Closed("request cancelled"))
-        if self._manager is not None:
-            self._manager.cancel_request(request_id)
+        if request.manager is not None:
+            request.manager.cancel_request(request_id)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -828,10 +1008,19 @@ class TransformersEngine:
         running = sum(1 for r in self._requests.values() if r.started)
         queued = len(self._requests) - running
         manager = self._manager
-        if manager is None:
+        # Between the loop's failure and the supervisor taking it up it is recovering too.
+        recovering = self._recovering or (
+            manager is not None and not self._closing and not self._loop_alive(manager)
+        )
+        reason = ""
+        if recovering:
+            reason = "the generation loop failed"
+            if self._recovering:
+                times = "once" if self._failures == 1 else f"{self._failures} times in a row"
+                reason += f" {times}; rebuilding it after {self._next_rebuild_s:g} s"
+            ok, detail = False, f"{self.model_id}: recovering, {reason}"
+        elif manager is None:
             ok, detail = False, "not started"
-        elif not manager.is_running():
-            ok, detail = False, "generation thread stopped"
         else:
             sharing = "on" if self.prefix_sharing else "off"
             ok = True
@@ -845,4 +1034,7 @@ class TransformersEngine:
             queued=queued,
             running=running,
             tokens_per_second=self._meter.rate(),
+            failures=self._failures,
+            recovering=recovering,
+            reason=reason,
         )

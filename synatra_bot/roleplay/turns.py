@@ -307,6 +307,11 @@ class Reply:
                 return ReplyOutcome(Ending.SUGGESTED, text=text.strip(), stopped=stopped)
             timed_out = slot.outcome is TurnOutcome.TIMED_OUT
             return ReplyOutcome(Ending.CUT, text=text, timed_out=timed_out)
+        if slot.outcome is TurnOutcome.FINISHED and not text.strip():
+            # A model that wrote nothing (or only the speaker's name) has no line to store.
+            log.warning("the reply in channel %s came back empty", self.place.channel_id)
+            empty = EngineError("the engine's reply was empty", key="engine.empty")
+            return ReplyOutcome(Ending.FAILED, text=shown, error=empty)
         if slot.outcome is TurnOutcome.FINISHED or (stopped and text.strip()):
             stored = await self._turns.core.store_reply(
                 self.active,

@@ -361,7 +361,9 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         # A private card is its owner's alone: others learn how many of its lorebook entries
         # fired, not which (their names give the story away).
         hide = any(c.visibility == "private" and actor.user_id != c.owner_id for c in active.cast)
-        text = f"```\n{built.report.to_text(hide_card_entry_names=hide)[:1900]}\n```"
+        report = built.report.to_text(hide_card_entry_names=hide)[:1650]
+        engine = self.bot.engine.health().to_text()[:250]
+        text = f"```\n{report}\n{engine}\n```"
         if hide and any(is_card_book(note.book) for note in built.report.lorebook):
             text += "\n" + tr(interaction, "rp.context_names_hidden")
         await answer(interaction, text)
