@@ -10,12 +10,16 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import discord
+import pytest
 
 from synatra_bot.discord.catchup import LATE_AFTER
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.roleplay.lines import Lines
 from synatra_bot.storage import repository as repo
+from synatra_bot.storage.database import create_engine, create_sessionmaker
+from synatra_bot.storage.migrate import upgrade_database
 from tests.bot_harness import BotHarness, eventually, has_buttons
+from tests.db_helpers import postgres_server
 
 STORY = "옛날 옛적에 작은 마을에 이야기꾼이 살았어. " * 12
 
@@ -227,6 +231,87 @@ async def test_an_edit_made_while_the_line_is_being_stored_reaches_the_story(sta
 
 
 # --- a session replaced instead of resumed ---------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'scenes.db'}"
+        return
+    with postgres_server() as server:
+        if server is None:
+            pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+        yield server.create_database("gateway")
+
+
+async def test_the_scenes_to_read_back_are_the_running_ones_with_their_newest_message(
+    database_url,
+):
+    await upgrade_database(database_url)
+    engine = create_engine(database_url)
+    sessions = create_sessionmaker(engine)
+    # Discord snowflakes, as large as real ones.
+    here, elsewhere, player = 1579401778347114498, 1579401778347114499, 1579401778347114500
+    try:
+        character = await repo.create_character(
+            sessions, owner_id=player, guild_id=here, name="민지"
+        )
+
+        async def scene(guild_id, channel_id, *discord_ids):
+            started = await repo.start_session(
+                sessions,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                parent_channel_id=None,
+                character_id=character.id,
+                started_by=player,
+            )
+            for discord_id in discord_ids:
+                await repo.add_message(
+                    sessions,
+                    session_id=started.id,
+                    role="user",
+                    content="말",
+                    author_id=player,
+                    discord_message_ids=[discord_id],
+                )
+            return started
+
+        ended = await scene(here, here + 10, here + 100)
+        replaced = await scene(here, here + 10, here + 200)  # the channel's running scene now
+        quiet = await scene(here, here + 11)
+        busy = await scene(here, here + 12, here + 300, here + 150)
+        await repo.add_removed_message(
+            sessions,
+            session_id=busy.id,
+            role="user",
+            content="늦게 읽힌 말",
+            author_id=player,
+            discord_message_ids=[here + 400],
+        )
+        await scene(elsewhere, elsewhere + 20, here + 500)
+        dm = await scene(None, player + 1, here + 250)
+
+        found = await repo.active_scenes(sessions, guild_ids=[here], dms=True, limit=10)
+        assert [(s.id, newest) for s, newest in found] == [
+            (busy.id, here + 400),
+            (dm.id, here + 250),
+            (replaced.id, here + 200),
+            (quiet.id, None),
+        ]
+        found = await repo.active_scenes(sessions, guild_ids=[here], dms=False, limit=2)
+        assert [s.id for s, _ in found] == [busy.id, replaced.id]
+        assert ended.id not in [s.id for s, _ in found]
+        assert await repo.has_discord_message(
+            sessions, session_id=busy.id, discord_message_id=here + 400
+        )
+        assert not await repo.has_discord_message(
+            sessions, session_id=replaced.id, discord_message_id=here + 400
+        )
+        history = await repo.recent_history(sessions, session_id=busy.id, limit=10)
+        assert [m.content for m in history] == ["말", "말"]  # the removed line is not shown
+    finally:
+        await engine.dispose()
 
 
 async def test_lines_sent_while_the_session_was_replaced_are_answered_in_order(
