@@ -164,7 +164,7 @@ def _turns(database: Path) -> list[tuple[str, str]]:
         ).fetchall()
 
 
-async def test_sigkill_mid_reply_leaves_nothing_unfinished_after_the_restart(
+async def test_sigkill_mid_reply_leaves_nothing_unfinished_and_the_line_is_answered_on_restart(
     discord_fake, tokenizer_dir, tmp_path
 ):
     fake, s = discord_fake, discord_fake.scenario
@@ -204,20 +204,22 @@ async def test_sigkill_mid_reply_leaves_nothing_unfinished_after_the_restart(
         assert "봇이 다시 시작되어 끊겼어요" in partial.content
         assert partial.content.startswith(cut_at.removesuffix(CURSOR).rstrip())
         assert not has_buttons(partial)
-        # The model remembers what the channel shows as the story: the line, not the cut reply.
-        assert [role for role, _ in _turns(database)] == ["assistant", "user"]
+        # The line left waiting is answered afresh; the cut words never enter the story.
+        answer = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None and m.id > partial.id, after=asked
+        )
+        await fake.wait_until(lambda: has_buttons(answer), timeout=30)
+        assert answer.content == LONG_REPLY.strip()
+        assert [role for role, _ in _turns(database)] == ["assistant", "user", "assistant"]
         again = await fake.say(s.general, s.members[0], "계속해 줘")
         reply = await fake.wait_for_message(
             s.general, lambda m: m.webhook_id is not None, after=again
         )
         await fake.wait_until(lambda: has_buttons(reply), timeout=20)
         assert reply.content == SHORT_REPLY
-    assert [content for _, content in _turns(database)][-3:] == [
-        "길게 이야기해 줘",
-        "계속해 줘",
-        SHORT_REPLY,
-    ]
-    assert LONG_REPLY.strip() not in "".join(content for _, content in _turns(database))
+    turns = [content.strip() for _, content in _turns(database)]
+    assert turns[1:] == ["길게 이야기해 줘", LONG_REPLY.strip(), "계속해 줘", SHORT_REPLY]
+    assert cut_at.removesuffix(CURSOR).strip() not in turns  # the cut words are not a turn
 
 
 def _frame(message, text: str, open_id: int) -> None:

@@ -1,7 +1,7 @@
 """The restart drill: the real bot process is killed with SIGKILL at random moments during 20
 turns in 3 channels and started again each time. Afterwards nothing on screen is unfinished,
-every stored reply is what the channel shows, no player line is lost or doubled, and every
-scene goes on. Its figures are in docs/reliability.md."""
+every stored reply is what the channel shows, no player line is lost, doubled or left without
+its answer, and every scene goes on. Its figures are in docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ class DrillFigures:
     finished_at_start: int = 0
     lines_lost: int = 0
     lines_doubled: int = 0
+    #: Lines whose own answer a kill took, answered together with the player's next line.
+    lines_answered_with_the_next: int = 0
+    replies_doubled: int = 0
 
 
 def _rows(database: Path, query: str) -> list[tuple]:
@@ -174,6 +177,19 @@ async def test_sigkill_at_random_moments_loses_no_line_and_leaves_nothing_unfini
         count = stored_lines.count(said.content)
         figures.lines_lost += count == 0
         figures.lines_doubled += count > 1
+    # Every line is answered once: by its own reply (one cut off by a kill is given again after
+    # the restart), or, where the player spoke again first, with their next line.
+    rows = _rows(
+        database,
+        "SELECT session_id, role FROM messages WHERE chosen AND NOT deleted ORDER BY session_id, id",
+    )
+    for session in {session for session, _ in rows}:
+        roles = "".join("u" if role == "user" else "a" for s_id, role in rows if s_id == session)
+        assert roles.startswith("a") and roles.endswith("a"), roles  # greeting ... last answer
+        for answers in re.findall(r"u(a*)", roles):
+            figures.lines_answered_with_the_next += answers == ""
+            figures.replies_doubled += len(answers) > 1
     print(f"restart drill: {figures}")
     assert sum(figures.kills.values()) >= 5
     assert figures.lines_lost == 0 and figures.lines_doubled == 0
+    assert figures.replies_doubled == 0

@@ -17,6 +17,11 @@ and the channel is told once, in a notice that answers the newest of them. Where
 only messages that mention the bot, a late line that does not mention it enters the story as such
 lines always do: no answer was expected of it.
 
+A scene whose newest turn is a player's line stored less than `LATE_AFTER` ago but never
+answered (the process stopped between storing the line and showing its reply, or cut the reply
+off) has that line answered once what was read back is handled (a line read back and answered
+leaves none waiting).
+
 The work is bounded: at most `SCENES` channels per READY (those played most recently), and the
 newest `MESSAGES` messages of each.
 """
@@ -48,14 +53,17 @@ MESSAGES = 100
 #: Hands a message read back to the normal message path (`late`: too old to be answered);
 #: returns True when its line was left unanswered for being late.
 TakeBack = Callable[[discord.Message, bool], Awaitable[bool]]
+#: Answers a scene's newest line if it waits for its answer and was stored after the time given.
+AnswerWaiting = Callable[[Any, SessionRecord, datetime], Awaitable[None]]
 
 
 class CatchUp:
     """Reads back the running scenes of a shard after it got a new gateway session."""
 
-    def __init__(self, bot: SynatraBot, take: TakeBack) -> None:
+    def __init__(self, bot: SynatraBot, take: TakeBack, answer_waiting: AnswerWaiting) -> None:
         self.bot = bot
         self.take = take
+        self.answer_waiting = answer_waiting
         #: Now, on the clock Discord's timestamps use (tests move it).
         self.clock: Callable[[], datetime] = discord.utils.utcnow
 
@@ -75,6 +83,7 @@ class CatchUp:
             channel = await self._channel(scene.channel_id)
             if channel is not None:
                 await self._read_channel(channel, newest or _snowflake_at(scene.started_at))
+                await self.answer_waiting(channel, scene, self.clock() - LATE_AFTER)
         except discord.HTTPException as error:
             log.info("could not read back channel %s: %s", scene.channel_id, error)
         except Exception:

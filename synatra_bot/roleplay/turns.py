@@ -575,6 +575,38 @@ class Turns:
             line.storing(stored, replies)
         return Said(stored, replies)
 
+    async def answer_waiting(self, place: Place, actor: Actor, line: MessageRecord) -> Said:
+        """Answer a scene's newest line that never got its answer (the process stopped before
+        it could): the characters that would have answered it, as for a new line; refused
+        (UserFacingError) the same way. Nothing is stored again, and a line this process has
+        taken (it came live, or is answered already) is left to that."""
+        stored: asyncio.Future[MessageRecord] = asyncio.get_running_loop().create_future()
+        stored.set_result(line)
+        taken = (
+            self.lines.take(line.discord_message_id, line.created_at)
+            if line.discord_message_id is not None
+            else None
+        )
+        if taken is None:
+            return Said(stored, ())
+        try:
+            active = await self.core.require_active(place)
+            characters: list[CharacterRecord] = []
+            if active.config.enabled and active.config.reply_mode != "mention":
+                characters = await self.responders(active, actor, line.content)
+            if characters:
+                for character in characters[1:]:
+                    self.core.check_may_generate(active, place, character)
+                self.admit(active, place, actor, characters[0])
+            replies = [
+                Reply(self, active=active, place=place, actor=actor, character=c)
+                for c in characters
+            ]
+            taken.storing(stored, replies)  # its player deleting it stops them
+            return Said(stored, replies)
+        finally:
+            taken.settle_unstored()
+
     async def responders(
         self, active: ActiveRoleplay, actor: Actor, text: str
     ) -> list[CharacterRecord]:

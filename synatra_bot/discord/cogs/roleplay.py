@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 import discord
@@ -66,7 +67,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         self.branch_menu.allowed_contexts = app_commands.AppCommandContext(
             guild=True, dm_channel=True, private_channel=False
         )
-        self.catch_up = CatchUp(bot, self._take_back)
+        self.catch_up = CatchUp(bot, self._take_back, self._answer_waiting)
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(ReplyButton, SwipePosition, SuggestionButton)
@@ -393,6 +394,36 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             return False
         said = await self._on_message(message, late=late)
         return said is not None and said.too_late
+
+    async def _answer_waiting(self, channel: Any, scene: SessionRecord, since: datetime) -> None:
+        """Answer the scene's newest line if it is a player's, stored after `since`, that never
+        got its answer (`catchup`)."""
+        place = place_of(channel, scene.guild_id)
+        active = await self.bot.core.active(place)
+        if active is None or active.session.id != scene.id:
+            return
+        history = await self.bot.core.recent(active)
+        line = history[-1] if history else None
+        if line is None or line.role != "user" or line.discord_message_id is None:
+            return
+        created = line.created_at if line.created_at.tzinfo else line.created_at.replace(tzinfo=UTC)
+        if created < since:
+            return
+        try:
+            message = await channel.fetch_message(line.discord_message_id)
+        except discord.HTTPException:
+            return  # deleted meanwhile: nothing to answer
+        replies = self.bot.replies
+        try:
+            said = await self.bot.turns.answer_waiting(
+                place, speaker_of(message.author, scene.guild_id), line
+            )
+        except UserFacingError as error:
+            log.info("the waiting line in %s is not answered: %s", channel.id, error)
+            return
+        log.info("answering the line left waiting in channel %s", channel.id)
+        async for reply in said.replies():
+            await replies.play(reply, channel=channel, notify=message)
 
     async def _on_message(self, message: discord.Message, *, late: bool = False) -> Said | None:
         if not _channel_types_ok(message.channel) or message.type not in (
