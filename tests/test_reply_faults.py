@@ -122,7 +122,7 @@ async def test_a_final_edit_discord_never_takes_leaves_no_stored_line_and_is_fin
 
         # Once Discord answers, the unfinished reply is finished: nothing was said in it, so
         # its placeholder goes.
-        assert await harness.bot.replies.finish_unfinished() == 1
+        assert await harness.bot.unfinished.finish_unfinished() == 1
         assert stuck.deleted
         assert await open_replies.open_replies(harness.sessions) == []
 
@@ -253,9 +253,9 @@ async def test_a_stored_reply_left_as_a_frame_is_found_by_its_button_and_shown_a
         kind="reply",
     )
     _frame(reply, stored.content[:5], left.id)
-    replies = harness.bot.replies
-    assert await replies.adopt_left_over() == 1
-    assert await replies.finish_unfinished() == 1
+    unfinished = harness.bot.unfinished
+    assert await unfinished.adopt_left_over() == 1
+    assert await unfinished.finish_unfinished() == 1
     assert reply.content == stored.content.strip() and has_buttons(reply)
     assert _finished(reply)
     assert await open_replies.open_replies(harness.sessions) == []
@@ -287,8 +287,8 @@ async def test_a_cut_reply_in_a_dm_keeps_its_words_marked_as_cut_and_not_in_the_
             discord_message_ids=[reply.id],
         )
         _frame(reply, "**민지**\n옛날 옛적에", left.id)
-        assert await harness.bot.replies.adopt_left_over() == 1
-        assert await harness.bot.replies.finish_unfinished() == 1
+        assert await harness.bot.unfinished.adopt_left_over() == 1
+        assert await harness.bot.unfinished.finish_unfinished() == 1
         assert reply.content.startswith("**민지**\n옛날 옛적에\n-# ")
         assert "봇이 다시 시작되어 끊겼어요" in reply.content
         assert _finished(reply) and not reply.components

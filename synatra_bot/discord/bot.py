@@ -16,6 +16,7 @@ from discord.ext import commands
 from synatra_bot.discord.i18n import KoreanTranslator, t
 from synatra_bot.discord.interactions import answer
 from synatra_bot.discord.replies import ReplyController
+from synatra_bot.discord.unfinished import UnfinishedReplies
 from synatra_bot.discord.webhooks import WebhookPool
 from synatra_bot.engine.base import Engine
 from synatra_bot.errors import EngineError, UserFacingError
@@ -120,6 +121,7 @@ class SynatraBot(commands.AutoShardedBot):
         #: The language each DM user's Discord showed in their last command there.
         self._dm_locales: OrderedDict[int, str] = OrderedDict()
         self.replies = ReplyController(self)
+        self.unfinished = UnfinishedReplies(self.replies)
         self._skip_webhook_messages()
 
     def _skip_webhook_messages(self) -> None:
@@ -177,6 +179,7 @@ class SynatraBot(commands.AutoShardedBot):
         not first through the prefix-command parser (for every message in every channel)."""
 
     async def close(self) -> None:
+        await self.unfinished.close()
         await self.replies.close()
         await super().close()
 
@@ -186,7 +189,7 @@ class SynatraBot(commands.AutoShardedBot):
         await self.tree.set_translator(KoreanTranslator(KOREAN))
         for cog in COGS:
             await self.load_extension(cog)
-        left = await self.replies.adopt_left_over()
+        left = await self.unfinished.adopt_left_over()
         if left:
             log.info("%d replies were left unfinished on screen; finishing them once ready", left)
         if self.settings.dev_guild_id:
@@ -197,7 +200,7 @@ class SynatraBot(commands.AutoShardedBot):
             await self.tree.sync()
 
     async def on_ready(self) -> None:
-        self.replies.start_sweeping()
+        self.unfinished.start_sweeping()
         log.info(
             "logged in as %s (%s) in %d servers",
             self.user,

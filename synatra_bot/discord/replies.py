@@ -15,7 +15,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from synatra_bot.discord.i18n import t
 from synatra_bot.discord.interactions import ComponentError, actor_of, place_of
 from synatra_bot.discord.streaming import (
-    CURSOR,
     FINAL_DEADLINE_S,
     ChannelPoster,
     ReplyMessages,
@@ -41,12 +40,6 @@ T = TypeVar("T")
 #: A turn that waits longer than this shows its queue position, refreshed at most this often.
 QUEUE_NOTICE_AFTER_S = 1.0
 QUEUE_REFRESH_S = 10.0
-#: How often replies left unfinished on screen (Discord refused their final state) are tried
-#: again.
-SWEEP_EVERY_S = 60.0
-#: How far back a reply's first message is looked for when a crash came before its id was
-#: written down.
-HISTORY_SEARCH_LIMIT = 50
 BUTTON_TEMPLATE = r"rp:(?P<action>regen|prev|next|stop|cont):(?P<target>[0-9]+)"
 
 
@@ -169,18 +162,15 @@ class ReplyController:
         host: ReplyHost,
         *,
         final_deadline_s: float = FINAL_DEADLINE_S,
-        sweep_every_s: float = SWEEP_EVERY_S,
     ) -> None:
         self.host = host
         self.final_deadline_s = final_deadline_s
-        self.sweep_every_s = sweep_every_s
         self._tasks: set[asyncio.Task[Any]] = set()
         #: The open replies this process is showing, by id (⏹ finds its reply here).
         self._live: dict[int, Reply] = {}
-        #: Open replies to finish: left by a process that died, or by a reply here whose
-        #: final state Discord refused.
-        self._unfinished: set[int] = set()
-        self._sweeper: asyncio.Task[None] | None = None
+        #: Open replies to finish (`unfinished.UnfinishedReplies`): left by a process that
+        #: died, or by a reply here whose final state Discord refused.
+        self.unfinished: set[int] = set()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         return self.track(asyncio.create_task(coro))
@@ -209,9 +199,6 @@ class ReplyController:
         """Let running handlers finish (the scheduler has already stopped generation, so
         they only store or discard what they have), then cancel whatever is left. A reply
         cut off here stays recorded as open: the next start finishes it."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
         others = self._tasks - {asyncio.current_task()}
         if others:
             await asyncio.wait(others, timeout=grace_s)
@@ -264,7 +251,7 @@ class ReplyController:
         """Post a stored reply afresh with its buttons (a scene reopened or branched shows
         where it stands); the turn then lives in that message."""
         writer = await self.writer_for(channel, character)
-        ids = await writer.finish(shown.message.content, view=self._view(shown))
+        ids = await writer.finish(shown.message.content, view=self.view_of(shown))
         for alternative in await self.host.turns.core.alternatives(shown.message.id):
             await self.host.turns.core.attach_discord_ids(alternative.id, ids)
 
@@ -292,7 +279,7 @@ class ReplyController:
         ids = await writer.finish(text, view=None)
         return ids[0]
 
-    async def _shown_in(self, message_id: int, ids: Sequence[int]) -> None:
+    async def show_in(self, message_id: int, ids: Sequence[int]) -> None:
         """Every alternative of `message_id`'s turn is shown in the Discord messages `ids`."""
         core = self.host.turns.core
         for alternative in await core.alternatives(message_id):
@@ -365,7 +352,7 @@ class ReplyController:
         except BaseException:
             # Left on screen unfinished: the sweeper (or, after a crash, the next start)
             # finishes it once Discord answers.
-            self._unfinished.add(record.id)
+            self.unfinished.add(record.id)
             raise
         finally:
             del self._live[record.id]
@@ -377,8 +364,9 @@ class ReplyController:
         return outcome
 
     @property
-    def _sessions(self) -> Any:
-        return self.host.turns.core.sessions
+    def live(self) -> frozenset[int]:
+        """The open replies this process is showing now."""
+        return frozenset(self._live)
 
     async def _stored(self, work: Callable[..., Awaitable[T]], **arguments: Any) -> T:
         """Run a repository function with the core's patience for a busy database."""
@@ -494,13 +482,13 @@ class ReplyController:
             stored = outcome.shown.message
             note = t(locale, "reply.stopped") if outcome.stopped else ""
             try:
-                ids = await writer.finish(outcome.text, view=self._view(outcome.shown), note=note)
+                ids = await writer.finish(outcome.text, view=self.view_of(outcome.shown), note=note)
             except Exception:
                 # What the model remembers is what the channel shows.
                 await self.host.turns.unstore(reply, stored)
                 raise
             if reply.replacing:
-                await self._shown_in(stored.id, ids)  # every alternative lives in these now
+                await self.show_in(stored.id, ids)  # every alternative lives in these now
             elif ids != list(stored.discord_message_ids):
                 await self.host.turns.core.attach_discord_ids(stored.id, ids)
             settings = [name for name in outcome.refused if name != CONTINUATION]
@@ -540,15 +528,15 @@ class ReplyController:
         return t(locale, "error.unexpected")
 
     @staticmethod
-    def _view(shown: Shown) -> discord.ui.View:
+    def view_of(shown: Shown) -> discord.ui.View:
         message = shown.message
         return reply_view(message.id, index=shown.index, count=shown.count, greeting=shown.greeting)
 
     async def _restore(self, writer: ReplyMessages, reply: Reply) -> None:
         """Put the turn that was being regenerated or continued back on screen."""
         shown = await reply.restored()
-        ids = await writer.finish(shown.message.content, view=self._view(shown))
-        await self._shown_in(shown.message.id, ids)
+        ids = await writer.finish(shown.message.content, view=self.view_of(shown))
+        await self.show_in(shown.message.id, ids)
 
     def text(self, locale: str, error: UserFacingError) -> str:
         """A domain error as players read it (localised, secrets masked)."""
@@ -570,110 +558,6 @@ class ReplyController:
                 await channel.send(text, delete_after=15)
         except discord.HTTPException:
             log.info("could not post a notice in %s", getattr(channel, "id", "?"))
-
-    # --- replies left unfinished ------------------------------------------------------------
-
-    async def adopt_left_over(self) -> int:
-        """Before the gateway connects: every reply still recorded as open was left by a
-        process that is gone. They are finished once the bot is ready (`start_sweeping`)."""
-        left = await open_replies.open_replies(self._sessions)
-        self._unfinished.update(record.id for record in left)
-        return len(left)
-
-    def start_sweeping(self) -> None:
-        """Finish what was left unfinished now, then every `sweep_every_s` while any is."""
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep())
-
-    async def _sweep(self) -> None:
-        while True:
-            try:
-                finished = await self.finish_unfinished()
-                if finished:
-                    log.info("finished %d replies left unfinished on screen", finished)
-            except Exception:
-                log.exception("finishing replies left unfinished failed")
-            await asyncio.sleep(self.sweep_every_s)
-
-    async def finish_unfinished(self) -> int:
-        """Finish every reply left unfinished in a channel this process serves: its stored
-        turn with its buttons, or what was generated marked as cut (not in the story), or
-        nothing where nothing was said. Returns how many were finished; those Discord still
-        refuses stay for the next sweep."""
-        pending = self._unfinished - set(self._live)
-        if not pending:
-            return 0
-        records = await open_replies.open_replies(self._sessions, ids=pending)
-        self._unfinished -= pending - {record.id for record in records}  # closed elsewhere
-        finished = 0
-        for record in records:
-            if not self.host.serves(record.guild_id):
-                self._unfinished.discard(record.id)  # another shard's process finishes it
-                continue
-            try:
-                await self._finish_left_over(record)
-            except discord.HTTPException as error:
-                if transient(error):
-                    log.info("open reply %s: Discord answered %s, later", record.id, error.status)
-                    continue
-                log.warning("open reply %s cannot be finished: %s", record.id, error)
-            await open_replies.close_open_reply(self._sessions, reply_id=record.id)
-            self._unfinished.discard(record.id)
-            finished += 1
-        return finished
-
-    async def _finish_left_over(self, record: OpenReplyRecord) -> None:
-        dm = record.guild_id is None
-        messageable = self.host.get_partial_messageable(
-            record.channel_id,
-            guild_id=record.guild_id,
-            type=discord.ChannelType.private if dm else None,
-        )
-        ids = list(record.discord_message_ids) or await self._find_posted(messageable, record.id)
-        if not ids:
-            return  # killed before its first message went out
-        poster: ChannelPoster | WebhookPoster
-        if record.webhook_id is None:
-            poster = ChannelPoster(messageable)
-        else:
-            try:
-                webhook = await self.host.fetch_webhook(record.webhook_id)
-            except discord.NotFound:
-                for message_id in ids:  # the webhook is gone: its messages can only go
-                    await WebhookPoster.remove_stale_from(messageable, message_id)
-                return
-            thread = discord.Object(record.channel_id) if record.parent_channel_id else None
-            poster = WebhookPoster(webhook, username=webhook.name or "", thread=thread)
-        stored = await self.host.turns.core.shown_in(ids[0])
-        if stored is not None and stored.role == "assistant":
-            shown = await self.host.turns.shown(stored)
-            heading = dm_heading(shown.message.display_name) if dm else ""
-            writer = ReplyMessages(poster, heading=heading, final_deadline_s=0).adopted(ids)
-            shown_ids = await writer.finish(shown.message.content, view=self._view(shown))
-            await self._shown_in(shown.message.id, shown_ids)
-            return
-        last = await messageable.fetch_message(ids[-1])
-        text = _without_cursor(last.content)
-        if len(ids) == 1 and not _says_anything(text, dm=dm):
-            for message_id in ids:
-                await poster.delete(message_id)
-            return
-        channel = self.host.get_channel(record.channel_id)
-        note = "\n-# " + t(self.host.locale_for(channel or messageable), "reply.restarted")
-        body = text if len(text) + len(note) <= 2000 else text[: 1999 - len(note)] + "…"
-        await poster.edit(ids[-1], body + note, view=None)
-
-    @staticmethod
-    async def _find_posted(messageable: discord.PartialMessageable, open_id: int) -> list[int]:
-        """The message carrying open reply `open_id`'s stop button, for a crash that came
-        between its post and the record of its id."""
-        wanted = f"rp:stop:{open_id}"
-        async for message in messageable.history(limit=HISTORY_SEARCH_LIMIT):
-            for row in message.components:
-                for item in getattr(row, "children", ()):
-                    if getattr(item, "custom_id", None) == wanted:
-                        return [message.id]
-        return []
 
     # --- a player's line the database keeps waiting ------------------------------------------
 
@@ -734,8 +618,8 @@ class ReplyController:
                 channel, active.member(message.character_id) or active.lead
             )
             # The alternative takes the place of the messages on screen, however many it needs.
-            ids = await writer.adopted(on_screen).finish(message.content, view=self._view(shown))
-            await self._shown_in(message.id, ids)
+            ids = await writer.adopted(on_screen).finish(message.content, view=self.view_of(shown))
+            await self.show_in(message.id, ids)
             return
         if action == "regen":
             reply = await turns.regenerate(place, actor, target_id)
@@ -744,16 +628,3 @@ class ReplyController:
         # Refused above, the presser is told privately; admitted, the channel sees the reply.
         await interaction.response.defer()
         await self.play(reply, channel=channel)
-
-
-def _without_cursor(content: str) -> str:
-    """A streaming frame's text without its typing cursor."""
-    return content.removesuffix(CURSOR).removesuffix(CURSOR.strip()).rstrip()
-
-
-def _says_anything(text: str, *, dm: bool) -> bool:
-    """Whether a reply's only message holds words, not just the character's name (a DM's
-    heading) or a queue notice."""
-    if dm and text.startswith("**"):
-        text = text.partition("\n")[2]
-    return bool(text.strip()) and not text.startswith("⏳")

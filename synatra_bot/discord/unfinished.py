@@ -1,0 +1,171 @@
+"""Replies left unfinished on screen, finished: those a process that died left (found at
+start in the open replies it recorded), and those whose final state Discord refused here
+(tried again by a sweep). Each is finished in a channel this process serves as what the story
+holds: its stored turn with its buttons, or the words already shown marked as cut (not in the
+story), or nothing where nothing was said yet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import discord
+
+from synatra_bot.discord.i18n import t
+from synatra_bot.discord.replies import ReplyController
+from synatra_bot.discord.streaming import (
+    CURSOR,
+    ChannelPoster,
+    ReplyMessages,
+    WebhookPoster,
+    dm_heading,
+    transient,
+)
+from synatra_bot.storage import open_replies
+from synatra_bot.storage.records import OpenReplyRecord
+
+log = logging.getLogger(__name__)
+
+#: How often replies left unfinished on screen (Discord refused their final state) are tried
+#: again.
+SWEEP_EVERY_S = 60.0
+#: How far back a reply's first message is looked for when a crash came before its id was
+#: written down.
+HISTORY_SEARCH_LIMIT = 50
+
+
+class UnfinishedReplies:
+    """Finishes the open replies `replies` has left, and those of a process before it."""
+
+    def __init__(self, replies: ReplyController, *, sweep_every_s: float = SWEEP_EVERY_S) -> None:
+        self._replies = replies
+        self._host = replies.host
+        self.sweep_every_s = sweep_every_s
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def _sessions(self) -> Any:
+        return self._host.turns.core.sessions
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+
+    async def adopt_left_over(self) -> int:
+        """Before the gateway connects: every reply still recorded as open was left by a
+        process that is gone. They are finished once the bot is ready (`start_sweeping`)."""
+        left = await open_replies.open_replies(self._sessions)
+        self._replies.unfinished.update(record.id for record in left)
+        return len(left)
+
+    def start_sweeping(self) -> None:
+        """Finish what was left unfinished now, then every `sweep_every_s` while any is."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                finished = await self.finish_unfinished()
+                if finished:
+                    log.info("finished %d replies left unfinished on screen", finished)
+            except Exception:
+                log.exception("finishing replies left unfinished failed")
+            await asyncio.sleep(self.sweep_every_s)
+
+    async def finish_unfinished(self) -> int:
+        """Finish every reply left unfinished in a channel this process serves: its stored
+        turn with its buttons, or what was generated marked as cut (not in the story), or
+        nothing where nothing was said. Returns how many were finished; those Discord still
+        refuses stay for the next sweep."""
+        pending = self._replies.unfinished - self._replies.live
+        if not pending:
+            return 0
+        records = await open_replies.open_replies(self._sessions, ids=pending)
+        self._replies.unfinished -= pending - {record.id for record in records}  # closed elsewhere
+        finished = 0
+        for record in records:
+            if not self._host.serves(record.guild_id):
+                self._replies.unfinished.discard(record.id)  # another shard's process finishes it
+                continue
+            try:
+                await self._finish_left_over(record)
+            except discord.HTTPException as error:
+                if transient(error):
+                    log.info("open reply %s: Discord answered %s, later", record.id, error.status)
+                    continue
+                log.warning("open reply %s cannot be finished: %s", record.id, error)
+            await open_replies.close_open_reply(self._sessions, reply_id=record.id)
+            self._replies.unfinished.discard(record.id)
+            finished += 1
+        return finished
+
+    async def _finish_left_over(self, record: OpenReplyRecord) -> None:
+        dm = record.guild_id is None
+        messageable = self._host.get_partial_messageable(
+            record.channel_id,
+            guild_id=record.guild_id,
+            type=discord.ChannelType.private if dm else None,
+        )
+        ids = list(record.discord_message_ids) or await self._find_posted(messageable, record.id)
+        if not ids:
+            return  # killed before its first message went out
+        poster: ChannelPoster | WebhookPoster
+        if record.webhook_id is None:
+            poster = ChannelPoster(messageable)
+        else:
+            try:
+                webhook = await self._host.fetch_webhook(record.webhook_id)
+            except discord.NotFound:
+                for message_id in ids:  # the webhook is gone: its messages can only go
+                    await WebhookPoster.remove_stale_from(messageable, message_id)
+                return
+            thread = discord.Object(record.channel_id) if record.parent_channel_id else None
+            poster = WebhookPoster(webhook, username=webhook.name or "", thread=thread)
+        stored = await self._host.turns.core.shown_in(ids[0])
+        if stored is not None and stored.role == "assistant":
+            shown = await self._host.turns.shown(stored)
+            heading = dm_heading(shown.message.display_name) if dm else ""
+            writer = ReplyMessages(poster, heading=heading, final_deadline_s=0).adopted(ids)
+            shown_ids = await writer.finish(
+                shown.message.content, view=self._replies.view_of(shown)
+            )
+            await self._replies.show_in(shown.message.id, shown_ids)
+            return
+        last = await messageable.fetch_message(ids[-1])
+        text = _without_cursor(last.content)
+        if len(ids) == 1 and not _says_anything(text, dm=dm):
+            for message_id in ids:
+                await poster.delete(message_id)
+            return
+        channel = self._host.get_channel(record.channel_id)
+        note = "\n-# " + t(self._host.locale_for(channel or messageable), "reply.restarted")
+        body = text if len(text) + len(note) <= 2000 else text[: 1999 - len(note)] + "…"
+        await poster.edit(ids[-1], body + note, view=None)
+
+    @staticmethod
+    async def _find_posted(messageable: discord.PartialMessageable, open_id: int) -> list[int]:
+        """The message carrying open reply `open_id`'s stop button, for a crash that came
+        between its post and the record of its id."""
+        wanted = f"rp:stop:{open_id}"
+        async for message in messageable.history(limit=HISTORY_SEARCH_LIMIT):
+            for row in message.components:
+                for item in getattr(row, "children", ()):
+                    if getattr(item, "custom_id", None) == wanted:
+                        return [message.id]
+        return []
+
+
+def _without_cursor(content: str) -> str:
+    """A streaming frame's text without its typing cursor."""
+    return content.removesuffix(CURSOR).removesuffix(CURSOR.strip()).rstrip()
+
+
+def _says_anything(text: str, *, dm: bool) -> bool:
+    """Whether a reply's only message holds words, not just the character's name (a DM's
+    heading) or a queue notice."""
+    if dm and text.startswith("**"):
+        text = text.partition("\n")[2]
+    return bool(text.strip()) and not text.startswith("⏳")
