@@ -204,9 +204,7 @@ async def test_a_line_deleted_before_it_is_stored_is_neither_answered_nor_kept(s
         history = await history_of(harness, s.general)
         assert [m.content for m in history if m.role == "user"] == ["그다음 말"]
         active = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
-        assert not await repo.has_discord_message(
-            harness.sessions, session_id=active.id, discord_message_id=said.id
-        )
+        assert await repo.has_discord_messages(harness.sessions, [(active.id, said.id)]) == [False]
 
 
 async def test_an_edit_made_while_the_line_is_being_stored_reaches_the_story(start_bot, tmp_path):
@@ -302,12 +300,9 @@ async def test_the_scenes_to_read_back_are_the_running_ones_with_their_newest_me
         found = await repo.active_scenes(sessions, guild_ids=[here], dms=False, limit=2)
         assert [s.id for s, _ in found] == [busy.id, replaced.id]
         assert ended.id not in [s.id for s, _ in found]
-        assert await repo.has_discord_message(
-            sessions, session_id=busy.id, discord_message_id=here + 400
-        )
-        assert not await repo.has_discord_message(
-            sessions, session_id=replaced.id, discord_message_id=here + 400
-        )
+        assert await repo.has_discord_messages(
+            sessions, [(busy.id, here + 400), (replaced.id, here + 400)]
+        ) == [True, False]
         history = await repo.recent_history(sessions, session_id=busy.id, limit=10)
         assert [m.content for m in history] == ["말", "말"]  # the removed line is not shown
     finally:

@@ -12,7 +12,7 @@ from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.storage import open_replies
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
-from tests.bot_harness import BotHarness, has_buttons, stop_button
+from tests.bot_harness import BotHarness, eventually, has_buttons, stop_button
 from tests.fault_helpers import LONG_REPLY, SHORT_REPLY
 from tests.test_faults import _bot_env, bot_process
 
@@ -324,3 +324,36 @@ async def test_a_queued_reply_is_withdrawn_by_its_own_player_and_the_streaming_o
         # Withdrawn before it began: never generated, nothing of it stored; the line stays.
         assert not any("나도 할 말" in p.rsplit("<|im_start|>user", 1)[-1] for p in engine.prompts)
         assert [m.content for m in await _history(harness, other)][-1] == "나도 할 말 있어"
+
+
+async def test_a_reply_cut_before_its_record_was_written_is_found_by_the_read_back(harness):
+    from synatra_bot.discord.interactions import place_of
+    from synatra_bot.discord.replies import streaming_view
+
+    s, bot = harness.scenario, harness.bot
+    character = await harness.character(s.moderator)
+    await harness.start_roleplay(s.moderator, s.general, character)
+    channel = bot.get_channel(s.general.id)
+    place = place_of(channel, s.guild.id)
+    await bot.core.update_channel_settings(place, reply_mode="mention")  # lines wait unanswered
+    said = await harness.fake.say(s.general, s.members[0], "이야기해 줘")
+
+    async def line_stored() -> bool:
+        return [m.content for m in await _history(harness, s.general)][-1] == "이야기해 줘"
+
+    assert await eventually(line_stored)
+    # Killed after the reply's first post, before the record of it was written: the message
+    # carries its stop button, and nothing in the database knows it.
+    active = await bot.core.require_active(place)
+    writer = await bot.replies.writer_for(channel, active.lead)
+    await writer.open("옛날 옛적에 ▌", view=streaming_view(open_replies.new_open_id()))
+    [frame] = webhook_after(s.general, said)
+    assert stop_button(frame) and await open_replies.open_replies(harness.sessions) == []
+
+    await bot.get_cog("Roleplay").catch_up.read_back(0)
+    assert frame.content.startswith("옛날 옛적에\n-# ") and _finished(frame)
+    assert [m.content for m in await _history(harness, s.general)][-1] == "이야기해 줘"
+
+
+def webhook_after(channel, said) -> list:
+    return [m for m in channel.visible_messages if m.webhook_id is not None and m.id > said.id]

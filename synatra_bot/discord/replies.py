@@ -4,8 +4,9 @@ the final text with its buttons; and the buttons' presses, handed back to the co
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import discord
@@ -26,16 +27,18 @@ from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.discord.webhooks import WebhookPool
 from synatra_bot.engine.base import CONTINUATION
 from synatra_bot.errors import EngineError, StorageError, StorageUnavailable, UserFacingError
-from synatra_bot.roleplay.core import ActiveRoleplay, Started
+from synatra_bot.roleplay.core import COMMIT_EVERY_S, ActiveRoleplay, Started
 from synatra_bot.roleplay.scheduler import QueueTicket
 from synatra_bot.roleplay.turns import Ending, Reply, ReplyOutcome, Shown, Turns
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import open_replies
-from synatra_bot.storage.records import CharacterRecord, MessageRecord, OpenReplyRecord
+from synatra_bot.storage.batching import Batcher
+from synatra_bot.storage.records import CharacterRecord, MessageRecord
 from synatra_bot.storage.retry import retrying
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 #: A turn that waits longer than this shows its queue position, refreshed at most this often.
 QUEUE_NOTICE_AFTER_S = 1.0
@@ -166,6 +169,11 @@ class ReplyController:
         self.host = host
         self.final_deadline_s = final_deadline_s
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Open replies are written in group commits, as the turns are, in order.
+        self._book = Batcher(
+            functools.partial(open_replies.write_many, host.turns.core.sessions),
+            every=COMMIT_EVERY_S,
+        )
         #: The open replies this process is showing, by id (⏹ finds its reply here).
         self._live: dict[int, Reply] = {}
         #: Open replies to finish (`unfinished.UnfinishedReplies`): left by a process that
@@ -345,22 +353,18 @@ class ReplyController:
         if reply.replacing:
             assert reply.target is not None
             writer = writer.adopted(reply.target.discord_message_ids)
-        record = await self._open(reply, channel, writer)
-        self._live[record.id] = reply
+        open_id = self._open(reply, channel, writer)
+        self._live[open_id] = reply
         try:
-            outcome = await self._stream(reply, writer, record.id, notify, channel, locale)
+            outcome = await self._stream(reply, writer, open_id, notify, channel, locale)
         except BaseException:
             # Left on screen unfinished: the sweeper (or, after a crash, the next start)
             # finishes it once Discord answers.
-            self.unfinished.add(record.id)
+            self.unfinished.add(open_id)
             raise
         finally:
-            del self._live[record.id]
-        try:
-            await self._stored(open_replies.close_open_reply, reply_id=record.id)
-        except (StorageError, SQLAlchemyError) as error:
-            # Shown in full; a start that finds it open shows the same again.
-            log.warning("could not close open reply %s: %s", record.id, error)
+            del self._live[open_id]
+        await self._write(open_replies.OpenReplyChange(open_id, close=True))
         return outcome
 
     @property
@@ -368,50 +372,57 @@ class ReplyController:
         """The open replies this process is showing now."""
         return frozenset(self._live)
 
-    async def _stored(self, work: Callable[..., Awaitable[T]], **arguments: Any) -> T:
-        """Run a repository function with the core's patience for a busy database."""
-        core = self.host.turns.core
-        return await retrying(lambda: work(core.sessions, **arguments), core.patience)
+    async def _write(self, write: open_replies.OpenReplyWrite) -> None:
+        """One write of the open replies' book, in order with the others, with the core's
+        patience for a busy database. A write the database cannot take costs only the
+        finishing of this reply after a crash: it is logged, and the reply goes on."""
+        try:
+            await retrying(lambda: self._book.submit(write), self.host.turns.core.patience)
+        except (StorageError, SQLAlchemyError) as error:
+            log.warning("could not write open reply %s: %s", _open_id(write), error)
 
-    async def _open(self, reply: Reply, channel: Any, writer: ReplyMessages) -> OpenReplyRecord:
-        """Record the reply as open before its first message is posted, and keep its
-        messages up to date in the record as they are posted."""
+    def _open(self, reply: Reply, channel: Any, writer: ReplyMessages) -> int:
+        """Record the reply as open, written in the same instant its first message is
+        posted (neither waits for the other: a crash between the two leaves a message the
+        next start's read-back finds by its stop button), and keep its messages up to date
+        in the record as they are posted. Returns its id."""
         poster = writer.poster
+
+        def webhook_id() -> int | None:
+            return poster.webhook_id if isinstance(poster, WebhookPoster) else None
+
         thread = isinstance(channel, discord.Thread)
-        record = await self._stored(
-            open_replies.open_reply,
+        open_id = open_replies.new_open_id()
+        new = open_replies.NewOpenReply(
+            id=open_id,
             guild_id=reply.place.guild_id,
             channel_id=channel.id,
             parent_channel_id=channel.parent_id if thread else None,
-            webhook_id=poster.webhook_id if isinstance(poster, WebhookPoster) else None,
+            webhook_id=webhook_id(),
             session_id=reply.active.session.id,
             kind=reply.kind,
-            discord_message_ids=writer.message_ids,
+            discord_message_ids=tuple(writer.message_ids),
         )
+        self.spawn(self._write(new))
 
         async def posted(ids: list[int]) -> None:
-            webhook_id = poster.webhook_id if isinstance(poster, WebhookPoster) else None
-            await self._stored(
-                open_replies.update_open_reply,
-                reply_id=record.id,
-                discord_message_ids=ids,
-                webhook_id=webhook_id,
-            )
+            change = open_replies.OpenReplyChange(open_id, tuple(ids), webhook_id())
+            self.spawn(self._write(change))
 
         writer.posting_to(posted)
-        return record
+        return open_id
 
     async def _stream(
         self,
         reply: Reply,
         writer: ReplyMessages,
-        record_id: int,
+        open_id: int,
         notify: discord.Message | None,
         channel: Any,
         locale: str,
     ) -> ReplyOutcome:
         opened = False
-        stop_view = streaming_view(record_id)
+        stop_view = streaming_view(open_id)
 
         async def open_or_show(text: str) -> None:
             nonlocal opened
@@ -628,3 +639,7 @@ class ReplyController:
         # Refused above, the presser is told privately; admitted, the channel sees the reply.
         await interaction.response.defer()
         await self.play(reply, channel=channel)
+
+
+def _open_id(write: open_replies.OpenReplyWrite) -> int:
+    return write.id if isinstance(write, open_replies.NewOpenReply) else write.reply_id

@@ -149,13 +149,48 @@ class UnfinishedReplies:
     async def _find_posted(messageable: discord.PartialMessageable, open_id: int) -> list[int]:
         """The message carrying open reply `open_id`'s stop button, for a crash that came
         between its post and the record of its id."""
-        wanted = f"rp:stop:{open_id}"
         async for message in messageable.history(limit=HISTORY_SEARCH_LIMIT):
-            for row in message.components:
-                for item in getattr(row, "children", ()):
-                    if getattr(item, "custom_id", None) == wanted:
-                        return [message.id]
+            if stop_id(message) == open_id:
+                return [message.id]
         return []
+
+    async def finish_found(self, message: discord.Message) -> bool:
+        """A reply of this bot's found in a channel's history (read back after a new gateway
+        session) with the stop button of a reply nobody shows and no record holds (its
+        process died before the record of it was written): finished as a left-over."""
+        open_id = stop_id(message)
+        replies = self._replies
+        if open_id is None or open_id in replies.live or open_id in replies.unfinished:
+            return False
+        channel = message.channel
+        record = OpenReplyRecord(
+            id=open_id,
+            guild_id=message.guild.id if message.guild is not None else None,
+            channel_id=channel.id,
+            parent_channel_id=channel.parent_id if isinstance(channel, discord.Thread) else None,
+            webhook_id=message.webhook_id,
+            session_id=None,
+            kind="reply",
+            discord_message_ids=(message.id,),
+            created_at=message.created_at,
+        )
+        try:
+            await self._finish_left_over(record)
+        except discord.HTTPException as error:
+            log.info("a reply left on screen could not be finished: %s", error)
+            return False
+        log.info("finished a reply left unfinished on screen without its record")
+        return True
+
+
+def stop_id(message: discord.Message) -> int | None:
+    """The open reply a message's stop button names, if it carries one."""
+    for row in message.components:
+        for item in getattr(row, "children", ()):
+            custom_id = getattr(item, "custom_id", None) or ""
+            if custom_id.startswith("rp:stop:"):
+                return int(custom_id.removeprefix("rp:stop:"))
+    return None
 
 
 def _without_cursor(content: str) -> str:

@@ -237,6 +237,10 @@ class RoleplayCore:
         #: New turns from every channel are written together when they arrive together, and
         #: so are the persona reads of members speaking for the first time in a while.
         self._turns = Batcher(functools.partial(repo.add_messages, sessions), every=COMMIT_EVERY_S)
+        #: Lines that may have been stored by an earlier process, looked up together.
+        self._line_lookups = Batcher(
+            functools.partial(repo.has_discord_messages, sessions), every=COMMIT_EVERY_S
+        )
         self._persona_reads = Batcher(
             functools.partial(repo.get_personas, sessions), every=COMMIT_EVERY_S
         )
@@ -711,13 +715,10 @@ class RoleplayCore:
         on_wait: Callable[[], None] | None = None,
     ) -> bool:
         """Whether the scene has stored the line of that Discord message (removed or not)."""
-        look_up = functools.partial(
-            repo.has_discord_message,
-            self.sessions,
-            session_id=active.session.id,
-            discord_message_id=discord_message_id,
+        key = (active.session.id, discord_message_id)
+        return await retrying(
+            lambda: self._line_lookups.submit(key), self.patience, on_wait=on_wait
         )
-        return await retrying(look_up, self.patience, on_wait=on_wait)
 
     async def active_scenes(
         self, *, guild_ids: Collection[int], dms: bool, limit: int

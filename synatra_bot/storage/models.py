@@ -315,7 +315,8 @@ class OpenReply(Base):
 
     __tablename__ = "open_replies"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Chosen by the front end (`open_replies.new_open_id`): the reply's stop button names it.
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     #: NULL in a DM.
     guild_id: Mapped[int | None] = mapped_column(BigInteger)
     #: The channel or thread the messages are in.

@@ -1016,18 +1016,17 @@ async def find_by_discord_id(
         return snapshot(MessageRecord, row) if row else None
 
 
-async def has_discord_message(
-    sessions: Sessions, *, session_id: int, discord_message_id: int
-) -> bool:
-    """Whether a turn of the session (deleted, or an unchosen alternative, too) is shown in
-    Discord message `discord_message_id`."""
-    query = (
-        select(Message.id)
-        .where(Message.discord_message_id == discord_message_id, Message.session_id == session_id)
-        .limit(1)
+async def has_discord_messages(sessions: Sessions, lines: Sequence[tuple[int, int]]) -> list[bool]:
+    """For each (session, Discord message id): whether a turn of that session (deleted, or an
+    unchosen alternative, too) is shown in that Discord message. One query for them all."""
+    if not lines:
+        return []
+    query = select(Message.session_id, Message.discord_message_id).where(
+        Message.discord_message_id.in_({discord_id for _, discord_id in lines})
     )
     async with sessions() as session:
-        return await session.scalar(query) is not None
+        found = {(row[0], row[1]) for row in (await session.execute(query)).all()}
+    return [line in found for line in lines]
 
 
 async def add_removed_message(

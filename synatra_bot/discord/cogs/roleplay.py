@@ -391,6 +391,8 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         """A message read back after a new gateway session, handled as if it came live;
         True when its line came too late to be answered (`catchup`)."""
         if not _from_player(message):
+            # One of the bot's replies, cut off before its record was written.
+            await self.bot.unfinished.finish_found(message)
             return False
         said = await self._on_message(message, late=late)
         return said is not None and said.too_late
