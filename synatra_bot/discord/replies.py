@@ -174,6 +174,8 @@ class ReplyController:
             functools.partial(open_replies.write_many, host.turns.core.sessions),
             every=COMMIT_EVERY_S,
         )
+        #: Whether each open reply shown here has been recorded (it has messages on screen).
+        self._recorded: dict[int, Callable[[], bool]] = {}
         #: The open replies this process is showing, by id (⏹ finds its reply here).
         self._live: dict[int, Reply] = {}
         #: Open replies to finish (`unfinished.UnfinishedReplies`): left by a process that
@@ -364,7 +366,8 @@ class ReplyController:
             raise
         finally:
             del self._live[open_id]
-        await self._write(open_replies.OpenReplyChange(open_id, close=True))
+        if self._recorded.pop(open_id)():
+            await self._write(open_replies.OpenReplyChange(open_id, close=True))
         return outcome
 
     @property
@@ -382,34 +385,46 @@ class ReplyController:
             log.warning("could not write open reply %s: %s", _open_id(write), error)
 
     def _open(self, reply: Reply, channel: Any, writer: ReplyMessages) -> int:
-        """Record the reply as open, written in the same instant its first message is
-        posted (neither waits for the other: a crash between the two leaves a message the
-        next start's read-back finds by its stop button), and keep its messages up to date
-        in the record as they are posted. Returns its id."""
+        """Record the reply as open as soon as it has messages on screen (at once for one
+        that replaces a shown reply), and keep its messages up to date in the record. No
+        database round waits before the first post: a crash between the post and its record
+        leaves a message that the next start's read-back finds by its stop button. Returns
+        the reply's id."""
         poster = writer.poster
 
         def webhook_id() -> int | None:
             return poster.webhook_id if isinstance(poster, WebhookPoster) else None
 
-        thread = isinstance(channel, discord.Thread)
         open_id = open_replies.new_open_id()
-        new = open_replies.NewOpenReply(
-            id=open_id,
-            guild_id=reply.place.guild_id,
-            channel_id=channel.id,
-            parent_channel_id=channel.parent_id if thread else None,
-            webhook_id=webhook_id(),
-            session_id=reply.active.session.id,
-            kind=reply.kind,
-            discord_message_ids=tuple(writer.message_ids),
-        )
-        self.spawn(self._write(new))
+        thread = isinstance(channel, discord.Thread)
+        recorded = False
+
+        def record(ids: Sequence[int]) -> None:
+            nonlocal recorded
+            write: open_replies.OpenReplyWrite
+            if recorded:
+                write = open_replies.OpenReplyChange(open_id, tuple(ids), webhook_id())
+            else:
+                recorded = True
+                write = open_replies.NewOpenReply(
+                    id=open_id,
+                    guild_id=reply.place.guild_id,
+                    channel_id=channel.id,
+                    parent_channel_id=channel.parent_id if thread else None,
+                    webhook_id=webhook_id(),
+                    session_id=reply.active.session.id,
+                    kind=reply.kind,
+                    discord_message_ids=tuple(ids),
+                )
+            self.spawn(self._write(write))
 
         async def posted(ids: list[int]) -> None:
-            change = open_replies.OpenReplyChange(open_id, tuple(ids), webhook_id())
-            self.spawn(self._write(change))
+            record(ids)
 
+        if writer.message_ids:
+            record(writer.message_ids)
         writer.posting_to(posted)
+        self._recorded[open_id] = lambda: recorded
         return open_id
 
     async def _stream(

@@ -23,8 +23,11 @@ from typing import Any, Protocol
 #: Lines remembered (the newest): a gateway's two deliveries of one event come seconds apart,
 #: and a line forgotten is looked up in the database instead (`Lines.unsure`).
 RECENT_LINES = 5_000
-#: How far the front end's clock (a line's `sent_at`) may be from this host's.
-CLOCK_SKEW = timedelta(minutes=1)
+#: How far the front end's clock (a line's `sent_at`) may be from this host's (hosts keep time
+#: by NTP). Lines that come live within it of the start are looked up (one query per round for
+#: all of them), so a long skew costs every line of a busy bot's first moments a database round
+#: before its reply begins; lines read back from a channel's history are always looked up.
+CLOCK_SKEW = timedelta(seconds=1)
 
 
 class LineReply(Protocol):

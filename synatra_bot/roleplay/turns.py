@@ -487,6 +487,7 @@ class Turns:
         mentioned: bool = False,
         to: int | None = None,
         late: bool = False,
+        read_back: bool = False,
         on_wait: Callable[[], None] | None = None,
     ) -> Said | None:
         """A player's message in the story. None when no scene plays here (nothing stored).
@@ -501,10 +502,19 @@ class Turns:
         again, or read back when the scene already stores it (a restart), it gets None. A `late`
         one (read back after the gateway lost it, too long after it was sent) that a character
         would answer is not answered and stays out of the story: it is kept as a removed line,
-        so it is taken once too, and `Said.too_late` tells the front end to say so.
+        so it is taken once too, and `Said.too_late` tells the front end to say so. A line
+        `read_back` from the channel's history is always looked up among the stored lines.
         """
         handling = functools.partial(
-            self._say, place, actor, text, mentioned=mentioned, to=to, late=late, on_wait=on_wait
+            self._say,
+            place,
+            actor,
+            text,
+            mentioned=mentioned,
+            to=to,
+            late=late,
+            read_back=read_back,
+            on_wait=on_wait,
         )
         if message_id is None:
             return await handling(None)
@@ -526,6 +536,7 @@ class Turns:
         mentioned: bool,
         to: int | None,
         late: bool,
+        read_back: bool,
         on_wait: Callable[[], None] | None,
     ) -> Said | None:
         active = await self.core.active(place, on_wait=on_wait)
@@ -534,7 +545,7 @@ class Turns:
         message_id = line.message_id if line is not None else None
         if (
             line is not None
-            and self.lines.unsure(line)
+            and (read_back or self.lines.unsure(line))
             and await self.core.line_stored(active, line.message_id, on_wait=on_wait)
         ):
             return None  # stored by an earlier process (read back after a restart)

@@ -1,6 +1,6 @@
-"""Replies on screen that are not finished yet: written as a reply's first message is posted,
-updated as it is posted, removed once its final text is shown. What a process leaves behind
-when it dies is finished by the next one.
+"""Replies on screen that are not finished yet: written once a reply's first message is
+posted, updated if its messages change, removed once its final text is shown. What a process
+leaves behind when it dies is finished by the next one.
 
 Every reply writes here, so the writes are made for group commit (`storage.batching`): the
 writes of replies that open, post and end together go in one transaction, in order. An open
@@ -12,9 +12,9 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
-from synatra_bot.storage.models import OpenReply
+from synatra_bot.storage.models import OpenReply, utcnow
 from synatra_bot.storage.records import OpenReplyRecord, snapshot
 from synatra_bot.storage.repository import Sessions
 
@@ -60,8 +60,7 @@ async def write_many(sessions: Sessions, writes: Sequence[OpenReplyWrite]) -> li
     async with sessions.begin() as session:
         for change in writes:
             if isinstance(change, NewOpenReply):
-                session.add(_row(change))
-                await session.flush()
+                await session.execute(insert(OpenReply).values(**_values(change)))
                 continue
             if change.close:
                 await session.execute(delete(OpenReply).where(OpenReply.id == change.reply_id))
@@ -75,17 +74,22 @@ async def write_many(sessions: Sessions, writes: Sequence[OpenReplyWrite]) -> li
     return [None] * len(writes)
 
 
+def _values(reply: NewOpenReply) -> dict[str, object]:
+    return {
+        "id": reply.id,
+        "guild_id": reply.guild_id,
+        "channel_id": reply.channel_id,
+        "parent_channel_id": reply.parent_channel_id,
+        "webhook_id": reply.webhook_id,
+        "session_id": reply.session_id,
+        "kind": reply.kind,
+        "discord_message_ids": list(reply.discord_message_ids),
+        "created_at": utcnow(),
+    }
+
+
 def _row(reply: NewOpenReply) -> OpenReply:
-    return OpenReply(
-        id=reply.id,
-        guild_id=reply.guild_id,
-        channel_id=reply.channel_id,
-        parent_channel_id=reply.parent_channel_id,
-        webhook_id=reply.webhook_id,
-        session_id=reply.session_id,
-        kind=reply.kind,
-        discord_message_ids=list(reply.discord_message_ids),
-    )
+    return OpenReply(**_values(reply))
 
 
 def new_open_id() -> int:

@@ -394,7 +394,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             # One of the bot's replies, cut off before its record was written.
             await self.bot.unfinished.finish_found(message)
             return False
-        said = await self._on_message(message, late=late)
+        said = await self._on_message(message, late=late, read_back=True)
         return said is not None and said.too_late
 
     async def _answer_waiting(self, channel: Any, scene: SessionRecord, since: datetime) -> None:
@@ -427,7 +427,9 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         async for reply in said.replies():
             await replies.play(reply, channel=channel, notify=message)
 
-    async def _on_message(self, message: discord.Message, *, late: bool = False) -> Said | None:
+    async def _on_message(
+        self, message: discord.Message, *, late: bool = False, read_back: bool = False
+    ) -> Said | None:
         if not _channel_types_ok(message.channel) or message.type not in (
             discord.MessageType.default,
             discord.MessageType.reply,
@@ -451,6 +453,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
                 sent_at=message.created_at,
                 mentioned=mentioned,
                 late=late,
+                read_back=read_back,
                 on_wait=replies.waiting_notice(message),
             )
         except UserFacingError as error:
