@@ -199,6 +199,37 @@ async def test_editing_a_line_over_and_over_offers_to_regenerate_only_within_the
         assert reply.content == "답장 1."
 
 
+async def test_an_edit_by_a_member_who_lost_send_messages_posts_nothing(start_bot):
+    async with start_bot(engine=numbered_replies()) as harness:
+        fake, s = harness.fake, harness.scenario
+        character = await harness.character(s.moderator)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        editor = s.members[1]
+        said = await fake.say(s.general, editor, "첫 말")
+        reply = await fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None, after=said
+        )
+        await fake.wait_until(lambda: has_buttons(reply))
+        fake.set_overwrite(s.general, editor, deny=SEND_MESSAGES)
+
+        async def denied() -> bool:
+            channel = harness.bot.get_channel(s.general.id)
+            member = channel.guild.get_member(editor.id)
+            return not channel.permissions_for(member).send_messages
+
+        assert await eventually(denied)
+        posted = len(s.general.visible_messages)
+        await fake.edit(said, "권한 없이 고친 말")
+
+        async def edit_handled() -> bool:
+            stored = await repo.find_by_discord_id(harness.sessions, discord_message_id=said.id)
+            return stored.content == "권한 없이 고친 말" and not harness.bot.replies._tasks
+
+        assert await eventually(edit_handled)
+        assert len(s.general.visible_messages) == posted
+        assert reply.content == "답장 1."
+
+
 async def test_a_member_without_send_messages_cannot_send_an_edited_suggestion(
     start_bot, tokenizer
 ):
