@@ -115,7 +115,7 @@ class SynatraBot(commands.AutoShardedBot):
         self.turns = deps.turns
         self.core = deps.turns.core
         self.scheduler = deps.turns.scheduler
-        self.archive = Archive(self.core, self.scheduler)
+        self.archive = Archive(self.turns)
         self.engine = deps.engine
         self.webhooks = WebhookPool()
         #: The language each DM user's Discord showed in their last command there.

@@ -132,6 +132,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "You can't send messages in this channel, so you can't play here either.",
         "이 채널에서 메시지를 보낼 권한이 없어서 롤플레이도 할 수 없어요.",
     ),
+    "error.cannot_read": (
+        "You can't read this channel's message history, so you can't read its roleplay either.",
+        "이 채널의 메시지 기록을 볼 권한이 없어서 롤플레이 내용도 볼 수 없어요.",
+    ),
     "error.stop_not_yours": (
         "Only the player whose turn this is, the roleplay's starter or a moderator can stop it.",
         "지금 차례인 플레이어, 롤플레이를 시작한 사람이나 관리자만 멈출 수 있어요.",

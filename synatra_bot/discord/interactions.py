@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import discord
@@ -45,6 +46,7 @@ def actor_of(interaction: discord.Interaction[Any]) -> Actor:
         # In a DM with the bot there are no channel permissions: its user may always speak.
         can_speak=interaction.guild_id is None
         or (permissions.send_messages_in_threads if in_thread else permissions.send_messages),
+        can_read_history=interaction.guild_id is None or permissions.read_message_history,
         member_of=_servers_of(user) if interaction.guild_id is None else frozenset(),
     )
 
@@ -60,6 +62,23 @@ def speaker_of(member: discord.abc.User, guild_id: int | None) -> Actor:
     if guild_id is None:
         return Actor(member.id, member.display_name, member_of=_servers_of(member))
     return Actor(user_id=member.id, display_name=member.display_name, guild_id=guild_id)
+
+
+def editor_of(member: discord.abc.User, channel: Any, guild_id: int | None) -> Actor:
+    """Who edited a chat message, with their voice in that channel now: an edit may lead to a
+    post (a regenerated reply, an offer to regenerate), and a member may edit their old
+    messages after losing Send Messages there."""
+    actor = speaker_of(member, guild_id)
+    if guild_id is None or not hasattr(channel, "permissions_for"):
+        return actor
+    guild = getattr(channel, "guild", None)
+    found = guild.get_member(member.id) if guild is not None else None
+    if found is None:
+        return dataclasses.replace(actor, can_speak=False)  # no longer in the server
+    permissions = channel.permissions_for(found)
+    in_thread = isinstance(channel, discord.Thread)
+    speaks = permissions.send_messages_in_threads if in_thread else permissions.send_messages
+    return dataclasses.replace(actor, can_speak=speaks)
 
 
 def place_of(channel: Any, guild_id: int | None) -> Place:

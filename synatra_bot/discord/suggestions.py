@@ -80,9 +80,6 @@ class SuggestionEdit(discord.ui.Modal):
         if not text:
             await answer(interaction, t(interaction.locale, "rp.suggest_empty"))
             return
-        await interaction.response.edit_message(
-            content=t(interaction.locale, "rp.suggest_sent"), view=None
-        )
         await send_as_player(interaction, text)
 
     async def on_error(  # type: ignore[override]
@@ -127,14 +124,12 @@ async def _press(interaction: discord.Interaction[Any], action: str) -> None:
     else:
         if not text:
             raise UserFacingError("nothing to send", key="rp.suggest_empty")
-        await interaction.response.edit_message(
-            content=t(interaction.locale, "rp.suggest_sent"), view=None
-        )
         await send_as_player(interaction, text)
 
 
 async def send_as_player(interaction: discord.Interaction[Any], text: str) -> None:
-    """Post `text` labelled as the player's, then play it as their message."""
+    """Post `text` labelled as the player's, then play it as their message; the suggestion
+    reads "sent" only once the line passed the gate of every turn (`Turns.admit`)."""
     bot = interaction.client
     channel = interaction.channel
     assert channel is not None
@@ -150,6 +145,9 @@ async def send_as_player(interaction: discord.Interaction[Any], text: str) -> No
     if said is None:
         await answer(interaction, t(interaction.locale, "error.no_session"))
         return
+    await interaction.response.edit_message(
+        content=t(interaction.locale, "rp.suggest_sent"), view=None
+    )
     replies.track(said.stored)
     message_id = await replies.post_as_player(channel, place, interaction.user, text)
     stored = await said.stored

@@ -2,7 +2,7 @@
 moved in and out as SillyTavern chat files, and archived scenes forgotten when the server says.
 
 The rules of who may do what are the same as for starting a scene (a new running scene replaces
-the current one): see `RoleplayCore.ensure_can_start`.
+the current one): see `Turns.admit_start`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from datetime import UTC, datetime, timedelta
 
 from synatra_bot.errors import NotFound, PermissionDenied
 from synatra_bot.prompt.st_chat import ChatFile, ChatLine, parse_chat, render_chat
+from synatra_bot.roleplay.characters import can_use
 from synatra_bot.roleplay.core import RoleplayCore
 from synatra_bot.roleplay.rules import is_starter_or_moderator, require_voice
 from synatra_bot.roleplay.scheduler import Scheduler
+from synatra_bot.roleplay.turns import Turns
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import archives
 from synatra_bot.storage import repository as repo
@@ -35,9 +37,10 @@ class Imported:
 class Archive:
     """Earlier scenes, branches and chat files, for any front end."""
 
-    def __init__(self, core: RoleplayCore, scheduler: Scheduler) -> None:
-        self.core = core
-        self.scheduler = scheduler
+    def __init__(self, turns: Turns) -> None:
+        self.turns = turns
+        self.core: RoleplayCore = turns.core
+        self.scheduler: Scheduler = turns.scheduler
 
     async def scenes(self, place: Place) -> list[SceneSummary]:
         """This channel's scenes, newest first (the running one marked)."""
@@ -47,14 +50,27 @@ class Archive:
 
     async def resume(self, actor: Actor, place: Place, session_id: int) -> SessionRecord:
         """Reopen an earlier scene of this channel: its starter or a moderator, and only where
-        a new scene could start (nobody else's scene is running)."""
+        a new scene could start (nobody else's scene is running); in a DM only while its user
+        may still use every character of it (one who left a server loses its characters); then
+        the gate of every new scene (`Turns.admit_start`: enabled channel, rate limit)."""
         require_voice(actor)
         found = await repo.get_session(self.core.sessions, session_id=session_id)
         if found is None or found.channel_id != place.channel_id:
             raise NotFound("no such scene here", key="error.no_scene")
         if not is_starter_or_moderator(actor, found):
             raise PermissionDenied("only who started it or a moderator", key="error.starter_only")
-        await self.core.ensure_can_start(actor, place)
+        if place.dm:
+            for member in await repo.session_cast(self.core.sessions, session_id=session_id):
+                character = await repo.get_character(
+                    self.core.sessions, character_id=member.character_id
+                )
+                if character is not None and not can_use(actor, character):
+                    raise PermissionDenied(
+                        "the character is no longer available",
+                        key="error.character_unavailable",
+                        name=character.name,
+                    )
+        await self.turns.admit_start(actor, place)  # the gate of every new scene
         await self.scheduler.cancel_channel(place.channel_id, reason="an earlier scene resumed")
         reopened = await archives.reopen_scene(
             self.core.sessions, channel_id=place.channel_id, session_id=session_id
@@ -65,7 +81,8 @@ class Archive:
 
     async def branch(self, actor: Actor, place: Place, message_id: int) -> SessionRecord:
         """A new scene whose history is this channel's scene up to `message_id` (a stored turn
-        id); the scene it came from stays in the archive. Whoever branches owns the branch."""
+        id); the scene it came from stays in the archive. Whoever branches owns the branch.
+        It passes the gate of every new scene (`Turns.admit_start`: a branch is one turn)."""
         require_voice(actor)
         message = await self.core.get_message(message_id)
         source = None
@@ -76,7 +93,7 @@ class Archive:
         if source.ended_at is not None and not is_starter_or_moderator(actor, source):
             # An archived scene is reopened, by copy or not, by its starter or a moderator.
             raise PermissionDenied("only who started it or a moderator", key="error.starter_only")
-        await self.core.ensure_can_start(actor, place)
+        await self.turns.admit_start(actor, place)  # the gate of every new scene
         await self.scheduler.cancel_channel(place.channel_id, reason="a branch started")
         branch = await archives.branch_scene(
             self.core.sessions, message_id=message_id, started_by=actor.user_id

@@ -470,7 +470,8 @@ class RoleplayCore:
 
     async def check_join(self, actor: Actor, place: Place, *, character_id: int) -> CharacterRecord:
         """Refuse a character joining before anything changes: the starter or a moderator asks,
-        the scene's starter may use it here, it is not in the scene, the scene is not full."""
+        both the scene's starter and whoever asks may use it here, it is not in the scene, the
+        scene is not full."""
         active = await self.require_active(place)
         require_starter_or_moderator(actor, active.session)
         starter = self._starter(active.session, place)
@@ -479,6 +480,9 @@ class RoleplayCore:
         character = await self.characters.for_use(
             starter, character_id, place=place, nsfw_policy=active.config.nsfw_policy
         )
+        if not can_use(actor, character):
+            # A private character is its owner's alone: not even a moderator casts it.
+            raise NotFound(f"character {character_id} is not available", key="error.no_character")
         if active.member(character.id) is not None:
             raise UserFacingError(
                 "already in the scene", key="error.already_in_cast", name=character.name

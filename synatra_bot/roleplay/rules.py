@@ -38,3 +38,10 @@ def require_may_stop(actor: Actor, session: SessionRecord, turn_user_id: object)
     require_voice(actor)
     if actor.user_id != turn_user_id and not is_starter_or_moderator(actor, session):
         raise PermissionDenied("not your turn to stop", key="error.stop_not_yours")
+
+
+def require_history(actor: Actor) -> None:
+    """Reading a scene back (`/rp export`, `/rp memory`) is reading the channel's history: a
+    member who may not read its history may not read the scene."""
+    if not actor.can_read_history:
+        raise PermissionDenied("no Read Message History in this channel", key="error.cannot_read")

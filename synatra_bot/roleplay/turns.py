@@ -29,13 +29,14 @@ from synatra_bot.errors import (
     EngineError,
     EngineUnavailable,
     NotFound,
+    PermissionDenied,
     StorageUnavailable,
     TurnCancelled,
     UserFacingError,
 )
 from synatra_bot.prompt.builder import BuiltPrompt
 from synatra_bot.roleplay.addressing import Addressable, addressed
-from synatra_bot.roleplay.characters import names_of
+from synatra_bot.roleplay.characters import can_use, names_of
 from synatra_bot.roleplay.core import ActiveRoleplay, RoleplayCore, Started
 from synatra_bot.roleplay.lines import Line, Lines
 from synatra_bot.roleplay.rules import (
@@ -404,26 +405,44 @@ class Turns:
     def admit(
         self, active: ActiveRoleplay, place: Place, actor: Actor | None, character: CharacterRecord
     ) -> None:
-        """Refuse a turn before it costs anything: the channel rules every path obeys, then one
-        turn counted against the actor's rate limit."""
+        """Refuse a turn before it costs anything: the gate every path that makes a character
+        speak passes (a message, a suggestion sent, regenerate, continue, an edit and the offer
+        to regenerate, `/rp next`): a voice here at this moment, the channel rules, a character
+        the actor may still use in a DM (one who left its server may not), then one turn
+        counted against the actor's rate limit."""
+        if actor is not None:
+            require_voice(actor)
+            if place.dm and not can_use(actor, character):
+                raise PermissionDenied(
+                    "the character is no longer available",
+                    key="error.character_unavailable",
+                    name=character.name,
+                )
         self.core.check_may_generate(active, place, character)
         user_id = actor.user_id if actor else 0
         self.scheduler.charge(user_id, active.config.user_rate_limit)
 
     # --- scenes --------------------------------------------------------------------------------
 
-    async def admit_start(self, actor: Actor, place: Place) -> None:
-        """Refuse a `start` before anything changes: a voice here, an enabled channel (a
-        moderator's first start enables it), nobody else's running scene, one turn of the
-        actor's rate limit (the greeting is a message as the character)."""
+    async def admit_change(self, actor: Actor, place: Place, *, starts: bool = False) -> None:
+        """The gate of every command that changes which scene plays here or who is in it
+        (start, resume, branch, import, reset, cast add), before anything changes: a voice
+        here, an enabled channel (moderators excepted: a moderator's new scene enables it),
+        for a new scene nobody else's running one, and one turn of the actor's rate limit
+        (each posts as a character). A refusal after this gate has still cost that turn."""
         require_voice(actor)
         config = await self.core.config_for(place, user_id=actor.user_id)
         if not config.enabled and not actor.is_moderator:
             raise UserFacingError("channel disabled", key="error.channel_disabled")
-        await self.core.ensure_can_start(actor, place)
+        if starts:
+            await self.core.ensure_can_start(actor, place)
         self.scheduler.charge(actor.user_id, config.user_rate_limit)
-        if not config.enabled:
+        if starts and not config.enabled:
             await self.core.update_channel_settings(place, enabled=True)
+
+    async def admit_start(self, actor: Actor, place: Place) -> None:
+        """Refuse a new scene here (`start`, resume, branch, import) before anything changes."""
+        await self.admit_change(actor, place, starts=True)
 
     async def start(
         self, actor: Actor, place: Place, *, character_id: int, greeting_index: int = 0
@@ -437,10 +456,10 @@ class Turns:
         )
 
     async def admit_reset(self, actor: Actor, place: Place) -> None:
-        """Refuse a `reset` before anything changes (the starter or a moderator; one turn)."""
+        """Refuse a `reset` before anything changes (the starter or a moderator; the gate)."""
         active = await self.core.require_active(place)
         require_starter_or_moderator(actor, active.session)
-        self.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+        await self.admit_change(actor, place)
 
     async def reset(self, actor: Actor, place: Place) -> Started:
         """Start over with the same lead character (after `admit_reset`)."""
@@ -459,10 +478,9 @@ class Turns:
 
     async def join(self, actor: Actor, place: Place, character_id: int) -> Started:
         """A character joins the scene (the starter or a moderator; its greeting is one turn
-        of the actor's rate limit)."""
+        of the actor's rate limit, behind the gate of `admit_change`)."""
         await self.core.check_join(actor, place, character_id=character_id)
-        active = await self.core.require_active(place)
-        self.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+        await self.admit_change(actor, place)
         return await self.core.add_to_cast(actor, place, character_id=character_id)
 
     async def leave(self, actor: Actor, place: Place, character_id: int) -> CharacterRecord:
@@ -542,6 +560,7 @@ class Turns:
         active = await self.core.active(place, on_wait=on_wait)
         if active is None or not active.config.enabled:
             return None
+        require_voice(actor)  # a suggestion sent is posted for its player, answered or not
         message_id = line.message_id if line is not None else None
         if (
             line is not None
@@ -742,9 +761,13 @@ class Turns:
         latest = await self.core.latest_reply(place)
         if latest is None or latest.id < edit.message.id or await self.core.is_greeting(latest):
             return Edited()
-        if active.config.edit_policy != "regenerate":
-            return Edited(offer=latest)
         character = active.member(latest.character_id) or active.lead
+        if active.config.edit_policy != "regenerate":
+            try:
+                self.admit(active, place, editor, character)  # an offer posts here, too
+            except UserFacingError:
+                return Edited()  # the edit stays; nothing is posted
+            return Edited(offer=latest)
         self.admit(active, place, editor, character)  # the editor's turn, on their own limit
         reply = Reply(
             self,

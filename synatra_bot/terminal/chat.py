@@ -258,7 +258,7 @@ class TerminalChat:
     ) -> None:
         self.turns = turns
         self.core = turns.core
-        self.archive = Archive(turns.core, turns.scheduler)
+        self.archive = Archive(turns)
         self.actor = actor
         self.place = place
         self._stdin = stdin

@@ -317,6 +317,12 @@ class FakeDiscord:
         self._fire("GUILD_MEMBER_ADD", {**member.payload(), "guild_id": str(guild.id)}, guild)
         return member
 
+    def remove_member(self, guild: FakeGuild, member: FakeMember) -> None:
+        """``member`` leaves ``guild`` (or is kicked); sends GUILD_MEMBER_REMOVE."""
+        del guild.members[member.id]
+        payload = {"guild_id": str(guild.id), "user": member.user.payload()}
+        self._fire("GUILD_MEMBER_REMOVE", payload, guild)
+
     def set_overwrite(
         self,
         channel: FakeChannel,

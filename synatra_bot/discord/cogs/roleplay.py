@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from datetime import UTC, datetime
@@ -21,13 +22,21 @@ from synatra_bot.discord.cogs.common import (
     scene_line,
 )
 from synatra_bot.discord.i18n import t
-from synatra_bot.discord.interactions import actor_of, answer, place_of, speaker_of, tr
+from synatra_bot.discord.interactions import (
+    actor_of,
+    answer,
+    editor_of,
+    place_of,
+    speaker_of,
+    tr,
+)
 from synatra_bot.discord.replies import ReplyButton, SwipePosition
 from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.errors import UserFacingError
 from synatra_bot.prompt.report import is_card_book
 from synatra_bot.roleplay.core import MemoryStatus
 from synatra_bot.roleplay.rules import (
+    require_history,
     require_may_inspect,
     require_starter_or_moderator,
 )
@@ -42,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Messages starting with these are out of character: neither stored nor answered.
 OOC_PREFIXES = ("//", "((", "(OOC")
+#: How much of a reopened, branched or imported scene's newest reply is posted again.
+RECAP_CHARS = 1500
 
 
 def _from_player(message: discord.Message) -> bool:
@@ -262,17 +273,26 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         await self._show_where_it_stands(channel, place)
 
     async def _show_where_it_stands(self, channel: Any, place: Place) -> None:
-        """After a scene changed under the players: its newest reply, with its buttons."""
+        """After a scene changed under the players: its newest reply, with its buttons, cut
+        to its last `RECAP_CHARS` characters (one message: however long an imported line,
+        reopening a scene never floods the channel)."""
         active = await self.bot.core.require_active(place)
         latest = await self.bot.core.latest_reply(place)
         if latest is not None:
             character = active.member(latest.character_id) or active.lead
             shown = await self.bot.turns.shown(latest)
+            text = shown.message.content
+            if len(text) > RECAP_CHARS:
+                text = "…" + text[-RECAP_CHARS:]
+                shown = dataclasses.replace(
+                    shown, message=dataclasses.replace(shown.message, content=text)
+                )
             await self.bot.replies.show(channel, character, shown)
 
     @app_commands.command(name="export", description="This scene as a SillyTavern chat file")
     async def export(self, interaction: discord.Interaction[SynatraBot]) -> None:
-        _, place, _ = self._where(interaction)
+        _, place, actor = self._where(interaction)
+        require_history(actor)
         name, data = await self.bot.archive.export(place)
         await answer(
             interaction,
@@ -331,6 +351,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         auto: bool | None = None,
     ) -> None:
         _, place, actor = self._where(interaction)
+        require_history(actor)
         core = self.bot.core
         active = await core.require_active(place)
         if text is None and auto is None:
@@ -482,9 +503,9 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
     async def _on_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         # Edited into an out-of-character note (or emptied): it leaves the story.
         content = self._story_text(payload.message)
-        editor = speaker_of(payload.message.author, payload.guild_id)
         # discord.py caches no DM channel it only got messages in: the edited message has it.
         channel = self.bot.get_channel(payload.channel_id) or payload.message.channel
+        editor = editor_of(payload.message.author, channel, payload.guild_id)
         place = place_of(channel, payload.guild_id) if _channel_types_ok(channel) else None
         try:
             edited = await self.bot.turns.edited(place, editor, payload.message_id, content)
