@@ -151,7 +151,8 @@ class Archive:
         character = await self.core.characters.for_use(
             actor, character_id, place=place, nsfw_policy=config.nsfw_policy
         )
-        turns = [self._turn(actor, character, line) for line in chat.lines]
+        now = self.core.now()
+        turns = [self._turn(actor, character, line, now) for line in chat.lines]
         await self.scheduler.cancel_channel(place.channel_id, reason="a chat was imported")
         session = await archives.import_scene(
             self.core.sessions,
@@ -167,9 +168,13 @@ class Archive:
         return Imported(session, character, len(chat.lines))
 
     @staticmethod
-    def _turn(actor: Actor, character: CharacterRecord, line: ChatLine) -> archives.ImportedTurn:
+    def _turn(
+        actor: Actor, character: CharacterRecord, line: ChatLine, now: datetime
+    ) -> archives.ImportedTurn:
         """A chat line as a stored turn: the player's lines are the importer's, the others
-        `character`'s; system lines (hidden or narration) are kept, never shown to the model."""
+        `character`'s; system lines (hidden or narration) are kept, never shown to the model.
+        A date after `now` (the import) becomes `now`: the file says when its lines were
+        written, not how long the scene here stays busy."""
         role = "system" if line.is_system else "user" if line.is_user else "assistant"
         options = list(line.swipes) or [line.text]
         chosen = line.swipe_id if line.swipes else 0
@@ -181,7 +186,7 @@ class Archive:
             author_id=actor.user_id if line.is_user else None,
             display_name=character.name if role == "assistant" else line.name,
             character_id=character.id if role == "assistant" else None,
-            sent_at=line.sent_at,
+            sent_at=None if line.sent_at is None else min(line.sent_at, now),
         )
 
 

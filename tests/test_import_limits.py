@@ -1,0 +1,86 @@
+"""Imported chats are data, not time or weight: through the real discord.py client and the fake
+Discord, a chat file's dates cannot keep a scene busy, its swipes and rows are bounded, it is
+read and stored off the event loop, and its history is summarised at a bounded rate."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+
+from synatra_bot.engine.scripted import ScriptedEngine
+from synatra_bot.storage import repository as repo
+from tests.bot_harness import eventually
+
+
+def numbered_replies(tokenizer) -> ScriptedEngine:
+    counter = itertools.count(1)
+    return ScriptedEngine(lambda prompt: f"답장 {next(counter)}.", tokenizer=tokenizer)
+
+
+def chat_file(*messages: dict) -> bytes:
+    header = {"user_name": "민수", "character_name": "하늘", "create_date": "2024-06-05@14h56m50s"}
+    return "\n".join(json.dumps(row, ensure_ascii=False) for row in (header, *messages)).encode()
+
+
+def line(text: str, *, is_user: bool, **fields) -> dict:
+    return {"name": "민수" if is_user else "하늘", "is_user": is_user, "mes": text, **fields}
+
+
+async def import_file(harness, member, channel, character: int, data: bytes, name="chat.jsonl"):
+    record = await harness.slash(
+        member,
+        "rp import",
+        channel=channel,
+        file=(name, data, "application/jsonl"),
+        character=str(character),
+    )
+    return await harness.final_text(record)
+
+
+async def open_channel(harness):
+    """#general enabled by a moderator's scene, which the moderator then ends."""
+    s = harness.scenario
+    character = await harness.character(s.moderator, "민지")
+    await harness.start_roleplay(s.moderator, s.general, character)
+    await harness.final_text(await harness.slash(s.moderator, "rp stop", channel=s.general))
+
+
+async def test_a_chat_dated_in_the_far_future_is_taken_over_once_idle(start_bot, tokenizer):
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        s = harness.scenario
+        await open_channel(harness)
+        hers = await harness.character(s.members[0], "하늘")
+        his = await harness.character(s.members[1], "바다")
+        far = "9999-12-31T23:59:59.000Z"
+        data = chat_file(
+            line("미래에서 왔어.", is_user=True, send_date=far),
+            line("그럴 리가.", is_user=False, send_date=far),
+        )
+        before = datetime.now(UTC)
+        assert "2개" in await import_file(harness, s.members[0], s.general, hers, data)
+        imported = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+        assert imported.started_by == s.members[0].user.id
+        turns = await repo.recent_history(harness.sessions, session_id=imported.id, limit=10)
+        after = datetime.now(UTC)
+        stored = [m.created_at.replace(tzinfo=UTC) for m in turns]
+        assert [m.content for m in turns] == ["미래에서 왔어.", "그럴 리가."]
+        assert all(before <= t <= after for t in stored)
+
+        # Freshly imported, the scene is its importer's ...
+        refused = await harness.slash(
+            s.members[1], "rp start", channel=s.general, character=str(his)
+        )
+        assert "진행 중" in await harness.final_text(refused)
+
+        # ... until nothing happened in it for half an hour: then anyone may take it over.
+        real_now = harness.bot.core.now
+        harness.bot.core.now = lambda: real_now() + timedelta(minutes=31)
+        taken = await harness.slash(s.members[1], "rp start", channel=s.general, character=str(his))
+        await harness.final_text(taken)
+
+        async def taken_over():
+            active = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+            return active.started_by == s.members[1].user.id
+
+        assert await eventually(taken_over)
