@@ -9,6 +9,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from synatra_bot.engine.scripted import ScriptedEngine
+from synatra_bot.prompt.st_chat import MAX_CHAT_ROWS, MAX_SWIPES_PER_MESSAGE
 from synatra_bot.storage import repository as repo
 from tests.bot_harness import eventually
 
@@ -84,3 +85,70 @@ async def test_a_chat_dated_in_the_far_future_is_taken_over_once_idle(start_bot,
             return active.started_by == s.members[1].user.id
 
         assert await eventually(taken_over)
+
+
+async def scene_count(harness) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    from synatra_bot.storage.models import Message, RoleplaySession
+
+    async with harness.sessions() as session:
+        scenes = await session.scalar(select(func.count(RoleplaySession.id)))
+        rows = await session.scalar(select(func.count(Message.id)))
+    return scenes, rows
+
+
+async def test_a_message_with_twenty_thousand_swipes_is_refused_naming_the_limit(
+    start_bot, tokenizer
+):
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        s = harness.scenario
+        await open_channel(harness)
+        hers = await harness.character(s.members[0], "하늘")
+        before = await scene_count(harness)
+        swipes = [""] * 20_000
+        data = chat_file(
+            line("안녕.", is_user=True),
+            line("", is_user=False, swipes=swipes, swipe_id=0),
+        )
+        assert len(data) < 100_000
+        text = await import_file(harness, s.members[0], s.general, hers, data)
+        assert "3번째 줄" in text and "스와이프" in text and f"{MAX_SWIPES_PER_MESSAGE}개" in text
+        assert await scene_count(harness) == before
+
+        # At the limit it is taken, every swipe kept.
+        data = chat_file(
+            line("안녕.", is_user=True),
+            line(
+                "답 0",
+                is_user=False,
+                swipes=[f"답 {i}" for i in range(MAX_SWIPES_PER_MESSAGE)],
+                swipe_id=0,
+            ),
+        )
+        assert "2개" in await import_file(harness, s.members[0], s.general, hers, data)
+        active = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+        [_, last] = await repo.recent_history(harness.sessions, session_id=active.id, limit=10)
+        options = await repo.alternatives(harness.sessions, message_id=last.id)
+        assert len(options) == MAX_SWIPES_PER_MESSAGE
+
+
+async def test_a_chat_of_more_rows_than_one_import_holds_is_refused_naming_the_limit(
+    start_bot, tokenizer
+):
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        s = harness.scenario
+        await open_channel(harness)
+        hers = await harness.character(s.members[0], "하늘")
+        before = await scene_count(harness)
+        per_message = MAX_SWIPES_PER_MESSAGE
+        messages = MAX_CHAT_ROWS // per_message + 1
+        data = chat_file(
+            *(
+                line("", is_user=False, swipes=[""] * per_message, swipe_id=0)
+                for _ in range(messages)
+            )
+        )
+        text = await import_file(harness, s.members[0], s.general, hers, data)
+        assert f"{MAX_CHAT_ROWS}개" in text and f"{messages + 1}번째 줄" in text
+        assert await scene_count(harness) == before
