@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
 from synatra_bot.engine.scripted import ScriptedEngine
@@ -152,3 +153,68 @@ async def test_a_chat_of_more_rows_than_one_import_holds_is_refused_naming_the_l
         text = await import_file(harness, s.members[0], s.general, hers, data)
         assert f"{MAX_CHAT_ROWS}개" in text and f"{messages + 1}번째 줄" in text
         assert await scene_count(harness) == before
+
+
+async def test_a_large_chat_is_read_on_a_worker_thread_and_stored_in_rounds(
+    start_bot, tokenizer, monkeypatch
+):
+    """What would hold the event loop is done elsewhere or cut small: the file is read on a
+    worker thread, and no transaction writes more than `IMPORT_BATCH_ROWS` rows."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from synatra_bot.roleplay import archive
+    from synatra_bot.storage.archives import IMPORT_BATCH_ROWS
+    from synatra_bot.storage.models import Message
+
+    read_on: list[threading.Thread] = []
+    real_parse = archive.parse_chat
+
+    def parse_chat(data: bytes, *, filename: str | None = None):
+        read_on.append(threading.current_thread())
+        return real_parse(data, filename=filename)
+
+    monkeypatch.setattr(archive, "parse_chat", parse_chat)
+    written: list[int] = []
+
+    def flushed(session, context, instances) -> None:
+        session.info["rows"] = session.info.get("rows", 0) + sum(
+            isinstance(row, Message) for row in session.new
+        )
+
+    def committed(session) -> None:
+        written.append(session.info.pop("rows", 0))
+
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        s = harness.scenario
+        await open_channel(harness)
+        hers = await harness.character(s.members[0], "하늘")
+        pairs = 500
+        data = chat_file(
+            *itertools.chain.from_iterable(
+                (
+                    line(f"{n}번째 이야기.", is_user=True),
+                    line(f"대답 {n}.", is_user=False, swipes=[f"대답 {n}.", f"다른 답 {n}."]),
+                )
+                for n in range(pairs)
+            )
+        )
+        event.listen(Session, "before_flush", flushed)
+        event.listen(Session, "after_commit", committed)
+        try:
+            text = await import_file(harness, s.members[0], s.general, hers, data)
+        finally:
+            event.remove(Session, "before_flush", flushed)
+            event.remove(Session, "after_commit", committed)
+        assert f"{2 * pairs}개" in text
+        assert read_on and threading.main_thread() not in read_on
+        rounds = [rows for rows in written if rows]
+        assert sum(rounds) == 3 * pairs
+        assert len(rounds) >= 3 * pairs // IMPORT_BATCH_ROWS
+        assert max(rounds) <= IMPORT_BATCH_ROWS
+
+        active = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+        turns = await repo.recent_history(harness.sessions, session_id=active.id, limit=5000)
+        assert len(turns) == 2 * pairs and turns[-1].content == f"대답 {pairs - 1}."
+        options = await repo.alternatives(harness.sessions, message_id=turns[-1].id)
+        assert [m.content for m in options] == [f"대답 {pairs - 1}.", f"다른 답 {pairs - 1}."]

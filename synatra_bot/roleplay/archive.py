@@ -7,6 +7,7 @@ the current one): see `RoleplayCore.ensure_can_start`.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -138,7 +139,8 @@ class Archive:
             lines=tuple(lines),
         )
         day = session.started_at.strftime("%Y-%m-%d")
-        return f"{active.lead.name} - {day} - scene {session.id}.jsonl", render_chat(chat)
+        data = await asyncio.to_thread(render_chat, chat)
+        return f"{active.lead.name} - {day} - scene {session.id}.jsonl", data
 
     async def import_chat(
         self, actor: Actor, place: Place, *, data: bytes, filename: str, character_id: int
@@ -146,13 +148,16 @@ class Archive:
         """Start a scene here that continues a SillyTavern chat, with `character` speaking its
         lines. The file is read whole before anything is stored: a malformed one stores
         nothing. The caller has admitted the start (`Turns.admit_start`)."""
-        chat = parse_chat(data, filename=filename)
+        # Reading a large file takes a while: it happens on a worker thread, never the loop.
+        chat = await asyncio.to_thread(parse_chat, data, filename=filename)
         config = await self.core.config_for(place, user_id=actor.user_id)
         character = await self.core.characters.for_use(
             actor, character_id, place=place, nsfw_policy=config.nsfw_policy
         )
         now = self.core.now()
-        turns = [self._turn(actor, character, line, now) for line in chat.lines]
+        turns = await asyncio.to_thread(
+            lambda: [self._turn(actor, character, line, now) for line in chat.lines]
+        )
         await self.scheduler.cancel_channel(place.channel_id, reason="a chat was imported")
         session = await archives.import_scene(
             self.core.sessions,
