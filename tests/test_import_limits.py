@@ -10,9 +10,12 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 from synatra_bot.engine.scripted import ScriptedEngine
+from synatra_bot.prompt.builder import SUMMARY_DIALOGUE_HEADING
 from synatra_bot.prompt.st_chat import MAX_CHAT_ROWS, MAX_SWIPES_PER_MESSAGE
+from synatra_bot.roleplay.memory import SUMMARIES_PER_REPLY
+from synatra_bot.roleplay.types import Place
 from synatra_bot.storage import repository as repo
-from tests.bot_harness import eventually
+from tests.bot_harness import eventually, has_buttons
 
 
 def numbered_replies(tokenizer) -> ScriptedEngine:
@@ -218,3 +221,36 @@ async def test_a_large_chat_is_read_on_a_worker_thread_and_stored_in_rounds(
         assert len(turns) == 2 * pairs and turns[-1].content == f"대답 {pairs - 1}."
         options = await repo.alternatives(harness.sessions, message_id=turns[-1].id)
         assert [m.content for m in options] == [f"대답 {pairs - 1}.", f"다른 답 {pairs - 1}."]
+
+
+async def test_a_long_imported_chat_is_summarised_a_few_requests_per_reply(start_bot, tokenizer):
+    """600 imported lines overflow the context many times over: each message sent after the
+    import costs its reply and at most `SUMMARIES_PER_REPLY` summaries, the reply first."""
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        s, engine = harness.scenario, harness.engine
+        await open_channel(harness)
+        hers = await harness.character(s.members[0], "하늘")
+        story = "우리는 안개 낀 숲길을 따라 오래된 등대까지 천천히 걸어가며 이야기를 나눴다"
+        data = chat_file(*(line(f"{n}번째 줄: {story}.", is_user=n % 2 == 0) for n in range(600)))
+        assert "600개" in await import_file(harness, s.members[0], s.general, hers, data)
+        shown = await harness.fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None and m.content.startswith("599번째")
+        )
+        await harness.fake.wait_until(lambda: has_buttons(shown))
+        asked = len(engine.prompts)
+
+        for turn in range(3):
+            reply = await harness.reply_to(s.general, s.members[0], f"{turn}: 등대에 도착했어.")
+            assert reply.content.startswith("답장")
+            await harness.bot.scheduler.background_idle()
+            new = engine.prompts[asked:]
+            asked = len(engine.prompts)
+            summaries = [p for p in new if SUMMARY_DIALOGUE_HEADING in p]
+            assert SUMMARY_DIALOGUE_HEADING not in new[0]  # the player's reply came first
+            assert len(new) == 1 + len(summaries)
+            assert 1 <= len(summaries) <= SUMMARIES_PER_REPLY
+
+        status = await harness.bot.core.memory_status(
+            Place(channel_id=s.general.id, guild_id=s.guild.id)
+        )
+        assert status.text and status.until_id is not None
