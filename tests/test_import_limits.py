@@ -254,3 +254,58 @@ async def test_a_long_imported_chat_is_summarised_a_few_requests_per_reply(start
             Place(channel_id=s.general.id, guild_id=s.guild.id)
         )
         assert status.text and status.until_id is not None
+
+
+async def test_an_import_whose_later_round_fails_leaves_nothing_behind(tmp_path):
+    """The rounds before the failure were committed: they are deleted again, and the channel's
+    running scene stays the one it had."""
+    import pytest
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import IntegrityError
+
+    from synatra_bot.storage import archives
+    from synatra_bot.storage.archives import IMPORT_BATCH_ROWS, ImportedTurn
+    from synatra_bot.storage.database import create_engine, create_sessionmaker
+    from synatra_bot.storage.migrate import upgrade_database
+    from synatra_bot.storage.models import Message, RoleplaySession
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'import.db'}"
+    await upgrade_database(url)
+    database = create_engine(url)
+    sessions = create_sessionmaker(database)
+    try:
+        character = await repo.create_character(
+            sessions, owner_id=7, guild_id=1, name="하늘", description="안내인."
+        )
+        running = await repo.start_session(
+            sessions,
+            guild_id=1,
+            channel_id=500,
+            parent_channel_id=None,
+            character_id=character.id,
+            started_by=7,
+        )
+        good = [ImportedTurn(role="user", options=("숲길을 걸었다.",), author_id=7)]
+        broken = ImportedTurn(role=None, options=("없는 역할",))  # type: ignore[arg-type]
+        with pytest.raises(IntegrityError):
+            await archives.import_scene(
+                sessions,
+                guild_id=1,
+                channel_id=500,
+                parent_channel_id=None,
+                character_id=character.id,
+                started_by=7,
+                turns=good * (2 * IMPORT_BATCH_ROWS) + [broken],
+            )
+        active = await repo.get_active_session(sessions, channel_id=500)
+        assert active.id == running.id and active.ended_at is None
+        async with sessions() as session:
+            assert await session.scalar(select(func.count(RoleplaySession.id))) == 1
+            assert (
+                await session.scalar(
+                    select(func.count(Message.id)).where(Message.session_id != running.id)
+                )
+                == 0
+            )
+    finally:
+        await database.dispose()
