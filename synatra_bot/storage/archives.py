@@ -263,7 +263,7 @@ class ImportedTurn:
 
 #: Rows one transaction of an import writes at most: a large chat is stored in rounds, so no
 #: round keeps the event loop (the ORM's work runs on it) or the database's write lock long.
-IMPORT_BATCH_ROWS = 500
+IMPORT_BATCH_ROWS = 100
 
 
 async def import_scene(
