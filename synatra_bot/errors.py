@@ -11,6 +11,7 @@ SynatraError                   base of everything raised on purpose
 │   │   └── NoSession          no roleplay is running in this channel
 │   ├── CardError              a character card file is malformed or too large
 │   ├── ChatFileError          a SillyTavern chat file is malformed or too large
+│   │   └── ChatFileOverLimit       ... or holds more swipes or rows than one import may
 │   ├── LorebookError          a lorebook (World Info) file is malformed or too large
 │   ├── ImageRejected          an avatar image is not one, is too large, or cannot be used
 │   ├── LimitReached           the member already has as many characters as the server allows
@@ -107,6 +108,28 @@ class ChatFileError(UserFacingError):
         )
         self.line = line
         self.reason = reason
+
+    def named(self, filename: str) -> ChatFileError:
+        """The same error, naming the file it is about."""
+        return ChatFileError(self.line, self.reason, filename=filename)
+
+
+class ChatFileOverLimit(ChatFileError):
+    """A chat file holds more than one import may store: more swipes on one message, or more
+    rows (messages and their swipes together), than `limit`. `key` names which."""
+
+    def __init__(
+        self, line: int, reason: str, *, key: str, limit: int, filename: str | None = None
+    ) -> None:
+        super().__init__(line, reason, filename=filename)
+        self.key = key
+        self.limit = limit
+        self.params["limit"] = limit
+
+    def named(self, filename: str) -> ChatFileError:
+        return ChatFileOverLimit(
+            self.line, self.reason, key=self.key, limit=self.limit, filename=filename
+        )
 
 
 class LorebookError(UserFacingError):

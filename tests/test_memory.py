@@ -507,6 +507,63 @@ async def test_one_job_per_scene_takes_up_the_newer_drops_too(scene) -> None:
     )
 
 
+async def test_a_server_runs_at_most_two_summary_jobs_at_once(sessions, tokenizer) -> None:
+    """Three scenes of one server and one of another all drop turns while summaries are held:
+    the first server runs two jobs, the other its own; the third scene's waits for its next
+    reply, which starts it."""
+    scene = await start_scene(sessions, tokenizer, max_concurrent=8)
+    core = scene.core
+    other_guild = Actor(43, "지수", guild_id=2)
+    places = [
+        (PLACE, ACTOR),
+        (Place(channel_id=501, guild_id=1), ACTOR),
+        (Place(channel_id=502, guild_id=1), ACTOR),
+        (Place(channel_id=600, guild_id=2), other_guild),
+    ]
+    try:
+        for place, actor in places[1:]:
+            await core.update_channel_settings(place, enabled=True, user_rate_limit=10_000)
+            character = await repo.create_character(
+                sessions,
+                owner_id=actor.user_id,
+                guild_id=place.guild_id,
+                name="하늘",
+                description="{{char}}는 숲을 잘 아는 안내인이다.",
+                first_message="어서 와, {{user}}! 숲길로 가 볼까?",
+            )
+            await core.start(actor, place, character_id=character.id)
+        await core.update_guild_settings(2, summary_tokens=SUMMARY_TOKENS)
+
+        async def play(place: Place, actor: Actor) -> None:
+            said = await scene.turns.say(place, actor, "우리는 숲길을 따라 계속 걸었다.")
+            assert said is not None
+            async for reply in said.replies():
+                async with reply.stream() as texts:
+                    async for _ in texts:
+                        pass
+
+        scene.engine.gate.clear()  # summary requests wait
+        for place, actor in places:
+            for _ in range(200):
+                await play(place, actor)
+                if scene.reports[-1].trimmed_this_turn:
+                    break
+        assert scene.scheduler.background_jobs == 3  # two of the first server's, one of the other's
+        third = places[2][0]
+        assert not scene.keeper.updating((await core.require_active(third)).session.id)
+
+        scene.engine.gate.set()
+        await scene.settle()
+        assert (await core.memory_status(third)).text == ""
+        await play(third, ACTOR)  # its next reply starts its job
+        await scene.settle()
+        assert (await core.memory_status(third)).text == scene.engine.summaries[-1]
+        for place, _ in places:
+            assert (await core.memory_status(place)).text
+    finally:
+        await scene.scheduler.shutdown(finish=False)
+
+
 # --- restarts and shutdown --------------------------------------------------------------------
 
 

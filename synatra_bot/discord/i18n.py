@@ -158,6 +158,20 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "That chat file can't be read (line {line}): {reason}",
         "채팅 파일을 읽을 수 없어요 ({line}번째 줄): {reason}",
     ),
+    "error.chat_file_swipes": (
+        "That chat file can't be imported: the message on line {line} has more than {limit} "
+        "swipes, the most one message may bring. Delete some in SillyTavern and try again.",
+        "채팅 파일을 가져올 수 없어요: {line}번째 줄 메시지의 스와이프가 한 메시지에 둘 수 있는 "
+        "{limit}개보다 많아요. SillyTavern에서 몇 개 지우고 다시 해 주세요.",
+    ),
+    "error.chat_file_rows": (
+        "That chat file can't be imported: its messages and swipes together are more than "
+        "{limit}, the most one import may hold (over at line {line}). Split the chat or delete "
+        "swipes, and try again.",
+        "채팅 파일을 가져올 수 없어요: 메시지와 스와이프를 합쳐 한 번에 가져올 수 있는 "
+        "{limit}개보다 많아요({line}번째 줄에서 넘어요). 채팅을 나누거나 스와이프를 지우고 다시 "
+        "해 주세요.",
+    ),
     "error.lorebook": (
         "That lorebook file can't be read: {reason}",
         "로어북 파일을 읽을 수 없어요: {reason}",

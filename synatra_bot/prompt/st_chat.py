@@ -22,10 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from synatra_bot.errors import ChatFileError
+from synatra_bot.errors import ChatFileError, ChatFileOverLimit
 
 MAX_CHAT_BYTES = 8 * 1024 * 1024
 MAX_CHAT_LINES = 20_000
+#: Alternatives (swipes) one message may bring; a file with more is refused, not cut.
+MAX_SWIPES_PER_MESSAGE = 100
+#: Rows one import stores at most: every message's alternatives (one without any is one row).
+MAX_CHAT_ROWS = 20_000
 MAX_MESSAGE_CHARS = 64_000
 MAX_NAME_CHARS = 100
 #: The names a chat without a metadata line (or with one that lacks them) gets.
@@ -112,7 +116,7 @@ def parse_chat(data: bytes, *, filename: str | None = None) -> ChatFile:
     except ChatFileError as exc:
         if filename is None:
             raise
-        raise ChatFileError(exc.line, exc.reason, filename=filename) from None
+        raise exc.named(filename) from None
 
 
 def _parse(data: bytes) -> ChatFile:
@@ -138,8 +142,19 @@ def _parse(data: bytes) -> ChatFile:
     user_name = _name(header, "user_name", header_line, DEFAULT_USER_NAME)
     character_name = _name(header, "character_name", header_line, DEFAULT_CHARACTER_NAME)
     created_at = _date(header, "create_date", header_line)
-    lines = tuple(_message(obj, number, user_name, character_name) for number, obj in rows)
-    return ChatFile(user_name, character_name, created_at, lines)
+    lines: list[ChatLine] = []
+    stored = 0
+    for number, obj in rows:
+        lines.append(line := _message(obj, number, user_name, character_name))
+        stored += len(line.swipes) or 1
+        if stored > MAX_CHAT_ROWS:
+            raise ChatFileOverLimit(
+                number,
+                f"the chat holds more than {MAX_CHAT_ROWS} messages and swipes together",
+                key="error.chat_file_rows",
+                limit=MAX_CHAT_ROWS,
+            )
+    return ChatFile(user_name, character_name, created_at, tuple(lines))
 
 
 def _kind(value: Any) -> str:
@@ -216,6 +231,13 @@ def _message(obj: dict[str, Any], number: int, user_name: str, character_name: s
         raw_swipes = []
     if not isinstance(raw_swipes, list):
         raise ChatFileError(number, f"'swipes' must be a list, found {_kind(raw_swipes)}")
+    if len(raw_swipes) > MAX_SWIPES_PER_MESSAGE:
+        raise ChatFileOverLimit(
+            number,
+            f"the message has {len(raw_swipes)} swipes, the limit is {MAX_SWIPES_PER_MESSAGE}",
+            key="error.chat_file_swipes",
+            limit=MAX_SWIPES_PER_MESSAGE,
+        )
     swipes = [_text(item, f"swipe {i}", number) for i, item in enumerate(raw_swipes)]
 
     swipe_id = obj.get("swipe_id")

@@ -7,6 +7,7 @@ the current one): see `Turns.admit_start`.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -155,7 +156,8 @@ class Archive:
             lines=tuple(lines),
         )
         day = session.started_at.strftime("%Y-%m-%d")
-        return f"{active.lead.name} - {day} - scene {session.id}.jsonl", render_chat(chat)
+        data = await asyncio.to_thread(render_chat, chat)
+        return f"{active.lead.name} - {day} - scene {session.id}.jsonl", data
 
     async def import_chat(
         self, actor: Actor, place: Place, *, data: bytes, filename: str, character_id: int
@@ -163,12 +165,16 @@ class Archive:
         """Start a scene here that continues a SillyTavern chat, with `character` speaking its
         lines. The file is read whole before anything is stored: a malformed one stores
         nothing. The caller has admitted the start (`Turns.admit_start`)."""
-        chat = parse_chat(data, filename=filename)
+        # Reading a large file takes a while: it happens on a worker thread, never the loop.
+        chat = await asyncio.to_thread(parse_chat, data, filename=filename)
         config = await self.core.config_for(place, user_id=actor.user_id)
         character = await self.core.characters.for_use(
             actor, character_id, place=place, nsfw_policy=config.nsfw_policy
         )
-        turns = [self._turn(actor, character, line) for line in chat.lines]
+        now = self.core.now()
+        turns = await asyncio.to_thread(
+            lambda: [self._turn(actor, character, line, now) for line in chat.lines]
+        )
         await self.scheduler.cancel_channel(place.channel_id, reason="a chat was imported")
         session = await archives.import_scene(
             self.core.sessions,
@@ -184,9 +190,13 @@ class Archive:
         return Imported(session, character, len(chat.lines))
 
     @staticmethod
-    def _turn(actor: Actor, character: CharacterRecord, line: ChatLine) -> archives.ImportedTurn:
+    def _turn(
+        actor: Actor, character: CharacterRecord, line: ChatLine, now: datetime
+    ) -> archives.ImportedTurn:
         """A chat line as a stored turn: the player's lines are the importer's, the others
-        `character`'s; system lines (hidden or narration) are kept, never shown to the model."""
+        `character`'s; system lines (hidden or narration) are kept, never shown to the model.
+        A date after `now` (the import) becomes `now`: the file says when its lines were
+        written, not how long the scene here stays busy."""
         role = "system" if line.is_system else "user" if line.is_user else "assistant"
         options = list(line.swipes) or [line.text]
         chosen = line.swipe_id if line.swipes else 0
@@ -198,7 +208,7 @@ class Archive:
             author_id=actor.user_id if line.is_user else None,
             display_name=character.name if role == "assistant" else line.name,
             character_id=character.id if role == "assistant" else None,
-            sent_at=line.sent_at,
+            sent_at=None if line.sent_at is None else min(line.sent_at, now),
         )
 
 

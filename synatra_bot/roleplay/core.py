@@ -208,9 +208,12 @@ class RoleplayCore:
         builder: PromptBuilder,
         defaults: Defaults,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
         patience: Patience | None = None,
     ) -> None:
         self.sessions = sessions
+        #: The wall clock scenes' activity is measured on (moved forward in tests).
+        self.now = now
         #: How long a player's line and a reply keep trying a locked database.
         self.patience = patience or Patience()
         self.characters = characters
@@ -553,13 +556,16 @@ class RoleplayCore:
             )
 
     async def _idle(self, session: SessionRecord) -> bool:
-        """Whether nothing happened in the scene for `IDLE_TAKEOVER_S`. Undone and unchosen
-        turns count: undoing the newest turns does not make a scene look abandoned."""
+        """Whether nothing happened in the scene for `IDLE_TAKEOVER_S` since it was made here.
+        Undone and unchosen turns count: undoing the newest turns does not make a scene look
+        abandoned."""
         latest = await repo.last_activity(self.sessions, session_id=session.id)
-        last = latest or session.started_at
-        if last.tzinfo is None:  # SQLite hands back naive UTC
-            last = last.replace(tzinfo=UTC)
-        return (datetime.now(UTC) - last).total_seconds() > IDLE_TAKEOVER_S
+        started = session.started_at
+        if started.tzinfo is None:  # SQLite hands back naive UTC
+            started = started.replace(tzinfo=UTC)
+        # A scene made here of older turns (imported, branched) is new from when it was made.
+        last = max(latest, started) if latest is not None else started
+        return (self.now() - last).total_seconds() > IDLE_TAKEOVER_S
 
     async def stop(self, place: Place) -> int | None:
         ended = await repo.end_session(self.sessions, channel_id=place.channel_id)

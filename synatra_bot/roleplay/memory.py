@@ -12,6 +12,13 @@ started only while no player's turn waits, and giving their slot back the moment
 turn needs it (they are retried after). Nothing half-done is stored: a summary is written only
 whole, only over the summary it was folded from, and only while no turn it folded changed.
 
+Summaries are paid for by replies, so what the engine does in the background follows what
+players do in the foreground: each stored reply lets its scene ask for `SUMMARIES_PER_REPLY`
+summaries more, banked up to `SUMMARY_BANK`, and a server's scenes run at most
+`SUMMARY_JOBS_PER_SERVER` summary jobs at once. A scene whose prompt dropped hundreds of turns
+at once (an imported chat, a resumed one) is folded a few chunks per reply, never dozens of
+requests for one message; until it has caught up its prompt simply holds less of the past.
+
 An undo, edit, delete or swipe of a turn the summary covers makes it stale: the next job
 rewrites it, folding the scene again from its start, chunk by chunk. A summary written by hand
 (`RoleplayCore.set_memory`) stays as written; folding continues from it. It is also kept
@@ -45,6 +52,12 @@ SUMMARY_TOP_P = 0.9
 #: Rounds in a row that store nothing (taken back by players, a turn changed meanwhile) before
 #: a job gives up; the next stored reply starts another.
 MAX_IDLE_ROUNDS = 8
+#: Summary requests each stored reply adds to its scene's allowance ...
+SUMMARIES_PER_REPLY = 2
+#: ... which holds at most this many (replies whose prompts dropped nothing bank theirs).
+SUMMARY_BANK = 4
+#: Summary jobs of one server (all DM scenes together count as one) running at once.
+SUMMARY_JOBS_PER_SERVER = 2
 #: A summary within this many tokens of its limit that does not end a sentence was cut off.
 CUT_OFF_SLACK = 8
 #: Where a summary may be cut: after a sentence's closing mark (and its quotes), or a line.
@@ -86,6 +99,8 @@ class _Job:
 
     session_id: int
     channel_id: int
+    #: The server whose allowance of jobs it takes (None: a DM scene).
+    guild_id: int | None
     config: ChannelConfig
     cast: tuple[str, ...]
     #: The first turn of the newest prompt: the job folds every turn before it.
@@ -105,6 +120,8 @@ class MemoryKeeper:
         self._jobs: dict[int, _Job] = {}
         #: Session -> the prompt start its summary was found to cover all turns before.
         self._covered: dict[int, int] = {}
+        #: Session -> summary requests it may still make (see `SUMMARIES_PER_REPLY`).
+        self._allowance: dict[int, int] = {}
         # Storing a summary and marking one stale take turns, so a turn that changes while a
         # summary is stored is never lost.
         self._writing = asyncio.Lock()
@@ -126,6 +143,7 @@ class MemoryKeeper:
         start = built.history_start_id
         if start is None or not session.summary_auto:
             return
+        self._earn(session.id)
         cast = tuple(c.name for c in active.cast)
         job = self._jobs.get(session.id)
         if job is not None:  # the running job takes the newer start on its next round
@@ -134,9 +152,26 @@ class MemoryKeeper:
             return
         if not session.summary_stale and self._covered.get(session.id) == start:
             return
-        job = _Job(session.id, session.channel_id, active.config, cast, start)
+        guild_jobs = sum(1 for other in self._jobs.values() if other.guild_id == session.guild_id)
+        if guild_jobs >= SUMMARY_JOBS_PER_SERVER:
+            return  # the allowance stays banked: a later reply starts the job
+        job = _Job(session.id, session.channel_id, session.guild_id, active.config, cast, start)
         if self.scheduler.spawn(self.job_key(session.id), functools.partial(self._run, job)):
             self._jobs[session.id] = job
+
+    def _earn(self, session_id: int) -> None:
+        if session_id not in self._allowance and len(self._allowance) >= CACHE_LIMIT:
+            self._allowance.clear()  # forgotten allowances only make scenes wait a reply
+        banked = self._allowance.get(session_id, 0)
+        self._allowance[session_id] = min(SUMMARY_BANK, banked + SUMMARIES_PER_REPLY)
+
+    def _spend(self, session_id: int) -> bool:
+        """Take one summary request from the scene's allowance; False when none is left."""
+        left = self._allowance.get(session_id, 0)
+        if left <= 0:
+            return False
+        self._allowance[session_id] = left - 1
+        return True
 
     async def history_changed(self, session_id: int, oldest_id: int) -> None:
         """Turns of the session from `oldest_id` on changed: the summary is stale when it
@@ -217,6 +252,8 @@ class MemoryKeeper:
             cast=job.cast,
         )
         newest = records[prompt.included - 1].id
+        if not self._spend(session.id):
+            return None  # the scene's next reply goes on from here
         job.folding_until = newest
         text, retry = await self._generate(job, prompt)
         if text is None:

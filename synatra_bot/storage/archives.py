@@ -6,11 +6,14 @@ keyword-only arguments after it, and hands back immutable records.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from synatra_bot.storage.models import (
     CastMember,
@@ -18,9 +21,12 @@ from synatra_bot.storage.models import (
     Character,
     Message,
     RoleplaySession,
+    utcnow,
 )
 from synatra_bot.storage.records import MessageRecord, SessionRecord, snapshot
 from synatra_bot.storage.repository import Sessions, _channel_row, _end_active, _new_scene
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +261,11 @@ class ImportedTurn:
     sent_at: datetime | None = None
 
 
+#: Rows one transaction of an import writes at most: a large chat is stored in rounds, so no
+#: round keeps the event loop (the ORM's work runs on it) or the database's write lock long.
+IMPORT_BATCH_ROWS = 100
+
+
 async def import_scene(
     sessions: Sessions,
     *,
@@ -265,43 +276,86 @@ async def import_scene(
     started_by: int,
     turns: Sequence[ImportedTurn],
 ) -> SessionRecord:
-    """A new running scene whose history is `turns`, written in one transaction: it becomes
-    the channel's scene only once all of it is stored (the one it replaces is archived)."""
+    """A new running scene whose history is `turns`. It is written archived, in transactions
+    of at most `IMPORT_BATCH_ROWS` rows (a turn's alternatives always together), and becomes
+    the channel's scene only once all of it is stored (the one it replaces is archived then);
+    if any round fails, what was written is deleted again."""
     async with sessions.begin() as session:
-        channel, scene = await _new_scene(
+        _, scene = await _new_scene(
             session,
             guild_id=guild_id,
             channel_id=channel_id,
             parent_channel_id=parent_channel_id,
             character_id=character_id,
             started_by=started_by,
+            ended_at=utcnow(),  # out of sight of the channel until it is whole
         )
-        groups: list[list[Message]] = []
-        for turn in turns:
-            rows = [
-                Message(
-                    session_id=scene.id,
-                    role=turn.role,
-                    author_id=turn.author_id,
-                    display_name=turn.display_name,
-                    content=text,
-                    character_id=turn.character_id,
-                    discord_message_ids=[],
-                    swipe_index=index,
-                    chosen=index == turn.chosen,
-                    deleted=False,
-                    **({"created_at": turn.sent_at} if turn.sent_at is not None else {}),
-                )
-                for index, text in enumerate(turn.options)
-            ]
-            session.add_all(rows)
-            groups.append(rows)
-        await session.flush()
-        for rows in groups:
-            if len(rows) > 1:
-                for row in rows:
-                    row.swipe_group = rows[0].id
-        await _end_active(session, channel)
-        channel.active_session_id = scene.id
-        await session.flush()
-        return snapshot(SessionRecord, scene)
+        scene_id = scene.id
+    try:
+        for batch in _batches(turns, IMPORT_BATCH_ROWS):
+            async with sessions.begin() as session:
+                await _store_turns(session, scene_id, batch)
+        async with sessions.begin() as session:
+            row = await session.get(RoleplaySession, scene_id)
+            assert row is not None
+            channel = await _channel_row(
+                session, channel_id=channel_id, guild_id=0 if guild_id is None else guild_id
+            )
+            await _end_active(session, channel)
+            row.ended_at = None
+            channel.active_session_id = scene_id
+            await session.flush()
+            return snapshot(SessionRecord, row)
+    except BaseException:
+        try:
+            async with sessions.begin() as session:
+                await session.execute(delete(Message).where(Message.session_id == scene_id))
+                await session.execute(delete(CastMember).where(CastMember.session_id == scene_id))
+                await session.execute(delete(RoleplaySession).where(RoleplaySession.id == scene_id))
+        except SQLAlchemyError:
+            # The database failed the import, and fails this too: an archived scene of
+            # part of the chat is left, which `/rp sessions` lists and archive pruning ends.
+            log.warning("a half-imported scene %s could not be deleted", scene_id, exc_info=True)
+        raise
+
+
+def _batches(turns: Sequence[ImportedTurn], rows: int) -> list[Sequence[ImportedTurn]]:
+    """`turns` cut into runs of at most `rows` rows (a turn larger than that alone)."""
+    batches: list[Sequence[ImportedTurn]] = []
+    start, size = 0, 0
+    for index, turn in enumerate(turns):
+        if size and size + len(turn.options) > rows:
+            batches.append(turns[start:index])
+            start, size = index, 0
+        size += len(turn.options)
+    if start < len(turns):
+        batches.append(turns[start:])
+    return batches
+
+
+async def _store_turns(session: AsyncSession, scene_id: int, turns: Sequence[ImportedTurn]) -> None:
+    groups: list[list[Message]] = []
+    for turn in turns:
+        rows = [
+            Message(
+                session_id=scene_id,
+                role=turn.role,
+                author_id=turn.author_id,
+                display_name=turn.display_name,
+                content=text,
+                character_id=turn.character_id,
+                discord_message_ids=[],
+                swipe_index=index,
+                chosen=index == turn.chosen,
+                deleted=False,
+                **({"created_at": turn.sent_at} if turn.sent_at is not None else {}),
+            )
+            for index, text in enumerate(turn.options)
+        ]
+        session.add_all(rows)
+        groups.append(rows)
+    await session.flush()
+    for rows in groups:
+        if len(rows) > 1:
+            for row in rows:
+                row.swipe_group = rows[0].id
