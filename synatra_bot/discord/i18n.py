@@ -442,6 +442,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "persona.set": ("You now play as **{name}**.", "이제 {name|로} 롤플레이해요."),
     "persona.cleared": ("Persona cleared.", "페르소나를 지웠어요."),
+    "persona.taken_character": (
+        "**{name}** is a character in this scene: choose a persona name of your own.",
+        "{name|은} 이 장면의 캐릭터 이름이에요. 나만의 페르소나 이름을 정해 주세요.",
+    ),
+    "persona.taken_member": (
+        "That name looks like another member's (or the bot's): choose one of your own.",
+        "다른 멤버(또는 봇)의 이름과 비슷해서 쓸 수 없어요. 나만의 이름을 정해 주세요.",
+    ),
     "persona.none": (
         "No persona: your display name is used.",
         "페르소나가 없어요. 표시 이름을 써요.",
