@@ -99,7 +99,9 @@ KOREAN: dict[str, str] = {
     "Sampling settings for replies": "답장 샘플링 설정",
     "Context window size in tokens": "컨텍스트 크기 (토큰)",
     "Texts that end a reply where it writes them": "답장을 끝낼 문자열 (모델이 쓰면 거기서 멈춰요)",
-    "Separated by |, \\n for a new line; - for none (e.g. \\n### | [END])": "| 로 나누고 줄바꿈은 \\n, 없애려면 - (예: \\n### | (끝))",
+    "Split by |, \\| for a bar, \\n for a new line; - for none. Leave out: a form": (
+        "| 로 나누고 | 자체는 \\|, 줄바꿈은 \\n, 없애려면 -. 비워 두면 입력 창이 열려요"
+    ),
     "Replies one member may ask for per minute": "한 사람이 1분에 받을 수 있는 답장 수",
     "Where NSFW characters may be used": "성인 캐릭터를 쓸 수 있는 곳",
     "Require moderator approval for shared characters": "공유 캐릭터에 관리자 승인 필요",

@@ -168,6 +168,16 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "A stop string is empty: put text between the | marks.",
         "비어 있는 정지 문자열이 있어요. | 사이에 글자를 넣어 주세요.",
     ),
+    "error.stop_string_control": (
+        "{token} is one of the model's own control tokens: replies already stop there, so it "
+        "cannot be a stop string.",
+        "{token}은(는) 모델의 제어 토큰이라 정지 문자열로 쓸 수 없어요. 답장은 이미 거기서 멈춰요.",
+    ),
+    "config.stop_form": ("Stop strings", "정지 문자열"),
+    "config.stop_form_label": (
+        "One a line (\\n: line break)",
+        "한 줄에 하나씩 (\\n: 줄바꿈)",
+    ),
     "error.stop_strings_many": (
         "At most {limit} stop strings.",
         "정지 문자열은 {limit}개까지예요.",
