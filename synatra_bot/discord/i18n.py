@@ -237,6 +237,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "You already have {limit} lorebooks, the most one member may keep; delete one first.",
         "로어북은 한 사람이 {limit}개까지 둘 수 있어요. 먼저 하나를 지워 주세요.",
     ),
+    "error.lorebook_quota": (
+        "Your lorebooks may take {limit} in all; with this one they would take {used}. "
+        "Delete one or import a smaller book.",
+        "로어북은 모두 합쳐 {limit}까지 둘 수 있어요. 이 책까지 넣으면 {used}가 돼요. "
+        "하나를 지우거나 더 작은 책을 가져와 주세요.",
+    ),
     "lorebook.none": ("This channel has no lorebook.", "이 채널에는 로어북이 없어요."),
     "lorebook.cleared": ("Removed this channel's lorebook.", "이 채널의 로어북을 지웠어요."),
     "error.chat_file_type": (

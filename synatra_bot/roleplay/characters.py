@@ -24,11 +24,13 @@ from synatra_bot.prompt.cards import (
 )
 from synatra_bot.roleplay.config import character_limit
 from synatra_bot.roleplay.types import Actor, Place
+from synatra_bot.settings import DEFAULT_LOREBOOK_QUOTA_BYTES
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.records import CharacterRecord, LorebookRecord
 
 VISIBILITIES = ("private", "guild")
-#: How many personal lorebooks one member may keep.
+#: How many personal lorebooks one member may keep (the bytes they may take together are the
+#: host's `LOREBOOK_QUOTA_BYTES`).
 MAX_PERSONAL_LOREBOOKS = 50
 #: A lorebook's name, as Discord's autocomplete can offer it.
 MAX_LOREBOOK_NAME_CHARS = 100
@@ -149,9 +151,16 @@ def require_nsfw_allowed(character: CharacterRecord, policy: str, place: Place) 
 class CharacterService:
     """Character operations for one database, enforcing who may do what."""
 
-    def __init__(self, sessions: repo.Sessions, *, max_card_bytes: int) -> None:
+    def __init__(
+        self,
+        sessions: repo.Sessions,
+        *,
+        max_card_bytes: int,
+        lorebook_quota_bytes: int = DEFAULT_LOREBOOK_QUOTA_BYTES,
+    ) -> None:
         self._sessions = sessions
         self._max_card_bytes = max_card_bytes
+        self._lorebook_quota_bytes = lorebook_quota_bytes
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -320,6 +329,7 @@ class CharacterService:
             name=name,
             book={**book, "name": name},
             max_owned=MAX_PERSONAL_LOREBOOKS,
+            max_bytes=self._lorebook_quota_bytes,
         )
         self._changed()
         return record

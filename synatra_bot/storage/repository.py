@@ -13,8 +13,11 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    LargeBinary,
     Table,
+    Text,
     bindparam,
+    cast,
     delete,
     func,
     insert,
@@ -24,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from synatra_bot.errors import LimitReached, LorebookLimitReached
+from synatra_bot.errors import LimitReached, LorebookLimitReached, QuotaReached
 from synatra_bot.storage.models import (
     CastMember,
     ChannelSettings,
@@ -372,6 +375,43 @@ async def _one_at_a_time(session: AsyncSession, table: str, owner_id: int) -> No
         await session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
+def _stored_bytes(session: AsyncSession, *columns: Any) -> ColumnElement[Any]:
+    """The bytes `columns` take as stored (text as UTF-8, JSON as its text, blobs as they
+    are), summed, in the database's own terms."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    sizes: list[ColumnElement[Any]] = []
+    for column in columns:
+        if isinstance(column.type, LargeBinary):
+            size = func.octet_length(column) if postgres else func.length(column)
+        elif postgres:
+            size = func.octet_length(cast(column, Text))
+        else:
+            size = func.length(cast(column, LargeBinary))
+        sizes.append(func.coalesce(size, 0))
+    total: ColumnElement[Any] = sizes[0]
+    for more in sizes[1:]:
+        total = total + more
+    return total
+
+
+async def _bytes_owned(session: AsyncSession, where: Any, *columns: Any) -> int:
+    total = await session.scalar(
+        select(func.coalesce(func.sum(_stored_bytes(session, *columns)), 0)).where(where)
+    )
+    return int(total or 0)
+
+
+async def _within_quota(
+    session: AsyncSession, kind: str, where: Any, columns: Sequence[Any], before: int, limit: int
+) -> None:
+    """After a write (flushed, not committed): QuotaReached, undoing it, when the owner's rows
+    now take more than `limit` bytes and more than `before` (someone already over a lowered
+    quota may still shrink what they keep)."""
+    used = await _bytes_owned(session, where, *columns)
+    if used > limit and used > before:
+        raise QuotaReached(kind, limit=limit, used=used)
+
+
 async def _put_named(
     session: AsyncSession, model: type[NamedRow], owner: Any, owner_id: int, name: str, limit: int
 ) -> Any:
@@ -435,17 +475,28 @@ async def delete_preset(sessions: Sessions, *, guild_id: int, name: str) -> bool
 
 
 async def save_lorebook(
-    sessions: Sessions, *, owner_id: int, name: str, book: dict[str, Any], max_owned: int
+    sessions: Sessions,
+    *,
+    owner_id: int,
+    name: str,
+    book: dict[str, Any],
+    max_owned: int,
+    max_bytes: int,
 ) -> LorebookRecord:
     """Store `book` as the owner's lorebook `name`, replacing one of that name;
-    LorebookLimitReached when it would be a new one past `max_owned`."""
+    LorebookLimitReached when it would be a new one past `max_owned`, QuotaReached when the
+    owner's lorebooks would take more than `max_bytes` as stored."""
     async with sessions.begin() as session:
         owner = PersonalLorebook.owner_id
         row = await _put_named(session, PersonalLorebook, owner, owner_id, name, max_owned)
         if row is None:
             raise LorebookLimitReached(max_owned)
+        mine = owner == owner_id
+        with session.no_autoflush:  # the new row has no book yet
+            before = await _bytes_owned(session, mine, PersonalLorebook.book)
         row.book = book
         await session.flush()
+        await _within_quota(session, "lorebook", mine, [PersonalLorebook.book], before, max_bytes)
         await session.refresh(row)
         return snapshot(LorebookRecord, row)
 
