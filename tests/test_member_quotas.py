@@ -7,11 +7,21 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from synatra_bot.errors import QuotaReached
+from synatra_bot.roleplay.config import DEFAULT_CHARACTER_MEGABYTES, character_megabytes
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.migrate import upgrade_database
 from synatra_bot.storage.models import PersonalLorebook
-from tests.db_helpers import opened
+from tests.db_helpers import (
+    assert_kept_down_and_up,
+    assert_old_scene_kept,
+    opened,
+    upgraded_from_0001,
+)
+from tests.prompt_helpers import v2_card
+from tests.test_resources import owned
 
 
 def big_book(name: str, entries: int) -> tuple[str, bytes, str]:
@@ -54,9 +64,10 @@ async def test_lorebooks_past_the_members_bytes_are_refused_and_shrinking_is_all
         assert "내 로어북으로 저장했어요" in await harness.final_text(other)
 
 
-async def check_lorebook_bytes_hold(sessions) -> None:
-    """Saved at the same moment, a member's lorebooks never pass their bytes quota as the
-    database counts them; a refused save stores nothing. Shared with the PostgreSQL tests."""
+async def check_quotas_hold(sessions) -> None:
+    """Saved at the same moment, a member's lorebooks and characters never pass their bytes
+    quota as the database counts them; a refused save stores nothing. Shared with the
+    PostgreSQL tests."""
     book = {"entries": [{"keys": ["열쇠"], "content": "가" * 3000}]}
     quota = 40_000
 
@@ -70,18 +81,104 @@ async def check_lorebook_bytes_hold(sessions) -> None:
             return False
         return True
 
+    async def create(n: int) -> bool:
+        try:
+            await repo.create_character(
+                sessions,
+                owner_id=7,
+                guild_id=1,
+                name=f"캐릭터 {n}",
+                max_bytes=quota,
+                description="나" * 3000,
+            )
+        except QuotaReached as refused:
+            assert refused.key == "error.character_quota"
+            return False
+        return True
+
     saved = await asyncio.gather(*(save(n) for n in range(12)))
+    created = await asyncio.gather(*(create(n) for n in range(12)))
     kept = await repo.lorebooks_of(sessions, owner_id=7)
     assert 0 < sum(saved) == len(kept) < 12
+    characters = await repo.characters_owned_by(sessions, owner_id=7)
+    assert 0 < sum(created) == len(characters) < 12
     async with sessions() as session:
-        used = await repo._bytes_owned(
-            session, PersonalLorebook.owner_id == 7, PersonalLorebook.book
-        )
-    assert used <= quota
+        books = PersonalLorebook.owner_id == 7
+        assert await repo._bytes_owned(session, books, PersonalLorebook.book) <= quota
+        mine = repo._characters_of(7, 1)
+        assert await repo._bytes_owned(session, mine, *repo._CHARACTER_CONTENT) <= quota
 
 
-async def test_lorebook_bytes_hold_when_saved_at_the_same_moment(tmp_path):
+async def test_quotas_hold_when_saved_at_the_same_moment(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'quota.db'}"
     await upgrade_database(url)
     async with opened(url) as sessions:
-        await check_lorebook_bytes_hold(sessions)
+        await check_quotas_hold(sessions)
+
+
+def heavy_card(name: str) -> tuple[str, bytes, str]:
+    """A card JSON of about 700 KB as stored: four fields of 60,000 Hangul syllables."""
+    text = "가나다라마바사아" * 7500
+    card = v2_card(name=name, description=text, personality=text, scenario=text, first_mes=text)
+    return (f"{name}.json", json.dumps(card, ensure_ascii=False).encode(), "application/json")
+
+
+async def test_characters_past_the_members_bytes_in_a_server_are_refused(start_bot, tokenizer):
+    async with start_bot() as harness:
+        s = harness.scenario
+        member = s.members[0]
+        refused = await harness.slash(member, "config characters", megabytes=1)
+        assert "관리자만" in await harness.final_text(refused)
+        saved = await harness.slash(s.moderator, "config characters", megabytes=1)
+        assert "character_megabytes=1" in await harness.final_text(saved)
+        shown = await harness.final_text(await harness.slash(s.moderator, "config show"))
+        assert "`character_megabytes` 1 MiB/member" in shown
+
+        first = await harness.slash(member, "character import", file=heavy_card("무거운 하나"))
+        assert "가져왔어요" in await harness.final_text(first)
+        second = await harness.slash(member, "character import", file=heavy_card("무거운 둘"))
+        text = await harness.final_text(second)
+        assert second.ephemeral
+        assert "여기서 내 캐릭터는 모두 합쳐 1.0 MiB까지 둘 수 있어요" in text
+        assert "무거운 둘" not in await owned(harness, member, s.guild.id)
+        # Each member has a quota of their own.
+        other = await harness.slash(s.members[1], "character import", file=heavy_card("남의 것"))
+        assert "가져왔어요" in await harness.final_text(other)
+        # Raised by a moderator, there is room again.
+        await harness.final_text(await harness.slash(s.moderator, "config characters", megabytes=2))
+        again = await harness.slash(member, "character import", file=heavy_card("무거운 둘"))
+        assert "가져왔어요" in await harness.final_text(again)
+
+
+async def test_an_edit_past_the_owners_bytes_changes_nothing(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'quota.db'}"
+    await upgrade_database(url)
+    async with opened(url) as sessions:
+        made = await repo.create_character(
+            sessions, owner_id=7, guild_id=1, name="민지", max_bytes=100_000, description="짧다"
+        )
+        with pytest.raises(QuotaReached):
+            await repo.update_character(
+                sessions, character_id=made.id, max_bytes=100_000, description="가" * 40_000
+            )
+        kept = await repo.get_character(sessions, character_id=made.id)
+        assert kept.description == "짧다"
+        # Someone already over a lowered quota may still make a character smaller.
+        await repo.update_character(sessions, character_id=made.id, description="가" * 20_000)
+        smaller = await repo.update_character(
+            sessions, character_id=made.id, max_bytes=1_000, description="가" * 10
+        )
+        assert smaller.description == "가" * 10
+
+
+async def test_upgrade_to_0012_keeps_server_settings_with_the_default_quota(tmp_path):
+    url, old = await upgraded_from_0001(tmp_path, "0011")
+    async with opened(url) as sessions:
+        await assert_old_scene_kept(sessions, old)
+        guild = await repo.get_guild_settings(sessions, guild_id=old.guild_id)
+        assert guild.character_megabytes is None
+        assert character_megabytes(guild) == DEFAULT_CHARACTER_MEGABYTES
+        await repo.update_guild_settings(sessions, guild_id=old.guild_id, character_megabytes=5)
+        guild = await repo.get_guild_settings(sessions, guild_id=old.guild_id)
+        assert character_megabytes(guild) == 5
+    await assert_kept_down_and_up(url, "0011", old)

@@ -107,6 +107,9 @@ KOREAN: dict[str, str] = {
     "Require moderator approval for shared characters": "공유 캐릭터에 관리자 승인 필요",
     "How many characters each member may have in this server": "한 사람이 이 서버에 둘 수 있는 캐릭터 수",
     "Characters per member (default 50); existing ones are kept": "한 사람당 캐릭터 수 (기본 50), 이미 있는 캐릭터는 그대로예요",
+    "MiB each member's characters may take together (default 32)": (
+        "한 사람의 캐릭터가 모두 합쳐 차지할 수 있는 MiB (기본 32)"
+    ),
     "How scenes with several characters play": "여러 캐릭터가 나오는 장면 설정",
     "How long archived scenes are kept": "보관된 장면을 얼마나 둘지",
     "How long scenes' automatic memory may grow": "장면의 자동 기억 크기",

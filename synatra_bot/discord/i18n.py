@@ -237,6 +237,13 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "You already have {limit} lorebooks, the most one member may keep; delete one first.",
         "로어북은 한 사람이 {limit}개까지 둘 수 있어요. 먼저 하나를 지워 주세요.",
     ),
+    "error.character_quota": (
+        "Your characters here may take {limit} in all; with this one they would take {used}. "
+        "Delete one, use a smaller card or image, or ask a moderator (/config characters).",
+        "여기서 내 캐릭터는 모두 합쳐 {limit}까지 둘 수 있어요. 이것까지 넣으면 {used}가 돼요. "
+        "하나를 지우거나 더 작은 카드나 이미지를 쓰거나, 관리자에게 물어봐 주세요 "
+        "(/config characters).",
+    ),
     "error.lorebook_quota": (
         "Your lorebooks may take {limit} in all; with this one they would take {used}. "
         "Delete one or import a smaller book.",

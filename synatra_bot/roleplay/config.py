@@ -21,6 +21,10 @@ EDIT_POLICIES = ("offer", "regenerate")
 #: Characters one member may have in a server (or outside servers, of their own) until its
 #: moderators choose another number with `/config characters`.
 DEFAULT_CHARACTER_LIMIT = 50
+#: MiB one member's characters (text, lorebooks inside cards, avatars) may take as stored in a
+#: server (or outside servers, of their own) until its moderators choose another number.
+DEFAULT_CHARACTER_MEGABYTES = 32
+MAX_CHARACTER_MEGABYTES = 1024
 #: Characters in one scene until a server's moderators choose another number.
 DEFAULT_CAST_LIMIT = 4
 #: Tokens a scene's automatic memory may take until a server's moderators choose another size.
@@ -81,7 +85,13 @@ MAX_STOP_STRING_CHARS = 40
 STOP_STRING_SEPARATOR = "|"
 _STOP_ESCAPES = {"\\": "\\", "n": "\n", "|": "|"}
 #: Settings only a server has; reset, they go back to the app's defaults.
-SERVER_SETTINGS = ("character_limit", "cast_limit", "summary_tokens", "archive_keep_days")
+SERVER_SETTINGS = (
+    "character_limit",
+    "character_megabytes",
+    "cast_limit",
+    "summary_tokens",
+    "archive_keep_days",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +143,8 @@ class ChannelConfig:
     lorebook: dict[str, Any] | None
     approval_required: bool
     character_limit: int = DEFAULT_CHARACTER_LIMIT
+    #: MiB one member's characters may take in the server, as stored.
+    character_megabytes: int = DEFAULT_CHARACTER_MEGABYTES
     #: A player's message that names several characters of the scene: each answers in turn
     #: (otherwise the first one named does).
     answer_every_addressed: bool = False
@@ -154,6 +166,7 @@ class ChannelConfig:
             ("nsfw_policy", self.nsfw_policy),
             ("approval_required", str(self.approval_required)),
             ("character_limit", f"{self.character_limit}/member"),
+            ("character_megabytes", f"{self.character_megabytes} MiB/member"),
             ("cast_limit", f"{self.cast_limit}/scene"),
             ("summary_tokens", str(self.summary_tokens)),
             (
@@ -278,6 +291,14 @@ def character_limit(guild: GuildSettingsRecord | None) -> int:
     return guild.character_limit
 
 
+def character_megabytes(guild: GuildSettingsRecord | None) -> int:
+    """How many MiB one member's characters may take in `guild` as stored (None: outside
+    any server)."""
+    if guild is None or guild.character_megabytes is None:
+        return DEFAULT_CHARACTER_MEGABYTES
+    return guild.character_megabytes
+
+
 def _pick(name: str, *sources: object) -> Any:
     for source in sources:
         value = getattr(source, name, None)
@@ -317,6 +338,7 @@ def effective_config(
         lorebook=channel.lorebook if channel else None,
         approval_required=guild.approval_required,
         character_limit=character_limit(guild),
+        character_megabytes=character_megabytes(guild),
         answer_every_addressed=channel.answer_every_addressed if channel else False,
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
         summary_tokens=summary_tokens(guild, context_size),

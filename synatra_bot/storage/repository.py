@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     LargeBinary,
+    String,
     Table,
     Text,
     bindparam,
@@ -184,6 +186,18 @@ async def update_user_settings(
 # --- characters -----------------------------------------------------------------------------
 
 
+#: Every stored column of a character that can grow with what a member writes or imports.
+_CHARACTER_CONTENT = tuple(
+    column
+    for column in Character.__table__.columns
+    if isinstance(column.type, Text | JSON | LargeBinary | String)
+)
+
+
+def _characters_of(owner_id: int, guild_id: int | None) -> ColumnElement[bool]:
+    return (Character.owner_id == owner_id) & _same_guild(guild_id)
+
+
 async def create_character(
     sessions: Sessions,
     *,
@@ -191,16 +205,19 @@ async def create_character(
     guild_id: int | None,
     name: str,
     max_owned: int | None = None,
+    max_bytes: int | None = None,
     **fields: Any,
 ) -> CharacterRecord:
     """Store a new character. With `max_owned`, raise LimitReached instead when the owner
-    already has that many in `guild_id` (None: their characters outside any server). The count
-    is taken in the inserting transaction, one owner at a time (`_one_at_a_time`), so
-    concurrent imports cannot slip past the limit."""
+    already has that many in `guild_id` (None: their characters outside any server); with
+    `max_bytes`, QuotaReached when their characters there would take more bytes than that as
+    stored. Both are counted in the inserting transaction, one owner at a time
+    (`_one_at_a_time`), so concurrent imports cannot slip past them."""
     _check_fields(fields, CHARACTER_FIELDS)
     async with sessions.begin() as session:
-        if max_owned is not None:
+        if max_owned is not None or max_bytes is not None:
             await _one_at_a_time(session, "characters", owner_id)
+        if max_owned is not None:
             owned = await session.scalar(
                 select(func.count())
                 .select_from(Character)
@@ -208,9 +225,13 @@ async def create_character(
             )
             if (owned or 0) >= max_owned:
                 raise LimitReached(max_owned)
+        mine = _characters_of(owner_id, guild_id)
+        before = await _bytes_owned(session, mine, *_CHARACTER_CONTENT) if max_bytes else 0
         row = Character(owner_id=owner_id, guild_id=guild_id, name=name, **fields)
         session.add(row)
         await session.flush()
+        if max_bytes is not None:
+            await _within_quota(session, "character", mine, _CHARACTER_CONTENT, before, max_bytes)
         await session.refresh(row)
         return snapshot(CharacterRecord, row)
 
@@ -222,16 +243,26 @@ async def get_character(sessions: Sessions, *, character_id: int) -> CharacterRe
 
 
 async def update_character(
-    sessions: Sessions, *, character_id: int, **changes: Any
+    sessions: Sessions, *, character_id: int, max_bytes: int | None = None, **changes: Any
 ) -> CharacterRecord | None:
+    """Change a character; with `max_bytes`, QuotaReached (nothing changed) when its owner's
+    characters in its server would then take more bytes than that as stored."""
     _check_fields(changes, CHARACTER_FIELDS)
     async with sessions.begin() as session:
         row = await session.get(Character, character_id)
         if row is None:
             return None
+        before = 0
+        if max_bytes is not None:
+            await _one_at_a_time(session, "characters", row.owner_id)
+            mine = _characters_of(row.owner_id, row.guild_id)
+            before = await _bytes_owned(session, mine, *_CHARACTER_CONTENT)
         for name, value in changes.items():
             setattr(row, name, value)
         await session.flush()
+        if max_bytes is not None:
+            mine = _characters_of(row.owner_id, row.guild_id)
+            await _within_quota(session, "character", mine, _CHARACTER_CONTENT, before, max_bytes)
         await session.refresh(row)
         return snapshot(CharacterRecord, row)
 

@@ -13,6 +13,7 @@ from synatra_bot.discord.interactions import ComponentError, actor_of, answer, p
 from synatra_bot.errors import NotFound, UserFacingError
 from synatra_bot.roleplay.config import (
     INHERITED_SETTINGS,
+    MAX_CHARACTER_MEGABYTES,
     SERVER_SETTINGS,
     parse_stop_lines,
     parse_stop_strings,
@@ -225,11 +226,25 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
     @app_commands.command(
         name="characters", description="How many characters each member may have in this server"
     )
-    @app_commands.describe(limit="Characters per member (default 50); existing ones are kept")
+    @app_commands.describe(
+        limit="Characters per member (default 50); existing ones are kept",
+        megabytes="MiB each member's characters may take together (default 32)",
+    )
     async def characters(
-        self, interaction: discord.Interaction[SynatraBot], limit: app_commands.Range[int, 1, 500]
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        limit: app_commands.Range[int, 1, 500] | None = None,
+        megabytes: app_commands.Range[int, 1, MAX_CHARACTER_MEGABYTES] | None = None,
     ) -> None:
-        await self._save(interaction, "server", character_limit=limit)
+        changes = {
+            k: v
+            for k, v in {"character_limit": limit, "character_megabytes": megabytes}.items()
+            if v is not None
+        }
+        if not changes:
+            await self._show(interaction)
+            return
+        await self._save(interaction, "server", **changes)
 
     @app_commands.command(name="scene", description="How scenes with several characters play")
     @app_commands.describe(
