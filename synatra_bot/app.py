@@ -59,7 +59,11 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     database = create_engine(settings.database_url, busy_timeout_s=settings.database_busy_timeout_s)
     try:
         sessions = create_sessionmaker(database)
-        characters = CharacterService(sessions, max_card_bytes=settings.max_attachment_bytes)
+        characters = CharacterService(
+            sessions,
+            max_card_bytes=settings.max_attachment_bytes,
+            lorebook_quota_bytes=settings.lorebook_quota_bytes,
+        )
         yield Storage(sessions, characters)
     finally:
         await database.dispose()

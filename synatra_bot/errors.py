@@ -15,7 +15,8 @@ SynatraError                   base of everything raised on purpose
 │   ├── LorebookError          a lorebook (World Info) file is malformed or too large
 │   ├── ImageRejected          an avatar image is not one, is too large, or cannot be used
 │   ├── LimitReached           the member already has as many characters as the server allows
-│   │   └── LorebookLimitReached    ... or as many personal lorebooks as anyone may keep
+│   │   ├── LorebookLimitReached    ... or as many personal lorebooks as anyone may keep
+│   │   └── QuotaReached           ... or would store more bytes than the member may
 │   ├── PromptTooLarge         the character sheet alone does not fit the context budget
 │   └── RateLimited            the user or channel is over its limit
 ├── TurnCancelled              a reply turn was dropped before it began (stop, superseded, shutdown)
@@ -218,3 +219,24 @@ class GenerationInterrupted(EngineError):
     ) -> None:
         super().__init__(message, key=key, **params)
         self.partial_text = partial_text
+
+
+class QuotaReached(LimitReached):
+    """Storing this would take the member past the bytes they may keep (`kind`: "lorebook"
+    for personal lorebooks, "character" for their characters in one server)."""
+
+    def __init__(self, kind: str, *, limit: int, used: int) -> None:
+        UserFacingError.__init__(
+            self,
+            f"storing this would take the member's {kind}s to {used} bytes, over {limit}",
+            key=f"error.{kind}_quota",
+            limit=shown_bytes(limit),
+            used=shown_bytes(used),
+        )
+
+
+def shown_bytes(size: int) -> str:
+    """A size as players read it: "64 KiB", "16.0 MiB"."""
+    if size < 1024 * 1024:
+        return f"{-(-size // 1024)} KiB"
+    return f"{size / (1024 * 1024):.1f} MiB"

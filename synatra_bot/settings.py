@@ -50,6 +50,10 @@ SINGLE_STREAM_MODES = ("off", "static", "static-compile")
 AUTO_ON_OFF = MappingProxyType({"auto": None, "on": True, "off": False})
 
 
+#: Bytes one member's personal lorebooks may take together unless the host says otherwise.
+DEFAULT_LOREBOOK_QUOTA_BYTES = 16 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of the bot. Field names are the environment variables in lower case."""
@@ -87,6 +91,8 @@ class Settings:
     context_size: int = 4096
     max_new_tokens: int = 300
     max_attachment_bytes: int = 8 * 1024 * 1024
+    #: Bytes one member's personal lorebooks may take together, as stored.
+    lorebook_quota_bytes: int = DEFAULT_LOREBOOK_QUOTA_BYTES
     dev_guild_id: int | None = None
     log_level: str = "INFO"
     event_loop: EventLoopKind = "auto"
@@ -226,6 +232,9 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         context_size=context_size,
         max_new_tokens=max_new_tokens,
         max_attachment_bytes=_int(env, "MAX_ATTACHMENT_BYTES", 8 << 20, 1024, 64 << 20),
+        lorebook_quota_bytes=_int(
+            env, "LOREBOOK_QUOTA_BYTES", DEFAULT_LOREBOOK_QUOTA_BYTES, 64 << 10, 1 << 30
+        ),
         dev_guild_id=dev_guild or None,
         log_level=_choice(env, "LOG_LEVEL", "info", levels).upper(),
         event_loop=cast(EventLoopKind, event_loop),

@@ -20,6 +20,8 @@ IM_END = "<|im_end|>"
 FORBIDDEN_CONTENT_IDS = frozenset({BOS_ID, EOS_ID, IM_END_ID, IM_START_ID})
 #: Generation stops at any of these.
 STOP_IDS = (IM_END_ID, IM_START_ID, EOS_ID)
+#: The text of the model's control tokens (BOS, EOS and the two ChatML markers).
+CONTROL_TEXTS = (IM_START, IM_END, "<s>", "</s>")
 #: A "<" that starts a special token's text inside content: the spot to break it.
 _FORGED_MARKER = re.compile(r"<(?=\|im_start\|>|\|im_end\|>|/?s>)")
 _ZERO_WIDTH_SPACE = "\u200b"

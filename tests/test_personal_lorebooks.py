@@ -223,6 +223,11 @@ async def test_upgrade_to_0006_keeps_data_and_starts_with_no_personal_lorebooks(
         await assert_old_scene_kept(sessions, old)
         assert await repo.lorebooks_of(sessions, owner_id=old.player_id) == []
         await repo.save_lorebook(
-            sessions, owner_id=old.player_id, name="마을", book={"entries": []}, max_owned=5
+            sessions,
+            owner_id=old.player_id,
+            name="마을",
+            book={"entries": []},
+            max_owned=5,
+            max_bytes=1 << 20,
         )
     await assert_kept_down_and_up(url, "0005", old)

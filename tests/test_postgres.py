@@ -15,6 +15,7 @@ from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import alembic_config, head_revision, upgrade_database
 from tests.db_helpers import assert_old_scene_kept, fill_at_0001, postgres_server, schema_diff
+from tests.test_member_quotas import check_quotas_hold
 from tests.test_scene_storage import check_scene_memory
 from tests.test_storage import check_limits_hold_concurrently
 
@@ -170,5 +171,14 @@ async def test_limits_hold_when_members_add_at_the_same_moment(postgres_url):
     engine = create_engine(postgres_url)
     try:
         await check_limits_hold_concurrently(create_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+async def test_quotas_hold_when_saved_at_the_same_moment(postgres_url):
+    await upgrade_database(postgres_url)
+    engine = create_engine(postgres_url)
+    try:
+        await check_quotas_hold(create_sessionmaker(engine))
     finally:
         await engine.dispose()

@@ -503,7 +503,12 @@ async def check_limits_hold_concurrently(sessions) -> None:
     async def lorebook(n: int) -> bool:
         try:
             await repo.save_lorebook(
-                sessions, owner_id=owner, name=f"책 {n}", book={"entries": {}}, max_owned=3
+                sessions,
+                owner_id=owner,
+                name=f"책 {n}",
+                book={"entries": {}},
+                max_owned=3,
+                max_bytes=1 << 20,
             )
         except LorebookLimitReached:
             return False

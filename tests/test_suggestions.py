@@ -59,7 +59,9 @@ async def test_a_suggested_line_is_sent_as_the_players_and_answered(start_bot, t
         sent = await fake.press(player, shown, "rp:suggest:send")
         await fake.wait_for_response(sent)
         posted = await fake.wait_for_message(
-            s.general, lambda m: m.webhook_id is not None and m.author_name == "지수", after=0
+            s.general,
+            lambda m: m.webhook_id is not None and m.author_name == "지수 (김지수)",
+            after=0,
         )
         assert posted.content == "제안 2: 같이 가자!"
         reply = await fake.wait_for_message(

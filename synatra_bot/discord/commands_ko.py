@@ -99,12 +99,17 @@ KOREAN: dict[str, str] = {
     "Sampling settings for replies": "답장 샘플링 설정",
     "Context window size in tokens": "컨텍스트 크기 (토큰)",
     "Texts that end a reply where it writes them": "답장을 끝낼 문자열 (모델이 쓰면 거기서 멈춰요)",
-    "Separated by |, \\n for a new line; - for none (e.g. \\n### | [END])": "| 로 나누고 줄바꿈은 \\n, 없애려면 - (예: \\n### | (끝))",
+    "Split by |, \\| for a bar, \\n for a new line; - for none. Leave out: a form": (
+        "| 로 나누고 | 자체는 \\|, 줄바꿈은 \\n, 없애려면 -. 비워 두면 입력 창이 열려요"
+    ),
     "Replies one member may ask for per minute": "한 사람이 1분에 받을 수 있는 답장 수",
     "Where NSFW characters may be used": "성인 캐릭터를 쓸 수 있는 곳",
     "Require moderator approval for shared characters": "공유 캐릭터에 관리자 승인 필요",
     "How many characters each member may have in this server": "한 사람이 이 서버에 둘 수 있는 캐릭터 수",
     "Characters per member (default 50); existing ones are kept": "한 사람당 캐릭터 수 (기본 50), 이미 있는 캐릭터는 그대로예요",
+    "MiB each member's characters may take together (default 32)": (
+        "한 사람의 캐릭터가 모두 합쳐 차지할 수 있는 MiB (기본 32)"
+    ),
     "How scenes with several characters play": "여러 캐릭터가 나오는 장면 설정",
     "How long archived scenes are kept": "보관된 장면을 얼마나 둘지",
     "How long scenes' automatic memory may grow": "장면의 자동 기억 크기",

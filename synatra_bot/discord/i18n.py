@@ -186,6 +186,16 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "A stop string is empty: put text between the | marks.",
         "비어 있는 정지 문자열이 있어요. | 사이에 글자를 넣어 주세요.",
     ),
+    "error.stop_string_control": (
+        "{token} is one of the model's own control tokens: replies already stop there, so it "
+        "cannot be a stop string.",
+        "{token}은(는) 모델의 제어 토큰이라 정지 문자열로 쓸 수 없어요. 답장은 이미 거기서 멈춰요.",
+    ),
+    "config.stop_form": ("Stop strings", "정지 문자열"),
+    "config.stop_form_label": (
+        "One a line (\\n: line break)",
+        "한 줄에 하나씩 (\\n: 줄바꿈)",
+    ),
     "error.stop_strings_many": (
         "At most {limit} stop strings.",
         "정지 문자열은 {limit}개까지예요.",
@@ -244,6 +254,19 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "error.lorebook_limit": (
         "You already have {limit} lorebooks, the most one member may keep; delete one first.",
         "로어북은 한 사람이 {limit}개까지 둘 수 있어요. 먼저 하나를 지워 주세요.",
+    ),
+    "error.character_quota": (
+        "Your characters here may take {limit} in all; with this one they would take {used}. "
+        "Delete one, use a smaller card or image, or ask a moderator (/config characters).",
+        "여기서 내 캐릭터는 모두 합쳐 {limit}까지 둘 수 있어요. 이것까지 넣으면 {used}가 돼요. "
+        "하나를 지우거나 더 작은 카드나 이미지를 쓰거나, 관리자에게 물어봐 주세요 "
+        "(/config characters).",
+    ),
+    "error.lorebook_quota": (
+        "Your lorebooks may take {limit} in all; with this one they would take {used}. "
+        "Delete one or import a smaller book.",
+        "로어북은 모두 합쳐 {limit}까지 둘 수 있어요. 이 책까지 넣으면 {used}가 돼요. "
+        "하나를 지우거나 더 작은 책을 가져와 주세요.",
     ),
     "lorebook.none": ("This channel has no lorebook.", "이 채널에는 로어북이 없어요."),
     "lorebook.cleared": ("Removed this channel's lorebook.", "이 채널의 로어북을 지웠어요."),
@@ -460,6 +483,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "persona.set": ("You now play as **{name}**.", "이제 {name|로} 롤플레이해요."),
     "persona.cleared": ("Persona cleared.", "페르소나를 지웠어요."),
+    "persona.taken_character": (
+        "**{name}** is a character in this scene: choose a persona name of your own.",
+        "{name|은} 이 장면의 캐릭터 이름이에요. 나만의 페르소나 이름을 정해 주세요.",
+    ),
+    "persona.taken_member": (
+        "That name looks like another member's (or the bot's): choose one of your own.",
+        "다른 멤버(또는 봇)의 이름과 비슷해서 쓸 수 없어요. 나만의 이름을 정해 주세요.",
+    ),
     "persona.none": (
         "No persona: your display name is used.",
         "페르소나가 없어요. 표시 이름을 써요.",

@@ -28,6 +28,7 @@ from synatra_bot.discord.webhooks import WebhookPool
 from synatra_bot.engine.base import CONTINUATION
 from synatra_bot.errors import EngineError, StorageError, StorageUnavailable, UserFacingError
 from synatra_bot.roleplay.core import COMMIT_EVERY_S, ActiveRoleplay, Started
+from synatra_bot.roleplay.names import player_label
 from synatra_bot.roleplay.scheduler import QueueTicket
 from synatra_bot.roleplay.turns import Ending, Reply, ReplyOutcome, Shown, Turns
 from synatra_bot.roleplay.types import Actor, Place
@@ -269,8 +270,9 @@ class ReplyController:
         self, channel: Any, place: Place, user: discord.abc.User, text: str
     ) -> int:
         """Post a player's line for them (a suggestion they sent), labelled as theirs: in a
-        server through the scene's webhook under their name and avatar, in a DM by the bot
-        under their name. Returns the first message's id."""
+        server through the scene's webhook under their name with their Discord name and their
+        avatar (`player_label`), in a DM by the bot under their name. Returns the first
+        message's id."""
         core = self.host.turns.core
         actor = Actor(user.id, user.display_name, guild_id=None if place.dm else place.guild_id)
         name = await core.user_name(actor, place_guild=actor.guild_id)
@@ -284,7 +286,15 @@ class ReplyController:
             webhook = await self.host.webhooks.get(parent, active.lead)
             thread = channel if isinstance(channel, discord.Thread) else None
             avatar = str(user.display_avatar.url)
-            poster = WebhookPoster(webhook, username=name, avatar_url=avatar, thread=thread)
+            # Through the character's webhook the line must not read as the character's or
+            # another member's: it carries the player's Discord name too.
+            label = player_label(
+                name,
+                user.display_name,
+                handle=user.name,
+                cast=[character.name for character in active.cast],
+            )
+            poster = WebhookPoster(webhook, username=label, avatar_url=avatar, thread=thread)
             writer = ReplyMessages(poster)
         ids = await writer.finish(text, view=None)
         return ids[0]

@@ -22,13 +22,16 @@ from synatra_bot.prompt.cards import (
     stored_extensions,
     v3_fields,
 )
-from synatra_bot.roleplay.config import character_limit
+from synatra_bot.roleplay.config import character_limit, character_megabytes
 from synatra_bot.roleplay.types import Actor, Place
+from synatra_bot.settings import DEFAULT_LOREBOOK_QUOTA_BYTES
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.records import CharacterRecord, LorebookRecord
 
 VISIBILITIES = ("private", "guild")
-#: How many personal lorebooks one member may keep.
+MIB = 1024 * 1024
+#: How many personal lorebooks one member may keep (the bytes they may take together are the
+#: host's `LOREBOOK_QUOTA_BYTES`).
 MAX_PERSONAL_LOREBOOKS = 50
 #: A lorebook's name, as Discord's autocomplete can offer it.
 MAX_LOREBOOK_NAME_CHARS = 100
@@ -149,9 +152,16 @@ def require_nsfw_allowed(character: CharacterRecord, policy: str, place: Place) 
 class CharacterService:
     """Character operations for one database, enforcing who may do what."""
 
-    def __init__(self, sessions: repo.Sessions, *, max_card_bytes: int) -> None:
+    def __init__(
+        self,
+        sessions: repo.Sessions,
+        *,
+        max_card_bytes: int,
+        lorebook_quota_bytes: int = DEFAULT_LOREBOOK_QUOTA_BYTES,
+    ) -> None:
         self._sessions = sessions
         self._max_card_bytes = max_card_bytes
+        self._lorebook_quota_bytes = lorebook_quota_bytes
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -180,6 +190,7 @@ class CharacterService:
             owner_id=actor.user_id,
             guild_id=actor.guild_id,
             max_owned=character_limit(guild),
+            max_bytes=character_megabytes(guild) * MIB,
             visibility=visibility,
             approval=approval,
             **columns_from_card(card),
@@ -267,7 +278,18 @@ class CharacterService:
             changes["approval"] = await self._approval_for(actor, "guild")
         if "speech_level" in changes and isinstance(changes["speech_level"], SpeechLevel):
             changes["speech_level"] = changes["speech_level"].value
-        updated = await repo.update_character(self._sessions, character_id=character_id, **changes)
+        guild_id = changes.get("guild_id", record.guild_id)
+        guild = (
+            await repo.get_guild_settings(self._sessions, guild_id=guild_id)
+            if guild_id is not None
+            else None
+        )
+        updated = await repo.update_character(
+            self._sessions,
+            character_id=character_id,
+            max_bytes=character_megabytes(guild) * MIB,
+            **changes,
+        )
         self._changed()
         if updated is None:
             raise NotFound(f"character {character_id} does not exist", key="error.no_character")
@@ -320,6 +342,7 @@ class CharacterService:
             name=name,
             book={**book, "name": name},
             max_owned=MAX_PERSONAL_LOREBOOKS,
+            max_bytes=self._lorebook_quota_bytes,
         )
         self._changed()
         return record

@@ -12,6 +12,7 @@ from synatra_bot.engine.base import SamplingParams
 from synatra_bot.errors import UserFacingError
 from synatra_bot.settings import Settings
 from synatra_bot.storage.records import ChannelSettingsRecord, GuildSettingsRecord
+from synatra_bot.tokenizer import CONTROL_TEXTS
 
 NSFW_POLICIES = ("off", "age_restricted", "allowed")
 BUSY_POLICIES = ("queue", "restart")
@@ -20,6 +21,10 @@ EDIT_POLICIES = ("offer", "regenerate")
 #: Characters one member may have in a server (or outside servers, of their own) until its
 #: moderators choose another number with `/config characters`.
 DEFAULT_CHARACTER_LIMIT = 50
+#: MiB one member's characters (text, lorebooks inside cards, avatars) may take as stored in a
+#: server (or outside servers, of their own) until its moderators choose another number.
+DEFAULT_CHARACTER_MEGABYTES = 32
+MAX_CHARACTER_MEGABYTES = 1024
 #: Characters in one scene until a server's moderators choose another number.
 DEFAULT_CAST_LIMIT = 4
 #: Tokens a scene's automatic memory may take until a server's moderators choose another size.
@@ -75,10 +80,18 @@ MAX_SERVER_PRESETS = 20
 #: Stop strings one channel or server may set, and the longest each may be (in characters).
 MAX_STOP_STRINGS = 8
 MAX_STOP_STRING_CHARS = 40
-#: Between stop strings typed in one option; `\n` in one stands for a line break.
+#: Between stop strings typed in one option; `\|` is a bar inside one, `\n` a line break and
+#: `\\` a backslash (in a form, one stop string a line, the same escapes hold).
 STOP_STRING_SEPARATOR = "|"
+_STOP_ESCAPES = {"\\": "\\", "n": "\n", "|": "|"}
 #: Settings only a server has; reset, they go back to the app's defaults.
-SERVER_SETTINGS = ("character_limit", "cast_limit", "summary_tokens", "archive_keep_days")
+SERVER_SETTINGS = (
+    "character_limit",
+    "character_megabytes",
+    "cast_limit",
+    "summary_tokens",
+    "archive_keep_days",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +143,8 @@ class ChannelConfig:
     lorebook: dict[str, Any] | None
     approval_required: bool
     character_limit: int = DEFAULT_CHARACTER_LIMIT
+    #: MiB one member's characters may take in the server, as stored.
+    character_megabytes: int = DEFAULT_CHARACTER_MEGABYTES
     #: A player's message that names several characters of the scene: each answers in turn
     #: (otherwise the first one named does).
     answer_every_addressed: bool = False
@@ -151,6 +166,7 @@ class ChannelConfig:
             ("nsfw_policy", self.nsfw_policy),
             ("approval_required", str(self.approval_required)),
             ("character_limit", f"{self.character_limit}/member"),
+            ("character_megabytes", f"{self.character_megabytes} MiB/member"),
             ("cast_limit", f"{self.cast_limit}/scene"),
             ("summary_tokens", str(self.summary_tokens)),
             (
@@ -176,22 +192,70 @@ class ChannelConfig:
 
 
 def parse_stop_strings(text: str) -> list[str]:
-    """Stop strings as a moderator types them in one option: separated by `|`, `\\n` for a
-    line break, spaces around each ignored; `-` or nothing for none. UserFacingError names
-    what is wrong."""
+    """Stop strings as a moderator types them in one option: separated by `|`, `\\|` for a bar
+    inside one, `\\n` for a line break, spaces around each ignored; `-` or nothing for none.
+    UserFacingError names what is wrong."""
     text = text.strip()
     if text in ("", "-"):
         return []
-    pieces = [piece.strip(" ").replace("\\n", "\n") for piece in text.split(STOP_STRING_SEPARATOR)]
+    # Typed whole, a control token would otherwise be split at its bars into "<", "im_end"...
+    _refuse_control_tokens(text)
+    pieces: list[str] = []
+    current: list[str] = []
+    characters = iter(text)
+    for character in characters:
+        if character == "\\":
+            current.append(character + next(characters, ""))
+        elif character == STOP_STRING_SEPARATOR:
+            pieces.append("".join(current))
+            current = []
+        else:
+            current.append(character)
+    pieces.append("".join(current))
+    return _checked([_unescaped(piece.strip(" ")) for piece in pieces])
+
+
+def parse_stop_lines(text: str) -> list[str]:
+    """Stop strings as a moderator writes them in the form: one a line, taken as written (a bar
+    is a bar), with `\\n` for a line break; blank lines are skipped."""
+    lines = [line.strip(" ") for line in text.splitlines()]
+    return _checked([_unescaped(line) for line in lines if line])
+
+
+def _unescaped(piece: str) -> str:
+    out: list[str] = []
+    characters = iter(piece)
+    for character in characters:
+        if character == "\\":
+            following = next(characters, "")
+            out.append(_STOP_ESCAPES.get(following, character + following))
+        else:
+            out.append(character)
+    return "".join(out)
+
+
+def _refuse_control_tokens(text: str) -> None:
+    for token in CONTROL_TEXTS:
+        if token in text:
+            raise UserFacingError(
+                f"{token} is one of the model's control tokens; replies already stop at it",
+                key="error.stop_string_control",
+                token=token,
+            )
+
+
+def _checked(pieces: list[str]) -> list[str]:
+    """The stop strings, each once, or UserFacingError naming what is wrong."""
     if any(not piece.strip() for piece in pieces):
         raise UserFacingError("a stop string is empty", key="error.stop_string_empty")
-    if len(pieces) > MAX_STOP_STRINGS:
+    if len(set(pieces)) > MAX_STOP_STRINGS:
         raise UserFacingError(
             f"at most {MAX_STOP_STRINGS} stop strings",
             key="error.stop_strings_many",
             limit=MAX_STOP_STRINGS,
         )
     for piece in pieces:
+        _refuse_control_tokens(piece)
         if len(piece) > MAX_STOP_STRING_CHARS:
             raise UserFacingError(
                 f"a stop string is over {MAX_STOP_STRING_CHARS} characters",
@@ -201,11 +265,23 @@ def parse_stop_strings(text: str) -> list[str]:
     return list(dict.fromkeys(pieces))
 
 
+def _escaped(stop: str, *specials: str) -> str:
+    stop = stop.replace("\\", "\\\\").replace("\n", "\\n")
+    for special in specials:
+        stop = stop.replace(special, "\\" + special)
+    return stop
+
+
 def shown_stop_strings(stops: tuple[str, ...] | list[str]) -> str:
     """Stop strings as `/config show` lists them, typed as `parse_stop_strings` reads them."""
     if not stops:
         return "-"
-    return f" {STOP_STRING_SEPARATOR} ".join(stop.replace("\n", "\\n") for stop in stops)
+    return f" {STOP_STRING_SEPARATOR} ".join(_escaped(s, STOP_STRING_SEPARATOR) for s in stops)
+
+
+def stop_lines(stops: tuple[str, ...] | list[str]) -> str:
+    """Stop strings as the form shows them, written as `parse_stop_lines` reads them."""
+    return "\n".join(_escaped(stop) for stop in stops)
 
 
 def character_limit(guild: GuildSettingsRecord | None) -> int:
@@ -213,6 +289,14 @@ def character_limit(guild: GuildSettingsRecord | None) -> int:
     if guild is None or guild.character_limit is None:
         return DEFAULT_CHARACTER_LIMIT
     return guild.character_limit
+
+
+def character_megabytes(guild: GuildSettingsRecord | None) -> int:
+    """How many MiB one member's characters may take in `guild` as stored (None: outside
+    any server)."""
+    if guild is None or guild.character_megabytes is None:
+        return DEFAULT_CHARACTER_MEGABYTES
+    return guild.character_megabytes
 
 
 def _pick(name: str, *sources: object) -> Any:
@@ -254,6 +338,7 @@ def effective_config(
         lorebook=channel.lorebook if channel else None,
         approval_required=guild.approval_required,
         character_limit=character_limit(guild),
+        character_megabytes=character_megabytes(guild),
         answer_every_addressed=channel.answer_every_addressed if channel else False,
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
         summary_tokens=summary_tokens(guild, context_size),

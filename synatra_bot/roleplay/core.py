@@ -316,6 +316,11 @@ class RoleplayCore:
             config, enabled=True, nsfw_policy="allowed" if nsfw else "off", reply_mode="all"
         )
 
+    async def server_config(self, guild_id: int) -> ChannelConfig:
+        """The configuration a channel of `guild_id` with no settings of its own follows."""
+        guild = await repo.get_guild_settings(self.sessions, guild_id=guild_id)
+        return effective_config(defaults=self.defaults, guild=guild, channel=None)
+
     async def set_nsfw_in_dms(self, user_id: int, enabled: bool) -> None:
         """A user's own choice to play NSFW characters in DMs with the bot."""
         await repo.update_user_settings(self.sessions, user_id=user_id, nsfw_in_dms=enabled)

@@ -79,6 +79,9 @@ class GuildSettings(SamplingColumns, Base):
     approval_required: Mapped[bool] = mapped_column(Boolean, default=False)
     #: Characters one member may have in this server; NULL means the default (50).
     character_limit: Mapped[int | None] = mapped_column(Integer)
+    #: MiB one member's characters may take in this server as stored; NULL means the
+    #: default (decided above storage).
+    character_megabytes: Mapped[int | None] = mapped_column(Integer)
     #: Characters one scene may hold; NULL means the default (decided above storage).
     cast_limit: Mapped[int | None] = mapped_column(Integer)
     #: Tokens a scene's automatic memory may take; NULL means the default (decided above

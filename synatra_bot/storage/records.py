@@ -40,6 +40,7 @@ class GuildSettingsRecord(SamplingRecord):
     guild_id: int = 0
     approval_required: bool = False
     character_limit: int | None = None
+    character_megabytes: int | None = None
     cast_limit: int | None = None
     summary_tokens: int | None = None
     #: Days an archived scene is kept; None keeps it for ever.

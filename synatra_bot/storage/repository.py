@@ -12,9 +12,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
+    LargeBinary,
+    String,
     Table,
+    Text,
     bindparam,
+    cast,
     delete,
     func,
     insert,
@@ -24,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from synatra_bot.errors import LimitReached, LorebookLimitReached
+from synatra_bot.errors import LimitReached, LorebookLimitReached, QuotaReached
 from synatra_bot.storage.models import (
     CastMember,
     ChannelSettings,
@@ -181,6 +186,18 @@ async def update_user_settings(
 # --- characters -----------------------------------------------------------------------------
 
 
+#: Every stored column of a character that can grow with what a member writes or imports.
+_CHARACTER_CONTENT = tuple(
+    column
+    for column in Character.__table__.columns
+    if isinstance(column.type, Text | JSON | LargeBinary | String)
+)
+
+
+def _characters_of(owner_id: int, guild_id: int | None) -> ColumnElement[bool]:
+    return (Character.owner_id == owner_id) & _same_guild(guild_id)
+
+
 async def create_character(
     sessions: Sessions,
     *,
@@ -188,16 +205,19 @@ async def create_character(
     guild_id: int | None,
     name: str,
     max_owned: int | None = None,
+    max_bytes: int | None = None,
     **fields: Any,
 ) -> CharacterRecord:
     """Store a new character. With `max_owned`, raise LimitReached instead when the owner
-    already has that many in `guild_id` (None: their characters outside any server). The count
-    is taken in the inserting transaction, one owner at a time (`_one_at_a_time`), so
-    concurrent imports cannot slip past the limit."""
+    already has that many in `guild_id` (None: their characters outside any server); with
+    `max_bytes`, QuotaReached when their characters there would take more bytes than that as
+    stored. Both are counted in the inserting transaction, one owner at a time
+    (`_one_at_a_time`), so concurrent imports cannot slip past them."""
     _check_fields(fields, CHARACTER_FIELDS)
     async with sessions.begin() as session:
-        if max_owned is not None:
+        if max_owned is not None or max_bytes is not None:
             await _one_at_a_time(session, "characters", owner_id)
+        if max_owned is not None:
             owned = await session.scalar(
                 select(func.count())
                 .select_from(Character)
@@ -205,9 +225,13 @@ async def create_character(
             )
             if (owned or 0) >= max_owned:
                 raise LimitReached(max_owned)
+        mine = _characters_of(owner_id, guild_id)
+        before = await _bytes_owned(session, mine, *_CHARACTER_CONTENT) if max_bytes else 0
         row = Character(owner_id=owner_id, guild_id=guild_id, name=name, **fields)
         session.add(row)
         await session.flush()
+        if max_bytes is not None:
+            await _within_quota(session, "character", mine, _CHARACTER_CONTENT, before, max_bytes)
         await session.refresh(row)
         return snapshot(CharacterRecord, row)
 
@@ -219,16 +243,26 @@ async def get_character(sessions: Sessions, *, character_id: int) -> CharacterRe
 
 
 async def update_character(
-    sessions: Sessions, *, character_id: int, **changes: Any
+    sessions: Sessions, *, character_id: int, max_bytes: int | None = None, **changes: Any
 ) -> CharacterRecord | None:
+    """Change a character; with `max_bytes`, QuotaReached (nothing changed) when its owner's
+    characters in its server would then take more bytes than that as stored."""
     _check_fields(changes, CHARACTER_FIELDS)
     async with sessions.begin() as session:
         row = await session.get(Character, character_id)
         if row is None:
             return None
+        before = 0
+        if max_bytes is not None:
+            await _one_at_a_time(session, "characters", row.owner_id)
+            mine = _characters_of(row.owner_id, row.guild_id)
+            before = await _bytes_owned(session, mine, *_CHARACTER_CONTENT)
         for name, value in changes.items():
             setattr(row, name, value)
         await session.flush()
+        if max_bytes is not None:
+            mine = _characters_of(row.owner_id, row.guild_id)
+            await _within_quota(session, "character", mine, _CHARACTER_CONTENT, before, max_bytes)
         await session.refresh(row)
         return snapshot(CharacterRecord, row)
 
@@ -372,6 +406,43 @@ async def _one_at_a_time(session: AsyncSession, table: str, owner_id: int) -> No
         await session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
+def _stored_bytes(session: AsyncSession, *columns: Any) -> ColumnElement[Any]:
+    """The bytes `columns` take as stored (text as UTF-8, JSON as its text, blobs as they
+    are), summed, in the database's own terms."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    sizes: list[ColumnElement[Any]] = []
+    for column in columns:
+        if isinstance(column.type, LargeBinary):
+            size = func.octet_length(column) if postgres else func.length(column)
+        elif postgres:
+            size = func.octet_length(cast(column, Text))
+        else:
+            size = func.length(cast(column, LargeBinary))
+        sizes.append(func.coalesce(size, 0))
+    total: ColumnElement[Any] = sizes[0]
+    for more in sizes[1:]:
+        total = total + more
+    return total
+
+
+async def _bytes_owned(session: AsyncSession, where: Any, *columns: Any) -> int:
+    total = await session.scalar(
+        select(func.coalesce(func.sum(_stored_bytes(session, *columns)), 0)).where(where)
+    )
+    return int(total or 0)
+
+
+async def _within_quota(
+    session: AsyncSession, kind: str, where: Any, columns: Sequence[Any], before: int, limit: int
+) -> None:
+    """After a write (flushed, not committed): QuotaReached, undoing it, when the owner's rows
+    now take more than `limit` bytes and more than `before` (someone already over a lowered
+    quota may still shrink what they keep)."""
+    used = await _bytes_owned(session, where, *columns)
+    if used > limit and used > before:
+        raise QuotaReached(kind, limit=limit, used=used)
+
+
 async def _put_named(
     session: AsyncSession, model: type[NamedRow], owner: Any, owner_id: int, name: str, limit: int
 ) -> Any:
@@ -435,17 +506,28 @@ async def delete_preset(sessions: Sessions, *, guild_id: int, name: str) -> bool
 
 
 async def save_lorebook(
-    sessions: Sessions, *, owner_id: int, name: str, book: dict[str, Any], max_owned: int
+    sessions: Sessions,
+    *,
+    owner_id: int,
+    name: str,
+    book: dict[str, Any],
+    max_owned: int,
+    max_bytes: int,
 ) -> LorebookRecord:
     """Store `book` as the owner's lorebook `name`, replacing one of that name;
-    LorebookLimitReached when it would be a new one past `max_owned`."""
+    LorebookLimitReached when it would be a new one past `max_owned`, QuotaReached when the
+    owner's lorebooks would take more than `max_bytes` as stored."""
     async with sessions.begin() as session:
         owner = PersonalLorebook.owner_id
         row = await _put_named(session, PersonalLorebook, owner, owner_id, name, max_owned)
         if row is None:
             raise LorebookLimitReached(max_owned)
+        mine = owner == owner_id
+        with session.no_autoflush:  # the new row has no book yet
+            before = await _bytes_owned(session, mine, PersonalLorebook.book)
         row.book = book
         await session.flush()
+        await _within_quota(session, "lorebook", mine, [PersonalLorebook.book], before, max_bytes)
         await session.refresh(row)
         return snapshot(LorebookRecord, row)
 

@@ -9,15 +9,18 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord.cogs.common import name_choices
-from synatra_bot.discord.interactions import actor_of, answer, place_of, tr
+from synatra_bot.discord.interactions import ComponentError, actor_of, answer, place_of, tr
 from synatra_bot.errors import NotFound, UserFacingError
 from synatra_bot.roleplay.config import (
     INHERITED_SETTINGS,
+    MAX_CHARACTER_MEGABYTES,
     SERVER_SETTINGS,
+    parse_stop_lines,
     parse_stop_strings,
     preset_batchable,
     sampling_values,
     shown_stop_strings,
+    stop_lines,
 )
 from synatra_bot.settings import AUTHOR_NOTE_DEPTH_RANGE, CONTEXT_SIZE_RANGE
 
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
 
 Scope = Literal["channel", "server"]
+#: What the stop strings form takes: every stop string at its longest, escaped, one a line.
+STOP_FORM_CHARS = 1000
 
 
 def _shown(values: dict[str, float | int]) -> str:
@@ -155,16 +160,31 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
 
     @app_commands.command(name="stop", description="Texts that end a reply where it writes them")
     @app_commands.describe(
-        strings="Separated by |, \\n for a new line; - for none (e.g. \\n### | [END])",
+        strings="Split by |, \\| for a bar, \\n for a new line; - for none. Leave out: a form",
         scope="This channel, or the server default",
     )
     async def stop(
         self,
         interaction: discord.Interaction[SynatraBot],
-        strings: app_commands.Range[str, 1, 400],
+        strings: app_commands.Range[str, 1, 400] | None = None,
         scope: Scope = "channel",
     ) -> None:
-        stops = parse_stop_strings(strings)
+        if strings is None:
+            # The form takes one stop string a line, so any text can be one, bars included.
+            assert interaction.guild_id is not None and interaction.channel is not None
+            core = self.bot.core
+            if scope == "server":
+                config = await core.server_config(interaction.guild_id)
+            else:
+                config = await core.config_for(place_of(interaction.channel, interaction.guild_id))
+            form = StopStringsForm(self, scope, config.sampling.stop_strings, interaction)
+            await interaction.response.send_modal(form)
+            return
+        await self._store_stops(interaction, scope, parse_stop_strings(strings))
+
+    async def _store_stops(
+        self, interaction: discord.Interaction[SynatraBot], scope: Scope, stops: list[str]
+    ) -> None:
         await self._store(interaction, scope, stop_strings=stops)
         shown = f"stop_strings={shown_stop_strings(stops)}"
         await answer(interaction, tr(interaction, f"config.saved.{scope}", changes=shown))
@@ -206,11 +226,25 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
     @app_commands.command(
         name="characters", description="How many characters each member may have in this server"
     )
-    @app_commands.describe(limit="Characters per member (default 50); existing ones are kept")
+    @app_commands.describe(
+        limit="Characters per member (default 50); existing ones are kept",
+        megabytes="MiB each member's characters may take together (default 32)",
+    )
     async def characters(
-        self, interaction: discord.Interaction[SynatraBot], limit: app_commands.Range[int, 1, 500]
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        limit: app_commands.Range[int, 1, 500] | None = None,
+        megabytes: app_commands.Range[int, 1, MAX_CHARACTER_MEGABYTES] | None = None,
     ) -> None:
-        await self._save(interaction, "server", character_limit=limit)
+        changes = {
+            k: v
+            for k, v in {"character_limit": limit, "character_megabytes": megabytes}.items()
+            if v is not None
+        }
+        if not changes:
+            await self._show(interaction)
+            return
+        await self._save(interaction, "server", **changes)
 
     @app_commands.command(name="scene", description="How scenes with several characters play")
     @app_commands.describe(
@@ -381,6 +415,39 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         config = await self.bot.core.config_for(place_of(interaction.channel, interaction.guild_id))
         rows = "\n".join(f"`{name}` {value}" for name, value in config.as_rows())
         await answer(interaction, tr(interaction, "config.show") + "\n" + rows)
+
+
+class StopStringsForm(discord.ui.Modal):
+    """`/config stop` without text: the stop strings one a line, opened with those in force."""
+
+    def __init__(
+        self,
+        cog: Moderation,
+        scope: Scope,
+        current: tuple[str, ...],
+        interaction: discord.Interaction[SynatraBot],
+    ) -> None:
+        super().__init__(title=tr(interaction, "config.stop_form"), timeout=900)
+        self.cog = cog
+        self.scope: Scope = scope
+        self.lines: discord.ui.TextInput[StopStringsForm] = discord.ui.TextInput(
+            label=tr(interaction, "config.stop_form_label"),
+            style=discord.TextStyle.paragraph,
+            max_length=STOP_FORM_CHARS,
+            required=False,
+            default=stop_lines(current) or None,
+        )
+        self.add_item(self.lines)
+
+    async def on_submit(self, interaction: discord.Interaction[SynatraBot]) -> None:  # type: ignore[override]
+        if not actor_of(interaction).is_moderator:
+            raise UserFacingError("moderators only", key="error.moderator_only")
+        await self.cog._store_stops(interaction, self.scope, parse_stop_lines(self.lines.value))
+
+    async def on_error(  # type: ignore[override]
+        self, interaction: discord.Interaction[SynatraBot], error: Exception
+    ) -> None:
+        await self.cog.bot.tree.on_error(interaction, ComponentError(error))
 
 
 async def setup(bot: SynatraBot) -> None:

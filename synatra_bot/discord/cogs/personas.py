@@ -8,7 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from synatra_bot.discord.interactions import answer, tr
+from synatra_bot.discord.interactions import answer, place_of, tr
+from synatra_bot.roleplay.names import taken_by
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
@@ -34,11 +35,38 @@ class Personas(commands.GroupCog, group_name="persona", group_description="Your 
         description: app_commands.Range[str, 0, MAX_PERSONA_DESCRIPTION] = "",
         everywhere: bool = False,
     ) -> None:
+        refusal = await self._refusal(interaction, name)
+        if refusal is not None:
+            await answer(interaction, refusal)
+            return
         guild_id = 0 if everywhere or interaction.guild_id is None else interaction.guild_id
         await self.bot.core.set_persona(
             interaction.user.id, guild_id, name=name.strip(), description=description.strip()
         )
         await answer(interaction, tr(interaction, "persona.set", name=name.strip()))
+
+    async def _refusal(self, interaction: discord.Interaction[SynatraBot], name: str) -> str | None:
+        """Why `name` may not be the player's persona here, or None: it would pass for a
+        character of the scene in this channel, or for another member of the server (or the
+        bot), so lines posted for the player could be read as theirs."""
+        if interaction.channel is not None:
+            place = place_of(interaction.channel, interaction.guild_id)
+            active = await self.bot.core.active(place)
+            cast = [character.name for character in active.cast] if active else []
+            character = taken_by(name, cast)
+            if character is not None:
+                return tr(interaction, "persona.taken_character", name=character)
+        others: list[str] = []
+        me = self.bot.user
+        if me is not None:
+            others += [me.name, me.display_name]
+        guild = interaction.guild
+        for member in guild.members if guild is not None else ():
+            if member.id != interaction.user.id:
+                others += [member.name, member.display_name, member.global_name or ""]
+        if taken_by(name, others) is not None:
+            return tr(interaction, "persona.taken_member")
+        return None
 
     @app_commands.command(name="clear", description="Forget your persona and use your display name")
     async def clear_persona(self, interaction: discord.Interaction[SynatraBot]) -> None:
