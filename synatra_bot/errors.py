@@ -223,7 +223,8 @@ class GenerationInterrupted(EngineError):
 
 class QuotaReached(LimitReached):
     """Storing this would take the member past the bytes they may keep (`kind`: "lorebook"
-    for personal lorebooks, "character" for their characters in one server)."""
+    for personal lorebooks, "character" for their characters in one server, "scene" for
+    their imported and branched scenes in one server)."""
 
     def __init__(self, kind: str, *, limit: int, used: int) -> None:
         UserFacingError.__init__(
@@ -232,6 +233,20 @@ class QuotaReached(LimitReached):
             key=f"error.{kind}_quota",
             limit=shown_bytes(limit),
             used=shown_bytes(used),
+        )
+
+
+class SceneRowsReached(LimitReached):
+    """Storing this import or branch would take the rows of the member's imported and branched
+    scenes in this server past what its moderators allow."""
+
+    def __init__(self, *, limit: int, used: int) -> None:
+        UserFacingError.__init__(
+            self,
+            f"storing this would take the member's copied scenes to {used} rows, over {limit}",
+            key="error.scene_rows_quota",
+            limit=f"{limit:,}",
+            used=f"{used:,}",
         )
 
 

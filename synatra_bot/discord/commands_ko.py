@@ -111,7 +111,12 @@ KOREAN: dict[str, str] = {
         "한 사람의 캐릭터가 모두 합쳐 차지할 수 있는 MiB (기본 32)"
     ),
     "How scenes with several characters play": "여러 캐릭터가 나오는 장면 설정",
-    "How long archived scenes are kept": "보관된 장면을 얼마나 둘지",
+    "Rows per member's imported/branched scenes (default 50000)": (
+        "한 사람이 가져오거나 갈라낸 장면의 줄 수 (기본 50000)"
+    ),
+    "MiB per member's imported/branched scenes (default 32)": (
+        "한 사람이 가져오거나 갈라낸 장면의 MiB (기본 32)"
+    ),
     "How long scenes' automatic memory may grow": "장면의 자동 기억 크기",
     "Tokens a scene's summary may take (default 384)": "장면 요약이 차지할 수 있는 토큰 수 (기본 384)",
     "Fold what falls out of the prompt into it automatically (on by default)": "프롬프트에서 밀려난 대화를 자동으로 요약해 넣기 (기본 켬)",

@@ -262,6 +262,22 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "하나를 지우거나 더 작은 카드나 이미지를 쓰거나, 관리자에게 물어봐 주세요 "
         "(/config characters).",
     ),
+    "error.scene_rows_quota": (
+        "Your imported and branched scenes here may hold {limit} rows in all; with this one "
+        "they would hold {used}. Ask a moderator to forget old scenes (/config archive) or to "
+        "raise the limit, or import a shorter chat.",
+        "여기서 내가 가져오거나 갈라낸 장면은 모두 합쳐 {limit}줄까지 담을 수 있어요. "
+        "이것까지 넣으면 {used}줄이 돼요. 관리자에게 오래된 장면을 정리하거나 한도를 늘려 "
+        "달라고 하거나(/config archive), 더 짧은 대화를 가져와 주세요.",
+    ),
+    "error.scene_quota": (
+        "Your imported and branched scenes here may take {limit} in all; with this one they "
+        "would take {used}. Ask a moderator to forget old scenes (/config archive) or to "
+        "raise the limit, or import a shorter chat.",
+        "여기서 내가 가져오거나 갈라낸 장면은 모두 합쳐 {limit}까지 둘 수 있어요. "
+        "이것까지 넣으면 {used}가 돼요. 관리자에게 오래된 장면을 정리하거나 한도를 늘려 "
+        "달라고 하거나(/config archive), 더 짧은 대화를 가져와 주세요.",
+    ),
     "error.lorebook_quota": (
         "Your lorebooks may take {limit} in all; with this one they would take {used}. "
         "Delete one or import a smaller book.",

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from synatra_bot.errors import NotFound, PermissionDenied
 from synatra_bot.prompt.st_chat import ChatFile, ChatLine, parse_chat, render_chat
 from synatra_bot.roleplay.characters import can_use
+from synatra_bot.roleplay.config import scene_quota
 from synatra_bot.roleplay.core import RoleplayCore
 from synatra_bot.roleplay.rules import is_starter_or_moderator, require_voice
 from synatra_bot.roleplay.scheduler import Scheduler
@@ -97,7 +98,10 @@ class Archive:
         await self.turns.admit_start(actor, place)  # the gate of every new scene
         await self.scheduler.cancel_channel(place.channel_id, reason="a branch started")
         branch = await archives.branch_scene(
-            self.core.sessions, message_id=message_id, started_by=actor.user_id
+            self.core.sessions,
+            message_id=message_id,
+            started_by=actor.user_id,
+            quota=await self.quota(source.guild_id),
         )
         self.core.forget(place.channel_id)
         await self.prune(place)
@@ -111,6 +115,15 @@ class Archive:
         if found is None:
             raise NotFound("that message is not part of a scene here", key="error.no_scene")
         return await self.branch(actor, place, found.id)
+
+    async def quota(self, guild_id: int | None) -> archives.SceneQuota:
+        """What one member's imported and branched scenes may hold in `guild_id` (None:
+        outside servers, the defaults)."""
+        guild = None
+        if guild_id is not None:
+            guild = await repo.get_guild_settings(self.core.sessions, guild_id=guild_id)
+        rows, megabytes = scene_quota(guild)
+        return archives.SceneQuota(rows=rows, bytes=megabytes * 1024 * 1024)
 
     async def prune(self, place: Place) -> int:
         """Forget the server's scenes archived longer than its moderators keep them."""
@@ -184,6 +197,7 @@ class Archive:
             character_id=character.id,
             started_by=actor.user_id,
             turns=turns,
+            quota=await self.quota(None if place.dm else place.guild_id),
         )
         self.core.forget(place.channel_id)
         await self.prune(place)

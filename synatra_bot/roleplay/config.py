@@ -25,6 +25,15 @@ DEFAULT_CHARACTER_LIMIT = 50
 #: server (or outside servers, of their own) until its moderators choose another number.
 DEFAULT_CHARACTER_MEGABYTES = 32
 MAX_CHARACTER_MEGABYTES = 1024
+#: Rows (each alternative of a turn one) and MiB of text one member's imported and branched
+#: scenes may hold together in a server (or outside servers, of their own) until its
+#: moderators choose other numbers with `/config archive`: room for the largest import
+#: (`st_chat.MAX_CHAT_ROWS` rows, `MAX_CHAT_BYTES`) and a few branches of it, where branching
+#: without a bound copied a scene's rows as often as anyone asked.
+DEFAULT_SCENE_ROWS = 50_000
+MAX_SCENE_ROWS = 1_000_000
+DEFAULT_SCENE_MEGABYTES = 32
+MAX_SCENE_MEGABYTES = 1024
 #: Characters in one scene until a server's moderators choose another number.
 DEFAULT_CAST_LIMIT = 4
 #: Tokens a scene's automatic memory may take until a server's moderators choose another size.
@@ -88,6 +97,8 @@ _STOP_ESCAPES = {"\\": "\\", "n": "\n", "|": "|"}
 SERVER_SETTINGS = (
     "character_limit",
     "character_megabytes",
+    "scene_rows",
+    "scene_megabytes",
     "cast_limit",
     "summary_tokens",
     "archive_keep_days",
@@ -145,6 +156,9 @@ class ChannelConfig:
     character_limit: int = DEFAULT_CHARACTER_LIMIT
     #: MiB one member's characters may take in the server, as stored.
     character_megabytes: int = DEFAULT_CHARACTER_MEGABYTES
+    #: Rows and MiB one member's imported and branched scenes may hold in the server.
+    scene_rows: int = DEFAULT_SCENE_ROWS
+    scene_megabytes: int = DEFAULT_SCENE_MEGABYTES
     #: A player's message that names several characters of the scene: each answers in turn
     #: (otherwise the first one named does).
     answer_every_addressed: bool = False
@@ -167,6 +181,8 @@ class ChannelConfig:
             ("approval_required", str(self.approval_required)),
             ("character_limit", f"{self.character_limit}/member"),
             ("character_megabytes", f"{self.character_megabytes} MiB/member"),
+            ("scene_rows", f"{self.scene_rows}/member"),
+            ("scene_megabytes", f"{self.scene_megabytes} MiB/member"),
             ("cast_limit", f"{self.cast_limit}/scene"),
             ("summary_tokens", str(self.summary_tokens)),
             (
@@ -299,6 +315,18 @@ def character_megabytes(guild: GuildSettingsRecord | None) -> int:
     return guild.character_megabytes
 
 
+def scene_quota(guild: GuildSettingsRecord | None) -> tuple[int, int]:
+    """Rows and MiB one member's imported and branched scenes may hold in `guild` (None:
+    outside any server)."""
+    rows = DEFAULT_SCENE_ROWS if guild is None or guild.scene_rows is None else guild.scene_rows
+    megabytes = (
+        DEFAULT_SCENE_MEGABYTES
+        if guild is None or guild.scene_megabytes is None
+        else guild.scene_megabytes
+    )
+    return rows, megabytes
+
+
 def _pick(name: str, *sources: object) -> Any:
     for source in sources:
         value = getattr(source, name, None)
@@ -339,6 +367,8 @@ def effective_config(
         approval_required=guild.approval_required,
         character_limit=character_limit(guild),
         character_megabytes=character_megabytes(guild),
+        scene_rows=scene_quota(guild)[0],
+        scene_megabytes=scene_quota(guild)[1],
         answer_every_addressed=channel.answer_every_addressed if channel else False,
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
         summary_tokens=summary_tokens(guild, context_size),

@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from synatra_bot.errors import QuotaReached, SceneRowsReached
 from synatra_bot.storage.models import (
     CastMember,
     ChannelSettings,
@@ -24,9 +25,71 @@ from synatra_bot.storage.models import (
     utcnow,
 )
 from synatra_bot.storage.records import MessageRecord, SessionRecord, snapshot
-from synatra_bot.storage.repository import Sessions, _channel_row, _end_active, _new_scene
+from synatra_bot.storage.repository import (
+    Sessions,
+    _channel_row,
+    _end_active,
+    _new_scene,
+    _one_at_a_time,
+    _stored_bytes,
+)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SceneQuota:
+    """What one member's imported and branched scenes may hold together in one server (or
+    outside servers): rows of history (each alternative a row, deleted ones too, as they are
+    stored) and their text's bytes as stored."""
+
+    rows: int
+    bytes: int
+
+
+async def _copied_usage(
+    session: AsyncSession, *, started_by: int, guild_id: int | None
+) -> tuple[int, int]:
+    """Rows and bytes the member's imported and branched scenes of `guild_id` hold now."""
+    same_guild = (
+        RoleplaySession.guild_id.is_(None)
+        if guild_id is None
+        else RoleplaySession.guild_id == guild_id
+    )
+    scenes = select(RoleplaySession.id).where(
+        RoleplaySession.copied, RoleplaySession.started_by == started_by, same_guild
+    )
+    rows, size = (
+        await session.execute(
+            select(
+                func.count(Message.id),
+                func.coalesce(func.sum(_stored_bytes(session, Message.content)), 0),
+            ).where(Message.session_id.in_(scenes))
+        )
+    ).one()
+    return int(rows or 0), int(size or 0)
+
+
+async def _within_scene_quota(
+    session: AsyncSession,
+    quota: SceneQuota | None,
+    *,
+    started_by: int,
+    guild_id: int | None,
+    adding: tuple[int, int] = (0, 0),
+) -> None:
+    """SceneRowsReached or QuotaReached when the member's copied scenes hold, with `adding`
+    (rows, bytes) not yet written, more than `quota`. Held one member at a time
+    (`_one_at_a_time`), so imports and branches at the same moment cannot slip past it."""
+    if quota is None:
+        return
+    await _one_at_a_time(session, "scenes", started_by)
+    rows, size = await _copied_usage(session, started_by=started_by, guild_id=guild_id)
+    rows, size = rows + adding[0], size + adding[1]
+    if rows > quota.rows:
+        raise SceneRowsReached(limit=quota.rows, used=rows)
+    if size > quota.bytes:
+        raise QuotaReached("scene", limit=quota.bytes, used=size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +167,9 @@ async def reopen_scene(sessions: Sessions, *, channel_id: int, session_id: int) 
         return snapshot(SessionRecord, row)
 
 
-async def branch_scene(sessions: Sessions, *, message_id: int, started_by: int) -> SessionRecord:
+async def branch_scene(
+    sessions: Sessions, *, message_id: int, started_by: int, quota: SceneQuota | None = None
+) -> SessionRecord:
     """A new running scene in the message's channel whose history is a copy of its scene's up
     to and including that message's turn (alternatives kept, the chosen ones chosen), with the
     same cast and long-term memory. The scene it came from is archived, untouched. A memory
@@ -112,7 +177,9 @@ async def branch_scene(sessions: Sessions, *, message_id: int, started_by: int) 
     turns); one that does not covers the same turns' copies.
 
     The copies show in no Discord message (their ids are not copied), so an edit of an old
-    message never reaches the branch. Raises LookupError for an unknown message.
+    message never reaches the branch. Raises LookupError for an unknown message; with `quota`,
+    SceneRowsReached or QuotaReached (nothing stored) when the copies would take the rows or
+    bytes of the member's imported and branched scenes in that server past it.
     """
     async with sessions.begin() as session:
         target = await session.get(Message, message_id)
@@ -131,6 +198,7 @@ async def branch_scene(sessions: Sessions, *, message_id: int, started_by: int) 
             cast_lead=False,  # the source's whole cast is copied below
             summary=source.summary,
             summary_auto=source.summary_auto,
+            copied=True,
         )
         await _end_active(session, channel)
         channel.active_session_id = branch.id
@@ -192,6 +260,7 @@ async def branch_scene(sessions: Sessions, *, message_id: int, started_by: int) 
                 None if written_until is None else new_ids.get(written_until)
             )
         await session.flush()
+        await _within_scene_quota(session, quota, started_by=started_by, guild_id=source.guild_id)
         return snapshot(SessionRecord, branch)
 
 
@@ -275,12 +344,26 @@ async def import_scene(
     character_id: int,
     started_by: int,
     turns: Sequence[ImportedTurn],
+    quota: SceneQuota | None = None,
 ) -> SessionRecord:
     """A new running scene whose history is `turns`. It is written archived, in transactions
     of at most `IMPORT_BATCH_ROWS` rows (a turn's alternatives always together), and becomes
     the channel's scene only once all of it is stored (the one it replaces is archived then);
-    if any round fails, what was written is deleted again."""
+    if any round fails, what was written is deleted again.
+
+    With `quota`, SceneRowsReached or QuotaReached when the member's imported and branched
+    scenes in that server would hold more than it: counted with the whole chat before the
+    first row is written (nothing stored), and again in the transaction that makes the scene
+    the channel's (an import or branch stored meanwhile may have taken the room; what was
+    written is deleted)."""
+    adding = (
+        sum(len(turn.options) for turn in turns),
+        sum(len(text.encode()) for turn in turns for text in turn.options),
+    )
     async with sessions.begin() as session:
+        await _within_scene_quota(
+            session, quota, started_by=started_by, guild_id=guild_id, adding=adding
+        )
         _, scene = await _new_scene(
             session,
             guild_id=guild_id,
@@ -289,6 +372,7 @@ async def import_scene(
             character_id=character_id,
             started_by=started_by,
             ended_at=utcnow(),  # out of sight of the channel until it is whole
+            copied=True,
         )
         scene_id = scene.id
     try:
@@ -296,6 +380,7 @@ async def import_scene(
             async with sessions.begin() as session:
                 await _store_turns(session, scene_id, batch)
         async with sessions.begin() as session:
+            await _within_scene_quota(session, quota, started_by=started_by, guild_id=guild_id)
             row = await session.get(RoleplaySession, scene_id)
             assert row is not None
             channel = await _channel_row(

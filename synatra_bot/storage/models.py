@@ -82,6 +82,10 @@ class GuildSettings(SamplingColumns, Base):
     #: MiB one member's characters may take in this server as stored; NULL means the
     #: default (decided above storage).
     character_megabytes: Mapped[int | None] = mapped_column(Integer)
+    #: Rows and MiB one member's imported and branched scenes may hold in this server; NULL
+    #: means the default (decided above storage).
+    scene_rows: Mapped[int | None] = mapped_column(Integer)
+    scene_megabytes: Mapped[int | None] = mapped_column(Integer)
     #: Characters one scene may hold; NULL means the default (decided above storage).
     cast_limit: Mapped[int | None] = mapped_column(Integer)
     #: Tokens a scene's automatic memory may take; NULL means the default (decided above
@@ -250,6 +254,9 @@ class RoleplaySession(Base):
     #: rewrite starts from it, and a change to a message it covers leaves the summary as it is.
     summary_written: Mapped[str | None] = mapped_column(Text)
     summary_written_until_id: Mapped[int | None] = mapped_column(Integer)
+    #: Made by an import or a branch (its history was copied in, not played here): its rows
+    #: count against its starter's scene quota.
+    copied: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class CastMember(Base):

@@ -41,6 +41,8 @@ class GuildSettingsRecord(SamplingRecord):
     approval_required: bool = False
     character_limit: int | None = None
     character_megabytes: int | None = None
+    scene_rows: int | None = None
+    scene_megabytes: int | None = None
     cast_limit: int | None = None
     summary_tokens: int | None = None
     #: Days an archived scene is kept; None keeps it for ever.

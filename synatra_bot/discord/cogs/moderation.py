@@ -14,6 +14,8 @@ from synatra_bot.errors import NotFound, UserFacingError
 from synatra_bot.roleplay.config import (
     INHERITED_SETTINGS,
     MAX_CHARACTER_MEGABYTES,
+    MAX_SCENE_MEGABYTES,
+    MAX_SCENE_ROWS,
     SERVER_SETTINGS,
     parse_stop_lines,
     parse_stop_strings,
@@ -300,13 +302,27 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         await self._save(interaction, scope, lorebook_budget=tokens)
 
     @app_commands.command(name="archive", description="How long archived scenes are kept")
-    @app_commands.describe(keep_days="Days an archived scene is kept (0: for ever, the default)")
+    @app_commands.describe(
+        keep_days="Days an archived scene is kept (0: for ever, the default)",
+        rows="Rows per member's imported/branched scenes (default 50000)",
+        megabytes="MiB per member's imported/branched scenes (default 32)",
+    )
     async def archive(
         self,
         interaction: discord.Interaction[SynatraBot],
-        keep_days: app_commands.Range[int, 0, 3650],
+        keep_days: app_commands.Range[int, 0, 3650] | None = None,
+        rows: app_commands.Range[int, 1, MAX_SCENE_ROWS] | None = None,
+        megabytes: app_commands.Range[int, 1, MAX_SCENE_MEGABYTES] | None = None,
     ) -> None:
-        await self._save(interaction, "server", archive_keep_days=keep_days or None)
+        changes: dict[str, int | None] = {
+            k: v for k, v in {"scene_rows": rows, "scene_megabytes": megabytes}.items() if v
+        }
+        if keep_days is not None:
+            changes["archive_keep_days"] = keep_days or None
+        if not changes:
+            await self._show(interaction)
+            return
+        await self._save(interaction, "server", **changes)
         if keep_days:
             assert interaction.channel is not None
             place = place_of(interaction.channel, interaction.guild_id)
