@@ -16,6 +16,7 @@ from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import alembic_config, head_revision, upgrade_database
 from tests.db_helpers import assert_old_scene_kept, fill_at_0001, postgres_server, schema_diff
 from tests.test_member_quotas import check_quotas_hold
+from tests.test_scene_quotas import check_scene_quota_holds
 from tests.test_scene_storage import check_scene_memory
 from tests.test_storage import check_limits_hold_concurrently
 
@@ -180,5 +181,14 @@ async def test_quotas_hold_when_saved_at_the_same_moment(postgres_url):
     engine = create_engine(postgres_url)
     try:
         await check_quotas_hold(create_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+async def test_scene_quota_holds_when_imported_and_branched_at_the_same_moment(postgres_url):
+    await upgrade_database(postgres_url)
+    engine = create_engine(postgres_url)
+    try:
+        await check_scene_quota_holds(create_sessionmaker(engine))
     finally:
         await engine.dispose()

@@ -139,24 +139,26 @@ async def test_scene_quota_holds_when_imported_and_branched_at_the_same_moment(t
 
 async def check_scene_quota_holds(sessions) -> None:
     """Imports and branches of one member at the same moment never take their copied scenes
-    past the quota as the database counts them; a refused one stores nothing."""
-    character = await repo.create_character(sessions, owner_id=7, guild_id=1, name="하늘")
-    turns = [ImportedTurn(role="user", options=(f"말 {n}",), author_id=7) for n in range(4)]
+    past the quota as the database counts them; a refused one stores nothing. Shared with the
+    PostgreSQL tests (its own member and server there)."""
+    member, guild = 4242, 4343
+    character = await repo.create_character(sessions, owner_id=member, guild_id=guild, name="하늘")
+    turns = [ImportedTurn(role="user", options=(f"말 {n}",), author_id=member) for n in range(4)]
     quota = SceneQuota(rows=22, bytes=1024 * 1024)
 
     async def imported(channel_id: int) -> archives.SessionRecord:
         return await archives.import_scene(
             sessions,
-            guild_id=1,
+            guild_id=guild,
             channel_id=channel_id,
             parent_channel_id=None,
             character_id=character.id,
-            started_by=7,
+            started_by=member,
             turns=turns,
             quota=quota,
         )
 
-    first = await imported(100)
+    first = await imported(44_000)
     newest = (await repo.recent_history(sessions, session_id=first.id, limit=1))[-1]
 
     async def stored(attempt) -> bool:
@@ -167,18 +169,21 @@ async def check_scene_quota_holds(sessions) -> None:
             return False
         return True
 
-    attempts = [imported(101 + n) for n in range(5)] + [
-        archives.branch_scene(sessions, message_id=newest.id, started_by=7, quota=quota)
+    attempts = [imported(44_001 + n) for n in range(5)] + [
+        archives.branch_scene(sessions, message_id=newest.id, started_by=member, quota=quota)
         for _ in range(5)
     ]
     results = await asyncio.gather(*(stored(attempt) for attempt in attempts))
-    rows, _ = await copied_usage(sessions, 7, 1)
+    rows, _ = await copied_usage(sessions, member, guild)
     assert rows <= quota.rows
     assert rows == 4 * (1 + sum(results))
     assert 0 < sum(results) < len(results)
+    mine = select(RoleplaySession.id).where(RoleplaySession.started_by == member)
     async with sessions() as session:
-        scenes = await session.scalar(select(func.count(RoleplaySession.id)))
-        messages = await session.scalar(select(func.count(Message.id)))
+        scenes = await session.scalar(select(func.count()).select_from(mine.subquery()))
+        messages = await session.scalar(
+            select(func.count(Message.id)).where(Message.session_id.in_(mine))
+        )
     assert (scenes, messages) == (1 + sum(results), rows)
 
 
