@@ -84,7 +84,9 @@ class Archive:
     async def branch(self, actor: Actor, place: Place, message_id: int) -> SessionRecord:
         """A new scene whose history is this channel's scene up to `message_id` (a stored turn
         id); the scene it came from stays in the archive. Whoever branches owns the branch.
-        It passes the gate of every new scene (`Turns.admit_start`: a branch is one turn)."""
+        It passes the gate of every new scene (`Turns.admit_start`: a branch is one turn), and
+        its copies must fit the member's quota of imported and branched scenes (checked before
+        the running reply is stopped for it)."""
         require_voice(actor)
         message = await self.core.get_message(message_id)
         source = None
@@ -96,12 +98,17 @@ class Archive:
             # An archived scene is reopened, by copy or not, by its starter or a moderator.
             raise PermissionDenied("only who started it or a moderator", key="error.starter_only")
         await self.turns.admit_start(actor, place)  # the gate of every new scene
+        quota = await self.quota(source.guild_id)
+        await archives.check_scene_room(
+            self.core.sessions,
+            quota,
+            started_by=actor.user_id,
+            guild_id=source.guild_id,
+            adding=await archives.branch_size(self.core.sessions, message_id=message_id),
+        )
         await self.scheduler.cancel_channel(place.channel_id, reason="a branch started")
         branch = await archives.branch_scene(
-            self.core.sessions,
-            message_id=message_id,
-            started_by=actor.user_id,
-            quota=await self.quota(source.guild_id),
+            self.core.sessions, message_id=message_id, started_by=actor.user_id, quota=quota
         )
         self.core.forget(place.channel_id)
         await self.prune(place)
@@ -188,16 +195,25 @@ class Archive:
         turns = await asyncio.to_thread(
             lambda: [self._turn(actor, character, line, now) for line in chat.lines]
         )
+        guild_id = None if place.dm else place.guild_id
+        quota = await self.quota(guild_id)
+        await archives.check_scene_room(
+            self.core.sessions,
+            quota,
+            started_by=actor.user_id,
+            guild_id=guild_id,
+            adding=archives.import_size(turns),
+        )
         await self.scheduler.cancel_channel(place.channel_id, reason="a chat was imported")
         session = await archives.import_scene(
             self.core.sessions,
-            guild_id=None if place.dm else place.guild_id,
+            guild_id=guild_id,
             channel_id=place.channel_id,
             parent_channel_id=place.parent_channel_id,
             character_id=character.id,
             started_by=actor.user_id,
             turns=turns,
-            quota=await self.quota(None if place.dm else place.guild_id),
+            quota=quota,
         )
         self.core.forget(place.channel_id)
         await self.prune(place)

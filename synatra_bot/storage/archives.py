@@ -92,6 +92,53 @@ async def _within_scene_quota(
         raise QuotaReached("scene", limit=quota.bytes, used=size)
 
 
+async def check_scene_room(
+    sessions: Sessions,
+    quota: SceneQuota,
+    *,
+    started_by: int,
+    guild_id: int | None,
+    adding: tuple[int, int],
+) -> None:
+    """SceneRowsReached or QuotaReached now when `adding` (rows, bytes) would not fit the
+    member's quota: a refusal before anything running is stopped for it. The storing
+    transaction counts again, and decides."""
+    async with sessions() as session:
+        await _within_scene_quota(
+            session, quota, started_by=started_by, guild_id=guild_id, adding=adding
+        )
+
+
+async def branch_size(sessions: Sessions, *, message_id: int) -> tuple[int, int]:
+    """Rows and bytes a branch at the message would copy (none for an unknown message)."""
+    async with sessions() as session:
+        target = await session.get(Message, message_id)
+        if target is None:
+            return 0, 0
+        turn = target.swipe_group if target.swipe_group is not None else target.id
+        rows, size = (
+            await session.execute(
+                select(
+                    func.count(Message.id),
+                    func.coalesce(func.sum(_stored_bytes(session, Message.content)), 0),
+                ).where(
+                    Message.session_id == target.session_id,
+                    ~Message.deleted,
+                    func.coalesce(Message.swipe_group, Message.id) <= turn,
+                )
+            )
+        ).one()
+        return int(rows or 0), int(size or 0)
+
+
+def import_size(turns: Sequence[ImportedTurn]) -> tuple[int, int]:
+    """Rows and bytes (text as UTF-8) an import of `turns` stores."""
+    return (
+        sum(len(turn.options) for turn in turns),
+        sum(len(text.encode()) for turn in turns for text in turn.options),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SceneSummary:
     """One scene of a channel as a list shows it."""
@@ -356,13 +403,9 @@ async def import_scene(
     first row is written (nothing stored), and again in the transaction that makes the scene
     the channel's (an import or branch stored meanwhile may have taken the room; what was
     written is deleted)."""
-    adding = (
-        sum(len(turn.options) for turn in turns),
-        sum(len(text.encode()) for turn in turns for text in turn.options),
-    )
     async with sessions.begin() as session:
         await _within_scene_quota(
-            session, quota, started_by=started_by, guild_id=guild_id, adding=adding
+            session, quota, started_by=started_by, guild_id=guild_id, adding=import_size(turns)
         )
         _, scene = await _new_scene(
             session,
