@@ -175,8 +175,8 @@ class ReplyController:
             functools.partial(open_replies.write_many, host.turns.core.sessions),
             every=COMMIT_EVERY_S,
         )
-        #: Whether each open reply shown here has been recorded (it has messages on screen).
-        self._recorded: dict[int, Callable[[], bool]] = {}
+        #: The open replies shown here that have been recorded (they have messages on screen).
+        self._recorded: set[int] = set()
         #: The open replies this process is showing, by id (⏹ finds its reply here).
         self._live: dict[int, Reply] = {}
         #: Open replies to finish (`unfinished.UnfinishedReplies`): left by a process that
@@ -376,7 +376,8 @@ class ReplyController:
             raise
         finally:
             del self._live[open_id]
-        if self._recorded.pop(open_id)():
+        if open_id in self._recorded:
+            self._recorded.discard(open_id)
             await self._write(open_replies.OpenReplyChange(open_id, close=True))
         return outcome
 
@@ -407,15 +408,13 @@ class ReplyController:
 
         open_id = open_replies.new_open_id()
         thread = isinstance(channel, discord.Thread)
-        recorded = False
 
         def record(ids: Sequence[int]) -> None:
-            nonlocal recorded
             write: open_replies.OpenReplyWrite
-            if recorded:
+            if open_id in self._recorded:
                 write = open_replies.OpenReplyChange(open_id, tuple(ids), webhook_id())
             else:
-                recorded = True
+                self._recorded.add(open_id)
                 write = open_replies.NewOpenReply(
                     id=open_id,
                     guild_id=reply.place.guild_id,
@@ -434,7 +433,6 @@ class ReplyController:
         if writer.message_ids:
             record(writer.message_ids)
         writer.posting_to(posted)
-        self._recorded[open_id] = lambda: recorded
         return open_id
 
     async def _stream(

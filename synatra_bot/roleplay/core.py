@@ -623,6 +623,12 @@ class RoleplayCore:
             updating=self.memory is not None and self.memory.updating(session.id),
         )
 
+    async def _turn_changed(self, message: MessageRecord) -> None:
+        """`message`'s turn changed: the cached history is read again, and a summary that
+        covers it is stale."""
+        self._history.changed(message.session_id)
+        await self._history_changed(message.session_id, message.turn_group)
+
     async def _history_changed(self, session_id: int, oldest_id: int) -> None:
         """Turns from `oldest_id` on changed: a summary that covers them is stale."""
         if self.memory is not None:
@@ -751,8 +757,7 @@ class RoleplayCore:
             self.sessions, message_id=found.id, content=content, edited=True
         )
         assert updated is not None
-        self._history.changed(found.session_id)
-        await self._history_changed(found.session_id, found.turn_group)
+        await self._turn_changed(found)
         if found.role != "user":
             return EditResult(updated, is_last_user_turn=False)
         history = await repo.recent_history(self.sessions, session_id=found.session_id, limit=3)
@@ -765,8 +770,7 @@ class RoleplayCore:
         if found is None:
             return None
         await repo.delete_turn_group(self.sessions, message_id=found.id)
-        self._history.changed(found.session_id)
-        await self._history_changed(found.session_id, found.turn_group)
+        await self._turn_changed(found)
         return found
 
     # --- swipes -------------------------------------------------------------------------------
@@ -1087,15 +1091,13 @@ class RoleplayCore:
     async def drop_reply(self, stored: MessageRecord) -> None:
         """Take a stored reply out of the story (it never reached the screen)."""
         await repo.delete_messages(self.sessions, message_ids=[stored.id])
-        self._history.changed(stored.session_id)
-        await self._history_changed(stored.session_id, stored.turn_group)
+        await self._turn_changed(stored)
 
     async def drop_alternative(self, stored: MessageRecord, *, back_to: MessageRecord) -> None:
         """Take a new alternative out of its turn; `back_to` is chosen again."""
         await repo.delete_messages(self.sessions, message_ids=[stored.id])
         await repo.choose_alternative(self.sessions, message_id=back_to.id)
-        self._history.changed(stored.session_id)
-        await self._history_changed(stored.session_id, stored.turn_group)
+        await self._turn_changed(stored)
 
     async def revert_continuation(self, before: MessageRecord) -> None:
         """Cut a continued reply back to `before`, its text before the continuation."""
@@ -1105,8 +1107,7 @@ class RoleplayCore:
             content=before.content,
             token_count=before.token_count,
         )
-        self._history.changed(before.session_id)
-        await self._history_changed(before.session_id, before.turn_group)
+        await self._turn_changed(before)
 
     async def shown_in(self, discord_message_id: int) -> MessageRecord | None:
         """The stored turn that Discord message `discord_message_id` shows, if any."""

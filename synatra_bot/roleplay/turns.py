@@ -402,6 +402,21 @@ class Turns:
 
     # --- refusing early -----------------------------------------------------------------------
 
+    def _admit_answer(
+        self,
+        active: ActiveRoleplay,
+        place: Place,
+        actor: Actor,
+        characters: Sequence[CharacterRecord],
+    ) -> None:
+        """Admit the answer to a player's line: every character that answers may speak here,
+        and the first costs the player's turn (one line, one turn)."""
+        if not characters:
+            return
+        for character in characters[1:]:
+            self.core.check_may_generate(active, place, character)
+        self.admit(active, place, actor, characters[0])
+
     def admit(
         self, active: ActiveRoleplay, place: Place, actor: Actor | None, character: CharacterRecord
     ) -> None:
@@ -587,10 +602,7 @@ class Turns:
             if line is not None:
                 line.storing(stored, ())
             return Said(stored, (), too_late=True)
-        if characters:
-            for character in characters[1:]:
-                self.core.check_may_generate(active, place, character)
-            self.admit(active, place, actor, characters[0])
+        self._admit_answer(active, place, actor, characters)
         # Stored while the reply's first message goes out: the prompt waits for it.
         stored = asyncio.ensure_future(
             self.core.add_user_message(
@@ -624,10 +636,7 @@ class Turns:
             characters: list[CharacterRecord] = []
             if active.config.enabled and active.config.reply_mode != "mention":
                 characters = await self.responders(active, actor, line.content)
-            if characters:
-                for character in characters[1:]:
-                    self.core.check_may_generate(active, place, character)
-                self.admit(active, place, actor, characters[0])
+            self._admit_answer(active, place, actor, characters)
             replies = [
                 Reply(self, active=active, place=place, actor=actor, character=c)
                 for c in characters

@@ -42,15 +42,6 @@ class OpenReplyChange:
     close: bool = False
 
 
-async def open_many(sessions: Sessions, replies: Sequence[NewOpenReply]) -> list[OpenReplyRecord]:
-    """Record replies being posted (or, replacing others, posted in their messages)."""
-    async with sessions.begin() as session:
-        rows = [_row(reply) for reply in replies]
-        session.add_all(rows)
-        await session.flush()
-        return [snapshot(OpenReplyRecord, row) for row in rows]
-
-
 #: One write of the open replies' book.
 OpenReplyWrite = NewOpenReply | OpenReplyChange
 
@@ -88,10 +79,6 @@ def _values(reply: NewOpenReply) -> dict[str, object]:
     }
 
 
-def _row(reply: NewOpenReply) -> OpenReply:
-    return OpenReply(**_values(reply))
-
-
 def new_open_id() -> int:
     """A fresh open reply id: random, so processes (shards) never pick the same one; below
     2**53, so every JSON reader keeps it exact."""
@@ -103,7 +90,11 @@ async def open_reply(sessions: Sessions, **fields: object) -> OpenReplyRecord:
     ids = fields.pop("discord_message_ids", ())
     fields.setdefault("id", new_open_id())
     new = NewOpenReply(**fields, discord_message_ids=tuple(ids))  # type: ignore[arg-type]
-    return (await open_many(sessions, [new]))[0]
+    async with sessions.begin() as session:
+        row = OpenReply(**_values(new))
+        session.add(row)
+        await session.flush()
+        return snapshot(OpenReplyRecord, row)
 
 
 async def close_open_reply(sessions: Sessions, *, reply_id: int) -> None:
