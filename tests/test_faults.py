@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sqlite3
 import sys
@@ -23,6 +22,7 @@ from synatra_bot.settings import settings_from_env
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
 from tests.bot_harness import BotHarness, eventually, has_buttons
+from tests.bot_process import bot_env, bot_process, start_scene
 from tests.discord_fake.fixtures import running_client
 from tests.engine_helpers import free_port, running_process
 from tests.fault_helpers import LONG_REPLY, SHORT_REPLY, long_when_asked
@@ -288,53 +288,6 @@ async def _last_assistant_with_ids(harness: BotHarness, channel, ids: list[int])
 # --- 5. SIGTERM during generation ------------------------------------------------------------
 
 
-def _bot_env(fake, database: Path, tokenizer_dir: Path, prompts: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DISCORD_TOKEN": fake.token,
-        "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
-        "MODEL_ID": str(tokenizer_dir),
-        "FAULT_PROMPT_LOG": str(prompts),
-        "FAULT_DELAY_S": "0.05",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-
-
-@contextlib.asynccontextmanager
-async def bot_process(
-    fake, env: dict[str, str], log: Path
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """The real bot (`serve`, with its signal handlers) in a child process, logged in to `fake`."""
-    identified = fake.identify_count
-    with log.open("wb") as output:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.fault_helpers",
-            "bot",
-            fake.api_base,
-            fake.gateway_url,
-            env=env,
-            stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            await fake.wait_until(
-                lambda: (
-                    (fake.identify_count > identified and fake.connected)
-                    or process.returncode is not None
-                ),
-                timeout=60,
-            )
-            assert process.returncode is None, log.read_text(errors="replace")
-            yield process
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-
-
 async def _stop(process: asyncio.subprocess.Process, sig: int) -> int:
     process.send_signal(sig)
     return await asyncio.wait_for(process.wait(), timeout=20)
@@ -351,25 +304,9 @@ async def test_sigterm_during_generation_exits_cleanly_and_the_session_continues
 ):
     fake, s = discord_fake, discord_fake.scenario
     database, prompts = tmp_path / "signal.db", tmp_path / "prompts.log"
-    env = _bot_env(fake, database, tokenizer_dir, prompts)
+    env = bot_env(fake, database, tokenizer_dir, prompts)
     async with bot_process(fake, env, tmp_path / "bot1.log") as process:
-        storage = create_engine(f"sqlite+aiosqlite:///{database}")
-        try:
-            character = await repo.create_character(
-                create_sessionmaker(storage),
-                owner_id=s.moderator.user.id,
-                guild_id=s.guild.id,
-                name="민지",
-                description="{{char}}는 활발한 대학생이다.",
-                first_message="안녕, {{user}}!",
-            )
-        finally:
-            await storage.dispose()
-        record = await fake.slash(
-            s.moderator, "rp start", channel=s.general, character=str(character.id)
-        )
-        await fake.wait_for_response(record)
-        await fake.wait_for_message(s.general, lambda m: m.webhook_id is not None, after=0)
+        await start_scene(fake, database, [s.general], description="{{char}}는 활발한 대학생이다.")
 
         said = await fake.say(s.general, s.members[0], "기억해 줘: 내 고양이 이름은 나비야")
         first = await fake.wait_for_message(
@@ -499,7 +436,7 @@ async def test_two_shard_processes_share_one_database_and_answer_each_message_on
     await fake.start()
     fake.install(monkeypatch)
     database, prompts = tmp_path / "shards.db", tmp_path / "prompts.log"
-    env = {**_bot_env(fake, database, tokenizer_dir, prompts), "FAULT_DELAY_S": "0.005"}
+    env = {**bot_env(fake, database, tokenizer_dir, prompts), "FAULT_DELAY_S": "0.005"}
     try:
         async with contextlib.AsyncExitStack() as stack:
             for shard in (0, 1):

@@ -11,10 +11,9 @@ from pathlib import Path
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.storage import open_replies
 from synatra_bot.storage import repository as repo
-from synatra_bot.storage.database import create_engine, create_sessionmaker
 from tests.bot_harness import BotHarness, eventually, has_buttons, stop_button
+from tests.bot_process import bot_env, bot_process, start_scene
 from tests.fault_helpers import LONG_REPLY, SHORT_REPLY
-from tests.test_faults import _bot_env, bot_process
 
 WEBHOOK_EDIT = "/webhooks/{webhook_id}/{token}/messages/{message_id}"
 CURSOR = "▌"
@@ -169,25 +168,9 @@ async def test_sigkill_mid_reply_leaves_nothing_unfinished_and_the_line_is_answe
 ):
     fake, s = discord_fake, discord_fake.scenario
     database, prompts = tmp_path / "kill.db", tmp_path / "prompts.log"
-    env = _bot_env(fake, database, tokenizer_dir, prompts)
+    env = bot_env(fake, database, tokenizer_dir, prompts)
     async with bot_process(fake, env, tmp_path / "bot1.log") as process:
-        storage = create_engine(f"sqlite+aiosqlite:///{database}")
-        try:
-            character = await repo.create_character(
-                create_sessionmaker(storage),
-                owner_id=s.moderator.user.id,
-                guild_id=s.guild.id,
-                name="민지",
-                description="{{char}}는 활발한 대학생이다.",
-                first_message="안녕, {{user}}!",
-            )
-        finally:
-            await storage.dispose()
-        record = await fake.slash(
-            s.moderator, "rp start", channel=s.general, character=str(character.id)
-        )
-        await fake.wait_for_response(record)
-        await fake.wait_for_message(s.general, lambda m: m.webhook_id is not None, after=0)
+        await start_scene(fake, database, [s.general], description="{{char}}는 활발한 대학생이다.")
         asked = await fake.say(s.general, s.members[0], "길게 이야기해 줘")
         partial = await fake.wait_for_message(
             s.general, lambda m: m.webhook_id is not None, after=asked

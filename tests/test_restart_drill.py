@@ -15,10 +15,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synatra_bot.storage import repository as repo
-from synatra_bot.storage.database import create_engine, create_sessionmaker
 from tests.bot_harness import has_buttons, stop_button
-from tests.test_faults import _bot_env, bot_process
+from tests.bot_process import bot_env, bot_process, start_scene
 
 TURNS = 20
 SEED = 2712
@@ -66,7 +64,7 @@ async def test_sigkill_at_random_moments_loses_no_line_and_leaves_nothing_unfini
     fake, s = discord_fake, discord_fake.scenario
     rng = random.Random(SEED)
     database, prompts = tmp_path / "drill.db", tmp_path / "prompts.log"
-    env = _bot_env(fake, database, tokenizer_dir, prompts)
+    env = bot_env(fake, database, tokenizer_dir, prompts)
     channels = [s.general, fake.add_channel(s.guild, "방-1"), fake.add_channel(s.guild, "방-2")]
     figures = DrillFigures()
     logs: list[Path] = []
@@ -82,23 +80,7 @@ async def test_sigkill_at_random_moments_loses_no_line_and_leaves_nothing_unfini
     said_lines = []
     async with contextlib.AsyncExitStack() as stack:
         process = await stack.enter_async_context(running())
-        storage = create_engine(f"sqlite+aiosqlite:///{database}")
-        try:
-            character = await repo.create_character(
-                create_sessionmaker(storage),
-                owner_id=s.moderator.user.id,
-                guild_id=s.guild.id,
-                name="민지",
-                first_message="안녕, {{user}}!",
-            )
-        finally:
-            await storage.dispose()
-        for channel in channels:
-            record = await fake.slash(
-                s.moderator, "rp start", channel=channel, character=str(character.id)
-            )
-            await fake.wait_for_response(record)
-            await fake.wait_for_message(channel, lambda m: m.webhook_id is not None, after=0)
+        await start_scene(fake, database, channels)
 
         for turn in range(TURNS):
             channel = channels[turn % len(channels)]

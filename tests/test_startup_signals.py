@@ -7,12 +7,11 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_faults import _bot_env
+from tests.bot_process import bot_env, spawn_bot
 
 
 async def _logged(log: Path, text: str, process: asyncio.subprocess.Process) -> None:
@@ -31,21 +30,11 @@ async def test_a_signal_while_the_model_loads_exits_0_after_closing_what_was_ope
     fake = discord_fake
     database, log = tmp_path / "start.db", tmp_path / "bot.log"
     env = {
-        **_bot_env(fake, database, tokenizer_dir, tmp_path / "prompts.log"),
+        **bot_env(fake, database, tokenizer_dir, tmp_path / "prompts.log"),
         "FAULT_SLOW_START": "1",  # the engine's start lasts until the bot stops it
     }
     with log.open("wb") as output:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.fault_helpers",
-            "bot",
-            fake.api_base,
-            fake.gateway_url,
-            env=env,
-            stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        process = await spawn_bot(fake, env, output)
         try:
             await _logged(log, "engine: loading", process)
             process.send_signal(sig)
