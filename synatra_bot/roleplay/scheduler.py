@@ -342,11 +342,6 @@ class Scheduler:
         caller wants to refuse before it posts or stores anything."""
         self._check_rate(user_id, user_turns)
 
-    def turn_user(self, channel_id: Hashable) -> Hashable | None:
-        """Whose turn the channel's running reply answers (None when nothing runs)."""
-        slot = self._running.get(channel_id)
-        return slot.user_id if slot is not None else None
-
     @property
     def running(self) -> int:
         return len(self._running)

@@ -836,14 +836,6 @@ class Turns:
         else:
             await self.core.drop_reply(stored)
 
-    async def stop(self, place: Place, actor: Actor) -> None:
-        """Stop the reply streaming here (its player, the starter or a moderator)."""
-        require_voice(actor)
-        active = await self.core.active(place)
-        if active is not None:
-            require_may_stop(actor, active.session, self.scheduler.turn_user(place.channel_id))
-        await self.scheduler.cancel_channel(place.channel_id, reason=STOPPED_BY_USER)
-
     async def undo(self, place: Place, actor: Actor) -> list[MessageRecord]:
         """Take back the newest exchange (the starter or a moderator); returns what went."""
         active = await self.core.require_active(place)
