@@ -309,3 +309,54 @@ async def test_an_import_whose_later_round_fails_leaves_nothing_behind(tmp_path)
             )
     finally:
         await database.dispose()
+
+
+async def test_a_large_scene_is_branched_in_rounds_with_its_swipes(start_bot, tokenizer):
+    """A branch copies its scene a bounded number of rows per statement (what a statement
+    costs the event loop grows with its rows), and each copied turn keeps its alternatives."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from synatra_bot.storage.archives import COPY_BATCH_ROWS
+    from synatra_bot.storage.models import Message
+
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        s = harness.scenario
+        await open_channel(harness)
+        hers = await harness.character(s.members[0], "하늘")
+        pairs = 300
+        data = chat_file(
+            *itertools.chain.from_iterable(
+                (
+                    line(f"{n}번째 이야기.", is_user=True),
+                    line(f"대답 {n}.", is_user=False, swipes=[f"대답 {n}.", f"다른 답 {n}."]),
+                )
+                for n in range(pairs)
+            )
+        )
+        assert f"{2 * pairs}개" in await import_file(harness, s.members[0], s.general, hers, data)
+        imported = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+        inserted: list[int] = []
+
+        def executed(state) -> None:
+            if state.is_insert and state.statement.table.name == Message.__tablename__:
+                rows = (
+                    state.parameters if isinstance(state.parameters, list) else [state.parameters]
+                )
+                inserted.append(len(rows))
+
+        event.listen(Session, "do_orm_execute", executed)
+        try:
+            record = await harness.slash(s.members[0], "rp branch", channel=s.general)
+            await harness.final_text(record)
+        finally:
+            event.remove(Session, "do_orm_execute", executed)
+        branch = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+        assert branch.id != imported.id
+        assert sum(inserted) == 3 * pairs and max(inserted) <= COPY_BATCH_ROWS
+        turns = await repo.recent_history(harness.sessions, session_id=branch.id, limit=5000)
+        assert [m.content for m in turns][-2:] == [f"{pairs - 1}번째 이야기.", f"대답 {pairs - 1}."]
+        for turn in (turns[1], turns[-1]):
+            options = await repo.alternatives(harness.sessions, message_id=turn.id)
+            number = turn.content.removeprefix("대답 ").removesuffix(".")
+            assert [m.content for m in options] == [f"대답 {number}.", f"다른 답 {number}."]

@@ -10,10 +10,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from synatra_bot.errors import QuotaReached, SceneRowsReached
 from synatra_bot.storage.models import (
@@ -26,6 +28,7 @@ from synatra_bot.storage.models import (
 )
 from synatra_bot.storage.records import MessageRecord, SessionRecord, snapshot
 from synatra_bot.storage.repository import (
+    MESSAGES,
     Sessions,
     _channel_row,
     _end_active,
@@ -263,39 +266,14 @@ async def branch_scene(
                     joined_at=member.joined_at,
                 )
             )
-        turn_of = func.coalesce(Message.swipe_group, Message.id)
-        rows = (
-            await session.scalars(
-                select(Message)
-                .where(Message.session_id == source.id, ~Message.deleted, turn_of <= turn)
-                .order_by(Message.id)
-            )
-        ).all()
-        copies: list[tuple[Message, Message]] = []
-        for row in rows:
-            copy = Message(
-                session_id=branch.id,
-                role=row.role,
-                author_id=row.author_id,
-                display_name=row.display_name,
-                content=row.content,
-                token_count=row.token_count,
-                discord_message_id=None,
-                discord_message_ids=[],
-                swipe_index=row.swipe_index,
-                chosen=row.chosen,
-                deleted=False,
-                character_id=row.character_id,
-                created_at=row.created_at,
-                edited_at=row.edited_at,
-            )
-            session.add(copy)
-            copies.append((row, copy))
-        await session.flush()
-        new_ids = {row.id: copy.id for row, copy in copies}
-        for row, copy in copies:
-            if row.swipe_group is not None:
-                copy.swipe_group = new_ids.get(row.swipe_group)
+        marks = (source.summary_until_id, source.summary_written_until_id)
+        new_ids = await _copy_turns(
+            session,
+            source.id,
+            branch.id,
+            up_to_turn=turn,
+            remember={mark for mark in marks if mark is not None},
+        )
         covered = source.summary_until_id
         if covered is not None:
             branch.summary_until_id = new_ids.get(covered)
@@ -309,6 +287,114 @@ async def branch_scene(
         await session.flush()
         await _within_scene_quota(session, quota, started_by=started_by, guild_id=source.guild_id)
         return snapshot(SessionRecord, branch)
+
+
+#: Rows a branch copies per statement, all in the one transaction that makes the branch: what
+#: a statement costs the event loop (building and binding its rows) grows with its rows, and at
+#: 100 it stays a few milliseconds.
+COPY_BATCH_ROWS = 100
+
+#: The copied columns of a turn (the rest: the new scene's, or reset: Discord ids, deleted).
+_COPIED = (
+    Message.role,
+    Message.author_id,
+    Message.display_name,
+    Message.content,
+    Message.token_count,
+    Message.swipe_index,
+    Message.chosen,
+    Message.character_id,
+    Message.created_at,
+    Message.edited_at,
+)
+
+
+async def _copy_turns(
+    session: AsyncSession, source_id: int, scene_id: int, *, up_to_turn: int, remember: set[int]
+) -> dict[int, int]:
+    """Copy the undeleted rows of `source_id` up to turn `up_to_turn` into `scene_id`, in
+    rounds of `COPY_BATCH_ROWS` rows (read as plain rows, written with one multi-row INSERT
+    each), so a scene of tens of thousands of rows never holds the event loop for long.
+    Returns the copies' ids of the originals in `remember`."""
+    turn_of = func.coalesce(Message.swipe_group, Message.id)
+    copied: dict[int, int] = {}
+    after = 0
+    while True:
+        rows = (
+            await session.execute(
+                select(Message.id, Message.swipe_group, *_COPIED)
+                .where(
+                    Message.session_id == source_id,
+                    ~Message.deleted,
+                    turn_of <= up_to_turn,
+                    Message.id > after,
+                )
+                .order_by(Message.id)
+                .limit(COPY_BATCH_ROWS)
+            )
+        ).all()
+        if not rows:
+            break
+        pending: list[dict[str, Any]] = []
+        for row in rows:
+            copy = {
+                "session_id": scene_id,
+                "discord_message_ids": [],
+                "deleted": False,
+                "swipe_group": None if row.swipe_group is None else -row.swipe_group,
+                **{column.key: getattr(row, column.key) for column in _COPIED},
+            }
+            if row.id not in remember:
+                pending.append(copy)
+                continue
+            # A copy whose id is needed is written alone (the ids a multi-row INSERT returns
+            # come in no promised order); what came before it first, to keep the order.
+            await _insert_rows(session, pending)
+            pending = []
+            copied[row.id] = (
+                await session.scalars(insert(Message).returning(Message.id), [copy])
+            ).one()
+        await _insert_rows(session, pending)
+        after = rows[-1].id
+    await _join_swipe_groups(session, scene_id)
+    return copied
+
+
+async def _insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(Message), rows)
+
+
+async def _join_swipe_groups(session: AsyncSession, scene_id: int) -> None:
+    """Rows of `scene_id` written with a negative `swipe_group` mark one turn's alternatives
+    by that number; each such group takes the id of its first alternative (the lowest
+    `swipe_index`), as a turn's alternatives do. The first ones are read before anything is
+    updated (SQLite's UPDATE would see its own earlier rows changed)."""
+    other = aliased(Message)
+    lowest = (
+        select(func.min(other.swipe_index))
+        .where(other.session_id == scene_id, other.swipe_group == Message.swipe_group)
+        .scalar_subquery()
+    )
+    firsts = (
+        await session.execute(
+            select(Message.swipe_group, Message.id).where(
+                Message.session_id == scene_id,
+                Message.swipe_group < 0,
+                Message.swipe_index == lowest,
+            )
+        )
+    ).all()
+    # A Core UPDATE (the ORM's bulk UPDATE wants each row's primary key), one per group.
+    table = MESSAGES
+    joined = (
+        update(table)
+        .where(table.c.session_id == scene_id, table.c.swipe_group == bindparam("mark"))
+        .values(swipe_group=bindparam("first"))
+    )
+    for start in range(0, len(firsts), COPY_BATCH_ROWS):
+        batch = firsts[start : start + COPY_BATCH_ROWS]
+        await session.execute(joined, [{"mark": mark, "first": first} for mark, first in batch])
 
 
 async def forget_archived(sessions: Sessions, *, guild_id: int, ended_before: datetime) -> int:
@@ -462,10 +548,11 @@ def _batches(turns: Sequence[ImportedTurn], rows: int) -> list[Sequence[Imported
 
 
 async def _store_turns(session: AsyncSession, scene_id: int, turns: Sequence[ImportedTurn]) -> None:
-    """`turns` as rows, written with one multi-row INSERT and one UPDATE for the swipe groups:
-    building ORM objects for each row would keep the event loop several times longer."""
+    """`turns` as rows, written with one multi-row INSERT (building ORM objects for each row
+    would keep the event loop several times longer); a turn's alternatives are joined by a
+    mark its alternatives share, resolved to the first one's id before the round commits."""
     now = utcnow()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "session_id": scene_id,
             "role": turn.role,
@@ -474,26 +561,14 @@ async def _store_turns(session: AsyncSession, scene_id: int, turns: Sequence[Imp
             "content": text,
             "character_id": turn.character_id,
             "discord_message_ids": [],
+            "swipe_group": -(number + 1) if len(turn.options) > 1 else None,
             "swipe_index": index,
             "chosen": index == turn.chosen,
             "deleted": False,
             "created_at": now if turn.sent_at is None else turn.sent_at,
         }
-        for turn in turns
+        for number, turn in enumerate(turns)
         for index, text in enumerate(turn.options)
     ]
-    inserted = await session.scalars(
-        insert(Message).returning(Message.id, sort_by_parameter_order=True), rows
-    )
-    ids = inserted.all()
-    groups: list[dict[str, int]] = []
-    first = 0
-    for turn in turns:
-        count = len(turn.options)
-        if count > 1:
-            groups.extend(
-                {"id": row, "swipe_group": ids[first]} for row in ids[first : first + count]
-            )
-        first += count
-    if groups:
-        await session.execute(update(Message), groups)
+    await _insert_rows(session, rows)
+    await _join_swipe_groups(session, scene_id)
