@@ -140,7 +140,7 @@ async def test_showing_a_long_card_shortens_the_sheet_and_points_at_export(harne
     assert embed_size([sheet]) <= 6000 and len(sheet["description"]) <= 4096
     assert sheet["description"].endswith("…")
     assert LONG_DESCRIPTION.startswith(sheet["description"][:-1])
-    assert "/character export" in sheet["footer"]["text"]
+    assert "`/캐릭터 내보내기`" in sheet["footer"]["text"]
     stored = await repo.get_character(harness.sessions, character_id=character)
     assert stored.description == LONG_DESCRIPTION
     assert refused_calls(harness.fake) == []
@@ -162,7 +162,7 @@ async def test_importing_a_long_card_answers_with_a_sheet_discord_accepts(harnes
     [sheet] = imported.followups[-1].embeds
     assert embed_size([sheet]) <= 6000
     assert all(len(f["value"]) <= 1024 for f in sheet["fields"])
-    assert "/character export" in sheet["footer"]["text"]
+    assert "`/캐릭터 내보내기`" in sheet["footer"]["text"]
     [record] = await repo.visible_characters(
         harness.sessions, guild_id=s.guild.id, user_id=owner.user.id
     )
