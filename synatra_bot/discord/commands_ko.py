@@ -90,6 +90,7 @@ OPTION_NAMES: dict[str, str] = {
     "text": "내용",
     "auto": "자동요약",
     "visibility": "공개범위",
+    "nsfw": "성인",
     "format": "형식",
     "image": "이미지",
     "name": "이름",
@@ -226,6 +227,8 @@ DESCRIPTIONS: dict[str, str] = {
     "private: only you; guild: shared with this server": "나만 쓰거나, 이 서버에 공유해요",
     "The character": "캐릭터",
     "Change who can use it (leave empty to keep)": "쓸 수 있는 사람 바꾸기 (비우면 그대로)",
+    "Adults only (NSFW): plays only where the server allows it (default: no)": "성인(NSFW) 캐릭터: 서버가 허용한 곳에서만 롤플레이 (기본: 아니요)",
+    "Mark it adults only (NSFW) or not (leave empty to keep)": "성인(NSFW) 캐릭터인지 정해요 (비우면 그대로)",
     "png: card inside an image; json: plain card": "이미지 속 카드(PNG) 또는 카드 파일(JSON)",
     "PNG, JPEG, WebP or GIF": "PNG, JPEG, WebP, GIF 이미지",
     # /persona

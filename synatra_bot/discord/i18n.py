@@ -514,6 +514,18 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "character.created": ("Created **{name}** (#{id}).", "**{name}**(#{id}) 캐릭터를 만들었어요."),
     "character.updated": ("Updated **{name}** (#{id}).", "**{name}**(#{id}) 캐릭터를 수정했어요."),
+    "character.nsfw.on": (
+        "**{name}** is marked adults only (NSFW): it plays only where the server allows NSFW "
+        "characters (and in DMs of those who turned them on).",
+        "{name|은} 이제 성인(NSFW) 캐릭터예요. 서버가 허용한 곳(과 성인 캐릭터를 켠 사람의 "
+        "DM)에서만 롤플레이할 수 있어요.",
+    ),
+    "character.nsfw.off": (
+        "**{name}** is no longer marked adults only (NSFW).",
+        "{name|은} 이제 성인(NSFW) 캐릭터가 아니에요.",
+    ),
+    "character.rating.nsfw": ("🔞 NSFW", "🔞 성인(NSFW)"),
+    "character.rating.sfw": ("not NSFW", "전체 이용가"),
     "character.imported": (
         "Imported **{name}** (#{id}).",
         "**{name}**(#{id}) 캐릭터를 가져왔어요.",
