@@ -1,4 +1,4 @@
-"""Korean and English text for replies, and the translator for slash-command descriptions."""
+"""Korean and English text for replies, and the translator for command names and descriptions."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "error.session_running": (
         "A roleplay with {name} is running here. Its starter or a moderator can /rp stop it first.",
         "여기서 {name|와}의 롤플레이가 진행 중이에요. "
-        "시작한 사람이나 관리자가 먼저 `/롤플레이 끝내기` 해야 해요.",
+        "시작한 사람이나 관리자가 먼저 `/롤플레이 끝내기`를 해야 해요.",
     ),
     "error.starter_only": (
         "Only the person who started this roleplay or a moderator can do that.",
