@@ -140,7 +140,7 @@ async def test_showing_a_long_card_shortens_the_sheet_and_points_at_export(harne
     assert embed_size([sheet]) <= 6000 and len(sheet["description"]) <= 4096
     assert sheet["description"].endswith("…")
     assert LONG_DESCRIPTION.startswith(sheet["description"][:-1])
-    assert "/character export" in sheet["footer"]["text"]
+    assert "`/캐릭터 내보내기`" in sheet["footer"]["text"]
     stored = await repo.get_character(harness.sessions, character_id=character)
     assert stored.description == LONG_DESCRIPTION
     assert refused_calls(harness.fake) == []
@@ -162,7 +162,7 @@ async def test_importing_a_long_card_answers_with_a_sheet_discord_accepts(harnes
     [sheet] = imported.followups[-1].embeds
     assert embed_size([sheet]) <= 6000
     assert all(len(f["value"]) <= 1024 for f in sheet["fields"])
-    assert "/character export" in sheet["footer"]["text"]
+    assert "`/캐릭터 내보내기`" in sheet["footer"]["text"]
     [record] = await repo.visible_characters(
         harness.sessions, guild_id=s.guild.id, user_id=owner.user.id
     )
@@ -246,9 +246,9 @@ def test_the_fake_refuses_commands_discord_refuses():
     assert "required" in _refusal([_command(options=late)])["0"]["options"]["1"]
     nested = {"type": 2, "name": "cast", "description": "출연", "options": [option]}
     assert "options" in _refusal([_command(options=[nested])])["0"]["options"]["0"]
-    huge = [dict(option, name=f"o{i}", description="가" * 100) for i in range(20)]
+    huge = [dict(option, name=f"o{i}", description="가" * 100) for i in range(25)]
     groups = [
-        {"type": 1, "name": f"s{i}", "description": "나" * 100, "options": huge} for i in range(3)
+        {"type": 1, "name": f"s{i}", "description": "나" * 100, "options": huge} for i in range(4)
     ]
     assert _refusal([_command(options=groups)])["0"]["_errors"][0]["code"] == (
         "APPLICATION_COMMAND_TOO_LARGE"
@@ -258,6 +258,92 @@ def test_the_fake_refuses_commands_discord_refuses():
     from tests.discord_fake.limits import check_commands
 
     check_commands([{"type": 3, "name": "Branch from here", "description": ""}])
+
+
+def _sized(total: int, korean: int | None = None) -> dict:
+    """A command of `total` (7,903-8,001) characters as Discord counts them: three subcommands of
+    2,600 (name 2, description 98, 25 options of 3 + 97) and one more subcommand whose
+    description makes up the rest; `korean` localises that description with so many characters."""
+    options = [{"type": 3, "name": f"o{i:02d}", "description": "d" * 97} for i in range(25)]
+    full = [
+        {"type": 1, "name": f"s{i}", "description": "s" * 98, "options": options} for i in range(3)
+    ]
+    last: dict = {"type": 1, "name": "s3", "description": "s" * (total - 7902)}
+    if korean is not None:
+        last["description_localizations"] = {"ko": "가" * korean}
+    return _command(description="d" * 98, options=[*full, last])
+
+
+def test_a_command_is_sized_as_discord_counts_it_with_its_longest_localisations():
+    from tests.discord_fake.limits import COMMAND_TOTAL, check_commands, command_size
+
+    assert COMMAND_TOTAL == 8000  # Discord's documented limit since 2024 (it was 4,000)
+    exact = _sized(COMMAND_TOTAL)
+    assert command_size(exact) == COMMAND_TOTAL
+    check_commands([exact])
+    # A Korean description no longer than the English one costs nothing...
+    check_commands([_sized(COMMAND_TOTAL, korean=10)])
+    # ...one longer than it counts in its place, and the command is refused.
+    longer = _sized(COMMAND_TOTAL, korean=99)
+    assert command_size(longer) > COMMAND_TOTAL
+    assert _refusal([longer])["0"]["_errors"][0]["code"] == "APPLICATION_COMMAND_TOO_LARGE"
+    over = _sized(COMMAND_TOTAL + 1)
+    assert _refusal([over])["0"]["_errors"][0]["code"] == "APPLICATION_COMMAND_TOO_LARGE"
+
+
+def test_the_fake_refuses_localisations_discord_refuses():
+    option = {"type": 3, "name": "text", "description": "text"}
+    ko = {"ko": "롤플레이"}
+    # Localised names follow the name rules; keys are Discord's locales.
+    assert "name_localizations" in _refusal([_command(name_localizations={"ko": "롤 플레이"})])["0"]
+    assert "name_localizations" in _refusal([_command(name_localizations={"ko": "Rp"})])["0"]
+    assert "name_localizations" in _refusal([_command(name_localizations={"kr": "롤플레이"})])["0"]
+    # A localised option name may not be a sibling's name, default or in the same locale.
+    twins = [
+        dict(option, name="a", name_localizations={"ko": "글"}),
+        dict(option, name="b", name_localizations={"ko": "글"}),
+    ]
+    assert "name_localizations" in _refusal([_command(options=twins)])["0"]["options"]["1"]
+    taken = [option, dict(option, name="b", name_localizations={"ko": "text"})]
+    assert "name_localizations" in _refusal([_command(options=taken)])["0"]["options"]["1"]
+    # Choice names, localised ones too, are 1-100 characters of any text.
+    choice = {"name": "channel", "value": "channel", "name_localizations": {"ko": "가" * 101}}
+    refused = _refusal([_command(options=[dict(option, choices=[choice])])])
+    assert "name_localizations" in refused["0"]["options"]["0"]["choices"]["0"]
+    # Accepted: Hangul names, Thai and Devanagari with their combining marks, an apostrophe.
+    from tests.discord_fake.limits import check_commands
+
+    check_commands([_command(name_localizations=ko)])
+    check_commands([_command(name_localizations={"th": "เริ่ม", "hi": "शुरू", "fr": "l'aide"})])
+
+
+async def test_a_localisation_identical_to_the_default_is_ignored_as_on_discord(discord_fake):
+    import discord
+
+    command = _command(
+        name_localizations={"ko": "롤플레이", "en-GB": "rp"},
+        options=[
+            {
+                "type": 3,
+                "name": "scope",
+                "description": "where",
+                "name_localizations": {"ko": "범위"},
+                "choices": [
+                    {"name": "channel", "value": "c", "name_localizations": {"ko": "channel"}}
+                ],
+            }
+        ],
+    )
+    client = discord.Client(intents=discord.Intents.none())
+    await client.login("token")
+    try:
+        await client.http.bulk_upsert_global_commands(discord_fake.application_id, [command])
+    finally:
+        await client.close()
+    stored = discord_fake.global_commands["rp"]
+    assert stored["name_localizations"] == {"ko": "롤플레이"}
+    assert stored["options"][0]["name_localizations"] == {"ko": "범위"}
+    assert stored["options"][0]["choices"][0]["name_localizations"] == {}
 
 
 async def test_the_bots_commands_are_accepted_with_room_left(harness):

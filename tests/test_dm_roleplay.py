@@ -81,7 +81,7 @@ async def test_nsfw_characters_play_in_a_dm_only_for_users_who_turned_them_on(st
         spicy = await harness.character(user, "밤의 손님", nsfw=True)
         dm = fake.open_dm(user)
         refused = await harness.slash(user, "rp start", channel=dm, character=str(spicy))
-        assert "dm-nsfw" in await harness.final_text(refused)
+        assert "`/롤플레이 dm-성인 켜기:True`" in await harness.final_text(refused)
         assert await repo.get_active_session(harness.sessions, channel_id=dm.id) is None
 
         turned_on = await harness.slash(user, "rp dm-nsfw", channel=dm, enabled=True)
@@ -95,7 +95,7 @@ async def test_nsfw_characters_play_in_a_dm_only_for_users_who_turned_them_on(st
         await harness.final_text(off)
         asked = len(harness.engine.prompts)
         await fake.say(dm, user, "계속하자.")
-        notice = await fake.wait_for_message(dm, lambda m: "dm-nsfw" in m.content)
+        notice = await fake.wait_for_message(dm, lambda m: "dm-성인" in m.content)
         assert notice.author.id == fake.bot_user.id and len(harness.engine.prompts) == asked
 
         # A server keeps its own rule: the user's choice does not open its channels.

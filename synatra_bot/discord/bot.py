@@ -184,9 +184,16 @@ class SynatraBot(commands.AutoShardedBot):
         await super().close()
 
     async def setup_hook(self) -> None:
-        from synatra_bot.discord.commands_ko import KOREAN
+        from synatra_bot.discord import commands_ko
 
-        await self.tree.set_translator(KoreanTranslator(KOREAN))
+        await self.tree.set_translator(
+            KoreanTranslator(
+                commands=commands_ko.COMMAND_NAMES,
+                options=commands_ko.OPTION_NAMES,
+                choices=commands_ko.CHOICE_NAMES,
+                descriptions=commands_ko.DESCRIPTIONS,
+            )
+        )
         for cog in COGS:
             await self.load_extension(cog)
         left = await self.unfinished.adopt_left_over()

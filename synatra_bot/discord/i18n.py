@@ -1,8 +1,9 @@
-"""Korean and English text for replies, and the translator for slash-command descriptions."""
+"""Korean and English text for replies, and the translator for command names and descriptions."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import discord
@@ -57,7 +58,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "error.nsfw_dm": (
         "NSFW characters play in your DMs only once you turn them on: /rp dm-nsfw enabled:True.",
-        "DM에서 성인 캐릭터와 롤플레이하려면 먼저 /rp dm-nsfw enabled:True 로 켜 주세요.",
+        "DM에서 성인 캐릭터와 롤플레이하려면 먼저 `/롤플레이 dm-성인 켜기:True`로 켜 주세요.",
     ),
     "error.share_needs_server": (
         "Sharing a character needs a server.",
@@ -65,11 +66,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "error.no_session": (
         "No roleplay is running here. Start one with /rp start.",
-        "여기서 진행 중인 롤플레이가 없어요. /rp start 로 시작해 주세요.",
+        "여기서 진행 중인 롤플레이가 없어요. `/롤플레이 시작`으로 시작해 주세요.",
     ),
     "error.channel_disabled": (
         "The bot isn't enabled in this channel. A moderator can turn it on with /config channel.",
-        "이 채널에서는 봇이 꺼져 있어요. 관리자가 /config channel 로 켤 수 있어요.",
+        "이 채널에서는 봇이 꺼져 있어요. 관리자가 `/설정 채널`로 켤 수 있어요.",
     ),
     "error.engine": (
         "The model couldn't answer: {message}",
@@ -117,12 +118,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "You already have {limit} characters here, the most allowed. "
         "Delete one first, or ask a moderator to raise the limit (/config characters).",
         "여기서 만들 수 있는 캐릭터 {limit}개를 이미 모두 만들었어요. "
-        "하나를 지우거나 관리자에게 한도를 늘려 달라고 해 주세요 (/config characters).",
+        "하나를 지우거나 관리자에게 한도를 늘려 달라고 해 주세요 (`/설정 캐릭터한도`).",
     ),
     "error.session_running": (
         "A roleplay with {name} is running here. Its starter or a moderator can /rp stop it first.",
         "여기서 {name|와}의 롤플레이가 진행 중이에요. "
-        "시작한 사람이나 관리자가 먼저 /rp stop 해야 해요.",
+        "시작한 사람이나 관리자가 먼저 `/롤플레이 끝내기`를 해야 해요.",
     ),
     "error.starter_only": (
         "Only the person who started this roleplay or a moderator can do that.",
@@ -144,11 +145,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "{name} can no longer be played here (it was made private, removed or is awaiting "
         "approval). The starter or a moderator can /rp start another character.",
         "{name|은} 이제 여기서 쓸 수 없어요 (비공개로 바뀌었거나, 삭제됐거나, 승인 대기 중이에요). "
-        "시작한 사람이나 관리자가 /rp start로 다른 캐릭터를 시작할 수 있어요.",
+        "시작한 사람이나 관리자가 `/롤플레이 시작`으로 다른 캐릭터를 시작할 수 있어요.",
     ),
     "error.no_scene": (
         "No such scene in this channel (/rp sessions lists them).",
-        "이 채널에 그런 장면이 없어요 (/rp sessions 로 볼 수 있어요).",
+        "이 채널에 그런 장면이 없어요 (`/롤플레이 장면목록`으로 볼 수 있어요).",
     ),
     "error.nothing_to_branch": (
         "There is nothing to branch from yet.",
@@ -220,7 +221,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Saved as your lorebook **{name}** ({entries} entries). Characters whose card names it "
         "use it; `/lorebook attach` links another.",
         "내 로어북으로 저장했어요: **{name}** (항목 {entries}개). 카드에 이 이름이 적힌 캐릭터가 "
-        "쓰고, 다른 캐릭터는 `/lorebook attach`로 이어 주세요.",
+        "쓰고, 다른 캐릭터는 `/로어북 연결`로 이어 주세요.",
     ),
     "lorebook.exported_personal": (
         "Your lorebook **{name}** ({entries} entries) as a SillyTavern World Info file.",
@@ -228,7 +229,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "lorebook.none_personal": (
         "You have no lorebooks yet: `/lorebook import` brings one in.",
-        "아직 내 로어북이 없어요. `/lorebook import`로 가져올 수 있어요.",
+        "아직 내 로어북이 없어요. `/로어북 가져오기`로 가져올 수 있어요.",
     ),
     "lorebook.list_title": ("**Your lorebooks**", "**내 로어북**"),
     "lorebook.list_line": (
@@ -249,7 +250,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "error.no_lorebook": (
         "There is no lorebook called **{name}** (see `/lorebook list`).",
-        "{name|이라는} 로어북이 없어요 (`/lorebook list` 참고).",
+        "{name|이라는} 로어북이 없어요 (`/로어북 목록` 참고).",
     ),
     "error.lorebook_limit": (
         "You already have {limit} lorebooks, the most one member may keep; delete one first.",
@@ -260,7 +261,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Delete one, use a smaller card or image, or ask a moderator (/config characters).",
         "여기서 내 캐릭터는 모두 합쳐 {limit}까지 둘 수 있어요. 이것까지 넣으면 {used}가 돼요. "
         "하나를 지우거나 더 작은 카드나 이미지를 쓰거나, 관리자에게 물어봐 주세요 "
-        "(/config characters).",
+        "(`/설정 캐릭터한도`).",
     ),
     "error.scene_rows_quota": (
         "Your imported and branched scenes here may hold {limit} rows in all; with this one "
@@ -268,7 +269,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "raise the limit, or import a shorter chat.",
         "여기서 내가 가져오거나 갈라낸 장면은 모두 합쳐 {limit}줄까지 담을 수 있어요. "
         "이것까지 넣으면 {used}줄이 돼요. 관리자에게 오래된 장면을 정리하거나 한도를 늘려 "
-        "달라고 하거나(/config archive), 더 짧은 대화를 가져와 주세요.",
+        "달라고 하거나(`/설정 보관`), 더 짧은 대화를 가져와 주세요.",
     ),
     "error.scene_quota": (
         "Your imported and branched scenes here may take {limit} in all; with this one they "
@@ -276,7 +277,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "raise the limit, or import a shorter chat.",
         "여기서 내가 가져오거나 갈라낸 장면은 모두 합쳐 {limit}까지 둘 수 있어요. "
         "이것까지 넣으면 {used}가 돼요. 관리자에게 오래된 장면을 정리하거나 한도를 늘려 "
-        "달라고 하거나(/config archive), 더 짧은 대화를 가져와 주세요.",
+        "달라고 하거나(`/설정 보관`), 더 짧은 대화를 가져와 주세요.",
     ),
     "error.lorebook_quota": (
         "Your lorebooks may take {limit} in all; with this one they would take {used}. "
@@ -300,11 +301,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "error.not_in_cast": (
         "That character is not in this scene (/rp cast list).",
-        "그 캐릭터는 이 장면에 없어요 (/rp cast list).",
+        "그 캐릭터는 이 장면에 없어요 (`/롤플레이 출연진 목록`).",
     ),
     "error.last_in_cast": (
         "A scene keeps at least one character: end it with /rp stop instead.",
-        "장면에는 캐릭터가 한 명은 있어야 해요. 끝내려면 /rp stop 을 쓰세요.",
+        "장면에는 캐릭터가 한 명은 있어야 해요. 끝내려면 `/롤플레이 끝내기`를 쓰세요.",
     ),
     "reply.greeting_fixed": (
         "A greeting is not regenerated: browse the others with ◀ ▶.",
@@ -412,7 +413,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "rp.memory_empty": (
         "No long-term memory yet. Set one with /rp memory text:…",
-        "아직 장기 기억이 없어요. /rp memory text:… 로 정할 수 있어요.",
+        "아직 장기 기억이 없어요. `/롤플레이 기억 내용:…`으로 정할 수 있어요.",
     ),
     "rp.memory_set": (
         "Saved. The character keeps this in mind from the next reply on.",
@@ -432,8 +433,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "rp.dm_nsfw_on": (
         "NSFW characters may now play in your DMs with the bot (only there; servers keep "
         "their own rules). Turn it off again with /rp dm-nsfw enabled:False.",
-        "이제 봇과의 DM에서 성인 캐릭터와 롤플레이할 수 있어요 "
-        "(DM에서만, 서버는 서버 규칙을 따라요). /rp dm-nsfw enabled:False 로 다시 끌 수 있어요.",
+        "이제 봇과의 DM에서 성인 캐릭터와 롤플레이할 수 있어요 (DM에서만, 서버는 서버 규칙을 "
+        "따라요). `/롤플레이 dm-성인 켜기:False`로 다시 끌 수 있어요.",
     ),
     "rp.dm_nsfw_off": (
         "NSFW characters no longer play in your DMs with the bot.",
@@ -457,12 +458,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "A new branch, scene #{id} with **{name}**: the story goes on from here. The scene it "
         "came from is kept (/rp sessions).",
         "새 갈래, 장면 #{id} ({name}): 이야기가 여기서부터 이어져요. 원래 장면은 보관돼요 "
-        "(/rp sessions).",
+        "(`/롤플레이 장면목록`).",
     ),
     "rp.exported": (
         "This scene as a SillyTavern chat file (open it in SillyTavern, or /rp import it).",
         "이 장면을 SillyTavern 채팅 파일로 만들었어요 "
-        "(SillyTavern에서 열거나 /rp import 로 가져올 수 있어요).",
+        "(SillyTavern에서 열거나 `/롤플레이 가져오기`로 가져올 수 있어요).",
     ),
     "rp.imported": (
         "Imported {count} messages: **{name}** goes on from the chat's last line.",
@@ -513,6 +514,18 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "character.created": ("Created **{name}** (#{id}).", "**{name}**(#{id}) 캐릭터를 만들었어요."),
     "character.updated": ("Updated **{name}** (#{id}).", "**{name}**(#{id}) 캐릭터를 수정했어요."),
+    "character.nsfw.on": (
+        "**{name}** is marked adults only (NSFW): it plays only where the server allows NSFW "
+        "characters (and in DMs of those who turned them on).",
+        "{name|은} 이제 성인(NSFW) 캐릭터예요. 서버가 허용한 곳(과 성인 캐릭터를 켠 사람의 "
+        "DM)에서만 롤플레이할 수 있어요.",
+    ),
+    "character.nsfw.off": (
+        "**{name}** is no longer marked adults only (NSFW).",
+        "{name|은} 이제 성인(NSFW) 캐릭터가 아니에요.",
+    ),
+    "character.rating.nsfw": ("🔞 NSFW", "🔞 성인(NSFW)"),
+    "character.rating.sfw": ("not NSFW", "전체 이용가"),
     "character.imported": (
         "Imported **{name}** (#{id}).",
         "**{name}**(#{id}) 캐릭터를 가져왔어요.",
@@ -542,7 +555,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "character.sheet_shortened": (
         "Long fields are shortened here (…): /character export gives the whole card.",
-        "긴 항목은 여기서 줄여 보여요(…). 전체는 /character export 로 받아 보세요.",
+        "긴 항목은 여기서 줄여 보여요(…). 전체는 `/캐릭터 내보내기`로 받아 보세요.",
     ),
     "error.character_changed": (
         "**{name}** changed while the form was open, so nothing was saved. "
@@ -552,7 +565,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "character.none": (
         "No characters yet. Create one with /character create or /character import.",
-        "아직 캐릭터가 없어요. /character create 나 /character import 로 만들어 보세요.",
+        "아직 캐릭터가 없어요. `/캐릭터 만들기`나 `/캐릭터 가져오기`로 만들어 보세요.",
     ),
     "character.speech.formal": (
         "**{name}** now speaks formally (존댓말).",
@@ -598,7 +611,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "preset.deleted": ("Deleted the preset **{name}**.", "프리셋 {name|을} 지웠어요."),
     "error.no_preset": (
         "There is no preset called **{name}** (see `/config preset list`).",
-        "{name|이라는} 프리셋이 없어요 (`/config preset list` 참고).",
+        "{name|이라는} 프리셋이 없어요 (`/설정 프리셋 목록` 참고).",
     ),
     "error.preset_shipped": (
         "**{name}** is one of the presets every server has; choose another name.",
@@ -620,7 +633,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "⚠️ The generation server does not accept `{names}`: replies here go on without it. "
         "Moderators can remove it with `/config reset` or use another preset.",
         "⚠️ 생성 서버가 `{names}` 설정을 받지 않아서 이 설정 없이 답하고 있어요. "
-        "관리자는 `/config reset`으로 지우거나 다른 프리셋을 쓸 수 있어요.",
+        "관리자는 `/설정 초기화`로 지우거나 다른 프리셋을 쓸 수 있어요.",
     ),
     "config.show": ("**Settings in this channel**", "**이 채널의 설정**"),
 }
@@ -649,11 +662,34 @@ def t(locale: discord.Locale | str | None, key: str, **params: Any) -> str:
         return template
 
 
-class KoreanTranslator(app_commands.Translator):
-    """Korean names and descriptions for slash commands, keyed by their English text."""
+_Where = app_commands.TranslationContextLocation
+_DESCRIPTIONS = (
+    _Where.command_description,
+    _Where.group_description,
+    _Where.parameter_description,
+)
 
-    def __init__(self, korean: dict[str, str]) -> None:
-        self._korean = korean
+
+class KoreanTranslator(app_commands.Translator):
+    """Korean names and descriptions of the command tree (catalogue: `commands_ko`).
+
+    discord.py asks once per text and says where it goes: a command's or group's name is looked
+    up by the command's full English name (the same word may name different commands), an
+    option's or a choice's name and any description by its English text.
+    """
+
+    def __init__(
+        self,
+        *,
+        commands: Mapping[str, str],
+        options: Mapping[str, str],
+        choices: Mapping[str, str],
+        descriptions: Mapping[str, str],
+    ) -> None:
+        self._commands = commands
+        self._options = options
+        self._choices = choices
+        self._descriptions = descriptions
 
     async def translate(
         self,
@@ -663,4 +699,13 @@ class KoreanTranslator(app_commands.Translator):
     ) -> str | None:
         if locale is not discord.Locale.korean:
             return None
-        return self._korean.get(string.message)
+        where = context.location
+        if where in (_Where.command_name, _Where.group_name):
+            return self._commands.get(getattr(context.data, "qualified_name", string.message))
+        if where is _Where.parameter_name:
+            return self._options.get(string.message)
+        if where is _Where.choice_name:
+            return self._choices.get(string.message)
+        if where in _DESCRIPTIONS:
+            return self._descriptions.get(string.message)
+        return None

@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import regex
+
 Path = tuple[str | int, ...]
 
 CONTENT_LIMIT = 2000
@@ -299,20 +301,44 @@ COMMAND_OPTIONS = 25
 COMMAND_CHOICES = 25
 CHOICE_NAME = 100
 CHOICE_VALUE = 100
-COMMAND_TOTAL = 4000
+#: Characters of one slash command in all: names, descriptions and choice names and values of
+#: the command, its subcommands, groups and options; each field counted at its longest form
+#: (the default or any localisation). Discord's docs raised it from 4,000 to 8,000 in 2024.
+COMMAND_TOTAL = 8000
+#: Discord's documented rule for slash command and option names (with the unicode flag).
+_CHAT_INPUT_NAME = regex.compile(r"^[-_'\p{L}\p{N}\p{sc=Deva}\p{sc=Thai}]{1,32}$")
+#: The keys a localisation dictionary may have (Discord's "available locales").
+LOCALES = frozenset(
+    {
+        *("id", "da", "de", "en-GB", "en-US", "es-ES", "es-419", "fr", "hr", "it", "lt", "hu"),
+        *("nl", "no", "pl", "pt-BR", "ro", "fi", "sv-SE", "vi", "tr", "cs", "el", "bg", "ru"),
+        *("uk", "hi", "th", "zh-CN", "ja", "zh-TW", "ko"),
+    }
+)
 _SUBCOMMAND, _GROUP = 1, 2
-_PUNCTUATION_IN_NAMES = "-_'"
 
 
-def _chat_input_name(name: Any) -> bool:
-    """A slash command or option name: 1-32 letters, numbers, `-`, `_` or `'` of any script,
-    lowercase where the letter has a lowercase form."""
-    return (
-        isinstance(name, str)
-        and 1 <= len(name) <= COMMAND_NAME
-        and all(ch.isalnum() or ch in _PUNCTUATION_IN_NAMES for ch in name)
-        and name == name.lower()
-    )
+def chat_input_name_ok(name: Any) -> bool:
+    """A slash command or option name as Discord documents it: 1-32 letters, numbers, `-`, `_`
+    or `'` of any script, lowercase where the letter has a lowercase form, no spaces."""
+    return isinstance(name, str) and bool(_CHAT_INPUT_NAME.match(name)) and name == name.lower()
+
+
+def _localisations(
+    errors: FormErrors, item: Mapping[str, Any], field: str, path: Path
+) -> dict[str, Any]:
+    """A field's localisations; a key that is not one of Discord's locales is refused."""
+    localised = item.get(f"{field}_localizations")
+    if not isinstance(localised, Mapping):
+        return {}
+    for locale in localised:
+        if locale not in LOCALES:
+            errors.add(
+                (*path, f"{field}_localizations", locale),
+                "LOCALE_INVALID",
+                f"Invalid locale: {locale}",
+            )
+    return dict(localised)
 
 
 def _longest(item: Mapping[str, Any], field: str) -> int:
@@ -329,11 +355,10 @@ def _check_texts(errors: FormErrors, item: Mapping[str, Any], path: Path, chat_i
     names = [("name", item.get("name"))]
     descriptions = [("description", item.get("description"))]
     for field, forms in (("name", names), ("description", descriptions)):
-        localised = item.get(f"{field}_localizations")
-        if isinstance(localised, Mapping):
-            forms += [(f"{field}_localizations", value) for value in localised.values()]
+        localised = _localisations(errors, item, field, path)
+        forms += [(f"{field}_localizations", value) for value in localised.values()]
     for field, name in names:
-        if chat_input and not _chat_input_name(name):
+        if chat_input and not chat_input_name_ok(name):
             errors.add(
                 (*path, field), "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid"
             )
@@ -344,6 +369,34 @@ def _check_texts(errors: FormErrors, item: Mapping[str, Any], path: Path, chat_i
             errors.length_between((*path, field), description, 1, COMMAND_DESCRIPTION)
         elif description:
             errors.add((*path, field), "APPLICATION_COMMAND_INVALID_DESCRIPTION", "Must be empty")
+
+
+def _check_sibling_names(errors: FormErrors, options: list[Any], path: Path) -> None:
+    """Option names are unique among their siblings; a localised name must also differ from
+    every sibling's default name and from the siblings' names in the same locale."""
+    defaults = [str(option.get("name")) for option in options]
+    seen: set[str] = set()
+    for index, name in enumerate(defaults):
+        if name in seen:
+            errors.add(
+                (*path, index, "name"),
+                "APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS",
+                "Duplicate",
+            )
+        seen.add(name)
+    taken: dict[str, set[str]] = {}
+    for index, option in enumerate(options):
+        localised = option.get("name_localizations")
+        for locale, name in (localised if isinstance(localised, Mapping) else {}).items():
+            others = {n for i, n in enumerate(defaults) if i != index}
+            in_locale = taken.setdefault(locale, set())
+            if name in others or name in in_locale:
+                errors.add(
+                    (*path, index, "name_localizations", locale),
+                    "APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS",
+                    "Duplicate localised name",
+                )
+            in_locale.add(name)
 
 
 def _check_options(errors: FormErrors, options: Any, path: Path, depth: int) -> int:
@@ -357,18 +410,13 @@ def _check_options(errors: FormErrors, options: Any, path: Path, depth: int) -> 
     kinds = {option.get("type") for option in options}
     if kinds & {_SUBCOMMAND, _GROUP} and kinds - {_SUBCOMMAND, _GROUP}:
         errors.add(path, "APPLICATION_COMMAND_OPTIONS_TYPE_INVALID", "Subcommands mix with options")
-    seen: set[str] = set()
+    _check_sibling_names(errors, options, path)
     optional_seen = False
     for index, option in enumerate(options):
         here = (*path, index)
         kind = option.get("type")
         _check_texts(errors, option, here, chat_input=True)
         size += _longest(option, "name") + _longest(option, "description")
-        if option.get("name") in seen:
-            errors.add(
-                (*here, "name"), "APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS", "Duplicate"
-            )
-        seen.add(str(option.get("name")))
         if (kind == _GROUP and depth > 0) or (kind == _SUBCOMMAND and depth > 1):
             errors.add(
                 (*here, "type"), "APPLICATION_COMMAND_OPTIONS_TYPE_INVALID", "Nested too deep"
@@ -397,6 +445,8 @@ def _check_options(errors: FormErrors, options: Any, path: Path, depth: int) -> 
         for number, choice in enumerate(choices if isinstance(choices, list) else []):
             spot = (*here, "choices", number)
             errors.length_between((*spot, "name"), choice.get("name"), 1, CHOICE_NAME)
+            for locale, name in _localisations(errors, choice, "name", spot).items():
+                errors.length_between((*spot, "name_localizations", locale), name, 1, CHOICE_NAME)
             value = choice.get("value")
             if isinstance(value, str):
                 errors.length_between((*spot, "value"), value, 1, CHOICE_VALUE)
@@ -411,7 +461,7 @@ def _check_options(errors: FormErrors, options: Any, path: Path, depth: int) -> 
 def check_commands(commands: Any) -> None:
     """A bulk overwrite of application commands, refused as Discord refuses it: bad names or
     descriptions (localisations too), too many commands, options or choices, required options
-    after optional ones, wrong nesting, or a command over 4,000 characters in all."""
+    after optional ones, wrong nesting, or a slash command over 8,000 characters in all."""
     errors = FormErrors()
     if not isinstance(commands, list):
         errors.add((), "BASE_TYPE_ARRAY", "Must be an array.")
@@ -442,7 +492,7 @@ def check_commands(commands: Any) -> None:
 
 
 def command_size(command: Mapping[str, Any]) -> int:
-    """The characters a command counts towards Discord's 4,000 (for tests that watch the margin)."""
+    """The characters a command counts towards Discord's 8,000 (for tests that watch the margin)."""
     scratch = FormErrors()
     options = command.get("options")
     return (

@@ -137,6 +137,23 @@ class _Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def _without_default_localisations(item: dict[str, Any]) -> dict[str, Any]:
+    """A command (option, choice) as Discord keeps it: a localisation identical to the default
+    text is ignored, at every level of the command."""
+    kept = dict(item)
+    for text_field in ("name", "description"):
+        localised = item.get(f"{text_field}_localizations")
+        if isinstance(localised, dict):
+            default = item.get(text_field)
+            kept[f"{text_field}_localizations"] = {
+                locale: text for locale, text in localised.items() if text != default
+            }
+    for nested in ("options", "choices"):
+        if isinstance(item.get(nested), list):
+            kept[nested] = [_without_default_localisations(inner) for inner in item[nested]]
+    return kept
+
+
 class FakeDiscord:
     """A Discord API v10 + gateway fake that the real discord.py client logs in to."""
 
@@ -1628,7 +1645,7 @@ class FakeDiscord:
         old = dict(scope)
         scope.clear()
         for command in commands:
-            stored = dict(command)
+            stored = _without_default_localisations(command)
             previous = old.get(command["name"])
             stored["id"] = previous["id"] if previous else str(self.snowflake())
             stored["application_id"] = str(self.application_id)

@@ -114,11 +114,13 @@ class CharacterForm(discord.ui.Modal):
         *,
         title: str,
         visibility: str,
+        nsfw: bool = False,
         record: CharacterRecord | None = None,
     ) -> None:
         super().__init__(title=shorten(title, TITLE_LIMIT), timeout=900)
         self.bot = bot
         self.visibility = visibility
+        self.nsfw = nsfw  # for a new character; editing leaves the flag as it is
         self.record = record
         self.inputs: dict[str, discord.ui.TextInput[CharacterForm]] = {}
         for field in FORM_FIELDS:
@@ -146,7 +148,7 @@ class CharacterForm(discord.ui.Modal):
         }
         service = self.bot.core.characters
         if self.record is None:
-            card = CharacterCard(**values)  # type: ignore[arg-type]
+            card = CharacterCard(**values, nsfw=self.nsfw)  # type: ignore[arg-type]
             record = await service.create(actor, card, visibility=self.visibility)
             key = "character.created"
         else:
@@ -373,7 +375,8 @@ def describe(record: CharacterRecord, *, locale: discord.Locale | str) -> discor
     with "…" and the footer says how to get all of it; the stored card is untouched."""
     title = shorten(f"{record.name} #{record.id}", EMBED_TITLE)
     tags = ", ".join(record.tags[:20])
-    status = (record.visibility, record.approval, "NSFW" if record.nsfw else "", tags)
+    rating = t(locale, "character.rating.nsfw" if record.nsfw else "character.rating.sfw")
+    status = (record.visibility, record.approval, rating, tags)
     footer = shorten(" · ".join(part for part in status if part), FOOTER_PREVIEW)
     fields = [
         (field.title, getattr(record, field.attr))
@@ -403,12 +406,20 @@ class Characters(
         self.bot = bot
 
     @app_commands.command(name="create", description="Create a character with a form")
-    @app_commands.describe(visibility="private: only you; guild: shared with this server")
+    @app_commands.describe(
+        visibility="private: only you; guild: shared with this server",
+        nsfw="Adults only (NSFW): plays only where the server allows it (default: no)",
+    )
     async def create(
-        self, interaction: discord.Interaction[SynatraBot], visibility: Visibility = "private"
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        visibility: Visibility = "private",
+        nsfw: bool = False,
     ) -> None:
         await interaction.response.send_modal(
-            CharacterForm(self.bot, title="New character / 새 캐릭터", visibility=visibility)
+            CharacterForm(
+                self.bot, title="New character / 새 캐릭터", visibility=visibility, nsfw=nsfw
+            )
         )
 
     @app_commands.command(
@@ -447,22 +458,30 @@ class Characters(
 
     @app_commands.command(name="edit", description="Edit a character you own")
     @app_commands.describe(
-        character="The character", visibility="Change who can use it (leave empty to keep)"
+        character="The character",
+        visibility="Change who can use it (leave empty to keep)",
+        nsfw="Mark it adults only (NSFW) or not (leave empty to keep)",
     )
     async def edit(
         self,
         interaction: discord.Interaction[SynatraBot],
         character: app_commands.Transform[int, CharacterArg],
         visibility: Visibility | None = None,
+        nsfw: bool | None = None,
     ) -> None:
         actor = actor_of(interaction)
-        if visibility is not None:
-            record = await self.bot.core.characters.edit(actor, character, visibility=visibility)
-            await answer(
-                interaction,
-                tr(interaction, "character.updated", name=record.name, id=record.id)
-                + approval_note(interaction, record),
+        changes = {"visibility": visibility, "nsfw": nsfw}
+        if any(value is not None for value in changes.values()):
+            # Owners, and moderators for a character shared in their server (`can_manage`).
+            record = await self.bot.core.characters.edit(
+                actor, character, **{k: v for k, v in changes.items() if v is not None}
             )
+            text = tr(interaction, "character.updated", name=record.name, id=record.id)
+            text += approval_note(interaction, record)
+            if nsfw is not None:
+                rated = "character.nsfw.on" if record.nsfw else "character.nsfw.off"
+                text += "\n" + tr(interaction, rated, name=record.name)
+            await answer(interaction, text)
             return
         record = await self.bot.core.characters.managed(actor, character)
         long_fields = [field for field in FORM_FIELDS if not fits(field, record)]

@@ -192,6 +192,9 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         await answer(interaction, tr(interaction, f"config.saved.{scope}", changes=shown))
 
     @app_commands.command(name="context", description="Context window size in tokens")
+    @app_commands.describe(
+        size="Tokens the model sees (prompt + reply)", scope="This channel, or the server default"
+    )
     async def context(
         self,
         interaction: discord.Interaction[SynatraBot],
@@ -201,6 +204,9 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         await self._save(interaction, scope, context_size=size)
 
     @app_commands.command(name="ratelimit", description="Replies one member may ask for per minute")
+    @app_commands.describe(
+        per_minute="Replies per member per minute", scope="This channel, or the server default"
+    )
     async def ratelimit(
         self,
         interaction: discord.Interaction[SynatraBot],
@@ -210,7 +216,10 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         await self._save(interaction, scope, user_rate_limit=per_minute)
 
     @app_commands.command(name="nsfw", description="Where NSFW characters may be used")
-    @app_commands.describe(policy="off: nowhere; age_restricted: age-restricted channels; allowed")
+    @app_commands.describe(
+        policy="off: nowhere; age_restricted: age-restricted channels; allowed",
+        scope="This channel, or the server default",
+    )
     async def nsfw(
         self,
         interaction: discord.Interaction[SynatraBot],
@@ -222,6 +231,7 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
     @app_commands.command(
         name="approval", description="Require moderator approval for shared characters"
     )
+    @app_commands.describe(required="Whether shared characters need approval")
     async def approval(self, interaction: discord.Interaction[SynatraBot], required: bool) -> None:
         await self._save(interaction, "server", approval_required=required)
 
