@@ -1,6 +1,7 @@
 """/healthz and /metrics (METRICS_ADDR) on a bot that plays a scene through the real client
 against the fake Discord."""
 
+import asyncio
 import logging
 import re
 import socket
@@ -40,6 +41,19 @@ async def scrape(base: str) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return samples
+
+
+async def container_healthcheck(base: str) -> tuple[int, str]:
+    """The container's HEALTHCHECK command (deploy/healthcheck.py) against the bot at `base`."""
+    script = Path(__file__).resolve().parents[1] / "deploy" / "healthcheck.py"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        env={"METRICS_ADDR": f"0.0.0.0:{base.rpartition(':')[2]}"},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+    return process.returncode, stderr.decode()
 
 
 async def health(base: str) -> tuple[int, dict]:
@@ -105,6 +119,7 @@ async def test_a_scene_moves_the_metrics_and_health_follows_the_engine(start_bot
             200,
             {"status": "ok", "checks": {"gateway": "ok", "database": "ok", "engine": "ok"}},
         )
+        assert await container_healthcheck(base) == (0, "")
         before = await scrape(base)
         assert before["synatra_active_scenes"] == 0
         assert before.get('synatra_replies_total{outcome="finished"}', 0) == 0
@@ -142,6 +157,8 @@ async def test_a_scene_moves_the_metrics_and_health_follows_the_engine(start_bot
             "status": "unhealthy",
             "checks": {"gateway": "ok", "database": "ok", "engine": "down: not started"},
         }
+        code, said = await container_healthcheck(base)
+        assert code == 1 and '"engine": "down: not started"' in said
 
 
 async def test_a_failed_reply_counts_as_failed_and_as_an_engine_error(start_bot, caplog, tokenizer):
