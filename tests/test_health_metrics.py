@@ -129,6 +129,8 @@ async def test_a_scene_moves_the_metrics_and_health_follows_the_engine(start_bot
         # Discord answers the reply's first streaming edit with 429: discord.py waits and edits
         # again, and only the metrics tell the host it happened.
         harness.fake.force_rate_limit("PATCH", WEBHOOK_EDIT, times=1, retry_after=0.01)
+        # ... and a moment of outage on the next: discord.py sends it again after a 503.
+        harness.fake.fail_requests("PATCH", WEBHOOK_EDIT, times=1, status=503)
         await harness.reply_to(s.general, s.members[0], "안녕? 오늘 날씨 좋다")
 
         async def finished():
@@ -143,6 +145,7 @@ async def test_a_scene_moves_the_metrics_and_health_follows_the_engine(start_bot
         assert after["synatra_queue_wait_seconds_count"] == 1
         assert after["synatra_queue_depth"] == 0
         assert after["synatra_discord_rate_limited_total"] == 1
+        assert after['synatra_discord_rest_errors_total{status="503"}'] == 1
         assert after["synatra_database_statement_seconds_count"] > before.get(
             "synatra_database_statement_seconds_count", 0
         )
@@ -197,3 +200,36 @@ def test_metrics_registries_are_per_bot():
     first.reply_ended("finished")
     assert b'synatra_replies_total{outcome="finished"} 1.0' in first.exposition(active_scenes=0)
     assert b"synatra_replies_total{" not in second.exposition(active_scenes=0)
+
+
+async def test_failed_sql_statements_are_counted_by_error(tmp_path):
+    from sqlalchemy import text
+
+    from synatra_bot.metrics import PrometheusMetrics
+    from synatra_bot.storage.database import create_engine, observe_statements
+
+    metrics = PrometheusMetrics()
+    database = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    observe_statements(database, metrics)
+    try:
+        async with database.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+            with pytest.raises(Exception, match="no such table"):
+                await connection.execute(text("SELECT * FROM 없는_표"))
+    finally:
+        await database.dispose()
+    sample = metrics.registry.get_sample_value
+    assert sample("synatra_database_errors_total", {"kind": "OperationalError"}) == 1
+    assert sample("synatra_database_statement_seconds_count") >= 1
+
+
+async def test_a_discord_request_that_gets_no_answer_counts_as_a_connection_error():
+    from synatra_bot.discord.bot import rest_trace
+    from synatra_bot.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics()
+    async with aiohttp.ClientSession(trace_configs=[rest_trace(metrics)]) as http:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get("http://127.0.0.1:1/api/v10/gateway")
+    sample = metrics.registry.get_sample_value
+    assert sample("synatra_discord_rest_errors_total", {"status": "connection"}) == 1
