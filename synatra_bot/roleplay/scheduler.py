@@ -209,7 +209,7 @@ class TurnSlot:
         finally:
             timer.cancel()
             self._request_id = None
-            if streamed:
+            if streamed and observer is not IGNORED:  # counting costs an encode
                 observer.tokens_generated(engine.count_tokens(streamed))
             close = getattr(deltas, "aclose", None)
             if close is not None:
