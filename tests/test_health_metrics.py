@@ -233,3 +233,19 @@ async def test_a_discord_request_that_gets_no_answer_counts_as_a_connection_erro
             await http.get("http://127.0.0.1:1/api/v10/gateway")
     sample = metrics.registry.get_sample_value
     assert sample("synatra_discord_rest_errors_total", {"status": "connection"}) == 1
+
+
+async def test_health_says_when_the_gateway_is_down_and_recovers_with_it(start_bot, caplog):
+    caplog.set_level(logging.INFO, logger="synatra_bot.health")
+    async with start_bot(env={"METRICS_ADDR": "127.0.0.1:0"}) as harness:
+        base = endpoint(caplog)
+        harness.identify_at_once()
+
+        async def gateway_state(expected_status):
+            status, body = await health(base)
+            return body["checks"]["gateway"] if status == expected_status else None
+
+        async with harness.fake.gateway_outage():
+            await harness.fake.invalidate_session()
+            assert await eventually(lambda: gateway_state(503)) == "shards 0 disconnected"
+        assert await eventually(lambda: gateway_state(200)) == "ok"
