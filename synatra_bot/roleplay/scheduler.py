@@ -146,9 +146,10 @@ class TurnSlot:
         self.outcome = TurnOutcome.PENDING
         clock = self.scheduler.clock
         observer = self.scheduler.observer
+        watched = observer is not IGNORED
         # A player waits on these; background work's latency is nobody's.
-        timed = not self.background
-        streamed = ""
+        timed = watched and not self.background
+        begun = len(self.text)
         last = clock()
         deltas = engine.stream(prompt, params, request_id=request_id)
         # One timer for the whole stream, not an asyncio.timeout() per delta (a reply has
@@ -186,9 +187,9 @@ class TurnSlot:
                     waiting = False
                 if timed:
                     now = clock()
-                    (observer.token_gap if streamed else observer.first_token)(now - last)
+                    first = len(self.text) == begun
+                    (observer.first_token if first else observer.token_gap)(now - last)
                     last = now
-                streamed += delta
                 self.text += delta
                 yield delta
         except GenerationInterrupted as error:
@@ -209,8 +210,8 @@ class TurnSlot:
         finally:
             timer.cancel()
             self._request_id = None
-            if streamed and observer is not IGNORED:  # counting costs an encode
-                observer.tokens_generated(engine.count_tokens(streamed))
+            if watched and len(self.text) > begun:
+                observer.tokens_generated(engine.count_tokens(self.text[begun:]))
             close = getattr(deltas, "aclose", None)
             if close is not None:
                 await close()
