@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from synatra_bot import eventloop
+from synatra_bot.observe import IGNORED, Observer
 from synatra_bot.roleplay.characters import CharacterService
 from synatra_bot.roleplay.core import RoleplayCore
 from synatra_bot.roleplay.scheduler import Scheduler
@@ -48,15 +49,24 @@ class Storage:
 
 
 @contextlib.asynccontextmanager
-async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
-    """Apply pending migrations and open the database; closed on exit."""
-    from synatra_bot.storage.database import create_engine, create_sessionmaker
+async def open_storage(
+    settings: Settings, *, observer: Observer = IGNORED
+) -> AsyncIterator[Storage]:
+    """Apply pending migrations and open the database (its statements reported to
+    `observer`); closed on exit."""
+    from synatra_bot.storage.database import (
+        create_engine,
+        create_sessionmaker,
+        observe_statements,
+    )
     from synatra_bot.storage.migrate import upgrade_database
 
     before, after = await upgrade_database(settings.database_url)
     if before != after:
         log.info("database upgraded from %s to %s", before or "empty", after)
     database = create_engine(settings.database_url, busy_timeout_s=settings.database_busy_timeout_s)
+    if observer is not IGNORED:
+        observe_statements(database, observer)
     try:
         sessions = create_sessionmaker(database)
         characters = CharacterService(
@@ -76,6 +86,7 @@ async def open_engine(
     engine: Engine | None = None,
     tokenizer: object | None = None,
     on_loading: Callable[[], None] | None = None,
+    observer: Observer = IGNORED,
 ) -> AsyncIterator[tuple[Engine, object]]:
     """The tokenizer and the started engine the settings name (or the ones given: tests pass
     a scripted engine); `on_loading` is called before a model starts to load. Closed on exit."""
@@ -87,7 +98,7 @@ async def open_engine(
     if engine is None:
         if on_loading is not None:
             on_loading()
-        engine = build_engine(settings, tokenizer=tokenizer)  # type: ignore[arg-type]
+        engine = build_engine(settings, tokenizer=tokenizer, observer=observer)
     try:
         await engine.start()
         yield engine, tokenizer
@@ -103,6 +114,7 @@ def build_core(
     *,
     max_concurrent: int | None = None,
     user_turns: int | None = None,
+    observer: Observer = IGNORED,
 ) -> Turns:
     """The roleplay core and its scheduler over `storage` and `engine`, behind the turns
     every front end (the bot, the terminal) plays; the scenes' automatic memory runs in the
@@ -123,6 +135,7 @@ def build_core(
         engine,
         max_concurrent=max_concurrent or settings.max_concurrent_replies,
         turn_timeout_s=settings.turn_timeout_s,
+        observer=observer,
     )
     if user_turns is not None:
         scheduler.user_turns = user_turns
@@ -141,37 +154,56 @@ async def running_bot(
     """Build everything the bot depends on and tear it down in order afterwards.
 
     Tests pass their own engine (scripted or tiny) and tokenizer; `serve` builds the real ones.
+    With METRICS_ADDR set, every layer reports to one set of metrics, served with /healthz
+    while the bot runs.
     """
     from synatra_bot.discord.bot import BotDependencies, SynatraBot
 
+    metrics = None
+    if settings.metrics_addr is not None:
+        from synatra_bot.metrics import PrometheusMetrics
+
+        metrics = PrometheusMetrics()
+    observer = metrics or IGNORED
     async with (
-        open_storage(settings) as storage,
-        open_engine(settings, engine=engine, tokenizer=tokenizer) as (engine, tokenizer),
+        open_storage(settings, observer=observer) as storage,
+        open_engine(settings, engine=engine, tokenizer=tokenizer, observer=observer) as (
+            engine,
+            tokenizer,
+        ),
     ):
-        turns = build_core(settings, storage, engine, tokenizer)
+        turns = build_core(settings, storage, engine, tokenizer, observer=observer)
         scheduler = turns.scheduler
         if settings.shard_count is not None:
             bot_options.setdefault("shard_count", settings.shard_count)
         if settings.shard_ids is not None:
             bot_options.setdefault("shard_ids", list(settings.shard_ids))
-        bot = SynatraBot(BotDependencies(settings, turns, engine), **bot_options)
-        # Everything loaded so far (torch, transformers, the tokenizer) lives as long as the
-        # process: keep it out of the garbage collector's full passes, which otherwise stall
-        # the event loop for a few hundred milliseconds now and then.
-        gc.collect()
-        gc.freeze()
-        try:
-            yield bot
-        finally:
-            # Stop generating (nothing half-written is stored), let the handlers store or
-            # discard what they have, then disconnect.
-            await scheduler.shutdown(finish=False)
-            await bot.replies.close()
-            await bot.close()
-            # What was frozen goes back to the collector with the bot: its cycles would never
-            # be freed, and a process that starts another bot (the tests, the load test's
-            # repeats) would keep every earlier one.
-            gc.unfreeze()
+        bot = SynatraBot(BotDependencies(settings, turns, engine, observer), **bot_options)
+        async with contextlib.AsyncExitStack() as endpoints:
+            # Listening before the bot starts: a taken address stops the start here, and
+            # /healthz answers (503, not connected yet) while the bot logs in.
+            if metrics is not None and settings.metrics_addr is not None:
+                from synatra_bot.health import Watched, serving
+
+                watched = Watched(bot, storage.sessions, engine, metrics)
+                await endpoints.enter_async_context(serving(settings.metrics_addr, watched))
+            # Everything loaded so far (torch, transformers, the tokenizer) lives as long as
+            # the process: keep it out of the garbage collector's full passes, which otherwise
+            # stall the event loop for a few hundred milliseconds now and then.
+            gc.collect()
+            gc.freeze()
+            try:
+                yield bot
+            finally:
+                # Stop generating (nothing half-written is stored), let the handlers store or
+                # discard what they have, then disconnect.
+                await scheduler.shutdown(finish=False)
+                await bot.replies.close()
+                await bot.close()
+                # What was frozen goes back to the collector with the bot: its cycles would
+                # never be freed, and a process that starts another bot (the tests, the load
+                # test's repeats) would keep every earlier one.
+                gc.unfreeze()
 
 
 async def serve(

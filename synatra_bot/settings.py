@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import sys
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, cast
@@ -16,6 +19,8 @@ from synatra_bot.errors import ConfigError
 from synatra_bot.eventloop import EVENT_LOOP_KINDS, EventLoopKind, uvloop_available
 
 EngineKind = Literal["transformers", "openai"]
+LogFormat = Literal["text", "json"]
+LOG_FORMATS = ("text", "json")
 #: The API of the OpenAI-compatible server: `/v1/completions` or `/v1/chat/completions`.
 EngineApi = Literal["completions", "chat"]
 ENGINE_APIS = ("completions", "chat")
@@ -95,6 +100,11 @@ class Settings:
     lorebook_quota_bytes: int = DEFAULT_LOREBOOK_QUOTA_BYTES
     dev_guild_id: int | None = None
     log_level: str = "INFO"
+    #: "text" for people reading a terminal or journal, "json" (one object a line) for hosts
+    #: that ship logs to a collector.
+    log_format: LogFormat = "text"
+    #: Where /healthz and /metrics are served (host, port); None: not served.
+    metrics_addr: tuple[str, int] | None = None
     event_loop: EventLoopKind = "auto"
     #: Several processes share the gateway: all of them get SHARD_COUNT, each its SHARD_IDS.
     shard_count: int | None = None
@@ -237,6 +247,8 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         ),
         dev_guild_id=dev_guild or None,
         log_level=_choice(env, "LOG_LEVEL", "info", levels).upper(),
+        log_format=cast(LogFormat, _choice(env, "LOG_FORMAT", "text", LOG_FORMATS)),
+        metrics_addr=_address(env, "METRICS_ADDR"),
         event_loop=cast(EventLoopKind, event_loop),
         shard_count=shard_count,
         shard_ids=shard_ids,
@@ -254,6 +266,22 @@ def _attention(env: Mapping[str, str]) -> str:
         f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)} or a Hub flash kernel such as "
         f"kernels-community/flash-attn2, got {raw!r}",
     )
+
+
+def _address(env: Mapping[str, str], name: str) -> tuple[str, int] | None:
+    """`host:port` (`[::1]:9108` for IPv6; port 0 takes any free one), or None when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    host, _, port = raw.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if (
+        not host
+        or any(c.isspace() or c in "/[]" for c in host)
+        or not (port.isascii() and port.isdigit())
+    ):
+        raise ConfigError(name, f"must be host:port, e.g. 127.0.0.1:9108, got {raw!r}")
+    return host, check_range(name, int(port), (0, 65535))
 
 
 def _shard_ids(raw: str, shard_count: int | None) -> tuple[int, ...] | None:
@@ -343,10 +371,43 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path(rest)
 
 
+#: The text log's line: time, level, logger, message.
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: transformers' continuous batching logs through this logger, with a handler and a format of
+#: its own that it adds on import unless the logger already stopped propagating.
+CB_LOGGER = "ContinuousBatchingLogger"
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object a line: time (UTC, ISO 8601), level, logger, message, and exception
+    (the traceback as text) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, str] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        exception = record.exc_text
+        if not exception and record.exc_info:
+            exception = self.formatException(record.exc_info)
+        if record.stack_info:
+            exception = "\n".join(filter(None, (exception, self.formatStack(record.stack_info))))
+        if exception:
+            entry["exception"] = exception
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def configure_logging(settings: Settings) -> None:
-    """Log to stderr at LOG_LEVEL, masking secrets and webhook tokens in every record."""
+    """Log to stderr at LOG_LEVEL in LOG_FORMAT, masking secrets and webhook tokens in every
+    record, every library's loggers in the same format; no progress bars unless stderr is a
+    terminal (in a journal or a log file they are lines of control characters)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if settings.log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_LOG_FORMAT))
     handler.addFilter(SecretFilter(settings.secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -365,6 +426,14 @@ def configure_logging(settings: Settings) -> None:
     hf_logging.disable_default_handler()  # type: ignore[no-untyped-call]
     hf_logging.enable_propagation()  # type: ignore[no-untyped-call]
     logging.getLogger("transformers").setLevel(max(logging.WARNING, root.level))
+    # Its continuous batching logs outside the "transformers" tree: give that logger our
+    # handler in place of its own. Set before transformers imports it, the logger keeps ours.
+    batching = logging.getLogger(CB_LOGGER)
+    batching.handlers[:] = [handler]
+    batching.propagate = False
+    batching.setLevel(max(logging.WARNING, root.level))
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _without_voice_notices(record: logging.LogRecord) -> bool:

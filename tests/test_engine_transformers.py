@@ -231,7 +231,12 @@ def _rebuilt(engine: TransformersEngine, failures: int):
 async def test_a_failed_step_fails_its_reply_with_a_note_and_the_next_reply_works(
     tiny_model_dir,
 ) -> None:
-    engine = TransformersEngine(str(tiny_model_dir), context_size=1024, recovery_backoff_s=0.01)
+    from synatra_bot.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics()
+    engine = TransformersEngine(
+        str(tiny_model_dir), context_size=1024, recovery_backoff_s=0.01, observer=metrics
+    )
     await engine.start()
     steps = FailingSteps(engine.model, times=1)
     try:
@@ -240,6 +245,7 @@ async def test_a_failed_step_fails_its_reply_with_a_note_and_the_next_reply_work
         assert caught.value.key == "engine.model_failed"
         await wait_until(_rebuilt(engine, 1))
         assert engine.health().state == "degraded"  # until a reply on the new loop goes through
+        assert metrics.registry.get_sample_value("synatra_engine_restarts_total") == 1
         assert await collect(engine, PROMPT, SamplingParams(max_new_tokens=8), "다음 답")
         health = engine.health()
         assert (health.state, health.failures, health.reason) == ("ok", 0, "")

@@ -182,7 +182,14 @@ def root_logging():
     )
     saved = root.handlers[:], root.level, {n: logging.getLogger(n).level for n in names}
     client_filters = logging.getLogger("discord.client").filters[:]
+    batching = logging.getLogger("ContinuousBatchingLogger")
+    batching_saved = batching.level, batching.handlers[:], batching.propagate
+    progress = hf_logging.is_progress_bar_enabled()
     yield
+    batching.setLevel(batching_saved[0])
+    batching.handlers[:], batching.propagate = batching_saved[1], batching_saved[2]
+    if progress:
+        hf_logging.enable_progress_bar()
     root.handlers[:], level, levels = saved
     root.setLevel(level)
     for name, value in levels.items():

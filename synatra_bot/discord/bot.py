@@ -7,8 +7,10 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -20,6 +22,7 @@ from synatra_bot.discord.unfinished import UnfinishedReplies
 from synatra_bot.discord.webhooks import WebhookPool
 from synatra_bot.engine.base import Engine
 from synatra_bot.errors import EngineError, UserFacingError
+from synatra_bot.observe import IGNORED, Observer
 from synatra_bot.roleplay.archive import Archive
 from synatra_bot.roleplay.turns import Turns
 from synatra_bot.settings import Settings
@@ -44,6 +47,28 @@ class BotDependencies:
     settings: Settings
     turns: Turns
     engine: Engine
+    observer: Observer = IGNORED
+
+
+def rest_trace(observer: Observer) -> aiohttp.TraceConfig:
+    """Tell `observer` how Discord answered each REST request (webhooks' included: they
+    share the client's session). discord.py waits out a 429 and sends again by itself, so the
+    bot sees rate limits nowhere else."""
+
+    async def ended(
+        _session: aiohttp.ClientSession, _context: SimpleNamespace, params: Any
+    ) -> None:
+        observer.discord_response(params.response.status)
+
+    async def failed(
+        _session: aiohttp.ClientSession, _context: SimpleNamespace, _params: Any
+    ) -> None:
+        observer.discord_unreachable()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(ended)
+    trace.on_request_exception.append(failed)
+    return trace
 
 
 class SynatraTree(app_commands.CommandTree["SynatraBot"]):
@@ -99,6 +124,8 @@ class SynatraBot(commands.AutoShardedBot):
         intents = discord.Intents.default()
         intents.message_content = True
         intents.members = True
+        if deps.observer is not IGNORED:
+            options.setdefault("http_trace", rest_trace(deps.observer))
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,

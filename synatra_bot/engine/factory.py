@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from synatra_bot.engine.base import Engine
+from synatra_bot.observe import IGNORED, Observer
 from synatra_bot.settings import Settings
 
 
-def build_engine(settings: Settings, *, tokenizer: Any = None) -> Engine:
+def build_engine(
+    settings: Settings, *, tokenizer: Any = None, observer: Observer = IGNORED
+) -> Engine:
     """The embedded transformers engine, or the OpenAI-compatible one for ENGINE=openai.
 
-    `tokenizer`: one the caller has already loaded for MODEL_ID (else the engine loads it).
+    `tokenizer`: one the caller has already loaded for MODEL_ID (else the engine loads it);
+    `observer` hears of the embedded engine's restarts (a server's are its own).
     """
     if settings.engine == "openai":
         from synatra_bot.engine.openai_compat import OpenAICompatEngine
@@ -46,4 +50,5 @@ def build_engine(settings: Settings, *, tokenizer: Any = None) -> Engine:
         allow_block_sharing=settings.cb_prefix_sharing,
         single_stream=settings.single_stream,
         tokenizer=tokenizer,
+        observer=observer,
     )

@@ -77,6 +77,7 @@ from synatra_bot.engine import cb_adapter
 from synatra_bot.engine.base import EngineHealth, SamplingParams, ThroughputMeter
 from synatra_bot.engine.detokenize import IncrementalDetokenizer, StopStringFilter
 from synatra_bot.errors import ConfigError, EngineError, EngineUnavailable, GenerationInterrupted
+from synatra_bot.observe import IGNORED, Observer
 from synatra_bot.settings import SINGLE_STREAM_MODES
 
 if TYPE_CHECKING:
@@ -337,6 +338,7 @@ class TransformersEngine:
         max_recovery_backoff_s: float = MAX_RECOVERY_BACKOFF_S,
         tokenizer: PreTrainedTokenizerBase | None = None,
         model: PreTrainedModel | None = None,
+        observer: Observer = IGNORED,
     ) -> None:
         if quantization not in ("none", "8bit", "4bit"):
             raise EngineError(f"quantization must be none, 8bit or 4bit, got {quantization!r}")
@@ -374,6 +376,7 @@ class TransformersEngine:
         self._context_limit: int | None = None
         self._closing = False
         self._recovery_backoff_s = recovery_backoff_s
+        self._observer = observer
         self._max_recovery_backoff_s = max_recovery_backoff_s
         #: Watches the generation loop and rebuilds it when it fails (see the module docstring).
         self._supervisor: threading.Thread | None = None
@@ -545,6 +548,7 @@ class TransformersEngine:
                 self._manager = manager
                 self._recovering = False
             log.info("the generation loop is running again")
+            self._observer.engine_restarted()
             return True
 
     def _failed(self) -> None:

@@ -70,6 +70,7 @@ from synatra_bot.errors import (
     RateLimited,
     TurnCancelled,
 )
+from synatra_bot.observe import IGNORED, Observer
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,12 @@ class TurnSlot:
         self._request_id = request_id
         self.outcome = TurnOutcome.PENDING
         clock = self.scheduler.clock
+        observer = self.scheduler.observer
+        watched = observer is not IGNORED
+        # A player waits on these; background work's latency is nobody's.
+        timed = watched and not self.background
+        begun = len(self.text)
+        last = clock()
         deltas = engine.stream(prompt, params, request_id=request_id)
         # One timer for the whole stream, not an asyncio.timeout() per delta (a reply has
         # hundreds): when the deadline passes while we wait for the engine, that wait is
@@ -178,16 +185,23 @@ class TurnSlot:
                     return
                 finally:
                     waiting = False
+                if timed:
+                    now = clock()
+                    first = len(self.text) == begun
+                    (observer.first_token if first else observer.token_gap)(now - last)
+                    last = now
                 self.text += delta
                 yield delta
-        except GenerationInterrupted:
+        except GenerationInterrupted as error:
             if self.cancel_reason:
                 self.outcome = TurnOutcome.CANCELLED
                 return
             self.outcome = TurnOutcome.FAILED
+            observer.engine_error(type(error).__name__)
             raise
-        except EngineError:
+        except EngineError as error:
             self.outcome = TurnOutcome.FAILED
+            observer.engine_error(type(error).__name__)
             raise
         except (GeneratorExit, asyncio.CancelledError):
             # The caller stopped listening: the reply is not complete.
@@ -196,6 +210,8 @@ class TurnSlot:
         finally:
             timer.cancel()
             self._request_id = None
+            if watched and len(self.text) > begun:
+                observer.tokens_generated(engine.count_tokens(self.text[begun:]))
             close = getattr(deltas, "aclose", None)
             if close is not None:
                 await close()
@@ -229,6 +245,8 @@ class _SlotContext:
             finally:
                 if slot.outcome is TurnOutcome.PENDING:
                     slot.outcome = TurnOutcome.CANCELLED
+                if not slot.background:
+                    self._scheduler.observer.reply_ended(slot.outcome.value)
                 self._scheduler._release(slot)
 
 
@@ -287,6 +305,7 @@ class Scheduler:
         user_turns: int = 6,
         rate_window_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer = IGNORED,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -296,6 +315,7 @@ class Scheduler:
         self.user_turns = user_turns
         self.rate_window_s = rate_window_s
         self.clock = clock
+        self.observer = observer
         # Waiting turns in arrival order, and the same turns per channel (admission looks only
         # at each free channel's first turn: O(channels), not O(waiting turns)).
         self._waiting: dict[QueueTicket, None] = {}
@@ -493,6 +513,7 @@ class Scheduler:
         if policy == "restart":
             await self.cancel_channel(channel_id, reason="superseded by a newer message")
         future = asyncio.get_running_loop().create_future()
+        arrived = self.clock()
         ticket = QueueTicket(self, channel_id, user_id, future, next(self._arrivals))
         self._waiting[ticket] = None
         self._queues.setdefault(channel_id, deque()).append(ticket)
@@ -501,7 +522,7 @@ class Scheduler:
         if on_queued is not None and not ticket.future.done():
             on_queued(ticket)
         try:
-            return await ticket.future
+            slot = await ticket.future
         except asyncio.CancelledError:
             if ticket in self._waiting:
                 self._forget(ticket)
@@ -510,6 +531,8 @@ class Scheduler:
                 # Admitted in the same instant the caller gave up: hand the place back.
                 self._release(ticket.future.result())
             raise
+        self.observer.queue_waited(self.clock() - arrived)
+        return slot
 
     def _release(self, slot: TurnSlot) -> None:
         lent = self._background_running if slot.background else self._running
@@ -611,6 +634,7 @@ class Scheduler:
             future.set_result(slot)
         if not self._running and not self._waiting:
             self._idle.set()
+        self.observer.queue_changed(len(self._waiting))
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

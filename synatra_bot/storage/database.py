@@ -6,6 +6,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 from synatra_bot.errors import StorageError, StorageUnavailable
+from synatra_bot.observe import Observer
 from synatra_bot.settings import sqlite_path
 from synatra_bot.storage.sqlite_driver import connection_factory
 
@@ -193,6 +195,29 @@ def create_engine(
             connection.connection.driver_connection.begin_with_next_statement("BEGIN IMMEDIATE")
 
     return engine
+
+
+def observe_statements(engine: AsyncEngine, observer: Observer) -> None:
+    """Tell `observer` how long each SQL statement takes and which ones fail."""
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "before_cursor_execute")
+    def _started(
+        _conn: Any, _cursor: Any, _sql: Any, _params: Any, context: Any, _many: Any
+    ) -> None:
+        if context is not None:
+            context.synatra_started = time.perf_counter()
+
+    @event.listens_for(sync_engine, "after_cursor_execute")
+    def _ended(_conn: Any, _cursor: Any, _sql: Any, _params: Any, context: Any, _many: Any) -> None:
+        started = getattr(context, "synatra_started", None)
+        if started is not None:
+            observer.database_statement(time.perf_counter() - started)
+
+    @event.listens_for(sync_engine, "handle_error")
+    def _failed(context: Any) -> None:
+        error = context.original_exception
+        observer.database_error(type(error).__name__)
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -1141,6 +1141,13 @@ async def add_removed_message(
         return snapshot(MessageRecord, row)
 
 
+async def count_active_scenes(sessions: Sessions) -> int:
+    """How many channels and DMs have a scene running."""
+    query = select(func.count()).where(ChannelSettings.active_session_id.is_not(None))
+    async with sessions() as session:
+        return int((await session.execute(query)).scalar_one())
+
+
 async def active_scenes(
     sessions: Sessions, *, guild_ids: Collection[int], dms: bool, limit: int
 ) -> list[tuple[SessionRecord, int | None]]:
