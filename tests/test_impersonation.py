@@ -6,6 +6,7 @@ moderator's."""
 from __future__ import annotations
 
 from synatra_bot.roleplay.names import USERNAME_LIMIT, name_key, player_label
+from synatra_bot.storage import repository as repo
 from tests.test_suggestions import engine, suggestion
 
 
@@ -75,3 +76,39 @@ def test_a_long_persona_is_shortened_but_keeps_whose_it_is():
     label = player_label("가" * 64, "나" * 32, handle="someone")
     assert len(label) <= USERNAME_LIMIT and label.endswith(" (" + "나" * 32 + ")")
     assert label.startswith("가" * 40) and "…" in label
+
+
+async def test_a_character_named_like_a_players_persona_cannot_join_their_scene(
+    start_bot, tokenizer
+):
+    """A persona taken before the character came would make the player's lines read as the
+    character's: the character joins once the player has another persona."""
+    async with start_bot(engine=engine(tokenizer)) as harness:
+        s = harness.scenario
+        player = s.members[0]
+        minji = await harness.character(s.moderator, "민지")
+        await harness.start_roleplay(s.moderator, s.general, minji)
+        done = await harness.slash(player, "persona set", name="하 늘", channel=s.general)
+        await harness.final_text(done)
+        await harness.reply_to(s.general, player, "안녕, 민지야.")
+        haneul = await harness.character(s.moderator, "하늘")
+        refused = await harness.slash(
+            s.moderator, "rp cast add", channel=s.general, character=str(haneul)
+        )
+        text = await harness.final_text(refused)
+        assert refused.ephemeral and "하늘이라는 페르소나로 플레이하고 있어서" in text
+        assert await cast_ids(harness, s.general) == [minji]
+
+        done = await harness.slash(player, "persona set", name="여행자", channel=s.general)
+        await harness.final_text(done)
+        added = await harness.slash(
+            s.moderator, "rp cast add", channel=s.general, character=str(haneul)
+        )
+        assert "하늘" in await harness.final_text(added)
+        assert await cast_ids(harness, s.general) == [minji, haneul]
+
+
+async def cast_ids(harness, channel) -> list[int]:
+    scene = await repo.get_active_session(harness.sessions, channel_id=channel.id)
+    cast = await repo.session_cast(harness.sessions, session_id=scene.id)
+    return [member.character_id for member in cast]

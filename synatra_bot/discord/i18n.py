@@ -500,6 +500,13 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "persona.set": ("You now play as **{name}**.", "이제 {name|로} 롤플레이해요."),
     "persona.cleared": ("Persona cleared.", "페르소나를 지웠어요."),
+    "error.cast_name_is_persona": (
+        "A player in this scene plays as **{name}**: a character of that name would be taken "
+        "for them. It can join once they choose another persona (`/persona set`).",
+        "이 장면의 플레이어가 {name|이라는} 페르소나로 플레이하고 있어서, 같은 이름의 "
+        "캐릭터는 그 플레이어와 헷갈려요. 그 플레이어가 페르소나를 바꾸면 (`/페르소나 정하기`) "
+        "들어올 수 있어요.",
+    ),
     "persona.taken_character": (
         "**{name}** is a character in this scene: choose a persona name of your own.",
         "{name|은} 이 장면의 캐릭터 이름이에요. 나만의 페르소나 이름을 정해 주세요.",

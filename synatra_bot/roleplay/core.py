@@ -49,6 +49,7 @@ from synatra_bot.roleplay.config import (
     preset_values,
 )
 from synatra_bot.roleplay.history import HistoryCache
+from synatra_bot.roleplay.names import taken_by
 from synatra_bot.roleplay.rules import require_starter_or_moderator, require_voice
 from synatra_bot.roleplay.ttl_cache import TtlCache
 from synatra_bot.roleplay.types import Actor, Place
@@ -506,6 +507,7 @@ class RoleplayCore:
         group-only greeting."""
         character = await self.check_join(actor, place, character_id=character_id)
         active = await self.require_active(place)
+        await self._check_no_persona_named(active, place, character)
         limit = active.config.cast_limit
         try:
             added = await repo.add_to_cast(
@@ -526,6 +528,22 @@ class RoleplayCore:
             active.session, character, actor, texts, 0, group=True
         )
         return Started(active.session, character, greeting, len(texts))
+
+    async def _check_no_persona_named(
+        self, active: ActiveRoleplay, place: Place, character: CharacterRecord
+    ) -> None:
+        """A character may not join a scene where a player plays a persona of its name: the
+        player's lines would read as the character's, to the model and to everyone."""
+        speakers = {m.author_id for m in await self.recent(active) if m.role == "user"}
+        guild_id = None if place.dm else place.guild_id
+        for user_id in sorted(uid for uid in speakers if uid is not None):
+            persona = await self.persona(user_id, guild_id)
+            if persona is not None and taken_by(persona.name, [character.name]) is not None:
+                raise UserFacingError(
+                    "a player's persona has that name",
+                    key="error.cast_name_is_persona",
+                    name=character.name,
+                )
 
     async def remove_from_cast(
         self, actor: Actor, place: Place, *, character_id: int
