@@ -1,3 +1,5 @@
-"""synatra-bot: a Discord roleplay bot for Synatra-7B-v0.3-RP."""
+"""synatra-bot: a Discord roleplay bot for Synatra-7B-v0.3-RP.
 
-__version__ = "0.1.0"
+Its version lives in pyproject.toml only; `synatra-bot --version` reads it from the installed
+package's metadata.
+"""

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from synatra_bot import eventloop
+from synatra_bot.errors import DiscordUnusable
 from synatra_bot.observe import IGNORED, Observer
 from synatra_bot.roleplay.characters import CharacterService
 from synatra_bot.roleplay.core import RoleplayCore
@@ -87,14 +89,19 @@ async def open_engine(
     tokenizer: object | None = None,
     on_loading: Callable[[], None] | None = None,
     observer: Observer = IGNORED,
+    before_engine: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[tuple[Engine, object]]:
     """The tokenizer and the started engine the settings name (or the ones given: tests pass
-    a scripted engine); `on_loading` is called before a model starts to load. Closed on exit."""
+    a scripted engine); `before_engine` is awaited once the tokenizer is loaded, before the
+    engine is built or started (its error stops the start), and `on_loading` is called before
+    a model starts to load. Closed on exit."""
     from synatra_bot.engine.factory import build_engine
     from synatra_bot.tokenizer import load_tokenizer
 
     if tokenizer is None:
         tokenizer = await asyncio.to_thread(load_tokenizer, settings.model_id)
+    if before_engine is not None:
+        await before_engine()
     if engine is None:
         if on_loading is not None:
             on_loading()
@@ -149,13 +156,14 @@ async def running_bot(
     *,
     engine: Engine | None = None,
     tokenizer: object | None = None,
+    before_engine: Callable[[], Awaitable[None]] | None = None,
     **bot_options: Any,
 ) -> AsyncIterator[SynatraBot]:
     """Build everything the bot depends on and tear it down in order afterwards.
 
-    Tests pass their own engine (scripted or tiny) and tokenizer; `serve` builds the real ones.
-    With METRICS_ADDR set, every layer reports to one set of metrics, served with /healthz
-    while the bot runs.
+    Tests pass their own engine (scripted or tiny) and tokenizer; `serve` builds the real ones
+    and checks the login in `before_engine`. With METRICS_ADDR set, every layer reports to one
+    set of metrics, served with /healthz while the bot runs.
     """
     from synatra_bot.discord.bot import BotDependencies, SynatraBot
 
@@ -167,7 +175,13 @@ async def running_bot(
     observer = metrics or IGNORED
     async with (
         open_storage(settings, observer=observer) as storage,
-        open_engine(settings, engine=engine, tokenizer=tokenizer, observer=observer) as (
+        open_engine(
+            settings,
+            engine=engine,
+            tokenizer=tokenizer,
+            observer=observer,
+            before_engine=before_engine,
+        ) as (
             engine,
             tokenizer,
         ),
@@ -211,13 +225,16 @@ async def serve(
 ) -> int:
     """Run until Discord closes the connection or SIGINT/SIGTERM arrives.
 
+    The token and Discord's reachability are checked before the model loads (after the
+    database and the tokenizer, whose errors are quicker), so a refused token or a missing
+    network is one line in seconds rather than after minutes of loading.
+
     A signal while the bot runs shuts it down in order (`running_bot`). One during start-up
-    (migrating the database, loading the tokenizer and the model) stops the start where it is:
-    what was opened so far is closed, and the exit is as clean. `engine` and `tokenizer`
-    default to the ones the settings name (tests pass their own).
+    (migrating the database, loading the tokenizer, checking the login, loading the model) stops
+    the start where it is: what was opened so far is closed, and the exit is as clean.
+    `engine` and `tokenizer` default to the ones the settings name (tests pass their own).
     """
-    import aiohttp
-    import discord
+    from synatra_bot.discord.login import check_login, login_error
 
     loop = asyncio.get_running_loop()
     starting = asyncio.current_task()
@@ -239,7 +256,12 @@ async def serve(
             loop.add_signal_handler(sig, on_signal, sig)
             handled.append(sig)
     try:
-        async with running_bot(settings, engine=engine, tokenizer=tokenizer) as bot:
+        async with running_bot(
+            settings,
+            engine=engine,
+            tokenizer=tokenizer,
+            before_engine=functools.partial(check_login, settings.discord_token),
+        ) as bot:
             starting = None  # started: a signal now ends the wait below
             log.info("event loop: %s", eventloop.loop_name(loop))
             runner = asyncio.create_task(bot.start(settings.discord_token))
@@ -247,18 +269,14 @@ async def serve(
             done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             if runner in done:
-                try:
-                    runner.result()
-                except discord.LoginFailure:
-                    log.error(
-                        "DISCORD_TOKEN was refused by Discord: reset it in the developer portal"
-                    )
-                    return 2
-                except (aiohttp.ClientConnectionError, OSError, TimeoutError) as error:
-                    log.error("Discord cannot be reached (%s): check this machine's network", error)
-                    return 2
+                error = runner.exception()
+                if error is not None:
+                    raise login_error(error) or error
             else:
                 log.info("shutting down")
+    except DiscordUnusable as error:
+        log.error("%s", error)
+        return 2
     except asyncio.CancelledError:
         if signalled is None or starting is None:
             raise

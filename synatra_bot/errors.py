@@ -2,6 +2,7 @@
 
 SynatraError                   base of everything raised on purpose
 ├── ConfigError                a setting is missing or invalid (exit status 2)
+├── DiscordUnusable            Discord refuses the token or cannot be reached (exit status 2)
 ├── StorageError               the database cannot be opened, is corrupt or too new
 │   └── StorageUnavailable     ... or nothing can be stored now (locked too long, the file gone);
 │                              also a UserFacingError: players read its note
@@ -41,6 +42,11 @@ class ConfigError(SynatraError):
         self.setting = setting
         self.problem = problem
         super().__init__(f"{setting}: {problem}")
+
+
+class DiscordUnusable(SynatraError):
+    """The bot cannot log in: Discord refuses its token or cannot be reached. The message is
+    the host's one line, in Korean and English."""
 
 
 class StorageError(SynatraError):

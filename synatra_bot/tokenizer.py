@@ -75,7 +75,7 @@ def _check_hub_reachable(model_id: str, setting: str) -> None:
             setting,
             f"{model_id} could not be downloaded: the model hub cannot be reached "
             f"({type(exc).__name__}). Download the model on a machine with network "
-            "(huggingface-cli download maywell/Synatra-7B-v0.3-RP --local-dir models/synatra) "
+            "(hf download maywell/Synatra-7B-v0.3-RP --local-dir models/synatra) "
             "and set MODEL_ID to that folder",
         ) from None
 

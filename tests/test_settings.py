@@ -329,7 +329,11 @@ def test_a_database_that_cannot_be_used_is_one_line_and_exit_2(
 @pytest.mark.parametrize(
     ("model_id", "expected"),
     [
-        ("maywell/Synatra-7B-v0.3-RP", "the model hub cannot be reached"),
+        (
+            "maywell/Synatra-7B-v0.3-RP",
+            "the model hub cannot be reached (ConnectError). Download the model on a machine "
+            "with network (hf download maywell/Synatra-7B-v0.3-RP --local-dir models/synatra)",
+        ),
         ("{tmp}/missing-model", "is not a model folder"),
         ("{tmp}/empty-model", "is not a model folder"),
     ],
@@ -378,37 +382,6 @@ def test_the_host_log_has_one_format_and_no_voice_notices(root_logging, capsys):
     assert len(lines) == 2
     assert lines[0].endswith("INFO discord.client: logging in using static token")
     assert lines[1].endswith("WARNING transformers.modeling_utils: 모델 경고")
-
-
-def test_discord_unreachable_at_start_is_one_line_and_exit_2(tmp_path, tokenizer_dir):
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "DISCORD_TOKEN": "x" * 59,
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
-        "MODEL_ID": str(tokenizer_dir),
-        "FAULT_PROMPT_LOG": str(tmp_path / "prompts"),
-    }
-    closed = "http://127.0.0.1:1"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.fault_helpers",
-            "bot",
-            f"{closed}/api/v10",
-            "ws://127.0.0.1:1",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=Path(__file__).resolve().parents[1],
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    [error] = [line for line in result.stderr.splitlines() if " ERROR " in line]
-    assert "Discord cannot be reached" in error
 
 
 @pytest.mark.parametrize(

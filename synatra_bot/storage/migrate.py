@@ -1,9 +1,14 @@
-"""Apply and inspect Alembic migrations (the schema lives in the top-level `migrations/`)."""
+"""Apply and inspect Alembic migrations.
+
+A checkout keeps the scripts in its top-level `migrations/`; a wheel carries the same folder as
+the package `synatra_bot.migrations` (pyproject.toml maps one onto the other).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +25,21 @@ from synatra_bot.storage.database import create_engine, prepare_sqlite_file
 
 
 def migrations_dir() -> Path:
-    folder = Path(__file__).resolve().parents[2] / "migrations"
-    if not (folder / "env.py").is_file():
-        raise StorageError(
-            f"migrations folder not found at {folder} (install with pip install -e .)"
-        )
-    return folder
+    """The checkout's `migrations/` beside this package when there is one (a source tree or an
+    editable install), else the copy installed inside the package."""
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    try:
+        installed = importlib.resources.files("synatra_bot.migrations")
+    except ModuleNotFoundError:
+        installed = None
+    if isinstance(installed, Path) and (installed / "env.py").is_file():
+        return installed
+    raise StorageError(
+        f"the migration scripts are missing: neither {checkout} nor the installed package "
+        "synatra_bot.migrations has them (reinstall synatra-bot)"
+    )
 
 
 def alembic_config(database_url: str) -> Config:

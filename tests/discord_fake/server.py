@@ -1377,6 +1377,12 @@ class FakeDiscord:
         body_json, files = await _read_body(request)
         call = RestCall(request.method, path, dict(request.query), body_json, files)
         self.calls.append(call)
+        authorization = request.headers.get("Authorization")
+        if authorization is not None and authorization != f"Bot {self.token}":
+            # Discord's answer to a bot token it does not know, on any route.
+            call.status = 401
+            self._notify()
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
         for method, pattern, template, handler in self._routes:
             if method != request.method:
                 continue

@@ -1,0 +1,1 @@
+"""Alembic scripts; installed as the package synatra_bot.migrations (see pyproject.toml)."""
