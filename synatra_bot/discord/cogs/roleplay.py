@@ -279,7 +279,12 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         active = await self.bot.core.require_active(place)
         latest = await self.bot.core.latest_reply(place)
         if latest is not None:
-            character = active.member(latest.character_id) or active.lead
+            character = active.member(latest.character_id)
+            if character is None:
+                # A guest of an imported chat speaks under its own name.
+                character = dataclasses.replace(
+                    active.lead, name=latest.display_name or active.lead.name
+                )
             shown = await self.bot.turns.shown(latest)
             text = shown.message.content
             if len(text) > RECAP_CHARS:
