@@ -84,7 +84,7 @@ class ChatLine:
     """One message. `text` is the chosen alternative, `swipes[swipe_id]` when there are any.
 
     `reasoning` is the chosen alternative's reasoning ("" for none); `swipe_reasoning` holds
-    every swipe's (empty, or one per swipe)."""
+    every swipe's (one per swipe; empty when none has any)."""
 
     name: str
     is_user: bool
@@ -104,6 +104,8 @@ class ChatLine:
                 raise ValueError("text must be the chosen swipe, swipes[swipe_id]")
         elif self.swipe_id != 0:
             raise ValueError("swipe_id must be 0 for a message without swipes")
+        if self.swipe_reasoning and not any(self.swipe_reasoning):
+            object.__setattr__(self, "swipe_reasoning", ())  # one form for "none has any"
         if self.swipe_reasoning:
             if len(self.swipe_reasoning) != len(self.swipes):
                 raise ValueError("swipe_reasoning must have one entry per swipe")
@@ -384,7 +386,7 @@ def _message(obj: dict[str, Any], number: int, user_name: str, character_name: s
         sent_at=sent_at,
         is_system=is_system,
         reasoning=reasoning,
-        swipe_reasoning=tuple(swipe_reasoning) if any(swipe_reasoning) else (),
+        swipe_reasoning=tuple(swipe_reasoning),
     )
 
 

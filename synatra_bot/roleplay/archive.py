@@ -182,7 +182,7 @@ class Archive:
                     sent_at=_aware(chosen.created_at),
                     is_system=chosen.role == "system",
                     reasoning=chosen.reasoning or "",
-                    swipe_reasoning=reasoning if any(reasoning) else (),
+                    swipe_reasoning=reasoning,
                 )
             )
         speakers = {line.name for line in lines if not line.is_user and not line.is_system}
@@ -324,9 +324,7 @@ class Archive:
             display_name=speaker.name if speaker is not None else line.name,
             character_id=speaker.id if speaker is not None else None,
             sent_at=None if line.sent_at is None else min(line.sent_at, now),
-            reasonings=tuple(r for _, r in alternatives)
-            if line.reasoning or line.swipe_reasoning
-            else (),
+            reasonings=tuple(reasoning for _, reasoning in alternatives),
         )
 
 
