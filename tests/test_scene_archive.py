@@ -330,7 +330,9 @@ async def test_a_group_chat_imports_every_speaker_its_note_and_reasoning_and_exp
             file=("모임 - 2025-11-23.jsonl", group_chat_file(), "application/jsonl"),
             character=str(minji),
         )
-        assert "4개" in await harness.final_text(imported)
+        notice = await harness.final_text(imported)
+        assert "4개" in notice and "민지, 준이" in notice and "손님으로" in notice
+        assert "나그네" in notice.splitlines()[-1]
         active, turns = await active_history(harness, s.thread)
         cast = await repo.session_cast(harness.sessions, session_id=active.id)
         # The characters it names join the cast; an unknown speaker stays a named guest.

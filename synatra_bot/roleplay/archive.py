@@ -45,6 +45,10 @@ class Imported:
     session: SessionRecord
     character: CharacterRecord
     turns: int
+    #: The scene's cast in order (the chosen character first, then those the chat named).
+    cast: tuple[CharacterRecord, ...] = ()
+    #: The chat's speakers kept as guests, in order of their first line.
+    guests: tuple[str, ...] = ()
 
 
 class Archive:
@@ -248,7 +252,14 @@ class Archive:
         )
         self.core.forget(place.channel_id)
         await self.prune(place)
-        return Imported(session, character, len(chat.lines))
+        joined = {c.id: c for c in speakers.values() if c is not None and c.id != character.id}
+        return Imported(
+            session,
+            character,
+            len(chat.lines),
+            cast=(character, *(joined[i] for i in cast)),
+            guests=tuple(name for name, found in speakers.items() if found is None),
+        )
 
     async def _speakers(
         self,
