@@ -9,7 +9,9 @@ import json
 
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.prompt.st_chat import parse_chat
+from synatra_bot.storage import archives
 from synatra_bot.storage import repository as repo
+from synatra_bot.storage.migrate import upgrade_database
 from tests.bot_harness import button_ids, eventually, has_buttons
 from tests.db_helpers import (
     assert_kept_down_and_up,
@@ -454,3 +456,52 @@ async def test_a_chat_into_a_one_character_scene_keeps_guests_named_and_its_note
         assert "어서 와." in noted and "민지: 어서 와." not in noted  # one character: no name
         await harness.reply_to(s.thread, s.members[0], "돌아가자.")
         assert "밤이 깊었다." not in engine.prompts[-1]
+
+
+async def test_a_branch_keeps_the_imported_cast_guests_note_and_reasoning(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'synatra.db'}"
+    await upgrade_database(url)
+    async with opened(url) as sessions:
+        await _branch_of_an_import(sessions)
+
+
+async def _branch_of_an_import(sessions):
+    minji = await repo.create_character(sessions, owner_id=1, guild_id=10, name="민지")
+    jun = await repo.create_character(sessions, owner_id=1, guild_id=10, name="준")
+    turns = [
+        archives.ImportedTurn(
+            role="assistant",
+            options=("안녕?", "왔어?"),
+            chosen=1,
+            display_name="준",
+            character_id=jun.id,
+            reasonings=("", "반갑게"),
+        ),
+        archives.ImportedTurn(role="assistant", options=("길을 잃었소.",), display_name="나그네"),
+    ]
+    scene = await archives.import_scene(
+        sessions,
+        guild_id=10,
+        channel_id=20,
+        parent_channel_id=None,
+        character_id=minji.id,
+        started_by=1,
+        turns=turns,
+        cast=[jun.id],
+        note=archives.SceneNote("밤이 깊었다.", 2, 3),
+    )
+    [_, guest] = await repo.recent_history(sessions, session_id=scene.id, limit=10)
+    branch = await archives.branch_scene(sessions, message_id=guest.id, started_by=1)
+    assert (branch.author_note, branch.author_note_depth, branch.author_note_interval) == (
+        "밤이 깊었다.",
+        2,
+        3,
+    )
+    cast = await repo.session_cast(sessions, session_id=branch.id)
+    assert [m.character_id for m in cast] == [minji.id, jun.id]
+    copied = [turn for _, turn in await archives.scene_turns(sessions, session_id=branch.id)]
+    assert [[(m.content, m.reasoning, m.character_id) for m in turn] for turn in copied] == [
+        [("안녕?", None, jun.id), ("왔어?", "반갑게", jun.id)],
+        [("길을 잃었소.", None, None)],
+    ]
+    assert copied[1][0].display_name == "나그네"
