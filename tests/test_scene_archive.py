@@ -9,6 +9,7 @@ import json
 
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.prompt.st_chat import parse_chat
+from synatra_bot.roleplay.archive import SPEAKERS_LOOKED_UP
 from synatra_bot.storage import archives
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.migrate import upgrade_database
@@ -505,3 +506,43 @@ async def _branch_of_an_import(sessions):
         [("길을 잃었소.", None, None)],
     ]
     assert copied[1][0].display_name == "나그네"
+
+
+async def test_an_import_brings_in_characters_up_to_the_cast_limit_and_looks_up_names_bounded(
+    start_bot, tokenizer
+):
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        s = harness.scenario
+        minji, _ = await scene(harness)
+        friends = {name: await harness.character(s.moderator, name) for name in "가나다라"}
+
+        async def import_speakers(*names: str):
+            rows = [{"chat_metadata": {}, "user_name": "unused", "character_name": "unused"}]
+            rows += [
+                {"name": n, "is_user": False, "mes": f"{n}의 대사", "extra": {}} for n in names
+            ]
+            data = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode()
+            imported = await harness.slash(
+                s.moderator,
+                "rp import",
+                channel=s.thread,
+                file=("모두.jsonl", data, "application/jsonl"),
+                character=str(minji),
+            )
+            notice = await harness.final_text(imported)
+            active, turns = await active_history(harness, s.thread)
+            cast = await repo.session_cast(harness.sessions, session_id=active.id)
+            assert len(turns) == len(names)
+            speakers = {m.display_name: m.character_id for m in turns}
+            return notice, [m.character_id for m in cast], speakers
+
+        # The cast holds 4: the lead and the first three it names; the fourth is a guest.
+        _, cast, speakers = await import_speakers("민지", *friends)
+        assert cast == [minji, friends["가"], friends["나"], friends["다"]]
+        assert speakers["라"] is None
+
+        # A chat naming more speakers than are ever looked up: those after them are guests.
+        strangers = [f"낯선 이 {n}" for n in range(SPEAKERS_LOOKED_UP)]
+        notice, cast, speakers = await import_speakers("민지", "가", *strangers, "나")
+        assert cast == [minji, friends["가"]] and speakers["나"] is None
+        assert f"(+{SPEAKERS_LOOKED_UP + 1 - 10})" in notice  # 10 guests named, the rest counted

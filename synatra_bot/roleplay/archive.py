@@ -38,6 +38,9 @@ from synatra_bot.storage.records import CharacterRecord, SessionRecord
 SCENES_LISTED = 25
 #: Characters whose names contain a speaker's name that an import looks through for it.
 NAME_MATCHES = 25
+#: Speakers of one chat looked up by name at most (a chat may name thousands; the rest, and
+#: every one after the cast is full, are guests).
+SPEAKERS_LOOKED_UP = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +272,8 @@ class Archive:
         lead: CharacterRecord,
         config: ChannelConfig,
     ) -> dict[str, CharacterRecord | None]:
-        """Who speaks each character line of `chat`: a character, or None for a guest."""
+        """Who speaks each character line of `chat`: a character, or None for a guest. Names
+        are looked up until the cast is full (at most `SPEAKERS_LOOKED_UP` of them)."""
         names = list(
             dict.fromkeys(
                 line.name for line in chat.lines if not line.is_user and not line.is_system
@@ -282,16 +286,18 @@ class Archive:
             own.add(_folded(chat.character_name))
         speakers: dict[str, CharacterRecord | None] = {}
         cast = {lead.id}
+        looked_up = 0
         for name in names:
             if _folded(name) in own:
                 speakers[name] = lead
                 continue
-            found = await self._character_named(actor, place, name, config)
-            if found is not None and (found.id in cast or len(cast) < config.cast_limit):
+            found = None
+            if looked_up < SPEAKERS_LOOKED_UP and len(cast) < config.cast_limit:
+                looked_up += 1
+                found = await self._character_named(actor, place, name, config)
+            if found is not None:
                 cast.add(found.id)
-                speakers[name] = found
-            else:
-                speakers[name] = None
+            speakers[name] = found
         return speakers
 
     async def _character_named(
