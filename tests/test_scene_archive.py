@@ -458,6 +458,16 @@ async def test_a_chat_into_a_one_character_scene_keeps_guests_named_and_its_note
         await harness.reply_to(s.thread, s.members[0], "돌아가자.")
         assert "밤이 깊었다." not in engine.prompts[-1]
 
+        # A moderator's author's note takes over from the chat's.
+        noted = await harness.slash(
+            s.moderator, "config authornote", channel=s.thread, text="새벽이 밝았다.", depth=1
+        )
+        await harness.final_text(noted)
+        scene_now = await repo.get_session(harness.sessions, session_id=active.id)
+        assert scene_now.author_note is None
+        await harness.reply_to(s.thread, s.members[0], "아침이네.")
+        assert "새벽이 밝았다." in engine.prompts[-1] and "밤이 깊었다." not in engine.prompts[-1]
+
 
 async def test_a_branch_keeps_the_imported_cast_guests_note_and_reasoning(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'synatra.db'}"

@@ -271,6 +271,16 @@ class RoleplayCore:
         )
         self.forget()
 
+    async def drop_scene_note(self, place: Place) -> bool:
+        """The scene running in `place` follows its channel's author's note again, in place of
+        its own (an imported chat's); whether it had one."""
+        active = await self.active(place)
+        if active is None or active.session.author_note is None:
+            return False
+        await archives.drop_scene_note(self.sessions, session_id=active.session.id)
+        self.forget(place.channel_id)
+        return True
+
     async def update_guild_settings(self, guild_id: int, **changes: Any) -> None:
         await repo.update_guild_settings(self.sessions, guild_id=guild_id, **changes)
         self.forget()

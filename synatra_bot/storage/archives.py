@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -370,6 +370,16 @@ async def scene_turns(
         if chosen is not None:
             result.append((chosen, options))
     return result
+
+
+async def drop_scene_note(sessions: Sessions, *, session_id: int) -> None:
+    """The scene follows its channel's author's note again (its own is forgotten)."""
+    async with sessions.begin() as session:
+        await session.execute(
+            update(RoleplaySession)
+            .where(RoleplaySession.id == session_id)
+            .values(author_note=None, author_note_depth=None, author_note_interval=None)
+        )
 
 
 async def player_turns(sessions: Sessions, *, session_id: int) -> int:
