@@ -502,6 +502,9 @@ async def _branch_of_an_import(sessions):
         note=archives.SceneNote("밤이 깊었다.", 2, 3),
     )
     [_, guest] = await repo.recent_history(sessions, session_id=scene.id, limit=10)
+    async with sessions() as session:
+        usage = await archives._copied_usage(session, started_by=1, guild_id=10)
+    assert usage == (3, len("안녕?왔어?반갑게길을 잃었소.".encode()))  # reasoning counts
     branch = await archives.branch_scene(sessions, message_id=guest.id, started_by=1)
     assert (branch.author_note, branch.author_note_depth, branch.author_note_interval) == (
         "밤이 깊었다.",
@@ -556,3 +559,10 @@ async def test_an_import_brings_in_characters_up_to_the_cast_limit_and_looks_up_
         notice, cast, speakers = await import_speakers("민지", "가", *strangers, "나")
         assert cast == [minji, friends["가"]] and speakers["나"] is None
         assert f"(+{SPEAKERS_LOOKED_UP + 1 - 10})" in notice  # 10 guests named, the rest counted
+
+
+def test_an_imports_size_counts_its_reasoning_as_stored_text():
+    turn = archives.ImportedTurn(
+        role="assistant", options=("안녕", "그래"), reasonings=("생각", "")
+    )
+    assert archives.import_size([turn]) == (2, len("안녕그래생각".encode()))
