@@ -273,6 +273,15 @@ def test_an_entry_without_a_position_goes_before_the_character():
     assert world_info_from_book({"entries": [read]})["entries"]["3"]["position"] == 0
 
 
+def test_an_entry_without_use_probability_always_fires_as_in_sillytavern():
+    entry = {**MINJI, "probability": 10}
+    [read] = parse_lorebook_file(world_info(entry))["entries"]
+    [lore] = lorebook_from_character_book({"entries": [read]}).entries
+    assert lore.probability == 100
+    [rolled] = parse_lorebook_file(world_info({**entry, "useProbability": True}))["entries"]
+    assert lorebook_from_character_book({"entries": [rolled]}).entries[0].probability == 10
+
+
 def test_numbers_written_as_text_are_read_and_an_editor_only_field_never_refuses_the_book():
     second = {**CLOCK_TOWER, "uid": "7", "order": "250", "depth": " 2 ", "displayIndex": "1"}
     first = {**MINJI, "displayIndex": "맨 앞"}  # orders SillyTavern's editor list, nothing else

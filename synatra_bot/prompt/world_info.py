@@ -256,9 +256,10 @@ def _display_or(display_index: int | None, uid: int) -> int:
 
 def _entry_from_world_info(uid: int, raw: dict[str, Any]) -> dict[str, Any]:
     """One entry as SillyTavern reads it: its own fields only. A nested `extensions` object
-    (left by a card's book) is kept, but its settings never stand in for the entry's; a field
-    the entry lacks takes SillyTavern's default for a new entry (`position` 0: before the
-    character)."""
+    (left by a card's book) is kept, but its settings never stand in for the entry's. Without
+    `position` an entry goes before the character (0, what SillyTavern's editor gives it), and
+    without `useProbability` its `probability` is not rolled (SillyTavern rolls only when it
+    is set)."""
     extensions: dict[str, Any] = {}
     own = raw.get("extensions")
     if isinstance(own, dict):
@@ -270,6 +271,7 @@ def _entry_from_world_info(uid: int, raw: dict[str, Any]) -> dict[str, Any]:
         else:
             extensions[key] = value
     extensions.setdefault("position", 0)
+    extensions.setdefault("useProbability", False)  # SillyTavern rolls only when it is set
     comment = _checked(raw, "comment") or ""
     content = _checked(raw, "content") or ""
     position = extensions["position"]
