@@ -311,7 +311,10 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
     @app_commands.command(
         name="import", description="Continue a SillyTavern chat (.jsonl) here with a character"
     )
-    @app_commands.describe(file="A SillyTavern chat file (.jsonl)", character="Who speaks in it")
+    @app_commands.describe(
+        file="A SillyTavern chat file (.jsonl)",
+        character="Who leads it (a group chat's other speakers join by name)",
+    )
     async def import_chat(
         self,
         interaction: discord.Interaction[SynatraBot],
