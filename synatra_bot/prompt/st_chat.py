@@ -474,8 +474,8 @@ def render_chat(chat: ChatFile) -> bytes:
     """The chat as a UTF-8 .jsonl file that SillyTavern opens.
 
     Dates are written to the millisecond (finer parts are dropped); `parse_chat` reads the
-    result back equal to `chat` (a group chat's user and character names excepted: SillyTavern
-    keeps none for a group chat).
+    result back equal to `chat` (but for a group chat's user and character names and start
+    date: SillyTavern keeps none of them for a group chat).
     """
     metadata: dict[str, Any] = {}
     if chat.author_note is not None:

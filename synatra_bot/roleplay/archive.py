@@ -50,7 +50,7 @@ class Imported:
     turns: int
     #: The scene's cast in order (the chosen character first, then those the chat named).
     cast: tuple[CharacterRecord, ...] = ()
-    #: The chat's speakers kept as guests, in order of their first line.
+    #: The chat's named speakers kept as guests, in order of their first line.
     guests: tuple[str, ...] = ()
 
 
@@ -238,7 +238,8 @@ class Archive:
             guild_id=guild_id,
             adding=archives.import_size(turns),
         )
-        cast = list(dict.fromkeys(c.id for c in speakers.values() if c and c.id != character.id))
+        # The characters the chat brings in, in order of their first line.
+        joined = {c.id: c for c in speakers.values() if c is not None and c.id != character.id}
         note = chat.author_note
         await self.scheduler.cancel_channel(place.channel_id, reason="a chat was imported")
         session = await archives.import_scene(
@@ -250,18 +251,17 @@ class Archive:
             started_by=actor.user_id,
             turns=turns,
             quota=quota,
-            cast=cast,
+            cast=list(joined),
             note=None if note is None else archives.SceneNote(note.text, note.depth, note.interval),
         )
         self.core.forget(place.channel_id)
         await self.prune(place)
-        joined = {c.id: c for c in speakers.values() if c is not None and c.id != character.id}
         return Imported(
             session,
             character,
             len(chat.lines),
-            cast=(character, *(joined[i] for i in cast)),
-            guests=tuple(name for name, found in speakers.items() if found is None),
+            cast=(character, *joined.values()),
+            guests=tuple(n for n, found in speakers.items() if found is None and n.strip()),
         )
 
     async def _speakers(
