@@ -408,7 +408,11 @@ async def test_upgrade_to_0014_keeps_scenes_on_their_channels_note_and_messages_
 async def test_a_chat_into_a_one_character_scene_keeps_guests_named_and_its_note_interval(
     start_bot, tokenizer
 ):
-    engine = numbered_replies(tokenizer)
+    counter = itertools.count(1)
+    # The model goes on writing a guest's line: the reply ends where that line starts.
+    engine = ScriptedEngine(
+        lambda prompt: f"답장 {next(counter)}.\n나그네: 나도 따라가겠소.", tokenizer=tokenizer
+    )
     async with start_bot(engine=engine) as harness:
         s = harness.scenario
         minji, _ = await scene(harness)
@@ -450,7 +454,8 @@ async def test_a_chat_into_a_one_character_scene_keeps_guests_named_and_its_note
         ]
 
         # The second player message is the note's: it is in that prompt, not the next one.
-        await harness.reply_to(s.thread, s.members[0], "여기 어디야?")
+        reply = await harness.reply_to(s.thread, s.members[0], "여기 어디야?")
+        assert reply.content == "답장 1."
         noted = engine.prompts[-1]
         assert "밤이 깊었다." in noted
         assert "나그네: 길을 잃었소." in noted and "세아: 나야." in noted

@@ -1014,12 +1014,17 @@ class RoleplayCore:
     async def stop_strings(
         self, active: ActiveRoleplay, *, for_player: bool = False
     ) -> tuple[str, ...]:
-        """Where a group scene's reply (or any suggested player line, `for_player`) ends: a
-        line starting with a name (the model would go on writing others' lines)."""
-        if not active.is_group and not for_player:
+        """Where a reply in a scene of several speakers (a group, or guests of an imported
+        chat), or any suggested player line (`for_player`), ends: a line starting with a name
+        (the model would go on writing others' lines)."""
+        records = await self.recent(active)
+        guests = {
+            m.display_name for m in records if m.role == "assistant" and m.character_id is None
+        }
+        if not active.is_group and not guests and not for_player:
             return ()
-        names = {c.name for c in active.cast}
-        names |= {m.display_name for m in await self.recent(active) if m.role == "user"}
+        names = {c.name for c in active.cast} | guests
+        names |= {m.display_name for m in records if m.role == "user"}
         return tuple(f"\n{name}:" for name in sorted(names) if name.strip())
 
     async def _players(
