@@ -979,7 +979,7 @@ class PromptBuilder:
 
         # Constant lore is in the system block (it is the same on every turn), but for the
         # entries placed at a depth or in the author's note.
-        cap = max(0, options.lore_budget)  # a card book's own budget is not a limit
+        cap = options.lore_budget  # a card book's own token_budget is no limit (as in SillyTavern)
         constant_hits = [
             LoreHit(entry, name)
             for name, book in scene.books.items()
