@@ -180,10 +180,10 @@ async def test_a_large_chat_is_read_on_a_worker_thread_and_stored_in_rounds(
     monkeypatch.setattr(archive, "parse_chat", parse_chat)
     written: list[int] = []
 
-    def flushed(session, context, instances) -> None:
-        session.info["rows"] = session.info.get("rows", 0) + sum(
-            isinstance(row, Message) for row in session.new
-        )
+    def executed(state) -> None:
+        if state.is_insert and state.statement.table.name == Message.__tablename__:
+            rows = state.parameters if isinstance(state.parameters, list) else [state.parameters]
+            state.session.info["rows"] = state.session.info.get("rows", 0) + len(rows)
 
     def committed(session) -> None:
         written.append(session.info.pop("rows", 0))
@@ -202,12 +202,12 @@ async def test_a_large_chat_is_read_on_a_worker_thread_and_stored_in_rounds(
                 for n in range(pairs)
             )
         )
-        event.listen(Session, "before_flush", flushed)
+        event.listen(Session, "do_orm_execute", executed)
         event.listen(Session, "after_commit", committed)
         try:
             text = await import_file(harness, s.members[0], s.general, hers, data)
         finally:
-            event.remove(Session, "before_flush", flushed)
+            event.remove(Session, "do_orm_execute", executed)
             event.remove(Session, "after_commit", committed)
         assert f"{2 * pairs}개" in text
         assert read_on and threading.main_thread() not in read_on
