@@ -493,3 +493,44 @@ def test_a_v3_nickname_is_what_char_becomes_while_the_name_labels_the_character(
     assert "민쥐는 서울의 대학생이다." in built.text and "준은 민지의 친구다." in built.text
     assert "### 민지" in built.text and built.text.endswith("assistant\n민지:")
     assert "민쥐로서 짧게 답하라." in built.text
+
+
+def test_a_guests_line_carries_its_name_in_a_one_character_scene(builder):
+    history = [
+        HistoryMessage("user", "준", "누구세요?", message_id=1),
+        HistoryMessage("assistant", "나그네", "길을 잃었소.", message_id=2, guest=True),
+        HistoryMessage("assistant", "민지", "어서 와요.", message_id=3),
+    ]
+    built = builder.build(card=_card(), history=history, user_name="준", options=PromptOptions())
+    assert f"{IM_START}assistant\n나그네: 길을 잃었소.{IM_END}" in built.text
+    assert f"{IM_START}assistant\n어서 와요.{IM_END}" in built.text
+    guest = history[1]
+    assert builder.count_message(guest) == len(
+        builder._piece("assistant", "나그네: 길을 잃었소.").ids
+    )
+
+
+def test_a_card_books_own_token_budget_does_not_shrink_the_lorebook_budget(builder):
+    entries = [
+        {
+            "keys": [],
+            "content": f"{i}번 설정: " + "바다 " * 20,
+            "constant": True,
+            "insertion_order": i,
+        }
+        for i in range(4)
+    ]
+
+    def lore_fired(token_budget: int | None) -> int:
+        book = {"entries": entries}
+        if token_budget is not None:
+            book["token_budget"] = token_budget
+        built = builder.build(
+            card=_card(character_book=book),
+            history=_history(2),
+            user_name="준",
+            options=PromptOptions(lorebook_budget=2000),
+        )
+        return sum(note.status == "fired" for note in built.report.lorebook)
+
+    assert lore_fired(10) == lore_fired(None) == 4

@@ -152,7 +152,6 @@ def test_character_book_with_sillytavern_extensions_is_read():
         }
     )
     assert book.scan_depth == 3
-    assert book.token_budget == 200
     assert len(book.entries) == 3
     first = book.entries[0]
     assert first.logic is SecondaryLogic.NOT_ANY

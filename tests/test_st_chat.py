@@ -19,8 +19,11 @@ from synatra_bot.prompt.st_chat import (
     MAX_CHAT_LINES,
     MAX_MESSAGE_CHARS,
     MAX_NAME_CHARS,
+    MAX_NOTE_NUMBER,
+    AuthorNote,
     ChatFile,
     ChatLine,
+    note_due,
     parse_chat,
     render_chat,
 )
@@ -366,6 +369,144 @@ def test_a_chat_line_refuses_a_text_that_is_not_its_chosen_swipe():
         ChatLine("하루", False, "하나", sent_at=datetime(2025, 1, 1))
 
 
+GROUP_HEADER = {
+    "chat_metadata": {"integrity": "5f1c2c1e", "note_prompt": "비가 온다.", "note_depth": 2},
+    "user_name": "unused",
+    "character_name": "unused",
+}
+
+
+def test_a_group_chat_as_sillytavern_writes_it_keeps_every_speaker():
+    chat = parse_chat(
+        _jsonl(
+            GROUP_HEADER,
+            _message(name="하루", original_avatar="하루.png"),
+            _message(name="준", mes="나도 왔어"),
+            _message(name="민지", is_user=True, mes="다들 안녕"),
+        )
+    )
+    assert chat.group
+    assert [(line.name, line.is_user) for line in chat.lines] == [
+        ("하루", False),
+        ("준", False),
+        ("민지", True),
+    ]
+    # "unused" is not anybody's name.
+    assert (chat.user_name, chat.character_name) == (DEFAULT_USER_NAME, DEFAULT_CHARACTER_NAME)
+    assert chat.author_note == AuthorNote("비가 온다.", depth=2, interval=1)
+
+
+def test_an_older_group_chat_without_a_metadata_line_is_a_group_chat():
+    assert parse_chat(_jsonl(_message(name="하루"), _message(name="준"))).group
+    assert not parse_chat(_jsonl(HEADER, _message())).group
+
+
+@pytest.mark.parametrize(
+    ("metadata", "note"),
+    [
+        ({"note_prompt": "비", "note_depth": 6, "note_interval": 3}, AuthorNote("비", 6, 3)),
+        ({"note_prompt": "비", "note_depth": "6", "note_interval": "0"}, AuthorNote("비", 6, 0)),
+        ({"note_prompt": "비", "note_depth": 6.0}, AuthorNote("비", 6, 1)),
+        ({"note_prompt": "비", "note_depth": 99999999999}, AuthorNote("비", MAX_NOTE_NUMBER, 1)),
+        ({"note_prompt": "비", "note_depth": "9" * 5000}, AuthorNote("비", MAX_NOTE_NUMBER, 1)),
+        ({"note_prompt": "비", "note_depth": -3}, AuthorNote("비", 0, 1)),
+        ({"note_prompt": "  ", "note_depth": 6}, None),
+        ({"integrity": "x"}, None),
+        ({}, None),
+    ],
+)
+def test_the_chats_author_note_is_read_from_chat_metadata(metadata, note):
+    assert parse_chat(_jsonl({**HEADER, "chat_metadata": metadata})).author_note == note
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ("비", "'chat_metadata' must be an object"),
+        ({"note_prompt": 3}, "'note_prompt' must be text"),
+        ({"note_prompt": "비" * (MAX_MESSAGE_CHARS + 1)}, "'note_prompt' is"),
+        ({"note_prompt": "비", "note_depth": "깊게"}, "'note_depth' must be a whole number"),
+        ({"note_prompt": "비", "note_interval": True}, "'note_interval' must be a whole number"),
+        ({"note_prompt": "비", "note_depth": 2.5}, "'note_depth' must be a whole number"),
+    ],
+)
+def test_a_malformed_author_note_is_refused_naming_the_metadata_line(metadata, reason):
+    with pytest.raises(ChatFileError) as caught:
+        parse_chat(_jsonl({**HEADER, "chat_metadata": metadata}, _message()))
+    assert caught.value.line == 1 and reason in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("interval", "due"),
+    [
+        (1, [True, True, True, True]),
+        (0, [False, False, False, False]),
+        (2, [False, True, False, True]),
+        (3, [False, False, True, False]),
+    ],
+)
+def test_the_author_note_comes_on_the_player_messages_its_interval_says(interval, due):
+    assert [note_due(interval, count) for count in (1, 2, 3, 4)] == due
+
+
+def test_reasoning_is_read_for_the_message_and_each_swipe():
+    line = _message(
+        mes="둘",
+        swipes=["하나", "둘", "셋"],
+        swipe_id=1,
+        swipe_info=[{"extra": {"reasoning": "첫 생각"}}, {"extra": {}}, "편집기 값"],
+        extra={"reasoning": "두 번째 생각", "api": "openai"},
+    )
+    (read,) = parse_chat(_jsonl(HEADER, line, _message(extra={"reasoning": "혼자"}))).lines[:1]
+    assert read.reasoning == "두 번째 생각"
+    # `extra` is the chosen swipe's, whatever its swipe_info says.
+    assert read.swipe_reasoning == ("첫 생각", "두 번째 생각", "")
+    assert read.alternatives == (("하나", "첫 생각"), ("둘", "두 번째 생각"), ("셋", ""))
+    plain = parse_chat(_jsonl(HEADER, _message(extra={"reasoning": "혼자"}))).lines[0]
+    assert (plain.reasoning, plain.alternatives) == ("혼자", (("안녕", "혼자"),))
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"extra": "x"}, "'extra' must be an object"),
+        ({"extra": {"reasoning": ["생각"]}}, "'reasoning' must be text"),
+        ({"extra": {"reasoning": "생" * (MAX_MESSAGE_CHARS + 1)}}, "'reasoning' is"),
+        ({"swipes": ["안녕"], "swipe_info": {"extra": {}}}, "'swipe_info' must be a list"),
+        ({"swipes": ["안녕"], "swipe_info": [{"extra": {"reasoning": 3}}]}, "must be text"),
+    ],
+)
+def test_malformed_reasoning_is_refused_naming_the_line(fields, reason):
+    with pytest.raises(ChatFileError) as caught:
+        parse_chat(_jsonl(HEADER, _message(**fields)))
+    assert caught.value.line == 2 and reason in caught.value.reason
+
+
+def test_a_group_chat_is_written_as_sillytavern_writes_group_chats():
+    chat = ChatFile(
+        user_name="민지",
+        character_name="하루",
+        created_at=datetime(2025, 11, 23, tzinfo=UTC),
+        lines=(
+            ChatLine("하루", False, "안녕?", reasoning="먼저 인사"),
+            ChatLine("준", False, "왔어?", ("뭐야", "왔어?"), 1, swipe_reasoning=("", "")),
+            ChatLine("민지", True, "응"),
+        ),
+        group=True,
+        author_note=AuthorNote("비가 온다.", depth=2, interval=3),
+    )
+    header, first, second, _ = (json.loads(row) for row in render_chat(chat).split(b"\n"))
+    assert header == {
+        "chat_metadata": {"note_prompt": "비가 온다.", "note_depth": 2, "note_interval": 3},
+        "user_name": "unused",
+        "character_name": "unused",
+    }
+    assert first["extra"] == {"reasoning": "먼저 인사"}
+    assert [info["extra"] for info in second["swipe_info"]] == [{}, {}]
+    read = parse_chat(render_chat(chat))
+    assert read.group and read.lines == chat.lines and read.author_note == chat.author_note
+
+
 hangul = st.characters(min_codepoint=0xAC00, max_codepoint=0xD7A3)
 texts = st.text(alphabet=hangul | st.characters(), max_size=40)
 names = st.text(alphabet=hangul | st.characters(), max_size=MAX_NAME_CHARS)
@@ -380,7 +521,10 @@ dates = st.none() | st.datetimes(
 def chat_lines(draw: st.DrawFn) -> ChatLine:
     swipes = draw(st.lists(texts, max_size=4))
     swipe_id = draw(st.integers(0, len(swipes) - 1)) if swipes else 0
+    reasoning = draw(st.lists(texts, min_size=len(swipes), max_size=len(swipes)))
     return ChatLine(
+        reasoning=reasoning[swipe_id] if swipes else draw(texts),
+        swipe_reasoning=tuple(reasoning),
         name=draw(names),
         is_user=draw(st.booleans()),
         text=swipes[swipe_id] if swipes else draw(texts),
@@ -397,6 +541,13 @@ chats = st.builds(
     character_name=names,
     created_at=dates,
     lines=st.lists(chat_lines(), max_size=6).map(tuple),
+    author_note=st.none()
+    | st.builds(
+        AuthorNote,
+        text=texts.filter(str.strip),
+        depth=st.integers(0, MAX_NOTE_NUMBER),
+        interval=st.integers(0, MAX_NOTE_NUMBER),
+    ),
 )
 
 

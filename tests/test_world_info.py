@@ -244,6 +244,55 @@ def test_forged_chat_markup_in_lore_is_stored_as_text():
     assert world_info_from_book(book)["entries"]["3"]["content"] == forged["content"]
 
 
+def test_an_entrys_own_fields_win_over_its_nested_extensions_as_in_sillytavern():
+    # A book once converted from a card keeps the card's `extensions` inside each entry;
+    # SillyTavern reads only the entry's own fields.
+    nested = {"position": 4, "depth": 9, "probability": 5, "role": 2, "keep": "그대로"}
+    entry = {**MINJI, "position": 1, "extensions": nested}
+    del entry["displayIndex"]
+    [read] = parse_lorebook_file(world_info(entry))["entries"]
+    assert read["position"] == "after_char"
+    assert read["extensions"]["position"] == 1
+    assert {"depth", "probability", "role"}.isdisjoint(read["extensions"])
+    assert read["extensions"]["keep"] == "그대로"  # other data comes along untouched
+    [lore] = lorebook_from_character_book({"entries": [read]}).entries
+    assert (lore.position, lore.depth, lore.probability, lore.role) == (
+        LorePosition.AFTER_CHAR,
+        4,
+        100,
+        "system",
+    )
+
+
+def test_an_entry_without_a_position_goes_before_the_character():
+    entry = {k: v for k, v in MINJI.items() if k != "position"}
+    [read] = parse_lorebook_file(world_info(entry))["entries"]
+    assert read["position"] == "before_char"
+    [lore] = lorebook_from_character_book({"entries": [read]}).entries
+    assert lore.position is LorePosition.BEFORE_CHAR
+    assert world_info_from_book({"entries": [read]})["entries"]["3"]["position"] == 0
+
+
+def test_an_entry_without_use_probability_always_fires_as_in_sillytavern():
+    entry = {**MINJI, "probability": 10}
+    [read] = parse_lorebook_file(world_info(entry))["entries"]
+    [lore] = lorebook_from_character_book({"entries": [read]}).entries
+    assert lore.probability == 100
+    [rolled] = parse_lorebook_file(world_info({**entry, "useProbability": True}))["entries"]
+    assert lorebook_from_character_book({"entries": [rolled]}).entries[0].probability == 10
+
+
+def test_numbers_written_as_text_are_read_and_an_editor_only_field_never_refuses_the_book():
+    second = {**CLOCK_TOWER, "uid": "7", "order": "250", "depth": " 2 ", "displayIndex": "1"}
+    first = {**MINJI, "displayIndex": "맨 앞"}  # orders SillyTavern's editor list, nothing else
+    book = parse_lorebook_file(world_info(second, first))
+    clock = next(e for e in book["entries"] if e["id"] == 7)
+    assert (clock["insertion_order"], clock["extensions"]["depth"]) == (250, 2)
+    assert clock["extensions"]["display_index"] == 1
+    minji = next(e for e in book["entries"] if e["id"] == 3)
+    assert "display_index" not in minji["extensions"]
+
+
 def _bad_cases() -> dict[str, tuple[bytes, str]]:
     too_many = [{"keys": ["민지"], "content": "x"}] * (MAX_ENTRIES + 1)
     return {
@@ -257,6 +306,15 @@ def _bad_cases() -> dict[str, tuple[bytes, str]]:
         "key not a list": (world_info({**MINJI, "key": 5}), "'key' must be a list"),
         "content not text": (world_info({**MINJI, "content": ["민지"]}), "'content' must be text"),
         "order not a number": (world_info({**MINJI, "order": "높음"}), "'order' must be a number"),
+        "order in text too long": (
+            world_info({**MINJI, "order": "1" * 5000}),
+            "'order' must be a number",
+        ),
+        "depth not whole": (world_info({**MINJI, "depth": "2.5"}), "'depth' must be a whole"),
+        "probability not finite": (
+            world_info({**MINJI, "probability": "Infinity"}),
+            "'probability' must be a whole",
+        ),
         "disable not bool": (world_info({**MINJI, "disable": "yes"}), "'disable' must be true"),
         "book content": (b'{"entries": [{"content": 3}]}', "'content' must be text"),
         "book entries": (b'{"entries": [1]}', "list of objects"),

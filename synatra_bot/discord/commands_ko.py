@@ -199,7 +199,7 @@ DESCRIPTIONS: dict[str, str] = {
     "This scene as a SillyTavern chat file": "이 장면을 SillyTavern 채팅 파일로 내보내요",
     "Continue a SillyTavern chat (.jsonl) here with a character": "SillyTavern 채팅(.jsonl)을 가져와 캐릭터와 이어가요",
     "A SillyTavern chat file (.jsonl)": "SillyTavern 채팅 파일 (.jsonl)",
-    "Who speaks in it": "채팅 속 캐릭터",
+    "Who leads it (a group chat's other speakers join by name)": "이끌 캐릭터 (그룹 채팅의 다른 화자는 이름으로 찾아 함께해요)",
     "Whose next reply (default: the scene's first character)": "누구의 다음 답장인지 (기본: 장면의 첫 캐릭터)",
     "NSFW characters in your own DMs with the bot (adults only)": "봇과의 내 DM에서 성인 캐릭터 허용 (성인만)",
     "On: NSFW characters may play in your DMs with the bot": "켜면 봇과의 DM에서 성인 캐릭터와 롤플레이할 수 있어요",

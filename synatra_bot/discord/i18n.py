@@ -469,6 +469,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Imported {count} messages: **{name}** goes on from the chat's last line.",
         "메시지 {count}개를 가져왔어요. {name|가} 채팅의 마지막 줄부터 이어가요.",
     ),
+    "rp.imported_guests": (
+        "Kept under their own names as guests (no character of yours here has it): {names}.",
+        "여기서 쓸 수 있는 캐릭터 중에 같은 이름이 없어 손님으로 이름만 남긴 화자: {names}.",
+    ),
     "rp.suggest_sent": ("Sent.", "보냈어요."),
     "rp.suggest_empty": ("There is nothing to send.", "보낼 내용이 없어요."),
     "rp.suggest_edit_title": ("Edit your line", "내 대사 고치기"),

@@ -158,6 +158,8 @@ class HistoryMessage:
     message_id: int | None = None
     #: The player who wrote a user message (matches ScenePlayer.author_id).
     author_id: int | None = None
+    #: A line of a speaker outside the cast (an imported chat's guest): shown with its name.
+    guest: bool = False
 
 
 @dataclass(frozen=True)
@@ -479,7 +481,7 @@ class PromptBuilder:
         content = message.content.strip()
         if message.role == "user":
             return f"{clean_name(message.name)}: {content}"
-        if group:
+        if group or message.guest:
             # Every character's line carries its name, so the history reads the same whoever
             # answers next.
             return f"{clean_name(message.name, '캐릭터')}: {content}"
@@ -977,9 +979,7 @@ class PromptBuilder:
 
         # Constant lore is in the system block (it is the same on every turn), but for the
         # entries placed at a depth or in the author's note.
-        limits = [options.lore_budget]
-        limits += [book.token_budget for book in scene.books.values() if book.token_budget]
-        cap = max(0, min(limits))
+        cap = options.lore_budget  # a card book's own token_budget is no limit (as in SillyTavern)
         constant_hits = [
             LoreHit(entry, name)
             for name, book in scene.books.items()

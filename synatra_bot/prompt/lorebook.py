@@ -315,7 +315,6 @@ class Lorebook:
     entries: list[LoreEntry] = field(default_factory=list)
     name: str = ""
     scan_depth: int = DEFAULT_SCAN_DEPTH
-    token_budget: int | None = None
     #: What loading left out to stay within the limits, and the first limit it went over.
     left_out_entries: int = 0
     left_out_keys: int = 0
@@ -394,7 +393,6 @@ def lorebook_from_character_book(obj: dict[str, Any] | None) -> Lorebook:
         entries=entries,
         name=str(obj.get("name") or ""),
         scan_depth=min(MAX_SCAN_DEPTH, max(0, _int(obj.get("scan_depth"), DEFAULT_SCAN_DEPTH))),
-        token_budget=_int(obj.get("token_budget"), 0) or None,
         left_out_entries=len(raws) - len(entries),
         left_out_keys=left_out_keys,
         over_limit=problems[0] if problems else "",

@@ -3,7 +3,14 @@
 A chat file is UTF-8 JSON Lines. The first line is the chat's metadata (`user_name`,
 `character_name`, `create_date`, `chat_metadata`); every other line is one message (`name`,
 `is_user`, `is_system`, `send_date`, `mes`, `extra`, and for a message with alternatives
-`swipes`, `swipe_id` and `swipe_info`). Group chats have no metadata line.
+`swipes`, `swipe_id` and `swipe_info`). A message's `extra.reasoning` (and each swipe's, in
+its `swipe_info`) is the model's reasoning shown folded above it; it is kept.
+
+Group chats have several speakers, each line named. SillyTavern writes them with a metadata line
+that holds only `chat_metadata` (its `user_name` and `character_name` read "unused"); older
+group chats have no metadata line at all. `chat_metadata` carries the chat's own author's note:
+`note_prompt` (its text), `note_depth` (messages from the end) and `note_interval` (every how
+many player messages it is added; 0 never).
 
 Dates are written the way SillyTavern writes them today: `send_date` in ISO 8601 UTC with
 milliseconds (2025-11-23T14:56:50.682Z) and `create_date` in its compact "humanized" form
@@ -35,6 +42,13 @@ MAX_NAME_CHARS = 100
 #: The names a chat without a metadata line (or with one that lacks them) gets.
 DEFAULT_USER_NAME = "User"
 DEFAULT_CHARACTER_NAME = ""
+#: What SillyTavern writes for both names in a group chat's metadata line.
+GROUP_HEADER_NAME = "unused"
+#: SillyTavern's author's note defaults (`authors-note.js`): 4 messages deep, every message.
+DEFAULT_NOTE_DEPTH = 4
+DEFAULT_NOTE_INTERVAL = 1
+#: The largest note depth and interval read; a larger number is read as this one.
+MAX_NOTE_NUMBER = 1000
 
 _MAX_DATE_CHARS = 64
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -67,7 +81,10 @@ _ISO_START = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 @dataclass(frozen=True, slots=True)
 class ChatLine:
-    """One message. `text` is the chosen alternative, `swipes[swipe_id]` when there are any."""
+    """One message. `text` is the chosen alternative, `swipes[swipe_id]` when there are any.
+
+    `reasoning` is the chosen alternative's reasoning ("" for none); `swipe_reasoning` holds
+    every swipe's (one per swipe; empty when none has any)."""
 
     name: str
     is_user: bool
@@ -76,6 +93,8 @@ class ChatLine:
     swipe_id: int = 0
     sent_at: datetime | None = None
     is_system: bool = False
+    reasoning: str = ""
+    swipe_reasoning: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.swipes:
@@ -85,17 +104,56 @@ class ChatLine:
                 raise ValueError("text must be the chosen swipe, swipes[swipe_id]")
         elif self.swipe_id != 0:
             raise ValueError("swipe_id must be 0 for a message without swipes")
+        if self.swipe_reasoning and not any(self.swipe_reasoning):
+            object.__setattr__(self, "swipe_reasoning", ())  # one form for "none has any"
+        if self.swipe_reasoning:
+            if len(self.swipe_reasoning) != len(self.swipes):
+                raise ValueError("swipe_reasoning must have one entry per swipe")
+            if self.swipe_reasoning[self.swipe_id] != self.reasoning:
+                raise ValueError("reasoning must be the chosen swipe's")
         _check_aware(self.sent_at, "sent_at")
+
+    @property
+    def alternatives(self) -> tuple[tuple[str, str], ...]:
+        """Every alternative as (text, reasoning), in swipe order (one without swipes)."""
+        if not self.swipes:
+            return ((self.text, self.reasoning),)
+        reasoning = self.swipe_reasoning or tuple(
+            self.reasoning if i == self.swipe_id else "" for i in range(len(self.swipes))
+        )
+        return tuple(zip(self.swipes, reasoning, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorNote:
+    """A chat's own author's note: its text goes `depth` messages from the end, added when the
+    player's message count is a multiple of `interval` (1: always; 0: never)."""
+
+    text: str
+    depth: int = DEFAULT_NOTE_DEPTH
+    interval: int = DEFAULT_NOTE_INTERVAL
+
+
+def note_due(interval: int, player_messages: int) -> bool:
+    """Whether an author's note with `interval` goes in a prompt after `player_messages`
+    messages of the players, as SillyTavern decides: always at 1, never at 0, else when the
+    count is a multiple of the interval."""
+    if interval == 1:
+        return True
+    return interval > 0 and player_messages > 0 and player_messages % interval == 0
 
 
 @dataclass(frozen=True, slots=True)
 class ChatFile:
-    """A whole chat: who talks, when it began, and its messages in order."""
+    """A whole chat: who talks, when it began, and its messages in order. A `group` chat is
+    written as SillyTavern writes group chats."""
 
     user_name: str
     character_name: str
     created_at: datetime | None
     lines: tuple[ChatLine, ...]
+    group: bool = False
+    author_note: AuthorNote | None = None
 
     def __post_init__(self) -> None:
         _check_aware(self.created_at, "created_at")
@@ -137,11 +195,16 @@ def _parse(data: bytes) -> ChatFile:
         for number, raw in enumerate(text.split("\n"), 1)
         if raw.strip(" \t\r")
     ]
-    # SillyTavern's metadata line is the first one, and it has no `mes`; group chats have none.
+    # SillyTavern's metadata line is the first one, and it has no `mes`; older group chats
+    # have none.
     header_line, header = rows.pop(0) if rows and "mes" not in rows[0][1] else (0, {})
     user_name = _name(header, "user_name", header_line, DEFAULT_USER_NAME)
     character_name = _name(header, "character_name", header_line, DEFAULT_CHARACTER_NAME)
+    group = (not header_line and bool(rows)) or user_name == character_name == GROUP_HEADER_NAME
+    if group:
+        user_name, character_name = DEFAULT_USER_NAME, DEFAULT_CHARACTER_NAME
     created_at = _date(header, "create_date", header_line)
+    note = _author_note(header.get("chat_metadata"), header_line)
     lines: list[ChatLine] = []
     stored = 0
     for number, obj in rows:
@@ -154,7 +217,7 @@ def _parse(data: bytes) -> ChatFile:
                 key="error.chat_file_rows",
                 limit=MAX_CHAT_ROWS,
             )
-    return ChatFile(user_name, character_name, created_at, tuple(lines))
+    return ChatFile(user_name, character_name, created_at, tuple(lines), group, note)
 
 
 def _kind(value: Any) -> str:
@@ -217,6 +280,64 @@ def _text(value: Any, what: str, number: int) -> str:
     return value
 
 
+def _whole(value: Any, what: str, number: int) -> int:
+    """A whole number, also when written as digits in text; out of range is read as the bound."""
+    if isinstance(value, str) and _DIGITS.fullmatch(digits := value.strip()):
+        value = int(digits) if len(digits) <= len(str(MAX_NOTE_NUMBER)) else MAX_NOTE_NUMBER
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ChatFileError(number, f"{what} must be a whole number, found {_kind(value)}")
+    return max(0, min(MAX_NOTE_NUMBER, value))
+
+
+def _author_note(metadata: Any, number: int) -> AuthorNote | None:
+    """The chat's author's note from its `chat_metadata` (None when it has no text)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise ChatFileError(number, f"'chat_metadata' must be an object, found {_kind(metadata)}")
+    text = metadata.get("note_prompt")
+    if text is None or not _text(text, "'note_prompt'", number).strip():
+        return None
+    depth, interval = metadata.get("note_depth"), metadata.get("note_interval")
+    return AuthorNote(
+        text=text,
+        depth=DEFAULT_NOTE_DEPTH if depth is None else _whole(depth, "'note_depth'", number),
+        interval=(
+            DEFAULT_NOTE_INTERVAL
+            if interval is None
+            else _whole(interval, "'note_interval'", number)
+        ),
+    )
+
+
+def _reasoning(extra: Any, what: str, number: int) -> str:
+    """The reasoning an `extra` object holds ("" for none)."""
+    if extra is None:
+        return ""
+    if not isinstance(extra, dict):
+        raise ChatFileError(number, f"{what} must be an object, found {_kind(extra)}")
+    value = extra.get("reasoning")
+    return "" if value is None else _text(value, f"{what}'s 'reasoning'", number)
+
+
+def _swipe_reasoning(obj: dict[str, Any], count: int, number: int) -> list[str]:
+    """Each swipe's reasoning from `swipe_info` ("" where it has none)."""
+    info = obj.get("swipe_info")
+    if info is None:
+        return [""] * count
+    if not isinstance(info, list):
+        raise ChatFileError(number, f"'swipe_info' must be a list, found {_kind(info)}")
+    found = [
+        _reasoning(item.get("extra"), f"swipe {i}'s 'extra'", number)
+        if isinstance(item, dict)
+        else ""
+        for i, item in enumerate(info[:count])
+    ]
+    return found + [""] * (count - len(found))
+
+
 def _message(obj: dict[str, Any], number: int, user_name: str, character_name: str) -> ChatLine:
     if "mes" not in obj:
         raise ChatFileError(number, "a message needs 'mes' (its text)")
@@ -250,8 +371,12 @@ def _message(obj: dict[str, Any], number: int, user_name: str, character_name: s
         raise ChatFileError(
             number, f"'swipe_id' is {swipe_id}, but the message has {choices} alternative(s)"
         )
+    reasoning = _reasoning(obj.get("extra"), "'extra'", number)
+    swipe_reasoning: list[str] = []
     if swipes:
         swipes[swipe_id] = mes  # SillyTavern shows `mes`, so it is the chosen text
+        swipe_reasoning = _swipe_reasoning(obj, len(swipes), number)
+        swipe_reasoning[swipe_id] = reasoning  # and `extra` is the chosen swipe's
     return ChatLine(
         name=name,
         is_user=is_user,
@@ -260,6 +385,8 @@ def _message(obj: dict[str, Any], number: int, user_name: str, character_name: s
         swipe_id=swipe_id,
         sent_at=sent_at,
         is_system=is_system,
+        reasoning=reasoning,
+        swipe_reasoning=tuple(swipe_reasoning),
     )
 
 
@@ -347,14 +474,32 @@ def render_chat(chat: ChatFile) -> bytes:
     """The chat as a UTF-8 .jsonl file that SillyTavern opens.
 
     Dates are written to the millisecond (finer parts are dropped); `parse_chat` reads the
-    result back equal to `chat`.
+    result back equal to `chat` (but for a group chat's user and character names and start
+    date: SillyTavern keeps none of them for a group chat).
     """
-    header = {
-        "user_name": chat.user_name,
-        "character_name": chat.character_name,
-        "create_date": create_date_text(chat.created_at) if chat.created_at is not None else "",
-        "chat_metadata": {},
-    }
+    metadata: dict[str, Any] = {}
+    if chat.author_note is not None:
+        metadata = {
+            "note_prompt": chat.author_note.text,
+            "note_depth": chat.author_note.depth,
+            "note_interval": chat.author_note.interval,
+        }
+    header: dict[str, Any]
+    if chat.group:
+        header = {
+            "chat_metadata": metadata,
+            "user_name": GROUP_HEADER_NAME,
+            "character_name": GROUP_HEADER_NAME,
+        }
+    else:
+        header = {
+            "user_name": chat.user_name,
+            "character_name": chat.character_name,
+            "create_date": (
+                create_date_text(chat.created_at) if chat.created_at is not None else ""
+            ),
+            "chat_metadata": metadata,
+        }
     rows: list[dict[str, Any]] = [header]
     for line in chat.lines:
         row: dict[str, Any] = {
@@ -370,9 +515,15 @@ def render_chat(chat: ChatFile) -> bytes:
             row["swipes"] = list(line.swipes)
             row["swipe_id"] = line.swipe_id
             info: dict[str, Any] = {"send_date": sent} if sent is not None else {}
-            row["swipe_info"] = [{**info, "extra": {}} for _ in line.swipes]
-        row["extra"] = {}
+            row["swipe_info"] = [
+                {**info, "extra": _extra(reasoning)} for _, reasoning in line.alternatives
+            ]
+        row["extra"] = _extra(line.reasoning)
         rows.append(row)
     return "\n".join(
         json.dumps(row, ensure_ascii=False, separators=(",", ":")) for row in rows
     ).encode("utf-8")
+
+
+def _extra(reasoning: str) -> dict[str, Any]:
+    return {"reasoning": reasoning} if reasoning else {}

@@ -7,6 +7,7 @@ The field mapping follows SillyTavern's own (`originalWIDataKeyMap` in `world-in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -162,7 +163,15 @@ def _from_card(data: bytes | dict[str, Any], filename: str | None) -> dict[str, 
 # --- World Info -> character_book ---------------------------------------------------------------
 
 
+#: The longest number written as text that is read (SillyTavern's editor writes some numbers
+#: as text, e.g. "displayIndex": "3").
+_MAX_NUMBER_TEXT = 20
+
+
 def _number(value: Any, field: str) -> int:
+    if isinstance(value, str) and 0 < len(value.strip()) <= _MAX_NUMBER_TEXT:
+        with contextlib.suppress(ValueError):
+            value = float(value.strip())
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(f"an entry's '{field}' must be a number")
     if isinstance(value, float):
@@ -223,7 +232,7 @@ def _from_world_info(obj: dict[str, Any], fallback_name: str) -> dict[str, Any]:
         if uid is None:
             uid = int(slot) if slot.isdigit() else len(numbered)
         numbered.append((_number(uid, "uid"), raw))
-    display = {uid: _checked(raw, "displayIndex") for uid, raw in numbered}
+    display = {uid: _display_index(raw) for uid, raw in numbered}
     numbered.sort(key=lambda item: (_display_or(display[item[0]], item[0]), item[0]))
     return {
         "name": _name(obj, fallback_name),
@@ -231,22 +240,41 @@ def _from_world_info(obj: dict[str, Any], fallback_name: str) -> dict[str, Any]:
     }
 
 
+def _display_index(raw: dict[str, Any]) -> int | None:
+    """The entry's place in SillyTavern's editor list; one that is not a number is left out
+    (it orders the editor only, so it never costs the whole book)."""
+    try:
+        value: int | None = _checked(raw, "displayIndex")
+    except LorebookError:
+        return None
+    return value
+
+
 def _display_or(display_index: int | None, uid: int) -> int:
     return uid if display_index is None else display_index
 
 
 def _entry_from_world_info(uid: int, raw: dict[str, Any]) -> dict[str, Any]:
+    """One entry as SillyTavern reads it: its own fields only. A nested `extensions` object
+    (left by a card's book) is kept, but its settings never stand in for the entry's. Without
+    `position` an entry goes before the character (0, what SillyTavern's editor gives it), and
+    without `useProbability` its `probability` is not rolled (SillyTavern rolls only when it
+    is set)."""
     extensions: dict[str, Any] = {}
     own = raw.get("extensions")
     if isinstance(own, dict):
         extensions.update(own)
     for field, key in _EXTENSION_FIELDS.items():
-        value = _checked(raw, field)
-        if value is not None:
+        value = _display_index(raw) if field == "displayIndex" else _checked(raw, field)
+        if value is None:
+            extensions.pop(key, None)
+        else:
             extensions[key] = value
+    extensions.setdefault("position", 0)
+    extensions.setdefault("useProbability", False)  # SillyTavern rolls only when it is set
     comment = _checked(raw, "comment") or ""
     content = _checked(raw, "content") or ""
-    position = extensions.get("position")
+    position = extensions["position"]
     order = _checked(raw, "order")
     return {
         "id": uid,

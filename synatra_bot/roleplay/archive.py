@@ -8,13 +8,22 @@ the current one): see `Turns.admit_start`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from synatra_bot.errors import NotFound, PermissionDenied
-from synatra_bot.prompt.st_chat import ChatFile, ChatLine, parse_chat, render_chat
-from synatra_bot.roleplay.characters import can_use
-from synatra_bot.roleplay.config import scene_quota
+from synatra_bot.prompt.st_chat import (
+    DEFAULT_NOTE_DEPTH,
+    DEFAULT_NOTE_INTERVAL,
+    AuthorNote,
+    ChatFile,
+    ChatLine,
+    parse_chat,
+    render_chat,
+)
+from synatra_bot.roleplay.characters import can_use, names_of, nsfw_allowed
+from synatra_bot.roleplay.config import ChannelConfig, scene_quota
 from synatra_bot.roleplay.core import RoleplayCore
 from synatra_bot.roleplay.rules import is_starter_or_moderator, require_voice
 from synatra_bot.roleplay.scheduler import Scheduler
@@ -27,6 +36,11 @@ from synatra_bot.storage.records import CharacterRecord, SessionRecord
 
 #: Scenes `/rp sessions` lists.
 SCENES_LISTED = 25
+#: Characters whose names contain a speaker's name that an import looks through for it.
+NAME_MATCHES = 25
+#: Speakers of one chat looked up by name at most (a chat may name thousands; the rest, and
+#: every one after the cast is full, are guests).
+SPEAKERS_LOOKED_UP = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +48,10 @@ class Imported:
     session: SessionRecord
     character: CharacterRecord
     turns: int
+    #: The scene's cast in order (the chosen character first, then those the chat named).
+    cast: tuple[CharacterRecord, ...] = ()
+    #: The chat's named speakers kept as guests, in order of their first line.
+    guests: tuple[str, ...] = ()
 
 
 class Archive:
@@ -148,7 +166,9 @@ class Archive:
     # --- SillyTavern chat files ---------------------------------------------------------------
 
     async def export(self, place: Place) -> tuple[str, bytes]:
-        """The running scene as a SillyTavern chat file: its file name and bytes."""
+        """The running scene as a SillyTavern chat file: its file name and bytes. A scene with
+        several speaking characters (its cast, or guests of an imported chat) is written as
+        SillyTavern writes group chats; the author's note in effect goes in `chat_metadata`."""
         active = await self.core.require_active(place)
         session = active.session
         turns = await archives.scene_turns(self.core.sessions, session_id=session.id)
@@ -158,6 +178,7 @@ class Archive:
         lines = []
         for chosen, options in turns:
             swipes = tuple(m.content for m in options) if len(options) > 1 else ()
+            reasoning = tuple(m.reasoning or "" for m in options) if swipes else ()
             lines.append(
                 ChatLine(
                     name=chosen.display_name or active.lead.name,
@@ -167,13 +188,18 @@ class Archive:
                     swipe_id=next(i for i, m in enumerate(options) if m.chosen) if swipes else 0,
                     sent_at=_aware(chosen.created_at),
                     is_system=chosen.role == "system",
+                    reasoning=chosen.reasoning or "",
+                    swipe_reasoning=reasoning,
                 )
             )
+        speakers = {line.name for line in lines if not line.is_user and not line.is_system}
         chat = ChatFile(
             user_name=user_name,
             character_name=active.lead.name,
             created_at=_aware(session.started_at),
             lines=tuple(lines),
+            group=active.is_group or bool(speakers - {active.lead.name}),
+            author_note=_note_in_effect(session, active.config),
         )
         day = session.started_at.strftime("%Y-%m-%d")
         data = await asyncio.to_thread(render_chat, chat)
@@ -182,18 +208,26 @@ class Archive:
     async def import_chat(
         self, actor: Actor, place: Place, *, data: bytes, filename: str, character_id: int
     ) -> Imported:
-        """Start a scene here that continues a SillyTavern chat, with `character` speaking its
-        lines. The file is read whole before anything is stored: a malformed one stores
-        nothing. The caller has admitted the start (`Turns.admit_start`)."""
+        """Start a scene here that continues a SillyTavern chat, `character` leading it.
+
+        A chat with one speaking character has `character` speak all of its lines. In a chat
+        with several (a group chat), `character` speaks the lines under its own name (or the
+        chat's character name) and each other speaker is matched by name to a character the
+        importer may use here, which joins the cast (up to the channel's cast limit); a
+        speaker matched to none stays a guest of the scene: its lines are kept under its name.
+        The chat's own author's note becomes the scene's. The file is read whole before
+        anything is stored: a malformed one stores nothing. The caller has admitted the start
+        (`Turns.admit_start`)."""
         # Reading a large file takes a while: it happens on a worker thread, never the loop.
         chat = await asyncio.to_thread(parse_chat, data, filename=filename)
         config = await self.core.config_for(place, user_id=actor.user_id)
         character = await self.core.characters.for_use(
             actor, character_id, place=place, nsfw_policy=config.nsfw_policy
         )
+        speakers = await self._speakers(actor, place, chat, character, config)
         now = self.core.now()
         turns = await asyncio.to_thread(
-            lambda: [self._turn(actor, character, line, now) for line in chat.lines]
+            lambda: [self._turn(actor, speakers, line, now) for line in chat.lines]
         )
         guild_id = None if place.dm else place.guild_id
         quota = await self.quota(guild_id)
@@ -204,6 +238,9 @@ class Archive:
             guild_id=guild_id,
             adding=archives.import_size(turns),
         )
+        # The characters the chat brings in, in order of their first line.
+        joined = {c.id: c for c in speakers.values() if c is not None and c.id != character.id}
+        note = chat.author_note
         await self.scheduler.cancel_channel(place.channel_id, reason="a chat was imported")
         session = await archives.import_scene(
             self.core.sessions,
@@ -214,32 +251,120 @@ class Archive:
             started_by=actor.user_id,
             turns=turns,
             quota=quota,
+            cast=list(joined),
+            note=None if note is None else archives.SceneNote(note.text, note.depth, note.interval),
         )
         self.core.forget(place.channel_id)
         await self.prune(place)
-        return Imported(session, character, len(chat.lines))
+        return Imported(
+            session,
+            character,
+            len(chat.lines),
+            cast=(character, *joined.values()),
+            guests=tuple(n for n, found in speakers.items() if found is None and n.strip()),
+        )
+
+    async def _speakers(
+        self,
+        actor: Actor,
+        place: Place,
+        chat: ChatFile,
+        lead: CharacterRecord,
+        config: ChannelConfig,
+    ) -> dict[str, CharacterRecord | None]:
+        """Who speaks each character line of `chat`: a character, or None for a guest. Names
+        are looked up until the cast is full (at most `SPEAKERS_LOOKED_UP` of them)."""
+        names = list(
+            dict.fromkeys(
+                line.name for line in chat.lines if not line.is_user and not line.is_system
+            )
+        )
+        if len(names) <= 1:
+            return {name: lead for name in names}
+        own = {_folded(n) for n in names_of(lead)}
+        if not chat.group and chat.character_name:
+            own.add(_folded(chat.character_name))
+        speakers: dict[str, CharacterRecord | None] = {}
+        cast = {lead.id}
+        looked_up = 0
+        for name in names:
+            if _folded(name) in own:
+                speakers[name] = lead
+                continue
+            found = None
+            if looked_up < SPEAKERS_LOOKED_UP and len(cast) < config.cast_limit:
+                looked_up += 1
+                found = await self._character_named(actor, place, name, config)
+            if found is not None:
+                cast.add(found.id)
+            speakers[name] = found
+        return speakers
+
+    async def _character_named(
+        self, actor: Actor, place: Place, name: str, config: ChannelConfig
+    ) -> CharacterRecord | None:
+        """The character named `name` that `actor` may use here (their own first, then the
+        oldest), or None."""
+        wanted = _folded(name)
+        if not wanted:
+            return None
+        found = [
+            c
+            for c in await self.core.characters.search(actor, name.strip(), limit=NAME_MATCHES)
+            if _folded(c.name) == wanted
+            and can_use(actor, c)
+            and (not c.nsfw or nsfw_allowed(config.nsfw_policy, place))
+        ]
+        found.sort(key=lambda c: (c.owner_id != actor.user_id, c.id))
+        return found[0] if found else None
 
     @staticmethod
     def _turn(
-        actor: Actor, character: CharacterRecord, line: ChatLine, now: datetime
+        actor: Actor,
+        speakers: Mapping[str, CharacterRecord | None],
+        line: ChatLine,
+        now: datetime,
     ) -> archives.ImportedTurn:
-        """A chat line as a stored turn: the player's lines are the importer's, the others
-        `character`'s; system lines (hidden or narration) are kept, never shown to the model.
-        A date after `now` (the import) becomes `now`: the file says when its lines were
-        written, not how long the scene here stays busy."""
+        """A chat line as a stored turn: the player's lines are the importer's, a character's
+        its speaker's (a guest's under its own name, with no character); system lines (hidden
+        or narration) are kept, never shown to the model. A date after `now` (the import)
+        becomes `now`: the file says when its lines were written, not how long the scene here
+        stays busy."""
         role = "system" if line.is_system else "user" if line.is_user else "assistant"
-        options = list(line.swipes) or [line.text]
-        chosen = line.swipe_id if line.swipes else 0
-        options[chosen] = line.text  # what SillyTavern shows is the chosen text
+        alternatives = line.alternatives
+        speaker = speakers.get(line.name) if role == "assistant" else None
         return archives.ImportedTurn(
             role=role,
-            options=tuple(options),
-            chosen=chosen,
+            options=tuple(text for text, _ in alternatives),
+            chosen=line.swipe_id if line.swipes else 0,
             author_id=actor.user_id if line.is_user else None,
-            display_name=character.name if role == "assistant" else line.name,
-            character_id=character.id if role == "assistant" else None,
+            display_name=speaker.name if speaker is not None else line.name,
+            character_id=speaker.id if speaker is not None else None,
             sent_at=None if line.sent_at is None else min(line.sent_at, now),
+            reasonings=tuple(reasoning for _, reasoning in alternatives),
         )
+
+
+def _folded(name: str) -> str:
+    """A name as names are compared: case and surrounding spaces ignored."""
+    return name.strip().casefold()
+
+
+def _note_in_effect(session: SessionRecord, config: ChannelConfig) -> AuthorNote | None:
+    """The scene's own author's note, else its channel's (None when neither has text)."""
+    if session.author_note is not None:
+        return AuthorNote(
+            session.author_note,
+            DEFAULT_NOTE_DEPTH if session.author_note_depth is None else session.author_note_depth,
+            (
+                DEFAULT_NOTE_INTERVAL
+                if session.author_note_interval is None
+                else session.author_note_interval
+            ),
+        )
+    if config.author_note.strip():
+        return AuthorNote(config.author_note, config.author_note_depth)
+    return None
 
 
 def _aware(moment: datetime) -> datetime:

@@ -32,6 +32,7 @@ from synatra_bot.prompt.builder import (
 from synatra_bot.prompt.cards import CharacterCard, macro_name
 from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
 from synatra_bot.prompt.macros import MacroContext, substitute_macros
+from synatra_bot.prompt.st_chat import DEFAULT_NOTE_DEPTH, DEFAULT_NOTE_INTERVAL, note_due
 from synatra_bot.roleplay.characters import (
     CharacterService,
     can_use,
@@ -53,6 +54,7 @@ from synatra_bot.roleplay.names import taken_by
 from synatra_bot.roleplay.rules import require_starter_or_moderator, require_voice
 from synatra_bot.roleplay.ttl_cache import TtlCache
 from synatra_bot.roleplay.types import Actor, Place
+from synatra_bot.storage import archives
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.batching import Batcher
 from synatra_bot.storage.records import (
@@ -269,6 +271,16 @@ class RoleplayCore:
             self.sessions, channel_id=place.settings_channel_id, guild_id=place.guild_id, **changes
         )
         self.forget()
+
+    async def drop_scene_note(self, place: Place) -> bool:
+        """The scene running in `place` follows its channel's author's note again, in place of
+        its own (an imported chat's); whether it had one."""
+        active = await self.active(place)
+        if active is None or active.session.author_note is None:
+            return False
+        await archives.drop_scene_note(self.sessions, session_id=active.session.id)
+        self.forget(place.channel_id)
+        return True
 
     async def update_guild_settings(self, guild_id: int, **changes: Any) -> None:
         await repo.update_guild_settings(self.sessions, guild_id=guild_id, **changes)
@@ -906,7 +918,13 @@ class RoleplayCore:
         records = await self.recent(active)
         history = [
             _history_message(
-                m.role, m.display_name, m.content, m.token_count, m.id, author_id=m.author_id
+                m.role,
+                m.display_name,
+                m.content,
+                m.token_count,
+                m.id,
+                author_id=m.author_id,
+                guest=m.role == "assistant" and m.character_id is None,
             )
             for m in records
             if m.id != exclude_message_id and m.role in ("user", "assistant")
@@ -925,11 +943,12 @@ class RoleplayCore:
         starter_name = await self._starter_name(active, players, guild)
         config = active.config
         earlier = await self._earlier_turn_count(active, records)
+        author_note, author_note_depth = await self._author_note(active)
         options = PromptOptions(
             context_size=config.context_size,
             max_new_tokens=config.sampling.max_new_tokens,
-            author_note=config.author_note,
-            author_note_depth=config.author_note_depth,
+            author_note=author_note,
+            author_note_depth=author_note_depth,
             summary=active.session.summary,
             history_start_id=history_start_id,
             lorebook_budget=config.lorebook_budget,
@@ -960,6 +979,21 @@ class RoleplayCore:
             await repo.save_token_counts(self.sessions, counts=built.new_token_counts)
             self._history.counted(active.session.id, built.new_token_counts)
         return built
+
+    async def _author_note(self, active: ActiveRoleplay) -> tuple[str, int]:
+        """The author's note this turn and its depth: the scene's own (an imported chat's)
+        where it has one, added on the turns its interval says; else the channel's."""
+        session = active.session
+        if session.author_note is None:
+            return active.config.author_note, active.config.author_note_depth
+        depth = session.author_note_depth
+        depth = DEFAULT_NOTE_DEPTH if depth is None else depth
+        interval = session.author_note_interval
+        interval = DEFAULT_NOTE_INTERVAL if interval is None else interval
+        turns = 0
+        if interval > 1:  # only then does the count matter
+            turns = await archives.player_turns(self.sessions, session_id=session.id)
+        return (session.author_note if note_due(interval, turns) else ""), depth
 
     def _macro_context(
         self, active: ActiveRoleplay, records: Sequence[MessageRecord]
@@ -998,12 +1032,17 @@ class RoleplayCore:
     async def stop_strings(
         self, active: ActiveRoleplay, *, for_player: bool = False
     ) -> tuple[str, ...]:
-        """Where a group scene's reply (or any suggested player line, `for_player`) ends: a
-        line starting with a name (the model would go on writing others' lines)."""
-        if not active.is_group and not for_player:
+        """Where a reply in a scene of several speakers (a group, or guests of an imported
+        chat), or any suggested player line (`for_player`), ends: a line starting with a name
+        (the model would go on writing others' lines)."""
+        records = await self.recent(active)
+        guests = {
+            m.display_name for m in records if m.role == "assistant" and m.character_id is None
+        }
+        if not active.is_group and not guests and not for_player:
             return ()
-        names = {c.name for c in active.cast}
-        names |= {m.display_name for m in await self.recent(active) if m.role == "user"}
+        names = {c.name for c in active.cast} | guests
+        names |= {m.display_name for m in records if m.role == "user"}
         return tuple(f"\n{name}:" for name in sorted(names) if name.strip())
 
     async def _players(
@@ -1147,6 +1186,7 @@ def _history_message(
     message_id: int | None = None,
     *,
     author_id: int | None = None,
+    guest: bool = False,
 ) -> HistoryMessage:
     """A stored turn as the prompt builder sees it."""
     return HistoryMessage(
@@ -1156,4 +1196,5 @@ def _history_message(
         token_count=token_count,
         message_id=message_id,
         author_id=author_id,
+        guest=guest,
     )

@@ -66,7 +66,9 @@ async def _copied_usage(
         await session.execute(
             select(
                 func.count(Message.id),
-                func.coalesce(func.sum(_stored_bytes(session, Message.content)), 0),
+                func.coalesce(
+                    func.sum(_stored_bytes(session, Message.content, Message.reasoning)), 0
+                ),
             ).where(Message.session_id.in_(scenes))
         )
     ).one()
@@ -123,7 +125,9 @@ async def branch_size(sessions: Sessions, *, message_id: int) -> tuple[int, int]
             await session.execute(
                 select(
                     func.count(Message.id),
-                    func.coalesce(func.sum(_stored_bytes(session, Message.content)), 0),
+                    func.coalesce(
+                        func.sum(_stored_bytes(session, Message.content, Message.reasoning)), 0
+                    ),
                 ).where(
                     Message.session_id == target.session_id,
                     ~Message.deleted,
@@ -135,10 +139,10 @@ async def branch_size(sessions: Sessions, *, message_id: int) -> tuple[int, int]
 
 
 def import_size(turns: Sequence[ImportedTurn]) -> tuple[int, int]:
-    """Rows and bytes (text as UTF-8) an import of `turns` stores."""
+    """Rows and bytes (text and reasoning as UTF-8) an import of `turns` stores."""
     return (
         sum(len(turn.options) for turn in turns),
-        sum(len(text.encode()) for turn in turns for text in turn.options),
+        sum(len(text.encode()) for turn in turns for text in (*turn.options, *turn.reasonings)),
     )
 
 
@@ -249,6 +253,9 @@ async def branch_scene(
             summary=source.summary,
             summary_auto=source.summary_auto,
             copied=True,
+            author_note=source.author_note,
+            author_note_depth=source.author_note_depth,
+            author_note_interval=source.author_note_interval,
         )
         await _end_active(session, channel)
         channel.active_session_id = branch.id
@@ -306,6 +313,7 @@ _COPIED = (
     Message.character_id,
     Message.created_at,
     Message.edited_at,
+    Message.reasoning,
 )
 
 
@@ -450,9 +458,34 @@ async def scene_turns(
     return result
 
 
+async def drop_scene_note(sessions: Sessions, *, session_id: int) -> None:
+    """The scene follows its channel's author's note again (its own is forgotten)."""
+    async with sessions.begin() as session:
+        await session.execute(
+            update(RoleplaySession)
+            .where(RoleplaySession.id == session_id)
+            .values(author_note=None, author_note_depth=None, author_note_interval=None)
+        )
+
+
+async def player_turns(sessions: Sessions, *, session_id: int) -> int:
+    """How many of the players' messages the scene's history holds (deleted ones left out)."""
+    async with sessions() as session:
+        count = await session.scalar(
+            select(func.count(Message.id)).where(
+                Message.session_id == session_id,
+                Message.role == "user",
+                Message.chosen,
+                ~Message.deleted,
+            )
+        )
+    return int(count or 0)
+
+
 @dataclass(frozen=True, slots=True)
 class ImportedTurn:
-    """One turn of a chat being imported: its alternatives, the chosen one's index."""
+    """One turn of a chat being imported: its alternatives, the chosen one's index, and each
+    alternative's reasoning (empty: none has any)."""
 
     role: str
     options: tuple[str, ...]
@@ -461,6 +494,16 @@ class ImportedTurn:
     display_name: str = ""
     character_id: int | None = None
     sent_at: datetime | None = None
+    reasonings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SceneNote:
+    """A scene's own author's note: text, depth, interval (see `RoleplaySession`)."""
+
+    text: str
+    depth: int
+    interval: int
 
 
 #: Rows one transaction of an import writes at most: a large chat is stored in rounds, so no
@@ -478,11 +521,14 @@ async def import_scene(
     started_by: int,
     turns: Sequence[ImportedTurn],
     quota: SceneQuota | None = None,
+    cast: Sequence[int] = (),
+    note: SceneNote | None = None,
 ) -> SessionRecord:
-    """A new running scene whose history is `turns`. It is written archived, in transactions
-    of at most `IMPORT_BATCH_ROWS` rows (a turn's alternatives always together), and becomes
-    the channel's scene only once all of it is stored (the one it replaces is archived then);
-    if any round fails, what was written is deleted again.
+    """A new running scene whose history is `turns`, with `character_id` and then `cast` (other
+    characters' ids) in its cast and `note` as its own author's note. It is written archived,
+    in transactions of at most `IMPORT_BATCH_ROWS` rows (a turn's alternatives always
+    together), and becomes the channel's scene only once all of it is stored (the one it
+    replaces is archived then); if any round fails, what was written is deleted again.
 
     With `quota`, SceneRowsReached or QuotaReached when the member's imported and branched
     scenes in that server would hold more than it: counted with the whole chat before the
@@ -502,7 +548,12 @@ async def import_scene(
             started_by=started_by,
             ended_at=utcnow(),  # out of sight of the channel until it is whole
             copied=True,
+            author_note=None if note is None else note.text,
+            author_note_depth=None if note is None else note.depth,
+            author_note_interval=None if note is None else note.interval,
         )
+        for position, member in enumerate(cast, 1):
+            session.add(CastMember(session_id=scene.id, character_id=member, position=position))
         scene_id = scene.id
     try:
         for batch in _batches(turns, IMPORT_BATCH_ROWS):
@@ -566,6 +617,7 @@ async def _store_turns(session: AsyncSession, scene_id: int, turns: Sequence[Imp
             "chosen": index == turn.chosen,
             "deleted": False,
             "created_at": now if turn.sent_at is None else turn.sent_at,
+            "reasoning": (turn.reasonings[index] or None) if turn.reasonings else None,
         }
         for number, turn in enumerate(turns)
         for index, text in enumerate(turn.options)

@@ -257,6 +257,12 @@ class RoleplaySession(Base):
     #: Made by an import or a branch (its history was copied in, not played here): its rows
     #: count against its starter's scene quota.
     copied: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: The scene's own author's note (an imported chat's), in place of its channel's: its text
+    #: (NULL: the channel's note applies), depth and interval (every how many player messages
+    #: it is added; 0 never).
+    author_note: Mapped[str | None] = mapped_column(Text)
+    author_note_depth: Mapped[int | None] = mapped_column(Integer)
+    author_note_interval: Mapped[int | None] = mapped_column(Integer)
 
 
 class CastMember(Base):
@@ -311,6 +317,8 @@ class Message(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The model's reasoning before this reply (kept from an imported chat; never in a prompt).
+    reasoning: Mapped[str | None] = mapped_column(Text)
 
 
 class OpenReply(Base):

@@ -146,6 +146,10 @@ class SessionRecord:
     #: The summary last written by hand (None: never) and the newest message it covers.
     summary_written: str | None = None
     summary_written_until_id: int | None = None
+    #: The scene's own author's note (None: its channel's applies), its depth and interval.
+    author_note: str | None = None
+    author_note_depth: int | None = None
+    author_note_interval: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +179,11 @@ class MessageRecord:
     created_at: datetime
     edited_at: datetime | None
     discord_message_ids: tuple[int, ...] = ()
-    #: The character who spoke an assistant turn; None for player turns.
+    #: The character who spoke an assistant turn; None for player turns and for the lines of
+    #: a guest (a speaker of an imported chat outside the cast, named by `display_name`).
     character_id: int | None = None
+    #: The model's reasoning before the reply (None: none).
+    reasoning: str | None = None
 
     @property
     def turn_group(self) -> int:

@@ -348,6 +348,10 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         text: app_commands.Range[str, 0, 1000] = "",
         depth: app_commands.Range[int, AUTHOR_NOTE_DEPTH_RANGE[0], AUTHOR_NOTE_DEPTH_RANGE[1]] = 4,
     ) -> None:
+        assert interaction.channel is not None
+        # The moderator's note is the one in force: a running scene's own (an imported
+        # chat's) gives way to it.
+        await self.bot.core.drop_scene_note(place_of(interaction.channel, interaction.guild_id))
         await self._save(interaction, "channel", author_note=text, author_note_depth=depth)
 
     @app_commands.command(

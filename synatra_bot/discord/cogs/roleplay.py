@@ -31,6 +31,7 @@ from synatra_bot.discord.interactions import (
     tr,
 )
 from synatra_bot.discord.replies import ReplyButton, SwipePosition
+from synatra_bot.discord.streaming import MESSAGE_LIMIT
 from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.errors import UserFacingError
 from synatra_bot.prompt.report import is_card_book
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 OOC_PREFIXES = ("//", "((", "(OOC")
 #: How much of a reopened, branched or imported scene's newest reply is posted again.
 RECAP_CHARS = 1500
+#: How many guests of an imported chat its notice names (the rest are counted).
+GUESTS_NAMED = 10
 
 
 def _from_player(message: discord.Message) -> bool:
@@ -279,7 +282,12 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         active = await self.bot.core.require_active(place)
         latest = await self.bot.core.latest_reply(place)
         if latest is not None:
-            character = active.member(latest.character_id) or active.lead
+            character = active.member(latest.character_id)
+            if character is None:
+                # A guest of an imported chat speaks under its own name.
+                character = dataclasses.replace(
+                    active.lead, name=latest.display_name or active.lead.name
+                )
             shown = await self.bot.turns.shown(latest)
             text = shown.message.content
             if len(text) > RECAP_CHARS:
@@ -303,7 +311,10 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
     @app_commands.command(
         name="import", description="Continue a SillyTavern chat (.jsonl) here with a character"
     )
-    @app_commands.describe(file="A SillyTavern chat file (.jsonl)", character="Who speaks in it")
+    @app_commands.describe(
+        file="A SillyTavern chat file (.jsonl)",
+        character="Who leads it (a group chat's other speakers join by name)",
+    )
     async def import_chat(
         self,
         interaction: discord.Interaction[SynatraBot],
@@ -319,16 +330,20 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         imported = await self.bot.archive.import_chat(
             actor, place, data=await file.read(), filename=file.filename, character_id=character
         )
-        await answer(
+        text = tr(
             interaction,
-            tr(
-                interaction,
-                "rp.imported",
-                name=imported.character.name,
-                count=imported.turns,
-            ),
-            ephemeral=False,
+            "rp.imported",
+            name=", ".join(c.name for c in imported.cast),
+            count=imported.turns,
         )
+        if imported.guests:
+            names = ", ".join(imported.guests[:GUESTS_NAMED])
+            if len(imported.guests) > GUESTS_NAMED:
+                names += f" (+{len(imported.guests) - GUESTS_NAMED})"
+            text += "\n" + tr(interaction, "rp.imported_guests", names=names)
+        if len(text) > MESSAGE_LIMIT:
+            text = text[: MESSAGE_LIMIT - 1] + "…"
+        await answer(interaction, text, ephemeral=False)
         await self._show_where_it_stands(channel, place)
 
     @app_commands.command(
