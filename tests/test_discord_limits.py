@@ -335,8 +335,8 @@ async def test_a_localisation_identical_to_the_default_is_ignored_as_on_discord(
         ],
     )
     client = discord.Client(intents=discord.Intents.none())
-    await client.login("token")
     try:
+        await client.login(discord_fake.token)
         await client.http.bulk_upsert_global_commands(discord_fake.application_id, [command])
     finally:
         await client.close()
