@@ -76,7 +76,8 @@ KOREAN: dict[str, str] = {
     "Delete one of your lorebooks": "내 로어북을 지워요",
     "Remove this channel's lorebook (moderators)": "이 채널의 로어북을 지워요 (관리자)",
     "How many tokens lorebooks may take in a prompt": "로어북이 프롬프트에서 차지할 수 있는 토큰 수",
-    "Tokens for lore (0: none; empty: a quarter of the prompt, the default)": "로어북 토큰 수 (0: 안 씀, 비우면 프롬프트의 4분의 1, 기본값)",
+    "Tokens for lore (0: none; empty: a quarter of the prompt)": "로어북 토큰 수 (0: 안 씀, 비우면 프롬프트의 4분의 1)",
+    "Recursion steps (0: off)": "재귀 검색 단계 (0: 끔)",
     # /config
     "Named sets of sampling settings": "이름 붙인 샘플링 설정 묶음",
     "Use a preset's sampling settings": "프리셋의 샘플링 설정을 써요",

@@ -24,6 +24,10 @@ from typing import Any
 import regex
 
 DEFAULT_SCAN_DEPTH = 4
+#: Recursive scanning: the steps a server allows by default, and at most (each step scans the
+#: lore the step before it fired, within the same time budget as the first scan).
+DEFAULT_RECURSION_STEPS = 3
+MAX_RECURSION_STEPS = 5
 MAX_SCAN_DEPTH = 100
 MAX_ENTRIES = 500
 MAX_ENTRY_KEYS = 50
@@ -120,9 +124,11 @@ class LoreEntry:
     sticky: int = 0
     cooldown: int = 0
     delay: int = 0
+    #: Recursive scanning (SillyTavern's): the entry never fires on lore; its text never
+    #: fires other entries; it fires only on lore, and not before that recursion step (0: no).
     exclude_recursion: bool = False
     prevent_recursion: bool = False
-    delay_until_recursion: bool = False
+    delay_until_recursion: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +322,9 @@ class Lorebook:
     name: str = ""
     scan_depth: int = DEFAULT_SCAN_DEPTH
     token_budget: int | None = None
+    #: The book asks for recursive scanning (`recursive_scanning`): lore that fired is scanned
+    #: for this book's keys too, as many steps as the server allows.
+    recursive: bool = False
     #: What loading left out to stay within the limits, and the first limit it went over.
     left_out_entries: int = 0
     left_out_keys: int = 0
@@ -395,6 +404,7 @@ def lorebook_from_character_book(obj: dict[str, Any] | None) -> Lorebook:
         name=str(obj.get("name") or ""),
         scan_depth=min(MAX_SCAN_DEPTH, max(0, _int(obj.get("scan_depth"), DEFAULT_SCAN_DEPTH))),
         token_budget=_int(obj.get("token_budget"), 0) or None,
+        recursive=obj.get("recursive_scanning") is True,
         left_out_entries=len(raws) - len(entries),
         left_out_keys=left_out_keys,
         over_limit=problems[0] if problems else "",
@@ -455,8 +465,15 @@ def _entry_from(
         delay=max(0, _int(ext.get("delay"), 0)),
         exclude_recursion=ext.get("exclude_recursion") is True,
         prevent_recursion=ext.get("prevent_recursion") is True,
-        delay_until_recursion=bool(ext.get("delay_until_recursion")),
+        delay_until_recursion=_recursion_level(ext.get("delay_until_recursion")),
     )
+
+
+def _recursion_level(value: Any) -> int:
+    """SillyTavern's `delay_until_recursion`: true (the first step), a step number, or off."""
+    if value is True:
+        return 1
+    return min(MAX_RECURSION_STEPS, max(0, _int(value, 0)))
 
 
 # --- scanning ---------------------------------------------------------------------------------
@@ -634,6 +651,22 @@ def scan_books(
             if keys.regexes and book._compiled.any_disabled(keys.regexes):
                 scan.timed_out.append(hit)
     return scan
+
+
+def fires_at_step(entry: LoreEntry, step: int) -> bool:
+    """Whether `entry` may fire when its keys are found at recursion `step` (0: the scan of
+    the history; 1 and up: the scans of lore that fired before). An entry that waits for
+    recursion fires on lore only, from its own step on (SillyTavern instead moves to the next
+    of the levels its entries name only once a step finds nothing new); one that excludes
+    recursion never fires on lore."""
+    if step == 0:
+        return not entry.delay_until_recursion
+    return not entry.exclude_recursion and entry.delay_until_recursion <= step
+
+
+def recursion_steps(allowed: int) -> int:
+    """The recursion steps a scan makes where a server allows `allowed` (0: none)."""
+    return min(MAX_RECURSION_STEPS, max(0, allowed))
 
 
 @dataclass(frozen=True)
