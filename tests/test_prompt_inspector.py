@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from synatra_bot.discord.inspector import MESSAGE_LIMIT, context_view
 from synatra_bot.engine.base import EngineHealth
 from synatra_bot.prompt.builder import BuiltPrompt
-from synatra_bot.prompt.report import LoreNote, PromptReport
+from synatra_bot.prompt.report import LoreLeftOut, LoreNote, PromptReport
 from synatra_bot.roleplay.sent import SentPrompts
 from synatra_bot.storage import repository as repo
 from tests.hostile_corpus import RecordingEngine
@@ -111,11 +111,10 @@ def _built(text: str, report: PromptReport) -> BuiltPrompt:
 
 def test_the_view_fits_one_message_however_long_the_report() -> None:
     report = PromptReport(budget=4000, context_size=4096, max_new_tokens=96)
-    report.lorebook = [
-        LoreNote(f"아주 긴 로어북 항목 이름 {i} " * 3, "channel", i, status)
-        for i in range(60)
-        for status in ("fired", "skipped")
-    ]
+    report.lorebook = [LoreNote(f"항목 {i}", "channel", i, "fired") for i in range(10)]
+    # Seventy books over the limits: a report longer than a message in either language.
+    report.lorebook_left_out = [LoreLeftOut(f"책 {i}", 600, 6000) for i in range(70)]
+    assert len(report.to_text(korean=True)) > MESSAGE_LIMIT
     sent = SentPrompts()
     sent.record(7, _built("전체 프롬프트", report), speaker="민지", kind="continue")
     health = EngineHealth(ok=True, detail="", queued=0, running=0, tokens_per_second=0.0)
@@ -128,7 +127,7 @@ def test_the_view_fits_one_message_however_long_the_report() -> None:
             engine=health,
             hide_card=False,
         )
-        assert len(view.content) <= MESSAGE_LIMIT and view.content.endswith("```") is False
+        assert len(view.content) <= MESSAGE_LIMIT and "…" in view.content
         assert view.file is not None and view.file.filename == "prompt.txt"
     assert (
         "이어 쓰기"
