@@ -5,6 +5,7 @@ event loop free."""
 
 from __future__ import annotations
 
+from synatra_bot.prompt.lorebook import MAX_TOKEN_CHARS, LoreEntry, LoreHit, select_entries
 from tests.hostile_corpus import RecordingEngine
 from tests.test_lorebook_safety import LoopLag
 
@@ -70,14 +71,12 @@ async def test_a_book_without_recursive_scanning_fires_only_on_the_chat(start_bo
 
 
 async def test_a_hostile_recursive_book_does_not_stall_the_event_loop(harness):
-    """Every entry names every key, with long text: each recursion step scans all the lore
-    that fired (megabytes), under the same time budget as the first scan."""
-    keys = [f"고리{i}" for i in range(150)]
-    filler = " ".join(keys) + " " + "가나다라마바사 " * 400
-    entries = [
-        {"keys": [key, f"/(a|a)+(?#{i})$/"], "content": f"{key}: {filler}", "name": key}
-        for i, key in enumerate(keys)
-    ]
+    """Every entry names every key, with long text: the first recursion step fires them all,
+    and the next scans all that lore (200 kB), under the same time budget as the first
+    scan."""
+    keys = [f"고리{i}" for i in range(120)]
+    filler = " ".join(keys) + " " + "가나다라마바사 " * 150
+    entries = [{"keys": [key], "content": f"{key}: {filler}", "name": key} for key in keys]
     s = harness.scenario
     owner = s.members[0]
     book = {"entries": entries, "recursive_scanning": True}
@@ -86,6 +85,32 @@ async def test_a_hostile_recursive_book_does_not_stall_the_event_loop(harness):
     await harness.slash(s.moderator, "config lorebook-budget", recursion=5)
     await harness.start_roleplay(owner, s.general, character)
     with LoopLag() as lag:
-        reply = await harness.reply_to(s.general, owner, "고리0 " + "a" * 40 + "!")
+        reply = await harness.reply_to(s.general, owner, "고리0에 가 보자")
     assert reply.content and "⚠️" not in reply.content
     assert lag.worst < 0.05, f"the event loop stalled {lag.worst * 1000:.0f} ms"
+
+
+def test_no_piece_of_the_vocabulary_is_longer_than_max_token_chars(tokenizer):
+    pieces = tokenizer.convert_ids_to_tokens(list(range(tokenizer.vocab_size)))
+    longest = max(1 if p.startswith("<0x") else len(p) for p in pieces)
+    assert longest == MAX_TOKEN_CHARS
+
+
+def test_choosing_lore_counts_no_more_text_than_the_budget_could_hold():
+    counted: list[str] = []
+
+    def count(text: str) -> int:
+        counted.append(text)
+        return len(text)  # one token a character: every entry here is over the budget
+
+    hits = [
+        LoreHit(LoreEntry(keys=[f"고리{i}"], content=f"고리{i} " + "가" * 500), "card")
+        for i in range(200)
+    ]
+    kept, skipped = select_entries(hits, token_budget=100, count_tokens=count)
+    assert not kept and len(skipped) == 200
+    assert sum(map(len, counted)) <= 100 * MAX_TOKEN_CHARS
+    small = [LoreHit(LoreEntry(keys=["a"], content="짧은 설정"), "card")]
+    assert [f.content for f in select_entries(small, token_budget=100, count_tokens=count)[0]] == [
+        "짧은 설정"
+    ]

@@ -43,6 +43,9 @@ MAX_REGEX_COST = 50_000
 #: Memory one book's compiled regex keys may take (an ordinary key takes 1-3 KiB); keys past it
 #: are matched as plain text.
 MAX_BOOK_REGEX_BYTES = 4 * 1024 * 1024
+#: The most characters one token of Synatra's vocabulary stands for (its longest piece is 16
+#: spaces): text longer than this many times a budget is over it, uncounted.
+MAX_TOKEN_CHARS = 16
 #: Plain keys times scanned characters that a scan may cost on the caller's thread (about a
 #: millisecond); a bigger scan belongs in a worker thread.
 INLINE_SCAN_WORK = 2_000_000
@@ -687,15 +690,30 @@ def select_entries(
     """The matched entries that fit in `token_budget`, in insertion order, and those that did not.
 
     As in SillyTavern, a higher insertion order is kept first when the budget runs out (then a
-    higher priority) and is inserted closer to the end. `render` gives an entry's text as the
+    higher priority) and is inserted closer to the end. At most `token_budget` times
+    `MAX_TOKEN_CHARS` characters of entries are counted. `render` gives an entry's text as the
     prompt shows it (its macros depend on the book it came from).
     """
     ranked = sorted(hits, key=lambda h: (-h.entry.insertion_order, -h.entry.priority))
     kept: list[FiredEntry] = []
     skipped: list[LoreHit] = []
     used = 0
+    # Counting runs on the caller's thread: a book whose every entry fires (hundreds of long
+    # entries naming each other's keys) would have megabytes counted. Text longer than the
+    # room left times MAX_TOKEN_CHARS cannot fit and is not counted, and no more than the
+    # budget times MAX_TOKEN_CHARS characters are counted in all: entries past that are
+    # left out as over budget.
+    counted = 0
     for hit in ranked:
         content = render(hit).strip()
+        room = token_budget - used
+        if (
+            len(content) > room * MAX_TOKEN_CHARS
+            or counted + len(content) > token_budget * MAX_TOKEN_CHARS
+        ):
+            skipped.append(hit)
+            continue
+        counted += len(content)
         tokens = count_tokens(content)
         if used + tokens > token_budget:
             skipped.append(hit)
