@@ -1,9 +1,9 @@
 """lorebook recursion: how many recursive scanning steps the lorebooks that ask for it get,
 per server and per channel
 
-Revision ID: 0014
-Revises: 0013
-Create Date: 2026-12-22 09:00:00.000000
+Revision ID: 0015
+Revises: 0014
+Create Date: 2026-12-07 12:00:00.000000
 """
 
 from collections.abc import Sequence
