@@ -98,6 +98,24 @@ class FailingSteps:
         self._handle.remove()
 
 
+class ForcedToken:
+    """A forward hook that makes the model choose `token_id` at every step, whatever it is
+    sampled with; `remove()` takes it off."""
+
+    def __init__(self, model: Any, token_id: int) -> None:
+        self.token_id = token_id
+        self._handle = model.register_forward_hook(self)
+
+    def __call__(self, module: Any, args: Any, output: Any) -> Any:
+        logits = output.logits
+        logits.fill_(-1e4)
+        logits[..., self.token_id] = 1e4
+        return output
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
 if __name__ == "__main__":
     # `python -m tests.model_fixtures FOLDER`: a tiny random model to try `synatra-bot chat`
     # without downloading anything (it talks nonsense, but every part of the bot runs).

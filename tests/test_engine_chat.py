@@ -435,9 +435,8 @@ def chat_serve_url(chat_model_dir, tmp_path_factory):
 class RecordingProxy:
     """Stands between the engine and the server: keeps each request and the server's events.
 
-    It forwards each request asking for the stream's token usage (`stream_options.include_usage`,
-    the OpenAI way), which the bot itself has no use for: newer `transformers serve` reports usage
-    only when asked, in a last event of its own; older ones put it on the finishing event always.
+    The engine asks for the stream's token usage itself (`stream_options.include_usage`): newer
+    `transformers serve` reports usage only when asked, in a last event of its own.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -448,10 +447,9 @@ class RecordingProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
-        with_usage = {**body, "stream_options": {"include_usage": True}}
         async with (
             ClientSession() as session,
-            session.post(f"{self.upstream}{request.path}", json=with_usage) as upstream,
+            session.post(f"{self.upstream}{request.path}", json=body) as upstream,
         ):
             if upstream.status != 200:
                 return web.Response(status=upstream.status, body=await upstream.read())
@@ -474,6 +472,7 @@ async def recording_proxy(upstream: str) -> AsyncIterator[tuple[RecordingProxy, 
 
 def prompt_tokens(proxy: RecordingProxy) -> int:
     """How many tokens the server made of the prompt it rendered (its one stream's usage)."""
+    assert proxy.bodies[-1]["stream_options"] == {"include_usage": True}
     usages = [event["usage"] for event in proxy.events if "usage" in event]
     assert len(usages) == 1, usages
     return int(usages[0]["prompt_tokens"])

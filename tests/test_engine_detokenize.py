@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from synatra_bot.engine.detokenize import IncrementalDetokenizer, StopStringFilter
+from synatra_bot.engine.detokenize import IncrementalDetokenizer, StopStringFilter, reply_so_far
+from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
+from synatra_bot.prompt.cards import CharacterCard
 from synatra_bot.tokenizer import EOS_ID, IM_END_ID, IM_START_ID
+
+
+@pytest.fixture
+def builder(tokenizer) -> PromptBuilder:
+    return PromptBuilder(tokenizer)
+
 
 KOREAN = "안녕하세요! 오늘 날씨가 정말 좋네요. 뷁 꽦 똠방각하 🙂 *웃으며 손을 흔든다*"
 
@@ -76,3 +85,49 @@ def test_text_resembling_a_stop_string_prefix_is_released() -> None:
     shown = stops.feed("a <|im") + stops.feed(" 아님")
     assert shown + stops.flush() == "a <|im 아님"
     assert not stops.stopped
+
+
+def continued(tokenizer, before: str, after: str) -> str:
+    """The text a reply going on from `before` shows for `after`'s ids."""
+    context = tokenizer.encode(before, add_special_tokens=False)
+    detokenizer = IncrementalDetokenizer(tokenizer, context=context)
+    new_ids = tokenizer.encode(before + after, add_special_tokens=False)[len(context) :]
+    deltas = [detokenizer.add([token_id]) for token_id in new_ids]
+    deltas.append(detokenizer.flush())
+    assert detokenizer.token_count == len(new_ids)
+    return "".join(deltas)
+
+
+def test_a_continuations_first_space_survives(tokenizer) -> None:
+    first = tokenizer.convert_ids_to_tokens(tokenizer.encode(" è", add_special_tokens=False))
+    assert first == ["▁è"]
+    assert continued(tokenizer, "message", " è") == " è"
+    # Alone, SentencePiece drops the space of the first piece it decodes.
+    assert stream_one_by_one(tokenizer, tokenizer.encode(" è", add_special_tokens=False)) == ["è"]
+
+
+def test_a_korean_continuation_keeps_its_space_and_whole_syllables(tokenizer) -> None:
+    after = " 반가워요. 안녕하세요!"
+    ids = tokenizer.encode("안녕하세요" + after, add_special_tokens=False)
+    assert tokenizer.convert_ids_to_tokens(ids)[8] == "▁"
+    assert continued(tokenizer, "안녕하세요", after) == after
+    # The text before ends in byte-fallback ids: the window still decodes whole characters.
+    assert continued(tokenizer, "뷁", " 꽦똠") == " 꽦똠"
+
+
+def test_reply_so_far_is_the_open_blocks_content(builder, tokenizer) -> None:
+    history = [
+        HistoryMessage("user", "준", "안녕!", message_id=1),
+        HistoryMessage("assistant", "민지", "그러니까 제 message", message_id=2),
+    ]
+    card = CharacterCard(name="민지", description="", personality="", scenario="")
+    options = PromptOptions()
+    built = builder.build(
+        card=card, history=history, user_name="준", options=options, continue_last=True
+    )
+    so_far = reply_so_far(tokenizer, built.input_ids)
+    assert so_far == list(built.input_ids[-len(so_far) :])
+    assert tokenizer.decode(so_far) == "그러니까 제 message"
+    fresh = builder.build(card=card, history=history, user_name="준", options=options)
+    assert reply_so_far(tokenizer, fresh.input_ids) == []
+    assert reply_so_far(tokenizer, [*fresh.input_ids, IM_END_ID]) == []

@@ -27,9 +27,9 @@ async def history_of(harness: BotHarness, channel) -> list:
 
 
 async def inspector(harness: BotHarness) -> str:
-    """The `/rp context` text its moderator reads."""
+    """The `/rp context` text its moderator reads (in English)."""
     s = harness.scenario
-    return await harness.final_text(await harness.slash(s.moderator, "rp context"))
+    return await harness.final_text(await harness.slash(s.moderator, "rp context", locale="en-US"))
 
 
 async def stored_reply(harness: BotHarness, channel, message) -> object:

@@ -8,6 +8,7 @@ import logging
 import urllib.request
 
 import pytest
+from aiohttp import web
 
 from synatra_bot.engine.base import Engine, SamplingParams
 from synatra_bot.engine.openai_compat import (
@@ -465,3 +466,62 @@ async def test_chunks_the_api_allows_are_still_read() -> None:
             assert engine.health().state == "ok"
         finally:
             await engine.close()
+
+
+class RecordingServer(ScriptedServer):
+    """A ScriptedServer that keeps each request's body; a body with a field in `refuse` gets
+    422 naming it, as `transformers serve` names fields it does not know."""
+
+    def __init__(self, *streams: list[bytes], refuse: str = "") -> None:
+        super().__init__(*streams)
+        self.bodies: list[dict] = []
+        self.refuse = refuse
+
+    async def completions(self, request):
+        body = await request.json()
+        self.bodies.append(body)
+        if self.refuse and self.refuse in body:
+            return web.json_response({"detail": f"unknown field: {self.refuse}"}, status=422)
+        lines = self.streams.pop(0) if len(self.streams) > 1 else self.streams[0]
+        return await sse_lines(request, lines)
+
+
+WITH_USAGE = [
+    _event({"choices": [{"index": 0, "text": "좋은 "}]}),
+    _event({"choices": [{"index": 0, "text": "밤", "finish_reason": "stop"}]}),
+    _event({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7}}),
+    b"data: [DONE]\n\n",
+]
+
+
+async def test_each_request_asks_for_usage_and_health_counts_the_servers_tokens() -> None:
+    server = RecordingServer(WITH_USAGE)
+    async with loopback_app("/v1/completions", server.completions) as url:
+        engine = make_engine(url, max_retries=0)
+        await engine.start()
+        try:
+            assert "".join(await collect(engine)) == "좋은 밤"
+            health = engine.health()
+        finally:
+            await engine.close()
+    assert server.bodies[0]["stream_options"] == {"include_usage": True}
+    # Seven tokens in the meter's ten-second window, not one per text event.
+    assert health.tokens_per_second == pytest.approx(0.7)
+    assert health.state == "ok"
+
+
+async def test_a_server_that_refuses_stream_options_gets_the_request_without_it(caplog) -> None:
+    server = RecordingServer(GOOD, refuse="stream_options")
+    async with loopback_app("/v1/completions", server.completions) as url:
+        engine = make_engine(url, max_retries=0)
+        await engine.start()
+        try:
+            with caplog.at_level(logging.WARNING, logger="synatra_bot"):
+                assert "".join(await collect(engine)) == "좋은 밤이에요"
+            assert "".join(await collect(engine, request_id="둘째")) == "좋은 밤이에요"
+            health = engine.health()
+        finally:
+            await engine.close()
+    assert ["stream_options" in body for body in server.bodies] == [True, False, False]
+    assert "stream_options" in caplog.text
+    assert health.state == "ok" and not health.refused

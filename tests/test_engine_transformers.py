@@ -14,7 +14,7 @@ from synatra_bot.engine.transformers_engine import TransformersEngine, recovery_
 from synatra_bot.errors import EngineError, EngineUnavailable, GenerationInterrupted
 from synatra_bot.tokenizer import IM_END, IM_START
 from tests.engine_helpers import wait_until
-from tests.model_fixtures import FailingSteps
+from tests.model_fixtures import FailingSteps, ForcedToken
 
 PROMPT = f"{IM_START}system\n너는 친절한 안내자야.{IM_END}\n{IM_START}user\n안녕하세요!{IM_END}\n{IM_START}assistant\n"
 
@@ -148,6 +148,23 @@ async def test_the_engine_reports_its_attention_and_resolved_batching_config(eng
     assert config["use_cuda_graph"] == [False, False]  # no graphs on the CPU, nor with sdpa
     assert config["requested"]["page_size"] is None  # left to transformers
     assert config["cache_blocks"] == 8192 // 256 and config["prefix_sharing"] is True
+
+
+@pytest.mark.parametrize(("repetition_penalty", "lane"), [(1.0, "batched"), (1.2, "single stream")])
+async def test_a_continuation_keeps_the_space_of_its_first_token(
+    engine, repetition_penalty: float, lane: str
+) -> None:
+    token = engine.tokenizer.convert_tokens_to_ids("▁è")
+    params = SamplingParams(max_new_tokens=2, repetition_penalty=repetition_penalty)
+    forced = ForcedToken(engine.model, token)
+    try:
+        continued = await collect(engine, PROMPT + "안녕하세요 message", params, f"이어 {lane}")
+        fresh = await collect(engine, PROMPT, params, f"새 답 {lane}")
+    finally:
+        forced.remove()
+    assert "".join(continued) == " è è"
+    # A fresh reply starts at its first piece, as SentencePiece decodes it: no leading space.
+    assert "".join(fresh) == "è è"
 
 
 def _engine_from_env(tiny_model_dir, **env: str):

@@ -222,16 +222,22 @@ def test_the_cards_depth_prompt_is_the_characters_note_at_its_depth(builder):
     assert "character_note" in [b.name for b in built.report.blocks]
 
 
+RECURSIVE_ENTRIES = (
+    _entry("시계탑 아래에는 비밀 통로가 있다.", ["시계탑"]),
+    _entry("비밀 통로는 왕궁으로 이어진다.", ["비밀 통로"]),
+    _entry("왕궁에는 잠든 왕이 있다.", ["왕궁"]),
+    _entry("왕궁의 정원은 넓다.", ["왕궁"], exclude_recursion=True),
+    _entry("기다리는 설정", ["시계탑"], delay_until_recursion=True),
+    _entry("멈추는 설정: 잠든 용", ["시계탑"], prevent_recursion=True),
+    _entry("잠든 용은 깨어나지 않는다.", ["잠든 용"]),
+)
+
+
 def test_recursive_scanning_is_off_by_default_and_bounded_when_on(builder):
-    book = _book(
-        _entry("시계탑 아래에는 비밀 통로가 있다.", ["시계탑"]),
-        _entry("비밀 통로는 왕궁으로 이어진다.", ["비밀 통로"]),
-        _entry("왕궁에는 잠든 왕이 있다.", ["왕궁"]),
-        _entry("왕궁의 정원은 넓다.", ["왕궁"], exclude_recursion=True),
-        _entry("기다리는 설정", ["시계탑"], delay_until_recursion=True),
-        _entry("멈추는 설정: 잠든 용", ["시계탑"], prevent_recursion=True),
-        _entry("잠든 용은 깨어나지 않는다.", ["잠든 용"]),
+    book = lorebook_from_character_book(
+        {"entries": list(RECURSIVE_ENTRIES), "recursive_scanning": True}
     )
+    assert book.recursive
     history = _history("시계탑에 가 보자")
     off = _build(builder, book, history)
     assert "비밀 통로가 있다" in off.text and "왕궁으로" not in off.text
@@ -243,3 +249,25 @@ def test_recursive_scanning_is_off_by_default_and_bounded_when_on(builder):
     assert "잠든 왕이 있다" in deep.text
     assert "정원은 넓다" not in deep.text  # excluded from recursion
     assert "깨어나지 않는다" not in deep.text  # its trigger prevents recursion
+
+
+def test_a_book_that_does_not_ask_for_recursion_is_not_scanned_on_lore(builder):
+    book = _book(*RECURSIVE_ENTRIES)
+    assert not book.recursive
+    built = _build(builder, book, _history("시계탑에 가 보자"), lorebook_recursion=5)
+    assert "비밀 통로가 있다" in built.text and "왕궁으로" not in built.text
+
+
+def test_an_entry_delayed_to_a_later_recursion_step_waits_for_it(builder):
+    entries = [
+        _entry("시계탑 아래에는 비밀 통로가 있다.", ["시계탑"]),
+        _entry("비밀 통로는 왕궁으로 이어진다.", ["비밀 통로"]),
+        _entry("두 번째 단계의 설정: 시계탑의 종", ["시계탑"], delay_until_recursion=2),
+    ]
+    book = lorebook_from_character_book({"entries": entries, "recursive_scanning": True})
+    history = _history("시계탑에 가 보자")
+    assert [e.delay_until_recursion for e in book.entries] == [0, 0, 2]
+    one = _build(builder, book, history, lorebook_recursion=1)
+    assert "왕궁으로" in one.text and "시계탑의 종" not in one.text
+    two = _build(builder, book, history, lorebook_recursion=2)
+    assert "시계탑의 종" in two.text

@@ -267,7 +267,7 @@ async def test_rp_context_hides_a_private_cards_entry_names_from_a_moderator(har
     await harness.reply_to(s.general, owner, "왕국의 집사가 수상해")
 
     seen_by_moderator = await harness.final_text(await harness.slash(s.moderator, "rp context"))
-    assert "card lorebook: 1 entry fired (order 100)" in seen_by_moderator
+    assert "카드 로어북: 1개 항목 발동 (순서 100)" in seen_by_moderator
     assert "왕국 역사" in seen_by_moderator
     assert "스포일러" not in seen_by_moderator and "집사" not in seen_by_moderator
     assert "이름은 카드 주인만 볼 수 있어요" in seen_by_moderator

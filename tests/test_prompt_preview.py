@@ -250,3 +250,21 @@ def test_preview_refuses_a_bad_lorebook_and_bad_numbers_in_one_line(
     assert "--lorebook-budget" in capsys.readouterr().err
     assert run_preview(_args(*base, "--author-note-depth", "99"), default_model_id="x") == 2
     assert "--author-note-depth" in capsys.readouterr().err
+
+
+def test_preview_scans_a_recursive_world_info_file_as_the_bot_does(tmp_path, tokenizer_dir, capsys):
+    card = _write_card(tmp_path)
+    history = _write_history(tmp_path, [{"role": "user", "name": "준", "content": "시계탑 가자"}])
+    entries = {
+        "0": {"uid": 0, "key": ["시계탑"], "content": "시계탑 아래에는 비밀 통로가 있다."},
+        "1": {"uid": 1, "key": ["비밀 통로"], "content": "비밀 통로는 왕궁으로 이어진다."},
+    }
+    book = tmp_path / "재귀.json"
+    book.write_text(
+        json.dumps({"entries": entries, "recursive_scanning": True}, ensure_ascii=False),
+        encoding="utf-8",
+    )
+    argv = ["--card", str(card), "--history", str(history), "--tokenizer", str(tokenizer_dir)]
+    code = run_preview(_args(*argv, "--lorebook", str(book), "--json"), default_model_id="x")
+    assert code == 0
+    assert "왕궁으로 이어진다" in json.loads(capsys.readouterr().out)["prompt"]

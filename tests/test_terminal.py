@@ -22,6 +22,7 @@ from synatra_bot.terminal.chat import (
     run_chat,
     terminal_place,
 )
+from tests.hostile_corpus import RecordingEngine
 
 GREETING = "안녕, {{user}}! 오늘 뭐 할래?"
 
@@ -275,7 +276,7 @@ async def test_an_engine_failing_mid_stream_prints_an_error_and_stores_no_reply(
 
     assert code == 0
     assert "⚠ 답장 실패" in text and "scripted failure" in text
-    assert "tokens " in text  # the loop went on to the next command
+    assert "토큰 " in text  # the loop went on to the next command
     _, history = await terminal_history(sessions)
     assert [(m.role, m.content) for m in history] == [
         ("assistant", "안녕, 민수! 오늘 뭐 할래?"),
@@ -678,3 +679,19 @@ async def test_sessions_resume_and_branch_in_the_terminal(settings, sessions, to
     assert [m.content for m in history if m.role == "user"] == ["첫 장면.", "다시 왔어."]
     resumed = await repo.get_session(sessions, session_id=first_id)
     assert resumed.ended_at is not None  # archived again once the branch took over
+
+
+async def test_context_shows_the_prompt_sent_for_the_last_reply(
+    settings, tokenizer, tmp_path
+) -> None:
+    engine = RecordingEngine("바다 보러 가자.", tokenizer=tokenizer)
+    code, text = await chat(
+        settings, tokenizer, card_file(tmp_path), "/context\n어디 갈까?\n/context\n", engine=engine
+    )
+
+    assert code == 0
+    before, after = text.split("바다 보러 가자.", 1)
+    assert "보낸 프롬프트가 아직 없어요" in before and "nothing sent yet" in before
+    sent = len(engine.prompt_ids[-1])
+    assert f"모델이 본 프롬프트 · what the model was shown (세라, {sent} 토큰 · tokens)" in after
+    assert f"토큰 {sent}/" in after

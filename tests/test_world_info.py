@@ -293,6 +293,20 @@ def test_numbers_written_as_text_are_read_and_an_editor_only_field_never_refuses
     assert "display_index" not in minji["extensions"]
 
 
+def test_recursive_scanning_is_read_from_a_world_info_file_or_a_character_book():
+    for data in (
+        world_info(MINJI, recursive_scanning=True),
+        json.dumps({"entries": [{"keys": ["민지"], "content": "x"}], "recursive_scanning": True}),
+    ):
+        book = parse_lorebook_file(data.encode() if isinstance(data, str) else data)
+        assert book["recursive_scanning"] is True
+        assert lorebook_from_character_book(book).recursive
+        assert world_info_from_book(book)["recursive_scanning"] is True
+    plain = parse_lorebook_file(world_info(MINJI))
+    assert "recursive_scanning" not in plain
+    assert not lorebook_from_character_book(plain).recursive
+
+
 def _bad_cases() -> dict[str, tuple[bytes, str]]:
     too_many = [{"keys": ["민지"], "content": "x"}] * (MAX_ENTRIES + 1)
     return {
@@ -321,6 +335,10 @@ def _bad_cases() -> dict[str, tuple[bytes, str]]:
         "too many": (json.dumps({"entries": too_many}).encode(), "the limit is"),
         "deep": (b'{"entries": {"0": ' + b"[" * 40 + b"]" * 40 + b"}}", "nested deeper"),
         "card without book": (json.dumps(v2_card()).encode(), "has no lorebook"),
+        "recursion not bool": (
+            world_info(MINJI, recursive_scanning="yes"),
+            "'recursive_scanning' must be true or false",
+        ),
         "png without card": (tiny_png(), "the card cannot be read"),
     }
 

@@ -253,6 +253,8 @@ DESCRIPTIONS: dict[str, str] = {
     "Your character goes back to the lorebook in its card": "내 캐릭터가 카드에 든 로어북으로 돌아가요",
     "Delete one of your lorebooks": "내 로어북을 지워요",
     "Remove this channel's lorebook (moderators)": "이 채널의 로어북을 지워요 (관리자)",
+    "Tokens for lore (0: none; empty: a quarter of the prompt)": "로어북 토큰 수 (0: 안 씀, 비우면 프롬프트의 4분의 1)",
+    "Recursion steps (0: off)": "재귀 검색 단계 (0: 끔)",
     # /config
     "Turn the bot on or off here and choose how it replies": "이 채널에서 봇을 켜고 끄고 답하는 방식을 정해요",
     "Whether the bot talks in this channel": "이 채널에서 봇이 말할지",
@@ -293,7 +295,6 @@ DESCRIPTIONS: dict[str, str] = {
     "How long scenes' automatic memory may grow": "장면의 자동 기억 크기",
     "Tokens a scene's summary may take (default 384)": "장면 요약이 차지할 수 있는 토큰 수 (기본 384)",
     "How many tokens lorebooks may take in a prompt": "로어북이 프롬프트에서 차지할 수 있는 토큰 수",
-    "Tokens for lore (0: none; empty: a quarter of the prompt, the default)": "로어북 토큰 수 (0: 안 씀, 비우면 프롬프트의 4분의 1, 기본값)",
     "How long archived scenes are kept": "보관된 장면을 얼마나 둘지",
     "Days an archived scene is kept (0: for ever, the default)": "보관된 장면을 두는 날 수 (0: 계속, 기본값)",
     "Rows per member's imported/branched scenes (default 50000)": "한 사람이 가져오거나 갈라낸 장면의 줄 수 (기본 50000)",

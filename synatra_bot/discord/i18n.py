@@ -498,6 +498,30 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "디스코드 연결이 끊긴 사이에 온 메시지 {count}개는 {minutes}분이 넘게 지나서 답하지 "
         "않고 이야기에도 넣지 않았어요. 아직 답을 원하는 말은 다시 보내 주세요.",
     ),
+    "rp.context_sent": (
+        "**What the model was shown** for the last reply ({speaker}, {kind}, {when}): "
+        "{tokens} tokens. The whole prompt is attached.",
+        "**모델이 본 프롬프트**: 마지막 답 ({speaker}, {kind}, {when}), {tokens} 토큰. "
+        "프롬프트 전체를 파일로 붙였어요.",
+    ),
+    "rp.context_nothing_sent": (
+        "Nothing was sent to the model in this scene since the bot started. **Preview, not "
+        "sent**: the prompt for {speaker}'s next reply, {tokens} tokens (attached).",
+        "봇이 시작된 뒤로 이 장면에서 모델에 보낸 프롬프트가 없어요. **미리보기 (보내지 않음)**: "
+        "{speaker}의 다음 답 프롬프트, {tokens} 토큰 (파일로 붙였어요).",
+    ),
+    "rp.context_preview_size": (
+        "Preview, not sent: {speaker}'s next reply would now get {tokens} tokens.",
+        "미리보기 (보내지 않음): {speaker}의 다음 답이라면 지금 {tokens} 토큰이에요.",
+    ),
+    "rp.context_kind_reply": ("reply", "답"),
+    "rp.context_kind_regenerate": ("regenerated", "다시 생성"),
+    "rp.context_kind_continue": ("continued", "이어 쓰기"),
+    "rp.context_kind_suggest": ("suggestion", "제안"),
+    "rp.context_no_file": (
+        "The whole prompt is not attached: it holds a private character's card.",
+        "비공개 캐릭터 카드가 들어 있어서 프롬프트 전체는 붙이지 않았어요.",
+    ),
     "rp.context_names_hidden": (
         "Entries of the card's lorebook are counted, not named: the card is its owner's.",
         "비공개 카드라서 로어북 항목은 이름 없이 개수만 보여요. 이름은 카드 주인만 볼 수 있어요.",

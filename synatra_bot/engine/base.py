@@ -140,11 +140,20 @@ class EngineHealth:
             return "degraded"
         return "ok" if self.ok else "down"
 
-    def to_text(self) -> str:
+    def to_text(self, *, korean: bool = False) -> str:
         """One line for the prompt inspector (its readers include players: no `detail`)."""
-        failed = f", {self.failures} failed in a row" if self.failures else ""
-        line = f"engine: {self.state}{failed}, {self.running} generating, {self.queued} waiting"
+        if korean:
+            state = _STATE_KO[self.state]
+            failed = f", 연속 {self.failures}번 실패" if self.failures else ""
+            line = f"엔진: {state}{failed}, 생성 중 {self.running}, 대기 {self.queued}"
+        else:
+            failed = f", {self.failures} failed in a row" if self.failures else ""
+            line = f"engine: {self.state}{failed}, {self.running} generating, {self.queued} waiting"
         return f"{line} ({self.reason})" if self.reason else line
+
+
+#: EngineHealth.state in Korean.
+_STATE_KO = {"recovering": "복구 중", "degraded": "불안정", "ok": "정상", "down": "멈춤"}
 
 
 @runtime_checkable

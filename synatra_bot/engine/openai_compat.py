@@ -22,6 +22,11 @@ exactly what the model sees) with `stream: true`, and reads the server-sent even
   again at once without them, and they stay off for this engine: a server that rejects `min_p`
   knows none of them, one that rejects a DRY or XTC field may still know `min_p`. Such a resend
   (for these or the fields above) spends no retry.
+- Each request asks for the stream's token usage (`stream_options.include_usage`; newer
+  `transformers serve` and vLLM report it only when asked): the reply's `completion_tokens`
+  feed `health()`'s tokens per second, which otherwise count one token per text event. The
+  stream is read past the finishing event to the usage event that follows it. A server that
+  rejects `stream_options` by name gets the request again without it.
 - Each reply asks for its own connection (`Connection: close`), never one pooled from the last
   reply: llama.cpp's server closes the connection after a stream although it announces
   keep-alive, and reusing it would cost the next reply a failed attempt.
@@ -295,6 +300,13 @@ def without_credentials(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
+def _completion_tokens(event: dict[str, Any]) -> int | None:
+    """The reply's token count from an event's `usage`, where it has one."""
+    usage = event.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
+
+
 class OpenAICompatEngine:
     """Streams completions from a remote OpenAI-compatible server."""
 
@@ -328,6 +340,8 @@ class OpenAICompatEngine:
         self._extensions_ok = True
         #: Whether the server may be asked to write on from a final message (chat API).
         self._continue_ok = True
+        #: Whether the server may be asked for the stream's token usage.
+        self._usage_ok = True
         #: Sampler fields this server rejected: never sent again.
         self._refused_fields: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -428,6 +442,8 @@ class OpenAICompatEngine:
             "stop": list(dict.fromkeys((*STOP_STRINGS, *params.stop_strings))),
             "stream": True,
         }
+        if self._usage_ok:
+            body["stream_options"] = {"include_usage": True}
         if params.seed is not None:
             body["seed"] = params.seed
         if self._extensions_ok:
@@ -476,7 +492,9 @@ class OpenAICompatEngine:
         chosen = received = False
         try:
             response = await self._connect(payload, params, active, context)
-            finished = False
+            finished = usage_seen = False
+            #: Tokens put on the throughput meter for this reply so far.
+            counted = 0
             try:
                 async for line in response.content:
                     event = self._parse_line(line)
@@ -485,21 +503,35 @@ class OpenAICompatEngine:
                     if isinstance(event, str):  # [DONE]
                         finished = True
                         break
+                    tokens = _completion_tokens(event)
+                    if tokens is not None:
+                        # The server's own count replaces one token per text event.
+                        self._meter.add(max(0, tokens - counted))
+                        counted, usage_seen = max(counted, tokens), True
                     choice = self._event_text(event, shown)
                     if choice is None:
+                        if finished and usage_seen:
+                            break
                         continue
                     chosen = True
                     text, finish_reason = choice
                     if text:
                         received = active.started = True
-                        self._meter.add(1)
+                        if not usage_seen:
+                            self._meter.add(1)
+                            counted += 1
                         out = stops.feed(text)
                         if out:
                             shown += out
                             yield out
-                    if finish_reason is not None or stops.stopped:
+                    if stops.stopped:
                         finished = True
                         break
+                    if finish_reason is not None:
+                        finished = True
+                        if usage_seen or not self._usage_ok:
+                            break
+                        # Read on to the usage event (the stream ends after it).
             except (TimeoutError, OSError, aiohttp.ClientError) as error:
                 if not active.cancelled:
                     self._failed(type(error).__name__)
@@ -673,6 +705,10 @@ class OpenAICompatEngine:
                 "(a speaker's name, a message being continued) is left out from now on"
             )
             self._continue_ok = False
+            dropped = True
+        if self._usage_ok and "stream_options" in sent and "stream_options" in answer:
+            log.warning("the engine does not accept stream_options; counting tokens by events")
+            self._usage_ok = False
             dropped = True
         rejected = [name for name in SAMPLER_FIELD_GROUPS if name in sent and name in answer]
         if rejected:

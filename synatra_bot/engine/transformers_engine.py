@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any
 
 from synatra_bot.engine import cb_adapter
 from synatra_bot.engine.base import EngineHealth, SamplingParams, ThroughputMeter
-from synatra_bot.engine.detokenize import IncrementalDetokenizer, StopStringFilter
+from synatra_bot.engine.detokenize import IncrementalDetokenizer, StopStringFilter, reply_so_far
 from synatra_bot.errors import ConfigError, EngineError, EngineUnavailable, GenerationInterrupted
 from synatra_bot.observe import IGNORED, Observer
 from synatra_bot.settings import SINGLE_STREAM_MODES
@@ -795,7 +795,9 @@ class TransformersEngine:
         single = single or self._lone_reply()
         request = _Request(queue=asyncio.Queue(), loop=asyncio.get_running_loop())
         self._requests[request_id] = request
-        detokenizer = IncrementalDetokenizer(self.tokenizer, skip_ids=params.stop_ids)
+        detokenizer = IncrementalDetokenizer(
+            self.tokenizer, skip_ids=params.stop_ids, context=reply_so_far(self.tokenizer, ids)
+        )
         stops = StopStringFilter(params.stop_strings)
         shown = ""
         completed = False

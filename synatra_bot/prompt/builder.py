@@ -59,7 +59,9 @@ from synatra_bot.prompt.lorebook import (
     LorePosition,
     LoreScan,
     deepest_scan,
+    fires_at_step,
     lorebook_from_character_book,
+    recursion_steps,
     scan_books,
     scans_need_worker,
     select_entries,
@@ -113,7 +115,6 @@ SPEECH_LEVEL_INSTRUCTIONS = {
 }
 LORE_HEADING = "### 세계 정보"
 MAX_CONTEXT_SIZE = 32768
-MAX_RECURSION_LEVELS = 5
 #: The system message of a summary prompt: `{{char}}` stands for the cast's names, `{{limit}}`
 #: for the summary's length in characters.
 SUMMARY_INSTRUCTIONS = (
@@ -193,8 +194,8 @@ class PromptOptions:
     history_start_id: int | None = None
     #: Tokens all lore together may take (None: a quarter of the prompt's budget).
     lorebook_budget: int | None = None
-    #: Recursive scanning: how many times lore that fired is scanned for more (0: off, as in
-    #: SillyTavern; at most MAX_RECURSION_LEVELS).
+    #: Recursive scanning: how many times lore that fired is scanned for more keys of the
+    #: books that ask for it (`Lorebook.recursive`); 0: never (lorebook.recursion_steps).
     lorebook_recursion: int = 0
     #: Messages of the scene older than the given history (a lorebook's `delay` counts the
     #: scene's messages).
@@ -1098,6 +1099,7 @@ class PromptBuilder:
             jobs += [
                 _ScanJob(name, book, (text,), level=level)
                 for name, book in plan.scene.books.items()
+                if book.recursive
             ]
             added = True
         return added
@@ -1461,21 +1463,17 @@ class _Timeline:
 
 
 def _recursion_levels(options: PromptOptions) -> int:
-    return min(MAX_RECURSION_LEVELS, max(0, options.lorebook_recursion))
+    return recursion_steps(options.lorebook_recursion)
 
 
 def _position_scan(jobs: Sequence[_ScanJob], results: dict[_ScanKey, LoreScan]) -> list[LoreScan]:
-    """What one position's scans found: an entry that waits for recursion does not fire on
-    the history, and one that excludes recursion does not fire on lore."""
+    """What one position's scans found, each entry where it may fire (`fires_at_step`)."""
     found = []
     for job in jobs:
         scan = results.get(job.key)
         if scan is None:
             continue
-        if job.level:
-            matched = [h for h in scan.matched if not h.entry.exclude_recursion]
-        else:
-            matched = [h for h in scan.matched if not h.entry.delay_until_recursion]
+        matched = [h for h in scan.matched if fires_at_step(h.entry, job.level)]
         if len(matched) < len(scan.matched):
             scan = dataclasses.replace(scan, matched=matched)
         found.append(scan)

@@ -24,6 +24,10 @@ from typing import Any
 import regex
 
 DEFAULT_SCAN_DEPTH = 4
+#: Recursive scanning: the steps a server allows by default, and at most (each step scans the
+#: lore the step before it fired, within the same time budget as the first scan).
+DEFAULT_RECURSION_STEPS = 3
+MAX_RECURSION_STEPS = 5
 MAX_SCAN_DEPTH = 100
 MAX_ENTRIES = 500
 MAX_ENTRY_KEYS = 50
@@ -39,6 +43,9 @@ MAX_REGEX_COST = 50_000
 #: Memory one book's compiled regex keys may take (an ordinary key takes 1-3 KiB); keys past it
 #: are matched as plain text.
 MAX_BOOK_REGEX_BYTES = 4 * 1024 * 1024
+#: The most characters one token of Synatra's vocabulary stands for (its longest piece is 16
+#: spaces): text longer than this many times a budget is over it, uncounted.
+MAX_TOKEN_CHARS = 16
 #: Plain keys times scanned characters that a scan may cost on the caller's thread (about a
 #: millisecond); a bigger scan belongs in a worker thread.
 INLINE_SCAN_WORK = 2_000_000
@@ -120,9 +127,11 @@ class LoreEntry:
     sticky: int = 0
     cooldown: int = 0
     delay: int = 0
+    #: Recursive scanning (SillyTavern's): the entry never fires on lore; its text never
+    #: fires other entries; it fires only on lore, and not before that recursion step (0: no).
     exclude_recursion: bool = False
     prevent_recursion: bool = False
-    delay_until_recursion: bool = False
+    delay_until_recursion: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +324,9 @@ class Lorebook:
     entries: list[LoreEntry] = field(default_factory=list)
     name: str = ""
     scan_depth: int = DEFAULT_SCAN_DEPTH
+    #: The book asks for recursive scanning (`recursive_scanning`): lore that fired is scanned
+    #: for this book's keys too, as many steps as the server allows.
+    recursive: bool = False
     #: What loading left out to stay within the limits, and the first limit it went over.
     left_out_entries: int = 0
     left_out_keys: int = 0
@@ -393,6 +405,7 @@ def lorebook_from_character_book(obj: dict[str, Any] | None) -> Lorebook:
         entries=entries,
         name=str(obj.get("name") or ""),
         scan_depth=min(MAX_SCAN_DEPTH, max(0, _int(obj.get("scan_depth"), DEFAULT_SCAN_DEPTH))),
+        recursive=obj.get("recursive_scanning") is True,
         left_out_entries=len(raws) - len(entries),
         left_out_keys=left_out_keys,
         over_limit=problems[0] if problems else "",
@@ -453,8 +466,15 @@ def _entry_from(
         delay=max(0, _int(ext.get("delay"), 0)),
         exclude_recursion=ext.get("exclude_recursion") is True,
         prevent_recursion=ext.get("prevent_recursion") is True,
-        delay_until_recursion=bool(ext.get("delay_until_recursion")),
+        delay_until_recursion=_recursion_level(ext.get("delay_until_recursion")),
     )
+
+
+def _recursion_level(value: Any) -> int:
+    """SillyTavern's `delay_until_recursion`: true (the first step), a step number, or off."""
+    if value is True:
+        return 1
+    return min(MAX_RECURSION_STEPS, max(0, _int(value, 0)))
 
 
 # --- scanning ---------------------------------------------------------------------------------
@@ -634,6 +654,22 @@ def scan_books(
     return scan
 
 
+def fires_at_step(entry: LoreEntry, step: int) -> bool:
+    """Whether `entry` may fire when its keys are found at recursion `step` (0: the scan of
+    the history; 1 and up: the scans of lore that fired before). An entry that waits for
+    recursion fires on lore only, from its own step on (SillyTavern instead moves to the next
+    of the levels its entries name only once a step finds nothing new); one that excludes
+    recursion never fires on lore."""
+    if step == 0:
+        return not entry.delay_until_recursion
+    return not entry.exclude_recursion and entry.delay_until_recursion <= step
+
+
+def recursion_steps(allowed: int) -> int:
+    """The recursion steps a scan makes where a server allows `allowed` (0: none)."""
+    return min(MAX_RECURSION_STEPS, max(0, allowed))
+
+
 @dataclass(frozen=True)
 class FiredEntry:
     entry: LoreEntry
@@ -652,15 +688,30 @@ def select_entries(
     """The matched entries that fit in `token_budget`, in insertion order, and those that did not.
 
     As in SillyTavern, a higher insertion order is kept first when the budget runs out (then a
-    higher priority) and is inserted closer to the end. `render` gives an entry's text as the
+    higher priority) and is inserted closer to the end. At most `token_budget` times
+    `MAX_TOKEN_CHARS` characters of entries are counted. `render` gives an entry's text as the
     prompt shows it (its macros depend on the book it came from).
     """
     ranked = sorted(hits, key=lambda h: (-h.entry.insertion_order, -h.entry.priority))
     kept: list[FiredEntry] = []
     skipped: list[LoreHit] = []
     used = 0
+    # Counting runs on the caller's thread: a book whose every entry fires (hundreds of long
+    # entries naming each other's keys) would have megabytes counted. Text longer than the
+    # room left times MAX_TOKEN_CHARS cannot fit and is not counted, and no more than the
+    # budget times MAX_TOKEN_CHARS characters are counted in all: entries past that are
+    # left out as over budget.
+    counted = 0
     for hit in ranked:
         content = render(hit).strip()
+        room = token_budget - used
+        if (
+            len(content) > room * MAX_TOKEN_CHARS
+            or counted + len(content) > token_budget * MAX_TOKEN_CHARS
+        ):
+            skipped.append(hit)
+            continue
+        counted += len(content)
         tokens = count_tokens(content)
         if used + tokens > token_budget:
             skipped.append(hit)

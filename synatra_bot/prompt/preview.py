@@ -18,7 +18,11 @@ from pathlib import Path
 from synatra_bot.errors import SynatraError
 from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import MAX_JSON_BYTES, MAX_PNG_BYTES, parse_card
-from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
+from synatra_bot.prompt.lorebook import (
+    DEFAULT_RECURSION_STEPS,
+    Lorebook,
+    lorebook_from_character_book,
+)
 from synatra_bot.prompt.macros import MacroContext
 from synatra_bot.prompt.world_info import MAX_LOREBOOK_BYTES, parse_lorebook_file
 from synatra_bot.settings import (
@@ -124,6 +128,8 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
             lorebook_budget=args.lorebook_budget,
             author_note=args.author_note,
             author_note_depth=args.author_note_depth,
+            # As a server that left recursive scanning at its default.
+            lorebook_recursion=DEFAULT_RECURSION_STEPS,
         )
         lorebook = _read_lorebook(args.lorebook) if args.lorebook else None
 

@@ -6,21 +6,52 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 LoreStatus = Literal["fired", "skipped", "timed_out", "unscanned"]
-#: How `to_text` words each status.
-_STATUS_TEXT: dict[LoreStatus, str] = {
-    "fired": "fired",
-    "skipped": "left out",
-    "timed_out": "timed out (key disabled)",
-    "unscanned": "not scanned (time budget spent)",
+#: The report's words: key -> (English, Korean).
+_WORDS: dict[str, tuple[str, str]] = {
+    "tokens": (
+        "tokens {total}/{budget} (context {context}, max new {max_new})",
+        "토큰 {total}/{budget} (컨텍스트 {context}, 새 토큰 최대 {max_new})",
+    ),
+    "examples": ("examples: {kept} kept, {dropped} dropped", "예시: {kept}개 넣음, {dropped}개 뺌"),
+    "messages": (
+        "messages: {kept} kept, {dropped} dropped",
+        "메시지: {kept}개 넣음, {dropped}개 뺌",
+    ),
+    "trimmed": (" (trimmed now)", " (이번에 잘림)"),
+    "lorebook": ("lorebook", "로어북"),
+    "lorebook_status": ("lorebook {status}", "로어북 {status}"),
+    "card_entries": (
+        "card lorebook: {count} {status} (order {orders})",
+        "카드 로어북: {count} {status} (순서 {orders})",
+    ),
+    "entry": ("1 entry", "1개 항목"),
+    "entries": ("{n} entries", "{n}개 항목"),
+    "memory": ("memory: {tokens} tokens", "기억: {tokens} 토큰"),
+    "memory_until": (", up to message #{id}", ", 메시지 #{id}까지"),
+    "stale": ("stale", "다시 쓰는 중"),
+    "auto_off": ("automatic memory off", "자동 기억 꺼짐"),
+    "personas_left_out": ("personas left out: {names}", "빠진 페르소나: {names}"),
+    "left_out": (
+        "{book} lorebook over the limits: {entries} entries and {keys} keys left out",
+        "{book} 로어북 한도 초과: 항목 {entries}개, 키 {keys}개 빠짐",
+    ),
+    "status.fired": ("fired", "발동"),
+    "status.skipped": ("left out", "빠짐"),
+    "status.timed_out": ("timed out (key disabled)", "시간 초과 (키 꺼짐)"),
+    "status.unscanned": ("not scanned (time budget spent)", "검사 못 함 (시간 예산 소진)"),
+    "reason.budget": ("over budget", "예산 초과"),
+    "reason.probability": ("chance not met", "확률 미달"),
+    "reason.group": ("another entry of its group", "같은 그룹의 다른 항목"),
+    "reason.delay": ("delayed", "지연"),
+    "reason.cooldown": ("cooling down", "재사용 대기"),
 }
-_REASON_TEXT = {
-    "budget": "over budget",
-    "probability": "chance not met",
-    "group": "another entry of its group",
-    "delay": "delayed",
-    "cooldown": "cooling down",
-}
+_STATUSES: tuple[LoreStatus, ...] = ("fired", "skipped", "timed_out", "unscanned")
 _NAMES_SHOWN = {"fired": 15, "skipped": 10, "timed_out": 10, "unscanned": 10}
+
+
+def _say(key: str, korean: bool, **params: object) -> str:
+    english, korean_text = _WORDS[key]
+    return (korean_text if korean else english).format(**params)
 
 
 @dataclass(frozen=True)
@@ -103,52 +134,69 @@ class PromptReport:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def to_text(self, *, hide_card_entry_names: bool = False) -> str:
-        """A short summary (well under Discord's 2000 characters).
+    def to_text(self, *, hide_card_entry_names: bool = False, korean: bool = False) -> str:
+        """A short summary (well under Discord's 2000 characters), in Korean with `korean`.
 
         With `hide_card_entry_names` the card's lorebook entries are counted, with their
         insertion order, but not named (their names and keys can give a private card away).
         """
         lines = [
-            f"tokens {self.total_tokens}/{self.budget} "
-            f"(context {self.context_size}, max new {self.max_new_tokens})",
+            _say(
+                "tokens",
+                korean,
+                total=self.total_tokens,
+                budget=self.budget,
+                context=self.context_size,
+                max_new=self.max_new_tokens,
+            ),
             _blocks_line(self.blocks),
-            f"examples: {self.kept_examples} kept, {self.dropped_examples} dropped",
-            f"messages: {self.kept_messages} kept, {self.dropped_messages} dropped"
-            + (" (trimmed now)" if self.trimmed_this_turn else ""),
+            _say("examples", korean, kept=self.kept_examples, dropped=self.dropped_examples),
+            _say("messages", korean, kept=self.kept_messages, dropped=self.dropped_messages)
+            + (_say("trimmed", korean) if self.trimmed_this_turn else ""),
         ]
-        for status, words in _STATUS_TEXT.items():
+        for status in _STATUSES:
+            words = _say(f"status.{status}", korean)
             notes = [note for note in self.lorebook if note.status == status]
             hidden = [n for n in notes if hide_card_entry_names and is_card_book(n.book)]
             named = [n for n in notes if not (hide_card_entry_names and is_card_book(n.book))]
             if named:
-                heading = "lorebook" if status == "fired" else f"lorebook {words}"
-                lines.append(f"{heading}: {_names(named, _NAMES_SHOWN[status])}")
+                heading = (
+                    _say("lorebook", korean)
+                    if status == "fired"
+                    else _say("lorebook_status", korean, status=words)
+                )
+                lines.append(f"{heading}: {_names(named, _NAMES_SHOWN[status], korean)}")
             if hidden:
-                count = f"{len(hidden)} {'entry' if len(hidden) == 1 else 'entries'}"
-                lines.append(f"card lorebook: {count} {words} (order {_orders(hidden)})")
+                count = (
+                    _say("entry", korean)
+                    if len(hidden) == 1
+                    else _say("entries", korean, n=len(hidden))
+                )
+                lines.append(
+                    _say("card_entries", korean, count=count, status=words, orders=_orders(hidden))
+                )
         if self.summary_tokens or self.summary_until_id is not None:
-            lines.append(_memory_line(self))
+            lines.append(_memory_line(self, korean))
         if self.personas_left_out:
-            lines.append(f"personas left out: {_short(', '.join(self.personas_left_out), 200)}")
+            names = _short(", ".join(self.personas_left_out), 200)
+            lines.append(_say("personas_left_out", korean, names=names))
         for left in self.lorebook_left_out:
             lines.append(
-                f"{left.book} lorebook over the limits: {left.entries} entries and "
-                f"{left.keys} keys left out"
+                _say("left_out", korean, book=left.book, entries=left.entries, keys=left.keys)
             )
         return "\n".join(lines)
 
 
-def _memory_line(report: PromptReport) -> str:
+def _memory_line(report: PromptReport, korean: bool) -> str:
     """What the summary takes and covers: "memory: 120 tokens, up to message #345"."""
-    line = f"memory: {report.summary_tokens} tokens"
+    line = _say("memory", korean, tokens=report.summary_tokens)
     if report.summary_until_id is not None:
-        line += f", up to message #{report.summary_until_id}"
+        line += _say("memory_until", korean, id=report.summary_until_id)
     notes = []
     if report.summary_stale:
-        notes.append("stale")
+        notes.append(_say("stale", korean))
     if not report.summary_auto:
-        notes.append("automatic memory off")
+        notes.append(_say("auto_off", korean))
     return line + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -171,15 +219,19 @@ def _blocks_line(blocks: list[BlockReport]) -> str:
     )
 
 
-def _names(notes: list[LoreNote], limit: int) -> str:
+def _names(notes: list[LoreNote], limit: int, korean: bool) -> str:
     """Labels with where each went ("시계탑 @ depth 2 (user)") or why it was left out."""
     shown = ", ".join(
         _short(note.label)
         + (f" @ {note.where}" if note.where else "")
-        + (f" ({_REASON_TEXT.get(note.reason, note.reason)})" if note.reason else "")
+        + (f" ({_reason(note.reason, korean)})" if note.reason else "")
         for note in notes[:limit]
     )
     return shown + (f" (+{len(notes) - limit})" if len(notes) > limit else "")
+
+
+def _reason(reason: str, korean: bool) -> str:
+    return _say(f"reason.{reason}", korean) if f"reason.{reason}" in _WORDS else reason
 
 
 def _orders(notes: list[LoreNote], limit: int = 15) -> str:

@@ -234,10 +234,20 @@ def _from_world_info(obj: dict[str, Any], fallback_name: str) -> dict[str, Any]:
         numbered.append((_number(uid, "uid"), raw))
     display = {uid: _display_index(raw) for uid, raw in numbered}
     numbered.sort(key=lambda item: (_display_or(display[item[0]], item[0]), item[0]))
-    return {
+    book: dict[str, Any] = {
         "name": _name(obj, fallback_name),
         "entries": [_entry_from_world_info(uid, raw) for uid, raw in numbered],
     }
+    if obj.get("recursive_scanning") is not None:
+        book["recursive_scanning"] = _recursive(obj["recursive_scanning"])
+    return book
+
+
+def _recursive(value: Any) -> bool:
+    """A book's `recursive_scanning`: true or false."""
+    if not isinstance(value, bool):
+        raise _bad("'recursive_scanning' must be true or false")
+    return value
 
 
 def _display_index(raw: dict[str, Any]) -> int | None:
@@ -307,6 +317,8 @@ def _clean_book(book: dict[str, Any], fallback_name: str) -> dict[str, Any]:
     for field in ("scan_depth", "token_budget"):
         if book.get(field) is not None:
             cleaned[field] = _number(book[field], field)
+    if book.get("recursive_scanning") is not None:
+        cleaned["recursive_scanning"] = _recursive(book["recursive_scanning"])
     cleaned["entries"] = [_clean_entry(raw) for raw in raws]
     return cleaned
 
@@ -373,6 +385,8 @@ def world_info_from_book(book: dict[str, Any], *, name: str = "") -> dict[str, A
     title = name or book.get("name")
     if isinstance(title, str) and title:
         result["name"] = title
+    if book.get("recursive_scanning") is True:
+        result["recursive_scanning"] = True
     return result
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.errors import UserFacingError
+from synatra_bot.prompt.lorebook import DEFAULT_RECURSION_STEPS, recursion_steps
 from synatra_bot.settings import Settings
 from synatra_bot.storage.records import ChannelSettingsRecord, GuildSettingsRecord
 from synatra_bot.tokenizer import CONTROL_TEXTS
@@ -65,6 +66,7 @@ INHERITED_SETTINGS = (
     "nsfw_policy",
     "busy_policy",
     "lorebook_budget",
+    "lorebook_recursion",
     "stop_strings",
 )
 #: What a sampling preset sets.
@@ -125,6 +127,7 @@ class Defaults:
     user_rate_limit: int = 6
     nsfw_policy: str = "age_restricted"
     busy_policy: str = "queue"
+    lorebook_recursion: int = DEFAULT_RECURSION_STEPS
     #: The engine is started for CONTEXT_SIZE tokens: no channel may ask for more.
     max_context_size: int = 4096
 
@@ -168,6 +171,8 @@ class ChannelConfig:
     #: Tokens the lorebooks may take in a prompt (within the context); None: the prompt
     #: builder's default, a quarter of the prompt budget.
     lorebook_budget: int | None = None
+    #: Recursive scanning steps for the lorebooks that ask for it (0: off).
+    lorebook_recursion: int = DEFAULT_RECURSION_STEPS
 
     def as_rows(self) -> list[tuple[str, str]]:
         """(name, value) pairs for `/config show`."""
@@ -189,6 +194,7 @@ class ChannelConfig:
                 "lorebook_budget",
                 "auto" if self.lorebook_budget is None else str(self.lorebook_budget),
             ),
+            ("lorebook_recursion", str(self.lorebook_recursion)),
             ("answer_every_addressed", str(self.answer_every_addressed)),
             ("user_rate_limit", f"{self.user_rate_limit}/min"),
             ("context_size", str(self.context_size)),
@@ -373,6 +379,7 @@ def effective_config(
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
         summary_tokens=summary_tokens(guild, context_size),
         lorebook_budget=lorebook_budget(guild, channel, context_size),
+        lorebook_recursion=recursion_steps(_pick("lorebook_recursion", *order)),
     )
 
 

@@ -952,6 +952,7 @@ class RoleplayCore:
             summary=active.session.summary,
             history_start_id=history_start_id,
             lorebook_budget=config.lorebook_budget,
+            lorebook_recursion=config.lorebook_recursion,
             earlier_messages=earlier,
         )
         speaking = character or active.lead

@@ -45,6 +45,7 @@ from synatra_bot.roleplay.rules import (
     require_voice,
 )
 from synatra_bot.roleplay.scheduler import QueueTicket, Scheduler, TurnOutcome, TurnSlot
+from synatra_bot.roleplay.sent import SentPrompts
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import CharacterRecord, MessageRecord
 
@@ -228,6 +229,9 @@ class Reply:
                     await turns.scheduler.cancel(slot, reason=STOPPED_BY_USER)
                 yield self.prefix
                 built = await self._prompt()
+                turns.sent.record(
+                    self.active.session.id, built, speaker=self.character.name, kind=self.kind
+                )
                 sampling = config.sampling
                 stops = await turns.core.stop_strings(
                     self.active, for_player=self.kind == "suggest"
@@ -378,6 +382,8 @@ class Turns:
         self._told_refusals: set[tuple[int, str]] = set()
         #: The players' lines taken lately: each once; edits and deletes after their store.
         self.lines = Lines()
+        #: What the model was last shown in each scene (`/rp context`).
+        self.sent = SentPrompts()
 
     def untold_refusals(
         self, place: Place, sampling: SamplingParams, *, continues: bool = False

@@ -67,6 +67,9 @@ class SamplingColumns:
     #: Tokens the lorebooks may take in a prompt; NULL on a channel: the server's; NULL on the
     #: server: the prompt builder's default (a quarter of the prompt budget).
     lorebook_budget: Mapped[int | None] = mapped_column(Integer)
+    #: Recursive scanning steps for the lorebooks that ask for it (0: off); NULL on a channel:
+    #: the server's; NULL on the server: the default (decided above storage).
+    lorebook_recursion: Mapped[int | None] = mapped_column(Integer)
     #: Texts that end a reply where the model writes them (a JSON list; [] for none).
     stop_strings: Mapped[list[str] | None] = mapped_column(JSON)
 

@@ -32,6 +32,7 @@ class SamplingRecord:
     nsfw_policy: str | None = None
     busy_policy: str | None = None
     lorebook_budget: int | None = None
+    lorebook_recursion: int | None = None
     stop_strings: list[str] | None = None
 
 

@@ -70,7 +70,7 @@ HELP = """\
   @이름 말       그 캐릭터에게 말하기 · talk to one character
   /undo         마지막 주고받기 지우기 · remove the last exchange
   /reset        처음부터 다시 (기록은 보관) · start over (history archived)
-  /context      모델이 보는 프롬프트 요약 · what the model sees
+  /context      모델이 본 프롬프트 요약 · what the model was shown
   /export 파일   SillyTavern 채팅 파일로 저장 · save as a SillyTavern chat (.jsonl)
   /sessions     이 자리의 장면 목록 · this place's scenes, earlier ones too
   /resume 번호   이전 장면 다시 열기 · reopen an earlier scene
@@ -441,8 +441,20 @@ class TerminalChat:
             self._show_greeting(started)
         elif name == "/context":
             active = await self.core.require_active(self.place)
-            built = await self.core.build_prompt(active, speaker=self.actor)
-            self._line(built.report.to_text())
+            sent = self.turns.sent.last(active.session.id)
+            if sent is None:
+                built = await self.core.build_prompt(active, speaker=self.actor)
+                self._line(
+                    "보낸 프롬프트가 아직 없어요. 다음 답의 미리보기 · nothing sent yet; "
+                    f"a preview of the next reply: {built.token_count} 토큰 · tokens"
+                )
+                self._line(built.report.to_text(korean=True))
+            else:
+                self._line(
+                    f"모델이 본 프롬프트 · what the model was shown ({sent.speaker}, "
+                    f"{sent.token_count} 토큰 · tokens)"
+                )
+                self._line(sent.report.to_text(korean=True))
         else:
             self._line(f"모르는 명령이에요 · unknown command: {name} (/help)")
         return True

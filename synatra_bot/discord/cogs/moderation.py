@@ -11,6 +11,7 @@ from discord.ext import commands
 from synatra_bot.discord.cogs.common import name_choices
 from synatra_bot.discord.interactions import ComponentError, actor_of, answer, place_of, tr
 from synatra_bot.errors import NotFound, UserFacingError
+from synatra_bot.prompt.lorebook import MAX_RECURSION_STEPS
 from synatra_bot.roleplay.config import (
     INHERITED_SETTINGS,
     MAX_CHARACTER_MEGABYTES,
@@ -290,16 +291,22 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         name="lorebook-budget", description="How many tokens lorebooks may take in a prompt"
     )
     @app_commands.describe(
-        tokens="Tokens for lore (0: none; empty: a quarter of the prompt, the default)",
+        tokens="Tokens for lore (0: none; empty: a quarter of the prompt)",
         scope="This channel, or the server default",
+        recursion="Recursion steps (0: off)",
     )
     async def lorebook_budget(
         self,
         interaction: discord.Interaction[SynatraBot],
         tokens: app_commands.Range[int, 0, CONTEXT_SIZE_RANGE[1]] | None = None,
         scope: Scope = "channel",
+        recursion: app_commands.Range[int, 0, MAX_RECURSION_STEPS] | None = None,
     ) -> None:
         assert interaction.channel is not None
+        if recursion is not None and tokens is None:
+            # Only the recursion steps change: the budget stays as it is.
+            await self._save(interaction, scope, lorebook_recursion=recursion)
+            return
         if tokens is not None:
             place = place_of(interaction.channel, interaction.guild_id)
             limit = (await self.bot.core.config_for(place)).context_size
@@ -309,7 +316,8 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
                     key="error.lorebook_budget",
                     limit=limit,
                 )
-        await self._save(interaction, scope, lorebook_budget=tokens)
+        steps = {} if recursion is None else {"lorebook_recursion": recursion}
+        await self._save(interaction, scope, lorebook_budget=tokens, **steps)
 
     @app_commands.command(name="archive", description="How long archived scenes are kept")
     @app_commands.describe(

@@ -22,6 +22,7 @@ from synatra_bot.discord.cogs.common import (
     scene_line,
 )
 from synatra_bot.discord.i18n import t
+from synatra_bot.discord.inspector import context_view
 from synatra_bot.discord.interactions import (
     actor_of,
     answer,
@@ -34,7 +35,6 @@ from synatra_bot.discord.replies import ReplyButton, SwipePosition
 from synatra_bot.discord.streaming import MESSAGE_LIMIT
 from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.errors import UserFacingError
-from synatra_bot.prompt.report import is_card_book
 from synatra_bot.roleplay.core import MemoryStatus
 from synatra_bot.roleplay.rules import (
     require_history,
@@ -394,16 +394,24 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         active = await self.bot.core.require_active(place)
         require_may_inspect(actor, active.session)
         speaking = active.member(character) if character is not None else None
-        built = await self.bot.core.build_prompt(active, speaker=actor, character=speaking)
+        # The preview answers the scene's last player, as the next reply would: the person
+        # asking (a moderator who never played) is not added to it.
+        preview = await self.bot.core.build_prompt(active, speaker=None, character=speaking)
         # A private card is its owner's alone: others learn how many of its lorebook entries
-        # fired, not which (their names give the story away).
+        # fired, not which (their names give the story away), and get no copy of the prompt.
         hide = any(c.visibility == "private" and actor.user_id != c.owner_id for c in active.cast)
-        report = built.report.to_text(hide_card_entry_names=hide)[:1650]
-        engine = self.bot.engine.health().to_text()[:250]
-        text = f"```\n{report}\n{engine}\n```"
-        if hide and any(is_card_book(note.book) for note in built.report.lorebook):
-            text += "\n" + tr(interaction, "rp.context_names_hidden")
-        await answer(interaction, text)
+        view = context_view(
+            interaction.locale,
+            sent=self.bot.turns.sent.last(active.session.id),
+            preview=preview,
+            preview_speaker=(speaking or active.lead).name,
+            engine=self.bot.engine.health(),
+            hide_card=hide,
+        )
+        if view.file is None:
+            await answer(interaction, view.content)
+        else:
+            await answer(interaction, view.content, file=view.file)
 
     # --- the conversation ---------------------------------------------------------------------
 

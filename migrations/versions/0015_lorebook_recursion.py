@@ -1,0 +1,32 @@
+"""lorebook recursion: how many recursive scanning steps the lorebooks that ask for it get,
+per server and per channel
+
+Revision ID: 0015
+Revises: 0014
+Create Date: 2026-12-07 12:00:00.000000
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0015"
+down_revision: str | None = "0014"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+TABLES = ("guild_settings", "channel_settings")
+
+
+def upgrade() -> None:
+    # Nullable (NULL: inherit, then the default), so every existing row keeps its meaning.
+    # Added in place, not in a batch (a batch would copy channel_settings and cut the foreign
+    # keys that point at it).
+    for table in TABLES:
+        op.add_column(table, sa.Column("lorebook_recursion", sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    for table in TABLES:
+        op.drop_column(table, "lorebook_recursion")
