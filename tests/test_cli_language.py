@@ -1,0 +1,135 @@
+"""The command line speaks Korean or English: `--lang`, else the locale; help and errors too."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synatra_bot.cli import build_parser, main
+from synatra_bot.language import language_from_env, language_in
+
+ROOT = Path(__file__).resolve().parents[1]
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
+
+
+def every_parser(parser: argparse.ArgumentParser):
+    """`parser` and the parsers of all its subcommands, with their names."""
+    yield parser.prog, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from every_parser(sub)
+
+
+def help_texts(parser: argparse.ArgumentParser):
+    """Every help text the parser tree shows: descriptions, options, subcommands."""
+    for prog, each in every_parser(parser):
+        if each.description:
+            yield prog, "description", each.description
+        for action in each._actions:
+            if action.help and action.help != argparse.SUPPRESS:
+                yield prog, "/".join(action.option_strings) or action.dest, action.help
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    yield prog, choice.dest, choice.help
+
+
+def test_every_help_text_is_in_korean() -> None:
+    english_only = [
+        (prog, name, text)
+        for prog, name, text in help_texts(build_parser("ko"))
+        if not HANGUL.search(text)
+    ]
+    assert not english_only
+
+
+def test_every_option_has_help_in_both_languages() -> None:
+    korean = {(prog, name) for prog, name, _ in help_texts(build_parser("ko"))}
+    english = list(help_texts(build_parser("en")))
+    assert korean == {(prog, name) for prog, name, _ in english}
+    assert not [text for _, _, text in english if HANGUL.search(text)]
+    for prog, each in every_parser(build_parser("en")):
+        for action in each._actions:
+            assert action.help, (prog, action.option_strings or action.dest)
+
+
+def test_korean_help_has_korean_headings(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--lang", "ko", "chat", "--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert out.startswith("사용법: synatra-bot chat") and "옵션:" in out
+    assert "이 도움말을 보여 주고 끝내기" in out and "--user-name" in out
+    assert "usage:" not in out and "show this help" not in out
+
+
+def test_a_missing_argument_is_said_in_korean(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--lang", "ko", "chat"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "synatra-bot chat: 오류: 꼭 필요한 인자가 없어요: --character" in err
+
+
+@pytest.mark.parametrize(
+    ("environ", "language"),
+    [
+        ({"LANG": "ko_KR.UTF-8"}, "ko"),
+        ({"LANG": "en_US.UTF-8"}, "en"),
+        ({"LANG": "en_US.UTF-8", "LC_MESSAGES": "ko_KR.UTF-8"}, "ko"),
+        ({"LANG": "ko_KR.UTF-8", "LC_ALL": "en_GB.UTF-8"}, "en"),
+        ({"LANG": "ko_KR.UTF-8", "LC_ALL": ""}, "ko"),
+        ({"LANG": "C.UTF-8"}, "en"),
+        ({}, "en"),
+    ],
+)
+def test_the_locale_picks_the_language(environ, language) -> None:
+    assert language_from_env(environ) == language
+
+
+def test_lang_beats_the_locale() -> None:
+    assert language_in(["--lang", "ko", "db", "current"], {"LANG": "en_US.UTF-8"}) == "ko"
+    assert language_in(["chat", "--lang=en"], {"LC_ALL": "ko_KR.UTF-8"}) == "en"
+    assert language_in(["chat"], {"LC_ALL": "ko_KR.UTF-8"}) == "ko"
+
+
+def test_a_korean_locale_gets_korean_help_from_the_command(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "synatra_bot.cli", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "PYTHONPATH": str(ROOT),
+            "LANG": "ko_KR.UTF-8",
+        },
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("사용법: synatra-bot")
+    assert "터미널에서 캐릭터와 롤플레이" in result.stdout
+
+
+def test_a_bad_setting_is_said_in_korean(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "synatra_bot.cli", "--lang", "ko", "db", "current"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "PYTHONPATH": str(ROOT),
+            "DATABASE_URL": "oracle://bot@127.0.0.1/synatra",
+        },
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("synatra-bot: DATABASE_URL: 설정 값이 잘못됐어요 (")
