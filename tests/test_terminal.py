@@ -1054,3 +1054,26 @@ def replace_settings(settings: Settings, **changes) -> Settings:
     import dataclasses
 
     return dataclasses.replace(settings, **changes)
+
+
+async def test_a_log_file_that_cannot_be_written_exits_2_with_one_line(
+    settings, tokenizer, tmp_path, capsys
+) -> None:
+    blocker = tmp_path / "파일"
+    blocker.write_text("", encoding="utf-8")
+    args = args_for(card_file(tmp_path))
+    args.log_file = blocker / "chat.log"
+
+    code = await run_chat(
+        args,
+        settings=settings,
+        language="ko",
+        engine=ScriptedEngine(tokenizer=tokenizer),
+        tokenizer=tokenizer,
+        stdin=io.StringIO("안녕\n"),
+        stdout=io.StringIO(),
+    )
+
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"synatra-bot chat: 로그 {blocker / 'chat.log'}에 쓸 수 없어요: ")

@@ -742,16 +742,21 @@ def default_log_file(environ: Mapping[str, str]) -> Path:
     return Path(state) / "synatra-bot" / "chat.log"
 
 
-@contextlib.contextmanager
-def _logs_to(path: Path) -> Iterator[Path]:
-    """While inside, log records go to the file `path` (appended) and nothing logs to the
-    terminal: a log line printed there would tear the line being typed or streamed. Handlers
-    writing to stderr or stdout (the root's, or a library's own) are set aside and put back;
-    with none, the file stands in for Python's last-resort printing to stderr."""
+def _log_handler(path: Path) -> logging.FileHandler:
+    """A handler appending to `path` (its folder made); OSError when it cannot be written."""
     path = path.expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
+@contextlib.contextmanager
+def _logs_to(handler: logging.FileHandler) -> Iterator[None]:
+    """While inside, log records go to `handler`'s file and nothing logs to the terminal: a
+    log line printed there would tear the line being typed or streamed. Handlers writing to
+    stderr or stdout (the root's, or a library's own) are set aside and put back; with none,
+    the file stands in for Python's last-resort printing to stderr. Closes `handler`."""
     loggers = [logging.getLogger()] + [
         logger
         for logger in logging.Logger.manager.loggerDict.values()
@@ -766,7 +771,7 @@ def _logs_to(path: Path) -> Iterator[Path]:
     for logger in {logger for logger, _ in set_aside} | {logging.getLogger()}:
         logger.addHandler(handler)
     try:
-        yield path
+        yield
     finally:
         for logger in loggers:
             if handler in logger.handlers:
@@ -802,32 +807,16 @@ async def run_chat(
     the engine cannot start.
     """
     out = stdout if stdout is not None else sys.stdout
-    keyboard = stdin if stdin is not None else sys.stdin
-    text = TerminalText(language)
-    log_file = getattr(args, "log_file", None) or default_log_file(os.environ)
-    try:
-        logs = _logs_to(log_file)
-        log_path = logs.__enter__()
-    except OSError as error:
-        problem = choose(language, "cannot write the log", "로그를 쓸 수 없어요")
-        print(
-            terminal_safe(f"synatra-bot chat: {problem}: {log_file}: {error.strerror}"),
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        return await _chat(
-            args,
-            settings=settings,
-            text=text,
-            log_file=log_path,
-            engine=engine,
-            tokenizer=tokenizer,
-            stdin=keyboard,
-            out=out,
-        )
-    finally:
-        logs.__exit__(None, None, None)
+    return await _chat(
+        args,
+        settings=settings,
+        text=TerminalText(language),
+        log_file=getattr(args, "log_file", None) or default_log_file(os.environ),
+        engine=engine,
+        tokenizer=tokenizer,
+        stdin=stdin if stdin is not None else sys.stdin,
+        out=out,
+    )
 
 
 async def _chat(
@@ -909,7 +898,15 @@ async def _chat(
             )
             chat.characters = characters
             try:
-                with _ctrl_c_calls(chat.interrupt):
+                log = _log_handler(log_file)
+            except OSError as error:
+                problem = text("log_unwritable", log=log_file, reason=error.strerror or "")
+                print(terminal_safe(f"synatra-bot chat: {problem}"), file=sys.stderr)
+                return 2
+            chat.log_file = Path(log.baseFilename)
+            try:
+                # From here on the chat owns the terminal's lines: log lines go to the file.
+                with _ctrl_c_calls(chat.interrupt), _logs_to(log):
                     try:
                         if args.import_chat:
                             await chat.import_chat(Path(args.import_chat))
@@ -918,7 +915,7 @@ async def _chat(
                     except UserFacingError as error:
                         fail(error)
                         return 2
-                    print(terminal_safe(text("log", log=log_file)), file=out, flush=True)
+                    print(terminal_safe(text("log", log=chat.log_file)), file=out, flush=True)
                     return await chat.run()
             finally:
                 # Stop what still runs (a reply, the scene's memory) before the engine and

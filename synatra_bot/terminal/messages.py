@@ -63,6 +63,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "help": (HELP_EN, HELP_KO),
     "hint": ("/help for help, /quit to quit", "/help 도움말, /quit 끝내기"),
     "log": ("(log: {log})", "(로그: {log})"),
+    "log_unwritable": (
+        "cannot write the log {log}: {reason}",
+        "로그 {log}에 쓸 수 없어요: {reason}",
+    ),
     "ask_name": (
         "Your name in the story (Enter: {default}): ",
         "이야기 속 내 이름은? (Enter: {default}): ",
