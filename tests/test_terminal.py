@@ -283,7 +283,7 @@ async def test_an_engine_failing_mid_stream_prints_an_error_and_stores_no_reply(
 
     assert code == 0
     assert "⚠ 답장 실패" in text and "scripted failure" in text
-    assert "tokens " in text  # the loop went on to the next command
+    assert "토큰 " in text  # the loop went on to the next command
     _, history = await terminal_history(sessions)
     assert [(m.role, m.content) for m in history] == [
         ("assistant", "안녕, 민수! 오늘 뭐 할래?"),
@@ -1077,3 +1077,53 @@ async def test_a_log_file_that_cannot_be_written_exits_2_with_one_line(
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"synatra-bot chat: 로그 {blocker / 'chat.log'}에 쓸 수 없어요: ")
+
+
+def test_the_context_view_has_korean_labels() -> None:
+    from synatra_bot.prompt.report import BlockReport, LoreLeftOut, LoreNote, PromptReport
+    from synatra_bot.terminal.messages import context_view
+
+    report = PromptReport(
+        budget=3000,
+        context_size=4096,
+        max_new_tokens=512,
+        total_tokens=274,
+        blocks=[BlockReport("system", 200), BlockReport("history", 74)],
+        kept_examples=1,
+        dropped_examples=2,
+        kept_messages=3,
+        dropped_messages=4,
+        trimmed_this_turn=True,
+        lorebook=[
+            LoreNote("시계탑", "channel", 1, "fired", where="depth 2 (user)"),
+            LoreNote("항구", "channel", 2, "skipped", reason="budget"),
+            LoreNote("등대", "channel", 3, "timed_out"),
+            LoreNote("바다", "channel", 4, "unscanned"),
+            LoreNote("비밀", "card", 5, "skipped", reason="budget"),
+        ],
+        lorebook_left_out=[LoreLeftOut("channel", 3, 9)],
+        personas_left_out=["민수"],
+        summary_tokens=120,
+        summary_until_id=345,
+        summary_auto=False,
+        summary_stale=True,
+    )
+    english = report.to_text(hide_card_entry_names=True)
+
+    korean = context_view(english, "ko")
+
+    assert context_view(english, "en") == english
+    assert korean.splitlines() == [
+        "토큰 274/3000 (컨텍스트 4096, 답장 최대 512)",
+        "system 200 | history 74",
+        "예시: 1개 넣음, 2개 뺌",
+        "메시지: 3개 넣음, 4개 뺌 (이번 턴에 잘림)",
+        "로어북: 시계탑 @ depth 2 (user)",
+        "로어북에서 빠짐: 항구 (예산 초과)",
+        "카드 로어북: 항목 1개 빠짐 (순서 5)",
+        "로어북 시간 초과 (키 꺼짐): 등대",
+        "로어북 검사 못 함 (시간 다 씀): 바다",
+        "기억: 120토큰, 메시지 #345까지 (다시 쓰는 중, 자동 기억 꺼짐)",
+        "빠진 페르소나: 민수",
+        "channel 로어북이 한도를 넘어 항목 3개와 키 9개를 뺌",
+    ]

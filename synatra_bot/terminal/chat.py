@@ -42,7 +42,7 @@ from synatra_bot.roleplay.turns import STOPPED_BY_USER, Ending, Reply, Turns
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.records import CharacterRecord, MessageRecord, SessionRecord
-from synatra_bot.terminal.messages import TerminalText
+from synatra_bot.terminal.messages import TerminalText, context_view
 
 if TYPE_CHECKING:
     from synatra_bot.engine.base import Engine
@@ -603,7 +603,7 @@ class TerminalChat:
         elif name == "/context":
             active = await self.core.require_active(self.place)
             built = await self.core.build_prompt(active, speaker=self.actor)
-            self._line(built.report.to_text())
+            self._line(context_view(built.report.to_text(), self.text.language))
         else:
             self._say("unknown_command", name=name)
         return True

@@ -8,6 +8,7 @@ behind a Korean frame.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from synatra_bot.errors import EngineError, UserFacingError
@@ -218,6 +219,74 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "{name|은} 이제 여기서 쓸 수 없어요",
     ),
 }
+
+
+#: The labels of the prompt report's lines (`PromptReport.to_text`) -> Korean; what follows a
+#: label (names of blocks, entries and books) is data and stays as it is.
+_CONTEXT_LABELS_KO = tuple(
+    (re.compile(pattern), korean)
+    for pattern, korean in (
+        (
+            r"^tokens (\d+)/(\d+) \(context (\d+), max new (\d+)\)",
+            r"토큰 \1/\2 (컨텍스트 \3, 답장 최대 \4)",
+        ),
+        (r"^examples: (\d+) kept, (\d+) dropped", r"예시: \1개 넣음, \2개 뺌"),
+        (r"^messages: (\d+) kept, (\d+) dropped", r"메시지: \1개 넣음, \2개 뺌"),
+        (r" \(trimmed now\)$", " (이번 턴에 잘림)"),
+        (r"^lorebook: ", "로어북: "),
+        (r"^lorebook left out: ", "로어북에서 빠짐: "),
+        (r"^lorebook timed out \(key disabled\): ", "로어북 시간 초과 (키 꺼짐): "),
+        (r"^lorebook not scanned \(time budget spent\): ", "로어북 검사 못 함 (시간 다 씀): "),
+        (
+            r"^card lorebook: (\d+) entr(?:y|ies) (.+) \(order (.+)\)$",
+            r"카드 로어북: 항목 \1개 \2 (순서 \3)",
+        ),
+        (r"^memory: (\d+) tokens", r"기억: \1토큰"),
+        (r"^(기억: \d+토큰), up to message #(\d+)", r"\1, 메시지 #\2까지"),
+        (r"^(기억: .*)\(stale", r"\1(다시 쓰는 중"),
+        (r"^(기억: .*)automatic memory off\)$", r"\1자동 기억 꺼짐)"),
+        (r"^personas left out: ", "빠진 페르소나: "),
+        (
+            r"^(.+) lorebook over the limits: (\d+) entries and (\d+) keys left out$",
+            r"\1 로어북이 한도를 넘어 항목 \2개와 키 \3개를 뺌",
+        ),
+    )
+)
+
+
+#: Why a lorebook entry was left out, and what became of a card's entries -> Korean.
+_LORE_WORDS_KO = {
+    "over budget": "예산 초과",
+    "chance not met": "확률 안 맞음",
+    "another entry of its group": "같은 그룹의 다른 항목",
+    "delayed": "지연",
+    "cooling down": "쿨다운",
+    "fired": "발동",
+    "left out": "빠짐",
+    "timed out (key disabled)": "시간 초과 (키 꺼짐)",
+    "not scanned (time budget spent)": "검사 못 함 (시간 다 씀)",
+}
+_LORE_WORD = re.compile(
+    r"\((" + "|".join(re.escape(w) for w in _LORE_WORDS_KO if "(" not in w) + r")\)"
+)
+_CARD_STATUS = re.compile(
+    r"^(카드 로어북: 항목 \d+개 )(" + "|".join(re.escape(w) for w in _LORE_WORDS_KO) + r")"
+)
+
+
+def context_view(report_text: str, language: Language) -> str:
+    """The prompt report as the terminal's `/context` shows it: its labels in `language`."""
+    if language == "en":
+        return report_text
+    lines = []
+    for line in report_text.splitlines():
+        for pattern, korean in _CONTEXT_LABELS_KO:
+            line = pattern.sub(korean, line)
+        if line.startswith(("로어북", "카드 로어북")):
+            line = _LORE_WORD.sub(lambda m: f"({_LORE_WORDS_KO[m[1]]})", line)
+            line = _CARD_STATUS.sub(lambda m: m[1] + _LORE_WORDS_KO[m[2]], line)
+        lines.append(line)
+    return "\n".join(lines)
 
 
 class TerminalText:
