@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from synatra_bot import eventloop
 from synatra_bot.errors import ConfigError, EngineError, StorageError
-from synatra_bot.language import LANGUAGES, CliParser, Language, choose, language_in
+from synatra_bot.language import CliParser, Language, choose, language_in
 
 
 def _version() -> str:
@@ -43,18 +43,7 @@ def build_parser(language: Language = "ko") -> CliParser:
             "설정 파일 (기본: 있으면 .env)",
         ),
     )
-    parser.add_argument(
-        "--lang",
-        choices=LANGUAGES,
-        default=None,
-        help=choose(
-            language,
-            "language of messages and help (default: ko for a Korean locale in LC_ALL,"
-            " LC_MESSAGES or LANG, else en)",
-            "메시지와 도움말의 언어 (기본: LC_ALL, LC_MESSAGES, LANG이 한국어 로캘이면 ko,"
-            " 아니면 en)",
-        ),
-    )
+    parser.add_language_option()
     parser.add_argument(
         "--version",
         action="version",

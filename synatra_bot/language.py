@@ -102,8 +102,26 @@ class CliParser(argparse.ArgumentParser):
         korean: str,
     ) -> CliParser:
         """A subcommand with its help in this parser's language."""
-        return commands.add_parser(
+        command = commands.add_parser(
             name, help=choose(self.language, english, korean), language=self.language
+        )
+        command.add_language_option(default=argparse.SUPPRESS)  # the top level's stands
+        return command
+
+    def add_language_option(self, *, default: Any = None) -> None:
+        """`--lang`: it is read before any parser exists (`language_in`); here it is only
+        accepted and explained, wherever it is written."""
+        self.add_argument(
+            "--lang",
+            choices=LANGUAGES,
+            default=default,
+            help=choose(
+                self.language,
+                "language of messages and help (default: ko for a Korean locale in LC_ALL,"
+                " LC_MESSAGES or LANG, else en)",
+                "메시지와 도움말의 언어 (기본: LC_ALL, LC_MESSAGES, LANG이 한국어 로캘이면 ko,"
+                " 아니면 en)",
+            ),
         )
 
     def error(self, message: str) -> NoReturn:

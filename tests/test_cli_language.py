@@ -68,6 +68,16 @@ def test_korean_help_has_korean_headings(capsys) -> None:
     assert "usage:" not in out and "show this help" not in out
 
 
+def test_lang_is_accepted_after_the_command_too(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["chat", "--lang", "en", "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: synatra-bot chat")
+    args = build_parser("en").parse_args(["chat", "--character", "세라", "--lang", "ko"])
+    assert args.lang == "ko" and args.character == ["세라"]
+    assert build_parser("en").parse_args(["--lang", "ko", "chat", "--character", "a"]).lang == "ko"
+
+
 def test_a_missing_argument_is_said_in_korean(capsys) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--lang", "ko", "chat"])
