@@ -466,7 +466,8 @@ async def test_a_server_shared_character_plays_by_id_but_a_private_one_does_not(
 
     code, text = await chat(settings, tokenizer, f"#{private.id}", "")
     assert code == 2 and text == ""
-    assert "not available" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "그 캐릭터가 없거나 여기서 쓸 수 없어요 (character " in err and "not available" in err
 
 
 async def test_control_characters_in_card_text_and_model_output_cannot_take_over_the_terminal(
@@ -1127,3 +1128,30 @@ def test_the_context_view_has_korean_labels() -> None:
         "빠진 페르소나: 민수",
         "channel 로어북이 한도를 넘어 항목 3개와 키 9개를 뺌",
     ]
+
+
+#: Messages with no words in them (counts): the same in both languages.
+WORDLESS = ("alternative", "alternatives")
+
+
+@pytest.mark.parametrize("language", ["ko", "en"])
+def test_every_terminal_message_is_there_in_both_languages(language) -> None:
+    import re
+    import string
+
+    from synatra_bot.terminal.messages import MESSAGES, TerminalText
+
+    hangul = re.compile(r"[\uac00-\ud7a3]")
+    say = TerminalText(language)
+    for key, (english, korean) in MESSAGES.items():
+        assert (english != korean) != (key in WORDLESS), key
+        fields = {
+            name.split("|")[0]
+            for template in (english, korean)
+            for _, name, _, _ in string.Formatter().parse(template)
+            if name
+        }
+        shown = say(key, **dict.fromkeys(fields, "x"))
+        assert "{" not in shown, key
+        if key not in WORDLESS and key != "error.generic":  # English: the message itself
+            assert bool(hangul.search(shown)) == (language == "ko"), key

@@ -159,6 +159,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     # The core's errors, as the terminal says them.
     "error.generic": ("{message}", "문제가 생겼어요: {message}"),
     "error.not_found": ("Not found.", "찾을 수 없어요."),
+    "error.no_character": (
+        "that character doesn't exist or can't be played here ({message})",
+        "그 캐릭터가 없거나 여기서 쓸 수 없어요 ({message})",
+    ),
     "error.no_session": ("no scene is running here", "진행 중인 장면이 없어요"),
     "error.no_scene": (
         "no such scene here (/sessions lists them)",
