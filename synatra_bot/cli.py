@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -167,10 +168,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(choose(language, f"unknown command {command}", f"모르는 명령이에요: {command}"))
 
 
+#: The settings' problems (`ConfigError.problem`, English) -> Korean; one not listed is shown
+#: as it is, behind a Korean frame.
+_SETTING_PROBLEMS_KO = tuple(
+    (re.compile(pattern), korean)
+    for pattern, korean in (
+        (
+            r"not set\. Create a bot at (\S+), copy its token, and put (\S+) in \.env"
+            r" \(see \.env\.example\) or the environment\.",
+            r"설정되지 않았어요. \1 에서 봇을 만들고 토큰을 복사해서 .env(.env.example 참고)나"
+            r" 환경 변수에 \2 로 넣어 주세요.",
+        ),
+        (r"must be a whole number, got (.+)", r"정수여야 해요 (받은 값: \1)"),
+        (r"must be a number, got (.+)", r"숫자여야 해요 (받은 값: \1)"),
+        (r"must be between (\S+) and (\S+), got (.+)", r"\1에서 \2 사이여야 해요 (받은 값: \3)"),
+        (r"must be one of (.+), got (.+)", r"다음 중 하나여야 해요: \1 (받은 값: \2)"),
+        (r"must be a SQLAlchemy URL, got (.+)", r"SQLAlchemy URL이어야 해요 (받은 값: \1)"),
+        (
+            r"required when ENGINE=openai, e\.g\. (\S+)",
+            r"ENGINE=openai 이면 꼭 필요해요 (예: \1)",
+        ),
+        (
+            r"must start with http:// or https://, got (.+)",
+            r"http:// 또는 https:// 로 시작해야 해요 (받은 값: \1)",
+        ),
+        (
+            r"must be below half of CONTEXT_SIZE \((\d+)\)",
+            r"CONTEXT_SIZE(\1)의 절반보다 작아야 해요",
+        ),
+        (r"no such file: (.+)", r"그런 파일이 없어요: \1"),
+        (
+            r"unsupported database (\S+) \(use (.+)\)",
+            r"지원하지 않는 데이터베이스예요: \1 (\2 중에서)",
+        ),
+        (
+            r"(\S+) is not an asynchronous driver: use (\S+)",
+            r"\1 는 비동기 드라이버가 아니에요: \2 를 쓰세요",
+        ),
+    )
+)
+
+
 def config_problem(error: ConfigError, language: Language) -> str:
     """A settings error as the command line says it: the setting, then what is wrong."""
     if language == "en":
         return str(error)
+    for pattern, korean in _SETTING_PROBLEMS_KO:
+        if pattern.fullmatch(error.problem):
+            return f"{error.setting}: {pattern.sub(korean, error.problem)}"
     return f"{error.setting}: 설정 값이 잘못됐어요 ({error.problem})"
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from synatra_bot.cli import build_parser, main
+from synatra_bot.cli import build_parser, config_problem, main
+from synatra_bot.errors import ConfigError
 from synatra_bot.language import language_from_env, language_in
+from synatra_bot.settings import TOKEN_HELP
 
 ROOT = Path(__file__).resolve().parents[1]
 HANGUL = re.compile(r"[\uac00-\ud7a3]")
@@ -142,4 +144,24 @@ def test_a_bad_setting_is_said_in_korean(tmp_path) -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert result.stderr.startswith("synatra-bot: DATABASE_URL: 설정 값이 잘못됐어요 (")
+    assert result.stderr.startswith("synatra-bot: DATABASE_URL: 지원하지 않는 데이터베이스예요: ")
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem", "korean"),
+    [
+        (
+            "DISCORD_TOKEN",
+            TOKEN_HELP.removeprefix("DISCORD_TOKEN: "),
+            "DISCORD_TOKEN: 설정되지 않았어요. https://discord.com/developers/applications 에서",
+        ),
+        ("CONTEXT_SIZE", "must be a whole number, got '많이'", "CONTEXT_SIZE: 정수여야 해요"),
+        ("TEMPERATURE", "must be between 0 and 2, got 5.0", "TEMPERATURE: 0에서 2 사이여야 해요"),
+        ("--env-file", "no such file: 없는.env", "--env-file: 그런 파일이 없어요: 없는.env"),
+        ("SHARD_IDS", "needs SHARD_COUNT (the total over every process)", "SHARD_IDS: 설정 값이"),
+    ],
+)
+def test_setting_problems_are_said_in_korean(setting, problem, korean) -> None:
+    error = ConfigError(setting, problem)
+    assert config_problem(error, "ko").startswith(korean)
+    assert config_problem(error, "en") == str(error)
