@@ -921,7 +921,13 @@ def run_bench(args: argparse.Namespace) -> int:
     _check_flags(args)
     if args.save_tokenizer is not None:
         folder = save_tokenizer(args.save_tokenizer)
-        print(f"tokenizer written to {folder}; use it with --tokenizer {folder}")
+        print(
+            choose(
+                getattr(args, "lang", None) or "en",
+                f"tokenizer written to {folder}; use it with --tokenizer {folder}",
+                f"토크나이저를 {folder}에 썼어요. --tokenizer {folder} 로 쓰세요",
+            )
+        )
         return 0
     report = asyncio.run(_run(args))
     print(format_report(report))
