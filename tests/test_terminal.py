@@ -794,7 +794,7 @@ async def test_without_user_name_the_player_is_asked_once_and_remembered(
         language="ko",
         engine=ScriptedEngine("반가워.", tokenizer=tokenizer),
         tokenizer=tokenizer,
-        stdin=TypedInput("  지우  \n처음 왔어.\n/quit\n"),
+        stdin=TypedInput("  지우  \n처음 왔어.\n"),
         stdout=out,
     )
     assert code == 0
@@ -882,7 +882,7 @@ async def test_quit_typed_during_a_reply_stops_it_at_once_and_keeps_what_was_wri
     settings, sessions, tokenizer, tmp_path
 ) -> None:
     full = "가나다라마바사아자차카타파하" * 20
-    engine = ScriptedEngine(full, delay_s=0.01, tokenizer=tokenizer)
+    engine = ScriptedEngine(full, delay_s=0.05, tokenizer=tokenizer)
     read_end, write_end = os.pipe()
     with open(read_end, encoding="utf-8") as pipe, open(write_end, "w") as feeder:
         feeder.write("길게 말해 줘.\n")
