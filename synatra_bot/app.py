@@ -120,12 +120,13 @@ def build_core(
     tokenizer: object,
     *,
     max_concurrent: int | None = None,
-    user_turns: int | None = None,
+    rate_limited: bool = True,
     observer: Observer = IGNORED,
 ) -> Turns:
     """The roleplay core and its scheduler over `storage` and `engine`, behind the turns
     every front end (the bot, the terminal) plays; the scenes' automatic memory runs in the
-    scheduler's background lane (`turns.core.memory`)."""
+    scheduler's background lane (`turns.core.memory`). `rate_limited=False` counts no turns
+    against anyone (the terminal: whatever a channel's setting says)."""
     from synatra_bot.prompt.builder import PromptBuilder
     from synatra_bot.roleplay.config import Defaults
     from synatra_bot.roleplay.memory import MemoryKeeper
@@ -142,10 +143,9 @@ def build_core(
         engine,
         max_concurrent=max_concurrent or settings.max_concurrent_replies,
         turn_timeout_s=settings.turn_timeout_s,
+        rate_limited=rate_limited,
         observer=observer,
     )
-    if user_turns is not None:
-        scheduler.user_turns = user_turns
     MemoryKeeper(core, scheduler)  # attaches itself to the core
     return Turns(core, scheduler)
 

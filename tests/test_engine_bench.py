@@ -175,3 +175,10 @@ def test_the_lone_reply_lane_can_be_measured(tokenizer_dir, tmp_path) -> None:
     assert report["config"]["single_stream"] == "static"
     [level] = report["levels"]
     assert _positive(level["aggregate_tok_s"]) and _positive(level["turn2_ttft_p50_s"])
+
+
+def test_the_saved_tokenizer_is_announced_in_korean(tmp_path, capsys) -> None:
+    args = _args("--save-tokenizer", str(tmp_path / "토크나이저"))
+    args.lang = "ko"  # as `synatra-bot --lang ko bench` sets it
+    assert run_bench(args) == 0
+    assert capsys.readouterr().out.startswith(f"토크나이저를 {tmp_path / '토크나이저'}에 썼어요.")

@@ -168,6 +168,17 @@ async def test_per_user_rate_limit_reports_retry_after() -> None:
     assert slot.outcome is TurnOutcome.FINISHED
 
 
+async def test_a_scheduler_without_rate_limits_counts_no_turns() -> None:
+    engine = await started(ScriptedEngine(REPLY))
+    scheduler = Scheduler(
+        engine, max_concurrent=4, turn_timeout_s=60, user_turns=1, rate_limited=False
+    )
+    for n in range(5):
+        scheduler.charge("u1", 1)  # a channel's own limit does not count either
+        slot, _ = await run_turn(scheduler, f"채널{n}", user_turns=1)
+        assert slot.outcome is TurnOutcome.FINISHED
+
+
 async def test_turn_timeout_ends_the_reply_and_cancels_the_engine_request() -> None:
     clock = FakeClock()
     engine = await started(ScriptedEngine(REPLY))

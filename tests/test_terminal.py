@@ -54,6 +54,13 @@ def replies(*texts: str):
     return lambda _prompt: texts[min(next(turn), len(texts) - 1)]
 
 
+@pytest.fixture(autouse=True)
+def state_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The chat's log goes to $XDG_STATE_HOME/synatra-bot/chat.log: here, not the home."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return settings_from_env(
@@ -91,6 +98,7 @@ async def chat(
     code = await run_chat(
         args_for(character),
         settings=settings,
+        language="ko",
         engine=engine or ScriptedEngine("음, 그럼 바다를 보러 가자!", tokenizer=tokenizer),
         tokenizer=tokenizer,
         stdin=io.StringIO(lines),
@@ -178,7 +186,7 @@ async def test_undo_removes_the_last_exchange(settings, sessions, tokenizer, tmp
     )
 
     assert code == 0
-    assert "되돌렸어요 · undone: 2 message(s)" in text
+    assert "되돌렸어요: 메시지 2개" in text
     assert "되돌릴 것이 없어요" in text
     _, history = await terminal_history(sessions)
     assert [m.content for m in history] == ["안녕, 민수! 오늘 뭐 할래?"]
@@ -233,7 +241,7 @@ async def test_a_changed_card_file_updates_the_stored_character(
 async def test_a_png_card_is_imported(settings, sessions, tokenizer, tmp_path) -> None:
     code, text = await chat(settings, tokenizer, card_file(tmp_path, png=True), "")
 
-    assert code == 0 and "가져옴 · imported" in text and "세라: 안녕, 민수!" in text
+    assert code == 0 and "가져옴: #" in text and "세라: 안녕, 민수!" in text
 
 
 @pytest.mark.parametrize(
@@ -263,7 +271,7 @@ async def test_a_broken_card_file_exits_2_with_one_line(
 
     assert code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "invalid character card" in err
+    assert err.count("\n") == 1 and "캐릭터 카드를 읽을 수 없어요" in err
 
 
 async def test_an_engine_failing_mid_stream_prints_an_error_and_stores_no_reply(
@@ -305,7 +313,7 @@ async def test_reset_starts_over_and_archives_the_old_session(
     code, text = await chat(settings, tokenizer, card, "/reset\n")
 
     assert code == 0
-    assert "세라: 안녕, 민수! 오늘 뭐 할래?" in text.partition("— 새 대화")[2]
+    assert "세라: 안녕, 민수! 오늘 뭐 할래?" in text.partition("새 대화 —")[2]
     new, history = await terminal_history(sessions)
     assert new.id != old.id and [m.role for m in history] == ["assistant"]
     archived = await repo.recent_history(sessions, session_id=old.id, limit=10)
@@ -364,7 +372,7 @@ async def test_ctrl_c_during_a_reply_keeps_the_partial_text(
         stdout=out,
     )
 
-    assert code == 0 and "(멈춤 · stopped)" in text
+    assert code == 0 and "(멈춤)\n" in text
     _, history = await terminal_history(sessions)
     stored = history[-1]
     assert stored.role == "assistant" and stored.content
@@ -381,6 +389,7 @@ async def test_ctrl_c_at_the_prompt_exits_cleanly(settings, tokenizer, tmp_path)
         code = await run_chat(
             args_for(card_file(tmp_path)),
             settings=settings,
+            language="ko",
             engine=ScriptedEngine(tokenizer=tokenizer),
             tokenizer=tokenizer,
             stdin=stdin,
@@ -458,7 +467,8 @@ async def test_a_server_shared_character_plays_by_id_but_a_private_one_does_not(
 
     code, text = await chat(settings, tokenizer, f"#{private.id}", "")
     assert code == 2 and text == ""
-    assert "not available" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "그 캐릭터가 없거나 여기서 쓸 수 없어요 (character " in err and "not available" in err
 
 
 async def test_control_characters_in_card_text_and_model_output_cannot_take_over_the_terminal(
@@ -491,6 +501,7 @@ async def group_chat(settings, tokenizer, cards, lines: str, *, engine) -> tuple
     code = await run_chat(
         group_args(*cards),
         settings=settings,
+        language="ko",
         engine=engine,
         tokenizer=tokenizer,
         stdin=io.StringIO(lines),
@@ -524,11 +535,11 @@ async def test_a_group_scene_plays_in_the_terminal_and_at_name_talks_to_one(
     code, text = await group_chat(settings, tokenizer, [sera, haneul], lines, engine=engine)
 
     assert code == 0 and "⚠" not in text
-    assert "— 하늘 등장 · joins the scene —" in text and "(혼자일 때의 인사)" not in text
+    assert "— 하늘 등장 —" in text and "(혼자일 때의 인사)" not in text
     # Named, then the one who last answered, then `@name`, then /next.
     assert "하늘: 하늘의 말 1.\n" in text and "하늘: 하늘의 말 2.\n" in text
     assert "세라: 세라의 말 3.\n" in text and "하늘: 하늘의 말 4.\n" in text
-    assert "장면 · scene: 세라, 하늘" in text
+    assert "장면: 세라, 하늘" in text
     place = terminal_place(*sorted(_ids(text)))
     session = await repo.get_active_session(sessions, channel_id=place.channel_id)
     cast = await repo.session_cast(sessions, session_id=session.id)
@@ -550,9 +561,7 @@ async def test_a_group_scene_plays_in_the_terminal_and_at_name_talks_to_one(
 
 def _ids(text: str) -> list[int]:
     """The character ids the import lines name ("가져옴 · imported: #3 세라")."""
-    return [
-        int(line.split("#")[1].split()[0]) for line in text.splitlines() if "imported: #" in line
-    ]
+    return [int(line.split("#")[1].split()[0]) for line in text.splitlines() if "가져옴: #" in line]
 
 
 @pytest.mark.slow
@@ -611,12 +620,13 @@ async def test_export_then_import_chat_round_trips_in_the_terminal(
     code = await run_chat(
         args,
         settings=settings,
+        language="ko",
         engine=ScriptedEngine("이어서.", tokenizer=tokenizer),
         tokenizer=tokenizer,
         stdin=io.StringIO("또 왔어.\n/quit\n"),
         stdout=out,
     )
-    assert code == 0 and "imported 3 message(s)" in out.getvalue()
+    assert code == 0 and "메시지 3개를 가져왔어요" in out.getvalue()
     _, after = await terminal_history(sessions)
     assert [(m.role, m.content) for m in after[:3]] == [(m.role, m.content) for m in before]
     options = await repo.alternatives(sessions, message_id=after[2].id)
@@ -638,13 +648,14 @@ async def test_a_broken_chat_file_is_refused_and_nothing_is_stored(
     code = await run_chat(
         args,
         settings=settings,
+        language="ko",
         engine=ScriptedEngine(tokenizer=tokenizer),
         tokenizer=tokenizer,
         stdin=io.StringIO("/quit\n"),
         stdout=io.StringIO(),
     )
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "line 2" in err
+    assert code == 2 and err.count("\n") == 1 and "2번째 줄" in err
     _, after = await terminal_history(sessions)
     assert [m.id for m in after] == [m.id for m in before]
 
@@ -662,7 +673,7 @@ async def test_sessions_resume_and_branch_in_the_terminal(settings, sessions, to
     assert code == 0
     second, _ = await terminal_history(sessions)
     listed = [line for line in text.splitlines() if line.startswith("#") or "> #" in line]
-    assert any(f"#{second.id}" in line and "running" in line for line in listed)
+    assert any(f"#{second.id}" in line and "진행 중" in line for line in listed)
     first_id = second.id - 1
     assert any(f"#{first_id} " in line for line in listed)
 
@@ -673,7 +684,7 @@ async def test_sessions_resume_and_branch_in_the_terminal(settings, sessions, to
         f"/resume {first_id}\n다시 왔어.\n/branch\n/quit\n",
         engine=engine,
     )
-    assert code == 0 and f"scene #{first_id} resumed" in text and "세라: 하나." in text
+    assert code == 0 and f"장면 #{first_id} 이어서" in text and "세라: 하나." in text
     branch, history = await terminal_history(sessions)
     assert branch.id not in (first_id, second.id)
     assert [m.content for m in history if m.role == "user"] == ["첫 장면.", "다시 왔어."]
@@ -691,7 +702,423 @@ async def test_context_shows_the_prompt_sent_for_the_last_reply(
 
     assert code == 0
     before, after = text.split("바다 보러 가자.", 1)
-    assert "보낸 프롬프트가 아직 없어요" in before and "nothing sent yet" in before
+    assert "보낸 프롬프트가 아직 없어요" in before
     sent = len(engine.prompt_ids[-1])
-    assert f"모델이 본 프롬프트 · what the model was shown (세라, {sent} 토큰 · tokens)" in after
+    assert f"모델이 본 프롬프트 (세라, {sent}토큰)" in after
     assert f"토큰 {sent}/" in after
+
+
+class TypedInput(io.StringIO):
+    """Lines typed at a terminal (isatty), all there from the start, as if typed ahead."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_the_player_is_never_rate_limited_in_the_terminal(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    lines = "".join(f"{n}번째 말이야.\n" for n in range(1, 10))  # more than 6 in a minute
+
+    code, text = await chat(settings, tokenizer, card_file(tmp_path), lines + "/quit\n")
+
+    assert code == 0 and "⚠" not in text
+    _, history = await terminal_history(sessions)
+    assert [m.content for m in history if m.role == "user"] == [
+        f"{n}번째 말이야." for n in range(1, 10)
+    ]
+    assert len([m for m in history if m.role == "assistant"]) == 10  # greeting + 9 replies
+
+
+async def test_export_without_a_file_name_writes_a_named_file_in_the_working_folder(
+    settings, sessions, tokenizer, tmp_path, monkeypatch
+) -> None:
+    folder = tmp_path / "작업"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+
+    code, text = await chat(settings, tokenizer, card_file(tmp_path), "안녕!\n/export\n/export\n")
+
+    session, _ = await terminal_history(sessions)
+    day = session.started_at.strftime("%Y-%m-%d")
+    first = folder / f"세라 - {day} - scene {session.id}.jsonl"
+    second = folder / f"세라 - {day} - scene {session.id} (2).jsonl"
+    assert code == 0 and "모르는 명령" not in text
+    assert f"저장했어요: {first}" in text and f"저장했어요: {second}" in text
+    assert first.read_bytes() == second.read_bytes()
+    assert '"mes":"음, 그럼 바다를 보러 가자!"' in first.read_text(encoding="utf-8")
+
+
+async def test_a_character_name_in_an_export_cannot_leave_the_working_folder(
+    settings, tokenizer, tmp_path, monkeypatch
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    card = card_file(tmp_path, name="../세라")
+    card = card.rename(tmp_path / "sera.json")
+
+    code, _ = await chat(settings, tokenizer, card, "/export\n")
+
+    assert code == 0
+    [written] = list(folder.iterdir())
+    assert written.name.startswith("_세라 - ") and not list(tmp_path.glob("세라 - *"))
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["one-character", "group"])
+async def test_at_a_name_nobody_in_the_cast_says_who_is_and_stores_nothing(
+    settings, sessions, tokenizer, tmp_path, group
+) -> None:
+    engine = ScriptedEngine("대답.", tokenizer=tokenizer)
+    cards = [card_file(tmp_path)]
+    if group:
+        cards.append(card_file(tmp_path, name="하늘", first_message=""))
+
+    code, text = await group_chat(settings, tokenizer, cards, "@민지 안녕?\n", engine=engine)
+
+    cast = "세라, 하늘" if group else "세라"
+    assert code == 0
+    assert f"장면에 @민지(이)라는 캐릭터가 없어서 보내지 않았어요. 장면에는 {cast}" in text
+    assert not engine.prompts
+    place = terminal_place(*_ids(text))
+    session = await repo.get_active_session(sessions, channel_id=place.channel_id)
+    history = await repo.recent_history(sessions, session_id=session.id, limit=20)
+    assert [m.role for m in history] == ["assistant"]
+
+
+async def test_at_the_one_character_talks_to_it_without_the_name_in_the_story(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    code, text = await chat(settings, tokenizer, card_file(tmp_path), "@세라 바다 보러 갈래?\n")
+
+    assert code == 0 and "세라: 음, 그럼 바다를 보러 가자!" in text
+    _, history = await terminal_history(sessions)
+    assert [m.content for m in history if m.role == "user"] == ["바다 보러 갈래?"]
+
+
+def no_name_args(character: Path) -> argparse.Namespace:
+    return args_for(character, user_name=None)
+
+
+async def test_without_user_name_the_player_is_asked_once_and_remembered(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    card = card_file(tmp_path)
+    out = RecordingOutput()
+    code = await run_chat(
+        no_name_args(card),
+        settings=settings,
+        language="ko",
+        engine=ScriptedEngine("반가워.", tokenizer=tokenizer),
+        tokenizer=tokenizer,
+        stdin=TypedInput("  지우  \n처음 왔어.\n"),
+        stdout=out,
+    )
+    assert code == 0
+    assert "이야기 속 내 이름은? (Enter: 나): " in out.getvalue()
+    assert "세라: 안녕, 지우! 오늘 뭐 할래?" in out.getvalue() and "지우> " in out.getvalue()
+
+    # Later, even with nobody to ask (input piped in), the name is the one given.
+    code, text = await chat_as(settings, tokenizer, card, "또 왔어.\n", user_name=None)
+
+    assert code == 0 and "이름은?" not in text and "지우> " in text
+    _, history = await terminal_history(sessions)
+    assert [m.display_name for m in history if m.role == "user"] == ["지우", "지우"]
+
+
+async def chat_as(settings, tokenizer, card, lines, *, user_name, language="ko"):
+    out = RecordingOutput()
+    code = await run_chat(
+        args_for(card, user_name=user_name),
+        settings=settings,
+        language=language,
+        engine=ScriptedEngine("음.", tokenizer=tokenizer),
+        tokenizer=tokenizer,
+        stdin=io.StringIO(lines),
+        stdout=out,
+    )
+    return code, out.getvalue()
+
+
+@pytest.mark.parametrize(("language", "name"), [("ko", "나"), ("en", "You")])
+async def test_with_nobody_to_ask_the_player_gets_the_languages_default_name(
+    settings, tokenizer, tmp_path, language, name
+) -> None:
+    code, text = await chat_as(
+        settings, tokenizer, card_file(tmp_path), "", user_name=None, language=language
+    )
+
+    assert code == 0 and f"세라: 안녕, {name}! 오늘 뭐 할래?" in text and f"{name}> " in text
+
+
+async def test_user_name_replaces_the_remembered_name(settings, sessions, tokenizer, tmp_path):
+    card = card_file(tmp_path)
+    await chat_as(settings, tokenizer, card, "하나.\n", user_name="지우")
+    await chat_as(settings, tokenizer, card, "둘.\n", user_name="민수")
+    code, text = await chat_as(settings, tokenizer, card, "셋.\n", user_name=None)
+
+    assert code == 0 and "민수> " in text
+    _, history = await terminal_history(sessions)
+    assert [m.display_name for m in history if m.role == "user"] == ["지우", "민수", "민수"]
+
+
+class TypedLater:
+    """A terminal (isatty) whose lines arrive through a pipe, typed while the chat runs."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return True
+
+    def readline(self) -> str:
+        return self._stream.readline()
+
+    def read(self) -> str:
+        return self._stream.read()
+
+
+class TypesAfter(RecordingOutput):
+    """Stdout that types `lines` (into `feeder`) once the n-th write of `marker` lands."""
+
+    def __init__(self, marker: str, count: int, feeder, lines: str) -> None:
+        super().__init__()
+        self.marker, self.left, self.feeder, self.lines = marker, count, feeder, lines
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if text == self.marker and self.left > 0:
+            self.left -= 1
+            if self.left == 0:
+                self.feeder.write(self.lines)
+                self.feeder.flush()
+        return written
+
+
+async def test_quit_typed_during_a_reply_stops_it_at_once_and_keeps_what_was_written(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    full = "가나다라마바사아자차카타파하" * 20
+    engine = ScriptedEngine(full, delay_s=0.05, tokenizer=tokenizer)
+    read_end, write_end = os.pipe()
+    with open(read_end, encoding="utf-8") as pipe, open(write_end, "w") as feeder:
+        feeder.write("길게 말해 줘.\n")
+        feeder.flush()
+        # Typed once the third piece of the reply is on screen.
+        out = TypesAfter("라마바", 1, feeder, "이건 보내지 않아.\n/quit\n/quit 뒤에 친 줄\n")
+        typed = TypedLater(pipe)
+        code = await run_chat(
+            args_for(card_file(tmp_path)),
+            settings=settings,
+            language="ko",
+            engine=engine,
+            tokenizer=tokenizer,
+            stdin=typed,
+            stdout=out,
+        )
+        feeder.close()
+        left_for_the_shell = typed.read()
+
+    text = out.getvalue()
+    assert code == 0 and "(멈춤)\n" in text and engine.cancelled
+    assert "(/quit 전에 입력한 1줄은 보내지 않았어요)" in text
+    _, history = await terminal_history(sessions)
+    assert [m.content for m in history if m.role == "user"] == ["길게 말해 줘."]
+    stored = history[-1]
+    assert stored.role == "assistant" and stored.content.startswith("가나다라마바")
+    assert full.startswith(stored.content) and stored.content != full
+    # Reading stopped at /quit: what was typed after it is left for the shell.
+    assert left_for_the_shell == "/quit 뒤에 친 줄\n"
+
+
+async def test_piped_lines_are_played_in_order_before_quit(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    engine = ScriptedEngine("가나다라마바사" * 5, delay_s=0.001, tokenizer=tokenizer)
+    code, text = await chat(
+        settings, tokenizer, card_file(tmp_path), "하나.\n둘.\n/quit\n셋.\n", engine=engine
+    )
+
+    assert code == 0 and "(멈춤)" not in text
+    _, history = await terminal_history(sessions)
+    assert [m.content for m in history if m.role == "user"] == ["하나.", "둘."]
+    assert history[-1].content == "가나다라마바사" * 5
+
+
+async def test_log_lines_go_to_the_log_file_not_into_the_chat(
+    settings, tokenizer, tmp_path, capsys, state_folder
+) -> None:
+    import logging
+
+    engine_log = logging.getLogger("synatra_bot.engine.openai_compat")
+
+    def answer(_prompt: str) -> str:
+        engine_log.warning("engine request failed (connection refused); retrying in 1.0 s")
+        return "여기 있어."
+
+    root = logging.getLogger()
+    console = logging.StreamHandler()  # as the bot's logging set-up would leave it
+    root.addHandler(console)
+    try:
+        code, text = await chat(
+            settings,
+            tokenizer,
+            card_file(tmp_path),
+            "안녕?\n",
+            engine=ScriptedEngine(answer, tokenizer=tokenizer),
+        )
+        assert console in root.handlers  # put back afterwards
+    finally:
+        root.removeHandler(console)
+
+    log_file = state_folder / "synatra-bot" / "chat.log"
+    assert code == 0 and "세라: 여기 있어." in text
+    assert "retrying" not in text and "retrying" not in capsys.readouterr().err
+    assert "engine request failed (connection refused); retrying" in log_file.read_text("utf-8")
+    assert f"(로그: {log_file})" in text
+
+
+async def test_the_chat_speaks_english_when_asked(settings, tokenizer, tmp_path) -> None:
+    code, text = await chat_as(
+        settings,
+        tokenizer,
+        card_file(tmp_path),
+        "안녕?\n/undo\n/춤\n",
+        user_name="민수",
+        language="en",
+    )
+
+    assert code == 0
+    assert "— new chat with 세라 —" in text and "undone: 2 message(s)" in text
+    assert "unknown command: /춤 (/help)" in text
+    assert "되돌렸어요" not in text and "새 대화" not in text
+
+
+def sillytavern_chat(path: Path, *messages: dict) -> Path:
+    import json
+
+    header = {"user_name": "민수", "character_name": "세라", "create_date": "", "chat_metadata": {}}
+    rows = [header, *messages]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    return path
+
+
+def st_message(text: str, *, user: bool, swipes: int = 0) -> dict:
+    message = {"name": "민수" if user else "세라", "is_user": user, "mes": text}
+    if swipes:
+        message |= {"swipes": [f"{text} {n}" for n in range(swipes)], "swipe_id": 0}
+        message["mes"] = message["swipes"][0]
+    return message
+
+
+async def test_import_of_a_chat_over_the_swipe_limit_is_refused_and_stores_nothing(
+    settings, sessions, tokenizer, tmp_path, capsys
+) -> None:
+    from synatra_bot.prompt.st_chat import MAX_SWIPES_PER_MESSAGE
+
+    card = card_file(tmp_path)
+    await chat(settings, tokenizer, card, "안녕!\n")
+    before, history_before = await terminal_history(sessions)
+    over = sillytavern_chat(
+        tmp_path / "많은 스와이프.jsonl",
+        st_message("안녕", user=True),
+        st_message("대답", user=False, swipes=MAX_SWIPES_PER_MESSAGE + 1),
+    )
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(["--character", str(card), "--import-chat", str(over)])
+
+    code = await run_chat(
+        args,
+        settings=settings,
+        language="ko",
+        engine=ScriptedEngine(tokenizer=tokenizer),
+        tokenizer=tokenizer,
+        stdin=io.StringIO(""),
+        stdout=io.StringIO(),
+    )
+
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"3번째 줄 메시지의 스와이프가 한 메시지에 둘 수 있는 {MAX_SWIPES_PER_MESSAGE}개" in err
+    assert "아무것도 저장하지 않았어요" in err
+    after, history_after = await terminal_history(sessions)
+    assert after.id == before.id and [m.id for m in history_after] == [m.id for m in history_before]
+
+
+async def test_import_in_the_chat_passes_the_scene_quota_and_the_size_limit(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    from synatra_bot.storage.migrate import upgrade_database
+
+    await upgrade_database(settings.database_url)
+    card = card_file(tmp_path)
+    rows = [st_message(f"{n}번째 " + "파도 소리. " * 20, user=n % 2 == 0) for n in range(12)]
+    chat_file = sillytavern_chat(tmp_path / "긴 대화.jsonl", *rows)
+    await repo.update_guild_settings(sessions, guild_id=0, scene_rows=10)
+    assert card.stat().st_size < chat_file.stat().st_size - 1
+    small = replace_settings(settings, max_attachment_bytes=chat_file.stat().st_size - 1)
+
+    code, text = await chat(settings, tokenizer, card, f"안녕!\n/import {chat_file}\n")
+    assert code == 0 and "⚠" in text and "모두 합쳐 10줄까지" in text
+    code, text = await chat(small, tokenizer, card, f"/import {chat_file}\n")
+    assert code == 0 and "⚠ 파일이 너무 커요" in text
+
+    _, history = await terminal_history(sessions)
+    assert [m.content for m in history if m.role == "user"] == ["안녕!"]
+
+
+def replace_settings(settings: Settings, **changes) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)
+
+
+async def test_a_log_file_that_cannot_be_written_exits_2_with_one_line(
+    settings, tokenizer, tmp_path, capsys
+) -> None:
+    blocker = tmp_path / "파일"
+    blocker.write_text("", encoding="utf-8")
+    args = args_for(card_file(tmp_path))
+    args.log_file = blocker / "chat.log"
+
+    code = await run_chat(
+        args,
+        settings=settings,
+        language="ko",
+        engine=ScriptedEngine(tokenizer=tokenizer),
+        tokenizer=tokenizer,
+        stdin=io.StringIO("안녕\n"),
+        stdout=io.StringIO(),
+    )
+
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"synatra-bot chat: 로그 {blocker / 'chat.log'}에 쓸 수 없어요: ")
+
+
+#: Messages with no words in them (counts): the same in both languages.
+WORDLESS = ("alternative", "alternatives")
+
+
+@pytest.mark.parametrize("language", ["ko", "en"])
+def test_every_terminal_message_is_there_in_both_languages(language) -> None:
+    import re
+    import string
+
+    from synatra_bot.terminal.messages import MESSAGES, TerminalText
+
+    hangul = re.compile(r"[\uac00-\ud7a3]")
+    say = TerminalText(language)
+    for key, (english, korean) in MESSAGES.items():
+        assert (english != korean) != (key in WORDLESS), key
+        fields = {
+            name.split("|")[0]
+            for template in (english, korean)
+            for _, name, _, _ in string.Formatter().parse(template)
+            if name
+        }
+        shown = say(key, **dict.fromkeys(fields, "x"))
+        assert "{" not in shown, key
+        if key not in WORDLESS and key != "error.generic":  # English: the message itself
+            assert bool(hangul.search(shown)) == (language == "ko"), key

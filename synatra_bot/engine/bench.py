@@ -41,6 +41,7 @@ from typing import Any
 from synatra_bot.engine import cb_adapter
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.engine.transformers_engine import TransformersEngine, resolve_attention
+from synatra_bot.language import Language, choose
 from synatra_bot.settings import SINGLE_STREAM_MODES
 
 MISTRAL_7B = {
@@ -83,75 +84,194 @@ def _streams(value: str) -> list[int]:
     return levels
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add the benchmark's options to `parser` (used by `synatra-bot bench` and the script)."""
-    parser.add_argument("--model", default="maywell/Synatra-7B-v0.3-RP", help="hub id or folder")
+def configure_parser(parser: argparse.ArgumentParser, *, language: Language = "en") -> None:
+    """Add the benchmark's options to `parser` (used by `synatra-bot bench` and the script),
+    their help in `language`."""
+
+    def say(english: str, korean: str) -> str:
+        return choose(language, english, korean)
+
     parser.add_argument(
-        "--tokenizer", default=None, help="tokenizer folder (default: the model's own)"
+        "--model",
+        default="maywell/Synatra-7B-v0.3-RP",
+        help=say("hub id or folder", "허브 ID 또는 폴더"),
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help=say(
+            "tokenizer folder (default: the model's own)", "토크나이저 폴더 (기본: 모델의 것)"
+        ),
     )
     parser.add_argument(
         "--save-tokenizer",
         type=Path,
         default=None,
         metavar="FOLDER",
-        help="write Synatra's tokenizer (Mistral v1 + ChatML) to FOLDER for --tokenizer, and exit",
+        help=say(
+            "write Synatra's tokenizer (Mistral v1 + ChatML) to FOLDER for --tokenizer, and exit",
+            "Synatra 토크나이저(Mistral v1 + ChatML)를 --tokenizer 용으로 FOLDER에 쓰고 끝내기",
+        ),
     )
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--tiny", action="store_true", help="tiny random Mistral on the CPU")
     what.add_argument(
-        "--random-weights", action="store_true", help="Mistral-7B-shaped random model, no download"
+        "--tiny",
+        action="store_true",
+        help=say("tiny random Mistral on the CPU", "CPU에서 도는 아주 작은 무작위 Mistral"),
+    )
+    what.add_argument(
+        "--random-weights",
+        action="store_true",
+        help=say(
+            "Mistral-7B-shaped random model, no download",
+            "Mistral-7B 모양의 무작위 모델 (내려받지 않아요)",
+        ),
     )
     parser.add_argument(
-        "-P", "--prompt-tokens", type=int, default=None, help=f"default {BOT_PROMPT_TOKENS}"
+        "-P",
+        "--prompt-tokens",
+        type=int,
+        default=None,
+        help=say(f"default {BOT_PROMPT_TOKENS}", f"프롬프트 토큰 (기본 {BOT_PROMPT_TOKENS})"),
     )
     parser.add_argument(
-        "-N", "--new-tokens", type=int, default=None, help=f"default {BOT_NEW_TOKENS}"
+        "-N",
+        "--new-tokens",
+        type=int,
+        default=None,
+        help=say(f"default {BOT_NEW_TOKENS}", f"새로 만들 토큰 (기본 {BOT_NEW_TOKENS})"),
     )
     parser.add_argument(
-        "--message-tokens", type=int, default=48, help="new message added for the second turn"
+        "--message-tokens",
+        type=int,
+        default=48,
+        help=say("new message added for the second turn", "두 번째 턴에 더하는 새 메시지의 토큰"),
     )
     parser.add_argument(
-        "--context", type=int, default=BOT_CONTEXT, help="engine context (CONTEXT_SIZE)"
+        "--context",
+        type=int,
+        default=BOT_CONTEXT,
+        help=say("engine context (CONTEXT_SIZE)", "엔진 컨텍스트 (CONTEXT_SIZE)"),
     )
     parser.add_argument(
         "--streams",
         type=_streams,
         default=None,
-        help="concurrency levels, e.g. 1,8,32 (default 1,8,32; --tiny 1,4)",
+        help=say(
+            "concurrency levels, e.g. 1,8,32 (default 1,8,32; --tiny 1,4)",
+            "동시 요청 수준, 예: 1,8,32 (기본 1,8,32; --tiny 는 1,4)",
+        ),
     )
     parser.add_argument(
-        "--duration", type=float, default=None, help="measured seconds per level (default 20)"
+        "--duration",
+        type=float,
+        default=None,
+        help=say("measured seconds per level (default 20)", "수준마다 재는 초 (기본 20)"),
     )
     parser.add_argument(
-        "--warmup", type=float, default=None, help="discarded seconds per level (default 5)"
+        "--warmup",
+        type=float,
+        default=None,
+        help=say("discarded seconds per level (default 5)", "수준마다 버리는 예열 초 (기본 5)"),
     )
     parser.add_argument(
         "--baseline",
         choices=BASELINES,
         default=None,
-        help="generate() baseline (default static-compile on a GPU, static on the CPU)",
+        help=say(
+            "generate() baseline (default static-compile on a GPU, static on the CPU)",
+            "generate() 기준선 (기본: GPU에서 static-compile, CPU에서 static)",
+        ),
     )
-    parser.add_argument("--baseline-requests", type=int, default=2)
-    parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None, help="bfloat16, float16 or float32")
     parser.add_argument(
-        "--attn", default="sdpa", help="sdpa, eager, flash_attention_2, paged|eager"
+        "--baseline-requests",
+        type=int,
+        default=2,
+        help=say("requests of the generate() baseline", "generate() 기준선의 요청 수"),
     )
-    parser.add_argument("--num-blocks", type=int, default=None)
-    parser.add_argument("--max-batch-tokens", type=int, default=None)
-    parser.add_argument("--page-size", type=int, default=None)
-    parser.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto")
-    parser.add_argument("--compile-level", type=int, default=0, choices=(0, 1, 2, 3))
-    parser.add_argument("--no-prefix-sharing", action="store_true")
+    parser.add_argument(
+        "--skip-baseline",
+        action="store_true",
+        help=say("measure no generate() baseline", "generate() 기준선을 재지 않기"),
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help=say(
+            "torch device (default: cuda when there is one; cpu with --tiny)",
+            "torch 장치 (기본: 있으면 cuda, --tiny 면 cpu)",
+        ),
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help=say("bfloat16, float16 or float32", "bfloat16, float16 또는 float32"),
+    )
+    parser.add_argument(
+        "--attn",
+        default="sdpa",
+        help=say(
+            "sdpa, eager, flash_attention_2, paged|eager",
+            "어텐션 구현: sdpa, eager, flash_attention_2, paged|eager",
+        ),
+    )
+    parser.add_argument(
+        "--num-blocks",
+        type=int,
+        default=None,
+        help=say("KV cache blocks of continuous batching", "연속 배칭의 KV 캐시 블록 수"),
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help=say("tokens of one continuous-batching step", "연속 배칭 한 단계의 토큰 수"),
+    )
+    parser.add_argument(
+        "--page-size",
+        type=int,
+        default=None,
+        help=say("tokens per KV cache page", "KV 캐시 페이지 하나의 토큰 수"),
+    )
+    parser.add_argument(
+        "--cuda-graph",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help=say("CUDA graphs of continuous batching", "연속 배칭의 CUDA 그래프"),
+    )
+    parser.add_argument(
+        "--compile-level",
+        type=int,
+        default=0,
+        choices=(0, 1, 2, 3),
+        help=say("torch.compile level of continuous batching", "연속 배칭의 torch.compile 수준"),
+    )
+    parser.add_argument(
+        "--no-prefix-sharing",
+        action="store_true",
+        help=say("turn off the KV cache's prefix sharing", "KV 캐시의 접두어 공유 끄기"),
+    )
     parser.add_argument(
         "--single-stream",
         choices=SINGLE_STREAM_MODES,
         default="off",
-        help="the engine's lane for a lone reply (SINGLE_STREAM): compare the 1-stream row",
+        help=say(
+            "the engine's lane for a lone reply (SINGLE_STREAM): compare the 1-stream row",
+            "혼자인 답장을 위한 엔진 경로 (SINGLE_STREAM): 1스트림 줄과 비교",
+        ),
     )
-    parser.add_argument("--seed", type=int, default=1234, help="seed of the random prompts")
-    parser.add_argument("--json", type=Path, default=None, help="also write results as JSON")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1234,
+        help=say("seed of the random prompts", "무작위 프롬프트의 시드"),
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help=say("also write results as JSON", "결과를 JSON으로도 쓰기"),
+    )
 
 
 @dataclass
@@ -801,7 +921,13 @@ def run_bench(args: argparse.Namespace) -> int:
     _check_flags(args)
     if args.save_tokenizer is not None:
         folder = save_tokenizer(args.save_tokenizer)
-        print(f"tokenizer written to {folder}; use it with --tokenizer {folder}")
+        print(
+            choose(
+                getattr(args, "lang", None) or "en",
+                f"tokenizer written to {folder}; use it with --tokenizer {folder}",
+                f"토크나이저를 {folder}에 썼어요. --tokenizer {folder} 로 쓰세요",
+            )
+        )
         return 0
     report = asyncio.run(_run(args))
     print(format_report(report))

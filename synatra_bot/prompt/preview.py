@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from synatra_bot.errors import SynatraError
+from synatra_bot.language import Language, choose
 from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import MAX_JSON_BYTES, MAX_PNG_BYTES, parse_card
 from synatra_bot.prompt.lorebook import (
@@ -35,44 +36,100 @@ from synatra_bot.settings import (
 MAX_HISTORY_BYTES = 64 * 1024 * 1024
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--card", required=True, type=Path, help="character card (PNG or JSON)")
+def configure_parser(parser: argparse.ArgumentParser, *, language: Language = "en") -> None:
+    """Add the preview's options to `parser`, their help in `language`."""
+
+    def say(english: str, korean: str) -> str:
+        return choose(language, english, korean)
+
+    parser.add_argument(
+        "--card",
+        required=True,
+        type=Path,
+        help=say("character card (PNG or JSON)", "캐릭터 카드 (PNG 또는 JSON)"),
+    )
     parser.add_argument(
         "--history",
         type=Path,
-        help='JSON lines: {"role": "user"|"assistant", "name": ..., "content": ...}',
+        help=say(
+            'JSON lines: {"role": "user"|"assistant", "name": ..., "content": ...}',
+            "대화 기록, 한 줄에 JSON 하나:"
+            ' {"role": "user"|"assistant", "name": ..., "content": ...}',
+        ),
     )
-    parser.add_argument("--user-name", default="User", help="the player's name")
     parser.add_argument(
-        "--persona", default="", help="the player's persona (before their first message)"
+        "--user-name", default="User", help=say("the player's name", "플레이어 이름")
     )
-    parser.add_argument("--context", type=int, default=None, help="context window in tokens")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=None, help="tokens kept for the reply"
+        "--persona",
+        default="",
+        help=say(
+            "the player's persona (before their first message)",
+            "플레이어 페르소나 (첫 메시지 앞에 들어가요)",
+        ),
+    )
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help=say("context window in tokens", "컨텍스트 크기 (토큰)"),
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=say("tokens kept for the reply", "답장을 위해 남겨 두는 토큰"),
     )
     parser.add_argument(
         "--lorebook",
         type=Path,
-        help="the channel's lorebook: SillyTavern World Info (.json) or a card with one",
+        help=say(
+            "the channel's lorebook: SillyTavern World Info (.json) or a card with one",
+            "채널 로어북: SillyTavern 월드 인포(.json) 또는 로어북이 든 카드",
+        ),
     )
     parser.add_argument(
         "--lorebook-budget",
         type=int,
         default=None,
-        help="tokens lore may take (default: a quarter of the prompt)",
+        help=say(
+            "tokens lore may take (default: a quarter of the prompt)",
+            "로어가 쓸 수 있는 토큰 (기본: 프롬프트의 4분의 1)",
+        ),
     )
-    parser.add_argument("--author-note", default="", help="the channel's author's note")
     parser.add_argument(
-        "--author-note-depth", type=int, default=4, help="messages from the end it goes before"
+        "--author-note",
+        default="",
+        help=say("the channel's author's note", "채널의 작가 노트"),
+    )
+    parser.add_argument(
+        "--author-note-depth",
+        type=int,
+        default=4,
+        help=say(
+            "messages from the end it goes before",
+            "작가 노트가 들어갈 위치 (끝에서 몇 번째 메시지 앞)",
+        ),
     )
     parser.add_argument(
         "--seed",
         type=int,
         default=0,
-        help="the seed of chance macros ({{pick}}, {{random}}, {{roll}}) and lore rolls",
+        help=say(
+            "the seed of chance macros ({{pick}}, {{random}}, {{roll}}) and lore rolls",
+            "우연 매크로({{pick}}, {{random}}, {{roll}})와 로어 확률의 시드",
+        ),
     )
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
-    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help=say("tokenizer folder (default: the model's)", "토크나이저 폴더 (기본: 모델의 것)"),
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help=say("print a JSON object instead", "대신 JSON 객체로 출력"),
+    )
 
 
 def _read_history(path: Path) -> list[HistoryMessage]:

@@ -1,11 +1,12 @@
 """Fair admission of reply turns in front of an engine.
 
 One reply is in flight per channel; a global cap bounds the replies generating at once; each
-user may start `user_turns` turns per `rate_window_s`. Waiting turns are admitted first come,
-first served, skipping turns whose channel is busy. A turn that has to wait is handed its
-`QueueTicket` once through `on_queued(ticket)`; `ticket.position` (1 = next among all waiting
-turns, 0 once admitted or dropped) is computed when read, so a long queue costs nothing until
-someone looks at it.
+user may start `user_turns` turns per `rate_window_s` (a scheduler made with
+`rate_limited=False`, the terminal's, counts nothing: one person at a keyboard). Waiting turns
+are admitted first come, first served, skipping turns whose channel is busy. A turn that has
+to wait is handed its `QueueTicket` once through `on_queued(ticket)`; `ticket.position` (1 =
+next among all waiting turns, 0 once admitted or dropped) is computed when read, so a long
+queue costs nothing until someone looks at it.
 
 Usage from the roleplay core::
 
@@ -304,6 +305,7 @@ class Scheduler:
         turn_timeout_s: float,
         user_turns: int = 6,
         rate_window_s: float = 60.0,
+        rate_limited: bool = True,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer = IGNORED,
     ) -> None:
@@ -314,6 +316,7 @@ class Scheduler:
         self.turn_timeout_s = turn_timeout_s
         self.user_turns = user_turns
         self.rate_window_s = rate_window_s
+        self.rate_limited = rate_limited
         self.clock = clock
         self.observer = observer
         # Waiting turns in arrival order, and the same turns per channel (admission looks only
@@ -473,6 +476,8 @@ class Scheduler:
     # ------------------------------------------------------------------ internals
 
     def _check_rate(self, user_id: Hashable, limit: int | None = None) -> None:
+        if not self.rate_limited:
+            return
         now = self.clock()
         horizon = now - self.rate_window_s
         self._forget_idle_users(horizon)

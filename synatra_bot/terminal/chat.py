@@ -5,8 +5,11 @@ The terminal plays the same `Turns` over the same core, scheduler and database a
 bot; it only reads lines and prints replies. It plays in a synthetic place: guild 0 and a
 negative channel id (never a Discord snowflake) for each character, or each set of characters,
 which gives it one session that continues across runs. The player is user 0
-(`TERMINAL_USER_ID`); cards imported here belong to that user, outside any server. The place
-counts as age-restricted: whoever runs the terminal owns the database anyway.
+(`TERMINAL_USER_ID`); cards imported here belong to that user, outside any server, and the
+player's name is that user's persona (asked once, or `--user-name`). The place counts as
+age-restricted: whoever runs the terminal owns the database anyway. One person at the keyboard
+is never rate-limited; everything else (chat file limits, the scene quota, the gate of a new
+scene) is the bot's. Log lines go to a file while the chat runs, never into the chat's lines.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import hashlib
+import logging
 import os
 import re
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from synatra_bot.app import build_core, open_engine, open_storage
 from synatra_bot.errors import CardError, ChatFileError, EngineError, NotFound, UserFacingError
+from synatra_bot.language import Language, choose
 from synatra_bot.prompt.cards import parse_card
 from synatra_bot.roleplay.addressing import Addressable, leading_address
 from synatra_bot.roleplay.archive import Archive
@@ -38,6 +42,7 @@ from synatra_bot.roleplay.turns import STOPPED_BY_USER, Ending, Reply, Turns
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.records import CharacterRecord, MessageRecord, SessionRecord
+from synatra_bot.terminal.messages import TerminalText
 
 if TYPE_CHECKING:
     from synatra_bot.engine.base import Engine
@@ -45,11 +50,13 @@ if TYPE_CHECKING:
 
 TERMINAL_USER_ID = 0
 TERMINAL_GUILD_ID = 0
-DEFAULT_USER_NAME = "나"
+#: The player's name when none was given or remembered and nobody could be asked.
+DEFAULT_USER_NAMES: Mapping[Language, str] = MappingProxyType({"ko": "나", "en": "You"})
+#: Longest name the player may give (a Discord display name's limit).
+MAX_USER_NAME_CHARS = 32
 #: Turns shown again when an earlier chat with the character continues.
 RECAP_TURNS = 6
-#: One person at a keyboard needs no rate limit.
-TERMINAL_USER_TURNS = 1_000_000
+QUIT_COMMANDS = ("/quit", "/exit", "/q")
 #: C0 controls but newline and tab, DEL and C1 controls -> a visible escape ("\x1b", "\r").
 _CONTROL_ESCAPES = MappingProxyType(
     {
@@ -58,45 +65,58 @@ _CONTROL_ESCAPES = MappingProxyType(
         if chr(code) not in "\n\t"
     }
 )
+#: What a file name written for the player may not hold.
+_UNSAFE_IN_FILE_NAMES = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 
 
-HELP = """\
-명령 · commands
-  /regen        마지막 답장 다시 만들기 · new alternative of the newest reply
-  /prev, /next  답장(인사말) 대안 넘겨 보기 · browse the alternatives
-  /continue     이어서 말하게 하기 · let the character keep talking
-  /next 이름     그 캐릭터가 지금 말하기 · that character speaks now
-  /cast         장면의 캐릭터 · who is in the scene
-  @이름 말       그 캐릭터에게 말하기 · talk to one character
-  /undo         마지막 주고받기 지우기 · remove the last exchange
-  /reset        처음부터 다시 (기록은 보관) · start over (history archived)
-  /context      모델이 본 프롬프트 요약 · what the model was shown
-  /export 파일   SillyTavern 채팅 파일로 저장 · save as a SillyTavern chat (.jsonl)
-  /sessions     이 자리의 장면 목록 · this place's scenes, earlier ones too
-  /resume 번호   이전 장면 다시 열기 · reopen an earlier scene
-  /branch       여기서 새 갈래 (지금 장면은 보관) · go on in a new branch; this one is kept
-  /help         도움말 · this help
-  /quit         끝내기 (Ctrl-D) · quit
-Ctrl-C: 답장 중이면 멈추기, 아니면 끝내기 · stop the reply, or quit at the prompt"""
+def configure_parser(parser: argparse.ArgumentParser, *, language: Language = "en") -> None:
+    """Add the chat's options to `parser`, their help in `language`."""
 
+    def say(english: str, korean: str) -> str:
+        return choose(language, english, korean)
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--character",
         required=True,
         action="append",
         metavar="PATH_OR_NAME",
-        help="a card file (PNG or JSON) to import, or the name or #id of a stored character;"
-        " give it again for a group scene",
+        help=say(
+            "a card file (PNG or JSON) to import, or the name or #id of a stored character;"
+            " give it again for a group scene",
+            "가져올 카드 파일(PNG 또는 JSON), 또는 저장된 캐릭터의 이름이나 #번호;"
+            " 여러 번 주면 그룹 장면",
+        ),
     )
     parser.add_argument(
-        "--user-name", default=None, help="your name in the story (default: your OS user name)"
+        "--user-name",
+        default=None,
+        help=say(
+            "your name in the story, remembered for later chats (default: the name you gave"
+            f" before; asked once at a terminal, else {DEFAULT_USER_NAMES['en']!r})",
+            "이야기 속 내 이름, 다음 대화에도 기억해요 (기본: 전에 정한 이름; 터미널이면 한 번"
+            f" 물어보고, 아니면 {DEFAULT_USER_NAMES['ko']!r})",
+        ),
     )
     parser.add_argument(
         "--import-chat",
         default=None,
         metavar="FILE",
-        help="continue a SillyTavern chat file (.jsonl) with the (first) character",
+        help=say(
+            "continue a SillyTavern chat file (.jsonl) with the (first) character",
+            "SillyTavern 채팅 파일(.jsonl)을 (첫) 캐릭터와 이어서 하기",
+        ),
+    )
+    parser.add_argument(
+        "--log-file",
+        default=None,
+        type=Path,
+        metavar="FILE",
+        help=say(
+            "where log lines go while the chat runs (default: chat.log in"
+            " $XDG_STATE_HOME/synatra-bot, ~/.local/state/synatra-bot without it)",
+            "대화 중 로그를 쓸 파일 (기본: $XDG_STATE_HOME/synatra-bot/chat.log,"
+            " 없으면 ~/.local/state/synatra-bot/chat.log)",
+        ),
     )
 
 
@@ -111,11 +131,48 @@ def terminal_place(*character_ids: int) -> Place:
     return Place(channel_id=channel_id, guild_id=TERMINAL_GUILD_ID, age_restricted=True)
 
 
-def default_user_name() -> str:
+async def player_name(
+    sessions: Any, given: str | None, *, stdin: TextIO, stdout: TextIO, text: TerminalText
+) -> str:
+    """The player's name in the story: `given` (`--user-name`), else the name remembered from
+    an earlier chat, else asked once at a terminal, else the language's default. A name given
+    or answered is remembered (the terminal user's persona, which names the player's lines)."""
+    remembered = await repo.get_persona(
+        sessions, user_id=TERMINAL_USER_ID, guild_id=TERMINAL_GUILD_ID
+    )
+    name = _clean_name(given or "")
+    if not name and remembered is not None:
+        return remembered.name
+    default = DEFAULT_USER_NAMES[text.language]
+    if not name and _is_terminal(stdin):
+        stdout.write(terminal_safe(text("ask_name", default=default)))
+        stdout.flush()
+        answer = await asyncio.to_thread(stdin.readline)
+        name = _clean_name(answer)
+        if name:
+            stdout.write(terminal_safe(text("name_remembered", name=name)) + "\n")
+    if not name:
+        return default
+    if remembered is None or remembered.name != name:
+        await repo.set_persona(
+            sessions,
+            user_id=TERMINAL_USER_ID,
+            guild_id=TERMINAL_GUILD_ID,
+            name=name,
+            description=remembered.description if remembered else "",
+        )
+    return name
+
+
+def _clean_name(raw: str) -> str:
+    return " ".join(terminal_safe(raw).split())[:MAX_USER_NAME_CHARS]
+
+
+def _is_terminal(stream: TextIO) -> bool:
     try:
-        return getpass.getuser() or DEFAULT_USER_NAME
-    except (OSError, KeyError, ImportError):
-        return DEFAULT_USER_NAME
+        return stream.isatty()
+    except (ValueError, OSError):  # closed
+        return False
 
 
 async def resolve_character(
@@ -135,30 +192,65 @@ async def resolve_character(
     if number:
         return await characters.get(int(number[1])), ""
     if Path(spec).suffix.lower() in (".png", ".json") or os.sep in spec:
-        raise CardError(f"no card file at {spec}", key="error.card", filename=spec)
+        raise CardError(f"no card file at {spec}", key="error.no_card_file", filename=spec)
     found = await characters.search(actor, wanted, limit=25)
     exact = [c for c in found if c.name.casefold() == wanted.casefold()]
     candidates = exact or found
     if len(candidates) == 1:
         return candidates[0], ""
     if not candidates:
-        raise NotFound(f"no character named {wanted!r}: give a card file or a #id")
+        raise NotFound(
+            f"no character named {wanted!r}: give a card file or a #id",
+            key="error.no_character_named",
+            name=wanted,
+        )
     listed = ", ".join(f"#{c.id} {c.name}" for c in candidates[:8])
-    raise NotFound(f"{wanted!r} matches several characters ({listed}): use a #id")
+    raise NotFound(
+        f"{wanted!r} matches several characters ({listed}): use a #id",
+        key="error.several_characters",
+        name=wanted,
+        listed=listed,
+    )
 
 
-def _write_chat_file(spec: str, data: bytes) -> Path:
-    target = Path(spec).expanduser()
-    try:
-        target.write_bytes(data)
-    except OSError as error:
-        raise ChatFileError(0, f"cannot write it: {error.strerror}", filename=str(target)) from None
+def export_path(folder: Path, filename: str) -> Path:
+    """Where `/export` without a file name writes: `filename` (the bot's export name:
+    character, date, scene) made safe in `folder`, numbered when that file exists."""
+    safe = _UNSAFE_IN_FILE_NAMES.sub("_", filename).strip(" .") or "chat.jsonl"
+    stem, suffix = safe.removesuffix(".jsonl"), ".jsonl"
+    target = folder / f"{stem}{suffix}"
+    number = 2
+    while target.exists():
+        target = folder / f"{stem} ({number}){suffix}"
+        number += 1
     return target
 
 
-def _read_chat_file(path: Path) -> bytes:
+def _write_chat_file(target: Path, data: bytes) -> Path:
+    target = target.expanduser()
     try:
-        return path.expanduser().read_bytes()
+        target.write_bytes(data)
+    except OSError as error:
+        raise UserFacingError(
+            f"cannot write {target}: {error.strerror}",
+            key="error.file_unwritable",
+            filename=str(target),
+            reason=error.strerror or "",
+        ) from None
+    return target.resolve()
+
+
+def _read_chat_file(path: Path, limit: int) -> bytes:
+    """The chat file's bytes, refused (before reading it) over the bot's attachment limit or
+    when it is not a `.jsonl` file, as `/rp import` refuses an attachment."""
+    path = path.expanduser()
+    if path.suffix.lower() != ".jsonl":
+        raise UserFacingError("not a chat file", key="error.chat_file_type", file=str(path))
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise CardError("file too large", key="error.card_too_large", size=size, limit=limit)
+        return path.read_bytes()
     except OSError as error:
         raise ChatFileError(0, f"cannot read it: {error.strerror}", filename=str(path)) from None
 
@@ -171,7 +263,12 @@ def _read_card_file(spec: str) -> tuple[str, bytes] | None:
     try:
         return path.name, path.read_bytes()
     except OSError as error:
-        raise CardError(f"cannot read {path}: {error.strerror}", filename=str(path)) from None
+        raise CardError(
+            f"cannot read {path}: {error.strerror}",
+            key="error.file_unreadable",
+            filename=str(path),
+            reason=error.strerror or "",
+        ) from None
 
 
 async def _import_card(
@@ -202,10 +299,12 @@ async def _import_card(
 
 class _LineReader:
     """Reads lines on a daemon thread, so the event loop (and Ctrl-C) stays responsive and a
-    prompt left waiting never holds up exit."""
+    prompt left waiting never holds up exit. It stops reading at a quit command: what is typed
+    after it is left to whatever reads the terminal next (the shell)."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, on_quit: Callable[[], object]) -> None:
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._on_quit = on_quit
         loop = asyncio.get_running_loop()
         threading.Thread(
             target=self._read, args=(stream, loop), name="terminal-input", daemon=True
@@ -219,15 +318,30 @@ class _LineReader:
                 continue
             except (OSError, ValueError):  # closed or broken input: same as end of file
                 line = None
+            quits = line is not None and line.strip().lower() in QUIT_COMMANDS
             try:
                 loop.call_soon_threadsafe(self._queue.put_nowait, line)
+                if quits:
+                    loop.call_soon_threadsafe(self._on_quit)
             except RuntimeError:  # the loop is gone: nobody is listening
                 return
-            if line is None:
+            if line is None or quits:
                 return
+
+    def drop_unread(self) -> int:
+        """Forget the lines read but not handled (typed while a reply was being written) and
+        say how many there were."""
+        dropped = 0
+        while not self._queue.empty():
+            line = self._queue.get_nowait()
+            if line is not None and line.strip() and line.strip().lower() not in QUIT_COMMANDS:
+                dropped += 1
+        return dropped
 
     async def next_line(self, quit_requested: asyncio.Event) -> str | None:
         """The next line, or None at end of input or when quitting was requested."""
+        if quit_requested.is_set():
+            return None
         get = asyncio.ensure_future(self._queue.get())
         stop = asyncio.ensure_future(quit_requested.wait())
         _, pending = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -255,12 +369,19 @@ class TerminalChat:
         place: Place,
         stdin: TextIO,
         stdout: TextIO,
+        text: TerminalText,
+        log_file: Path,
+        max_chat_bytes: int,
     ) -> None:
         self.turns = turns
         self.core = turns.core
         self.archive = Archive(turns)
         self.actor = actor
         self.place = place
+        self.text = text
+        self.log_file = log_file
+        self.max_chat_bytes = max_chat_bytes
+        self.characters: list[CharacterRecord] = []
         self._stdin = stdin
         self._out = stdout
         self._quit = asyncio.Event()
@@ -277,13 +398,16 @@ class TerminalChat:
     def _line(self, text: str = "") -> None:
         self._write(text + "\n")
 
+    def _say(self, key: str, **params: Any) -> None:
+        self._line(self.text(key, **params))
+
     def _show(self, message: MessageRecord, fallback_name: str) -> None:
         self._line(f"{message.display_name or fallback_name}: {message.content}")
 
     def _error(self, error: Exception) -> None:
-        self._line(f"⚠ {error}")
+        self._line(f"⚠ {self.text.error(error)}")
 
-    # --- Ctrl-C -------------------------------------------------------------------------------
+    # --- Ctrl-C and /quit ---------------------------------------------------------------------
 
     def interrupt(self) -> None:
         """Ctrl-C: stop the reply being generated, or quit when waiting at the prompt."""
@@ -292,6 +416,17 @@ class TerminalChat:
             return
         self._stop_requested = True
         self._spawn(self._stop())
+
+    def quit_typed(self) -> None:
+        """`/quit` was typed. At a terminal it acts at once: a reply being written stops (what
+        it wrote so far is kept, as with Ctrl-C) and the chat ends. Lines piped in are played
+        in order, so there `/quit` waits its turn."""
+        if not _is_terminal(self._stdin):
+            return
+        self._quit.set()
+        if self._busy:
+            self._stop_requested = True
+            self._spawn(self._stop())
 
     async def _stop(self) -> None:
         await self.turns.scheduler.cancel_channel(self.place.channel_id, reason=STOPPED_BY_USER)
@@ -303,27 +438,42 @@ class TerminalChat:
 
     # --- the session --------------------------------------------------------------------------
 
-    async def import_chat(self, characters: list[CharacterRecord], path: Path) -> None:
-        """Start this place's scene over from a SillyTavern chat, then show where it stands."""
-        data = await asyncio.to_thread(_read_chat_file, path)
+    async def _claim_place(self) -> None:
+        """The terminal's own place: the person at the keyboard turned the bot on here."""
+        if not (await self.core.config_for(self.place)).enabled:
+            await self.core.update_channel_settings(self.place, enabled=True)
+
+    async def import_chat(self, path: Path) -> None:
+        """Start this place's scene over from a SillyTavern chat, then show where it stands.
+
+        The file passes what `/rp import` checks: its size and type before it is read, then
+        the gate of every new scene (`Turns.admit_start`, which counts no turns here), then
+        the file's row and swipe limits and the member's scene quota; a refusal stores
+        nothing."""
+        await self._claim_place()
+        data = await asyncio.to_thread(_read_chat_file, path, self.max_chat_bytes)
+        await self.turns.admit_start(self.actor, self.place)
         imported = await self.archive.import_chat(
-            self.actor, self.place, data=data, filename=path.name, character_id=characters[0].id
+            self.actor,
+            self.place,
+            data=data,
+            filename=path.name,
+            character_id=self.characters[0].id,
         )
-        self._line(f"— 가져옴 · imported {imported.turns} message(s) from {path.name} —")
-        await self.open(characters)
+        self._say("chat_imported", count=imported.turns, file=path.name)
+        await self.open(self.characters)
 
     async def open(self, characters: list[CharacterRecord]) -> None:
         """Continue the terminal session of these characters (showing its last turns), or
         start one: the first character opens it, the others join."""
-        if not (await self.core.config_for(self.place)).enabled:
-            # The terminal's own place: the person at the keyboard turned the bot on here.
-            await self.core.update_channel_settings(self.place, enabled=True)
+        self.characters = characters
+        await self._claim_place()
         active = await self.core.active(self.place)
         if active is not None and active.lead.id == characters[0].id:
             history = await repo.recent_history(
                 self.core.sessions, session_id=active.session.id, limit=RECAP_TURNS
             )
-            self._line(f"— 이어서 · continuing with {active.names} —")
+            self._say("continuing", names=active.names)
             for message in history:
                 self._show(message, active.lead.name)
             present = {c.id for c in active.cast}
@@ -332,37 +482,37 @@ class TerminalChat:
                     await self._join(character)
             return
         started = await self.turns.start(self.actor, self.place, character_id=characters[0].id)
-        self._line(f"— 새 대화 · new chat with {characters[0].name} —")
+        self._say("new_chat", name=characters[0].name)
         self._show_greeting(started)
         for character in characters[1:]:
             await self._join(character)
 
     async def _join(self, character: CharacterRecord) -> None:
         joined = await self.turns.join(self.actor, self.place, character.id)
-        self._line(f"— {character.name} 등장 · joins the scene —")
+        self._say("joins", name=character.name)
         if joined.greeting is not None:
             self._show_greeting(joined)
 
     def _show_greeting(self, started: Started) -> None:
         name = started.character.name
         if started.greeting is None:
-            self._line(
-                f"({name}: 인사말 없음 — 먼저 말을 걸어 보세요 · no greeting: say something)"
-            )
+            self._say("no_greeting", name=name)
             return
         self._show(started.greeting, name)
         if started.greeting_count > 1:
-            count = started.greeting_count
-            self._line(f"(인사말 1/{count} · /next 로 다른 인사말 · /next shows another greeting)")
+            self._say("greetings", count=started.greeting_count)
 
     async def run(self) -> int:
-        self._line("/help 도움말 · help, /quit 끝내기 · quit")
-        reader = _LineReader(self._stdin)
+        self._say("hint")
+        reader = _LineReader(self._stdin, self.quit_typed)
         while True:
             self._write(f"{self.actor.display_name}> ")
             line = await reader.next_line(self._quit)
             if line is None:
                 self._line()
+                dropped = reader.drop_unread()
+                if dropped:
+                    self._say("not_sent", count=dropped)
                 return 0
             text = line.strip()
             if not text:
@@ -373,18 +523,25 @@ class TerminalChat:
                     if not await self._command(text):
                         return 0
                 else:
-                    await self._say(text)
+                    await self._story_line(text)
             except (UserFacingError, EngineError) as error:
                 self._error(error)
             finally:
                 self._busy = False
 
-    async def _say(self, text: str) -> None:
-        """A line of the story; `@name` at its start talks to that character."""
+    async def _story_line(self, text: str) -> None:
+        """A line of the story; `@name` at its start talks to that character, and a name
+        nobody in the cast has is refused (nothing is stored)."""
         active = await self.core.require_active(self.place)
         cast = [Addressable(c.id, names_of(c)) for c in active.cast]
-        to, rest = leading_address(text, cast) if active.is_group else (None, text)
-        said = await self.turns.say(self.place, self.actor, rest or text, to=to)
+        to, rest = leading_address(text, cast)
+        if to is None and _addresses_someone(text):
+            wanted = text.split()[0]
+            self._say("address_unknown", wanted=wanted, names=active.names)
+            return
+        said = await self.turns.say(
+            self.place, self.actor, rest or text, to=to if active.is_group else None
+        )
         if said is None:
             return
         await said.stored
@@ -394,70 +551,80 @@ class TerminalChat:
     async def _command(self, text: str) -> bool:
         """Run a slash command; False means quit."""
         name, _, argument = text.partition(" ")
-        name = name.lower()
-        if name in ("/quit", "/exit", "/q"):
+        name, argument = name.lower(), argument.strip()
+        if name in QUIT_COMMANDS:
             return False
         if name in ("/help", "/h", "/?"):
-            self._line(HELP)
+            self._say("help", log=self.log_file)
         elif name == "/regen":
             await self._regenerate()
         elif name == "/continue":
             await self._play(await self.turns.continue_reply(self.place, self.actor))
-        elif name == "/next" and argument.strip():
-            await self._next(argument.strip())
+        elif name == "/next" and argument:
+            await self._next(argument)
         elif name in ("/prev", "/next"):
             await self._browse(-1 if name == "/prev" else 1)
-        elif name == "/export" and argument.strip():
-            filename, data = await self.archive.export(self.place)
-            target = await asyncio.to_thread(_write_chat_file, argument.strip(), data)
-            self._line(f"저장했어요 · saved: {target} ({filename})")
+        elif name == "/export":
+            await self._export(argument)
+        elif name == "/import" and argument:
+            await self.import_chat(Path(argument))
         elif name == "/sessions":
             for scene in await self.archive.scenes(self.place):
-                mark = " ← 진행 중 · running" if scene.active else ""
-                names = ", ".join(scene.names) or "?"
-                day = scene.session.started_at.strftime("%Y-%m-%d")
-                self._line(f"#{scene.session.id} {names} · {day} · {scene.turns}턴{mark}")
-        elif name == "/resume" and argument.strip().lstrip("#").isdigit():
-            scene_id = int(argument.strip().lstrip("#"))
+                self._say(
+                    "scene_line",
+                    id=scene.session.id,
+                    names=", ".join(scene.names) or "?",
+                    day=scene.session.started_at.strftime("%Y-%m-%d"),
+                    turns=scene.turns,
+                    mark=self.text("scene_running") if scene.active else "",
+                )
+        elif name == "/resume" and argument.lstrip("#").isdigit():
+            scene_id = int(argument.lstrip("#"))
             await self.archive.resume(self.actor, self.place, scene_id)
-            self._line(f"— 장면 #{scene_id} 이어서 · scene #{scene_id} resumed —")
+            self._say("resumed", id=scene_id)
             await self._recap()
         elif name == "/branch":
             branch = await self._branch()
-            self._line(f"— 새 갈래 · new branch, scene #{branch.id} —")
+            self._say("branched", id=branch.id)
         elif name == "/cast":
             active = await self.core.require_active(self.place)
-            self._line(f"장면 · scene: {active.names}")
+            self._say("cast", names=active.names)
         elif name == "/undo":
             try:
                 removed = await self.turns.undo(self.place, self.actor)
             except UserFacingError:
-                self._line("되돌릴 것이 없어요 · nothing to undo")
+                self._say("nothing_to_undo")
             else:
-                self._line(f"되돌렸어요 · undone: {len(removed)} message(s)")
+                self._say("undone", count=len(removed))
         elif name == "/reset":
             started = await self.turns.reset(self.actor, self.place)
-            self._line(f"— 새 대화 · new chat with {started.character.name} —")
+            self._say("new_chat", name=started.character.name)
             self._show_greeting(started)
         elif name == "/context":
             active = await self.core.require_active(self.place)
             sent = self.turns.sent.last(active.session.id)
+            korean = self.text.language == "ko"
             if sent is None:
                 built = await self.core.build_prompt(active, speaker=self.actor)
-                self._line(
-                    "보낸 프롬프트가 아직 없어요. 다음 답의 미리보기 · nothing sent yet; "
-                    f"a preview of the next reply: {built.token_count} 토큰 · tokens"
-                )
-                self._line(built.report.to_text(korean=True))
+                self._say("context_none", tokens=built.token_count)
+                self._line(built.report.to_text(korean=korean))
             else:
-                self._line(
-                    f"모델이 본 프롬프트 · what the model was shown ({sent.speaker}, "
-                    f"{sent.token_count} 토큰 · tokens)"
-                )
-                self._line(sent.report.to_text(korean=True))
+                self._say("context_sent", name=sent.speaker, tokens=sent.token_count)
+                self._line(sent.report.to_text(korean=korean))
         else:
-            self._line(f"모르는 명령이에요 · unknown command: {name} (/help)")
+            self._say("unknown_command", name=name)
         return True
+
+    async def _export(self, argument: str) -> None:
+        """The running scene as a SillyTavern chat file: the file named, or one named like
+        the bot's export (character, date, scene) in the working folder."""
+        filename, data = await self.archive.export(self.place)
+        if argument:
+            target = Path(argument)
+        else:
+            target = await asyncio.to_thread(export_path, Path.cwd(), filename)
+        written = await asyncio.to_thread(_write_chat_file, target, data)
+        self._say("saved", path=written)
 
     async def _branch(self) -> SessionRecord:
         active = await self.core.require_active(self.place)
@@ -486,7 +653,7 @@ class TerminalChat:
         except UserFacingError as error:
             if error.key != "reply.greeting_fixed":
                 raise
-            self._line("인사말은 다시 만들 수 없어요 · the greeting cannot be regenerated (/next)")
+            self._say("greeting_fixed")
             return
         await self._play(reply)
 
@@ -495,18 +662,18 @@ class TerminalChat:
         cast = [Addressable(c.id, names_of(c)) for c in active.cast]
         key, _ = leading_address("@" + wanted.removeprefix("@"), cast)
         if key is None:
-            self._line(f"장면에 없는 캐릭터예요 · not in the scene: {wanted} ({active.names})")
+            self._say("not_in_scene", wanted=wanted, names=active.names)
             return
         await self._play(await self.turns.next_speaker(self.place, self.actor, key))
 
     async def _browse(self, step: int) -> None:
         latest = await self.core.latest_reply(self.place)
         if latest is None:
-            self._line("넘겨 볼 답장이 없어요 · no reply to browse")
+            self._say("nothing_to_browse")
             return
         shown, _ = await self.turns.browse(self.place, self.actor, latest.id, step)
         self._show(shown.message, shown.message.display_name)
-        self._line(f"({shown.index + 1}/{shown.count})")
+        self._say("alternative", index=shown.index + 1, count=shown.count)
 
     # --- a reply ------------------------------------------------------------------------------
 
@@ -535,22 +702,29 @@ class TerminalChat:
         if outcome.ending is Ending.STORED:
             assert outcome.shown is not None
             if outcome.stopped:
-                self._line("(멈춤 · stopped)")
+                self._say("stopped")
             if outcome.shown.count > 1:
                 shown = outcome.shown
-                self._line(f"({shown.index + 1}/{shown.count} · /prev /next)")
+                self._say("alternatives", index=shown.index + 1, count=shown.count)
         elif outcome.ending is Ending.FAILED:
             error = outcome.error
             if isinstance(error, UserFacingError):
                 self._error(error)
                 return
-            detail = str(error) if error is not None else "unexpected error (see the log)"
-            self._line(f"⚠ 답장 실패, 저장하지 않았어요 · reply failed, nothing stored: {detail}")
-            self._line("(/regen 으로 다시 시도 · /regen to try again)")
+            unexpected = self.text("unexpected", log=self.log_file)
+            detail = str(error) if error is not None else unexpected
+            self._say("reply_failed", detail=detail)
+            self._say("try_again")
         elif outcome.ending is Ending.CUT and outcome.timed_out:
-            self._line("(시간 초과, 저장하지 않았어요 · timed out, nothing stored)")
+            self._say("timed_out")
         elif outcome.ending in (Ending.CUT, Ending.DISCARDED):
-            self._line("(멈춤, 저장하지 않았어요 · stopped, nothing stored)")
+            self._say("cut")
+
+
+def _addresses_someone(line: str) -> bool:
+    """Whether `line` starts with `@` and a name (`@ ` or a lone `@` is just text)."""
+    stripped = line.lstrip()
+    return len(stripped) > 1 and stripped[0] == "@" and not stripped[1].isspace()
 
 
 @contextlib.contextmanager
@@ -569,23 +743,108 @@ def _ctrl_c_calls(callback: Callable[[], object]) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def default_log_file(environ: Mapping[str, str]) -> Path:
+    """chat.log in the user's state folder (XDG_STATE_HOME, else ~/.local/state)."""
+    state = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "synatra-bot" / "chat.log"
+
+
+def _log_handler(path: Path) -> logging.FileHandler:
+    """A handler appending to `path` (its folder made); OSError when it cannot be written."""
+    path = path.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
+@contextlib.contextmanager
+def _logs_to(handler: logging.FileHandler) -> Iterator[None]:
+    """While inside, log records go to `handler`'s file and nothing logs to the terminal: a
+    log line printed there would tear the line being typed or streamed. Handlers writing to
+    stderr or stdout (the root's, or a library's own) are set aside and put back; with none,
+    the file stands in for Python's last-resort printing to stderr. Closes `handler`."""
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    set_aside: list[tuple[logging.Logger, logging.Handler]] = []
+    for logger in loggers:
+        for found in list(logger.handlers):
+            if _writes_to_terminal(found):
+                logger.removeHandler(found)
+                set_aside.append((logger, found))
+    for logger in {logger for logger, _ in set_aside} | {logging.getLogger()}:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            if handler in logger.handlers:
+                logger.removeHandler(handler)
+        for logger, found in set_aside:
+            logger.addHandler(found)
+        handler.close()
+
+
+def _writes_to_terminal(handler: logging.Handler) -> bool:
+    stream = getattr(handler, "stream", None)
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and stream in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    )
+
+
 async def run_chat(
     args: argparse.Namespace,
     *,
     settings: Settings,
+    language: Language = "en",
     engine: Engine | None = None,
     tokenizer: Any = None,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
 ) -> int:
-    """Chat in the terminal until /quit, end of input or Ctrl-C at the prompt.
+    """Chat in the terminal until /quit, end of input or Ctrl-C at the prompt, saying
+    everything in `language`; log lines go to `--log-file` meanwhile.
 
     Returns 0, or 2 when `--character` names nothing usable (one line on stderr), or 1 when
     the engine cannot start.
     """
     out = stdout if stdout is not None else sys.stdout
+    return await _chat(
+        args,
+        settings=settings,
+        text=TerminalText(language),
+        log_file=getattr(args, "log_file", None) or default_log_file(os.environ),
+        engine=engine,
+        tokenizer=tokenizer,
+        stdin=stdin if stdin is not None else sys.stdin,
+        out=out,
+    )
+
+
+async def _chat(
+    args: argparse.Namespace,
+    *,
+    settings: Settings,
+    text: TerminalText,
+    log_file: Path,
+    engine: Engine | None,
+    tokenizer: Any,
+    stdin: TextIO,
+    out: TextIO,
+) -> int:
+    def fail(error: Exception) -> None:
+        print(terminal_safe(f"synatra-bot chat: {text.error(error)}"), file=sys.stderr)
+
     async with open_storage(settings) as storage:
-        actor = Actor(TERMINAL_USER_ID, args.user_name or default_user_name())
+        name = await player_name(
+            storage.sessions, args.user_name, stdin=stdin, stdout=out, text=text
+        )
+        actor = Actor(TERMINAL_USER_ID, name)
         specs = args.character if isinstance(args.character, list) else [args.character]
         characters: list[CharacterRecord] = []
         try:
@@ -603,17 +862,17 @@ async def run_chat(
                     actor, character.id, place=None, nsfw_policy="allowed"
                 )
                 if note:
-                    label = {"imported": "가져옴 · imported", "updated": "카드 갱신 · card updated"}
-                    line = f"{label[note]}: #{character.id} {character.name}"
+                    key = "card_imported" if note == "imported" else "card_updated"
+                    line = text(key, id=character.id, name=character.name)
                     print(terminal_safe(line), file=out, flush=True)
                 if all(c.id != character.id for c in characters):
                     characters.append(character)
         except UserFacingError as error:
-            print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
+            fail(error)
             return 2
 
         def loading() -> None:
-            print(f"모델 준비 중 · loading {settings.model_id}…", file=out, flush=True)
+            print(terminal_safe(text("loading", model=settings.model_id)), file=out, flush=True)
 
         async with contextlib.AsyncExitStack() as running:
             try:
@@ -621,7 +880,7 @@ async def run_chat(
                     open_engine(settings, engine=engine, tokenizer=tokenizer, on_loading=loading)
                 )
             except EngineError as error:
-                print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
+                fail(error)
                 return 1
             turns = build_core(
                 settings,
@@ -629,7 +888,7 @@ async def run_chat(
                 started_engine,
                 started_tokenizer,
                 max_concurrent=1,
-                user_turns=TERMINAL_USER_TURNS,
+                rate_limited=False,
             )
             place = replace(
                 terminal_place(*(c.id for c in characters)), guild_id=actor.guild_id or 0
@@ -638,19 +897,34 @@ async def run_chat(
                 turns=turns,
                 actor=actor,
                 place=place,
-                stdin=stdin if stdin is not None else sys.stdin,
+                stdin=stdin,
                 stdout=out,
+                text=text,
+                log_file=log_file,
+                max_chat_bytes=settings.max_attachment_bytes,
             )
+            chat.characters = characters
             try:
-                with _ctrl_c_calls(chat.interrupt):
+                log = _log_handler(log_file)
+            except OSError as error:
+                problem = text("log_unwritable", log=log_file, reason=error.strerror or "")
+                print(terminal_safe(f"synatra-bot chat: {problem}"), file=sys.stderr)
+                return 2
+            chat.log_file = Path(log.baseFilename)
+            try:
+                # From here on the chat owns the terminal's lines: log lines go to the file.
+                with _ctrl_c_calls(chat.interrupt), _logs_to(log):
                     try:
                         if args.import_chat:
-                            await chat.import_chat(characters, Path(args.import_chat))
+                            await chat.import_chat(Path(args.import_chat))
                         else:
                             await chat.open(characters)
                     except UserFacingError as error:
-                        print(terminal_safe(f"synatra-bot chat: {error}"), file=sys.stderr)
+                        fail(error)
                         return 2
+                    print(terminal_safe(text("log", log=chat.log_file)), file=out, flush=True)
                     return await chat.run()
             finally:
+                # Stop what still runs (a reply, the scene's memory) before the engine and
+                # the database close, in that order.
                 await turns.scheduler.shutdown(finish=False)
