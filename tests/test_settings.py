@@ -322,7 +322,7 @@ def test_a_database_that_cannot_be_used_is_one_line_and_exit_2(
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     [line] = [text for text in result.stderr.splitlines() if text.startswith("synatra-bot:")]
-    assert line.startswith("synatra-bot: DATABASE_URL") and expected in line
+    assert line.startswith("synatra-bot: ") and "DATABASE_URL" in line and expected in line
     assert "hunter2" not in line
 
 
