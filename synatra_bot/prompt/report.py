@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from synatra_bot.prompt.recall import RecallNote
+
 LoreStatus = Literal["fired", "skipped", "timed_out", "unscanned"]
 #: How `to_text` words each status.
 _STATUS_TEXT: dict[LoreStatus, str] = {
@@ -80,6 +82,8 @@ class PromptReport:
     summary_auto: bool = True
     #: A message the summary covers changed since it was written (it is being rewritten).
     summary_stale: bool = False
+    #: Old turns the newest message recalled into the prompt, in story order, with why.
+    recall: list[RecallNote] = field(default_factory=list)
 
     def _labels(self, status: LoreStatus) -> list[str]:
         return [note.label for note in self.lorebook if note.status == status]
@@ -129,6 +133,7 @@ class PromptReport:
                 lines.append(f"card lorebook: {count} {words} (order {_orders(hidden)})")
         if self.summary_tokens or self.summary_until_id is not None:
             lines.append(_memory_line(self))
+        lines += _recall_lines(self.recall)
         if self.personas_left_out:
             lines.append(f"personas left out: {_short(', '.join(self.personas_left_out), 200)}")
         for left in self.lorebook_left_out:
@@ -150,6 +155,22 @@ def _memory_line(report: PromptReport) -> str:
     if not report.summary_auto:
         notes.append("automatic memory off")
     return line + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _recall_lines(notes: list[RecallNote], shown: int = 5) -> list[str]:
+    """Each recalled turn: its id, speaker, the terms that matched it, and its start."""
+    if not notes:
+        return []
+    lines = [f"recalled: {len(notes)} old {'turn' if len(notes) == 1 else 'turns'}"]
+    for note in notes[:shown]:
+        terms = ", ".join(note.matched[:6])
+        lines.append(
+            f"  #{note.message_id} {_short(note.name, 20)} (matched {terms}; "
+            f"score {note.score:.1f}): {_short(note.text, 60)}"
+        )
+    if len(notes) > shown:
+        lines.append(f"  (+{len(notes) - shown})")
+    return lines
 
 
 def is_card_book(book: str) -> bool:

@@ -43,6 +43,10 @@ DEFAULT_SUMMARY_TOKENS = 384
 SUMMARY_CONTEXT_SHARE = 4
 #: The least memory a scene may have (a smaller one says nothing useful).
 MIN_SUMMARY_TOKENS = 32
+#: Tokens a prompt's recall of old turns takes by default (a few sentences).
+DEFAULT_RECALL_TOKENS = 256
+#: ... and at most this share of the context.
+RECALL_CONTEXT_SHARE = 8
 #: The samplers roleplayers use beside temperature, top-p and top-k.
 ROLEPLAY_SAMPLERS = (
     "min_p",
@@ -101,6 +105,7 @@ SERVER_SETTINGS = (
     "scene_megabytes",
     "cast_limit",
     "summary_tokens",
+    "recall_tokens",
     "archive_keep_days",
 )
 
@@ -165,6 +170,8 @@ class ChannelConfig:
     cast_limit: int = DEFAULT_CAST_LIMIT
     #: Tokens the scene's automatic memory may take (its summary job's max_new_tokens).
     summary_tokens: int = DEFAULT_SUMMARY_TOKENS
+    #: Tokens a prompt's recall of old turns may take (0: off).
+    recall_tokens: int = DEFAULT_RECALL_TOKENS
     #: Tokens the lorebooks may take in a prompt (within the context); None: the prompt
     #: builder's default, a quarter of the prompt budget.
     lorebook_budget: int | None = None
@@ -185,6 +192,7 @@ class ChannelConfig:
             ("scene_megabytes", f"{self.scene_megabytes} MiB/member"),
             ("cast_limit", f"{self.cast_limit}/scene"),
             ("summary_tokens", str(self.summary_tokens)),
+            ("recall_tokens", str(self.recall_tokens)),
             (
                 "lorebook_budget",
                 "auto" if self.lorebook_budget is None else str(self.lorebook_budget),
@@ -372,6 +380,7 @@ def effective_config(
         answer_every_addressed=channel.answer_every_addressed if channel else False,
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
         summary_tokens=summary_tokens(guild, context_size),
+        recall_tokens=recall_tokens(guild, context_size),
         lorebook_budget=lorebook_budget(guild, channel, context_size),
     )
 
@@ -392,6 +401,13 @@ def summary_tokens(guild: GuildSettingsRecord, context_size: int) -> int:
     `MIN_SUMMARY_TOKENS` and a `SUMMARY_CONTEXT_SHARE`th of the context."""
     chosen = guild.summary_tokens if guild.summary_tokens is not None else DEFAULT_SUMMARY_TOKENS
     return max(MIN_SUMMARY_TOKENS, min(chosen, context_size // SUMMARY_CONTEXT_SHARE))
+
+
+def recall_tokens(guild: GuildSettingsRecord, context_size: int) -> int:
+    """The tokens a prompt's recall may take: the server's choice (else the default), within
+    a `RECALL_CONTEXT_SHARE`th of the context."""
+    chosen = guild.recall_tokens if guild.recall_tokens is not None else DEFAULT_RECALL_TOKENS
+    return max(0, min(chosen, context_size // RECALL_CONTEXT_SHARE))
 
 
 def preset_values(preset: Mapping[str, float | int]) -> dict[str, float | int]:

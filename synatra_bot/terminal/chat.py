@@ -642,3 +642,5 @@ async def run_chat(
                     return await chat.run()
             finally:
                 await turns.scheduler.shutdown(finish=False)
+                if turns.core.recall is not None:
+                    await turns.core.recall.close()

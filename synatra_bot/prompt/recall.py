@@ -1,0 +1,95 @@
+"""The recall block: old turns, no longer in the prompt's window, that the newest message
+brings back to mind.
+
+The turns come ranked (`prompt.terms.TurnIndex`); the block holds, best first, the sentences
+of each that hold a matched term (the whole turn when none does or it is short), within a
+token budget, in story order so they read as the past they are. It is one system message
+placed after the history (`PromptOptions.recall`): the block changes with every message, so
+anywhere earlier it would change the prompt's start, which an engine's cached prefix needs
+to stay the same from turn to turn.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+RECALL_HEADING = "### 떠오르는 지난 장면"
+#: A recalled turn's text is cut to its matching sentences past this many characters.
+WHOLE_TURN_CHARS = 160
+#: Where a turn's text is split into sentences.
+_SENTENCE = re.compile(r"[^.!?。！？…~\n]+(?:[.!?。！？…~]+[\"'”’」』)\]]*)?")
+
+
+@dataclass(frozen=True)
+class RecalledTurn:
+    """A stored turn the search found, with why: the query terms it holds and its score."""
+
+    message_id: int
+    name: str
+    content: str
+    matched: tuple[str, ...]
+    score: float
+
+
+@dataclass(frozen=True)
+class RecallNote:
+    """A turn in the block, for the inspector: which turn, what of it, and why."""
+
+    message_id: int
+    name: str
+    text: str
+    matched: tuple[str, ...]
+    score: float
+
+
+@dataclass(frozen=True)
+class RecallBlock:
+    """The block's text (without ChatML markers) and the turns it holds, in story order."""
+
+    text: str
+    notes: tuple[RecallNote, ...]
+
+
+def sentences_of(turn: RecalledTurn) -> str:
+    """The part of a turn worth recalling: all of it when short, else the sentences holding a
+    matched term (the surface of a noun is in the sentence; a stem is matched without its
+    다)."""
+    content = " ".join(turn.content.split())
+    if len(content) <= WHOLE_TURN_CHARS:
+        return content
+    keys = [term[:-1] if term.endswith("다") and len(term) > 1 else term for term in turn.matched]
+    chosen = [
+        s.strip()
+        for s in _SENTENCE.findall(content)
+        if s.strip() and any(key in s.lower() for key in keys)
+    ]
+    return " ".join(chosen) if chosen else content[:WHOLE_TURN_CHARS].rstrip() + "…"
+
+
+def recall_block(
+    turns: Sequence[RecalledTurn], *, budget: int, count: Callable[[str], int]
+) -> RecallBlock | None:
+    """The block of as many of `turns` (best first) as fit in `budget` tokens (`count` is the
+    real tokenizer's); None when none does."""
+    chosen: list[RecallNote] = []
+    for turn in turns:
+        text = sentences_of(turn)
+        if not text:
+            continue
+        note = RecallNote(turn.message_id, turn.name, text, turn.matched, turn.score)
+        trial = _render([*chosen, note])
+        if count(trial) <= budget:
+            chosen.append(note)
+    if not chosen:
+        return None
+    ordered = sorted(chosen, key=lambda n: n.message_id)
+    return RecallBlock(_render(ordered), tuple(ordered))
+
+
+def _render(notes: Sequence[RecallNote]) -> str:
+    lines = [RECALL_HEADING]
+    for note in sorted(notes, key=lambda n: n.message_id):
+        lines.append(f"{note.name}: {note.text}" if note.name else note.text)
+    return "\n".join(lines)
