@@ -5,6 +5,8 @@ Discord."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import CharacterCard
+from synatra_bot.prompt.preview import configure_parser, run_preview
 from synatra_bot.prompt.recall import RECALL_HEADING, RecalledTurn, recall_block
 from synatra_bot.prompt.terms import KoreanTerms, TurnIndex
 from synatra_bot.roleplay import recall as recall_module
@@ -21,6 +24,7 @@ from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import upgrade_database
 from synatra_bot.storage.recall_terms import scene_terms
 from tests.db_helpers import opened, upgraded_from_0001
+from tests.prompt_helpers import v2_card
 
 FACT = "우리 고양이 이름은 나비야. 작년 봄 축제에서 처음 만났어."
 FILLERS = [
@@ -191,6 +195,35 @@ async def test_a_scene_stored_before_the_upgrade_is_indexed_in_the_background(
         indexed = dict(await scene_terms(sessions, session_id=old.session_id))
     assert old.player_turn_id in indexed and old.reply_id in indexed
     assert "1 of 1 scenes indexed" in caplog.text
+
+
+# --- the preview -------------------------------------------------------------------------------
+
+
+def test_the_preview_recalls_from_the_whole_history_file(tmp_path, tokenizer_dir, capsys) -> None:
+    card = tmp_path / "minji.json"
+    card.write_text(json.dumps(v2_card(), ensure_ascii=False), encoding="utf-8")
+    lines = [{"role": "user", "name": "준", "content": FACT}]
+    for i in range(60):
+        role = "user" if i % 2 else "assistant"
+        lines.append({"role": role, "name": "준" if i % 2 else "민지", "content": FILLERS[i % 4]})
+    lines.append({"role": "user", "name": "준", "content": "축제에서 만난 나비한테 밥 줬어?"})
+    history = tmp_path / "chat.jsonl"
+    history.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines), "utf-8")
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    argv = ["--card", str(card), "--history", str(history), "--tokenizer", str(tokenizer_dir)]
+    args = parser.parse_args([*argv, "--context", "1024", "--max-new-tokens", "64"])
+    assert run_preview(args, default_model_id="unused") == 0
+    printed = capsys.readouterr()
+    assert FACT not in printed.out.split(RECALL_HEADING)[0]  # trimmed out of the window ...
+    assert f"준: {FACT}" in printed.out.split(RECALL_HEADING)[1]  # ... and recalled
+    assert "recalled: 1 old turn" in printed.err and "#1 준 (matched" in printed.err
+    off = parser.parse_args(
+        [*argv, "--context", "1024", "--max-new-tokens", "64", "--recall-tokens", "0"]
+    )
+    assert run_preview(off, default_model_id="unused") == 0
+    assert RECALL_HEADING not in capsys.readouterr().out
 
 
 # --- end to end ---------------------------------------------------------------------------------

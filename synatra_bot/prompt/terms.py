@@ -6,6 +6,11 @@ morphemes; the content ones (nouns, numbers, foreign words, roots, verb and adje
 are the terms, and the particles and endings are dropped. A verb or adjective stem is kept
 with 다 (보다), so it never collides with a noun of the same spelling.
 
+Names a dictionary does not know are split differently in different sentences (구리야 may
+stay one noun where 구리를 gives 구리), so each word's stem (the word up to its first particle
+or ending) also gives its syllable pairs (구리야 -> 구리, 리야): a name matches whatever Kiwi
+made of it.
+
 Kiwi takes a few seconds to load its model, and each text costs about a millisecond: callers
 run `KoreanTerms` off the event loop (`roleplay.recall` keeps a worker thread for it).
 """
@@ -22,6 +27,10 @@ from typing import Any
 #: foreign words, Chinese characters and numbers. Verb and adjective stems are kept too.
 _CONTENT_TAGS = frozenset({"NNG", "NNP", "NR", "XR", "SL", "SH", "SN"})
 _STEM_TAGS = ("VV", "VA")
+#: A word's stem ends at its first particle (J), ending (E), copula (VCP), suffix (XS) or
+#: mark (S, but for foreign words, Chinese characters and numbers).
+_AFFIX_TAGS = ("J", "E", "VCP", "XS", "S")
+_HANGUL_FIRST, _HANGUL_LAST = "\uac00", "\ud7a3"
 #: BM25's usual constants.
 BM25_K1 = 1.2
 BM25_B = 0.75
@@ -54,18 +63,52 @@ class KoreanTerms:
                 self._kiwi = kiwi
 
     def terms(self, text: str) -> list[str]:
-        """The content morphemes of `text`, in order, repeats kept (their count is a weight)."""
+        """The content morphemes of `text`, in order, repeats kept (their count is a weight),
+        and the syllable pairs of each noun's word stem that is not one morpheme."""
         if not text.strip():
             return []
         self.load()
         found: list[str] = []
-        for token in self._kiwi.tokenize(text):
+        pairs: list[str] = []
+        word: list[Any] = []
+        word_end = -1
+        for token in [*self._kiwi.tokenize(text), None]:
+            if token is None or token.start >= word_end:
+                pairs += _stem_pairs(text, word)
+                if token is None:
+                    break
+                word, word_end = [], _word_end(text, token.start)
+            word.append(token)
             tag: str = token.tag
             if tag in _CONTENT_TAGS:
                 found.append(token.form.lower())
             elif tag.startswith(_STEM_TAGS):
                 found.append(token.form + "다")
-        return found
+        return found + pairs
+
+
+def _word_end(text: str, start: int) -> int:
+    """Where the whitespace-separated word holding `start` ends."""
+    end = start
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    return end
+
+
+def _stem_pairs(text: str, word: Sequence[Any]) -> list[str]:
+    """The syllable pairs of a word's stem (the word up to its first particle, ending, copula
+    or suffix), when Kiwi made several morphemes or one proper noun of it: how a name is split
+    depends on the sentence, its syllables do not."""
+    stem = []
+    for token in word:
+        if token.tag.startswith(_AFFIX_TAGS) and token.tag not in _CONTENT_TAGS:
+            break
+        stem.append(token)
+    if not stem or (len(stem) == 1 and stem[0].tag != "NNP"):
+        return []
+    start, end = stem[0].start, stem[-1].start + stem[-1].len
+    syllables = "".join(c for c in text[start:end] if _HANGUL_FIRST <= c <= _HANGUL_LAST)
+    return [syllables[i : i + 2] for i in range(len(syllables) - 1)]
 
 
 @dataclass(frozen=True)

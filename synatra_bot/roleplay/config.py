@@ -10,6 +10,7 @@ from typing import Any
 
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.errors import UserFacingError
+from synatra_bot.prompt.recall import DEFAULT_RECALL_TOKENS, recall_budget
 from synatra_bot.settings import Settings
 from synatra_bot.storage.records import ChannelSettingsRecord, GuildSettingsRecord
 from synatra_bot.tokenizer import CONTROL_TEXTS
@@ -43,10 +44,6 @@ DEFAULT_SUMMARY_TOKENS = 384
 SUMMARY_CONTEXT_SHARE = 4
 #: The least memory a scene may have (a smaller one says nothing useful).
 MIN_SUMMARY_TOKENS = 32
-#: Tokens a prompt's recall of old turns takes by default (a few sentences).
-DEFAULT_RECALL_TOKENS = 256
-#: ... and at most this share of the context.
-RECALL_CONTEXT_SHARE = 8
 #: The samplers roleplayers use beside temperature, top-p and top-k.
 ROLEPLAY_SAMPLERS = (
     "min_p",
@@ -405,9 +402,8 @@ def summary_tokens(guild: GuildSettingsRecord, context_size: int) -> int:
 
 def recall_tokens(guild: GuildSettingsRecord, context_size: int) -> int:
     """The tokens a prompt's recall may take: the server's choice (else the default), within
-    a `RECALL_CONTEXT_SHARE`th of the context."""
-    chosen = guild.recall_tokens if guild.recall_tokens is not None else DEFAULT_RECALL_TOKENS
-    return max(0, min(chosen, context_size // RECALL_CONTEXT_SHARE))
+    a share of the context (`prompt.recall.recall_budget`)."""
+    return recall_budget(guild.recall_tokens, context_size)
 
 
 def preset_values(preset: Mapping[str, float | int]) -> dict[str, float | int]:

@@ -32,7 +32,7 @@ from synatra_bot.prompt.builder import (
 from synatra_bot.prompt.cards import CharacterCard, macro_name
 from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
 from synatra_bot.prompt.macros import MacroContext, substitute_macros
-from synatra_bot.prompt.recall import RecallBlock
+from synatra_bot.prompt.recall import RECALL_PIECE_TOKENS, RecallBlock
 from synatra_bot.roleplay.characters import (
     CharacterService,
     can_use,
@@ -102,8 +102,6 @@ class SceneRecall(Protocol):
 #: The newest messages whose words make the recall's query (the one answered now: an older
 #: one would recall what the window already holds).
 RECALL_QUERY_MESSAGES = 1
-#: What the recall block's system message adds to its text (its ChatML markers).
-RECALL_PIECE_TOKENS = 6
 
 #: The language of dates and weekdays that cards' macros write (`{{date}}`, `{{weekday}}`).
 MACRO_LOCALE = "ko"

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from synatra_bot.prompt.lru import Lru
-from synatra_bot.prompt.recall import RecallBlock, RecalledTurn, recall_block
+from synatra_bot.prompt.recall import CANDIDATES, RecallBlock, RecalledTurn, recall_block
 from synatra_bot.prompt.terms import KoreanTerms, TurnIndex
 from synatra_bot.storage import recall_terms as store
 from synatra_bot.storage.repository import Sessions
@@ -37,8 +37,6 @@ T = TypeVar("T")
 INDEX_BATCH = 32
 #: Scenes whose index is kept in memory.
 SCENES_KEPT = 32
-#: Turns the search ranks before the block takes what fits.
-CANDIDATES = 12
 #: Running scenes at least this long are indexed in the background at start.
 CATCH_UP_MIN_TURNS = 64
 #: The catch-up logs its progress every this many seconds.
