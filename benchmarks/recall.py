@@ -27,6 +27,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,9 +139,12 @@ def run(turns: int, tokenizer_dir: Path) -> dict[str, float]:
     started = time.perf_counter()
     terms = [korean.terms(t) for t in texts]
     analysis_s = time.perf_counter() - started
+    tracemalloc.start()
     index = TurnIndex()
     for i, t in enumerate(terms):
         index.add(i, t)
+    index_mib = tracemalloc.get_traced_memory()[0] / 2**20
+    tracemalloc.stop()
 
     fts = sqlite3.connect(":memory:")
     fts.execute("CREATE VIRTUAL TABLE turns USING fts5(terms)")
@@ -227,6 +231,7 @@ def run(turns: int, tokenizer_dir: Path) -> dict[str, float]:
     return {
         "turns": turns,
         "analysis_ms_per_turn": analysis_s * 1000 / turns,
+        "index_mib": index_mib,
         "recall@3": hits3 / FACTS,
         "recall@5": hits5 / FACTS,
         "fts5_recall@5": fts5_hits / FACTS,
@@ -258,13 +263,15 @@ def main() -> None:
 
         tokenizer_dir = write_tokenizer(Path(tempfile.mkdtemp()))
     results = [run(turns, tokenizer_dir) for turns in args.turns]
-    print("| turns | recall@3 | recall@5 | FTS5 recall@5 | summary only | Kiwi ms/turn |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| turns | recall@3 | recall@5 | FTS5 recall@5 | summary only | Kiwi ms/turn | index MiB |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r['turns']:,} | {r['recall@3']:.3f} | {r['recall@5']:.3f}"
             f" | {r['fts5_recall@5']:.3f} | {r['summary_only']:.3f}"
-            f" | {r['analysis_ms_per_turn']:.2f} |"
+            f" | {r['analysis_ms_per_turn']:.2f} | {r['index_mib']:.1f} |"
         )
     print()
     print(
