@@ -15,16 +15,24 @@ from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import CharacterCard
 from synatra_bot.prompt.preview import configure_parser, run_preview
-from synatra_bot.prompt.recall import RECALL_HEADING, RecalledTurn, recall_block
+from synatra_bot.prompt.recall import (
+    RECALL_HEADING,
+    RecallBlock,
+    RecalledTurn,
+    RecallNote,
+    recall_block,
+)
 from synatra_bot.prompt.terms import KoreanTerms, TurnIndex
 from synatra_bot.roleplay import recall as recall_module
 from synatra_bot.roleplay.recall import TurnRecall
+from synatra_bot.roleplay.turns import Ending
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import upgrade_database
 from synatra_bot.storage.recall_terms import scene_terms
 from tests.db_helpers import opened, upgraded_from_0001
 from tests.prompt_helpers import v2_card
+from tests.test_memory import start_scene
 
 FACT = "우리 고양이 이름은 나비야. 작년 봄 축제에서 처음 만났어."
 FILLERS = [
@@ -195,6 +203,44 @@ async def test_a_scene_stored_before_the_upgrade_is_indexed_in_the_background(
         indexed = dict(await scene_terms(sessions, session_id=old.session_id))
     assert old.player_turn_id in indexed and old.reply_id in indexed
     assert "1 of 1 scenes indexed" in caplog.text
+
+
+class HugeRecall:
+    """A recall that always brings back far more than any prompt holds."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def turn_stored(self, session_id: int) -> None:
+        pass
+
+    async def turns_changed(self, session_id: int, oldest_id: int) -> None:
+        pass
+
+    async def recall(self, **_options) -> RecallBlock:
+        self.asked += 1
+        note = RecallNote(1, "준", FACT, ("나비",), 1.0)
+        return RecallBlock(f"{RECALL_HEADING}\n" + FACT * 200, (note,))
+
+    def start_catch_up(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_recall_block_the_prompt_cannot_hold_is_left_out_not_the_turn(
+    sessions, tokenizer
+) -> None:
+    scene = await start_scene(sessions, tokenizer)
+    recall = scene.core.recall = HugeRecall()
+    try:
+        await scene.play_until_dropped()
+        outcome = await scene.play()
+        assert outcome.ending is Ending.STORED
+        assert recall.asked > 0 and scene.reports[-1].recall == []
+    finally:
+        await scene.scheduler.shutdown(finish=False)
 
 
 # --- the preview -------------------------------------------------------------------------------

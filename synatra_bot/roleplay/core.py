@@ -20,6 +20,7 @@ from synatra_bot.errors import (
     NoSession,
     NotFound,
     PermissionDenied,
+    PromptTooLarge,
     UserFacingError,
 )
 from synatra_bot.prompt.builder import (
@@ -953,7 +954,8 @@ class RoleplayCore:
         )
         options.recall = await self._recall(active, records, history, history_start_id)
         speaking = character or active.lead
-        built = await self.builder.build_async(
+        build = functools.partial(
+            self.builder.build_async,
             card=active.cards[speaking.id],
             cast=[active.cards[c.id] for c in active.cast],
             history=history,
@@ -966,6 +968,13 @@ class RoleplayCore:
             impersonate=impersonate,
             macro_context=self._macro_context(active, records),
         )
+        try:
+            built = await build()
+        except PromptTooLarge:
+            if options.recall is None:
+                raise
+            options.recall = None  # recall never costs a turn: the prompt goes without it
+            built = await build()
         if len(self._history_start) >= CACHE_LIMIT:
             self._history_start.clear()
         self._history_start[anchor_key] = built.history_start_id

@@ -99,9 +99,9 @@ class TurnRecall:
         if self._closed:
             return None
         index = self._indexes.get(session_id)
-        if index is None:
+        if index is None:  # from now on each stored turn of the scene is indexed
             index = await self._load(session_id)
-        self._wake(session_id)
+            self._wake(session_id)
         if not self.terms.loaded or budget <= 0:
             return None
         query_terms = await self._off_loop(lambda: self.terms.terms(query))
