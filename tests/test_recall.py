@@ -301,3 +301,11 @@ async def test_a_fact_trimmed_out_is_recalled_when_a_later_message_names_it(star
         assert "나비야" in block
         # It sits after the newest message, so the prompt's start stays as it was.
         assert prompt.index("그 축제에서 만난 나비한테") < prompt.index(RECALL_HEADING)
+
+        # A moderator turns recall off: the next message naming the cat recalls nothing.
+        off = await harness.slash(s.moderator, "config memory", recall_tokens=0)
+        await harness.final_text(off)
+        guild = await repo.get_guild_settings(harness.sessions, guild_id=s.guild.id)
+        assert guild.recall_tokens == 0
+        await harness.reply_to(s.general, player, "나비를 다시 보고 싶다.")
+        assert RECALL_HEADING not in engine.prompts[-1]
