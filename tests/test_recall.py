@@ -27,6 +27,7 @@ from synatra_bot.roleplay import recall as recall_module
 from synatra_bot.roleplay.recall import TurnRecall
 from synatra_bot.roleplay.turns import Ending
 from synatra_bot.storage import repository as repo
+from synatra_bot.storage.archives import branch_scene
 from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import upgrade_database
 from synatra_bot.storage.recall_terms import scene_terms
@@ -185,6 +186,21 @@ async def test_edits_deletes_and_undo_keep_the_index_true(sessions, korean) -> N
         await recall.settled()
         assert await _recalled(recall, session_id, "나비를 기억해?", ids[-1]) == []
         assert len(await scene_terms(sessions, session_id=session_id)) == len(ids)
+    finally:
+        await recall.close()
+
+
+async def test_a_branch_recalls_its_copied_past(sessions, korean) -> None:
+    session_id, ids = await _scene(sessions, [FACT, *FILLERS, *FILLERS])
+    recall = TurnRecall(sessions, terms=korean)
+    try:
+        await _recalled(recall, session_id, "나비", ids[-1])
+        await recall.settled()
+        branch = await branch_scene(sessions, message_id=ids[-1], started_by=42)
+        copies = [m.id for m in await repo.recent_history(sessions, session_id=branch.id, limit=50)]
+        assert await _recalled(recall, branch.id, "나비를 기억해?", copies[-1]) == []
+        await recall.settled()  # the copies are indexed in the background, as stored turns are
+        assert await _recalled(recall, branch.id, "나비를 기억해?", copies[-1]) == [copies[0]]
     finally:
         await recall.close()
 
