@@ -190,6 +190,22 @@ async def test_edits_deletes_and_undo_keep_the_index_true(sessions, korean) -> N
         await recall.close()
 
 
+async def test_after_a_restart_the_index_is_read_back_from_the_stored_terms(
+    sessions, korean, monkeypatch
+) -> None:
+    session_id, ids = await _scene(sessions, [*FILLERS, FACT, *FILLERS, *FILLERS])
+    first = TurnRecall(sessions, terms=korean)
+    await _recalled(first, session_id, "나비", ids[-1])
+    await first.settled()
+    await first.close()
+    monkeypatch.setattr(recall_module, "LOAD_PAGE", 3)  # read back in several pages
+    again = TurnRecall(sessions, terms=korean)
+    try:
+        assert await _recalled(again, session_id, "나비한테 가 볼까?", ids[-1]) == [ids[4]]
+    finally:
+        await again.close()
+
+
 async def test_a_branch_recalls_its_copied_past(sessions, korean) -> None:
     session_id, ids = await _scene(sessions, [FACT, *FILLERS, *FILLERS])
     recall = TurnRecall(sessions, terms=korean)

@@ -18,6 +18,7 @@ copied past) are indexed in the background at start, their progress in the log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,8 @@ T = TypeVar("T")
 
 #: Turns analysed and stored together: a search waits for at most one batch of the worker.
 INDEX_BATCH = 32
+#: Stored terms read at a time when a scene's index is built.
+LOAD_PAGE = 2000
 #: Scenes whose index is kept in memory.
 SCENES_KEPT = 32
 #: Running scenes at least this long are indexed in the background at start.
@@ -128,9 +131,22 @@ class TurnRecall:
         return recall_block(turns, budget=budget, count=count)
 
     async def _load(self, session_id: int) -> TurnIndex:
-        rows = await store.scene_terms(self.sessions, session_id=session_id)
-        index = await self._off_loop(lambda: _index_of(rows))
-        return self._indexes.put(session_id, index)
+        """The scene's index from its stored terms, read a page at a time (the rows of a page
+        are made on the event loop) and built on the worker thread."""
+        index, after = TurnIndex(), 0
+        while True:
+            rows = await store.scene_terms(
+                self.sessions, session_id=session_id, after_id=after, limit=LOAD_PAGE
+            )
+            if not rows:
+                break
+            await self._off_loop(functools.partial(_add_rows, index, rows))
+            after = rows[-1][0]
+        self._indexes.put(session_id, index)
+        # Turns indexed since the last page went to no index: read them now it is in place.
+        late = await store.scene_terms(self.sessions, session_id=session_id, after_id=after)
+        _add_rows(index, late)
+        return index
 
     # --- indexing -----------------------------------------------------------------------------
 
@@ -225,8 +241,6 @@ class TurnRecall:
         self._worker.shutdown(wait=True, cancel_futures=True)
 
 
-def _index_of(rows: Sequence[tuple[int, str]]) -> TurnIndex:
-    index = TurnIndex()
+def _add_rows(index: TurnIndex, rows: Sequence[tuple[int, str]]) -> None:
     for message_id, terms in rows:
         index.add(message_id, terms.split())
-    return index

@@ -20,13 +20,17 @@ from synatra_bot.storage.repository import MESSAGES, Sessions
 INDEXED_ROLES = ("user", "assistant")
 
 
-async def scene_terms(sessions: Sessions, *, session_id: int) -> list[tuple[int, str]]:
-    """(turn id, its terms) of every indexed turn of the scene, oldest first."""
+async def scene_terms(
+    sessions: Sessions, *, session_id: int, after_id: int = 0, limit: int | None = None
+) -> list[tuple[int, str]]:
+    """(turn id, its terms) of the scene's indexed turns after `after_id`, oldest first, at
+    most `limit` of them (None: all)."""
     query = (
         select(MessageTerms.message_id, MessageTerms.terms)
         .join(Message, Message.id == MessageTerms.message_id)
-        .where(Message.session_id == session_id)
+        .where(Message.session_id == session_id, MessageTerms.message_id > after_id)
         .order_by(MessageTerms.message_id)
+        .limit(limit)
     )
     async with sessions() as session:
         return [(int(i), str(t)) for i, t in (await session.execute(query)).all()]
