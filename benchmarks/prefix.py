@@ -10,7 +10,8 @@ history_start_id passed back. Reuse = ids the new prompt shares at its start wit
 prompt / the previous prompt's length (1.0: the engine can reuse all of the previous prompt).
 
 Rows: the scene (cast, players, scene_user_name given) with a context where nothing trims and
-with 4096; the same with an author's note at depth 4.
+with 4096; the same with an author's note at depth 4; and with 4096 and old turns recalled
+into each prompt (the newest message's search over the turns before the window).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from synatra_bot.prompt.builder import BuiltPrompt, PromptBuilder
+from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, PromptBuilder
+from synatra_bot.prompt.recall import RecallBlock, recall_in
+from synatra_bot.prompt.terms import KoreanTerms
 from synatra_bot.tokenizer import load_tokenizer
 from tests.prompt_helpers import SceneTurn, play_scene, prefix_reuse, scene_turns
 
@@ -34,6 +37,8 @@ class Case:
     label: str
     context: int
     author_note: str = ""
+    #: Tokens of old turns recalled into each prompt (0: none).
+    recall_tokens: int = 0
 
 
 CASES = [
@@ -41,11 +46,27 @@ CASES = [
     Case("scene", 4096),
     Case("scene, author's note depth 4", LARGE_CONTEXT, "긴장감을 유지하라."),
     Case("scene, author's note depth 4", 4096, "긴장감을 유지하라."),
+    Case("scene, recall 256 tokens", 4096, recall_tokens=256),
 ]
 
 
 def play(builder: PromptBuilder, case: Case, turns: list[SceneTurn]) -> list[BuiltPrompt]:
-    return play_scene(builder, turns, context_size=case.context, author_note=case.author_note)
+    terms = KoreanTerms()
+
+    def recall(history: list[HistoryMessage], start_id: int | None) -> RecallBlock | None:
+        # As the core asks: the turns before the previous prompt's start are searched.
+        before = next((i for i, m in enumerate(history) if m.message_id == start_id), 0)
+        return recall_in(
+            history, before=before, budget=case.recall_tokens, terms=terms, count=builder.count_text
+        )
+
+    return play_scene(
+        builder,
+        turns,
+        context_size=case.context,
+        author_note=case.author_note,
+        recall=recall if case.recall_tokens else None,
+    )
 
 
 def summary(values: list[float]) -> str:
@@ -84,6 +105,9 @@ def main() -> None:
         built = play(PromptBuilder(tokenizer), case, turns)
         kept = [prefix_reuse(a, b) for a, b in pairwise(built) if not b.report.trimmed_this_turn]
         trimmed = [prefix_reuse(a, b) for a, b in pairwise(built) if b.report.trimmed_this_turn]
+        if case.recall_tokens:
+            with_block = sum(1 for b in built if b.report.recall)
+            print(f"  (recall: a block in {with_block} of {len(built)} prompts)")
         print(
             f"{case.label:<44} {case.context:>7} {built[-1].token_count:>7} | "
             f"{summary(kept)} | {summary(trimmed)}"

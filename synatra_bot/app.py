@@ -130,6 +130,7 @@ def build_core(
     from synatra_bot.prompt.builder import PromptBuilder
     from synatra_bot.roleplay.config import Defaults
     from synatra_bot.roleplay.memory import MemoryKeeper
+    from synatra_bot.roleplay.recall import TurnRecall
     from synatra_bot.storage.retry import Patience
 
     core = RoleplayCore(
@@ -147,6 +148,7 @@ def build_core(
         observer=observer,
     )
     MemoryKeeper(core, scheduler)  # attaches itself to the core
+    core.recall = TurnRecall(storage.sessions)
     return Turns(core, scheduler)
 
 
@@ -188,6 +190,9 @@ async def running_bot(
     ):
         turns = build_core(settings, storage, engine, tokenizer, observer=observer)
         scheduler = turns.scheduler
+        recall = turns.core.recall
+        if recall is not None:
+            recall.start_catch_up()
         if settings.shard_count is not None:
             bot_options.setdefault("shard_count", settings.shard_count)
         if settings.shard_ids is not None:
@@ -212,6 +217,8 @@ async def running_bot(
                 # Stop generating (nothing half-written is stored), let the handlers store or
                 # discard what they have, then disconnect.
                 await scheduler.shutdown(finish=False)
+                if recall is not None:
+                    await recall.close()
                 await bot.replies.close()
                 await bot.close()
                 # What was frozen goes back to the collector with the bot: its cycles would

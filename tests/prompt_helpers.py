@@ -206,11 +206,17 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def play_scene(
-    builder: Any, turns: Sequence[SceneTurn], *, cast: Sequence[Any] | None = None, **options: Any
+    builder: Any,
+    turns: Sequence[SceneTurn],
+    *,
+    cast: Sequence[Any] | None = None,
+    recall: Any = None,
+    **options: Any,
 ) -> list[Any]:
     """Build every turn of the scene as the core does: the addressed character answers the
     player who just spoke; the players are those who have spoken so far, the starter first;
-    each turn starts where the previous prompt's history did (`options` go to PromptOptions)."""
+    each turn starts where the previous prompt's history did (`options` go to PromptOptions).
+    `recall(history, start_id)` gives the turn's recall block, as the core asks for one."""
     from synatra_bot.prompt.builder import PromptOptions
 
     cast = list(cast) if cast is not None else scene_cards()
@@ -227,7 +233,11 @@ def play_scene(
             players=spoken,
             scene_user_name=players[0].name,
             channel_lorebook=book,
-            options=PromptOptions(history_start_id=start_id, **options),
+            options=PromptOptions(
+                history_start_id=start_id,
+                recall=recall(turn.history, start_id) if recall else None,
+                **options,
+            ),
         )
         start_id = prompt.history_start_id
         built.append(prompt)

@@ -122,6 +122,7 @@ OPTION_NAMES: dict[str, str] = {
     "cast_limit": "출연한도",
     "answer_every": "모두답하기",
     "summary_tokens": "요약토큰",
+    "recall_tokens": "회상토큰",
     "tokens": "토큰",
     "recursion": "재귀단계",
     "keep_days": "보관일수",
@@ -173,6 +174,7 @@ CHOICE_NAMES: dict[str, str] = {
     "scene_megabytes": "장면 용량 한도 (scene_megabytes)",
     "cast_limit": "출연 한도 (cast_limit)",
     "summary_tokens": "요약 토큰 (summary_tokens)",
+    "recall_tokens": "회상 토큰 (recall_tokens)",
     "archive_keep_days": "보관 일수 (archive_keep_days)",
 }
 
@@ -294,8 +296,9 @@ DESCRIPTIONS: dict[str, str] = {
     "How scenes with several characters play": "여러 캐릭터가 나오는 장면 설정",
     "Characters one scene may hold in this server (default 4)": "이 서버에서 한 장면에 둘 수 있는 캐릭터 수 (기본 4)",
     "Here: a message naming several characters gets an answer from each": "이 채널: 여러 캐릭터를 부르면 모두 차례로 답해요",
-    "How long scenes' automatic memory may grow": "장면의 자동 기억 크기",
+    "How much scenes' memory may take": "장면의 기억이 차지할 크기",
     "Tokens a scene's summary may take (default 384)": "장면 요약이 차지할 수 있는 토큰 수 (기본 384)",
+    "Tokens of old turns recalled into each prompt (0: off; default 256)": "프롬프트마다 떠올릴 지난 대화의 토큰 수 (0: 끔, 기본 256)",
     "How many tokens lorebooks may take in a prompt": "로어북이 프롬프트에서 차지할 수 있는 토큰 수",
     "How long archived scenes are kept": "보관된 장면을 얼마나 둘지",
     "Days an archived scene is kept (0: for ever, the default)": "보관된 장면을 두는 날 수 (0: 계속, 기본값)",

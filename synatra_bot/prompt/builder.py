@@ -42,11 +42,10 @@ import functools
 import hashlib
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from synatra_bot.errors import PromptTooLarge
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel, macro_name
@@ -66,7 +65,9 @@ from synatra_bot.prompt.lorebook import (
     scans_need_worker,
     select_entries,
 )
+from synatra_bot.prompt.lru import Lru
 from synatra_bot.prompt.macros import MacroContext, substitute_macros
+from synatra_bot.prompt.recall import RecallBlock
 from synatra_bot.prompt.report import BlockReport, LoreLeftOut, LoreNote, LoreStatus, PromptReport
 from synatra_bot.tokenizer import (
     BOS_ID,
@@ -141,8 +142,6 @@ SYSTEM_CACHE_SIZE = 256
 SCAN_WORKERS = 4
 #: Stands in for the author of a persona given without `players` (no Discord id is 0).
 PERSONA_ONLY_AUTHOR = 0
-K = TypeVar("K")
-V = TypeVar("V")
 _EXAMPLE_SPLIT = re.compile(r"^\s*<START>\s*$", re.IGNORECASE | re.MULTILINE)
 _EXAMPLE_SPEAKER = re.compile(
     r"^\s*(?P<who>\{\{\s*(?:char|user)\s*\}\}|<(?:bot|user)>)\s*:\s?(?P<text>.*)$",
@@ -187,6 +186,8 @@ class PromptOptions:
     #: The note at the end of a prompt where the model writes the player's next line.
     impersonation_note: str = DEFAULT_IMPERSONATION_NOTE
     summary: str = ""
+    #: Old turns the newest message recalls: one system message after the history.
+    recall: RecallBlock | None = None
     #: After an overflow the history is cut back to this share of its room, so that the
     #: following turns keep an identical prompt start (an engine's cached prefix stays valid).
     trim_watermark: float = 0.7
@@ -284,29 +285,6 @@ def _content_encoder(tokenizer: PreTrainedTokenizerBase) -> Any | None:
     encoder.no_truncation()
     encoder.no_padding()
     return encoder
-
-
-class _Lru(Generic[K, V]):
-    """A bounded map that forgets the least recently used entry first."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> V:
-        self._items[key] = value
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return value
 
 
 #: Positions judged afresh each turn, placed from the end of the history.
@@ -423,14 +401,14 @@ class PromptBuilder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, cache_size: int = 8192) -> None:
         self._tokenizer = tokenizer
         self._content_encoder = _content_encoder(tokenizer)
-        self._cache: _Lru[str, tuple[int, ...]] = _Lru(cache_size)
-        self._pieces: _Lru[tuple[str, str], _Piece] = _Lru(cache_size)
-        self._systems: _Lru[tuple[Any, ...], str] = _Lru(SYSTEM_CACHE_SIZE)
-        self._card_books: _Lru[int, tuple[object, Lorebook]] = _Lru(SYSTEM_CACHE_SIZE)
+        self._cache: Lru[str, tuple[int, ...]] = Lru(cache_size)
+        self._pieces: Lru[tuple[str, str], _Piece] = Lru(cache_size)
+        self._systems: Lru[tuple[Any, ...], str] = Lru(SYSTEM_CACHE_SIZE)
+        self._card_books: Lru[int, tuple[object, Lorebook]] = Lru(SYSTEM_CACHE_SIZE)
         # Scan results per book and scanned texts, so a turn scans only its new position. The
         # book is kept with its result, so its id is not reused meanwhile; the texts are the
         # history's own strings.
-        self._scans: _Lru[_ScanKey, tuple[Lorebook, LoreScan]] = _Lru(cache_size)
+        self._scans: Lru[_ScanKey, tuple[Lorebook, LoreScan]] = Lru(cache_size)
         # Threads start on the first scan that needs one.
         self._scan_pool = ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="lorebook-scan")
         self._newline = tuple(self._encode_raw("\n"))
@@ -635,7 +613,7 @@ class PromptBuilder:
                 text, char=macro_name(scene.speaker), user=scene.user_name, context=scene.macros
             ).strip()
 
-        tail: list[tuple[str, _Piece]] = []
+        tail = [("recall", self._piece("system", options.recall.text))] if options.recall else []
         if scene.impersonating:
             # The player's line, in their voice: the model goes on after their name.
             note = per_turn(options.impersonation_note)
@@ -946,6 +924,7 @@ class PromptBuilder:
         report.lorebook_left_out = _left_out(scene.books)
         summary = options.summary.strip()
         report.summary_tokens = self.count_text(summary) if summary else 0
+        report.recall = list(options.recall.notes) if options.recall else []
         new_counts: dict[int, int] = {}
 
         def count(message: HistoryMessage) -> int:

@@ -4,7 +4,9 @@ It is the bot's prompt for a scene of this one character and one player (`--user
 `--persona`): the builder has one layout, so what is shown is what the bot would send. A
 channel's lorebook (`--lorebook`, a SillyTavern World Info file), its budget and an author's
 note can be added as a channel's settings would; `--seed` fixes the scene's chance macros and
-lorebook rolls, so the same command prints the same prompt.
+lorebook rolls, so the same command prints the same prompt. Old turns the window leaves
+behind are searched, the whole file of them, and the newest message recalls what it refers
+to, as the bot recalls from a scene (`--recall-tokens`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from synatra_bot.errors import SynatraError
 from synatra_bot.language import Language, choose
-from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
+from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import MAX_JSON_BYTES, MAX_PNG_BYTES, parse_card
 from synatra_bot.prompt.lorebook import (
     DEFAULT_RECURSION_STEPS,
@@ -25,6 +27,8 @@ from synatra_bot.prompt.lorebook import (
     lorebook_from_character_book,
 )
 from synatra_bot.prompt.macros import MacroContext
+from synatra_bot.prompt.recall import RECALL_PIECE_TOKENS, recall_budget, recall_in
+from synatra_bot.prompt.terms import KoreanTerms
 from synatra_bot.prompt.world_info import MAX_LOREBOOK_BYTES, parse_lorebook_file
 from synatra_bot.settings import (
     AUTHOR_NOTE_DEPTH_RANGE,
@@ -95,6 +99,16 @@ def configure_parser(parser: argparse.ArgumentParser, *, language: Language = "e
         help=say(
             "tokens lore may take (default: a quarter of the prompt)",
             "로어가 쓸 수 있는 토큰 (기본: 프롬프트의 4분의 1)",
+        ),
+    )
+    parser.add_argument(
+        "--recall-tokens",
+        type=int,
+        default=None,
+        help=say(
+            "tokens of old turns the newest message recalls (0: off; default 256, at most "
+            "an eighth of the context)",
+            "최근 메시지가 떠올리는 옛 턴의 토큰 수 (0: 끔, 기본 256, 컨텍스트의 8분의 1까지)",
         ),
     )
     parser.add_argument(
@@ -178,6 +192,8 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
         check_range("--max-new-tokens", max_new, MAX_NEW_TOKENS_RANGE)
         if args.lorebook_budget is not None:
             check_range("--lorebook-budget", args.lorebook_budget, (0, context))
+        if args.recall_tokens is not None:
+            check_range("--recall-tokens", args.recall_tokens, (0, context))
         check_range("--author-note-depth", args.author_note_depth, AUTHOR_NOTE_DEPTH_RANGE)
         options = PromptOptions(
             context_size=context,
@@ -199,15 +215,32 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
             raise
         except Exception as exc:  # transformers raises many kinds for a bad folder or id
             raise ValueError(f"cannot load the tokenizer {source}: {exc}") from None
-        built = PromptBuilder(tokenizer).build(
-            card=card,
-            history=history,
-            user_name=args.user_name,
-            persona=args.persona,
-            channel_lorebook=lorebook,
-            options=options,
-            macro_context=MacroContext(seed=args.seed, rng=random.Random(args.seed), locale="ko"),
+        builder = PromptBuilder(tokenizer)
+
+        def build() -> BuiltPrompt:
+            return builder.build(
+                card=card,
+                history=history,
+                user_name=args.user_name,
+                persona=args.persona,
+                channel_lorebook=lorebook,
+                options=options,
+                macro_context=MacroContext(
+                    seed=args.seed, rng=random.Random(args.seed), locale="ko"
+                ),
+            )
+
+        built = build()
+        # As the bot does: what the window left behind is searched, the whole file of it.
+        options.recall = recall_in(
+            history,
+            before=built.report.dropped_messages,
+            budget=recall_budget(args.recall_tokens, context) - RECALL_PIECE_TOKENS,
+            terms=KoreanTerms(),
+            count=builder.count_text,
         )
+        if options.recall is not None:
+            built = build()
     except (SynatraError, OSError, ValueError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"synatra-bot: {message}", file=sys.stderr)

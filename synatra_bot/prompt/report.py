@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from synatra_bot.prompt.recall import RecallNote
+
 LoreStatus = Literal["fired", "skipped", "timed_out", "unscanned"]
 #: The report's words: key -> (English, Korean).
 _WORDS: dict[str, tuple[str, str]] = {
@@ -27,6 +29,11 @@ _WORDS: dict[str, tuple[str, str]] = {
     "entry": ("1 entry", "1개 항목"),
     "entries": ("{n} entries", "{n}개 항목"),
     "memory": ("memory: {tokens} tokens", "기억: {tokens} 토큰"),
+    "recalled": ("recalled: {n} old turn(s)", "떠올린 옛 턴: {n}개"),
+    "recalled_turn": (
+        "  #{id} {name} (matched {terms}; score {score}): {text}",
+        "  #{id} {name} (일치: {terms}, 점수 {score}): {text}",
+    ),
     "memory_until": (", up to message #{id}", ", 메시지 #{id}까지"),
     "stale": ("stale", "다시 쓰는 중"),
     "auto_off": ("automatic memory off", "자동 기억 꺼짐"),
@@ -111,6 +118,8 @@ class PromptReport:
     summary_auto: bool = True
     #: A message the summary covers changed since it was written (it is being rewritten).
     summary_stale: bool = False
+    #: Old turns the newest message recalled into the prompt, in story order, with why.
+    recall: list[RecallNote] = field(default_factory=list)
 
     def _labels(self, status: LoreStatus) -> list[str]:
         return [note.label for note in self.lorebook if note.status == status]
@@ -177,6 +186,7 @@ class PromptReport:
                 )
         if self.summary_tokens or self.summary_until_id is not None:
             lines.append(_memory_line(self, korean))
+        lines += _recall_lines(self.recall, korean)
         if self.personas_left_out:
             names = _short(", ".join(self.personas_left_out), 200)
             lines.append(_say("personas_left_out", korean, names=names))
@@ -198,6 +208,28 @@ def _memory_line(report: PromptReport, korean: bool) -> str:
     if not report.summary_auto:
         notes.append(_say("auto_off", korean))
     return line + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _recall_lines(notes: list[RecallNote], korean: bool, shown: int = 5) -> list[str]:
+    """Each recalled turn: its id, speaker, the terms that matched it, and its start."""
+    if not notes:
+        return []
+    lines = [_say("recalled", korean, n=len(notes))]
+    for note in notes[:shown]:
+        lines.append(
+            _say(
+                "recalled_turn",
+                korean,
+                id=note.message_id,
+                name=_short(note.name, 20),
+                terms=", ".join(note.matched[:6]),
+                score=f"{note.score:.1f}",
+                text=_short(note.text, 60),
+            )
+        )
+    if len(notes) > shown:
+        lines.append(f"  (+{len(notes) - shown})")
+    return lines
 
 
 def is_card_book(book: str) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.errors import UserFacingError
 from synatra_bot.prompt.lorebook import DEFAULT_RECURSION_STEPS, recursion_steps
+from synatra_bot.prompt.recall import DEFAULT_RECALL_TOKENS, recall_budget
 from synatra_bot.settings import Settings
 from synatra_bot.storage.records import ChannelSettingsRecord, GuildSettingsRecord
 from synatra_bot.tokenizer import CONTROL_TEXTS
@@ -103,6 +104,7 @@ SERVER_SETTINGS = (
     "scene_megabytes",
     "cast_limit",
     "summary_tokens",
+    "recall_tokens",
     "archive_keep_days",
 )
 
@@ -168,6 +170,8 @@ class ChannelConfig:
     cast_limit: int = DEFAULT_CAST_LIMIT
     #: Tokens the scene's automatic memory may take (its summary job's max_new_tokens).
     summary_tokens: int = DEFAULT_SUMMARY_TOKENS
+    #: Tokens a prompt's recall of old turns may take (0: off).
+    recall_tokens: int = DEFAULT_RECALL_TOKENS
     #: Tokens the lorebooks may take in a prompt (within the context); None: the prompt
     #: builder's default, a quarter of the prompt budget.
     lorebook_budget: int | None = None
@@ -190,6 +194,7 @@ class ChannelConfig:
             ("scene_megabytes", f"{self.scene_megabytes} MiB/member"),
             ("cast_limit", f"{self.cast_limit}/scene"),
             ("summary_tokens", str(self.summary_tokens)),
+            ("recall_tokens", str(self.recall_tokens)),
             (
                 "lorebook_budget",
                 "auto" if self.lorebook_budget is None else str(self.lorebook_budget),
@@ -378,6 +383,7 @@ def effective_config(
         answer_every_addressed=channel.answer_every_addressed if channel else False,
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
         summary_tokens=summary_tokens(guild, context_size),
+        recall_tokens=recall_tokens(guild, context_size),
         lorebook_budget=lorebook_budget(guild, channel, context_size),
         lorebook_recursion=recursion_steps(_pick("lorebook_recursion", *order)),
     )
@@ -399,6 +405,12 @@ def summary_tokens(guild: GuildSettingsRecord, context_size: int) -> int:
     `MIN_SUMMARY_TOKENS` and a `SUMMARY_CONTEXT_SHARE`th of the context."""
     chosen = guild.summary_tokens if guild.summary_tokens is not None else DEFAULT_SUMMARY_TOKENS
     return max(MIN_SUMMARY_TOKENS, min(chosen, context_size // SUMMARY_CONTEXT_SHARE))
+
+
+def recall_tokens(guild: GuildSettingsRecord, context_size: int) -> int:
+    """The tokens a prompt's recall may take: the server's choice (else the default), within
+    a share of the context (`prompt.recall.recall_budget`)."""
+    return recall_budget(guild.recall_tokens, context_size)
 
 
 def preset_values(preset: Mapping[str, float | int]) -> dict[str, float | int]:

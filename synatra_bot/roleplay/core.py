@@ -20,6 +20,7 @@ from synatra_bot.errors import (
     NoSession,
     NotFound,
     PermissionDenied,
+    PromptTooLarge,
     UserFacingError,
 )
 from synatra_bot.prompt.builder import (
@@ -32,6 +33,7 @@ from synatra_bot.prompt.builder import (
 from synatra_bot.prompt.cards import CharacterCard, macro_name
 from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
 from synatra_bot.prompt.macros import MacroContext, substitute_macros
+from synatra_bot.prompt.recall import RECALL_PIECE_TOKENS, RecallBlock
 from synatra_bot.prompt.st_chat import DEFAULT_NOTE_DEPTH, DEFAULT_NOTE_INTERVAL, note_due
 from synatra_bot.roleplay.characters import (
     CharacterService,
@@ -78,6 +80,32 @@ class SceneMemory(Protocol):
 
     def auto_changed(self, session_id: int) -> None: ...
 
+
+class SceneRecall(Protocol):
+    """What indexes the scenes' turns and recalls old ones (`roleplay.recall.TurnRecall`)."""
+
+    def turn_stored(self, session_id: int) -> None: ...
+
+    async def turns_changed(self, session_id: int, oldest_id: int) -> None: ...
+
+    async def recall(
+        self,
+        *,
+        session_id: int,
+        query: str,
+        before_id: int,
+        budget: int,
+        count: Callable[[str], int],
+    ) -> RecallBlock | None: ...
+
+    def start_catch_up(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+#: The newest messages whose words make the recall's query (the one answered now: an older
+#: one would recall what the window already holds).
+RECALL_QUERY_MESSAGES = 1
 
 #: The language of dates and weekdays that cards' macros write (`{{date}}`, `{{weekday}}`).
 MACRO_LOCALE = "ko"
@@ -253,6 +281,8 @@ class RoleplayCore:
         #: Keeps the scenes' summaries up to date, when the app runs one (`MemoryKeeper`
         #: attaches itself): it hears of every change to the history a summary may cover.
         self.memory: SceneMemory | None = None
+        #: Recalls old turns into prompts, when the app runs it (`TurnRecall`).
+        self.recall: SceneRecall | None = None
         characters.on_change(self.forget)
 
     def forget(self, channel_id: int | None = None) -> None:
@@ -660,7 +690,10 @@ class RoleplayCore:
         await self._history_changed(message.session_id, message.turn_group)
 
     async def _history_changed(self, session_id: int, oldest_id: int) -> None:
-        """Turns from `oldest_id` on changed: a summary that covers them is stale."""
+        """Turns from `oldest_id` on changed: a summary that covers them is stale, and their
+        search terms are found again."""
+        if self.recall is not None:
+            await self.recall.turns_changed(session_id, oldest_id)
         if self.memory is not None:
             await self.memory.history_changed(session_id, oldest_id)
         else:
@@ -731,6 +764,8 @@ class RoleplayCore:
         )
         stored = await self._turns.submit(turn)
         self._history.appended(stored)
+        if self.recall is not None:
+            self.recall.turn_stored(stored.session_id)
         return stored
 
     async def add_removed_line(
@@ -955,8 +990,10 @@ class RoleplayCore:
             lorebook_recursion=config.lorebook_recursion,
             earlier_messages=earlier,
         )
+        options.recall = await self._recall(active, records, history, history_start_id)
         speaking = character or active.lead
-        built = await self.builder.build_async(
+        build = functools.partial(
+            self.builder.build_async,
             card=active.cards[speaking.id],
             cast=[active.cards[c.id] for c in active.cast],
             history=history,
@@ -969,6 +1006,13 @@ class RoleplayCore:
             impersonate=impersonate,
             macro_context=self._macro_context(active, records),
         )
+        try:
+            built = await build()
+        except PromptTooLarge:
+            if options.recall is None:
+                raise
+            options.recall = None  # recall never costs a turn: the prompt goes without it
+            built = await build()
         if len(self._history_start) >= CACHE_LIMIT:
             self._history_start.clear()
         self._history_start[anchor_key] = built.history_start_id
@@ -995,6 +1039,33 @@ class RoleplayCore:
         if interval > 1:  # only then does the count matter
             turns = await archives.player_turns(self.sessions, session_id=session.id)
         return (session.author_note if note_due(interval, turns) else ""), depth
+
+    async def _recall(
+        self,
+        active: ActiveRoleplay,
+        records: Sequence[MessageRecord],
+        history: Sequence[HistoryMessage],
+        history_start_id: int | None,
+    ) -> RecallBlock | None:
+        """The old turns the newest messages recall, when turns were left behind the window
+        (`records` hold the one turn before the window's start, when there is one)."""
+        budget = active.config.recall_tokens - RECALL_PIECE_TOKENS
+        if self.recall is None or budget <= 0 or not records or not history:
+            return None
+        if history_start_id is not None and records[0].id < history_start_id:
+            before_id = history_start_id
+        elif history_start_id is None and len(records) >= self._recent_limit(active):
+            before_id = records[0].id
+        else:
+            return None
+        query = "\n".join(m.content for m in history[-RECALL_QUERY_MESSAGES:])
+        return await self.recall.recall(
+            session_id=active.session.id,
+            query=query,
+            before_id=before_id,
+            budget=budget,
+            count=self.builder.count_text,
+        )
 
     def _macro_context(
         self, active: ActiveRoleplay, records: Sequence[MessageRecord]
@@ -1122,6 +1193,8 @@ class RoleplayCore:
             self._history.changed(session_id)
             if updated is None:
                 raise NotFound("that reply is gone", key="error.not_found")
+            if self.recall is not None:
+                await self.recall.turns_changed(session_id, updated.id)
             return updated
         if regenerate_of is not None:
             alternative = await repo.add_alternative(
@@ -1132,6 +1205,8 @@ class RoleplayCore:
                 discord_message_ids=ids,
             )
             self._history.changed(session_id)
+            if self.recall is not None:
+                self.recall.turn_stored(session_id)
             return alternative
         turn = repo.NewMessage(
             session_id=session_id,
@@ -1144,6 +1219,8 @@ class RoleplayCore:
         )
         stored = await self._turns.submit(turn)
         self._history.appended(stored)
+        if self.recall is not None:
+            self.recall.turn_stored(stored.session_id)
         return stored
 
     async def drop_reply(self, stored: MessageRecord) -> None:

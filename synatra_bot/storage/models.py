@@ -94,6 +94,8 @@ class GuildSettings(SamplingColumns, Base):
     #: Tokens a scene's automatic memory may take; NULL means the default (decided above
     #: storage).
     summary_tokens: Mapped[int | None] = mapped_column(Integer)
+    #: Tokens a prompt's recall of old turns may take (0: off; NULL: the default).
+    recall_tokens: Mapped[int | None] = mapped_column(Integer)
     #: Days an archived scene is kept; NULL keeps archived scenes for ever.
     archive_keep_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -322,6 +324,19 @@ class Message(Base):
     edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: The model's reasoning before this reply (kept from an imported chat; never in a prompt).
     reasoning: Mapped[str | None] = mapped_column(Text)
+
+
+class MessageTerms(Base):
+    """A turn's search terms (its content morphemes, space-separated), for recalling old turns
+    (`roleplay.recall`). A turn without a row is not indexed yet; a change to a turn drops its
+    row, and the turn is indexed again."""
+
+    __tablename__ = "message_terms"
+
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    terms: Mapped[str] = mapped_column(Text, default="")
 
 
 class OpenReply(Base):

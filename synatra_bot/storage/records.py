@@ -46,6 +46,8 @@ class GuildSettingsRecord(SamplingRecord):
     scene_megabytes: int | None = None
     cast_limit: int | None = None
     summary_tokens: int | None = None
+    #: Tokens a prompt's recall of old turns may take (0: off; None: the default).
+    recall_tokens: int | None = None
     #: Days an archived scene is kept; None keeps it for ever.
     archive_keep_days: int | None = None
 

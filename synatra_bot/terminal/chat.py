@@ -928,3 +928,5 @@ async def _chat(
                 # Stop what still runs (a reply, the scene's memory) before the engine and
                 # the database close, in that order.
                 await turns.scheduler.shutdown(finish=False)
+                if turns.core.recall is not None:
+                    await turns.core.recall.close()

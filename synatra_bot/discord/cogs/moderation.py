@@ -278,14 +278,26 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         if answer_every is not None:
             await self._save(interaction, "channel", answer_every_addressed=answer_every)
 
-    @app_commands.command(name="memory", description="How long scenes' automatic memory may grow")
-    @app_commands.describe(summary_tokens="Tokens a scene's summary may take (default 384)")
+    @app_commands.command(name="memory", description="How much scenes' memory may take")
+    @app_commands.describe(
+        summary_tokens="Tokens a scene's summary may take (default 384)",
+        recall_tokens="Tokens of old turns recalled into each prompt (0: off; default 256)",
+    )
     async def memory(
         self,
         interaction: discord.Interaction[SynatraBot],
-        summary_tokens: app_commands.Range[int, 32, 2048],
+        summary_tokens: app_commands.Range[int, 32, 2048] | None = None,
+        recall_tokens: app_commands.Range[int, 0, 2048] | None = None,
     ) -> None:
-        await self._save(interaction, "server", summary_tokens=summary_tokens)
+        changes = {
+            k: v
+            for k, v in {"summary_tokens": summary_tokens, "recall_tokens": recall_tokens}.items()
+            if v is not None
+        }
+        if not changes:
+            await self._show(interaction)
+            return
+        await self._save(interaction, "server", **changes)
 
     @app_commands.command(
         name="lorebook-budget", description="How many tokens lorebooks may take in a prompt"
