@@ -76,6 +76,10 @@ async def test_the_korean_catalogue_holds_only_text_the_bot_syncs(harness):
     assert set(commands_ko.COMMAND_NAMES) - used["commands"] == set()
     assert set(commands_ko.OPTION_NAMES) - used["options"] == set()
     assert set(commands_ko.CHOICE_NAMES) - used["choices"] == set()
+    # `/config reset` offers its settings by autocomplete: each has its Korean label.
+    from synatra_bot.discord.cogs.moderation import RESETTABLE_SETTINGS
+
+    assert set(commands_ko.SETTING_NAMES) == set(RESETTABLE_SETTINGS)
     assert set(commands_ko.DESCRIPTIONS) - descriptions == set()
 
 

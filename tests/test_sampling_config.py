@@ -97,6 +97,25 @@ async def test_samplers_set_by_a_moderator_reach_the_engine_and_reset_inherits(
         refused = await harness.slash(s.members[0], "config reset", setting="top_k")
         assert "관리자만" in await harness.final_text(refused)
 
+        # More settings than a choice list holds: picked by autocomplete, in either language.
+        from synatra_bot.discord.cogs.moderation import RESETTABLE_SETTINGS
+
+        assert len(RESETTABLE_SETTINGS) > 25
+        offered = await harness.fake.autocomplete(
+            s.moderator, "config reset", focused="setting", value="토큰"
+        )
+        await harness.fake.wait_for_response(offered)
+        labels = {c["name"]: c["value"] for c in offered.choices}
+        assert labels["요약 토큰 (summary_tokens)"] == "summary_tokens"
+        assert labels["최대 답장 토큰 (max_new_tokens)"] == "max_new_tokens"
+        english = await harness.fake.autocomplete(
+            s.moderator, "config reset", focused="setting", value="recall", locale="en-US"
+        )
+        await harness.fake.wait_for_response(english)
+        assert [c["name"] for c in english.choices] == ["recall_tokens"]
+        unknown = await harness.slash(s.moderator, "config reset", setting="온도")
+        assert "그런 이름의 설정은 없어요" in await harness.final_text(unknown)
+
 
 def test_shipped_presets_are_valid_and_say_which_leave_the_batch():
     batched = {name: preset_batchable(preset_values(p)) for name, p in SHIPPED_PRESETS.items()}

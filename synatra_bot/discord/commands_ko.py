@@ -149,7 +149,11 @@ CHOICE_NAMES: dict[str, str] = {
     "off": "금지",
     "age_restricted": "연령 제한 채널만",
     "allowed": "허용",
-    # /config reset: the settings by the names /config show gives them
+}
+
+#: `/config reset`'s settings as its autocomplete shows them to a Korean client, by the names
+#: `/config show` gives them (what the bot receives).
+SETTING_NAMES: dict[str, str] = {
     "temperature": "온도 (temperature)",
     "top_p": "누적 확률 (top_p)",
     "top_k": "상위 k개 (top_k)",

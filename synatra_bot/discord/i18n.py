@@ -618,6 +618,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Saved as server default: {changes}",
         "서버 기본값으로 저장했어요: {changes}",
     ),
+    "config.unknown_setting": (
+        "There is no setting of that name. These can be reset: {names}",
+        "그런 이름의 설정은 없어요. 되돌릴 수 있는 설정: {names}",
+    ),
     "config.reset.channel": (
         "`{setting}` in this channel follows the server's setting again.",
         "이 채널의 {setting|은} 다시 서버 설정을 따라요.",

@@ -9,6 +9,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from synatra_bot.discord.cogs.common import name_choices
+from synatra_bot.discord.commands_ko import SETTING_NAMES
+from synatra_bot.discord.i18n import is_korean
 from synatra_bot.discord.interactions import ComponentError, actor_of, answer, place_of, tr
 from synatra_bot.errors import NotFound, UserFacingError
 from synatra_bot.prompt.lorebook import MAX_RECURSION_STEPS
@@ -26,6 +28,9 @@ from synatra_bot.roleplay.config import (
     stop_lines,
 )
 from synatra_bot.settings import AUTHOR_NOTE_DEPTH_RANGE, CONTEXT_SIZE_RANGE
+
+#: What `/config reset` puts back, by the names `/config show` gives them.
+RESETTABLE_SETTINGS = (*INHERITED_SETTINGS, *SERVER_SETTINGS)
 
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
@@ -374,6 +379,20 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         await self.bot.core.drop_scene_note(place_of(interaction.channel, interaction.guild_id))
         await self._save(interaction, "channel", author_note=text, author_note_depth=depth)
 
+    async def _setting_names(
+        self, interaction: discord.Interaction[SynatraBot], value: str
+    ) -> list[app_commands.Choice[str]]:
+        """The settings holding what was typed, in English or in Korean, labelled in the
+        member's language (more of them than a choice list may hold)."""
+        wanted = value.strip().casefold()
+        korean = is_korean(interaction.locale)
+        found = []
+        for name in RESETTABLE_SETTINGS:
+            label = SETTING_NAMES.get(name, name)
+            if wanted in name.casefold() or wanted in label.casefold():
+                found.append(app_commands.Choice(name=label if korean else name, value=name))
+        return found[:25]
+
     @app_commands.command(
         name="reset", description="Put a setting back to what it inherits (server or default)"
     )
@@ -381,22 +400,21 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         setting="The setting (as /config show names it)",
         scope="This channel (back to the server's), or the server (back to the default)",
     )
-    @app_commands.choices(
-        setting=[
-            app_commands.Choice(name=name, value=name)
-            for name in (*INHERITED_SETTINGS, *SERVER_SETTINGS)
-        ]
-    )
+    @app_commands.autocomplete(setting=_setting_names)
     async def reset(
         self,
         interaction: discord.Interaction[SynatraBot],
-        setting: app_commands.Choice[str],
+        setting: str,
         scope: Scope = "channel",
     ) -> None:
+        if setting not in RESETTABLE_SETTINGS:
+            names = ", ".join(RESETTABLE_SETTINGS)
+            await answer(interaction, tr(interaction, "config.unknown_setting", names=names))
+            return
         # A server-only setting has nothing between it and the default.
-        where: Scope = "server" if setting.value in SERVER_SETTINGS else scope
-        await self._store(interaction, where, **{setting.value: None})
-        await answer(interaction, tr(interaction, f"config.reset.{where}", setting=setting.value))
+        where: Scope = "server" if setting in SERVER_SETTINGS else scope
+        await self._store(interaction, where, **{setting: None})
+        await answer(interaction, tr(interaction, f"config.reset.{where}", setting=setting))
 
     preset = app_commands.Group(name="preset", description="Named sets of sampling settings")
 
