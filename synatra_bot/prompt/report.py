@@ -80,6 +80,10 @@ class PromptReport:
     summary_auto: bool = True
     #: A message the summary covers changed since it was written (it is being rewritten).
     summary_stale: bool = False
+    #: Card scripts that changed the history as this prompt sees it, and those that failed
+    #: ("name: why"; a failed one left the text as it was).
+    scripts_ran: list[str] = field(default_factory=list)
+    scripts_failed: list[str] = field(default_factory=list)
 
     def _labels(self, status: LoreStatus) -> list[str]:
         return [note.label for note in self.lorebook if note.status == status]
@@ -136,7 +140,17 @@ class PromptReport:
                 f"{left.book} lorebook over the limits: {left.entries} entries and "
                 f"{left.keys} keys left out"
             )
+        if self.scripts_ran or self.scripts_failed:
+            lines.append(_scripts_line(self))
         return "\n".join(lines)
+
+
+def _scripts_line(report: PromptReport) -> str:
+    """Which card scripts changed the prompt's history, and which failed."""
+    line = f"card scripts: {_short(', '.join(report.scripts_ran) or 'none', 200)}"
+    if report.scripts_failed:
+        line += f"; failed: {_short(', '.join(report.scripts_failed), 200)}"
+    return line
 
 
 def _memory_line(report: PromptReport) -> str:

@@ -38,6 +38,8 @@ MAX_RESULT_CHARS = 64_000
 #: One replacement may take this long; one text's scripts together `TEXT_BUDGET_S`.
 SCRIPT_TIMEOUT_S = 0.05
 TEXT_BUDGET_S = 0.2
+#: The prompt's view of a whole history (every message's scripts together).
+HISTORY_BUDGET_S = 0.5
 #: mrab-regex expands counted repeats when it compiles: a pattern costing more is refused.
 MAX_PATTERN_COST = 50_000
 _COUNTED_REPEAT = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
@@ -95,6 +97,8 @@ class ScriptRun:
 
     changed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    #: Scripts that failed: not tried again on the other texts of the same run.
+    broken: set[int] = field(default_factory=set, repr=False)
 
 
 def _int(value: Any) -> int | None:
@@ -366,20 +370,25 @@ def apply_scripts(
     user: str,
     depth: int | None = None,
     run: ScriptRun | None = None,
-    budget_s: float = TEXT_BUDGET_S,
+    deadline: float | None = None,
 ) -> str:
     """`text` after the scripts that run at `stage` on a message of `role` (`depth` messages
-    from the newest, None where the depth bounds do not apply). Safe to call from any thread;
-    `run` hears which scripts changed the text and which failed."""
-    deadline = time.monotonic() + budget_s
+    from the newest, None where the depth bounds do not apply), within `TEXT_BUDGET_S` or by
+    `deadline` (a `time.monotonic()` value). Safe to call from any thread; `run` hears which
+    scripts changed the text and which failed (those are not tried again in the same run)."""
+    if deadline is None:
+        deadline = time.monotonic() + TEXT_BUDGET_S
     for script in scripts:
         if not text or not _applies(script, stage, role, depth):
+            continue
+        if run is not None and id(script) in run.broken:
             continue
         try:
             changed = _run_one(script, text, char, user, deadline)
         except _ScriptFailed as error:
             if run is not None:
                 run.failed.append((script.name, str(error)))
+                run.broken.add(id(script))
             continue
         if changed != text:
             text = changed
@@ -418,4 +427,49 @@ async def apply_scripts_async(
         user=user,
         depth=depth,
         run=run,
+    )
+
+
+def apply_to_history(
+    scripts: Sequence[CardScript],
+    messages: Sequence[tuple[str, str]],
+    *,
+    char: str,
+    user: str,
+    run: ScriptRun | None = None,
+) -> list[str]:
+    """The prompt's view of `messages` ((role, text), oldest first): each after the scripts
+    that change only what the prompt sees, its depth counted from the newest (0). All of
+    them share `HISTORY_BUDGET_S`; a text past it stays as stored."""
+    deadline = time.monotonic() + HISTORY_BUDGET_S
+    last = len(messages) - 1
+    return [
+        apply_scripts(
+            scripts,
+            text,
+            Stage.PROMPT,
+            role=role,
+            char=char,
+            user=user,
+            depth=last - index,
+            run=run,
+            deadline=min(deadline, time.monotonic() + TEXT_BUDGET_S),
+        )
+        for index, (role, text) in enumerate(messages)
+    ]
+
+
+async def apply_to_history_async(
+    scripts: Sequence[CardScript],
+    messages: Sequence[tuple[str, str]],
+    *,
+    char: str,
+    user: str,
+    run: ScriptRun | None = None,
+) -> list[str]:
+    """`apply_to_history` in a worker thread; no thread when no script changes the prompt."""
+    if not scripts_at(scripts, Stage.PROMPT):
+        return [text for _, text in messages]
+    return await asyncio.to_thread(
+        apply_to_history, scripts, messages, char=char, user=user, run=run
     )

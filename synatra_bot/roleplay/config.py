@@ -65,6 +65,7 @@ INHERITED_SETTINGS = (
     "nsfw_policy",
     "busy_policy",
     "lorebook_budget",
+    "card_scripts",
     "stop_strings",
 )
 #: What a sampling preset sets.
@@ -125,6 +126,8 @@ class Defaults:
     user_rate_limit: int = 6
     nsfw_policy: str = "age_restricted"
     busy_policy: str = "queue"
+    #: Card scripts run unless a channel or its server turns them off.
+    card_scripts: bool = True
     #: The engine is started for CONTEXT_SIZE tokens: no channel may ask for more.
     max_context_size: int = 4096
 
@@ -168,6 +171,8 @@ class ChannelConfig:
     #: Tokens the lorebooks may take in a prompt (within the context); None: the prompt
     #: builder's default, a quarter of the prompt budget.
     lorebook_budget: int | None = None
+    #: Whether the cast's card scripts run (moderators may turn them off).
+    card_scripts: bool = True
 
     def as_rows(self) -> list[tuple[str, str]]:
         """(name, value) pairs for `/config show`."""
@@ -189,6 +194,7 @@ class ChannelConfig:
                 "lorebook_budget",
                 "auto" if self.lorebook_budget is None else str(self.lorebook_budget),
             ),
+            ("card_scripts", str(self.card_scripts)),
             ("answer_every_addressed", str(self.answer_every_addressed)),
             ("user_rate_limit", f"{self.user_rate_limit}/min"),
             ("context_size", str(self.context_size)),
@@ -373,6 +379,7 @@ def effective_config(
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
         summary_tokens=summary_tokens(guild, context_size),
         lorebook_budget=lorebook_budget(guild, channel, context_size),
+        card_scripts=_pick("card_scripts", *order),
     )
 
 

@@ -32,6 +32,14 @@ from synatra_bot.prompt.builder import (
 from synatra_bot.prompt.cards import CharacterCard, macro_name
 from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
 from synatra_bot.prompt.macros import MacroContext, substitute_macros
+from synatra_bot.prompt.scripts import (
+    CardScript,
+    ScriptRun,
+    Stage,
+    apply_scripts_async,
+    apply_to_history_async,
+    card_scripts,
+)
 from synatra_bot.prompt.st_chat import DEFAULT_NOTE_DEPTH, DEFAULT_NOTE_INTERVAL, note_due
 from synatra_bot.roleplay.characters import (
     CharacterService,
@@ -166,6 +174,12 @@ class ActiveRoleplay:
 
     def member(self, character_id: int | None) -> CharacterRecord | None:
         return next((c for c in self.cast if c.id == character_id), None)
+
+    def scripts_of(self, character_id: int) -> list[CardScript]:
+        """The character's card scripts; none where moderators turned card scripts off."""
+        if not self.config.card_scripts:
+            return []
+        return card_scripts(self.cards[character_id].extensions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -700,6 +714,38 @@ class RoleplayCore:
         persona = await self.persona(actor.user_id, place_guild)
         return persona.name if persona else actor.display_name
 
+    async def scripted_line(self, active: ActiveRoleplay, actor: Actor, text: str) -> str:
+        """A player's line after the input scripts of each card of the cast, in cast order."""
+        user: str | None = None
+        for character in active.cast:
+            scripts = active.scripts_of(character.id)
+            if not scripts:
+                continue
+            if user is None:
+                user = await self.user_name(actor, place_guild=active.session.guild_id)
+            name = macro_name(active.cards[character.id])
+            text = await apply_scripts_async(
+                scripts, text, Stage.INPUT, role="user", char=name, user=user
+            )
+        return text
+
+    async def scripted_reply(
+        self, active: ActiveRoleplay, character: CharacterRecord, text: str, *, user: str
+    ) -> tuple[str, str]:
+        """A reply of `character` as stored (after its card's output scripts) and as shown
+        (after its display scripts too; the newest message, depth 0)."""
+        scripts = active.scripts_of(character.id)
+        if not scripts:
+            return text, text
+        name = macro_name(active.cards[character.id])
+        stored = await apply_scripts_async(
+            scripts, text, Stage.OUTPUT, role="assistant", char=name, user=user
+        )
+        shown = await apply_scripts_async(
+            scripts, stored, Stage.DISPLAY, role="assistant", char=name, user=user, depth=0
+        )
+        return stored, shown
+
     async def add_user_message(
         self,
         active: ActiveRoleplay,
@@ -709,8 +755,10 @@ class RoleplayCore:
         discord_message_id: int | None,
         on_wait: Callable[[], None] | None = None,
     ) -> MessageRecord:
-        """Store a player's line, tried again while the database is locked (`on_wait` hears
-        of it) or once after its connection dropped (`storage.retry`)."""
+        """Store a player's line (after the cast's input scripts), tried again while the
+        database is locked (`on_wait` hears of it) or once after its connection dropped
+        (`storage.retry`)."""
+        content = await self.scripted_line(active, actor, content)
         store = functools.partial(
             self._add_user_message, active, actor, content, discord_message_id
         )
@@ -955,6 +1003,10 @@ class RoleplayCore:
             earlier_messages=earlier,
         )
         speaking = character or active.lead
+        scripts_run = ScriptRun()
+        history = await self._prompt_view(
+            active, speaking, history, user=starter_name or speaker_name, run=scripts_run
+        )
         built = await self.builder.build_async(
             card=active.cards[speaking.id],
             cast=[active.cards[c.id] for c in active.cast],
@@ -973,6 +1025,8 @@ class RoleplayCore:
         self._history_start[anchor_key] = built.history_start_id
         # For the inspector: what the summary covers (its tokens are the builder's count).
         built.report.summary_until_id = active.session.summary_until_id
+        built.report.scripts_ran = scripts_run.changed
+        built.report.scripts_failed = [f"{name}: {why}" for name, why in scripts_run.failed]
         built.report.summary_auto = active.session.summary_auto
         built.report.summary_stale = active.session.summary_stale
         if built.new_token_counts:
@@ -994,6 +1048,32 @@ class RoleplayCore:
         if interval > 1:  # only then does the count matter
             turns = await archives.player_turns(self.sessions, session_id=session.id)
         return (session.author_note if note_due(interval, turns) else ""), depth
+
+    async def _prompt_view(
+        self,
+        active: ActiveRoleplay,
+        speaking: CharacterRecord,
+        history: list[HistoryMessage],
+        *,
+        user: str,
+        run: ScriptRun,
+    ) -> list[HistoryMessage]:
+        """The history as the speaking character's prompt-only scripts leave it (the stored
+        text stays); a changed message is counted afresh."""
+        scripts = active.scripts_of(speaking.id)
+        if not scripts:
+            return history
+        texts = await apply_to_history_async(
+            scripts,
+            [(m.role, m.content) for m in history],
+            char=macro_name(active.cards[speaking.id]),
+            user=user,
+            run=run,
+        )
+        return [
+            m if text == m.content else dataclasses.replace(m, content=text, token_count=None)
+            for m, text in zip(history, texts, strict=True)
+        ]
 
     def _macro_context(
         self, active: ActiveRoleplay, records: Sequence[MessageRecord]

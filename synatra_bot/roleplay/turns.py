@@ -296,6 +296,14 @@ class Reply:
             impersonate=self.kind == "suggest",
         )
 
+    async def _scripted(self, text: str) -> tuple[str, str]:
+        """The reply as stored and as shown, after its character's card scripts."""
+        core = self._turns.core
+        user = "user"
+        if self.actor is not None:
+            user = await core.user_name(self.actor, place_guild=self.active.session.guild_id)
+        return await core.scripted_reply(self.active, self.character, text, user=user)
+
     async def _settle(self, slot: TurnSlot, shown_in: list[int]) -> ReplyOutcome:
         """What a reply that ran to its end (or was stopped or cut) leaves behind."""
         text = self._generated(slot)
@@ -314,6 +322,8 @@ class Reply:
             empty = EngineError("the engine's reply was empty", key="engine.empty")
             return ReplyOutcome(Ending.FAILED, text=shown, error=empty)
         if slot.outcome is TurnOutcome.FINISHED or (stopped and text.strip()):
+            text, scripted = await self._scripted(text)
+            shown = self.prefix + scripted
             stored = await self._turns.core.store_reply(
                 self.active,
                 text,

@@ -67,6 +67,9 @@ class SamplingColumns:
     #: Tokens the lorebooks may take in a prompt; NULL on a channel: the server's; NULL on the
     #: server: the prompt builder's default (a quarter of the prompt budget).
     lorebook_budget: Mapped[int | None] = mapped_column(Integer)
+    #: Whether characters' card scripts run; NULL on a channel: the server's; NULL on the
+    #: server: they run.
+    card_scripts: Mapped[bool | None] = mapped_column(Boolean)
     #: Texts that end a reply where the model writes them (a JSON list; [] for none).
     stop_strings: Mapped[list[str] | None] = mapped_column(JSON)
 

@@ -32,6 +32,7 @@ class SamplingRecord:
     nsfw_policy: str | None = None
     busy_policy: str | None = None
     lorebook_budget: int | None = None
+    card_scripts: bool | None = None
     stop_strings: list[str] | None = None
 
 
