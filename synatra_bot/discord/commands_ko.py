@@ -226,6 +226,7 @@ DESCRIPTIONS: dict[str, str] = {
     "Approve a shared character (moderators)": "공유 캐릭터 승인 (관리자)",
     "Reject a shared character (moderators)": "공유 캐릭터 거절 (관리자)",
     "A character card: .png with embedded data, .json, or .charx": "캐릭터 카드: 데이터가 든 .png, .json 또는 .charx",
+    "For a RisuAI module (.risum): the character that gets its scripts and lore": "RisuAI 모듈(.risum)일 때: 그 스크립트와 로어북을 받을 캐릭터",
     "private: only you; guild: shared with this server": "나만 쓰거나, 이 서버에 공유해요",
     "The character": "캐릭터",
     "Change who can use it (leave empty to keep)": "쓸 수 있는 사람 바꾸기 (비우면 그대로)",

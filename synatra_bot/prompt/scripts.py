@@ -165,12 +165,12 @@ def _risu_script(raw: Mapping[str, Any]) -> CardScript | None:
     actions = [a.strip() for m in _RISU_ORDER.findall(letters) for a in m.split(",")]
     letters = "".join(dict.fromkeys(re.sub(r"[^dgimsuvy]", "", _RISU_ORDER.sub("", letters))))
     inactive = ""
-    if stage is None:
+    if raw.get("type") == "disabled" or raw.get("disabled") is True:
+        inactive = "disabled"
+    elif stage is None:
         inactive = f"type {raw.get('type')!s:.20} is not supported"
     elif not find:
         inactive = "empty pattern"
-    elif raw.get("disabled") is True:
-        inactive = "disabled"
     elif out.startswith("@@") or any(not a.startswith("order ") for a in actions):
         inactive = "actions (@@) are not supported"
     flags = 0
