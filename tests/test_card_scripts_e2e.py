@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from synatra_bot.roleplay.types import Place
-from tests.bot_harness import eventually
+from tests.bot_harness import button_ids, eventually, has_buttons
 from tests.hostile_corpus import RecordingEngine
 from tests.test_card_scripts import risu, st
 
@@ -89,3 +89,25 @@ async def test_moderators_turn_card_scripts_off_in_a_channel(start_bot, tokenize
         assert "ㅋㅋ 안녕" in await stored_contents(harness, "user")
         shown = await harness.slash(s.moderator, "config show")
         assert "card_scripts" in await harness.final_text(shown)
+
+
+async def test_regenerated_and_browsed_replies_are_shown_through_display_scripts(
+    start_bot, tokenizer
+):
+    replies = iter(["하나 <status>체력 10</status>", "둘 <status>체력 9</status>"])
+    engine = RecordingEngine(lambda prompt: next(replies), tokenizer=tokenizer)
+    async with start_bot(engine=engine) as harness:
+        s = harness.scenario
+        character = await harness.character(s.moderator, extensions=scripted_extensions())
+        await harness.start_roleplay(s.moderator, s.general, character)
+        reply = await harness.reply_to(s.general, s.members[0], "안녕")
+        assert reply.content == "하나 \n> 📊 민지: 체력 10"
+        regen = next(b for b in button_ids(reply) if b.startswith("rp:regen"))
+        await harness.fake.wait_for_response(await harness.fake.press(s.members[0], reply, regen))
+        await harness.fake.wait_until(
+            lambda: reply.content == "둘 \n> 📊 민지: 체력 9" and has_buttons(reply)
+        )
+        prev = next(b for b in button_ids(reply) if b.startswith("rp:prev"))
+        await harness.fake.wait_for_response(await harness.fake.press(s.members[0], reply, prev))
+        await harness.fake.wait_until(lambda: reply.content == "하나 \n> 📊 민지: 체력 10")
+        assert "하나 <status>체력 10</status>" in await stored_contents(harness, "assistant")

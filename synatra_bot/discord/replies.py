@@ -652,7 +652,7 @@ class ReplyController:
                 channel, active.member(message.character_id) or active.lead
             )
             # The alternative takes the place of the messages on screen, however many it needs.
-            ids = await writer.adopted(on_screen).finish(message.content, view=self.view_of(shown))
+            ids = await writer.adopted(on_screen).finish(shown.text, view=self.view_of(shown))
             await self.show_in(message.id, ids)
             return
         if action == "regen":

@@ -746,6 +746,28 @@ class RoleplayCore:
         )
         return stored, shown
 
+    async def displayed(
+        self, active: ActiveRoleplay, message: MessageRecord, *, user: str
+    ) -> str | None:
+        """What the channel shows for a stored reply of a cast member, where its card's display
+        scripts change it (as the newest message); None where they do not."""
+        character = active.member(message.character_id)
+        if character is None or message.role != "assistant":
+            return None
+        scripts = active.scripts_of(character.id)
+        if not scripts:
+            return None
+        shown = await apply_scripts_async(
+            scripts,
+            message.content,
+            Stage.DISPLAY,
+            role="assistant",
+            char=macro_name(active.cards[character.id]),
+            user=user,
+            depth=0,
+        )
+        return None if shown == message.content else shown
+
     async def add_user_message(
         self,
         active: ActiveRoleplay,

@@ -85,6 +85,12 @@ class Shown:
     index: int
     count: int
     greeting: bool = False
+    #: What the channel shows for it where its card's display scripts change the stored text.
+    display: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.message.content if self.display is None else self.display
 
 
 @dataclass(frozen=True, slots=True)
@@ -827,7 +833,9 @@ class Turns:
         on_screen = before.discord_message_ids or target.discord_message_ids
         chosen, index, count = await self.core.browse(target.id, step)
         greeting = await self.core.is_greeting(chosen)
-        return Shown(chosen, index, count, greeting), on_screen
+        user = await self.core.user_name(actor, place_guild=active.session.guild_id)
+        display = await self.core.displayed(active, chosen, user=user)
+        return Shown(chosen, index, count, greeting, display), on_screen
 
     async def stop_reply(self, reply: Reply, actor: Actor) -> None:
         """Stop one reply, waiting or streaming: its player, the starter or a moderator."""
