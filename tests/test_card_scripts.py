@@ -125,12 +125,13 @@ def test_broken_pattern_is_reported_and_leaves_the_text() -> None:
     assert report.failed[0][0] == "깨짐" and "invalid pattern" in report.failed[0][1]
 
 
-def test_hostile_pattern_runs_out_of_time_and_is_reported() -> None:
+def test_hostile_pattern_runs_out_of_time_and_is_reported(caplog) -> None:
     ext = {"regex_scripts": [st("폭주", "/(x+x+)+y/g", "", [2]), st("뒤", "/^x/", "z", [2])]}
     report = ScriptRun()
     out = run(ext, "x" * 5000, Stage.OUTPUT, run=report)
     assert out == "z" + "x" * 4999  # the scripts after it still ran
     assert report.failed == [("폭주", "ran out of time")]
+    assert "card script '폭주' (output) left the text as it was: ran out of time" in caplog.text
 
 
 def test_huge_replacement_and_huge_repeat_are_refused() -> None:

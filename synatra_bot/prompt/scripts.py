@@ -12,12 +12,13 @@ Scripts come from card authors, so they run bounded like lorebook keys: a patter
 replacement have a size limit, each replacement runs on mrab-regex with a timeout, and all the
 scripts for one text share a time budget. A script that fails or runs out of time leaves the
 text as it was and is reported (`ScriptRun.failed`); the caller runs `apply_scripts` in a worker
-thread (`apply_scripts_async`) so the event loop never waits on one.
+thread (`apply_scripts_async`) so the event loop never waits on one. Failures are logged too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +29,8 @@ from typing import Any
 import regex
 
 from synatra_bot.prompt.macros import substitute_macros
+
+log = logging.getLogger(__name__)
 
 #: Scripts read from one card (SillyTavern's and RisuAI's together).
 MAX_SCRIPTS = 200
@@ -386,6 +389,9 @@ def apply_scripts(
         try:
             changed = _run_one(script, text, char, user, deadline)
         except _ScriptFailed as error:
+            log.warning(
+                "card script %r (%s) left the text as it was: %s", script.name, stage, error
+            )
             if run is not None:
                 run.failed.append((script.name, str(error)))
                 run.broken.add(id(script))
