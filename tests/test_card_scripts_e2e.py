@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from synatra_bot.prompt.builder import HistoryMessage
 from synatra_bot.roleplay.types import Place
+from synatra_bot.storage import repository as repo
 from tests.bot_harness import button_ids, eventually, has_buttons
 from tests.hostile_corpus import RecordingEngine
 from tests.test_card_scripts import risu, st
@@ -67,6 +69,15 @@ async def test_output_display_prompt_and_input_scripts_apply_where_they_belong(
         prompt = engine.prompts[-1]
         assert "비밀번호 ****" in prompt and "1234" not in prompt
         assert "<status>체력 10</status>" in prompt and "음..." not in prompt
+        # The line's stored token count stays that of the stored text.
+        core = harness.bot.core
+        active = await core.active(_place(harness))
+        [line] = [m for m in await core.recent(active) if "1234" in m.content]
+        stored = await repo.get_message(harness.sessions, message_id=line.id)
+        assert stored is not None
+        assert stored.token_count == core.builder.count_message(
+            HistoryMessage("user", stored.display_name, stored.content)
+        )
 
         context = await harness.slash(s.moderator, "rp context")
         assert "card scripts: 비밀" in await harness.final_text(context)

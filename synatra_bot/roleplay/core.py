@@ -1026,9 +1026,15 @@ class RoleplayCore:
         )
         speaking = character or active.lead
         scripts_run = ScriptRun()
+        stored_history = history
         history = await self._prompt_view(
             active, speaking, history, user=starter_name or speaker_name, run=scripts_run
         )
+        # A message the prompt-only scripts changed is counted as the prompt sees it: that
+        # count is not the stored text's.
+        scripted = {
+            m.message_id for m, seen in zip(stored_history, history, strict=True) if m is not seen
+        }
         built = await self.builder.build_async(
             card=active.cards[speaking.id],
             cast=[active.cards[c.id] for c in active.cast],
@@ -1051,9 +1057,10 @@ class RoleplayCore:
         built.report.scripts_failed = [f"{name}: {why}" for name, why in scripts_run.failed]
         built.report.summary_auto = active.session.summary_auto
         built.report.summary_stale = active.session.summary_stale
-        if built.new_token_counts:
-            await repo.save_token_counts(self.sessions, counts=built.new_token_counts)
-            self._history.counted(active.session.id, built.new_token_counts)
+        counts = {k: v for k, v in built.new_token_counts.items() if k not in scripted}
+        if counts:
+            await repo.save_token_counts(self.sessions, counts=counts)
+            self._history.counted(active.session.id, counts)
         return built
 
     async def _author_note(self, active: ActiveRoleplay) -> tuple[str, int]:
