@@ -12,6 +12,7 @@ from synatra_bot.prompt.scripts import (
     Stage,
     apply_scripts,
     apply_scripts_async,
+    apply_to_history,
     card_scripts,
     script_count,
 )
@@ -203,3 +204,27 @@ def test_risu_flags_and_order() -> None:
     }
     # Highest order first: A->x, then b->c, then (non-global, case-insensitive) a->b.
     assert run(ext, "AaAa", Stage.OUTPUT) == "xbxa"
+
+
+def test_prompt_view_of_a_history_counts_depth_from_the_newest_message() -> None:
+    ext = {
+        "regex_scripts": [
+            st("오래된 것 줄이기", "/[\\s\\S]+/", "(생략)", [1, 2], promptOnly=True, minDepth=2)
+        ]
+    }
+    history = [
+        ("user", "첫 말"),
+        ("assistant", "첫 답"),
+        ("user", "둘째 말"),
+        ("assistant", "둘째 답"),
+    ]
+    seen = apply_to_history(card_scripts(ext), history, char="민지", user="철수")
+    assert seen == ["(생략)", "(생략)", "둘째 말", "둘째 답"]
+
+
+def test_a_hostile_script_fails_once_for_a_whole_history() -> None:
+    scripts = card_scripts({"regex_scripts": [st("폭주", "/(x+x+)+y/g", "", [2], promptOnly=True)]})
+    report = ScriptRun()
+    history = [("assistant", "x" * 3000)] * 5
+    assert apply_to_history(scripts, history, char="c", user="u", run=report) == ["x" * 3000] * 5
+    assert report.failed == [("폭주", "ran out of time")]

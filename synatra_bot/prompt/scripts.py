@@ -102,6 +102,8 @@ class ScriptRun:
     failed: list[tuple[str, str]] = field(default_factory=list)
     #: Scripts that failed: not tried again on the other texts of the same run.
     broken: set[int] = field(default_factory=set, repr=False)
+    #: Patterns compiled for this run (a prompt's history uses each on every message).
+    patterns: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
 
 def _int(value: Any) -> int | None:
@@ -308,14 +310,21 @@ def _js_replace(template: str, found: Any, text: str) -> str:
     return _JS_TOKEN.sub(token, template)
 
 
-def _run_one(script: CardScript, text: str, char: str, user: str, deadline: float) -> str:
+def _run_one(
+    script: CardScript, text: str, char: str, user: str, deadline: float, run: ScriptRun | None
+) -> str:
     pattern_text = script.pattern
     if script.substitute_pattern:
         names = (char, user)
         if script.substitute_pattern == 2:
             names = (regex.escape(char), regex.escape(user))
         pattern_text = substitute_macros(pattern_text, char=names[0], user=names[1])
-    pattern = _compile(pattern_text, script.flags)
+    key = (pattern_text, script.flags)
+    pattern = run.patterns.get(key) if run is not None else None
+    if pattern is None:
+        pattern = _compile(*key)
+        if run is not None:
+            run.patterns[key] = pattern
     if len(script.replacement) > MAX_REPLACEMENT_CHARS:
         raise _ScriptFailed("replacement too large")
     left = deadline - time.monotonic()
@@ -387,7 +396,7 @@ def apply_scripts(
         if run is not None and id(script) in run.broken:
             continue
         try:
-            changed = _run_one(script, text, char, user, deadline)
+            changed = _run_one(script, text, char, user, deadline, run)
         except _ScriptFailed as error:
             log.warning(
                 "card script %r (%s) left the text as it was: %s", script.name, stage, error
@@ -448,6 +457,7 @@ def apply_to_history(
     that change only what the prompt sees, its depth counted from the newest (0). All of
     them share `HISTORY_BUDGET_S`; a text past it stays as stored."""
     deadline = time.monotonic() + HISTORY_BUDGET_S
+    run = run if run is not None else ScriptRun()
     last = len(messages) - 1
     return [
         apply_scripts(
