@@ -122,3 +122,37 @@ async def test_regenerated_and_browsed_replies_are_shown_through_display_scripts
         await harness.fake.wait_for_response(await harness.fake.press(s.members[0], reply, prev))
         await harness.fake.wait_until(lambda: reply.content == "하나 \n> 📊 민지: 체력 10")
         assert "하나 <status>체력 10</status>" in await stored_contents(harness, "assistant")
+
+
+async def test_scripts_that_would_leave_nothing_are_passed_over(start_bot, tokenizer):
+    erase = {
+        "regex_scripts": [
+            st("다 지우기", "/[\\s\\S]+/g", "", [1, 2]),
+            st("화면도 지우기", "/[\\s\\S]+/g", "", [2], markdownOnly=True),
+        ]
+    }
+    engine = RecordingEngine("사라지지 않는 답장", tokenizer=tokenizer)
+    async with start_bot(engine=engine) as harness:
+        s = harness.scenario
+        character = await harness.character(s.moderator, extensions=erase)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        reply = await harness.reply_to(s.general, s.members[0], "안녕")
+        assert reply.content == "사라지지 않는 답장"
+        assert "안녕" in await stored_contents(harness, "user")
+
+
+async def test_a_message_the_prompt_only_scripts_empty_leaves_the_prompt(start_bot, tokenizer):
+    # As a card that sends only the newest messages: older ones are emptied for the prompt.
+    keep_two = {
+        "regex_scripts": [st("최근만", "/[\\s\\S]+/", "", [1, 2], promptOnly=True, minDepth=2)]
+    }
+    engine = RecordingEngine("응답", tokenizer=tokenizer)
+    async with start_bot(engine=engine) as harness:
+        s = harness.scenario
+        character = await harness.character(s.moderator, extensions=keep_two)
+        await harness.start_roleplay(s.moderator, s.general, character)
+        await harness.reply_to(s.general, s.members[0], "첫째 줄 사과")
+        await harness.reply_to(s.general, s.members[0], "둘째 줄 배")
+        prompt = engine.prompts[-1]
+        assert "둘째 줄 배" in prompt and "첫째 줄 사과" not in prompt
+        assert "첫째 줄 사과" in await stored_contents(harness, "user")

@@ -715,7 +715,9 @@ class RoleplayCore:
         return persona.name if persona else actor.display_name
 
     async def scripted_line(self, active: ActiveRoleplay, actor: Actor, text: str) -> str:
-        """A player's line after the input scripts of each card of the cast, in cast order."""
+        """A player's line after the input scripts of each card of the cast, in cast order
+        (as typed where they would leave nothing)."""
+        typed = text
         user: str | None = None
         for character in active.cast:
             scripts = active.scripts_of(character.id)
@@ -727,13 +729,14 @@ class RoleplayCore:
             text = await apply_scripts_async(
                 scripts, text, Stage.INPUT, role="user", char=name, user=user
             )
-        return text
+        return text if text.strip() else typed
 
     async def scripted_reply(
         self, active: ActiveRoleplay, character: CharacterRecord, text: str, *, user: str
     ) -> tuple[str, str]:
         """A reply of `character` as stored (after its card's output scripts) and as shown
-        (after its display scripts too; the newest message, depth 0)."""
+        (after its display scripts too; the newest message, depth 0). Scripts that would leave
+        nothing to store or show are passed over (Discord posts no empty message)."""
         scripts = active.scripts_of(character.id)
         if not scripts:
             return text, text
@@ -741,10 +744,11 @@ class RoleplayCore:
         stored = await apply_scripts_async(
             scripts, text, Stage.OUTPUT, role="assistant", char=name, user=user
         )
+        stored = stored if stored.strip() else text
         shown = await apply_scripts_async(
             scripts, stored, Stage.DISPLAY, role="assistant", char=name, user=user, depth=0
         )
-        return stored, shown
+        return stored, shown if shown.strip() else stored
 
     async def displayed(
         self, active: ActiveRoleplay, message: MessageRecord, *, user: str
@@ -766,7 +770,7 @@ class RoleplayCore:
             user=user,
             depth=0,
         )
-        return None if shown == message.content else shown
+        return None if shown == message.content or not shown.strip() else shown
 
     async def add_user_message(
         self,
@@ -1026,15 +1030,9 @@ class RoleplayCore:
         )
         speaking = character or active.lead
         scripts_run = ScriptRun()
-        stored_history = history
-        history = await self._prompt_view(
+        history, scripted = await self._prompt_view(
             active, speaking, history, user=starter_name or speaker_name, run=scripts_run
         )
-        # A message the prompt-only scripts changed is counted as the prompt sees it: that
-        # count is not the stored text's.
-        scripted = {
-            m.message_id for m, seen in zip(stored_history, history, strict=True) if m is not seen
-        }
         built = await self.builder.build_async(
             card=active.cards[speaking.id],
             cast=[active.cards[c.id] for c in active.cast],
@@ -1086,12 +1084,13 @@ class RoleplayCore:
         *,
         user: str,
         run: ScriptRun,
-    ) -> list[HistoryMessage]:
+    ) -> tuple[list[HistoryMessage], set[int | None]]:
         """The history as the speaking character's prompt-only scripts leave it (the stored
-        text stays); a changed message is counted afresh."""
+        text stays; a message they empty is left out), and the ids of the messages they
+        changed: those are counted as the prompt sees them, a count not to be stored."""
         scripts = active.scripts_of(speaking.id)
         if not scripts:
-            return history
+            return history, set()
         texts = await apply_to_history_async(
             scripts,
             [(m.role, m.content) for m in history],
@@ -1099,10 +1098,16 @@ class RoleplayCore:
             user=user,
             run=run,
         )
-        return [
-            m if text == m.content else dataclasses.replace(m, content=text, token_count=None)
-            for m, text in zip(history, texts, strict=True)
-        ]
+        seen: list[HistoryMessage] = []
+        changed: set[int | None] = set()
+        for message, text in zip(history, texts, strict=True):
+            if text == message.content:
+                seen.append(message)
+                continue
+            changed.add(message.message_id)
+            if text.strip():
+                seen.append(dataclasses.replace(message, content=text, token_count=None))
+        return seen, changed
 
     def _macro_context(
         self, active: ActiveRoleplay, records: Sequence[MessageRecord]
