@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from synatra_bot.prompt.report import PromptReport
 from synatra_bot.prompt.scripts import (
     MAX_RESULT_CHARS,
     ScriptRun,
@@ -228,3 +229,11 @@ def test_a_hostile_script_fails_once_for_a_whole_history() -> None:
     history = [("assistant", "x" * 3000)] * 5
     assert apply_to_history(scripts, history, char="c", user="u", run=report) == ["x" * 3000] * 5
     assert report.failed == [("폭주", "ran out of time")]
+
+
+def test_the_inspector_lists_scripts_that_ran_and_failed() -> None:
+    report = PromptReport(budget=100, context_size=200, max_new_tokens=50)
+    assert "card scripts" not in report.to_text()
+    report.scripts_ran = ["상태창 숨기기"]
+    report.scripts_failed = ["폭주: ran out of time"]
+    assert "card scripts: 상태창 숨기기; failed: 폭주: ran out of time" in report.to_text()
