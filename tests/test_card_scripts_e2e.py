@@ -156,3 +156,18 @@ async def test_a_message_the_prompt_only_scripts_empty_leaves_the_prompt(start_b
         prompt = engine.prompts[-1]
         assert "둘째 줄 배" in prompt and "첫째 줄 사과" not in prompt
         assert "첫째 줄 사과" in await stored_contents(harness, "user")
+
+
+async def test_a_new_scenes_greeting_is_shown_through_display_scripts(start_bot, tokenizer):
+    async with start_bot(engine=RecordingEngine(REPLY, tokenizer=tokenizer)) as harness:
+        s = harness.scenario
+        character = await harness.character(
+            s.moderator,
+            first_message="어서 와, {{user}}. <status>체력 100</status>",
+            extensions=scripted_extensions(),
+        )
+        greeting = await harness.start_roleplay(s.moderator, s.general, character)
+        assert greeting.content.endswith(". \n> 📊 민지: 체력 100")
+        assert any(
+            "<status>체력 100</status>" in c for c in await stored_contents(harness, "assistant")
+        )

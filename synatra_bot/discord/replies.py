@@ -254,7 +254,7 @@ class ReplyController:
         view = reply_view(
             greeting.id, index=greeting.swipe_index, count=started.greeting_count, greeting=True
         )
-        ids = await writer.finish(greeting.content, view=view)
+        ids = await writer.finish(started.greeting_display or greeting.content, view=view)
         for alternative in await self.host.turns.core.alternatives(greeting.id):
             await self.host.turns.core.attach_discord_ids(alternative.id, ids)
 

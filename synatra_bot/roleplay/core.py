@@ -116,6 +116,8 @@ class Started:
     character: CharacterRecord
     greeting: MessageRecord | None
     greeting_count: int
+    #: What the channel shows for the greeting where the card's display scripts change it.
+    greeting_display: str | None = None
 
 
 def _refuse_shipped_preset(name: str) -> None:
@@ -445,10 +447,13 @@ class RoleplayCore:
         greeting = await self._store_greetings(session, character, actor, texts, greeting_index)
         # The channel's first message needs exactly this: keep it rather than read it back.
         linked = await self.characters.linked_lorebooks([character])
-        self._active.put(
-            place.channel_id, ActiveRoleplay(session, (character,), config, linked_books=linked)
-        )
-        return Started(session, character, greeting, len(texts))
+        active = ActiveRoleplay(session, (character,), config, linked_books=linked)
+        self._active.put(place.channel_id, active)
+        display = None
+        if greeting is not None:
+            user = await self.user_name(actor, place_guild=session.guild_id)
+            display = await self.displayed(active, greeting, user=user)
+        return Started(session, character, greeting, len(texts), display)
 
     async def _store_greetings(
         self,
