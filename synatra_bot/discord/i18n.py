@@ -38,6 +38,21 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "That character card can't be read: {reason}",
         "캐릭터 카드를 읽을 수 없어요: {reason}",
     ),
+    "error.risum": (
+        "That RisuAI module (.risum) can't be used: {reason}. Nothing was changed.",
+        "RisuAI 모듈(.risum)을 쓸 수 없어요: {reason}. 아무것도 바뀌지 않았어요.",
+    ),
+    "error.module_character": (
+        "A RisuAI module (.risum) holds scripts and a lorebook, not a character: "
+        "name the character that gets them with the `character` option.",
+        "RisuAI 모듈(.risum)에는 캐릭터가 아니라 스크립트와 로어북이 들어 있어요. "
+        "`캐릭터` 옵션으로 받을 캐릭터를 골라 주세요.",
+    ),
+    "error.not_module": (
+        "The `character` option is only for a RisuAI module (.risum); a card file becomes a "
+        "new character.",
+        "`캐릭터` 옵션은 RisuAI 모듈(.risum)에만 써요. 카드 파일은 새 캐릭터가 돼요.",
+    ),
     "error.card_too_large": (
         "That file is too large ({size} bytes; the limit is {limit}).",
         "파일이 너무 커요 ({size}바이트, 최대 {limit}바이트).",
@@ -77,8 +92,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "모델이 대답하지 못했어요: {message}",
     ),
     "error.attachment_type": (
-        "Attach a character card as .png, .json or .charx.",
-        "캐릭터 카드는 .png, .json 또는 .charx 파일로 첨부해 주세요.",
+        "Attach a character card as .png, .json or .charx (or a RisuAI module as .risum).",
+        "캐릭터 카드는 .png, .json 또는 .charx 파일로 첨부해 주세요 (RisuAI 모듈은 .risum).",
     ),
     "error.nothing_to_undo": ("There is nothing to undo.", "되돌릴 대화가 없어요."),
     "error.busy": (
@@ -564,6 +579,16 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "character.imported": (
         "Imported **{name}** (#{id}).",
         "**{name}**(#{id}) 캐릭터를 가져왔어요.",
+    ),
+    "character.module_imported": (
+        "Added the module to **{name}** (#{id}): {scripts} scripts and {entries} lorebook "
+        "entries (those it already had were left as they were).",
+        "**{name}**(#{id})에 모듈을 더했어요: 스크립트 {scripts}개, 로어북 항목 {entries}개 "
+        "(이미 있던 것은 그대로 두었어요).",
+    ),
+    "character.scripts": (
+        "{count} card scripts",
+        "카드 스크립트 {count}개",
     ),
     "character.deleted": ("Deleted **{name}**.", "**{name}** 캐릭터를 지웠어요."),
     "character.pending": (

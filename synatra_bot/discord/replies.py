@@ -254,7 +254,7 @@ class ReplyController:
         view = reply_view(
             greeting.id, index=greeting.swipe_index, count=started.greeting_count, greeting=True
         )
-        ids = await writer.finish(greeting.content, view=view)
+        ids = await writer.finish(started.greeting_display or greeting.content, view=view)
         for alternative in await self.host.turns.core.alternatives(greeting.id):
             await self.host.turns.core.attach_discord_ids(alternative.id, ids)
 
@@ -652,7 +652,7 @@ class ReplyController:
                 channel, active.member(message.character_id) or active.lead
             )
             # The alternative takes the place of the messages on screen, however many it needs.
-            ids = await writer.adopted(on_screen).finish(message.content, view=self.view_of(shown))
+            ids = await writer.adopted(on_screen).finish(shown.text, view=self.view_of(shown))
             await self.show_in(message.id, ids)
             return
         if action == "regen":

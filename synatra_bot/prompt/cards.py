@@ -17,6 +17,7 @@ from synatra_bot.errors import CardError
 from synatra_bot.prompt import charx, png
 from synatra_bot.prompt.avatars import card_avatar
 from synatra_bot.prompt.lorebook import lorebook_from_character_book
+from synatra_bot.prompt.risum import MAX_MODULE_JSON_BYTES, character_book, read_module
 
 MAX_PNG_BYTES = 8 * 1024 * 1024
 MAX_JSON_BYTES = 1024 * 1024
@@ -158,6 +159,7 @@ def _parse_png(data: bytes) -> CharacterCard:
 def _parse_charx(data: bytes) -> CharacterCard:
     archive = charx.open_charx(data, max_card_bytes=MAX_JSON_BYTES)
     card = _parse_json_bytes(archive.card_json, avatar=None)
+    _add_module(card, archive.head(charx.MODULE_FILE, limit=MAX_MODULE_JSON_BYTES + 6))
     # The main icon (else the first icon) inside the archive becomes the avatar; an icon that
     # cannot be used is skipped, as the image of a PNG card is.
     tried: set[str] = set()
@@ -179,6 +181,25 @@ def _parse_charx(data: bytes) -> CharacterCard:
             card.assets = [{**a, "uri": "ccdefault:"} if a is asset else a for a in assets]
             break
     return card
+
+
+def _add_module(card: CharacterCard, module_file: bytes | None) -> None:
+    """RisuAI moves a card's scripts (and may move its lorebook) into the CHARX's
+    `module.risum`: they go back into the card where the card has none of its own. A module
+    that cannot be read leaves the card as it is."""
+    if module_file is None:
+        return
+    try:
+        module = read_module(module_file)
+    except CardError:
+        return
+    risu = card.extensions.get("risuai")
+    risu = dict(risu) if isinstance(risu, dict) else {}
+    if module.scripts and not risu.get("customScripts"):
+        risu["customScripts"] = module.scripts
+        card.extensions["risuai"] = risu
+    if card.character_book is None:
+        card.character_book = character_book(module)
 
 
 def json_depth(value: Any) -> int:

@@ -23,6 +23,8 @@ from synatra_bot.errors import CardError
 #: A zip begins with a local file header (or, when empty, the end of its directory).
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 CARD_JSON = "card.json"
+#: Where RisuAI keeps a card's scripts (and other module data) inside a CHARX.
+MODULE_FILE = "module.risum"
 MAX_CHARX_BYTES = 32 * 1024 * 1024
 MAX_ENTRIES = 1024
 #: What all entries may declare together, and one entry alone, once inflated.
@@ -75,6 +77,17 @@ class CharxArchive:
         if info is None or info.file_size > limit:
             return None
         return _read(self._zip, info, limit)
+
+    def head(self, path: str, *, limit: int) -> bytes | None:
+        """At most the first `limit` bytes of the file at `path`; None where there is none
+        or it cannot be read (RisuAI's `module.risum` is read only as far as its data)."""
+        info = self._files.get(path)
+        if info is None:
+            return None
+        try:
+            return _read_head(self._zip, info, limit)
+        except CardError:
+            return None
 
 
 def embedded_path(uri: Any) -> str | None:
@@ -202,9 +215,15 @@ def _check_entry(info: zipfile.ZipInfo, name: str) -> None:
 
 def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes | None:
     """An entry's bytes, never more than `limit` inflated; None when it holds more."""
+    data = _read_head(archive, info, limit + 1)
+    return data if len(data) <= limit else None
+
+
+def _read_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """At most the first `limit` bytes of an entry."""
     try:
         with archive.open(info) as entry:
-            data = entry.read(limit + 1)
+            data = entry.read(limit)
     except (
         zipfile.BadZipFile,
         zlib.error,
@@ -216,4 +235,4 @@ def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes 
         OSError,
     ) as exc:
         raise _bad(f"CHARX entry {_shown(info.orig_filename)} cannot be read ({exc})") from None
-    return data if len(data) <= limit else None
+    return data

@@ -29,6 +29,9 @@ _WORDS: dict[str, tuple[str, str]] = {
     "entry": ("1 entry", "1개 항목"),
     "entries": ("{n} entries", "{n}개 항목"),
     "memory": ("memory: {tokens} tokens", "기억: {tokens} 토큰"),
+    "scripts": ("card scripts: {names}", "카드 스크립트: {names}"),
+    "scripts_failed": ("; failed: {names}", "; 실패: {names}"),
+    "none": ("none", "없음"),
     "recalled": ("recalled: {n} old turn(s)", "떠올린 옛 턴: {n}개"),
     "recalled_turn": (
         "  #{id} {name} (matched {terms}; score {score}): {text}",
@@ -120,6 +123,10 @@ class PromptReport:
     summary_stale: bool = False
     #: Old turns the newest message recalled into the prompt, in story order, with why.
     recall: list[RecallNote] = field(default_factory=list)
+    #: Card scripts that changed the history as this prompt sees it, and those that failed
+    #: ("name: why"; a failed one left the text as it was).
+    scripts_ran: list[str] = field(default_factory=list)
+    scripts_failed: list[str] = field(default_factory=list)
 
     def _labels(self, status: LoreStatus) -> list[str]:
         return [note.label for note in self.lorebook if note.status == status]
@@ -194,7 +201,18 @@ class PromptReport:
             lines.append(
                 _say("left_out", korean, book=left.book, entries=left.entries, keys=left.keys)
             )
+        if self.scripts_ran or self.scripts_failed:
+            lines.append(_scripts_line(self, korean))
         return "\n".join(lines)
+
+
+def _scripts_line(report: PromptReport, korean: bool) -> str:
+    """Which card scripts changed the prompt's history, and which failed."""
+    ran = _short(", ".join(report.scripts_ran), 200) or _say("none", korean)
+    line = _say("scripts", korean, names=ran)
+    if report.scripts_failed:
+        line += _say("scripts_failed", korean, names=_short(", ".join(report.scripts_failed), 200))
+    return line
 
 
 def _memory_line(report: PromptReport, korean: bool) -> str:

@@ -22,6 +22,7 @@ from synatra_bot.prompt.cards import (
     stored_extensions,
     v3_fields,
 )
+from synatra_bot.prompt.risum import character_book, read_module
 from synatra_bot.roleplay.config import character_limit, character_megabytes
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.settings import DEFAULT_LOREBOOK_QUOTA_BYTES
@@ -210,6 +211,46 @@ class CharacterService:
         # for the avatar.
         card = await asyncio.to_thread(parse_card, data, filename=filename)
         return await self.create(actor, card, visibility=visibility)
+
+    async def import_module(
+        self, actor: Actor, character_id: int, data: bytes
+    ) -> tuple[CharacterRecord, int, int]:
+        """Add a RisuAI module's scripts and lore entries to a character `actor` manages,
+        after the card's own (RisuAI runs a card's scripts before its modules'); those the
+        card already holds are not added again. The character and how many of each were added;
+        CardError where the module cannot be read or holds neither."""
+        record = await self.managed(actor, character_id)  # refuse before reading anything
+        if len(data) > self._max_card_bytes:
+            raise CardError(
+                f"module is {len(data)} bytes; the limit is {self._max_card_bytes}",
+                key="error.card_too_large",
+                size=len(data),
+                limit=self._max_card_bytes,
+            )
+        module = await asyncio.to_thread(read_module, data)
+        book = character_book(module)
+        if not module.scripts and book is None:
+            reason = "it holds no scripts and no lorebook"
+            raise CardError(f"RisuAI module: {reason}", key="error.risum", reason=reason)
+        extensions = dict(record.extensions)
+        risu = extensions.get("risuai")
+        risu = dict(risu) if isinstance(risu, dict) else {}
+        scripts = risu.get("customScripts")
+        scripts = list(scripts) if isinstance(scripts, list) else []
+        new_scripts = [s for s in module.scripts if s not in scripts]
+        risu["customScripts"] = scripts + new_scripts
+        extensions["risuai"] = risu
+        changes: dict[str, Any] = {"extensions": extensions}
+        new_entries: list[dict[str, Any]] = []
+        if book is not None:
+            current = dict(record.character_book or {"entries": [], "extensions": {}})
+            entries = current.get("entries")
+            entries = list(entries) if isinstance(entries, list) else []
+            new_entries = [e for e in book["entries"] if e not in entries]
+            current["entries"] = entries + new_entries
+            changes["character_book"] = current
+        updated = await self.edit(actor, character_id, **changes)
+        return updated, len(new_scripts), len(new_entries)
 
     async def set_avatar(self, actor: Actor, character_id: int, image: bytes) -> CharacterRecord:
         """Make `image` the character's avatar: checked, shrunk and stored as PNG (avatars.py),

@@ -68,6 +68,7 @@ INHERITED_SETTINGS = (
     "busy_policy",
     "lorebook_budget",
     "lorebook_recursion",
+    "card_scripts",
     "stop_strings",
 )
 #: What a sampling preset sets.
@@ -130,6 +131,8 @@ class Defaults:
     nsfw_policy: str = "age_restricted"
     busy_policy: str = "queue"
     lorebook_recursion: int = DEFAULT_RECURSION_STEPS
+    #: Card scripts run unless a channel or its server turns them off.
+    card_scripts: bool = True
     #: The engine is started for CONTEXT_SIZE tokens: no channel may ask for more.
     max_context_size: int = 4096
 
@@ -177,6 +180,8 @@ class ChannelConfig:
     lorebook_budget: int | None = None
     #: Recursive scanning steps for the lorebooks that ask for it (0: off).
     lorebook_recursion: int = DEFAULT_RECURSION_STEPS
+    #: Whether the cast's card scripts run (moderators may turn them off).
+    card_scripts: bool = True
 
     def as_rows(self) -> list[tuple[str, str]]:
         """(name, value) pairs for `/config show`."""
@@ -200,6 +205,7 @@ class ChannelConfig:
                 "auto" if self.lorebook_budget is None else str(self.lorebook_budget),
             ),
             ("lorebook_recursion", str(self.lorebook_recursion)),
+            ("card_scripts", str(self.card_scripts)),
             ("answer_every_addressed", str(self.answer_every_addressed)),
             ("user_rate_limit", f"{self.user_rate_limit}/min"),
             ("context_size", str(self.context_size)),
@@ -386,6 +392,7 @@ def effective_config(
         recall_tokens=recall_tokens(guild, context_size),
         lorebook_budget=lorebook_budget(guild, channel, context_size),
         lorebook_recursion=recursion_steps(_pick("lorebook_recursion", *order)),
+        card_scripts=_pick("card_scripts", *order),
     )
 
 

@@ -34,6 +34,14 @@ from synatra_bot.prompt.cards import CharacterCard, macro_name
 from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
 from synatra_bot.prompt.macros import MacroContext, substitute_macros
 from synatra_bot.prompt.recall import RECALL_PIECE_TOKENS, RecallBlock
+from synatra_bot.prompt.scripts import (
+    CardScript,
+    ScriptRun,
+    Stage,
+    apply_scripts_async,
+    apply_to_history_async,
+    card_scripts,
+)
 from synatra_bot.prompt.st_chat import DEFAULT_NOTE_DEPTH, DEFAULT_NOTE_INTERVAL, note_due
 from synatra_bot.roleplay.characters import (
     CharacterService,
@@ -136,6 +144,8 @@ class Started:
     character: CharacterRecord
     greeting: MessageRecord | None
     greeting_count: int
+    #: What the channel shows for the greeting where the card's display scripts change it.
+    greeting_display: str | None = None
 
 
 def _refuse_shipped_preset(name: str) -> None:
@@ -194,6 +204,12 @@ class ActiveRoleplay:
 
     def member(self, character_id: int | None) -> CharacterRecord | None:
         return next((c for c in self.cast if c.id == character_id), None)
+
+    def scripts_of(self, character_id: int) -> list[CardScript]:
+        """The character's card scripts; none where moderators turned card scripts off."""
+        if not self.config.card_scripts:
+            return []
+        return card_scripts(self.cards[character_id].extensions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,10 +477,13 @@ class RoleplayCore:
         greeting = await self._store_greetings(session, character, actor, texts, greeting_index)
         # The channel's first message needs exactly this: keep it rather than read it back.
         linked = await self.characters.linked_lorebooks([character])
-        self._active.put(
-            place.channel_id, ActiveRoleplay(session, (character,), config, linked_books=linked)
-        )
-        return Started(session, character, greeting, len(texts))
+        active = ActiveRoleplay(session, (character,), config, linked_books=linked)
+        self._active.put(place.channel_id, active)
+        display = None
+        if greeting is not None:
+            user = await self.user_name(actor, place_guild=session.guild_id)
+            display = await self.displayed(active, greeting, user=user)
+        return Started(session, character, greeting, len(texts), display)
 
     async def _store_greetings(
         self,
@@ -733,6 +752,64 @@ class RoleplayCore:
         persona = await self.persona(actor.user_id, place_guild)
         return persona.name if persona else actor.display_name
 
+    async def scripted_line(self, active: ActiveRoleplay, actor: Actor, text: str) -> str:
+        """A player's line after the input scripts of each card of the cast, in cast order
+        (as typed where they would leave nothing)."""
+        typed = text
+        user: str | None = None
+        for character in active.cast:
+            scripts = active.scripts_of(character.id)
+            if not scripts:
+                continue
+            if user is None:
+                user = await self.user_name(actor, place_guild=active.session.guild_id)
+            name = macro_name(active.cards[character.id])
+            text = await apply_scripts_async(
+                scripts, text, Stage.INPUT, role="user", char=name, user=user
+            )
+        return text if text.strip() else typed
+
+    async def scripted_reply(
+        self, active: ActiveRoleplay, character: CharacterRecord, text: str, *, user: str
+    ) -> tuple[str, str]:
+        """A reply of `character` as stored (after its card's output scripts) and as shown
+        (after its display scripts too; the newest message, depth 0). Scripts that would leave
+        nothing to store or show are passed over (Discord posts no empty message)."""
+        scripts = active.scripts_of(character.id)
+        if not scripts:
+            return text, text
+        name = macro_name(active.cards[character.id])
+        stored = await apply_scripts_async(
+            scripts, text, Stage.OUTPUT, role="assistant", char=name, user=user
+        )
+        stored = stored if stored.strip() else text
+        shown = await apply_scripts_async(
+            scripts, stored, Stage.DISPLAY, role="assistant", char=name, user=user, depth=0
+        )
+        return stored, shown if shown.strip() else stored
+
+    async def displayed(
+        self, active: ActiveRoleplay, message: MessageRecord, *, user: str
+    ) -> str | None:
+        """What the channel shows for a stored reply of a cast member, where its card's display
+        scripts change it (as the newest message); None where they do not."""
+        character = active.member(message.character_id)
+        if character is None or message.role != "assistant":
+            return None
+        scripts = active.scripts_of(character.id)
+        if not scripts:
+            return None
+        shown = await apply_scripts_async(
+            scripts,
+            message.content,
+            Stage.DISPLAY,
+            role="assistant",
+            char=macro_name(active.cards[character.id]),
+            user=user,
+            depth=0,
+        )
+        return None if shown == message.content or not shown.strip() else shown
+
     async def add_user_message(
         self,
         active: ActiveRoleplay,
@@ -742,8 +819,10 @@ class RoleplayCore:
         discord_message_id: int | None,
         on_wait: Callable[[], None] | None = None,
     ) -> MessageRecord:
-        """Store a player's line, tried again while the database is locked (`on_wait` hears
-        of it) or once after its connection dropped (`storage.retry`)."""
+        """Store a player's line (after the cast's input scripts), tried again while the
+        database is locked (`on_wait` hears of it) or once after its connection dropped
+        (`storage.retry`)."""
+        content = await self.scripted_line(active, actor, content)
         store = functools.partial(
             self._add_user_message, active, actor, content, discord_message_id
         )
@@ -992,6 +1071,10 @@ class RoleplayCore:
         )
         options.recall = await self._recall(active, records, history, history_start_id)
         speaking = character or active.lead
+        scripts_run = ScriptRun()
+        history, scripted = await self._prompt_view(
+            active, speaking, history, user=starter_name or speaker_name, run=scripts_run
+        )
         build = functools.partial(
             self.builder.build_async,
             card=active.cards[speaking.id],
@@ -1018,11 +1101,14 @@ class RoleplayCore:
         self._history_start[anchor_key] = built.history_start_id
         # For the inspector: what the summary covers (its tokens are the builder's count).
         built.report.summary_until_id = active.session.summary_until_id
+        built.report.scripts_ran = scripts_run.changed
+        built.report.scripts_failed = [f"{name}: {why}" for name, why in scripts_run.failed]
         built.report.summary_auto = active.session.summary_auto
         built.report.summary_stale = active.session.summary_stale
-        if built.new_token_counts:
-            await repo.save_token_counts(self.sessions, counts=built.new_token_counts)
-            self._history.counted(active.session.id, built.new_token_counts)
+        counts = {k: v for k, v in built.new_token_counts.items() if k not in scripted}
+        if counts:
+            await repo.save_token_counts(self.sessions, counts=counts)
+            self._history.counted(active.session.id, counts)
         return built
 
     async def _author_note(self, active: ActiveRoleplay) -> tuple[str, int]:
@@ -1066,6 +1152,39 @@ class RoleplayCore:
             budget=budget,
             count=self.builder.count_text,
         )
+
+    async def _prompt_view(
+        self,
+        active: ActiveRoleplay,
+        speaking: CharacterRecord,
+        history: list[HistoryMessage],
+        *,
+        user: str,
+        run: ScriptRun,
+    ) -> tuple[list[HistoryMessage], set[int | None]]:
+        """The history as the speaking character's prompt-only scripts leave it (the stored
+        text stays; a message they empty is left out), and the ids of the messages they
+        changed: those are counted as the prompt sees them, a count not to be stored."""
+        scripts = active.scripts_of(speaking.id)
+        if not scripts:
+            return history, set()
+        texts = await apply_to_history_async(
+            scripts,
+            [(m.role, m.content) for m in history],
+            char=macro_name(active.cards[speaking.id]),
+            user=user,
+            run=run,
+        )
+        seen: list[HistoryMessage] = []
+        changed: set[int | None] = set()
+        for message, text in zip(history, texts, strict=True):
+            if text == message.content:
+                seen.append(message)
+                continue
+            changed.add(message.message_id)
+            if text.strip():
+                seen.append(dataclasses.replace(message, content=text, token_count=None))
+        return seen, changed
 
     def _macro_context(
         self, active: ActiveRoleplay, records: Sequence[MessageRecord]

@@ -86,6 +86,12 @@ class Shown:
     index: int
     count: int
     greeting: bool = False
+    #: What the channel shows for it where its card's display scripts change the stored text.
+    display: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.message.content if self.display is None else self.display
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +306,14 @@ class Reply:
             impersonate=self.kind == "suggest",
         )
 
+    async def _scripted(self, text: str) -> tuple[str, str]:
+        """The reply as stored and as shown, after its character's card scripts."""
+        core = self._turns.core
+        user = "user"
+        if self.actor is not None:
+            user = await core.user_name(self.actor, place_guild=self.active.session.guild_id)
+        return await core.scripted_reply(self.active, self.character, text, user=user)
+
     async def _settle(self, slot: TurnSlot, shown_in: list[int]) -> ReplyOutcome:
         """What a reply that ran to its end (or was stopped or cut) leaves behind."""
         text = self._generated(slot)
@@ -318,6 +332,8 @@ class Reply:
             empty = EngineError("the engine's reply was empty", key="engine.empty")
             return ReplyOutcome(Ending.FAILED, text=shown, error=empty)
         if slot.outcome is TurnOutcome.FINISHED or (stopped and text.strip()):
+            text, scripted = await self._scripted(text)
+            shown = self.prefix + scripted
             stored = await self._turns.core.store_reply(
                 self.active,
                 text,
@@ -823,7 +839,9 @@ class Turns:
         on_screen = before.discord_message_ids or target.discord_message_ids
         chosen, index, count = await self.core.browse(target.id, step)
         greeting = await self.core.is_greeting(chosen)
-        return Shown(chosen, index, count, greeting), on_screen
+        user = await self.core.user_name(actor, place_guild=active.session.guild_id)
+        display = await self.core.displayed(active, chosen, user=user)
+        return Shown(chosen, index, count, greeting, display), on_screen
 
     async def stop_reply(self, reply: Reply, actor: Actor) -> None:
         """Stop one reply, waiting or streaming: its player, the starter or a moderator."""

@@ -70,6 +70,9 @@ class SamplingColumns:
     #: Recursive scanning steps for the lorebooks that ask for it (0: off); NULL on a channel:
     #: the server's; NULL on the server: the default (decided above storage).
     lorebook_recursion: Mapped[int | None] = mapped_column(Integer)
+    #: Whether characters' card scripts run; NULL on a channel: the server's; NULL on the
+    #: server: they run.
+    card_scripts: Mapped[bool | None] = mapped_column(Boolean)
     #: Texts that end a reply where the model writes them (a JSON list; [] for none).
     stop_strings: Mapped[list[str] | None] = mapped_column(JSON)
 

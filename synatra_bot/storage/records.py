@@ -33,6 +33,7 @@ class SamplingRecord:
     busy_policy: str | None = None
     lorebook_budget: int | None = None
     lorebook_recursion: int | None = None
+    card_scripts: bool | None = None
     stop_strings: list[str] | None = None
 
 

@@ -17,6 +17,7 @@ from synatra_bot.errors import UserFacingError
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel, v3_fields
 from synatra_bot.prompt.charx import embedded_path, is_charx
 from synatra_bot.prompt.png import PNG_SIGNATURE
+from synatra_bot.prompt.scripts import script_count
 from synatra_bot.roleplay.characters import creator_notes_of
 from synatra_bot.storage.records import CharacterRecord
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 Visibility = Literal["private", "guild"]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
 CARD_SUFFIXES = (".png", ".json", ".charx")
+#: A RisuAI module: scripts and a lorebook for a character the member already has.
+MODULE_SUFFIX = ".risum"
 
 
 #: Discord's limits on a modal and on an embed (the fake Discord in tests checks the same).
@@ -376,7 +379,9 @@ def describe(record: CharacterRecord, *, locale: discord.Locale | str) -> discor
     title = shorten(f"{record.name} #{record.id}", EMBED_TITLE)
     tags = ", ".join(record.tags[:20])
     rating = t(locale, "character.rating.nsfw" if record.nsfw else "character.rating.sfw")
-    status = (record.visibility, record.approval, rating, tags)
+    count = script_count(record.extensions)
+    scripts = t(locale, "character.scripts", count=count) if count else ""
+    status = (record.visibility, record.approval, rating, scripts, tags)
     footer = shorten(" · ".join(part for part in status if part), FOOTER_PREVIEW)
     fields = [
         (field.title, getattr(record, field.attr))
@@ -428,16 +433,23 @@ class Characters(
     @app_commands.describe(
         file="A character card: .png with embedded data, .json, or .charx",
         visibility="private: only you; guild: shared with this server",
+        character="For a RisuAI module (.risum): the character that gets its scripts and lore",
     )
     async def import_card(
         self,
         interaction: discord.Interaction[SynatraBot],
         file: discord.Attachment,
         visibility: Visibility = "private",
+        character: app_commands.Transform[int, CharacterArg] | None = None,
     ) -> None:
         require_attachment_size(file, self.bot.settings.max_attachment_bytes)
+        if file.filename.lower().endswith(MODULE_SUFFIX):
+            await self._import_module(interaction, file, character)
+            return
         if not file.filename.lower().endswith(CARD_SUFFIXES):
             raise UserFacingError("not a card file", key="error.attachment_type")
+        if character is not None:
+            raise UserFacingError("a character is named only for a module", key="error.not_module")
         await interaction.response.defer(ephemeral=True, thinking=True)
         data = await file.read()
         record = await self.bot.core.characters.import_file(
@@ -455,6 +467,28 @@ class Characters(
             + ("\n" + tr(interaction, "character.avatar_dropped") if dropped else ""),
             embed=describe(record, locale=interaction.locale),
         )
+
+    async def _import_module(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        file: discord.Attachment,
+        character: int | None,
+    ) -> None:
+        if character is None:
+            raise UserFacingError("a module needs a character", key="error.module_character")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        record, scripts, entries = await self.bot.core.characters.import_module(
+            actor_of(interaction), character, await file.read()
+        )
+        text = tr(
+            interaction,
+            "character.module_imported",
+            name=record.name,
+            id=record.id,
+            scripts=scripts,
+            entries=entries,
+        )
+        await answer(interaction, text + approval_note(interaction, record))
 
     @app_commands.command(name="edit", description="Edit a character you own")
     @app_commands.describe(

@@ -336,6 +336,16 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         steps = {} if recursion is None else {"lorebook_recursion": recursion}
         await self._save(interaction, scope, lorebook_budget=tokens, **steps)
 
+    @app_commands.command(name="scripts", description="Whether card scripts run")
+    @app_commands.describe(
+        enabled="Run the find/replace scripts of characters' cards",
+        scope="This channel, or the server default",
+    )
+    async def scripts(
+        self, interaction: discord.Interaction[SynatraBot], enabled: bool, scope: Scope = "channel"
+    ) -> None:
+        await self._save(interaction, scope, card_scripts=enabled)
+
     @app_commands.command(name="archive", description="How long archived scenes are kept")
     @app_commands.describe(
         keep_days="Days an archived scene is kept (0: for ever, the default)",
