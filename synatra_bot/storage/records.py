@@ -61,6 +61,7 @@ class ChannelSettingsRecord(SamplingRecord):
     author_note_depth: int = 4
     lorebook: dict[str, Any] | None = None
     answer_every_addressed: bool = False
+    turn_order: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,7 @@ class CastMemberRecord:
     character_id: int
     position: int
     joined_at: datetime
+    muted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
