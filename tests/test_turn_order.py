@@ -19,6 +19,12 @@ from synatra_bot.roleplay.turn_order import (
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.records import CharacterRecord
 from tests.bot_harness import button_ids, eventually, has_buttons, stop_button
+from tests.db_helpers import (
+    assert_kept_down_and_up,
+    assert_old_scene_kept,
+    opened,
+    upgraded_from_0001,
+)
 from tests.test_group_scenes import HEADER, speaker_replies
 
 # --- the draw on its own ----------------------------------------------------------------------
@@ -389,3 +395,19 @@ async def test_a_new_player_line_or_stop_ends_the_round_of_answers(start_bot, to
         assert all(m.id > after.id for m in replies)  # nothing more answered the first line
         assert [m.author_name for m in replies] == ["민지", "준", "하늘"]
         assert (await speakers(harness, s.general))[3:] == ["user", "user", "민지", "준", "하늘"]
+
+
+async def test_upgrade_to_turn_order_keeps_channels_addressed_and_every_character_unmuted(tmp_path):
+    url, old = await upgraded_from_0001(tmp_path, "0014")
+    async with opened(url) as sessions:
+        await assert_old_scene_kept(sessions, old)
+        channel = await repo.get_channel_settings(sessions, channel_id=old.channel_id)
+        assert channel is not None and channel.turn_order is None  # the addressed order
+        cast = await repo.session_cast(sessions, session_id=old.session_id)
+        assert [m.muted for m in cast] == [False]
+        assert await repo.set_cast_muted(
+            sessions, session_id=old.session_id, character_id=old.character_id, muted=True
+        )
+        cast = await repo.session_cast(sessions, session_id=old.session_id)
+        assert [m.muted for m in cast] == [True]
+    await assert_kept_down_and_up(url, "0014", old)
