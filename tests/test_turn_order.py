@@ -325,6 +325,13 @@ async def test_natural_order_follows_names_then_a_seeded_draw_of_talkativeness(
         first = await fake.say(s.general, jisu, "준아, 오늘 어땠어?")
         replies = await answers(s.general, first.id, 3)
         assert [m.author_name for m in replies] == ["준", "하늘", "민지"]
+        # The inspector says who answered the newest line and why.
+        inspected = await harness.slash(s.moderator, "rp context", channel=s.general)
+        why = (await harness.final_text(inspected)).rpartition("```")[2]
+        assert why.startswith(
+            "\n마지막 대사에 답한 캐릭터와 까닭: 준 (이름이 불림), 하늘 (수다스러움 0.50 ≥ 뽑은 수 0."
+        )
+        assert ", 민지 (수다스러움 1.00 ≥ 뽑은 수 0." in why
         second = await fake.say(s.general, minho, "다들 배고프지 않아?")
         replies = await answers(s.general, second.id, 2)
         assert [m.author_name for m in replies] == ["하늘", "민지"]
@@ -342,7 +349,6 @@ async def test_natural_order_follows_names_then_a_seeded_draw_of_talkativeness(
             "user",
         ]  # fmt: skip
 
-        # The inspector says who answered the newest line and why.
         inspected = await harness.slash(s.moderator, "rp context", channel=s.general)
         text = await harness.final_text(inspected)
         assert "마지막 대사에 답한 캐릭터와 까닭: 민지 (이름이 불림)" in text

@@ -47,6 +47,21 @@ class Pick:
     draw: float | None = None
     talkativeness: float | None = None
 
+    @property
+    def reason(self) -> Reason:
+        """Why it answered, by the character's name (what the inspector keeps and shows)."""
+        return Reason(self.character.name, self.why, self.draw, self.talkativeness)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a character answered a line, by name."""
+
+    name: str
+    why: Why
+    draw: float | None = None
+    talkativeness: float | None = None
+
 
 def talkativeness(character: CharacterRecord) -> float:
     """How likely a character speaks up in the natural order: its card's

@@ -48,7 +48,7 @@ from synatra_bot.roleplay.rules import (
     require_voice,
 )
 from synatra_bot.roleplay.scheduler import QueueTicket, Scheduler, TurnOutcome, TurnSlot
-from synatra_bot.roleplay.turn_order import Pick, natural_order, seeded
+from synatra_bot.roleplay.turn_order import Pick, Reason, natural_order, seeded
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import CharacterRecord, MessageRecord
 
@@ -405,7 +405,7 @@ class Turns:
         #: Per channel, the round of answers to its newest player line (while it plays).
         self._rounds: weakref.WeakValueDictionary[int, Said] = weakref.WeakValueDictionary()
         #: Per channel, who answered its newest answered line and why (for the inspector).
-        self._last_picks: dict[int, tuple[Pick, ...]] = {}
+        self._last_picks: dict[int, tuple[Reason, ...]] = {}
 
     def untold_refusals(
         self, place: Place, sampling: SamplingParams, *, continues: bool = False
@@ -701,10 +701,10 @@ class Turns:
             return [active.lead]
         picks = await self._picks(active, actor, text, line_id)
         if place is not None:
-            self._last_picks[place.channel_id] = tuple(picks)
+            self._last_picks[place.channel_id] = tuple(pick.reason for pick in picks)
         return [pick.character for pick in picks]
 
-    def last_picks(self, place: Place) -> tuple[Pick, ...]:
+    def last_picks(self, place: Place) -> tuple[Reason, ...]:
         """Who answered the newest line answered in `place` in this process, and why."""
         return self._last_picks.get(place.channel_id, ())
 

@@ -42,7 +42,7 @@ from synatra_bot.roleplay.rules import (
     require_may_inspect,
     require_starter_or_moderator,
 )
-from synatra_bot.roleplay.turn_order import Pick
+from synatra_bot.roleplay.turn_order import Reason
 from synatra_bot.roleplay.turns import Said
 from synatra_bot.roleplay.types import Place
 from synatra_bot.storage.records import MessageRecord, SessionRecord
@@ -648,7 +648,7 @@ def _memory_text(interaction: discord.Interaction[SynatraBot], status: MemorySta
     return head + body[: 2000 - len(head)]
 
 
-def _picks_text(interaction: discord.Interaction[SynatraBot], picks: Sequence[Pick]) -> str:
+def _picks_text(interaction: discord.Interaction[SynatraBot], picks: Sequence[Reason]) -> str:
     """Who answered the newest line and why, for the inspector (a line of at most 300
     characters; empty when nobody answered one in this process)."""
     if not picks:
@@ -661,7 +661,7 @@ def _picks_text(interaction: discord.Interaction[SynatraBot], picks: Sequence[Pi
             share=f"{pick.talkativeness or 0:.2f}",
             draw=f"{pick.draw or 0:.2f}",
         )
-        shown.append(f"{pick.character.name} ({why})")
+        shown.append(f"{pick.name} ({why})")
     line = "\n" + tr(interaction, "rp.context_picks", picks=", ".join(shown))
     return line if len(line) <= 300 else line[:299] + "…"
 
