@@ -89,6 +89,21 @@ def test_the_natural_order_puts_the_named_first_and_rolls_the_rest_by_talkativen
     assert natural_order([], [quiet[0]], seeded(1, 0)) == []
 
 
+async def test_a_full_cast_of_name_buttons_fits_under_a_reply_with_alternatives():
+    from synatra_bot.discord.replies import reply_view
+    from synatra_bot.discord.streaming import release_view
+    from tests.discord_fake.limits import check_message
+
+    cast = [record(n, f"{n}번째 아주 긴 이름의 등장인물" * 10) for n in range(1, 9)]
+    view = reply_view(2**60, index=1, count=3, speakers=cast)
+    rows = view.to_components()
+    release_view(view)
+    check_message({"content": "대답", "components": rows})  # Discord would take it
+    speak = [c for row in rows for c in row["components"] if "speak" in c["custom_id"]]
+    assert [c["custom_id"] for c in speak] == [f"rp:speak:{n}" for n in range(1, 9)]
+    assert all(len(c["label"]) == 80 for c in speak)
+
+
 # --- through the bot ----------------------------------------------------------------------------
 
 
