@@ -368,6 +368,22 @@ async def test_natural_order_follows_names_then_a_seeded_draw_of_talkativeness(
         text = await harness.final_text(inspected)
         assert "마지막 대사에 답한 캐릭터와 까닭: 민지 (이름이 불림)" in text
 
+        # Muted, 민지 neither answers to her name nor speaks up (talkativeness 1 or not).
+        muted = await harness.slash(s.moderator, "rp mute", channel=s.general, character="민지")
+        await harness.final_text(muted)
+        before = len(await speakers(harness, s.general))
+        for member, text in (
+            (jisu, "민지야, 왜 조용해?"),
+            (minho, "민지는 말이 없네."),
+            (jisu, "준아?"),
+        ):
+            said = await fake.say(s.general, member, text)
+            await answers(s.general, said.id, 1)
+        last = await fake.say(s.general, minho, "하늘아, 준아, 둘 다 대답해 봐.")
+        replies = await answers(s.general, last.id, 2)
+        assert [m.author_name for m in replies] == ["하늘", "준"]  # in the order named
+        assert "민지" not in (await speakers(harness, s.general))[before:]
+
 
 async def test_a_new_player_line_or_stop_ends_the_round_of_answers(start_bot, tokenizer):
     engine = HeldEngine(tokenizer)
