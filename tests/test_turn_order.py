@@ -435,7 +435,7 @@ async def test_a_new_player_line_or_stop_ends_the_round_of_answers(start_bot, to
 
 
 async def test_upgrade_to_turn_order_keeps_channels_addressed_and_every_character_unmuted(tmp_path):
-    url, old = await upgraded_from_0001(tmp_path, "0014")
+    url, old = await upgraded_from_0001(tmp_path, "0017")
     async with opened(url) as sessions:
         await assert_old_scene_kept(sessions, old)
         channel = await repo.get_channel_settings(sessions, channel_id=old.channel_id)
@@ -447,4 +447,4 @@ async def test_upgrade_to_turn_order_keeps_channels_addressed_and_every_characte
         )
         cast = await repo.session_cast(sessions, session_id=old.session_id)
         assert [m.muted for m in cast] == [True]
-    await assert_kept_down_and_up(url, "0014", old)
+    await assert_kept_down_and_up(url, "0017", old)
