@@ -33,6 +33,8 @@ COMMAND_NAMES: dict[str, str] = {
     "rp dm-nsfw": "dm-성인",
     "rp memory": "기억",
     "rp context": "프롬프트",
+    "rp mute": "음소거",
+    "rp unmute": "음소거해제",
     "character": "캐릭터",
     "character create": "만들기",
     "character import": "가져오기",
@@ -122,6 +124,7 @@ OPTION_NAMES: dict[str, str] = {
     "megabytes": "메가바이트",
     "cast_limit": "출연한도",
     "answer_every": "모두답하기",
+    "turn_order": "차례",
     "summary_tokens": "요약토큰",
     "recall_tokens": "회상토큰",
     "tokens": "토큰",
@@ -150,6 +153,11 @@ CHOICE_NAMES: dict[str, str] = {
     "off": "금지",
     "age_restricted": "연령 제한 채널만",
     "allowed": "허용",
+    # /config scene turn_order
+    "addressed": "부른 캐릭터 (기본)",
+    "natural": "자연스럽게 (수다스러움 따라)",
+    "list": "출연 순서대로 모두",
+    "manual": "직접 고르기 (다음 버튼, /롤플레이 다음)",
 }
 
 #: `/config reset`'s settings as its autocomplete shows them to a Korean client, by the names
@@ -218,6 +226,10 @@ DESCRIPTIONS: dict[str, str] = {
     "Take a character out of the scene": "캐릭터를 장면에서 내보내요",
     "Who joins": "들어올 캐릭터",
     "Who leaves": "나갈 캐릭터",
+    "Keep a character from answering on its own (/rp next still calls it)": "캐릭터가 스스로 답하지 않게 해요 (/롤플레이 다음으로는 불러요)",
+    "Let a muted character answer on its own again": "음소거한 캐릭터가 다시 스스로 답하게 해요",
+    "Who keeps quiet": "조용히 할 캐릭터",
+    "Who speaks again": "다시 말할 캐릭터",
     "Which greeting to open with (1 = the first)": "시작할 인사말 번호 (1 = 첫 번째)",
     "Show or set what the character remembers": "캐릭터의 장기 기억을 보거나 정해요",
     "Long-term memory the model always sees (leave empty to show; '-' to clear)": "모델이 항상 보는 장기 기억 (비우면 보기, '-' 면 지우기)",
@@ -304,6 +316,7 @@ DESCRIPTIONS: dict[str, str] = {
     "Characters one scene may hold in this server (default 4)": "이 서버에서 한 장면에 둘 수 있는 캐릭터 수 (기본 4)",
     "Here: a message naming several characters gets an answer from each": "이 채널: 여러 캐릭터를 부르면 모두 차례로 답해요",
     "How much scenes' memory may take": "장면의 기억이 차지할 크기",
+    "Here: who answers a player in a group scene": "이 채널: 여러 캐릭터 장면에서 누가 답할지",
     "Tokens a scene's summary may take (default 384)": "장면 요약이 차지할 수 있는 토큰 수 (기본 384)",
     "Tokens of old turns recalled into each prompt (0: off; default 256)": "프롬프트마다 떠올릴 지난 대화의 토큰 수 (0: 끔, 기본 256)",
     "How many tokens lorebooks may take in a prompt": "로어북이 프롬프트에서 차지할 수 있는 토큰 수",

@@ -501,6 +501,44 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "{name|가} 장면에서 나갔어요. 했던 말은 이야기에 남아요.",
     ),
     "rp.cast_list": ("In this scene ({count}/{limit}):", "이 장면의 캐릭터 ({count}/{limit}):"),
+    "rp.turn_order": ("Turn order here: {order}", "이 채널의 차례: {order}"),
+    "rp.muted": (
+        "🔇 **{name}** no longer answers on its own here; /rp next still calls it.",
+        "🔇 {name|는} 이제 스스로 답하지 않아요. `/롤플레이 다음`으로는 부를 수 있어요.",
+    ),
+    "rp.unmuted": (
+        "🔊 **{name}** answers on its own again.",
+        "🔊 {name|가} 다시 스스로 답해요.",
+    ),
+    "error.mute_alone": (
+        "The only character of a scene always answers: there is nobody to mute it for.",
+        "캐릭터가 한 명뿐인 장면에서는 음소거할 수 없어요.",
+    ),
+    "turn.order.addressed": (
+        "addressed (the character named, else the last to answer you)",
+        "부른 캐릭터 (안 부르면 마지막으로 답한 캐릭터)",
+    ),
+    "turn.order.natural": (
+        "natural (named first, then by talkativeness)",
+        "자연스럽게 (부른 캐릭터 먼저, 그다음 수다스러움 따라)",
+    ),
+    "turn.order.list": ("list (every character in cast order)", "출연 순서대로 모두"),
+    "turn.order.manual": (
+        "manual (only /rp next or a name button)",
+        "직접 고르기 (`/롤플레이 다음`이나 이름 버튼으로만)",
+    ),
+    "turn.why.named": ("named", "이름이 불림"),
+    "turn.why.talkative": (
+        "talkativeness {share} ≥ draw {draw}",
+        "수다스러움 {share} ≥ 뽑은 수 {draw}",
+    ),
+    "turn.why.drawn": ("drawn: nobody spoke up", "아무도 나서지 않아 뽑힘"),
+    "turn.why.listed": ("cast order", "출연 순서"),
+    "turn.why.last": ("answered you last", "마지막으로 답한 캐릭터"),
+    "rp.context_picks": (
+        "Who answered the last line, and why: {picks}",
+        "마지막 대사에 답한 캐릭터와 까닭: {picks}",
+    ),
     "rp.continuing": ("Continuing…", "이어서 쓰는 중…"),
     "rp.edit_offer": (
         "Your message changed. Regenerate the reply with 🔄?",

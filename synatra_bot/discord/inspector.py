@@ -39,11 +39,13 @@ def context_view(
     preview_speaker: str,
     engine: EngineHealth,
     hide_card: bool,
+    picks: str = "",
 ) -> ContextView:
     """What `/rp context` shows: the prompt sent for the scene's last reply (or, when none was
     sent since the bot started, a preview labelled as one) with the next reply's preview size
     beside it. With `hide_card` a private card's lorebook entries are counted, not named, and
-    the prompt is not attached (its text holds the card)."""
+    the prompt is not attached (its text holds the card). `picks` (who answered the newest
+    line and why) closes it."""
     korean = is_korean(locale)
     if sent is not None:
         heading = t(
@@ -74,7 +76,7 @@ def context_view(
         notes.append(t(locale, "rp.context_no_file"))
     summary = report.to_text(hide_card_entry_names=hide_card, korean=korean)
     engine_line = engine.to_text(korean=korean)[:250]
-    tail = "\n".join(["", *notes]) if notes else ""
+    tail = ("\n".join(["", *notes]) if notes else "") + picks
     room = MESSAGE_LIMIT - len(heading) - len(engine_line) - len(tail) - len("\n```\n\n\n```")
     if len(summary) > room:
         summary = summary[: max(0, room - 1)] + "…"

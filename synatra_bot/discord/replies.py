@@ -45,6 +45,10 @@ Item = TypeVar("Item")
 QUEUE_NOTICE_AFTER_S = 1.0
 QUEUE_REFRESH_S = 10.0
 BUTTON_TEMPLATE = r"rp:(?P<action>regen|prev|next|stop|cont):(?P<target>[0-9]+)"
+SPEAK_TEMPLATE = r"rp:speak:(?P<character>[0-9]+)"
+#: The rows under a group reply that hold a button per character (a row holds 5, a message 5
+#: rows; the reply's own buttons take the first two).
+SPEAK_ROWS = (2, 3, 4)
 
 
 class ReplyHost(Protocol):
@@ -136,9 +140,47 @@ class SwipePosition(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"r
         await interaction.response.defer()  # disabled: Discord never sends a press
 
 
+class SpeakButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=SPEAK_TEMPLATE):
+    """A character's name under a group reply: pressed, that character speaks next (as
+    `/rp next`). The custom id carries the character, so it works after a restart."""
+
+    def __init__(self, character_id: int, name: str = "", *, row: int | None = None) -> None:
+        super().__init__(
+            discord.ui.Button(
+                style=discord.ButtonStyle.primary,
+                emoji="💬",
+                label=name[:80] or None,
+                custom_id=f"rp:speak:{character_id}",
+                row=row,
+            )
+        )
+        self.character_id = character_id
+
+    @classmethod
+    async def from_custom_id(  # type: ignore[override]
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Button[Any],
+        match: Any,
+    ) -> SpeakButton:
+        return cls(int(match["character"]), item.label or "")
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:  # type: ignore[override]
+        bot = interaction.client
+        bot.replies.track_current()
+        await bot.replies.press(interaction, "speak", self.character_id)
+
+
 def reply_view(
-    message_id: int, *, index: int = 0, count: int = 1, greeting: bool = False
+    message_id: int,
+    *,
+    index: int = 0,
+    count: int = 1,
+    greeting: bool = False,
+    speakers: Sequence[CharacterRecord] = (),
 ) -> discord.ui.View:
+    """The buttons under a stored reply; in a group scene, one more per character that may
+    speak (`speakers`, as many as `SPEAK_ROWS` hold)."""
     view = discord.ui.View(timeout=None)
     if count > 1:
         view.add_item(ReplyButton("prev", message_id, disabled=index <= 0))
@@ -148,7 +190,17 @@ def reply_view(
         view.add_item(ReplyButton("regen", message_id))
         view.add_item(ReplyButton("cont", message_id))
     view.add_item(SuggestionButton("new"))
+    for n, character in enumerate(speakers[: 5 * len(SPEAK_ROWS)]):
+        view.add_item(SpeakButton(character.id, character.name, row=SPEAK_ROWS[n // 5]))
     return view
+
+
+def speakers_of(active: ActiveRoleplay | None) -> tuple[CharacterRecord, ...]:
+    """Who gets a button under a reply of `active`: in a group scene, every character that
+    may answer on its own (muted ones are called with `/rp next`)."""
+    if active is None or not active.is_group:
+        return ()
+    return active.speakers
 
 
 def streaming_view(open_reply_id: int) -> discord.ui.View:
@@ -516,7 +568,8 @@ class ReplyController:
             stored = outcome.shown.message
             note = t(locale, "reply.stopped") if outcome.stopped else ""
             try:
-                ids = await writer.finish(outcome.text, view=self.view_of(outcome.shown), note=note)
+                view = self.view_of(outcome.shown, reply.active)
+                ids = await writer.finish(outcome.text, view=view, note=note)
             except Exception:
                 # What the model remembers is what the channel shows.
                 await self.host.turns.unstore(reply, stored)
@@ -562,14 +615,20 @@ class ReplyController:
         return t(locale, "error.unexpected")
 
     @staticmethod
-    def view_of(shown: Shown) -> discord.ui.View:
+    def view_of(shown: Shown, active: ActiveRoleplay | None = None) -> discord.ui.View:
         message = shown.message
-        return reply_view(message.id, index=shown.index, count=shown.count, greeting=shown.greeting)
+        return reply_view(
+            message.id,
+            index=shown.index,
+            count=shown.count,
+            greeting=shown.greeting,
+            speakers=() if shown.greeting else speakers_of(active),
+        )
 
     async def _restore(self, writer: ReplyMessages, reply: Reply) -> None:
         """Put the turn that was being regenerated or continued back on screen."""
         shown = await reply.restored()
-        ids = await writer.finish(shown.message.content, view=self.view_of(shown))
+        ids = await writer.finish(shown.message.content, view=self.view_of(shown, reply.active))
         await self.show_in(shown.message.id, ids)
 
     def text(self, locale: str, error: UserFacingError) -> str:
@@ -652,10 +711,13 @@ class ReplyController:
                 channel, active.member(message.character_id) or active.lead
             )
             # The alternative takes the place of the messages on screen, however many it needs.
-            ids = await writer.adopted(on_screen).finish(shown.text, view=self.view_of(shown))
+            view = self.view_of(shown, active)
+            ids = await writer.adopted(on_screen).finish(shown.text, view=view)
             await self.show_in(message.id, ids)
             return
-        if action == "regen":
+        if action == "speak":  # the target is a character of the scene
+            reply = await turns.next_speaker(place, actor, target_id)
+        elif action == "regen":
             reply = await turns.regenerate(place, actor, target_id)
         else:
             reply = await turns.continue_reply(place, actor, target_id)

@@ -170,6 +170,8 @@ class ChannelConfig:
     #: A player's message that names several characters of the scene: each answers in turn
     #: (otherwise the first one named does).
     answer_every_addressed: bool = False
+    #: Who answers a player's line in a group scene (`turn_order.TURN_ORDERS`).
+    turn_order: str = "addressed"
     cast_limit: int = DEFAULT_CAST_LIMIT
     #: Tokens the scene's automatic memory may take (its summary job's max_new_tokens).
     summary_tokens: int = DEFAULT_SUMMARY_TOKENS
@@ -207,6 +209,7 @@ class ChannelConfig:
             ("lorebook_recursion", str(self.lorebook_recursion)),
             ("card_scripts", str(self.card_scripts)),
             ("answer_every_addressed", str(self.answer_every_addressed)),
+            ("turn_order", self.turn_order),
             ("user_rate_limit", f"{self.user_rate_limit}/min"),
             ("context_size", str(self.context_size)),
             ("max_new_tokens", str(s.max_new_tokens)),
@@ -387,6 +390,7 @@ def effective_config(
         scene_rows=scene_quota(guild)[0],
         scene_megabytes=scene_quota(guild)[1],
         answer_every_addressed=channel.answer_every_addressed if channel else False,
+        turn_order=(channel.turn_order if channel else None) or "addressed",
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
         summary_tokens=summary_tokens(guild, context_size),
         recall_tokens=recall_tokens(guild, context_size),

@@ -168,6 +168,8 @@ class ActiveRoleplay:
     #: Character id -> the personal lorebook its card links to (`extensions.world`), used
     #: in place of the lorebook inside the card, as SillyTavern uses the linked book.
     linked_books: Mapping[int, dict[str, Any]] = field(default_factory=dict)
+    #: Cast members muted in this scene: they never answer on their own (`/rp next` calls them).
+    muted: frozenset[int] = frozenset()
     #: The characters as the prompt builder takes them and the channel's lorebook, parsed once
     #: when the roleplay is loaded (it is cached) rather than for every reply.
     cards: dict[int, CharacterCard] = field(init=False)
@@ -210,6 +212,11 @@ class ActiveRoleplay:
         if not self.config.card_scripts:
             return []
         return card_scripts(self.cards[character_id].extensions)
+
+    @property
+    def speakers(self) -> tuple[CharacterRecord, ...]:
+        """The cast members that may answer on their own (not muted), in cast order."""
+        return tuple(c for c in self.cast if c.id not in self.muted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +422,8 @@ class RoleplayCore:
         unavailable = frozenset(c.id for c in cast if not can_use(starter, c))
         config = await self.config_for(place, user_id=session.started_by)
         linked = await self.characters.linked_lorebooks(cast)
-        return ActiveRoleplay(session, tuple(cast), config, unavailable, linked)
+        muted = frozenset(m.character_id for m in members if m.muted)
+        return ActiveRoleplay(session, tuple(cast), config, unavailable, linked, muted)
 
     @staticmethod
     def _starter(
@@ -622,6 +630,24 @@ class RoleplayCore:
         )
         self.forget(place.channel_id)
         self._history.changed(active.session.id)
+        return character
+
+    async def set_muted(
+        self, actor: Actor, place: Place, *, character_id: int, muted: bool
+    ) -> CharacterRecord:
+        """Mute a character of the scene (it answers only when called) or unmute it: the
+        scene's starter or a moderator."""
+        active = await self.require_active(place)
+        require_starter_or_moderator(actor, active.session)
+        character = active.member(character_id)
+        if character is None:
+            raise NotFound("not in the scene", key="error.not_in_cast")
+        if not active.is_group:
+            raise UserFacingError("a scene's only character always answers", key="error.mute_alone")
+        await repo.set_cast_muted(
+            self.sessions, session_id=active.session.id, character_id=character_id, muted=muted
+        )
+        self.forget(place.channel_id)
         return character
 
     async def ensure_can_start(self, actor: Actor, place: Place) -> None:

@@ -5,10 +5,12 @@ Front ends (Discord, the terminal) hand over what a player did: a message, regen
 speak give back `Reply` objects: each streams its text while it is generated and ends with a
 `ReplyOutcome` saying what was stored and what the player should see. Front ends only render.
 
-The rules, once: who may do what (`rules`), which characters answer (addressed by name, else the
-one that last answered this player), what is refused before it costs anything (`admit`), what
-is stored (a finished reply, or one its player stopped with text in it; never a half-written
-one), which alternative enters history, and what a stop, a timeout or a failure leaves on screen.
+The rules, once: who may do what (`rules`), which characters answer (by the channel's turn
+order, `turn_order`; a new player line ends the round of answers to the one before), what is
+refused before it costs anything (`admit`, one turn of the player's rate limit per line however
+many characters answer it), what is stored (a finished reply, or one its player stopped with
+text in it; never a half-written one), which alternative enters history, and what a stop, a
+timeout or a failure leaves on screen.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dataclasses
 import enum
 import functools
 import logging
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,6 +49,7 @@ from synatra_bot.roleplay.rules import (
 )
 from synatra_bot.roleplay.scheduler import QueueTicket, Scheduler, TurnOutcome, TurnSlot
 from synatra_bot.roleplay.sent import SentPrompts
+from synatra_bot.roleplay.turn_order import Pick, Reason, natural_order, seeded
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import CharacterRecord, MessageRecord
 
@@ -152,6 +156,11 @@ class Reply:
         self._stop_asked = False
         #: The player's line it answers was deleted: it leaves nothing (`line_deleted`).
         self._line_gone = False
+
+    @property
+    def begun(self) -> bool:
+        """It holds the channel's turn (it is being written, or has been)."""
+        return self._slot is not None
 
     @property
     def replacing(self) -> bool:
@@ -362,7 +371,8 @@ class Reply:
 
 class Said:
     """A player's message: `stored` is the task storing it; `replies()` gives the characters'
-    answers one after another (the next only once the one before was stored)."""
+    answers one after another (the next only once the one before was stored), until one is
+    stopped or fails, or a newer player line in the channel ends the round (`supersede`)."""
 
     def __init__(
         self,
@@ -375,6 +385,8 @@ class Said:
         self._replies = list(replies)
         #: A line that came too late to be answered: kept out of the story (see `Turns.say`).
         self.too_late = too_late
+        self._superseded = False
+        self._playing: Reply | None = None
 
     @property
     def answered(self) -> bool:
@@ -382,10 +394,22 @@ class Said:
 
     async def replies(self) -> AsyncIterator[Reply]:
         for reply in self._replies:
+            if self._superseded:
+                return  # a newer line came: its own answer follows instead
+            self._playing = reply
             yield reply
             outcome = reply.outcome
             if outcome is None or outcome.ending is not Ending.STORED or outcome.stopped:
                 return  # stopped or failed: the other characters keep quiet
+
+    async def supersede(self) -> None:
+        """A newer player line came in the channel: the characters yet to answer this line keep
+        quiet, and one of them still waiting for its turn is withdrawn (the line's first answer,
+        and one already being written, go on as the channel's busy policy says)."""
+        self._superseded = True
+        playing = self._playing
+        if playing is not None and playing is not self._replies[0] and not playing.begun:
+            await playing.stop()
 
 
 class Turns:
@@ -400,6 +424,10 @@ class Turns:
         self.lines = Lines()
         #: What the model was last shown in each scene (`/rp context`).
         self.sent = SentPrompts()
+        #: Per channel, the round of answers to its newest player line (while it plays).
+        self._rounds: weakref.WeakValueDictionary[int, Said] = weakref.WeakValueDictionary()
+        #: Per channel, who answered its newest answered line and why (for the inspector).
+        self._last_picks: dict[int, tuple[Reason, ...]] = {}
 
     def untold_refusals(
         self, place: Place, sampling: SamplingParams, *, continues: bool = False
@@ -612,7 +640,7 @@ class Turns:
         elif addressee is not None:
             characters = [addressee]
         else:
-            characters = await self.responders(active, actor, text)
+            characters = await self.responders(active, actor, text, place=place)
         if line is not None and line.gone:
             return None  # deleted before it was stored
         if characters and late:
@@ -637,7 +665,16 @@ class Turns:
         ]
         if line is not None:
             line.storing(stored, replies)
-        return Said(stored, replies)
+        return await self._new_round(place, Said(stored, replies))
+
+    async def _new_round(self, place: Place, said: Said) -> Said:
+        """A player's line was taken: the round answering the channel's line before it ends
+        (as SillyTavern stops a group's round when its user sends), and this one begins."""
+        previous = self._rounds.get(place.channel_id)
+        if previous is not None:
+            await previous.supersede()
+        self._rounds[place.channel_id] = said
+        return said
 
     async def answer_waiting(self, place: Place, actor: Actor, line: MessageRecord) -> Said:
         """Answer a scene's newest line that never got its answer (the process stopped before
@@ -657,7 +694,9 @@ class Turns:
             active = await self.core.require_active(place)
             characters: list[CharacterRecord] = []
             if active.config.enabled and active.config.reply_mode != "mention":
-                characters = await self.responders(active, actor, line.content)
+                characters = await self.responders(
+                    active, actor, line.content, place=place, line_id=line.id
+                )
             self._admit_answer(active, place, actor, characters)
             replies = [
                 Reply(self, active=active, place=place, actor=actor, character=c)
@@ -669,32 +708,68 @@ class Turns:
             taken.settle_unstored()
 
     async def responders(
-        self, active: ActiveRoleplay, actor: Actor, text: str
+        self,
+        active: ActiveRoleplay,
+        actor: Actor,
+        text: str,
+        *,
+        place: Place | None = None,
+        line_id: int | None = None,
     ) -> list[CharacterRecord]:
-        """Who answers a message: the characters it names (the first, or each in turn where
-        the channel asks for that), else the one that last answered this player, else the one
-        that spoke last, else the lead."""
+        """Who answers a player's line (`line_id`: stored already), in order: the only
+        character of a one-character scene, else as the channel's turn order says
+        (`turn_order`); muted characters never. Who answered why is kept for `last_picks`."""
         if not active.is_group:
             return [active.lead]
-        cast = [Addressable(c.id, names_of(c)) for c in active.cast]
-        named = [c for c in map(active.member, addressed(text, cast)) if c is not None]
-        if named:
-            return named if active.config.answer_every_addressed else named[:1]
-        return [await self._last_to(active, actor.user_id)]
+        picks = await self._picks(active, actor, text, line_id)
+        if place is not None:
+            self._last_picks[place.channel_id] = tuple(pick.reason for pick in picks)
+        return [pick.character for pick in picks]
 
-    async def _last_to(self, active: ActiveRoleplay, user_id: int) -> CharacterRecord:
+    def last_picks(self, place: Place) -> tuple[Reason, ...]:
+        """Who answered the newest line answered in `place` in this process, and why."""
+        return self._last_picks.get(place.channel_id, ())
+
+    async def _picks(
+        self, active: ActiveRoleplay, actor: Actor, text: str, line_id: int | None
+    ) -> list[Pick]:
+        order, speakers = active.config.turn_order, active.speakers
+        if order == "manual":
+            return []
+        if order == "list":
+            return [Pick(character, "listed") for character in speakers]
+        cast = [Addressable(c.id, names_of(c)) for c in speakers]
+        named = [c for c in map(active.member, addressed(text, cast)) if c is not None]
         history = await self.core.recent(active)
+        if line_id is not None:
+            history = [m for m in history if m.id < line_id]
+        if order == "natural":
+            rng = seeded(active.session.id, history[-1].id if history else 0)
+            return natural_order(named, speakers, rng)
+        if named:
+            kept = named if active.config.answer_every_addressed else named[:1]
+            return [Pick(character, "named") for character in kept]
+        last = self._last_to(active, history, actor.user_id)
+        return [Pick(last, "last")] if last is not None else []
+
+    @staticmethod
+    def _last_to(
+        active: ActiveRoleplay, history: Sequence[MessageRecord], user_id: int
+    ) -> CharacterRecord | None:
+        """The speaker (not muted) that last answered this player, else the one that spoke
+        last, else the first; None when every character is muted."""
+        speakers = {c.id: c for c in active.speakers}
         last_any: CharacterRecord | None = None
         for before, message in zip(reversed(history[:-1]), reversed(history[1:]), strict=True):
-            character = active.member(message.character_id)
+            character = speakers.get(message.character_id or -1)
             if message.role != "assistant" or character is None:
                 continue
             last_any = last_any or character
             if before.role == "user" and before.author_id == user_id:
                 return character
         if last_any is None and history:
-            last_any = active.member(history[0].character_id)
-        return last_any or active.lead
+            last_any = speakers.get(history[0].character_id or -1)
+        return last_any or next(iter(active.speakers), None)
 
     # --- replies to act on --------------------------------------------------------------------
 

@@ -122,6 +122,9 @@ class ChannelSettings(SamplingColumns, Base):
     answer_every_addressed: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=false()
     )
+    #: Who answers a player's line in a group scene here (`roleplay.turn_order`); NULL: the
+    #: addressed order.
+    turn_order: Mapped[str | None] = mapped_column(String(16))
     active_session_id: Mapped[int | None] = mapped_column(
         ForeignKey("roleplay_sessions.id", ondelete="SET NULL")
     )
@@ -288,6 +291,8 @@ class CastMember(Base):
     )
     character_id: Mapped[int] = mapped_column(ForeignKey("characters.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer)
+    #: A muted character never answers on its own (`/rp mute`); `/rp next` still calls it.
+    muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

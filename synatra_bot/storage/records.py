@@ -65,6 +65,7 @@ class ChannelSettingsRecord(SamplingRecord):
     author_note_depth: int = 4
     lorebook: dict[str, Any] | None = None
     answer_every_addressed: bool = False
+    turn_order: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,7 @@ class CastMemberRecord:
     character_id: int
     position: int
     joined_at: datetime
+    muted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

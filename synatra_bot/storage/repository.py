@@ -802,6 +802,19 @@ async def remove_from_cast(sessions: Sessions, *, session_id: int, character_id:
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def set_cast_muted(
+    sessions: Sessions, *, session_id: int, character_id: int, muted: bool
+) -> bool:
+    """Mute or unmute a character of the scene's cast; False when it is not in the cast."""
+    async with sessions.begin() as session:
+        result = await session.execute(
+            update(CastMember)
+            .where(CastMember.session_id == session_id, CastMember.character_id == character_id)
+            .values(muted=muted)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 # --- messages -------------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from synatra_bot.roleplay.config import (
     shown_stop_strings,
     stop_lines,
 )
+from synatra_bot.roleplay.turn_order import TurnOrder
 from synatra_bot.settings import AUTHOR_NOTE_DEPTH_RANGE, CONTEXT_SIZE_RANGE
 
 #: What `/config reset` puts back, by the names `/config show` gives them.
@@ -268,20 +269,24 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
     @app_commands.describe(
         cast_limit="Characters one scene may hold in this server (default 4)",
         answer_every="Here: a message naming several characters gets an answer from each",
+        turn_order="Here: who answers a player in a group scene",
     )
     async def scene(
         self,
         interaction: discord.Interaction[SynatraBot],
         cast_limit: app_commands.Range[int, 1, 8] | None = None,
         answer_every: bool | None = None,
+        turn_order: TurnOrder | None = None,
     ) -> None:
-        if cast_limit is None and answer_every is None:
+        if cast_limit is None and answer_every is None and turn_order is None:
             await self._show(interaction)
             return
         if cast_limit is not None:
             await self._save(interaction, "server", cast_limit=cast_limit)
-        if answer_every is not None:
-            await self._save(interaction, "channel", answer_every_addressed=answer_every)
+        channel = {"answer_every_addressed": answer_every, "turn_order": turn_order}
+        changes = {name: value for name, value in channel.items() if value is not None}
+        if changes:
+            await self._save(interaction, "channel", **changes)
 
     @app_commands.command(name="memory", description="How much scenes' memory may take")
     @app_commands.describe(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -31,7 +32,7 @@ from synatra_bot.discord.interactions import (
     speaker_of,
     tr,
 )
-from synatra_bot.discord.replies import ReplyButton, SwipePosition
+from synatra_bot.discord.replies import ReplyButton, SpeakButton, SwipePosition
 from synatra_bot.discord.streaming import MESSAGE_LIMIT
 from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.errors import UserFacingError
@@ -41,6 +42,7 @@ from synatra_bot.roleplay.rules import (
     require_may_inspect,
     require_starter_or_moderator,
 )
+from synatra_bot.roleplay.turn_order import Reason
 from synatra_bot.roleplay.turns import Said
 from synatra_bot.roleplay.types import Place
 from synatra_bot.storage.records import MessageRecord, SessionRecord
@@ -84,11 +86,11 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         self.catch_up = CatchUp(bot, self._take_back, self._answer_waiting)
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(ReplyButton, SwipePosition, SuggestionButton)
+        self.bot.add_dynamic_items(ReplyButton, SwipePosition, SuggestionButton, SpeakButton)
         self.bot.tree.add_command(self.branch_menu)
 
     async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(ReplyButton, SwipePosition, SuggestionButton)
+        self.bot.remove_dynamic_items(ReplyButton, SwipePosition, SuggestionButton, SpeakButton)
         self.bot.tree.remove_command(self.branch_menu.name, type=self.branch_menu.type)
 
     # --- commands -----------------------------------------------------------------------------
@@ -204,9 +206,47 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         _, place, _ = self._where(interaction)
         active = await self.bot.core.require_active(place)
         limit = active.config.cast_limit
-        lines = [f"{n}. {c.name}" for n, c in enumerate(active.cast, start=1)]
+        lines = [
+            f"{n}. {c.name}" + (" 🔇" if c.id in active.muted else "")
+            for n, c in enumerate(active.cast, start=1)
+        ]
         text = tr(interaction, "rp.cast_list", count=len(active.cast), limit=limit)
+        order = tr(interaction, f"turn.order.{active.config.turn_order}")
+        lines.append("-# " + tr(interaction, "rp.turn_order", order=order))
         await answer(interaction, text + "\n" + "\n".join(lines))
+
+    @app_commands.command(
+        name="mute",
+        description="Keep a character from answering on its own (/rp next still calls it)",
+    )
+    @app_commands.describe(character="Who keeps quiet")
+    async def mute(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        character: app_commands.Transform[int, CastArg],
+    ) -> None:
+        await self._set_muted(interaction, character, muted=True)
+
+    @app_commands.command(
+        name="unmute", description="Let a muted character answer on its own again"
+    )
+    @app_commands.describe(character="Who speaks again")
+    async def unmute(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        character: app_commands.Transform[int, CastArg],
+    ) -> None:
+        await self._set_muted(interaction, character, muted=False)
+
+    async def _set_muted(
+        self, interaction: discord.Interaction[SynatraBot], character_id: int, *, muted: bool
+    ) -> None:
+        _, place, actor = self._where(interaction)
+        changed = await self.bot.core.set_muted(
+            actor, place, character_id=character_id, muted=muted
+        )
+        key = "rp.muted" if muted else "rp.unmuted"
+        await answer(interaction, tr(interaction, key, name=changed.name), ephemeral=False)
 
     @app_commands.command(
         name="suggest", description="Let the model write your next line (only you see it)"
@@ -407,6 +447,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             preview_speaker=(speaking or active.lead).name,
             engine=self.bot.engine.health(),
             hide_card=hide,
+            picks=_picks_text(interaction, self.bot.turns.last_picks(place)),
         )
         if view.file is None:
             await answer(interaction, view.content)
@@ -613,6 +654,24 @@ def _memory_text(interaction: discord.Interaction[SynatraBot], status: MemorySta
     body = status.text or tr(interaction, "rp.memory_empty")
     head = "-# " + " · ".join(facts) + "\n"
     return head + body[: 2000 - len(head)]
+
+
+def _picks_text(interaction: discord.Interaction[SynatraBot], picks: Sequence[Reason]) -> str:
+    """Who answered the newest line and why, for the inspector (a line of at most 300
+    characters; empty when nobody answered one in this process)."""
+    if not picks:
+        return ""
+    shown = []
+    for pick in picks:
+        why = tr(
+            interaction,
+            f"turn.why.{pick.why}",
+            share=f"{pick.talkativeness or 0:.2f}",
+            draw=f"{pick.draw or 0:.2f}",
+        )
+        shown.append(f"{pick.name} ({why})")
+    line = "\n" + tr(interaction, "rp.context_picks", picks=", ".join(shown))
+    return line if len(line) <= 300 else line[:299] + "…"
 
 
 def _safe_filename(name: str) -> str:
