@@ -1,4 +1,4 @@
-"""Command line: `synatra-bot [run] | db upgrade|current | prompt | chat | bench`."""
+"""Command line: `synatra-bot [run] | db upgrade|current | prompt | chat | bench | gguf`."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.add_parser("upgrade", help="apply pending migrations")
     db_commands.add_parser("current", help="show the schema revision")
 
-    from synatra_bot.engine import bench
+    from synatra_bot.engine import bench, gguf_convert
     from synatra_bot.prompt import preview
     from synatra_bot.terminal import chat as terminal
 
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.configure_parser(
         commands.add_parser("bench", help="benchmark the embedded engine against generate()")
+    )
+    gguf_convert.configure_parser(
+        commands.add_parser("gguf", help="convert MODEL_ID to a GGUF for ENGINE=llamacpp")
     )
     return parser
 
@@ -75,6 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             settings = load_settings(env_file=args.env_file, require_token=False)
             return eventloop.run(run_chat(args, settings=settings), kind=settings.event_loop)
+        if command == "gguf":
+            from synatra_bot.engine.gguf_convert import run_convert
+            from synatra_bot.settings import load_settings
+
+            model_id = load_settings(env_file=args.env_file, require_token=False).model_id
+            return run_convert(args, default_model_id=model_id)
         if command == "bench":
             from synatra_bot.engine.bench import run_bench
 
