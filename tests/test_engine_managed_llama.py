@@ -22,6 +22,7 @@ from synatra_bot.engine.llamacpp import LlamaServerConfig, ManagedLlamaEngine
 from synatra_bot.errors import ConfigError, EngineError, GenerationInterrupted
 from synatra_bot.settings import settings_from_env
 from tests import llama_cpp
+from tests.llama_cpp import alive, gone
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Korean in, for a prompt of real ids.
@@ -143,11 +144,7 @@ def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """The tiny test model as an f32 GGUF, made by `synatra-bot gguf` with llama.cpp's tools."""
     if not llama_cpp.is_built():
         pytest.fail(f"llama.cpp is not built: {llama_cpp.BUILD_HELP}")
-    out = tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf"
-    convert = [sys.executable, "-m", "synatra_bot.cli", "gguf", "--model", str(tiny_model_dir)]
-    convert += ["--type", "f32", "--out", str(out), "--llama-cpp", str(llama_cpp.build_dir())]
-    subprocess.run(convert, check=True, capture_output=True, timeout=300, cwd=ROOT)
-    return out
+    return llama_cpp.make_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
 
 
 def managed(gguf: Path, tokenizer, **config) -> ManagedLlamaEngine:
@@ -158,23 +155,6 @@ def managed(gguf: Path, tokenizer, **config) -> ManagedLlamaEngine:
         tokenizer=tokenizer,
         backoff_s=0.2,
     )
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` is a running process (a zombie waiting for its parent counts as ended)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-async def gone(pid: int, timeout_s: float = 30) -> bool:
-    for _ in range(int(timeout_s * 10)):
-        if not alive(pid):
-            return True
-        await asyncio.sleep(0.1)
-    return not alive(pid)
 
 
 def ids_for(tokenizer, text: str) -> list[int]:
