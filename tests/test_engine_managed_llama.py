@@ -66,6 +66,7 @@ def test_llama_args_are_split_like_a_shell_and_passed_on(gguf_file):
         ({"ENGINE": "llamacpp"}, "MODEL_GGUF", "required"),
         ({"MODEL_GGUF": "모델.bin"}, "MODEL_GGUF", ".gguf"),
         ({"MODEL_GGUF": "/없는/모델.gguf"}, "MODEL_GGUF", "no such file"),
+        ({"MODEL_GGUF": "누군가/저장소/모델.gguf"}, "MODEL_GGUF", "owner/repo/file.gguf"),
         ({"MODEL_GGUF": "{not_gguf}"}, "MODEL_GGUF", "not a GGUF"),
         ({"MODEL_GGUF": "{gguf}", "LLAMA_SERVER": "/없는/llama-server"}, "LLAMA_SERVER", "exec"),
         ({"MODEL_GGUF": "{gguf}", "LLAMA_ARGS": "--port 9000"}, "LLAMA_ARGS", "--port"),
@@ -110,6 +111,33 @@ def test_a_bad_gguf_setting_exits_2_with_one_line(tmp_path):
         f"synatra-bot: MODEL_GGUF: no such file: {tmp_path / '없는.gguf'} "
         "(or give owner/repo/file.gguf)"
     ]
+
+
+def test_a_hub_gguf_that_cannot_be_downloaded_exits_2_with_one_line(tmp_path, tokenizer_dir):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "DISCORD_TOKEN": "x",
+        "MODEL_ID": str(tokenizer_dir),
+        "HF_HUB_OFFLINE": "1",
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        "MODEL_GGUF": "nobody/nothing-here/시나트라.Q4_K_M.gguf",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "synatra_bot.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "synatra-bot: MODEL_GGUF: nobody/nothing-here/시나트라.Q4_K_M.gguf could not be downloaded"
+    )
 
 
 def test_a_hub_gguf_is_owner_repo_and_the_files_path():

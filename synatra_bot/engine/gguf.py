@@ -7,6 +7,7 @@ repository, downloaded once into the hub's cache.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from synatra_bot.errors import ConfigError
 SETTING = "MODEL_GGUF"
 #: The first bytes of every GGUF file.
 MAGIC = b"GGUF"
+#: A hub repository's id, as the hub accepts it.
+HUB_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 #: Seconds to wait for the model hub before saying it cannot be reached.
 HUB_TIMEOUT_S = 5.0
 
@@ -39,8 +42,12 @@ def parse_gguf_source(raw: str) -> GgufSource:
     local = path.exists() or raw.startswith(("/", ".", "~")) or raw.count("/") < 2
     if not local:
         owner, name, filename = raw.split("/", 2)
-        if not owner or not name or not filename:
-            raise ConfigError(SETTING, f"must be a file or owner/repo/file.gguf, got {raw!r}")
+        if not HUB_REPO.fullmatch(f"{owner}/{name}") or not filename:
+            raise ConfigError(
+                SETTING,
+                f"must be a file or owner/repo/file.gguf (the hub's names are letters, digits, "
+                f"'-', '_' and '.'), got {raw!r}",
+            )
         return GgufSource(filename, repo=f"{owner}/{name}")
     if not path.is_file():
         raise ConfigError(SETTING, f"no such file: {raw} (or give owner/repo/file.gguf)")
