@@ -127,8 +127,36 @@ def build(profile: Profile, *, progress: Callable[[str], None] = log.info) -> Ll
         build_dir = scratch / "build"
         flavour = "test" if profile == "test" else ("CUDA" if cuda else "CPU")
         progress(f"llama.cpp {VERSION}: configuring a {flavour} build")
-        options = cmake_options(profile, cuda=cuda)
-        _run(["cmake", "-S", str(source), "-B", str(build_dir), *options], progress)
+        try:
+            _run(
+                [
+                    "cmake",
+                    "-S",
+                    str(source),
+                    "-B",
+                    str(build_dir),
+                    *cmake_options(profile, cuda=cuda),
+                ],
+                progress,
+            )
+        except EngineError as error:
+            if not cuda:
+                raise
+            # A toolkit CMake cannot use (no GPU to detect, a compiler it refuses) still leaves
+            # a working CPU build.
+            progress(f"llama.cpp {VERSION}: no CUDA build ({error}); building for the CPU")
+            shutil.rmtree(build_dir, ignore_errors=True)
+            _run(
+                [
+                    "cmake",
+                    "-S",
+                    str(source),
+                    "-B",
+                    str(build_dir),
+                    *cmake_options(profile, cuda=False),
+                ],
+                progress,
+            )
         jobs = str(os.cpu_count() or 2)
         targets = [arg for target in TARGETS for arg in ("--target", target)]
         command = ["cmake", "--build", str(build_dir), *targets, "-j", jobs]
@@ -179,18 +207,22 @@ def _unpack(sdist: Path, into: Path) -> Path:
 def _run(command: list[str], progress: Callable[[str], None], *, compiling: bool = False) -> None:
     """Run one build step; while compiling, report CMake's percentage every tenth. A failure
     raises EngineError with the step's last lines of output."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert process.stdout is not None
     tail: list[bytes] = []
+    first_error = b""
     reported = -1
-    for line in process.stdout:
-        tail = [*tail[-19:], line]
-        matched = PERCENT.match(line)
-        if compiling and matched and int(matched[1]) // 10 > reported:
-            reported = int(matched[1]) // 10
-            progress(f"llama.cpp {VERSION}: compiling, {matched[1].decode()}%")
-    if process.wait() != 0:
-        shown = b"".join(tail).decode(errors="replace").strip().splitlines()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail = [*tail[-19:], line]
+            if not first_error and b"error" in line.lower():
+                first_error = line
+            matched = PERCENT.match(line)
+            if compiling and matched and int(matched[1]) // 10 > reported:
+                reported = int(matched[1]) // 10
+                progress(f"llama.cpp {VERSION}: compiling, {matched[1].decode()}%")
+    if process.returncode != 0:
+        # The first error explains; CMake's last line only says that it stopped.
+        shown = (first_error or b"".join(tail)).decode(errors="replace").strip().splitlines()
         last = shown[-1] if shown else "no output"
         raise EngineError(f"building llama.cpp failed in {command[0]} {command[1]}: {last}")
 
