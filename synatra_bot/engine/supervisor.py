@@ -200,7 +200,7 @@ class ServerProcess:
             self.restarts += 1
             try:
                 await self._launch()
-            except EngineError as error:
+            except (EngineError, OSError) as error:  # OSError: its program is gone, say
                 log.warning("%s could not be restarted: %s", self.name, error)
 
     async def _end_process(self) -> None:
