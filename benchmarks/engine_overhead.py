@@ -1,6 +1,6 @@
 """What the bot's engine client adds on top of llama.cpp: the same requests streamed through
-`OpenAICompatEngine` (as ENGINE=llamacpp uses it) and straight to llama-server's HTTP API, in one
-run, against one server, alternating round by round.
+the engine ENGINE=llamacpp builds (`ManagedLlamaEngine`, its OpenAI-compatible client) and
+straight to llama-server's HTTP API, in one run, against one server, alternating round by round.
 
 `python benchmarks/engine_overhead.py [--llama-cpp DIR] [--gguf FILE]`: without `--llama-cpp`
 the Release build of `synatra_bot.engine.llama_build` (built first when missing); without `--gguf`
@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from synatra_bot.engine.base import SamplingParams
+from synatra_bot.engine.gguf import GgufSource
 from synatra_bot.engine.llama_build import VERSION, LlamaBuild, build
-from synatra_bot.engine.openai_compat import STREAM_HEADERS, OpenAICompatEngine
-from synatra_bot.engine.supervisor import ServerProcess
+from synatra_bot.engine.llamacpp import LlamaServerConfig, ManagedLlamaEngine
+from synatra_bot.engine.openai_compat import STREAM_HEADERS
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,7 +71,7 @@ class Prompts:
         return [1, *(self._rng.randrange(3, 32000) for _ in range(self._length - 1))]
 
 
-async def through_client(engine: OpenAICompatEngine, ids: list[int], params: SamplingParams):
+async def through_client(engine: ManagedLlamaEngine, ids: list[int], params: SamplingParams):
     started = time.perf_counter()
     first = None
     count = 0
@@ -101,25 +102,22 @@ async def measure(args: argparse.Namespace, server_path: Path, gguf: Path) -> li
     from tests.model_fixtures import write_tokenizer
 
     streams = [int(n) for n in args.streams.split(",")]
-    parallel = max(streams)
-    context = args.prompt_tokens + args.new_tokens + 16
-    server = ServerProcess(
-        "llama-server",
-        lambda port: [
-            *(str(server_path), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port)),
-            *("--parallel", str(parallel), "--ctx-size", str(context * parallel)),
-            *("--threads", str(args.threads), "--alias", "synatra"),
-        ],
-    )
     with tempfile.TemporaryDirectory() as scratch:
         from synatra_bot.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(write_tokenizer(Path(scratch)))
-    await server.start()
-    engine = OpenAICompatEngine(
-        server.url, model="synatra", tokenizer=tokenizer, send_token_ids=True, max_retries=0
+    # The engine ENGINE=llamacpp builds: it starts the server, the direct side uses it too.
+    config = LlamaServerConfig(
+        GgufSource(str(gguf)),
+        server=str(server_path),
+        parallel=max(streams),
+        context_size=args.prompt_tokens + args.new_tokens + 16,
+        extra_args=("--threads", str(args.threads)),
     )
+    engine = ManagedLlamaEngine(config, tokenizer=tokenizer)
     await engine.start()
+    assert engine.server is not None and engine._client is not None
+    url, client = engine.server.url, engine._client
     # Greedy, no stop ids: every request writes the same number of tokens on both sides.
     params = SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens, stop_ids=(), seed=1)
     prompts = Prompts(args.prompt_tokens)
@@ -136,10 +134,10 @@ async def measure(args: argparse.Namespace, server_path: Path, gguf: Path) -> li
                         else:
                             context_of = [len(ids) + args.new_tokens for ids in batch]
                             bodies = [
-                                engine._body(ids, params, c)  # the client's exact request
+                                client._body(ids, params, c)  # the client's exact request
                                 for ids, c in zip(batch, context_of, strict=True)
                             ]
-                            runs = [direct(session, server.url, body) for body in bodies]
+                            runs = [direct(session, url, body) for body in bodies]
                         done = await asyncio.gather(*runs)
                         wall = time.perf_counter() - started
                         tokens = sum(n for n, _ in done)
@@ -147,7 +145,6 @@ async def measure(args: argparse.Namespace, server_path: Path, gguf: Path) -> li
                         results.setdefault((count, side), []).append((tokens / wall, first))
     finally:
         await engine.close()
-        await server.stop()
     lines = [
         "| streams | direct tok/s | bot tok/s | bot / direct | direct first token ms "
         "| bot first token ms | difference ms |",
