@@ -9,8 +9,9 @@ case for the client: the server spends almost nothing per token). Needs the test
 
 Each request is a different prompt of random ids (no prompt cache helps either side) and the
 same body: the direct side posts exactly the JSON the client builds. Reported per stream count:
-total tokens a second (every stream's text events over the round's wall time) and the mean time
-to the first text, each the median over the rounds.
+total tokens a second (every stream's text events over the round's wall time), the mean time
+to the first text, and this process's CPU time per token (what the client itself costs; on a
+machine with few cores it is taken from the server), each the median over the rounds.
 """
 
 from __future__ import annotations
@@ -121,14 +122,15 @@ async def measure(args: argparse.Namespace, server_path: Path, gguf: Path) -> li
     # Greedy, no stop ids: every request writes the same number of tokens on both sides.
     params = SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens, stop_ids=(), seed=1)
     prompts = Prompts(args.prompt_tokens)
-    results: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    #: (tokens a second, seconds to the first text, this process's CPU seconds a token)
+    results: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
     try:
         async with aiohttp.ClientSession() as session:
             for _round in range(args.rounds):
                 for count in streams:
                     for side in ("bot", "direct"):
                         batch = [prompts.next() for _ in range(count)]
-                        started = time.perf_counter()
+                        started, cpu = time.perf_counter(), time.process_time()
                         if side == "bot":
                             runs = [through_client(engine, ids, params) for ids in batch]
                         else:
@@ -140,26 +142,34 @@ async def measure(args: argparse.Namespace, server_path: Path, gguf: Path) -> li
                             runs = [direct(session, url, body) for body in bodies]
                         done = await asyncio.gather(*runs)
                         wall = time.perf_counter() - started
+                        cpu = time.process_time() - cpu
                         tokens = sum(n for n, _ in done)
                         first = statistics.mean(f for _, f in done if f is not None)
-                        results.setdefault((count, side), []).append((tokens / wall, first))
+                        results.setdefault((count, side), []).append(
+                            (tokens / wall, first, cpu / tokens)
+                        )
     finally:
         await engine.close()
     lines = [
         "| streams | direct tok/s | bot tok/s | bot / direct | direct first token ms "
-        "| bot first token ms | difference ms |",
-        "|---|---|---|---|---|---|---|",
+        "| bot first token ms | difference ms | client CPU per token, direct / bot (us) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for count in streams:
-        direct_rate = statistics.median(r for r, _ in results[(count, "direct")])
-        bot_rate = statistics.median(r for r, _ in results[(count, "bot")])
-        direct_first = statistics.median(f for _, f in results[(count, "direct")]) * 1000
-        bot_first = statistics.median(f for _, f in results[(count, "bot")]) * 1000
+        direct_rate, direct_first, direct_cpu = medians(results[(count, "direct")])
+        bot_rate, bot_first, bot_cpu = medians(results[(count, "bot")])
         lines.append(
             f"| {count} | {direct_rate:.0f} | {bot_rate:.0f} | {bot_rate / direct_rate:.3f} "
-            f"| {direct_first:.1f} | {bot_first:.1f} | {bot_first - direct_first:+.1f} |"
+            f"| {direct_first * 1000:.1f} | {bot_first * 1000:.1f} "
+            f"| {(bot_first - direct_first) * 1000:+.1f} "
+            f"| {direct_cpu * 1e6:.0f} / {bot_cpu * 1e6:.0f} |"
         )
     return lines
+
+
+def medians(rows: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    rate, first, cpu = zip(*rows, strict=True)
+    return statistics.median(rate), statistics.median(first), statistics.median(cpu)
 
 
 def main() -> int:
