@@ -157,6 +157,23 @@ def test_a_hub_gguf_without_the_hub_is_one_line_naming_the_setting(monkeypatch, 
     assert "\n" not in str(raised.value)
 
 
+def test_a_hub_gguf_downloaded_once_is_found_in_the_hubs_cache_without_the_network(
+    monkeypatch, tmp_path
+):
+    from huggingface_hub import constants
+
+    # The hub cache's layout: the file in a snapshot, the branch naming that snapshot.
+    repo = tmp_path / "models--TheBloke--Synatra-7B-v0.3-RP-GGUF"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "synatra.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(28))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    source = parse_gguf_source("TheBloke/Synatra-7B-v0.3-RP-GGUF/synatra.Q4_K_M.gguf")
+    assert fetch_gguf(source) == snapshot / "synatra.Q4_K_M.gguf"
+
+
 def test_quantisation_types_are_checked_and_spelled_as_llama_cpp_does():
     assert check_type("q4_k_m") == "Q4_K_M"
     assert check_type("F16") == "f16"
