@@ -1,4 +1,4 @@
-"""Command line: `synatra-bot [run] | db upgrade|current | prompt | chat | bench`."""
+"""Command line: `synatra-bot [run] | db upgrade|current | prompt | chat | bench | gguf`."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def build_parser(language: Language = "ko") -> CliParser:
         db_commands, "current", english="show the schema revision", korean="스키마 리비전 보기"
     )
 
-    from synatra_bot.engine import bench
+    from synatra_bot.engine import bench, gguf_convert
     from synatra_bot.prompt import preview
     from synatra_bot.terminal import chat as terminal
 
@@ -107,6 +107,15 @@ def build_parser(language: Language = "ko") -> CliParser:
             "bench",
             english="benchmark the embedded engine against generate()",
             korean="내장 엔진을 generate()와 비교해 벤치마크",
+        ),
+        language=language,
+    )
+    gguf_convert.configure_parser(
+        parser.add_command(
+            commands,
+            "gguf",
+            english="convert MODEL_ID to a GGUF for ENGINE=llamacpp",
+            korean="ENGINE=llamacpp에 쓸 GGUF로 MODEL_ID 변환",
         ),
         language=language,
     )
@@ -148,6 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.flush()
             logging.shutdown()
             os._exit(code)
+        if command == "gguf":
+            from synatra_bot.engine.gguf_convert import run_convert
+            from synatra_bot.settings import load_settings
+
+            model_id = load_settings(env_file=args.env_file, require_token=False).model_id
+            return run_convert(args, default_model_id=model_id)
         if command == "bench":
             from synatra_bot.engine.bench import run_bench
 

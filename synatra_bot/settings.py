@@ -18,7 +18,8 @@ from typing import Literal, cast
 from synatra_bot.errors import ConfigError
 from synatra_bot.eventloop import EVENT_LOOP_KINDS, EventLoopKind, uvloop_available
 
-EngineKind = Literal["transformers", "openai"]
+EngineKind = Literal["transformers", "openai", "llamacpp"]
+ENGINES = ("transformers", "openai", "llamacpp")
 LogFormat = Literal["text", "json"]
 LOG_FORMATS = ("text", "json")
 #: The API of the OpenAI-compatible server: `/v1/completions` or `/v1/chat/completions`.
@@ -78,6 +79,14 @@ class Settings:
     engine_timeout_s: float = 120.0
     engine_send_token_ids: bool = False
     engine_api: EngineApi = "completions"
+    #: ENGINE=llamacpp: the GGUF the bot serves (a path, or owner/repo/file.gguf on the hub).
+    model_gguf: str = ""
+    #: ENGINE=llamacpp: a llama-server the host built; "" builds one from pinned sources.
+    llama_server: str = ""
+    #: ENGINE=llamacpp: replies the server generates at once (its slots).
+    llama_parallel: int = 4
+    #: ENGINE=llamacpp: further llama-server arguments (e.g. --n-gpu-layers 99 --threads 8).
+    llama_args: tuple[str, ...] = ()
     quantization: Quantization = "none"
     attn_implementation: str = "auto"
     #: Continuous batching of the embedded engine; None leaves the value to transformers.
@@ -178,8 +187,12 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         raise ConfigError("DATABASE_URL", f"must be a SQLAlchemy URL, got {database_url!r}")
     _check_async_driver(database_url)
 
-    engine = _choice(env, "ENGINE", "transformers", ("transformers", "openai"))
+    model_gguf = env.get("MODEL_GGUF", "").strip()
+    # Naming a GGUF is enough to run on llama.cpp; without one the embedded engine stays.
+    engine = _choice(env, "ENGINE", "llamacpp" if model_gguf else "transformers", ENGINES)
     engine_url = env.get("ENGINE_URL", "").strip().rstrip("/")
+    if engine == "llamacpp":
+        _check_llamacpp(env, model_gguf, engine_url)
     if engine == "openai" and not engine_url:
         raise ConfigError("ENGINE_URL", "required when ENGINE=openai, e.g. http://127.0.0.1:8000")
     if engine_url and not engine_url.startswith(("http://", "https://")):
@@ -223,6 +236,10 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         engine_timeout_s=_float(env, "ENGINE_TIMEOUT_S", 120.0, 1, 3600),
         engine_send_token_ids=send_token_ids,
         engine_api=cast(EngineApi, engine_api),
+        model_gguf=model_gguf,
+        llama_server=env.get("LLAMA_SERVER", "").strip(),
+        llama_parallel=_int(env, "LLAMA_PARALLEL", 4, 1, 256),
+        llama_args=_llama_args(env),
         quantization=cast(Quantization, _choice(env, "QUANTIZATION", "none", QUANTIZATIONS)),
         attn_implementation=_attention(env),
         cb_max_batch_tokens=_int(env, "CB_MAX_BATCH_TOKENS", 0, 16, 1 << 20) or None,
@@ -253,6 +270,51 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         shard_count=shard_count,
         shard_ids=shard_ids,
     )
+
+
+def _check_llamacpp(env: Mapping[str, str], model_gguf: str, engine_url: str) -> None:
+    """ENGINE=llamacpp: a GGUF that can be had and a server that can run (or none named)."""
+    from synatra_bot.engine.gguf import parse_gguf_source
+
+    if not model_gguf:
+        raise ConfigError(
+            "MODEL_GGUF",
+            "required when ENGINE=llamacpp: a .gguf file, or owner/repo/file.gguf on the hub",
+        )
+    parse_gguf_source(model_gguf)
+    if engine_url:
+        raise ConfigError(
+            "ENGINE_URL", "is for ENGINE=openai: with ENGINE=llamacpp the bot starts its own server"
+        )
+    server = env.get("LLAMA_SERVER", "").strip()
+    if server and not (Path(server).is_file() and os.access(server, os.X_OK)):
+        raise ConfigError(
+            "LLAMA_SERVER",
+            f"{server} is not an executable file (leave it empty and the bot builds one)",
+        )
+
+
+#: llama-server arguments the managed engine sets itself.
+LLAMA_MANAGED_ARGS = frozenset(
+    {"-m", "--model", "--host", "--port", "--alias", "-a", "-np", "--parallel", "-c", "--ctx-size"}
+)
+
+
+def _llama_args(env: Mapping[str, str]) -> tuple[str, ...]:
+    import shlex
+
+    raw = env.get("LLAMA_ARGS", "").strip()
+    try:
+        args = tuple(shlex.split(raw))
+    except ValueError as error:
+        raise ConfigError("LLAMA_ARGS", f"cannot be split into arguments ({error})") from None
+    managed = sorted({arg.split("=", 1)[0] for arg in args} & LLAMA_MANAGED_ARGS)
+    if managed:
+        raise ConfigError(
+            "LLAMA_ARGS",
+            f"{', '.join(managed)} are set by the bot (MODEL_GGUF, LLAMA_PARALLEL, CONTEXT_SIZE)",
+        )
+    return args
 
 
 def _attention(env: Mapping[str, str]) -> str:

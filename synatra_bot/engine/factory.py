@@ -12,11 +12,29 @@ from synatra_bot.settings import Settings
 def build_engine(
     settings: Settings, *, tokenizer: Any = None, observer: Observer = IGNORED
 ) -> Engine:
-    """The embedded transformers engine, or the OpenAI-compatible one for ENGINE=openai.
+    """The embedded transformers engine, the OpenAI-compatible one for ENGINE=openai, or the
+    managed llama.cpp server behind that client for ENGINE=llamacpp.
 
     `tokenizer`: one the caller has already loaded for MODEL_ID (else the engine loads it);
     `observer` hears of the embedded engine's restarts (a server's are its own).
     """
+    if settings.engine == "llamacpp":
+        from synatra_bot.engine.gguf import parse_gguf_source
+        from synatra_bot.engine.llamacpp import LlamaServerConfig, ManagedLlamaEngine
+
+        config = LlamaServerConfig(
+            parse_gguf_source(settings.model_gguf),
+            server=settings.llama_server,
+            parallel=settings.llama_parallel,
+            context_size=settings.context_size,
+            extra_args=settings.llama_args,
+        )
+        return ManagedLlamaEngine(
+            config,
+            tokenizer=tokenizer,
+            tokenizer_dir_or_id=settings.model_id,
+            timeout_s=settings.engine_timeout_s,
+        )
     if settings.engine == "openai":
         from synatra_bot.engine.openai_compat import OpenAICompatEngine
 

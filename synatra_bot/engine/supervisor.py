@@ -1,0 +1,216 @@
+"""A generation server the bot runs as its own child process: started on loopback, waited for
+until healthy, restarted with backoff when it dies, its output logged through the bot's
+logger, and stopped with the bot.
+
+The child never outlives the bot: it runs in a process group of its own (a terminal's Ctrl-C
+reaches the bot, which stops it in order), and on Linux the kernel sends it SIGTERM when the
+bot's process dies, even by SIGKILL (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from synatra_bot.errors import EngineError, EngineUnavailable
+
+log = logging.getLogger(__name__)
+
+#: Seconds a server may take to load its model and answer its health check.
+START_TIMEOUT_S = 600.0
+#: Seconds between health checks while it loads.
+POLL_S = 0.2
+#: Seconds a stopped server has to exit before it is killed.
+STOP_GRACE_S = 10.0
+#: A server that stayed up this long starts the backoff afresh when it dies.
+STABLE_S = 60.0
+#: Lines of its output kept to explain a failed start.
+TAIL_LINES = 20
+PR_SET_PDEATHSIG = 1
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ServerProcess:
+    """One server process kept alive on `127.0.0.1:port`.
+
+    `command(port)` is its command line; `health_path` answers 200 once it serves. `start()`
+    returns once it is healthy (or raises EngineError with its last line of output); after
+    that a watcher restarts it whenever it exits, waiting `backoff_s`, doubled after each
+    failed life up to `max_backoff_s`. `stop()` ends it (SIGTERM, then SIGKILL).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        command: Callable[[int], Sequence[str]],
+        *,
+        health_path: str = "/health",
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        start_timeout_s: float = START_TIMEOUT_S,
+    ) -> None:
+        self.name = name
+        self._command = command
+        self._health_path = health_path
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._start_timeout_s = start_timeout_s
+        self.port = 0
+        self._process: asyncio.subprocess.Process | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._readers: set[asyncio.Task[None]] = set()
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        #: How many times it was started again after dying.
+        self.restarts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def start(self) -> None:
+        self.port = free_loopback_port()
+        await self._launch()
+        self._watcher = asyncio.create_task(self._watch(), name=f"{self.name} watcher")
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Return once the server serves; EngineUnavailable after `timeout_s` or when stopped."""
+        if self._stopping:
+            raise EngineUnavailable(f"{self.name} is stopped", key="engine.unavailable")
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        except TimeoutError:
+            raise EngineUnavailable(
+                f"{self.name} is restarting and did not come back within {timeout_s:.0f} s",
+                key="engine.unavailable",
+            ) from None
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._ready.clear()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self._end_process()
+        for reader in list(self._readers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _launch(self) -> None:
+        """Start the process and wait until it answers its health check."""
+        command = [str(part) for part in self._command(self.port)]
+        self._tail.clear()
+        self._process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        log.info("%s started (pid %d) on %s", self.name, self._process.pid, self.url)
+        reader = asyncio.create_task(self._relay(self._process), name=f"{self.name} output")
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+        await self._wait_healthy(self._process)
+        self._ready.set()
+        log.info("%s is ready on %s", self.name, self.url)
+
+    async def _wait_healthy(self, process: asyncio.subprocess.Process) -> None:
+        import aiohttp
+
+        deadline = time.monotonic() + self._start_timeout_s
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while time.monotonic() < deadline:
+                if process.returncode is not None:
+                    await asyncio.sleep(0)  # let the reader take its last lines
+                    raise EngineError(self._exit_text(process.returncode))
+                with contextlib.suppress(OSError, TimeoutError, aiohttp.ClientError):
+                    async with session.get(self.url + self._health_path) as response:
+                        if response.status == 200:
+                            return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), POLL_S)
+        await self._end_process()
+        raise EngineError(f"{self.name} did not become healthy within {self._start_timeout_s} s")
+
+    def _exit_text(self, code: int) -> str:
+        last = self._tail[-1] if self._tail else "no output"
+        return f"{self.name} exited with status {code}: {last}"
+
+    async def _relay(self, process: asyncio.subprocess.Process) -> None:
+        """Its output, line by line, through the bot's logger (errors as warnings)."""
+        assert process.stdout is not None
+        server_log = logging.getLogger(f"{__name__}.{self.name}")
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if not line:
+                continue
+            self._tail.append(line)
+            lowered = line.lower()
+            level = logging.WARNING if "error" in lowered or "failed" in lowered else logging.DEBUG
+            server_log.log(level, "%s", line)
+
+    async def _watch(self) -> None:
+        """Start the server again whenever it exits, backing off while it keeps failing."""
+        delay = self._backoff_s
+        while not self._stopping:
+            process = self._process
+            assert process is not None
+            started = time.monotonic()
+            code = await process.wait()
+            self._ready.clear()
+            if self._stopping:
+                return
+            if time.monotonic() - started >= STABLE_S:
+                delay = self._backoff_s
+            log.warning("%s; restarting in %.1f s", self._exit_text(code), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._max_backoff_s)
+            self.restarts += 1
+            try:
+                await self._launch()
+            except (EngineError, OSError) as error:  # OSError: its program is gone, say
+                log.warning("%s could not be restarted: %s", self.name, error)
+
+    async def _end_process(self) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        log.info("%s stopped", self.name)
