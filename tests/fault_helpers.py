@@ -10,7 +10,8 @@
   writes each prompt to $FAULT_PROMPT_LOG (separated by NUL) and answers long for "길게".
   With FAULT_SLOW_START=1 the engine's start never ends, as a model that takes long to load:
   it prints "engine: loading" when it begins, and "engine: closed" when it is closed.
-  With FAULT_ENGINE=settings the engine is the one the settings name (ENGINE=llamacpp, say).
+  With FAULT_ENGINE=settings the bot starts as `synatra-bot run` does (its engine the one the
+  settings name, ENGINE=llamacpp say, and its errors as the command line prints them).
 - `python -m tests.fault_helpers writer DB_PATH BURSTS HOLD_S`: holds write transactions on a
   SQLite database in bursts (a table of its own), then prints how many rows it wrote.
 - `python -m tests.fault_helpers lock DB_PATH`: takes SQLite's write lock, prints "locked",
@@ -112,11 +113,14 @@ def run_bot(api_base: str, gateway_url: str) -> int:
             log.write(prompt + "\0")
         return long_when_asked(prompt)
 
+    if os.environ.get("FAULT_ENGINE") == "settings":
+        # The bot as `synatra-bot run` starts it, errors and all, only talking to the fake.
+        from synatra_bot.cli import main as command_line
+
+        return command_line(["run"])
     settings = settings_from_env(os.environ)
     configure_logging(settings)
     tokenizer = load_tokenizer(settings.model_id)
-    if os.environ.get("FAULT_ENGINE") == "settings":
-        return eventloop.run(serve(settings, tokenizer=tokenizer), kind=settings.event_loop)
     delay_s = float(os.environ.get("FAULT_DELAY_S", "0.05"))
     kind = SlowStartEngine if os.environ.get("FAULT_SLOW_START") == "1" else ScriptedEngine
     engine = kind(reply, delay_s=delay_s, tokenizer=tokenizer)

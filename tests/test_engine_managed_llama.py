@@ -22,6 +22,7 @@ from synatra_bot.engine.llamacpp import LlamaServerConfig, ManagedLlamaEngine
 from synatra_bot.errors import ConfigError, EngineError, GenerationInterrupted
 from synatra_bot.settings import settings_from_env
 from tests import llama_cpp
+from tests.bot_process import bot_env, spawn_bot
 from tests.llama_cpp import alive, gone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,28 +114,23 @@ def test_a_bad_gguf_setting_exits_2_with_one_line(tmp_path):
     ]
 
 
-def test_a_hub_gguf_that_cannot_be_downloaded_exits_2_with_one_line(tmp_path, tokenizer_dir):
+async def test_a_hub_gguf_that_cannot_be_downloaded_exits_2_with_one_line(
+    discord_fake, tmp_path, tokenizer_dir
+):
+    """Past the login (the fake Discord answers), the GGUF's download fails: one line, 2."""
     env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "PYTHONPATH": str(ROOT),
-        "DISCORD_TOKEN": "x",
-        "MODEL_ID": str(tokenizer_dir),
-        "HF_HUB_OFFLINE": "1",
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        **bot_env(discord_fake, tmp_path / "bot.db", tokenizer_dir, tmp_path / "prompts.log"),
+        "FAULT_ENGINE": "settings",
         "MODEL_GGUF": "nobody/nothing-here/시나트라.Q4_K_M.gguf",
+        "HF_HOME": str(tmp_path / "hf"),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "synatra_bot.cli", "run"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    with (tmp_path / "bot.log").open("wb") as output:
+        process = await spawn_bot(discord_fake, env, output)
+        code = await asyncio.wait_for(process.wait(), timeout=120)
+    printed = (tmp_path / "bot.log").read_text(encoding="utf-8")
+    assert code == 2, printed
+    assert "Traceback" not in printed
+    last = printed.strip().splitlines()[-1]
     assert last.startswith(
         "synatra-bot: MODEL_GGUF: nobody/nothing-here/시나트라.Q4_K_M.gguf could not be downloaded"
     )
@@ -274,6 +270,9 @@ async def test_a_killed_server_cuts_the_reply_in_flight_is_restarted_and_serves_
             and "restarting" in r.getMessage()
             for r in caplog.records
         )
+        # The reply may reach the new server before the supervisor's own health check has
+        # seen it up; health says "ok" from then on.
+        await server.wait_ready(30)
         assert engine.health().state == "ok"
         second_pid = server.pid
     finally:
