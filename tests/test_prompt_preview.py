@@ -268,3 +268,23 @@ def test_preview_scans_a_recursive_world_info_file_as_the_bot_does(tmp_path, tok
     code = run_preview(_args(*argv, "--lorebook", str(book), "--json"), default_model_id="x")
     assert code == 0
     assert "왕궁으로 이어진다" in json.loads(capsys.readouterr().out)["prompt"]
+
+
+def test_errors_and_the_report_are_in_korean_for_a_korean_command_line(
+    tmp_path, tokenizer_dir, capsys
+):
+    card = str(_write_card(tmp_path))
+    broken = tmp_path / "기록.jsonl"
+    broken.write_text('{"role": "user", "content": "안녕"}\n{깨진 줄\n', encoding="utf-8")
+    args = _args("--card", card, "--history", str(broken), "--tokenizer", str(tokenizer_dir))
+    args.lang = "ko"
+    assert run_preview(args, default_model_id="unused/model") == 2
+    line = _error_line(capsys)
+    assert line.startswith("synatra-bot: 프롬프트를 만들 수 없어요: ")
+    assert "기록.jsonl:2: 올바른 JSON이 아니에요" in line
+
+    args = _args("--card", card, "--tokenizer", str(tokenizer_dir))
+    args.lang = "ko"
+    assert run_preview(args, default_model_id="unused/model") == 0
+    report = capsys.readouterr().err
+    assert "토큰" in report and "tokens" not in report

@@ -146,9 +146,20 @@ def configure_parser(parser: argparse.ArgumentParser, *, language: Language = "e
     )
 
 
+class _Refused(ValueError):
+    """A file or option the preview cannot use, said in English and in Korean."""
+
+    def __init__(self, english: str, korean: str) -> None:
+        super().__init__(english)
+        self.korean = korean
+
+
 def _read_history(path: Path) -> list[HistoryMessage]:
     if path.stat().st_size > MAX_HISTORY_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_HISTORY_BYTES} bytes")
+        raise _Refused(
+            f"{path} is larger than {MAX_HISTORY_BYTES} bytes",
+            f"{path} 파일이 {MAX_HISTORY_BYTES}바이트보다 커요",
+        )
     messages = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
@@ -157,30 +168,50 @@ def _read_history(path: Path) -> list[HistoryMessage]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+                raise _Refused(
+                    f"{path}:{number}: invalid JSON ({exc.msg})",
+                    f"{path}:{number}: 올바른 JSON이 아니에요 ({exc.msg})",
+                ) from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{number}: not a JSON object")
+                raise _Refused(
+                    f"{path}:{number}: not a JSON object",
+                    f"{path}:{number}: JSON 객체가 아니에요",
+                )
             role, name, content = obj.get("role"), obj.get("name", ""), obj.get("content")
             if role not in ("user", "assistant"):
-                raise ValueError(f"{path}:{number}: role must be 'user' or 'assistant'")
+                raise _Refused(
+                    f"{path}:{number}: role must be 'user' or 'assistant'",
+                    f"{path}:{number}: role은 'user'나 'assistant'여야 해요",
+                )
             if not isinstance(content, str) or not isinstance(name, str):
-                raise ValueError(f"{path}:{number}: 'name' and 'content' must be text")
+                raise _Refused(
+                    f"{path}:{number}: 'name' and 'content' must be text",
+                    f"{path}:{number}: 'name'과 'content'는 글이어야 해요",
+                )
             messages.append(HistoryMessage(role, name, content, message_id=number))
     return messages
 
 
 def _read_lorebook(path: Path) -> Lorebook:
     if path.stat().st_size > MAX_LOREBOOK_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_LOREBOOK_BYTES} bytes")
+        raise _Refused(
+            f"{path} is larger than {MAX_LOREBOOK_BYTES} bytes",
+            f"{path} 파일이 {MAX_LOREBOOK_BYTES}바이트보다 커요",
+        )
     return lorebook_from_character_book(parse_lorebook_file(path.read_bytes(), filename=path.name))
 
 
 def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
-    """Print the assembled prompt (or JSON); on error print one line to stderr and return 2."""
+    """Print the assembled prompt (or JSON); on error print one line to stderr and return 2.
+    Errors and the report are in the command line's language (`args.lang`)."""
+    language: Language = getattr(args, "lang", "en")
     try:
         card_path: Path = args.card
         if card_path.stat().st_size > max(MAX_PNG_BYTES, MAX_JSON_BYTES):
-            raise ValueError(f"{card_path} is larger than {MAX_PNG_BYTES} bytes")
+            raise _Refused(
+                f"{card_path} is larger than {MAX_PNG_BYTES} bytes",
+                f"{card_path} 파일이 {MAX_PNG_BYTES}바이트보다 커요",
+            )
         card = parse_card(card_path.read_bytes(), filename=card_path.name)
         history = _read_history(args.history) if args.history else []
         defaults = PromptOptions()
@@ -214,7 +245,10 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
         except SynatraError:
             raise
         except Exception as exc:  # transformers raises many kinds for a bad folder or id
-            raise ValueError(f"cannot load the tokenizer {source}: {exc}") from None
+            raise _Refused(
+                f"cannot load the tokenizer {source}: {exc}",
+                f"토크나이저 {source}를 불러올 수 없어요: {exc}",
+            ) from None
         builder = PromptBuilder(tokenizer)
 
         def build() -> BuiltPrompt:
@@ -242,7 +276,10 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
         if options.recall is not None:
             built = build()
     except (SynatraError, OSError, ValueError) as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        detail = exc.korean if isinstance(exc, _Refused) and language == "ko" else str(exc)
+        message = " ".join(detail.split()) or type(exc).__name__
+        if language == "ko":
+            message = f"프롬프트를 만들 수 없어요: {message}"
         print(f"synatra-bot: {message}", file=sys.stderr)
         return 2
     if args.json:
@@ -259,5 +296,5 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
         print(json.dumps(payload, ensure_ascii=False))
     else:
         print(built.text)
-        print(built.report.to_text(), file=sys.stderr)
+        print(built.report.to_text(korean=language == "ko"), file=sys.stderr)
     return 0
