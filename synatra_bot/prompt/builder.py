@@ -45,10 +45,14 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from synatra_bot.errors import PromptTooLarge
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel, macro_name
+
+# HistoryMessage is named here too: what the builder takes, for callers building prompts.
+from synatra_bot.prompt.history import HistoryMessage as HistoryMessage
+from synatra_bot.prompt.history import Role
 from synatra_bot.prompt.lorebook import (
     SCAN_BUDGET_S,
     FiredEntry,
@@ -81,7 +85,6 @@ from synatra_bot.tokenizer import (
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-Role = Literal["user", "assistant"]
 
 DEFAULT_INSTRUCTION_PRESET = (
     "당신은 {{char}}입니다. {{user}}와 함께 끝나지 않는 롤플레이를 이어 가세요. "
@@ -147,19 +150,6 @@ _EXAMPLE_SPEAKER = re.compile(
     r"^\s*(?P<who>\{\{\s*(?:char|user)\s*\}\}|<(?:bot|user)>)\s*:\s?(?P<text>.*)$",
     re.IGNORECASE,
 )
-
-
-@dataclass(frozen=True)
-class HistoryMessage:
-    role: Role
-    name: str
-    content: str
-    token_count: int | None = None
-    message_id: int | None = None
-    #: The player who wrote a user message (matches ScenePlayer.author_id).
-    author_id: int | None = None
-    #: A line of a speaker outside the cast (an imported chat's guest): shown with its name.
-    guest: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from synatra_bot.errors import SynatraError
 from synatra_bot.language import Language, choose
-from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, PromptBuilder, PromptOptions
+from synatra_bot.prompt.builder import BuiltPrompt, PromptBuilder, PromptOptions
 from synatra_bot.prompt.cards import MAX_JSON_BYTES, MAX_PNG_BYTES, parse_card
+from synatra_bot.prompt.history import HistoryMessage
 from synatra_bot.prompt.lorebook import (
     DEFAULT_RECURSION_STEPS,
     Lorebook,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from synatra_bot.prompt.terms import KoreanTerms, TurnIndex
 
 if TYPE_CHECKING:
-    from synatra_bot.prompt.builder import HistoryMessage
+    from synatra_bot.prompt.history import HistoryMessage
 
 RECALL_HEADING = "### 떠오르는 지난 장면"
 #: Tokens a prompt's recall takes by default (a few sentences) ...

@@ -25,12 +25,12 @@ from synatra_bot.errors import (
 )
 from synatra_bot.prompt.builder import (
     BuiltPrompt,
-    HistoryMessage,
     PromptBuilder,
     PromptOptions,
     ScenePlayer,
 )
 from synatra_bot.prompt.cards import CharacterCard, macro_name
+from synatra_bot.prompt.history import HistoryMessage
 from synatra_bot.prompt.lorebook import Lorebook, lorebook_from_character_book
 from synatra_bot.prompt.macros import MacroContext, substitute_macros
 from synatra_bot.prompt.recall import RECALL_PIECE_TOKENS, RecallBlock

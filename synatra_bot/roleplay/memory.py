@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.errors import EngineError, PromptTooLarge, StorageUnavailable, TurnCancelled
-from synatra_bot.prompt.builder import BuiltPrompt, HistoryMessage, SummaryPrompt
+from synatra_bot.prompt.builder import BuiltPrompt, SummaryPrompt
+from synatra_bot.prompt.history import HistoryMessage
 from synatra_bot.roleplay.config import ChannelConfig
 from synatra_bot.roleplay.core import CACHE_LIMIT, MIN_TURN_TOKENS, ActiveRoleplay, RoleplayCore
 from synatra_bot.roleplay.scheduler import PREEMPTED, Scheduler, TurnOutcome
