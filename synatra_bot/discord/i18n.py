@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import discord
 from discord import app_commands
 
-from synatra_bot.prompt.macros import attach_particle
-
-_PARTICLE_SLOT = re.compile(r"\{(?P<name>\w+)\|(?P<particle>[^}]+)\}")
+from synatra_bot.prompt.macros import fit_particle_slots
 
 #: Reply catalogue: key -> (English, Korean).
 MESSAGES: dict[str, tuple[str, str]] = {
@@ -750,14 +747,7 @@ def t(locale: discord.Locale | str | None, key: str, **params: Any) -> str:
     english, korean = MESSAGES.get(key, MESSAGES["error.generic"])
     template = korean if is_korean(locale) else english
     # {name|가}: the name with the particle form that fits its last syllable (민지가, 준이).
-    template = _PARTICLE_SLOT.sub(
-        lambda m: (
-            attach_particle(str(params.get(m["name"], "")), m["particle"])
-            .replace("{", "{{")
-            .replace("}", "}}")
-        ),
-        template,
-    )
+    template = fit_particle_slots(template, params)
     try:
         return template.format(**params)
     except (KeyError, IndexError):

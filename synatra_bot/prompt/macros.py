@@ -13,9 +13,11 @@ import math
 import random
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
+from typing import Any
 
 _HANGUL_FIRST = 0xAC00
 _HANGUL_LAST = 0xD7A3
@@ -221,6 +223,22 @@ def attach_particle(name: str, particle: str) -> str:
     """`name` followed by the form of `particle` (or copula) that fits how the name ends;
     as written where that is unknown. A written 야 is the vocative here (준아)."""
     return _fit(name, particle, _final_consonant(name))
+
+
+_PARTICLE_SLOT = re.compile(r"\{(?P<name>\w+)\|(?P<particle>[^}]+)\}")
+
+
+def fit_particle_slots(template: str, params: Mapping[str, Any]) -> str:
+    """`template` with each `{name|가}` slot replaced by that parameter with the particle form
+    that fits its last syllable (민지가, 준이), braces in the value escaped for `str.format`."""
+    return _PARTICLE_SLOT.sub(
+        lambda m: (
+            attach_particle(str(params.get(m["name"], "")), m["particle"])
+            .replace("{", "{{")
+            .replace("}", "}}")
+        ),
+        template,
+    )
 
 
 def _vocative_or_copula(particle: str, following: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from synatra_bot.errors import EngineError, UserFacingError
 from synatra_bot.language import Language
-from synatra_bot.prompt.macros import attach_particle
+from synatra_bot.prompt.macros import fit_particle_slots
 
 HELP_KO = """\
 명령
@@ -244,13 +244,7 @@ class TerminalText:
         english, korean = MESSAGES[key]
         template = korean if self.language == "ko" else english
         # {name|이에요}: the name with the particle form that fits its last syllable.
-        for name, value in params.items():
-            for particle in ("은", "는", "이", "가", "와", "과", "이에요", "예요"):
-                slot = "{" + f"{name}|{particle}" + "}"
-                if slot in template:
-                    fitted = attach_particle(str(value), particle)
-                    template = template.replace(slot, fitted.replace("{", "{{").replace("}", "}}"))
-        return template.format(**params)
+        return fit_particle_slots(template, params).format(**params)
 
     def error(self, error: Exception) -> str:
         """An error as the terminal says it."""
