@@ -157,6 +157,7 @@ CHOICE_NAMES: dict[str, str] = {
     "addressed": "부른 캐릭터 (기본)",
     "natural": "자연스럽게 (수다스러움 따라)",
     "list": "출연 순서대로 모두",
+    "pooled": "돌아가며 한 명씩 (아직 말하지 않은 캐릭터 중에서)",
     "manual": "직접 고르기 (다음 버튼, /롤플레이 다음)",
 }
 
@@ -208,7 +209,7 @@ DESCRIPTIONS: dict[str, str] = {
     "Show what the model sees (inspector)": "모델이 보는 프롬프트를 보여줘요 (검사기)",
     "Who to talk to": "대화할 캐릭터",
     "Let one character of the scene speak now": "장면의 캐릭터 한 명이 지금 말하게 해요",
-    "Who speaks": "말할 캐릭터",
+    "Who speaks (leave empty: one who has not spoken since the last player line)": "말할 캐릭터 (비우면 마지막 플레이어 대사 뒤로 아직 말하지 않은 캐릭터)",
     "Let the model write your next line (only you see it)": "내 다음 대사를 모델이 제안해요 (나만 보여요)",
     "This channel's scenes, earlier ones too": "이 채널의 장면 목록 (이전 장면 포함)",
     "Reopen an earlier scene of this channel": "이 채널의 이전 장면을 다시 열어요",

@@ -520,6 +520,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "자연스럽게 (부른 캐릭터 먼저, 그다음 수다스러움 따라)",
     ),
     "turn.order.list": ("list (every character in cast order)", "출연 순서대로 모두"),
+    "turn.order.pooled": (
+        "pooled (one character a line, drawn among those yet to speak)",
+        "돌아가며 한 명씩 (아직 말하지 않은 캐릭터 중에서 뽑기)",
+    ),
     "turn.order.manual": (
         "manual (only /rp next or a name button)",
         "직접 고르기 (`/롤플레이 다음`이나 이름 버튼으로만)",
@@ -532,6 +536,18 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "turn.why.drawn": ("drawn: nobody spoke up", "아무도 나서지 않아 뽑힘"),
     "turn.why.listed": ("cast order", "출연 순서"),
     "turn.why.last": ("answered you last", "마지막으로 답한 캐릭터"),
+    "turn.why.pooled": (
+        "drawn among those yet to speak since the last player line",
+        "마지막 플레이어 대사 뒤로 아직 말하지 않은 캐릭터 중에서 뽑힘",
+    ),
+    "turn.why.pooled_again": (
+        "drawn: everyone had spoken, so anyone but the last speaker",
+        "모두 말해서 방금 말한 캐릭터만 빼고 뽑힘",
+    ),
+    "error.all_muted": (
+        "Every character of this scene is muted: name one to make it speak.",
+        "이 장면의 캐릭터가 모두 음소거되어 있어요. 말할 캐릭터를 골라 주세요.",
+    ),
     "rp.context_picks": (
         "Who answered the last line, and why: {picks}",
         "마지막 대사에 답한 캐릭터와 까닭: {picks}",

@@ -9,6 +9,11 @@ The orders are SillyTavern's group activation strategies, with the bot's own def
   `extensions.talkativeness`, 0 to 1, 0.5 when it has none); when nobody does, one character
   whose talkativeness is above 0 is drawn. Several may answer one line.
 - *list*: every character, in cast order.
+- *pooled*: one character a line, drawn among the characters that have not spoken since the
+  last player line; names and talkativeness play no part. A player's line is itself the last
+  player line, so the whole cast is the pool for it; a turn that comes without one (`/rp next`
+  with no name) is drawn among those yet to speak since, and when all have spoken, among all
+  but the one that spoke last.
 - *manual*: nobody; `/rp next` (or a button under a reply) makes a character speak.
 
 A muted character never answers on its own in any order; called by name with `/rp next`, it
@@ -26,15 +31,16 @@ from typing import Literal
 
 from synatra_bot.storage.records import CharacterRecord
 
-TurnOrder = Literal["addressed", "natural", "list", "manual"]
-TURN_ORDERS: tuple[TurnOrder, ...] = ("addressed", "natural", "list", "manual")
+TurnOrder = Literal["addressed", "natural", "list", "pooled", "manual"]
+TURN_ORDERS: tuple[TurnOrder, ...] = ("addressed", "natural", "list", "pooled", "manual")
 #: SillyTavern's talkativeness for a card that gives none.
 DEFAULT_TALKATIVENESS = 0.5
 
 #: Why a character answers: named in the line, its talkativeness won the draw, drawn because
-#: nobody else was, its place in the cast (list order), or the last one to answer the player
-#: (or to speak).
-Why = Literal["named", "talkative", "drawn", "listed", "last"]
+#: nobody else was, its place in the cast (list order), the last one to answer the player (or
+#: to speak), drawn among those yet to speak since the last player line (pooled order), or
+#: drawn among all but the last speaker once everyone had spoken (pooled order).
+Why = Literal["named", "talkative", "drawn", "listed", "last", "pooled", "pooled_again"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +115,37 @@ def natural_order(
     if not picks and chatty:
         picks.append(Pick(rng.choice(chatty), "drawn"))
     return picks
+
+
+def spoken_since_player(
+    history: Sequence[tuple[str, int | None]],
+) -> list[int]:
+    """The characters that spoke since the newest player line of `history` ((role, character
+    id) pairs, oldest first), oldest first."""
+    spoken: list[int] = []
+    for role, character_id in reversed(history):
+        if role == "user":
+            break
+        if character_id is not None:
+            spoken.append(character_id)
+    return spoken[::-1]
+
+
+def pooled_order(
+    speakers: Sequence[CharacterRecord],
+    spoken: Sequence[int],
+    rng: random.Random,
+) -> list[Pick]:
+    """SillyTavern's pooled order among `speakers` (the unmuted cast, in cast order): one
+    character drawn among those not in `spoken` (who spoke since the last player line, oldest
+    first); when all are, one drawn among all but the last to speak (the only speaker
+    included when it is alone). Nobody when nobody may speak."""
+    if not speakers:
+        return []
+    said = set(spoken)
+    pool = [character for character in speakers if character.id not in said]
+    if pool:
+        return [Pick(rng.choice(pool), "pooled")]
+    last = spoken[-1] if spoken else None
+    others = [character for character in speakers if character.id != last]
+    return [Pick(rng.choice(others or list(speakers)), "pooled_again")]

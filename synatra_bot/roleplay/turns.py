@@ -49,7 +49,14 @@ from synatra_bot.roleplay.rules import (
 )
 from synatra_bot.roleplay.scheduler import QueueTicket, Scheduler, TurnOutcome, TurnSlot
 from synatra_bot.roleplay.sent import SentPrompts
-from synatra_bot.roleplay.turn_order import Pick, Reason, natural_order, seeded
+from synatra_bot.roleplay.turn_order import (
+    Pick,
+    Reason,
+    natural_order,
+    pooled_order,
+    seeded,
+    spoken_since_player,
+)
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import CharacterRecord, MessageRecord
 
@@ -743,14 +750,29 @@ class Turns:
         history = await self.core.recent(active)
         if line_id is not None:
             history = [m for m in history if m.id < line_id]
+        rng = seeded(active.session.id, history[-1].id if history else 0)
         if order == "natural":
-            rng = seeded(active.session.id, history[-1].id if history else 0)
             return natural_order(named, speakers, rng)
+        if order == "pooled":
+            return pooled_order(speakers, (), rng)  # nobody has spoken since this line
         if named:
             kept = named if active.config.answer_every_addressed else named[:1]
             return [Pick(character, "named") for character in kept]
         last = self._last_to(active, history, actor.user_id)
         return [Pick(last, "last")] if last is not None else []
+
+    async def _drawn_next(self, active: ActiveRoleplay, place: Place) -> CharacterRecord:
+        """Who speaks next without a player line: one of the unmuted cast that has not spoken
+        since the last player line (all have: anyone but the last to speak), by the scene's
+        seeded draw. Kept for `last_picks`."""
+        history = await self.core.recent(active)
+        spoken = spoken_since_player([(m.role, m.character_id) for m in history])
+        rng = seeded(active.session.id, history[-1].id if history else 0)
+        picks = pooled_order(active.speakers, spoken, rng)
+        if not picks:
+            raise UserFacingError("every character is muted", key="error.all_muted")
+        self._last_picks[place.channel_id] = (picks[0].reason,)
+        return picks[0].character
 
     @staticmethod
     def _last_to(
@@ -826,11 +848,16 @@ class Turns:
             target=latest,
         )
 
-    async def next_speaker(self, place: Place, actor: Actor, character_id: int) -> Reply:
-        """One character of the cast speaks now, without a player's message."""
+    async def next_speaker(self, place: Place, actor: Actor, character_id: int | None) -> Reply:
+        """One character of the cast speaks now, without a player's message: the one asked
+        for, or (None) one drawn as the pooled order draws a turn without a player line."""
         require_voice(actor)
         active = await self.core.require_active(place)
-        character = active.member(character_id)
+        character = (
+            await self._drawn_next(active, place)
+            if character_id is None
+            else active.member(character_id)
+        )
         if character is None:
             raise NotFound("not in the scene", key="error.not_in_cast")
         self.admit(active, place, actor, character)

@@ -156,18 +156,18 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         await self.bot.replies.play(reply, channel=channel)
 
     @app_commands.command(name="next", description="Let one character of the scene speak now")
-    @app_commands.describe(character="Who speaks")
+    @app_commands.describe(
+        character="Who speaks (leave empty: one who has not spoken since the last player line)"
+    )
     async def next_(
         self,
         interaction: discord.Interaction[SynatraBot],
-        character: app_commands.Transform[int, CastArg],
+        character: app_commands.Transform[int, CastArg] | None = None,
     ) -> None:
         channel, place, actor = self._where(interaction)
         reply = await self.bot.turns.next_speaker(place, actor, character)
-        active = await self.bot.core.require_active(place)
-        name = (active.member(character) or active.lead).name
         await interaction.response.defer(ephemeral=True)
-        await answer(interaction, tr(interaction, "rp.next", name=name))
+        await answer(interaction, tr(interaction, "rp.next", name=reply.character.name))
         await self.bot.replies.play(reply, channel=channel)
 
     cast = app_commands.Group(name="cast", description="Who is in this scene")
