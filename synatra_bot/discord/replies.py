@@ -311,10 +311,10 @@ class ReplyController:
             await self.host.turns.core.attach_discord_ids(alternative.id, ids)
 
     async def show(self, channel: Any, character: CharacterRecord, shown: Shown) -> None:
-        """Post a stored reply afresh with its buttons (a scene reopened or branched shows
-        where it stands); the turn then lives in that message."""
+        """Post a stored reply afresh with its buttons, as `shown` shows it (a scene reopened
+        or branched shows where it stands); the turn then lives in that message."""
         writer = await self.writer_for(channel, character)
-        ids = await writer.finish(shown.message.content, view=self.view_of(shown))
+        ids = await writer.finish(shown.text, view=self.view_of(shown))
         for alternative in await self.host.turns.core.alternatives(shown.message.id):
             await self.host.turns.core.attach_discord_ids(alternative.id, ids)
 

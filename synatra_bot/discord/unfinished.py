@@ -22,6 +22,7 @@ from synatra_bot.discord.streaming import (
     dm_heading,
     transient,
 )
+from synatra_bot.roleplay.types import Place
 from synatra_bot.storage import open_replies
 from synatra_bot.storage.records import OpenReplyRecord
 
@@ -126,12 +127,16 @@ class UnfinishedReplies:
             poster = WebhookPoster(webhook, username=webhook.name or "", thread=thread)
         stored = await self._host.turns.core.shown_in(ids[0])
         if stored is not None and stored.role == "assistant":
-            shown = await self._host.turns.shown(stored)
+            place = Place(
+                channel_id=record.channel_id,
+                guild_id=record.guild_id or 0,
+                parent_channel_id=record.parent_channel_id,
+                dm=dm,
+            )
+            shown = await self._host.turns.shown_now(stored, place)
             heading = dm_heading(shown.message.display_name) if dm else ""
             writer = ReplyMessages(poster, heading=heading, final_deadline_s=0).adopted(ids)
-            shown_ids = await writer.finish(
-                shown.message.content, view=self._replies.view_of(shown)
-            )
+            shown_ids = await writer.finish(shown.text, view=self._replies.view_of(shown))
             await self._replies.show_in(shown.message.id, shown_ids)
             return
         last = await messageable.fetch_message(ids[-1])

@@ -596,7 +596,11 @@ class RoleplayCore:
         greeting = await self._store_greetings(
             active.session, character, actor, texts, 0, group=True
         )
-        return Started(active.session, character, greeting, len(texts))
+        display = None
+        if greeting is not None:
+            user = await self.user_name(actor, place_guild=active.session.guild_id)
+            display = await self.displayed(await self.require_active(place), greeting, user=user)
+        return Started(active.session, character, greeting, len(texts), display)
 
     async def _check_no_persona_named(
         self, active: ActiveRoleplay, place: Place, character: CharacterRecord
@@ -835,6 +839,12 @@ class RoleplayCore:
             depth=0,
         )
         return None if shown == message.content or not shown.strip() else shown
+
+    async def last_player_name(self, active: ActiveRoleplay) -> str:
+        """The name the scene's newest player line went by ("user" before any), as the
+        prompt's preview names the player it answers."""
+        history = await self.recent(active)
+        return next((m.display_name for m in reversed(history) if m.role == "user"), None) or "user"
 
     async def add_user_message(
         self,

@@ -980,6 +980,23 @@ class Turns:
         greeting = await self.core.is_greeting(chosen)
         return Shown(chosen, index, max(1, len(options)), greeting)
 
+    async def shown_now(
+        self, message: MessageRecord, place: Place, actor: Actor | None = None
+    ) -> Shown:
+        """`shown`, with what the channel shows for it where its card's display scripts change
+        it ({{user}}: `actor`, else the scene's newest player): a reply posted afresh (a scene
+        reopened, a reply finished after a restart) looks as it did when it was written."""
+        shown = await self.shown(message)
+        active = await self.core.active(place)
+        if active is None or active.session.id != message.session_id:
+            return shown
+        if actor is not None:
+            user = await self.core.user_name(actor, place_guild=active.session.guild_id)
+        else:
+            user = await self.core.last_player_name(active)
+        display = await self.core.displayed(active, shown.message, user=user)
+        return dataclasses.replace(shown, display=display)
+
     async def _in_scene(self, active: ActiveRoleplay, message_id: int) -> MessageRecord:
         target = await self.core.get_message(message_id)
         if target is None or target.session_id != active.session.id:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -498,7 +499,10 @@ class TerminalChat:
         if started.greeting is None:
             self._say("no_greeting", name=name)
             return
-        self._show(started.greeting, name)
+        shown = started.greeting
+        if started.greeting_display is not None:
+            shown = dataclasses.replace(shown, content=started.greeting_display)
+        self._show(shown, name)
         if started.greeting_count > 1:
             self._say("greetings", count=started.greeting_count)
 

@@ -44,7 +44,7 @@ from synatra_bot.roleplay.rules import (
 )
 from synatra_bot.roleplay.turn_order import Reason
 from synatra_bot.roleplay.turns import Said
-from synatra_bot.roleplay.types import Place
+from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import MessageRecord, SessionRecord
 
 if TYPE_CHECKING:
@@ -280,7 +280,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             tr(interaction, "rp.resumed", id=reopened.id, name=active.names),
             ephemeral=False,
         )
-        await self._show_where_it_stands(channel, place)
+        await self._show_where_it_stands(channel, place, actor)
 
     @app_commands.command(
         name="branch", description="Go on in a new scene from here; this one stays archived"
@@ -306,19 +306,20 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
     async def _branched(
         self, interaction: discord.Interaction[SynatraBot], branch: SessionRecord
     ) -> None:
-        channel, place, _ = self._where(interaction)
+        channel, place, actor = self._where(interaction)
         active = await self.bot.core.require_active(place)
         await answer(
             interaction,
             tr(interaction, "rp.branched", id=branch.id, name=active.names),
             ephemeral=False,
         )
-        await self._show_where_it_stands(channel, place)
+        await self._show_where_it_stands(channel, place, actor)
 
-    async def _show_where_it_stands(self, channel: Any, place: Place) -> None:
-        """After a scene changed under the players: its newest reply, with its buttons, cut
-        to its last `RECAP_CHARS` characters (one message: however long an imported line,
-        reopening a scene never floods the channel)."""
+    async def _show_where_it_stands(self, channel: Any, place: Place, actor: Actor) -> None:
+        """After a scene changed under the players: its newest reply as the channel shows it
+        (its card's display scripts applied, for `actor`), with its buttons, cut to its last
+        `RECAP_CHARS` characters (one message: however long an imported line, reopening a
+        scene never floods the channel)."""
         active = await self.bot.core.require_active(place)
         latest = await self.bot.core.latest_reply(place)
         if latest is not None:
@@ -328,13 +329,9 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
                 character = dataclasses.replace(
                     active.lead, name=latest.display_name or active.lead.name
                 )
-            shown = await self.bot.turns.shown(latest)
-            text = shown.message.content
-            if len(text) > RECAP_CHARS:
-                text = "…" + text[-RECAP_CHARS:]
-                shown = dataclasses.replace(
-                    shown, message=dataclasses.replace(shown.message, content=text)
-                )
+            shown = await self.bot.turns.shown_now(latest, place, actor)
+            if len(shown.text) > RECAP_CHARS:
+                shown = dataclasses.replace(shown, display="…" + shown.text[-RECAP_CHARS:])
             await self.bot.replies.show(channel, character, shown)
 
     @app_commands.command(name="export", description="This scene as a SillyTavern chat file")
@@ -384,7 +381,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         if len(text) > MESSAGE_LIMIT:
             text = text[: MESSAGE_LIMIT - 1] + "…"
         await answer(interaction, text, ephemeral=False)
-        await self._show_where_it_stands(channel, place)
+        await self._show_where_it_stands(channel, place, actor)
 
     @app_commands.command(
         name="dm-nsfw", description="NSFW characters in your own DMs with the bot (adults only)"
