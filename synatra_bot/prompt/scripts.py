@@ -8,6 +8,11 @@ them in `extensions.risuai.customScripts` (`editinput`, `editoutput`, `editdispl
 `editprocess`, the last changing what the prompt sees). Input and output scripts change the
 text before it is stored, so the model later reads what the channel showed.
 
+An edited message runs again only the input or output scripts SillyTavern marks `runOnEdit`
+(its editor ticks it for a new script; a script without the field does not run on edit).
+RisuAI stores an edited message as typed: none of its scripts run on edit. Display and prompt
+scripts run on whatever is stored, edited or not.
+
 Scripts come from card authors, so they run bounded like lorebook keys: a pattern and its
 replacement have a size limit, each replacement runs on mrab-regex with a timeout, and all the
 scripts for one text share a time budget. A script that fails or runs out of time leaves the
@@ -92,6 +97,8 @@ class CardScript:
     risu: bool = False
     #: Why the script never runs (disabled, unsupported); "" when it may.
     inactive: str = ""
+    #: SillyTavern's `runOnEdit`: runs again when a stored message is edited.
+    run_on_edit: bool = False
 
 
 @dataclass
@@ -144,6 +151,7 @@ def _st_script(raw: Mapping[str, Any]) -> CardScript | None:
         trim=tuple(t for t in trim if isinstance(t, str) and t) if isinstance(trim, list) else (),
         substitute_pattern=int(substitute) if isinstance(substitute, bool | int) else 0,
         inactive="disabled" if raw.get("disabled") is True else "",
+        run_on_edit=raw.get("runOnEdit") is True,
     )
 
 
@@ -361,8 +369,12 @@ def _run_one(
     return result
 
 
-def _applies(script: CardScript, stage: Stage, role: str, depth: int | None) -> bool:
+def _applies(
+    script: CardScript, stage: Stage, role: str, depth: int | None, edit: bool = False
+) -> bool:
     if script.inactive or (stage, role) not in script.runs_on:
+        return False
+    if edit and not script.run_on_edit:
         return False
     if depth is not None and not script.risu:
         if script.min_depth is not None and depth < script.min_depth:
@@ -383,15 +395,17 @@ def apply_scripts(
     depth: int | None = None,
     run: ScriptRun | None = None,
     deadline: float | None = None,
+    edit: bool = False,
 ) -> str:
     """`text` after the scripts that run at `stage` on a message of `role` (`depth` messages
-    from the newest, None where the depth bounds do not apply), within `TEXT_BUDGET_S` or by
-    `deadline` (a `time.monotonic()` value). Safe to call from any thread; `run` hears which
-    scripts changed the text and which failed (those are not tried again in the same run)."""
+    from the newest, None where the depth bounds do not apply; `edit`: a stored message
+    edited, only the scripts that run on edit), within `TEXT_BUDGET_S` or by `deadline` (a
+    `time.monotonic()` value). Safe to call from any thread; `run` hears which scripts changed
+    the text and which failed (those are not tried again in the same run)."""
     if deadline is None:
         deadline = time.monotonic() + TEXT_BUDGET_S
     for script in scripts:
-        if not text or not _applies(script, stage, role, depth):
+        if not text or not _applies(script, stage, role, depth, edit):
             continue
         if run is not None and id(script) in run.broken:
             continue
@@ -427,6 +441,7 @@ async def apply_scripts_async(
     user: str,
     depth: int | None = None,
     run: ScriptRun | None = None,
+    edit: bool = False,
 ) -> str:
     """`apply_scripts` in a worker thread (matching releases the GIL), so a hostile pattern
     never holds the event loop; no thread when no script runs at `stage`."""
@@ -442,6 +457,7 @@ async def apply_scripts_async(
         user=user,
         depth=depth,
         run=run,
+        edit=edit,
     )
 
 

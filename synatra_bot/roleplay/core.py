@@ -782,9 +782,12 @@ class RoleplayCore:
         persona = await self.persona(actor.user_id, place_guild)
         return persona.name if persona else actor.display_name
 
-    async def scripted_line(self, active: ActiveRoleplay, actor: Actor, text: str) -> str:
+    async def scripted_line(
+        self, active: ActiveRoleplay, actor: Actor, text: str, *, edit: bool = False
+    ) -> str:
         """A player's line after the input scripts of each card of the cast, in cast order
-        (as typed where they would leave nothing)."""
+        (as typed where they would leave nothing); `edit`: a stored line edited, only the
+        scripts that run on edit."""
         typed = text
         user: str | None = None
         for character in active.cast:
@@ -795,9 +798,31 @@ class RoleplayCore:
                 user = await self.user_name(actor, place_guild=active.session.guild_id)
             name = macro_name(active.cards[character.id])
             text = await apply_scripts_async(
-                scripts, text, Stage.INPUT, role="user", char=name, user=user
+                scripts, text, Stage.INPUT, role="user", char=name, user=user, edit=edit
             )
         return text if text.strip() else typed
+
+    async def _edited_text(
+        self, active: ActiveRoleplay, message: MessageRecord, content: str, editor: Actor
+    ) -> tuple[str, str]:
+        """An edit of `message` of the running scene: its text as a new message would be stored
+        (every input or output script) and as the edit is stored (only those that run on edit).
+        As typed where the scripts would leave nothing."""
+        if message.role == "user":
+            whole = await self.scripted_line(active, editor, content)
+            return whole, await self.scripted_line(active, editor, content, edit=True)
+        character = active.member(message.character_id)
+        scripts = active.scripts_of(character.id) if character is not None else []
+        if character is None or not scripts:
+            return content, content
+        name, user = macro_name(active.cards[character.id]), await self.last_player_name(active)
+        texts = []
+        for edit in (False, True):
+            text = await apply_scripts_async(
+                scripts, content, Stage.OUTPUT, role="assistant", char=name, user=user, edit=edit
+            )
+            texts.append(text if text.strip() else content)
+        return texts[0], texts[1]
 
     async def scripted_reply(
         self, active: ActiveRoleplay, character: CharacterRecord, text: str, *, user: str
@@ -928,11 +953,26 @@ class RoleplayCore:
         Discord message it stores (None: none), the most recently active first."""
         return await repo.active_scenes(self.sessions, guild_ids=guild_ids, dms=dms, limit=limit)
 
-    async def message_edited(self, discord_message_id: int, content: str) -> EditResult | None:
-        """A stored Discord message changed: update history. None when it is not stored."""
+    async def message_edited(
+        self,
+        discord_message_id: int,
+        content: str,
+        *,
+        active: ActiveRoleplay | None = None,
+        editor: Actor | None = None,
+    ) -> EditResult | None:
+        """A stored Discord message changed: update history. None when it is not stored or
+        nothing changed. A message of the running scene `active` is stored after the card
+        scripts that run on edit (`editor`: who edited it); an update whose text, scripted as
+        a new message, is what is stored changes nothing (Discord resends a message's text
+        when it only adds a link preview)."""
         found = await repo.find_by_discord_id(self.sessions, discord_message_id=discord_message_id)
         if found is None or found.content == content:
             return None
+        if active is not None and editor is not None and found.session_id == active.session.id:
+            as_new, content = await self._edited_text(active, found, content, editor)
+            if found.content in (as_new, content):
+                return None
         updated = await repo.update_message(
             self.sessions, message_id=found.id, content=content, edited=True
         )

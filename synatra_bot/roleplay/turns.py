@@ -876,19 +876,20 @@ class Turns:
     async def edited(
         self, place: Place | None, editor: Actor, message_id: int, content: str | None
     ) -> Edited:
-        """A player changed a stored message (`content` None: it left the story, as if deleted).
-        Editing the newest player message that a reply answers regenerates that reply, or
-        offers to. An edit that comes while its line is still being stored applies after it."""
+        """A player changed a stored message (`content` None: it left the story, as if deleted);
+        in the running scene the card scripts that run on edit change it first. Editing the
+        newest player message that a reply answers regenerates that reply, or offers to. An
+        edit that comes while its line is still being stored applies after it."""
         if content is None:
             await self.deleted(message_id)
             return Edited()
         line = self.lines.get(message_id)
         if line is not None:
             await line.settled()
-        edit = await self.core.message_edited(message_id, content)
+        active = await self.core.active(place) if place is not None else None
+        edit = await self.core.message_edited(message_id, content, active=active, editor=editor)
         if edit is None or not edit.is_last_user_turn or place is None:
             return Edited()
-        active = await self.core.active(place)
         if active is None or edit.message.session_id != active.session.id:
             return Edited()  # a message of an archived scene: the running one is not touched
         latest = await self.core.latest_reply(place)
