@@ -150,7 +150,7 @@ async def test_pooled_order_never_draws_a_muted_character(start_bot, tokenizer):
         await harness.final_text(called)
         assert (await _settled(harness, s.general, 3))[-1] == "하늘"
 
-        # Everyone muted: a line gets no answer, and /rp next asks for a name.
+        # Everyone muted: /rp next with no name asks for one.
         for name in ("민지", "준"):
             await harness.final_text(
                 await harness.slash(s.moderator, "rp mute", channel=s.general, character=name)

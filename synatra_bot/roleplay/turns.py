@@ -761,18 +761,17 @@ class Turns:
         last = self._last_to(active, history, actor.user_id)
         return [Pick(last, "last")] if last is not None else []
 
-    async def _drawn_next(self, active: ActiveRoleplay, place: Place) -> CharacterRecord:
+    async def _drawn_next(self, active: ActiveRoleplay) -> Pick:
         """Who speaks next without a player line: one of the unmuted cast that has not spoken
         since the last player line (all have: anyone but the last to speak), by the scene's
-        seeded draw. Kept for `last_picks`."""
+        seeded draw."""
         history = await self.core.recent(active)
         spoken = spoken_since_player([(m.role, m.character_id) for m in history])
         rng = seeded(active.session.id, history[-1].id if history else 0)
         picks = pooled_order(active.speakers, spoken, rng)
         if not picks:
             raise UserFacingError("every character is muted", key="error.all_muted")
-        self._last_picks[place.channel_id] = (picks[0].reason,)
-        return picks[0].character
+        return picks[0]
 
     @staticmethod
     def _last_to(
@@ -853,14 +852,13 @@ class Turns:
         for, or (None) one drawn as the pooled order draws a turn without a player line."""
         require_voice(actor)
         active = await self.core.require_active(place)
-        character = (
-            await self._drawn_next(active, place)
-            if character_id is None
-            else active.member(character_id)
-        )
+        drawn = await self._drawn_next(active) if character_id is None else None
+        character = drawn.character if drawn is not None else active.member(character_id)
         if character is None:
             raise NotFound("not in the scene", key="error.not_in_cast")
         self.admit(active, place, actor, character)
+        if drawn is not None:
+            self._last_picks[place.channel_id] = (drawn.reason,)
         return Reply(self, active=active, place=place, actor=actor, character=character)
 
     async def suggest(self, place: Place, actor: Actor) -> Reply:
