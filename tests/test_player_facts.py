@@ -146,10 +146,18 @@ def test_the_block_fits_its_budget_with_the_players_own_facts_first(tokenizer) -
 
 
 async def test_facts_are_kept_per_server_player_and_character_with_a_cap(sessions) -> None:
-    character = await repo.create_character(sessions, owner_id=1, guild_id=1, name="하늘")
-    other = await repo.create_character(sessions, owner_id=1, guild_id=1, name="준")
+    await check_player_facts(sessions, guild_id=1, user_id=42)
 
-    async def add(text, source="summary", guild=1, user=42, char=character.id):
+
+async def check_player_facts(sessions, *, guild_id: int, user_id: int) -> None:
+    """The cap (the player's own stay, the memory job's oldest go), and every read and change
+    scoped to one server (or DM), one player and one character."""
+    character = await repo.create_character(
+        sessions, owner_id=user_id, guild_id=guild_id, name="하늘"
+    )
+    other = await repo.create_character(sessions, owner_id=user_id, guild_id=guild_id, name="준")
+
+    async def add(text, source="summary", guild=guild_id, user=user_id, char=character.id):
         return await stored.add_fact(
             sessions,
             guild_id=guild,
@@ -165,21 +173,31 @@ async def test_facts_are_kept_per_server_player_and_character_with_a_cap(session
     for i in range(FACTS_PER_CHARACTER + 5):
         await add(f"사실 {i}")
     assert await add("사실 34") is None  # already known
-    await add("다른 서버의 사실", guild=2)
+    await add("다른 서버의 사실", guild=guild_id + 1)
     await add("DM의 사실", guild=None)
-    await add("다른 플레이어의 사실", user=43)
+    await add("다른 플레이어의 사실", user=user_id + 1)
     await add("준이 아는 사실", char=other.id)
 
-    kept = await stored.facts_of(sessions, guild_id=1, user_id=42, character_id=character.id)
+    kept = await stored.facts_of(
+        sessions, guild_id=guild_id, user_id=user_id, character_id=character.id
+    )
     assert len(kept) == FACTS_PER_CHARACTER
     assert kept[0].id == mine.id  # the player's own stays; the oldest job facts made room
     assert [f.text for f in kept[1:3]] == ["사실 6", "사실 7"]
-    texts = {f.text for f in await stored.facts_of(sessions, guild_id=None, user_id=42)}
+    texts = {f.text for f in await stored.facts_of(sessions, guild_id=None, user_id=user_id)}
     assert texts == {"DM의 사실"}
     assert not await stored.edit_fact(
-        sessions, guild_id=1, user_id=43, fact_id=mine.id, text="남의 사실을 고침"
+        sessions, guild_id=guild_id, user_id=user_id + 1, fact_id=mine.id, text="남의 사실"
     )
-    assert not await stored.delete_facts(sessions, guild_id=2, user_id=42, fact_id=mine.id)
+    assert not await stored.delete_facts(
+        sessions, guild_id=guild_id + 1, user_id=user_id, fact_id=mine.id
+    )
+    assert (
+        await stored.delete_facts(
+            sessions, guild_id=guild_id, user_id=user_id, character_id=other.id
+        )
+        == 1
+    )
 
 
 async def test_upgrade_to_player_facts_keeps_scenes_and_stores_facts(tmp_path) -> None:
