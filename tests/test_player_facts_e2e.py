@@ -18,8 +18,9 @@ REPLY = "그래, 알겠어. 오늘도 재미있었어."
 ENV = {"CONTEXT_SIZE": "1024", "MAX_NEW_TOKENS": "32"}
 
 
-def fact_engine(tokenizer, fact_about: str) -> ScriptedEngine:
-    """Replies REPLY; a summary request gets a summary and a fact about `fact_about`."""
+def fact_engine(tokenizer, fact_about: str, section: str | None = None) -> ScriptedEngine:
+    """Replies REPLY; a summary request gets a summary and a fact about `fact_about` (or the
+    facts section `section`, as written)."""
 
     def reply(prompt: str) -> str:
         if SUMMARY_DIALOGUE_HEADING not in prompt:
@@ -27,7 +28,8 @@ def fact_engine(tokenizer, fact_about: str) -> ScriptedEngine:
         asked = re.search(r"줄 아래에 (.+?)에 대해", prompt)
         names = asked.group(1).split(", ") if asked else []
         lines = [f"- {name}: {CAT if name == fact_about else '없음'}" for name in names]
-        return "\n".join(["둘은 숲길을 함께 걸었다.", "", FACTS_HEADING, *lines])
+        body = "\n".join(lines) if section is None else section
+        return "\n".join(["둘은 숲길을 함께 걸었다.", "", FACTS_HEADING, body])
 
     return ScriptedEngine(reply, tokenizer=tokenizer)
 
@@ -65,6 +67,22 @@ async def test_a_fact_from_the_memory_job_is_in_that_players_prompts_only(start_
         assert CAT not in engine.prompts[-1] and "민지의 기억" not in engine.prompts[-1]
 
 
+async def test_a_malformed_facts_section_stores_nothing(start_bot, tokenizer):
+    malformed = f"김지수 {CAT}\n-김지수\n- 민지: 캐릭터 이야기\n- 모르는 사람: {CAT}\n- 김지수:"
+    engine = fact_engine(tokenizer, "김지수", section=malformed)
+    async with start_bot(engine=engine, env=ENV) as harness:
+        s = harness.scenario
+        await scene(harness)
+        jisu = s.members[0]
+        for i in range(60):
+            await harness.reply_to(s.general, jisu, f"{i}번째로 숲길을 걷는다. 나비가 기다린다.")
+            active = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+            if active is not None and active.summary:
+                break
+        assert active is not None and active.summary == "둘은 숲길을 함께 걸었다."
+        assert await stored.facts_of(harness.sessions, guild_id=s.guild.id, user_id=jisu.id) == []
+
+
 async def test_players_see_edit_and_delete_only_their_own_facts(start_bot, tokenizer):
     async with start_bot(engine=ScriptedEngine(REPLY, tokenizer=tokenizer)) as harness:
         s = harness.scenario
@@ -77,9 +95,9 @@ async def test_players_see_edit_and_delete_only_their_own_facts(start_bot, token
         )
         assert cat is not None and promise is not None
 
-        listed = await harness.final_text(
-            await harness.slash(jisu, "persona memory list", channel=s.general)
-        )
+        record = await harness.slash(jisu, "persona memory list", channel=s.general)
+        listed = await harness.final_text(record)
+        assert record.ephemeral  # nobody else sees them
         assert f"**민지** (#{character})" in listed
         assert f"`{cat.id}` {CAT} (이야기에서)" in listed and f"`{promise.id}`" in listed
         others = await harness.final_text(
