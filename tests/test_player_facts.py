@@ -60,12 +60,13 @@ async def sessions(tmp_path: Path):
 
 
 async def fact_scene(sessions, tokenizer, section) -> Scene:
-    scene = await start_scene(sessions, tokenizer)
-    await scene.engine.close()
+    """A scene started as test_memory's, then played with a FactEngine."""
+    started = await start_scene(sessions, tokenizer)
+    await started.scheduler.shutdown(finish=False)
+    await started.engine.close()
     engine = FactEngine(tokenizer, section)
     await engine.start()
-    wired = open_scene(sessions, tokenizer, engine)
-    return wired
+    return open_scene(sessions, tokenizer, engine)
 
 
 async def say(scene: Scene, actor: Actor, text: str) -> str:
