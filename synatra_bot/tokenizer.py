@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -133,3 +133,21 @@ def ids_to_server_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -
             segment.append(token_id)
     flush()
     return "".join(parts)
+
+
+def content_encoder(tokenizer: PreTrainedTokenizerBase) -> Any | None:
+    """A copy of a fast tokenizer's Rust backend that spells special tokens out as text.
+
+    It gives the same ids as `tokenizer(text, add_special_tokens=False,
+    split_special_tokens=True)` at half the cost (no Python wrapping per call); the tests check
+    both on the hostile corpus. None for a tokenizer without such a backend: the builder then
+    calls the tokenizer itself.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_special_tokens"):
+        return None
+    encoder = type(backend).from_str(backend.to_str())
+    encoder.encode_special_tokens = True
+    encoder.no_truncation()
+    encoder.no_padding()
+    return encoder

@@ -16,6 +16,7 @@ from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.storage.migrate import alembic_config, head_revision, upgrade_database
 from tests.db_helpers import assert_old_scene_kept, fill_at_0001, postgres_server, schema_diff
 from tests.test_member_quotas import check_quotas_hold
+from tests.test_player_facts import check_player_facts
 from tests.test_scene_quotas import check_scene_quota_holds
 from tests.test_scene_storage import check_scene_memory
 from tests.test_storage import check_limits_hold_concurrently
@@ -162,6 +163,17 @@ async def test_scene_memory_round_trips_with_discord_snowflakes(postgres_url):
             create_sessionmaker(engine),
             guild_id=1575980247692607488,
             channel_id=1575980247692607777,
+        )
+    finally:
+        await engine.dispose()
+
+
+async def test_player_facts_round_trip_with_discord_snowflakes(postgres_url):
+    await upgrade_database(postgres_url)
+    engine = create_engine(postgres_url)
+    try:
+        await check_player_facts(
+            create_sessionmaker(engine), guild_id=1575980247692607488, user_id=1575980247692607499
         )
     finally:
         await engine.dispose()

@@ -609,6 +609,29 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "That name looks like another member's (or the bot's): choose one of your own.",
         "다른 멤버(또는 봇)의 이름과 비슷해서 쓸 수 없어요. 나만의 이름을 정해 주세요.",
     ),
+    "facts.none": (
+        "No character knows anything about you here yet.",
+        "여기서 나에 대해 아는 캐릭터가 아직 없어요.",
+    ),
+    "facts.heading": (
+        "What characters know about you here (only you see this):",
+        "여기서 캐릭터들이 나에 대해 아는 것 (나만 볼 수 있어요):",
+    ),
+    "facts.more": ("…and {n} more.", "…그리고 {n}개 더 있어요."),
+    "facts.source.summary": ("from the story", "이야기에서"),
+    "facts.source.pin": ("pinned", "고정"),
+    "facts.source.player": ("written by you", "직접 씀"),
+    "facts.edited": ("Fact #{id} is now: {text}", "{id}번 기억을 고쳤어요: {text}"),
+    "facts.deleted": ("Fact #{id} is forgotten.", "{id}번 기억을 지웠어요."),
+    "facts.not_found": (
+        "You have no fact #{id} here (see `/persona memory list`).",
+        "여기에는 내 {id}번 기억이 없어요 (`/페르소나 기억 목록` 참고).",
+    ),
+    "facts.cleared": (
+        "The character forgot {n} fact(s) about you here.",
+        "캐릭터가 여기서 나에 대해 아는 것 {n}개를 잊었어요.",
+    ),
+    "facts.empty": ("A fact needs text.", "기억 내용이 비어 있어요."),
     "persona.none": (
         "No persona: your display name is used.",
         "페르소나가 없어요. 표시 이름을 써요.",

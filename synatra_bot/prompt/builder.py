@@ -71,6 +71,7 @@ from synatra_bot.prompt.lorebook import (
 )
 from synatra_bot.prompt.lru import Lru
 from synatra_bot.prompt.macros import MacroContext, substitute_macros
+from synatra_bot.prompt.player_facts import FactsBlock
 from synatra_bot.prompt.recall import RecallBlock
 from synatra_bot.prompt.report import BlockReport, LoreLeftOut, LoreNote, LoreStatus, PromptReport
 from synatra_bot.tokenizer import (
@@ -80,6 +81,7 @@ from synatra_bot.tokenizer import (
     IM_END_ID,
     IM_START,
     IM_START_ID,
+    content_encoder,
 )
 
 if TYPE_CHECKING:
@@ -178,6 +180,8 @@ class PromptOptions:
     summary: str = ""
     #: Old turns the newest message recalls: one system message after the history.
     recall: RecallBlock | None = None
+    #: What the answering character knows about the player speaking: after the recall block.
+    player_facts: FactsBlock | None = None
     #: After an overflow the history is cut back to this share of its room, so that the
     #: following turns keep an identical prompt start (an engine's cached prefix stays valid).
     trim_watermark: float = 0.7
@@ -257,24 +261,6 @@ def clean_name(name: str, fallback: str = "User") -> str:
     """A speaker name on one line, bounded in length."""
     cleaned = " ".join(name.split())[:MAX_NAME_CHARS]
     return cleaned or fallback
-
-
-def _content_encoder(tokenizer: PreTrainedTokenizerBase) -> Any | None:
-    """A copy of a fast tokenizer's Rust backend that spells special tokens out as text.
-
-    It gives the same ids as `tokenizer(text, add_special_tokens=False,
-    split_special_tokens=True)` at half the cost (no Python wrapping per call); the tests check
-    both on the hostile corpus. None for a tokenizer without such a backend: the builder then
-    calls the tokenizer itself.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or not hasattr(backend, "encode_special_tokens"):
-        return None
-    encoder = type(backend).from_str(backend.to_str())
-    encoder.encode_special_tokens = True
-    encoder.no_truncation()
-    encoder.no_padding()
-    return encoder
 
 
 #: Positions judged afresh each turn, placed from the end of the history.
@@ -390,7 +376,7 @@ class PromptBuilder:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, cache_size: int = 8192) -> None:
         self._tokenizer = tokenizer
-        self._content_encoder = _content_encoder(tokenizer)
+        self._content_encoder = content_encoder(tokenizer)
         self._cache: Lru[str, tuple[int, ...]] = Lru(cache_size)
         self._pieces: Lru[tuple[str, str], _Piece] = Lru(cache_size)
         self._systems: Lru[tuple[Any, ...], str] = Lru(SYSTEM_CACHE_SIZE)
@@ -603,7 +589,8 @@ class PromptBuilder:
                 text, char=macro_name(scene.speaker), user=scene.user_name, context=scene.macros
             ).strip()
 
-        tail = [("recall", self._piece("system", options.recall.text))] if options.recall else []
+        after = {"recall": options.recall, "player_facts": options.player_facts}
+        tail = [(name, self._piece("system", b.text)) for name, b in after.items() if b]
         if scene.impersonating:
             # The player's line, in their voice: the model goes on after their name.
             note = per_turn(options.impersonation_note)
@@ -756,6 +743,7 @@ class PromptBuilder:
         margin: int = 16,
         add_bos: bool = True,
         instructions: str = SUMMARY_INSTRUCTIONS,
+        request: str = SUMMARY_REQUEST,
     ) -> SummaryPrompt:
         """The prompt asking for `previous` with the oldest of `messages` folded in: as many of
         them as fit the context beside the instructions, the previous summary and
@@ -774,7 +762,7 @@ class PromptBuilder:
         opening = self._open_piece("")
         head = f"{SUMMARY_PREVIOUS_HEADING}\n{previous.strip() or SUMMARY_NONE}\n\n"
         head += f"{SUMMARY_DIALOGUE_HEADING}\n"
-        tail = f"\n\n{SUMMARY_REQUEST}"
+        tail = f"\n\n{request}"
         fixed = (1 if add_bos else 0) + len(system.ids) + len(opening.ids)
         fixed += 2 + len(self._headers["user"]) + len(self._newline)
         fixed += len(self._encode_uncached(head + tail))

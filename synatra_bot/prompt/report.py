@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from synatra_bot.prompt.player_facts import FactNote
 from synatra_bot.prompt.recall import RecallNote
 
 LoreStatus = Literal["fired", "skipped", "timed_out", "unscanned"]
@@ -37,6 +38,11 @@ _WORDS: dict[str, tuple[str, str]] = {
         "  #{id} {name} (matched {terms}; score {score}): {text}",
         "  #{id} {name} (일치: {terms}, 점수 {score}): {text}",
     ),
+    "facts": (
+        "what {character} knows of {player}: {n} fact(s)",
+        "{character}의 기억 ({player}): 사실 {n}개",
+    ),
+    "fact": ("  #{id} ({source}): {text}", "  #{id} ({source}): {text}"),
     "memory_until": (", up to message #{id}", ", 메시지 #{id}까지"),
     "stale": ("stale", "다시 쓰는 중"),
     "auto_off": ("automatic memory off", "자동 기억 꺼짐"),
@@ -123,6 +129,10 @@ class PromptReport:
     summary_stale: bool = False
     #: Old turns the newest message recalled into the prompt, in story order, with why.
     recall: list[RecallNote] = field(default_factory=list)
+    #: What the answering character knows about the player speaking, in the prompt: the
+    #: character, the player and the facts.
+    facts_of: tuple[str, str] | None = None
+    player_facts: list[FactNote] = field(default_factory=list)
     #: Card scripts that changed the history as this prompt sees it, and those that failed
     #: ("name: why"; a failed one left the text as it was).
     scripts_ran: list[str] = field(default_factory=list)
@@ -194,6 +204,7 @@ class PromptReport:
         if self.summary_tokens or self.summary_until_id is not None:
             lines.append(_memory_line(self, korean))
         lines += _recall_lines(self.recall, korean)
+        lines += _fact_lines(self, korean)
         if self.personas_left_out:
             names = _short(", ".join(self.personas_left_out), 200)
             lines.append(_say("personas_left_out", korean, names=names))
@@ -247,6 +258,29 @@ def _recall_lines(notes: list[RecallNote], korean: bool, shown: int = 5) -> list
         )
     if len(notes) > shown:
         lines.append(f"  (+{len(notes) - shown})")
+    return lines
+
+
+def _fact_lines(report: PromptReport, korean: bool, shown: int = 5) -> list[str]:
+    """Which facts about the player speaking went in: their ids, sources and starts."""
+    if not report.player_facts or report.facts_of is None:
+        return []
+    character, player = report.facts_of
+    lines = [
+        _say(
+            "facts",
+            korean,
+            character=_short(character, 20),
+            player=_short(player, 20),
+            n=len(report.player_facts),
+        )
+    ]
+    for note in report.player_facts[:shown]:
+        lines.append(
+            _say("fact", korean, id=note.fact_id, source=note.source, text=_short(note.text, 60))
+        )
+    if len(report.player_facts) > shown:
+        lines.append(f"  (+{len(report.player_facts) - shown})")
     return lines
 
 

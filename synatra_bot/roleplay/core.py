@@ -61,6 +61,7 @@ from synatra_bot.roleplay.config import (
 )
 from synatra_bot.roleplay.history import HistoryCache
 from synatra_bot.roleplay.names import taken_by
+from synatra_bot.roleplay.player_facts import PlayerFacts
 from synatra_bot.roleplay.rules import require_starter_or_moderator, require_voice
 from synatra_bot.roleplay.ttl_cache import TtlCache
 from synatra_bot.roleplay.types import Actor, Place
@@ -306,6 +307,8 @@ class RoleplayCore:
         self.memory: SceneMemory | None = None
         #: Recalls old turns into prompts, when the app runs it (`TurnRecall`).
         self.recall: SceneRecall | None = None
+        #: What characters know about players (`PlayerFacts.remember_fact` adds to it).
+        self.facts = PlayerFacts(sessions, ttl_s=CACHE_TTL_S, limit=CACHE_LIMIT, clock=clock)
         characters.on_change(self.forget)
 
     def forget(self, channel_id: int | None = None) -> None:
@@ -1147,6 +1150,17 @@ class RoleplayCore:
         )
         options.recall = await self._recall(active, records, history, history_start_id)
         speaking = character or active.lead
+        if config.player_facts:
+            options.player_facts = await self.facts.block(
+                session_id=active.session.id,
+                guild_id=guild,
+                history=history,
+                character_id=speaking.id,
+                character=speaking.name,
+                players={p.author_id: p.name for p in players},
+                budget=config.fact_tokens,
+                count=self.builder.count_text,
+            )
         scripts_run = ScriptRun()
         history, scripted = await self._prompt_view(
             active, speaking, history, user=starter_name or speaker_name, run=scripts_run
@@ -1168,9 +1182,10 @@ class RoleplayCore:
         try:
             built = await build()
         except PromptTooLarge:
-            if options.recall is None:
+            if options.recall is None and options.player_facts is None:
                 raise
-            options.recall = None  # recall never costs a turn: the prompt goes without it
+            # Recall and facts never cost a turn: the prompt goes without them.
+            options.recall = options.player_facts = None
             built = await build()
         if len(self._history_start) >= CACHE_LIMIT:
             self._history_start.clear()
@@ -1181,6 +1196,10 @@ class RoleplayCore:
         built.report.scripts_failed = [f"{name}: {why}" for name, why in scripts_run.failed]
         built.report.summary_auto = active.session.summary_auto
         built.report.summary_stale = active.session.summary_stale
+        facts = options.player_facts
+        if facts is not None:
+            built.report.facts_of = (facts.character, facts.player)
+            built.report.player_facts = list(facts.notes)
         counts = {k: v for k, v in built.new_token_counts.items() if k not in scripted}
         if counts:
             await repo.save_token_counts(self.sessions, counts=counts)

@@ -19,6 +19,12 @@ summaries more, banked up to `SUMMARY_BANK`, and a server's scenes run at most
 at once (an imported chat, a resumed one) is folded a few chunks per reply, never dozens of
 requests for one message; until it has caught up its prompt simply holds less of the past.
 
+The same request notes what each player who spoke in the folded turns said about themselves:
+a short section after the summary, one line per fact (`prompt.player_facts`), kept for each
+character of the cast (`PlayerFacts`) once the summary is stored, and left out where a
+channel's moderators turned facts off. It costs no request and no token of its own: the
+summary is asked to be a little shorter.
+
 An undo, edit, delete or swipe of a turn the summary covers makes it stale: the next job
 rewrites it, folding the scene again from its start, chunk by chunk. A summary written by hand
 (`RoleplayCore.set_memory`) stays as written; folding continues from it. It is also kept
@@ -37,8 +43,21 @@ from dataclasses import dataclass
 
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.errors import EngineError, PromptTooLarge, StorageUnavailable, TurnCancelled
-from synatra_bot.prompt.builder import BuiltPrompt, SummaryPrompt
+from synatra_bot.prompt.builder import (
+    MIN_SUMMARY_ROOM,
+    SUMMARY_CHARS_PER_TOKEN,
+    SUMMARY_INSTRUCTIONS,
+    SUMMARY_REQUEST,
+    BuiltPrompt,
+    SummaryPrompt,
+    clean_name,
+)
 from synatra_bot.prompt.history import HistoryMessage
+from synatra_bot.prompt.player_facts import (
+    FACT_ANSWER_SHARE,
+    facts_request,
+    split_facts,
+)
 from synatra_bot.roleplay.config import ChannelConfig
 from synatra_bot.roleplay.core import CACHE_LIMIT, MIN_TURN_TOKENS, ActiveRoleplay, RoleplayCore
 from synatra_bot.roleplay.scheduler import PREEMPTED, Scheduler, TurnOutcome
@@ -104,6 +123,8 @@ class _Job:
     guild_id: int | None
     config: ChannelConfig
     cast: tuple[str, ...]
+    #: The cast's characters: each of them learns what the players said about themselves.
+    cast_ids: tuple[int, ...]
     #: The first turn of the newest prompt: the job folds every turn before it.
     target: int
     #: The newest turn the round under way may fold (None between rounds).
@@ -146,17 +167,20 @@ class MemoryKeeper:
             return
         self._earn(session.id)
         cast = tuple(c.name for c in active.cast)
+        cast_ids = tuple(c.id for c in active.cast)
         job = self._jobs.get(session.id)
         if job is not None:  # the running job takes the newer start on its next round
             job.target = max(job.target, start)
-            job.config, job.cast = active.config, cast
+            job.config, job.cast, job.cast_ids = active.config, cast, cast_ids
             return
         if not session.summary_stale and self._covered.get(session.id) == start:
             return
         guild_jobs = sum(1 for other in self._jobs.values() if other.guild_id == session.guild_id)
         if guild_jobs >= SUMMARY_JOBS_PER_SERVER:
             return  # the allowance stays banked: a later reply starts the job
-        job = _Job(session.id, session.channel_id, session.guild_id, active.config, cast, start)
+        job = _Job(
+            session.id, session.channel_id, session.guild_id, active.config, cast, cast_ids, start
+        )
         if self.scheduler.spawn(self.job_key(session.id), functools.partial(self._run, job)):
             self._jobs[session.id] = job
 
@@ -245,25 +269,55 @@ class MemoryKeeper:
             self._remember_covered(session.id, target)
             return None
         config = job.config
+        players = _players(records) if config.player_facts and config.fact_tokens else {}
+        instructions, request = _facts_asked(config.summary_tokens, players)
         prompt = self.core.builder.build_summary(
             messages=[_dialogue(record) for record in records],
             previous=previous,
             context_size=config.context_size,
             max_new_tokens=config.summary_tokens,
             cast=job.cast,
+            instructions=instructions,
+            request=request,
         )
-        newest = records[prompt.included - 1].id
+        folded = records[: prompt.included]
+        newest = folded[-1].id
         if not self._spend(session.id):
             return None  # the scene's next reply goes on from here
         job.folding_until = newest
         text, retry = await self._generate(job, prompt)
         if text is None:
             return False if retry else None
-        summary = fit_summary(text, config.summary_tokens, self.core.builder.count_text)
+        count = self.core.builder.count_text
+        cut_off = count(text) >= config.summary_tokens - CUT_OFF_SLACK
+        text, facts = split_facts(text, list(players), cut_off=cut_off)
+        summary = fit_summary(text, config.summary_tokens, count)
         if not summary:
             log.warning("the memory of scene %s came back empty", session.id)
             return None
-        return await self._store(job, session, summary, newest)
+        stored = await self._store(job, session, summary, newest)
+        if stored and facts:
+            await self._remember(job, folded, players, facts)
+        return stored
+
+    async def _remember(
+        self,
+        job: _Job,
+        folded: list[MessageRecord],
+        players: dict[str, int],
+        facts: dict[str, list[str]],
+    ) -> None:
+        """Keep what the fold learnt about its players, for each character of the cast."""
+        for name, texts in facts.items():
+            author = players[name]
+            turn = next((r.id for r in reversed(folded) if r.author_id == author), None)
+            if turn is None:
+                continue  # none of their lines fitted the fold: nothing came from them
+            for character_id in job.cast_ids:
+                for text in texts:
+                    await self.core.facts.remember_fact(
+                        job.guild_id, author, character_id, text, "summary", turn
+                    )
 
     async def _generate(self, job: _Job, prompt: SummaryPrompt) -> tuple[str | None, bool]:
         """The summary the model wrote, or None and whether to try again (a player's turn
@@ -320,3 +374,25 @@ def _dialogue(record: MessageRecord) -> HistoryMessage:
         message_id=record.id,
         author_id=record.author_id,
     )
+
+
+def _players(records: list[MessageRecord]) -> dict[str, int]:
+    """The players who speak in `records`, by the name the summary prompt gives them (a name
+    two players share names neither: a fact under it could be either's)."""
+    seen: dict[str, set[int]] = {}
+    for record in records:
+        if record.role == "user" and record.author_id is not None:
+            seen.setdefault(clean_name(record.display_name or "user"), set()).add(record.author_id)
+    return {name: next(iter(ids)) for name, ids in seen.items() if len(ids) == 1}
+
+
+def _facts_asked(summary_tokens: int, players: dict[str, int]) -> tuple[str, str]:
+    """The summary prompt's instructions and request, asking for facts about `players` too
+    when there are any: the answer stays within `summary_tokens`, the summary asked to be
+    short enough to leave the facts a `FACT_ANSWER_SHARE`th of it."""
+    if not players:
+        return SUMMARY_INSTRUCTIONS, SUMMARY_REQUEST
+    tokens = summary_tokens - summary_tokens // FACT_ANSWER_SHARE
+    chars = max(MIN_SUMMARY_ROOM, int(tokens * SUMMARY_CHARS_PER_TOKEN))
+    instructions = SUMMARY_INSTRUCTIONS.replace("{{limit}}", str(chars))
+    return instructions, facts_request(list(players))

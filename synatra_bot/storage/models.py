@@ -1,5 +1,6 @@
 """SQLAlchemy ORM models: guild, channel and user settings, sampling presets, characters,
-personal lorebooks, personas, sessions, their casts, messages."""
+personal lorebooks, personas, sessions, their casts, messages, what characters know about
+players."""
 
 from __future__ import annotations
 
@@ -99,6 +100,8 @@ class GuildSettings(SamplingColumns, Base):
     summary_tokens: Mapped[int | None] = mapped_column(Integer)
     #: Tokens a prompt's recall of old turns may take (0: off; NULL: the default).
     recall_tokens: Mapped[int | None] = mapped_column(Integer)
+    #: Tokens of what a character knows about the player speaking (0: off; NULL: the default).
+    fact_tokens: Mapped[int | None] = mapped_column(Integer)
     #: Days an archived scene is kept; NULL keeps archived scenes for ever.
     archive_keep_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -125,6 +128,8 @@ class ChannelSettings(SamplingColumns, Base):
     #: Who answers a player's line in a group scene here (`roleplay.turn_order`); NULL: the
     #: addressed order.
     turn_order: Mapped[str | None] = mapped_column(String(16))
+    #: What characters know about the players goes into prompts here (NULL: yes).
+    player_facts: Mapped[bool | None] = mapped_column(Boolean)
     active_session_id: Mapped[int | None] = mapped_column(
         ForeignKey("roleplay_sessions.id", ondelete="SET NULL")
     )
@@ -345,6 +350,24 @@ class MessageTerms(Base):
         ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
     )
     terms: Mapped[str] = mapped_column(Text, default="")
+
+
+class PlayerFact(Base):
+    """Something a character knows about a player, within one server (NULL: the player's DM
+    with the bot). `source` says where it came from: "summary" (the memory job), "pin" or
+    "player" (written or edited by the player); `message_id` the turn it came from."""
+
+    __tablename__ = "player_facts"
+    __table_args__ = (Index("ix_player_facts_owner", "user_id", "guild_id", "character_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class OpenReply(Base):

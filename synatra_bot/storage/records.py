@@ -49,6 +49,8 @@ class GuildSettingsRecord(SamplingRecord):
     summary_tokens: int | None = None
     #: Tokens a prompt's recall of old turns may take (0: off; None: the default).
     recall_tokens: int | None = None
+    #: Tokens of what a character knows about the player speaking (0: off; None: the default).
+    fact_tokens: int | None = None
     #: Days an archived scene is kept; None keeps it for ever.
     archive_keep_days: int | None = None
 
@@ -66,6 +68,8 @@ class ChannelSettingsRecord(SamplingRecord):
     lorebook: dict[str, Any] | None = None
     answer_every_addressed: bool = False
     turn_order: str | None = None
+    #: What characters know about the players goes into prompts here (None: yes).
+    player_facts: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,3 +225,17 @@ class OpenReplyRecord:
     def __post_init__(self) -> None:
         if not isinstance(self.discord_message_ids, tuple):
             object.__setattr__(self, "discord_message_ids", tuple(self.discord_message_ids))
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerFactRecord:
+    """Something a character knows about a player (see `models.PlayerFact`)."""
+
+    id: int
+    guild_id: int | None
+    user_id: int
+    character_id: int
+    text: str
+    source: str
+    message_id: int | None
+    created_at: datetime

@@ -292,22 +292,31 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
     @app_commands.describe(
         summary_tokens="Tokens a scene's summary may take (default 384)",
         recall_tokens="Tokens of old turns recalled into each prompt (0: off; default 256)",
+        fact_tokens="Tokens of what a character knows about the player speaking (0: off; "
+        "default 120)",
+        player_facts="Here: characters' knowledge of the players goes into prompts",
     )
     async def memory(
         self,
         interaction: discord.Interaction[SynatraBot],
         summary_tokens: app_commands.Range[int, 32, 2048] | None = None,
         recall_tokens: app_commands.Range[int, 0, 2048] | None = None,
+        fact_tokens: app_commands.Range[int, 0, 1024] | None = None,
+        player_facts: bool | None = None,
     ) -> None:
-        changes = {
-            k: v
-            for k, v in {"summary_tokens": summary_tokens, "recall_tokens": recall_tokens}.items()
-            if v is not None
+        server = {
+            "summary_tokens": summary_tokens,
+            "recall_tokens": recall_tokens,
+            "fact_tokens": fact_tokens,
         }
-        if not changes:
+        changes = {k: v for k, v in server.items() if v is not None}
+        if not changes and player_facts is None:
             await self._show(interaction)
             return
-        await self._save(interaction, "server", **changes)
+        if changes:
+            await self._save(interaction, "server", **changes)
+        if player_facts is not None:
+            await self._save(interaction, "channel", player_facts=player_facts)
 
     @app_commands.command(
         name="lorebook-budget", description="How many tokens lorebooks may take in a prompt"
