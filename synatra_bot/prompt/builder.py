@@ -72,6 +72,7 @@ from synatra_bot.prompt.lorebook import (
 )
 from synatra_bot.prompt.lru import Lru
 from synatra_bot.prompt.macros import MacroContext, substitute_macros
+from synatra_bot.prompt.pins import PinBlock, memory_sections
 from synatra_bot.prompt.recall import RecallBlock
 from synatra_bot.prompt.report import BlockReport, LoreLeftOut, LoreNote, LoreStatus, PromptReport
 from synatra_bot.tokenizer import (
@@ -173,6 +174,8 @@ class PromptOptions:
     summary: str = ""
     #: Old turns the newest message recalls: one system message after the history.
     recall: RecallBlock | None = None
+    #: The scene's pinned lines: in the system block after the summary (`prompt.pins`).
+    pins: PinBlock | None = None
     #: After an overflow the history is cut back to this share of its room, so that the
     #: following turns keep an identical prompt start (an engine's cached prefix stays valid).
     trim_watermark: float = 0.7
@@ -483,6 +486,7 @@ class PromptBuilder:
             options.instruction_preset,
             options.group_instruction_preset,
             options.summary,
+            options.pins,
             scene.macros,
         )
         text = self._systems.get(key)
@@ -507,8 +511,7 @@ class PromptBuilder:
             ]
             if after:
                 sections.append(f"{LORE_HEADING}\n" + "\n".join(after))
-            if options.summary.strip():
-                sections.append(f"### 지난 이야기\n{options.summary.strip()}")
+            sections += memory_sections(options.summary, options.pins)
             text = self._systems.put(key, "\n\n".join(s for s in sections if s))
         return self._piece("system", text)
 
@@ -904,6 +907,7 @@ class PromptBuilder:
         summary = options.summary.strip()
         report.summary_tokens = self.count_text(summary) if summary else 0
         report.recall = list(options.recall.notes) if options.recall else []
+        report.pins = list(options.pins.notes) if options.pins else []
         new_counts: dict[int, int] = {}
 
         def count(message: HistoryMessage) -> int:

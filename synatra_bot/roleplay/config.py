@@ -11,6 +11,7 @@ from typing import Any
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.errors import UserFacingError
 from synatra_bot.prompt.lorebook import DEFAULT_RECURSION_STEPS, recursion_steps
+from synatra_bot.prompt.pins import DEFAULT_PIN_TOKENS, pin_budget
 from synatra_bot.prompt.recall import DEFAULT_RECALL_TOKENS, recall_budget
 from synatra_bot.settings import Settings
 from synatra_bot.storage.records import ChannelSettingsRecord, GuildSettingsRecord
@@ -106,6 +107,7 @@ SERVER_SETTINGS = (
     "cast_limit",
     "summary_tokens",
     "recall_tokens",
+    "pin_tokens",
     "archive_keep_days",
 )
 
@@ -177,6 +179,8 @@ class ChannelConfig:
     summary_tokens: int = DEFAULT_SUMMARY_TOKENS
     #: Tokens a prompt's recall of old turns may take (0: off).
     recall_tokens: int = DEFAULT_RECALL_TOKENS
+    #: Tokens a prompt's pinned lines may take (0: off).
+    pin_tokens: int = DEFAULT_PIN_TOKENS
     #: Tokens the lorebooks may take in a prompt (within the context); None: the prompt
     #: builder's default, a quarter of the prompt budget.
     lorebook_budget: int | None = None
@@ -202,6 +206,7 @@ class ChannelConfig:
             ("cast_limit", f"{self.cast_limit}/scene"),
             ("summary_tokens", str(self.summary_tokens)),
             ("recall_tokens", str(self.recall_tokens)),
+            ("pin_tokens", str(self.pin_tokens)),
             (
                 "lorebook_budget",
                 "auto" if self.lorebook_budget is None else str(self.lorebook_budget),
@@ -394,6 +399,7 @@ def effective_config(
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
         summary_tokens=summary_tokens(guild, context_size),
         recall_tokens=recall_tokens(guild, context_size),
+        pin_tokens=pin_budget(guild.pin_tokens, context_size),
         lorebook_budget=lorebook_budget(guild, channel, context_size),
         lorebook_recursion=recursion_steps(_pick("lorebook_recursion", *order)),
         card_scripts=_pick("card_scripts", *order),

@@ -61,6 +61,7 @@ from synatra_bot.roleplay.config import (
 )
 from synatra_bot.roleplay.history import HistoryCache
 from synatra_bot.roleplay.names import taken_by
+from synatra_bot.roleplay.pins import ScenePins
 from synatra_bot.roleplay.rules import require_starter_or_moderator, require_voice
 from synatra_bot.roleplay.ttl_cache import TtlCache
 from synatra_bot.roleplay.types import Actor, Place
@@ -306,6 +307,8 @@ class RoleplayCore:
         self.memory: SceneMemory | None = None
         #: Recalls old turns into prompts, when the app runs it (`TurnRecall`).
         self.recall: SceneRecall | None = None
+        #: The lines players pinned into the scenes' memory, in every prompt.
+        self.pins = ScenePins(self.sessions)
         characters.on_change(self.forget)
 
     def forget(self, channel_id: int | None = None) -> None:
@@ -1096,6 +1099,9 @@ class RoleplayCore:
             earlier_messages=earlier,
         )
         options.recall = await self._recall(active, records, history, history_start_id)
+        count = self.builder.count_text
+        pins = await self.pins.block(active.session.id, budget=config.pin_tokens, count=count)
+        options.pins = pins
         speaking = character or active.lead
         scripts_run = ScriptRun()
         history, scripted = await self._prompt_view(
@@ -1131,6 +1137,8 @@ class RoleplayCore:
         built.report.scripts_failed = [f"{name}: {why}" for name, why in scripts_run.failed]
         built.report.summary_auto = active.session.summary_auto
         built.report.summary_stale = active.session.summary_stale
+        if pins is not None:
+            built.report.pin_tokens, built.report.pins_left_out = count(pins.text), pins.left_out
         counts = {k: v for k, v in built.new_token_counts.items() if k not in scripted}
         if counts:
             await repo.save_token_counts(self.sessions, counts=counts)

@@ -1,5 +1,5 @@
 """SQLAlchemy ORM models: guild, channel and user settings, sampling presets, characters,
-personal lorebooks, personas, sessions, their casts, messages."""
+personal lorebooks, personas, sessions, their casts, messages, pins."""
 
 from __future__ import annotations
 
@@ -99,6 +99,8 @@ class GuildSettings(SamplingColumns, Base):
     summary_tokens: Mapped[int | None] = mapped_column(Integer)
     #: Tokens a prompt's recall of old turns may take (0: off; NULL: the default).
     recall_tokens: Mapped[int | None] = mapped_column(Integer)
+    #: Tokens a prompt's pinned memories may take (0: off; NULL: the default).
+    pin_tokens: Mapped[int | None] = mapped_column(Integer)
     #: Days an archived scene is kept; NULL keeps archived scenes for ever.
     archive_keep_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -345,6 +347,24 @@ class MessageTerms(Base):
         ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
     )
     terms: Mapped[str] = mapped_column(Text, default="")
+
+
+class ScenePin(Base):
+    """A line a player pinned into a scene's memory ("Remember this"): always in the scene's
+    prompts, within their own budget. `message_id` is the turn it came from (NULL: typed in,
+    or the turn is gone); the pinned text is the player's own, edited or not."""
+
+    __tablename__ = "scene_pins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("roleplay_sessions.id", ondelete="CASCADE"), index=True
+    )
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    #: Who pinned it.
+    author_id: Mapped[int] = mapped_column(BigInteger)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class OpenReply(Base):

@@ -292,16 +292,22 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
     @app_commands.describe(
         summary_tokens="Tokens a scene's summary may take (default 384)",
         recall_tokens="Tokens of old turns recalled into each prompt (0: off; default 256)",
+        pin_tokens="Tokens of pinned memories in each prompt (0: off; default 200)",
     )
     async def memory(
         self,
         interaction: discord.Interaction[SynatraBot],
         summary_tokens: app_commands.Range[int, 32, 2048] | None = None,
         recall_tokens: app_commands.Range[int, 0, 2048] | None = None,
+        pin_tokens: app_commands.Range[int, 0, 2048] | None = None,
     ) -> None:
         changes = {
             k: v
-            for k, v in {"summary_tokens": summary_tokens, "recall_tokens": recall_tokens}.items()
+            for k, v in {
+                "summary_tokens": summary_tokens,
+                "recall_tokens": recall_tokens,
+                "pin_tokens": pin_tokens,
+            }.items()
             if v is not None
         }
         if not changes:
