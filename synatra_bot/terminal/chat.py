@@ -667,7 +667,7 @@ class TerminalChat:
             return
         self._say("pins", count=len(pins), limit=self.core.pins.limit)
         for pin in pins:
-            self._say("pin_line", id=pin.id, text=pin.text)
+            self._line(f"  #{pin.id} {pin.text}")
 
     async def _recap(self) -> None:
         active = await self.core.require_active(self.place)

@@ -232,7 +232,6 @@ MESSAGES: dict[str, tuple[str, str]] = {
         " 캐릭터를 줄이거나 CONTEXT_SIZE를 늘려 주세요",
     ),
     "pinned": ("📌 pinned as #{id}: {text}", "📌 #{id}번으로 고정했어요: {text}"),
-    "pin_line": ("  #{id} {text}", "  #{id} {text}"),
     "pins": ("📌 pinned ({count}/{limit}):", "📌 고정 기억 ({count}/{limit}):"),
     "no_pins": (
         "no pins yet (/pin pins the last turn)",
