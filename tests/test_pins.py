@@ -6,11 +6,13 @@ a ChatML role."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pytest
 
 from synatra_bot.engine.scripted import ScriptedEngine
+from synatra_bot.errors import PinLimitReached
 from synatra_bot.prompt.builder import (
     SUMMARY_PREVIOUS_HEADING,
     HistoryMessage,
@@ -212,6 +214,40 @@ async def test_a_branch_keeps_the_pins_of_its_shared_past(sessions) -> None:
     assert kept[0].message_id == copied[0].id and kept[1].message_id is None
     # The scene it came from keeps its own.
     assert len(await pin_store.scene_pins(sessions, session_id=scene.id)) == 3
+
+
+async def check_pin_limit_holds(sessions) -> None:
+    """Pins added to one scene at the same moment stop at its limit; authors are snowflakes."""
+    character = await repo.create_character(sessions, owner_id=7, guild_id=1, name="민지")
+    scene = await repo.start_session(
+        sessions,
+        guild_id=1575980247692607488,
+        channel_id=1575980247692607777,
+        parent_channel_id=None,
+        character_id=character.id,
+        started_by=1575980247692600001,
+    )
+    results = await asyncio.gather(
+        *(
+            pin_store.add_pin(
+                sessions,
+                session_id=scene.id,
+                author_id=1575980247692600001 + i,
+                text=f"{i}번째 기억",
+                message_id=None,
+                limit=5,
+            )
+            for i in range(10)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, PinLimitReached) for r in results) == 5
+    stored = await pin_store.scene_pins(sessions, session_id=scene.id)
+    assert len(stored) == 5 and all(p.author_id > 2**53 for p in stored)
+
+
+async def test_pins_added_at_the_same_moment_stop_at_the_limit(sessions) -> None:
+    await check_pin_limit_holds(sessions)
 
 
 # --- end to end ---------------------------------------------------------------------------------
