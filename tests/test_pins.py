@@ -20,7 +20,15 @@ from synatra_bot.prompt.builder import (
     PromptOptions,
 )
 from synatra_bot.prompt.cards import CharacterCard
-from synatra_bot.prompt.pins import PIN_CHARS, PIN_HEADING, SUMMARY_HEADING, pin_block
+from synatra_bot.prompt.pins import (
+    PIN_CHARS,
+    PIN_HEADING,
+    SUMMARY_HEADING,
+    PinBlock,
+    PinNote,
+    pin_block,
+)
+from synatra_bot.roleplay.turns import Ending
 from synatra_bot.storage import pins as pin_store
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.archives import branch_scene
@@ -34,6 +42,7 @@ from tests.db_helpers import (
     opened,
     upgraded_from_0001,
 )
+from tests.test_memory import start_scene
 from tests.test_prompt_injection import ATTACKS, _expected_structure
 from tests.test_terminal import args_for, card_file, terminal_history
 
@@ -248,6 +257,28 @@ async def check_pin_limit_holds(sessions) -> None:
 
 async def test_pins_added_at_the_same_moment_stop_at_the_limit(sessions) -> None:
     await check_pin_limit_holds(sessions)
+
+
+class HugePins:
+    """Pins that could never fit beside the character sheet (a budget set past the context)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def block(self, session_id: int, *, budget: int, count) -> PinBlock:
+        self.asked += 1
+        return PinBlock(f"{PIN_HEADING}\n- " + FACT * 200, (PinNote(1, FACT),))
+
+
+async def test_pins_the_prompt_cannot_hold_are_left_out_not_the_turn(sessions, tokenizer) -> None:
+    scene = await start_scene(sessions, tokenizer)
+    pins = scene.core.pins = HugePins()
+    try:
+        outcome = await scene.play()
+        assert outcome.ending is Ending.STORED
+        assert pins.asked > 0 and scene.reports[-1].pins == []
+    finally:
+        await scene.scheduler.shutdown(finish=False)
 
 
 # --- end to end ---------------------------------------------------------------------------------

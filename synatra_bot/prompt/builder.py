@@ -12,7 +12,7 @@ call that names no players is a scene of one player: `user_name`, with `persona`
 
 - The system block holds only what the scene does not change turn by turn: the preset (for a
   cast of one, the card's own system_prompt if it has one), the cast's sheets, the scene's
-  starter as `{{user}}`, constant lore and the summary.
+  starter as `{{user}}`, constant lore, the summary and the pins (`prompt.pins`).
 - The example dialogues follow it, and leave with the oldest message (dropping them is a trim).
 - A player's persona is a system message just before their first message in the window (at
   the end of the history while they have none there).

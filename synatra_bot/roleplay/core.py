@@ -1100,8 +1100,9 @@ class RoleplayCore:
         )
         options.recall = await self._recall(active, records, history, history_start_id)
         count = self.builder.count_text
-        pins = await self.pins.block(active.session.id, budget=config.pin_tokens, count=count)
-        options.pins = pins
+        options.pins = await self.pins.block(
+            active.session.id, budget=config.pin_tokens, count=count
+        )
         speaking = character or active.lead
         scripts_run = ScriptRun()
         history, scripted = await self._prompt_view(
@@ -1124,9 +1125,10 @@ class RoleplayCore:
         try:
             built = await build()
         except PromptTooLarge:
-            if options.recall is None:
+            if options.recall is None and options.pins is None:
                 raise
-            options.recall = None  # recall never costs a turn: the prompt goes without it
+            # Recall and pins never cost a turn: the prompt goes without them.
+            options.recall = options.pins = None
             built = await build()
         if len(self._history_start) >= CACHE_LIMIT:
             self._history_start.clear()
@@ -1137,8 +1139,9 @@ class RoleplayCore:
         built.report.scripts_failed = [f"{name}: {why}" for name, why in scripts_run.failed]
         built.report.summary_auto = active.session.summary_auto
         built.report.summary_stale = active.session.summary_stale
-        if pins is not None:
-            built.report.pin_tokens, built.report.pins_left_out = count(pins.text), pins.left_out
+        if options.pins is not None:
+            built.report.pin_tokens = count(options.pins.text)
+            built.report.pins_left_out = options.pins.left_out
         counts = {k: v for k, v in built.new_token_counts.items() if k not in scripted}
         if counts:
             await repo.save_token_counts(self.sessions, counts=counts)
