@@ -410,8 +410,16 @@ async def test_a_long_turn_opens_the_form_cut_to_what_a_pin_holds(harness):
     said, _ = await talk(harness, s.members[0], long_line)
     menu = await harness.fake.message_command(s.members[0], MENU, said)
     await harness.fake.wait_for_response(menu)
-    _, value = only_input(menu.modal)
+    custom_id, value = only_input(menu.modal)
     assert len(value) <= PIN_CHARS and value.endswith("…") and value.startswith("나비는 정말")
+    # The form takes no more than a pin holds: a client cannot type more, nor leave it empty.
+    with pytest.raises(ValueError, match="cannot type 501 characters"):
+        await harness.fake.submit_modal(s.members[0], menu, {custom_id: "가" * (PIN_CHARS + 1)})
+    with pytest.raises(ValueError, match="empty"):
+        await harness.fake.submit_modal(s.members[0], menu, {custom_id: ""})
+    kept = await harness.fake.submit_modal(s.members[0], menu, {custom_id: "가" * PIN_CHARS})
+    await harness.fake.wait_for_response(kept)
+    assert "고정했어요" in await harness.final_text(kept)
 
 
 async def test_a_scene_holds_at_most_its_pin_limit(harness):
