@@ -170,7 +170,7 @@ async def sessions(tmp_path):
 
 
 async def test_upgrade_to_pins_keeps_old_scenes_and_takes_pins(tmp_path) -> None:
-    url, old = await upgraded_from_0001(tmp_path, "0018")
+    url, old = await upgraded_from_0001(tmp_path, "0019")
     async with opened(url) as sessions:
         await assert_old_scene_kept(sessions, old)
         assert await pin_store.scene_pins(sessions, session_id=old.session_id) == []
@@ -182,7 +182,7 @@ async def test_upgrade_to_pins_keeps_old_scenes_and_takes_pins(tmp_path) -> None
         assert [
             p.text for p in await pin_store.scene_pins(sessions, session_id=old.session_id)
         ] == [pinned.text]
-    await assert_kept_down_and_up(url, "0018", old)
+    await assert_kept_down_and_up(url, "0019", old)
 
 
 async def test_a_branch_keeps_the_pins_of_its_shared_past(sessions) -> None:
