@@ -17,6 +17,7 @@ SynatraError                   base of everything raised on purpose
 │   ├── ImageRejected          an avatar image is not one, is too large, or cannot be used
 │   ├── LimitReached           the member already has as many characters as the server allows
 │   │   ├── LorebookLimitReached    ... or as many personal lorebooks as anyone may keep
+│   │   ├── PinLimitReached         ... or a scene holds as many pins as one may
 │   │   └── QuotaReached           ... or would store more bytes than the member may
 │   ├── PromptTooLarge         the character sheet alone does not fit the context budget
 │   └── RateLimited            the user or channel is over its limit
@@ -177,6 +178,17 @@ class LorebookLimitReached(LimitReached):
     def __init__(self, limit: int) -> None:
         UserFacingError.__init__(
             self, f"the member already has {limit} lorebooks, the most allowed", limit=limit
+        )
+
+
+class PinLimitReached(LimitReached):
+    """The scene already holds as many pinned memories as one may."""
+
+    key = "error.pin_limit"
+
+    def __init__(self, limit: int) -> None:
+        UserFacingError.__init__(
+            self, f"the scene already holds {limit} pins, the most allowed", limit=limit
         )
 
 

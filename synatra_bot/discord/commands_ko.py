@@ -86,6 +86,7 @@ COMMAND_NAMES: dict[str, str] = {
     "config preset delete": "삭제",
     "config show": "보기",
     "Branch from here": "여기서 갈래 만들기",
+    "Remember this": "📌 기억하기",
 }
 
 #: Options by their English name: an option is called the same in every command.
@@ -135,6 +136,9 @@ OPTION_NAMES: dict[str, str] = {
     "fact_tokens": "플레이어기억토큰",
     "player_facts": "플레이어기억",
     "fact": "번호",
+    "edit_pin": "고정고치기",
+    "remove_pin": "고정빼기",
+    "pin_tokens": "고정기억토큰",
     "tokens": "토큰",
     "recursion": "재귀단계",
     "keep_days": "보관일수",
@@ -199,6 +203,7 @@ SETTING_NAMES: dict[str, str] = {
     "summary_tokens": "요약 토큰 (summary_tokens)",
     "recall_tokens": "회상 토큰 (recall_tokens)",
     "fact_tokens": "플레이어 기억 토큰 (fact_tokens)",
+    "pin_tokens": "고정 기억 토큰 (pin_tokens)",
     "archive_keep_days": "보관 일수 (archive_keep_days)",
 }
 
@@ -244,6 +249,8 @@ DESCRIPTIONS: dict[str, str] = {
     "Show or set what the character remembers": "캐릭터의 장기 기억을 보거나 정해요",
     "Long-term memory the model always sees (leave empty to show; '-' to clear)": "모델이 항상 보는 장기 기억 (비우면 보기, '-' 면 지우기)",
     "Fold what falls out of the prompt into it automatically (on by default)": "프롬프트에서 밀려난 대화를 자동으로 요약해 넣기 (기본 켬)",
+    "Edit a pinned memory (its number in the list)": "고정 기억 고치기 (목록의 번호)",
+    "Remove a pinned memory (its number in the list)": "고정 기억 빼기 (목록의 번호)",
     # /character
     "Create a character with a form": "양식으로 캐릭터를 만들어요",
     "Import a SillyTavern/Chub/RisuAI card (PNG, JSON or CHARX)": "SillyTavern/Chub/RisuAI 카드 가져오기 (PNG, JSON, CHARX)",
@@ -338,6 +345,7 @@ DESCRIPTIONS: dict[str, str] = {
     "Tokens of old turns recalled into each prompt (0: off; default 256)": "프롬프트마다 떠올릴 지난 대화의 토큰 수 (0: 끔, 기본 256)",
     "Tokens of what a character knows about the player speaking (0: off; default 120)": "말하는 플레이어에 대해 캐릭터가 아는 것의 토큰 수 (0: 끔, 기본 120)",
     "Here: characters' knowledge of the players goes into prompts": "이 채널: 캐릭터가 플레이어에 대해 아는 것을 프롬프트에 넣어요",
+    "Tokens of pinned memories in each prompt (0: off; default 200)": "프롬프트마다 넣을 고정 기억의 토큰 수 (0: 끔, 기본 200)",
     "How many tokens lorebooks may take in a prompt": "로어북이 프롬프트에서 차지할 수 있는 토큰 수",
     "Whether card scripts run": "캐릭터 카드의 스크립트를 쓸지 정합니다",
     "Run the find/replace scripts of characters' cards": "캐릭터 카드에 든 찾아 바꾸기 스크립트 실행",

@@ -264,6 +264,29 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "There is no lorebook called **{name}** (see `/lorebook list`).",
         "{name|이라는} 로어북이 없어요 (`/로어북 목록` 참고).",
     ),
+    "error.pin_limit": (
+        "This scene already holds {limit} pins, the most one scene may; remove one first"
+        " (/rp memory remove_pin:…).",
+        "한 장면에는 기억을 {limit}개까지 고정할 수 있어요. 먼저 하나를 빼 주세요"
+        " (`/롤플레이 기억 고정빼기:…`).",
+    ),
+    "error.pin_players": (
+        "Only the scene's players, whoever started it and moderators can pin its turns.",
+        "이 장면의 플레이어, 시작한 사람, 관리자만 기억을 고정할 수 있어요.",
+    ),
+    "error.pin_not_turn": (
+        "Only a turn of the scene running in this channel can be pinned.",
+        "이 채널에서 진행 중인 장면의 대화만 고정할 수 있어요.",
+    ),
+    "error.no_pin": (
+        "This scene has no pin #{id} (see /rp memory).",
+        "이 장면에는 #{id}번 고정 기억이 없어요 (`/롤플레이 기억` 참고).",
+    ),
+    "error.pin_not_yours": (
+        "Only who pinned it, whoever started the scene or a moderator can change that pin.",
+        "고정한 사람, 장면을 시작한 사람, 관리자만 그 기억을 바꿀 수 있어요.",
+    ),
+    "error.pin_empty": ("A pin needs some text.", "고정할 내용이 비어 있어요."),
     "error.lorebook_limit": (
         "You already have {limit} lorebooks, the most one member may keep; delete one first.",
         "로어북은 한 사람이 {limit}개까지 둘 수 있어요. 먼저 하나를 지워 주세요.",
@@ -430,6 +453,21 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "rp.memory_set": (
         "Saved. The character keeps this in mind from the next reply on.",
         "저장했어요. 다음 답장부터 캐릭터가 이 내용을 기억해요.",
+    ),
+    "rp.pin_form": ("📌 Remember this", "📌 기억하기"),
+    "rp.pin_form_edit": ("📌 Edit pin #{id}", "📌 #{id}번 고정 기억 고치기"),
+    "rp.pin_form_label": ("What the character keeps in mind", "캐릭터가 기억할 내용"),
+    "rp.pinned": (
+        "📌 Pinned as #{id} ({count}/{limit}): the character keeps it in mind from the next"
+        " reply on.",
+        "📌 #{id}번으로 고정했어요 ({count}/{limit}). 다음 답장부터 캐릭터가 기억해요.",
+    ),
+    "rp.pin_edited": ("📌 Pin #{id} changed.", "📌 #{id}번 고정 기억을 고쳤어요."),
+    "rp.pin_removed": ("📌 Pin #{id} removed.", "📌 #{id}번 고정 기억을 뺐어요."),
+    "rp.pins_heading": ("📌 Pinned ({count}/{limit})", "📌 고정 기억 ({count}/{limit})"),
+    "rp.pins_none": (
+        'No pins yet: "📌 Remember this" in a message\'s Apps menu pins a turn.',
+        '고정 기억이 아직 없어요. 메시지의 앱 메뉴에서 "📌 기억하기"로 고정할 수 있어요.',
     ),
     "rp.memory_cleared": ("Long-term memory cleared.", "장기 기억을 지웠어요."),
     "rp.memory_tokens": ("{tokens}/{limit} tokens", "{tokens}/{limit} 토큰"),

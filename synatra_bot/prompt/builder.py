@@ -12,7 +12,7 @@ call that names no players is a scene of one player: `user_name`, with `persona`
 
 - The system block holds only what the scene does not change turn by turn: the preset (for a
   cast of one, the card's own system_prompt if it has one), the cast's sheets, the scene's
-  starter as `{{user}}`, constant lore and the summary.
+  starter as `{{user}}`, constant lore, the summary and the pins (`prompt.pins`).
 - The example dialogues follow it, and leave with the oldest message (dropping them is a trim).
 - A player's persona is a system message just before their first message in the window (at
   the end of the history while they have none there).
@@ -40,7 +40,6 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
-import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,10 +48,12 @@ from typing import TYPE_CHECKING, Any
 
 from synatra_bot.errors import PromptTooLarge
 from synatra_bot.prompt.cards import CharacterCard, SpeechLevel, macro_name
+from synatra_bot.prompt.examples import example_blocks, example_turns
 
 # HistoryMessage is named here too: what the builder takes, for callers building prompts.
 from synatra_bot.prompt.history import HistoryMessage as HistoryMessage
 from synatra_bot.prompt.history import Role
+from synatra_bot.prompt.history import clean_name as clean_name
 from synatra_bot.prompt.lorebook import (
     SCAN_BUDGET_S,
     FiredEntry,
@@ -71,6 +72,7 @@ from synatra_bot.prompt.lorebook import (
 )
 from synatra_bot.prompt.lru import Lru
 from synatra_bot.prompt.macros import MacroContext, substitute_macros
+from synatra_bot.prompt.pins import PinBlock, memory_sections
 from synatra_bot.prompt.player_facts import FactsBlock
 from synatra_bot.prompt.recall import RecallBlock
 from synatra_bot.prompt.report import BlockReport, LoreLeftOut, LoreNote, LoreStatus, PromptReport
@@ -139,7 +141,6 @@ SUMMARY_REQUEST = "위 대화를 지금까지의 요약에 더해, 처음부터 
 SUMMARY_CHARS_PER_TOKEN = 0.7
 #: The fewest tokens a summary prompt leaves for the dialogue it folds.
 MIN_SUMMARY_ROOM = 32
-MAX_NAME_CHARS = 64
 #: System texts kept rendered (one per cast, scene starter and constant lore in play).
 SYSTEM_CACHE_SIZE = 256
 #: Worker threads for lorebook scans: regex matching runs outside the GIL, so this bounds the
@@ -147,11 +148,6 @@ SYSTEM_CACHE_SIZE = 256
 SCAN_WORKERS = 4
 #: Stands in for the author of a persona given without `players` (no Discord id is 0).
 PERSONA_ONLY_AUTHOR = 0
-_EXAMPLE_SPLIT = re.compile(r"^\s*<START>\s*$", re.IGNORECASE | re.MULTILINE)
-_EXAMPLE_SPEAKER = re.compile(
-    r"^\s*(?P<who>\{\{\s*(?:char|user)\s*\}\}|<(?:bot|user)>)\s*:\s?(?P<text>.*)$",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -182,6 +178,8 @@ class PromptOptions:
     recall: RecallBlock | None = None
     #: What the answering character knows about the player speaking: after the recall block.
     player_facts: FactsBlock | None = None
+    #: The scene's pinned lines: in the system block after the summary (`prompt.pins`).
+    pins: PinBlock | None = None
     #: After an overflow the history is cut back to this share of its room, so that the
     #: following turns keep an identical prompt start (an engine's cached prefix stays valid).
     trim_watermark: float = 0.7
@@ -255,12 +253,6 @@ class _Piece:
 
     ids: tuple[int, ...]
     text: str
-
-
-def clean_name(name: str, fallback: str = "User") -> str:
-    """A speaker name on one line, bounded in length."""
-    cleaned = " ".join(name.split())[:MAX_NAME_CHARS]
-    return cleaned or fallback
 
 
 #: Positions judged afresh each turn, placed from the end of the history.
@@ -480,6 +472,7 @@ class PromptBuilder:
             options.instruction_preset,
             options.group_instruction_preset,
             options.summary,
+            options.pins,
             scene.macros,
         )
         text = self._systems.get(key)
@@ -504,8 +497,7 @@ class PromptBuilder:
             ]
             if after:
                 sections.append(f"{LORE_HEADING}\n" + "\n".join(after))
-            if options.summary.strip():
-                sections.append(f"### 지난 이야기\n{options.summary.strip()}")
+            sections += memory_sections(options.summary, options.pins)
             text = self._systems.put(key, "\n\n".join(s for s in sections if s))
         return self._piece("system", text)
 
@@ -523,10 +515,10 @@ class PromptBuilder:
         character's lines carry its name, as a group's history does."""
         dialogues: list[list[_Piece]] = []
         for card in scene.cast:
-            for block in _EXAMPLE_SPLIT.split(card.example_messages):
+            for block in example_blocks(card):
                 pieces = [
                     self._piece(role, body)
-                    for role, body in _example_turns(
+                    for role, body in example_turns(
                         card, block, scene.scene_user, scene.group, scene.macros
                     )
                 ]
@@ -903,6 +895,7 @@ class PromptBuilder:
         summary = options.summary.strip()
         report.summary_tokens = self.count_text(summary) if summary else 0
         report.recall = list(options.recall.notes) if options.recall else []
+        report.pins = list(options.pins.notes) if options.pins else []
         new_counts: dict[int, int] = {}
 
         def count(message: HistoryMessage) -> int:
@@ -1473,40 +1466,6 @@ def _card_sheet(
     if card.speech_level is not None:
         sheet.append(sub(SPEECH_LEVEL_INSTRUCTIONS[card.speech_level]))
     return "\n\n".join(sheet)
-
-
-def _example_turns(
-    card: CharacterCard,
-    block: str,
-    user: str,
-    named: bool,
-    context: MacroContext | None = None,
-) -> list[tuple[str, str]]:
-    """One example dialogue of `card` as (role, message body) turns; with `named` the
-    character's lines carry its name."""
-    turns: list[tuple[str, list[str]]] = []
-    for line in block.splitlines():
-        speaker = _EXAMPLE_SPEAKER.match(line)
-        if speaker is not None:
-            role = "user" if "user" in speaker.group("who").lower() else "assistant"
-            turns.append((role, [speaker.group("text")]))
-        elif turns:
-            turns[-1][1].append(line)
-        elif line.strip():
-            turns.append(("assistant", [line]))
-    bodies = []
-    for role, lines in turns:
-        text = substitute_macros(
-            "\n".join(lines), char=macro_name(card), user=user, context=context
-        ).strip()
-        if not text:
-            continue
-        if role == "user":
-            text = f"{clean_name(user)}: {text}"
-        elif named:
-            text = f"{clean_name(card.name, '캐릭터')}: {text}"
-        bodies.append((role, text))
-    return bodies
 
 
 def _run_scans(jobs: Sequence[_ScanJob], budget_s: float) -> tuple[list[LoreScan], float]:

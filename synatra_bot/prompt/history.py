@@ -6,6 +6,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 Role = Literal["user", "assistant"]
+#: The longest speaker name a prompt shows.
+MAX_NAME_CHARS = 64
+
+
+def clean_name(name: str, fallback: str = "User") -> str:
+    """A speaker name on one line, bounded in length."""
+    cleaned = " ".join(name.split())[:MAX_NAME_CHARS]
+    return cleaned or fallback
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from synatra_bot.prompt.pins import PinNote
 from synatra_bot.prompt.player_facts import FactNote
 from synatra_bot.prompt.recall import RecallNote
 
@@ -43,6 +44,12 @@ _WORDS: dict[str, tuple[str, str]] = {
         "{character}의 기억 ({player}): 사실 {n}개",
     ),
     "fact": ("  #{id} ({source}): {text}", "  #{id} ({source}): {text}"),
+    "pins": (
+        "pins: {n} in the prompt, {tokens} tokens{left}",
+        "고정 기억: 프롬프트에 {n}개, {tokens} 토큰{left}",
+    ),
+    "pins_left": ("; {n} older left out (over budget)", ", 예산 초과로 오래된 {n}개 빠짐"),
+    "pin": ("  📌{id} {text}", "  📌{id} {text}"),
     "memory_until": (", up to message #{id}", ", 메시지 #{id}까지"),
     "stale": ("stale", "다시 쓰는 중"),
     "auto_off": ("automatic memory off", "자동 기억 꺼짐"),
@@ -133,6 +140,11 @@ class PromptReport:
     #: character, the player and the facts.
     facts_of: tuple[str, str] | None = None
     player_facts: list[FactNote] = field(default_factory=list)
+    #: Pinned lines in the prompt (oldest first), their block's tokens, and the older pins
+    #: the budget left out.
+    pins: list[PinNote] = field(default_factory=list)
+    pin_tokens: int = 0
+    pins_left_out: int = 0
     #: Card scripts that changed the history as this prompt sees it, and those that failed
     #: ("name: why"; a failed one left the text as it was).
     scripts_ran: list[str] = field(default_factory=list)
@@ -203,6 +215,7 @@ class PromptReport:
                 )
         if self.summary_tokens or self.summary_until_id is not None:
             lines.append(_memory_line(self, korean))
+        lines += _pin_lines(self, korean)
         lines += _recall_lines(self.recall, korean)
         lines += _fact_lines(self, korean)
         if self.personas_left_out:
@@ -237,6 +250,19 @@ def _memory_line(report: PromptReport, korean: bool) -> str:
     if not report.summary_auto:
         notes.append(_say("auto_off", korean))
     return line + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _pin_lines(report: PromptReport, korean: bool, shown: int = 5) -> list[str]:
+    """The pins in the prompt: how many and their tokens, then the newest ones' starts."""
+    if not report.pins and not report.pins_left_out:
+        return []
+    left = _say("pins_left", korean, n=report.pins_left_out) if report.pins_left_out else ""
+    lines = [_say("pins", korean, n=len(report.pins), tokens=report.pin_tokens, left=left)]
+    for note in report.pins[-shown:]:
+        lines.append(_say("pin", korean, id=note.pin_id, text=_short(note.text, 60)))
+    if len(report.pins) > shown:
+        lines.append(f"  (+{len(report.pins) - shown})")
+    return lines
 
 
 def _recall_lines(notes: list[RecallNote], korean: bool, shown: int = 5) -> list[str]:

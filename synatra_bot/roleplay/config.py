@@ -11,6 +11,7 @@ from typing import Any
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.errors import UserFacingError
 from synatra_bot.prompt.lorebook import DEFAULT_RECURSION_STEPS, recursion_steps
+from synatra_bot.prompt.pins import DEFAULT_PIN_TOKENS, pin_budget
 from synatra_bot.prompt.player_facts import DEFAULT_FACT_TOKENS, fact_budget
 from synatra_bot.prompt.recall import DEFAULT_RECALL_TOKENS, recall_budget
 from synatra_bot.settings import Settings
@@ -108,6 +109,7 @@ SERVER_SETTINGS = (
     "summary_tokens",
     "recall_tokens",
     "fact_tokens",
+    "pin_tokens",
     "archive_keep_days",
 )
 
@@ -183,6 +185,8 @@ class ChannelConfig:
     fact_tokens: int = DEFAULT_FACT_TOKENS
     #: ... and whether it goes into prompts in this channel at all (moderators may turn it off).
     player_facts: bool = True
+    #: Tokens a prompt's pinned lines may take (0: off).
+    pin_tokens: int = DEFAULT_PIN_TOKENS
     #: Tokens the lorebooks may take in a prompt (within the context); None: the prompt
     #: builder's default, a quarter of the prompt budget.
     lorebook_budget: int | None = None
@@ -210,6 +214,7 @@ class ChannelConfig:
             ("recall_tokens", str(self.recall_tokens)),
             ("fact_tokens", str(self.fact_tokens)),
             ("player_facts", str(self.player_facts)),
+            ("pin_tokens", str(self.pin_tokens)),
             (
                 "lorebook_budget",
                 "auto" if self.lorebook_budget is None else str(self.lorebook_budget),
@@ -404,6 +409,7 @@ def effective_config(
         recall_tokens=recall_tokens(guild, context_size),
         fact_tokens=fact_budget(guild.fact_tokens, context_size),
         player_facts=channel.player_facts is not False if channel else True,
+        pin_tokens=pin_budget(guild.pin_tokens, context_size),
         lorebook_budget=lorebook_budget(guild, channel, context_size),
         lorebook_recursion=recursion_steps(_pick("lorebook_recursion", *order)),
         card_scripts=_pick("card_scripts", *order),

@@ -61,6 +61,7 @@ from synatra_bot.roleplay.config import (
 )
 from synatra_bot.roleplay.history import HistoryCache
 from synatra_bot.roleplay.names import taken_by
+from synatra_bot.roleplay.pins import ScenePins
 from synatra_bot.roleplay.player_facts import PlayerFacts
 from synatra_bot.roleplay.rules import require_starter_or_moderator, require_voice
 from synatra_bot.roleplay.ttl_cache import TtlCache
@@ -72,6 +73,7 @@ from synatra_bot.storage.records import (
     CharacterRecord,
     MessageRecord,
     PersonaRecord,
+    PinRecord,
     SessionRecord,
 )
 from synatra_bot.storage.retry import Patience, retrying
@@ -309,6 +311,8 @@ class RoleplayCore:
         self.recall: SceneRecall | None = None
         #: What characters know about players (`PlayerFacts.remember_fact` adds to it).
         self.facts = PlayerFacts(sessions, ttl_s=CACHE_TTL_S, limit=CACHE_LIMIT, clock=clock)
+        #: The lines players pinned into the scenes' memory, in every prompt.
+        self.pins = ScenePins(self.sessions)
         characters.on_change(self.forget)
 
     def forget(self, channel_id: int | None = None) -> None:
@@ -439,6 +443,27 @@ class RoleplayCore:
             return Actor(user_id=session.started_by, display_name="", guild_id=place.guild_id)
         servers = frozenset(c.guild_id for c in cast if c.guild_id is not None)
         return Actor(user_id=session.started_by, display_name="", member_of=servers)
+
+    async def pin(
+        self, actor: Actor, active: ActiveRoleplay, text: str, *, message_id: int | None = None
+    ) -> PinRecord:
+        """Pin `text` into the scene's memory (`ScenePins.pin`). A pinned player line is also
+        something the scene's characters know about that player (`PlayerFacts`)."""
+        pinned = await self.pins.pin(actor, active.session, text, message_id=message_id)
+        turn = None
+        if message_id is not None:
+            turn = await repo.get_message(self.sessions, message_id=message_id)
+        if turn is not None and turn.role == "user" and turn.author_id is not None:
+            for character in active.cast:
+                await self.facts.remember_fact(
+                    active.session.guild_id,
+                    turn.author_id,
+                    character.id,
+                    pinned.text,
+                    "pin",
+                    turn_id=turn.id,
+                )
+        return pinned
 
     async def require_active(self, place: Place) -> ActiveRoleplay:
         active = await self.active(place)
@@ -1149,6 +1174,10 @@ class RoleplayCore:
             earlier_messages=earlier,
         )
         options.recall = await self._recall(active, records, history, history_start_id)
+        count = self.builder.count_text
+        options.pins = await self.pins.block(
+            active.session.id, budget=config.pin_tokens, count=count
+        )
         speaking = character or active.lead
         if config.player_facts:
             options.player_facts = await self.facts.block(
@@ -1182,10 +1211,10 @@ class RoleplayCore:
         try:
             built = await build()
         except PromptTooLarge:
-            if options.recall is None and options.player_facts is None:
+            if options.recall is None and options.player_facts is None and options.pins is None:
                 raise
-            # Recall and facts never cost a turn: the prompt goes without them.
-            options.recall = options.player_facts = None
+            # Recall, facts and pins never cost a turn: the prompt goes without them.
+            options.recall = options.player_facts = options.pins = None
             built = await build()
         if len(self._history_start) >= CACHE_LIMIT:
             self._history_start.clear()
@@ -1200,6 +1229,9 @@ class RoleplayCore:
         if facts is not None:
             built.report.facts_of = (facts.character, facts.player)
             built.report.player_facts = list(facts.notes)
+        if options.pins is not None:
+            built.report.pin_tokens = count(options.pins.text)
+            built.report.pins_left_out = options.pins.left_out
         counts = {k: v for k, v in built.new_token_counts.items() if k not in scripted}
         if counts:
             await repo.save_token_counts(self.sessions, counts=counts)

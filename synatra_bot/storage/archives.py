@@ -24,6 +24,7 @@ from synatra_bot.storage.models import (
     Character,
     Message,
     RoleplaySession,
+    ScenePin,
     utcnow,
 )
 from synatra_bot.storage.records import MessageRecord, SessionRecord, snapshot
@@ -226,7 +227,9 @@ async def branch_scene(
 ) -> SessionRecord:
     """A new running scene in the message's channel whose history is a copy of its scene's up
     to and including that message's turn (alternatives kept, the chosen ones chosen), with the
-    same cast and long-term memory. The scene it came from is archived, untouched. A memory
+    same cast and long-term memory. Its pins come along where they belong to the shared past
+    (pinned from a turn up to the branch point, or typed in; a pin of a later turn stays behind
+    with that turn). The scene it came from is archived, untouched. A memory
     that covers turns after the branch point is marked stale (rewritten from the branch's own
     turns); one that does not covers the same turns' copies.
 
@@ -274,13 +277,24 @@ async def branch_scene(
                 )
             )
         marks = (source.summary_until_id, source.summary_written_until_id)
+        pins = await _pins_kept(session, source.id, up_to_turn=turn)
         new_ids = await _copy_turns(
             session,
             source.id,
             branch.id,
             up_to_turn=turn,
-            remember={mark for mark in marks if mark is not None},
+            remember={m for m in (*marks, *(p.message_id for p in pins)) if m is not None},
         )
+        for pin in pins:
+            session.add(
+                ScenePin(
+                    session_id=branch.id,
+                    message_id=None if pin.message_id is None else new_ids.get(pin.message_id),
+                    author_id=pin.author_id,
+                    text=pin.text,
+                    created_at=pin.created_at,
+                )
+            )
         covered = source.summary_until_id
         if covered is not None:
             branch.summary_until_id = new_ids.get(covered)
@@ -294,6 +308,20 @@ async def branch_scene(
         await session.flush()
         await _within_scene_quota(session, quota, started_by=started_by, guild_id=source.guild_id)
         return snapshot(SessionRecord, branch)
+
+
+async def _pins_kept(session: AsyncSession, source_id: int, *, up_to_turn: int) -> list[ScenePin]:
+    """The source's pins a branch up to turn `up_to_turn` keeps, oldest first: those of no
+    turn, and those of a turn up to it."""
+    turn_of = func.coalesce(Message.swipe_group, Message.id)
+    query = (
+        select(ScenePin)
+        .outerjoin(Message, Message.id == ScenePin.message_id)
+        .where(ScenePin.session_id == source_id)
+        .where(ScenePin.message_id.is_(None) | (turn_of <= up_to_turn))
+        .order_by(ScenePin.id)
+    )
+    return list((await session.scalars(query)).all())
 
 
 #: Rows a branch copies per statement, all in the one transaction that makes the branch: what
@@ -426,6 +454,7 @@ async def forget_archived(sessions: Sessions, *, guild_id: int, ended_before: da
             return 0
         ids = list(doomed)
         # Not left to ON DELETE CASCADE: SQLite honours it only with foreign keys on.
+        await session.execute(delete(ScenePin).where(ScenePin.session_id.in_(ids)))
         await session.execute(delete(Message).where(Message.session_id.in_(ids)))
         await session.execute(delete(CastMember).where(CastMember.session_id.in_(ids)))
         await session.execute(delete(RoleplaySession).where(RoleplaySession.id.in_(ids)))

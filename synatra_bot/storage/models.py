@@ -1,6 +1,6 @@
 """SQLAlchemy ORM models: guild, channel and user settings, sampling presets, characters,
-personal lorebooks, personas, sessions, their casts, messages, what characters know about
-players."""
+personal lorebooks, personas, sessions, their casts, messages, pins, what characters know
+about players."""
 
 from __future__ import annotations
 
@@ -102,6 +102,8 @@ class GuildSettings(SamplingColumns, Base):
     recall_tokens: Mapped[int | None] = mapped_column(Integer)
     #: Tokens of what a character knows about the player speaking (0: off; NULL: the default).
     fact_tokens: Mapped[int | None] = mapped_column(Integer)
+    #: Tokens a prompt's pinned memories may take (0: off; NULL: the default).
+    pin_tokens: Mapped[int | None] = mapped_column(Integer)
     #: Days an archived scene is kept; NULL keeps archived scenes for ever.
     archive_keep_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -367,6 +369,24 @@ class PlayerFact(Base):
     text: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16))
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ScenePin(Base):
+    """A line a player pinned into a scene's memory ("Remember this"): always in the scene's
+    prompts, within their own budget. `message_id` is the turn it came from (NULL: typed in,
+    or the turn is gone); the pinned text is the player's own, edited or not."""
+
+    __tablename__ = "scene_pins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("roleplay_sessions.id", ondelete="CASCADE"), index=True
+    )
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    #: Who pinned it.
+    author_id: Mapped[int] = mapped_column(BigInteger)
+    text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -51,6 +51,8 @@ class GuildSettingsRecord(SamplingRecord):
     recall_tokens: int | None = None
     #: Tokens of what a character knows about the player speaking (0: off; None: the default).
     fact_tokens: int | None = None
+    #: Tokens a prompt's pinned memories may take (0: off; None: the default).
+    pin_tokens: int | None = None
     #: Days an archived scene is kept; None keeps it for ever.
     archive_keep_days: int | None = None
 
@@ -206,6 +208,18 @@ class MessageRecord:
         # garbage collector stops tracking it (recent history keeps thousands of records).
         if not isinstance(self.discord_message_ids, tuple):
             object.__setattr__(self, "discord_message_ids", tuple(self.discord_message_ids))
+
+
+@dataclass(frozen=True, slots=True)
+class PinRecord:
+    """A line pinned into a scene's memory (see `models.ScenePin`)."""
+
+    id: int
+    session_id: int
+    message_id: int | None
+    author_id: int
+    text: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -590,6 +590,16 @@ class TerminalChat:
         elif name == "/branch":
             branch = await self._branch()
             self._say("branched", id=branch.id)
+        elif name == "/pin":
+            await self._pin(argument)
+        elif name == "/pins":
+            await self._list_pins()
+        elif name == "/unpin" and argument.lstrip("#").isdigit():
+            active = await self.core.require_active(self.place)
+            gone = await self.core.pins.remove(
+                self.actor, active.session, int(argument.lstrip("#"))
+            )
+            self._say("unpinned", id=gone.id)
         elif name == "/cast":
             active = await self.core.require_active(self.place)
             self._say("cast", names=active.names)
@@ -636,6 +646,32 @@ class TerminalChat:
         if not newest:
             raise UserFacingError("nothing to branch from", key="error.nothing_to_branch")
         return await self.archive.branch(self.actor, self.place, newest[-1].id)
+
+    async def _pin(self, argument: str) -> None:
+        """Pin the last turn, the Nth from the end (`/pin 3`), or the text typed after it."""
+        active = await self.core.require_active(self.place)
+        message_id = None
+        if argument and not argument.isdigit():
+            text = argument
+        else:
+            back = int(argument or "1")
+            turns = [m for m in await self.core.recent(active) if m.role in ("user", "assistant")]
+            if not 1 <= back <= len(turns):
+                self._say("no_turn_to_pin")
+                return
+            text, message_id = turns[-back].content, turns[-back].id
+        pinned = await self.core.pin(self.actor, active, text, message_id=message_id)
+        self._say("pinned", id=pinned.id, text=pinned.text)
+
+    async def _list_pins(self) -> None:
+        active = await self.core.require_active(self.place)
+        pins = await self.core.pins.of(active.session.id)
+        if not pins:
+            self._say("no_pins")
+            return
+        self._say("pins", count=len(pins), limit=self.core.pins.limit)
+        for pin in pins:
+            self._line(f"  #{pin.id} {pin.text}")
 
     async def _recap(self) -> None:
         active = await self.core.require_active(self.place)

@@ -31,6 +31,9 @@ HELP_KO = """\
   /sessions     이 자리의 장면 목록
   /resume 번호   이전 장면 다시 열기
   /branch       여기서 새 갈래 (지금 장면은 보관)
+  /pin          마지막 대화를 기억에 고정 (/pin 3: 끝에서 세 번째, /pin 내용: 그 내용)
+  /pins         고정한 기억 목록
+  /unpin 번호    고정한 기억 빼기
   /help         도움말
   /quit         끝내기 (Ctrl-D): 답장 중이면 멈추고 바로 끝내요
 Ctrl-C: 답장 중이면 멈추기, 아니면 끝내기
@@ -53,6 +56,9 @@ commands
   /sessions       this place's scenes, earlier ones too
   /resume NUMBER  reopen an earlier scene
   /branch         go on in a new branch; this one is kept
+  /pin            pin the last turn into memory (/pin 3: the third from the end; /pin TEXT)
+  /pins           the pinned memories
+  /unpin NUMBER   remove a pin
   /help           this help
   /quit           quit (Ctrl-D); a reply being written stops, and the chat ends at once
 Ctrl-C: stop the reply, or quit at the prompt
@@ -225,6 +231,23 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "캐릭터 설정만으로 {sheet_tokens}토큰이라 {budget}토큰 한도를 넘어요:"
         " 캐릭터를 줄이거나 CONTEXT_SIZE를 늘려 주세요",
     ),
+    "pinned": ("📌 pinned as #{id}: {text}", "📌 #{id}번으로 고정했어요: {text}"),
+    "pins": ("📌 pinned ({count}/{limit}):", "📌 고정 기억 ({count}/{limit}):"),
+    "no_pins": (
+        "no pins yet (/pin pins the last turn)",
+        "고정 기억이 없어요 (/pin: 마지막 대화 고정)",
+    ),
+    "unpinned": ("📌 pin #{id} removed", "📌 #{id}번 고정 기억을 뺐어요"),
+    "no_turn_to_pin": ("there is no such turn to pin", "고정할 대화가 없어요"),
+    "error.pin_limit": (
+        "this scene already holds {limit} pins, the most one may; /unpin one first",
+        "한 장면에는 기억을 {limit}개까지 고정할 수 있어요. /unpin으로 먼저 하나를 빼 주세요",
+    ),
+    "error.no_pin": (
+        "this scene has no pin #{id} (see /pins)",
+        "#{id}번 고정 기억이 없어요 (/pins 참고)",
+    ),
+    "error.pin_empty": ("a pin needs some text", "고정할 내용이 비어 있어요"),
     "error.character_unavailable": (
         "{name} can no longer be played here",
         "{name|은} 이제 여기서 쓸 수 없어요",

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import BodyPartReader, WSMsgType, web
 
 from .limits import (
+    TEXT_INPUT_VALUE,
     ApiError,
     check_commands,
     check_message,
@@ -2187,6 +2188,20 @@ def _find_component(components: list[dict[str, Any]], custom_id: str) -> dict[st
     return None
 
 
+def _check_typed(item: dict[str, Any], value: Any) -> None:
+    """A text input's value as a Discord client lets it be submitted: no longer than its
+    max_length (at most 4000), no shorter than its min_length, and not empty when required
+    (Discord's default)."""
+    text = value if isinstance(value, str) else ""
+    longest = min(item.get("max_length") or TEXT_INPUT_VALUE, TEXT_INPUT_VALUE)
+    if len(text) > longest:
+        raise ValueError(f"a client cannot type {len(text)} characters into a {longest} input")
+    if text and len(text) < (item.get("min_length") or 0):
+        raise ValueError(f"a client cannot submit fewer than {item['min_length']} characters")
+    if not text and item.get("required", True):
+        raise ValueError("a client cannot submit a required text input empty")
+
+
 def _modal_submission(
     components: list[dict[str, Any]], values: dict[str, str | list[str]]
 ) -> list[dict[str, Any]]:
@@ -2198,6 +2213,7 @@ def _modal_submission(
         value = values.get(custom_id or "", item.get("value") or "" if item["type"] == 4 else [])
         out: dict[str, Any] = {"type": item["type"], "custom_id": custom_id}
         if item["type"] == 4:
+            _check_typed(item, value)
             out["value"] = value
         else:
             out["values"] = value if isinstance(value, list) else [value]

@@ -295,6 +295,7 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         fact_tokens="Tokens of what a character knows about the player speaking (0: off; "
         "default 120)",
         player_facts="Here: characters' knowledge of the players goes into prompts",
+        pin_tokens="Tokens of pinned memories in each prompt (0: off; default 200)",
     )
     async def memory(
         self,
@@ -303,11 +304,13 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         recall_tokens: app_commands.Range[int, 0, 2048] | None = None,
         fact_tokens: app_commands.Range[int, 0, 1024] | None = None,
         player_facts: bool | None = None,
+        pin_tokens: app_commands.Range[int, 0, 2048] | None = None,
     ) -> None:
         server = {
             "summary_tokens": summary_tokens,
             "recall_tokens": recall_tokens,
             "fact_tokens": fact_tokens,
+            "pin_tokens": pin_tokens,
         }
         changes = {k: v for k, v in server.items() if v is not None}
         if not changes and player_facts is None:

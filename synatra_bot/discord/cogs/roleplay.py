@@ -32,6 +32,7 @@ from synatra_bot.discord.interactions import (
     speaker_of,
     tr,
 )
+from synatra_bot.discord.pins import open_edit_form, open_pin_form, pins_embed
 from synatra_bot.discord.replies import ReplyButton, SpeakButton, SwipePosition
 from synatra_bot.discord.streaming import MESSAGE_LIMIT
 from synatra_bot.discord.suggestions import SuggestionButton
@@ -58,6 +59,8 @@ OOC_PREFIXES = ("//", "((", "(OOC")
 RECAP_CHARS = 1500
 #: How many guests of an imported chat its notice names (the rest are counted).
 GUESTS_NAMED = 10
+#: The largest pin number `/rp memory` takes (a database id).
+PIN_ID_MAX = 2**31 - 1
 
 
 def _from_player(message: discord.Message) -> bool:
@@ -80,18 +83,22 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         self.branch_menu = app_commands.ContextMenu(
             name="Branch from here", callback=self.branch_here
         )
-        self.branch_menu.allowed_contexts = app_commands.AppCommandContext(
-            guild=True, dm_channel=True, private_channel=False
-        )
+        self.pin_menu = app_commands.ContextMenu(name="Remember this", callback=self.pin_here)
+        for menu in (self.branch_menu, self.pin_menu):
+            menu.allowed_contexts = app_commands.AppCommandContext(
+                guild=True, dm_channel=True, private_channel=False
+            )
         self.catch_up = CatchUp(bot, self._take_back, self._answer_waiting)
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(ReplyButton, SwipePosition, SuggestionButton, SpeakButton)
         self.bot.tree.add_command(self.branch_menu)
+        self.bot.tree.add_command(self.pin_menu)
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(ReplyButton, SwipePosition, SuggestionButton, SpeakButton)
-        self.bot.tree.remove_command(self.branch_menu.name, type=self.branch_menu.type)
+        for menu in (self.branch_menu, self.pin_menu):
+            self.bot.tree.remove_command(menu.name, type=menu.type)
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -303,6 +310,13 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         branch = await self.bot.archive.branch_at(actor, place, message.id)
         await self._branched(interaction, branch)
 
+    async def pin_here(
+        self, interaction: discord.Interaction[SynatraBot], message: discord.Message
+    ) -> None:
+        """The message menu's "Remember this": pin the turn (edited in a form) into memory."""
+        _, place, _ = self._where(interaction)
+        await open_pin_form(interaction, message, place)
+
     async def _branched(
         self, interaction: discord.Interaction[SynatraBot], branch: SessionRecord
     ) -> None:
@@ -395,22 +409,38 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
     @app_commands.describe(
         text="Long-term memory the model always sees (leave empty to show; '-' to clear)",
         auto="Fold what falls out of the prompt into it automatically (on by default)",
+        edit_pin="Edit a pinned memory (its number in the list)",
+        remove_pin="Remove a pinned memory (its number in the list)",
     )
     async def memory(
         self,
         interaction: discord.Interaction[SynatraBot],
         text: app_commands.Range[str, 1, 2000] | None = None,
         auto: bool | None = None,
+        edit_pin: app_commands.Range[int, 1, PIN_ID_MAX] | None = None,
+        remove_pin: app_commands.Range[int, 1, PIN_ID_MAX] | None = None,
     ) -> None:
         _, place, actor = self._where(interaction)
         require_history(actor)
         core = self.bot.core
         active = await core.require_active(place)
-        if text is None and auto is None:
-            await answer(interaction, _memory_text(interaction, await core.memory_status(place)))
+        if edit_pin is not None:
+            await open_edit_form(interaction, active.session, edit_pin)
             return
-        require_starter_or_moderator(actor, active.session)
+        if text is None and auto is None and remove_pin is None:
+            pins = await core.pins.of(active.session.id)
+            await answer(
+                interaction,
+                _memory_text(interaction, await core.memory_status(place)),
+                embed=pins_embed(interaction, pins, core.pins.limit),
+            )
+            return
+        if text is not None or auto is not None:
+            require_starter_or_moderator(actor, active.session)
         said = []
+        if remove_pin is not None:
+            gone = await core.pins.remove(actor, active.session, remove_pin)
+            said.append(tr(interaction, "rp.pin_removed", id=gone.id))
         if auto is not None:
             await core.set_auto_memory(place, auto)
             said.append(tr(interaction, "rp.memory_auto_on" if auto else "rp.memory_auto_off"))
