@@ -532,6 +532,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "turn.why.drawn": ("drawn: nobody spoke up", "아무도 나서지 않아 뽑힘"),
     "turn.why.listed": ("cast order", "출연 순서"),
     "turn.why.last": ("answered you last", "마지막으로 답한 캐릭터"),
+    "rp.context_spoke_up": (
+        "{name} spoke up on its own after {minutes} quiet minutes",
+        "{name|가} {minutes}분 동안 조용해서 먼저 말했어요",
+    ),
+    "rp.context_auto_turn": (
+        "{name} spoke on its own: turn {turn} of {of} among the characters",
+        "{name|가} 스스로 말했어요: 캐릭터끼리 주고받는 {of}차례 중 {turn}번째",
+    ),
     "rp.context_picks": (
         "Who answered the last line, and why: {picks}",
         "마지막 대사에 답한 캐릭터와 까닭: {picks}",

@@ -175,6 +175,8 @@ class PromptOptions:
     group_turn_note: str = DEFAULT_GROUP_TURN_NOTE
     #: The note at the end of a prompt where the model writes the player's next line.
     impersonation_note: str = DEFAULT_IMPERSONATION_NOTE
+    #: In place of the group's turn note, in any scene: a reply nobody asked for.
+    unprompted_note: str = ""
     summary: str = ""
     #: Old turns the newest message recalls: one system message after the history.
     recall: RecallBlock | None = None
@@ -263,10 +265,8 @@ def _content_encoder(tokenizer: PreTrainedTokenizerBase) -> Any | None:
     """A copy of a fast tokenizer's Rust backend that spells special tokens out as text.
 
     It gives the same ids as `tokenizer(text, add_special_tokens=False,
-    split_special_tokens=True)` at half the cost (no Python wrapping per call); the tests check
-    both on the hostile corpus. None for a tokenizer without such a backend: the builder then
-    calls the tokenizer itself.
-    """
+    split_special_tokens=True)` at half the cost (no Python wrapping per call; the tests check
+    both on the hostile corpus); None for a tokenizer without one (the tokenizer is called)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "encode_special_tokens"):
         return None
@@ -457,11 +457,8 @@ class PromptBuilder:
         return content
 
     def count_message(self, message: HistoryMessage, *, group: bool = False) -> int:
-        """Tokens the message takes in the prompt (the count to store with the message).
-
-        `group`: the message is in a scene whose cast has several characters (a character's
-        message then carries its name).
-        """
+        """Tokens the message takes in the prompt (the count to store with the message); in a
+        `group` scene (several characters) a character's message carries its name."""
         header = self._headers[message.role]
         return (
             len(header)
@@ -611,7 +608,8 @@ class PromptBuilder:
                 tail.append(("impersonation_note", self._piece("system", note)))
             tail.append(("user_prefix", self._open_piece(f"{scene.user_name}:", "user")))
             return tail, per_turn(options.author_note)
-        turn_note = per_turn(options.group_turn_note) if scene.group else ""
+        note = options.group_turn_note if scene.group else ""
+        turn_note = per_turn(options.unprompted_note or note)
         if turn_note:
             tail.append(("turn_note", self._piece("system", turn_note)))
         post = per_turn(scene.speaker.post_history_instructions)

@@ -125,6 +125,12 @@ class ChannelSettings(SamplingColumns, Base):
     #: Who answers a player's line in a group scene here (`roleplay.turn_order`); NULL: the
     #: addressed order.
     turn_order: Mapped[str | None] = mapped_column(String(16))
+    #: Characters speak up on their own after a quiet time (`roleplay.initiative`); the
+    #: numbers are NULL while the channel keeps the defaults.
+    initiative: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    initiative_quiet_minutes: Mapped[int | None] = mapped_column(Integer)
+    initiative_in_a_row: Mapped[int | None] = mapped_column(Integer)
+    initiative_auto_turns: Mapped[int | None] = mapped_column(Integer)
     active_session_id: Mapped[int | None] = mapped_column(
         ForeignKey("roleplay_sessions.id", ondelete="SET NULL")
     )

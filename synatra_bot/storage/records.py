@@ -66,6 +66,10 @@ class ChannelSettingsRecord(SamplingRecord):
     lorebook: dict[str, Any] | None = None
     answer_every_addressed: bool = False
     turn_order: str | None = None
+    initiative: bool = False
+    initiative_quiet_minutes: int | None = None
+    initiative_in_a_row: int | None = None
+    initiative_auto_turns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from synatra_bot.roleplay.rules import (
     require_starter_or_moderator,
 )
 from synatra_bot.roleplay.turn_order import Reason
-from synatra_bot.roleplay.turns import Said
+from synatra_bot.roleplay.turns import Said, SpokeUp
 from synatra_bot.roleplay.types import Place
 from synatra_bot.storage.records import MessageRecord, SessionRecord
 
@@ -447,7 +447,8 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             preview_speaker=(speaking or active.lead).name,
             engine=self.bot.engine.health(),
             hide_card=hide,
-            picks=_picks_text(interaction, self.bot.turns.last_picks(place)),
+            picks=_spoke_up_text(interaction, self.bot.turns.last_spoke_up(place))
+            or _picks_text(interaction, self.bot.turns.last_picks(place)),
         )
         if view.file is None:
             await answer(interaction, view.content)
@@ -672,6 +673,18 @@ def _picks_text(interaction: discord.Interaction[SynatraBot], picks: Sequence[Re
         shown.append(f"{pick.name} ({why})")
     line = "\n" + tr(interaction, "rp.context_picks", picks=", ".join(shown))
     return line if len(line) <= 300 else line[:299] + "…"
+
+
+def _spoke_up_text(interaction: discord.Interaction[SynatraBot], why: SpokeUp | None) -> str:
+    """Why the newest reply came with nobody speaking to it, for the inspector ("" when a
+    player's line was answered last)."""
+    if why is None:
+        return ""
+    if why.turn > 1:
+        text = tr(interaction, "rp.context_auto_turn", name=why.name, turn=why.turn, of=why.of)
+    else:
+        text = tr(interaction, "rp.context_spoke_up", name=why.name, minutes=why.quiet_minutes)
+    return "\n" + text[:298]
 
 
 def _safe_filename(name: str) -> str:
