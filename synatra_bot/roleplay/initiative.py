@@ -142,13 +142,13 @@ def last_talked_with(
 
 def next_speaker(
     active: ActiveRoleplay, speaking: CharacterRecord, said: MessageRecord
-) -> CharacterRecord | None:
+) -> CharacterRecord:
     """Who answers `speaking`'s line `said` among the other characters, by the scene's turn
     order: whom it names first (natural: then the seeded draw of talkativeness); otherwise,
-    and in the list order, the next in cast order. None in a scene of one speaker."""
+    and in the list order, the next in cast order. In a scene of one speaker, it goes on."""
     others = [c for c in active.speakers if c.id != speaking.id]
     if not others:
-        return None
+        return speaking
     cast = [Addressable(c.id, names_of(c)) for c in others]
     named = [c for c in map(active.member, addressed(said.content, cast)) if c is not None]
     order = active.config.turn_order
