@@ -130,6 +130,50 @@ async def test_a_quiet_scene_gets_exactly_its_turns_in_a_row_then_waits_for_a_pl
         assert harness.bot.initiative.watched == 0
 
 
+async def test_each_turn_of_her_own_costs_the_starter_a_turn_of_their_rate_limit(
+    start_bot, tokenizer
+):
+    timers = ManualTimers()
+    async with start_bot(engine=SpeakerEngine(tokenizer), timers=timers) as harness:
+        s = harness.scenario
+        jisu, minho = s.members[0], s.members[1]
+        await quiet_scene(harness, jisu, enabled=True, quiet_minutes=10, max_in_a_row=3)
+        limit = await harness.slash(
+            s.moderator, "config ratelimit", channel=s.general, per_minute=3
+        )
+        await harness.final_text(limit)
+        # The start and this line are two of 지수's three turns; her own turn is the third.
+        await harness.reply_to(s.general, jisu, "민지야, 심심해.")
+        await quiet_for(harness, timers, 10)
+        assert await speakers(harness, s.general) == ["민지", "user", "민지", "민지"]
+        refused = await harness.fake.say(s.general, jisu, "또 말해 줘.")
+        notice = await harness.fake.wait_for_message(
+            s.general, lambda m: "천천히" in m.content, after=refused
+        )
+        assert notice.webhook_id is None
+        # Nothing more is charged to 지수 while she has no turn left: the quiet time passes
+        # without a word, and the other player still talks.
+        await quiet_for(harness, timers, 10)
+        assert await speakers(harness, s.general) == ["민지", "user", "민지", "민지"]
+        await harness.reply_to(s.general, minho, "나랑 얘기하자.")
+        assert (await speakers(harness, s.general))[-2:] == ["user", "민지"]
+
+
+async def test_a_day_without_players_leaves_the_scene_quiet(start_bot, tokenizer):
+    timers = ManualTimers()
+    async with start_bot(engine=SpeakerEngine(tokenizer), timers=timers) as harness:
+        s = harness.scenario
+        jisu = s.members[0]
+        await quiet_scene(harness, jisu, enabled=True, quiet_minutes=120, max_in_a_row=5)
+        harness.bot.initiative.idle_limit_s = 5 * 60 * MINUTE  # a short day, for the test
+        await harness.reply_to(s.general, jisu, "잘 자.")
+        for _ in range(5):
+            await quiet_for(harness, timers, 120)
+        # Two turns of her own within the limit (at 2 and 4 hours), then nothing.
+        assert await speakers(harness, s.general) == ["민지", "user", "민지", "민지", "민지"]
+        assert harness.bot.initiative.watched == 0
+
+
 async def test_nothing_speaks_up_where_it_is_off_or_the_channel_is_disabled(start_bot, tokenizer):
     timers = ManualTimers()
     async with start_bot(engine=SpeakerEngine(tokenizer), timers=timers) as harness:
