@@ -10,6 +10,7 @@ import itertools
 
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.roleplay.core import UNPROMPTED_NOTE
+from synatra_bot.roleplay.types import Place
 from synatra_bot.storage import repository as repo
 from tests.bot_harness import eventually, has_buttons, stop_button
 from tests.db_helpers import (
@@ -308,6 +309,31 @@ async def test_a_groups_characters_take_k_turns_among_themselves_then_stop(start
         await quiet_for(harness, timers, 60)
         assert len(await speakers(harness, s.general)) == before + 4
         assert harness.bot.initiative.watched == 0
+
+
+async def test_in_the_natural_order_the_talkative_answer_each_other_and_the_silent_never(
+    start_bot, tokenizer
+):
+    timers = ManualTimers()
+    engine = SpeakerEngine(tokenizer)
+    async with start_bot(engine=engine, timers=timers) as harness:
+        s = harness.scenario
+        # 민지 talks always (1), 하늘 half the time (0.5), 준 never on his own (0).
+        await group_of_three(harness, auto_turns=6, order="natural")
+        line = await harness.fake.say(s.general, s.members[0], "준아, 오늘 어땠어?")
+        await answers(s.general, line.id, 1)
+        picks = harness.bot.turns.last_picks(Place(s.general.id, s.guild.id))
+        await answers(s.general, line.id, len(picks))
+        before = await speakers(harness, s.general)
+        assert before[before.index("user") + 1] == "준"  # named: he answers first
+
+        await quiet_for(harness, timers, 10)
+        said = (await speakers(harness, s.general))[len(before) :]
+        # 준, whom the player talked with, speaks up; then the draws: never 준 again, and
+        # nobody answers themselves.
+        assert len(said) == 6 and said[0] == "준"
+        assert "준" not in said[1:]
+        assert all(a != b for a, b in itertools.pairwise(said))
 
 
 async def test_a_player_or_stop_ends_the_characters_turns_among_themselves(start_bot, tokenizer):
