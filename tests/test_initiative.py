@@ -19,6 +19,7 @@ from tests.db_helpers import (
     opened,
     upgraded_from_0001,
 )
+from tests.discord_fake import SEND_MESSAGES
 from tests.fakes import ManualTimers
 from tests.test_group_scenes import HEADER
 from tests.test_turn_order import answers, speakers, trio
@@ -196,6 +197,39 @@ async def test_nothing_speaks_up_where_it_is_off_or_the_channel_is_disabled(star
         await quiet_for(harness, timers, 15)
         assert await speakers(harness, s.general) == ["민지", "user", "민지", "user", "민지"]
         assert harness.bot.initiative.watched == 0
+
+
+async def test_nothing_speaks_up_for_a_starter_who_may_no_longer_speak_or_left(
+    start_bot, tokenizer
+):
+    timers = ManualTimers()
+    async with start_bot(engine=SpeakerEngine(tokenizer), timers=timers) as harness:
+        fake, s = harness.fake, harness.scenario
+        jisu, minho = s.members[0], s.members[1]
+        await quiet_scene(harness, jisu, enabled=True, quiet_minutes=10)
+        await harness.reply_to(s.general, minho, "지수는 어디 갔어?")
+        fake.set_overwrite(s.general, jisu, deny=SEND_MESSAGES)
+
+        async def muted() -> bool:
+            channel = harness.bot.get_channel(s.general.id)
+            member = channel.guild.get_member(jisu.id)
+            return not channel.permissions_for(member).send_messages
+
+        assert await eventually(muted)
+        await quiet_for(harness, timers, 30)
+        assert await speakers(harness, s.general) == ["민지", "user", "민지"]
+        assert harness.bot.initiative.watched == 0
+
+        fake.remove_overwrite(s.general, jisu)
+        await harness.reply_to(s.general, minho, "다시 얘기하자.")
+        fake.remove_member(s.guild, jisu)
+
+        async def gone() -> bool:
+            return harness.bot.get_guild(s.guild.id).get_member(jisu.id) is None
+
+        assert await eventually(gone)
+        await quiet_for(harness, timers, 30)
+        assert await speakers(harness, s.general) == ["민지", "user", "민지", "user", "민지"]
 
 
 async def test_only_moderators_set_it(start_bot, tokenizer):
