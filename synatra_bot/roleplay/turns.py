@@ -1,7 +1,8 @@
 """A turn of a scene, from what a player did to the stored reply: the rules every front end shares.
 
 Front ends (Discord, the terminal) hand over what a player did: a message, regenerate, continue,
-`next` (a character speaks now), browse, undo, an edit or a delete. Actions that make a character
+`next` (a character speaks now), browse, undo, an edit or a delete; `speak_up` makes a character
+speak with nobody speaking to it (`roleplay.initiative`). Actions that make a character
 speak give back `Reply` objects: each streams its text while it is generated and ends with a
 `ReplyOutcome` saying what was stored and what the player should see. Front ends only render.
 
@@ -310,8 +311,8 @@ class Reply:
             self.outcome = ReplyOutcome(Ending.DISCARDED)
         if self.outcome.ending is Ending.STORED and built is not None:
             turns.reply_stored(self.active, built)
-            if turns.watcher is not None and self.kind == "reply":
-                turns.watcher.character_spoke(self.place, self.active)
+            if self.kind == "reply":
+                turns.character_spoke(self.place, self.active, self.spoke_up)
 
     def _generated(self, slot: TurnSlot) -> str:
         # A group scene's prompt (and a suggestion's) ends with "name:"; the text starts after
@@ -880,10 +881,20 @@ class Turns:
             raise UserFacingError("not in a DM", key="error.channel_disabled")
         starter = Actor(active.session.started_by, "", guild_id=place.guild_id)
         self.admit(active, place, starter, character)
-        self._spoke_up[place.channel_id] = why
         return Reply(
             self, active=active, place=place, actor=None, character=character, spoke_up=why
         )
+
+    def character_spoke(
+        self, place: Place, active: ActiveRoleplay, spoke_up: SpokeUp | None
+    ) -> None:
+        """A new reply was stored in `place`: `spoke_up` says why when nobody asked for it."""
+        if spoke_up is None:
+            self._spoke_up.pop(place.channel_id, None)
+        else:
+            self._spoke_up[place.channel_id] = spoke_up
+        if self.watcher is not None:
+            self.watcher.character_spoke(place, active)
 
     def last_spoke_up(self, place: Place) -> SpokeUp | None:
         """Why the newest reply in `place` came unasked, when it did (in this process)."""
