@@ -425,14 +425,20 @@ async def test_after_a_restart_nothing_speaks_up_until_a_player_speaks(
     start_bot, tokenizer, tmp_path
 ):
     database = f"sqlite+aiosqlite:///{tmp_path / 'kept.db'}"
-    async with start_bot(
-        engine=SpeakerEngine(tokenizer), timers=ManualTimers(), database=database
-    ) as harness:
+    timers = ManualTimers()
+    engine = SpeakerEngine(tokenizer)
+    async with start_bot(engine=engine, timers=timers, database=database) as harness:
         s = harness.scenario
         jisu = s.members[0]
         await quiet_scene(harness, jisu, enabled=True, quiet_minutes=10)
-        await harness.reply_to(s.general, jisu, "나 잠깐 나갔다 올게.")
+        reply = await harness.reply_to(s.general, jisu, "나 잠깐 나갔다 올게.")
         assert harness.bot.initiative.watched == 1
+        # The bot stops while she is speaking up: nothing half-written is kept.
+        engine.hold.clear()
+        timers.advance(10 * MINUTE)
+        await harness.fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None and stop_button(m), after=reply
+        )
 
     timers = ManualTimers()
     async with start_bot(

@@ -232,15 +232,21 @@ class Initiative:
         while self._tasks:
             await asyncio.wait(list(self._tasks))
 
-    async def close(self) -> None:
-        """Stop every quiet time; wait for the characters speaking up now (the scheduler, shut
-        down first, ends their turns)."""
+    async def close(self, *, grace_s: float = 10.0) -> None:
+        """Stop every quiet time; let the characters speaking up now finish (the scheduler,
+        shut down first, ends their turns: only showing the end is left), then cancel what
+        is left after `grace_s`."""
         self._closed = True
         for watch in self._watches.values():
             if watch.timer is not None:
                 watch.timer.cancel()
         self._watches.clear()
-        await self.idle()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_s)
+        left = list(self._tasks)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     def _arm(self, watch: _Watch, active: ActiveRoleplay) -> None:
         if watch.timer is not None:
