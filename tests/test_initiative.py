@@ -421,6 +421,29 @@ async def test_a_player_or_stop_ends_the_characters_turns_among_themselves(start
         assert harness.bot.initiative.watched == 0
 
 
+async def test_rp_auto_lets_a_player_ask_for_k_turns_among_the_characters(start_bot, tokenizer):
+    timers = ManualTimers()
+    engine = SpeakerEngine(tokenizer)
+    async with start_bot(engine=engine, timers=timers) as harness:
+        s = harness.scenario
+        jisu, minho = s.members[0], s.members[1]
+        await trio(harness, order="list")  # quiet times are off here
+        line = await harness.fake.say(s.general, jisu, "하늘아, 안녕?")
+        await answers(s.general, line.id, 3)
+        before = len(await speakers(harness, s.general))
+
+        asked = await harness.slash(minho, "rp auto", channel=s.general, turns=3)
+        assert "캐릭터끼리 3차례 주고받아요" in await harness.final_text(asked)
+        await harness.bot.initiative.idle()
+        assert (await speakers(harness, s.general))[before:] == ["민지", "준", "하늘"]
+        context = await harness.slash(s.moderator, "rp context", channel=s.general)
+        assert "3차례 중 3번째" in await harness.final_text(context)
+        # Nothing more: this channel has no quiet times.
+        await quiet_for(harness, timers, 200)
+        assert len(await speakers(harness, s.general)) == before + 3
+        assert harness.bot.initiative.watched == 0
+
+
 async def test_after_a_restart_nothing_speaks_up_until_a_player_speaks(
     start_bot, tokenizer, tmp_path
 ):

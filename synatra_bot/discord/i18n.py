@@ -532,6 +532,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "turn.why.drawn": ("drawn: nobody spoke up", "아무도 나서지 않아 뽑힘"),
     "turn.why.listed": ("cast order", "출연 순서"),
     "turn.why.last": ("answered you last", "마지막으로 답한 캐릭터"),
+    "rp.auto": (
+        "The characters take {turns} turn(s) among themselves; a message or ⏹ stops them.",
+        "캐릭터끼리 {turns}차례 주고받아요. 메시지를 보내거나 ⏹를 누르면 멈춰요.",
+    ),
+    "error.auto_in_dm": (
+        "Characters take turns among themselves only in a server's channels.",
+        "캐릭터끼리 주고받기는 서버 채널에서만 할 수 있어요.",
+    ),
     "rp.context_spoke_up": (
         "{name} spoke up on its own after {minutes} quiet minutes",
         "{name|가} {minutes}분 동안 조용해서 먼저 말했어요",

@@ -31,9 +31,10 @@ from synatra_bot.errors import RateLimited, UserFacingError
 from synatra_bot.roleplay.addressing import Addressable, addressed
 from synatra_bot.roleplay.characters import names_of
 from synatra_bot.roleplay.core import ActiveRoleplay
+from synatra_bot.roleplay.rules import require_voice
 from synatra_bot.roleplay.turn_order import natural_order, seeded
 from synatra_bot.roleplay.turns import Ending, Reply, SpokeUp, Turns
-from synatra_bot.roleplay.types import Place
+from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import CharacterRecord, MessageRecord
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,15 @@ async def take_turns(
     quiet_minutes: int = 0,
     wanted: Callable[[], bool] = lambda: True,
     on_reply: Callable[[Reply], None] = lambda reply: None,
+    payer: Actor | None = None,
+    first_paid: bool = False,
 ) -> tuple[int, bool]:
     """`count` turns of the scene's characters with nobody speaking to them: the one the
     players last talked with first, then (in a group) whom the turn order picks from what was
     said. Ends early when `wanted()` turns false, a reply is stopped or fails, or a turn is
     refused (RateLimited is raised; other refusals end it quietly). `on_reply` hears of each
-    reply before it plays. Returns the turns stored, and whether all `count` were."""
+    reply before it plays; `payer` is charged each turn (by default the scene's starter; the
+    first turn not when `first_paid`). Returns the turns stored, and whether all `count` were."""
     stored = 0
     active = await turns.core.active(place)
     if active is None or not active.speakers:
@@ -105,7 +109,8 @@ async def take_turns(
             break
         why = SpokeUp(character.name, quiet_minutes, turn, count)
         try:
-            reply = turns.speak_up(active, place, character, why)
+            paid = first_paid and turn == 1
+            reply = turns.speak_up(active, place, character, why, payer=payer, paid=paid)
         except RateLimited:
             raise
         except UserFacingError as error:
@@ -219,6 +224,51 @@ class Initiative:
         watch = self._watches.get(place.channel_id)
         if watch is not None and watch.task is None and watch.session_id == active.session.id:
             self._arm(watch, active)
+
+    async def auto(self, place: Place, actor: Actor, count: int) -> None:
+        """`actor` lets the scene's characters take `count` turns among themselves now (each
+        charged to them), stopped as the quiet time's turns are; refused (UserFacingError)
+        before anything starts when they may not speak here or no scene plays."""
+        require_voice(actor)
+        if place.dm:
+            raise UserFacingError("only in a server's channels", key="error.auto_in_dm")
+        active = await self.turns.core.require_active(place)
+        self.turns.admit(active, place, actor, active.lead)  # the first turn, paid now
+        self.player_spoke(place, active)
+        watch = self._watches.get(place.channel_id)
+        if watch is None:  # quiet times are off here: this run is watched on its own
+            watch = _Watch(place, active.session.id, self.timers.monotonic())
+            self._watches[place.channel_id] = watch
+        elif watch.timer is not None:
+            watch.timer.cancel()
+            watch.timer = None
+        watch.task = self._track(
+            asyncio.get_running_loop().create_task(self._auto(watch, active, actor, count))
+        )
+
+    async def _auto(self, watch: _Watch, active: ActiveRoleplay, actor: Actor, count: int) -> None:
+        place = watch.place
+        try:
+            await take_turns(
+                self.turns,
+                self.stage,
+                place,
+                count,
+                wanted=lambda: self._watches.get(place.channel_id) is watch,
+                on_reply=lambda reply: setattr(watch, "playing", reply),
+                payer=actor,
+                first_paid=True,
+            )
+        except RateLimited:
+            log.info("the player who asked in %s has no turn left", place.channel_id)
+        finally:
+            watch.task = watch.playing = None
+        if self._watches.get(place.channel_id) is not watch:
+            return
+        if active.config.initiative and not self._closed:
+            self._arm(watch, active)  # the quiet time starts from here
+        else:
+            self._forget(watch)
 
     # --- the quiet times --------------------------------------------------------------------
 

@@ -872,15 +872,26 @@ class Turns:
         return Reply(self, active=active, place=place, actor=actor, character=character)
 
     def speak_up(
-        self, active: ActiveRoleplay, place: Place, character: CharacterRecord, why: SpokeUp
+        self,
+        active: ActiveRoleplay,
+        place: Place,
+        character: CharacterRecord,
+        why: SpokeUp,
+        *,
+        payer: Actor | None = None,
+        paid: bool = False,
     ) -> Reply:
         """A character speaks with nobody speaking to it (`roleplay.initiative`): refused as a
         player's turn is (the channel's rules, the character's availability), and charged like
-        one to the scene's starter. Its turn gives way to every player's."""
+        one to `payer` (the player who asked for it; by default the scene's starter). Its turn
+        gives way to every player's. `paid`: the turn was counted already (`admit`)."""
         if place.dm:
             raise UserFacingError("not in a DM", key="error.channel_disabled")
-        starter = Actor(active.session.started_by, "", guild_id=place.guild_id)
-        self.admit(active, place, starter, character)
+        if paid:
+            self.core.check_may_generate(active, place, character)
+        else:
+            payer = payer or Actor(active.session.started_by, "", guild_id=place.guild_id)
+            self.admit(active, place, payer, character)
         return Reply(
             self, active=active, place=place, actor=None, character=character, spoke_up=why
         )

@@ -36,6 +36,7 @@ from synatra_bot.discord.replies import ReplyButton, SpeakButton, SwipePosition
 from synatra_bot.discord.streaming import MESSAGE_LIMIT
 from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.errors import UserFacingError
+from synatra_bot.roleplay.config import MAX_AUTO_TURNS
 from synatra_bot.roleplay.core import MemoryStatus
 from synatra_bot.roleplay.rules import (
     require_history,
@@ -169,6 +170,19 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         await interaction.response.defer(ephemeral=True)
         await answer(interaction, tr(interaction, "rp.next", name=name))
         await self.bot.replies.play(reply, channel=channel)
+
+    @app_commands.command(
+        name="auto", description="Let the scene's characters take turns among themselves"
+    )
+    @app_commands.describe(turns="How many turns (a player's message or ⏹ stops them)")
+    async def auto(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        turns: app_commands.Range[int, 1, MAX_AUTO_TURNS],
+    ) -> None:
+        _, place, actor = self._where(interaction)
+        await self.bot.initiative.auto(place, actor, turns)  # refused before anything starts
+        await answer(interaction, tr(interaction, "rp.auto", turns=turns))
 
     cast = app_commands.Group(name="cast", description="Who is in this scene")
 
@@ -680,7 +694,7 @@ def _spoke_up_text(interaction: discord.Interaction[SynatraBot], why: SpokeUp | 
     player's line was answered last)."""
     if why is None:
         return ""
-    if why.turn > 1:
+    if why.turn > 1 or not why.quiet_minutes:  # a later turn, or asked for with /rp auto
         text = tr(interaction, "rp.context_auto_turn", name=why.name, turn=why.turn, of=why.of)
     else:
         text = tr(interaction, "rp.context_spoke_up", name=why.name, minutes=why.quiet_minutes)
