@@ -13,7 +13,9 @@ Each such turn is admitted and charged like a player's turn, to the scene's star
 (until a player speaks again) after `initiative_in_a_row` times with no player answering, when
 the scene ends or changes, when moderators turn it off, after `IDLE_LIMIT_S` without a player,
 on ⏹, on a refusal, and when a player speaks (the player is answered instead). Nothing of it
-is stored across restarts: after one, nothing speaks until a player does.
+is stored across restarts: after one, nothing speaks until a player does. A player may also ask
+for such turns among the characters at once (`Initiative.auto`, `/rp auto`; each charged to
+them), and the terminal's `/auto N` plays `take_turns` itself.
 
 The quiet times run on injected `Timers`, so tests move time themselves.
 """
