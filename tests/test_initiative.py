@@ -485,7 +485,7 @@ async def test_after_a_restart_nothing_speaks_up_until_a_player_speaks(
 
 
 async def test_upgrade_to_initiative_keeps_every_channel_quiet(tmp_path):
-    url, old = await upgraded_from_0001(tmp_path, "0018")
+    url, old = await upgraded_from_0001(tmp_path, "0020")
     async with opened(url) as sessions:
         await assert_old_scene_kept(sessions, old)
         channel = await repo.get_channel_settings(sessions, channel_id=old.channel_id)
@@ -500,7 +500,7 @@ async def test_upgrade_to_initiative_keeps_every_channel_quiet(tmp_path):
         )
         channel = await repo.get_channel_settings(sessions, channel_id=old.channel_id)
         assert (channel.initiative, channel.initiative_quiet_minutes) == (True, 45)
-    await assert_kept_down_and_up(url, "0018", old)
+    await assert_kept_down_and_up(url, "0020", old)
 
 
 async def _running(engine) -> bool:
