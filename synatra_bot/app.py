@@ -18,6 +18,7 @@ from synatra_bot.errors import DiscordUnusable
 from synatra_bot.observe import IGNORED, Observer
 from synatra_bot.roleplay.characters import CharacterService
 from synatra_bot.roleplay.core import RoleplayCore
+from synatra_bot.roleplay.initiative import Timers
 from synatra_bot.roleplay.scheduler import Scheduler
 from synatra_bot.roleplay.turns import Turns
 from synatra_bot.settings import Settings, configure_logging, load_settings
@@ -159,6 +160,7 @@ async def running_bot(
     engine: Engine | None = None,
     tokenizer: object | None = None,
     before_engine: Callable[[], Awaitable[None]] | None = None,
+    timers: Timers | None = None,
     **bot_options: Any,
 ) -> AsyncIterator[SynatraBot]:
     """Build everything the bot depends on and tear it down in order afterwards.
@@ -197,7 +199,7 @@ async def running_bot(
             bot_options.setdefault("shard_count", settings.shard_count)
         if settings.shard_ids is not None:
             bot_options.setdefault("shard_ids", list(settings.shard_ids))
-        bot = SynatraBot(BotDependencies(settings, turns, engine, observer), **bot_options)
+        bot = SynatraBot(BotDependencies(settings, turns, engine, observer, timers), **bot_options)
         async with contextlib.AsyncExitStack() as endpoints:
             # Listening before the bot starts: a taken address stops the start here, and
             # /healthz answers (503, not connected yet) while the bot logs in.
@@ -217,6 +219,7 @@ async def running_bot(
                 # Stop generating (nothing half-written is stored), let the handlers store or
                 # discard what they have, then disconnect.
                 await scheduler.shutdown(finish=False)
+                await bot.initiative.close()
                 if recall is not None:
                     await recall.close()
                 await bot.replies.close()

@@ -131,7 +131,10 @@ def start_bot(discord_fake, tmp_path, tokenizer) -> Callable[..., Any]:
 
     @contextlib.asynccontextmanager
     async def start(
-        engine: Any = None, env: dict[str, str] | None = None, database: str | None = None
+        engine: Any = None,
+        env: dict[str, str] | None = None,
+        database: str | None = None,
+        timers: Any = None,
     ) -> AsyncIterator[BotHarness]:
         settings = settings_from_env(
             {
@@ -146,7 +149,11 @@ def start_bot(discord_fake, tmp_path, tokenizer) -> Callable[..., Any]:
         client: asyncio.Task[None] | None = None
         try:
             async with running_bot(
-                settings, engine=engine, tokenizer=tokenizer, guild_ready_timeout=0.05
+                settings,
+                engine=engine,
+                tokenizer=tokenizer,
+                timers=timers,
+                guild_ready_timeout=0.05,
             ) as bot:
                 client = asyncio.create_task(bot.start(discord_fake.token))
                 await _ready(bot, client)

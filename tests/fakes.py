@@ -1,8 +1,8 @@
-"""Small stand-ins shared by the unit tests: a clock moved by hand and a stored turn."""
+"""Small stand-ins shared by the tests: clocks and timers moved by hand, and a stored turn."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from synatra_bot.storage.records import MessageRecord
@@ -16,6 +16,50 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class ManualTimer:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualTimers:
+    """Monotonic time and timers the test moves itself: `advance(seconds)` runs every timer
+    that falls due meanwhile, in order, at its own time (`roleplay.initiative.Timers`)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self._timers: list[ManualTimer] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> ManualTimer:
+        timer = ManualTimer(self.now + delay, callback)
+        self._timers.append(timer)
+        return timer
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for timer in self._timers if not timer.cancelled)
+
+    def advance(self, seconds: float) -> None:
+        target = self.now + seconds
+        while True:
+            due = [t for t in self._timers if not t.cancelled and t.when <= target]
+            if not due:
+                break
+            timer = min(due, key=lambda t: t.when)
+            self._timers.remove(timer)
+            self.now = max(self.now, timer.when)
+            timer.callback()
+        self._timers = [t for t in self._timers if not t.cancelled]
+        self.now = target
 
 
 def stored_turn(

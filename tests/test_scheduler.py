@@ -397,3 +397,51 @@ async def test_shutdown_cancels_background_work_and_waits_for_it() -> None:
     assert not scheduler.spawn("늦게", waits_for_a_slot)
     with pytest.raises(EngineUnavailable):
         await background_work(scheduler, "늦게", slots)
+
+
+async def yielding_turn(scheduler: Scheduler, channel: str, slots: list[TurnSlot]) -> None:
+    async with scheduler.turn(
+        channel_id=channel, user_id="시작한 사람", charged=True, yielding=True
+    ) as slot:
+        slots.append(slot)
+        async for _ in slot.stream(f"{channel} 먼저 말하기", PARAMS):
+            pass
+
+
+async def test_a_players_turn_in_the_channel_cancels_a_yielding_turn_and_goes_first() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.05))
+    scheduler = Scheduler(engine, max_concurrent=4, turn_timeout_s=60)
+    slots: list[TurnSlot] = []
+    speaking = asyncio.create_task(yielding_turn(scheduler, "채널", slots))
+    await wait_until(lambda: "turn-1-0" in engine.running)
+    slot, _ = await run_turn(scheduler, "채널")
+    await speaking
+    assert slots[0].outcome is TurnOutcome.CANCELLED and slots[0].cancel_reason == PREEMPTED
+    assert engine.cancelled == ["turn-1-0"]
+    assert slot.outcome is TurnOutcome.FINISHED and slot.text == REPLY
+
+
+async def test_a_yielding_turn_waits_behind_players_and_gives_its_slot_to_them() -> None:
+    engine = await started(ScriptedEngine(REPLY, delay_s=0.01))
+    scheduler = Scheduler(engine, max_concurrent=1, turn_timeout_s=60)
+    first = asyncio.create_task(run_turn(scheduler, "채널1"))
+    await wait_until(lambda: scheduler.running == 1)
+    slots: list[TurnSlot] = []
+    # Queued before the player's turn in its own channel, it still goes after it.
+    speaking = asyncio.create_task(yielding_turn(scheduler, "채널2", slots))
+    await wait_until(lambda: scheduler.waiting == 1)
+    player = asyncio.create_task(run_turn(scheduler, "채널2"))
+    await wait_until(lambda: scheduler.waiting == 2)
+    await first
+    (slot, _), _ = await asyncio.gather(player, speaking)
+    assert engine.finished == ["turn-1-0", "turn-2-0", "turn-3-0"]
+    assert slot.turn_id == 2 and slots[0].turn_id == 3
+
+    # Running in the only slot, it is cancelled for a player's turn elsewhere.
+    slots.clear()
+    speaking = asyncio.create_task(yielding_turn(scheduler, "채널1", slots))
+    await wait_until(lambda: "turn-4-0" in engine.running)
+    slot, _ = await run_turn(scheduler, "채널3")
+    await speaking
+    assert slots[0].cancel_reason == PREEMPTED and "turn-4-0" in engine.cancelled
+    assert slot.outcome is TurnOutcome.FINISHED

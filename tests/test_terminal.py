@@ -1122,3 +1122,70 @@ def test_every_terminal_message_is_there_in_both_languages(language) -> None:
         assert "{" not in shown, key
         if key not in WORDLESS and key != "error.generic":  # English: the message itself
             assert bool(hangul.search(shown)) == (language == "ko"), key
+
+
+async def test_auto_lets_the_characters_take_n_turns_among_themselves(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    sera = card_file(tmp_path)
+    haneul = card_file(
+        tmp_path, name="하늘", description="{{char}}는 세라의 동생이다.", first_message="(인사)"
+    )
+    turn = itertools.count(1)
+    engine = ScriptedEngine(
+        lambda p: f" {speaker_of_prompt(p)}의 말 {next(turn)}.", tokenizer=tokenizer
+    )
+    lines = "하늘아, 안녕!\n/auto 3\n/auto 0\n/auto 세\n/quit\n"
+
+    code, text = await group_chat(settings, tokenizer, [sera, haneul], lines, engine=engine)
+
+    assert code == 0 and "⚠" not in text
+    # 하늘 answered the player last, so she goes on first; then the cast order.
+    assert "하늘: 하늘의 말 2.\n세라: 세라의 말 3.\n하늘: 하늘의 말 4.\n" in text
+    assert "— 캐릭터끼리 3차례 주고받았어요 —" in text
+    assert text.count("/auto N: 캐릭터끼리 N차례 주고받아요 (N은 1부터 10까지)") == 2
+    place = terminal_place(*sorted(_ids(text)))
+    session = await repo.get_active_session(sessions, channel_id=place.channel_id)
+    history = await repo.recent_history(sessions, session_id=session.id, limit=20)
+    # No player line made up for them: what the terminal showed is what is stored.
+    assert [m.display_name if m.role == "assistant" else "user" for m in history] == [
+        "세라",
+        "user",
+        "하늘",
+        "하늘",
+        "세라",
+        "하늘",
+    ]
+    assert "먼저 입을 열어" in engine.prompts[-1] and "먼저 입을 열어" not in engine.prompts[0]
+
+
+async def test_ctrl_c_stops_the_characters_turns_among_themselves(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    sera = card_file(tmp_path)
+    haneul = card_file(
+        tmp_path, name="하늘", description="{{char}}는 세라의 동생이다.", first_message="(인사)"
+    )
+    engine = ScriptedEngine(
+        lambda p: f" {speaker_of_prompt(p)}의 말은 아주 길어서 끝날 줄을 모른다." * 4,
+        delay_s=0.01,
+        tokenizer=tokenizer,
+    )
+    out = InterruptAfter("세라: ")  # Ctrl-C as 세라's own turn begins
+    code = await run_chat(
+        group_args(sera, haneul),
+        settings=settings,
+        language="ko",
+        engine=engine,
+        tokenizer=tokenizer,
+        stdin=io.StringIO("하늘아, 안녕!\n/auto 5\n/quit\n"),
+        stdout=out,
+    )
+    text = out.getvalue()
+
+    assert code == 0
+    assert "— 캐릭터끼리 1차례 주고받았어요 —" in text or "— 캐릭터끼리 2차례" in text
+    place = terminal_place(*sorted(_ids(text)))
+    session = await repo.get_active_session(sessions, channel_id=place.channel_id)
+    history = await repo.recent_history(sessions, session_id=session.id, limit=20)
+    assert len(history) <= 5  # the greeting, the line, its answer, at most two of their own

@@ -18,12 +18,14 @@ from discord.ext import commands
 from synatra_bot.discord.i18n import KoreanTranslator, t
 from synatra_bot.discord.interactions import answer
 from synatra_bot.discord.replies import ReplyController
+from synatra_bot.discord.speaking_up import DiscordStage
 from synatra_bot.discord.unfinished import UnfinishedReplies
 from synatra_bot.discord.webhooks import WebhookPool
 from synatra_bot.engine.base import Engine
 from synatra_bot.errors import EngineError, UserFacingError
 from synatra_bot.observe import IGNORED, Observer
 from synatra_bot.roleplay.archive import Archive
+from synatra_bot.roleplay.initiative import Initiative, LoopTimers, Timers
 from synatra_bot.roleplay.turns import Turns
 from synatra_bot.settings import Settings
 
@@ -48,6 +50,8 @@ class BotDependencies:
     turns: Turns
     engine: Engine
     observer: Observer = IGNORED
+    #: The clock of the characters' quiet times (tests move their own).
+    timers: Timers | None = None
 
 
 def rest_trace(observer: Observer) -> aiohttp.TraceConfig:
@@ -149,6 +153,7 @@ class SynatraBot(commands.AutoShardedBot):
         self._dm_locales: OrderedDict[int, str] = OrderedDict()
         self.replies = ReplyController(self)
         self.unfinished = UnfinishedReplies(self.replies)
+        self.initiative = Initiative(self.turns, DiscordStage(self), deps.timers or LoopTimers())
         self._skip_webhook_messages()
 
     def _skip_webhook_messages(self) -> None:

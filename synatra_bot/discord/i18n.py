@@ -586,6 +586,22 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Every character of this scene is muted: name one to make it speak.",
         "이 장면의 캐릭터가 모두 음소거되어 있어요. 말할 캐릭터를 골라 주세요.",
     ),
+    "rp.auto": (
+        "The characters take {turns} turn(s) among themselves; a message or ⏹ stops them.",
+        "캐릭터끼리 {turns}차례 주고받아요. 메시지를 보내거나 ⏹를 누르면 멈춰요.",
+    ),
+    "error.auto_in_dm": (
+        "Characters take turns among themselves only in a server's channels.",
+        "캐릭터끼리 주고받기는 서버 채널에서만 할 수 있어요.",
+    ),
+    "rp.context_spoke_up": (
+        "{name} spoke up on its own after {minutes} quiet minutes",
+        "{name|가} {minutes}분 동안 조용해서 먼저 말했어요",
+    ),
+    "rp.context_auto_turn": (
+        "{name} spoke on its own: turn {turn} of {of} among the characters",
+        "{name|가} 스스로 말했어요: 캐릭터끼리 주고받는 {of}차례 중 {turn}번째",
+    ),
     "rp.context_picks": (
         "Who answered the last line, and why: {picks}",
         "마지막 대사에 답한 캐릭터와 까닭: {picks}",

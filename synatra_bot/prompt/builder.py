@@ -173,6 +173,8 @@ class PromptOptions:
     group_turn_note: str = DEFAULT_GROUP_TURN_NOTE
     #: The note at the end of a prompt where the model writes the player's next line.
     impersonation_note: str = DEFAULT_IMPERSONATION_NOTE
+    #: In place of the group's turn note, in any scene: a reply nobody asked for.
+    unprompted_note: str = ""
     summary: str = ""
     #: Old turns the newest message recalls: one system message after the history.
     recall: RecallBlock | None = None
@@ -435,11 +437,8 @@ class PromptBuilder:
         return content
 
     def count_message(self, message: HistoryMessage, *, group: bool = False) -> int:
-        """Tokens the message takes in the prompt (the count to store with the message).
-
-        `group`: the message is in a scene whose cast has several characters (a character's
-        message then carries its name).
-        """
+        """Tokens the message takes in the prompt (the count to store with the message); in a
+        `group` scene (several characters) a character's message carries its name."""
         header = self._headers[message.role]
         return (
             len(header)
@@ -590,7 +589,8 @@ class PromptBuilder:
                 tail.append(("impersonation_note", self._piece("system", note)))
             tail.append(("user_prefix", self._open_piece(f"{scene.user_name}:", "user")))
             return tail, per_turn(options.author_note)
-        turn_note = per_turn(options.group_turn_note) if scene.group else ""
+        note = options.group_turn_note if scene.group else ""
+        turn_note = per_turn(options.unprompted_note or note)
         if turn_note:
             tail.append(("turn_note", self._piece("system", turn_note)))
         post = per_turn(scene.speaker.post_history_instructions)

@@ -40,6 +40,15 @@ DEFAULT_SCENE_MEGABYTES = 32
 MAX_SCENE_MEGABYTES = 1024
 #: Characters in one scene until a server's moderators choose another number.
 DEFAULT_CAST_LIMIT = 4
+#: Characters who speak up on their own (`roleplay.initiative`): the quiet time before one
+#: does (minutes, a moderator picks within the bounds), how many times in a row before a
+#: player answers, and the turns a group's characters then take among themselves.
+QUIET_MINUTES = (10, 120)
+DEFAULT_QUIET_MINUTES = 30
+MAX_IN_A_ROW = 5
+DEFAULT_IN_A_ROW = 2
+MAX_AUTO_TURNS = 10
+DEFAULT_AUTO_TURNS = 3
 #: Tokens a scene's automatic memory may take until a server's moderators choose another size.
 DEFAULT_SUMMARY_TOKENS = 384
 #: The memory sits in every prompt's system block: it takes at most this share of the context,
@@ -176,6 +185,13 @@ class ChannelConfig:
     answer_every_addressed: bool = False
     #: Who answers a player's line in a group scene (`turn_order.TURN_ORDERS`).
     turn_order: str = "addressed"
+    #: Characters speak up on their own after `initiative_quiet_minutes` without a word in an
+    #: active scene, at most `initiative_in_a_row` times before a player answers; in a group
+    #: each time is `initiative_auto_turns` turns of the characters among themselves.
+    initiative: bool = False
+    initiative_quiet_minutes: int = DEFAULT_QUIET_MINUTES
+    initiative_in_a_row: int = DEFAULT_IN_A_ROW
+    initiative_auto_turns: int = DEFAULT_AUTO_TURNS
     cast_limit: int = DEFAULT_CAST_LIMIT
     #: Tokens the scene's automatic memory may take (its summary job's max_new_tokens).
     summary_tokens: int = DEFAULT_SUMMARY_TOKENS
@@ -223,6 +239,11 @@ class ChannelConfig:
             ("card_scripts", str(self.card_scripts)),
             ("answer_every_addressed", str(self.answer_every_addressed)),
             ("turn_order", self.turn_order),
+            (
+                "initiative",
+                f"{self.initiative} ({self.initiative_quiet_minutes} min, "
+                f"{self.initiative_in_a_row}x, auto {self.initiative_auto_turns})",
+            ),
             ("user_rate_limit", f"{self.user_rate_limit}/min"),
             ("context_size", str(self.context_size)),
             ("max_new_tokens", str(s.max_new_tokens)),
@@ -360,6 +381,12 @@ def scene_quota(guild: GuildSettingsRecord | None) -> tuple[int, int]:
     return rows, megabytes
 
 
+def _or(channel: ChannelSettingsRecord | None, name: str, default: int) -> int:
+    """A channel's number, or `default` where it keeps the default (NULL)."""
+    value = getattr(channel, name, None) if channel is not None else None
+    return default if value is None else int(value)
+
+
 def _pick(name: str, *sources: object) -> Any:
     for source in sources:
         value = getattr(source, name, None)
@@ -404,6 +431,10 @@ def effective_config(
         scene_megabytes=scene_quota(guild)[1],
         answer_every_addressed=channel.answer_every_addressed if channel else False,
         turn_order=(channel.turn_order if channel else None) or "addressed",
+        initiative=channel.initiative if channel else False,
+        initiative_quiet_minutes=_or(channel, "initiative_quiet_minutes", DEFAULT_QUIET_MINUTES),
+        initiative_in_a_row=_or(channel, "initiative_in_a_row", DEFAULT_IN_A_ROW),
+        initiative_auto_turns=_or(channel, "initiative_auto_turns", DEFAULT_AUTO_TURNS),
         cast_limit=guild.cast_limit if guild.cast_limit is not None else DEFAULT_CAST_LIMIT,
         summary_tokens=summary_tokens(guild, context_size),
         recall_tokens=recall_tokens(guild, context_size),

@@ -118,6 +118,11 @@ class SceneRecall(Protocol):
 #: one would recall what the window already holds).
 RECALL_QUERY_MESSAGES = 1
 
+#: The note before a reply nobody asked for: the character goes on with the scene by itself.
+UNPROMPTED_NOTE = (
+    "한동안 아무도 말이 없습니다. {{char}}가 먼저 입을 열어 장면을 자연스럽게 이어 가세요. "
+    "{{char}}의 대사와 행동만 쓰고, 다른 인물의 말이나 행동은 대신 정하지 마세요."
+)
 #: The language of dates and weekdays that cards' macros write (`{{date}}`, `{{weekday}}`).
 MACRO_LOCALE = "ko"
 #: A ChatML turn takes at least this many tokens, so a context of N tokens holds at most
@@ -1119,10 +1124,12 @@ class RoleplayCore:
         exclude_message_id: int | None = None,
         continue_message: MessageRecord | None = None,
         impersonate: bool = False,
+        unprompted: bool = False,
     ) -> BuiltPrompt:
         """The prompt for `character`'s next reply (the lead's by default) to `speaker`, from
         stored history; caches new token counts. With `impersonate` it asks for `speaker`'s
-        own next line instead (`/rp suggest`).
+        own next line instead (`/rp suggest`); `unprompted`: the character speaks up on its
+        own, nobody spoke to it (no player line is made up: a note asks it to go on).
 
         `exclude_message_id` leaves a turn out (the reply being regenerated). Every player in
         the history window is known to the prompt with their persona; `{{user}}` in the cast's
@@ -1172,6 +1179,7 @@ class RoleplayCore:
             lorebook_budget=config.lorebook_budget,
             lorebook_recursion=config.lorebook_recursion,
             earlier_messages=earlier,
+            unprompted_note=UNPROMPTED_NOTE if unprompted else "",
         )
         options.recall = await self._recall(active, records, history, history_start_id)
         count = self.builder.count_text

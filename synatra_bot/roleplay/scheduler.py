@@ -28,6 +28,11 @@ Usage from the roleplay core::
   complete; `slot.text` always holds what was streamed.
 - The per-turn timeout counts from admission, prompt building included.
 
+A turn nobody is waiting for (a character speaking up on its own) is admitted with
+`yielding=True`: it waits while any player's turn waits, a player's turn in its channel goes
+ahead of it in the queue, and a player's turn that needs its channel or its slot cancels it
+(`cancel_reason == PREEMPTED`): players' turns are never delayed behind one.
+
 Background work (a scene's summary) runs in a lane of its own, at the lowest priority: jobs
 are started with `spawn(key, work)`, at most one per key, and tracked until they end (shutdown
 waits for them). A job's generation asks `background(key)` for a slot::
@@ -98,6 +103,8 @@ class QueueTicket:
     user_id: Hashable
     future: asyncio.Future[TurnSlot]
     arrival: int
+    #: Gives way to players' turns (see the module docstring).
+    yielding: bool = False
 
     @property
     def position(self) -> int:
@@ -119,6 +126,8 @@ class TurnSlot:
     cancel_reason: str = ""
     #: Lent to background work: it gives way to players' turns.
     background: bool = False
+    #: A turn nobody waits for: it gives way to players' turns too.
+    yielding: bool = False
     _request_id: str | None = field(default=None, repr=False)
     _requests: itertools.count[int] = field(default_factory=itertools.count, repr=False)
     _streams: list[AsyncGenerator[str, None]] = field(default_factory=list, repr=False)
@@ -272,9 +281,11 @@ class _TurnContext(_SlotContext):
         on_queued: QueuedCallback | None,
         user_turns: int | None = None,
         charged: bool = False,
+        yielding: bool = False,
     ) -> None:
         self._scheduler = scheduler
         self._charged = charged
+        self._yielding = yielding
         self._user_turns = user_turns
         self._channel_id = channel_id
         self._user_id = user_id
@@ -290,6 +301,7 @@ class _TurnContext(_SlotContext):
             self._on_queued,
             self._user_turns,
             self._charged,
+            self._yielding,
         )
         return self._slot
 
@@ -349,13 +361,17 @@ class Scheduler:
         on_queued: QueuedCallback | None = None,
         user_turns: int | None = None,
         charged: bool = False,
+        yielding: bool = False,
     ) -> _TurnContext:
         """An async context manager that waits for admission and yields a TurnSlot.
 
         `user_turns` overrides the per-user limit for this turn (a channel's own setting);
-        `charged` says the caller already counted the turn with `charge()`.
+        `charged` says the caller already counted the turn with `charge()`; a `yielding` turn
+        gives way to every player's turn (see the module docstring).
         """
-        return _TurnContext(self, channel_id, user_id, policy, on_queued, user_turns, charged)
+        return _TurnContext(
+            self, channel_id, user_id, policy, on_queued, user_turns, charged, yielding
+        )
 
     def charge(self, user_id: Hashable, user_turns: int | None = None) -> None:
         """Count one action against `user_id`'s rate limit, or raise `RateLimited`.
@@ -510,6 +526,7 @@ class Scheduler:
         on_queued: QueuedCallback | None,
         user_turns: int | None = None,
         charged: bool = False,
+        yielding: bool = False,
     ) -> TurnSlot:
         if self._closing:
             raise EngineUnavailable("the bot is shutting down")
@@ -519,9 +536,19 @@ class Scheduler:
             await self.cancel_channel(channel_id, reason="superseded by a newer message")
         future = asyncio.get_running_loop().create_future()
         arrived = self.clock()
-        ticket = QueueTicket(self, channel_id, user_id, future, next(self._arrivals))
+        ticket = QueueTicket(self, channel_id, user_id, future, next(self._arrivals), yielding)
         self._waiting[ticket] = None
-        self._queues.setdefault(channel_id, deque()).append(ticket)
+        queue = self._queues.setdefault(channel_id, deque())
+        if yielding:
+            queue.append(ticket)
+        else:
+            # A player's turn goes ahead of the yielding turns waiting in its channel, and
+            # takes the channel from one running there.
+            ahead = sum(1 for waiting in queue if not waiting.yielding)
+            queue.insert(ahead, ticket)
+            running = self._running.get(channel_id)
+            if running is not None and running.yielding:
+                self._preempt_turn(running)
         self._idle.clear()
         self._pump()
         if on_queued is not None and not ticket.future.done():
@@ -573,6 +600,30 @@ class Scheduler:
             chore.add_done_callback(self._chores.discard)
             chore.add_done_callback(_log_failure)
 
+    def _preempt_turn(self, slot: TurnSlot) -> None:
+        """Cancel a yielding turn for a player's: it keeps its channel until it ends (soon:
+        its engine request is cancelled now)."""
+        if slot.cancel_reason:
+            return
+        slot.cancel_reason = PREEMPTED
+        if slot._request_id is not None:
+            chore = asyncio.get_running_loop().create_task(self.engine.cancel(slot._request_id))
+            self._chores.add(chore)
+            chore.add_done_callback(self._chores.discard)
+            chore.add_done_callback(_log_failure)
+
+    def _make_room(self, players: int) -> None:
+        """Cancel yielding turns until `players` slots will be given back (by the yielding
+        turns already cancelled, or these)."""
+        yielding = [slot for slot in self._running.values() if slot.yielding]
+        leaving = sum(1 for slot in yielding if slot.cancel_reason)
+        for slot in yielding:
+            if leaving >= players:
+                return
+            if not slot.cancel_reason:
+                self._preempt_turn(slot)
+                leaving += 1
+
     def _lent(self) -> int:
         return len(self._running) + len(self._background_running)
 
@@ -598,14 +649,23 @@ class Scheduler:
 
     def _pump(self) -> None:
         """Admit what can run now: the longest-waiting turn among channels with nothing running
-        (taking a slot back from background work when none is free), then background work
-        while no turn waits."""
-        while len(self._running) < self.max_concurrent:
+        (players' turns before yielding ones; taking a slot back from background work, or
+        cancelling a yielding turn, when none is free), then background work while no turn
+        waits."""
+        while True:
             heads = [q[0] for channel, q in self._queues.items() if channel not in self._running]
+            players_wait = any(not ticket.yielding for ticket in self._waiting)
+            if players_wait:
+                heads = [ticket for ticket in heads if not ticket.yielding]
             if not heads:
                 break
             if self._lent() >= self.max_concurrent:
-                self._preempt(next(iter(self._background_running.values())))
+                if self._background_running:
+                    self._preempt(next(iter(self._background_running.values())))
+                else:
+                    if players_wait:  # yielding turns give their slots back as they end
+                        self._make_room(len(heads))
+                    break
             ticket = min(heads, key=lambda t: t.arrival)
             self._forget(ticket)
             slot = TurnSlot(
@@ -614,6 +674,7 @@ class Scheduler:
                 user_id=ticket.user_id,
                 turn_id=next(self._turn_ids),
                 deadline=self.clock() + self.turn_timeout_s,
+                yielding=ticket.yielding,
             )
             self._running[ticket.channel_id] = slot
             ticket.future.set_result(slot)

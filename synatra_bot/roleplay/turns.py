@@ -1,7 +1,8 @@
 """A turn of a scene, from what a player did to the stored reply: the rules every front end shares.
 
 Front ends (Discord, the terminal) hand over what a player did: a message, regenerate, continue,
-`next` (a character speaks now), browse, undo, an edit or a delete. Actions that make a character
+`next` (a character speaks now), browse, undo, an edit or a delete; `speak_up` makes a character
+speak with nobody speaking to it (`roleplay.initiative`). Actions that make a character
 speak give back `Reply` objects: each streams its text while it is generated and ends with a
 `ReplyOutcome` saying what was stored and what the player should see. Front ends only render.
 
@@ -25,7 +26,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from synatra_bot.engine.base import CONTINUATION, SamplingParams
 from synatra_bot.errors import (
@@ -67,6 +68,26 @@ log = logging.getLogger(__name__)
 ReplyKind = Literal["reply", "regenerate", "continue", "suggest"]
 #: The cancel reason of a reply its player stopped (kept, unlike one superseded or shut down).
 STOPPED_BY_USER = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class SpokeUp:
+    """Why a character spoke with nobody speaking to it: the scene was quiet for
+    `quiet_minutes`; in a group's auto-mode, as turn `turn` of `of`."""
+
+    name: str
+    quiet_minutes: int
+    turn: int = 1
+    of: int = 1
+
+
+class SceneWatcher(Protocol):
+    """What hears of a scene's life (`roleplay.initiative.Initiative`), declared here so the
+    turns need no import of it."""
+
+    def player_spoke(self, place: Place, active: ActiveRoleplay) -> None: ...
+
+    def character_spoke(self, place: Place, active: ActiveRoleplay) -> None: ...
 
 
 class Ending(enum.Enum):
@@ -147,8 +168,11 @@ class Reply:
         kind: ReplyKind = "reply",
         target: MessageRecord | None = None,
         after: Awaitable[Any] | None = None,
+        spoke_up: SpokeUp | None = None,
     ) -> None:
         self._turns = turns
+        #: Nobody spoke to it: it gives way to every player's turn (`Turns.speak_up`).
+        self.spoke_up = spoke_up
         self.active = active
         self.place = place
         self.actor = actor
@@ -245,6 +269,7 @@ class Reply:
                 else "queue",
                 on_queued=queued,
                 charged=True,  # by Turns.admit
+                yielding=self.spoke_up is not None,
             ) as slot:
                 self._slot, self._ticket = slot, None
                 if self._stop_asked:
@@ -293,6 +318,8 @@ class Reply:
             self.outcome = ReplyOutcome(Ending.DISCARDED)
         if self.outcome.ending is Ending.STORED and built is not None:
             turns.reply_stored(self.active, built)
+            if self.kind == "reply":
+                turns.character_spoke(self.place, self.active, self.spoke_up)
 
     def _generated(self, slot: TurnSlot) -> str:
         # A group scene's prompt (and a suggestion's) ends with "name:"; the text starts after
@@ -320,6 +347,7 @@ class Reply:
             exclude_message_id=target.id if self.kind == "regenerate" and target else None,
             continue_message=target if self.kind == "continue" else None,
             impersonate=self.kind == "suggest",
+            unprompted=self.spoke_up is not None,
         )
 
     async def _scripted(self, text: str) -> tuple[str, str]:
@@ -435,6 +463,10 @@ class Turns:
         self._rounds: weakref.WeakValueDictionary[int, Said] = weakref.WeakValueDictionary()
         #: Per channel, who answered its newest answered line and why (for the inspector).
         self._last_picks: dict[int, tuple[Reason, ...]] = {}
+        #: Per channel, why its newest reply came with nobody speaking to it, if it did.
+        self._spoke_up: dict[int, SpokeUp] = {}
+        #: Hears when players and characters speak (characters who speak up on their own).
+        self.watcher: SceneWatcher | None = None
 
     def untold_refusals(
         self, place: Place, sampling: SamplingParams, *, continues: bool = False
@@ -650,6 +682,9 @@ class Turns:
             characters = await self.responders(active, actor, text, place=place)
         if line is not None and line.gone:
             return None  # deleted before it was stored
+        self._spoke_up.pop(place.channel_id, None)
+        if self.watcher is not None:
+            self.watcher.player_spoke(place, active)
         if characters and late:
             stored = asyncio.ensure_future(
                 self.core.add_removed_line(
@@ -861,6 +896,46 @@ class Turns:
             self._last_picks[place.channel_id] = (drawn.reason,)
         return Reply(self, active=active, place=place, actor=actor, character=character)
 
+    def speak_up(
+        self,
+        active: ActiveRoleplay,
+        place: Place,
+        character: CharacterRecord,
+        why: SpokeUp,
+        *,
+        payer: Actor | None = None,
+        paid: bool = False,
+    ) -> Reply:
+        """A character speaks with nobody speaking to it (`roleplay.initiative`): refused as a
+        player's turn is (the channel's rules, the character's availability), and charged like
+        one to `payer` (the player who asked for it; by default the scene's starter). Its turn
+        gives way to every player's. `paid`: the turn was counted already (`admit`)."""
+        if place.dm:
+            raise UserFacingError("not in a DM", key="error.channel_disabled")
+        if paid:
+            self.core.check_may_generate(active, place, character)
+        else:
+            payer = payer or Actor(active.session.started_by, "", guild_id=place.guild_id)
+            self.admit(active, place, payer, character)
+        return Reply(
+            self, active=active, place=place, actor=None, character=character, spoke_up=why
+        )
+
+    def character_spoke(
+        self, place: Place, active: ActiveRoleplay, spoke_up: SpokeUp | None
+    ) -> None:
+        """A new reply was stored in `place`: `spoke_up` says why when nobody asked for it."""
+        if spoke_up is None:
+            self._spoke_up.pop(place.channel_id, None)
+        else:
+            self._spoke_up[place.channel_id] = spoke_up
+        if self.watcher is not None:
+            self.watcher.character_spoke(place, active)
+
+    def last_spoke_up(self, place: Place) -> SpokeUp | None:
+        """Why the newest reply in `place` came unasked, when it did (in this process)."""
+        return self._spoke_up.get(place.channel_id)
+
     async def suggest(self, place: Place, actor: Actor) -> Reply:
         """The model writes `actor`'s own next line in their persona's voice, for them alone to
         send, regenerate or edit: never stored, one turn of their rate limit."""
@@ -945,8 +1020,14 @@ class Turns:
         return Shown(chosen, index, count, greeting, display), on_screen
 
     async def stop_reply(self, reply: Reply, actor: Actor) -> None:
-        """Stop one reply, waiting or streaming: its player, the starter or a moderator."""
-        require_may_stop(actor, reply.active.session, reply.actor.user_id if reply.actor else None)
+        """Stop one reply, waiting or streaming: its player, the starter or a moderator; one
+        nobody asked for, any player with a voice here."""
+        if reply.spoke_up is not None:
+            require_voice(actor)
+        else:
+            require_may_stop(
+                actor, reply.active.session, reply.actor.user_id if reply.actor else None
+            )
         await reply.stop()
 
     async def unstore(self, reply: Reply, stored: MessageRecord) -> None:

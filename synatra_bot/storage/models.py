@@ -132,6 +132,12 @@ class ChannelSettings(SamplingColumns, Base):
     turn_order: Mapped[str | None] = mapped_column(String(16))
     #: What characters know about the players goes into prompts here (NULL: yes).
     player_facts: Mapped[bool | None] = mapped_column(Boolean)
+    #: Characters speak up on their own after a quiet time (`roleplay.initiative`); the
+    #: numbers are NULL while the channel keeps the defaults.
+    initiative: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    initiative_quiet_minutes: Mapped[int | None] = mapped_column(Integer)
+    initiative_in_a_row: Mapped[int | None] = mapped_column(Integer)
+    initiative_auto_turns: Mapped[int | None] = mapped_column(Integer)
     active_session_id: Mapped[int | None] = mapped_column(
         ForeignKey("roleplay_sessions.id", ondelete="SET NULL")
     )

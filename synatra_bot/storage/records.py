@@ -72,6 +72,10 @@ class ChannelSettingsRecord(SamplingRecord):
     turn_order: str | None = None
     #: What characters know about the players goes into prompts here (None: yes).
     player_facts: bool | None = None
+    initiative: bool = False
+    initiative_quiet_minutes: int | None = None
+    initiative_in_a_row: int | None = None
+    initiative_auto_turns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,6 +153,7 @@ async def _channel_row(session: AsyncSession, *, channel_id: int, guild_id: int)
             author_note="",
             author_note_depth=4,
             answer_every_addressed=False,
+            initiative=False,
         )
         session.add(row)
     return row

@@ -38,7 +38,9 @@ from synatra_bot.prompt.cards import parse_card
 from synatra_bot.roleplay.addressing import Addressable, leading_address
 from synatra_bot.roleplay.archive import Archive
 from synatra_bot.roleplay.characters import CharacterService, columns_from_card, names_of
-from synatra_bot.roleplay.core import Started
+from synatra_bot.roleplay.config import MAX_AUTO_TURNS
+from synatra_bot.roleplay.core import ActiveRoleplay, Started
+from synatra_bot.roleplay.initiative import take_turns
 from synatra_bot.roleplay.turns import STOPPED_BY_USER, Ending, Reply, Turns
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
@@ -568,6 +570,8 @@ class TerminalChat:
             await self._next(argument)
         elif name in ("/prev", "/next"):
             await self._browse(-1 if name == "/prev" else 1)
+        elif name == "/auto":
+            await self._auto(argument)
         elif name == "/export":
             await self._export(argument)
         elif name == "/import" and argument:
@@ -706,6 +710,21 @@ class TerminalChat:
             return
         await self._play(await self.turns.next_speaker(self.place, self.actor, key))
 
+    async def _auto(self, argument: str) -> None:
+        """`/auto N`: the characters take N turns among themselves (in a scene of one, the
+        character goes on by itself); Ctrl-C stops them."""
+        if not argument.isdigit() or not 1 <= int(argument) <= MAX_AUTO_TURNS:
+            self._say("auto_usage", most=MAX_AUTO_TURNS)
+            return
+        count, _ = await take_turns(
+            self.turns,
+            _TerminalStage(self),
+            self.place,
+            int(argument),
+            wanted=lambda: not self._stop_requested,
+        )
+        self._say("auto_done", count=count)
+
     async def _browse(self, step: int) -> None:
         latest = await self.core.latest_reply(self.place)
         if latest is None:
@@ -759,6 +778,20 @@ class TerminalChat:
             self._say("timed_out")
         elif outcome.ending in (Ending.CUT, Ending.DISCARDED):
             self._say("cut")
+
+
+class _TerminalStage:
+    """The characters' own turns, printed as every reply is (the person at the keyboard is
+    always there to read them)."""
+
+    def __init__(self, chat: TerminalChat) -> None:
+        self.chat = chat
+
+    def may_speak(self, place: Place, active: ActiveRoleplay) -> bool:
+        return True
+
+    async def perform(self, reply: Reply) -> None:
+        await self.chat._play(reply)
 
 
 def _addresses_someone(line: str) -> bool:

@@ -20,6 +20,7 @@ HELP_KO = """\
   /prev, /next  답장(인사말) 대안 넘겨 보기
   /continue     이어서 말하게 하기
   /next 이름     그 캐릭터가 지금 말하기
+  /auto N       캐릭터끼리 N차례 주고받기 (Ctrl-C로 멈추기)
   /cast         장면의 캐릭터
   @이름 말       그 캐릭터에게 말하기 (장면에 있는 캐릭터만)
   /undo         마지막 주고받기 지우기
@@ -45,6 +46,7 @@ commands
   /prev, /next    browse the alternatives (of a reply or the greeting)
   /continue       let the character keep talking
   /next NAME      that character speaks now
+  /auto N         the characters take N turns among themselves (Ctrl-C stops them)
   /cast           who is in the scene
   @NAME text      talk to one character (one in the scene)
   /undo           remove the last exchange
@@ -130,6 +132,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "address_unknown": (
         "nobody called {wanted} is in the scene, so nothing was sent. In it: {names} (@NAME text)",
         "장면에 {wanted}(이)라는 캐릭터가 없어서 보내지 않았어요. 장면에는 {names} (@이름 말)",
+    ),
+    "auto_usage": (
+        "/auto N: the characters take N turns among themselves (N from 1 to {most})",
+        "/auto N: 캐릭터끼리 N차례 주고받아요 (N은 1부터 {most}까지)",
+    ),
+    "auto_done": (
+        "— the characters took {count} turn(s) among themselves —",
+        "— 캐릭터끼리 {count}차례 주고받았어요 —",
     ),
     "nothing_to_browse": ("no reply to browse", "넘겨 볼 답장이 없어요"),
     "alternative": ("({index}/{count})", "({index}/{count})"),

@@ -16,9 +16,12 @@ from synatra_bot.errors import NotFound, UserFacingError
 from synatra_bot.prompt.lorebook import MAX_RECURSION_STEPS
 from synatra_bot.roleplay.config import (
     INHERITED_SETTINGS,
+    MAX_AUTO_TURNS,
     MAX_CHARACTER_MEGABYTES,
+    MAX_IN_A_ROW,
     MAX_SCENE_MEGABYTES,
     MAX_SCENE_ROWS,
+    QUIET_MINUTES,
     SERVER_SETTINGS,
     parse_stop_lines,
     parse_stop_strings,
@@ -287,6 +290,35 @@ class Moderation(commands.GroupCog, group_name="config", group_description="Conf
         changes = {name: value for name, value in channel.items() if value is not None}
         if changes:
             await self._save(interaction, "channel", **changes)
+
+    @app_commands.command(
+        name="initiative", description="Characters speak up on their own in quiet scenes here"
+    )
+    @app_commands.describe(
+        enabled="Whether characters here speak up after a quiet time (off by default)",
+        quiet_minutes="Minutes without a word before one does (default 30)",
+        max_in_a_row="Times in a row before a player has to answer (default 2)",
+        auto_turns="Turns a group's characters then take among themselves (default 3)",
+    )
+    async def initiative(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        enabled: bool | None = None,
+        quiet_minutes: app_commands.Range[int, QUIET_MINUTES[0], QUIET_MINUTES[1]] | None = None,
+        max_in_a_row: app_commands.Range[int, 1, MAX_IN_A_ROW] | None = None,
+        auto_turns: app_commands.Range[int, 0, MAX_AUTO_TURNS] | None = None,
+    ) -> None:
+        given = {
+            "initiative": enabled,
+            "initiative_quiet_minutes": quiet_minutes,
+            "initiative_in_a_row": max_in_a_row,
+            "initiative_auto_turns": auto_turns,
+        }
+        changes = {name: value for name, value in given.items() if value is not None}
+        if not changes:
+            await self._show(interaction)
+            return
+        await self._save(interaction, "channel", **changes)
 
     @app_commands.command(name="memory", description="How much scenes' memory may take")
     @app_commands.describe(

@@ -37,6 +37,7 @@ from synatra_bot.discord.replies import ReplyButton, SpeakButton, SwipePosition
 from synatra_bot.discord.streaming import MESSAGE_LIMIT
 from synatra_bot.discord.suggestions import SuggestionButton
 from synatra_bot.errors import UserFacingError
+from synatra_bot.roleplay.config import MAX_AUTO_TURNS
 from synatra_bot.roleplay.core import MemoryStatus
 from synatra_bot.roleplay.rules import (
     require_history,
@@ -44,7 +45,7 @@ from synatra_bot.roleplay.rules import (
     require_starter_or_moderator,
 )
 from synatra_bot.roleplay.turn_order import Reason
-from synatra_bot.roleplay.turns import Said
+from synatra_bot.roleplay.turns import Said, SpokeUp
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage.records import MessageRecord, SessionRecord
 
@@ -176,6 +177,19 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         await interaction.response.defer(ephemeral=True)
         await answer(interaction, tr(interaction, "rp.next", name=reply.character.name))
         await self.bot.replies.play(reply, channel=channel)
+
+    @app_commands.command(
+        name="auto", description="Let the scene's characters take turns among themselves"
+    )
+    @app_commands.describe(turns="How many turns (a player's message or ⏹ stops them)")
+    async def auto(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        turns: app_commands.Range[int, 1, MAX_AUTO_TURNS],
+    ) -> None:
+        _, place, actor = self._where(interaction)
+        await self.bot.initiative.auto(place, actor, turns)  # refused before anything starts
+        await answer(interaction, tr(interaction, "rp.auto", turns=turns))
 
     cast = app_commands.Group(name="cast", description="Who is in this scene")
 
@@ -474,7 +488,8 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             preview_speaker=(speaking or active.lead).name,
             engine=self.bot.engine.health(),
             hide_card=hide,
-            picks=_picks_text(interaction, self.bot.turns.last_picks(place)),
+            picks=_spoke_up_text(interaction, self.bot.turns.last_spoke_up(place))
+            or _picks_text(interaction, self.bot.turns.last_picks(place)),
         )
         if view.file is None:
             await answer(interaction, view.content)
@@ -699,6 +714,18 @@ def _picks_text(interaction: discord.Interaction[SynatraBot], picks: Sequence[Re
         shown.append(f"{pick.name} ({why})")
     line = "\n" + tr(interaction, "rp.context_picks", picks=", ".join(shown))
     return line if len(line) <= 300 else line[:299] + "…"
+
+
+def _spoke_up_text(interaction: discord.Interaction[SynatraBot], why: SpokeUp | None) -> str:
+    """Why the newest reply came with nobody speaking to it, for the inspector ("" when a
+    player's line was answered last)."""
+    if why is None:
+        return ""
+    if why.turn > 1 or not why.quiet_minutes:  # a later turn, or asked for with /rp auto
+        text = tr(interaction, "rp.context_auto_turn", name=why.name, turn=why.turn, of=why.of)
+    else:
+        text = tr(interaction, "rp.context_spoke_up", name=why.name, minutes=why.quiet_minutes)
+    return "\n" + text[:298]
 
 
 def _safe_filename(name: str) -> str:
