@@ -221,6 +221,19 @@ async def test_the_api_key_reaches_vllm_in_its_environment_not_its_command_line(
         await engine.close()
 
 
+async def test_a_vllm_api_key_in_the_bots_own_environment_does_not_lock_it_out(
+    vllm_venv, tokenizer_dir, tokenizer, monkeypatch
+):
+    monkeypatch.setenv("VLLM_API_KEY", "sk-someone-elses")
+    engine = managed(vllm_venv[0], tokenizer_dir, tokenizer)
+    await engine.start()
+    try:
+        assert state(engine)["key_from"] == ""
+        assert await collect(engine, ids_for(tokenizer, "안녕"), "1") == "응, 잘 기억해 둘게."
+    finally:
+        await engine.close()
+
+
 async def test_vllms_python_runs_the_vllm_command_module(vllm_venv, tokenizer_dir, tokenizer):
     engine = managed(vllm_venv[1], tokenizer_dir, tokenizer)
     await engine.start()

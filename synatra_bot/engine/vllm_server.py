@@ -5,9 +5,10 @@ host's vLLM install and talks to it like the managed llama.cpp server
 vLLM pins its own torch, so it lives in a venv of its own: `VLLM_COMMAND` is that venv's `vllm`
 command, or its python (then `python -m vllm.entrypoints.cli.main serve ...`, what the `vllm`
 command runs). The bot sets the address, the served name and the context window; the prompt
-goes as ChatML token ids to the completions API, so no chat template is involved. An API key
-(ENGINE_API_KEY) goes to the server in its environment (`VLLM_API_KEY`), never on its command
-line, which every local user can read.
+goes as ChatML token ids to the completions API, so no chat template is involved. The server's
+API key is ENGINE_API_KEY, given in its environment (`VLLM_API_KEY`), never on its command line,
+which every local user can read; without one it is empty (vLLM then asks for none), so a
+`VLLM_API_KEY` in the bot's own environment cannot lock the bot out of its server.
 """
 
 from __future__ import annotations
@@ -65,4 +66,4 @@ class ManagedVllmEngine(ManagedServerEngine):
         return lambda port: vllm_command(self._config, port)
 
     def _server_env(self) -> Mapping[str, str]:
-        return {"VLLM_API_KEY": self._api_key} if self._api_key else {}
+        return {"VLLM_API_KEY": self._api_key}
