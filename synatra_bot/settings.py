@@ -202,8 +202,7 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
             "ENGINE_URL",
             f"is for ENGINE=openai: with ENGINE={engine} the bot starts its own server",
         )
-    if engine == "llamacpp":
-        _check_llamacpp(env, model_gguf)
+    llama_server = _check_llamacpp(env, model_gguf) if engine == "llamacpp" else ""
     vllm_command = _vllm_command(env) if engine == "vllm" else ""
     if engine == "openai" and not engine_url:
         raise ConfigError("ENGINE_URL", "required when ENGINE=openai, e.g. http://127.0.0.1:8000")
@@ -249,7 +248,7 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         engine_send_token_ids=send_token_ids,
         engine_api=cast(EngineApi, engine_api),
         model_gguf=model_gguf,
-        llama_server=env.get("LLAMA_SERVER", "").strip(),
+        llama_server=llama_server,
         llama_parallel=_int(env, "LLAMA_PARALLEL", 4, 1, 256),
         llama_args=_server_args(env, "LLAMA_ARGS", LLAMA_MANAGED_ARGS, LLAMA_MANAGED_BY),
         vllm_command=vllm_command,
@@ -286,8 +285,8 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
     )
 
 
-def _check_llamacpp(env: Mapping[str, str], model_gguf: str) -> None:
-    """ENGINE=llamacpp: a GGUF that can be had and a server that can run (or none named)."""
+def _check_llamacpp(env: Mapping[str, str], model_gguf: str) -> str:
+    """ENGINE=llamacpp: a GGUF that can be had and a server that can run (or none named, "")."""
     from synatra_bot.engine.gguf import parse_gguf_source
 
     if not model_gguf:
@@ -297,31 +296,42 @@ def _check_llamacpp(env: Mapping[str, str], model_gguf: str) -> None:
         )
     parse_gguf_source(model_gguf)
     server = env.get("LLAMA_SERVER", "").strip()
-    if server and not (Path(server).is_file() and os.access(server, os.X_OK)):
+    if not server:
+        return ""
+    found = _program(env, server)
+    if found is None:
         raise ConfigError(
             "LLAMA_SERVER",
             f"{server} is not an executable file (leave it empty and the bot builds one)",
         )
+    return found
 
 
 def _vllm_command(env: Mapping[str, str]) -> str:
-    """ENGINE=vllm: VLLM_COMMAND as an executable file (a bare name is looked up on PATH)."""
-    import shutil
-
+    """ENGINE=vllm: VLLM_COMMAND, a program that can run."""
     raw = env.get("VLLM_COMMAND", "").strip()
     if not raw:
         raise ConfigError(
             "VLLM_COMMAND",
             "required when ENGINE=vllm: the vllm command of vLLM's own venv, "
-            "e.g. /opt/vllm/.venv/bin/vllm",
+            "e.g. /opt/vllm/bin/vllm",
         )
-    found = shutil.which(raw, path=env.get("PATH", os.defpath))
-    if found is None or not Path(found).is_file():
+    found = _program(env, raw)
+    if found is None:
         raise ConfigError(
             "VLLM_COMMAND",
             f"{raw} is not an executable file (the vllm command, or the python, of vLLM's venv)",
         )
-    return str(Path(found).absolute())
+    return found
+
+
+def _program(env: Mapping[str, str], name: str) -> str | None:
+    """The executable file `name` names, as a shell finds it (a bare name on PATH), made
+    absolute; None when there is none."""
+    import shutil
+
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    return None if found is None else str(Path(found).absolute())
 
 
 #: llama-server arguments the managed engine sets itself, and the settings they come from.
