@@ -5,6 +5,7 @@ server here is the stand-in of tests/vllm_stand_in.py, started through a vLLM ve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -315,3 +316,42 @@ async def test_a_vllm_that_cannot_start_is_one_line_with_its_last_words(
     message = str(raised.value)
     assert message.startswith("vllm exited with status 2: ")
     assert "\n" not in message and "--no-such-option" in message
+
+
+async def test_vllm_and_its_engine_core_never_outlive_a_bot_killed_with_sigkill(
+    vllm_venv, tokenizer_dir
+):
+    script = (
+        "import asyncio, json, urllib.request\n"
+        "from synatra_bot.engine.factory import build_engine\n"
+        "from synatra_bot.settings import settings_from_env\n"
+        "async def main():\n"
+        "    settings = settings_from_env(dict(__import__('os').environ), require_token=False)\n"
+        "    engine = build_engine(settings)\n"
+        "    await engine.start()\n"
+        "    url = engine.server.url + '/stand-in/state'\n"
+        "    helper = json.loads(urllib.request.urlopen(url).read())['helper_pid']\n"
+        "    print(engine.server.pid, helper, flush=True)\n"
+        "    await asyncio.Event().wait()\n"
+        "asyncio.run(main())\n"
+    )
+    env = {
+        **os.environ,
+        "ENGINE": "vllm",
+        "VLLM_COMMAND": str(vllm_venv[0]),
+        "MODEL_ID": str(tokenizer_dir),
+        "HF_HUB_OFFLINE": "1",
+    }
+    bot = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    assert bot.stdout is not None
+    try:
+        line = await asyncio.wait_for(bot.stdout.readline(), 120)
+        server_pid, helper_pid = (int(pid) for pid in line.split())
+        assert alive(server_pid) and alive(helper_pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            bot.kill()
+        await bot.wait()
+    assert await gone(server_pid) and await gone(helper_pid)
