@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -29,12 +30,17 @@ from synatra_bot.errors import EngineError, EngineUnavailable
 
 log = logging.getLogger(__name__)
 
-#: Seconds a server may take to load its model and answer its health check.
+#: Seconds a loading server may go without answering its health check or printing a line (a
+#: download's progress counts: vLLM downloads the model itself on its first start).
 START_TIMEOUT_S = 600.0
 #: Seconds between health checks while it loads.
 POLL_S = 0.2
 #: Seconds between looks at whether a server has exited.
 EXIT_POLL_S = 0.05
+#: Bytes of a server's output read at a time; a longer line is logged in pieces.
+READ_BYTES = 1 << 16
+#: What ends a line of a server's output: progress bars end theirs with a carriage return.
+LINE_END = re.compile(rb"[\r\n]")
 #: Seconds a stopped server has to exit before it is killed.
 STOP_GRACE_S = 10.0
 #: A server that stayed up this long starts the backoff afresh when it dies.
@@ -91,6 +97,8 @@ class ServerProcess:
         self._ready = asyncio.Event()
         self._stopping = False
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        #: When the server last printed something (monotonic).
+        self._last_output = 0.0
         #: How many times it was started again after dying.
         self.restarts = 0
 
@@ -139,6 +147,7 @@ class ServerProcess:
         """Start the process and wait until it answers its health check."""
         command = [str(part) for part in self._command(self.port)]
         self._tail.clear()
+        self._last_output = time.monotonic()
         self._process = await asyncio.create_subprocess_exec(
             *command,
             stdin=asyncio.subprocess.DEVNULL,
@@ -159,10 +168,9 @@ class ServerProcess:
     async def _wait_healthy(self, process: asyncio.subprocess.Process) -> None:
         import aiohttp
 
-        deadline = time.monotonic() + self._start_timeout_s
         timeout = aiohttp.ClientTimeout(total=2)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            while time.monotonic() < deadline:
+            while time.monotonic() < self._last_output + self._start_timeout_s:
                 if process.returncode is not None:
                     await asyncio.sleep(0)  # let the reader take its last lines
                     _signal_group(process.pid, signal.SIGKILL)  # its helpers, left without it
@@ -173,24 +181,38 @@ class ServerProcess:
                             return
                 await _exited(process, POLL_S)
         await self._end_process()
-        raise EngineError(f"{self.name} did not become healthy within {self._start_timeout_s} s")
+        raise EngineError(
+            f"{self.name} did not become healthy and printed nothing for {self._start_timeout_s} s"
+        )
 
     def _exit_text(self, code: int) -> str:
         last = self._tail[-1] if self._tail else "no output"
         return f"{self.name} exited with status {code}: {last}"
 
     async def _relay(self, process: asyncio.subprocess.Process) -> None:
-        """Its output, line by line, through the bot's logger (errors as warnings)."""
+        """Its output, line by line, through the bot's logger (errors as warnings). The pipe is
+        always drained: a progress bar's line without end comes in pieces, never blocks it."""
         assert process.stdout is not None
         server_log = logging.getLogger(f"{__name__}.{self.name}")
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            if not line:
-                continue
-            self._tail.append(line)
-            lowered = line.lower()
-            level = logging.WARNING if "error" in lowered or "failed" in lowered else logging.DEBUG
-            server_log.log(level, "%s", line)
+        pending = b""
+        while chunk := await process.stdout.read(READ_BYTES):
+            self._last_output = time.monotonic()
+            *lines, pending = LINE_END.split(pending + chunk)
+            if len(pending) >= READ_BYTES:
+                lines.append(pending)
+                pending = b""
+            for raw in lines:
+                self._log_line(server_log, raw)
+        self._log_line(server_log, pending)
+
+    def _log_line(self, server_log: logging.Logger, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip()
+        if not line:
+            return
+        self._tail.append(line)
+        lowered = line.lower()
+        level = logging.WARNING if "error" in lowered or "failed" in lowered else logging.DEBUG
+        server_log.log(level, "%s", line)
 
     async def _watch(self) -> None:
         """Start the server again whenever it exits, backing off while it keeps failing."""
