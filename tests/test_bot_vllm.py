@@ -13,10 +13,14 @@ import signal
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests import vllm_stand_in
 from tests.bot_harness import has_buttons
 from tests.bot_process import bot_env, bot_process, start_scene
 from tests.llama_cpp import alive, gone
+
+pytestmark = pytest.mark.slow
 
 STARTED = re.compile(r"vllm started \(pid (\d+)\) on (\S+)")
 #: The notes a reply cut by a lost server ends with (Korean: the fake's members speak it).
