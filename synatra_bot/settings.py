@@ -18,8 +18,10 @@ from typing import Literal, cast
 from synatra_bot.errors import ConfigError
 from synatra_bot.eventloop import EVENT_LOOP_KINDS, EventLoopKind, uvloop_available
 
-EngineKind = Literal["transformers", "openai", "llamacpp"]
-ENGINES = ("transformers", "openai", "llamacpp")
+EngineKind = Literal["transformers", "openai", "llamacpp", "vllm"]
+ENGINES = ("transformers", "openai", "llamacpp", "vllm")
+#: The engines whose server the bot runs itself.
+MANAGED_ENGINES = ("llamacpp", "vllm")
 LogFormat = Literal["text", "json"]
 LOG_FORMATS = ("text", "json")
 #: The API of the OpenAI-compatible server: `/v1/completions` or `/v1/chat/completions`.
@@ -87,6 +89,10 @@ class Settings:
     llama_parallel: int = 4
     #: ENGINE=llamacpp: further llama-server arguments (e.g. --n-gpu-layers 99 --threads 8).
     llama_args: tuple[str, ...] = ()
+    #: ENGINE=vllm: the `vllm` command (or the python) of vLLM's own venv, as found on PATH.
+    vllm_command: str = ""
+    #: ENGINE=vllm: further `vllm serve` arguments (e.g. --gpu-memory-utilization 0.85).
+    vllm_args: tuple[str, ...] = ()
     quantization: Quantization = "none"
     attn_implementation: str = "auto"
     #: Continuous batching of the embedded engine; None leaves the value to transformers.
@@ -191,8 +197,13 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
     # Naming a GGUF is enough to run on llama.cpp; without one the embedded engine stays.
     engine = _choice(env, "ENGINE", "llamacpp" if model_gguf else "transformers", ENGINES)
     engine_url = env.get("ENGINE_URL", "").strip().rstrip("/")
-    if engine == "llamacpp":
-        _check_llamacpp(env, model_gguf, engine_url)
+    if engine in MANAGED_ENGINES and engine_url:
+        raise ConfigError(
+            "ENGINE_URL",
+            f"is for ENGINE=openai: with ENGINE={engine} the bot starts its own server",
+        )
+    llama_server = _check_llamacpp(env, model_gguf) if engine == "llamacpp" else ""
+    vllm_command = _vllm_command(env) if engine == "vllm" else ""
     if engine == "openai" and not engine_url:
         raise ConfigError("ENGINE_URL", "required when ENGINE=openai, e.g. http://127.0.0.1:8000")
     if engine_url and not engine_url.startswith(("http://", "https://")):
@@ -237,9 +248,11 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         engine_send_token_ids=send_token_ids,
         engine_api=cast(EngineApi, engine_api),
         model_gguf=model_gguf,
-        llama_server=env.get("LLAMA_SERVER", "").strip(),
+        llama_server=llama_server,
         llama_parallel=_int(env, "LLAMA_PARALLEL", 4, 1, 256),
-        llama_args=_llama_args(env),
+        llama_args=_server_args(env, "LLAMA_ARGS", LLAMA_MANAGED_ARGS, LLAMA_MANAGED_BY),
+        vllm_command=vllm_command,
+        vllm_args=_server_args(env, "VLLM_ARGS", VLLM_MANAGED_ARGS, VLLM_MANAGED_BY),
         quantization=cast(Quantization, _choice(env, "QUANTIZATION", "none", QUANTIZATIONS)),
         attn_implementation=_attention(env),
         cb_max_batch_tokens=_int(env, "CB_MAX_BATCH_TOKENS", 0, 16, 1 << 20) or None,
@@ -272,8 +285,8 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
     )
 
 
-def _check_llamacpp(env: Mapping[str, str], model_gguf: str, engine_url: str) -> None:
-    """ENGINE=llamacpp: a GGUF that can be had and a server that can run (or none named)."""
+def _check_llamacpp(env: Mapping[str, str], model_gguf: str) -> str:
+    """ENGINE=llamacpp: a GGUF that can be had and a server that can run (or none named, "")."""
     from synatra_bot.engine.gguf import parse_gguf_source
 
     if not model_gguf:
@@ -282,38 +295,71 @@ def _check_llamacpp(env: Mapping[str, str], model_gguf: str, engine_url: str) ->
             "required when ENGINE=llamacpp: a .gguf file, or owner/repo/file.gguf on the hub",
         )
     parse_gguf_source(model_gguf)
-    if engine_url:
-        raise ConfigError(
-            "ENGINE_URL", "is for ENGINE=openai: with ENGINE=llamacpp the bot starts its own server"
-        )
     server = env.get("LLAMA_SERVER", "").strip()
-    if server and not (Path(server).is_file() and os.access(server, os.X_OK)):
+    if not server:
+        return ""
+    found = _program(env, server)
+    if found is None:
         raise ConfigError(
             "LLAMA_SERVER",
             f"{server} is not an executable file (leave it empty and the bot builds one)",
         )
+    return found
 
 
-#: llama-server arguments the managed engine sets itself.
+def _vllm_command(env: Mapping[str, str]) -> str:
+    """ENGINE=vllm: VLLM_COMMAND, a program that can run."""
+    raw = env.get("VLLM_COMMAND", "").strip()
+    if not raw:
+        raise ConfigError(
+            "VLLM_COMMAND",
+            "required when ENGINE=vllm: the vllm command of vLLM's own venv, "
+            "e.g. /opt/vllm/bin/vllm",
+        )
+    found = _program(env, raw)
+    if found is None:
+        raise ConfigError(
+            "VLLM_COMMAND",
+            f"{raw} is not an executable file (the vllm command, or the python, of vLLM's venv)",
+        )
+    return found
+
+
+def _program(env: Mapping[str, str], name: str) -> str | None:
+    """The executable file `name` names, as a shell finds it (a bare name on PATH), made
+    absolute; None when there is none."""
+    import shutil
+
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    return None if found is None else str(Path(found).absolute())
+
+
+#: llama-server arguments the managed engine sets itself, and the settings they come from.
 LLAMA_MANAGED_ARGS = frozenset(
     {"-m", "--model", "--host", "--port", "--alias", "-a", "-np", "--parallel", "-c", "--ctx-size"}
 )
+LLAMA_MANAGED_BY = "MODEL_GGUF, LLAMA_PARALLEL, CONTEXT_SIZE"
+#: `vllm serve` arguments the managed engine sets itself (the key goes in its environment).
+VLLM_MANAGED_ARGS = frozenset(
+    {"--model", "--host", "--port", "--served-model-name", "--max-model-len", "--api-key"}
+)
+VLLM_MANAGED_BY = "MODEL_ID, CONTEXT_SIZE, ENGINE_API_KEY"
 
 
-def _llama_args(env: Mapping[str, str]) -> tuple[str, ...]:
+def _server_args(
+    env: Mapping[str, str], name: str, managed: frozenset[str], managed_by: str
+) -> tuple[str, ...]:
+    """A managed server's further arguments, split like a shell; those the bot sets refused."""
     import shlex
 
-    raw = env.get("LLAMA_ARGS", "").strip()
+    raw = env.get(name, "").strip()
     try:
         args = tuple(shlex.split(raw))
     except ValueError as error:
-        raise ConfigError("LLAMA_ARGS", f"cannot be split into arguments ({error})") from None
-    managed = sorted({arg.split("=", 1)[0] for arg in args} & LLAMA_MANAGED_ARGS)
-    if managed:
-        raise ConfigError(
-            "LLAMA_ARGS",
-            f"{', '.join(managed)} are set by the bot (MODEL_GGUF, LLAMA_PARALLEL, CONTEXT_SIZE)",
-        )
+        raise ConfigError(name, f"cannot be split into arguments ({error})") from None
+    taken = sorted({arg.split("=", 1)[0] for arg in args} & managed)
+    if taken:
+        raise ConfigError(name, f"{', '.join(taken)} are set by the bot ({managed_by})")
     return args
 
 

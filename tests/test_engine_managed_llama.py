@@ -54,6 +54,17 @@ def test_naming_a_gguf_is_enough_to_run_on_llama_cpp(gguf_file):
     assert settings_from_env(env_with()).engine == "transformers"
 
 
+def test_a_llama_server_on_path_is_found_by_name(gguf_file, tmp_path):
+    server = tmp_path / "bin" / "llama-server"
+    server.parent.mkdir()
+    server.write_text("#!/bin/sh\n", encoding="utf-8")
+    server.chmod(0o755)
+    settings = settings_from_env(
+        env_with(MODEL_GGUF=str(gguf_file), LLAMA_SERVER="llama-server", PATH=str(server.parent))
+    )
+    assert settings.llama_server == str(server)
+
+
 def test_llama_args_are_split_like_a_shell_and_passed_on(gguf_file):
     settings = settings_from_env(
         env_with(MODEL_GGUF=str(gguf_file), LLAMA_ARGS="--threads 8 -ngl 99 --chat-template ''")

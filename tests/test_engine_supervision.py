@@ -92,6 +92,54 @@ async def test_a_server_that_dies_while_loading_is_one_line_with_its_last_words(
     assert str(raised.value) == "stand-in exited with status 1: error: 모델을 열 수 없어요"
 
 
+#: Prints a progress bar the way a download does (carriage returns, no newline, past 64 KiB),
+#: then a line in Korean, then serves GET /health.
+PROGRESS = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+for percent in range(1000):
+    sys.stdout.write(f"\\rmodel.safetensors: {percent / 10:5.1f}% " + "#" * 80)
+sys.stdout.write("\\n모델을 불러왔어요\\n")
+sys.stdout.flush()
+
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+"""
+
+
+async def test_a_progress_bar_without_newlines_is_relayed_and_never_blocks_the_start(
+    tmp_path, caplog
+):
+    script = tmp_path / "progress.py"
+    script.write_text(PROGRESS, encoding="utf-8")
+    caplog.set_level(logging.DEBUG, logger="synatra_bot.engine.supervisor")
+    server = ServerProcess("stand-in", lambda port: [sys.executable, str(script), str(port)])
+    await server.start()
+    await server.stop()
+    relayed = [
+        r.getMessage() for r in caplog.records if r.name == "synatra_bot.engine.supervisor.stand-in"
+    ]
+    assert "model.safetensors:  99.9% " + "#" * 80 in relayed
+    assert "모델을 불러왔어요" in relayed
+
+
+async def test_a_server_silent_past_the_start_timeout_is_given_up(tmp_path):
+    script = tmp_path / "silent.py"
+    script.write_text("import time\nprint('loading', flush=True)\ntime.sleep(600)\n")
+    server = ServerProcess(
+        "stand-in", lambda port: [sys.executable, str(script)], start_timeout_s=1
+    )
+    with pytest.raises(EngineError) as raised:
+        await server.start()
+    assert str(raised.value) == "stand-in did not become healthy and printed nothing for 1 s"
+    assert server.pid is not None and await gone(server.pid)
+
+
 def test_the_release_build_is_native_and_uses_cuda_only_where_the_toolkit_is():
     cpu = llama_build.cmake_options("release", cuda=False)
     assert "-DCMAKE_BUILD_TYPE=Release" in cpu and "-DGGML_NATIVE=ON" in cpu

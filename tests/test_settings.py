@@ -120,7 +120,7 @@ def test_invalid_setting_exits_2_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "synatra-bot: ENGINE: must be one of transformers, openai, llamacpp, got 'nope'"
+        "synatra-bot: ENGINE: must be one of transformers, openai, llamacpp, vllm, got 'nope'"
     ]
 
 

@@ -12,8 +12,9 @@ from synatra_bot.settings import Settings
 def build_engine(
     settings: Settings, *, tokenizer: Any = None, observer: Observer = IGNORED
 ) -> Engine:
-    """The embedded transformers engine, the OpenAI-compatible one for ENGINE=openai, or the
-    managed llama.cpp server behind that client for ENGINE=llamacpp.
+    """The embedded transformers engine, the OpenAI-compatible one for ENGINE=openai, or a
+    server the bot runs itself behind that client: llama.cpp's for ENGINE=llamacpp, vLLM's for
+    ENGINE=vllm.
 
     `tokenizer`: one the caller has already loaded for MODEL_ID (else the engine loads it);
     `observer` hears of the embedded engine's restarts (a server's are its own).
@@ -34,6 +35,21 @@ def build_engine(
             tokenizer=tokenizer,
             tokenizer_dir_or_id=settings.model_id,
             timeout_s=settings.engine_timeout_s,
+        )
+    if settings.engine == "vllm":
+        from synatra_bot.engine.vllm_server import ManagedVllmEngine, VllmServerConfig
+
+        return ManagedVllmEngine(
+            VllmServerConfig(
+                settings.vllm_command,
+                settings.model_id,
+                max_model_len=settings.context_size,
+                extra_args=settings.vllm_args,
+            ),
+            tokenizer=tokenizer,
+            tokenizer_dir_or_id=settings.model_id,
+            timeout_s=settings.engine_timeout_s,
+            api_key=settings.engine_api_key,
         )
     if settings.engine == "openai":
         from synatra_bot.engine.openai_compat import OpenAICompatEngine

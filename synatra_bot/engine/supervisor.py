@@ -4,7 +4,11 @@ logger, and stopped with the bot.
 
 The child never outlives the bot: it runs in a process group of its own (a terminal's Ctrl-C
 reaches the bot, which stops it in order), and on Linux the kernel sends it SIGTERM when the
-bot's process dies, even by SIGKILL (PR_SET_PDEATHSIG).
+bot's process dies, even by SIGKILL (PR_SET_PDEATHSIG). Helpers the server starts itself (vLLM's
+engine core processes, which hold the GPU's memory) share that group, and go with it: when the
+server dies, what is left of its group is killed before it is started again, and stopping it
+signals the whole group. Those helpers also hold its output pipe, so the server's exit is
+read from its status, not from `Process.wait()` (which waits for the pipe to close as well).
 """
 
 from __future__ import annotations
@@ -13,21 +17,30 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
+import re
 import signal
 import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from synatra_bot.errors import EngineError, EngineUnavailable
 
 log = logging.getLogger(__name__)
 
-#: Seconds a server may take to load its model and answer its health check.
+#: Seconds a loading server may go without answering its health check or printing a line (a
+#: download's progress counts: vLLM downloads the model itself on its first start).
 START_TIMEOUT_S = 600.0
 #: Seconds between health checks while it loads.
 POLL_S = 0.2
+#: Seconds between looks at whether a server has exited.
+EXIT_POLL_S = 0.05
+#: Bytes of a server's output read at a time; a longer line is logged in pieces.
+READ_BYTES = 1 << 16
+#: What ends a line of a server's output: progress bars end theirs with a carriage return.
+LINE_END = re.compile(rb"[\r\n]")
 #: Seconds a stopped server has to exit before it is killed.
 STOP_GRACE_S = 10.0
 #: A server that stayed up this long starts the backoff afresh when it dies.
@@ -52,7 +65,8 @@ def _die_with_parent() -> None:
 class ServerProcess:
     """One server process kept alive on `127.0.0.1:port`.
 
-    `command(port)` is its command line; `health_path` answers 200 once it serves. `start()`
+    `command(port)` is its command line, run with the bot's environment plus `env`;
+    `health_path` answers 200 once it serves. `start()`
     returns once it is healthy (or raises EngineError with its last line of output); after
     that a watcher restarts it whenever it exits, waiting `backoff_s`, doubled after each
     failed life up to `max_backoff_s`. `stop()` ends it (SIGTERM, then SIGKILL).
@@ -64,6 +78,7 @@ class ServerProcess:
         command: Callable[[int], Sequence[str]],
         *,
         health_path: str = "/health",
+        env: Mapping[str, str] | None = None,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         start_timeout_s: float = START_TIMEOUT_S,
@@ -71,6 +86,7 @@ class ServerProcess:
         self.name = name
         self._command = command
         self._health_path = health_path
+        self._env = {**os.environ, **env} if env else None
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
         self._start_timeout_s = start_timeout_s
@@ -81,6 +97,8 @@ class ServerProcess:
         self._ready = asyncio.Event()
         self._stopping = False
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        #: When the server last printed something (monotonic).
+        self._last_output = 0.0
         #: How many times it was started again after dying.
         self.restarts = 0
 
@@ -129,12 +147,14 @@ class ServerProcess:
         """Start the process and wait until it answers its health check."""
         command = [str(part) for part in self._command(self.port)]
         self._tail.clear()
+        self._last_output = time.monotonic()
         self._process = await asyncio.create_subprocess_exec(
             *command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            env=self._env,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         log.info("%s started (pid %d) on %s", self.name, self._process.pid, self.url)
@@ -148,38 +168,51 @@ class ServerProcess:
     async def _wait_healthy(self, process: asyncio.subprocess.Process) -> None:
         import aiohttp
 
-        deadline = time.monotonic() + self._start_timeout_s
         timeout = aiohttp.ClientTimeout(total=2)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            while time.monotonic() < deadline:
+            while time.monotonic() < self._last_output + self._start_timeout_s:
                 if process.returncode is not None:
                     await asyncio.sleep(0)  # let the reader take its last lines
+                    _signal_group(process.pid, signal.SIGKILL)  # its helpers, left without it
                     raise EngineError(self._exit_text(process.returncode))
                 with contextlib.suppress(OSError, TimeoutError, aiohttp.ClientError):
                     async with session.get(self.url + self._health_path) as response:
                         if response.status == 200:
                             return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(process.wait(), POLL_S)
+                await _exited(process, POLL_S)
         await self._end_process()
-        raise EngineError(f"{self.name} did not become healthy within {self._start_timeout_s} s")
+        raise EngineError(
+            f"{self.name} did not become healthy and printed nothing for {self._start_timeout_s} s"
+        )
 
     def _exit_text(self, code: int) -> str:
         last = self._tail[-1] if self._tail else "no output"
         return f"{self.name} exited with status {code}: {last}"
 
     async def _relay(self, process: asyncio.subprocess.Process) -> None:
-        """Its output, line by line, through the bot's logger (errors as warnings)."""
+        """Its output, line by line, through the bot's logger (errors as warnings). The pipe is
+        always drained: a progress bar's line without end comes in pieces, never blocks it."""
         assert process.stdout is not None
         server_log = logging.getLogger(f"{__name__}.{self.name}")
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            if not line:
-                continue
-            self._tail.append(line)
-            lowered = line.lower()
-            level = logging.WARNING if "error" in lowered or "failed" in lowered else logging.DEBUG
-            server_log.log(level, "%s", line)
+        pending = b""
+        while chunk := await process.stdout.read(READ_BYTES):
+            self._last_output = time.monotonic()
+            *lines, pending = LINE_END.split(pending + chunk)
+            if len(pending) >= READ_BYTES:
+                lines.append(pending)
+                pending = b""
+            for raw in lines:
+                self._log_line(server_log, raw)
+        self._log_line(server_log, pending)
+
+    def _log_line(self, server_log: logging.Logger, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip()
+        if not line:
+            return
+        self._tail.append(line)
+        lowered = line.lower()
+        level = logging.WARNING if "error" in lowered or "failed" in lowered else logging.DEBUG
+        server_log.log(level, "%s", line)
 
     async def _watch(self) -> None:
         """Start the server again whenever it exits, backing off while it keeps failing."""
@@ -188,10 +221,12 @@ class ServerProcess:
             process = self._process
             assert process is not None
             started = time.monotonic()
-            code = await process.wait()
+            code = await _exited(process)
+            assert code is not None  # no time limit
             self._ready.clear()
             if self._stopping:
                 return
+            _signal_group(process.pid, signal.SIGKILL)  # its helpers, left without it
             if time.monotonic() - started >= STABLE_S:
                 delay = self._backoff_s
             log.warning("%s; restarting in %.1f s", self._exit_text(code), delay)
@@ -204,13 +239,32 @@ class ServerProcess:
                 log.warning("%s could not be restarted: %s", self.name, error)
 
     async def _end_process(self) -> None:
+        """SIGTERM to the server's process group, SIGKILL to what is left after the grace."""
         process = self._process
         if process is None or process.returncode is not None:
             return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), STOP_GRACE_S)
-        except TimeoutError:
+        _signal_group(process.pid, signal.SIGTERM)
+        if await _exited(process, STOP_GRACE_S) is None:
             process.kill()
-            await process.wait()
+            await _exited(process)
+        _signal_group(process.pid, signal.SIGKILL)
         log.info("%s stopped", self.name)
+
+
+async def _exited(
+    process: asyncio.subprocess.Process, timeout_s: float | None = None
+) -> int | None:
+    """The process's exit status once it has exited (None after `timeout_s`), whoever still
+    holds its output pipe."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while process.returncode is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(EXIT_POLL_S)
+    return process.returncode
+
+
+def _signal_group(leader: int, signum: signal.Signals) -> None:
+    """Signal the process group `leader` started (none left: nothing to do)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, signum)
