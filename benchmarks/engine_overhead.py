@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from synatra_bot.engine.base import SamplingParams
-from synatra_bot.engine.gguf import GgufSource
 from synatra_bot.engine.llama_build import VERSION, LlamaBuild, build
 from synatra_bot.engine.llamacpp import LlamaServerConfig, ManagedLlamaEngine
 from synatra_bot.engine.openai_compat import STREAM_HEADERS
+from synatra_bot.gguf_source import GgufSource
 
 
 def parse_args() -> argparse.Namespace:

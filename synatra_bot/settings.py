@@ -17,6 +17,7 @@ from typing import Literal, cast
 
 from synatra_bot.errors import ConfigError
 from synatra_bot.eventloop import EVENT_LOOP_KINDS, EventLoopKind, uvloop_available
+from synatra_bot.gguf_source import parse_gguf_source
 
 EngineKind = Literal["transformers", "openai", "llamacpp", "vllm"]
 ENGINES = ("transformers", "openai", "llamacpp", "vllm")
@@ -287,8 +288,6 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
 
 def _check_llamacpp(env: Mapping[str, str], model_gguf: str) -> str:
     """ENGINE=llamacpp: a GGUF that can be had and a server that can run (or none named, "")."""
-    from synatra_bot.engine.gguf import parse_gguf_source
-
     if not model_gguf:
         raise ConfigError(
             "MODEL_GGUF",

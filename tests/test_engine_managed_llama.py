@@ -16,10 +16,11 @@ import pytest
 
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.engine.factory import build_engine
-from synatra_bot.engine.gguf import GgufSource, fetch_gguf, parse_gguf_source
+from synatra_bot.engine.gguf import fetch_gguf
 from synatra_bot.engine.gguf_convert import check_type
 from synatra_bot.engine.llamacpp import LlamaServerConfig, ManagedLlamaEngine
 from synatra_bot.errors import ConfigError, EngineError, GenerationInterrupted
+from synatra_bot.gguf_source import GgufSource, parse_gguf_source
 from synatra_bot.settings import settings_from_env
 from tests import llama_cpp
 from tests.bot_process import bot_env, spawn_bot

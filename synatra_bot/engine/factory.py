@@ -20,8 +20,8 @@ def build_engine(
     `observer` hears of the embedded engine's restarts (a server's are its own).
     """
     if settings.engine == "llamacpp":
-        from synatra_bot.engine.gguf import parse_gguf_source
         from synatra_bot.engine.llamacpp import LlamaServerConfig, ManagedLlamaEngine
+        from synatra_bot.gguf_source import parse_gguf_source
 
         config = LlamaServerConfig(
             parse_gguf_source(settings.model_gguf),

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synatra_bot.engine.gguf import GgufSource, fetch_gguf
+from synatra_bot.engine.gguf import fetch_gguf
 from synatra_bot.engine.managed import ALIAS, ManagedServerEngine
+from synatra_bot.gguf_source import GgufSource
 
 
 @dataclass(frozen=True, slots=True)
