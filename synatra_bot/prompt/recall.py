@@ -38,13 +38,16 @@ _SENTENCE = re.compile(r"[^.!?。！？…~\n]+(?:[.!?。！？…~]+[\"'”’�
 
 @dataclass(frozen=True)
 class RecalledTurn:
-    """A stored turn the search found, with why: the query terms it holds and its score."""
+    """A stored turn the search found, with why: the query terms it holds and their BM25
+    score, and the cosine similarity of its vector to the query's when meaning was searched
+    too (`prompt.vectors`)."""
 
     message_id: int
     name: str
     content: str
     matched: tuple[str, ...]
     score: float
+    similarity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class RecallNote:
     text: str
     matched: tuple[str, ...]
     score: float
+    similarity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,9 @@ def recall_block(
         text = sentences_of(turn)
         if not text:
             continue
-        note = RecallNote(turn.message_id, turn.name, text, turn.matched, turn.score)
+        note = RecallNote(
+            turn.message_id, turn.name, text, turn.matched, turn.score, turn.similarity
+        )
         cost = count(_line(note)) + 1  # and the line break before it
         if used + cost <= budget:
             chosen.append(note)
