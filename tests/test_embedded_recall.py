@@ -25,6 +25,7 @@ from synatra_bot.engine.embeddings import (
     EmbeddingsUnavailable,
     embeddings_url,
 )
+from synatra_bot.prompt.recall import RECALL_HEADING
 from synatra_bot.prompt.terms import Hit, KoreanTerms
 from synatra_bot.prompt.vectors import RRF_K, Similar, VectorIndex, from_blob, fuse, to_blob
 from synatra_bot.roleplay.embedded_recall import TurnEmbeddings
@@ -131,13 +132,16 @@ def test_fusion_puts_a_turn_both_rankings_found_first_and_keeps_each_ones_own() 
     lexical = [Hit(10, 7.5, ("나비",)), Hit(20, 3.0, ("축제",)), Hit(30, 1.0, ("비",))]
     similar = [Similar(40, 0.9), Similar(20, 0.8), Similar(50, 0.1)]
     fused = fuse(lexical, similar, limit=4)
-    assert [f.message_id for f in fused] == [20, 40, 10, 50]
+    assert [f.message_id for f in fused] == [20, 10, 40, 30]
     assert fused[0].score == pytest.approx(1 / (RRF_K + 2) * 2)
     assert (fused[0].matched, fused[0].similarity) == (("축제",), 0.8)
-    assert (fused[1].matched, fused[1].bm25, fused[1].similarity) == ((), 0.0, 0.9)
-    assert (fused[2].matched, fused[2].similarity) == (("나비",), None)
+    assert (fused[1].matched, fused[1].similarity) == (("나비",), None)
+    assert (fused[2].matched, fused[2].bm25, fused[2].similarity) == ((), 0.0, 0.9)
     assert fuse(lexical, [], limit=3) == fuse(lexical, [], limit=3)
     assert [f.message_id for f in fuse(lexical, [], limit=3)] == [10, 20, 30]
+    # A tie goes to the turn whose words matched, then to the newer one.
+    tied = fuse([Hit(5, 1.0, ("나비",))], [Similar(9, 0.5), Similar(7, 0.4)], limit=3)
+    assert [f.message_id for f in tied] == [5, 9, 7]
 
 
 # --- the client ------------------------------------------------------------------------------
@@ -406,3 +410,39 @@ async def test_recall_with_llama_server_stores_vectors_fuses_and_falls_back_when
             assert "this prompt recalls by words only" in caplog.text
         finally:
             await recall.close()
+
+
+@pytest.mark.slow
+async def test_recall_by_meaning_end_to_end_through_the_fake_discord(
+    start_bot, tokenizer, embedding_gguf, tmp_path
+) -> None:
+    from synatra_bot.engine.scripted import ScriptedEngine
+    from tests.test_recall import ASKED, PLANTED, context_shown, play_until_trimmed
+
+    engine = ScriptedEngine("그래, 알겠어. 오늘도 재미있었어.", tokenizer=tokenizer)
+    with embeddings_server(embedding_gguf, tmp_path / "server.log") as url:
+        env = {"CONTEXT_SIZE": "1024", "MAX_NEW_TOKENS": "32"}
+        env |= {"EMBEDDINGS_URL": url, "EMBEDDINGS_MODEL": "tiny-embed"}
+        env |= {"EMBEDDINGS_TIMEOUT_S": "10"}
+        async with start_bot(engine=engine, env=env) as harness:
+            s = harness.scenario
+            recall = harness.bot.core.recall
+            assert isinstance(recall, TurnRecall) and recall.embeddings is not None
+            player, planted_id = await play_until_trimmed(harness, engine)
+            session = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+            turns = await repo.recent_history(harness.sessions, session_id=session.id, limit=200)
+            stored = dict(
+                await scene_vectors(harness.sessions, session_id=session.id, model="tiny-embed")
+            )
+            assert {m.id for m in turns} <= set(stored)  # every turn shown was embedded
+
+            await harness.reply_to(s.general, player, ASKED)
+            prompt = engine.prompts[-1]
+            assert RECALL_HEADING in prompt and PLANTED in prompt.split(RECALL_HEADING)[1]
+            sent = harness.bot.turns.sent.last(session.id)
+            assert sent is not None
+            # The words found the fact (a tie in the fused ranking goes to them).
+            assert planted_id in [n.message_id for n in sent.report.recall]
+            text, attached = await context_shown(harness, "ko")
+            assert f"#{planted_id} " in text and "일치: 나비" in text
+            assert PLANTED in attached.split(RECALL_HEADING)[1]

@@ -126,8 +126,8 @@ class VectorIndex:
 
 
 def fuse(lexical: Sequence[Hit], similar: Sequence[Similar], *, limit: int) -> list[Fused]:
-    """The `limit` best turns of both rankings by reciprocal rank, best first (ties: the newer
-    turn)."""
+    """The `limit` best turns of both rankings by reciprocal rank, best first (ties: the turn
+    whose words matched, whose why can be shown, then the newer turn)."""
     scores: dict[int, float] = {}
     for rank, hit in enumerate(lexical, 1):
         scores[hit.message_id] = scores.get(hit.message_id, 0.0) + 1 / (RRF_K + rank)
@@ -135,7 +135,7 @@ def fuse(lexical: Sequence[Hit], similar: Sequence[Similar], *, limit: int) -> l
         scores[near.message_id] = scores.get(near.message_id, 0.0) + 1 / (RRF_K + rank)
     hits = {hit.message_id: hit for hit in lexical}
     nearness = {near.message_id: near.similarity for near in similar}
-    best = sorted(scores, key=lambda i: (-scores[i], -i))[:limit]
+    best = sorted(scores, key=lambda i: (-scores[i], i not in hits, -i))[:limit]
     return [
         Fused(
             i,
