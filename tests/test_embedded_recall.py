@@ -144,6 +144,25 @@ def test_fusion_puts_a_turn_both_rankings_found_first_and_keeps_each_ones_own() 
     assert [f.message_id for f in tied] == [5, 9, 7]
 
 
+def test_the_inspector_says_why_each_turn_came_back_by_words_meaning_or_both() -> None:
+    from synatra_bot.prompt.recall import RecallNote
+    from synatra_bot.prompt.report import PromptReport
+
+    report = PromptReport(budget=4000, context_size=4096, max_new_tokens=96)
+    report.recall = [
+        RecallNote(7, "준", FACT, ("나비",), 1.75, 0.8312),
+        RecallNote(9, "민지", FILLERS[0], (), 0.0, 0.4),
+        RecallNote(12, "준", FILLERS[1], ("시험",), 2.0),
+    ]
+    english = report.to_text(korean=False)
+    assert "#7 준 (matched 나비; score 1.8; similarity 0.83)" in english
+    assert "#9 민지 (similarity 0.40)" in english
+    assert "#12 준 (matched 시험; score 2.0)" in english
+    korean = report.to_text(korean=True)
+    assert "#7 준 (일치: 나비, 점수 1.8, 의미 유사도 0.83)" in korean
+    assert "#9 민지 (의미 유사도 0.40)" in korean
+
+
 # --- the client ------------------------------------------------------------------------------
 
 
