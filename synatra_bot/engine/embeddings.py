@@ -9,6 +9,7 @@ only in the Authorization header and never into an error.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -60,24 +61,25 @@ class EmbeddingsClient:
         if self._session is None:
             headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
             self._session = aiohttp.ClientSession(headers=headers)
-        body = {
+        request = {
             "model": self.model,
             "input": [text[:EMBEDDED_CHARS] or " " for text in texts],
             "encoding_format": "float",
         }
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._session.post(self.url, json=body) as response:
+                async with self._session.post(self.url, json=request) as response:
                     if 400 <= response.status < 500 and response.status not in (408, 429):
                         raise EmbeddingsRefused(f"HTTP {response.status}")
                     if response.status != 200:
                         raise EmbeddingsUnavailable(f"HTTP {response.status}")
-                    answer = await response.json(content_type=None)
+                    answer = await response.read()
         except TimeoutError:
             raise EmbeddingsUnavailable(f"no answer within {timeout_s:g} s") from None
-        except (OSError, aiohttp.ClientError, ValueError) as error:
+        except (OSError, aiohttp.ClientError) as error:
             raise EmbeddingsUnavailable(type(error).__name__) from None
-        return _vectors(answer, len(texts))
+        # A batch's answer is thousands of numbers as text: read off the event loop.
+        return await asyncio.to_thread(_vectors, answer, len(texts))
 
     async def close(self) -> None:
         if self._session is not None:
@@ -85,8 +87,12 @@ class EmbeddingsClient:
             self._session = None
 
 
-def _vectors(answer: Any, expected: int) -> list[list[float]]:
+def _vectors(body: bytes, expected: int) -> list[list[float]]:
     """The answer's vectors in input order, each of the same length, all finite numbers."""
+    try:
+        answer: Any = json.loads(body)
+    except ValueError:
+        raise EmbeddingsUnavailable("the answer is not JSON") from None
     data = answer.get("data") if isinstance(answer, dict) else None
     if not isinstance(data, list) or len(data) != expected:
         raise EmbeddingsUnavailable("the answer holds no vector for each input")

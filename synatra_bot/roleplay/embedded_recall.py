@@ -219,7 +219,7 @@ class TurnEmbeddings:
         texts = [text for _, text in rows]
         try:
             vectors = await self.client.embed(texts, timeout_s=BATCH_TIMEOUT_S)
-            return [to_blob(vector) for vector in vectors]
+            return await self._off_loop(lambda: [to_blob(vector) for vector in vectors])
         except EmbeddingsRefused:
             if len(rows) == 1:
                 log.warning("recall: the embeddings server refused turn %s", rows[0][0])
