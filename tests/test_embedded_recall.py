@@ -307,6 +307,34 @@ async def test_a_server_that_is_down_or_slow_leaves_the_prompt_to_the_words(
         await recall.close()
 
 
+async def test_after_a_restart_vectors_are_read_back_while_prompts_use_the_words(
+    sessions, caplog, monkeypatch
+) -> None:
+    from synatra_bot.roleplay import embedded_recall
+
+    session_id, ids = await _scene(sessions, [FACT, *FILLERS, *FILLERS])
+    first = TurnEmbeddings(sessions, ConceptEmbedder(), query_timeout_s=5)
+    await first.similar(session_id=session_id, query="냥이", before_id=10**9, limit=3)
+    await first.settled()
+    await first.close()
+
+    monkeypatch.setattr(embedded_recall, "LOAD_PAGE", 3)  # read back in several pages
+    embedder = ConceptEmbedder()
+    again = TurnEmbeddings(sessions, embedder, query_timeout_s=5)
+    try:
+        with caplog.at_level(logging.INFO, logger="synatra_bot.roleplay.embedded_recall"):
+            reading = await again.similar(
+                session_id=session_id, query="냥이", before_id=10**9, limit=3
+            )
+        assert reading is None and "vectors are being read: words only for now" in caplog.text
+        await again.settled()
+        found = await again.similar(session_id=session_id, query="냥이", before_id=10**9, limit=3)
+        assert found is not None and found[0].message_id == ids[0]
+        assert embedder.calls == [["냥이"]]  # the stored vectors were read, none made again
+    finally:
+        await again.close()
+
+
 async def test_a_turn_the_server_refuses_is_not_sent_again(sessions) -> None:
     class Picky(ConceptEmbedder):
         async def embed(self, texts, *, timeout_s):

@@ -10,7 +10,8 @@ once its prompts first leave turns behind, running scenes with many turns and no
 a change to stored turns drops their vectors from that turn on and embeds them again.
 
 A prompt waits for its query's vector at most `query_timeout_s`: a server that is down, slow
-or answers nonsense leaves that prompt to the words alone, with a log line.
+or answers nonsense leaves that prompt to the words alone, with a log line. So does a scene
+whose stored vectors are still being read (in the background, after a start).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class TurnEmbeddings:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="vectors")
         self._indexes: Lru[int, VectorIndex] = Lru(SCENES_KEPT)
         self._jobs: dict[int, asyncio.Task[None]] = {}
+        #: Scene -> the reading of its stored vectors while one runs.
+        self._loads: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
         self._changes: dict[int, int] = {}
         self._writing = asyncio.Lock()
@@ -108,9 +111,14 @@ class TurnEmbeddings:
         if self._closed:
             return None
         index = self._indexes.get(session_id)
-        if index is None:  # from now on each stored turn of the scene is embedded
-            index = await self._load(session_id)
-            self._wake(session_id)
+        if index is None:
+            # A long scene's vectors take a while to read: no prompt waits for them. From now
+            # on each stored turn of the scene is embedded.
+            if session_id not in self._loads:
+                task = asyncio.get_running_loop().create_task(self._load_and_wake(session_id))
+                self._loads[session_id] = task
+            log.info("recall: scene %s's vectors are being read: words only for now", session_id)
+            return None
         try:
             async with asyncio.timeout(self.query_timeout_s):  # whatever the client does
                 vectors = await self.client.embed([query], timeout_s=self.query_timeout_s)
@@ -127,6 +135,17 @@ class TurnEmbeddings:
         return await self._off_loop(
             lambda: index.search(query_vector, before_id=before_id, limit=limit)
         )
+
+    async def _load_and_wake(self, session_id: int) -> None:
+        try:
+            await self._load(session_id)
+            self._wake(session_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("recall: the vectors of scene %s could not be read", session_id)
+        finally:
+            self._loads.pop(session_id, None)
 
     async def _load(self, session_id: int) -> VectorIndex:
         """The scene's index from its stored vectors, a page at a time, built on the worker."""
@@ -258,8 +277,10 @@ class TurnEmbeddings:
 
     async def settled(self) -> None:
         """Wait until every embedding job has finished (for tests and shutdown)."""
-        while self._jobs or (self._catch_up is not None and not self._catch_up.done()):
-            waiting: list[asyncio.Task[None]] = list(self._jobs.values())
+        while (
+            self._jobs or self._loads or (self._catch_up is not None and not self._catch_up.done())
+        ):
+            waiting: list[asyncio.Task[None]] = [*self._jobs.values(), *self._loads.values()]
             if self._catch_up is not None and not self._catch_up.done():
                 waiting.append(self._catch_up)
             await asyncio.gather(*waiting, return_exceptions=True)
@@ -267,7 +288,11 @@ class TurnEmbeddings:
     async def close(self) -> None:
         """Stop embedding (what is stored stays) and close the server's connections."""
         self._closed = True
-        tasks = [*self._jobs.values(), *([self._catch_up] if self._catch_up else [])]
+        tasks = [
+            *self._jobs.values(),
+            *self._loads.values(),
+            *([self._catch_up] if self._catch_up else []),
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
