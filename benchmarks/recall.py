@@ -137,11 +137,10 @@ def run(turns: int, tokenizer_dir: Path, dimensions: int = 768) -> dict[str, flo
 
     from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
     from synatra_bot.prompt.cards import CharacterCard
-    from synatra_bot.prompt.recall import RecalledTurn, recall_block
+    from synatra_bot.prompt.recall import CANDIDATES, RecalledTurn, recall_block
     from synatra_bot.prompt.terms import KoreanTerms, TurnIndex
-    from synatra_bot.prompt.vectors import VectorIndex, fuse
+    from synatra_bot.prompt.vectors import VECTOR_CANDIDATES, VectorIndex, fuse
     from synatra_bot.roleplay.memory import fit_summary
-    from synatra_bot.roleplay.recall import CANDIDATES, VECTOR_CANDIDATES
     from synatra_bot.tokenizer import load_tokenizer
 
     texts, facts = generate(turns)

@@ -27,9 +27,17 @@ from synatra_bot.engine.embeddings import (
 )
 from synatra_bot.prompt.recall import RECALL_HEADING
 from synatra_bot.prompt.terms import Hit, KoreanTerms
-from synatra_bot.prompt.vectors import RRF_K, Similar, VectorIndex, from_blob, fuse, to_blob
+from synatra_bot.prompt.vectors import (
+    RRF_K,
+    VECTOR_CANDIDATES,
+    Similar,
+    VectorIndex,
+    from_blob,
+    fuse,
+    to_blob,
+)
 from synatra_bot.roleplay.embedded_recall import TurnEmbeddings
-from synatra_bot.roleplay.recall import VECTOR_CANDIDATES, TurnRecall
+from synatra_bot.roleplay.recall import TurnRecall
 from synatra_bot.storage import repository as repo
 from synatra_bot.storage.migrate import upgrade_database
 from synatra_bot.storage.models import MessageVector
@@ -493,3 +501,73 @@ async def test_recall_by_meaning_end_to_end_through_the_fake_discord(
             text, attached = await context_shown(harness, "ko")
             assert f"#{planted_id} " in text and "일치: 나비" in text
             assert PLANTED in attached.split(RECALL_HEADING)[1]
+
+
+def _preview_args(tmp_path, newest: str, *more: str):
+    import argparse
+    import json
+
+    from synatra_bot.prompt.preview import configure_parser
+    from tests.prompt_helpers import v2_card
+
+    card = tmp_path / "minji.json"
+    card.write_text(json.dumps(v2_card(), ensure_ascii=False), encoding="utf-8")
+    lines = [{"role": "user", "name": "준", "content": FACT}]
+    for i in range(60):
+        role = "user" if i % 2 else "assistant"
+        lines.append({"role": role, "name": "준" if i % 2 else "민지", "content": FILLERS[i % 4]})
+    lines.append({"role": "user", "name": "준", "content": newest})
+    history = tmp_path / "chat.jsonl"
+    history.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines), "utf-8")
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return parser.parse_args(
+        [
+            *("--card", str(card), "--history", str(history)),
+            *("--context", "1024", "--max-new-tokens", "64", *more),
+        ]
+    )
+
+
+def test_the_preview_recalls_by_words_when_its_embeddings_server_is_down(
+    tmp_path, tokenizer_dir, capsys
+) -> None:
+    from synatra_bot.prompt.preview import run_preview
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    args = _preview_args(
+        tmp_path,
+        "축제에서 만난 나비한테 밥 줬어?",
+        *("--tokenizer", str(tokenizer_dir), "--embeddings-url", dead),
+        *("--embeddings-model", "tiny-embed"),
+    )
+    assert run_preview(args, default_model_id="unused") == 0
+    printed = capsys.readouterr()
+    assert "gave no vectors" in printed.err and "recalling by words only" in printed.err
+    assert f"준: {FACT}" in printed.out.split(RECALL_HEADING)[1]
+    no_model = _preview_args(tmp_path, "나비", "--embeddings-url", dead)
+    assert run_preview(no_model, default_model_id="unused") == 2
+    assert "--embeddings-url needs --embeddings-model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_preview_fuses_meaning_from_llama_server_as_the_bot_does(
+    tmp_path, tokenizer_dir, embedding_gguf, capsys
+) -> None:
+    import re
+
+    from synatra_bot.prompt.preview import run_preview
+
+    with embeddings_server(embedding_gguf, tmp_path / "server.log") as url:
+        # Its own vector is nearest to itself: the filler said again word for word is found
+        # by meaning as well as by its words.
+        args = _preview_args(
+            tmp_path,
+            FILLERS[1],
+            *("--tokenizer", str(tokenizer_dir), "--embeddings-url", url),
+            *("--embeddings-model", "tiny-embed"),
+        )
+        assert run_preview(args, default_model_id="unused") == 0
+    printed = capsys.readouterr()
+    assert RECALL_HEADING in printed.out and "gave no vectors" not in printed.err
+    assert re.search(r"\(matched [^)]*; similarity (0\.99|1\.00)\)", printed.err), printed.err

@@ -16,7 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from synatra_bot.prompt.terms import KoreanTerms, TurnIndex
+from synatra_bot.prompt.terms import Hit, KoreanTerms, TurnIndex
+from synatra_bot.prompt.vectors import (
+    VECTOR_CANDIDATES,
+    Fused,
+    Similar,
+    Vector,
+    VectorIndex,
+    fuse,
+)
 
 if TYPE_CHECKING:
     from synatra_bot.prompt.history import HistoryMessage
@@ -84,27 +92,43 @@ def recall_in(
     budget: int,
     terms: KoreanTerms,
     count: Callable[[str], int],
+    vectors: Sequence[Vector] | None = None,
 ) -> RecallBlock | None:
     """The block the newest message of `history` recalls from its first `before` messages
     (those the window left behind): for a whole history held in memory (`synatra-bot prompt`),
-    as the bot recalls from a scene's stored turns."""
+    as the bot recalls from a scene's stored turns. With `vectors` (one per message of
+    `history`, from an embeddings server) meaning is searched too and both rankings fused."""
     if before <= 0 or not history or budget <= 0:
         return None
     index = TurnIndex()
     for position, message in enumerate(history[:before]):
         index.add(position, terms.terms(message.content))
     hits = index.search(terms.terms(history[-1].content), before_id=before, limit=CANDIDATES)
+    similar = None
+    if vectors is not None:
+        nearness = VectorIndex()
+        for position, vector in enumerate(vectors[:before]):
+            nearness.add(position, vector)
+        similar = nearness.search(vectors[-1], before_id=before, limit=VECTOR_CANDIDATES)
     turns = [
         RecalledTurn(
             history[h.message_id].message_id or h.message_id,
             history[h.message_id].name,
             history[h.message_id].content,
             h.matched,
-            h.score,
+            h.bm25,
+            h.similarity,
         )
-        for h in hits
+        for h in ranked_turns(hits, similar)
     ]
     return recall_block(turns, budget=budget, count=count)
+
+
+def ranked_turns(hits: Sequence[Hit], similar: Sequence[Similar] | None) -> list[Fused]:
+    """The words' ranking fused with the meaning's (when searched), best first."""
+    if similar is None:
+        return [Fused(h.message_id, h.score, h.score, h.matched, None) for h in hits]
+    return fuse(hits, similar, limit=CANDIDATES)
 
 
 def sentences_of(turn: RecalledTurn) -> str:

@@ -19,6 +19,9 @@ from synatra_bot.prompt.terms import Hit
 #: The constant of reciprocal rank fusion (60, as its authors chose: a first place is worth
 #: little more than a fifth).
 RRF_K = 60
+#: Turns the search by meaning ranks: fewer than by words, as the nearest turns are always
+#: some turns, whether or not the message refers to any.
+VECTOR_CANDIDATES = 4
 #: Rows the matrix grows by when full (it doubles past this).
 _FIRST_CAPACITY = 64
 

@@ -29,9 +29,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from synatra_bot.prompt.lru import Lru
-from synatra_bot.prompt.recall import CANDIDATES, RecallBlock, RecalledTurn, recall_block
-from synatra_bot.prompt.terms import Hit, KoreanTerms, TurnIndex
-from synatra_bot.prompt.vectors import Fused, Similar, fuse
+from synatra_bot.prompt.recall import (
+    CANDIDATES,
+    RecallBlock,
+    RecalledTurn,
+    ranked_turns,
+    recall_block,
+)
+from synatra_bot.prompt.terms import KoreanTerms, TurnIndex
+from synatra_bot.prompt.vectors import VECTOR_CANDIDATES
 from synatra_bot.roleplay.embedded_recall import TurnEmbeddings
 from synatra_bot.storage import recall_terms as store
 from synatra_bot.storage.repository import Sessions
@@ -41,9 +47,6 @@ T = TypeVar("T")
 
 #: Turns analysed and stored together: a search waits for at most one batch of the worker.
 INDEX_BATCH = 32
-#: Turns the search by meaning ranks: fewer than by words, as the nearest turns are always
-#: some turns, whether or not the message refers to any.
-VECTOR_CANDIDATES = 4
 #: Stored terms read at a time when a scene's index is built.
 LOAD_PAGE = 2000
 #: Scenes whose index is kept in memory.
@@ -147,7 +150,7 @@ class TurnRecall:
         finally:
             if nearest is not None and not nearest.done():
                 nearest.cancel()
-        ranked = _ranked(hits, similar)
+        ranked = ranked_turns(hits, similar)
         if not ranked:
             return None
         shown = {
@@ -286,13 +289,6 @@ class TurnRecall:
         self._worker.shutdown(wait=True, cancel_futures=True)
         if self.embeddings is not None:
             await self.embeddings.close()
-
-
-def _ranked(hits: Sequence[Hit], similar: Sequence[Similar] | None) -> list[Fused]:
-    """The words' ranking fused with the meaning's (when searched), best first."""
-    if similar is None:
-        return [Fused(h.message_id, h.score, h.score, h.matched, None) for h in hits]
-    return fuse(hits, similar, limit=CANDIDATES)
 
 
 def _add_rows(index: TurnIndex, rows: Sequence[tuple[int, str]]) -> None:
