@@ -372,7 +372,7 @@ async def test_existing_turns_are_embedded_in_the_background_with_progress(
 ) -> None:
     from synatra_bot.roleplay import embedded_recall
 
-    url, old = await upgraded_from_0001(tmp_path, "0018")
+    url, old = await upgraded_from_0001(tmp_path, "0021")
     monkeypatch.setattr(embedded_recall, "CATCH_UP_MIN_TURNS", 1)
     async with opened(url) as sessions:
         embeddings = TurnEmbeddings(sessions, ConceptEmbedder(), query_timeout_s=5)
@@ -387,11 +387,11 @@ async def test_existing_turns_are_embedded_in_the_background_with_progress(
     )
 
 
-async def test_upgrade_to_0019_keeps_every_scene(tmp_path) -> None:
-    url, old = await upgraded_from_0001(tmp_path, "0018")
+async def test_upgrade_to_turn_vectors_keeps_every_scene(tmp_path) -> None:
+    url, old = await upgraded_from_0001(tmp_path, "0021")
     async with opened(url) as sessions, sessions() as session:
         assert await session.scalar(select(func.count()).select_from(MessageVector)) == 0
-    await assert_kept_down_and_up(url, "0018", old)
+    await assert_kept_down_and_up(url, "0021", old)
 
 
 # --- against llama.cpp's llama-server --------------------------------------------------------
