@@ -14,9 +14,16 @@ Each is asked about later, past the window, with other particles, endings and wo
   sentence of each turn (the fact is its turn's first sentence: the baseline's best case),
   within 384 tokens (`memory.fit_summary`, the real tokenizer);
 - the time recall adds to a prompt build (analysing the question, searching, the block, and
-  the build with it) against the same build without it, p50 and p95 over the 200 questions.
+  the build with it) against the same build without it, p50 and p95 over the 200 questions;
+- what recall by meaning adds on top (with an embeddings server): the cosine search over the
+  scene's vectors (`prompt.vectors.VectorIndex`) and the fusion of both rankings
+  (`prompt.vectors.fuse`), with fixed random vectors of `--dimensions` for every turn and
+  question. Random vectors measure the time, not the ranking (no embedding model runs here):
+  the fused recall@5 they give is what fusion keeps of the words' ranking when the vectors
+  say nothing. The query's own embedding request is not in it (it runs on the server, in
+  parallel with analysing the question, within EMBEDDINGS_TIMEOUT_S).
 
-Run: `python -m benchmarks.recall [--turns 5000 50000] [--tokenizer FOLDER]`
+Run: `python -m benchmarks.recall [--turns 5000 50000] [--dimensions 768] [--tokenizer FOLDER]`
 """
 
 from __future__ import annotations
@@ -125,11 +132,14 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def run(turns: int, tokenizer_dir: Path) -> dict[str, float]:
+def run(turns: int, tokenizer_dir: Path, dimensions: int = 768) -> dict[str, float]:
+    import numpy as np
+
     from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
     from synatra_bot.prompt.cards import CharacterCard
-    from synatra_bot.prompt.recall import RecalledTurn, recall_block
+    from synatra_bot.prompt.recall import CANDIDATES, RecalledTurn, recall_block
     from synatra_bot.prompt.terms import KoreanTerms, TurnIndex
+    from synatra_bot.prompt.vectors import VECTOR_CANDIDATES, VectorIndex, fuse
     from synatra_bot.roleplay.memory import fit_summary
     from synatra_bot.tokenizer import load_tokenizer
 
@@ -145,6 +155,10 @@ def run(turns: int, tokenizer_dir: Path) -> dict[str, float]:
         index.add(i, t)
     index_mib = tracemalloc.get_traced_memory()[0] / 2**20
     tracemalloc.stop()
+    random_vectors = np.random.default_rng(3)
+    vectors = VectorIndex()
+    for i in range(turns):
+        vectors.add(i, random_vectors.standard_normal(dimensions).astype(np.float32))
 
     fts = sqlite3.connect(":memory:")
     fts.execute("CREATE VIRTUAL TABLE turns USING fts5(terms)")
@@ -163,6 +177,8 @@ def run(turns: int, tokenizer_dir: Path) -> dict[str, float]:
     added_cpu_ms: list[float] = []
     analysis_ms: list[float] = []
     search_ms: list[float] = []
+    fusion_ms: list[float] = []
+    fused_hits5 = 0
 
     # The scripted summariser, folded forward to each question in order.
     summary, folded = "", 0
@@ -215,6 +231,14 @@ def run(turns: int, tokenizer_dir: Path) -> dict[str, float]:
         added_cpu_ms.append((with_cpu - plain_cpu) * 1000)
         analysis_ms.append((analysed - started) * 1000)
         search_ms.append((searched - analysed) * 1000)
+        query_vector = random_vectors.standard_normal(dimensions).astype(np.float32)
+        lexical = index.search(query_terms, before_id=before, limit=CANDIDATES)
+        started = time.perf_counter()
+        near = vectors.search(query_vector, before_id=before, limit=VECTOR_CANDIDATES)
+        fused = fuse(lexical, near, limit=CANDIDATES)
+        fusion_ms.append((time.perf_counter() - started) * 1000)
+        fused_hits5 += fact.position in [f.message_id for f in fused[:5]]
+
         ids = [h.message_id for h in found]
         hits3 += fact.position in ids[:3]
         hits5 += fact.position in ids[:5]
@@ -249,12 +273,20 @@ def run(turns: int, tokenizer_dir: Path) -> dict[str, float]:
         "analysis_p95": percentile(analysis_ms, 0.95),
         "search_p50": percentile(search_ms, 0.5),
         "search_p95": percentile(search_ms, 0.95),
+        "fusion_p50": percentile(fusion_ms, 0.5),
+        "fusion_p95": percentile(fusion_ms, 0.95),
+        "fused_recall@5": fused_hits5 / FACTS,
+        "vectors_mib": len(vectors) * dimensions * 4 / 2**20,
+        "dimensions": dimensions,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, nargs="+", default=[5000, 50000])
+    parser.add_argument(
+        "--dimensions", type=int, default=768, help="the random vectors' length (384-1024)"
+    )
     parser.add_argument("--tokenizer", type=Path, help="a tokenizer folder (default: the tests')")
     args = parser.parse_args()
     tokenizer_dir = args.tokenizer
@@ -262,7 +294,7 @@ def main() -> None:
         from tests.model_fixtures import write_tokenizer
 
         tokenizer_dir = write_tokenizer(Path(tempfile.mkdtemp()))
-    results = [run(turns, tokenizer_dir) for turns in args.turns]
+    results = [run(turns, tokenizer_dir, args.dimensions) for turns in args.turns]
     print(
         "| turns | recall@3 | recall@5 | FTS5 recall@5 | summary only | Kiwi ms/turn | index MiB |"
     )
@@ -286,6 +318,18 @@ def main() -> None:
         ]
         print(f"| {r['turns']:,} | " + " | ".join(cells) + " |")
     print("(milliseconds, p50 / p95 over the 200 questions)")
+    print()
+    print(
+        "| turns | vector length | vectors MiB | cosine search + fusion adds"
+        " | fused recall@5 (random vectors) |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r['turns']:,} | {r['dimensions']:.0f} | {r['vectors_mib']:.1f}"
+            f" | {r['fusion_p50']:.2f} / {r['fusion_p95']:.2f} | {r['fused_recall@5']:.3f} |"
+        )
+    print("(milliseconds, p50 / p95)")
 
 
 if __name__ == "__main__":

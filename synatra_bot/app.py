@@ -26,6 +26,7 @@ from synatra_bot.settings import Settings, configure_logging, load_settings
 if TYPE_CHECKING:
     from synatra_bot.discord.bot import SynatraBot
     from synatra_bot.engine.base import Engine
+    from synatra_bot.roleplay.embedded_recall import TurnEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,24 @@ def build_core(
         observer=observer,
     )
     MemoryKeeper(core, scheduler)  # attaches itself to the core
-    core.recall = TurnRecall(storage.sessions)
+    core.recall = TurnRecall(storage.sessions, embeddings=_turn_embeddings(settings, storage))
     return Turns(core, scheduler)
+
+
+def _turn_embeddings(settings: Settings, storage: Storage) -> TurnEmbeddings | None:
+    """Recall by meaning, when the host configured an embeddings server."""
+    if not settings.embeddings_url:
+        return None
+    from synatra_bot.engine.embeddings import EmbeddingsClient
+    from synatra_bot.roleplay.embedded_recall import TurnEmbeddings
+
+    client = EmbeddingsClient(
+        settings.embeddings_url,
+        model=settings.embeddings_model,
+        api_key=settings.embeddings_api_key,
+    )
+    log.info("recall: old turns are recalled by meaning too (%s)", client.shown_url)
+    return TurnEmbeddings(storage.sessions, client, query_timeout_s=settings.embeddings_timeout_s)
 
 
 @contextlib.asynccontextmanager

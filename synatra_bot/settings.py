@@ -125,13 +125,21 @@ class Settings:
     #: Several processes share the gateway: all of them get SHARD_COUNT, each its SHARD_IDS.
     shard_count: int | None = None
     shard_ids: tuple[int, ...] | None = None
+    #: An OpenAI-compatible `/v1/embeddings` server for recalling old turns by meaning too
+    #: ("": recall by words only), the model it serves, and its API key.
+    embeddings_url: str = ""
+    embeddings_model: str = ""
+    embeddings_api_key: str = ""
+    #: How long a prompt waits for its query's vector before recalling by words only.
+    embeddings_timeout_s: float = 0.5
 
     def __repr__(self) -> str:
         # Secrets never reach logs through repr().
         shown = {
             f.name: (
                 "***"
-                if f.name in {"discord_token", "engine_api_key"} and getattr(self, f.name)
+                if f.name in {"discord_token", "engine_api_key", "embeddings_api_key"}
+                and getattr(self, f.name)
                 else getattr(self, f.name)
             )
             for f in fields(self)
@@ -146,7 +154,8 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in logs or error messages."""
-        return tuple(s for s in (self.discord_token, self.engine_api_key) if s)
+        keys = (self.discord_token, self.engine_api_key, self.embeddings_api_key)
+        return tuple(s for s in keys if s)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -235,6 +244,7 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
     if event_loop == "uvloop" and not uvloop_available():
         raise ConfigError("EVENT_LOOP", "uvloop is not installed: pip install uvloop, or use auto")
 
+    embeddings_url, embeddings_model, embeddings_api_key = _embeddings(env)
     return Settings(
         discord_token=token,
         database_url=database_url,
@@ -283,7 +293,38 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         event_loop=cast(EventLoopKind, event_loop),
         shard_count=shard_count,
         shard_ids=shard_ids,
+        embeddings_url=embeddings_url,
+        embeddings_model=embeddings_model,
+        embeddings_api_key=embeddings_api_key,
+        embeddings_timeout_s=_float(env, "EMBEDDINGS_TIMEOUT_S", 0.5, 0.05, 30),
     )
+
+
+def _embeddings(env: Mapping[str, str]) -> tuple[str, str, str]:
+    """EMBEDDINGS_URL, EMBEDDINGS_MODEL and EMBEDDINGS_API_KEY, checked together: the model is
+    required with a server (its vectors are stored under its name), and neither without one."""
+    url = env.get("EMBEDDINGS_URL", "").strip().rstrip("/")
+    model = env.get("EMBEDDINGS_MODEL", "").strip()
+    key = env.get("EMBEDDINGS_API_KEY", "").strip()
+    if not url:
+        for name, value in (("EMBEDDINGS_MODEL", model), ("EMBEDDINGS_API_KEY", key)):
+            if value:
+                raise ConfigError(name, "needs EMBEDDINGS_URL (the /v1/embeddings server)")
+        return "", "", ""
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("EMBEDDINGS_URL", f"must start with http:// or https://, got {url!r}")
+    if key and urllib.parse.urlsplit(url).username is not None:
+        raise ConfigError(
+            "EMBEDDINGS_URL",
+            "has a user and password in it and EMBEDDINGS_API_KEY is set too: give one of them",
+        )
+    if not model:
+        raise ConfigError(
+            "EMBEDDINGS_MODEL", "required with EMBEDDINGS_URL (the model the server embeds with)"
+        )
+    if len(model) > 200:
+        raise ConfigError("EMBEDDINGS_MODEL", "must be at most 200 characters")
+    return url, model, key
 
 
 def _check_llamacpp(env: Mapping[str, str], model_gguf: str) -> str:

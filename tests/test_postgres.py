@@ -214,3 +214,46 @@ async def test_pins_stop_at_the_scene_limit_when_added_at_the_same_moment(postgr
         await check_pin_limit_holds(create_sessionmaker(engine))
     finally:
         await engine.dispose()
+
+
+async def test_turn_vectors_round_trip_and_count_in_the_scene_quota(postgres_url):
+    from synatra_bot.roleplay.embedded_recall import TurnEmbeddings
+    from synatra_bot.storage.archives import ImportedTurn, import_scene
+    from synatra_bot.storage.recall_vectors import scene_vectors
+    from tests.test_embedded_recall import DIMENSIONS, ConceptEmbedder
+    from tests.test_scene_quotas import copied_usage
+
+    await upgrade_database(postgres_url)
+    engine = create_engine(postgres_url)
+    sessions = create_sessionmaker(engine)
+    member, guild = 1575980247692607600, 1575980247692607601
+    texts = ["고양이 나비는 축제에서 만났어.", "버스가 늦었다."]
+    try:
+        character = await repo.create_character(
+            sessions, owner_id=member, guild_id=guild, name="하늘"
+        )
+        scene = await import_scene(
+            sessions,
+            guild_id=guild,
+            channel_id=1575980247692607602,
+            parent_channel_id=None,
+            character_id=character.id,
+            started_by=member,
+            turns=[ImportedTurn(role="user", options=(t,), author_id=member) for t in texts],
+        )
+        embeddings = TurnEmbeddings(sessions, ConceptEmbedder(), query_timeout_s=5)
+        try:
+            await embeddings.similar(session_id=scene.id, query="냥이", before_id=2**31, limit=2)
+            await embeddings.settled()
+            found = await embeddings.similar(
+                session_id=scene.id, query="냥이", before_id=2**31, limit=2
+            )
+        finally:
+            await embeddings.close()
+        stored = await scene_vectors(sessions, session_id=scene.id, model="concepts-v1")
+        assert len(stored) == 2 and {len(blob) for _, blob in stored} == {DIMENSIONS * 4}
+        assert found is not None and found[0].message_id == stored[0][0]
+        text_bytes = sum(len(t.encode()) for t in texts)
+        assert await copied_usage(sessions, member, guild) == (2, text_bytes + 2 * DIMENSIONS * 4)
+    finally:
+        await engine.dispose()

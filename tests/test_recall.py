@@ -307,32 +307,68 @@ def test_the_preview_recalls_from_the_whole_history_file(tmp_path, tokenizer_dir
 # --- end to end ---------------------------------------------------------------------------------
 
 
+#: The fact a scene's player plants early, and the later message that refers to it with
+#: another particle (나비는 -> 나비한테서).
+PLANTED = "나비는 우리 집 고양이야. 작년 봄 축제에서 처음 만났어."
+ASKED = "요즘 나비한테서 소식 들었어?"
+
+
+async def play_until_trimmed(harness, engine, *, recall_tokens: int = 128):
+    """A Korean scene whose first message plants `PLANTED`, played on until the prompt's window
+    no longer holds it; the scene's indexing settled. The player and the planted turn's id."""
+    s = harness.scenario
+    budget = await harness.slash(s.moderator, "config memory", recall_tokens=recall_tokens)
+    await harness.final_text(budget)
+    # Many turns in a minute from one player: lift the per-player limit.
+    await repo.update_guild_settings(harness.sessions, guild_id=s.guild.id, user_rate_limit=120)
+    character = await harness.character(s.moderator, "민지")
+    await harness.start_roleplay(s.moderator, s.general, character)
+    player = s.members[0]
+    await harness.reply_to(s.general, player, PLANTED)
+    session = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+    history = await repo.recent_history(harness.sessions, session_id=session.id, limit=10)
+    planted_id = next(m.id for m in history if m.content == PLANTED)
+    for i in range(30):
+        await harness.reply_to(s.general, player, FILLERS[i % len(FILLERS)])
+    assert PLANTED not in engine.prompts[-1]  # trimmed out of the window
+    await harness.bot.core.recall.settled()  # indexed once its prompts left turns behind
+    return player, planted_id
+
+
+async def context_shown(harness, locale: str) -> tuple[str, str]:
+    """What `/rp context` says to the moderator in `locale`, and its attached prompt.txt."""
+    record = await harness.slash(harness.scenario.moderator, "rp context", locale=locale)
+    text = await harness.final_text(record)
+    message = await harness.fake.wait_until(
+        lambda: next((m for m in [*record.followups, record.original] if m), None)
+    )
+    assert message.attachments and message.attachments[0].filename == "prompt.txt"
+    return text, message.attachments[0].data.decode()
+
+
 async def test_a_fact_trimmed_out_is_recalled_when_a_later_message_names_it(start_bot, tokenizer):
     engine = ScriptedEngine("그래, 알겠어. 오늘도 재미있었어.", tokenizer=tokenizer)
     env = {"CONTEXT_SIZE": "1024", "MAX_NEW_TOKENS": "32"}
     async with start_bot(engine=engine, env=env) as harness:
         s = harness.scenario
-        budget = await harness.slash(s.moderator, "config memory", recall_tokens=128)
-        await harness.final_text(budget)
-        # Many turns in a minute from one player: lift the per-player limit.
-        await repo.update_guild_settings(harness.sessions, guild_id=s.guild.id, user_rate_limit=120)
-        character = await harness.character(s.moderator, "민지")
-        await harness.start_roleplay(s.moderator, s.general, character)
-        player = s.members[0]
-        await harness.reply_to(s.general, player, FACT)
-        recall = harness.bot.core.recall
-        for i in range(30):
-            await harness.reply_to(s.general, player, FILLERS[i % len(FILLERS)])
-        assert FACT not in engine.prompts[-1]  # trimmed out of the window
-        await recall.settled()  # the scene was indexed once its prompts left turns behind
+        player, planted_id = await play_until_trimmed(harness, engine)
 
-        await harness.reply_to(s.general, player, "그 축제에서 만난 나비한테 밥 줬어?")
+        await harness.reply_to(s.general, player, ASKED)
         prompt = engine.prompts[-1]
         assert RECALL_HEADING in prompt
         block = prompt[prompt.index(RECALL_HEADING) :]
-        assert "나비야" in block
+        assert PLANTED in block
         # It sits after the newest message, so the prompt's start stays as it was.
-        assert prompt.index("그 축제에서 만난 나비한테") < prompt.index(RECALL_HEADING)
+        assert prompt.index(ASKED) < prompt.index(RECALL_HEADING)
+
+        # The inspector shows what was recalled, from which turn, and why.
+        text, attached = await context_shown(harness, "ko")
+        assert "떠올린 옛 턴:" in text and f"#{planted_id} " in text
+        assert "일치: 나비" in text
+        assert PLANTED in attached.split(RECALL_HEADING)[1]
+        english, _ = await context_shown(harness, "en-US")
+        assert "recalled:" in english and f"#{planted_id} " in english
+        assert "matched 나비" in english
 
         # A moderator turns recall off: the next message naming the cat recalls nothing.
         off = await harness.slash(s.moderator, "config memory", recall_tokens=0)

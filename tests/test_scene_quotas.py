@@ -198,3 +198,78 @@ async def test_upgrade_to_0013_keeps_scenes_uncounted_and_servers_on_the_default
         guild = await repo.get_guild_settings(sessions, guild_id=old.guild_id)
         assert scene_quota(guild) == (5, DEFAULT_SCENE_MEGABYTES)
     await assert_kept_down_and_up(url, "0012", old)
+
+
+async def test_the_recall_index_of_copied_scenes_counts_in_the_bytes_quota(tmp_path):
+    """A copied scene's search terms and vectors (one row of each per turn, at most) count
+    with its text, so indexing and embedding it cannot grow what a member keeps past the
+    quota; indexing the same turns again after an edit adds nothing."""
+    from synatra_bot.prompt.terms import KoreanTerms
+    from synatra_bot.roleplay.embedded_recall import TurnEmbeddings
+    from synatra_bot.roleplay.recall import TurnRecall
+    from synatra_bot.storage.models import MessageTerms, MessageVector
+    from tests.test_embedded_recall import DIMENSIONS, ConceptEmbedder
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'scenes.db'}"
+    await upgrade_database(url)
+    member, guild = 4242, 4343
+    texts = ["고양이 나비는 축제에서 만났어.", "버스가 늦었다.", "점심은 김치찌개.", "비가 온다."]
+    turns = [ImportedTurn(role="user", options=(text,), author_id=member) for text in texts]
+    text_bytes = sum(len(text.encode()) for text in texts)
+    terms = KoreanTerms()
+    terms.load()
+    async with opened(url) as sessions:
+        character = await repo.create_character(
+            sessions, owner_id=member, guild_id=guild, name="하늘"
+        )
+
+        async def imported(channel_id: int, quota: SceneQuota | None = None):
+            return await archives.import_scene(
+                sessions,
+                guild_id=guild,
+                channel_id=channel_id,
+                parent_channel_id=None,
+                character_id=character.id,
+                started_by=member,
+                turns=turns,
+                quota=quota,
+            )
+
+        scene = await imported(45_000)
+        assert await copied_usage(sessions, member, guild) == (4, text_bytes)
+        recall = TurnRecall(
+            sessions,
+            terms=terms,
+            embeddings=TurnEmbeddings(sessions, ConceptEmbedder(), query_timeout_s=5),
+        )
+        try:
+            await recall.recall(
+                session_id=scene.id, query="나비", before_id=10**9, budget=100, count=len
+            )
+            await recall.settled()
+            async with sessions() as session:
+                terms_bytes = sum(
+                    len(t.encode()) for t in (await session.scalars(select(MessageTerms.terms)))
+                )
+                vectors = await session.scalar(select(func.count(MessageVector.message_id)))
+            indexed = text_bytes + terms_bytes + vectors * DIMENSIONS * 4
+            assert vectors == 4 and terms_bytes > 0
+            assert await copied_usage(sessions, member, guild) == (4, indexed)
+
+            # Indexed again after an edit: one row of each per turn still.
+            first = (await repo.recent_history(sessions, session_id=scene.id, limit=10))[0]
+            await recall.turns_changed(scene.id, first.id)
+            await recall.settled()
+            assert await copied_usage(sessions, member, guild) == (4, indexed)
+        finally:
+            await recall.close()
+
+        # Room for the next import's text, not with what the index already takes.
+        quota = SceneQuota(rows=100, bytes=2 * text_bytes + (indexed - text_bytes) - 1)
+        try:
+            await imported(45_001, quota)
+        except QuotaReached as refused:
+            assert refused.key == "error.scene_quota"
+        else:
+            raise AssertionError("the import went past the quota")
+        assert await copied_usage(sessions, member, guild) == (4, indexed)

@@ -53,6 +53,20 @@ def test_engine_model_names_the_server_model_and_model_id_stays_the_tokenizer():
         ({"CONTEXT_SIZE": "100"}, "CONTEXT_SIZE"),
         ({"MAX_NEW_TOKENS": "3000"}, "MAX_NEW_TOKENS"),
         ({"QUANTIZATION": "2bit"}, "QUANTIZATION"),
+        ({"EMBEDDINGS_URL": "127.0.0.1:8081", "EMBEDDINGS_MODEL": "bge"}, "EMBEDDINGS_URL"),
+        ({"EMBEDDINGS_URL": "http://127.0.0.1:8081"}, "EMBEDDINGS_MODEL"),
+        ({"EMBEDDINGS_MODEL": "bge-m3"}, "EMBEDDINGS_MODEL"),
+        ({"EMBEDDINGS_API_KEY": "sk-embed"}, "EMBEDDINGS_API_KEY"),
+        (
+            {"EMBEDDINGS_URL": "http://u:p@h:8081", "EMBEDDINGS_MODEL": "m"}
+            | {"EMBEDDINGS_API_KEY": "sk"},
+            "EMBEDDINGS_URL",
+        ),
+        (
+            {"EMBEDDINGS_URL": "http://h:8081", "EMBEDDINGS_MODEL": "m"}
+            | {"EMBEDDINGS_TIMEOUT_S": "빨리"},
+            "EMBEDDINGS_TIMEOUT_S",
+        ),
     ],
 )
 def test_each_problem_names_its_setting(env, setting):
@@ -79,6 +93,37 @@ def test_repr_hides_secrets():
     settings = settings_from_env({"DISCORD_TOKEN": "sekrit-token", "ENGINE_API_KEY": "sk-123456"})
     assert "sekrit-token" not in repr(settings)
     assert "sk-123456" not in repr(settings)
+
+
+def test_an_embeddings_server_is_read_with_its_model_and_its_key_kept_secret():
+    env = {"DISCORD_TOKEN": "t0ken", "EMBEDDINGS_URL": " http://127.0.0.1:8081/ "}
+    env |= {"EMBEDDINGS_MODEL": "bge-m3", "EMBEDDINGS_API_KEY": "sk-embed-1"}
+    settings = settings_from_env(env | {"EMBEDDINGS_TIMEOUT_S": "0.25"})
+    assert (settings.embeddings_url, settings.embeddings_model) == (
+        "http://127.0.0.1:8081",
+        "bge-m3",
+    )
+    assert settings.embeddings_timeout_s == 0.25
+    assert "sk-embed-1" not in repr(settings) and "sk-embed-1" in settings.secrets
+    assert settings_from_env({"DISCORD_TOKEN": "t0ken"}).embeddings_url == ""
+
+
+def test_a_bad_embeddings_setting_exits_2_with_one_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DISCORD_TOKEN": "x"}
+    env |= {"EMBEDDINGS_URL": "http://127.0.0.1:8081", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "synatra_bot.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "synatra-bot: EMBEDDINGS_MODEL: required with EMBEDDINGS_URL "
+        "(the model the server embeds with)"
+    ]
 
 
 def test_secret_filter_masks_log_records(caplog):

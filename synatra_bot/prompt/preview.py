@@ -30,6 +30,7 @@ from synatra_bot.prompt.lorebook import (
 from synatra_bot.prompt.macros import MacroContext
 from synatra_bot.prompt.recall import RECALL_PIECE_TOKENS, recall_budget, recall_in
 from synatra_bot.prompt.terms import KoreanTerms
+from synatra_bot.prompt.vectors import Vector, from_blob, to_blob
 from synatra_bot.prompt.world_info import MAX_LOREBOOK_BYTES, parse_lorebook_file
 from synatra_bot.settings import (
     AUTHOR_NOTE_DEPTH_RANGE,
@@ -39,6 +40,9 @@ from synatra_bot.settings import (
 )
 
 MAX_HISTORY_BYTES = 64 * 1024 * 1024
+#: Messages embedded in one request, and how long one may take, with `--embeddings-url`.
+PREVIEW_EMBED_BATCH = 32
+PREVIEW_EMBED_TIMEOUT_S = 120.0
 
 
 def configure_parser(parser: argparse.ArgumentParser, *, language: Language = "en") -> None:
@@ -110,6 +114,23 @@ def configure_parser(parser: argparse.ArgumentParser, *, language: Language = "e
             "tokens of old turns the newest message recalls (0: off; default 256, at most "
             "an eighth of the context)",
             "최근 메시지가 떠올리는 옛 턴의 토큰 수 (0: 끔, 기본 256, 컨텍스트의 8분의 1까지)",
+        ),
+    )
+    parser.add_argument(
+        "--embeddings-url",
+        default="",
+        help=say(
+            "an OpenAI-compatible /v1/embeddings server: recall by meaning too, as the bot "
+            "does with EMBEDDINGS_URL",
+            "OpenAI 호환 /v1/embeddings 서버: 봇의 EMBEDDINGS_URL처럼 의미로도 떠올림",
+        ),
+    )
+    parser.add_argument(
+        "--embeddings-model",
+        default="",
+        help=say(
+            "the model's name on that server (EMBEDDINGS_MODEL)",
+            "그 서버의 모델 이름 (EMBEDDINGS_MODEL)",
         ),
     )
     parser.add_argument(
@@ -226,6 +247,11 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
             check_range("--lorebook-budget", args.lorebook_budget, (0, context))
         if args.recall_tokens is not None:
             check_range("--recall-tokens", args.recall_tokens, (0, context))
+        if args.embeddings_url and not args.embeddings_model:
+            raise _Refused(
+                "--embeddings-url needs --embeddings-model",
+                "--embeddings-url에는 --embeddings-model도 필요해요",
+            )
         check_range("--author-note-depth", args.author_note_depth, AUTHOR_NOTE_DEPTH_RANGE)
         options = PromptOptions(
             context_size=context,
@@ -267,12 +293,20 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
 
         built = build()
         # As the bot does: what the window left behind is searched, the whole file of it.
+        budget = recall_budget(args.recall_tokens, context) - RECALL_PIECE_TOKENS
+        dropped = built.report.dropped_messages
+        vectors = None
+        if args.embeddings_url and dropped > 0 and budget > 0:
+            vectors = _embedded(args, [*history[:dropped], history[-1]], language)
+            if vectors is not None:  # the dropped turns', then the newest message's
+                vectors = [*vectors[:-1], *([vectors[-1]] * (len(history) - dropped))]
         options.recall = recall_in(
             history,
-            before=built.report.dropped_messages,
-            budget=recall_budget(args.recall_tokens, context) - RECALL_PIECE_TOKENS,
+            before=dropped,
+            budget=budget,
             terms=KoreanTerms(),
             count=builder.count_text,
+            vectors=vectors,
         )
         if options.recall is not None:
             built = build()
@@ -299,3 +333,38 @@ def run_preview(args: argparse.Namespace, *, default_model_id: str) -> int:
         print(built.text)
         print(built.report.to_text(korean=language == "ko"), file=sys.stderr)
     return 0
+
+
+def _embedded(
+    args: argparse.Namespace, messages: list[HistoryMessage], language: Language
+) -> list[Vector] | None:
+    """Each message's vector from `--embeddings-url`; None (said on stderr: recall by words
+    only, as the bot falls back) when the server gives none."""
+    import asyncio
+
+    from synatra_bot.engine.embeddings import EmbeddingsClient, EmbeddingsUnavailable
+
+    async def embed_all() -> list[list[float]]:
+        client = EmbeddingsClient(args.embeddings_url, model=args.embeddings_model)
+        try:
+            vectors: list[list[float]] = []
+            for start in range(0, len(messages), PREVIEW_EMBED_BATCH):
+                batch = [m.content for m in messages[start : start + PREVIEW_EMBED_BATCH]]
+                vectors += await client.embed(batch, timeout_s=PREVIEW_EMBED_TIMEOUT_S)
+            return vectors
+        finally:
+            await client.close()
+
+    try:
+        return [from_blob(to_blob(vector)) for vector in asyncio.run(embed_all())]
+    except EmbeddingsUnavailable as error:
+        print(
+            choose(
+                language,
+                f"synatra-bot: the embeddings server gave no vectors ({error}): "
+                "recalling by words only",
+                f"synatra-bot: 임베딩 서버가 벡터를 주지 않았어요 ({error}): 단어로만 떠올려요",
+            ),
+            file=sys.stderr,
+        )
+        return None

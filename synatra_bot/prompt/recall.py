@@ -16,7 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from synatra_bot.prompt.terms import KoreanTerms, TurnIndex
+from synatra_bot.prompt.terms import Hit, KoreanTerms, TurnIndex
+from synatra_bot.prompt.vectors import (
+    VECTOR_CANDIDATES,
+    Fused,
+    Similar,
+    Vector,
+    VectorIndex,
+    fuse,
+)
 
 if TYPE_CHECKING:
     from synatra_bot.prompt.history import HistoryMessage
@@ -38,13 +46,16 @@ _SENTENCE = re.compile(r"[^.!?。！？…~\n]+(?:[.!?。！？…~]+[\"'”’�
 
 @dataclass(frozen=True)
 class RecalledTurn:
-    """A stored turn the search found, with why: the query terms it holds and its score."""
+    """A stored turn the search found, with why: the query terms it holds and their BM25
+    score, and the cosine similarity of its vector to the query's when meaning was searched
+    too (`prompt.vectors`)."""
 
     message_id: int
     name: str
     content: str
     matched: tuple[str, ...]
     score: float
+    similarity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ class RecallNote:
     text: str
     matched: tuple[str, ...]
     score: float
+    similarity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -80,27 +92,43 @@ def recall_in(
     budget: int,
     terms: KoreanTerms,
     count: Callable[[str], int],
+    vectors: Sequence[Vector] | None = None,
 ) -> RecallBlock | None:
     """The block the newest message of `history` recalls from its first `before` messages
     (those the window left behind): for a whole history held in memory (`synatra-bot prompt`),
-    as the bot recalls from a scene's stored turns."""
+    as the bot recalls from a scene's stored turns. With `vectors` (one per message of
+    `history`, from an embeddings server) meaning is searched too and both rankings fused."""
     if before <= 0 or not history or budget <= 0:
         return None
     index = TurnIndex()
     for position, message in enumerate(history[:before]):
         index.add(position, terms.terms(message.content))
     hits = index.search(terms.terms(history[-1].content), before_id=before, limit=CANDIDATES)
+    similar = None
+    if vectors is not None:
+        nearness = VectorIndex()
+        for position, vector in enumerate(vectors[:before]):
+            nearness.add(position, vector)
+        similar = nearness.search(vectors[-1], before_id=before, limit=VECTOR_CANDIDATES)
     turns = [
         RecalledTurn(
             history[h.message_id].message_id or h.message_id,
             history[h.message_id].name,
             history[h.message_id].content,
             h.matched,
-            h.score,
+            h.bm25,
+            h.similarity,
         )
-        for h in hits
+        for h in ranked_turns(hits, similar)
     ]
     return recall_block(turns, budget=budget, count=count)
+
+
+def ranked_turns(hits: Sequence[Hit], similar: Sequence[Similar] | None) -> list[Fused]:
+    """The words' ranking fused with the meaning's (when searched), best first."""
+    if similar is None:
+        return [Fused(h.message_id, h.score, h.score, h.matched, None) for h in hits]
+    return fuse(hits, similar, limit=CANDIDATES)
 
 
 def sentences_of(turn: RecalledTurn) -> str:
@@ -131,7 +159,9 @@ def recall_block(
         text = sentences_of(turn)
         if not text:
             continue
-        note = RecallNote(turn.message_id, turn.name, text, turn.matched, turn.score)
+        note = RecallNote(
+            turn.message_id, turn.name, text, turn.matched, turn.score, turn.similarity
+        )
         cost = count(_line(note)) + 1  # and the line break before it
         if used + cost <= budget:
             chosen.append(note)

@@ -35,10 +35,9 @@ _WORDS: dict[str, tuple[str, str]] = {
     "scripts_failed": ("; failed: {names}", "; 실패: {names}"),
     "none": ("none", "없음"),
     "recalled": ("recalled: {n} old turn(s)", "떠올린 옛 턴: {n}개"),
-    "recalled_turn": (
-        "  #{id} {name} (matched {terms}; score {score}): {text}",
-        "  #{id} {name} (일치: {terms}, 점수 {score}): {text}",
-    ),
+    "recalled_turn": ("  #{id} {name} ({why}): {text}", "  #{id} {name} ({why}): {text}"),
+    "recall_matched": ("matched {terms}; score {score}", "일치: {terms}, 점수 {score}"),
+    "recall_similar": ("similarity {similarity}", "의미 유사도 {similarity}"),
     "facts": (
         "what {character} knows of {player}: {n} fact(s)",
         "{character}의 기억 ({player}): 사실 {n}개",
@@ -271,14 +270,19 @@ def _recall_lines(notes: list[RecallNote], korean: bool, shown: int = 5) -> list
         return []
     lines = [_say("recalled", korean, n=len(notes))]
     for note in notes[:shown]:
+        why = []
+        if note.matched:
+            terms = ", ".join(note.matched[:6])
+            why.append(_say("recall_matched", korean, terms=terms, score=f"{note.score:.1f}"))
+        if note.similarity is not None:
+            why.append(_say("recall_similar", korean, similarity=f"{note.similarity:.2f}"))
         lines.append(
             _say(
                 "recalled_turn",
                 korean,
                 id=note.message_id,
                 name=_short(note.name, 20),
-                terms=", ".join(note.matched[:6]),
-                score=f"{note.score:.1f}",
+                why=("; " if not korean else ", ").join(why),
                 text=_short(note.text, 60),
             )
         )

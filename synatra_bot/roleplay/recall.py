@@ -11,7 +11,10 @@ longer shown (deleted, another swipe chosen) is never recalled, whatever its ter
 
 Searching ranks the scene's turns with BM25 in memory (`prompt.terms.TurnIndex`, read from the
 stored terms once, for the scenes used most recently); the query is the newest messages'
-terms. Running scenes with many turns and none indexed yet (after an upgrade, or a branch's
+terms. When the host configured an embeddings server (`roleplay.embedded_recall`), the turns
+nearest in meaning are searched at the same time and both rankings fused by reciprocal rank
+(`prompt.vectors.fuse`); without an answer in time the words' ranking is used alone.
+Running scenes with many turns and none indexed yet (after an upgrade, or a branch's
 copied past) are indexed in the background at start, their progress in the log.
 """
 
@@ -26,8 +29,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from synatra_bot.prompt.lru import Lru
-from synatra_bot.prompt.recall import CANDIDATES, RecallBlock, RecalledTurn, recall_block
+from synatra_bot.prompt.recall import (
+    CANDIDATES,
+    RecallBlock,
+    RecalledTurn,
+    ranked_turns,
+    recall_block,
+)
 from synatra_bot.prompt.terms import KoreanTerms, TurnIndex
+from synatra_bot.prompt.vectors import VECTOR_CANDIDATES
+from synatra_bot.roleplay.embedded_recall import TurnEmbeddings
 from synatra_bot.storage import recall_terms as store
 from synatra_bot.storage.repository import Sessions
 
@@ -49,9 +60,17 @@ PROGRESS_EVERY_S = 10.0
 class TurnRecall:
     """Indexes the scenes' turns and finds the old ones a message recalls."""
 
-    def __init__(self, sessions: Sessions, *, terms: KoreanTerms | None = None) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        *,
+        terms: KoreanTerms | None = None,
+        embeddings: TurnEmbeddings | None = None,
+    ) -> None:
         self.sessions = sessions
         self.terms = terms or KoreanTerms()
+        #: Recall by meaning too, when the host configured an embeddings server.
+        self.embeddings = embeddings
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="recall")
         self._indexes: Lru[int, TurnIndex] = Lru(SCENES_KEPT)
         #: Scene -> its indexing job while one runs.
@@ -74,6 +93,8 @@ class TurnRecall:
         """A turn of the scene was stored: index it, if the scene is indexed at all."""
         if self._indexes.get(session_id) is not None or session_id in self._jobs:
             self._wake(session_id)
+        if self.embeddings is not None:
+            self.embeddings.turn_stored(session_id)
 
     async def turns_changed(self, session_id: int, oldest_id: int) -> None:
         """Turns of the scene from `oldest_id` on changed: index them again."""
@@ -83,6 +104,8 @@ class TurnRecall:
             index = self._indexes.get(session_id)
             if index is not None:
                 index.remove_from(oldest_id)
+        if self.embeddings is not None:
+            await self.embeddings.turns_changed(session_id, oldest_id)
         self.turn_stored(session_id)
 
     # --- recalling ----------------------------------------------------------------------------
@@ -107,14 +130,33 @@ class TurnRecall:
             self._wake(session_id)
         if not self.terms.loaded or budget <= 0:
             return None
-        query_terms = await self._off_loop(lambda: self.terms.terms(query))
-        hits = index.search(query_terms, before_id=before_id, limit=CANDIDATES)
-        if not hits:
+        # The query's vector is asked for while its words are analysed.
+        nearest = (
+            None
+            if self.embeddings is None
+            else asyncio.ensure_future(
+                self.embeddings.similar(
+                    session_id=session_id,
+                    query=query,
+                    before_id=before_id,
+                    limit=VECTOR_CANDIDATES,
+                )
+            )
+        )
+        try:
+            query_terms = await self._off_loop(lambda: self.terms.terms(query))
+            hits = index.search(query_terms, before_id=before_id, limit=CANDIDATES)
+            similar = None if nearest is None else await nearest
+        finally:
+            if nearest is not None and not nearest.done():
+                nearest.cancel()
+        ranked = ranked_turns(hits, similar)
+        if not ranked:
             return None
         shown = {
             turn.id: turn
             for turn in await store.shown_turns(
-                self.sessions, message_ids=[hit.message_id for hit in hits]
+                self.sessions, message_ids=[hit.message_id for hit in ranked]
             )
         }
         turns = [
@@ -123,9 +165,10 @@ class TurnRecall:
                 shown[hit.message_id].display_name,
                 shown[hit.message_id].content,
                 hit.matched,
-                hit.score,
+                hit.bm25,
+                hit.similarity,
             )
-            for hit in hits
+            for hit in ranked
             if hit.message_id in shown
         ]
         return recall_block(turns, budget=budget, count=count)
@@ -201,8 +244,11 @@ class TurnRecall:
         return len(rows)
 
     def start_catch_up(self) -> None:
-        """Index the running scenes that have many turns without terms, in the background."""
+        """Index the running scenes that have many turns without terms, in the background
+        (and embed those without vectors)."""
         self._catch_up = asyncio.get_running_loop().create_task(self._run_catch_up())
+        if self.embeddings is not None:
+            self.embeddings.start_catch_up()
 
     async def _run_catch_up(self) -> None:
         try:
@@ -230,6 +276,8 @@ class TurnRecall:
             if self._catch_up is not None and not self._catch_up.done():
                 waiting.append(self._catch_up)
             await asyncio.gather(*waiting, return_exceptions=True)
+        if self.embeddings is not None:
+            await self.embeddings.settled()
 
     async def close(self) -> None:
         """Stop indexing (what is stored stays; the rest is indexed after the next start)."""
@@ -239,6 +287,8 @@ class TurnRecall:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._worker.shutdown(wait=True, cancel_futures=True)
+        if self.embeddings is not None:
+            await self.embeddings.close()
 
 
 def _add_rows(index: TurnIndex, rows: Sequence[tuple[int, str]]) -> None:

@@ -23,6 +23,8 @@ from synatra_bot.storage.models import (
     ChannelSettings,
     Character,
     Message,
+    MessageTerms,
+    MessageVector,
     RoleplaySession,
     ScenePin,
     utcnow,
@@ -54,7 +56,9 @@ class SceneQuota:
 async def _copied_usage(
     session: AsyncSession, *, started_by: int, guild_id: int | None
 ) -> tuple[int, int]:
-    """Rows and bytes the member's imported and branched scenes of `guild_id` hold now."""
+    """Rows and bytes the member's imported and branched scenes of `guild_id` hold now. The
+    bytes count the turns' recall index too (their search terms and vectors, at most one row
+    of each per turn): an index that grows with the scene grows within its quota."""
     same_guild = (
         RoleplaySession.guild_id.is_(None)
         if guild_id is None
@@ -73,7 +77,20 @@ async def _copied_usage(
             ).where(Message.session_id.in_(scenes))
         )
     ).one()
-    return int(rows or 0), int(size or 0)
+    index = 0
+    for turn, column in (
+        (MessageTerms.message_id, MessageTerms.terms),
+        (MessageVector.message_id, MessageVector.vector),
+    ):
+        index += int(
+            await session.scalar(
+                select(func.coalesce(func.sum(_stored_bytes(session, column)), 0))
+                .join(Message, Message.id == turn)
+                .where(Message.session_id.in_(scenes))
+            )
+            or 0
+        )
+    return int(rows or 0), int(size or 0) + index
 
 
 async def _within_scene_quota(

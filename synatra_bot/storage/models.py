@@ -396,6 +396,21 @@ class ScenePin(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class MessageVector(Base):
+    """A turn's embedding (float32, little-endian) from the host's `/v1/embeddings` server, for
+    recalling old turns by meaning (`roleplay.embedded_recall`). One per turn, under the model
+    that made it: a turn without one (or with another model's) is embedded again, and a change
+    to a turn drops it."""
+
+    __tablename__ = "message_vectors"
+
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    model: Mapped[str] = mapped_column(String(200))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class OpenReply(Base):
     """A reply on screen that is not finished yet: written before its first message is posted,
     removed once its final text is shown. What is left at start belongs to a process that
