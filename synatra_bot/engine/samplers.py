@@ -192,3 +192,77 @@ def sampler_processors(
             )
         )
     return processors
+
+
+#: With top-p on and top-k off, this many of the most likely tokens are looked at first; only
+#: when they hold less than top-p of the probability is the whole vocabulary sorted.
+TOP_P_CANDIDATES = 256
+
+
+def pick_token(
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None = None,
+) -> int:
+    """The next token from one row of logits, as `generate()` picks it with these settings.
+
+    Temperature 0 (or less) is greedy: the argmax. Otherwise the same rule as transformers'
+    temperature, top-k and top-p warpers in that order, then one draw from the kept tokens:
+    top-k keeps every token scoring at least the k-th best (ties included), top-p keeps, among
+    those, the most likely tokens whose probability (renormalised over the top-k set) reaches
+    `top_p`, at least one. What differs is the work: `torch.topk` finds the candidates and only
+    they are sorted, so no request sorts the whole vocabulary (unless top-k is off and the
+    `TOP_P_CANDIDATES` best hold less than `top_p`, when the whole vocabulary is the candidate
+    set). The draw is `torch.multinomial` over the whole vocabulary's probabilities, zero
+    outside the kept set, exactly as `generate()` draws, so a seeded reply picks the same
+    tokens.
+    """
+    if temperature <= 0.0:
+        return int(torch.argmax(logits))
+    scores = logits.float() / temperature
+    vocab = scores.shape[-1]
+    k = top_k if 0 < top_k < vocab else vocab
+    keep_p = 0.0 < top_p < 1.0
+    if k == vocab and not keep_p:
+        probs = scores.softmax(dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator))
+    values, indices, probs = _candidates(scores, k, top_p if keep_p else None)
+    if keep_p:
+        # transformers' rule: in ascending order, drop while the cumulative probability is at
+        # most 1 - top_p (the tokens outside the candidates come first); keep the best token.
+        tail = max(0.0, 1.0 - float(probs.sum())) if k == vocab else 0.0
+        ascending = probs.flip(0).cumsum(dim=-1) + tail
+        kept = (ascending > 1.0 - top_p).flip(0)
+        kept[0] = True
+        values, indices = values[kept], indices[kept]
+    filtered = torch.full_like(scores, float("-inf"))
+    filtered[indices] = values
+    return int(torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator))
+
+
+def _candidates(
+    scores: torch.Tensor, k: int, top_p: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The candidates, most likely first: their scores, token ids and probabilities (over the
+    top-k set when top-k is on, else over the whole vocabulary)."""
+    vocab = scores.shape[-1]
+    if k < vocab:
+        kth = torch.topk(scores, k).values[-1]
+        indices = torch.nonzero(scores >= kth).flatten()  # ties with the k-th stay, as in HF
+        values = scores[indices]
+        order = torch.argsort(values, descending=True, stable=True)
+        values, indices = values[order], indices[order]
+        return values, indices, values.softmax(dim=-1)
+    # top-k off, top-p on: the best few usually hold top_p already.
+    assert top_p is not None
+    log_total = torch.logsumexp(scores, dim=-1)
+    bound = min(TOP_P_CANDIDATES, vocab)
+    values, indices = torch.topk(scores, bound)
+    probs = torch.exp(values - log_total)
+    if bound == vocab or float(probs.sum()) < top_p:
+        values, indices = torch.sort(scores, descending=True, stable=True)
+        probs = torch.exp(values - log_total)
+    return values, indices, probs
