@@ -217,6 +217,8 @@ def test_decode_steps_are_measured_against_generate_with_the_same_batch(
         "--streams",
         "1,2",
         "--steps",
+        "--rounds",
+        "1",
         "--tokenizer",
         str(tokenizer_dir),
         "--json",

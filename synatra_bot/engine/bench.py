@@ -173,6 +173,15 @@ def configure_parser(parser: argparse.ArgumentParser, *, language: Language = "e
         ),
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help=say(
+            "--steps: rounds per level, each generate() then the engine (medians reported)",
+            "--steps: 수준마다 generate()와 엔진을 번갈아 재는 횟수 (중앙값을 보고)",
+        ),
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -782,9 +791,22 @@ def _generate_steps(model: Any, prompts: list[list[int]], new_tokens: int) -> fl
 async def _step_levels(
     engine: TransformersEngine, args: argparse.Namespace, rng: random.Random
 ) -> list[StepLevel]:
+    """Per level, `--rounds` rounds of generate() then the engine, back to back, so that both
+    see the same load from anything else on the machine; the medians over the rounds."""
     levels = []
     for streams in args.streams:
-        engine_ms, total = await _engine_steps(engine, args, streams, rng)
+        engine_runs: list[float] = []
+        generate_runs: list[float] = []
+        for _ in range(args.rounds):
+            if not args.skip_baseline:
+                prompts = [_prompt(rng, args.prompt_tokens) for _ in range(streams)]
+                generate_runs.append(
+                    await asyncio.to_thread(_generate_steps, engine.model, prompts, args.new_tokens)
+                )
+            engine_runs.append((await _engine_steps(engine, args, streams, rng))[0])
+        engine_ms = statistics.median(engine_runs)
+        total = streams * 1000 / engine_ms
+        generate_ms = statistics.median(generate_runs) if generate_runs else None
         lane = "batched static-cache lane"
         slots = engine.batched_lane_slots
         if streams > slots:
@@ -792,12 +814,6 @@ async def _step_levels(
                 f"{slots} on the batched lane, {streams - slots} on continuous batching"
                 if slots
                 else "continuous batching"
-            )
-        generate_ms = None
-        if not args.skip_baseline:
-            prompts = [_prompt(rng, args.prompt_tokens) for _ in range(streams)]
-            generate_ms = await asyncio.to_thread(
-                _generate_steps, engine.model, prompts, args.new_tokens
             )
         level = StepLevel(streams, generate_ms, engine_ms, total, lane)
         levels.append(level)
