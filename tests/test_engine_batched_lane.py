@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -188,6 +189,13 @@ def test_the_lane_serves_with_sdpa_and_a_context_only() -> None:
     assert batched_lane_slots(None, "sdpa", None) == 0
     assert batched_lane_slots(None, "flash_attention_2", 4096) == 0
     assert batched_lane_slots(None, "paged|eager", 4096) == 0
+    windowed = SimpleNamespace(sliding_window=4096, layer_types=None)
+    assert batched_lane_slots(None, "sdpa", 4096, windowed) == DEFAULT_BATCH_SLOTS
+    assert batched_lane_slots(None, "sdpa", 8192, windowed) == 0
+    mixed = SimpleNamespace(
+        sliding_window=None, layer_types=["full_attention", "sliding_attention"]
+    )
+    assert batched_lane_slots(None, "sdpa", 4096, mixed) == 0
 
 
 # --- top-k / top-p -----------------------------------------------------------------------------

@@ -316,6 +316,9 @@ class BatchedLane:
             state.rows.clear()
             state.joining.clear()
             state.taken = 0
+        # Counted before the replies hear of it, so that a reply's failure is never seen
+        # ahead of the count.
+        self._on_failure()
         seen: set[int] = set()
         for job in jobs:
             if id(job) in seen:
@@ -323,7 +326,6 @@ class BatchedLane:
             seen.add(id(job))
             with contextlib.suppress(Exception):
                 job.fail()
-        self._on_failure()
 
     def _grow(self, needed: int) -> None:
         """Make the cache hold at least `needed` positions per row."""

@@ -74,10 +74,31 @@ class DRYLogitsProcessor(LogitsProcessor):
         self.allowed_length = allowed_length
         self.breakers = frozenset(breaker_ids)
         self.penalty_last_n = penalty_last_n
+        #: Each row's ids as a list, extended by the new column at each step rather than
+        #: copied whole from the tensor every step.
+        self._rows: list[list[int]] = []
+
+    def _ids(self, input_ids: torch.LongTensor) -> list[list[int]]:
+        """The rows as lists: the previous call's rows plus the new column when the ids went
+        on by one token from them (generate() calls once per step), else copied afresh."""
+        rows = self._rows
+        width = input_ids.shape[1]
+        went_on = (
+            width > 1
+            and len(rows) == input_ids.shape[0]
+            and all(len(ids) == width - 1 for ids in rows)
+            and [ids[-1] for ids in rows] == input_ids[:, -2].tolist()
+        )
+        if went_on:
+            for ids, new in zip(rows, input_ids[:, -1].tolist(), strict=True):
+                ids.append(new)
+        else:
+            rows = self._rows = input_ids.tolist()
+        return rows
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         penalised = scores
-        for row, ids in enumerate(input_ids.tolist()):
+        for row, ids in enumerate(self._ids(input_ids)):
             lengths = self.match_lengths(ids)
             if not lengths:
                 continue

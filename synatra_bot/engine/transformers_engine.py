@@ -117,12 +117,22 @@ DEFAULT_BATCH_SLOTS = 8
 BATCHED_LANE_ATTENTION = ("sdpa",)
 
 
-def batched_lane_slots(requested: int | None, attention: str, context: int | None) -> int:
+def batched_lane_slots(
+    requested: int | None, attention: str, context: int | None, model_config: Any = None
+) -> int:
     """How many replies the batched static-cache lane takes: `requested` (None: the default),
     or 0 (continuous batching serves everything) when the attention is not sdpa, where CB has
-    the faster path (flash attention: CUDA graphs, no padding), or when there is no context
-    size to bound the lane's cache."""
+    the faster path (flash attention: CUDA graphs, no padding); when there is no context size
+    to bound the lane's cache; or when the model's layers do not all attend alike over the
+    whole context (a sliding window the context goes past, or mixed layer types), which the
+    lane's one mask per row does not describe."""
     if context is None or attention not in BATCHED_LANE_ATTENTION:
+        return 0
+    window = getattr(model_config, "sliding_window", None)
+    layer_types = getattr(model_config, "layer_types", None) or ()
+    if (window is not None and context > window) or any(
+        kind != "full_attention" for kind in layer_types
+    ):
         return 0
     return DEFAULT_BATCH_SLOTS if requested is None else max(requested, 0)
 
@@ -512,7 +522,10 @@ class TransformersEngine:
         self._recovering = False
         await asyncio.to_thread(self._load)
         slots = batched_lane_slots(
-            self._batch_slots_request, cb_adapter.attention_of(self.model), self._context_limit
+            self._batch_slots_request,
+            cb_adapter.attention_of(self.model),
+            self._context_limit,
+            self.model.config,
         )
         if slots and self._context_limit is not None:
             from synatra_bot.engine.batched_lane import BatchedLane
