@@ -240,7 +240,8 @@ class BatchedLane:
             layer_cache: Any = cache.layers[layer]
             self._keys[layer][index, :, :length] = layer_cache.keys[0]
             self._values[layer][index, :, :length] = layer_cache.values[0]
-        self._state.rows.append(row)
+        with self._wake:  # busy_request_ids reads the rows from another thread
+            self._state.rows.append(row)
 
     def _step(self) -> None:
         """Decode one token for every row in one forward."""
@@ -283,6 +284,10 @@ class BatchedLane:
     def _drop_finished(self) -> None:
         """Take out the rows that ended or were cancelled, moving the last rows into their
         places so the rows stay packed."""
+        with self._wake:  # busy_request_ids reads the rows from another thread
+            self._drop_finished_locked()
+
+    def _drop_finished_locked(self) -> None:
         rows = self._state.rows
         index = 0
         dropped = 0
@@ -301,8 +306,7 @@ class BatchedLane:
                         len(rows), :, :length
                     ]
                 rows[index] = last
-        if dropped:
-            self._release(dropped)
+        self._state.taken -= dropped
 
     def _release(self, count: int) -> None:
         with self._wake:
