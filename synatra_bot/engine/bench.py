@@ -13,6 +13,11 @@ One run measures, on the same model:
 3. on a GPU, the weight-bandwidth floor: weight bytes / measured device copy bandwidth, with the
    single stream's decode rate as a share of it.
 
+`--steps` measures decode steps instead: per level, all streams start together, and the
+engine's time per step (and total tok/s) is set against `generate()` with a batch of the same
+size, in rounds back to back so both see the same load. `--preset mistral-60m` runs it on a
+60M-parameter Mistral-shaped random model on the CPU with one torch thread, at 1 and 8 streams.
+
 Prompts are random token ids (the bot's length by default: 3,500 tokens in a 4,096 context, 300
 new tokens); stop ids are disabled so every reply runs to its token budget. `--tiny` builds a tiny
 random Mistral on the CPU; `--random-weights` builds a Mistral-7B-shaped model in memory (no
