@@ -245,3 +245,30 @@ def test_top_k_keeps_ties_with_the_kth_token_as_transformers_does() -> None:
 def test_temperature_zero_is_the_argmax() -> None:
     logits = torch.randn(500)
     assert pick_token(logits, temperature=0.0, top_k=40, top_p=0.9) == int(logits.argmax())
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(40, 0.9), (0, 0.5)])
+async def test_a_seeded_reply_draws_what_generates_own_warpers_draw(engine, top_k, top_p) -> None:
+    """A seed sends a reply to the single-stream lane, whose generate() samples through
+    TopKTopPWarper instead of transformers' three warpers: the same seed gives the same reply."""
+    ids = engine.tokenizer.encode(PROMPT)
+    params = SamplingParams(
+        temperature=0.9, top_k=top_k, top_p=top_p, max_new_tokens=12, stop_ids=(), seed=7
+    )
+    text = "".join(await collect(engine, ids, params, f"씨앗{top_k}"))
+    torch.manual_seed(7)
+    prompt = torch.tensor([ids])
+    with torch.inference_mode():
+        out = engine.model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=True,
+            temperature=0.9,
+            top_k=top_k,
+            top_p=top_p,
+            max_new_tokens=12,
+            min_new_tokens=12,
+            eos_token_id=[],
+            pad_token_id=2,
+        )
+    assert text == engine.tokenizer.decode(out[0, len(ids) :].tolist())

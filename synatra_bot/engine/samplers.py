@@ -231,25 +231,30 @@ def pick_token(
     """The next token from one row of logits, as `generate()` picks it with these settings.
 
     Temperature 0 (or less) is greedy: the argmax. Otherwise the same rule as transformers'
-    temperature, top-k and top-p warpers in that order, then one draw from the kept tokens:
-    top-k keeps every token scoring at least the k-th best (ties included), top-p keeps, among
-    those, the most likely tokens whose probability (renormalised over the top-k set) reaches
-    `top_p`, at least one. What differs is the work: `torch.topk` finds the candidates and only
-    they are sorted, so no request sorts the whole vocabulary (unless top-k is off and the
-    `TOP_P_CANDIDATES` best hold less than `top_p`, when the whole vocabulary is the candidate
-    set). The draw is `torch.multinomial` over the whole vocabulary's probabilities, zero
-    outside the kept set, exactly as `generate()` draws, so a seeded reply picks the same
-    tokens.
+    temperature, top-k and top-p warpers in that order (`top_k_top_p`), then one draw:
+    `torch.multinomial` over the whole vocabulary's probabilities, zero outside the kept set,
+    exactly as `generate()` draws, so for the same generator it picks the same token.
     """
     if temperature <= 0.0:
         return int(torch.argmax(logits))
-    scores = logits.float() / temperature
+    scores = top_k_top_p(logits.float() / temperature, top_k=top_k, top_p=top_p)
+    return int(torch.multinomial(scores.softmax(dim=-1), 1, generator=generator))
+
+
+def top_k_top_p(scores: torch.Tensor, *, top_k: int, top_p: float) -> torch.Tensor:
+    """One row of (tempered) scores with everything top-k and top-p drop set to -inf.
+
+    The rule is transformers': top-k keeps every token scoring at least the k-th best (ties
+    included), top-p keeps, among those, the most likely tokens whose probability
+    (renormalised over the top-k set) reaches `top_p`, at least one. The work differs:
+    `torch.topk` finds the candidates and only they are sorted, so no request sorts the whole
+    vocabulary (unless top-k is off and the `TOP_P_CANDIDATES` best hold less than `top_p`,
+    when the whole vocabulary is the candidate set)."""
     vocab = scores.shape[-1]
     k = top_k if 0 < top_k < vocab else vocab
     keep_p = 0.0 < top_p < 1.0
     if k == vocab and not keep_p:
-        probs = scores.softmax(dim=-1)
-        return int(torch.multinomial(probs, 1, generator=generator))
+        return scores
     values, indices, probs = _candidates(scores, k, top_p if keep_p else None)
     if keep_p:
         # transformers' rule: in ascending order, drop while the cumulative probability is at
@@ -261,7 +266,24 @@ def pick_token(
         values, indices = values[kept], indices[kept]
     filtered = torch.full_like(scores, float("-inf"))
     filtered[indices] = values
-    return int(torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator))
+    return filtered
+
+
+class TopKTopPWarper(LogitsProcessor):
+    """transformers' temperature, top-k and top-p warpers in one, without sorting the
+    vocabulary (`top_k_top_p`), for `generate()` on the single-stream lane. It is passed as a
+    custom processor, which `generate()` applies after DRY and XTC and before min-p, the order
+    the three warpers it replaces had."""
+
+    def __init__(self, *, temperature: float, top_k: int, top_p: float) -> None:
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        tempered = scores / self.temperature
+        rows = [top_k_top_p(row, top_k=self.top_k, top_p=self.top_p) for row in tempered]
+        return torch.stack(rows)  # type: ignore[return-value]
 
 
 def _candidates(

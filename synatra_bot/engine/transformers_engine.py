@@ -1039,7 +1039,7 @@ class TransformersEngine:
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        from synatra_bot.engine.samplers import sampler_processors
+        from synatra_bot.engine.samplers import TopKTopPWarper, sampler_processors
         from synatra_bot.tokenizer import EOS_ID
 
         if request.cancel_event.is_set():
@@ -1065,11 +1065,13 @@ class TransformersEngine:
                 )
 
         sample = params.temperature > 0
+        # Temperature, top-k and top-p are applied by TopKTopPWarper (no sort of the whole
+        # vocabulary), so generate()'s own three are turned off (1.0, 0, 1.0).
         config = GenerationConfig(  # type: ignore[no-untyped-call]
             do_sample=sample,
-            temperature=params.temperature if sample else None,
-            top_p=params.top_p if sample else None,
-            top_k=params.top_k if sample else None,
+            temperature=1.0 if sample else None,
+            top_p=1.0 if sample else None,
+            top_k=0 if sample else None,
             min_p=params.min_p if sample and params.min_p > 0.0 else None,
             repetition_penalty=params.repetition_penalty,
             max_new_tokens=max_new,
@@ -1086,6 +1088,12 @@ class TransformersEngine:
         try:
             input_ids = torch.tensor([ids], device=model.device)
             processors = sampler_processors(params, self.tokenizer)
+            if sample:
+                processors.append(
+                    TopKTopPWarper(
+                        temperature=params.temperature, top_k=params.top_k, top_p=params.top_p
+                    )
+                )
             with torch.inference_mode(), pause:
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
