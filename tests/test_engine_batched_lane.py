@@ -215,7 +215,15 @@ def _warped_draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: fl
 
 @pytest.mark.parametrize(
     ("temperature", "top_k", "top_p"),
-    [(0.8, 40, 0.95), (1.0, 0, 0.9), (0.7, 0, 0.5), (1.2, 100, 1.0), (0.5, 5, 0.3), (1.0, 0, 1.0)],
+    [
+        (0.8, 40, 0.95),
+        (1.0, 0, 0.9),
+        (0.7, 0, 0.5),
+        (1.2, 100, 1.0),
+        (0.5, 5, 0.3),
+        (1.0, 0, 1.0),
+        (1.0, 0, 0.0),
+    ],
 )
 def test_top_k_top_p_picks_what_the_warpers_pick_for_the_same_seed(
     temperature: float, top_k: int, top_p: float

@@ -252,7 +252,7 @@ def top_k_top_p(scores: torch.Tensor, *, top_k: int, top_p: float) -> torch.Tens
     when the whole vocabulary is the candidate set)."""
     vocab = scores.shape[-1]
     k = top_k if 0 < top_k < vocab else vocab
-    keep_p = 0.0 < top_p < 1.0
+    keep_p = top_p < 1.0  # 0 keeps only the best token, as in transformers
     if k == vocab and not keep_p:
         return scores
     values, indices, probs = _candidates(scores, k, top_p if keep_p else None)
