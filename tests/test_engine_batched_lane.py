@@ -20,7 +20,7 @@ from transformers.generation.logits_process import (
 
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.engine.batched_lane import BatchedLane, LaneJob
-from synatra_bot.engine.samplers import pick_token
+from synatra_bot.engine.samplers import TopKTopPWarper, pick_token, top_k_top_p
 from synatra_bot.engine.transformers_engine import (
     DEFAULT_BATCH_SLOTS,
     TransformersEngine,
@@ -201,51 +201,79 @@ def test_the_lane_serves_with_sdpa_and_a_context_only() -> None:
 # --- top-k / top-p -----------------------------------------------------------------------------
 
 
-def _warped_draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, seed: int):
-    """How generate() draws: transformers' warpers over the whole vocabulary, then multinomial."""
+def _warped(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """What transformers' warpers leave of one row, as generate() applies them."""
     warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
     if top_k:
         warpers.append(TopKLogitsWarper(top_k))
     if top_p < 1.0:
         warpers.append(TopPLogitsWarper(top_p))
-    scores = warpers(None, logits[None].clone())
-    generator = torch.Generator().manual_seed(seed)
-    return int(torch.multinomial(scores.softmax(dim=-1), 1, generator=generator))
+    return warpers(None, logits[None].clone())[0]
 
 
-@pytest.mark.parametrize(
-    ("temperature", "top_k", "top_p"),
-    [
-        (0.8, 40, 0.95),
-        (1.0, 0, 0.9),
-        (0.7, 0, 0.5),
-        (1.2, 100, 1.0),
-        (0.5, 5, 0.3),
-        (1.0, 0, 1.0),
-        (1.0, 0, 0.0),
-    ],
-)
-def test_top_k_top_p_picks_what_the_warpers_pick_for_the_same_seed(
+SETTINGS = [
+    (0.8, 40, 0.95),
+    (1.0, 0, 0.9),
+    (0.7, 0, 0.5),
+    (1.2, 100, 1.0),
+    (0.5, 5, 0.3),
+    (1.0, 0, 1.0),
+    (1.0, 0, 0.0),
+]
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), SETTINGS)
+def test_top_k_top_p_keeps_exactly_what_transformers_warpers_keep(
     temperature: float, top_k: int, top_p: float
 ) -> None:
     for seed in range(40):
         torch.manual_seed(seed)
         logits = torch.randn(32002) * (1 + seed % 5)
-        generator = torch.Generator().manual_seed(seed)
-        picked = pick_token(
-            logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
-        )
-        assert picked == _warped_draw(logits, temperature, top_k, top_p, seed)
+        ours = top_k_top_p(logits / temperature, top_k=top_k, top_p=top_p)
+        assert torch.equal(ours, _warped(logits, temperature, top_k, top_p))
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), SETTINGS)
+def test_the_warper_draws_what_generate_draws_for_the_same_seed(
+    temperature: float, top_k: int, top_p: float
+) -> None:
+    warper = TopKTopPWarper(temperature=temperature, top_k=top_k, top_p=top_p)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        logits = torch.randn(2, 32002) * (1 + seed % 5)
+        ours = warper(None, logits.clone())
+        theirs = torch.stack([_warped(row, temperature, top_k, top_p) for row in logits])
+        draws = [
+            torch.multinomial(
+                scores.softmax(dim=-1), 1, generator=torch.Generator().manual_seed(seed)
+            )
+            for scores in (ours, theirs)
+        ]
+        assert torch.equal(draws[0], draws[1])
+
+
+def test_a_lane_draw_is_among_the_kept_tokens_as_often_as_their_probability() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(32002) * 3
+    kept = _warped(logits, 0.8, 40, 0.9)
+    probs = kept.softmax(dim=-1)
+    generator = torch.Generator().manual_seed(1)
+    draws = [
+        pick_token(logits, temperature=0.8, top_k=40, top_p=0.9, generator=generator)
+        for _ in range(4000)
+    ]
+    assert set(draws) <= set(torch.nonzero(probs).flatten().tolist())
+    best = int(probs.argmax())
+    assert abs(draws.count(best) / len(draws) - float(probs[best])) < 0.03
 
 
 def test_top_k_keeps_ties_with_the_kth_token_as_transformers_does() -> None:
     logits = torch.full((100,), -10.0)
     logits[[3, 7, 9]] = 5.0  # a three-way tie for the best two places
+    generator = torch.Generator().manual_seed(0)
     seen = {
-        pick_token(
-            logits, temperature=1.0, top_k=2, top_p=1.0, generator=torch.Generator().manual_seed(s)
-        )
-        for s in range(60)
+        pick_token(logits, temperature=1.0, top_k=2, top_p=1.0, generator=generator)
+        for _ in range(60)
     }
     assert seen == {3, 7, 9}
 

@@ -181,6 +181,10 @@ class BatchedLane:
     # ------------------------------------------------------------------ the worker
 
     def _run(self) -> None:
+        # A new thread's OpenMP pool starts at its default size, not at what the process set
+        # with torch.set_num_threads: apply that here, or a step oversubscribes the cores
+        # (3x slower matmuls measured with one torch thread on 2 shared cores).
+        torch.set_num_threads(torch.get_num_threads())
         with torch.inference_mode():
             while True:
                 joining = self._next_work()

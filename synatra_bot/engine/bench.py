@@ -690,6 +690,8 @@ def _baseline(model: Any, prompts: list[list[int]], new_tokens: int, mode: str) 
         **options,
     )
 
+    torch.set_num_threads(torch.get_num_threads())  # this thread's OpenMP pool too (--threads)
+
     def one(prompt: list[int]) -> tuple[float, float, float]:
         marker = Marker()
         ids = torch.tensor([prompt], device=model.device)
@@ -779,6 +781,7 @@ def _generate_steps(model: Any, prompts: list[list[int]], new_tokens: int) -> fl
         pad_token_id=2,
         **SAMPLING,
     )
+    torch.set_num_threads(torch.get_num_threads())  # this thread's OpenMP pool too (--threads)
     ids = torch.tensor(prompts, device=model.device)
     marker = Marker()
     with torch.inference_mode():

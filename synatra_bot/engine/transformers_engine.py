@@ -1044,6 +1044,8 @@ class TransformersEngine:
 
         if request.cancel_event.is_set():
             return
+        # This thread's OpenMP pool takes the process's torch thread count (see BatchedLane).
+        torch.set_num_threads(torch.get_num_threads())
         deliver = request.deliver
 
         class Streamer(BaseStreamer):
