@@ -182,3 +182,55 @@ def test_the_saved_tokenizer_is_announced_in_korean(tmp_path, capsys) -> None:
     args.lang = "ko"  # as `synatra-bot --lang ko bench` sets it
     assert run_bench(args) == 0
     assert capsys.readouterr().out.startswith(f"토크나이저를 {tmp_path / '토크나이저'}에 썼어요.")
+
+
+def test_attention_defaults_to_what_the_bot_picks(tokenizer_dir, capsys) -> None:
+    args = _args(*QUICK, "--streams", "1", "--skip-baseline", "--tokenizer", str(tokenizer_dir))
+    assert args.attn == "auto"
+    assert run_bench(args) == 0
+    header = capsys.readouterr().out.split("\n\n")[0]
+    # resolve_attention, the function the engine itself loads a model with, picks sdpa here.
+    assert "attention: requested auto, model sdpa," in header
+    assert "batched static-cache lane: 8 replies" in header
+
+
+def test_the_concurrency_preset_sets_the_60m_model_workload() -> None:
+    args = _args("--preset", "mistral-60m")
+    _defaults(args, "cpu")
+    assert (args.prompt_tokens, args.context, args.streams, args.threads) == (1000, 2048, [1, 8], 1)
+    assert args.steps
+    given = _args("--preset", "mistral-60m", "--streams", "1,4", "-P", "300")
+    _defaults(given, "cpu")
+    assert (given.streams, given.prompt_tokens) == ([1, 4], 300)
+
+
+def test_decode_steps_are_measured_against_generate_with_the_same_batch(
+    tokenizer_dir, tmp_path, capsys
+) -> None:
+    out = tmp_path / "steps.json"
+    args = _args(
+        "--tiny",
+        "-P",
+        "64",
+        "-N",
+        "8",
+        "--streams",
+        "1,2",
+        "--steps",
+        "--rounds",
+        "1",
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--json",
+        str(out),
+    )
+    assert run_bench(args) == 0
+    table = capsys.readouterr().out
+    assert "| streams | generate() ms/step (same batch) | engine ms/step |" in table
+    report = json.loads(out.read_text())
+    one, two = report["steps"]
+    assert (one["streams"], two["streams"]) == (1, 2)
+    for level in (one, two):
+        assert _positive(level["generate_ms_per_step"]) and _positive(level["engine_ms_per_step"])
+        assert _positive(level["engine_total_tok_s"])
+        assert level["lane"] == "batched static-cache lane"

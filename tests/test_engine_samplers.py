@@ -305,3 +305,19 @@ async def test_roleplay_samplers_take_the_single_stream_lane(engine, params) -> 
     assert await anext(stream)
     assert "lane" not in engine.busy_request_ids()
     await stream.aclose()
+
+
+def test_dry_keeps_each_rows_ids_from_step_to_step_and_starts_over_on_other_ids() -> None:
+    processor = dry(multiplier=0.8, base=1.75)
+    loop = [5, 6, 7, 8, 5, 6, 7]
+    stepwise = [processor(torch.tensor([loop[:n]]), torch.zeros(1, 10)) for n in range(2, 8)]
+    for n, scores in zip(range(2, 8), stepwise, strict=True):
+        assert torch.equal(
+            scores, dry(multiplier=0.8, base=1.75)(torch.tensor([loop[:n]]), torch.zeros(1, 10))
+        )
+    # Other ids of the same shape are read afresh, not taken for the previous call's.
+    other = [9, 9, 9, 9, 9, 9, 9, 5]
+    assert torch.equal(
+        processor(torch.tensor([other]), torch.zeros(1, 10)),
+        dry(multiplier=0.8, base=1.75)(torch.tensor([other]), torch.zeros(1, 10)),
+    )

@@ -27,8 +27,15 @@ def lone(tiny_model_dir):
 
 
 def _count_lanes(engine, monkeypatch) -> dict[str, int]:
+    """How many replies took the single-stream lane and how many were batched (by the
+    batched static-cache lane or by continuous batching)."""
     lanes = {"single": 0, "batched": 0}
-    single, batched = engine._submit_single, engine._submit_batched
+    single, batched, to_lane = engine._submit_single, engine._submit_batched, engine._submit_to_lane
+
+    def on_lane(*args, **kwargs):
+        taken = to_lane(*args, **kwargs)
+        lanes["batched"] += int(taken)
+        return taken
 
     def on_single(*args, **kwargs):
         lanes["single"] += 1
@@ -40,6 +47,7 @@ def _count_lanes(engine, monkeypatch) -> dict[str, int]:
 
     monkeypatch.setattr(engine, "_submit_single", on_single)
     monkeypatch.setattr(engine, "_submit_batched", on_batched)
+    monkeypatch.setattr(engine, "_submit_to_lane", on_lane)
     return lanes
 
 

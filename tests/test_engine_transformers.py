@@ -252,7 +252,11 @@ async def test_a_failed_step_fails_its_reply_with_a_note_and_the_next_reply_work
 
     metrics = PrometheusMetrics()
     engine = TransformersEngine(
-        str(tiny_model_dir), context_size=1024, recovery_backoff_s=0.01, observer=metrics
+        str(tiny_model_dir),
+        context_size=1024,
+        recovery_backoff_s=0.01,
+        observer=metrics,
+        batch_slots=0,  # continuous batching serves every reply: its loop is what fails
     )
     await engine.start()
     steps = FailingSteps(engine.model, times=1)
@@ -273,7 +277,9 @@ async def test_a_failed_step_fails_its_reply_with_a_note_and_the_next_reply_work
 
 
 async def test_repeated_failures_back_off_and_show_in_health(tiny_model_dir, caplog) -> None:
-    engine = TransformersEngine(str(tiny_model_dir), context_size=1024, recovery_backoff_s=0.01)
+    engine = TransformersEngine(
+        str(tiny_model_dir), context_size=1024, recovery_backoff_s=0.01, batch_slots=0
+    )
     await engine.start()
     steps = FailingSteps(engine.model, times=3)
     try:
@@ -305,7 +311,9 @@ async def test_repeated_failures_back_off_and_show_in_health(tiny_model_dir, cap
 async def test_the_dead_loops_cache_is_freed_before_the_new_one_is_built(
     tiny_model_dir, monkeypatch
 ) -> None:
-    engine = TransformersEngine(str(tiny_model_dir), context_size=1024, recovery_backoff_s=0.01)
+    engine = TransformersEngine(
+        str(tiny_model_dir), context_size=1024, recovery_backoff_s=0.01, batch_slots=0
+    )
     await engine.start()
     await wait_until(lambda: getattr(engine._manager, "batch_processor", None) is not None)
     old_cache = weakref.ref(engine._manager.batch_processor.cache)
@@ -342,7 +350,9 @@ async def test_replies_are_refused_while_the_loop_waits_to_be_rebuilt_and_close_
     tiny_model_dir,
 ) -> None:
     # The first rebuild waits far longer than the test: close() must not wait for it.
-    engine = TransformersEngine(str(tiny_model_dir), context_size=1024, recovery_backoff_s=60)
+    engine = TransformersEngine(
+        str(tiny_model_dir), context_size=1024, recovery_backoff_s=60, batch_slots=0
+    )
     await engine.start()
     steps = FailingSteps(engine.model, times=1)
     try:

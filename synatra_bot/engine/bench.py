@@ -13,6 +13,11 @@ One run measures, on the same model:
 3. on a GPU, the weight-bandwidth floor: weight bytes / measured device copy bandwidth, with the
    single stream's decode rate as a share of it.
 
+`--steps` measures decode steps instead: per level, all streams start together, and the
+engine's time per step (and total tok/s) is set against `generate()` with a batch of the same
+size, in rounds back to back so both see the same load. `--preset mistral-60m` runs it on a
+60M-parameter Mistral-shaped random model on the CPU with one torch thread, at 1 and 8 streams.
+
 Prompts are random token ids (the bot's length by default: 3,500 tokens in a 4,096 context, 300
 new tokens); stop ids are disabled so every reply runs to its token budget. `--tiny` builds a tiny
 random Mistral on the CPU; `--random-weights` builds a Mistral-7B-shaped model in memory (no
@@ -66,6 +71,30 @@ TINY = {
     "num_key_value_heads": 2,
     "head_dim": 16,
 }
+#: A 60M-parameter Mistral-shaped model: small enough for a CPU, shaped like the real one
+#: (GQA 8 heads / 2 key-value heads), for the concurrency preset.
+MISTRAL_60M = {
+    **MISTRAL_7B,
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+}
+#: `--preset` values: the model and workload each one sets (flags given explicitly win).
+PRESETS: dict[str, dict[str, Any]] = {
+    "mistral-60m": {
+        "shape": "mistral-60m",
+        "prompt_tokens": 1000,
+        "new_tokens": 48,
+        "context": 2048,
+        "streams": [1, 8],
+        "threads": 1,
+        "steps": True,
+    },
+}
+SHAPES = {"tiny": TINY, "mistral-7b": MISTRAL_7B, "mistral-60m": MISTRAL_60M}
 #: The bot's defaults: CONTEXT_SIZE and a prompt that fills it but for the reply.
 BOT_CONTEXT = 4096
 BOT_PROMPT_TOKENS = 3500
@@ -127,6 +156,52 @@ def configure_parser(parser: argparse.ArgumentParser, *, language: Language = "e
             "Mistral-7B 모양의 무작위 모델 (내려받지 않아요)",
         ),
     )
+    what.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default=None,
+        help=say(
+            "mistral-60m: a 60M-parameter random Mistral on the CPU, 1,000-token prompts, one "
+            "torch thread, --steps at 1 and 8 streams",
+            "mistral-60m: CPU의 6천만 매개변수 무작위 Mistral, 1,000토큰 프롬프트, torch 스레드 "
+            "하나, 1·8 스트림에서 --steps",
+        ),
+    )
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help=say(
+            "measure decode steps instead: all streams start together; the engine's ms per "
+            "step against generate() with the same batch, in the same run",
+            "대신 디코드 단계를 재기: 모든 스트림이 함께 시작하고, 엔진의 단계당 ms를 같은 "
+            "배치의 generate()와 같은 실행에서 비교",
+        ),
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help=say(
+            "--steps: rounds per level, each generate() then the engine (medians reported)",
+            "--steps: 수준마다 generate()와 엔진을 번갈아 재는 횟수 (중앙값을 보고)",
+        ),
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=say("torch threads (default: torch's own)", "torch 스레드 수 (기본: torch 기본값)"),
+    )
+    parser.add_argument(
+        "--batch-slots",
+        type=int,
+        default=None,
+        help=say(
+            "replies of the engine's batched static-cache lane (default: the engine's; 0: "
+            "continuous batching only)",
+            "엔진의 배치 정적 캐시 경로가 받는 답장 수 (기본: 엔진의 값, 0: 연속 배칭만)",
+        ),
+    )
     parser.add_argument(
         "-P",
         "--prompt-tokens",
@@ -150,7 +225,7 @@ def configure_parser(parser: argparse.ArgumentParser, *, language: Language = "e
     parser.add_argument(
         "--context",
         type=int,
-        default=BOT_CONTEXT,
+        default=None,
         help=say("engine context (CONTEXT_SIZE)", "엔진 컨텍스트 (CONTEXT_SIZE)"),
     )
     parser.add_argument(
@@ -209,10 +284,12 @@ def configure_parser(parser: argparse.ArgumentParser, *, language: Language = "e
     )
     parser.add_argument(
         "--attn",
-        default="sdpa",
+        default="auto",
         help=say(
-            "sdpa, eager, flash_attention_2, paged|eager",
-            "어텐션 구현: sdpa, eager, flash_attention_2, paged|eager",
+            "auto (default: what the bot picks on this machine), sdpa, eager, "
+            "flash_attention_2, paged|eager",
+            "어텐션 구현: auto (기본: 이 기계에서 봇이 고르는 것), sdpa, eager, "
+            "flash_attention_2, paged|eager",
         ),
     )
     parser.add_argument(
@@ -310,9 +387,22 @@ class Baseline:
 
 
 @dataclass
+class StepLevel:
+    """Decode steps with `streams` replies at once: the engine against generate() with that
+    batch, both from the same prompts' length, in the same run."""
+
+    streams: int
+    generate_ms_per_step: float | None
+    engine_ms_per_step: float
+    engine_total_tok_s: float
+    lane: str
+
+
+@dataclass
 class Report:
     config: dict[str, Any]
     levels: list[Level] = field(default_factory=list)
+    steps: list[StepLevel] = field(default_factory=list)
     baseline: Baseline | None = None
     floor: dict[str, float] = field(default_factory=dict)
     summary: dict[str, float | None] = field(default_factory=dict)
@@ -600,6 +690,8 @@ def _baseline(model: Any, prompts: list[list[int]], new_tokens: int, mode: str) 
         **options,
     )
 
+    torch.set_num_threads(torch.get_num_threads())  # this thread's OpenMP pool too (--threads)
+
     def one(prompt: list[int]) -> tuple[float, float, float]:
         marker = Marker()
         ids = torch.tensor([prompt], device=model.device)
@@ -630,12 +722,125 @@ def _baseline(model: Any, prompts: list[list[int]], new_tokens: int, mode: str) 
     )
 
 
+async def _engine_steps(
+    engine: TransformersEngine, args: argparse.Namespace, streams: int, rng: random.Random
+) -> tuple[float, float]:
+    """`streams` replies started together; over the window where all of them decode (after
+    the last first token, before the first reply ends): the median time between two tokens of
+    a reply (ms per step) and the tokens all replies got per second."""
+    params = SamplingParams(
+        max_new_tokens=args.new_tokens,
+        stop_ids=(),
+        temperature=SAMPLING["temperature"],
+        top_p=SAMPLING["top_p"],
+        top_k=int(SAMPLING["top_k"]),
+    )
+    records = [_Timed(i, 1, args.new_tokens, time.perf_counter()) for i in range(streams)]
+    prompts = [_prompt(rng, args.prompt_tokens) for _ in range(streams)]
+    await asyncio.gather(
+        *(
+            _timed_stream(engine, prompts[i], params, f"steps{streams}-{i}", records[i])
+            for i in range(streams)
+        )
+    )
+    start = max(r.deltas[0] for r in records)
+    end = min(r.deltas[-1] for r in records)
+    gaps = [
+        b - a
+        for r in records
+        for a, b in itertools.pairwise(t for t in r.deltas if start <= t <= end)
+    ]
+    if not gaps:
+        raise RuntimeError("no step where every reply decodes: raise --new-tokens")
+    step = statistics.median(gaps)
+    return step * 1000, streams / step
+
+
+def _generate_steps(model: Any, prompts: list[list[int]], new_tokens: int) -> float:
+    """generate() with the prompts as one batch (a dynamic cache, the same sampling): the
+    median time of a decode step, in ms."""
+    import torch
+    from transformers import GenerationConfig
+    from transformers.generation.streamers import BaseStreamer
+
+    class Marker(BaseStreamer):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+
+        def put(self, value: Any) -> None:
+            self.marks.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    config = GenerationConfig(  # type: ignore[no-untyped-call]
+        do_sample=True,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        eos_token_id=None,
+        pad_token_id=2,
+        **SAMPLING,
+    )
+    torch.set_num_threads(torch.get_num_threads())  # this thread's OpenMP pool too (--threads)
+    ids = torch.tensor(prompts, device=model.device)
+    marker = Marker()
+    with torch.inference_mode():
+        model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            generation_config=config,
+            streamer=marker,
+        )
+    # marks[0] is the prompt, marks[1] the first token (after the prefill).
+    gaps = [b - a for a, b in itertools.pairwise(marker.marks[1:])]
+    return statistics.median(gaps) * 1000
+
+
+async def _step_levels(
+    engine: TransformersEngine, args: argparse.Namespace, rng: random.Random
+) -> list[StepLevel]:
+    """Per level, `--rounds` rounds of generate() then the engine, back to back, so that both
+    see the same load from anything else on the machine; the medians over the rounds."""
+    levels = []
+    for streams in args.streams:
+        engine_runs: list[float] = []
+        generate_runs: list[float] = []
+        for _ in range(args.rounds):
+            if not args.skip_baseline:
+                prompts = [_prompt(rng, args.prompt_tokens) for _ in range(streams)]
+                generate_runs.append(
+                    await asyncio.to_thread(_generate_steps, engine.model, prompts, args.new_tokens)
+                )
+            engine_runs.append((await _engine_steps(engine, args, streams, rng))[0])
+        engine_ms = statistics.median(engine_runs)
+        total = streams * 1000 / engine_ms
+        generate_ms = statistics.median(generate_runs) if generate_runs else None
+        lane = "batched static-cache lane"
+        slots = engine.batched_lane_slots
+        if streams > slots:
+            lane = (
+                f"{slots} on the batched lane, {streams - slots} on continuous batching"
+                if slots
+                else "continuous batching"
+            )
+        level = StepLevel(streams, generate_ms, engine_ms, total, lane)
+        levels.append(level)
+        print(_step_row(level, levels[0]), file=sys.stderr, flush=True)
+    return levels
+
+
 def _cb_config(engine: TransformersEngine) -> dict[str, Any]:
     """What continuous batching resolved once its cache exists (after a first request)."""
     return engine.batching_config()
 
 
 def _defaults(args: argparse.Namespace, device: str) -> None:
+    preset = PRESETS.get(getattr(args, "preset", None) or "", {})
+    for key in ("prompt_tokens", "new_tokens", "context", "streams", "threads"):
+        if getattr(args, key, None) is None and key in preset:
+            setattr(args, key, preset[key])
+    args.steps = getattr(args, "steps", False) or bool(preset.get("steps"))
+    args.context = args.context or BOT_CONTEXT
     tiny = args.tiny
     args.prompt_tokens = args.prompt_tokens or (256 if tiny else BOT_PROMPT_TOKENS)
     args.new_tokens = args.new_tokens or (16 if tiny else BOT_NEW_TOKENS)
@@ -649,10 +854,11 @@ async def _run(args: argparse.Namespace) -> Report:
     import torch
     import transformers
 
-    device = args.device or (
-        "cpu" if args.tiny else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    small = args.tiny or args.preset is not None
+    device = args.device or ("cpu" if small else ("cuda" if torch.cuda.is_available() else "cpu"))
     _defaults(args, device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from synatra_bot.errors import ConfigError
 
     longest = args.prompt_tokens + args.new_tokens + args.message_tokens
@@ -666,7 +872,7 @@ async def _run(args: argparse.Namespace) -> Report:
     workdir = Path(tempfile.mkdtemp(prefix="synatra-bench-"))
     model_id = args.model
     model = None
-    if args.tiny or args.random_weights:
+    if small or args.random_weights:
         model_id = args.tokenizer or str(_write_tokenizer(workdir / "tokenizer"))
         dtype = getattr(torch, args.dtype) if args.dtype else None
         if dtype is None:
@@ -674,12 +880,16 @@ async def _run(args: argparse.Namespace) -> Report:
             dtype = (
                 torch.float32 if device == "cpu" else (torch.bfloat16 if bf16 else torch.float16)
             )
-        shape = TINY if args.tiny else MISTRAL_7B
+        shape = (
+            SHAPES[PRESETS[args.preset]["shape"]]
+            if args.preset
+            else (TINY if args.tiny else MISTRAL_7B)
+        )
         model = _random_model(shape, device, dtype, args.context, args.attn)
     cuda_graph = {"auto": None, "on": True, "off": False}[args.cuda_graph]
-    page_size = args.page_size or (32 if args.tiny else None)
+    page_size = args.page_size or (32 if small else None)
     num_blocks = args.num_blocks
-    if args.tiny and num_blocks is None:  # every stream's two turns fit: measure batching
+    if small and num_blocks is None:  # every stream's two turns fit: measure batching
         per_stream = math.ceil((longest + args.new_tokens) / 32)
         num_blocks = max(args.streams) * per_stream + 8
     engine = TransformersEngine(
@@ -695,6 +905,7 @@ async def _run(args: argparse.Namespace) -> Report:
         compile_level=args.compile_level,
         allow_block_sharing=not args.no_prefix_sharing,
         single_stream=args.single_stream,
+        batch_slots=args.batch_slots,
         model=model,
     )
     await engine.start()
@@ -722,9 +933,13 @@ async def _run(args: argparse.Namespace) -> Report:
             "device": device,
             "device_name": _device_name(device),
             "dtype": engine.dtype_name,
-            "model": "tiny random Mistral"
-            if args.tiny
-            else ("random Mistral-7B" if model else model_id),
+            "model": f"random {args.preset}"
+            if args.preset
+            else (
+                "tiny random Mistral" if args.tiny else ("random Mistral-7B" if model else model_id)
+            ),
+            "threads": torch.get_num_threads(),
+            "batched_lane_slots": engine.batched_lane_slots,
             "attn_requested": args.attn,
             "attn_model": loaded_attn,
             "attn_in_use": engine.attention,
@@ -741,6 +956,9 @@ async def _run(args: argparse.Namespace) -> Report:
             "sampling": SAMPLING,
         }
         print(format_header(report.config), file=sys.stderr, flush=True)
+        if args.steps:
+            report.steps = await _step_levels(engine, args, rng)
+            return report
         for seed, streams in enumerate(args.streams):
             level = await _closed_loop(engine, args, streams, args.seed + seed + 1)
             report.levels.append(level)
@@ -817,7 +1035,8 @@ def format_header(config: dict[str, Any]) -> str:
             f"device: {config['device_name']} ({config['device']}); dtype {config['dtype']}; "
             f"model: {config['model']}",
             f"attention: requested {config['attn_requested']}, model {config['attn_model']}, "
-            f"in use by CB {config['attn_in_use']}",
+            f"in use by CB {config['attn_in_use']}; torch threads {config.get('threads')}; "
+            f"batched static-cache lane: {config.get('batched_lane_slots', 0)} replies",
             f"continuous batching: {cb}",
             f"workload: P={config['prompt_tokens']} prompt tokens, N={config['new_tokens']} new "
             f"tokens, turn 2 adds {config['message_tokens']}, context {config['context']}; "
@@ -846,7 +1065,42 @@ def _level_row(level: Level) -> str:
     )
 
 
+_STEPS_HEAD = (
+    "| streams | generate() ms/step (same batch) | engine ms/step | engine / generate() "
+    "| engine total tok/s | x single stream | served by |"
+)
+
+
+def _step_row(level: StepLevel, single: StepLevel) -> str:
+    ratio = (
+        f"{level.engine_ms_per_step / level.generate_ms_per_step:.2f}"
+        if level.generate_ms_per_step
+        else "-"
+    )
+    return (
+        f"| {level.streams} | {_f(level.generate_ms_per_step, 1)} | "
+        f"{level.engine_ms_per_step:.1f} | {ratio} | {level.engine_total_tok_s:.1f} | "
+        f"{level.engine_total_tok_s / single.engine_total_tok_s:.2f} | {level.lane} |"
+    )
+
+
+def format_steps(report: Report) -> str:
+    """The decode-step table of a `--steps` run."""
+    single = report.steps[0]
+    return "\n".join(
+        [
+            format_header(report.config),
+            "",
+            _STEPS_HEAD,
+            "|---:|---:|---:|---:|---:|---:|---|",
+            *(_step_row(level, single) for level in report.steps),
+        ]
+    )
+
+
 def format_report(report: Report) -> str:
+    if report.steps:
+        return format_steps(report)
     lines = [
         format_header(report.config),
         "",
@@ -901,7 +1155,7 @@ def _check_flags(args: argparse.Namespace) -> None:
             )
     if args.tokenizer is not None:
         check_model_source(args.tokenizer, setting="--tokenizer")
-    elif args.tiny or args.random_weights or args.save_tokenizer is not None:
+    elif args.tiny or args.preset or args.random_weights or args.save_tokenizer is not None:
         try:
             import mistral_common  # noqa: F401
         except ImportError:
@@ -910,7 +1164,7 @@ def _check_flags(args: argparse.Namespace) -> None:
                 "mistral-common is not installed here: make a tokenizer folder on a machine "
                 "that has it (--save-tokenizer FOLDER), copy it, and pass --tokenizer FOLDER",
             ) from None
-    if not (args.tiny or args.random_weights or args.save_tokenizer is not None):
+    if not (args.tiny or args.preset or args.random_weights or args.save_tokenizer is not None):
         check_model_source(args.model, setting="--model")
 
 

@@ -7,6 +7,21 @@ its generation loop on a dedicated thread, `add_request(streaming=True)` submits
 cancellation, `cancel()`) calls `cancel_request`, which frees the request's cache blocks.
 
 Choices, with their reasons:
+- Which lane serves a reply (decided as it arrives, kept to its end): a reply that needs a
+  penalty, a seed or a roleplay sampler takes the single-stream lane (below); a lone reply with
+  SINGLE_STREAM on takes it too; any other reply takes a free row of the batched static-cache
+  lane (synatra_bot.engine.batched_lane; `batch_slots` rows, 8 by default), and only when all
+  its rows are busy does it go to CB. The batched lane runs with sdpa only
+  (`batched_lane_slots`): with sdpa, CB packs the whole batch into one masked sequence each step
+  (copying every reply's gathered cache, a dense mask and index lists: a step costs batch x
+  context on the host), while the lane keeps each reply's cache in place and decodes all rows in
+  one forward, so eight replies cost a little more than one step of generate() with batch 8.
+  With flash attention CB has the faster path (no padding, CUDA graphs) and serves everything.
+  Replies on the lane get only each step's new token (CB's streaming output copies a reply's
+  whole token list every step), and are sampled with `samplers.pick_token` (top-k through
+  `torch.topk`, no sort of the vocabulary). A failed lane step fails the replies it held with
+  the same note as a failed CB step and counts as a failure in a row in `health()`; the lane is
+  ready again at once.
 - Sampling: temperature, top-p and top-k are per request (CB's per-request logits processors).
   Temperature 0 is approximated by 1e-4 (CB samples for every request or none).
 - Repetition penalty and seeds: CB ignores the penalty and has one seed for everything, so a
@@ -84,6 +99,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from synatra_bot.engine.batched_lane import BatchedLane
+
 log = logging.getLogger(__name__)
 
 #: On the CPU the cache holds this many tokens unless num_blocks says otherwise.
@@ -93,6 +110,31 @@ CPU_DEFAULT_MAX_BATCH_TOKENS = 512
 MIN_TEMPERATURE = 1e-4
 DEFAULT_RECOVERY_BACKOFF_S = 0.5
 MAX_RECOVERY_BACKOFF_S = 60.0
+#: Replies the batched static-cache lane decodes together by default (BatchedLane); more
+#: concurrent replies go to continuous batching.
+DEFAULT_BATCH_SLOTS = 8
+#: Attention implementations the batched lane runs with (it needs a 4D mask per row).
+BATCHED_LANE_ATTENTION = ("sdpa",)
+
+
+def batched_lane_slots(
+    requested: int | None, attention: str, context: int | None, model_config: Any = None
+) -> int:
+    """How many replies the batched static-cache lane takes: `requested` (None: the default),
+    or 0 (continuous batching serves everything) when the attention is not sdpa, where CB has
+    the faster path (flash attention: CUDA graphs, no padding); when there is no context size
+    to bound the lane's cache; or when the model's layers do not all attend alike over the
+    whole context (a sliding window the context goes past, or mixed layer types), which the
+    lane's one mask per row does not describe."""
+    if context is None or attention not in BATCHED_LANE_ATTENTION:
+        return 0
+    window = getattr(model_config, "sliding_window", None)
+    layer_types = getattr(model_config, "layer_types", None) or ()
+    if (window is not None and context > window) or any(
+        kind != "full_attention" for kind in layer_types
+    ):
+        return 0
+    return DEFAULT_BATCH_SLOTS if requested is None else max(requested, 0)
 
 
 def recovery_delay(failures: int, base_s: float, cap_s: float) -> float:
@@ -106,8 +148,10 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     started: bool = False
     cancel_event: threading.Event = field(default_factory=threading.Event)
-    #: The CB manager the request went to (None: the single-stream lane).
+    #: The CB manager the request went to (None: the single-stream or the batched lane).
     manager: Any = None
+    #: The request went to the batched static-cache lane.
+    batched_lane: bool = False
 
     def deliver(self, item: Any) -> None:
         """Put `item` on the request's queue from any thread."""
@@ -333,6 +377,7 @@ class TransformersEngine:
         scheduler: str = "fifo",
         allow_block_sharing: bool = True,
         single_stream: str = "off",
+        batch_slots: int | None = None,
         seed: int | None = None,
         recovery_backoff_s: float = DEFAULT_RECOVERY_BACKOFF_S,
         max_recovery_backoff_s: float = MAX_RECOVERY_BACKOFF_S,
@@ -371,6 +416,8 @@ class TransformersEngine:
         #: What the engine passed to ContinuousBatchingConfig (None: transformers decides).
         self._cb_requested: dict[str, Any] = {}
         self._single_lane: ThreadPoolExecutor | None = None
+        self._batch_slots_request = batch_slots
+        self._batched_lane: BatchedLane | None = None
         self._requests: dict[str, _Request] = {}
         self._meter = ThroughputMeter()
         self._context_limit: int | None = None
@@ -412,6 +459,11 @@ class TransformersEngine:
         if self._manager is None:
             return False
         return bool(cb_adapter.cache_facts(self._manager).get("prefix_sharing", False))
+
+    @property
+    def batched_lane_slots(self) -> int:
+        """Replies the batched static-cache lane takes at once (0: it is off)."""
+        return 0 if self._batched_lane is None else self._batched_lane.slots
 
     @property
     def attention_choice(self) -> AttentionChoice:
@@ -456,9 +508,10 @@ class TransformersEngine:
 
     def busy_request_ids(self) -> set[str]:
         """Requests the CB loop still holds (waiting or generating): what costs GPU time."""
-        if self._manager is None:
-            return set()
-        return cb_adapter.busy_request_ids(self._manager)
+        busy = set() if self._manager is None else cb_adapter.busy_request_ids(self._manager)
+        if self._batched_lane is not None:
+            busy |= self._batched_lane.busy_request_ids()
+        return busy
 
     async def start(self) -> None:
         if self._manager is not None:
@@ -468,6 +521,22 @@ class TransformersEngine:
         self._failures = 0
         self._recovering = False
         await asyncio.to_thread(self._load)
+        slots = batched_lane_slots(
+            self._batch_slots_request,
+            cb_adapter.attention_of(self.model),
+            self._context_limit,
+            self.model.config,
+        )
+        if slots and self._context_limit is not None:
+            from synatra_bot.engine.batched_lane import BatchedLane
+
+            # Before CB, which may size its cache from the memory left.
+            self._batched_lane = BatchedLane(
+                self.model, slots=slots, context=self._context_limit, on_failure=self._lane_failed
+            )
+            log.info(
+                "batched static-cache lane: up to %d replies, continuous batching beyond", slots
+            )
         manager = await asyncio.to_thread(self._init_continuous_batching)
         manager.start()
         self._manager = manager
@@ -747,6 +816,9 @@ class TransformersEngine:
         lane, self._single_lane = self._single_lane, None
         if lane is not None:
             await asyncio.to_thread(lane.shutdown, wait=True, cancel_futures=True)
+        batched, self._batched_lane = self._batched_lane, None
+        if batched is not None:
+            await asyncio.to_thread(batched.close)
 
     # ------------------------------------------------------------------ requests
 
@@ -804,7 +876,7 @@ class TransformersEngine:
         try:
             if single:
                 self._submit_single(request, ids, params, max_new)
-            else:
+            elif not self._submit_to_lane(request_id, request, ids, params, max_new):
                 self._submit_batched(request_id, request, ids, params, max_new)
             while True:
                 item = await request.queue.get()
@@ -828,6 +900,8 @@ class TransformersEngine:
                     request.started = True
                     if new_ids and request.manager is not None:
                         self._loop_works(request.manager)
+                    elif new_ids and request.batched_lane:
+                        self._lane_works()
                     self._meter.add(len(new_ids))
                     text = stops.feed(detokenizer.add(new_ids))
                 else:
@@ -857,6 +931,53 @@ class TransformersEngine:
         in a row are over."""
         if self._failures and manager is self._manager and not self._recovering:
             log.info("the rebuilt generation loop works (after %d failures)", self._failures)
+            self._failures = 0
+
+    def _submit_to_lane(
+        self,
+        request_id: str,
+        request: _Request,
+        ids: list[int],
+        params: SamplingParams,
+        max_new: int,
+    ) -> bool:
+        """Give the request to the batched static-cache lane if it has a free row."""
+        from synatra_bot.engine.batched_lane import LaneJob
+
+        lane = self._batched_lane
+        if lane is None:
+            return False
+
+        def deliver(new_ids: list[int], finished: bool) -> None:
+            # One call per step and reply, with only that step's token.
+            request.deliver((new_ids, finished, None))
+
+        job = LaneJob(
+            request_id=request_id,
+            prompt=ids,
+            max_new_tokens=max_new,
+            stop_ids=frozenset(params.stop_ids),
+            temperature=float(params.temperature),
+            top_k=int(params.top_k),
+            top_p=float(min(max(params.top_p, 0.0), 1.0)),
+            deliver=deliver,
+            fail=lambda: request.deliver(_Failed("the batched lane's step failed")),
+            cancelled=request.cancel_event,
+        )
+        request.batched_lane = lane.try_submit(job)
+        return request.batched_lane
+
+    def _lane_failed(self) -> None:
+        """The batched lane's forward raised (it failed the replies it held): count it as a
+        failure in a row, as a failed CB step is; the lane itself is ready again at once."""
+        self._failed()
+        log.error("the batched lane failed (failure %d in a row)", self._failures)
+
+    def _lane_works(self) -> None:
+        """A reply on the batched lane got tokens: the failures in a row are over, unless the
+        CB loop is still being rebuilt."""
+        if self._failures and not self._recovering:
+            log.info("the batched lane works again (after %d failures)", self._failures)
             self._failures = 0
 
     def _submit_batched(
@@ -918,11 +1039,13 @@ class TransformersEngine:
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        from synatra_bot.engine.samplers import sampler_processors
+        from synatra_bot.engine.samplers import TopKTopPWarper, sampler_processors
         from synatra_bot.tokenizer import EOS_ID
 
         if request.cancel_event.is_set():
             return
+        # This thread's OpenMP pool takes the process's torch thread count (see BatchedLane).
+        torch.set_num_threads(torch.get_num_threads())
         deliver = request.deliver
 
         class Streamer(BaseStreamer):
@@ -944,11 +1067,13 @@ class TransformersEngine:
                 )
 
         sample = params.temperature > 0
+        # Temperature, top-k and top-p are applied by TopKTopPWarper (no sort of the whole
+        # vocabulary), so generate()'s own three are turned off (1.0, 0, 1.0).
         config = GenerationConfig(  # type: ignore[no-untyped-call]
             do_sample=sample,
-            temperature=params.temperature if sample else None,
-            top_p=params.top_p if sample else None,
-            top_k=params.top_k if sample else None,
+            temperature=1.0 if sample else None,
+            top_p=1.0 if sample else None,
+            top_k=0 if sample else None,
             min_p=params.min_p if sample and params.min_p > 0.0 else None,
             repetition_penalty=params.repetition_penalty,
             max_new_tokens=max_new,
@@ -965,6 +1090,12 @@ class TransformersEngine:
         try:
             input_ids = torch.tensor([ids], device=model.device)
             processors = sampler_processors(params, self.tokenizer)
+            if sample:
+                processors.append(
+                    TopKTopPWarper(
+                        temperature=params.temperature, top_k=params.top_k, top_p=params.top_p
+                    )
+                )
             with torch.inference_mode(), pause:
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
