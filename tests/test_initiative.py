@@ -465,6 +465,154 @@ async def test_rp_auto_lets_a_player_ask_for_k_turns_among_the_characters(start_
         assert harness.bot.initiative.watched == 0
 
 
+async def test_disabling_the_channel_while_they_speak_ends_the_characters_turns(
+    start_bot, tokenizer
+):
+    timers = ManualTimers()
+    engine = SpeakerEngine(tokenizer)
+    async with start_bot(engine=engine, timers=timers) as harness:
+        s = harness.scenario
+        jisu, minho = s.members[0], s.members[1]
+        await trio(harness, order="list")
+        line = await harness.fake.say(s.general, jisu, "다들 뭐 해?")
+        last = (await answers(s.general, line.id, 3))[-1]
+        before = len(await speakers(harness, s.general))
+
+        # The first of three turns is being written when a moderator turns the channel off:
+        # it ends as it stands, and the two others never come.
+        engine.hold.clear()
+        asked = await harness.slash(minho, "rp auto", channel=s.general, turns=3)
+        await harness.final_text(asked)
+        await harness.fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None and stop_button(m), after=last
+        )
+        off = await harness.slash(s.moderator, "config channel", channel=s.general, enabled=False)
+        await harness.final_text(off)
+        engine.hold.set()
+        await harness.bot.initiative.idle()
+        assert (await speakers(harness, s.general))[before:] == ["민지"]
+        assert harness.bot.initiative.watched == 0
+
+
+async def test_turning_initiative_off_while_they_speak_ends_the_quiet_times_turns(
+    start_bot, tokenizer
+):
+    timers = ManualTimers()
+    engine = SpeakerEngine(tokenizer)
+    async with start_bot(engine=engine, timers=timers) as harness:
+        s = harness.scenario
+        await group_of_three(harness, auto_turns=3)
+        line = await harness.fake.say(s.general, s.members[0], "다들 조용하네.")
+        last = (await answers(s.general, line.id, 3))[-1]
+        before = len(await speakers(harness, s.general))
+
+        engine.hold.clear()
+        timers.advance(10 * MINUTE)
+        await harness.fake.wait_for_message(
+            s.general, lambda m: m.webhook_id is not None and stop_button(m), after=last
+        )
+        off = await harness.slash(
+            s.moderator, "config initiative", channel=s.general, enabled=False
+        )
+        await harness.final_text(off)
+        engine.hold.set()
+        await quiet_for(harness, timers, 60)
+        assert (await speakers(harness, s.general))[before:] == ["민지"]
+        assert harness.bot.initiative.watched == 0
+
+
+async def test_stopping_the_scene_between_two_turns_ends_the_characters_turns(start_bot, tokenizer):
+    timers = ManualTimers()
+    async with start_bot(engine=SpeakerEngine(tokenizer), timers=timers) as harness:
+        s = harness.scenario
+        minho = s.members[1]
+        await trio(harness, order="list")
+        scene = await repo.get_active_session(harness.sessions, channel_id=s.general.id)
+        # The first turn is stored and its reply freed the channel, but its last edit is still
+        # on its way to Discord when `/rp stop` lands.
+        stage = harness.bot.initiative.stage
+        played, edit_sent = asyncio.Event(), asyncio.Event()
+        perform = stage.perform
+
+        async def slow_last_edit(reply):
+            await perform(reply)
+            played.set()
+            await edit_sent.wait()
+
+        stage.perform = slow_last_edit
+        shown = len(await character_lines(s.general))
+        asked = await harness.slash(minho, "rp auto", channel=s.general, turns=3)
+        await harness.final_text(asked)
+        await asyncio.wait_for(played.wait(), 10)
+        stopped = await harness.slash(s.moderator, "rp stop", channel=s.general)
+        await harness.final_text(stopped)
+        edit_sent.set()
+        await harness.bot.initiative.idle()
+
+        kept = await repo.recent_history(harness.sessions, session_id=scene.id, limit=100)
+        # The three greetings, then 하늘's turn (she spoke last): nothing after the scene's end.
+        assert [m.role for m in kept] == ["assistant"] * 4
+        assert kept[-1].content.startswith("하늘 대답")
+        lines = (await character_lines(s.general))[shown:]
+        assert len(lines) == 1 and lines[0].startswith("하늘 대답")
+        assert harness.bot.initiative.watched == 0
+
+
+async def test_a_refused_line_does_not_start_the_characters_turns_over(start_bot, tokenizer):
+    timers = ManualTimers()
+    async with start_bot(engine=SpeakerEngine(tokenizer), timers=timers) as harness:
+        s = harness.scenario
+        jisu, minho = s.members[0], s.members[1]
+        await quiet_scene(harness, jisu, enabled=True, quiet_minutes=10, max_in_a_row=1)
+        limit = await harness.slash(
+            s.moderator, "config ratelimit", channel=s.general, per_minute=3
+        )
+        await harness.final_text(limit)
+        for text in ("하나.", "둘.", "셋."):  # 민호's three turns
+            await harness.reply_to(s.general, minho, text)
+        await quiet_for(harness, timers, 10)  # her one turn in a row, charged to 지수
+        said = await speakers(harness, s.general)
+        assert said[-2:] == ["민지", "민지"] and harness.bot.initiative.watched == 0
+
+        # 민호 has no turn left: his line is refused, not stored, and starts nothing over.
+        refused = await harness.fake.say(s.general, minho, "또 얘기하자.")
+        await harness.fake.wait_for_message(
+            s.general, lambda m: "천천히" in m.content, after=refused
+        )
+        assert harness.bot.initiative.watched == 0
+        await quiet_for(harness, timers, 30)
+        assert await speakers(harness, s.general) == said
+
+
+async def test_rp_auto_is_paid_and_checked_for_who_asks_and_tells_them_when_it_runs_out(
+    start_bot, tokenizer
+):
+    timers = ManualTimers()
+    async with start_bot(engine=SpeakerEngine(tokenizer), timers=timers) as harness:
+        fake, s = harness.fake, harness.scenario
+        minho = s.members[1]
+        await trio(harness, order="list")  # started by the moderator
+        limit = await harness.slash(
+            s.moderator, "config ratelimit", channel=s.general, per_minute=2
+        )
+        await harness.final_text(limit)
+        before = len(await speakers(harness, s.general))
+        fake.remove_member(s.guild, s.moderator)
+
+        async def gone() -> bool:
+            return harness.bot.get_guild(s.guild.id).get_member(s.moderator.id) is None
+
+        assert await eventually(gone)
+        # The starter left, but 민호 asks and pays: his two turns play (하늘 spoke last, then
+        # the cast order), the third is refused by his rate limit, and he is told.
+        asked = await harness.slash(minho, "rp auto", channel=s.general, turns=3)
+        assert "캐릭터끼리 3차례 주고받아요" in await harness.final_text(asked)
+        await harness.bot.initiative.idle()
+        assert (await speakers(harness, s.general))[before:] == ["하늘", "민지"]
+        told = await fake.wait_for_followup(asked)
+        assert "남은 차례가 없어요" in told.content and told.ephemeral
+
+
 async def test_after_a_restart_nothing_speaks_up_until_a_player_speaks(
     start_bot, tokenizer, tmp_path
 ):

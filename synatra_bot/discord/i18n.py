@@ -590,6 +590,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "The characters take {turns} turn(s) among themselves; a message or ⏹ stops them.",
         "캐릭터끼리 {turns}차례 주고받아요. 메시지를 보내거나 ⏹를 누르면 멈춰요.",
     ),
+    "rp.auto_limited": (
+        "The characters stopped: you have no turn left for now (try again in {retry_after} s).",
+        "캐릭터끼리 주고받기를 멈췄어요. "
+        "지금은 남은 차례가 없어요 ({retry_after}초 뒤에 다시 해 주세요).",
+    ),
     "error.auto_in_dm": (
         "Characters take turns among themselves only in a server's channels.",
         "캐릭터끼리 주고받기는 서버 채널에서만 할 수 있어요.",

@@ -91,7 +91,7 @@ class Archive:
                         name=character.name,
                     )
         await self.turns.admit_start(actor, place)  # the gate of every new scene
-        await self.scheduler.cancel_channel(place.channel_id, reason="an earlier scene resumed")
+        await self.turns.scene_changing(place, reason="an earlier scene resumed")
         reopened = await archives.reopen_scene(
             self.core.sessions, channel_id=place.channel_id, session_id=session_id
         )
@@ -124,7 +124,7 @@ class Archive:
             guild_id=source.guild_id,
             adding=await archives.branch_size(self.core.sessions, message_id=message_id),
         )
-        await self.scheduler.cancel_channel(place.channel_id, reason="a branch started")
+        await self.turns.scene_changing(place, reason="a branch started")
         branch = await archives.branch_scene(
             self.core.sessions, message_id=message_id, started_by=actor.user_id, quota=quota
         )
@@ -241,7 +241,7 @@ class Archive:
         # The characters the chat brings in, in order of their first line.
         joined = {c.id: c for c in speakers.values() if c is not None and c.id != character.id}
         note = chat.author_note
-        await self.scheduler.cancel_channel(place.channel_id, reason="a chat was imported")
+        await self.turns.scene_changing(place, reason="a chat was imported")
         session = await archives.import_scene(
             self.core.sessions,
             guild_id=guild_id,

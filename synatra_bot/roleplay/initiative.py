@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,9 +70,9 @@ class LoopTimers:
 class Stage(Protocol):
     """Where the replies are shown: the front end's own gates, and the playing."""
 
-    def may_speak(self, place: Place, active: ActiveRoleplay) -> bool:
-        """The front end can still post in `place` for its scene (reachable, the starter
-        still allowed to speak there)."""
+    def may_speak(self, place: Place, active: ActiveRoleplay, payer: Actor | None = None) -> bool:
+        """The front end can still post in `place` for its scene (reachable, and who pays the
+        turn, `payer` or by default the scene's starter, still allowed to speak there)."""
         ...
 
     async def perform(self, reply: Reply) -> None:
@@ -91,24 +91,40 @@ async def take_turns(
     on_reply: Callable[[Reply], None] = lambda reply: None,
     payer: Actor | None = None,
     first_paid: bool = False,
+    needs_initiative: bool = False,
 ) -> tuple[int, bool]:
     """`count` turns of the scene's characters with nobody speaking to them: the one the
     players last talked with first, then (in a group) whom the turn order picks from what was
-    said. Ends early when `wanted()` turns false, a reply is stopped or fails, or a turn is
-    refused (RateLimited is raised; other refusals end it quietly). `on_reply` hears of each
-    reply before it plays; `payer` is charged each turn (by default the scene's starter; the
-    first turn not when `first_paid`). Returns the turns stored, and whether all `count` were."""
+    said. Ends early when `wanted()` turns false, the scene ends or changes, the channel is
+    disabled (or, `needs_initiative`, its initiative turned off), a reply is stopped or fails,
+    or a turn is refused (RateLimited is raised; other refusals end it quietly): the scene is
+    read again before each turn. `on_reply` hears of each reply before it plays; `payer` is
+    charged each turn (by default the scene's starter; the first turn not when `first_paid`).
+    Returns the turns stored, and whether all `count` were."""
     stored = 0
     active = await turns.core.active(place)
     if active is None or not active.speakers:
         return 0, False
+    session_id = active.session.id
     history = await turns.core.recent(active)
     character: CharacterRecord | None = last_talked_with(active, history)
     spoken = spoken_since_player([(m.role, m.character_id) for m in history])
     for turn in range(1, count + 1):
         if character is None or not wanted():
             break
-        if not stage.may_speak(place, active):
+        fresh = await turns.core.active(place)
+        if (
+            fresh is None
+            or fresh.session.id != session_id
+            or not fresh.config.enabled
+            or (needs_initiative and not fresh.config.initiative)
+            or not wanted()
+        ):
+            break  # the scene ended or changed, or moderators turned it off meanwhile
+        active, character = fresh, fresh.member(character.id)
+        if character is None:
+            break  # left the cast meanwhile
+        if not stage.may_speak(place, active, payer):
             break
         why = SpokeUp(character.name, quiet_minutes, turn, count)
         try:
@@ -238,10 +254,31 @@ class Initiative:
         if watch is not None and watch.task is None and watch.session_id == active.session.id:
             self._arm(watch, active)
 
-    async def auto(self, place: Place, actor: Actor, count: int) -> None:
+    def scene_ended(self, place: Place) -> None:
+        """The scene in `place` ended or another took its place: its quiet time is dropped and
+        the characters speaking up there stop (the turn being written is cut by the scene's
+        change; one still waiting for its turn is withdrawn here)."""
+        watch = self._watches.pop(place.channel_id, None)
+        if watch is None:
+            return
+        if watch.timer is not None:
+            watch.timer.cancel()
+            watch.timer = None
+        if watch.playing is not None and not watch.playing.begun:
+            self._track(asyncio.get_running_loop().create_task(watch.playing.stop()))
+
+    async def auto(
+        self,
+        place: Place,
+        actor: Actor,
+        count: int,
+        *,
+        on_refused: Callable[[UserFacingError], Awaitable[None]] | None = None,
+    ) -> None:
         """`actor` lets the scene's characters take `count` turns among themselves now (each
         charged to them), stopped as the quiet time's turns are; refused (UserFacingError)
-        before anything starts when they may not speak here or no scene plays."""
+        before anything starts when they may not speak here or no scene plays. A later turn
+        refused by their rate limit ends the run, and `on_refused` tells them."""
         require_voice(actor)
         if place.dm:
             raise UserFacingError("only in a server's channels", key="error.auto_in_dm")
@@ -256,10 +293,19 @@ class Initiative:
             watch.timer.cancel()
             watch.timer = None
         watch.task = self._track(
-            asyncio.get_running_loop().create_task(self._auto(watch, active, actor, count))
+            asyncio.get_running_loop().create_task(
+                self._auto(watch, active, actor, count, on_refused)
+            )
         )
 
-    async def _auto(self, watch: _Watch, active: ActiveRoleplay, actor: Actor, count: int) -> None:
+    async def _auto(
+        self,
+        watch: _Watch,
+        active: ActiveRoleplay,
+        actor: Actor,
+        count: int,
+        on_refused: Callable[[UserFacingError], Awaitable[None]] | None,
+    ) -> None:
         place = watch.place
         try:
             await take_turns(
@@ -272,8 +318,10 @@ class Initiative:
                 payer=actor,
                 first_paid=True,
             )
-        except RateLimited:
+        except RateLimited as error:
             log.info("the player who asked in %s has no turn left", place.channel_id)
+            if on_refused is not None:
+                await on_refused(error)
         finally:
             watch.task = watch.playing = None
         if self._watches.get(place.channel_id) is not watch:
@@ -369,6 +417,7 @@ class Initiative:
                     quiet_minutes=config.initiative_quiet_minutes,
                     wanted=lambda: self._watches.get(place.channel_id) is watch,
                     on_reply=lambda reply: setattr(watch, "playing", reply),
+                    needs_initiative=True,
                 )
             except RateLimited:
                 log.info("the starter of the scene in %s has no turn left", place.channel_id)

@@ -89,6 +89,8 @@ class SceneWatcher(Protocol):
 
     def character_spoke(self, place: Place, active: ActiveRoleplay) -> None: ...
 
+    def scene_ended(self, place: Place) -> None: ...
+
 
 class Ending(enum.Enum):
     """How a reply ended, and so what its front end shows."""
@@ -544,6 +546,13 @@ class Turns:
         if starts and not config.enabled:
             await self.core.update_channel_settings(place, enabled=True)
 
+    async def scene_changing(self, place: Place, *, reason: str) -> None:
+        """The scene here ends or another takes its place: whatever plays here stops, and so
+        do the characters speaking up on their own (`watcher.scene_ended`)."""
+        await self.scheduler.cancel_channel(place.channel_id, reason=reason)
+        if self.watcher is not None:
+            self.watcher.scene_ended(place)
+
     async def admit_start(self, actor: Actor, place: Place) -> None:
         """Refuse a new scene here (`start`, resume, branch, import) before anything changes."""
         await self.admit_change(actor, place, starts=True)
@@ -554,7 +563,7 @@ class Turns:
         """A new scene here (after `admit_start`): whatever streams here stops first, once the
         character is known to be one `actor` may start here."""
         await self.core.check_start(actor, place, character_id=character_id)
-        await self.scheduler.cancel_channel(place.channel_id, reason="a new roleplay started")
+        await self.scene_changing(place, reason="a new roleplay started")
         return await self.core.start(
             actor, place, character_id=character_id, greeting_index=greeting_index
         )
@@ -569,14 +578,14 @@ class Turns:
         """Start over with the same lead character (after `admit_reset`)."""
         active = await self.core.require_active(place)
         await self.core.check_start(actor, place, character_id=active.lead.id)
-        await self.scheduler.cancel_channel(place.channel_id, reason="roleplay reset")
+        await self.scene_changing(place, reason="roleplay reset")
         return await self.core.reset(actor, place)
 
     async def end(self, place: Place, actor: Actor) -> ActiveRoleplay:
         """End the scene here (the starter or a moderator); its history is kept."""
         active = await self.core.require_active(place)
         require_starter_or_moderator(actor, active.session)
-        await self.scheduler.cancel_channel(place.channel_id, reason="roleplay stopped")
+        await self.scene_changing(place, reason="roleplay stopped")
         await self.core.stop(place)
         return active
 
@@ -682,9 +691,6 @@ class Turns:
             characters = await self.responders(active, actor, text, place=place)
         if line is not None and line.gone:
             return None  # deleted before it was stored
-        self._spoke_up.pop(place.channel_id, None)
-        if self.watcher is not None:
-            self.watcher.player_spoke(place, active)
         if characters and late:
             stored = asyncio.ensure_future(
                 self.core.add_removed_line(
@@ -695,6 +701,10 @@ class Turns:
                 line.storing(stored, ())
             return Said(stored, (), too_late=True)
         self._admit_answer(active, place, actor, characters)
+        # Admitted (a refused line is not stored): the characters' own turns give way to it.
+        self._spoke_up.pop(place.channel_id, None)
+        if self.watcher is not None:
+            self.watcher.player_spoke(place, active)
         # Stored while the reply's first message goes out: the prompt waits for it.
         stored = asyncio.ensure_future(
             self.core.add_user_message(

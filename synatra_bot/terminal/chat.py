@@ -787,7 +787,7 @@ class _TerminalStage:
     def __init__(self, chat: TerminalChat) -> None:
         self.chat = chat
 
-    def may_speak(self, place: Place, active: ActiveRoleplay) -> bool:
+    def may_speak(self, place: Place, active: ActiveRoleplay, payer: Actor | None = None) -> bool:
         return True
 
     async def perform(self, reply: Reply) -> None:

@@ -188,7 +188,16 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         turns: app_commands.Range[int, 1, MAX_AUTO_TURNS],
     ) -> None:
         _, place, actor = self._where(interaction)
-        await self.bot.initiative.auto(place, actor, turns)  # refused before anything starts
+
+        async def refused(error: UserFacingError) -> None:
+            # A later turn over their rate limit: the run ends, and they are told.
+            try:
+                await answer(interaction, tr(interaction, "rp.auto_limited", **error.params))
+            except discord.HTTPException:
+                log.info("could not tell %s why the turns stopped", actor.user_id)
+
+        # Refused before anything starts.
+        await self.bot.initiative.auto(place, actor, turns, on_refused=refused)
         await answer(interaction, tr(interaction, "rp.auto", turns=turns))
 
     cast = app_commands.Group(name="cast", description="Who is in this scene")
