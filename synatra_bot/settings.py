@@ -397,10 +397,27 @@ def _server_args(
         args = tuple(shlex.split(raw))
     except ValueError as error:
         raise ConfigError(name, f"cannot be split into arguments ({error})") from None
-    taken = sorted({arg.split("=", 1)[0] for arg in args} & managed)
+    taken = sorted({written for arg in args if (written := _refused_option(arg, managed))})
     if taken:
-        raise ConfigError(name, f"{', '.join(taken)} are set by the bot ({managed_by})")
+        verb = "is" if len(taken) == 1 else "are"
+        raise ConfigError(name, f"{', '.join(taken)} {verb} set by the bot ({managed_by})")
     return args
+
+
+def _refused_option(arg: str, managed: frozenset[str]) -> str:
+    """`arg` as written (its value cut off) when it sets one of `managed`, said with what it
+    stands for where it differs; "" when it does not. A long option is taken as vLLM's argument
+    parser takes it: `_` as `-`, `--name=value`, and any abbreviation of a longer name."""
+    written = arg.split("=", 1)[0]
+    if not written.startswith("--"):
+        return written if written in managed else ""
+    if written == "--":
+        return ""
+    spelled = "--" + written[2:].replace("_", "-")
+    meant = sorted(option for option in managed if option.startswith(spelled))
+    if not meant:
+        return ""
+    return written if meant == [written] else f"{written} (that is {' or '.join(meant)})"
 
 
 def _attention(env: Mapping[str, str]) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from synatra_bot.prompt.report import PromptReport
 from synatra_bot.prompt.scripts import (
     MAX_RESULT_CHARS,
@@ -237,3 +239,16 @@ def test_the_inspector_lists_scripts_that_ran_and_failed() -> None:
     report.scripts_ran = ["상태창 숨기기"]
     report.scripts_failed = ["폭주: ran out of time"]
     assert "card scripts: 상태창 숨기기; failed: 폭주: ran out of time" in report.to_text()
+
+
+@pytest.mark.parametrize("order", ["²", "--5", "9" * 5000, "1e3"])
+def test_a_risu_order_that_is_no_number_leaves_the_script_unordered(order: str) -> None:
+    ext = {
+        "risuai": {
+            "customScripts": [
+                risu("첫째", "a", "b", "editoutput", ableFlag=True, flag=f"g<order {order}>"),
+                risu("먼저", "b", "c", "editoutput", ableFlag=True, flag="g<order 5>"),
+            ]
+        }
+    }
+    assert run(ext, "ab", Stage.OUTPUT) == "bc"  # b->c first (order 5), then a->b

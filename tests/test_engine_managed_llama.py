@@ -84,6 +84,9 @@ def test_llama_args_are_split_like_a_shell_and_passed_on(gguf_file):
         ({"MODEL_GGUF": "{gguf}", "LLAMA_SERVER": "/없는/llama-server"}, "LLAMA_SERVER", "exec"),
         ({"MODEL_GGUF": "{gguf}", "LLAMA_ARGS": "--port 9000"}, "LLAMA_ARGS", "--port"),
         ({"MODEL_GGUF": "{gguf}", "LLAMA_ARGS": "--alias=x"}, "LLAMA_ARGS", "--alias"),
+        ({"MODEL_GGUF": "{gguf}", "LLAMA_ARGS": "--ctx_size 9"}, "LLAMA_ARGS", "--ctx-size"),
+        ({"MODEL_GGUF": "{gguf}", "LLAMA_ARGS": "--paral=2"}, "LLAMA_ARGS", "--parallel"),
+        ({"MODEL_GGUF": "{gguf}", "LLAMA_ARGS": "-np=2"}, "LLAMA_ARGS", "-np is set"),
         ({"MODEL_GGUF": "{gguf}", "LLAMA_ARGS": "'열린 따옴표"}, "LLAMA_ARGS", "split"),
         ({"MODEL_GGUF": "{gguf}", "LLAMA_PARALLEL": "0"}, "LLAMA_PARALLEL", "between"),
         (

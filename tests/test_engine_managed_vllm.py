@@ -121,6 +121,61 @@ def test_each_bad_vllm_setting_names_itself(tmp_path, vllm_venv, values, setting
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        ("--max_model_len 9", "--max_model_len (that is --max-model-len) is set by the bot"),
+        ("--api_key x", "--api_key (that is --api-key) is set by the bot"),
+        ("--api-key=x", "--api-key is set by the bot"),
+        ("--api-k x", "--api-k (that is --api-key) is set by the bot"),
+        ("--max-model 9", "--max-model (that is --max-model-len) is set by the bot"),
+        ("--served_model=x", "--served_model (that is --served-model-name) is set by the bot"),
+        ("--ho 0.0.0.0 --po=1", "--ho (that is --host), --po (that is --port) are set by the bot"),
+        ("--mod x", "--mod (that is --model) is set by the bot"),
+        ("--m x", "--m (that is --max-model-len or --model) is set by the bot"),
+    ],
+)
+def test_vllm_args_refuse_what_vllm_would_read_as_an_option_the_bot_sets(vllm_venv, args, problem):
+    """vLLM reads `_` as `-`, `--name=value`, and any abbreviation of a long option."""
+    with pytest.raises(ConfigError) as raised:
+        settings_from_env(env_with(ENGINE="vllm", VLLM_COMMAND=str(vllm_venv[0]), VLLM_ARGS=args))
+    assert raised.value.setting == "VLLM_ARGS"
+    assert raised.value.problem == (f"{problem} (MODEL_ID, CONTEXT_SIZE, ENGINE_API_KEY)")
+
+
+def test_vllm_args_that_only_begin_like_an_option_the_bot_sets_are_passed_on(vllm_venv):
+    args = "--max-num-seqs 4 --model-impl vllm --api-server-count=1 --max_num_batched_tokens 8"
+    settings = settings_from_env(
+        env_with(ENGINE="vllm", VLLM_COMMAND=str(vllm_venv[0]), VLLM_ARGS=args)
+    )
+    assert settings.vllm_args == tuple(args.split())
+
+
+def test_an_abbreviated_vllm_option_the_bot_sets_exits_2_with_one_line(tmp_path, vllm_venv):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "DISCORD_TOKEN": "x",
+        "ENGINE": "vllm",
+        "VLLM_COMMAND": str(vllm_venv[0]),
+        "VLLM_ARGS": "--api-k 비밀",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "synatra_bot.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "synatra-bot: VLLM_ARGS: --api-k (that is --api-key) is set by the bot "
+        "(MODEL_ID, CONTEXT_SIZE, ENGINE_API_KEY)"
+    ]
+
+
 def test_a_vllm_command_that_is_not_there_exits_2_with_one_line(tmp_path):
     env = {
         "PATH": "/usr/bin:/bin",

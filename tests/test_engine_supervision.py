@@ -140,6 +140,41 @@ async def test_a_server_silent_past_the_start_timeout_is_given_up(tmp_path):
     assert server.pid is not None and await gone(server.pid)
 
 
+async def test_a_server_that_logs_in_a_loop_without_serving_is_given_up_at_the_cap(
+    tmp_path, caplog
+):
+    """Output keeps the silence timeout away, but not the cap on the whole start: a server
+    whose engine dies and is started again inside it, forever, is given up all the same."""
+    script = tmp_path / "crash_loop.py"
+    script.write_text(
+        "import time\n"
+        "while True:\n"
+        "    print('엔진이 죽었어요; 다시 시작합니다', flush=True)\n"
+        "    time.sleep(0.01)\n",
+        encoding="utf-8",
+    )
+    now = [0.0]
+    caplog.set_level(logging.DEBUG, logger="synatra_bot.engine.supervisor")
+    server = ServerProcess(
+        "stand-in",
+        lambda port: [sys.executable, str(script)],
+        start_cap_s=5,
+        clock=lambda: now[0],
+    )
+    starting = asyncio.create_task(server.start())
+    relayed = "synatra_bot.engine.supervisor.stand-in"
+    while sum(r.name == relayed for r in caplog.records) < 3:
+        assert not starting.done()
+        await asyncio.sleep(0.01)
+    now[0] = 5.0
+    with pytest.raises(EngineError) as raised:
+        await asyncio.wait_for(starting, 60)
+    assert str(raised.value) == (
+        "stand-in did not become healthy within 5 s: 엔진이 죽었어요; 다시 시작합니다"
+    )
+    assert server.pid is not None and await gone(server.pid)
+
+
 def test_the_release_build_is_native_and_uses_cuda_only_where_the_toolkit_is():
     cpu = llama_build.cmake_options("release", cuda=False)
     assert "-DCMAKE_BUILD_TYPE=Release" in cpu and "-DGGML_NATIVE=ON" in cpu

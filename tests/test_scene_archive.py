@@ -81,6 +81,30 @@ async def test_an_earlier_scene_is_listed_and_resumed_where_it_stopped(start_bot
         assert archived.ended_at is not None
 
 
+async def test_typed_numbers_no_scene_or_character_could_have_are_answered_as_not_found(
+    start_bot, tokenizer
+):
+    """ "²" passes `str.isdigit` but `int` refuses it, and a number past any id would reach the
+    database: a typed scene, character or cast member like that is simply not found."""
+    async with start_bot(engine=numbered_replies(tokenizer)) as harness:
+        s = harness.scenario
+        await scene(harness, "첫 장면이야.")
+        for typed in ("²", "9" * 30):
+            resumed = await harness.slash(s.moderator, "rp resume", channel=s.general, scene=typed)
+            assert "이 채널에 그런 장면이 없어요" in await harness.final_text(resumed)
+            started = await harness.slash(
+                s.moderator, "rp start", channel=s.general, character=typed
+            )
+            assert "그 캐릭터가 없거나 여기서 쓸 수 없어요" in await harness.final_text(started)
+            muted = await harness.slash(s.moderator, "rp mute", channel=s.general, character=typed)
+            assert "그 캐릭터는 이 장면에 없어요" in await harness.final_text(muted)
+        # A full-width number is the scene of that number.
+        first, _ = await active_history(harness, s.general)
+        wide = str(first.id).translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})
+        again = await harness.slash(s.moderator, "rp resume", channel=s.general, scene=wide)
+        assert f"장면 #{first.id} (민지)" in await harness.final_text(again)
+
+
 async def test_a_branch_from_a_message_goes_on_from_there_and_the_old_scene_stays(
     start_bot, tokenizer
 ):

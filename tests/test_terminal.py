@@ -18,6 +18,7 @@ from synatra_bot.storage import repository as repo
 from synatra_bot.storage.database import create_engine, create_sessionmaker
 from synatra_bot.terminal.chat import (
     TERMINAL_USER_ID,
+    TerminalChat,
     configure_parser,
     run_chat,
     terminal_place,
@@ -1189,3 +1190,61 @@ async def test_ctrl_c_stops_the_characters_turns_among_themselves(
     session = await repo.get_active_session(sessions, channel_id=place.channel_id)
     history = await repo.recent_history(sessions, session_id=session.id, limit=20)
     assert len(history) <= 5  # the greeting, the line, its answer, at most two of their own
+
+
+async def test_numbers_the_commands_cannot_take_are_answered_and_the_chat_goes_on(
+    settings, sessions, tokenizer, tmp_path
+) -> None:
+    """ "²" passes `str.isdigit` but is no number to `int`; a number past any id is no id; a
+    Korean keyboard's full-width digits are numbers."""
+    huge = "9" * 30
+    lines = (
+        "/pin ²\n/unpin ²\n/resume ²\n/auto ²\n"
+        f"/pin {huge}\n/unpin {huge}\n/resume {huge}\n/auto {huge}\n/unpin\n/resume #\n"
+        "/unpin １\n/pins\n안녕.\n/quit\n"
+    )
+    code, text = await chat(settings, tokenizer, card_file(tmp_path), lines)
+
+    assert code == 0
+    assert "📌 #1번으로 고정했어요: ²" in text  # not a number: the text itself is pinned
+    assert text.count("/unpin 번호: 그 번호의 고정 기억을 빼요 (/pins 참고)") == 3
+    assert text.count("/resume 번호: 그 번호의 이전 장면을 다시 열어요 (/sessions 참고)") == 3
+    assert text.count("/auto N: 캐릭터끼리 N차례 주고받아요") == 2
+    assert "고정할 대화가 없어요" in text
+    assert "📌 #1번 고정 기억을 뺐어요" in text and "고정 기억이 없어요" in text
+    assert "세라: 음, 그럼 바다를 보러 가자!" in text
+    _, history = await terminal_history(sessions)
+    assert [m.content for m in history if m.role == "user"] == ["안녕."]
+
+
+async def test_a_command_that_fails_on_its_argument_is_answered_and_the_chat_goes_on(
+    settings, sessions, tokenizer, tmp_path, monkeypatch
+) -> None:
+    async def cannot(self, argument: str) -> None:
+        raise ValueError(f"invalid literal for int() with base 10: {argument!r}")
+
+    monkeypatch.setattr(TerminalChat, "_auto", cannot)
+    code, text = await chat(settings, tokenizer, card_file(tmp_path), "/auto 3\n안녕.\n/quit\n")
+
+    assert code == 0
+    assert "/auto 명령이 뒤에 쓴 내용을 처리하지 못했어요 (/help)" in text
+    assert "세라: 음, 그럼 바다를 보러 가자!" in text
+
+
+async def test_a_character_id_past_any_stored_one_exits_2_with_one_line(
+    settings, tokenizer, capsys
+) -> None:
+    engine = ScriptedEngine(tokenizer=tokenizer)
+    code = await run_chat(
+        args_for("#" + "9" * 30),
+        settings=settings,
+        language="ko",
+        engine=engine,
+        tokenizer=tokenizer,
+        stdin=io.StringIO(""),
+        stdout=RecordingOutput(),
+    )
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("synatra-bot chat: ")

@@ -357,3 +357,13 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read():
     data = b" " * (MAX_LOREBOOK_BYTES + 1)
     with pytest.raises(LorebookError, match="the limit is"):
         parse_lorebook_file(data)
+
+
+def test_entry_keys_that_are_no_plain_number_give_their_entries_distinct_uids():
+    """ "²" passes `str.isdigit` but `int` refuses it; thousands of digits are past `int` too."""
+    entry = {"key": ["숲"], "content": "숲은 깊다.", "displayIndex": 0}
+    data = json.dumps(
+        {"entries": {"²": entry, "7": {**entry, "key": ["강"]}, "9" * 5000: {**entry, "key": []}}}
+    ).encode()
+    book = parse_lorebook_file(data, filename="숲.json")
+    assert sorted(e["id"] for e in book["entries"]) == [0, 2, 7]

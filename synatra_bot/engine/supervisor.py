@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 #: Seconds a loading server may go without answering its health check or printing a line (a
 #: download's progress counts: vLLM downloads the model itself on its first start).
 START_TIMEOUT_S = 600.0
+#: Seconds a server may take to become healthy at all, printing or not: one that logs in a loop
+#: without ever serving (a crash loop inside it) is given up. Generous, for a first download.
+START_CAP_S = 3600.0
 #: Seconds between health checks while it loads.
 POLL_S = 0.2
 #: Seconds between looks at whether a server has exited.
@@ -67,7 +70,8 @@ class ServerProcess:
 
     `command(port)` is its command line, run with the bot's environment plus `env`;
     `health_path` answers 200 once it serves. `start()`
-    returns once it is healthy (or raises EngineError with its last line of output); after
+    returns once it is healthy (or raises EngineError with its last line of output, or when it
+    is silent for `start_timeout_s` or not healthy within `start_cap_s` by `clock`); after
     that a watcher restarts it whenever it exits, waiting `backoff_s`, doubled after each
     failed life up to `max_backoff_s`. `stop()` ends it (SIGTERM, then SIGKILL).
     """
@@ -82,6 +86,8 @@ class ServerProcess:
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         start_timeout_s: float = START_TIMEOUT_S,
+        start_cap_s: float = START_CAP_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._command = command
@@ -90,6 +96,8 @@ class ServerProcess:
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
         self._start_timeout_s = start_timeout_s
+        self._start_cap_s = start_cap_s
+        self._clock = clock
         self.port = 0
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -147,7 +155,7 @@ class ServerProcess:
         """Start the process and wait until it answers its health check."""
         command = [str(part) for part in self._command(self.port)]
         self._tail.clear()
-        self._last_output = time.monotonic()
+        self._last_output = self._clock()
         self._process = await asyncio.create_subprocess_exec(
             *command,
             stdin=asyncio.subprocess.DEVNULL,
@@ -169,8 +177,9 @@ class ServerProcess:
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=2)
+        cap = self._clock() + self._start_cap_s
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            while time.monotonic() < self._last_output + self._start_timeout_s:
+            while (overdue := self._start_overdue(cap)) is None:
                 if process.returncode is not None:
                     await asyncio.sleep(0)  # let the reader take its last lines
                     _signal_group(process.pid, signal.SIGKILL)  # its helpers, left without it
@@ -181,9 +190,20 @@ class ServerProcess:
                             return
                 await _exited(process, POLL_S)
         await self._end_process()
-        raise EngineError(
-            f"{self.name} did not become healthy and printed nothing for {self._start_timeout_s} s"
-        )
+        raise EngineError(overdue)
+
+    def _start_overdue(self, cap: float) -> str | None:
+        """Why a loading server is given up now (silent too long, or not healthy by `cap`)."""
+        now = self._clock()
+        if now >= cap:
+            last = self._tail[-1] if self._tail else "no output"
+            return f"{self.name} did not become healthy within {self._start_cap_s:g} s: {last}"
+        if now >= self._last_output + self._start_timeout_s:
+            return (
+                f"{self.name} did not become healthy and printed nothing for "
+                f"{self._start_timeout_s} s"
+            )
+        return None
 
     def _exit_text(self, code: int) -> str:
         last = self._tail[-1] if self._tail else "no output"
@@ -196,7 +216,7 @@ class ServerProcess:
         server_log = logging.getLogger(f"{__name__}.{self.name}")
         pending = b""
         while chunk := await process.stdout.read(READ_BYTES):
-            self._last_output = time.monotonic()
+            self._last_output = self._clock()
             *lines, pending = LINE_END.split(pending + chunk)
             if len(pending) >= READ_BYTES:
                 lines.append(pending)

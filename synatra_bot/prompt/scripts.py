@@ -59,6 +59,9 @@ _VALID_ST_FLAGS = re.compile(r"^(?!.*?(.).*?\1)[gmixXsuUAJ]+$")
 _JS_TOKEN = re.compile(r"\$(\$|&|`|'|\d{1,2}|<[^>]*>)")
 _ST_GROUP = re.compile(r"\$(\d+)|\$<([^>]+)>")
 _RISU_ORDER = re.compile(r"<(.+?)>")
+#: `order N` in a RisuAI flag: ASCII digits as JavaScript's parseInt reads them, bounded so
+#: that no card's number is too long for `int` ("²" or thousands of digits are no order).
+_RISU_ORDER_NUMBER = re.compile(r"order\s+(-?[0-9]{1,18})", re.ASCII)
 #: SillyTavern's placement numbers that a chat message takes.
 _USER_INPUT, _AI_OUTPUT = 1, 2
 _RISU_TYPES = {
@@ -213,8 +216,9 @@ def _risu_order(raw: Mapping[str, Any]) -> int:
     for meta in _RISU_ORDER.findall(flag):
         for action in meta.split(","):
             action = action.strip()
-            if action.startswith("order ") and action[6:].strip().lstrip("-").isdigit():
-                return int(action[6:])
+            order = _RISU_ORDER_NUMBER.fullmatch(action)
+            if order is not None:
+                return int(order[1])
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -166,6 +167,8 @@ def _from_card(data: bytes | dict[str, Any], filename: str | None) -> dict[str, 
 #: The longest number written as text that is read (SillyTavern's editor writes some numbers
 #: as text, e.g. "displayIndex": "3").
 _MAX_NUMBER_TEXT = 20
+#: An entry's key that is its uid (ASCII digits, short enough for `int`: "²" is not one).
+_ENTRY_SLOT = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
 def _number(value: Any, field: str) -> int:
@@ -230,7 +233,7 @@ def _from_world_info(obj: dict[str, Any], fallback_name: str) -> dict[str, Any]:
     for slot, raw in raws.items():
         uid = raw.get("uid")
         if uid is None:
-            uid = int(slot) if slot.isdigit() else len(numbered)
+            uid = int(slot) if _ENTRY_SLOT.fullmatch(slot) else len(numbered)
         numbered.append((_number(uid, "uid"), raw))
     display = {uid: _display_index(raw) for uid, raw in numbered}
     numbered.sort(key=lambda item: (_display_or(display[item[0]], item[0]), item[0]))

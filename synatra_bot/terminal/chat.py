@@ -44,12 +44,15 @@ from synatra_bot.roleplay.initiative import take_turns
 from synatra_bot.roleplay.turns import STOPPED_BY_USER, Ending, Reply, Turns
 from synatra_bot.roleplay.types import Actor, Place
 from synatra_bot.storage import repository as repo
+from synatra_bot.storage.ids import typed_number
 from synatra_bot.storage.records import CharacterRecord, MessageRecord, SessionRecord
 from synatra_bot.terminal.messages import TerminalText
 
 if TYPE_CHECKING:
     from synatra_bot.engine.base import Engine
     from synatra_bot.settings import Settings
+
+log = logging.getLogger(__name__)
 
 TERMINAL_USER_ID = 0
 TERMINAL_GUILD_ID = 0
@@ -191,9 +194,9 @@ async def resolve_character(
         name, data = card_file
         return await _import_card(characters, actor, name, data, max_card_bytes=max_card_bytes)
     wanted = spec.strip()
-    number = re.fullmatch(r"#?([0-9]+)", wanted)
-    if number:
-        return await characters.get(int(number[1])), ""
+    number = typed_number(wanted.removeprefix("#"))
+    if number is not None:
+        return await characters.get(number), ""
     if Path(spec).suffix.lower() in (".png", ".json") or os.sep in spec:
         raise CardError(f"no card file at {spec}", key="error.no_card_file", filename=spec)
     found = await characters.search(actor, wanted, limit=25)
@@ -532,6 +535,12 @@ class TerminalChat:
                     await self._story_line(text)
             except (UserFacingError, EngineError) as error:
                 self._error(error)
+            except ValueError:  # a command's argument it could not take: the chat goes on
+                if not text.startswith("/"):
+                    raise
+                command = text.split()[0].lower()
+                log.exception("%s could not take its argument", command)
+                self._say("command_failed", name=command)
             finally:
                 self._busy = False
 
@@ -586,11 +595,8 @@ class TerminalChat:
                     turns=scene.turns,
                     mark=self.text("scene_running") if scene.active else "",
                 )
-        elif name == "/resume" and argument.lstrip("#").isdigit():
-            scene_id = int(argument.lstrip("#"))
-            await self.archive.resume(self.actor, self.place, scene_id)
-            self._say("resumed", id=scene_id)
-            await self._recap()
+        elif name == "/resume":
+            await self._resume(argument)
         elif name == "/branch":
             branch = await self._branch()
             self._say("branched", id=branch.id)
@@ -598,12 +604,8 @@ class TerminalChat:
             await self._pin(argument)
         elif name == "/pins":
             await self._list_pins()
-        elif name == "/unpin" and argument.lstrip("#").isdigit():
-            active = await self.core.require_active(self.place)
-            gone = await self.core.pins.remove(
-                self.actor, active.session, int(argument.lstrip("#"))
-            )
-            self._say("unpinned", id=gone.id)
+        elif name == "/unpin":
+            await self._unpin(argument)
         elif name == "/cast":
             active = await self.core.require_active(self.place)
             self._say("cast", names=active.names)
@@ -651,21 +653,39 @@ class TerminalChat:
             raise UserFacingError("nothing to branch from", key="error.nothing_to_branch")
         return await self.archive.branch(self.actor, self.place, newest[-1].id)
 
+    async def _resume(self, argument: str) -> None:
+        scene_id = typed_number(argument.removeprefix("#"))
+        if scene_id is None:
+            self._say("resume_usage")
+            return
+        await self.archive.resume(self.actor, self.place, scene_id)
+        self._say("resumed", id=scene_id)
+        await self._recap()
+
     async def _pin(self, argument: str) -> None:
         """Pin the last turn, the Nth from the end (`/pin 3`), or the text typed after it."""
         active = await self.core.require_active(self.place)
         message_id = None
-        if argument and not argument.isdigit():
+        if argument and not argument.isdecimal():
             text = argument
         else:
-            back = int(argument or "1")
+            back = typed_number(argument or "1")
             turns = [m for m in await self.core.recent(active) if m.role in ("user", "assistant")]
-            if not 1 <= back <= len(turns):
+            if back is None or not 1 <= back <= len(turns):
                 self._say("no_turn_to_pin")
                 return
             text, message_id = turns[-back].content, turns[-back].id
         pinned = await self.core.pin(self.actor, active, text, message_id=message_id)
         self._say("pinned", id=pinned.id, text=pinned.text)
+
+    async def _unpin(self, argument: str) -> None:
+        pin_id = typed_number(argument.removeprefix("#"))
+        if pin_id is None:
+            self._say("unpin_usage")
+            return
+        active = await self.core.require_active(self.place)
+        gone = await self.core.pins.remove(self.actor, active.session, pin_id)
+        self._say("unpinned", id=gone.id)
 
     async def _list_pins(self) -> None:
         active = await self.core.require_active(self.place)
@@ -713,14 +733,15 @@ class TerminalChat:
     async def _auto(self, argument: str) -> None:
         """`/auto N`: the characters take N turns among themselves (in a scene of one, the
         character goes on by itself); Ctrl-C stops them."""
-        if not argument.isdigit() or not 1 <= int(argument) <= MAX_AUTO_TURNS:
+        turns = typed_number(argument, most=MAX_AUTO_TURNS)
+        if turns is None or turns < 1:
             self._say("auto_usage", most=MAX_AUTO_TURNS)
             return
         count, _ = await take_turns(
             self.turns,
             _TerminalStage(self),
             self.place,
-            int(argument),
+            turns,
             wanted=lambda: not self._stop_requested,
         )
         self._say("auto_done", count=count)

@@ -249,6 +249,18 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "unpinned": ("📌 pin #{id} removed", "📌 #{id}번 고정 기억을 뺐어요"),
     "no_turn_to_pin": ("there is no such turn to pin", "고정할 대화가 없어요"),
+    "unpin_usage": (
+        "/unpin NUMBER: remove a pin by its number (see /pins)",
+        "/unpin 번호: 그 번호의 고정 기억을 빼요 (/pins 참고)",
+    ),
+    "resume_usage": (
+        "/resume NUMBER: reopen an earlier scene by its number (see /sessions)",
+        "/resume 번호: 그 번호의 이전 장면을 다시 열어요 (/sessions 참고)",
+    ),
+    "command_failed": (
+        "{name} could not take what followed it (/help)",
+        "{name} 명령이 뒤에 쓴 내용을 처리하지 못했어요 (/help)",
+    ),
     "error.pin_limit": (
         "this scene already holds {limit} pins, the most one may; /unpin one first",
         "한 장면에는 기억을 {limit}개까지 고정할 수 있어요. /unpin으로 먼저 하나를 빼 주세요",

@@ -11,6 +11,7 @@ from discord import app_commands
 from synatra_bot.discord.interactions import actor_of, place_of, tr
 from synatra_bot.errors import CardError, NotFound
 from synatra_bot.storage.archives import SceneSummary
+from synatra_bot.storage.ids import typed_number
 from synatra_bot.storage.records import CharacterRecord
 
 if TYPE_CHECKING:
@@ -56,8 +57,9 @@ class CharacterArg(app_commands.Transformer):
         self, interaction: discord.Interaction[SynatraBot], value: Any
     ) -> int:
         text = str(value).strip()
-        if text.isdigit():
-            return int(text)
+        number = typed_number(text)
+        if number is not None:
+            return number
         found = await interaction.client.core.characters.search(actor_of(interaction), text)
         exact = [r for r in found if r.name == text] or found
         if not exact:
@@ -89,8 +91,9 @@ class CastArg(app_commands.Transformer):
         self, interaction: discord.Interaction[SynatraBot], value: Any
     ) -> int:
         text = str(value).strip()
-        if text.isdigit():
-            return int(text)
+        number = typed_number(text)
+        if number is not None:
+            return number
         cast = await self._cast(interaction)
         found = [c for c in cast if c.name == text] or [
             c for c in cast if c.name.casefold() == text.casefold()
@@ -130,10 +133,10 @@ class SceneArg(app_commands.Transformer):
     async def transform(  # type: ignore[override]
         self, interaction: discord.Interaction[SynatraBot], value: Any
     ) -> int:
-        text = str(value).strip().lstrip("#")
-        if not text.isdigit():
+        number = typed_number(str(value).strip().removeprefix("#"))
+        if number is None:
             raise ArgumentNotResolved(NotFound(f"no scene {value}", key="error.no_scene"))
-        return int(text)
+        return number
 
 
 class SceneNotResolved(app_commands.AppCommandError):
