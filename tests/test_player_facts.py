@@ -5,12 +5,12 @@ tokenizer; the Discord side is in test_player_facts_e2e.py."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import pytest
 
-from synatra_bot.prompt.builder import SUMMARY_DIALOGUE_HEADING
 from synatra_bot.prompt.player_facts import (
     FACTS_HEADING,
     FACTS_PER_CHARACTER,
@@ -19,6 +19,7 @@ from synatra_bot.prompt.player_facts import (
     facts_block,
     split_facts,
 )
+from synatra_bot.prompt.summary import SUMMARY_DIALOGUE_HEADING
 from synatra_bot.roleplay.turns import Ending
 from synatra_bot.roleplay.types import Actor
 from synatra_bot.storage import player_facts as stored
@@ -199,6 +200,36 @@ async def check_player_facts(sessions, *, guild_id: int, user_id: int) -> None:
         )
         == 1
     )
+
+
+async def check_fact_cap_holds(sessions) -> None:
+    """Facts added about one player at the same moment (two scenes folding at once) stop at
+    the cap and are never stored twice; ids are snowflakes."""
+    guild, user = 1575980247692607488, 1575980247692600001
+    character = await repo.create_character(sessions, owner_id=user, guild_id=guild, name="하늘")
+
+    async def add(text: str, cap: int):
+        return await stored.add_fact(
+            sessions,
+            guild_id=guild,
+            user_id=user,
+            character_id=character.id,
+            text=text,
+            source="player",  # never makes room: the cap refuses what is past it
+            message_id=None,
+            cap=cap,
+        )
+
+    same = await asyncio.gather(*(add("고양이를 키운다", 5) for _ in range(6)))
+    assert sum(fact is not None for fact in same) == 1
+    more = await asyncio.gather(*(add(f"사실 {i}", 5) for i in range(10)))
+    assert sum(fact is not None for fact in more) == 4
+    kept = await stored.facts_of(sessions, guild_id=guild, user_id=user)
+    assert len(kept) == 5 and len({f.text for f in kept}) == 5
+
+
+async def test_facts_added_at_the_same_moment_stop_at_the_cap(sessions) -> None:
+    await check_fact_cap_holds(sessions)
 
 
 async def test_upgrade_to_player_facts_keeps_scenes_and_stores_facts(tmp_path) -> None:
