@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from synatra_bot.engine.scripted import ScriptedEngine
-from synatra_bot.prompt.builder import SUMMARY_DIALOGUE_HEADING
 from synatra_bot.prompt.player_facts import FACTS_HEADING
+from synatra_bot.prompt.summary import SUMMARY_DIALOGUE_HEADING
 from synatra_bot.storage import player_facts as stored
 from synatra_bot.storage import repository as repo
 from tests.test_dm_roleplay import say_in_dm, start_in_dm
@@ -133,6 +135,12 @@ async def test_players_see_edit_and_delete_only_their_own_facts(start_bot, token
         assert "1개를 잊었어요" in await harness.final_text(cleared)
         assert await stored.facts_of(harness.sessions, guild_id=s.guild.id, user_id=jisu.id) == []
 
+        # A fact number past what the database holds is refused by the client (Discord checks
+        # the option's bounds), never sent to the database.
+        for command in ("persona memory edit", "persona memory delete"):
+            extra = {"text": "큰 수"} if command.endswith("edit") else {}
+            with pytest.raises(ValueError, match="must be in"):
+                await harness.slash(jisu, command, channel=s.general, fact=2**31, **extra)
         english = await harness.slash(seoyeon, "persona memory list", channel=s.general)
         assert "No character knows anything about you here" in await harness.final_text(english)
 

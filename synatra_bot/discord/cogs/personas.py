@@ -24,6 +24,9 @@ MAX_PERSONA_NAME = 64
 MAX_PERSONA_DESCRIPTION = 2000
 #: Discord's limit on a message's content.
 MESSAGE_LIMIT = 2000
+#: The largest fact id the database holds (a 32-bit integer column): Discord refuses a larger
+#: number before the command runs.
+FACT_ID_MAX = 2**31 - 1
 
 
 class Personas(commands.GroupCog, group_name="persona", group_description="Your roleplay persona"):
@@ -126,7 +129,7 @@ class Personas(commands.GroupCog, group_name="persona", group_description="Your 
     async def memory_edit(
         self,
         interaction: discord.Interaction[SynatraBot],
-        fact: int,
+        fact: app_commands.Range[int, 1, FACT_ID_MAX],
         text: app_commands.Range[str, 1, MAX_FACT_CHARS],
     ) -> None:
         edited = await self.bot.core.facts.edit(
@@ -136,7 +139,11 @@ class Personas(commands.GroupCog, group_name="persona", group_description="Your 
 
     @memory.command(name="delete", description="Make a character forget something about you")
     @app_commands.describe(fact="The fact's number (see /persona memory list)")
-    async def memory_delete(self, interaction: discord.Interaction[SynatraBot], fact: int) -> None:
+    async def memory_delete(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        fact: app_commands.Range[int, 1, FACT_ID_MAX],
+    ) -> None:
         deleted = await self.bot.core.facts.delete(
             interaction.guild_id, interaction.user.id, fact_id=fact
         )
