@@ -123,6 +123,42 @@ async def delete_facts(
         return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def pin_facts_changed(
+    sessions: Sessions,
+    *,
+    guild_id: int | None,
+    user_id: int,
+    message_id: int,
+    text: str,
+    new_text: str | None,
+) -> int:
+    """The facts a pin made (source "pin", its turn `message_id` and its `text`) follow it: they
+    take `new_text`, or go with None (where a character already knows `new_text`, its copy
+    goes). How many changed. A fact the player has made their own since is not touched."""
+    where = (
+        *_owned(guild_id, user_id),
+        PlayerFact.source == "pin",
+        PlayerFact.message_id == message_id,
+        PlayerFact.text == text,
+    )
+    async with sessions.begin() as session:
+        await one_at_a_time(session, f"player_facts:{guild_id}", user_id)
+        rows = (await session.scalars(select(PlayerFact).where(*where))).all()
+        for row in rows:
+            known = new_text is not None and await session.scalar(
+                select(PlayerFact.id).where(
+                    *_owned(guild_id, user_id),
+                    PlayerFact.character_id == row.character_id,
+                    PlayerFact.text == new_text,
+                )
+            )
+            if new_text is None or known:
+                await session.delete(row)
+            else:
+                row.text = new_text
+        return len(rows)
+
+
 async def spoke_before(
     sessions: Sessions, *, session_id: int, user_id: int, before_id: int
 ) -> bool:

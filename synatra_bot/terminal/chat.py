@@ -600,9 +600,7 @@ class TerminalChat:
             await self._list_pins()
         elif name == "/unpin" and argument.lstrip("#").isdigit():
             active = await self.core.require_active(self.place)
-            gone = await self.core.pins.remove(
-                self.actor, active.session, int(argument.lstrip("#"))
-            )
+            gone = await self.turns.unpin(self.actor, active, int(argument.lstrip("#")))
             self._say("unpinned", id=gone.id)
         elif name == "/cast":
             active = await self.core.require_active(self.place)
@@ -664,7 +662,7 @@ class TerminalChat:
                 self._say("no_turn_to_pin")
                 return
             text, message_id = turns[-back].content, turns[-back].id
-        pinned = await self.core.pin(self.actor, active, text, message_id=message_id)
+        pinned = await self.turns.pin(self.actor, active, text, message_id=message_id)
         self._say("pinned", id=pinned.id, text=pinned.text)
 
     async def _list_pins(self) -> None:

@@ -453,7 +453,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             require_starter_or_moderator(actor, active.session)
         said = []
         if remove_pin is not None:
-            gone = await core.pins.remove(actor, active.session, remove_pin)
+            gone = await self.bot.turns.unpin(actor, active, remove_pin)
             said.append(tr(interaction, "rp.pin_removed", id=gone.id))
         if auto is not None:
             await core.set_auto_memory(place, auto)
