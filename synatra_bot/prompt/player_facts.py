@@ -107,6 +107,8 @@ class FactsBlock:
     player: str
     character: str
     notes: tuple[FactNote, ...]
+    #: The player's id, where the caller knows it (who may read the block).
+    player_id: int | None = None
 
 
 #: Which facts the budget takes first: the player's own, then pins, then the memory job's.

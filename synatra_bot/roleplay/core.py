@@ -1252,6 +1252,7 @@ class RoleplayCore:
         if facts is not None:
             built.report.facts_of = (facts.character, facts.player)
             built.report.player_facts = list(facts.notes)
+            built.report.facts_about, built.report.facts_text = facts.player_id, facts.text
         if options.pins is not None:
             built.report.pin_tokens = count(options.pins.text)
             built.report.pins_left_out = options.pins.left_out

@@ -10,6 +10,7 @@ reply holds what that character knows about the player of the newest line
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
@@ -179,13 +180,14 @@ class PlayerFacts:
         facts = await self.facts(guild_id, author, character_id)
         if not facts:
             return None
-        return facts_block(
+        block = facts_block(
             [FactNote(f.id, f.text, f.source) for f in facts],
             player=players.get(author, line.name),
             character=character,
             budget=budget,
             count=count,
         )
+        return dataclasses.replace(block, player_id=author) if block is not None else None
 
     async def _spoke_before(
         self, session_id: int, author: int, line_id: int, history: Sequence[HistoryMessage]

@@ -488,6 +488,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             preview_speaker=(speaking or active.lead).name,
             engine=self.bot.engine.health(),
             hide_card=hide,
+            viewer_id=actor.user_id,
             picks=_spoke_up_text(interaction, self.bot.turns.last_spoke_up(place))
             or _picks_text(interaction, self.bot.turns.last_picks(place)),
         )
