@@ -150,6 +150,7 @@ async def pin_facts_changed(
                     *_owned(guild_id, user_id),
                     PlayerFact.character_id == row.character_id,
                     PlayerFact.text == new_text,
+                    PlayerFact.id != row.id,
                 )
             )
             if new_text is None or known:
