@@ -16,14 +16,13 @@ import pytest
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.engine.scripted import ScriptedEngine
 from synatra_bot.errors import GenerationInterrupted
-from synatra_bot.prompt.builder import (
+from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder
+from synatra_bot.prompt.report import PromptReport
+from synatra_bot.prompt.summary import (
     SUMMARY_DIALOGUE_HEADING,
     SUMMARY_NONE,
     SUMMARY_PREVIOUS_HEADING,
-    HistoryMessage,
-    PromptBuilder,
 )
-from synatra_bot.prompt.report import PromptReport
 from synatra_bot.roleplay.characters import CharacterService
 from synatra_bot.roleplay.config import Defaults
 from synatra_bot.roleplay.core import RoleplayCore

@@ -479,3 +479,78 @@ async def test_the_terminal_pins_the_last_turn_a_numbered_one_or_typed_text(
         assert [p.text for p in pins] == [FACT, "민지는 겨울을 좋아한다."]
     finally:
         await database.dispose()
+
+
+async def test_a_pin_is_a_fact_only_about_the_player_who_pinned_their_own_line(harness):
+    s, fake = harness.scenario, harness.fake
+    character = await harness.character(s.moderator, "민지")
+    await harness.start_roleplay(s.moderator, s.general, character)
+    player, other = s.members[0], s.members[1]
+    said, _ = await talk(harness, player, FACT)
+    await talk(harness, other, "나도 고양이 좋아해.")
+
+    async def facts() -> list[tuple[str, str]]:
+        known = await fact_store.facts_of(harness.sessions, guild_id=s.guild.id, user_id=player.id)
+        return [(f.text, f.source) for f in known]
+
+    # Another player, or a moderator, pinning someone's line (rewritten or not) plants nothing.
+    assert "고정했어요" in await pin_from_menu(harness, other, said, "김지수는 거짓말쟁이다.")
+    assert "고정했어요" in await pin_from_menu(harness, s.moderator, said)
+    assert await facts() == []
+
+    # Pinning their own line is a fact about themselves; it follows the pin's edits ...
+    assert "고정했어요" in await pin_from_menu(harness, player, said, PINNED)
+    assert await facts() == [(PINNED, "pin")]
+    own = (await pin_store.scene_pins(harness.sessions, session_id=await scene_id(harness)))[-1]
+    form = await harness.slash(player, "rp memory", channel=s.general, edit_pin=own.id)
+    custom_id, _ = only_input(form.modal)
+    edited = await fake.submit_modal(player, form, {custom_id: "나비는 삼색 고양이다."})
+    await fake.wait_for_response(edited)
+    assert "고쳤어요" in await harness.final_text(edited)
+    assert await facts() == [("나비는 삼색 고양이다.", "pin")]
+    # ... is forgotten when a moderator rewrites it (no longer the player's words) ...
+    form = await harness.slash(s.moderator, "rp memory", channel=s.general, edit_pin=own.id)
+    custom_id, _ = only_input(form.modal)
+    edited = await fake.submit_modal(s.moderator, form, {custom_id: "김지수는 고양이를 싫어한다."})
+    await fake.wait_for_response(edited)
+    await harness.final_text(edited)
+    assert await facts() == []
+    # ... and when it is unpinned.
+    assert "고정했어요" in await pin_from_menu(harness, player, said)
+    assert await facts() == [(FACT, "pin")]
+    again = (await pin_store.scene_pins(harness.sessions, session_id=await scene_id(harness)))[-1]
+    gone = await harness.slash(player, "rp memory", channel=s.general, remove_pin=again.id)
+    assert "뺐어요" in await harness.final_text(gone)
+    assert await facts() == []
+
+
+async def test_a_pin_makes_no_fact_where_the_channel_keeps_none(harness):
+    s = harness.scenario
+    character = await harness.character(s.moderator, "민지")
+    await harness.start_roleplay(s.moderator, s.general, character)
+    player = s.members[0]
+    await harness.final_text(await harness.slash(s.moderator, "config memory", player_facts=False))
+    said, _ = await talk(harness, player, FACT)
+    assert "고정했어요" in await pin_from_menu(harness, player, said)
+    assert await fact_store.facts_of(harness.sessions, guild_id=s.guild.id, user_id=player.id) == []
+
+
+async def test_pin_changes_count_against_the_players_rate_limit(harness):
+    s = harness.scenario
+    character = await harness.character(s.moderator, "민지")
+    await harness.start_roleplay(s.moderator, s.general, character)
+    player = s.members[0]
+    await harness.final_text(await harness.slash(s.moderator, "config ratelimit", per_minute=3))
+    said, _ = await talk(harness, player, FACT)  # one turn
+    assert "고정했어요" in await pin_from_menu(harness, player, said)  # two
+    [pin] = await pin_store.scene_pins(harness.sessions, session_id=await scene_id(harness))
+    gone = await harness.slash(player, "rp memory", channel=s.general, remove_pin=pin.id)
+    assert "뺐어요" in await harness.final_text(gone)  # three
+    refused = await pin_from_menu(harness, player, said)
+    assert "조금 천천히요" in refused
+    assert await pin_store.scene_pins(harness.sessions, session_id=await scene_id(harness)) == []
+    english = await harness.fake.message_command(player, MENU, said, locale="en-US")
+    await harness.fake.wait_for_response(english)
+    submitted = await harness.fake.submit_modal(player, english, {}, locale="en-US")
+    await harness.fake.wait_for_response(submitted)
+    assert "Slow down a little" in await harness.final_text(submitted)

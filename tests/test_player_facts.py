@@ -5,12 +5,12 @@ tokenizer; the Discord side is in test_player_facts_e2e.py."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import pytest
 
-from synatra_bot.prompt.builder import SUMMARY_DIALOGUE_HEADING
 from synatra_bot.prompt.player_facts import (
     FACTS_HEADING,
     FACTS_PER_CHARACTER,
@@ -19,6 +19,7 @@ from synatra_bot.prompt.player_facts import (
     facts_block,
     split_facts,
 )
+from synatra_bot.prompt.summary import SUMMARY_DIALOGUE_HEADING
 from synatra_bot.roleplay.turns import Ending
 from synatra_bot.roleplay.types import Actor
 from synatra_bot.storage import player_facts as stored
@@ -199,6 +200,94 @@ async def check_player_facts(sessions, *, guild_id: int, user_id: int) -> None:
         )
         == 1
     )
+
+
+async def check_fact_cap_holds(sessions) -> None:
+    """Facts added about one player at the same moment (two scenes folding at once) stop at
+    the cap and are never stored twice; ids are snowflakes."""
+    guild, user = 1575980247692607488, 1575980247692600001
+    character = await repo.create_character(sessions, owner_id=user, guild_id=guild, name="하늘")
+
+    async def add(text: str, cap: int):
+        return await stored.add_fact(
+            sessions,
+            guild_id=guild,
+            user_id=user,
+            character_id=character.id,
+            text=text,
+            source="player",  # never makes room: the cap refuses what is past it
+            message_id=None,
+            cap=cap,
+        )
+
+    same = await asyncio.gather(*(add("고양이를 키운다", 5) for _ in range(6)))
+    assert sum(fact is not None for fact in same) == 1
+    more = await asyncio.gather(*(add(f"사실 {i}", 5) for i in range(10)))
+    assert sum(fact is not None for fact in more) == 4
+    kept = await stored.facts_of(sessions, guild_id=guild, user_id=user)
+    assert len(kept) == 5 and len({f.text for f in kept}) == 5
+
+
+async def test_facts_added_at_the_same_moment_stop_at_the_cap(sessions) -> None:
+    await check_fact_cap_holds(sessions)
+
+
+async def test_the_facts_a_pin_made_follow_its_edits_and_go_with_it(sessions) -> None:
+    """Only that pin's facts (its turn and text) change; the player's own and other pins' stay;
+    a character who already knows the new text keeps one copy."""
+    guild, user = 1, 42
+    first = await repo.create_character(sessions, owner_id=user, guild_id=guild, name="하늘")
+    second = await repo.create_character(sessions, owner_id=user, guild_id=guild, name="준")
+    scene = await repo.start_session(
+        sessions,
+        guild_id=guild,
+        channel_id=5,
+        parent_channel_id=None,
+        character_id=first.id,
+        started_by=user,
+    )
+    pinned, other = [
+        (await repo.add_message(sessions, session_id=scene.id, role="user", content=line)).id
+        for line in (CAT, "다른 고정")
+    ]
+
+    async def add(text: str, source: str, message_id: int | None, char: int = first.id):
+        return await stored.add_fact(
+            sessions,
+            guild_id=guild,
+            user_id=user,
+            character_id=char,
+            text=text,
+            source=source,
+            message_id=message_id,
+            cap=FACTS_PER_CHARACTER,
+        )
+
+    async def change(text: str, new_text: str | None) -> int:
+        return await stored.pin_facts_changed(
+            sessions, guild_id=guild, user_id=user, message_id=pinned, text=text, new_text=new_text
+        )
+
+    await add(CAT, "pin", pinned)
+    await add(CAT, "pin", pinned, char=second.id)
+    await add("다른 고정", "pin", other)
+    await add("강아지도 있다.", "player", None, char=second.id)
+
+    async def texts() -> list[tuple[int, str]]:
+        facts = await stored.facts_of(sessions, guild_id=guild, user_id=user)
+        return sorted((f.character_id, f.text) for f in facts)
+
+    assert await change(CAT, CAT) == 2  # the same text: nothing is lost
+    assert await change(CAT, "강아지도 있다.") == 2
+    assert await texts() == sorted(
+        [
+            (first.id, "강아지도 있다."),
+            (first.id, "다른 고정"),
+            (second.id, "강아지도 있다."),
+        ]
+    )
+    assert await change("강아지도 있다.", None) == 1
+    assert await texts() == sorted([(first.id, "다른 고정"), (second.id, "강아지도 있다.")])
 
 
 async def test_upgrade_to_player_facts_keeps_scenes_and_stores_facts(tmp_path) -> None:

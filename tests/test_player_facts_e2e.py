@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from synatra_bot.engine.scripted import ScriptedEngine
-from synatra_bot.prompt.builder import SUMMARY_DIALOGUE_HEADING
 from synatra_bot.prompt.player_facts import FACTS_HEADING
+from synatra_bot.prompt.summary import SUMMARY_DIALOGUE_HEADING
 from synatra_bot.storage import player_facts as stored
 from synatra_bot.storage import repository as repo
 from tests.test_dm_roleplay import say_in_dm, start_in_dm
+from tests.test_prompt_inspector import attachment_of
 
 CAT = "고양이 이름은 나비다."
 REPLY = "그래, 알겠어. 오늘도 재미있었어."
@@ -133,6 +136,12 @@ async def test_players_see_edit_and_delete_only_their_own_facts(start_bot, token
         assert "1개를 잊었어요" in await harness.final_text(cleared)
         assert await stored.facts_of(harness.sessions, guild_id=s.guild.id, user_id=jisu.id) == []
 
+        # A fact number past what the database holds is refused by the client (Discord checks
+        # the option's bounds), never sent to the database.
+        for command in ("persona memory edit", "persona memory delete"):
+            extra = {"text": "큰 수"} if command.endswith("edit") else {}
+            with pytest.raises(ValueError, match="must be in"):
+                await harness.slash(jisu, command, channel=s.general, fact=2**31, **extra)
         english = await harness.slash(seoyeon, "persona memory list", channel=s.general)
         assert "No character knows anything about you here" in await harness.final_text(english)
 
@@ -151,10 +160,26 @@ async def test_moderators_turn_facts_off_in_a_channel_and_the_inspector_lists_th
         await harness.reply_to(s.general, jisu, "나 기억나?")
         assert CAT in engine.prompts[-1]
 
-        shown = await harness.final_text(
-            await harness.slash(s.moderator, "rp context", channel=s.general)
+        # The inspector shows the facts to the player they are about; a moderator (or the
+        # starter) learns how many went in, and the attached prompt leaves their text out.
+        inspected = await harness.slash(s.moderator, "rp context", channel=s.general)
+        shown = await harness.final_text(inspected)
+        assert "민지의 기억 (김지수): 사실 1개" in shown and CAT not in shown
+        assert "그 플레이어만 볼 수 있어요" in shown
+        prompt = (await attachment_of(harness, inspected)).data.decode()
+        assert CAT not in prompt and "### 민지의 기억: 김지수\n(" in prompt
+        assert "나 기억나?" in prompt  # the rest of the prompt is all there
+        # The moderator's own facts are theirs to read.
+        cape = "별빛 망토를 두르고 다닌다."
+        await harness.bot.core.facts.remember_fact(
+            s.guild.id, s.moderator.id, character, cape, "player"
         )
-        assert "민지의 기억 (김지수): 사실 1개" in shown and CAT in shown
+        await harness.reply_to(s.general, s.moderator, "나도 왔어.")
+        await harness.reply_to(s.general, s.moderator, "내 망토 어때?")
+        own = await harness.slash(s.moderator, "rp context", channel=s.general)
+        mine = await harness.final_text(own)
+        assert cape in mine and "그 플레이어만" not in mine
+        assert cape in (await attachment_of(harness, own)).data.decode()
 
         refused = await harness.slash(jisu, "config memory", player_facts=False)
         assert "관리자" in await harness.final_text(refused)

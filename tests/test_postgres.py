@@ -17,7 +17,7 @@ from synatra_bot.storage.migrate import alembic_config, head_revision, upgrade_d
 from tests.db_helpers import assert_old_scene_kept, fill_at_0001, postgres_server, schema_diff
 from tests.test_member_quotas import check_quotas_hold
 from tests.test_pins import check_pin_limit_holds
-from tests.test_player_facts import check_player_facts
+from tests.test_player_facts import check_fact_cap_holds, check_player_facts
 from tests.test_scene_quotas import check_scene_quota_holds
 from tests.test_scene_storage import check_scene_memory
 from tests.test_storage import check_limits_hold_concurrently
@@ -255,5 +255,14 @@ async def test_turn_vectors_round_trip_and_count_in_the_scene_quota(postgres_url
         assert found is not None and found[0].message_id == stored[0][0]
         text_bytes = sum(len(t.encode()) for t in texts)
         assert await copied_usage(sessions, member, guild) == (2, text_bytes + 2 * DIMENSIONS * 4)
+    finally:
+        await engine.dispose()
+
+
+async def test_facts_stop_at_the_cap_when_added_at_the_same_moment(postgres_url):
+    await upgrade_database(postgres_url)
+    engine = create_engine(postgres_url)
+    try:
+        await check_fact_cap_holds(create_sessionmaker(engine))
     finally:
         await engine.dispose()

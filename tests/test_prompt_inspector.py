@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from synatra_bot.discord.inspector import MESSAGE_LIMIT, context_view
 from synatra_bot.engine.base import EngineHealth
 from synatra_bot.prompt.builder import BuiltPrompt
+from synatra_bot.prompt.player_facts import FactNote
 from synatra_bot.prompt.report import LoreLeftOut, LoreNote, PromptReport
 from synatra_bot.roleplay.sent import SentPrompts
 from synatra_bot.storage import repository as repo
@@ -140,6 +141,36 @@ def test_the_view_fits_one_message_however_long_the_report() -> None:
             hide_card=False,
         ).content
     )
+
+
+def test_facts_that_cannot_be_left_out_of_the_prompt_file_keep_the_file_back() -> None:
+    """Another player's facts are counted; where their block is not found in the prompt's text
+    as the report has it, no file goes out rather than one holding them."""
+    report = PromptReport(budget=4000, context_size=4096, max_new_tokens=96)
+    report.facts_of = ("민지", "김지수")
+    report.player_facts = [FactNote(1, "고양이 이름은 나비다.", "pin")]
+    report.facts_about = 42
+    report.facts_text = "### 민지의 기억: 김지수\n- 고양이 이름은 나비다."
+    health = EngineHealth(ok=True, detail="", queued=0, running=0, tokens_per_second=0.0)
+
+    def view(text: str, viewer: int):
+        return context_view(
+            "en-US",
+            sent=None,
+            preview=_built(text, report),
+            preview_speaker="민지",
+            engine=health,
+            hide_card=False,
+            viewer_id=viewer,
+        )
+
+    found = view(f"앞\n{report.facts_text}\n뒤", viewer=7)
+    assert "나비" not in found.content and "theirs alone to read" in found.content
+    assert found.file is not None
+    assert "나비" not in found.file.fp.read().decode()
+    assert view("### 민지의 기억: 김지수\n- 고양이 이름은 <나비>다.", viewer=7).file is None
+    mine = view(f"앞\n{report.facts_text}\n뒤", viewer=42)
+    assert "나비" in mine.content and mine.file is not None
 
 
 def test_only_the_newest_scenes_prompts_are_kept() -> None:

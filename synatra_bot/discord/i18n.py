@@ -647,6 +647,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "The whole prompt is not attached: it holds a private character's card.",
         "비공개 캐릭터 카드가 들어 있어서 프롬프트 전체는 붙이지 않았어요.",
     ),
+    "rp.context_facts_hidden": (
+        "What the character knows about the player ({n} fact(s)) is theirs alone to read.",
+        "캐릭터가 그 플레이어에 대해 아는 사실({n}개)은 그 플레이어만 볼 수 있어요.",
+    ),
     "rp.context_names_hidden": (
         "Entries of the card's lorebook are counted, not named: the card is its owner's.",
         "비공개 카드라서 로어북 항목은 이름 없이 개수만 보여요. 이름은 카드 주인만 볼 수 있어요.",

@@ -61,10 +61,10 @@ class PinForm(discord.ui.Modal):
             raise NotFound("the scene changed", key="error.pin_not_turn")
         pins = bot.core.pins
         if self.pin_id is not None:
-            await pins.edit(actor, active.session, self.pin_id, self.line.value)
+            await bot.turns.edit_pin(actor, active, self.pin_id, self.line.value)
             await answer(interaction, tr(interaction, "rp.pin_edited", id=self.pin_id))
             return
-        pinned = await bot.core.pin(actor, active, self.line.value, message_id=self.message_id)
+        pinned = await bot.turns.pin(actor, active, self.line.value, message_id=self.message_id)
         count = len(await pins.of(active.session.id))
         text = tr(interaction, "rp.pinned", id=pinned.id, count=count, limit=pins.limit)
         await answer(interaction, text)

@@ -14,8 +14,9 @@ the prompt's start, which an engine's cached prefix needs to stay the same from 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 #: The line that starts the facts section of the memory job's answer.
 FACTS_HEADING = "### 플레이어 정보"
@@ -106,10 +107,12 @@ class FactsBlock:
     player: str
     character: str
     notes: tuple[FactNote, ...]
+    #: The player's id, where the caller knows it (who may read the block).
+    player_id: int | None = None
 
 
 #: Which facts the budget takes first: the player's own, then pins, then the memory job's.
-_PRIORITY = {"player": 0, "pin": 1, "summary": 2}
+_PRIORITY: Mapping[str, int] = MappingProxyType({"player": 0, "pin": 1, "summary": 2})
 
 
 def facts_block(

@@ -139,6 +139,9 @@ class PromptReport:
     #: character, the player and the facts.
     facts_of: tuple[str, str] | None = None
     player_facts: list[FactNote] = field(default_factory=list)
+    #: The player the facts are about (theirs alone to read), and the facts block's text.
+    facts_about: int | None = None
+    facts_text: str = ""
     #: Pinned lines in the prompt (oldest first), their block's tokens, and the older pins
     #: the budget left out.
     pins: list[PinNote] = field(default_factory=list)
@@ -171,11 +174,14 @@ class PromptReport:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def to_text(self, *, hide_card_entry_names: bool = False, korean: bool = False) -> str:
+    def to_text(
+        self, *, hide_card_entry_names: bool = False, hide_facts: bool = False, korean: bool = False
+    ) -> str:
         """A short summary (well under Discord's 2000 characters), in Korean with `korean`.
 
         With `hide_card_entry_names` the card's lorebook entries are counted, with their
         insertion order, but not named (their names and keys can give a private card away).
+        With `hide_facts` the facts about the player are counted, not shown (they are theirs).
         """
         lines = [
             _say(
@@ -216,7 +222,7 @@ class PromptReport:
             lines.append(_memory_line(self, korean))
         lines += _pin_lines(self, korean)
         lines += _recall_lines(self.recall, korean)
-        lines += _fact_lines(self, korean)
+        lines += _fact_lines(self, korean, shown=0 if hide_facts else 5)
         if self.personas_left_out:
             names = _short(", ".join(self.personas_left_out), 200)
             lines.append(_say("personas_left_out", korean, names=names))
@@ -309,7 +315,7 @@ def _fact_lines(report: PromptReport, korean: bool, shown: int = 5) -> list[str]
         lines.append(
             _say("fact", korean, id=note.fact_id, source=note.source, text=_short(note.text, 60))
         )
-    if len(report.player_facts) > shown:
+    if shown and len(report.player_facts) > shown:
         lines.append(f"  (+{len(report.player_facts) - shown})")
     return lines
 

@@ -452,23 +452,38 @@ class RoleplayCore:
     async def pin(
         self, actor: Actor, active: ActiveRoleplay, text: str, *, message_id: int | None = None
     ) -> PinRecord:
-        """Pin `text` into the scene's memory (`ScenePins.pin`). A pinned player line is also
-        something the scene's characters know about that player (`PlayerFacts`)."""
+        """Pin `text` into the scene's memory (`ScenePins.pin`). A player pinning their own line
+        tells the scene's characters something about themselves (`PlayerFacts`), where the
+        channel keeps facts; a line pinned by anyone else (a moderator, the starter, another
+        player, who may have rewritten it) is no fact about its author."""
         pinned = await self.pins.pin(actor, active.session, text, message_id=message_id)
-        turn = None
-        if message_id is not None:
-            turn = await repo.get_message(self.sessions, message_id=message_id)
-        if turn is not None and turn.role == "user" and turn.author_id is not None:
-            for character in active.cast:
-                await self.facts.remember_fact(
-                    active.session.guild_id,
-                    turn.author_id,
-                    character.id,
-                    pinned.text,
-                    "pin",
-                    turn_id=turn.id,
-                )
+        if message_id is None or not (active.config.player_facts and active.config.fact_tokens):
+            return pinned
+        turn = await repo.get_message(self.sessions, message_id=message_id)
+        if turn is None or turn.role != "user" or turn.author_id != actor.user_id:
+            return pinned
+        for character in active.cast:
+            await self.facts.remember_fact(
+                active.session.guild_id, actor.user_id, character.id, pinned.text, "pin", turn.id
+            )
         return pinned
+
+    async def edit_pin(
+        self, actor: Actor, active: ActiveRoleplay, pin_id: int, text: str
+    ) -> PinRecord:
+        """Change a pin's text (`ScenePins.edit`); the facts it made follow when its author
+        rewrites it, and are forgotten when someone else does."""
+        before = await self.pins.find(active.session, pin_id)
+        changed = await self.pins.edit(actor, active.session, pin_id, text)
+        own = actor.user_id == before.author_id
+        await self.facts.pin_changed(active.session.guild_id, before, changed.text if own else None)
+        return changed
+
+    async def unpin(self, actor: Actor, active: ActiveRoleplay, pin_id: int) -> PinRecord:
+        """Unpin (`ScenePins.remove`); the facts the pin made are forgotten with it."""
+        gone = await self.pins.remove(actor, active.session, pin_id)
+        await self.facts.pin_changed(active.session.guild_id, gone, None)
+        return gone
 
     async def require_active(self, place: Place) -> ActiveRoleplay:
         active = await self.active(place)
@@ -1237,6 +1252,7 @@ class RoleplayCore:
         if facts is not None:
             built.report.facts_of = (facts.character, facts.player)
             built.report.player_facts = list(facts.notes)
+            built.report.facts_about, built.report.facts_text = facts.player_id, facts.text
         if options.pins is not None:
             built.report.pin_tokens = count(options.pins.text)
             built.report.pins_left_out = options.pins.left_out

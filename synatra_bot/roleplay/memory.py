@@ -43,20 +43,18 @@ from dataclasses import dataclass
 
 from synatra_bot.engine.base import SamplingParams
 from synatra_bot.errors import EngineError, PromptTooLarge, StorageUnavailable, TurnCancelled
-from synatra_bot.prompt.builder import (
-    MIN_SUMMARY_ROOM,
-    SUMMARY_CHARS_PER_TOKEN,
-    SUMMARY_INSTRUCTIONS,
-    SUMMARY_REQUEST,
-    BuiltPrompt,
-    SummaryPrompt,
-    clean_name,
-)
-from synatra_bot.prompt.history import HistoryMessage
+from synatra_bot.prompt.builder import BuiltPrompt, SummaryPrompt
+from synatra_bot.prompt.history import HistoryMessage, clean_name
 from synatra_bot.prompt.player_facts import (
     FACT_ANSWER_SHARE,
     facts_request,
     split_facts,
+)
+from synatra_bot.prompt.summary import (
+    MIN_SUMMARY_ROOM,
+    SUMMARY_CHARS_PER_TOKEN,
+    SUMMARY_INSTRUCTIONS,
+    SUMMARY_REQUEST,
 )
 from synatra_bot.roleplay.config import ChannelConfig
 from synatra_bot.roleplay.core import CACHE_LIMIT, MIN_TURN_TOKENS, ActiveRoleplay, RoleplayCore

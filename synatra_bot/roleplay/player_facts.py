@@ -1,7 +1,8 @@
 """What each character knows about each player, within one server (or one player's DM).
 
 Facts come from the memory job (it reads the turns a prompt dropped and notes what the players
-said about themselves), from pins, and from the players, who see, edit and delete their own.
+said about themselves), from pins (a player pinning their own line: a pin of someone else's
+line says nothing about them), and from the players, who see, edit and delete their own.
 `PlayerFacts.remember_fact` is the one way in for the first two. The prompt of a character's
 reply holds what that character knows about the player of the newest line
 (`PlayerFacts.block`), once that player has spoken in the scene before it.
@@ -9,6 +10,7 @@ reply holds what that character knows about the player of the newest line
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
@@ -24,7 +26,7 @@ from synatra_bot.prompt.player_facts import (
 )
 from synatra_bot.roleplay.ttl_cache import TtlCache
 from synatra_bot.storage import player_facts as stored
-from synatra_bot.storage.records import PlayerFactRecord
+from synatra_bot.storage.records import PinRecord, PlayerFactRecord
 from synatra_bot.storage.repository import Sessions
 
 #: (server or None for a DM, player, character): a cache key of one character's facts.
@@ -86,6 +88,23 @@ class PlayerFacts:
         )
         self._facts.drop((guild_id, user_id, character_id))
         return fact
+
+    async def pin_changed(self, guild_id: int | None, pin: PinRecord, new_text: str | None) -> None:
+        """The facts `pin` made (about its author, who pinned their own line) take the pin's
+        `new_text`, or are forgotten with None (the pin was removed, or someone else rewrote
+        it)."""
+        if pin.message_id is None:
+            return
+        changed = await stored.pin_facts_changed(
+            self.sessions,
+            guild_id=guild_id,
+            user_id=pin.author_id,
+            message_id=pin.message_id,
+            text=fact_text(pin.text),
+            new_text=fact_text(new_text) if new_text is not None else None,
+        )
+        if changed:
+            self._facts.clear()
 
     async def facts(
         self, guild_id: int | None, user_id: int, character_id: int | None = None
@@ -161,13 +180,14 @@ class PlayerFacts:
         facts = await self.facts(guild_id, author, character_id)
         if not facts:
             return None
-        return facts_block(
+        block = facts_block(
             [FactNote(f.id, f.text, f.source) for f in facts],
             player=players.get(author, line.name),
             character=character,
             budget=budget,
             count=count,
         )
+        return dataclasses.replace(block, player_id=author) if block is not None else None
 
     async def _spoke_before(
         self, session_id: int, author: int, line_id: int, history: Sequence[HistoryMessage]

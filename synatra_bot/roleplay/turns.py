@@ -59,7 +59,7 @@ from synatra_bot.roleplay.turn_order import (
     spoken_since_player,
 )
 from synatra_bot.roleplay.types import Actor, Place
-from synatra_bot.storage.records import CharacterRecord, MessageRecord
+from synatra_bot.storage.records import CharacterRecord, MessageRecord, PinRecord
 
 log = logging.getLogger(__name__)
 
@@ -527,6 +527,32 @@ class Turns:
         self.core.check_may_generate(active, place, character)
         user_id = actor.user_id if actor else 0
         self.scheduler.charge(user_id, active.config.user_rate_limit)
+
+    # --- pins ----------------------------------------------------------------------------------
+
+    async def pin(
+        self, actor: Actor, active: ActiveRoleplay, text: str, *, message_id: int | None = None
+    ) -> PinRecord:
+        """Pin a line (`RoleplayCore.pin`). Each change of a scene's pins changes the start of
+        its prompts, so the engine reads the whole prompt again on the next turn: a pin, an
+        edit and an unpin each cost one turn of the actor's rate limit, once allowed."""
+        await self.core.pins.require_may_pin(actor, active.session)
+        self.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+        return await self.core.pin(actor, active, text, message_id=message_id)
+
+    async def edit_pin(
+        self, actor: Actor, active: ActiveRoleplay, pin_id: int, text: str
+    ) -> PinRecord:
+        """Change a pin's text (`RoleplayCore.edit_pin`), for one turn of the rate limit."""
+        await self.core.pins.require_may_change(actor, active.session, pin_id)
+        self.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+        return await self.core.edit_pin(actor, active, pin_id, text)
+
+    async def unpin(self, actor: Actor, active: ActiveRoleplay, pin_id: int) -> PinRecord:
+        """Unpin (`RoleplayCore.unpin`), for one turn of the rate limit."""
+        await self.core.pins.require_may_change(actor, active.session, pin_id)
+        self.scheduler.charge(actor.user_id, active.config.user_rate_limit)
+        return await self.core.unpin(actor, active, pin_id)
 
     # --- scenes --------------------------------------------------------------------------------
 

@@ -36,8 +36,8 @@ from synatra_bot.storage.repository import (
     _channel_row,
     _end_active,
     _new_scene,
-    _one_at_a_time,
     _stored_bytes,
+    one_at_a_time,
 )
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,10 @@ async def _within_scene_quota(
 ) -> None:
     """SceneRowsReached or QuotaReached when the member's copied scenes hold, with `adding`
     (rows, bytes) not yet written, more than `quota`. Held one member at a time
-    (`_one_at_a_time`), so imports and branches at the same moment cannot slip past it."""
+    (`one_at_a_time`), so imports and branches at the same moment cannot slip past it."""
     if quota is None:
         return
-    await _one_at_a_time(session, "scenes", started_by)
+    await one_at_a_time(session, "scenes", started_by)
     rows, size = await _copied_usage(session, started_by=started_by, guild_id=guild_id)
     rows, size = rows + adding[0], size + adding[1]
     if rows > quota.rows:

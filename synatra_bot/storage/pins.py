@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 from synatra_bot.errors import PinLimitReached
 from synatra_bot.storage.models import Message, ScenePin
 from synatra_bot.storage.records import PinRecord, snapshot
-from synatra_bot.storage.repository import Sessions, _one_at_a_time
+from synatra_bot.storage.repository import Sessions, one_at_a_time
 
 
 async def scene_pins(sessions: Sessions, *, session_id: int) -> list[PinRecord]:
@@ -34,7 +34,7 @@ async def add_pin(
     already holds `limit` pins. Counting and adding are one transaction, held against
     another pin of the same scene."""
     async with sessions.begin() as session:
-        await _one_at_a_time(session, "scene_pins", session_id)
+        await one_at_a_time(session, "scene_pins", session_id)
         held = await session.scalar(
             select(func.count()).select_from(ScenePin).where(ScenePin.session_id == session_id)
         )

@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, case, delete, func, select
 
 from synatra_bot.storage.models import Message, PlayerFact
 from synatra_bot.storage.records import PlayerFactRecord, snapshot
-from synatra_bot.storage.repository import Sessions
+from synatra_bot.storage.repository import Sessions, one_at_a_time
 
 #: Where a fact came from, in the order they make room when a player's facts are full: the
 #: memory job's first, then pins; the player's own are never dropped to make room.
@@ -36,11 +36,13 @@ async def add_fact(
 ) -> PlayerFactRecord | None:
     """Store a fact; None when the character already knows it, or `cap` facts are kept and
     none of them may make room (the oldest memory-job fact goes first, then the oldest pin;
-    the player's own stay)."""
+    the player's own stay). Looking and adding are one transaction, held against another
+    fact of the same player here (two scenes may fold at once)."""
     if source not in SOURCES:
         raise ValueError(f"unknown fact source {source!r}")
     where = (*_owned(guild_id, user_id), PlayerFact.character_id == character_id)
     async with sessions.begin() as session:
+        await one_at_a_time(session, f"player_facts:{guild_id}", user_id)
         same = await session.scalar(select(PlayerFact.id).where(*where, PlayerFact.text == text))
         if same is not None:
             return None
@@ -119,6 +121,43 @@ async def delete_facts(
     async with sessions.begin() as session:
         result = await session.execute(query)
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def pin_facts_changed(
+    sessions: Sessions,
+    *,
+    guild_id: int | None,
+    user_id: int,
+    message_id: int,
+    text: str,
+    new_text: str | None,
+) -> int:
+    """The facts a pin made (source "pin", its turn `message_id` and its `text`) follow it: they
+    take `new_text`, or go with None (where a character already knows `new_text`, its copy
+    goes). How many changed. A fact the player has made their own since is not touched."""
+    where = (
+        *_owned(guild_id, user_id),
+        PlayerFact.source == "pin",
+        PlayerFact.message_id == message_id,
+        PlayerFact.text == text,
+    )
+    async with sessions.begin() as session:
+        await one_at_a_time(session, f"player_facts:{guild_id}", user_id)
+        rows = (await session.scalars(select(PlayerFact).where(*where))).all()
+        for row in rows:
+            known = new_text is not None and await session.scalar(
+                select(PlayerFact.id).where(
+                    *_owned(guild_id, user_id),
+                    PlayerFact.character_id == row.character_id,
+                    PlayerFact.text == new_text,
+                    PlayerFact.id != row.id,
+                )
+            )
+            if new_text is None or known:
+                await session.delete(row)
+            else:
+                row.text = new_text
+        return len(rows)
 
 
 async def spoke_before(

@@ -213,11 +213,11 @@ async def create_character(
     already has that many in `guild_id` (None: their characters outside any server); with
     `max_bytes`, QuotaReached when their characters there would take more bytes than that as
     stored. Both are counted in the inserting transaction, one owner at a time
-    (`_one_at_a_time`), so concurrent imports cannot slip past them."""
+    (`one_at_a_time`), so concurrent imports cannot slip past them."""
     _check_fields(fields, CHARACTER_FIELDS)
     async with sessions.begin() as session:
         if max_owned is not None or max_bytes is not None:
-            await _one_at_a_time(session, "characters", owner_id)
+            await one_at_a_time(session, "characters", owner_id)
         if max_owned is not None:
             owned = await session.scalar(
                 select(func.count())
@@ -255,7 +255,7 @@ async def update_character(
             return None
         before = 0
         if max_bytes is not None:
-            await _one_at_a_time(session, "characters", row.owner_id)
+            await one_at_a_time(session, "characters", row.owner_id)
             mine = _characters_of(row.owner_id, row.guild_id)
             before = await _bytes_owned(session, mine, *_CHARACTER_CONTENT)
         for name, value in changes.items():
@@ -397,7 +397,7 @@ async def _named_row(
     return await session.scalar(select(model).where(owner == owner_id, model.name == name))
 
 
-async def _one_at_a_time(session: AsyncSession, table: str, owner_id: int) -> None:
+async def one_at_a_time(session: AsyncSession, table: str, owner_id: int) -> None:
     """Hold the owner's rows of `table` for this transaction, so that counting them and adding
     one is not raced by another transaction doing the same. SQLite's transactions begin
     IMMEDIATE and already write one at a time; PostgreSQL takes a transaction-scoped advisory
@@ -448,8 +448,8 @@ async def _put_named(
     session: AsyncSession, model: type[NamedRow], owner: Any, owner_id: int, name: str, limit: int
 ) -> Any:
     """The owner's row `name`, a new one when there is none yet; None when a new one would
-    be past `limit` (counted one owner at a time, see `_one_at_a_time`)."""
-    await _one_at_a_time(session, model.__tablename__, owner_id)
+    be past `limit` (counted one owner at a time, see `one_at_a_time`)."""
+    await one_at_a_time(session, model.__tablename__, owner_id)
     row = await _named_row(session, model, owner, owner_id, name)
     if row is None:
         count = await session.scalar(

@@ -675,7 +675,7 @@ class TerminalChat:
                 self._say("no_turn_to_pin")
                 return
             text, message_id = turns[-back].content, turns[-back].id
-        pinned = await self.core.pin(self.actor, active, text, message_id=message_id)
+        pinned = await self.turns.pin(self.actor, active, text, message_id=message_id)
         self._say("pinned", id=pinned.id, text=pinned.text)
 
     async def _unpin(self, argument: str) -> None:
@@ -684,7 +684,7 @@ class TerminalChat:
             self._say("unpin_usage")
             return
         active = await self.core.require_active(self.place)
-        gone = await self.core.pins.remove(self.actor, active.session, pin_id)
+        gone = await self.turns.unpin(self.actor, active, pin_id)
         self._say("unpinned", id=gone.id)
 
     async def _list_pins(self) -> None:

@@ -1055,6 +1055,7 @@ class FakeDiscord:
                 option["value"] = self._option_value(
                     channel, invoker, definition["type"], value, resolved
                 )
+                _within_range(definition, option["value"])
             options.append(option)
         return options, resolved
 
@@ -2236,3 +2237,18 @@ __all__ = [
     "RateLimitConfig",
     "Scenario",
 ]
+
+
+#: Discord's bounds on an integer or number option without its own (a double's exact integers).
+OPTION_NUMBER_BOUND = 2**53
+
+
+def _within_range(definition: dict[str, Any], value: Any) -> None:
+    """An integer or number option outside its `min_value`/`max_value` (or Discord's own
+    bounds) is refused by the client before anything is sent."""
+    if definition["type"] not in (4, 10):
+        return
+    low = definition.get("min_value", -OPTION_NUMBER_BOUND)
+    high = definition.get("max_value", OPTION_NUMBER_BOUND)
+    if not low <= value <= high:
+        raise ValueError(f"option {definition['name']!r} must be in [{low}, {high}]: {value}")

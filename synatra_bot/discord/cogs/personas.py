@@ -15,6 +15,7 @@ from synatra_bot.discord.interactions import answer, place_of, tr
 from synatra_bot.prompt.player_facts import MAX_FACT_CHARS
 from synatra_bot.roleplay.names import taken_by
 from synatra_bot.storage import repository as repo
+from synatra_bot.storage.ids import ID_MAX
 from synatra_bot.storage.records import PlayerFactRecord
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ class Personas(commands.GroupCog, group_name="persona", group_description="Your 
     async def memory_edit(
         self,
         interaction: discord.Interaction[SynatraBot],
-        fact: int,
+        fact: app_commands.Range[int, 1, ID_MAX],
         text: app_commands.Range[str, 1, MAX_FACT_CHARS],
     ) -> None:
         edited = await self.bot.core.facts.edit(
@@ -136,7 +137,11 @@ class Personas(commands.GroupCog, group_name="persona", group_description="Your 
 
     @memory.command(name="delete", description="Make a character forget something about you")
     @app_commands.describe(fact="The fact's number (see /persona memory list)")
-    async def memory_delete(self, interaction: discord.Interaction[SynatraBot], fact: int) -> None:
+    async def memory_delete(
+        self,
+        interaction: discord.Interaction[SynatraBot],
+        fact: app_commands.Range[int, 1, ID_MAX],
+    ) -> None:
         deleted = await self.bot.core.facts.delete(
             interaction.guild_id, interaction.user.id, fact_id=fact
         )

@@ -47,6 +47,7 @@ from synatra_bot.roleplay.rules import (
 from synatra_bot.roleplay.turn_order import Reason
 from synatra_bot.roleplay.turns import Said, SpokeUp
 from synatra_bot.roleplay.types import Actor, Place
+from synatra_bot.storage.ids import ID_MAX
 from synatra_bot.storage.records import MessageRecord, SessionRecord
 
 if TYPE_CHECKING:
@@ -60,8 +61,6 @@ OOC_PREFIXES = ("//", "((", "(OOC")
 RECAP_CHARS = 1500
 #: How many guests of an imported chat its notice names (the rest are counted).
 GUESTS_NAMED = 10
-#: The largest pin number `/rp memory` takes (a database id).
-PIN_ID_MAX = 2**31 - 1
 
 
 def _from_player(message: discord.Message) -> bool:
@@ -440,8 +439,8 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
         interaction: discord.Interaction[SynatraBot],
         text: app_commands.Range[str, 1, 2000] | None = None,
         auto: bool | None = None,
-        edit_pin: app_commands.Range[int, 1, PIN_ID_MAX] | None = None,
-        remove_pin: app_commands.Range[int, 1, PIN_ID_MAX] | None = None,
+        edit_pin: app_commands.Range[int, 1, ID_MAX] | None = None,
+        remove_pin: app_commands.Range[int, 1, ID_MAX] | None = None,
     ) -> None:
         _, place, actor = self._where(interaction)
         require_history(actor)
@@ -462,7 +461,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             require_starter_or_moderator(actor, active.session)
         said = []
         if remove_pin is not None:
-            gone = await core.pins.remove(actor, active.session, remove_pin)
+            gone = await self.bot.turns.unpin(actor, active, remove_pin)
             said.append(tr(interaction, "rp.pin_removed", id=gone.id))
         if auto is not None:
             await core.set_auto_memory(place, auto)
@@ -497,6 +496,7 @@ class Roleplay(commands.GroupCog, group_name="rp", group_description="Roleplay i
             preview_speaker=(speaking or active.lead).name,
             engine=self.bot.engine.health(),
             hide_card=hide,
+            viewer_id=actor.user_id,
             picks=_spoke_up_text(interaction, self.bot.turns.last_spoke_up(place))
             or _picks_text(interaction, self.bot.turns.last_picks(place)),
         )
