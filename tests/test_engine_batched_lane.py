@@ -29,7 +29,7 @@ from synatra_bot.engine.transformers_engine import (
 from synatra_bot.errors import GenerationInterrupted
 from tests.engine_helpers import wait_until
 from tests.model_fixtures import FailingSteps
-from tests.test_engine_transformers import PROMPT, collect
+from tests.test_engine_transformers import PROMPT, _engine_from_env, collect
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16, stop_ids=())
 
@@ -181,6 +181,22 @@ async def test_a_failed_lane_step_fails_its_replies_and_the_next_reply_works(eng
         assert engine.health().failures == 0 and engine.health().state == "ok"
     finally:
         steps.remove()
+
+
+@pytest.mark.parametrize("rows", [0, 3])
+async def test_batch_slots_sets_the_lanes_rows(tiny_model_dir, rows) -> None:
+    """BATCH_SLOTS reaches the engine; 0 turns the lane off, so a reply goes to CB."""
+    engine = _engine_from_env(tiny_model_dir, BATCH_SLOTS=str(rows))
+    await engine.start()
+    try:
+        assert engine.batched_lane_slots == rows
+        reply = engine.stream(PROMPT, GREEDY, request_id="행")
+        assert await anext(reply)
+        assert engine._requests["행"].batched_lane is bool(rows)
+        async for _ in reply:  # to its end
+            pass
+    finally:
+        await engine.close()
 
 
 def test_the_lane_serves_with_sdpa_and_a_context_only() -> None:
