@@ -516,3 +516,27 @@ def test_a_failed_prefill_on_a_kept_row_drops_the_kept_rows(engine) -> None:
     finally:
         lane.close()
     assert answer == _generated(model, second, 5)
+
+
+def test_the_lane_prefix_benchmark_reports_turn_two_with_and_without_reuse(
+    monkeypatch, capsys
+) -> None:
+    import json
+    import sys
+
+    from benchmarks import lane_prefix
+
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["lane_prefix", "--shape", "tiny", "--rounds", "1", "--prompt-tokens", "100"],
+    )
+    threads = torch.get_num_threads()
+    try:
+        lane_prefix.main()
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(capsys.readouterr().out)
+    assert report["turn2_prefilled_tokens"] == {"reuse": 60, "whole": 160}
+    assert report["same_greedy_tokens"] == "1/1"
+    assert report["turn2_first_token_ms"]["reuse"] > 0
