@@ -466,6 +466,21 @@ def test_a_reply_that_ends_while_another_decodes_is_kept_and_reused(engine) -> N
     assert lane.reused_tokens == len(a) + len(reply_a) - 1
 
 
+async def test_a_channels_next_turn_through_the_engine_reuses_its_last_prompt(engine) -> None:
+    """Through the engine: turn 2 (turn 1's prompt, its reply and a new line) is prefilled only
+    past turn 1's kept row, and its text is what generate() writes for the whole prompt."""
+    lane = engine._batched_lane
+    first = _turn(engine, f"{IM}system\n너는 숲의 정령이야. 나무와 바람을 노래해.\n", 6)
+    reply_text = "".join(await collect(engine, first, GREEDY, "숲1"))
+    reply = _generated(engine.model, first, GREEDY.max_new_tokens)
+    assert reply_text == engine.tokenizer.decode(reply)
+    second = first + reply + engine.tokenizer.encode(f"{IM}user\n더 들려줘.\n")
+    before = lane.reused_tokens
+    text = "".join(await collect(engine, second, GREEDY, "숲2"))
+    assert lane.reused_tokens - before == len(first) + len(reply) - 1
+    assert text == engine.tokenizer.decode(_generated(engine.model, second, GREEDY.max_new_tokens))
+
+
 def test_the_least_recently_kept_row_is_evicted_first(engine) -> None:
     """Two rows: A, B and C end in turn, so C takes the place of A (the least recently kept).
     B's next turn reuses B's row, which makes C the least recently kept: A's next turn (prefilled
