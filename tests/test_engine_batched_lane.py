@@ -481,6 +481,48 @@ async def test_a_channels_next_turn_through_the_engine_reuses_its_last_prompt(en
     assert text == engine.tokenizer.decode(_generated(engine.model, second, GREEDY.max_new_tokens))
 
 
+def test_a_cancelled_reply_keeps_what_it_wrote_for_the_next_turn(engine) -> None:
+    """A reply cancelled at its 3rd token leaves its row with the prompt and the tokens fed back
+    (all but the last delivered); the next turn reuses exactly that."""
+    model = engine.model
+    first = _turn(engine, OPENING_B, 6)
+    lane = BatchedLane(model, slots=2, context=1024)
+    delivered: list[int] = []
+    gone = threading.Event()
+    cancelled = threading.Event()
+
+    def deliver(new_ids: list[int], finished: bool) -> None:
+        delivered.extend(new_ids)
+        if len(delivered) == 3:
+            cancelled.set()
+            gone.set()
+
+    run = _Run(lane)
+    try:
+        assert lane.try_submit(
+            LaneJob(
+                request_id="그만",
+                prompt=first,
+                max_new_tokens=400,
+                stop_ids=frozenset(),
+                temperature=0.0,
+                top_k=0,
+                top_p=1.0,
+                deliver=deliver,
+                fail=gone.set,
+                cancelled=cancelled,
+            )
+        )
+        assert gone.wait(60)
+        second = first + delivered + engine.tokenizer.encode("그래서?")
+        answer = run.finish("다음", second, 8)
+    finally:
+        lane.close()
+    assert delivered == _generated(model, first, 3)
+    assert lane.reused_tokens == len(first) + 2
+    assert answer == _generated(model, second, 8)
+
+
 def test_the_least_recently_kept_row_is_evicted_first(engine) -> None:
     """Two rows: A, B and C end in turn, so C takes the place of A (the least recently kept).
     B's next turn reuses B's row, which makes C the least recently kept: A's next turn (prefilled
