@@ -13,14 +13,16 @@ own row of a preallocated cache and never moves them while the reply decodes:
   it, so rows of different lengths share the step; sdpa attends on the key/value heads without
   repeating them (one query token per row);
 - rows stay packed at the front (`0..n-1`): when a reply ends, the last row's cache moves into
-  its place (one copy per departure), so a step reads views of the cache, never a gather;
+  its place (its own cache moves to the last row's, to be kept: see below), so a step reads
+  views of the cache, never a gather;
 - replies join and leave between steps; only each step's new token is handed to its reply;
 - a row whose reply ended keeps its keys and values (and the tokens they stand for) while no
   reply needs the row: a joining reply whose prompt starts with at least `min_reuse` of those
   tokens (a channel's next prompt is its last one plus the new turn) is prefilled on top of
   them, only past the common prefix, straight into that row. A joining reply takes a free row
   first, then the least recently kept one. A kept row never sits among the decoding rows (a
-  departing row swaps places with the last decoding one), so a step never reads it.
+  departing row swaps places with the last decoding one), so a step never reads it. With
+  `reuse_prefixes` off, nothing is kept and every prompt is prefilled whole.
 
 Sampling is per row with `pick_token` (top-k through `torch.topk`, top-p within it). The lane
 serves only what continuous batching would (temperature, top-k, top-p; no penalty or seed) and
@@ -50,8 +52,8 @@ log = logging.getLogger(__name__)
 
 #: The cache's length grows in multiples of this many positions.
 CACHE_GRANULE = 256
-#: The shortest common prefix a joining reply reuses from a kept row (shorter ones cost more in
-#: the row moves than they save in prefill).
+#: The shortest common prefix a joining reply reuses from a kept row: a short shared start (a
+#: chat template's opening) saves too little prefill to be worth moving a kept row for.
 MIN_REUSED_PREFIX = 64
 
 
