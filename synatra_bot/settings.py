@@ -56,6 +56,8 @@ HUB_FLASH_KERNEL = re.compile(r"kernels-community/[a-z0-9._-]*flash[a-z0-9._-]*"
 CB_SCHEDULERS = ("fifo", "prefill_first")
 #: How the embedded engine decodes a reply when it is the only one (engine.transformers_engine).
 SINGLE_STREAM_MODES = ("off", "static", "static-compile")
+#: Rows the batched static-cache lane may have (0 turns it off).
+BATCH_SLOTS_RANGE = (0, 64)
 AUTO_ON_OFF = MappingProxyType({"auto": None, "on": True, "off": False})
 
 
@@ -107,6 +109,8 @@ class Settings:
     cb_scheduler: str = "fifo"
     cb_prefix_sharing: bool = True
     single_stream: str = "off"
+    #: Rows of the embedded engine's batched static-cache lane (0: continuous batching only).
+    batch_slots: int = 8
     max_concurrent_replies: int = 32
     turn_timeout_s: float = 300.0
     context_size: int = 4096
@@ -278,6 +282,7 @@ def settings_from_env(env: Mapping[str, str], *, require_token: bool = True) -> 
         cb_scheduler=_choice(env, "CB_SCHEDULER", "fifo", CB_SCHEDULERS),
         cb_prefix_sharing=_choice(env, "CB_PREFIX_SHARING", "true", BOOLEANS) in TRUE,
         single_stream=_choice(env, "SINGLE_STREAM", "off", SINGLE_STREAM_MODES),
+        batch_slots=_int(env, "BATCH_SLOTS", 8, *BATCH_SLOTS_RANGE),
         max_concurrent_replies=_int(env, "MAX_CONCURRENT_REPLIES", 32, 1, 1024),
         turn_timeout_s=_float(env, "TURN_TIMEOUT_S", 300.0, 5, 3600),
         context_size=context_size,

@@ -29,7 +29,7 @@ from synatra_bot.engine.transformers_engine import (
 from synatra_bot.errors import GenerationInterrupted
 from tests.engine_helpers import wait_until
 from tests.model_fixtures import FailingSteps
-from tests.test_engine_transformers import PROMPT, collect
+from tests.test_engine_transformers import PROMPT, _engine_from_env, collect
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16, stop_ids=())
 
@@ -183,6 +183,22 @@ async def test_a_failed_lane_step_fails_its_replies_and_the_next_reply_works(eng
         steps.remove()
 
 
+@pytest.mark.parametrize("rows", [0, 3])
+async def test_batch_slots_sets_the_lanes_rows(tiny_model_dir, rows) -> None:
+    """BATCH_SLOTS reaches the engine; 0 turns the lane off, so a reply goes to CB."""
+    engine = _engine_from_env(tiny_model_dir, BATCH_SLOTS=str(rows))
+    await engine.start()
+    try:
+        assert engine.batched_lane_slots == rows
+        reply = engine.stream(PROMPT, GREEDY, request_id="행")
+        assert await anext(reply)
+        assert engine._requests["행"].batched_lane is bool(rows)
+        async for _ in reply:  # to its end
+            pass
+    finally:
+        await engine.close()
+
+
 def test_the_lane_serves_with_sdpa_and_a_context_only() -> None:
     assert batched_lane_slots(None, "sdpa", 4096) == DEFAULT_BATCH_SLOTS
     assert batched_lane_slots(3, "sdpa", 4096) == 3
@@ -308,3 +324,276 @@ async def test_a_seeded_reply_draws_what_generates_own_warpers_draw(engine, top_
             pad_token_id=2,
         )
     assert text == engine.tokenizer.decode(out[0, len(ids) :].tolist())
+
+
+# --- prefix reuse ------------------------------------------------------------------------------
+
+
+class _Run:
+    """Lane jobs whose tokens are collected, and an event per job for its end."""
+
+    def __init__(self, lane: BatchedLane) -> None:
+        self.lane = lane
+        self.tokens: dict[str, list[int]] = {}
+        self.ended: dict[str, threading.Event] = {}
+
+    def submit(self, name: str, prompt: list[int], budget: int) -> None:
+        tokens = self.tokens.setdefault(name, [])
+        ended = self.ended.setdefault(name, threading.Event())
+
+        def deliver(new_ids: list[int], finished: bool) -> None:
+            tokens.extend(new_ids)
+            if finished:
+                ended.set()
+
+        assert self.lane.try_submit(
+            LaneJob(
+                request_id=name,
+                prompt=prompt,
+                max_new_tokens=budget,
+                stop_ids=frozenset(),
+                temperature=0.0,
+                top_k=0,
+                top_p=1.0,
+                deliver=deliver,
+                fail=ended.set,
+                cancelled=threading.Event(),
+            )
+        )
+
+    def finish(self, name: str, prompt: list[int], budget: int) -> list[int]:
+        """Submit one job and wait for its end; its tokens."""
+        self.submit(name, prompt, budget)
+        return self.wait(name)
+
+    def wait(self, name: str) -> list[int]:
+        assert self.ended[name].wait(60)
+        return self.tokens[name]
+
+
+def _turn(engine: TransformersEngine, opening: str, turns: int) -> list[int]:
+    """A roleplay-like prompt: `opening` and `turns` lines of history."""
+    history = "".join(f"{IM}user\n{n}번째 이야기를 들려줘.\n" for n in range(turns))
+    return engine.tokenizer.encode(opening + history)
+
+
+IM = "<|im_start|>"
+OPENING_A = f"{IM}system\n너는 바다의 이야기꾼이야. 파도와 등대에 대해 말해.\n"
+OPENING_B = f"{IM}system\nYou narrate a mountain village: snow, bells and bread.\n"
+
+
+def test_a_second_turn_prefills_only_past_the_first_turns_cache(engine) -> None:
+    """The next turn's prompt is the first's prompt, its reply and a new line: it is prefilled
+    only past what the kept row holds (the prompt and the reply but its last token), and writes
+    exactly what generate() writes for the whole prompt."""
+    model = engine.model
+    first = _turn(engine, OPENING_A, 6)
+    lane = BatchedLane(model, slots=2, context=1024)
+    run = _Run(lane)
+    inputs: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: inputs.append(int(kwargs["input_ids"].shape[1])),
+        with_kwargs=True,
+    )
+    try:
+        reply = run.finish("1턴", first, 10)
+        second = first + reply + engine.tokenizer.encode(f"{IM}user\n계속해.\n")
+        inputs.clear()
+        answer = run.finish("2턴", second, 10)
+    finally:
+        hook.remove()
+        lane.close()
+    assert reply == _generated(model, first, 10)
+    assert answer == _generated(model, second, 10)
+    kept = len(first) + len(reply) - 1  # the reply's last token was never fed back
+    assert lane.reused_tokens == kept
+    assert inputs[0] == len(second) - kept  # the prefill fed only the rest
+    assert all(length == 1 for length in inputs[1:])
+    assert len(first) >= 64
+
+
+def test_a_prompt_that_diverges_midway_reuses_up_to_where_it_parts(engine) -> None:
+    model = engine.model
+    first = _turn(engine, OPENING_A, 8)
+    parted = _turn(engine, OPENING_A, 4) + engine.tokenizer.encode("갑자기 다른 이야기를 하자.")
+    shared = next(i for i, (a, b) in enumerate(zip(first, parted, strict=False)) if a != b)
+    assert shared >= 64
+    lane = BatchedLane(model, slots=2, context=1024)
+    run = _Run(lane)
+    try:
+        run.finish("처음", first, 6)
+        answer = run.finish("갈림", parted, 12)
+    finally:
+        lane.close()
+    assert lane.reused_tokens == shared
+    assert answer == _generated(model, parted, 12)
+
+
+def test_a_short_common_prefix_is_prefilled_whole(engine) -> None:
+    model = engine.model
+    first = _turn(engine, OPENING_A, 8)
+    lane = BatchedLane(model, slots=2, context=1024, min_reuse=len(first) + 10)
+    run = _Run(lane)
+    try:
+        reply = run.finish("처음", first, 6)
+        answer = run.finish("다음", first + reply, 6)
+    finally:
+        lane.close()
+    assert lane.reused_tokens == 0
+    assert answer == _generated(model, first + reply, 6)
+
+
+def test_a_reply_that_ends_while_another_decodes_is_kept_and_reused(engine) -> None:
+    """Two replies decode together; the one in the first row ends first, so the rows swap
+    (the other keeps decoding from its new row) and the ended one is kept; its next turn reuses
+    it while the other still decodes."""
+    model = engine.model
+    a, b = _turn(engine, OPENING_A, 5), _turn(engine, OPENING_B, 5)
+    lane = BatchedLane(model, slots=3, context=1024)
+    run = _Run(lane)
+    try:
+        run.submit("a", a, 4)
+        run.submit("b", b, 40)
+        reply_a = run.wait("a")
+        follow = a + reply_a + engine.tokenizer.encode("그리고?")
+        answer = run.finish("a2", follow, 12)
+        reply_b = run.wait("b")
+    finally:
+        lane.close()
+    assert reply_a == _generated(model, a, 4)
+    assert reply_b == _generated(model, b, 40)
+    assert answer == _generated(model, follow, 12)
+    assert lane.reused_tokens == len(a) + len(reply_a) - 1
+
+
+async def test_a_channels_next_turn_through_the_engine_reuses_its_last_prompt(engine) -> None:
+    """Through the engine: turn 2 (turn 1's prompt, its reply and a new line) is prefilled only
+    past turn 1's kept row, and its text is what generate() writes for the whole prompt."""
+    lane = engine._batched_lane
+    first = _turn(engine, f"{IM}system\n너는 숲의 정령이야. 나무와 바람을 노래해.\n", 6)
+    reply_text = "".join(await collect(engine, first, GREEDY, "숲1"))
+    reply = _generated(engine.model, first, GREEDY.max_new_tokens)
+    assert reply_text == engine.tokenizer.decode(reply)
+    second = first + reply + engine.tokenizer.encode(f"{IM}user\n더 들려줘.\n")
+    before = lane.reused_tokens
+    text = "".join(await collect(engine, second, GREEDY, "숲2"))
+    assert lane.reused_tokens - before == len(first) + len(reply) - 1
+    assert text == engine.tokenizer.decode(_generated(engine.model, second, GREEDY.max_new_tokens))
+
+
+def test_a_cancelled_reply_keeps_what_it_wrote_for_the_next_turn(engine) -> None:
+    """A reply cancelled at its 3rd token leaves its row with the prompt and the tokens fed back
+    (all but the last delivered); the next turn reuses exactly that."""
+    model = engine.model
+    first = _turn(engine, OPENING_B, 6)
+    lane = BatchedLane(model, slots=2, context=1024)
+    delivered: list[int] = []
+    gone = threading.Event()
+    cancelled = threading.Event()
+
+    def deliver(new_ids: list[int], finished: bool) -> None:
+        delivered.extend(new_ids)
+        if len(delivered) == 3:
+            cancelled.set()
+            gone.set()
+
+    run = _Run(lane)
+    try:
+        assert lane.try_submit(
+            LaneJob(
+                request_id="그만",
+                prompt=first,
+                max_new_tokens=400,
+                stop_ids=frozenset(),
+                temperature=0.0,
+                top_k=0,
+                top_p=1.0,
+                deliver=deliver,
+                fail=gone.set,
+                cancelled=cancelled,
+            )
+        )
+        assert gone.wait(60)
+        second = first + delivered + engine.tokenizer.encode("그래서?")
+        answer = run.finish("다음", second, 8)
+    finally:
+        lane.close()
+    assert delivered == _generated(model, first, 3)
+    assert lane.reused_tokens == len(first) + 2
+    assert answer == _generated(model, second, 8)
+
+
+def test_the_least_recently_kept_row_is_evicted_first(engine) -> None:
+    """Two rows: A, B and C end in turn, so C takes the place of A (the least recently kept).
+    B's next turn reuses B's row, which makes C the least recently kept: A's next turn (prefilled
+    whole) takes C's place, and B's third turn still reuses B's row."""
+    model = engine.model
+    opening_c = f"{IM}system\n사막의 상인이 되어 낙타와 별을 이야기해.\n"
+    a, b, c = (_turn(engine, opening, 5) for opening in (OPENING_A, OPENING_B, opening_c))
+    lane = BatchedLane(model, slots=2, context=1024)
+    run = _Run(lane)
+    try:
+        reply_a = run.finish("a", a, 4)
+        run.finish("b", b, 4)
+        run.finish("c", c, 4)
+        assert lane.reused_tokens == 0
+        run.finish("b2", b, 4)
+        assert lane.reused_tokens == len(b) - 1
+        again_a = run.finish("a2", a + reply_a, 8)
+        assert lane.reused_tokens == len(b) - 1  # A's row was evicted
+        again_b = run.finish("b3", b, 8)
+        assert lane.reused_tokens == 2 * (len(b) - 1)
+        again_c = run.finish("c2", c, 8)
+        assert lane.reused_tokens == 2 * (len(b) - 1)  # C's row was evicted
+    finally:
+        lane.close()
+    assert again_a == _generated(model, a + reply_a, 8)
+    assert again_b == _generated(model, b, 8)
+    assert again_c == _generated(model, c, 8)
+
+
+def test_a_failed_prefill_on_a_kept_row_drops_the_kept_rows(engine) -> None:
+    model = engine.model
+    first = _turn(engine, OPENING_A, 6)
+    failures: list[int] = []
+    lane = BatchedLane(model, slots=2, context=1024, on_failure=lambda: failures.append(1))
+    run = _Run(lane)
+    try:
+        reply = run.finish("처음", first, 5)
+        second = first + reply + engine.tokenizer.encode("다음은?")
+        steps = FailingSteps(model, times=1)
+        try:
+            run.finish("깨짐", second, 5)
+        finally:
+            steps.remove()
+        assert failures == [1] and run.tokens["깨짐"] == []
+        reused = lane.reused_tokens
+        answer = run.finish("다시", second, 5)
+        assert lane.reused_tokens == reused  # nothing kept survived the failure
+    finally:
+        lane.close()
+    assert answer == _generated(model, second, 5)
+
+
+def test_the_lane_prefix_benchmark_reports_turn_two_with_and_without_reuse(
+    monkeypatch, capsys
+) -> None:
+    import json
+    import sys
+
+    from benchmarks import lane_prefix
+
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["lane_prefix", "--shape", "tiny", "--rounds", "1", "--prompt-tokens", "100"],
+    )
+    threads = torch.get_num_threads()
+    try:
+        lane_prefix.main()
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(capsys.readouterr().out)
+    assert report["turn2_prefilled_tokens"] == {"reuse": 60, "whole": 160}
+    assert report["same_greedy_tokens"] == "1/1"
+    assert report["turn2_first_token_ms"]["reuse"] > 0

@@ -474,6 +474,7 @@ def test_attention_and_batching_default_to_auto_and_transformers_defaults():
     assert settings.cb_compile_level == 0 and settings.cb_scheduler == "fifo"
     assert settings.cb_prefix_sharing is True
     assert settings.single_stream == "off"
+    assert settings.batch_slots == 8
 
 
 def test_batching_settings_are_read():
@@ -491,6 +492,7 @@ def test_batching_settings_are_read():
             "CB_SCHEDULER": "prefill_first",
             "CB_PREFIX_SHARING": "no",
             "SINGLE_STREAM": "static-compile",
+            "BATCH_SLOTS": "0",
         }
     )
     assert settings.attn_implementation == "flash_attention_2"
@@ -504,6 +506,7 @@ def test_batching_settings_are_read():
     assert settings.cb_compile_level == 2 and settings.cb_scheduler == "prefill_first"
     assert settings.cb_prefix_sharing is False
     assert settings.single_stream == "static-compile"
+    assert settings.batch_slots == 0
 
 
 @pytest.mark.parametrize(
@@ -532,6 +535,9 @@ def test_attention_may_name_a_hub_flash_kernel(kernel):
         ("CB_SCHEDULER", "lifo"),
         ("CB_PREFIX_SHARING", "partly"),
         ("SINGLE_STREAM", "fast"),
+        ("BATCH_SLOTS", "-1"),
+        ("BATCH_SLOTS", "65"),
+        ("BATCH_SLOTS", "many"),
     ],
 )
 def test_each_bad_batching_value_names_its_setting(setting, value):
@@ -555,3 +561,18 @@ def test_a_bad_batching_setting_exits_2_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "synatra-bot: CB_SCHEDULER: must be one of fifo, prefill_first, got 'lifo'"
     ]
+
+
+def test_lane_rows_out_of_range_exit_2_with_one_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DISCORD_TOKEN": "x"}
+    result = subprocess.run(
+        [sys.executable, "-m", "synatra_bot.cli", "run"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT), "BATCH_SLOTS": "100"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("synatra-bot: BATCH_SLOTS: ") and "64" in line

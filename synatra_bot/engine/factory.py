@@ -83,6 +83,7 @@ def build_engine(
         scheduler=settings.cb_scheduler,
         allow_block_sharing=settings.cb_prefix_sharing,
         single_stream=settings.single_stream,
+        batch_slots=settings.batch_slots,
         tokenizer=tokenizer,
         observer=observer,
     )

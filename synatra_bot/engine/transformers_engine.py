@@ -19,9 +19,11 @@ Choices, with their reasons:
   With flash attention CB has the faster path (no padding, CUDA graphs) and serves everything.
   Replies on the lane get only each step's new token (CB's streaming output copies a reply's
   whole token list every step), and are sampled with `samplers.pick_token` (top-k through
-  `torch.topk`, no sort of the vocabulary). A failed lane step fails the replies it held with
-  the same note as a failed CB step and counts as a failure in a row in `health()`; the lane is
-  ready again at once.
+  `torch.topk`, no sort of the vocabulary). A row whose reply ended keeps its cache until a
+  joining reply needs the row, and a reply whose prompt starts with what a kept row holds is
+  prefilled only past it (a channel's next prompt is its last one plus the new turn). A failed
+  lane step fails the replies it held with the same note as a failed CB step and counts as a
+  failure in a row in `health()`; the lane is ready again at once, with no row kept.
 - Sampling: temperature, top-p and top-k are per request (CB's per-request logits processors).
   Temperature 0 is approximated by 1e-4 (CB samples for every request or none).
 - Repetition penalty and seeds: CB ignores the penalty and has one seed for everything, so a
