@@ -36,7 +36,7 @@ EXACT_SCAN_TURNS = 4096
 #: turns: the nearest by cosine fall at the same place of the bits' ranking whatever the
 #: scene's length, so a share keeps the same recall at every length.
 RERANK_CANDIDATES = 256
-RERANK_SHARE = 1 / 32
+RERANK_SHARE = 1 / 20
 
 Vector = npt.NDArray[np.float32]
 
@@ -92,6 +92,9 @@ class VectorIndex:
         self._matrix: Vector = np.zeros((0, 0), dtype=np.float32)
         self._ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._bits: npt.NDArray[np.uint64] = np.zeros((0, 0), dtype=np.uint64)
+        #: Where a search by bits counts the differing bits (kept: a new one each search
+        #: would cost the pages' first writes).
+        self._scratch: npt.NDArray[np.uint64] = np.zeros((0, 0), dtype=np.uint64)
         self._rows: dict[int, int] = {}
         self._size = 0
 
@@ -170,7 +173,10 @@ class VectorIndex:
         """The rows older than `before_id` whose signs differ from `unit`'s in the fewest
         dimensions: the `count` nearest, and every row as near as the last of them (so which
         rows they are does not depend on their order)."""
-        words = self._bits[:, : self._size] ^ sign_bits(unit)[:, None]
+        if self._scratch.shape != self._bits.shape:
+            self._scratch = np.empty_like(self._bits)
+        words = self._scratch[:, : self._size]
+        np.bitwise_xor(self._bits[:, : self._size], sign_bits(unit)[:, None], out=words)
         np.bitwise_count(words, out=words)
         distance = words.sum(axis=0)
         older = self._ids[: self._size] < before_id
