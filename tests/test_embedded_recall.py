@@ -28,7 +28,7 @@ from synatra_bot.engine.embeddings import (
 from synatra_bot.prompt.recall import RECALL_HEADING
 from synatra_bot.prompt.terms import Hit, KoreanTerms
 from synatra_bot.prompt.vectors import (
-    EXACT_SCAN_TURNS,
+    EXACT_SCAN_BYTES,
     RRF_K,
     VECTOR_CANDIDATES,
     Similar,
@@ -137,11 +137,13 @@ def test_the_vector_index_finds_the_nearest_older_turns_and_forgets_changed_ones
     assert np.allclose(from_blob(to_blob([0.5, -1.25])), [0.5, -1.25])
 
 
-def _planted_scene(turns: int, dimensions: int, seed: int) -> tuple[VectorIndex, np.ndarray]:
+def _planted_scene(
+    turns: int, dimensions: int, seed: int, exact_scan_bytes: int = EXACT_SCAN_BYTES
+) -> tuple[VectorIndex, np.ndarray]:
     """An index of `turns` random vectors, and those vectors by message id (from 1)."""
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((turns + 1, dimensions)).astype(np.float32)
-    index = VectorIndex()
+    index = VectorIndex(exact_scan_bytes=exact_scan_bytes)
     for message_id in range(1, turns + 1):
         assert index.add(message_id, vectors[message_id])
     return index, vectors
@@ -155,8 +157,10 @@ def _near(vector: np.ndarray, similarity: float, rng: np.random.Generator) -> np
 
 
 def test_a_long_scene_searched_by_sign_bits_then_cosine_finds_what_the_exact_search_finds() -> None:
-    turns = 3 * EXACT_SCAN_TURNS
-    index, vectors = _planted_scene(turns, 384, seed=11)
+    # Searched exactly up to 4,096 turns of 384 dimensions (the default holds 21,845).
+    exact_turns = 4096
+    turns = 3 * exact_turns
+    index, vectors = _planted_scene(turns, 384, seed=11, exact_scan_bytes=exact_turns * 384 * 4)
     rng = np.random.default_rng(12)
     for planted in rng.choice(np.arange(100, turns - 100), size=20, replace=False):
         # Five turns planted near the question (cosine 0.75 to 0.35; the nearest of the
@@ -175,23 +179,23 @@ def test_a_long_scene_searched_by_sign_bits_then_cosine_finds_what_the_exact_sea
     # The bits follow the vectors when later turns are forgotten and others added: each turn
     # is found by its own vector (it would not be among the nearest by bits otherwise).
     index.remove_from(turns // 2)
-    assert index.add(turns, vectors[turns]) and len(index) > EXACT_SCAN_TURNS
+    assert index.add(turns, vectors[turns]) and len(index) > exact_turns
     for message_id in (1, turns // 4, turns // 2 - 1, turns):
         found = index.search(vectors[message_id], before_id=turns + 1, limit=1)
         assert found[0].message_id == message_id and found[0].similarity > 0.999
 
 
 def test_a_scene_up_to_the_exact_scan_length_is_searched_exactly() -> None:
-    index, vectors = _planted_scene(EXACT_SCAN_TURNS, 64, seed=21)
+    turns = 4096
+    index, vectors = _planted_scene(turns, 64, seed=21, exact_scan_bytes=turns * 64 * 4)
     rng = np.random.default_rng(22)
     for _ in range(10):
         # A question near nothing in particular: the bits would rank it differently.
         question = rng.standard_normal(64).astype(np.float32)
-        found = index.search(question, before_id=EXACT_SCAN_TURNS, limit=8)
+        found = index.search(question, before_id=turns, limit=8)
         unit = question / np.linalg.norm(question)
         cosines = {
-            i: float(vectors[i] @ unit / np.linalg.norm(vectors[i]))
-            for i in range(1, EXACT_SCAN_TURNS)
+            i: float(vectors[i] @ unit / np.linalg.norm(vectors[i])) for i in range(1, turns)
         }
         nearest = sorted(cosines, key=lambda i: (-cosines[i], -i))[:8]
         assert [s.message_id for s in found] == nearest
