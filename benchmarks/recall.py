@@ -21,9 +21,15 @@ Each is asked about later, past the window, with other particles, endings and wo
   question. Random vectors measure the time, not the ranking (no embedding model runs here):
   the fused recall@5 they give is what fusion keeps of the words' ranking when the vectors
   say nothing. The query's own embedding request is not in it (it runs on the server, in
-  parallel with analysing the question, within EMBEDDINGS_TIMEOUT_S).
+  parallel with analysing the question, within EMBEDDINGS_TIMEOUT_S). Both searches are
+  timed in the same run: the exact one (every vector's cosine) and the default one, which for
+  a long scene ranks by cosine only the turns nearest by their vectors' sign bits;
+- whether the bits lose what the exact search finds: each fact's turn gets a question vector
+  planted near it (its own unit vector plus random noise, at cosine `--planted-similarity`
+  to it on average), and recall@5 of the search by meaning alone is reported for both.
 
-Run: `python -m benchmarks.recall [--turns 5000 50000] [--dimensions 768] [--tokenizer FOLDER]`
+Run: `python -m benchmarks.recall [--turns 5000 50000] [--dimensions 768]
+[--planted-similarity 0.2] [--tokenizer FOLDER]`
 """
 
 from __future__ import annotations
@@ -132,7 +138,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def run(turns: int, tokenizer_dir: Path, dimensions: int = 768) -> dict[str, float]:
+def run(
+    turns: int, tokenizer_dir: Path, dimensions: int = 768, planted_similarity: float = 0.2
+) -> dict[str, float]:
     import numpy as np
 
     from synatra_bot.prompt.builder import HistoryMessage, PromptBuilder, PromptOptions
@@ -157,8 +165,16 @@ def run(turns: int, tokenizer_dir: Path, dimensions: int = 768) -> dict[str, flo
     tracemalloc.stop()
     random_vectors = np.random.default_rng(3)
     vectors = VectorIndex()
+    fact_positions = {fact.position for fact in facts}
+    fact_vectors = {}
     for i in range(turns):
-        vectors.add(i, random_vectors.standard_normal(dimensions).astype(np.float32))
+        vector = random_vectors.standard_normal(dimensions).astype(np.float32)
+        vectors.add(i, vector)
+        if i in fact_positions:
+            fact_vectors[i] = vector / np.linalg.norm(vector)
+    # A unit vector plus noise of length s has cosine 1 / sqrt(1 + s^2) to it on average.
+    noise = (1 / planted_similarity**2 - 1) ** 0.5 / dimensions**0.5
+    planted_hits = {True: 0, False: 0}
 
     fts = sqlite3.connect(":memory:")
     fts.execute("CREATE VIRTUAL TABLE turns USING fts5(terms)")
@@ -178,6 +194,7 @@ def run(turns: int, tokenizer_dir: Path, dimensions: int = 768) -> dict[str, flo
     analysis_ms: list[float] = []
     search_ms: list[float] = []
     fusion_ms: list[float] = []
+    exact_fusion_ms: list[float] = []
     fused_hits5 = 0
 
     # The scripted summariser, folded forward to each question in order.
@@ -234,10 +251,20 @@ def run(turns: int, tokenizer_dir: Path, dimensions: int = 768) -> dict[str, flo
         query_vector = random_vectors.standard_normal(dimensions).astype(np.float32)
         lexical = index.search(query_terms, before_id=before, limit=CANDIDATES)
         started = time.perf_counter()
+        near = vectors.search(query_vector, before_id=before, limit=VECTOR_CANDIDATES, exact=True)
+        fuse(lexical, near, limit=CANDIDATES)
+        exact_fusion_ms.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
         near = vectors.search(query_vector, before_id=before, limit=VECTOR_CANDIDATES)
         fused = fuse(lexical, near, limit=CANDIDATES)
         fusion_ms.append((time.perf_counter() - started) * 1000)
         fused_hits5 += fact.position in [f.message_id for f in fused[:5]]
+        planted = fact_vectors[fact.position] + noise * random_vectors.standard_normal(dimensions)
+        for exact in (True, False):
+            nearest = vectors.search(
+                planted.astype(np.float32), before_id=before, limit=5, exact=exact
+            )
+            planted_hits[exact] += fact.position in [n.message_id for n in nearest]
 
         ids = [h.message_id for h in found]
         hits3 += fact.position in ids[:3]
@@ -275,8 +302,14 @@ def run(turns: int, tokenizer_dir: Path, dimensions: int = 768) -> dict[str, flo
         "search_p95": percentile(search_ms, 0.95),
         "fusion_p50": percentile(fusion_ms, 0.5),
         "fusion_p95": percentile(fusion_ms, 0.95),
+        "exact_fusion_p50": percentile(exact_fusion_ms, 0.5),
+        "exact_fusion_p95": percentile(exact_fusion_ms, 0.95),
         "fused_recall@5": fused_hits5 / FACTS,
+        "planted_exact@5": planted_hits[True] / FACTS,
+        "planted_bits@5": planted_hits[False] / FACTS,
+        "planted_similarity": planted_similarity,
         "vectors_mib": len(vectors) * dimensions * 4 / 2**20,
+        "bits_mib": len(vectors) * -(-dimensions // 64) * 8 / 2**20,
         "dimensions": dimensions,
     }
 
@@ -287,6 +320,12 @@ def main() -> None:
     parser.add_argument(
         "--dimensions", type=int, default=768, help="the random vectors' length (384-1024)"
     )
+    parser.add_argument(
+        "--planted-similarity",
+        type=float,
+        default=0.2,
+        help="the planted question vectors' cosine to their fact's vector (0-1)",
+    )
     parser.add_argument("--tokenizer", type=Path, help="a tokenizer folder (default: the tests')")
     args = parser.parse_args()
     tokenizer_dir = args.tokenizer
@@ -294,7 +333,9 @@ def main() -> None:
         from tests.model_fixtures import write_tokenizer
 
         tokenizer_dir = write_tokenizer(Path(tempfile.mkdtemp()))
-    results = [run(turns, tokenizer_dir, args.dimensions) for turns in args.turns]
+    results = [
+        run(turns, tokenizer_dir, args.dimensions, args.planted_similarity) for turns in args.turns
+    ]
     print(
         "| turns | recall@3 | recall@5 | FTS5 recall@5 | summary only | Kiwi ms/turn | index MiB |"
     )
@@ -320,16 +361,22 @@ def main() -> None:
     print("(milliseconds, p50 / p95 over the 200 questions)")
     print()
     print(
-        "| turns | vector length | vectors MiB | cosine search + fusion adds"
-        " | fused recall@5 (random vectors) |"
+        "| turns | vector length | vectors MiB | sign bits MiB | exact search + fusion"
+        " | search + fusion (past 32 MiB: bits, then cosine) | fused recall@5 (random vectors)"
+        " | planted recall@5: exact | planted recall@5: default search |"
     )
-    print("|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r['turns']:,} | {r['dimensions']:.0f} | {r['vectors_mib']:.1f}"
-            f" | {r['fusion_p50']:.2f} / {r['fusion_p95']:.2f} | {r['fused_recall@5']:.3f} |"
+            f" | {r['bits_mib']:.1f} | {r['exact_fusion_p50']:.2f} / {r['exact_fusion_p95']:.2f}"
+            f" | {r['fusion_p50']:.2f} / {r['fusion_p95']:.2f} | {r['fused_recall@5']:.3f}"
+            f" | {r['planted_exact@5']:.3f} | {r['planted_bits@5']:.3f} |"
         )
-    print("(milliseconds, p50 / p95)")
+    print(
+        f"(milliseconds, p50 / p95; planted question vectors at cosine"
+        f" {results[0]['planted_similarity']:.2f} to their fact's)"
+    )
 
 
 if __name__ == "__main__":

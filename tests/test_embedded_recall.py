@@ -28,6 +28,7 @@ from synatra_bot.engine.embeddings import (
 from synatra_bot.prompt.recall import RECALL_HEADING
 from synatra_bot.prompt.terms import Hit, KoreanTerms
 from synatra_bot.prompt.vectors import (
+    EXACT_SCAN_BYTES,
     RRF_K,
     VECTOR_CANDIDATES,
     Similar,
@@ -134,6 +135,71 @@ def test_the_vector_index_finds_the_nearest_older_turns_and_forgets_changed_ones
     assert not index.add(501, np.zeros(384, dtype=np.float32))
     assert index.search(np.ones(128, dtype=np.float32), before_id=999, limit=3) == []
     assert np.allclose(from_blob(to_blob([0.5, -1.25])), [0.5, -1.25])
+
+
+def _planted_scene(
+    turns: int, dimensions: int, seed: int, exact_scan_bytes: int = EXACT_SCAN_BYTES
+) -> tuple[VectorIndex, np.ndarray]:
+    """An index of `turns` random vectors, and those vectors by message id (from 1)."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((turns + 1, dimensions)).astype(np.float32)
+    index = VectorIndex(exact_scan_bytes=exact_scan_bytes)
+    for message_id in range(1, turns + 1):
+        assert index.add(message_id, vectors[message_id])
+    return index, vectors
+
+
+def _near(vector: np.ndarray, similarity: float, rng: np.random.Generator) -> np.ndarray:
+    """`vector`'s direction plus noise, at about `similarity` cosine to it."""
+    noise = np.sqrt(1 / similarity**2 - 1) / np.sqrt(len(vector))
+    unit = vector / np.linalg.norm(vector)
+    return (unit + noise * rng.standard_normal(len(vector))).astype(np.float32)
+
+
+def test_a_long_scene_searched_by_sign_bits_then_cosine_finds_what_the_exact_search_finds() -> None:
+    # Searched exactly up to 4,096 turns of 384 dimensions (the default holds 21,845).
+    exact_turns = 4096
+    turns = 3 * exact_turns
+    index, vectors = _planted_scene(turns, 384, seed=11, exact_scan_bytes=exact_turns * 384 * 4)
+    rng = np.random.default_rng(12)
+    for planted in rng.choice(np.arange(100, turns - 100), size=20, replace=False):
+        # Five turns planted near the question (cosine 0.75 to 0.35; the nearest of the
+        # random turns are at about 0.2): they are the nearest five.
+        question = _near(vectors[planted], 0.8, rng)
+        neighbours = [int(planted) - 2 * k for k in range(5)]
+        for k, message_id in enumerate(neighbours):
+            assert index.add(message_id, _near(question, 0.75 - 0.1 * k, rng))
+        before_id = int(planted) + 1 + int(rng.integers(0, 50))
+        exact = index.search(question, before_id=before_id, limit=5, exact=True)
+        by_bits = index.search(question, before_id=before_id, limit=5)
+        assert sorted(s.message_id for s in exact) == sorted(neighbours)
+        assert by_bits == exact
+        # The same search again gives the same answer, in the same order.
+        assert index.search(question, before_id=before_id, limit=5) == by_bits
+    # The bits follow the vectors when later turns are forgotten and others added: each turn
+    # is found by its own vector (it would not be among the nearest by bits otherwise).
+    index.remove_from(turns // 2)
+    assert index.add(turns, vectors[turns]) and len(index) > exact_turns
+    for message_id in (1, turns // 4, turns // 2 - 1, turns):
+        found = index.search(vectors[message_id], before_id=turns + 1, limit=1)
+        assert found[0].message_id == message_id and found[0].similarity > 0.999
+
+
+def test_a_scene_up_to_the_exact_scan_length_is_searched_exactly() -> None:
+    turns = 4096
+    index, vectors = _planted_scene(turns, 64, seed=21, exact_scan_bytes=turns * 64 * 4)
+    rng = np.random.default_rng(22)
+    for _ in range(10):
+        # A question near nothing in particular: the bits would rank it differently.
+        question = rng.standard_normal(64).astype(np.float32)
+        found = index.search(question, before_id=turns, limit=8)
+        unit = question / np.linalg.norm(question)
+        cosines = {
+            i: float(vectors[i] @ unit / np.linalg.norm(vectors[i])) for i in range(1, turns)
+        }
+        nearest = sorted(cosines, key=lambda i: (-cosines[i], -i))[:8]
+        assert [s.message_id for s in found] == nearest
+        assert [s.similarity for s in found] == pytest.approx([cosines[i] for i in nearest])
 
 
 def test_fusion_puts_a_turn_both_rankings_found_first_and_keeps_each_ones_own() -> None:
