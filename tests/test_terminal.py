@@ -22,6 +22,7 @@ from synatra_bot.terminal.chat import (
     configure_parser,
     run_chat,
     terminal_place,
+    terminal_safe,
 )
 from tests.hostile_corpus import RecordingEngine
 
@@ -596,8 +597,8 @@ async def test_a_group_scene_with_the_tiny_real_model(tmp_path, tokenizer, tiny_
     speakers = [m.display_name for m in history if m.role == "assistant"]
     assert speakers == ["세라", "하늘", "세라", "하늘"]
     for message in history[1:]:
-        if message.role == "assistant":
-            assert f"{message.display_name}: {message.content}\n" in text
+        if message.role == "assistant":  # shown as stored, control characters escaped
+            assert f"{message.display_name}: {terminal_safe(message.content)}\n" in text
 
 
 async def test_export_then_import_chat_round_trips_in_the_terminal(
