@@ -85,6 +85,21 @@ async def events_handled(harness: BotHarness, channel) -> None:
     await harness.fake.wait_for_response(record)
 
 
+def held_back(monkeypatch, owner: object, name: str) -> tuple[asyncio.Event, asyncio.Event]:
+    """The bot's coroutine method `owner.name`, held at each call until `release` is set:
+    (`reached`, set when a call begins; `release`)."""
+    reached, release = asyncio.Event(), asyncio.Event()
+    method = getattr(owner, name)
+
+    async def held(*args, **kwargs):
+        reached.set()
+        await release.wait()
+        return await method(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, held)
+    return reached, release
+
+
 # --- each message once -----------------------------------------------------------------------
 
 
@@ -186,18 +201,23 @@ async def test_a_line_deleted_while_its_reply_streams_stops_the_reply_and_leaves
         assert [m.content for m in history if m.role == "user"] == ["다음 사람의 말"]
 
 
-async def test_a_line_deleted_before_it_is_stored_is_neither_answered_nor_kept(start_bot, tmp_path):
-    database = tmp_path / "locked.db"
-    async with start_bot(database=f"sqlite+aiosqlite:///{database}") as harness:
+async def test_a_line_deleted_before_it_is_stored_is_neither_answered_nor_kept(
+    start_bot, monkeypatch
+):
+    async with start_bot() as harness:
         fake, s = harness.fake, harness.scenario
         character = await harness.character(s.moderator)
         await harness.start_roleplay(s.moderator, s.general, character)
         greeting = replies_in(s.general)[0]
+        # The delete comes while the bot is still choosing who answers the line: nothing of it
+        # is stored yet.
+        choosing, chosen = held_back(monkeypatch, harness.bot.turns, "responders")
 
-        async with database_locked(database):
-            said = await fake.say(s.general, s.members[0], "보내자마자 지운 말")
-            await fake.delete(said)
-            await events_handled(harness, s.general)
+        said = await fake.say(s.general, s.members[0], "보내자마자 지운 말")
+        await choosing.wait()
+        await fake.delete(said)
+        await events_handled(harness, s.general)
+        chosen.set()
         after = await harness.reply_to(s.general, s.members[1], "그다음 말")
 
         assert replies_in(s.general, greeting.id) == [after]
