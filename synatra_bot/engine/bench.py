@@ -829,9 +829,16 @@ async def _step_levels(
     return levels
 
 
-def _cb_config(engine: TransformersEngine) -> dict[str, Any]:
-    """What continuous batching resolved once its cache exists (after a first request)."""
-    return engine.batching_config()
+async def _cb_config(engine: TransformersEngine, wait_s: float = 30.0) -> dict[str, Any]:
+    """What continuous batching resolved, once its cache exists. CB's generation thread creates
+    the cache as it starts, which may come after the first replies when the batched lane serves
+    them: the header waits for it (at most `wait_s`) rather than print whichever came first."""
+    deadline = time.monotonic() + wait_s
+    config = engine.batching_config()
+    while config and "cache_blocks" not in config and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        config = engine.batching_config()
+    return config
 
 
 def _defaults(args: argparse.Namespace, device: str) -> None:
@@ -943,7 +950,7 @@ async def _run(args: argparse.Namespace) -> Report:
             "attn_requested": args.attn,
             "attn_model": loaded_attn,
             "attn_in_use": engine.attention,
-            "cb": _cb_config(engine),
+            "cb": await _cb_config(engine),
             "prompt_tokens": args.prompt_tokens,
             "new_tokens": args.new_tokens,
             "message_tokens": args.message_tokens,
