@@ -1137,7 +1137,7 @@ async def test_auto_lets_the_characters_take_n_turns_among_themselves(
     engine = ScriptedEngine(
         lambda p: f" {speaker_of_prompt(p)}의 말 {next(turn)}.", tokenizer=tokenizer
     )
-    lines = "하늘아, 안녕!\n/auto 3\n/auto 0\n/auto 세\n/quit\n"
+    lines = "하늘아, 안녕!\n/auto 3\n/context\n/auto 0\n/auto 세\n/quit\n"
 
     code, text = await group_chat(settings, tokenizer, [sera, haneul], lines, engine=engine)
 
@@ -1145,6 +1145,7 @@ async def test_auto_lets_the_characters_take_n_turns_among_themselves(
     # 하늘 answered the player last, so she goes on first; then the cast order.
     assert "하늘: 하늘의 말 2.\n세라: 세라의 말 3.\n하늘: 하늘의 말 4.\n" in text
     assert "— 캐릭터끼리 3차례 주고받았어요 —" in text
+    assert "하늘이 스스로 말했어요: 캐릭터끼리 주고받는 3차례 중 3번째" in text  # /context says why
     assert text.count("/auto N: 캐릭터끼리 N차례 주고받아요 (N은 1부터 10까지)") == 2
     place = terminal_place(*sorted(_ids(text)))
     session = await repo.get_active_session(sessions, channel_id=place.channel_id)

@@ -630,6 +630,9 @@ class TerminalChat:
                 self._line(built.report.to_text(korean=korean))
             else:
                 self._say("context_sent", name=sent.speaker, tokens=sent.token_count)
+                why = self.turns.last_spoke_up(self.place)
+                if why is not None:
+                    self._say("context_auto_turn", name=why.name, turn=why.turn, of=why.of)
                 self._line(sent.report.to_text(korean=korean))
         else:
             self._say("unknown_command", name=name)

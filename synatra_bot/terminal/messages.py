@@ -120,6 +120,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "what the model was shown ({name}, {tokens} tokens)",
         "모델이 본 프롬프트 ({name}, {tokens}토큰)",
     ),
+    "context_auto_turn": (
+        "{name} spoke on its own: turn {turn} of {of} among the characters",
+        "{name|가} 스스로 말했어요: 캐릭터끼리 주고받는 {of}차례 중 {turn}번째",
+    ),
     "unknown_command": ("unknown command: {name} (/help)", "모르는 명령이에요: {name} (/help)"),
     "greeting_fixed": (
         "the greeting cannot be regenerated (/next shows another)",
