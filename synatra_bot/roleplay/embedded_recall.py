@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
@@ -27,6 +26,7 @@ from typing import Protocol, TypeVar
 from synatra_bot.engine.embeddings import EmbeddingsRefused, EmbeddingsUnavailable
 from synatra_bot.prompt.lru import Lru
 from synatra_bot.prompt.vectors import Similar, VectorIndex, from_blob, to_blob
+from synatra_bot.roleplay.scene_batches import drain_batches
 from synatra_bot.storage import recall_vectors as store
 from synatra_bot.storage.repository import Sessions
 
@@ -43,8 +43,6 @@ LOAD_PAGE = 1000
 SCENES_KEPT = 32
 #: Running scenes at least this long are embedded in the background at start.
 CATCH_UP_MIN_TURNS = 64
-#: The catch-up logs its progress every this many seconds.
-PROGRESS_EVERY_S = 10.0
 
 
 class Embedder(Protocol):
@@ -182,18 +180,9 @@ class TurnEmbeddings:
 
     async def _embed_scene(self, session_id: int, *, progress: bool = False) -> None:
         try:
-            done, last_log = 0, time.monotonic()
-            while True:
-                self._again.discard(session_id)
-                embedded = await self._embed_batch(session_id)
-                done += embedded
-                if progress and time.monotonic() - last_log >= PROGRESS_EVERY_S:
-                    log.info("recall: scene %s: %d turns embedded so far", session_id, done)
-                    last_log = time.monotonic()
-                if embedded == 0 and session_id not in self._again:
-                    break
-            if progress:
-                log.info("recall: scene %s embedded (%d turns)", session_id, done)
+            await drain_batches(
+                session_id, self._embed_batch, self._again, progress=progress, done_verb="embedded"
+            )
             if self._down:
                 self._down = False
                 log.info("recall: the embeddings server %s answers again", self.client.shown_url)

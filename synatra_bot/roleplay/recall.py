@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -39,6 +38,7 @@ from synatra_bot.prompt.recall import (
 from synatra_bot.prompt.terms import KoreanTerms, TurnIndex
 from synatra_bot.prompt.vectors import VECTOR_CANDIDATES
 from synatra_bot.roleplay.embedded_recall import TurnEmbeddings
+from synatra_bot.roleplay.scene_batches import drain_batches
 from synatra_bot.storage import recall_terms as store
 from synatra_bot.storage.repository import Sessions
 
@@ -53,8 +53,6 @@ LOAD_PAGE = 2000
 SCENES_KEPT = 32
 #: Running scenes at least this long are indexed in the background at start.
 CATCH_UP_MIN_TURNS = 64
-#: The catch-up logs its progress every this many seconds.
-PROGRESS_EVERY_S = 10.0
 
 
 class TurnRecall:
@@ -204,18 +202,9 @@ class TurnRecall:
 
     async def _index_scene(self, session_id: int, *, progress: bool = False) -> None:
         try:
-            done, last_log = 0, time.monotonic()
-            while True:
-                self._again.discard(session_id)
-                indexed = await self._index_batch(session_id)
-                done += indexed
-                if progress and time.monotonic() - last_log >= PROGRESS_EVERY_S:
-                    log.info("recall: scene %s: %d turns indexed so far", session_id, done)
-                    last_log = time.monotonic()
-                if indexed == 0 and session_id not in self._again:
-                    break
-            if progress:
-                log.info("recall: scene %s indexed (%d turns)", session_id, done)
+            await drain_batches(
+                session_id, self._index_batch, self._again, progress=progress, done_verb="indexed"
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
